@@ -1,0 +1,408 @@
+//! The certificate authority: a CA certificate with its key, which checks
+//! requests and signs certificates and CRLs.
+
+use std::time::SystemTime;
+
+use der::Decode;
+use der::asn1::BitString;
+use spki::{SubjectPublicKeyInfoOwned, SubjectPublicKeyInfoRef};
+use x509_cert::builder::profile::BuilderProfile;
+use x509_cert::builder::{Builder, CertificateBuilder};
+use x509_cert::certificate::Version;
+use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
+use x509_cert::ext::ToExtension;
+use x509_cert::ext::pkix::{AuthorityKeyIdentifier, CrlNumber};
+use x509_cert::name::Name;
+
+use crate::cert::Certificate;
+use crate::crl::{Crl, CrlParams, RevokedEntry};
+use crate::csr::Csr;
+use crate::error::{Error, Result};
+use crate::key::{KeyPair, Signature};
+use crate::profile::{IntermediateCa, Leaf, Profile, RootCa, key_identifier};
+use crate::san::SubjectAltName;
+use crate::serial::Serial;
+use crate::subject::{Subject, common_name_of};
+use crate::validity::{Timestamp, Validity, to_time};
+
+/// How to issue one end-entity certificate from a [`Csr`].
+///
+/// The CA copies the CSR's subject and public key, nothing else: every
+/// extension comes from the [`Profile`]. Requested SANs are granted only when
+/// [`IssueParams::copy_csr_sans`] is set and the profile allows their kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueParams {
+    /// Client or server.
+    pub profile: Profile,
+    /// The validity; capped at the CA's own `notAfter`.
+    pub validity: Validity,
+    /// Names the CA operator adds, whatever the CSR asked for.
+    pub sans: Vec<SubjectAltName>,
+    /// Grant the CSR's requested SANs that the profile allows.
+    pub copy_csr_sans: bool,
+    /// Certify this subject instead of the CSR's.
+    pub subject: Option<Subject>,
+}
+
+impl IssueParams {
+    /// Parameters for `profile` and `validity`, granting the CSR's SANs.
+    pub fn new(profile: Profile, validity: Validity) -> Self {
+        Self {
+            profile,
+            validity,
+            sans: Vec::new(),
+            copy_csr_sans: true,
+            subject: None,
+        }
+    }
+}
+
+/// A certificate the CA just issued, and what it changed from the request.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Issued {
+    /// The certificate.
+    pub certificate: Certificate,
+    /// `Some(requested)` when the requested `notAfter` was later than the
+    /// CA's own and was cut to it.
+    pub capped_not_after: Option<SystemTime>,
+    /// Requested SANs the profile does not allow, left out.
+    pub refused_sans: Vec<SubjectAltName>,
+}
+
+/// A CA certificate together with its private key.
+///
+/// `Send + Sync`: one CA can sign from many threads at once.
+///
+/// ```
+/// use pki_core::*;
+///
+/// let ca = CertificateAuthority::new_root(
+///     &Subject::new("MyRootCA")?.country("US")?.organization("MyOrg")?,
+///     KeyPair::generate(KeyType::P256)?,
+///     Validity::days_from_now(3650)?,
+/// )?;
+/// assert!(ca.certificate().is_ca());
+/// # Ok::<(), pki_core::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct CertificateAuthority {
+    cert: Certificate,
+    key: KeyPair,
+    key_id: Vec<u8>,
+    /// `None`: no path length constraint.
+    path_len: Option<u8>,
+}
+
+impl CertificateAuthority {
+    /// Creates a self-signed root CA for `subject`.
+    pub fn new_root(subject: &Subject, key: KeyPair, validity: Validity) -> Result<Self> {
+        let spki = spki_of(key.public_key_der())?;
+        let builder = CertificateBuilder::new(
+            RootCa {
+                subject: subject.to_name()?,
+            },
+            Serial::random()?.to_x509()?,
+            validity.to_x509()?,
+            spki,
+        )
+        .map_err(|e| Error::malformed("root certificate", e))?;
+        let cert = builder
+            .build::<_, Signature>(&key)
+            .map_err(|e| Error::malformed("root certificate", e))?;
+        Self::from_parts(Certificate::from_parsed(cert)?, key)
+    }
+
+    /// Pairs a CA certificate with its key, checking that the certificate
+    /// may issue (BasicConstraints `cA`, KeyUsage `keyCertSign`) and that the
+    /// key is the certificate's.
+    pub fn from_parts(cert: Certificate, key: KeyPair) -> Result<Self> {
+        let subject = cert.subject();
+        let Some(path_len) = cert.ca_constraint()? else {
+            return Err(Error::NotACa {
+                subject,
+                reason: "its BasicConstraints do not say cA: TRUE",
+            });
+        };
+        if let Some(ku) = cert.key_usage()? {
+            if !ku.key_cert_sign() {
+                return Err(Error::NotACa {
+                    subject,
+                    reason: "its KeyUsage lacks keyCertSign",
+                });
+            }
+        }
+        if !key.matches_public_key(&cert.public_key_der()?) {
+            return Err(Error::KeyMismatch { subject });
+        }
+        let key_id = match cert.subject_key_id()? {
+            Some(id) => id,
+            None => key_identifier(&spki_ref(key.public_key_der())?),
+        };
+        Ok(Self {
+            cert,
+            key,
+            key_id,
+            path_len,
+        })
+    }
+
+    /// Reads a CA from PEM: the certificate and its (possibly encrypted) key.
+    pub fn from_pem(cert_pem: &str, key_pem: &str, passphrase: Option<&[u8]>) -> Result<Self> {
+        let cert = Certificate::from_pem(cert_pem)?;
+        let key = match passphrase {
+            Some(p) => KeyPair::from_pem_with_passphrase(key_pem, p)?,
+            None => KeyPair::from_pem(key_pem)?,
+        };
+        Self::from_parts(cert, key)
+    }
+
+    /// The CA certificate.
+    pub fn certificate(&self) -> &Certificate {
+        &self.cert
+    }
+
+    /// The CA's private key.
+    pub fn key(&self) -> &KeyPair {
+        &self.key
+    }
+
+    fn subject_name(&self) -> &Name {
+        self.cert.as_x509().tbs_certificate().subject()
+    }
+
+    /// Issues an end-entity certificate for a verified CSR.
+    pub fn sign(&self, csr: &Csr, params: &IssueParams) -> Result<Issued> {
+        let profile_name = params.profile.as_str();
+        let subject = match &params.subject {
+            Some(s) => s.to_name()?,
+            None => csr.subject_name().clone(),
+        };
+        let Some(common_name) = common_name_of(&subject) else {
+            return Err(Error::ProfileViolation {
+                profile: profile_name,
+                reason: "the subject has no common name (the device identity)".into(),
+            });
+        };
+        let (sans, refused_sans) = self.granted_sans(csr, params, &common_name)?;
+        let (validity, capped_not_after) = self.fit_validity(params.validity)?;
+        let leaf = Leaf {
+            profile: params.profile,
+            issuer: self.subject_name().clone(),
+            issuer_key_id: self.key_id.clone(),
+            subject,
+            sans,
+            rsa: csr.key_algorithm().is_rsa(),
+        };
+        let certificate = self.build(leaf, validity, csr.public_key().clone())?;
+        Ok(Issued {
+            certificate,
+            capped_not_after,
+            refused_sans,
+        })
+    }
+
+    /// Issues an intermediate CA certificate for a verified CSR, with the
+    /// given path length constraint (0: it may only issue end entities).
+    pub fn sign_intermediate(&self, csr: &Csr, validity: Validity, path_len: u8) -> Result<Issued> {
+        if let Some(own) = self.path_len {
+            if path_len >= own {
+                return Err(Error::ProfileViolation {
+                    profile: "intermediate CA",
+                    reason: format!(
+                        "this CA's path length constraint is {own}, so a CA below it may have at most {}",
+                        own.checked_sub(1)
+                            .map_or_else(|| "none".to_owned(), |n| n.to_string())
+                    ),
+                });
+            }
+        }
+        let (validity, capped_not_after) = self.fit_validity(validity)?;
+        let profile = IntermediateCa {
+            issuer: self.subject_name().clone(),
+            issuer_key_id: self.key_id.clone(),
+            subject: csr.subject_name().clone(),
+            path_len,
+        };
+        let certificate = self.build(profile, validity, csr.public_key().clone())?;
+        Ok(Issued {
+            certificate,
+            capped_not_after,
+            refused_sans: Vec::new(),
+        })
+    }
+
+    fn build(
+        &self,
+        profile: impl BuilderProfile,
+        validity: Validity,
+        spki: SubjectPublicKeyInfoOwned,
+    ) -> Result<Certificate> {
+        let builder = CertificateBuilder::new(
+            profile,
+            Serial::random()?.to_x509()?,
+            validity.to_x509()?,
+            spki,
+        )
+        .map_err(|e| Error::malformed("certificate", e))?;
+        let cert = builder
+            .build::<_, Signature>(&self.key)
+            .map_err(|e| Error::malformed("certificate", e))?;
+        Certificate::from_parsed(cert)
+    }
+
+    /// Nests the window inside the CA's own: a certificate valid beyond its
+    /// issuer fails path validation then anyway.
+    fn fit_validity(&self, requested: Validity) -> Result<(Validity, Option<SystemTime>)> {
+        let ca = self.cert.validity();
+        let not_before = requested.not_before().max(ca.not_before());
+        let start = Validity::new(not_before, requested.not_after()).map_err(|_| {
+            Error::InvalidValidity {
+                reason: format!(
+                    "the requested validity ends at {}, before the CA certificate starts at {}",
+                    Timestamp(requested.not_after()),
+                    Timestamp(ca.not_before())
+                ),
+            }
+        })?;
+        start.capped_at(ca.not_after())
+    }
+
+    fn granted_sans(
+        &self,
+        csr: &Csr,
+        params: &IssueParams,
+        common_name: &str,
+    ) -> Result<(Vec<SubjectAltName>, Vec<SubjectAltName>)> {
+        let allowed = |san: &SubjectAltName| match params.profile {
+            Profile::Client => true,
+            Profile::Server => matches!(san, SubjectAltName::Dns(_) | SubjectAltName::Ip(_)),
+        };
+        let mut granted: Vec<SubjectAltName> = Vec::new();
+        let mut refused = Vec::new();
+        let push = |san: SubjectAltName, granted: &mut Vec<SubjectAltName>| {
+            if !granted.contains(&san) {
+                granted.push(san);
+            }
+        };
+        // Client certificates carry the identity as a SAN too: some strict
+        // validators require one on every leaf.
+        if params.profile == Profile::Client {
+            push(identity_san(common_name)?, &mut granted);
+        }
+        for san in &params.sans {
+            if !allowed(san) {
+                return Err(Error::ProfileViolation {
+                    profile: params.profile.as_str(),
+                    reason: format!("{san} is not allowed in a {} certificate", params.profile),
+                });
+            }
+            push(san.clone(), &mut granted);
+        }
+        if params.copy_csr_sans {
+            for san in csr.requested_sans() {
+                if allowed(san) {
+                    push(san.clone(), &mut granted);
+                } else {
+                    refused.push(san.clone());
+                }
+            }
+        }
+        if params.profile == Profile::Server
+            && !granted
+                .iter()
+                .any(|s| matches!(s, SubjectAltName::Dns(_) | SubjectAltName::Ip(_)))
+        {
+            return Err(Error::ProfileViolation {
+                profile: "server",
+                reason:
+                    "a server certificate needs at least one DNS or IP subject alternative name \
+                         (clients check the name they dial against it)"
+                        .into(),
+            });
+        }
+        Ok((granted, refused))
+    }
+
+    /// Signs a CRL (version 2) listing `revoked`.
+    pub fn crl(&self, revoked: &[RevokedEntry], params: &CrlParams) -> Result<Crl> {
+        let issuer = self.subject_name().clone();
+        let mut extensions = Vec::with_capacity(2);
+        // Section 5.2.1: conforming CRL issuers MUST include the AKI, and
+        // (5.2.3) the CRL number.
+        let aki = AuthorityKeyIdentifier {
+            key_identifier: Some(
+                der::asn1::OctetString::new(self.key_id.as_slice())
+                    .map_err(|e| Error::malformed("CRL", e))?,
+            ),
+            authority_cert_issuer: None,
+            authority_cert_serial_number: None,
+        };
+        extensions.push(
+            aki.to_extension(&issuer, &extensions)
+                .map_err(|e| Error::malformed("CRL", e))?,
+        );
+        let number = CrlNumber(
+            der::asn1::Uint::new(&params.number.to_be_bytes())
+                .map_err(|e| Error::malformed("CRL number", e))?,
+        );
+        extensions.push(
+            number
+                .to_extension(&issuer, &extensions)
+                .map_err(|e| Error::malformed("CRL", e))?,
+        );
+        let entries = revoked
+            .iter()
+            .map(|entry| entry.to_x509(&issuer))
+            .collect::<Result<Vec<RevokedCert>>>()?;
+        if params.next_update <= params.this_update {
+            return Err(Error::InvalidValidity {
+                reason: "the CRL's nextUpdate must be after its thisUpdate".into(),
+            });
+        }
+        let tbs = TbsCertList {
+            version: Version::V2,
+            signature: self.key.signature_algorithm(),
+            issuer,
+            this_update: to_time(params.this_update)?,
+            next_update: Some(to_time(params.next_update)?),
+            // Section 5.1.2.6: absent, not empty, when nothing is revoked.
+            revoked_certificates: (!entries.is_empty()).then_some(entries),
+            crl_extensions: Some(extensions),
+        };
+        let tbs_der = der::Encode::to_der(&tbs).map_err(|e| Error::malformed("CRL", e))?;
+        let signature = self.key.sign(&tbs_der)?;
+        let list = CertificateList {
+            tbs_cert_list: tbs,
+            signature_algorithm: self.key.signature_algorithm(),
+            signature: BitString::from_bytes(signature.as_bytes())
+                .map_err(|e| Error::malformed("CRL", e))?,
+        };
+        Crl::from_list(list)
+    }
+}
+
+/// The SAN a client certificate carries for its common name: a DNS name
+/// when the name is one (`sensor-1`), else a URN (`urn:mqtt-client:My%20Device`).
+pub fn identity_san(common_name: &str) -> Result<SubjectAltName> {
+    if let Ok(dns) = common_name.parse() {
+        return Ok(SubjectAltName::Dns(dns));
+    }
+    let mut urn = String::from("urn:mqtt-client:");
+    for b in common_name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            urn.push(char::from(b));
+        } else {
+            urn.push_str(&format!("%{b:02X}"));
+        }
+    }
+    SubjectAltName::uri(urn)
+}
+
+fn spki_of(der: &[u8]) -> Result<SubjectPublicKeyInfoOwned> {
+    SubjectPublicKeyInfoOwned::from_der(der).map_err(|e| Error::malformed("public key", e))
+}
+
+fn spki_ref(der: &[u8]) -> Result<SubjectPublicKeyInfoRef<'_>> {
+    SubjectPublicKeyInfoRef::from_der(der).map_err(|e| Error::malformed("public key", e))
+}

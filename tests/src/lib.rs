@@ -1,0 +1,1 @@
+//! Helpers shared by the cross-check suites: external tools and temp files.

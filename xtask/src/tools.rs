@@ -1,0 +1,82 @@
+//! Outside tools the tests need, found or installed.
+//!
+//! - `openssl`: Debian's package, installed with apt-get when missing and we
+//!   are root.
+//! - pkilint (PyPI): installed into `target/pkilint-venv` on first use.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::{project_root, sh};
+
+/// The pkilint version the suite is known to pass with.
+const PKILINT: &str = "pkilint==0.13.3";
+
+/// The `openssl` binary, installing Debian's package when missing.
+pub(crate) fn openssl() -> Result<PathBuf, String> {
+    if let Some(path) = which("openssl") {
+        return Ok(path);
+    }
+    apt_install(&["openssl"])?;
+    which("openssl").ok_or_else(|| "openssl is still not on PATH after installing it".into())
+}
+
+/// The folder holding pkilint's `lint_pkix_cert` and friends.
+pub(crate) fn pkilint() -> Result<PathBuf, String> {
+    let venv = project_root().join("target").join("pkilint-venv");
+    let bin = venv.join("bin");
+    if bin.join("lint_pkix_cert").exists() {
+        return Ok(bin);
+    }
+    let python = which("python3").ok_or(
+        "python3 is needed to run pkilint (the RFC 5280 linter); install it (Debian: apt-get install -y python3 python3-venv)",
+    )?;
+    if Command::new(&python)
+        .args(["-m", "venv", "--help"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        apt_install(&["python3-venv"])?;
+    }
+    sh(Command::new(&python).arg("-m").arg("venv").arg(&venv))?;
+    sh(Command::new(bin.join("pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        PKILINT,
+    ]))?;
+    Ok(bin)
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Installs Debian packages when we are root on a Debian-like system;
+/// otherwise says exactly what to run.
+pub(crate) fn apt_install(packages: &[&str]) -> Result<(), String> {
+    let how = format!("apt-get install -y {}", packages.join(" "));
+    if !is_root() || which("apt-get").is_none() {
+        return Err(format!(
+            "missing {}: install it first (Debian: sudo {how})",
+            packages.join(", ")
+        ));
+    }
+    sh(Command::new("apt-get").arg("update").arg("-qq"))?;
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}

@@ -383,10 +383,16 @@ impl CertificateAuthority {
 }
 
 /// The SAN a client certificate carries for its common name: a DNS name
-/// when the name is one (`sensor-1`), else a URN (`urn:mqtt-client:My%20Device`).
+/// when the name is a fully qualified one (`sensor-1.fleet.example.com`),
+/// else a URN (`urn:mqtt-client:sensor-1`, `urn:mqtt-client:My%20Device`).
+/// Single-label DNS names are not used: RFC 5280 linters reject them.
 pub fn identity_san(common_name: &str) -> Result<SubjectAltName> {
-    if let Ok(dns) = common_name.parse() {
-        return Ok(SubjectAltName::Dns(dns));
+    if common_name.contains('.') {
+        if let Ok(dns) = common_name.parse::<crate::DnsName>() {
+            if !dns.as_str().starts_with("*.") {
+                return Ok(SubjectAltName::Dns(dns));
+            }
+        }
     }
     let mut urn = String::from("urn:mqtt-client:");
     for b in common_name.bytes() {
@@ -405,4 +411,232 @@ fn spki_of(der: &[u8]) -> Result<SubjectPublicKeyInfoOwned> {
 
 fn spki_ref(der: &[u8]) -> Result<SubjectPublicKeyInfoRef<'_>> {
     SubjectPublicKeyInfoRef::from_der(der).map_err(|e| Error::malformed("public key", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::csr::CsrParams;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn root_with(validity: Validity) -> CertificateAuthority {
+        CertificateAuthority::new_root(
+            &Subject::new("Test Root").unwrap(),
+            KeyPair::generate(KeyType::P256).unwrap(),
+            validity,
+        )
+        .unwrap()
+    }
+
+    fn csr(cn: &str, sans: Vec<SubjectAltName>) -> Csr {
+        let key = KeyPair::generate(KeyType::P256).unwrap();
+        let mut params = CsrParams::new(Subject::new(cn).unwrap());
+        params.sans = sans;
+        Csr::new(&params, &key).unwrap()
+    }
+
+    use crate::key::KeyType;
+
+    #[test]
+    fn root_has_ca_extensions_and_is_self_signed() {
+        let ca = root_with(Validity::days_from_now(10).unwrap());
+        let cert = ca.certificate();
+        assert!(cert.is_self_issued());
+        assert_eq!(cert.ca_constraint().unwrap(), Some(None));
+        assert_eq!(cert.key_usage_names().unwrap(), ["keyCertSign", "cRLSign"]);
+        assert_eq!(
+            cert.subject_key_id().unwrap(),
+            cert.authority_key_id().unwrap()
+        );
+        assert_eq!(cert.serial().as_bytes().len(), 20);
+    }
+
+    #[test]
+    fn leaf_never_outlives_its_issuer() {
+        let ca = root_with(Validity::days_from_now(10).unwrap());
+        let issued = ca
+            .sign(
+                &csr("dev", vec![]),
+                &IssueParams::new(Profile::Client, Validity::days_from_now(365).unwrap()),
+            )
+            .unwrap();
+        assert_eq!(issued.certificate.not_after(), ca.certificate().not_after());
+        let requested = issued.capped_not_after.expect("capping is reported");
+        assert!(requested > ca.certificate().not_after() + DAY * 300);
+    }
+
+    #[test]
+    fn expired_ca_cannot_sign() {
+        let now = SystemTime::now();
+        let ca = root_with(Validity::new(now - DAY * 20, now - DAY * 10).unwrap());
+        let err = ca
+            .sign(
+                &csr("dev", vec![]),
+                &IssueParams::new(Profile::Client, Validity::days_from_now(30).unwrap()),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("the issuer expires at"), "{err}");
+    }
+
+    #[test]
+    fn client_identity_is_also_a_san() {
+        let ca = root_with(Validity::days_from_now(10).unwrap());
+        let params = IssueParams::new(Profile::Client, Validity::days_from_now(5).unwrap());
+        let cert = ca
+            .sign(&csr("sensor-1", vec![]), &params)
+            .unwrap()
+            .certificate;
+        assert_eq!(
+            cert.subject_alt_names().unwrap(),
+            [SubjectAltName::Uri("urn:mqtt-client:sensor-1".into())]
+        );
+        let cert = ca
+            .sign(&csr("s1.fleet.example", vec![]), &params)
+            .unwrap()
+            .certificate;
+        assert_eq!(
+            cert.subject_alt_names().unwrap(),
+            [SubjectAltName::Dns("s1.fleet.example".parse().unwrap())]
+        );
+        let cert = ca
+            .sign(&csr("My Device #1", vec![]), &params)
+            .unwrap()
+            .certificate;
+        assert_eq!(
+            cert.subject_alt_names().unwrap(),
+            [SubjectAltName::Uri(
+                "urn:mqtt-client:My%20Device%20%231".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn server_needs_a_dns_or_ip_san_and_gets_no_uri() {
+        let ca = root_with(Validity::days_from_now(10).unwrap());
+        let params = IssueParams::new(Profile::Server, Validity::days_from_now(5).unwrap());
+        let err = ca.sign(&csr("broker", vec![]), &params).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::ProfileViolation {
+                    profile: "server",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let uri = SubjectAltName::uri("urn:x:y").unwrap();
+        let dns = SubjectAltName::Dns("broker.example.com".parse().unwrap());
+        let issued = ca
+            .sign(
+                &csr("broker", vec![uri.clone(), dns.clone(), dns.clone()]),
+                &params,
+            )
+            .unwrap();
+        assert_eq!(
+            issued.certificate.subject_alt_names().unwrap(),
+            [dns.clone()]
+        );
+        assert_eq!(issued.refused_sans, [uri.clone()]);
+
+        // The operator may not add what the profile forbids either.
+        let mut strict = params.clone();
+        strict.sans = vec![uri];
+        assert!(ca.sign(&csr("broker", vec![dns]), &strict).is_err());
+
+        // Nor does the CA take the CSR's SANs when told not to.
+        let mut own = params;
+        own.copy_csr_sans = false;
+        own.sans = vec![SubjectAltName::Ip("10.0.0.1".parse().unwrap())];
+        let cert = ca
+            .sign(
+                &csr(
+                    "broker",
+                    vec![SubjectAltName::Dns("evil.example".parse().unwrap())],
+                ),
+                &own,
+            )
+            .unwrap()
+            .certificate;
+        assert_eq!(
+            cert.subject_alt_names().unwrap(),
+            [SubjectAltName::Ip("10.0.0.1".parse().unwrap())]
+        );
+    }
+
+    #[test]
+    fn subject_override_replaces_the_csr_subject() {
+        let ca = root_with(Validity::days_from_now(10).unwrap());
+        let mut params = IssueParams::new(Profile::Client, Validity::days_from_now(5).unwrap());
+        params.subject = Some(
+            Subject::new("assigned")
+                .unwrap()
+                .organization("Fleet")
+                .unwrap(),
+        );
+        let cert = ca
+            .sign(&csr("claimed", vec![]), &params)
+            .unwrap()
+            .certificate;
+        assert_eq!(cert.subject(), "CN=assigned,O=Fleet");
+    }
+
+    #[test]
+    fn from_parts_checks_key_and_ca_flag() {
+        let ca = root_with(Validity::days_from_now(10).unwrap());
+        let other_key = KeyPair::generate(KeyType::P256).unwrap();
+        let err =
+            CertificateAuthority::from_parts(ca.certificate().clone(), other_key).unwrap_err();
+        assert!(matches!(err, Error::KeyMismatch { .. }), "{err}");
+
+        let leaf_key = KeyPair::generate(KeyType::P256).unwrap();
+        let leaf_csr = Csr::new(&CsrParams::new(Subject::new("leaf").unwrap()), &leaf_key).unwrap();
+        let leaf = ca
+            .sign(
+                &leaf_csr,
+                &IssueParams::new(Profile::Client, Validity::days_from_now(5).unwrap()),
+            )
+            .unwrap()
+            .certificate;
+        let err = CertificateAuthority::from_parts(leaf, leaf_key).unwrap_err();
+        assert!(matches!(err, Error::NotACa { .. }), "{err}");
+    }
+
+    #[test]
+    fn crl_without_entries_omits_the_list() {
+        let ca = root_with(Validity::days_from_now(10).unwrap());
+        let now = SystemTime::now();
+        let crl = ca
+            .crl(
+                &[],
+                &CrlParams {
+                    number: 7,
+                    this_update: now,
+                    next_update: now + DAY,
+                },
+            )
+            .unwrap();
+        assert!(crl.entries().is_empty());
+        assert_eq!(crl.number(), Some(7));
+        assert!(crl.verify_issued_by(ca.certificate()).unwrap());
+        let bad = ca.crl(
+            &[],
+            &CrlParams {
+                number: 8,
+                this_update: now,
+                next_update: now,
+            },
+        );
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn ca_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<CertificateAuthority>();
+    }
 }

@@ -215,3 +215,136 @@ pub fn verify(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        CertificateAuthority, Csr, CsrParams, IssueParams, KeyPair, KeyType, Subject, Validity,
+    };
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn ca(cn: &str) -> CertificateAuthority {
+        CertificateAuthority::new_root(
+            &Subject::new(cn).unwrap(),
+            KeyPair::generate(KeyType::P256).unwrap(),
+            Validity::days_from_now(100).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn leaf(ca: &CertificateAuthority, profile: Profile, validity: Validity) -> Certificate {
+        let key = KeyPair::generate(KeyType::P256).unwrap();
+        let mut params = CsrParams::new(Subject::new("leaf").unwrap());
+        params.sans = vec![SubjectAltName::Dns("*.example.com".parse().unwrap())];
+        let csr = Csr::new(&params, &key).unwrap();
+        ca.sign(&csr, &IssueParams::new(profile, validity))
+            .unwrap()
+            .certificate
+    }
+
+    fn reason(result: Result<()>) -> InvalidReason {
+        match result {
+            Err(Error::Invalid { reason, .. }) => reason,
+            other => panic!("expected an invalid certificate, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reports_each_failure_with_its_reason() {
+        let ours = ca("Our Root");
+        let cert = leaf(&ours, Profile::Server, Validity::days_from_now(10).unwrap());
+        let trusted = [ours.certificate().clone()];
+
+        let wrong_ca = ca("Other Root");
+        assert!(matches!(
+            reason(verify(
+                &cert,
+                &[wrong_ca.certificate().clone()],
+                &VerifyOptions::now()
+            )),
+            InvalidReason::IssuerMismatch { .. }
+        ));
+        // A "fake" CA with the same name but another key.
+        let fake = ca("Our Root");
+        assert_eq!(
+            reason(verify(
+                &cert,
+                &[fake.certificate().clone()],
+                &VerifyOptions::now()
+            )),
+            InvalidReason::BadSignature
+        );
+
+        let later = VerifyOptions {
+            at: SystemTime::now() + DAY * 20,
+            ..VerifyOptions::now()
+        };
+        assert!(matches!(
+            reason(verify(&cert, &trusted, &later)),
+            InvalidReason::Expired { .. }
+        ));
+        let earlier = VerifyOptions {
+            at: SystemTime::now() - DAY,
+            ..VerifyOptions::now()
+        };
+        assert!(matches!(
+            reason(verify(&cert, &trusted, &earlier)),
+            InvalidReason::IssuerNotValid { .. } | InvalidReason::NotYetValid { .. }
+        ));
+
+        let as_client = VerifyOptions {
+            profile: Some(Profile::Client),
+            ..VerifyOptions::now()
+        };
+        assert_eq!(
+            reason(verify(&cert, &trusted, &as_client)),
+            InvalidReason::MissingExtendedKeyUsage {
+                needed: "clientAuth"
+            }
+        );
+
+        let named = |name: &str| VerifyOptions {
+            profile: Some(Profile::Server),
+            name: Some(name.into()),
+            ..VerifyOptions::now()
+        };
+        verify(&cert, &trusted, &named("broker.example.com")).unwrap();
+        let InvalidReason::NameMismatch { present, .. } =
+            reason(verify(&cert, &trusted, &named("example.org")))
+        else {
+            panic!("expected a name mismatch")
+        };
+        assert_eq!(present, ["DNS:*.example.com"]);
+        assert!(matches!(
+            reason(verify(&cert, &trusted, &named("127.0.0.1"))),
+            InvalidReason::NameMismatch { .. }
+        ));
+
+        // The CA certificate itself is not an end-entity certificate.
+        let ca_as_leaf = VerifyOptions {
+            profile: Some(Profile::Client),
+            ..VerifyOptions::now()
+        };
+        assert_eq!(
+            reason(verify(ours.certificate(), &trusted, &ca_as_leaf)),
+            InvalidReason::IsCa
+        );
+    }
+
+    #[test]
+    fn not_yet_valid_names_the_dates() {
+        let ours = ca("Root");
+        let now = SystemTime::now();
+        let cert = leaf(
+            &ours,
+            Profile::Client,
+            Validity::new(now + DAY, now + DAY * 5).unwrap(),
+        );
+        let err = verify(&cert, &[ours.certificate().clone()], &VerifyOptions::now()).unwrap_err();
+        assert!(err.to_string().contains("not valid before"), "{err}");
+    }
+}

@@ -2,6 +2,8 @@
 //! with us: it verifies what we issue, reads the keys we write, and we read
 //! the keys and CSRs it makes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 

@@ -65,7 +65,7 @@ pub(crate) fn sh(cmd: &mut Command) -> Result<(), String> {
     }
 }
 
-fn describe(cmd: &Command) -> String {
+pub(crate) fn describe(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
         .map(|s| s.to_string_lossy().into_owned())

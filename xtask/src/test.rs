@@ -1,5 +1,8 @@
 //! `cargo xtask test`: the one test command (README, `.ci/run`).
 
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
 use crate::{cargo, sh, tools};
 
 /// fmt, clippy, the whole test suite with OpenSSL and pkilint, and docs.
@@ -16,12 +19,61 @@ pub(crate) fn run(extra: &[String]) -> Result<(), String> {
     ]))?;
     let openssl = tools::openssl()?;
     let pkilint = tools::pkilint()?;
-    sh(cargo()
-        .args(["test", "--workspace"])
-        .args(extra)
-        .env("MQTT_MTLS_OPENSSL", openssl)
-        .env("MQTT_MTLS_PKILINT_BIN", pkilint))?;
+    let totals = sh_counting_tests(
+        cargo()
+            .args(["test", "--workspace"])
+            .args(extra)
+            .env("MQTT_MTLS_OPENSSL", openssl)
+            .env("MQTT_MTLS_PKILINT_BIN", pkilint),
+    )?;
     sh(cargo()
         .args(["doc", "--workspace", "--no-deps"])
-        .env("RUSTDOCFLAGS", "-D warnings"))
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
+    // One closing line for the whole run, after everything else passed.
+    println!("tests: {} passed, {} failed", totals.passed, totals.failed);
+    Ok(())
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs `cargo test`, passing its output through, and adds up the
+/// `test result:` lines of every test binary.
+fn sh_counting_tests(cmd: &mut Command) -> Result<Totals, String> {
+    eprintln!("$ {}", crate::describe(cmd));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start cargo test: {e}"))?;
+    let mut totals = Totals::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.map_err(|e| format!("reading cargo test output: {e}"))?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                totals.passed += count(rest, " passed");
+                totals.failed += count(rest, " failed");
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for cargo test: {e}"))?;
+    if status.success() {
+        Ok(totals)
+    } else {
+        Err(format!("cargo test failed: {status}"))
+    }
+}
+
+/// The number before `label` in `ok. 38 passed; 0 failed; ...`.
+fn count(summary: &str, label: &str) -> u64 {
+    summary
+        .split(['.', ';'])
+        .find_map(|part| part.trim().strip_suffix(label.trim()))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }

@@ -124,13 +124,13 @@ impl CertificateAuthority {
                 reason: "its BasicConstraints do not say cA: TRUE",
             });
         };
-        if let Some(ku) = cert.key_usage()? {
-            if !ku.key_cert_sign() {
-                return Err(Error::NotACa {
-                    subject,
-                    reason: "its KeyUsage lacks keyCertSign",
-                });
-            }
+        if let Some(ku) = cert.key_usage()?
+            && !ku.key_cert_sign()
+        {
+            return Err(Error::NotACa {
+                subject,
+                reason: "its KeyUsage lacks keyCertSign",
+            });
         }
         if !key.matches_public_key(&cert.public_key_der()?) {
             return Err(Error::KeyMismatch { subject });
@@ -205,17 +205,17 @@ impl CertificateAuthority {
     /// Issues an intermediate CA certificate for a verified CSR, with the
     /// given path length constraint (0: it may only issue end entities).
     pub fn sign_intermediate(&self, csr: &Csr, validity: Validity, path_len: u8) -> Result<Issued> {
-        if let Some(own) = self.path_len {
-            if path_len >= own {
-                return Err(Error::ProfileViolation {
-                    profile: "intermediate CA",
-                    reason: format!(
-                        "this CA's path length constraint is {own}, so a CA below it may have at most {}",
-                        own.checked_sub(1)
-                            .map_or_else(|| "none".to_owned(), |n| n.to_string())
-                    ),
-                });
-            }
+        if let Some(own) = self.path_len
+            && path_len >= own
+        {
+            return Err(Error::ProfileViolation {
+                profile: "intermediate CA",
+                reason: format!(
+                    "this CA's path length constraint is {own}, so a CA below it may have at most {}",
+                    own.checked_sub(1)
+                        .map_or_else(|| "none".to_owned(), |n| n.to_string())
+                ),
+            });
         }
         let (validity, capped_not_after) = self.fit_validity(validity)?;
         let profile = IntermediateCa {
@@ -387,12 +387,11 @@ impl CertificateAuthority {
 /// else a URN (`urn:mqtt-client:sensor-1`, `urn:mqtt-client:My%20Device`).
 /// Single-label DNS names are not used: RFC 5280 linters reject them.
 pub fn identity_san(common_name: &str) -> Result<SubjectAltName> {
-    if common_name.contains('.') {
-        if let Ok(dns) = common_name.parse::<crate::DnsName>() {
-            if !dns.as_str().starts_with("*.") {
-                return Ok(SubjectAltName::Dns(dns));
-            }
-        }
+    if common_name.contains('.')
+        && let Ok(dns) = common_name.parse::<crate::DnsName>()
+        && !dns.as_str().starts_with("*.")
+    {
+        return Ok(SubjectAltName::Dns(dns));
     }
     let mut urn = String::from("urn:mqtt-client:");
     for b in common_name.bytes() {
@@ -539,9 +538,9 @@ mod tests {
             .unwrap();
         assert_eq!(
             issued.certificate.subject_alt_names().unwrap(),
-            [dns.clone()]
+            std::slice::from_ref(&dns)
         );
-        assert_eq!(issued.refused_sans, [uri.clone()]);
+        assert_eq!(issued.refused_sans, std::slice::from_ref(&uri));
 
         // The operator may not add what the profile forbids either.
         let mut strict = params.clone();

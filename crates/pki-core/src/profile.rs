@@ -86,7 +86,7 @@ fn ski_extension(
     exts: &[Extension],
 ) -> x509_cert::builder::Result<Extension> {
     let ski = SubjectKeyIdentifier(OctetString::new(key_identifier(spki))?);
-    Ok(ski.to_extension(&tbs.subject(), exts)?)
+    Ok(ski.to_extension(tbs.subject(), exts)?)
 }
 
 fn aki_extension(
@@ -101,7 +101,7 @@ fn aki_extension(
         authority_cert_issuer: None,
         authority_cert_serial_number: None,
     };
-    Ok(aki.to_extension(&tbs.subject(), exts)?)
+    Ok(aki.to_extension(tbs.subject(), exts)?)
 }
 
 /// A self-signed root CA (sections 4.2.1.2, 4.2.1.3, 4.2.1.9).
@@ -130,9 +130,9 @@ impl BuilderProfile for RootCa {
                 ca: true,
                 path_len_constraint: None,
             }
-            .to_extension(&tbs.subject(), &exts)?,
+            .to_extension(tbs.subject(), &exts)?,
         );
-        exts.push(ca_key_usage().to_extension(&tbs.subject(), &exts)?);
+        exts.push(ca_key_usage().to_extension(tbs.subject(), &exts)?);
         let ski = key_identifier(&spk);
         exts.push(ski_extension(&spk, tbs, &exts)?);
         // Self-signed: the AKI MAY be omitted (4.2.1.1); we keep it, equal to
@@ -163,6 +163,8 @@ impl BuilderProfile for IntermediateCa {
         self.subject.clone()
     }
 
+    // Pushed one by one: each extension is built knowing those before it.
+    #[allow(clippy::vec_init_then_push)]
     fn build_extensions(
         &self,
         spk: SubjectPublicKeyInfoRef<'_>,
@@ -175,9 +177,9 @@ impl BuilderProfile for IntermediateCa {
                 ca: true,
                 path_len_constraint: Some(self.path_len),
             }
-            .to_extension(&tbs.subject(), &exts)?,
+            .to_extension(tbs.subject(), &exts)?,
         );
-        exts.push(ca_key_usage().to_extension(&tbs.subject(), &exts)?);
+        exts.push(ca_key_usage().to_extension(tbs.subject(), &exts)?);
         exts.push(ski_extension(&spk, tbs, &exts)?);
         exts.push(aki_extension(&self.issuer_key_id, tbs, &exts)?);
         Ok(exts)
@@ -216,19 +218,19 @@ impl BuilderProfile for Leaf {
                 ca: false,
                 path_len_constraint: None,
             }
-            .to_extension(&tbs.subject(), &exts)?,
+            .to_extension(tbs.subject(), &exts)?,
         );
         let usage = if self.rsa {
             KeyUsages::DigitalSignature | KeyUsages::KeyEncipherment
         } else {
             KeyUsages::DigitalSignature.into()
         };
-        exts.push(KeyUsage(usage).to_extension(&tbs.subject(), &exts)?);
+        exts.push(KeyUsage(usage).to_extension(tbs.subject(), &exts)?);
         let eku = match self.profile {
             Profile::Client => ID_KP_CLIENT_AUTH,
             Profile::Server => ID_KP_SERVER_AUTH,
         };
-        exts.push(ExtendedKeyUsage(vec![eku]).to_extension(&tbs.subject(), &exts)?);
+        exts.push(ExtendedKeyUsage(vec![eku]).to_extension(tbs.subject(), &exts)?);
         exts.push(ski_extension(&spk, tbs, &exts)?);
         exts.push(aki_extension(&self.issuer_key_id, tbs, &exts)?);
         if !self.sans.is_empty() {
@@ -238,7 +240,7 @@ impl BuilderProfile for Leaf {
                 .map(SubjectAltName::to_general_name)
                 .collect::<Result<Vec<_>>>()
                 .map_err(|_| der::Error::from(der::ErrorKind::Failed))?;
-            exts.push(X509San(names).to_extension(&tbs.subject(), &exts)?);
+            exts.push(X509San(names).to_extension(tbs.subject(), &exts)?);
         }
         Ok(exts)
     }

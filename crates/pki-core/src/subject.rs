@@ -195,7 +195,7 @@ fn utf8_any(value: &str) -> Result<Any> {
 fn rdn(oid: ObjectIdentifier, value: Any) -> Result<RelativeDistinguishedName> {
     let set = SetOfVec::try_from(vec![AttributeTypeAndValue { oid, value }])
         .map_err(|e| Error::malformed("subject", e))?;
-    RelativeDistinguishedName::try_from(set).map_err(|e| Error::malformed("subject", e))
+    Ok(RelativeDistinguishedName::from(set))
 }
 
 /// The common name of an X.509 name, if it has one.

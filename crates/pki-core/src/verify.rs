@@ -169,19 +169,19 @@ pub fn verify(
                 needed: profile.eku_name(),
             }));
         }
-        if let Some(ku) = leaf.key_usage()? {
-            if !ku.digital_signature() {
-                return Err(invalid(InvalidReason::MissingKeyUsage {
-                    needed: "digitalSignature",
-                }));
-            }
+        if let Some(ku) = leaf.key_usage()?
+            && !ku.digital_signature()
+        {
+            return Err(invalid(InvalidReason::MissingKeyUsage {
+                needed: "digitalSignature",
+            }));
         }
     }
 
     if let Some(name) = &options.name {
         let sans = leaf.subject_alt_names()?;
         let matched = match name.parse::<IpAddr>() {
-            Ok(ip) => sans.iter().any(|s| *s == SubjectAltName::Ip(ip)),
+            Ok(ip) => sans.contains(&SubjectAltName::Ip(ip)),
             Err(_) => sans.iter().any(|s| match s {
                 SubjectAltName::Dns(d) => d.matches(name),
                 _ => false,

@@ -2,6 +2,8 @@
 //! tools: rustls-webpki (the verifier rustls uses), rcgen and x509-parser.
 //! OpenSSL and pkilint run in the `verify-tests` package.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, SystemTime};
 
 use pki_core::{

@@ -6,7 +6,9 @@
 //! are looked up on `PATH`, and a missing tool fails the test with a message
 //! saying how to get it (never a silent skip).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+pub mod mosquitto;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -35,7 +37,7 @@ pub fn pkilint(program: &str) -> PathBuf {
     )
 }
 
-fn tool(env: &str, program: &str, how: &str) -> PathBuf {
+pub(crate) fn tool(env: &str, program: &str, how: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(env) {
         return PathBuf::from(path);
     }

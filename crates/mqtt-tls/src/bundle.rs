@@ -1,0 +1,355 @@
+//! The client bundle: certificate (chain), key and CA, checked before any
+//! network traffic and turned into a rustls configuration.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use pki_core::{Certificate, InvalidReason, KeyPair, Profile, VerifyOptions};
+use rustls::ClientConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::error::{Error, Result};
+
+/// Where a client's certificate, key and CA live: the original design's
+/// `ClientCert(cert_path, key_path, ca_cert_path)`.
+///
+/// Deserializes from a `[tls]` table:
+///
+/// ```toml
+/// [tls]
+/// cert_path = "backend_certs/client1_cert.pem"
+/// key_path = "backend_certs/client1.key"
+/// ca_cert_path = "root_cert/root_ca_cert.pem"
+/// # passphrase_env = "CLIENT_KEY_PASSPHRASE"   # for an encrypted key
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCert {
+    /// The client certificate, optionally followed by intermediates.
+    pub cert_path: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1 PEM; PKCS#8 may be encrypted).
+    pub key_path: PathBuf,
+    /// The CA certificate(s) that issued the broker's and our certificate.
+    pub ca_cert_path: PathBuf,
+    /// The environment variable holding the key's passphrase, if encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase_env: Option<String>,
+}
+
+impl ClientCert {
+    /// A bundle from three paths.
+    pub fn new(
+        cert_path: impl Into<PathBuf>,
+        key_path: impl Into<PathBuf>,
+        ca_cert_path: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            cert_path: cert_path.into(),
+            key_path: key_path.into(),
+            ca_cert_path: ca_cert_path.into(),
+            passphrase_env: None,
+        }
+    }
+
+    /// Reads and checks the three files (see [`TlsIdentity::from_pem`]).
+    pub fn load(&self) -> Result<TlsIdentity> {
+        let passphrase = match &self.passphrase_env {
+            Some(var) => Some(std::env::var(var).map_err(|_| Error::BadKey {
+                path: self.key_path.clone(),
+                reason: format!("the passphrase variable {var} is not set"),
+            })?),
+            None => None,
+        };
+        TlsIdentity::from_pem_files(
+            &self.cert_path,
+            &self.key_path,
+            &self.ca_cert_path,
+            passphrase.as_deref().map(str::as_bytes),
+        )
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| Error::ReadFile {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// A checked client identity: certificate chain, key and trusted CAs.
+///
+/// Building one proves, before any network traffic, that the key is the
+/// certificate's, that the certificate is valid now, is a client
+/// certificate, and was issued by the CA.
+#[derive(Debug, Clone)]
+pub struct TlsIdentity {
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+    cas: Vec<CertificateDer<'static>>,
+    leaf: Certificate,
+}
+
+impl TlsIdentity {
+    /// Reads the three PEM files; see [`TlsIdentity::from_pem`].
+    pub fn from_pem_files(
+        cert_path: &Path,
+        key_path: &Path,
+        ca_path: &Path,
+        passphrase: Option<&[u8]>,
+    ) -> Result<Self> {
+        let cert = read(cert_path)?;
+        let key = read(key_path)?;
+        let ca = read(ca_path)?;
+        Self::check(
+            Sources {
+                cert: (&cert, cert_path),
+                key: (&key, key_path),
+                ca: (&ca, ca_path),
+            },
+            passphrase,
+            SystemTime::now(),
+        )
+    }
+
+    /// Builds an identity from PEM bytes (the paths in errors are then
+    /// `<cert>`, `<key>` and `<ca>`).
+    pub fn from_pem(cert: &[u8], key: &[u8], ca: &[u8], passphrase: Option<&[u8]>) -> Result<Self> {
+        Self::check(
+            Sources {
+                cert: (cert, Path::new("<cert>")),
+                key: (key, Path::new("<key>")),
+                ca: (ca, Path::new("<ca>")),
+            },
+            passphrase,
+            SystemTime::now(),
+        )
+    }
+
+    fn check(src: Sources<'_>, passphrase: Option<&[u8]>, now: SystemTime) -> Result<Self> {
+        let (cert_pem, cert_path) = src.cert;
+        let (key_pem, key_path) = src.key;
+        let (ca_pem, ca_path) = src.ca;
+
+        let chain = certs(cert_pem, cert_path)?;
+        let cas = certs(ca_pem, ca_path)?;
+        let parse = |der: &CertificateDer<'_>, path: &Path| {
+            Certificate::from_der(der.to_vec()).map_err(|e| Error::BadCertificate {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })
+        };
+        let leaf = parse(&chain[0], cert_path)?;
+        let intermediates = chain[1..]
+            .iter()
+            .map(|c| parse(c, cert_path))
+            .collect::<Result<Vec<_>>>()?;
+        let trusted = cas
+            .iter()
+            .map(|c| parse(c, ca_path))
+            .collect::<Result<Vec<_>>>()?;
+
+        let key = private_key(key_pem, key_path, passphrase)?;
+        let key_pair = match &key {
+            PrivateKeyDer::Pkcs8(k) => KeyPair::from_pkcs8_der(k.secret_pkcs8_der()),
+            _ => KeyPair::from_pem(&String::from_utf8_lossy(key_pem)),
+        }
+        .map_err(|e| Error::BadKey {
+            path: key_path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let spki = leaf.public_key_der().map_err(|e| Error::BadCertificate {
+            path: cert_path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if !key_pair.matches_public_key(&spki) {
+            return Err(Error::KeyMismatch {
+                key_path: key_path.to_owned(),
+                cert_path: cert_path.to_owned(),
+            });
+        }
+
+        let validity = leaf.validity();
+        if now < validity.not_before() {
+            return Err(Error::NotYetValid {
+                path: cert_path.to_owned(),
+                not_before: validity.not_before(),
+                now,
+            });
+        }
+        if now > validity.not_after() {
+            return Err(Error::Expired {
+                path: cert_path.to_owned(),
+                not_after: validity.not_after(),
+                now,
+            });
+        }
+        let usages = leaf.tls_usages().map_err(|e| Error::BadCertificate {
+            path: cert_path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if !usages.client_auth || leaf.is_ca() {
+            let names = leaf.extended_key_usage_names().unwrap_or_default();
+            return Err(Error::NotClientCertificate {
+                path: cert_path.to_owned(),
+                reason: if leaf.is_ca() {
+                    "it is a CA certificate".to_owned()
+                } else {
+                    format!("its extended key usage is {}", names.join(", "))
+                },
+            });
+        }
+        verify_chain(&leaf, &intermediates, &trusted, now).map_err(|reason| {
+            Error::NotIssuedByCa {
+                cert_path: cert_path.to_owned(),
+                ca_path: ca_path.to_owned(),
+                reason,
+            }
+        })?;
+
+        Ok(Self {
+            chain,
+            key: Arc::new(key),
+            cas,
+            leaf,
+        })
+    }
+
+    /// The client certificate.
+    pub fn certificate(&self) -> &Certificate {
+        &self.leaf
+    }
+
+    /// A rustls client configuration: our CAs as the only roots, client
+    /// authentication with the full chain, the aws-lc-rs provider, TLS 1.2
+    /// and 1.3. Server-name checking stays on.
+    pub fn rustls_config(&self) -> Result<Arc<ClientConfig>> {
+        self.rustls_config_with_versions(rustls::DEFAULT_VERSIONS)
+    }
+
+    /// As [`TlsIdentity::rustls_config`], limited to the given TLS versions
+    /// (e.g. `&[&rustls::version::TLS12]`).
+    pub fn rustls_config_with_versions(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Result<Arc<ClientConfig>> {
+        let tls = |e: rustls::Error| Error::TlsConfig {
+            reason: e.to_string(),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in &self.cas {
+            roots.add(ca.clone()).map_err(tls)?;
+        }
+        // Always an explicit provider: the process-wide default panics when
+        // two providers are compiled into one binary.
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .map_err(tls)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(tls)?;
+        Ok(Arc::new(config))
+    }
+}
+
+struct Sources<'a> {
+    cert: (&'a [u8], &'a Path),
+    key: (&'a [u8], &'a Path),
+    ca: (&'a [u8], &'a Path),
+}
+
+fn certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::BadCertificate {
+            path: path.to_owned(),
+            reason: format!("malformed PEM: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(Error::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+fn private_key(
+    pem: &[u8],
+    path: &Path,
+    passphrase: Option<&[u8]>,
+) -> Result<PrivateKeyDer<'static>> {
+    let text = String::from_utf8_lossy(pem);
+    if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+        let Some(passphrase) = passphrase else {
+            return Err(Error::BadKey {
+                path: path.to_owned(),
+                reason: "the key is encrypted: give its passphrase (passphrase_env)".into(),
+            });
+        };
+        let key =
+            KeyPair::from_pem_with_passphrase(&text, passphrase).map_err(|e| Error::BadKey {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let der = key.to_pkcs8_der().map_err(|e| Error::BadKey {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        return Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.to_vec())));
+    }
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| Error::BadKey {
+        path: path.to_owned(),
+        reason: match e {
+            rustls::pki_types::pem::Error::NoItemsFound => {
+                "no private key found (expected PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY PEM)"
+                    .into()
+            }
+            other => format!("malformed PEM: {other}"),
+        },
+    })
+}
+
+/// Walks leaf → intermediates → a CA of the bundle with pki-core's verifier.
+fn verify_chain(
+    leaf: &Certificate,
+    intermediates: &[Certificate],
+    cas: &[Certificate],
+    now: SystemTime,
+) -> std::result::Result<(), String> {
+    let mut current = leaf.clone();
+    let mut profile = Some(Profile::Client);
+    for _ in 0..=intermediates.len() {
+        let options = VerifyOptions {
+            at: now,
+            profile,
+            name: None,
+            crl: None,
+        };
+        match pki_core::verify(&current, cas, &options) {
+            Ok(()) => return Ok(()),
+            Err(pki_core::Error::Invalid {
+                reason: InvalidReason::IssuerMismatch { .. },
+                ..
+            }) if !intermediates.is_empty() => {
+                let Some(next) = intermediates
+                    .iter()
+                    .find(|i| i.subject() == current.issuer())
+                else {
+                    break;
+                };
+                pki_core::verify(&current, std::slice::from_ref(next), &options)
+                    .map_err(|e| e.to_string())?;
+                current = next.clone();
+                profile = None;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err(format!(
+        "{} is issued by {}, which is neither in the CA file nor in the certificate's chain",
+        current.subject(),
+        current.issuer()
+    ))
+}

@@ -1,0 +1,752 @@
+//! The MQTT client: connect, subscribe with handlers, publish with
+//! acknowledgement, and a connection that keeps going.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::{
+    AsyncClient, ClientError, Event, EventLoop, Incoming, MqttOptions, Outgoing, Publish,
+    TlsConfiguration, Transport,
+};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use crate::bundle::TlsIdentity;
+use crate::classify::classify;
+use crate::error::{Error, Result};
+use crate::topic::{TopicFilter, check_publish_topic};
+
+pub use rumqttc::QoS;
+
+/// Exponential backoff with jitter: attempt `n` waits a random time between
+/// half and all of `min(max, initial × 2ⁿ)`, so many clients restarted
+/// together do not reconnect in step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The first delay.
+    pub initial: Duration,
+    /// The longest delay.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The delay before attempt `attempt` (0-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let base = self
+            .initial
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max);
+        let half = base / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// What to publish if we vanish without a DISCONNECT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastWill {
+    /// Topic of the will message.
+    pub topic: String,
+    /// Its payload.
+    pub payload: Bytes,
+    /// Its QoS.
+    pub qos: QoS,
+    /// Whether the broker retains it.
+    pub retain: bool,
+}
+
+/// Which TLS versions to offer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsVersions {
+    /// TLS 1.3 and 1.2.
+    #[default]
+    Default,
+    /// TLS 1.2 only.
+    Tls12Only,
+    /// TLS 1.3 only.
+    Tls13Only,
+}
+
+/// How to connect. Start from [`ConnectOptions::new`] and change fields.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Broker host: a DNS name or an IP address; the broker's certificate
+    /// must name it.
+    pub host: String,
+    /// Broker port (MQTT over TLS: 8883).
+    pub port: u16,
+    /// The client id; keep it stable for a persistent session.
+    pub client_id: String,
+    /// Keep-alive interval.
+    pub keep_alive: Duration,
+    /// `true`: the broker forgets our subscriptions and queued messages at
+    /// each connect. `false`: a persistent session.
+    pub clean_session: bool,
+    /// Last will, if any.
+    pub last_will: Option<LastWill>,
+    /// Username and password, if the broker wants them besides the certificate.
+    pub credentials: Option<(String, String)>,
+    /// Delays between reconnection attempts.
+    pub reconnect: Backoff,
+    /// Delays between retries of a failing handler.
+    pub handler_retry: Backoff,
+    /// QoS 1/2 publishes in flight at once.
+    pub max_inflight: u16,
+    /// TLS versions to offer.
+    pub tls_versions: TlsVersions,
+}
+
+impl ConnectOptions {
+    /// Options for `client_id` at `host:port`: clean session, 30 s
+    /// keep-alive, reconnect backoff from 250 ms to 30 s, handler retries
+    /// from 100 ms to 10 s.
+    pub fn new(host: impl Into<String>, port: u16, client_id: impl Into<String>) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            client_id: client_id.into(),
+            keep_alive: Duration::from_secs(30),
+            clean_session: true,
+            last_will: None,
+            credentials: None,
+            reconnect: Backoff {
+                initial: Duration::from_millis(250),
+                max: Duration::from_secs(30),
+            },
+            handler_retry: Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(10),
+            },
+            max_inflight: 100,
+            tls_versions: TlsVersions::Default,
+        }
+    }
+}
+
+/// A message delivered to a handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The topic it was published to (never the `$share/...` filter).
+    pub topic: String,
+    /// The payload.
+    pub payload: Bytes,
+    /// The QoS it was delivered with.
+    pub qos: QoS,
+    /// The broker's retain flag.
+    pub retain: bool,
+    /// The broker's duplicate flag: it may have been delivered before.
+    pub duplicate: bool,
+}
+
+/// What a handler returns on failure; the message is then retried and not
+/// acknowledged meanwhile.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+type HandlerFuture = Pin<Box<dyn Future<Output = std::result::Result<(), HandlerError>> + Send>>;
+type Handler = Arc<dyn Fn(Message) -> HandlerFuture + Send + Sync>;
+
+/// Counters for tests, health checks and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connection attempts that failed.
+    pub failed_attempts: u64,
+    /// Successful connections (CONNACK received).
+    pub connections: u64,
+    /// Messages whose handlers all succeeded.
+    pub messages_handled: u64,
+    /// Handler calls that returned an error.
+    pub handler_failures: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    failed_attempts: AtomicU64,
+    connections: AtomicU64,
+    messages_handled: AtomicU64,
+    handler_failures: AtomicU64,
+}
+
+struct Subscription {
+    filter: TopicFilter,
+    qos: QoS,
+    handler: Handler,
+}
+
+type Ack = oneshot::Sender<Result<()>>;
+
+/// Publishes between "handed to rumqttc" and "acknowledged by the broker".
+///
+/// rumqttc reports each publish it writes as `Outgoing::Publish(pkid)`, in
+/// the order of its request channel, so the front of `queued` belongs to
+/// the next such event. When the broker starts a new session after a
+/// connection loss, rumqttc drops what it had queued: then every waiting
+/// publish fails with [`Error::SessionLost`], and a barrier request marks
+/// where requests sent afterwards begin.
+#[derive(Default)]
+struct Tracker {
+    queued: VecDeque<Ack>,
+    inflight: HashMap<u16, Ack>,
+    collided: HashMap<u16, Ack>,
+    /// Events before the barrier belong to requests already failed.
+    skip_until_barrier: bool,
+    /// A barrier still has to be put into the request channel.
+    barrier_needed: bool,
+}
+
+/// The filter of the barrier request: an UNSUBSCRIBE of a filter nobody
+/// subscribes to, which the broker answers and otherwise ignores.
+const BARRIER_FILTER: &str = "$mqtt-tls/barrier/none";
+
+struct Shared {
+    host: String,
+    port: u16,
+    handler_retry: Backoff,
+    subscriptions: Mutex<Vec<Subscription>>,
+    connected: AtomicBool,
+    tracker: Mutex<Tracker>,
+    shutdown: AtomicBool,
+    shutdown_notify: Notify,
+    stopped: watch::Sender<bool>,
+    last_error: Mutex<Option<String>>,
+    counters: Counters,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind;
+    // carrying on is safer than poisoning the whole client.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The handle for subscribing, publishing and disconnecting. Cheap to clone
+/// and to share between tasks.
+#[derive(Clone)]
+pub struct MqttClient {
+    rumqtt: AsyncClient,
+    shared: Arc<Shared>,
+}
+
+/// The connection: drive it with [`Connection::connect`] and then
+/// [`Connection::run`] (or [`Connection::loop_forever`] from blocking code).
+pub struct Connection {
+    eventloop: EventLoop,
+    rumqtt: AsyncClient,
+    shared: Arc<Shared>,
+    reconnect: Backoff,
+    had_connection_error: bool,
+    attempt: u32,
+}
+
+impl MqttClient {
+    /// Prepares a client for `options` with `identity`; nothing is sent
+    /// until the [`Connection`] is driven.
+    pub fn new(options: &ConnectOptions, identity: &TlsIdentity) -> Result<(Self, Connection)> {
+        check_host(&options.host)?;
+        let tls = match options.tls_versions {
+            TlsVersions::Default => identity.rustls_config()?,
+            TlsVersions::Tls12Only => {
+                identity.rustls_config_with_versions(&[&rustls::version::TLS12])?
+            }
+            TlsVersions::Tls13Only => {
+                identity.rustls_config_with_versions(&[&rustls::version::TLS13])?
+            }
+        };
+        let mut mqtt = MqttOptions::new(&options.client_id, &options.host, options.port);
+        mqtt.set_keep_alive(options.keep_alive)
+            .set_clean_session(options.clean_session)
+            .set_manual_acks(true)
+            .set_inflight(options.max_inflight.max(1))
+            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+        if let Some(will) = &options.last_will {
+            mqtt.set_last_will(rumqttc::LastWill::new(
+                &will.topic,
+                will.payload.clone(),
+                will.qos,
+                will.retain,
+            ));
+        }
+        if let Some((user, password)) = &options.credentials {
+            mqtt.set_credentials(user, password);
+        }
+        let (rumqtt, eventloop) = AsyncClient::new(mqtt, 256);
+        let (stopped, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            host: options.host.clone(),
+            port: options.port,
+            handler_retry: options.handler_retry,
+            subscriptions: Mutex::new(Vec::new()),
+            connected: AtomicBool::new(false),
+            tracker: Mutex::new(Tracker::default()),
+            shutdown: AtomicBool::new(false),
+            shutdown_notify: Notify::new(),
+            stopped,
+            last_error: Mutex::new(None),
+            counters: Counters::default(),
+        });
+        let client = Self {
+            rumqtt: rumqtt.clone(),
+            shared: shared.clone(),
+        };
+        let connection = Connection {
+            eventloop,
+            rumqtt,
+            shared,
+            reconnect: options.reconnect,
+            had_connection_error: false,
+            attempt: 0,
+        };
+        Ok((client, connection))
+    }
+
+    /// Subscribes `handler` to `filter` (wildcards and `$share/<group>/...`
+    /// allowed). Messages are routed by their topic to every matching
+    /// handler; a QoS 1/2 message is acknowledged once all returned `Ok`.
+    /// The subscription is renewed after every reconnect without a session.
+    pub fn subscribe<F, Fut, E>(&self, filter: &str, qos: QoS, handler: F) -> Result<()>
+    where
+        F: Fn(Message) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: Into<HandlerError> + 'static,
+    {
+        let filter = TopicFilter::new(filter)?;
+        let handler: Handler = Arc::new(move |m| {
+            let fut = handler(m);
+            Box::pin(async move { fut.await.map_err(Into::into) })
+        });
+        let mut subs = lock(&self.shared.subscriptions);
+        if self.shared.connected.load(Ordering::SeqCst) {
+            send_subscribe(&self.rumqtt, vec![(filter.as_str().to_owned(), qos)]);
+        }
+        subs.push(Subscription {
+            filter,
+            qos,
+            handler,
+        });
+        Ok(())
+    }
+
+    /// Publishes and waits until the broker acknowledged it (PUBACK for QoS
+    /// 1, PUBCOMP for QoS 2); QoS 0 returns once it is handed to the
+    /// connection. Needs the [`Connection`] running.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<()> {
+        check_publish_topic(topic)?;
+        let payload: Bytes = payload.into();
+        let rx = loop {
+            if self.shared.shutdown.load(Ordering::SeqCst) {
+                return Err(Error::Closed);
+            }
+            {
+                let mut tracker = lock(&self.shared.tracker);
+                let ready = !tracker.barrier_needed || {
+                    let ok = self.rumqtt.try_unsubscribe(BARRIER_FILTER).is_ok();
+                    if ok {
+                        tracker.barrier_needed = false;
+                    }
+                    ok
+                };
+                if ready {
+                    match self
+                        .rumqtt
+                        .try_publish(topic, qos, retain, payload.to_vec())
+                    {
+                        Ok(()) => {
+                            let (tx, rx) = oneshot::channel();
+                            tracker.queued.push_back(tx);
+                            break rx;
+                        }
+                        Err(ClientError::TryRequest(rumqttc::Request::Publish(_))) => {}
+                        Err(_) => return Err(Error::Closed),
+                    }
+                }
+            }
+            // The request channel is full: the connection is busy or down.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        rx.await.unwrap_or(Err(Error::Closed))
+    }
+
+    /// Sends DISCONNECT and waits until it is on the wire and the
+    /// connection has stopped (at most 10 s). Unacknowledged messages stay
+    /// unacknowledged: a persistent session gets them again.
+    pub async fn disconnect(&self) -> Result<()> {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        self.shared.shutdown_notify.notify_waiters();
+        let mut stopped = self.shared.stopped.subscribe();
+        if !*stopped.borrow() && self.shared.connected.load(Ordering::SeqCst) {
+            self.rumqtt.disconnect().await.map_err(|_| Error::Closed)?;
+        }
+        // The connection stops after writing DISCONNECT, or at once when it
+        // is between connection attempts. If it is not being run at all,
+        // there is nothing to wait for.
+        let _ = tokio::time::timeout(Duration::from_secs(10), stopped.wait_for(|s| *s)).await;
+        Ok(())
+    }
+
+    /// Whether the connection is up (CONNACK received, no error since).
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::SeqCst)
+    }
+
+    /// The last connection error, as a person-readable message.
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.shared.last_error).clone()
+    }
+
+    /// Counters since the client was made.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.counters;
+        Stats {
+            failed_attempts: c.failed_attempts.load(Ordering::Relaxed),
+            connections: c.connections.load(Ordering::Relaxed),
+            messages_handled: c.messages_handled.load(Ordering::Relaxed),
+            handler_failures: c.handler_failures.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn check_host(host: &str) -> Result<()> {
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    rustls::pki_types::ServerName::try_from(host)
+        .map(|_| ())
+        .map_err(|e| Error::InvalidHost {
+            host: host.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+fn send_subscribe(rumqtt: &AsyncClient, filters: Vec<(String, QoS)>) {
+    if filters.is_empty() {
+        return;
+    }
+    let subs: Vec<rumqttc::SubscribeFilter> = filters
+        .into_iter()
+        .map(|(f, q)| rumqttc::SubscribeFilter::new(f, q))
+        .collect();
+    if rumqtt.try_subscribe_many(subs.clone()).is_err() {
+        // The channel is full; a task waits for room while the connection
+        // keeps draining it.
+        let rumqtt = rumqtt.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Err(e) = rumqtt.subscribe_many(subs).await {
+                    tracing::warn!("subscribing failed: {e}");
+                }
+            });
+        }
+    }
+}
+
+impl Connection {
+    /// Connects once: resolves the host, makes the TLS connection and the
+    /// MQTT session. Errors are classified (name mismatch, rejected
+    /// certificate, refused, DNS, ...) and returned, not retried.
+    pub async fn connect(&mut self) -> Result<()> {
+        let host = self.shared.host.clone();
+        let port = self.shared.port;
+        if host.parse::<IpAddr>().is_err() {
+            let resolved = tokio::net::lookup_host((host.as_str(), port))
+                .await
+                .map(|_| ());
+            if let Err(e) = resolved {
+                return Err(Error::Dns {
+                    host,
+                    reason: e.to_string(),
+                });
+            }
+        }
+        loop {
+            match self.eventloop.poll().await {
+                Ok(event) => {
+                    let connected = matches!(event, Event::Incoming(Incoming::ConnAck(_)));
+                    self.handle(event, None);
+                    if connected {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    self.shared
+                        .counters
+                        .failed_attempts
+                        .fetch_add(1, Ordering::Relaxed);
+                    let err = classify(&e, &host, port);
+                    *lock(&self.shared.last_error) = Some(err.to_string());
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    /// Runs until [`MqttClient::disconnect`]: dispatches messages to the
+    /// handlers, resolves publishes, and reconnects with backoff after any
+    /// failure, renewing subscriptions when the broker kept no session.
+    pub async fn run(mut self) -> Result<()> {
+        let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
+        let dispatcher = tokio::spawn(dispatch(
+            dispatch_rx,
+            self.rumqtt.clone(),
+            self.shared.clone(),
+        ));
+        loop {
+            if self.shared.shutdown.load(Ordering::SeqCst)
+                && !self.shared.connected.load(Ordering::SeqCst)
+            {
+                break;
+            }
+            match self.eventloop.poll().await {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+                Ok(event) => self.handle(event, Some(&dispatch_tx)),
+                Err(e) => {
+                    let was_connected = self.shared.connected.swap(false, Ordering::SeqCst);
+                    if self.shared.shutdown.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    self.had_connection_error = true;
+                    let err = classify(&e, &self.shared.host, self.shared.port);
+                    if was_connected {
+                        tracing::warn!("connection lost: {err}");
+                        self.attempt = 0;
+                    } else {
+                        self.shared
+                            .counters
+                            .failed_attempts
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("connecting failed (attempt {}): {err}", self.attempt + 1);
+                    }
+                    *lock(&self.shared.last_error) = Some(err.to_string());
+                    let delay = self.reconnect.delay(self.attempt);
+                    self.attempt = self.attempt.saturating_add(1);
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.shared.shutdown_notify.notified() => {}
+                    }
+                }
+            }
+        }
+        self.shared.connected.store(false, Ordering::SeqCst);
+        drop(dispatch_tx);
+        dispatcher.abort();
+        fail_all(&self.shared, || Error::Closed);
+        let _ = self.shared.stopped.send(true);
+        Ok(())
+    }
+
+    /// [`Connection::run`] for code that is not async: a Tokio runtime is
+    /// made for it, and handlers run on it.
+    pub fn loop_forever(self) -> Result<()> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Connection {
+                host: self.shared.host.clone(),
+                port: self.shared.port,
+                reason: format!("cannot start a Tokio runtime: {e}"),
+            })?;
+        runtime.block_on(self.run())
+    }
+
+    fn handle(&mut self, event: Event, dispatch: Option<&mpsc::UnboundedSender<Publish>>) {
+        match event {
+            Event::Incoming(Incoming::ConnAck(ack)) => {
+                self.attempt = 0;
+                self.shared
+                    .counters
+                    .connections
+                    .fetch_add(1, Ordering::Relaxed);
+                if !ack.session_present && self.had_connection_error {
+                    // rumqttc dropped everything it had queued: fail the
+                    // waiting publishes rather than let them hang or, worse,
+                    // be matched with other publishes' acknowledgements.
+                    fail_all(&self.shared, || Error::SessionLost);
+                    let mut tracker = lock(&self.shared.tracker);
+                    tracker.skip_until_barrier = true;
+                    tracker.barrier_needed = self.rumqtt.try_unsubscribe(BARRIER_FILTER).is_err();
+                }
+                let subs = lock(&self.shared.subscriptions);
+                self.shared.connected.store(true, Ordering::SeqCst);
+                if !ack.session_present {
+                    send_subscribe(
+                        &self.rumqtt,
+                        subs.iter()
+                            .map(|s| (s.filter.as_str().to_owned(), s.qos))
+                            .collect(),
+                    );
+                }
+                tracing::info!(
+                    "connected to {}:{} (session present: {})",
+                    self.shared.host,
+                    self.shared.port,
+                    ack.session_present
+                );
+            }
+            Event::Incoming(Incoming::Publish(publish)) => match dispatch {
+                Some(tx) => {
+                    let _ = tx.send(publish);
+                }
+                None => tracing::debug!("message before run(): left unacknowledged"),
+            },
+            Event::Incoming(Incoming::PubAck(ack)) => self.resolve(ack.pkid),
+            Event::Incoming(Incoming::PubComp(comp)) => self.resolve(comp.pkid),
+            Event::Incoming(Incoming::SubAck(ack)) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    let msg = "the broker refused a subscription (check its ACL for our identity)";
+                    tracing::warn!("{msg}");
+                    *lock(&self.shared.last_error) = Some(msg.to_owned());
+                }
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                let mut tracker = lock(&self.shared.tracker);
+                if tracker.skip_until_barrier {
+                    return;
+                }
+                if pkid == 0 {
+                    if let Some(tx) = tracker.queued.pop_front() {
+                        let _ = tx.send(Ok(()));
+                    }
+                } else if let Some(tx) = tracker.collided.remove(&pkid) {
+                    tracker.inflight.insert(pkid, tx);
+                } else if !tracker.inflight.contains_key(&pkid) {
+                    // Not a retransmission: the next publish in line.
+                    if let Some(tx) = tracker.queued.pop_front() {
+                        tracker.inflight.insert(pkid, tx);
+                    }
+                }
+            }
+            Event::Outgoing(Outgoing::AwaitAck(pkid)) => {
+                let mut tracker = lock(&self.shared.tracker);
+                if !tracker.skip_until_barrier {
+                    if let Some(tx) = tracker.queued.pop_front() {
+                        tracker.collided.insert(pkid, tx);
+                    }
+                }
+            }
+            Event::Outgoing(Outgoing::Unsubscribe(_)) => {
+                lock(&self.shared.tracker).skip_until_barrier = false;
+            }
+            _ => {}
+        }
+    }
+
+    fn resolve(&mut self, pkid: u16) {
+        if let Some(tx) = lock(&self.shared.tracker).inflight.remove(&pkid) {
+            let _ = tx.send(Ok(()));
+        }
+    }
+}
+
+fn fail_all(shared: &Shared, err: impl Fn() -> Error) {
+    let mut tracker = lock(&shared.tracker);
+    for tx in tracker.queued.drain(..) {
+        let _ = tx.send(Err(err()));
+    }
+    for (_, tx) in tracker.inflight.drain() {
+        let _ = tx.send(Err(err()));
+    }
+    for (_, tx) in tracker.collided.drain() {
+        let _ = tx.send(Err(err()));
+    }
+}
+
+/// Runs handlers one message at a time, in arrival order, and acknowledges
+/// each QoS 1/2 message only after all its handlers succeeded. A failing
+/// handler is retried with backoff; its message stays unacknowledged, so if
+/// the process dies the broker redelivers it to the persistent session.
+async fn dispatch(
+    mut rx: mpsc::UnboundedReceiver<Publish>,
+    rumqtt: AsyncClient,
+    shared: Arc<Shared>,
+) {
+    while let Some(publish) = rx.recv().await {
+        let message = Message {
+            topic: publish.topic.clone(),
+            payload: publish.payload.clone(),
+            qos: publish.qos,
+            retain: publish.retain,
+            duplicate: publish.dup,
+        };
+        let handlers: Vec<Handler> = lock(&shared.subscriptions)
+            .iter()
+            .filter(|s| s.filter.matches(&message.topic))
+            .map(|s| s.handler.clone())
+            .collect();
+        if handlers.is_empty() {
+            tracing::debug!("no handler for {}", message.topic);
+        }
+        for handler in handlers {
+            let mut attempt = 0;
+            loop {
+                match handler(message.clone()).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        shared
+                            .counters
+                            .handler_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            "handler for {} failed (attempt {}): {e}; retrying, message not acknowledged",
+                            message.topic,
+                            attempt + 1
+                        );
+                        let delay = shared.handler_retry.delay(attempt);
+                        attempt = attempt.saturating_add(1);
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            () = shared.shutdown_notify.notified() => return,
+                        }
+                    }
+                }
+            }
+        }
+        shared
+            .counters
+            .messages_handled
+            .fetch_add(1, Ordering::Relaxed);
+        if publish.qos != QoS::AtMostOnce && rumqtt.ack(&publish).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_stays_bounded() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
+        for attempt in 0..40 {
+            let d = b.delay(attempt);
+            let base = (Duration::from_millis(100) * (1 << attempt.min(20))).min(b.max);
+            assert!(d >= base / 2 && d <= base, "attempt {attempt}: {d:?}");
+        }
+        let samples: std::collections::HashSet<_> = (0..20).map(|_| b.delay(5)).collect();
+        assert!(samples.len() > 1, "no jitter");
+    }
+
+    #[test]
+    fn hosts_are_dns_names_or_ip_addresses() {
+        assert!(check_host("localhost").is_ok());
+        assert!(check_host("127.0.0.1").is_ok());
+        assert!(check_host("::1").is_ok());
+        assert!(check_host("bad host").is_err());
+    }
+}

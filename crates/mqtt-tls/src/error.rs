@@ -1,0 +1,220 @@
+//! The one error type of this crate.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use pki_core::Timestamp;
+
+/// Everything that can go wrong loading a client bundle or talking to the
+/// broker. Each variant names the file or the peer at fault, and what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file of the bundle cannot be read.
+    #[error("reading {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A file holds no PEM certificate.
+    #[error("{path}: no certificate found (expected a PEM `BEGIN CERTIFICATE` block)")]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// A file holds no usable private key.
+    #[error("{path}: {reason}")]
+    BadKey {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A certificate file that does not parse.
+    #[error("{path}: {reason}")]
+    BadCertificate {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The key is not the certificate's.
+    #[error("{key_path}: key does not match certificate {cert_path}")]
+    KeyMismatch {
+        /// The key file.
+        key_path: PathBuf,
+        /// The certificate file.
+        cert_path: PathBuf,
+    },
+
+    /// The client certificate's validity has not started.
+    #[error("{path}: certificate is not valid before {} (now {})", Timestamp(*not_before), Timestamp(*now))]
+    NotYetValid {
+        /// The certificate file.
+        path: PathBuf,
+        /// Its `notBefore`.
+        not_before: SystemTime,
+        /// The time of the check.
+        now: SystemTime,
+    },
+
+    /// The client certificate has expired.
+    #[error("{path}: certificate expired at {} (now {})", Timestamp(*not_after), Timestamp(*now))]
+    Expired {
+        /// The certificate file.
+        path: PathBuf,
+        /// Its `notAfter`.
+        not_after: SystemTime,
+        /// The time of the check.
+        now: SystemTime,
+    },
+
+    /// The client certificate was not issued by the CA in the bundle.
+    #[error("{cert_path}: not issued by the CA in {ca_path}: {reason}")]
+    NotIssuedByCa {
+        /// The certificate file.
+        cert_path: PathBuf,
+        /// The CA file.
+        ca_path: PathBuf,
+        /// Why not.
+        reason: String,
+    },
+
+    /// The client certificate may not be used for TLS client authentication.
+    #[error(
+        "{path}: certificate is not a client certificate ({reason}); issue one with the client profile"
+    )]
+    NotClientCertificate {
+        /// The certificate file.
+        path: PathBuf,
+        /// What its usage says.
+        reason: String,
+    },
+
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {reason}")]
+    TlsConfig {
+        /// What rustls said.
+        reason: String,
+    },
+
+    /// The broker host is neither a DNS name nor an IP address.
+    #[error("invalid broker host {host:?}: {reason}")]
+    InvalidHost {
+        /// The host.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// The broker's host name does not resolve.
+    #[error("cannot resolve broker host {host}: {reason}")]
+    Dns {
+        /// The host.
+        host: String,
+        /// The resolver's error.
+        reason: String,
+    },
+
+    /// Nothing listens at the broker address.
+    #[error("connection to {host}:{port} refused: is the broker running and listening there?")]
+    ConnectionRefused {
+        /// The host.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+
+    /// The broker's certificate does not name the host we dialled.
+    #[error("the broker's certificate is not valid for {host} (it names: {}); dial one of those names or reissue the broker certificate with --dns/--ip", if names.is_empty() { "nothing".to_owned() } else { names.join(", ") })]
+    ServerNameMismatch {
+        /// The host we dialled.
+        host: String,
+        /// The names in its certificate.
+        names: Vec<String>,
+    },
+
+    /// The broker's certificate does not chain to our CA, or is otherwise
+    /// unacceptable.
+    #[error("the broker's certificate is not trusted: {reason}")]
+    ServerCertificate {
+        /// Why.
+        reason: String,
+    },
+
+    /// The broker rejected our client certificate during the handshake.
+    #[error("the broker rejected our client certificate ({alert}): {hint}")]
+    ClientCertificateRejected {
+        /// The TLS alert it sent.
+        alert: String,
+        /// What that usually means.
+        hint: &'static str,
+    },
+
+    /// Another TLS failure.
+    #[error("TLS with {host}:{port} failed: {reason}")]
+    Tls {
+        /// The host.
+        host: String,
+        /// The port.
+        port: u16,
+        /// What rustls said.
+        reason: String,
+    },
+
+    /// The broker answered CONNECT with a refusal.
+    #[error("the broker refused the MQTT connection: {reason}")]
+    BrokerRefused {
+        /// The CONNACK return code.
+        reason: String,
+    },
+
+    /// Any other network or protocol failure.
+    #[error("connection to {host}:{port} lost: {reason}")]
+    Connection {
+        /// The host.
+        host: String,
+        /// The port.
+        port: u16,
+        /// The underlying error.
+        reason: String,
+    },
+
+    /// The broker started a new session: QoS 1/2 publishes not yet
+    /// acknowledged were dropped by the MQTT client and must be sent again.
+    #[error("the broker started a new session before acknowledging this publish; send it again")]
+    SessionLost,
+
+    /// The client was shut down (or its event loop stopped).
+    #[error("the MQTT client is shut down")]
+    Closed,
+
+    /// A topic or filter that MQTT does not allow.
+    #[error("invalid MQTT topic {topic:?}: {reason}")]
+    InvalidTopic {
+        /// The topic or filter.
+        topic: String,
+        /// Why.
+        reason: &'static str,
+    },
+
+    /// A `pki-core` failure on a file of the bundle.
+    #[error("{path}: {source}")]
+    Pki {
+        /// The file.
+        path: PathBuf,
+        /// The PKI error.
+        #[source]
+        source: pki_core::Error,
+    },
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

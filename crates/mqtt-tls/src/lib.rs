@@ -1,0 +1,58 @@
+//! MQTT over mutual TLS, the original design's step 3 in Rust.
+//!
+//! A [`ClientCert`] bundle (certificate, key, CA) is checked before any
+//! network traffic ([`TlsIdentity`]), becomes a `rustls::ClientConfig`
+//! (aws-lc-rs provider, our CA as the only root, server names checked), and
+//! drives a `rumqttc` client that:
+//!
+//! - routes messages to per-filter handlers (`+`, `#`, `$`-topics and
+//!   `$share/<group>/` handled as MQTT says),
+//! - acknowledges QoS 1/2 messages only after their handlers succeeded,
+//!   retrying failing handlers with backoff,
+//! - resolves [`MqttClient::publish`] when the broker acknowledged it,
+//! - reconnects with exponential backoff and jitter, and resubscribes when
+//!   the broker kept no session,
+//! - reports TLS failures as errors a person can act on ([`Error`]).
+//!
+//! This crate is the only one in the workspace that knows rustls and rumqttc.
+//!
+//! ```no_run
+//! use mqtt_tls::{ClientCert, ConnectOptions, MqttClient, QoS};
+//!
+//! # async fn demo() -> Result<(), mqtt_tls::Error> {
+//! let identity = ClientCert::new(
+//!     "backend_certs/client1_cert.pem",
+//!     "backend_certs/client1.key",
+//!     "root_cert/root_ca_cert.pem",
+//! )
+//! .load()?; // checks key, dates, usage and CA before connecting
+//!
+//! let (client, mut connection) =
+//!     MqttClient::new(&ConnectOptions::new("localhost", 8883, "Client1"), &identity)?;
+//! connection.connect().await?;
+//! client.subscribe("test/data", QoS::AtLeastOnce, |message| async move {
+//!     println!("{}: {:?}", message.topic, message.payload);
+//!     Ok::<(), std::io::Error>(())
+//! })?;
+//! tokio::spawn(connection.run());
+//! client.publish("test/data", "hello", QoS::AtLeastOnce, false).await?; // PUBACK received
+//! client.disconnect().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod bundle;
+mod classify;
+mod client;
+mod error;
+mod topic;
+
+pub use bundle::{ClientCert, TlsIdentity};
+pub use client::{
+    Backoff, ConnectOptions, Connection, HandlerError, LastWill, Message, MqttClient, QoS, Stats,
+    TlsVersions,
+};
+pub use error::{Error, Result};
+pub use topic::TopicFilter;

@@ -1,0 +1,180 @@
+//! MQTT topic filters and matching (MQTT 3.1.1 section 4.7, MQTT 5 shared
+//! subscriptions).
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// A validated subscription filter, e.g. `sensors/+/temperature`, `logs/#`
+/// or `$share/ingest/sensors/#`.
+///
+/// Messages arrive under their real topic, also for shared subscriptions,
+/// so routing matches against the filter with its `$share/<group>/` prefix
+/// removed (paho's per-topic callbacks get this wrong).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TopicFilter {
+    full: String,
+    /// Byte offset of the routing part (after `$share/<group>/`).
+    route_start: usize,
+}
+
+impl TopicFilter {
+    /// Validates a filter: non-empty, `#` only as the last whole level, `+`
+    /// only as a whole level, no NUL, and a `$share/` prefix with a group.
+    pub fn new(filter: impl Into<String>) -> Result<Self> {
+        let full = filter.into();
+        let bad = |reason| Error::InvalidTopic {
+            topic: full.clone(),
+            reason,
+        };
+        if full.is_empty() {
+            return Err(bad("a filter must not be empty"));
+        }
+        if full.len() > 65_535 {
+            return Err(bad("longer than 65535 bytes"));
+        }
+        if full.contains('\0') {
+            return Err(bad("contains NUL"));
+        }
+        let route_start = match full.strip_prefix("$share/") {
+            Some(rest) => {
+                let Some((group, filter)) = rest.split_once('/') else {
+                    return Err(bad("a shared subscription needs $share/<group>/<filter>"));
+                };
+                if group.is_empty() || group.contains(['+', '#']) {
+                    return Err(bad("invalid share group name"));
+                }
+                if filter.is_empty() {
+                    return Err(bad("a shared subscription needs a filter after the group"));
+                }
+                "$share/".len() + group.len() + 1
+            }
+            None => 0,
+        };
+        let route = &full[route_start..];
+        let levels: Vec<&str> = route.split('/').collect();
+        for (i, level) in levels.iter().enumerate() {
+            if level.contains('#') && (*level != "#" || i != levels.len() - 1) {
+                return Err(bad("`#` must be the last level, on its own"));
+            }
+            if level.contains('+') && *level != "+" {
+                return Err(bad("`+` must be a whole level"));
+            }
+        }
+        Ok(Self { full, route_start })
+    }
+
+    /// The filter as sent to the broker.
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+
+    /// The share group, for `$share/<group>/...` filters.
+    pub fn share_group(&self) -> Option<&str> {
+        (self.route_start > 0).then(|| &self.full["$share/".len()..self.route_start - 1])
+    }
+
+    /// Whether a message published to `topic` matches this filter.
+    pub fn matches(&self, topic: &str) -> bool {
+        let filter = &self.full[self.route_start..];
+        // Section 4.7.2: wildcards at the first level do not match `$` topics.
+        if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+            return false;
+        }
+        let mut f = filter.split('/');
+        let mut t = topic.split('/');
+        loop {
+            match (f.next(), t.next()) {
+                (Some("#"), _) => return true,
+                (Some("+"), Some(_)) => {}
+                (Some(fl), Some(tl)) if fl == tl => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+}
+
+impl fmt::Display for TopicFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.full)
+    }
+}
+
+/// Checks a topic name for publishing: non-empty, no wildcards, no NUL.
+pub(crate) fn check_publish_topic(topic: &str) -> Result<()> {
+    let bad = |reason| Error::InvalidTopic {
+        topic: topic.to_owned(),
+        reason,
+    };
+    if topic.is_empty() {
+        return Err(bad("a topic must not be empty"));
+    }
+    if topic.contains(['+', '#']) {
+        return Err(bad("wildcards are not allowed when publishing"));
+    }
+    if topic.contains('\0') {
+        return Err(bad("contains NUL"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(filter: &str, topic: &str) -> bool {
+        TopicFilter::new(filter).unwrap().matches(topic)
+    }
+
+    #[test]
+    fn wildcards_match_as_the_spec_says() {
+        assert!(m("a/b", "a/b"));
+        assert!(!m("a/b", "a/b/c"));
+        assert!(m("a/+", "a/b"));
+        assert!(!m("a/+", "a/b/c"));
+        assert!(m("a/+", "a/"));
+        assert!(m("a/#", "a"));
+        assert!(m("a/#", "a/b/c"));
+        assert!(m("#", "a/b"));
+        assert!(m("+/+", "/x"));
+        assert!(m("+/b/+", "a/b/c"));
+        assert!(!m("+/b/+", "a/x/c"));
+    }
+
+    #[test]
+    fn dollar_topics_need_explicit_first_level() {
+        assert!(!m("#", "$SYS/broker/uptime"));
+        assert!(!m("+/broker/uptime", "$SYS/broker/uptime"));
+        assert!(m("$SYS/#", "$SYS/broker/uptime"));
+    }
+
+    #[test]
+    fn shared_subscriptions_route_by_their_filter() {
+        let f = TopicFilter::new("$share/ingest/sensors/+/t").unwrap();
+        assert_eq!(f.share_group(), Some("ingest"));
+        assert!(f.matches("sensors/1/t"));
+        assert!(!f.matches("$share/ingest/sensors/1/t"));
+        assert_eq!(TopicFilter::new("a/#").unwrap().share_group(), None);
+    }
+
+    #[test]
+    fn rejects_malformed_filters() {
+        for bad in [
+            "",
+            "a/#/b",
+            "a#",
+            "a/b+",
+            "$share/",
+            "$share/g",
+            "$share//a",
+            "$share/g/",
+            "a\0b",
+        ] {
+            assert!(TopicFilter::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_publish_topic("a/+").is_err());
+        assert!(check_publish_topic("").is_err());
+        assert!(check_publish_topic("a/b").is_ok());
+    }
+}

@@ -1,0 +1,290 @@
+//! A real Mosquitto for end-to-end tests: its own temp dir and port,
+//! `require_certificate true`, stopped by `Drop`.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use mqtt_tls::ClientCert;
+use pki_core::{
+    CertificateAuthority, Csr, CsrParams, IssueParams, KeyPair, KeyType, Profile, Subject,
+    SubjectAltName, Validity,
+};
+
+use crate::{root, tool, write};
+
+/// The `mosquitto` broker binary (Debian puts it in /usr/sbin).
+pub fn mosquitto_bin() -> PathBuf {
+    if std::env::var_os("MQTT_MTLS_MOSQUITTO").is_none()
+        && Path::new("/usr/sbin/mosquitto").is_file()
+    {
+        return PathBuf::from("/usr/sbin/mosquitto");
+    }
+    tool(
+        "MQTT_MTLS_MOSQUITTO",
+        "mosquitto",
+        "run `cargo xtask test`, which installs it, or apt-get install -y mosquitto mosquitto-clients",
+    )
+}
+
+/// `mosquitto_pub` or `mosquitto_sub`.
+pub fn mosquitto_client(program: &str) -> PathBuf {
+    tool(
+        "MQTT_MTLS_NO_SUCH_VAR",
+        program,
+        "apt-get install -y mosquitto-clients",
+    )
+}
+
+/// A CA and a broker certificate in a temp dir, and a way to make clients.
+pub struct Pki {
+    /// The folder holding every file.
+    pub dir: tempfile::TempDir,
+    /// The CA.
+    pub ca: CertificateAuthority,
+    /// `ca.pem`.
+    pub ca_path: PathBuf,
+    /// The broker's certificate.
+    pub server_cert: PathBuf,
+    /// The broker's key.
+    pub server_key: PathBuf,
+}
+
+impl Pki {
+    /// A P-256 CA and a broker certificate for `localhost` and 127.0.0.1.
+    pub fn new() -> Self {
+        Self::with_server_names(&["localhost"], &["127.0.0.1"])
+    }
+
+    /// A broker certificate naming exactly these hosts.
+    pub fn with_server_names(dns: &[&str], ips: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = root(KeyType::P256);
+        let ca_path = write(dir.path(), "ca.pem", &ca.certificate().to_pem());
+        let key = KeyPair::generate(KeyType::P256).unwrap();
+        let mut params = CsrParams::new(Subject::new("broker").unwrap());
+        params.sans = dns
+            .iter()
+            .map(|d| SubjectAltName::Dns(d.parse().unwrap()))
+            .chain(ips.iter().map(|i| SubjectAltName::Ip(i.parse().unwrap())))
+            .collect();
+        let csr = Csr::new(&params, &key).unwrap();
+        let cert = ca
+            .sign(
+                &csr,
+                &IssueParams::new(Profile::Server, Validity::days_from_now(30).unwrap()),
+            )
+            .unwrap()
+            .certificate;
+        let server_cert = write(dir.path(), "server.pem", &cert.to_pem());
+        let server_key = write(dir.path(), "server.key", &key.to_pkcs8_pem().unwrap());
+        Self {
+            dir,
+            ca,
+            ca_path,
+            server_cert,
+            server_key,
+        }
+    }
+
+    /// A client bundle for `name` from this CA.
+    pub fn client(&self, name: &str) -> ClientCert {
+        self.issue(
+            &self.ca,
+            name,
+            Profile::Client,
+            Validity::days_from_now(30).unwrap(),
+        )
+    }
+
+    /// A bundle for `name` from `ca` with the given profile and validity;
+    /// the bundle's CA file is this PKI's CA.
+    pub fn issue(
+        &self,
+        ca: &CertificateAuthority,
+        name: &str,
+        profile: Profile,
+        validity: Validity,
+    ) -> ClientCert {
+        let key = KeyPair::generate(KeyType::P256).unwrap();
+        let mut params = CsrParams::new(Subject::new(name).unwrap());
+        if profile == Profile::Server {
+            params.sans = vec![SubjectAltName::Dns("localhost".parse().unwrap())];
+        }
+        let csr = Csr::new(&params, &key).unwrap();
+        let cert = ca
+            .sign(&csr, &IssueParams::new(profile, validity))
+            .unwrap()
+            .certificate;
+        ClientCert::new(
+            write(self.dir.path(), &format!("{name}_cert.pem"), &cert.to_pem()),
+            write(
+                self.dir.path(),
+                &format!("{name}.key"),
+                &key.to_pkcs8_pem().unwrap(),
+            ),
+            self.ca_path.clone(),
+        )
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Broker settings that tests vary.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerOptions {
+    /// `persistence true` (sessions survive a restart).
+    pub persistence: bool,
+}
+
+/// A running Mosquitto. Dropping it kills the process.
+pub struct Mosquitto {
+    child: Option<Child>,
+    config: PathBuf,
+    /// The port it listens on, on 127.0.0.1.
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Starts a broker for `pki` on a free port.
+    pub fn start(pki: &Pki, options: &BrokerOptions) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut conf = format!(
+            "per_listener_settings false\n\
+             allow_anonymous true\n\
+             listener {port} 127.0.0.1\n\
+             cafile {ca}\n\
+             certfile {cert}\n\
+             keyfile {key}\n\
+             require_certificate true\n\
+             use_identity_as_username true\n\
+             max_queued_messages 100000\n\
+             max_inflight_messages 100\n\
+             log_dest file {log}\n\
+             log_type all\n",
+            ca = pki.ca_path.display(),
+            cert = pki.server_cert.display(),
+            key = pki.server_key.display(),
+            log = dir.path().join("mosquitto.log").display(),
+        );
+        if running_as_root() {
+            // Mosquitto started as root drops to the `mosquitto` user, which
+            // cannot write our temp dir (log, persistence file).
+            conf.push_str("user root\n");
+        }
+        if options.persistence {
+            conf.push_str(&format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                dir.path().display()
+            ));
+        }
+        let config = write(dir.path(), "mosquitto.conf", &conf);
+        let mut broker = Self {
+            child: None,
+            config,
+            port,
+            dir,
+        };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start mosquitto: {e}"));
+        self.child = Some(child);
+        // Ready when it logs that it runs and accepts connections.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("mosquitto exited with {status}:\n{}", self.log());
+            }
+            if self.log().contains(" running")
+                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the broker gracefully (SIGTERM: it saves its persistence file).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// Stops and starts the broker again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// The broker's log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A validity window that ended yesterday.
+pub fn expired() -> Validity {
+    let now = SystemTime::now();
+    Validity::new(
+        now - Duration::from_secs(10 * 86_400),
+        now - Duration::from_secs(86_400),
+    )
+    .unwrap()
+}

@@ -10,6 +10,12 @@
 
 pub mod mosquitto;
 
+/// The workspace README's examples, compiled and run as doc tests so that
+/// they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -12,9 +12,10 @@ const HELP: &str = "\
 cargo xtask <TASK>
 
 Tasks:
-  test      fmt --check, clippy -D warnings, and the whole test suite,
-            including the OpenSSL and pkilint checks (installs pkilint into
-            target/pkilint-venv when missing)
+  test      fmt --check, clippy -D warnings, the whole test suite (OpenSSL
+            and pkilint cross-checks, end-to-end tests against a real
+            Mosquitto) and cargo doc. Installs what is missing: openssl and
+            mosquitto with apt-get (as root), pkilint into target/pkilint-venv
   help      this text
 ";
 

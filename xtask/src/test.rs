@@ -19,12 +19,14 @@ pub(crate) fn run(extra: &[String]) -> Result<(), String> {
     ]))?;
     let openssl = tools::openssl()?;
     let pkilint = tools::pkilint()?;
+    let mosquitto = tools::mosquitto()?;
     let totals = sh_counting_tests(
         cargo()
             .args(["test", "--workspace"])
             .args(extra)
             .env("MQTT_MTLS_OPENSSL", openssl)
-            .env("MQTT_MTLS_PKILINT_BIN", pkilint),
+            .env("MQTT_MTLS_PKILINT_BIN", pkilint)
+            .env("MQTT_MTLS_MOSQUITTO", mosquitto),
     )?;
     sh(cargo()
         .args(["doc", "--workspace", "--no-deps"])

@@ -2,6 +2,8 @@
 //!
 //! - `openssl`: Debian's package, installed with apt-get when missing and we
 //!   are root.
+//! - `mosquitto`, `mosquitto_pub`, `mosquitto_sub`: Debian's packages, the
+//!   same way.
 //! - pkilint (PyPI): installed into `target/pkilint-venv` on first use.
 
 use std::path::PathBuf;
@@ -19,6 +21,24 @@ pub(crate) fn openssl() -> Result<PathBuf, String> {
     }
     apt_install(&["openssl"])?;
     which("openssl").ok_or_else(|| "openssl is still not on PATH after installing it".into())
+}
+
+/// The `mosquitto` broker (Debian installs it in /usr/sbin), installing
+/// Debian's `mosquitto` and `mosquitto-clients` when either is missing.
+pub(crate) fn mosquitto() -> Result<PathBuf, String> {
+    let find = || {
+        let broker = which("mosquitto").or_else(|| {
+            let sbin = PathBuf::from("/usr/sbin/mosquitto");
+            sbin.is_file().then_some(sbin)
+        });
+        broker.filter(|_| which("mosquitto_pub").is_some() && which("mosquitto_sub").is_some())
+    };
+    if let Some(path) = find() {
+        return Ok(path);
+    }
+    eprintln!("xtask: Mosquitto is missing; installing Debian's mosquitto and mosquitto-clients");
+    apt_install(&["mosquitto", "mosquitto-clients"])?;
+    find().ok_or_else(|| "mosquitto is still missing after installing it".into())
 }
 
 /// The folder holding pkilint's `lint_pkix_cert` and friends.

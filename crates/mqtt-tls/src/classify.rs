@@ -40,10 +40,10 @@ fn find_in_chain<T: std::error::Error + 'static>(err: &ConnectionError) -> Optio
         if let Some(found) = e.downcast_ref::<T>() {
             return Some(found);
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(found) = io.get_ref().and_then(|inner| inner.downcast_ref::<T>()) {
-                return Some(found);
-            }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(found) = io.get_ref().and_then(|inner| inner.downcast_ref::<T>())
+        {
+            return Some(found);
         }
         current = e.source();
     }

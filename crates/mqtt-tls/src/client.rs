@@ -599,16 +599,15 @@ impl Connection {
             },
             Event::Incoming(Incoming::PubAck(ack)) => self.resolve(ack.pkid),
             Event::Incoming(Incoming::PubComp(comp)) => self.resolve(comp.pkid),
-            Event::Incoming(Incoming::SubAck(ack)) => {
+            Event::Incoming(Incoming::SubAck(ack))
                 if ack
                     .return_codes
                     .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                {
-                    let msg = "the broker refused a subscription (check its ACL for our identity)";
-                    tracing::warn!("{msg}");
-                    *lock(&self.shared.last_error) = Some(msg.to_owned());
-                }
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) =>
+            {
+                let msg = "the broker refused a subscription (check its ACL for our identity)";
+                tracing::warn!("{msg}");
+                *lock(&self.shared.last_error) = Some(msg.to_owned());
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 let mut tracker = lock(&self.shared.tracker);
@@ -630,10 +629,10 @@ impl Connection {
             }
             Event::Outgoing(Outgoing::AwaitAck(pkid)) => {
                 let mut tracker = lock(&self.shared.tracker);
-                if !tracker.skip_until_barrier {
-                    if let Some(tx) = tracker.queued.pop_front() {
-                        tracker.collided.insert(pkid, tx);
-                    }
+                if !tracker.skip_until_barrier
+                    && let Some(tx) = tracker.queued.pop_front()
+                {
+                    tracker.collided.insert(pkid, tx);
                 }
             }
             Event::Outgoing(Outgoing::Unsubscribe(_)) => {

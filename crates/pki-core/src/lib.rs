@@ -96,9 +96,3 @@ pub use verify::{VerifyOptions, verify};
 pub fn sha256_fingerprint(der: &[u8]) -> String {
     cert::fingerprint(der)
 }
-
-/// The workspace README's examples, compiled and run as doc tests so that
-/// they stay true.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-pub struct ReadmeDoctests;

@@ -581,3 +581,161 @@ async fn failed_and_unacknowledged_messages_come_back() {
     publisher.disconnect().await.unwrap();
     prunner.await.unwrap().unwrap();
 }
+
+/// A bundle whose key OpenSSL wrote in `format`, with a certificate our CA
+/// issued for it.
+fn openssl_bundle(pki: &Pki, name: &str, genkey: &[&str]) -> ClientCert {
+    let key_path = pki.dir.path().join(format!("{name}.key"));
+    let mut cmd = Command::new(verify_tests::openssl());
+    for arg in genkey {
+        if *arg == "{out}" {
+            cmd.arg(&key_path);
+        } else {
+            cmd.arg(arg);
+        }
+    }
+    verify_tests::run_ok(&mut cmd);
+    let csr_path = pki.dir.path().join(format!("{name}.csr"));
+    verify_tests::run_ok(
+        Command::new(verify_tests::openssl())
+            .args(["req", "-new", "-subj", &format!("/CN={name}"), "-key"])
+            .arg(&key_path)
+            .arg("-out")
+            .arg(&csr_path),
+    );
+    let csr = pki_core::Csr::from_pem(&std::fs::read_to_string(&csr_path).unwrap()).unwrap();
+    let cert = pki
+        .ca
+        .sign(
+            &csr,
+            &pki_core::IssueParams::new(Profile::Client, Validity::days_from_now(5).unwrap()),
+        )
+        .unwrap()
+        .certificate;
+    ClientCert::new(
+        verify_tests::write(pki.dir.path(), &format!("{name}_cert.pem"), &cert.to_pem()),
+        key_path,
+        pki.ca_path.clone(),
+    )
+}
+
+/// Keys in PKCS#8, PKCS#1 and SEC1 (as OpenSSL writes them) and an
+/// encrypted PKCS#8 key all connect, over TLS 1.2 and TLS 1.3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_format_and_tls_version_connects() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let mut bundles = vec![
+        (
+            "pkcs1-rsa",
+            openssl_bundle(
+                &pki,
+                "pkcs1-rsa",
+                &["genrsa", "-traditional", "-out", "{out}", "2048"],
+            ),
+        ),
+        (
+            "sec1-ec",
+            openssl_bundle(
+                &pki,
+                "sec1-ec",
+                &["ecparam", "-genkey", "-name", "prime256v1", "-out", "{out}"],
+            ),
+        ),
+        (
+            "pkcs8-ed25519",
+            openssl_bundle(
+                &pki,
+                "pkcs8-ed25519",
+                &["genpkey", "-algorithm", "ed25519", "-out", "{out}"],
+            ),
+        ),
+    ];
+    // An encrypted PKCS#8 key whose passphrase is in the environment
+    // (`cargo xtask test` sets MQTT_MTLS_TEST_PASSPHRASE).
+    let passphrase = std::env::var("MQTT_MTLS_TEST_PASSPHRASE")
+        .expect("MQTT_MTLS_TEST_PASSPHRASE is not set: run the suite with `cargo xtask test`");
+    let mut encrypted = pki.client("encrypted");
+    let key = pki_core::KeyPair::from_pem(&std::fs::read_to_string(&encrypted.key_path).unwrap())
+        .unwrap();
+    std::fs::write(
+        &encrypted.key_path,
+        key.to_encrypted_pkcs8_pem(passphrase.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    encrypted.passphrase_env = Some("MQTT_MTLS_TEST_PASSPHRASE".into());
+    bundles.push(("pkcs8-encrypted", encrypted));
+
+    for (name, bundle) in &bundles {
+        for versions in [
+            mqtt_tls::TlsVersions::Tls12Only,
+            mqtt_tls::TlsVersions::Tls13Only,
+        ] {
+            let mut o = options("localhost", &broker, name);
+            o.tls_versions = versions;
+            let (client, conn) = connect(bundle, &o).await;
+            let runner = tokio::spawn(conn.run());
+            client
+                .publish("formats/ok", *name, QoS::AtLeastOnce, false)
+                .await
+                .unwrap();
+            client.disconnect().await.unwrap();
+            runner.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// `loop_forever` drives the connection from blocking code; `disconnect`
+/// sends DISCONNECT (the broker logs a clean disconnect, not a lost one).
+#[test]
+fn loop_forever_and_a_clean_disconnect() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let identity = pki.client("blocking").load().unwrap();
+    let (client, connection) =
+        MqttClient::new(&options("localhost", &broker, "blocking"), &identity).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    client
+        .subscribe("blocking/in", QoS::AtLeastOnce, move |m| {
+            let tx = tx.clone();
+            async move {
+                tx.send(m.payload).unwrap();
+                Ok::<(), std::io::Error>(())
+            }
+        })
+        .unwrap();
+    let looping = std::thread::spawn(move || connection.loop_forever());
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (publisher, pconn) = connect(
+            &pki.client("feeder"),
+            &options("127.0.0.1", &broker, "feeder"),
+        )
+        .await;
+        let prunner = tokio::spawn(pconn.run());
+        let payload = loop {
+            publisher
+                .publish("blocking/in", "hi", QoS::AtLeastOnce, false)
+                .await
+                .unwrap();
+            if let Ok(p) = rx.recv_timeout(Duration::from_millis(200)) {
+                break p;
+            }
+        };
+        assert_eq!(&payload[..], b"hi");
+        client.disconnect().await.unwrap();
+        publisher.disconnect().await.unwrap();
+        prunner.await.unwrap().unwrap();
+    });
+    looping.join().unwrap().unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !broker.log().contains("Client blocking disconnected.") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no clean disconnect in:\n{}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -26,7 +26,10 @@ pub(crate) fn run(extra: &[String]) -> Result<(), String> {
             .args(extra)
             .env("MQTT_MTLS_OPENSSL", openssl)
             .env("MQTT_MTLS_PKILINT_BIN", pkilint)
-            .env("MQTT_MTLS_MOSQUITTO", mosquitto),
+            .env("MQTT_MTLS_MOSQUITTO", mosquitto)
+            // For the test of a bundle whose key passphrase comes from the
+            // environment (`passphrase_env`).
+            .env("MQTT_MTLS_TEST_PASSPHRASE", "open sesame"),
     )?;
     sh(cargo()
         .args(["doc", "--workspace", "--no-deps"])

@@ -353,3 +353,175 @@ fn verify_chain(
         current.issuer()
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use pki_core::{CertificateAuthority, Csr, CsrParams, IssueParams, KeyType, Subject, Validity};
+
+    use super::*;
+
+    struct Parts {
+        ca: CertificateAuthority,
+        cert: String,
+        key: KeyPair,
+    }
+
+    fn parts(profile: Profile) -> Parts {
+        let ca = CertificateAuthority::new_root(
+            &Subject::new("Bundle Root").unwrap(),
+            KeyPair::generate(KeyType::P256).unwrap(),
+            Validity::days_from_now(30).unwrap(),
+        )
+        .unwrap();
+        let key = KeyPair::generate(KeyType::P256).unwrap();
+        let mut params = CsrParams::new(Subject::new("dev").unwrap());
+        params.sans = vec![pki_core::SubjectAltName::Dns(
+            "dev.example.com".parse().unwrap(),
+        )];
+        let csr = Csr::new(&params, &key).unwrap();
+        let cert = ca
+            .sign(
+                &csr,
+                &IssueParams::new(profile, Validity::days_from_now(10).unwrap()),
+            )
+            .unwrap()
+            .certificate
+            .to_pem();
+        Parts { ca, cert, key }
+    }
+
+    #[test]
+    fn deserializes_from_a_tls_table() {
+        #[derive(serde::Deserialize)]
+        struct Config {
+            tls: ClientCert,
+        }
+        let config: Config = toml::from_str(
+            r#"
+            [tls]
+            cert_path = "backend_certs/client1_cert.pem"
+            key_path = "backend_certs/client1.key"
+            ca_cert_path = "root_cert/root_ca_cert.pem"
+            passphrase_env = "KEY_PASS"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.tls.key_path, Path::new("backend_certs/client1.key"));
+        assert_eq!(config.tls.passphrase_env.as_deref(), Some("KEY_PASS"));
+        assert!(toml::from_str::<Config>("[tls]\ncert_path = \"a\"\n").is_err());
+    }
+
+    #[test]
+    fn loads_from_pem_and_builds_a_rustls_config() {
+        let p = parts(Profile::Client);
+        let ca = p.ca.certificate().to_pem();
+        let key = p.key.to_pkcs8_pem().unwrap();
+        let id =
+            TlsIdentity::from_pem(p.cert.as_bytes(), key.as_bytes(), ca.as_bytes(), None).unwrap();
+        assert_eq!(id.certificate().common_name().as_deref(), Some("dev"));
+        let config = id.rustls_config().unwrap();
+        assert!(config.client_auth_cert_resolver.has_certs());
+        id.rustls_config_with_versions(&[&rustls::version::TLS12])
+            .unwrap();
+    }
+
+    #[test]
+    fn encrypted_keys_need_their_passphrase() {
+        let p = parts(Profile::Client);
+        let ca = p.ca.certificate().to_pem();
+        let enc = p.key.to_encrypted_pkcs8_pem(b"pw").unwrap();
+        let err = TlsIdentity::from_pem(p.cert.as_bytes(), enc.as_bytes(), ca.as_bytes(), None)
+            .unwrap_err();
+        assert!(err.to_string().contains("the key is encrypted"), "{err}");
+        let err = TlsIdentity::from_pem(
+            p.cert.as_bytes(),
+            enc.as_bytes(),
+            ca.as_bytes(),
+            Some(b"no"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("wrong passphrase"), "{err}");
+        TlsIdentity::from_pem(
+            p.cert.as_bytes(),
+            enc.as_bytes(),
+            ca.as_bytes(),
+            Some(b"pw"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn refuses_bad_bundles_with_the_file_named() {
+        let p = parts(Profile::Client);
+        let ca = p.ca.certificate().to_pem();
+        let key = p.key.to_pkcs8_pem().unwrap();
+        let cases: [(&[u8], &[u8], &[u8], &str); 4] = [
+            (
+                b"",
+                key.as_bytes(),
+                ca.as_bytes(),
+                "<cert>: no certificate found",
+            ),
+            (
+                p.cert.as_bytes(),
+                b"nothing",
+                ca.as_bytes(),
+                "<key>: no private key found",
+            ),
+            (
+                p.cert.as_bytes(),
+                key.as_bytes(),
+                b"",
+                "<ca>: no certificate found",
+            ),
+            (
+                &p.cert.as_bytes()[..p.cert.len() - 40],
+                key.as_bytes(),
+                ca.as_bytes(),
+                "<cert>: malformed PEM",
+            ),
+        ];
+        for (cert, key, ca, expected) in cases {
+            let err = TlsIdentity::from_pem(cert, key, ca, None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(expected), "{err}");
+        }
+        let server = parts(Profile::Server);
+        let server_ca = server.ca.certificate().to_pem();
+        let server_key = server.key.to_pkcs8_pem().unwrap();
+        let err = TlsIdentity::from_pem(
+            server.cert.as_bytes(),
+            server_key.as_bytes(),
+            server_ca.as_bytes(),
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::NotClientCertificate { .. }), "{err}");
+    }
+
+    #[test]
+    fn not_yet_valid_is_reported_with_its_date() {
+        let p = parts(Profile::Client);
+        let ca = p.ca.certificate().to_pem();
+        let key = p.key.to_pkcs8_pem().unwrap();
+        let early = SystemTime::now() - Duration::from_secs(3600);
+        let err = TlsIdentity::check(
+            Sources {
+                cert: (p.cert.as_bytes(), Path::new("c.pem")),
+                key: (key.as_bytes(), Path::new("k.pem")),
+                ca: (ca.as_bytes(), Path::new("ca.pem")),
+            },
+            None,
+            early,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("c.pem: certificate is not valid before"),
+            "{err}"
+        );
+    }
+}

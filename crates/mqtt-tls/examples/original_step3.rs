@@ -41,14 +41,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     connection.connect().await?;
     client.subscribe("test/data", QoS::AtLeastOnce, save_data_to_db)?;
 
-    let stopper = client.clone();
+    let publisher = client.clone();
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        let _ = stopper.disconnect().await;
+        match publisher
+            .publish("test/data", "hello from mqtt-tls", QoS::AtLeastOnce, false)
+            .await
+        {
+            Ok(()) => println!("published (PUBACK received)"),
+            Err(e) => eprintln!("publish failed: {e}"),
+        }
     });
-    client
-        .publish("test/data", "hello from mqtt-tls", QoS::AtLeastOnce, false)
+    // Until Ctrl-C; loop_forever() is the blocking equivalent.
+    connection
+        .run_until(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
         .await?;
-    connection.run().await?; // loop_forever() for blocking code
     Ok(())
 }

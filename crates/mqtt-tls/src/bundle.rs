@@ -457,7 +457,8 @@ mod tests {
         let p = parts(Profile::Client);
         let ca = p.ca.certificate().to_pem();
         let key = p.key.to_pkcs8_pem().unwrap();
-        let cases: [(&[u8], &[u8], &[u8], &str); 4] = [
+        type Case<'a> = (&'a [u8], &'a [u8], &'a [u8], &'a str);
+        let cases: [Case<'_>; 4] = [
             (
                 b"",
                 key.as_bytes(),

@@ -543,6 +543,25 @@ impl Connection {
         Ok(())
     }
 
+    /// [`Connection::run`] until `shutdown` completes (e.g.
+    /// `tokio::signal::ctrl_c()`), then a clean [`MqttClient::disconnect`].
+    pub async fn run_until<F>(self, shutdown: F) -> Result<()>
+    where
+        F: Future + Send + 'static,
+    {
+        let client = MqttClient {
+            rumqtt: self.rumqtt.clone(),
+            shared: self.shared.clone(),
+        };
+        let stopper = tokio::spawn(async move {
+            shutdown.await;
+            let _ = client.disconnect().await;
+        });
+        let result = self.run().await;
+        stopper.abort();
+        result
+    }
+
     /// [`Connection::run`] for code that is not async: a Tokio runtime is
     /// made for it, and handlers run on it.
     pub fn loop_forever(self) -> Result<()> {

@@ -156,6 +156,18 @@ impl std::fmt::Display for Timestamp {
     }
 }
 
+/// Parses RFC 3339 in UTC, as [`Timestamp`] displays it.
+impl std::str::FromStr for Timestamp {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let dt: der::DateTime = s.parse().map_err(|e| Error::InvalidValidity {
+            reason: format!("{s:?} is not an RFC 3339 UTC time: {e}"),
+        })?;
+        Ok(Self(dt.to_system_time()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +214,10 @@ mod tests {
     fn timestamp_is_rfc3339() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         assert_eq!(Timestamp(t).to_string(), "2027-01-15T08:00:00Z");
+        assert_eq!(
+            "2027-01-15T08:00:00Z".parse::<Timestamp>().unwrap(),
+            Timestamp(t)
+        );
+        assert!("yesterday".parse::<Timestamp>().is_err());
     }
 }

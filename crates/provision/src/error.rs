@@ -1,0 +1,103 @@
+//! The one error type of the provisioning library.
+
+use std::path::PathBuf;
+
+/// What can go wrong; every message says what, which file, and what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading or writing a file failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// `reading`, `writing`, ...
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A file that would be replaced.
+    #[error("{path} already exists: pass --force to replace it")]
+    Exists {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// A name that cannot be a file name.
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: &'static str,
+    },
+
+    /// A PKI failure on a file.
+    #[error("{path}: {source}")]
+    Pki {
+        /// The file involved.
+        path: PathBuf,
+        /// The PKI error.
+        #[source]
+        source: pki_core::Error,
+    },
+
+    /// A PKI failure not tied to a file (bad subject, bad SAN, ...).
+    #[error(transparent)]
+    Invalid(#[from] pki_core::Error),
+
+    /// The CA directory has no CA.
+    #[error("no CA in {dir}: run `provision init-ca --dir {dir}` first", dir = dir.display())]
+    NoCa {
+        /// The directory.
+        dir: PathBuf,
+    },
+
+    /// The CA key is encrypted and no passphrase was given, or its variable
+    /// is unset.
+    #[error("{path}: {reason}")]
+    Passphrase {
+        /// The key file.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+
+    /// A malformed fleet manifest.
+    #[error("{path}: {reason}")]
+    Manifest {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The inventory file is corrupt.
+    #[error("{path}: line {line}: {reason}")]
+    Inventory {
+        /// The inventory file.
+        path: PathBuf,
+        /// The 1-based line.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// No issued certificate has this serial or file.
+    #[error("{what} is not in the inventory {path}")]
+    NotInInventory {
+        /// The serial or file.
+        what: String,
+        /// The inventory file.
+        path: PathBuf,
+    },
+
+    /// An MQTT or client-bundle failure.
+    #[error(transparent)]
+    Mqtt(#[from] mqtt_tls::Error),
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,184 @@
+//! Safe file handling: validated names, atomic writes, private keys 0600.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Checks a certificate or device name used to build file names: 1 to 64
+/// characters of letters, digits, `.`, `_` and `-`, not starting with `.`
+/// (so no path separators, no `..`, no hidden files).
+pub fn check_name(name: &str) -> Result<()> {
+    let bad = |reason| Error::InvalidName {
+        name: name.to_owned(),
+        reason,
+    };
+    if name.is_empty() || name.len() > 64 {
+        return Err(bad("it must be 1 to 64 characters long"));
+    }
+    if name.starts_with('.') {
+        return Err(bad("it must not start with a dot"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(bad(
+            "only letters, digits, '.', '_' and '-' are allowed (no path separators)",
+        ));
+    }
+    Ok(())
+}
+
+/// Who may read a file we write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// 0600: private keys.
+    Secret,
+    /// 0644: certificates, CSRs, CRLs, configuration.
+    Public,
+}
+
+/// Writes `contents` to `path` atomically: a temp file in the same folder,
+/// flushed to disk, then renamed into place. Without `force` an existing
+/// file is an error and is left untouched.
+pub fn write_atomic(path: &Path, contents: &[u8], access: Access, force: bool) -> Result<()> {
+    let dir = parent(path);
+    create_dir(dir)?;
+    let io = |source| Error::Io {
+        action: "writing",
+        path: path.to_owned(),
+        source,
+    };
+    // tempfile creates the file 0600, so a key is never readable by others,
+    // not even for a moment.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".provision-")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    tmp.write_all(contents).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    if access == Access::Public {
+        set_mode(tmp.path(), 0o644).map_err(io)?;
+    }
+    if force {
+        tmp.persist(path).map_err(|e| io(e.error))?;
+    } else {
+        tmp.persist_noclobber(path).map_err(|e| {
+            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::Exists {
+                    path: path.to_owned(),
+                }
+            } else {
+                io(e.error)
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Fails with [`Error::Exists`] for the first of `paths` that exists,
+/// unless `force`: checked before anything is written.
+pub fn refuse_existing(paths: &[&Path], force: bool) -> Result<()> {
+    if force {
+        return Ok(());
+    }
+    match paths.iter().find(|p| p.exists()) {
+        Some(p) => Err(Error::Exists {
+            path: p.to_path_buf(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Reads a file as UTF-8 text, naming it on failure.
+pub fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| Error::Io {
+        action: "reading",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Creates a folder and its parents.
+pub fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        action: "creating",
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Sets Unix permission bits.
+pub fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// `dir/name` with a suffix, e.g. `backend_certs/client1_cert.pem`.
+pub fn named(dir: &Path, name: &str, suffix: &str) -> PathBuf {
+    dir.join(format!("{name}{suffix}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn names_cannot_escape_the_folder() {
+        for ok in ["client1", "sensor-0001", "a.b_c"] {
+            check_name(ok).unwrap();
+        }
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            "..",
+            ".hidden",
+            "sp ace",
+            "é",
+            &"x".repeat(65),
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn writes_atomically_with_modes_and_refuses_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("sub/k.key");
+        write_atomic(&key, b"secret", Access::Secret, false).unwrap();
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let cert = dir.path().join("c.pem");
+        write_atomic(&cert, b"cert", Access::Public, false).unwrap();
+        assert_eq!(
+            std::fs::metadata(&cert).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+
+        let err = write_atomic(&key, b"other", Access::Secret, false).unwrap_err();
+        assert!(matches!(err, Error::Exists { .. }), "{err}");
+        assert_eq!(std::fs::read(&key).unwrap(), b"secret");
+        write_atomic(&key, b"other", Access::Secret, true).unwrap();
+        assert_eq!(std::fs::read(&key).unwrap(), b"other");
+        // No temp files are left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".provision-"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+}

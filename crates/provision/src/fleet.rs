@@ -1,0 +1,364 @@
+//! `provision fleet`: a CA, brokers and many devices from one manifest,
+//! issued in parallel, idempotent and resumable.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use pki_core::{
+    Certificate, CertificateAuthority, DnsName, KeyPair, KeyType, Profile, VerifyOptions,
+};
+use rayon::prelude::*;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::files::{check_name, read_text};
+use crate::ops::{IdentityPaths, InitCa, IssueRequest, SubjectOptions, init_ca, issue_files};
+use crate::store::{CaDir, Record};
+
+/// A fleet manifest (TOML). Relative paths resolve against its folder.
+///
+/// ```toml
+/// [ca]
+/// dir = "root_cert"
+/// common_name = "Fleet Root"
+/// [[broker]]
+/// name = "broker"
+/// dns = ["localhost"]
+/// ip = ["127.0.0.1"]
+/// [[devices]]
+/// prefix = "sensor-"
+/// count = 10000
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The CA.
+    pub ca: CaSection,
+    /// Broker (server) identities.
+    #[serde(default)]
+    pub broker: Vec<BrokerSection>,
+    /// Device (client) identities.
+    #[serde(default)]
+    pub devices: Vec<DeviceSection>,
+    /// Where identities go unless a section says otherwise; default
+    /// `backend_certs/` beside the CA folder.
+    pub out: Option<PathBuf>,
+}
+
+/// `[ca]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaSection {
+    /// The CA folder (default `root_cert`).
+    #[serde(default = "default_ca_dir")]
+    pub dir: PathBuf,
+    /// Common name of a new CA.
+    pub common_name: Option<String>,
+    /// Organization of a new CA.
+    pub organization: Option<String>,
+    /// Country of a new CA.
+    pub country: Option<String>,
+    /// Key type of a new CA (`p256` default).
+    pub key_type: Option<String>,
+    /// Validity of a new CA in days (3650 default).
+    pub days: Option<u32>,
+    /// The variable holding the CA key's passphrase.
+    pub passphrase_env: Option<String>,
+}
+
+fn default_ca_dir() -> PathBuf {
+    PathBuf::from("root_cert")
+}
+
+/// `[[broker]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSection {
+    /// File-name stem and default common name.
+    pub name: String,
+    /// DNS names.
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// IP addresses.
+    #[serde(default)]
+    pub ip: Vec<IpAddr>,
+    /// Validity in days (365 default).
+    pub days: Option<u32>,
+    /// Key type.
+    pub key_type: Option<String>,
+    /// Output folder.
+    pub out: Option<PathBuf>,
+}
+
+/// `[[devices]]`: one device (`name`) or a numbered range (`prefix`, `count`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSection {
+    /// One device's name.
+    pub name: Option<String>,
+    /// A range's name prefix: `sensor-` gives `sensor-1`, `sensor-2`, ...
+    pub prefix: Option<String>,
+    /// How many in the range.
+    pub count: Option<u32>,
+    /// The first number of the range (default 1).
+    pub start: Option<u32>,
+    /// Organization in the subject.
+    pub organization: Option<String>,
+    /// Country in the subject.
+    pub country: Option<String>,
+    /// Validity in days (365 default).
+    pub days: Option<u32>,
+    /// Key type.
+    pub key_type: Option<String>,
+    /// Output folder.
+    pub out: Option<PathBuf>,
+}
+
+/// What a fleet run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Whether the CA was created by this run.
+    pub ca_created: bool,
+    /// Identities issued now.
+    pub issued: usize,
+    /// Valid identities found and kept.
+    pub kept: usize,
+    /// The CA folder.
+    pub ca_dir: PathBuf,
+}
+
+impl Manifest {
+    /// Reads a manifest file.
+    pub fn load(path: &Path) -> Result<Self> {
+        toml::from_str(&read_text(path)?).map_err(|e| Error::Manifest {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Runs a manifest with `jobs` worker threads (0: one per core), calling
+/// `progress` with (done, total) as identities complete.
+pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Summary> {
+    let manifest = Manifest::load(path)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let bad = |reason: String| Error::Manifest {
+        path: path.to_owned(),
+        reason,
+    };
+    let ca_dir = CaDir::new(base.join(&manifest.ca.dir));
+    let default_out = manifest
+        .out
+        .as_ref()
+        .map(|o| base.join(o))
+        .unwrap_or_else(|| ca_dir.dir().parent().unwrap_or(base).join("backend_certs"));
+    let key_type = |k: &Option<String>| -> Result<KeyType> {
+        Ok(match k {
+            Some(k) => k.parse()?,
+            None => KeyType::default(),
+        })
+    };
+
+    let mut requests = Vec::new();
+    let mut names = HashSet::new();
+    for b in &manifest.broker {
+        let dns = b
+            .dns
+            .iter()
+            .map(|d| d.parse::<DnsName>())
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        requests.push(IssueRequest {
+            name: b.name.clone(),
+            profile: Profile::Server,
+            subject: SubjectOptions::default(),
+            key_type: key_type(&b.key_type)?,
+            days: b.days.unwrap_or(365),
+            dns,
+            ip: b.ip.clone(),
+            out: b
+                .out
+                .as_ref()
+                .map_or_else(|| default_out.clone(), |o| base.join(o)),
+            force: true,
+        });
+    }
+    for (i, d) in manifest.devices.iter().enumerate() {
+        let device_names: Vec<String> = match (&d.name, &d.prefix, d.count) {
+            (Some(name), None, None) => vec![name.clone()],
+            (None, Some(prefix), Some(count)) => {
+                let start = d.start.unwrap_or(1);
+                (start..start.saturating_add(count))
+                    .map(|n| format!("{prefix}{n}"))
+                    .collect()
+            }
+            _ => {
+                return Err(bad(format!(
+                    "[[devices]] entry {}: give either `name`, or `prefix` and `count`",
+                    i + 1
+                )));
+            }
+        };
+        let subject = SubjectOptions {
+            common_name: None,
+            organization: d.organization.clone(),
+            country: d.country.clone(),
+        };
+        for name in device_names {
+            requests.push(IssueRequest {
+                name,
+                profile: Profile::Client,
+                subject: subject.clone(),
+                key_type: key_type(&d.key_type)?,
+                days: d.days.unwrap_or(365),
+                dns: Vec::new(),
+                ip: Vec::new(),
+                out: d
+                    .out
+                    .as_ref()
+                    .map_or_else(|| default_out.clone(), |o| base.join(o)),
+                force: true,
+            });
+        }
+    }
+    for r in &requests {
+        check_name(&r.name)?;
+        if !names.insert((r.out.clone(), r.name.clone())) {
+            return Err(bad(format!("the name {:?} appears twice", r.name)));
+        }
+        // Catch bad subjects before anything is written.
+        r.subject.subject(&r.name)?;
+    }
+
+    let passphrase = match &manifest.ca.passphrase_env {
+        Some(var) => Some(std::env::var(var).map_err(|_| Error::Passphrase {
+            path: ca_dir.key_path(),
+            reason: format!("the passphrase variable {var} is not set"),
+        })?),
+        None => None,
+    };
+    let ca_created = !ca_dir.cert_path().exists();
+    let ca = if ca_created {
+        init_ca(
+            &ca_dir,
+            &InitCa {
+                subject: SubjectOptions {
+                    common_name: Some(
+                        manifest
+                            .ca
+                            .common_name
+                            .clone()
+                            .unwrap_or_else(|| "MQTT Fleet Root CA".into()),
+                    ),
+                    organization: manifest.ca.organization.clone(),
+                    country: manifest.ca.country.clone(),
+                },
+                key_type: key_type(&manifest.ca.key_type)?,
+                days: manifest.ca.days.unwrap_or(3650),
+                passphrase: passphrase.clone().map(String::into_bytes),
+                force: false,
+            },
+        )?
+    } else {
+        ca_dir.load(passphrase.as_deref().map(str::as_bytes))?
+    };
+
+    let _lock = ca_dir.lock()?;
+    let known = ca_dir.serials()?;
+    let total = requests.len();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .build()
+        .map_err(|e| bad(format!("cannot start worker threads: {e}")))?;
+    let outcomes: Vec<Result<Outcome>> = pool.install(|| {
+        requests
+            .par_iter()
+            .map(|request| {
+                let outcome = provision_one(&ca, request, &known);
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                progress(n, total);
+                outcome
+            })
+            .collect()
+    });
+
+    let mut new_records = Vec::new();
+    let mut summary = Summary {
+        ca_created,
+        ca_dir: ca_dir.dir().to_owned(),
+        ..Summary::default()
+    };
+    let mut first_error = None;
+    for outcome in outcomes {
+        match outcome {
+            Ok(Outcome::Issued(record)) => {
+                summary.issued += 1;
+                new_records.push(record);
+            }
+            Ok(Outcome::Kept(record)) => {
+                summary.kept += 1;
+                if let Some(r) = record {
+                    new_records.push(r);
+                }
+            }
+            Err(e) => {
+                if first_error.is_none() {
+                    first_error = Some(e);
+                }
+            }
+        }
+    }
+    // Record what was made even if some identities failed.
+    ca_dir.append(&new_records)?;
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
+}
+
+enum Outcome {
+    Issued(Record),
+    /// Kept; with a record when the inventory lacked it (an earlier run
+    /// stopped before recording).
+    Kept(Option<Record>),
+}
+
+fn provision_one(
+    ca: &CertificateAuthority,
+    request: &IssueRequest,
+    known: &HashSet<String>,
+) -> Result<Outcome> {
+    let paths = IdentityPaths::new(&request.out, &request.name);
+    if let Some(cert) = existing_valid(ca, request.profile, &paths) {
+        let serial = cert.serial().to_string();
+        let record = (!known.contains(&serial))
+            .then(|| Record::new(&cert, request.profile.as_str(), &paths.cert));
+        return Ok(Outcome::Kept(record));
+    }
+    let issued = issue_files(ca, request, known)?;
+    Ok(Outcome::Issued(issued.record))
+}
+
+/// The existing certificate, if it and its key are complete and valid now
+/// under this CA and profile.
+fn existing_valid(
+    ca: &CertificateAuthority,
+    profile: Profile,
+    paths: &IdentityPaths,
+) -> Option<Certificate> {
+    let cert = Certificate::from_pem(&std::fs::read_to_string(&paths.cert).ok()?).ok()?;
+    let key = KeyPair::from_pem(&std::fs::read_to_string(&paths.key).ok()?).ok()?;
+    if !key.matches_public_key(&cert.public_key_der().ok()?) {
+        return None;
+    }
+    let options = VerifyOptions {
+        at: SystemTime::now(),
+        profile: Some(profile),
+        name: None,
+        crl: None,
+    };
+    pki_core::verify(&cert, std::slice::from_ref(ca.certificate()), &options).ok()?;
+    Some(cert)
+}

@@ -1,0 +1,803 @@
+//! `provision`: the command line. Parsing and printing only; the work is in
+//! the library.
+
+use std::io::{IsTerminal, Read};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use mqtt_tls::{ClientCert, QoS};
+use pki_core::{DnsName, KeyType, Profile, RevocationReason, Serial};
+use provision::inspect::{VerifyRequest, inspect, verify};
+use provision::ops::{
+    CsrRequest, InitCa, IssueRequest, RevokeTarget, SubjectOptions, init_ca, issue, make_csr,
+    revoke, sign_csr, when, write_crl,
+};
+use provision::pubsub::Endpoint;
+use provision::store::{CaDir, Status};
+
+const AFTER_HELP: &str = "\
+Examples (the original design's layout):
+  provision init-ca --cn MyRootCA --org MyOrg --country US
+  provision issue client client1
+  provision issue server broker --dns localhost --ip 127.0.0.1
+  provision broker-config --server broker --out broker
+  provision verify backend_certs/client1_cert.pem --profile client
+  provision fleet fleet.toml";
+
+/// Certificates for MQTT over mutual TLS: a CA, broker and device
+/// certificates, CRLs, broker configuration, and pub/sub to try them.
+#[derive(Parser)]
+#[command(name = "provision", version, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a self-signed root CA: DIR/root_ca_cert.pem and DIR/root_ca.key.
+    #[command(
+        after_help = "Example:\n  provision init-ca --dir root_cert --cn MyRootCA --org MyOrg --country US --passphrase-env CA_PASS"
+    )]
+    InitCa {
+        /// The CA folder.
+        #[arg(long, default_value = "root_cert")]
+        dir: PathBuf,
+        #[command(flatten)]
+        subject: SubjectArgs,
+        /// Key type.
+        #[arg(long, default_value = "p256", value_parser = parse_key_type)]
+        key_type: KeyType,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+        /// Encrypt the CA key with the passphrase in this environment variable.
+        #[arg(long, value_name = "VAR")]
+        passphrase_env: Option<String>,
+        /// Replace an existing CA.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a key, CSR and certificate: OUT/NAME.key, OUT/NAME_csr.pem, OUT/NAME_cert.pem.
+    #[command(subcommand)]
+    Issue(IssueCommand),
+    /// Make a key and CSR on the device side (no CA involved).
+    #[command(
+        after_help = "Example:\n  provision csr sensor-7 --out device/\n  provision sign device/sensor-7_csr.pem --profile client"
+    )]
+    Csr {
+        /// File-name stem: NAME.key and NAME_csr.pem.
+        name: String,
+        /// Output folder.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        #[command(flatten)]
+        subject: SubjectArgs,
+        /// Key type.
+        #[arg(long, default_value = "p256", value_parser = parse_key_type)]
+        key_type: KeyType,
+        #[command(flatten)]
+        names: NameArgs,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign a CSR with the CA (its signature is verified first).
+    #[command(
+        after_help = "Example:\n  provision sign device/sensor-7_csr.pem --profile client --out device/sensor-7_cert.pem"
+    )]
+    Sign {
+        /// The CSR (PEM).
+        csr: PathBuf,
+        /// Client or server.
+        #[arg(long, value_enum)]
+        profile: ProfileArg,
+        #[command(flatten)]
+        ca: CaArgs,
+        /// Where to write the certificate (default: the CSR's name with _cert.pem).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Replace an existing certificate file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show a certificate, CSR, key or CRL.
+    #[command(after_help = "Example:\n  provision inspect backend_certs/client1_cert.pem --json")]
+    Inspect {
+        /// The PEM file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a certificate against the CA; exit 0 only when valid.
+    #[command(
+        after_help = "Examples:\n  provision verify backend_certs/client1_cert.pem --profile client\n  provision verify backend_certs/broker_cert.pem --profile server --dns localhost"
+    )]
+    Verify {
+        /// The certificate (PEM).
+        cert: PathBuf,
+        /// The CA certificate(s).
+        #[arg(long, default_value = "root_cert/root_ca_cert.pem")]
+        ca: PathBuf,
+        /// Check the usage for this profile.
+        #[arg(long, value_enum)]
+        profile: Option<ProfileArg>,
+        /// The DNS name it must be valid for.
+        #[arg(long, conflicts_with = "ip")]
+        dns: Option<String>,
+        /// The IP address it must be valid for.
+        #[arg(long)]
+        ip: Option<IpAddr>,
+        /// Also check revocation against this CRL.
+        #[arg(long)]
+        crl: Option<PathBuf>,
+    },
+    /// List everything the CA issued.
+    #[command(after_help = "Example:\n  provision list --json")]
+    List {
+        #[command(flatten)]
+        ca: CaArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a certificate (by file or serial) and rewrite the CRL.
+    #[command(
+        after_help = "Examples:\n  provision revoke backend_certs/client1_cert.pem --reason key-compromise\n  provision revoke --serial 4F2A..."
+    )]
+    Revoke {
+        /// The certificate to revoke.
+        #[arg(required_unless_present = "serial")]
+        cert: Option<PathBuf>,
+        /// The serial (hex) to revoke.
+        #[arg(long, conflicts_with = "cert")]
+        serial: Option<String>,
+        /// Why: unspecified, key-compromise, ca-compromise, affiliation-changed,
+        /// superseded, cessation-of-operation, privilege-withdrawn.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+        #[command(flatten)]
+        ca: CaArgs,
+        /// Days until the CRL's nextUpdate.
+        #[arg(long, default_value_t = 30)]
+        crl_days: u32,
+    },
+    /// Write the CRL (default CA_DIR/crl.pem).
+    #[command(after_help = "Example:\n  provision crl --out root_cert/crl.pem")]
+    Crl {
+        #[command(flatten)]
+        ca: CaArgs,
+        /// Where to write it.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Days until nextUpdate.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
+    /// Provision a CA, brokers and devices from a TOML manifest.
+    #[command(
+        after_help = "Example manifest:\n  [ca]\n  dir = \"root_cert\"\n  common_name = \"Fleet Root\"\n  [[broker]]\n  name = \"broker\"\n  dns = [\"localhost\"]\n  ip = [\"127.0.0.1\"]\n  [[devices]]\n  prefix = \"sensor-\"\n  count = 10000"
+    )]
+    Fleet {
+        /// The manifest.
+        manifest: PathBuf,
+        /// Worker threads (default: one per core).
+        #[arg(long, default_value_t = 0)]
+        jobs: usize,
+    },
+    /// Write a Mosquitto configuration for mutual TLS.
+    #[command(
+        after_help = "Example:\n  provision broker-config --server broker --out broker\n  mosquitto -c broker/mosquitto.conf"
+    )]
+    BrokerConfig {
+        /// The broker identity's name.
+        #[arg(long, default_value = "broker")]
+        server: String,
+        /// Where the broker identity was issued.
+        #[arg(long, default_value = "backend_certs")]
+        certs_dir: PathBuf,
+        #[command(flatten)]
+        ca: CaArgs,
+        /// Output folder.
+        #[arg(long, default_value = "broker")]
+        out: PathBuf,
+        /// TLS listener port.
+        #[arg(long, default_value_t = 8883)]
+        port: u16,
+        /// Listen on this address only.
+        #[arg(long)]
+        bind: Option<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Publish one message over mutual TLS.
+    #[command(
+        after_help = "Example:\n  provision pub --topic test/data --message hello \\\n    --cert backend_certs/client1_cert.pem --key backend_certs/client1.key --ca root_cert/root_ca_cert.pem"
+    )]
+    Pub {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// The message (default: read standard input).
+        #[arg(long, short)]
+        message: Option<String>,
+        /// Ask the broker to retain it.
+        #[arg(long)]
+        retain: bool,
+    },
+    /// Subscribe and print each message's payload.
+    #[command(
+        after_help = "Example:\n  provision sub --topic 'test/#' --count 1 --bundle client1.toml"
+    )]
+    Sub {
+        #[command(flatten)]
+        conn: ConnArgs,
+        /// Exit after this many messages.
+        #[arg(long, short = 'C')]
+        count: Option<usize>,
+        /// Exit after this many seconds.
+        #[arg(long, short = 'W')]
+        timeout: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum IssueCommand {
+    /// A client (device or backend) certificate: EKU clientAuth.
+    #[command(after_help = "Example:\n  provision issue client client1 --org MyOrg --country US")]
+    Client(IssueArgs),
+    /// A server (broker) certificate: EKU serverAuth; needs --dns or --ip.
+    #[command(
+        after_help = "Example:\n  provision issue server broker --dns mqtt.example.com --ip 10.0.0.5"
+    )]
+    Server(IssueArgs),
+}
+
+#[derive(Args)]
+struct IssueArgs {
+    /// File-name stem: NAME.key, NAME_csr.pem, NAME_cert.pem; the default CN.
+    name: String,
+    #[command(flatten)]
+    ca: CaArgs,
+    /// Output folder.
+    #[arg(long, default_value = "backend_certs")]
+    out: PathBuf,
+    #[command(flatten)]
+    subject: SubjectArgs,
+    /// Key type.
+    #[arg(long, default_value = "p256", value_parser = parse_key_type)]
+    key_type: KeyType,
+    /// Validity in days (capped at the CA's expiry).
+    #[arg(long, default_value_t = 365)]
+    days: u32,
+    #[command(flatten)]
+    names: NameArgs,
+    /// Replace existing files.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct CaArgs {
+    /// The CA folder.
+    #[arg(long, default_value = "root_cert")]
+    ca_dir: PathBuf,
+    /// The environment variable holding the CA key's passphrase.
+    #[arg(long, value_name = "VAR")]
+    passphrase_env: Option<String>,
+}
+
+#[derive(Args)]
+struct SubjectArgs {
+    /// Common name (default: the name).
+    #[arg(long)]
+    cn: Option<String>,
+    /// Organization.
+    #[arg(long)]
+    org: Option<String>,
+    /// Two-letter country code.
+    #[arg(long)]
+    country: Option<String>,
+}
+
+#[derive(Args)]
+struct NameArgs {
+    /// DNS subject alternative name (repeatable).
+    #[arg(long, value_parser = parse_dns)]
+    dns: Vec<DnsName>,
+    /// IP subject alternative name (repeatable).
+    #[arg(long)]
+    ip: Vec<IpAddr>,
+}
+
+#[derive(Args)]
+struct ConnArgs {
+    /// Client certificate.
+    #[arg(long, requires_all = ["key", "ca"], conflicts_with = "bundle")]
+    cert: Option<PathBuf>,
+    /// Client key.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// CA certificate.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// A TOML file with a [tls] table (cert_path, key_path, ca_cert_path).
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    /// Broker host (DNS name or IP address).
+    #[arg(long, short = 'H', default_value = "localhost")]
+    host: String,
+    /// Broker port.
+    #[arg(long, short, default_value_t = 8883)]
+    port: u16,
+    /// Topic (a filter for sub).
+    #[arg(long, short)]
+    topic: String,
+    /// QoS 0, 1 or 2.
+    #[arg(long, short, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    qos: u8,
+    /// Client id (default: provision-<pid>).
+    #[arg(long, short = 'i')]
+    client_id: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProfileArg {
+    Client,
+    Server,
+}
+
+impl From<ProfileArg> for Profile {
+    fn from(p: ProfileArg) -> Self {
+        match p {
+            ProfileArg::Client => Profile::Client,
+            ProfileArg::Server => Profile::Server,
+        }
+    }
+}
+
+fn parse_key_type(s: &str) -> Result<KeyType, String> {
+    s.parse().map_err(|e: pki_core::Error| e.to_string())
+}
+
+fn parse_dns(s: &str) -> Result<DnsName, String> {
+    s.parse().map_err(|e: pki_core::Error| e.to_string())
+}
+
+impl SubjectArgs {
+    fn options(&self) -> SubjectOptions {
+        SubjectOptions {
+            common_name: self.cn.clone(),
+            organization: self.org.clone(),
+            country: self.country.clone(),
+        }
+    }
+}
+
+impl CaArgs {
+    fn passphrase(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        passphrase(self.passphrase_env.as_deref())
+    }
+
+    fn load(&self) -> anyhow::Result<(CaDir, pki_core::CertificateAuthority)> {
+        let dir = CaDir::new(&self.ca_dir);
+        let ca = dir.load(self.passphrase()?.as_deref())?;
+        Ok((dir, ca))
+    }
+}
+
+fn passphrase(var: Option<&str>) -> anyhow::Result<Option<Vec<u8>>> {
+    match var {
+        None => Ok(None),
+        Some(var) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Ok(Some(v.into_bytes())),
+            _ => bail!("the passphrase variable {var} is not set (or empty)"),
+        },
+    }
+}
+
+impl ConnArgs {
+    fn identity(&self) -> anyhow::Result<mqtt_tls::TlsIdentity> {
+        let bundle = match (&self.bundle, &self.cert, &self.key, &self.ca) {
+            (Some(file), ..) => {
+                #[derive(serde::Deserialize)]
+                struct BundleFile {
+                    tls: ClientCert,
+                }
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let parsed: BundleFile = toml::from_str(&text)
+                    .with_context(|| format!("{}: not a bundle file", file.display()))?;
+                let base = file.parent().unwrap_or(Path::new("."));
+                let mut tls = parsed.tls;
+                tls.cert_path = base.join(&tls.cert_path);
+                tls.key_path = base.join(&tls.key_path);
+                tls.ca_cert_path = base.join(&tls.ca_cert_path);
+                tls
+            }
+            (None, Some(cert), Some(key), Some(ca)) => ClientCert::new(cert, key, ca),
+            _ => bail!("give --cert, --key and --ca, or --bundle FILE.toml"),
+        };
+        Ok(bundle.load()?)
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            host: self.host.clone(),
+            port: self.port,
+            client_id: self
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("provision-{}", std::process::id())),
+        }
+    }
+
+    fn qos(&self) -> QoS {
+        match self.qos {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::InitCa {
+            dir,
+            subject,
+            key_type,
+            days,
+            passphrase_env,
+            force,
+        } => {
+            let ca_dir = CaDir::new(&dir);
+            let ca = init_ca(
+                &ca_dir,
+                &InitCa {
+                    subject: subject.options(),
+                    key_type,
+                    days,
+                    passphrase: passphrase(passphrase_env.as_deref())?,
+                    force,
+                },
+            )?;
+            println!("created CA {}", ca.certificate().subject());
+            println!("  certificate: {}", ca_dir.cert_path().display());
+            println!(
+                "  key:         {} (0600{})",
+                ca_dir.key_path().display(),
+                if passphrase_env.is_some() {
+                    ", encrypted"
+                } else {
+                    ""
+                }
+            );
+            println!("  valid until: {}", when(ca.certificate().not_after()));
+        }
+        Command::Issue(cmd) => {
+            let (profile, args) = match cmd {
+                IssueCommand::Client(a) => (Profile::Client, a),
+                IssueCommand::Server(a) => (Profile::Server, a),
+            };
+            let (dir, ca) = args.ca.load()?;
+            let issued = issue(
+                &dir,
+                &ca,
+                &IssueRequest {
+                    name: args.name,
+                    profile,
+                    subject: args.subject.options(),
+                    key_type: args.key_type,
+                    days: args.days,
+                    dns: args.names.dns,
+                    ip: args.names.ip,
+                    out: args.out,
+                    force: args.force,
+                },
+            )?;
+            println!(
+                "issued {profile} certificate {}",
+                issued.certificate.subject()
+            );
+            println!("  key:         {} (0600)", issued.paths.key.display());
+            println!("  CSR:         {}", issued.paths.csr.display());
+            println!("  certificate: {}", issued.paths.cert.display());
+            println!("  serial:      {}", issued.certificate.serial());
+            println!("  valid until: {}", when(issued.certificate.not_after()));
+            if let Some(requested) = issued.capped_not_after {
+                println!(
+                    "  note: the requested end {} is after the CA's expiry; cut to the CA's",
+                    when(requested)
+                );
+            }
+        }
+        Command::Csr {
+            name,
+            out,
+            subject,
+            key_type,
+            names,
+            force,
+        } => {
+            let paths = make_csr(&CsrRequest {
+                name,
+                subject: subject.options(),
+                key_type,
+                dns: names.dns,
+                ip: names.ip,
+                out,
+                force,
+            })?;
+            println!("key: {} (0600)", paths.key.display());
+            println!("CSR: {}", paths.csr.display());
+        }
+        Command::Sign {
+            csr,
+            profile,
+            ca,
+            out,
+            days,
+            force,
+        } => {
+            let out = out.unwrap_or_else(|| default_cert_path(&csr));
+            let (dir, ca) = ca.load()?;
+            let (cert, capped) = sign_csr(&dir, &ca, &csr, profile.into(), days, &out, force)?;
+            println!("signed {} -> {}", cert.subject(), out.display());
+            println!("  serial:      {}", cert.serial());
+            println!("  valid until: {}", when(cert.not_after()));
+            if capped.is_some() {
+                println!("  note: validity cut to the CA's expiry");
+            }
+        }
+        Command::Inspect { file, json } => {
+            let info = inspect(&file)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                println!("{info}");
+            }
+        }
+        Command::Verify {
+            cert,
+            ca,
+            profile,
+            dns,
+            ip,
+            crl,
+        } => {
+            let name = dns.or_else(|| ip.map(|i| i.to_string()));
+            let line = verify(&VerifyRequest {
+                cert: &cert,
+                ca: &ca,
+                profile: profile.map(Into::into),
+                name,
+                crl: crl.as_deref(),
+            })?;
+            println!("{line}");
+        }
+        Command::List { ca, json } => {
+            let dir = CaDir::new(&ca.ca_dir);
+            let records = dir.inventory()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&records)?);
+            } else {
+                println!(
+                    "{:<40}  {:<7}  {:<20}  {:<8}  SUBJECT",
+                    "SERIAL", "PROFILE", "NOT AFTER", "STATUS"
+                );
+                for r in &records {
+                    let status = match &r.status {
+                        Status::Valid => "valid",
+                        Status::Revoked { .. } => "revoked",
+                    };
+                    println!(
+                        "{:<40}  {:<7}  {:<20}  {:<8}  {}",
+                        r.serial, r.profile, r.not_after, status, r.subject
+                    );
+                }
+                println!(
+                    "{} certificate(s) in {}",
+                    records.len(),
+                    dir.inventory_path().display()
+                );
+            }
+        }
+        Command::Revoke {
+            cert,
+            serial,
+            reason,
+            ca,
+            crl_days,
+        } => {
+            let reason: RevocationReason = reason.parse()?;
+            let target = match (cert, serial) {
+                (Some(path), None) => RevokeTarget::File(path),
+                (None, Some(s)) => RevokeTarget::Serial(s.parse::<Serial>()?),
+                _ => bail!("give a certificate file or --serial"),
+            };
+            let (dir, ca) = ca.load()?;
+            let record = revoke(&dir, &ca, &target, reason, crl_days)?;
+            println!(
+                "revoked {} (serial {}, {reason})",
+                record.subject, record.serial
+            );
+            println!(
+                "  CRL: {} (give it to the broker: crlfile)",
+                dir.crl_path().display()
+            );
+        }
+        Command::Crl { ca, out, days } => {
+            let (dir, ca) = ca.load()?;
+            let out = out.unwrap_or_else(|| dir.crl_path());
+            let crl = write_crl(&dir, &ca, &out, days)?;
+            println!(
+                "wrote {} (number {}, {} revoked)",
+                out.display(),
+                crl.number().unwrap_or_default(),
+                crl.entries().len()
+            );
+        }
+        Command::Fleet { manifest, jobs } => {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} identities ({per_sec})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            if !std::io::stderr().is_terminal() {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let progress = |done: usize, total: usize| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            };
+            let started = std::time::Instant::now();
+            let summary = provision::fleet::run(&manifest, jobs, &progress)?;
+            bar.finish_and_clear();
+            println!(
+                "fleet {}: CA {} in {}; {} issued, {} already valid and kept ({:.1} s)",
+                manifest.display(),
+                if summary.ca_created {
+                    "created"
+                } else {
+                    "kept"
+                },
+                summary.ca_dir.display(),
+                summary.issued,
+                summary.kept,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Command::BrokerConfig {
+            server,
+            certs_dir,
+            ca,
+            out,
+            port,
+            bind,
+            force,
+        } => {
+            let files = provision::broker::write(
+                &CaDir::new(&ca.ca_dir),
+                &provision::broker::BrokerConfig {
+                    server,
+                    certs_dir,
+                    out,
+                    port,
+                    bind,
+                    force,
+                },
+            )?;
+            println!(
+                "wrote {}{}",
+                files.config.display(),
+                if files.crl { " (with the CRL)" } else { "" }
+            );
+            println!("start it with: mosquitto -c {}", files.config.display());
+        }
+        Command::Pub {
+            conn,
+            message,
+            retain,
+        } => {
+            let payload = match message {
+                Some(m) => m.into_bytes(),
+                None => {
+                    let mut buf = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut buf)
+                        .context("reading the message from standard input")?;
+                    buf
+                }
+            };
+            let identity = conn.identity()?;
+            runtime()?.block_on(provision::pubsub::publish(
+                &identity,
+                &conn.endpoint(),
+                &conn.topic,
+                payload,
+                conn.qos(),
+                retain,
+            ))?;
+            eprintln!("published to {} (QoS {})", conn.topic, conn.qos);
+        }
+        Command::Sub {
+            conn,
+            count,
+            timeout,
+        } => {
+            let identity = conn.identity()?;
+            let received = runtime()?.block_on(provision::pubsub::subscribe(
+                &identity,
+                &conn.endpoint(),
+                &conn.topic,
+                conn.qos(),
+                count,
+                timeout.map(Duration::from_secs),
+                |_topic, payload| println!("{}", String::from_utf8_lossy(payload)),
+            ))?;
+            if let Some(c) = count
+                && received < c
+            {
+                bail!("timed out after {received} of {c} messages");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The error and its causes on one line, leaving out causes whose text the
+/// message already includes.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// `dev_csr.pem` → `dev_cert.pem`; anything else → `<stem>_cert.pem`.
+fn default_cert_path(csr: &Path) -> PathBuf {
+    let name = csr
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name
+        .strip_suffix("_csr.pem")
+        .or_else(|| name.strip_suffix(".pem"))
+        .or_else(|| name.strip_suffix(".csr"))
+        .unwrap_or(&name);
+    csr.with_file_name(format!("{stem}_cert.pem"))
+}

@@ -1,0 +1,404 @@
+//! The CA operations behind the commands: create the CA, issue, make and
+//! sign CSRs, revoke, and write CRLs.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use pki_core::{
+    Certificate, CertificateAuthority, CrlParams, Csr, CsrParams, DnsName, IssueParams, KeyPair,
+    KeyType, Profile, RevocationReason, RevokedEntry, Serial, Subject, SubjectAltName, Timestamp,
+    Validity,
+};
+
+use crate::error::{Error, Result};
+use crate::files::{Access, check_name, named, read_text, refuse_existing, write_atomic};
+use crate::store::{CaDir, Record, Status};
+
+/// Optional subject attributes given on the command line or in a manifest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubjectOptions {
+    /// The common name; defaults to the certificate's name.
+    pub common_name: Option<String>,
+    /// The organization.
+    pub organization: Option<String>,
+    /// The two-letter country.
+    pub country: Option<String>,
+}
+
+impl SubjectOptions {
+    /// The subject, with `default_cn` when no common name was given.
+    pub fn subject(&self, default_cn: &str) -> Result<Subject> {
+        let mut s = Subject::new(self.common_name.as_deref().unwrap_or(default_cn))?;
+        if let Some(o) = &self.organization {
+            s = s.organization(o.as_str())?;
+        }
+        if let Some(c) = &self.country {
+            s = s.country(c)?;
+        }
+        Ok(s)
+    }
+}
+
+/// How to create a CA.
+#[derive(Debug, Clone)]
+pub struct InitCa {
+    /// Subject attributes; the common name defaults to `MQTT Root CA`.
+    pub subject: SubjectOptions,
+    /// The CA's key type.
+    pub key_type: KeyType,
+    /// Validity in days.
+    pub days: u32,
+    /// Encrypt the CA key with this passphrase.
+    pub passphrase: Option<Vec<u8>>,
+    /// Replace an existing CA.
+    pub force: bool,
+}
+
+/// Creates a self-signed root CA in `dir`: `root_ca_cert.pem` and
+/// `root_ca.key` (0600, encrypted when a passphrase is given).
+pub fn init_ca(dir: &CaDir, request: &InitCa) -> Result<CertificateAuthority> {
+    let _lock = dir.lock()?;
+    let cert_path = dir.cert_path();
+    let key_path = dir.key_path();
+    refuse_existing(&[&cert_path, &key_path], request.force)?;
+    let subject = request.subject.subject("MQTT Root CA")?;
+    let ca = CertificateAuthority::new_root(
+        &subject,
+        KeyPair::generate(request.key_type)?,
+        Validity::days_from_now(request.days)?,
+    )?;
+    let key_pem = match &request.passphrase {
+        Some(p) => ca.key().to_encrypted_pkcs8_pem(p)?,
+        None => ca.key().to_pkcs8_pem()?.to_string(),
+    };
+    write_atomic(&key_path, key_pem.as_bytes(), Access::Secret, request.force)?;
+    write_atomic(
+        &cert_path,
+        ca.certificate().to_pem().as_bytes(),
+        Access::Public,
+        request.force,
+    )?;
+    Ok(ca)
+}
+
+/// One identity to issue: the original design's
+/// `generate_signed_certificate(subject, ca, key_name, cert_name)`.
+#[derive(Debug, Clone)]
+pub struct IssueRequest {
+    /// The file-name stem: `NAME.key`, `NAME_csr.pem`, `NAME_cert.pem`.
+    pub name: String,
+    /// Client or server.
+    pub profile: Profile,
+    /// Subject attributes; the common name defaults to `name`.
+    pub subject: SubjectOptions,
+    /// The key type.
+    pub key_type: KeyType,
+    /// Validity in days (capped at the CA's own expiry).
+    pub days: u32,
+    /// DNS names (servers need a DNS name or an IP address).
+    pub dns: Vec<DnsName>,
+    /// IP addresses.
+    pub ip: Vec<IpAddr>,
+    /// The output folder.
+    pub out: PathBuf,
+    /// Replace existing files.
+    pub force: bool,
+}
+
+/// The three files of an identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityPaths {
+    /// `NAME.key`.
+    pub key: PathBuf,
+    /// `NAME_csr.pem`.
+    pub csr: PathBuf,
+    /// `NAME_cert.pem`.
+    pub cert: PathBuf,
+}
+
+impl IdentityPaths {
+    /// The original layout's file names for `name` in `out`.
+    pub fn new(out: &Path, name: &str) -> Self {
+        Self {
+            key: named(out, name, ".key"),
+            csr: named(out, name, "_csr.pem"),
+            cert: named(out, name, "_cert.pem"),
+        }
+    }
+}
+
+/// What [`issue`] made.
+#[derive(Debug, Clone)]
+pub struct IssuedIdentity {
+    /// Where the files are.
+    pub paths: IdentityPaths,
+    /// The certificate.
+    pub certificate: Certificate,
+    /// The inventory record.
+    pub record: Record,
+    /// The requested end, when it was cut to the CA's expiry.
+    pub capped_not_after: Option<SystemTime>,
+}
+
+/// Issues an identity and records it in the inventory, under the CA lock.
+pub fn issue(
+    dir: &CaDir,
+    ca: &CertificateAuthority,
+    request: &IssueRequest,
+) -> Result<IssuedIdentity> {
+    let _lock = dir.lock()?;
+    let serials = dir.serials()?;
+    let issued = issue_files(ca, request, &serials)?;
+    dir.append(std::slice::from_ref(&issued.record))?;
+    Ok(issued)
+}
+
+/// Makes key, CSR and certificate and writes them, without touching the
+/// inventory: the building block for single and bulk issuance. Nothing is
+/// written if any file exists and `force` is off, or if signing fails.
+pub fn issue_files(
+    ca: &CertificateAuthority,
+    request: &IssueRequest,
+    serials: &HashSet<String>,
+) -> Result<IssuedIdentity> {
+    check_name(&request.name)?;
+    let paths = IdentityPaths::new(&request.out, &request.name);
+    refuse_existing(&[&paths.key, &paths.csr, &paths.cert], request.force)?;
+    let key = KeyPair::generate(request.key_type)?;
+    let mut params = CsrParams::new(request.subject.subject(&request.name)?);
+    params.sans = sans(&request.dns, &request.ip);
+    let csr = Csr::new(&params, &key)?;
+    let issue = IssueParams::new(request.profile, Validity::days_from_now(request.days)?);
+    let issued = sign_unique(ca, &csr, &issue, serials)?;
+
+    write_atomic(
+        &paths.key,
+        key.to_pkcs8_pem()?.as_bytes(),
+        Access::Secret,
+        request.force,
+    )?;
+    write_atomic(
+        &paths.csr,
+        csr.to_pem().as_bytes(),
+        Access::Public,
+        request.force,
+    )?;
+    write_atomic(
+        &paths.cert,
+        issued.certificate.to_pem().as_bytes(),
+        Access::Public,
+        request.force,
+    )?;
+    Ok(IssuedIdentity {
+        record: Record::new(&issued.certificate, request.profile.as_str(), &paths.cert),
+        certificate: issued.certificate,
+        capped_not_after: issued.capped_not_after,
+        paths,
+    })
+}
+
+/// Signs, re-drawing the random serial in the (astronomically unlikely)
+/// case it was used before: serials never repeat.
+fn sign_unique(
+    ca: &CertificateAuthority,
+    csr: &Csr,
+    params: &IssueParams,
+    serials: &HashSet<String>,
+) -> Result<pki_core::Issued> {
+    loop {
+        let issued = ca.sign(csr, params)?;
+        if !serials.contains(&issued.certificate.serial().to_string()) {
+            return Ok(issued);
+        }
+    }
+}
+
+fn sans(dns: &[DnsName], ip: &[IpAddr]) -> Vec<SubjectAltName> {
+    dns.iter()
+        .cloned()
+        .map(SubjectAltName::Dns)
+        .chain(ip.iter().copied().map(SubjectAltName::Ip))
+        .collect()
+}
+
+/// How to make a key and CSR on the device side.
+#[derive(Debug, Clone)]
+pub struct CsrRequest {
+    /// File-name stem: `NAME.key` and `NAME_csr.pem`.
+    pub name: String,
+    /// Subject attributes.
+    pub subject: SubjectOptions,
+    /// The key type.
+    pub key_type: KeyType,
+    /// Requested DNS names.
+    pub dns: Vec<DnsName>,
+    /// Requested IP addresses.
+    pub ip: Vec<IpAddr>,
+    /// The output folder.
+    pub out: PathBuf,
+    /// Replace existing files.
+    pub force: bool,
+}
+
+/// Writes `NAME.key` (0600) and `NAME_csr.pem`; no CA involved.
+pub fn make_csr(request: &CsrRequest) -> Result<IdentityPaths> {
+    check_name(&request.name)?;
+    let paths = IdentityPaths::new(&request.out, &request.name);
+    refuse_existing(&[&paths.key, &paths.csr], request.force)?;
+    let key = KeyPair::generate(request.key_type)?;
+    let mut params = CsrParams::new(request.subject.subject(&request.name)?);
+    params.sans = sans(&request.dns, &request.ip);
+    let csr = Csr::new(&params, &key)?;
+    write_atomic(
+        &paths.key,
+        key.to_pkcs8_pem()?.as_bytes(),
+        Access::Secret,
+        request.force,
+    )?;
+    write_atomic(
+        &paths.csr,
+        csr.to_pem().as_bytes(),
+        Access::Public,
+        request.force,
+    )?;
+    Ok(paths)
+}
+
+/// Signs the CSR in `csr_path` (the original `CertificateAuthority.sign_csr`):
+/// verifies its signature, applies the profile, writes `out` and records it.
+pub fn sign_csr(
+    dir: &CaDir,
+    ca: &CertificateAuthority,
+    csr_path: &Path,
+    profile: Profile,
+    days: u32,
+    out: &Path,
+    force: bool,
+) -> Result<(Certificate, Option<SystemTime>)> {
+    let csr = Csr::from_pem(&read_text(csr_path)?).map_err(|source| Error::Pki {
+        path: csr_path.to_owned(),
+        source,
+    })?;
+    let _lock = dir.lock()?;
+    refuse_existing(&[out], force)?;
+    let serials = dir.serials()?;
+    let issued = sign_unique(
+        ca,
+        &csr,
+        &IssueParams::new(profile, Validity::days_from_now(days)?),
+        &serials,
+    )
+    .map_err(|e| match e {
+        Error::Invalid(source) => Error::Pki {
+            path: csr_path.to_owned(),
+            source,
+        },
+        other => other,
+    })?;
+    write_atomic(
+        out,
+        issued.certificate.to_pem().as_bytes(),
+        Access::Public,
+        force,
+    )?;
+    dir.append(&[Record::new(&issued.certificate, profile.as_str(), out)])?;
+    Ok((issued.certificate, issued.capped_not_after))
+}
+
+/// What to revoke.
+#[derive(Debug, Clone)]
+pub enum RevokeTarget {
+    /// The certificate in this file.
+    File(PathBuf),
+    /// This serial.
+    Serial(Serial),
+}
+
+/// Marks a certificate revoked in the inventory and rewrites the CRL.
+pub fn revoke(
+    dir: &CaDir,
+    ca: &CertificateAuthority,
+    target: &RevokeTarget,
+    reason: RevocationReason,
+    crl_days: u32,
+) -> Result<Record> {
+    let serial = match target {
+        RevokeTarget::Serial(s) => s.to_string(),
+        RevokeTarget::File(path) => Certificate::from_pem(&read_text(path)?)
+            .map_err(|source| Error::Pki {
+                path: path.clone(),
+                source,
+            })?
+            .serial()
+            .to_string(),
+    };
+    let _lock = dir.lock()?;
+    let mut records = dir.inventory()?;
+    let Some(record) = records.iter_mut().find(|r| r.serial == serial) else {
+        return Err(Error::NotInInventory {
+            what: format!("serial {serial}"),
+            path: dir.inventory_path(),
+        });
+    };
+    if record.status == Status::Valid {
+        record.revoke(reason);
+    }
+    let revoked = record.clone();
+    dir.rewrite(&records)?;
+    write_crl_locked(dir, ca, &records, &dir.crl_path(), crl_days)?;
+    Ok(revoked)
+}
+
+/// Writes a CRL of every revoked certificate in the inventory to `out`.
+pub fn write_crl(
+    dir: &CaDir,
+    ca: &CertificateAuthority,
+    out: &Path,
+    days: u32,
+) -> Result<pki_core::Crl> {
+    let _lock = dir.lock()?;
+    let records = dir.inventory()?;
+    write_crl_locked(dir, ca, &records, out, days)
+}
+
+fn write_crl_locked(
+    dir: &CaDir,
+    ca: &CertificateAuthority,
+    records: &[Record],
+    out: &Path,
+    days: u32,
+) -> Result<pki_core::Crl> {
+    let mut entries = Vec::new();
+    for r in records {
+        if let Status::Revoked { at, reason } = &r.status {
+            entries.push(RevokedEntry {
+                serial: r.serial.parse()?,
+                revoked_at: parse_time(at).unwrap_or_else(SystemTime::now),
+                reason: reason.parse().unwrap_or(RevocationReason::Unspecified),
+            });
+        }
+    }
+    let now = SystemTime::now();
+    let crl = ca.crl(
+        &entries,
+        &CrlParams {
+            number: dir.next_crl_number()?,
+            this_update: now,
+            next_update: now + Duration::from_secs(u64::from(days.max(1)) * 86_400),
+        },
+    )?;
+    write_atomic(out, crl.to_pem().as_bytes(), Access::Public, true)?;
+    Ok(crl)
+}
+
+/// Parses the RFC 3339 UTC times the inventory stores.
+fn parse_time(s: &str) -> Option<SystemTime> {
+    s.parse::<Timestamp>().ok().map(|t| t.0)
+}
+
+/// Formats for the CLI.
+pub fn when(t: SystemTime) -> String {
+    Timestamp(t).to_string()
+}

@@ -1,0 +1,85 @@
+//! `provision pub` and `provision sub`: one-shot MQTT over mutual TLS with
+//! a client bundle.
+
+use std::time::Duration;
+
+use mqtt_tls::{ConnectOptions, MqttClient, QoS, TlsIdentity};
+use tokio::sync::mpsc;
+
+use crate::error::Result;
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Broker host (DNS name or IP address).
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Client id.
+    pub client_id: String,
+}
+
+fn options(endpoint: &Endpoint) -> ConnectOptions {
+    ConnectOptions::new(&endpoint.host, endpoint.port, &endpoint.client_id)
+}
+
+/// Connects, publishes one message, waits for the broker's acknowledgement
+/// (QoS 1/2), and disconnects.
+pub async fn publish(
+    identity: &TlsIdentity,
+    endpoint: &Endpoint,
+    topic: &str,
+    payload: Vec<u8>,
+    qos: QoS,
+    retain: bool,
+) -> Result<()> {
+    let (client, mut connection) = MqttClient::new(&options(endpoint), identity)?;
+    connection.connect().await?;
+    let runner = tokio::spawn(connection.run());
+    let result = client.publish(topic, payload, qos, retain).await;
+    client.disconnect().await?;
+    let _ = runner.await;
+    Ok(result?)
+}
+
+/// Connects, subscribes, and hands each payload to `each` until `count`
+/// messages arrived (forever with `None`), or `timeout` passes.
+pub async fn subscribe(
+    identity: &TlsIdentity,
+    endpoint: &Endpoint,
+    topic: &str,
+    qos: QoS,
+    count: Option<usize>,
+    timeout: Option<Duration>,
+    mut each: impl FnMut(&str, &[u8]),
+) -> Result<usize> {
+    let (client, mut connection) = MqttClient::new(&options(endpoint), identity)?;
+    connection.connect().await?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    client.subscribe(topic, qos, move |m| {
+        let tx = tx.clone();
+        async move {
+            // The receiver is gone only when we are done: nothing to keep.
+            let _ = tx.send((m.topic, m.payload));
+            Ok::<(), std::io::Error>(())
+        }
+    })?;
+    let runner = tokio::spawn(connection.run());
+    let mut received = 0;
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    while count.is_none_or(|c| received < c) {
+        let next = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, rx.recv()).await {
+                Ok(m) => m,
+                Err(_) => break,
+            },
+            None => rx.recv().await,
+        };
+        let Some((topic, payload)) = next else { break };
+        each(&topic, &payload);
+        received += 1;
+    }
+    client.disconnect().await?;
+    let _ = runner.await;
+    Ok(received)
+}

@@ -1,0 +1,297 @@
+//! The CA directory: its certificate and key (the original design's
+//! `root_cert/root_ca_cert.pem` and `root_cert/root_ca.key`), a lock, the
+//! inventory of everything issued, and the CRL.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use pki_core::{Certificate, CertificateAuthority, KeyPair, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::files::{Access, read_text, write_atomic};
+
+/// The CA certificate's file name.
+pub const CA_CERT: &str = "root_ca_cert.pem";
+/// The CA key's file name.
+pub const CA_KEY: &str = "root_ca.key";
+/// The inventory's file name: one JSON record per line.
+pub const INVENTORY: &str = "inventory.jsonl";
+/// The CRL's file name.
+pub const CRL: &str = "crl.pem";
+const CRL_NUMBER: &str = "crl_number";
+const LOCK: &str = ".lock";
+
+/// The paths of a CA directory.
+#[derive(Debug, Clone)]
+pub struct CaDir {
+    dir: PathBuf,
+}
+
+impl CaDir {
+    /// The CA directory `dir` (default `root_cert`).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `root_ca_cert.pem`.
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.join(CA_CERT)
+    }
+
+    /// `root_ca.key`.
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.join(CA_KEY)
+    }
+
+    /// `inventory.jsonl`.
+    pub fn inventory_path(&self) -> PathBuf {
+        self.dir.join(INVENTORY)
+    }
+
+    /// `crl.pem`.
+    pub fn crl_path(&self) -> PathBuf {
+        self.dir.join(CRL)
+    }
+
+    /// Takes the CA's lock (blocking until other `provision` processes
+    /// release it); held until the guard is dropped.
+    pub fn lock(&self) -> Result<CaLock> {
+        crate::files::create_dir(&self.dir)?;
+        let path = self.dir.join(LOCK);
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| Error::Io {
+                action: "opening the lock",
+                path: path.clone(),
+                source,
+            })?;
+        file.lock().map_err(|source| Error::Io {
+            action: "locking",
+            path,
+            source,
+        })?;
+        Ok(CaLock { _file: file })
+    }
+
+    /// Loads the CA; `passphrase` for an encrypted key.
+    pub fn load(&self, passphrase: Option<&[u8]>) -> Result<CertificateAuthority> {
+        let cert_path = self.cert_path();
+        let key_path = self.key_path();
+        if !cert_path.exists() {
+            return Err(Error::NoCa {
+                dir: self.dir.clone(),
+            });
+        }
+        let cert = Certificate::from_pem(&read_text(&cert_path)?).map_err(|source| Error::Pki {
+            path: cert_path.clone(),
+            source,
+        })?;
+        let key_pem = read_text(&key_path)?;
+        let key = match passphrase {
+            Some(p) => KeyPair::from_pem_with_passphrase(&key_pem, p),
+            None => KeyPair::from_pem(&key_pem),
+        }
+        .map_err(|source| match source {
+            pki_core::Error::KeyEncrypted => Error::Passphrase {
+                path: key_path.clone(),
+                reason:
+                    "the CA key is encrypted: pass --passphrase-env VAR with the passphrase in $VAR"
+                        .into(),
+            },
+            source => Error::Pki {
+                path: key_path.clone(),
+                source,
+            },
+        })?;
+        CertificateAuthority::from_parts(cert, key).map_err(|source| Error::Pki {
+            path: key_path,
+            source,
+        })
+    }
+
+    /// Every record of the inventory, in issue order (empty when none).
+    pub fn inventory(&self) -> Result<Vec<Record>> {
+        let path = self.inventory_path();
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(Error::Io {
+                    action: "reading",
+                    path,
+                    source,
+                });
+            }
+        };
+        let mut records = Vec::new();
+        for (i, line) in BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(|source| Error::Io {
+                action: "reading",
+                path: path.clone(),
+                source,
+            })?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let record = serde_json::from_str(&line).map_err(|e| Error::Inventory {
+                path: path.clone(),
+                line: i + 1,
+                reason: e.to_string(),
+            })?;
+            records.push(record);
+        }
+        Ok(records)
+    }
+
+    /// Appends records (call with the lock held).
+    pub fn append(&self, records: &[Record]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let path = self.inventory_path();
+        let io = |source| Error::Io {
+            action: "writing",
+            path: path.clone(),
+            source,
+        };
+        let mut text = String::new();
+        for r in records {
+            text.push_str(&serde_json::to_string(r).map_err(|e| io(std::io::Error::other(e)))?);
+            text.push('\n');
+        }
+        let mut file = File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io)?;
+        file.write_all(text.as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)
+    }
+
+    /// Replaces the whole inventory atomically (call with the lock held).
+    pub fn rewrite(&self, records: &[Record]) -> Result<()> {
+        let mut text = String::new();
+        for r in records {
+            text.push_str(&serde_json::to_string(r).map_err(|e| Error::Io {
+                action: "writing",
+                path: self.inventory_path(),
+                source: std::io::Error::other(e),
+            })?);
+            text.push('\n');
+        }
+        write_atomic(
+            &self.inventory_path(),
+            text.as_bytes(),
+            Access::Public,
+            true,
+        )
+    }
+
+    /// The serials issued so far.
+    pub fn serials(&self) -> Result<HashSet<String>> {
+        Ok(self.inventory()?.into_iter().map(|r| r.serial).collect())
+    }
+
+    /// The next CRL number, stored so it only ever grows (call with the
+    /// lock held).
+    pub fn next_crl_number(&self) -> Result<u64> {
+        let path = self.dir.join(CRL_NUMBER);
+        let current = match std::fs::read_to_string(&path) {
+            Ok(s) => s.trim().parse::<u64>().map_err(|e| Error::Inventory {
+                path: path.clone(),
+                line: 1,
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(source) => {
+                return Err(Error::Io {
+                    action: "reading",
+                    path,
+                    source,
+                });
+            }
+        };
+        let next = current + 1;
+        write_atomic(&path, format!("{next}\n").as_bytes(), Access::Public, true)?;
+        Ok(next)
+    }
+}
+
+/// Held while the CA is in use; dropping it releases the lock.
+#[derive(Debug)]
+pub struct CaLock {
+    _file: File,
+}
+
+/// The status of an issued certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum Status {
+    /// Issued and not revoked.
+    Valid,
+    /// Revoked.
+    Revoked {
+        /// When, RFC 3339.
+        at: String,
+        /// Why (`key-compromise`, ...).
+        reason: String,
+    },
+}
+
+/// One issued certificate, as the inventory records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The serial, upper-case hex.
+    pub serial: String,
+    /// The subject, RFC 4514.
+    pub subject: String,
+    /// `client`, `server` or `intermediate`.
+    pub profile: String,
+    /// `notBefore`, RFC 3339.
+    pub not_before: String,
+    /// `notAfter`, RFC 3339.
+    pub not_after: String,
+    /// SHA-256 fingerprint.
+    pub sha256: String,
+    /// Where the certificate was written.
+    pub cert_path: PathBuf,
+    /// Valid or revoked.
+    pub status: Status,
+}
+
+impl Record {
+    /// The record for a certificate just written to `path`.
+    pub fn new(cert: &Certificate, profile: &str, path: &Path) -> Self {
+        let v = cert.validity();
+        Self {
+            serial: cert.serial().to_string(),
+            subject: cert.subject(),
+            profile: profile.to_owned(),
+            not_before: Timestamp(v.not_before()).to_string(),
+            not_after: Timestamp(v.not_after()).to_string(),
+            sha256: cert.sha256_fingerprint(),
+            cert_path: path.to_owned(),
+            status: Status::Valid,
+        }
+    }
+
+    /// Marks it revoked now.
+    pub fn revoke(&mut self, reason: pki_core::RevocationReason) {
+        self.status = Status::Revoked {
+            at: Timestamp(SystemTime::now()).to_string(),
+            reason: reason.to_string(),
+        };
+    }
+}

@@ -1,0 +1,501 @@
+//! Every command of `provision`, run as a process in a temp dir, including
+//! its refusals. Certificates are cross-checked with OpenSSL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use verify_tests::{openssl, run_ok};
+
+fn provision(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_provision"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = provision(dir, args);
+    assert!(
+        out.status.success(),
+        "provision {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command that must fail with exit code `code`; returns stderr.
+fn fails(dir: &Path, args: &[&str], code: i32) -> String {
+    let out = provision(dir, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "provision {args:?}: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{stderr}"
+    );
+    stderr
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn the_original_layout_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(
+        d,
+        &[
+            "init-ca",
+            "--cn",
+            "MyRootCA",
+            "--org",
+            "MyOrg",
+            "--country",
+            "US",
+        ],
+    );
+    assert_eq!(mode(&d.join("root_cert/root_ca.key")), 0o600);
+    ok(
+        d,
+        &[
+            "issue",
+            "client",
+            "client1",
+            "--org",
+            "MyOrg",
+            "--country",
+            "US",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "issue",
+            "server",
+            "broker",
+            "--dns",
+            "localhost",
+            "--ip",
+            "127.0.0.1",
+        ],
+    );
+    for f in [
+        "client1.key",
+        "client1_csr.pem",
+        "client1_cert.pem",
+        "broker.key",
+        "broker_cert.pem",
+    ] {
+        assert!(d.join("backend_certs").join(f).is_file(), "{f}");
+    }
+    assert_eq!(mode(&d.join("backend_certs/client1.key")), 0o600);
+    assert_eq!(mode(&d.join("backend_certs/client1_cert.pem")), 0o644);
+
+    // OpenSSL agrees.
+    let ca = d.join("root_cert/root_ca_cert.pem");
+    run_ok(
+        Command::new(openssl())
+            .args(["verify", "-purpose", "sslclient", "-CAfile"])
+            .arg(&ca)
+            .arg(d.join("backend_certs/client1_cert.pem")),
+    );
+    run_ok(
+        Command::new(openssl())
+            .args([
+                "verify",
+                "-purpose",
+                "sslserver",
+                "-verify_hostname",
+                "localhost",
+                "-CAfile",
+            ])
+            .arg(&ca)
+            .arg(d.join("backend_certs/broker_cert.pem")),
+    );
+    let subject = run_ok(
+        Command::new(openssl())
+            .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in"])
+            .arg(d.join("backend_certs/client1_cert.pem")),
+    );
+    assert_eq!(subject.trim(), "subject=CN=client1,O=MyOrg,C=US");
+
+    // verify: exit 0 when valid, 1 with the reason when not.
+    ok(
+        d,
+        &[
+            "verify",
+            "backend_certs/client1_cert.pem",
+            "--profile",
+            "client",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "verify",
+            "backend_certs/broker_cert.pem",
+            "--profile",
+            "server",
+            "--dns",
+            "localhost",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "verify",
+            "backend_certs/broker_cert.pem",
+            "--profile",
+            "server",
+            "--ip",
+            "127.0.0.1",
+        ],
+    );
+    let e = fails(
+        d,
+        &[
+            "verify",
+            "backend_certs/client1_cert.pem",
+            "--profile",
+            "server",
+        ],
+        1,
+    );
+    assert!(e.contains("does not include serverAuth"), "{e}");
+    let e = fails(
+        d,
+        &[
+            "verify",
+            "backend_certs/broker_cert.pem",
+            "--dns",
+            "example.com",
+        ],
+        1,
+    );
+    assert!(
+        e.contains("not valid for example.com (it names: DNS:localhost, IP:127.0.0.1)"),
+        "{e}"
+    );
+
+    // inspect every kind of file.
+    let text = ok(d, &["inspect", "backend_certs/broker_cert.pem"]);
+    assert!(
+        text.contains("SANs:         DNS:localhost, IP:127.0.0.1"),
+        "{text}"
+    );
+    assert!(text.contains("ext. usage:   serverAuth"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&ok(
+        d,
+        &["inspect", "--json", "backend_certs/client1_cert.pem"],
+    ))
+    .unwrap();
+    assert_eq!(json["kind"], "certificate");
+    assert_eq!(json["extended_key_usage"][0], "clientAuth");
+    let fp = run_ok(
+        Command::new(openssl())
+            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+            .arg(d.join("backend_certs/client1_cert.pem")),
+    );
+    assert!(fp.contains(json["sha256"].as_str().unwrap()), "{fp}");
+    assert!(ok(d, &["inspect", "backend_certs/client1_csr.pem"]).contains("signature verified"));
+    let key = ok(d, &["inspect", "backend_certs/client1.key"]);
+    assert!(
+        key.contains("ECDSA P-256") && !key.contains("PRIVATE"),
+        "{key}"
+    );
+
+    // The inventory lists both.
+    let list: serde_json::Value = serde_json::from_str(&ok(d, &["list", "--json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list[0]["profile"], "client");
+
+    // Revocation: the inventory, the CRL, and OpenSSL all see it.
+    ok(
+        d,
+        &[
+            "revoke",
+            "backend_certs/client1_cert.pem",
+            "--reason",
+            "key-compromise",
+        ],
+    );
+    let list: serde_json::Value = serde_json::from_str(&ok(d, &["list", "--json"])).unwrap();
+    assert_eq!(list[0]["status"]["state"], "revoked");
+    let out = Command::new(openssl())
+        .args(["verify", "-crl_check", "-CAfile"])
+        .arg(&ca)
+        .arg("-CRLfile")
+        .arg(d.join("root_cert/crl.pem"))
+        .arg(d.join("backend_certs/client1_cert.pem"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = fails(
+        d,
+        &[
+            "verify",
+            "backend_certs/client1_cert.pem",
+            "--crl",
+            "root_cert/crl.pem",
+        ],
+        1,
+    );
+    assert!(e.contains("is revoked"), "{e}");
+    let crl = ok(d, &["crl"]);
+    assert!(crl.contains("number 2, 1 revoked"), "{crl}");
+}
+
+#[test]
+fn device_side_csr_then_sign() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca"]);
+    ok(
+        d,
+        &[
+            "csr",
+            "sensor-7",
+            "--out",
+            "device",
+            "--key-type",
+            "ed25519",
+        ],
+    );
+    assert_eq!(mode(&d.join("device/sensor-7.key")), 0o600);
+    let out = ok(
+        d,
+        &[
+            "sign",
+            "device/sensor-7_csr.pem",
+            "--profile",
+            "client",
+            "--days",
+            "30",
+        ],
+    );
+    assert!(out.contains("device/sensor-7_cert.pem"), "{out}");
+    ok(
+        d,
+        &["verify", "device/sensor-7_cert.pem", "--profile", "client"],
+    );
+    // Signing again refuses to overwrite.
+    let e = fails(
+        d,
+        &["sign", "device/sensor-7_csr.pem", "--profile", "client"],
+        1,
+    );
+    assert!(e.contains("already exists: pass --force"), "{e}");
+    ok(
+        d,
+        &[
+            "sign",
+            "device/sensor-7_csr.pem",
+            "--profile",
+            "client",
+            "--force",
+        ],
+    );
+
+    // A tampered CSR is refused, naming the file.
+    let pem = std::fs::read_to_string(d.join("device/sensor-7_csr.pem")).unwrap();
+    let der_b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    // Flip one base64 character in the middle of the body.
+    let target = der_b64.len() / 3;
+    let c = der_b64.as_bytes()[target] as char;
+    let swapped = if c == 'A' { 'B' } else { 'A' };
+    let mut body = der_b64.clone();
+    body.replace_range(target..=target, &swapped.to_string());
+    let rebuilt = format!(
+        "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+        body.as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    std::fs::write(d.join("device/tampered_csr.pem"), rebuilt).unwrap();
+    let e = fails(
+        d,
+        &["sign", "device/tampered_csr.pem", "--profile", "client"],
+        1,
+    );
+    assert!(e.starts_with("error: device/tampered_csr.pem:"), "{e}");
+    assert!(!d.join("device/tampered_cert.pem").exists());
+}
+
+#[test]
+fn refusals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // Nothing works without a CA, and it says how to make one.
+    let e = fails(d, &["issue", "client", "c1"], 1);
+    assert!(
+        e.contains("no CA in root_cert: run `provision init-ca --dir root_cert` first"),
+        "{e}"
+    );
+
+    ok(d, &["init-ca"]);
+    let before = std::fs::read(d.join("root_cert/root_ca.key")).unwrap();
+    let e = fails(d, &["init-ca"], 1);
+    assert!(e.contains("already exists: pass --force"), "{e}");
+    assert_eq!(
+        std::fs::read(d.join("root_cert/root_ca.key")).unwrap(),
+        before,
+        "the CA key was touched"
+    );
+
+    ok(d, &["issue", "client", "c1"]);
+    let cert = std::fs::read(d.join("backend_certs/c1_cert.pem")).unwrap();
+    let e = fails(d, &["issue", "client", "c1"], 1);
+    assert!(e.contains("backend_certs/c1.key already exists"), "{e}");
+    assert_eq!(
+        std::fs::read(d.join("backend_certs/c1_cert.pem")).unwrap(),
+        cert
+    );
+
+    for bad in ["../escape", "a/b", ".hidden", "with space"] {
+        let e = fails(d, &["issue", "client", bad], 1);
+        assert!(e.contains("invalid name"), "{e}");
+    }
+    assert!(!d.join("escape.key").exists());
+
+    let e = fails(d, &["issue", "server", "nosan"], 1);
+    assert!(e.contains("needs at least one DNS or IP"), "{e}");
+    let e = fails(d, &["issue", "client", "c2", "--country", "USA"], 1);
+    assert!(e.contains("countryName"), "{e}");
+    assert!(
+        !d.join("backend_certs/c2.key").exists(),
+        "nothing is written on error"
+    );
+
+    // Usage errors exit 2.
+    fails(d, &["issue", "client"], 2);
+    fails(d, &["issue", "client", "c3", "--key-type", "dsa"], 2);
+    fails(d, &["frobnicate"], 2);
+
+    // A truncated certificate is an error naming the file.
+    let pem = String::from_utf8(cert).unwrap();
+    std::fs::write(d.join("cut.pem"), &pem[..pem.len() / 2]).unwrap();
+    let e = fails(d, &["inspect", "cut.pem"], 1);
+    assert!(e.contains("cut.pem") && e.contains("truncated"), "{e}");
+    let e = fails(d, &["verify", "missing.pem"], 1);
+    assert!(e.contains("reading missing.pem"), "{e}");
+}
+
+#[test]
+fn encrypted_ca_key_needs_its_passphrase() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let run = |args: &[&str], pass: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_provision"));
+        cmd.current_dir(d).args(args);
+        match pass {
+            Some(p) => cmd.env("CA_PASS", p),
+            None => cmd.env_remove("CA_PASS"),
+        };
+        cmd.output().unwrap()
+    };
+    let out = run(&["init-ca", "--passphrase-env", "CA_PASS"], Some("s3cret"));
+    assert!(out.status.success());
+    let key = std::fs::read_to_string(d.join("root_cert/root_ca.key")).unwrap();
+    assert!(key.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
+    run_ok(
+        Command::new(openssl())
+            .args(["pkey", "-noout", "-passin", "pass:s3cret", "-in"])
+            .arg(d.join("root_cert/root_ca.key")),
+    );
+
+    let out = run(&["issue", "client", "c1"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("the CA key is encrypted: pass --passphrase-env")
+    );
+    let out = run(
+        &["issue", "client", "c1", "--passphrase-env", "CA_PASS"],
+        Some("wrong"),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!d.join("backend_certs/c1.key").exists());
+    let out = run(
+        &["issue", "client", "c1", "--passphrase-env", "CA_PASS"],
+        Some("s3cret"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn concurrent_issuers_share_one_inventory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_owned();
+    ok(&d, &["init-ca"]);
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_provision"))
+                .current_dir(&d)
+                .args(["issue", "client", &format!("dev-{i}")])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let list: serde_json::Value = serde_json::from_str(&ok(&d, &["list", "--json"])).unwrap();
+    let serials: std::collections::HashSet<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["serial"].to_string())
+        .collect();
+    assert_eq!(serials.len(), 8);
+}
+
+#[test]
+fn help_has_examples_for_every_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    for cmd in [
+        vec!["init-ca"],
+        vec!["issue", "client"],
+        vec!["issue", "server"],
+        vec!["csr"],
+        vec!["sign"],
+        vec!["inspect"],
+        vec!["verify"],
+        vec!["list"],
+        vec!["revoke"],
+        vec!["crl"],
+        vec!["fleet"],
+        vec!["broker-config"],
+        vec!["pub"],
+        vec!["sub"],
+    ] {
+        let mut args = cmd.clone();
+        args.push("--help");
+        let help = ok(tmp.path(), &args);
+        assert!(
+            help.contains("Example"),
+            "{cmd:?} --help has no example:\n{help}"
+        );
+    }
+}

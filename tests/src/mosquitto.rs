@@ -196,12 +196,30 @@ impl Mosquitto {
         broker
     }
 
+    /// Starts a broker from a configuration someone else wrote (it must
+    /// listen on 127.0.0.1:`port`); its output goes to `dir`/mosquitto.log.
+    pub fn with_config(config: &Path, port: u16) -> Self {
+        let mut broker = Self {
+            child: None,
+            config: config.to_owned(),
+            port,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        broker.spawn();
+        broker
+    }
+
     fn spawn(&mut self) {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("mosquitto.log"))
+            .unwrap();
         let child = Command::new(mosquitto_bin())
             .arg("-c")
             .arg(&self.config)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start mosquitto: {e}"));
         self.child = Some(child);
@@ -274,7 +292,8 @@ fn running_as_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on right now, on 127.0.0.1.
+pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }

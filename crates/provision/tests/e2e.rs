@@ -1,0 +1,414 @@
+//! End to end: `provision` issues everything, `broker-config` configures a
+//! real Mosquitto, `pub`/`sub` and Mosquitto's own clients talk through it,
+//! a revoked client is refused, and a 1,000-device fleet is provisioned.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use verify_tests::mosquitto::{Mosquitto, free_port, mosquitto_client};
+use verify_tests::{openssl, run_ok};
+
+fn provision(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_provision"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = provision(dir, args);
+    assert!(
+        out.status.success(),
+        "provision {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn bundle(name: &str) -> Vec<String> {
+    vec![
+        "--cert".into(),
+        format!("backend_certs/{name}_cert.pem"),
+        "--key".into(),
+        format!("backend_certs/{name}.key"),
+        "--ca".into(),
+        "root_cert/root_ca_cert.pem".into(),
+    ]
+}
+
+/// A folder the broker's user can traverse (Mosquitto started as root drops
+/// to `mosquitto` before reading its files).
+fn world_readable_tempdir() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    tmp
+}
+
+fn spawn_sub(dir: &Path, port: u16, host: &str, name: &str, topic: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_provision"))
+        .current_dir(dir)
+        .args([
+            "sub",
+            "-H",
+            host,
+            "-p",
+            &port.to_string(),
+            "-t",
+            topic,
+            "-C",
+            "1",
+            "-W",
+            "30",
+            "-i",
+            &format!("sub-{name}"),
+        ])
+        .args(bundle(name))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Publishes with `publish` until `sub` has exited (its subscription may
+/// not be active at first); returns what it printed.
+fn deliver(mut sub: Child, mut publish: impl FnMut() -> Output) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = publish();
+        assert!(
+            out.status.success(),
+            "publishing failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        if sub.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber never got a message"
+        );
+    }
+    let out = sub.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "sub failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn provisioned_broker_and_clients_work_together() {
+    let tmp = world_readable_tempdir();
+    let d = tmp.path();
+    ok(d, &["init-ca", "--cn", "E2E Root"]);
+    ok(
+        d,
+        &[
+            "issue",
+            "server",
+            "broker",
+            "--dns",
+            "localhost",
+            "--ip",
+            "127.0.0.1",
+        ],
+    );
+    ok(d, &["issue", "client", "client1"]);
+    ok(d, &["issue", "client", "client2"]);
+    let port = free_port();
+    let p = port.to_string();
+    ok(
+        d,
+        &[
+            "broker-config",
+            "--server",
+            "broker",
+            "--out",
+            "broker",
+            "--port",
+            &p,
+            "--bind",
+            "127.0.0.1",
+        ],
+    );
+    let conf = std::fs::read_to_string(d.join("broker/mosquitto.conf")).unwrap();
+    for line in [
+        "require_certificate true",
+        "use_identity_as_username true",
+        "set_tcp_nodelay true",
+        "max_queued_messages",
+    ] {
+        assert!(conf.contains(line), "{line} missing from:\n{conf}");
+    }
+    assert!(!conf.contains("crlfile"), "no CRL yet");
+    let mut broker = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), port);
+
+    // provision pub (by IP) → provision sub (by name), QoS 1.
+    let sub = spawn_sub(d, port, "localhost", "client1", "e2e/one");
+    let got = deliver(sub, || {
+        let mut args = vec![
+            "pub",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-t",
+            "e2e/one",
+            "-q",
+            "1",
+            "-m",
+            "hello over mTLS",
+        ];
+        let b = bundle("client2");
+        args.extend(b.iter().map(String::as_str));
+        provision(d, &args)
+    });
+    assert_eq!(got.trim(), "hello over mTLS");
+
+    // mosquitto_pub with an issued bundle → provision sub.
+    let sub = spawn_sub(d, port, "127.0.0.1", "client2", "e2e/two");
+    let got = deliver(sub, || {
+        Command::new(mosquitto_client("mosquitto_pub"))
+            .current_dir(d)
+            .args([
+                "-h",
+                "localhost",
+                "-p",
+                &p,
+                "-t",
+                "e2e/two",
+                "-q",
+                "1",
+                "-m",
+                "from mosquitto_pub",
+            ])
+            .args([
+                "--cafile",
+                "root_cert/root_ca_cert.pem",
+                "--cert",
+                "backend_certs/client1_cert.pem",
+                "--key",
+                "backend_certs/client1.key",
+            ])
+            .output()
+            .unwrap()
+    });
+    assert_eq!(got.trim(), "from mosquitto_pub");
+
+    // provision pub (stdin) → mosquitto_sub.
+    let msub = Command::new(mosquitto_client("mosquitto_sub"))
+        .current_dir(d)
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &p,
+            "-t",
+            "e2e/three",
+            "-q",
+            "1",
+            "-C",
+            "1",
+            "-W",
+            "30",
+        ])
+        .args([
+            "--cafile",
+            "root_cert/root_ca_cert.pem",
+            "--cert",
+            "backend_certs/client2_cert.pem",
+            "--key",
+            "backend_certs/client2.key",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let got = deliver(msub, || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_provision"))
+            .current_dir(d)
+            .args(["pub", "-H", "localhost", "-p", &p, "-t", "e2e/three"])
+            .args(bundle("client1"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"from stdin")
+            .unwrap();
+        child.wait_with_output().unwrap()
+    });
+    assert_eq!(got.trim(), "from stdin");
+
+    // Revoke client2, put the CRL in the broker config, restart: client2 is
+    // refused with the broker's verdict, client1 still gets through.
+    ok(
+        d,
+        &[
+            "revoke",
+            "backend_certs/client2_cert.pem",
+            "--reason",
+            "key-compromise",
+        ],
+    );
+    ok(
+        d,
+        &[
+            "broker-config",
+            "--server",
+            "broker",
+            "--out",
+            "broker",
+            "--port",
+            &p,
+            "--bind",
+            "127.0.0.1",
+            "--force",
+        ],
+    );
+    assert!(
+        std::fs::read_to_string(d.join("broker/mosquitto.conf"))
+            .unwrap()
+            .contains("crlfile")
+    );
+    broker.restart();
+    let mut args = vec![
+        "pub",
+        "-H",
+        "localhost",
+        "-p",
+        &p,
+        "-t",
+        "e2e/x",
+        "-m",
+        "revoked?",
+    ];
+    let b = bundle("client2");
+    args.extend(b.iter().map(String::as_str));
+    let out = provision(d, &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("rejected our client certificate (CertificateRevoked)"),
+        "{stderr}"
+    );
+    let mut args = vec![
+        "pub",
+        "-H",
+        "localhost",
+        "-p",
+        &p,
+        "-t",
+        "e2e/x",
+        "-m",
+        "still fine",
+    ];
+    let b = bundle("client1");
+    args.extend(b.iter().map(String::as_str));
+    ok(d, &args);
+}
+
+#[test]
+fn a_thousand_device_fleet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(
+        d.join("fleet.toml"),
+        r#"
+[ca]
+dir = "root_cert"
+common_name = "Fleet Root"
+organization = "MyOrg"
+country = "US"
+
+[[broker]]
+name = "broker"
+dns = ["localhost"]
+ip = ["127.0.0.1"]
+
+[[devices]]
+name = "client1"
+
+[[devices]]
+prefix = "sensor-"
+count = 1000
+"#,
+    )
+    .unwrap();
+    let out = ok(d, &["fleet", "fleet.toml"]);
+    assert!(
+        out.contains("CA created") && out.contains("1002 issued, 0 already valid"),
+        "{out}"
+    );
+    let ca_key = std::fs::read(d.join("root_cert/root_ca.key")).unwrap();
+
+    // A re-run changes nothing.
+    let out = ok(d, &["fleet", "fleet.toml"]);
+    assert!(
+        out.contains("CA kept") && out.contains("0 issued, 1002 already valid"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(d.join("root_cert/root_ca.key")).unwrap(),
+        ca_key
+    );
+
+    // After a "crash" that left a device half-written, a re-run repairs it.
+    std::fs::remove_file(d.join("backend_certs/sensor-500_cert.pem")).unwrap();
+    let out = ok(d, &["fleet", "fleet.toml"]);
+    assert!(out.contains("1 issued, 1001 already valid"), "{out}");
+
+    // Every device certificate verifies, with OpenSSL, in one process.
+    let mut cmd = Command::new(openssl());
+    cmd.current_dir(d).args([
+        "verify",
+        "-purpose",
+        "sslclient",
+        "-CAfile",
+        "root_cert/root_ca_cert.pem",
+    ]);
+    for i in 1..=1000 {
+        cmd.arg(format!("backend_certs/sensor-{i}_cert.pem"));
+    }
+    let text = run_ok(&mut cmd);
+    assert_eq!(text.lines().filter(|l| l.ends_with(": OK")).count(), 1000);
+
+    // The inventory has each identity once, and serials are unique.
+    let list: serde_json::Value = serde_json::from_str(&ok(d, &["list", "--json"])).unwrap();
+    let records = list.as_array().unwrap();
+    assert_eq!(
+        records.len(),
+        1003,
+        "1002 identities + the re-issued sensor-500"
+    );
+    let serials: std::collections::HashSet<_> =
+        records.iter().map(|r| r["serial"].to_string()).collect();
+    assert_eq!(serials.len(), records.len());
+
+    // A bad manifest is refused before anything is written.
+    std::fs::write(
+        d.join("bad.toml"),
+        "[ca]\ndir = \"other\"\n[[devices]]\nprefix = \"x-\"\n",
+    )
+    .unwrap();
+    let out = provision(d, &["fleet", "bad.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad.toml: [[devices]] entry 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!d.join("other").exists());
+}

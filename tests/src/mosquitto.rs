@@ -215,9 +215,8 @@ impl Mosquitto {
             .append(true)
             .open(self.dir.path().join("mosquitto.log"))
             .unwrap();
-        let child = Command::new(mosquitto_bin())
-            .arg("-c")
-            .arg(&self.config)
+        let child = self
+            .command()
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -247,13 +246,53 @@ impl Mosquitto {
         }
     }
 
+    /// The command that runs the broker: the local binary, or the
+    /// `eclipse-mosquitto:2` container when `MQTT_MTLS_BROKER=container`
+    /// (set by `cargo xtask e2e` when a Docker engine and the image are
+    /// there). The container shares the host network and the temp folder at
+    /// the same path, and runs as our user so it can read our files.
+    fn command(&self) -> Command {
+        if !use_container() {
+            let mut cmd = Command::new(mosquitto_bin());
+            cmd.arg("-c").arg(&self.config);
+            return cmd;
+        }
+        let tmp = std::env::temp_dir();
+        let mut cmd = Command::new("docker");
+        cmd.args([
+            "run",
+            "--rm",
+            "--name",
+            &self.container_name(),
+            "--network",
+            "host",
+        ])
+        .arg("--user")
+        .arg(format!("{}:{}", id("-u"), id("-g")))
+        .arg("-v")
+        .arg(format!("{0}:{0}", tmp.display()))
+        .args([CONTAINER_IMAGE, "mosquitto", "-c"])
+        .arg(&self.config);
+        cmd
+    }
+
+    fn container_name(&self) -> String {
+        format!("mqtt-mtls-test-{}-{}", std::process::id(), self.port)
+    }
+
     /// Stops the broker gracefully (SIGTERM: it saves its persistence file).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
+            if use_container() {
+                let _ = Command::new("docker")
+                    .args(["kill", "--signal", "TERM", &self.container_name()])
+                    .status();
+            } else {
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(child.id().to_string())
+                    .status();
+            }
             let deadline = Instant::now() + Duration::from_secs(10);
             while child.try_wait().ok().flatten().is_none() {
                 if Instant::now() > deadline {
@@ -278,6 +317,13 @@ impl Mosquitto {
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
+        if use_container() && self.child.is_some() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f", &self.container_name()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -285,11 +331,24 @@ impl Drop for Mosquitto {
     }
 }
 
-fn running_as_root() -> bool {
+/// The image the container mode runs.
+pub const CONTAINER_IMAGE: &str = "eclipse-mosquitto:2";
+
+fn use_container() -> bool {
+    std::env::var("MQTT_MTLS_BROKER").is_ok_and(|v| v == "container")
+}
+
+fn id(flag: &str) -> String {
     Command::new("id")
-        .arg("-u")
+        .arg(flag)
         .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|_| "0".into())
+}
+
+fn running_as_root() -> bool {
+    // In a container the broker runs as our user already.
+    !use_container() && id("-u") == "0"
 }
 
 /// A port nothing listens on right now, on 127.0.0.1.

@@ -2,6 +2,8 @@
 //!
 //! `main` only dispatches; each task lives in its own module.
 
+mod broker;
+mod provision;
 mod test;
 mod tools;
 
@@ -12,6 +14,13 @@ const HELP: &str = "\
 cargo xtask <TASK>
 
 Tasks:
+  provision [--out DIR] [--manifest FILE]
+            the main job: a root CA, a broker certificate for localhost and
+            127.0.0.1, client1, and a Mosquitto config (out: the repository
+            root, in the original layout root_cert/, backend_certs/, broker/)
+  e2e       only the suites against a real Mosquitto (the eclipse-mosquitto:2
+            container when a Docker engine has the image, else the local
+            binary, installed with apt-get when missing and root)
   test      fmt --check, clippy -D warnings, the whole test suite (OpenSSL
             and pkilint cross-checks, end-to-end tests against a real
             Mosquitto) and cargo doc. Installs what is missing: openssl and
@@ -23,6 +32,8 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
+        Some("e2e") => broker::e2e(&args[1..]),
+        Some("provision") => provision::run(&args[1..]),
         None | Some("help" | "--help" | "-h") => {
             print!("{HELP}");
             Ok(())

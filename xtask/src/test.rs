@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use crate::{cargo, sh, tools};
+use crate::{broker, cargo, sh, tools};
 
 /// fmt, clippy, the whole test suite with OpenSSL and pkilint, and docs.
 /// Arguments after `test` go to `cargo test` (e.g. a test-name filter).
@@ -17,19 +17,13 @@ pub(crate) fn run(extra: &[String]) -> Result<(), String> {
         "-D",
         "warnings",
     ]))?;
-    let openssl = tools::openssl()?;
     let pkilint = tools::pkilint()?;
-    let mosquitto = tools::mosquitto()?;
     let totals = sh_counting_tests(
         cargo()
             .args(["test", "--workspace"])
             .args(extra)
-            .env("MQTT_MTLS_OPENSSL", openssl)
-            .env("MQTT_MTLS_PKILINT_BIN", pkilint)
-            .env("MQTT_MTLS_MOSQUITTO", mosquitto)
-            // For the test of a bundle whose key passphrase comes from the
-            // environment (`passphrase_env`).
-            .env("MQTT_MTLS_TEST_PASSPHRASE", "open sesame"),
+            .envs(broker::test_env()?)
+            .env("MQTT_MTLS_PKILINT_BIN", pkilint),
     )?;
     sh(cargo()
         .args(["doc", "--workspace", "--no-deps"])

@@ -1,0 +1,62 @@
+//! Which Mosquitto the end-to-end tests use, and `cargo xtask e2e`.
+
+use std::process::{Command, Stdio};
+
+use crate::{cargo, sh, tools};
+
+/// The image used when a Docker engine answers and has it.
+const IMAGE: &str = "eclipse-mosquitto:2";
+
+/// Environment for the test harness: a container when a Docker engine
+/// answers and the image is there, otherwise the local binary (installed
+/// with apt-get when missing and we are root).
+pub(crate) fn test_env() -> Result<Vec<(&'static str, String)>, String> {
+    let mut env = vec![
+        ("MQTT_MTLS_OPENSSL", tools::openssl()?.display().to_string()),
+        // For the test of a client bundle whose key passphrase comes from
+        // the environment (`passphrase_env`).
+        ("MQTT_MTLS_TEST_PASSPHRASE", "open sesame".to_owned()),
+    ];
+    // The tests also run Mosquitto's own clients, so those are needed in
+    // both modes.
+    let local = tools::mosquitto()?;
+    if docker_has_image() {
+        eprintln!("xtask: using the {IMAGE} container for the broker");
+        env.push(("MQTT_MTLS_BROKER", "container".to_owned()));
+    } else {
+        eprintln!("xtask: using the local broker {}", local.display());
+        env.push(("MQTT_MTLS_MOSQUITTO", local.display().to_string()));
+    }
+    Ok(env)
+}
+
+fn docker_has_image() -> bool {
+    let quiet = |args: &[&str]| {
+        Command::new("docker")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    quiet(&["info"]) && quiet(&["image", "inspect", IMAGE])
+}
+
+/// `cargo xtask e2e`: only the suites that run against a real broker.
+pub(crate) fn e2e(extra: &[String]) -> Result<(), String> {
+    let env = test_env()?;
+    sh(cargo()
+        .args([
+            "test",
+            "-p",
+            "verify-tests",
+            "--test",
+            "mqtt",
+            "-p",
+            "provision",
+            "--test",
+            "e2e",
+        ])
+        .args(extra)
+        .envs(env))
+}

@@ -14,7 +14,9 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::files::{check_name, read_text};
-use crate::ops::{IdentityPaths, InitCa, IssueRequest, SubjectOptions, init_ca, issue_files};
+use crate::ops::{
+    CsrRequest, IdentityPaths, InitCa, IssueRequest, SubjectOptions, init_ca, issue_files,
+};
 use crate::store::{CaDir, Record};
 
 /// A fleet manifest (TOML). Relative paths resolve against its folder.
@@ -170,18 +172,20 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
             .map(|d| d.parse::<DnsName>())
             .collect::<std::result::Result<Vec<_>, _>>()?;
         requests.push(IssueRequest {
-            name: b.name.clone(),
+            identity: CsrRequest {
+                name: b.name.clone(),
+                subject: SubjectOptions::default(),
+                key_type: key_type(&b.key_type)?,
+                dns,
+                ip: b.ip.clone(),
+                out: b
+                    .out
+                    .as_ref()
+                    .map_or_else(|| default_out.clone(), |o| base.join(o)),
+                force: true,
+            },
             profile: Profile::Server,
-            subject: SubjectOptions::default(),
-            key_type: key_type(&b.key_type)?,
             days: b.days.unwrap_or(365),
-            dns,
-            ip: b.ip.clone(),
-            out: b
-                .out
-                .as_ref()
-                .map_or_else(|| default_out.clone(), |o| base.join(o)),
-            force: true,
         });
     }
     for (i, d) in manifest.devices.iter().enumerate() {
@@ -207,22 +211,24 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
         };
         for name in device_names {
             requests.push(IssueRequest {
-                name,
+                identity: CsrRequest {
+                    name,
+                    subject: subject.clone(),
+                    key_type: key_type(&d.key_type)?,
+                    dns: Vec::new(),
+                    ip: Vec::new(),
+                    out: d
+                        .out
+                        .as_ref()
+                        .map_or_else(|| default_out.clone(), |o| base.join(o)),
+                    force: true,
+                },
                 profile: Profile::Client,
-                subject: subject.clone(),
-                key_type: key_type(&d.key_type)?,
                 days: d.days.unwrap_or(365),
-                dns: Vec::new(),
-                ip: Vec::new(),
-                out: d
-                    .out
-                    .as_ref()
-                    .map_or_else(|| default_out.clone(), |o| base.join(o)),
-                force: true,
             });
         }
     }
-    for r in &requests {
+    for r in requests.iter().map(|r| &r.identity) {
         check_name(&r.name)?;
         if !names.insert((r.out.clone(), r.name.clone())) {
             return Err(bad(format!("the name {:?} appears twice", r.name)));
@@ -330,7 +336,7 @@ fn provision_one(
     request: &IssueRequest,
     known: &HashSet<String>,
 ) -> Result<Outcome> {
-    let paths = IdentityPaths::new(&request.out, &request.name);
+    let paths = IdentityPaths::new(&request.identity.out, &request.identity.name);
     if let Some(cert) = existing_valid(ca, request.profile, &paths) {
         let serial = cert.serial().to_string();
         let record = (!known.contains(&serial))

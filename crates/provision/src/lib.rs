@@ -5,7 +5,7 @@
 //! fleet manifest, broker configuration, and one-shot pub/sub.
 //!
 //! ```no_run
-//! use provision::ops::{InitCa, IssueRequest, SubjectOptions, init_ca, issue};
+//! use provision::ops::{CsrRequest, InitCa, IssueRequest, SubjectOptions, init_ca, issue};
 //! use provision::store::CaDir;
 //! use pki_core::{KeyType, Profile};
 //!
@@ -18,15 +18,17 @@
 //!     force: false,
 //! })?;
 //! issue(&ca_dir, &ca, &IssueRequest {
-//!     name: "client1".into(),
+//!     identity: CsrRequest {
+//!         name: "client1".into(),
+//!         subject: SubjectOptions::default(),
+//!         key_type: KeyType::P256,
+//!         dns: vec![],
+//!         ip: vec![],
+//!         out: "backend_certs".into(),
+//!         force: false,
+//!     },
 //!     profile: Profile::Client,
-//!     subject: SubjectOptions::default(),
-//!     key_type: KeyType::P256,
 //!     days: 365,
-//!     dns: vec![],
-//!     ip: vec![],
-//!     out: "backend_certs".into(),
-//!     force: false,
 //! })?;
 //! # Ok::<(), provision::Error>(())
 //! ```

@@ -504,15 +504,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &dir,
                 &ca,
                 &IssueRequest {
-                    name: args.name,
+                    identity: CsrRequest {
+                        name: args.name,
+                        subject: args.subject.options(),
+                        key_type: args.key_type,
+                        dns: args.names.dns,
+                        ip: args.names.ip,
+                        out: args.out,
+                        force: args.force,
+                    },
                     profile,
-                    subject: args.subject.options(),
-                    key_type: args.key_type,
                     days: args.days,
-                    dns: args.names.dns,
-                    ip: args.names.ip,
-                    out: args.out,
-                    force: args.force,
                 },
             )?;
             println!(

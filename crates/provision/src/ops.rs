@@ -87,24 +87,12 @@ pub fn init_ca(dir: &CaDir, request: &InitCa) -> Result<CertificateAuthority> {
 /// `generate_signed_certificate(subject, ca, key_name, cert_name)`.
 #[derive(Debug, Clone)]
 pub struct IssueRequest {
-    /// The file-name stem: `NAME.key`, `NAME_csr.pem`, `NAME_cert.pem`.
-    pub name: String,
+    /// The key and CSR to make (name, subject, key type, SANs, folder).
+    pub identity: CsrRequest,
     /// Client or server.
     pub profile: Profile,
-    /// Subject attributes; the common name defaults to `name`.
-    pub subject: SubjectOptions,
-    /// The key type.
-    pub key_type: KeyType,
     /// Validity in days (capped at the CA's own expiry).
     pub days: u32,
-    /// DNS names (servers need a DNS name or an IP address).
-    pub dns: Vec<DnsName>,
-    /// IP addresses.
-    pub ip: Vec<IpAddr>,
-    /// The output folder.
-    pub out: PathBuf,
-    /// Replace existing files.
-    pub force: bool,
 }
 
 /// The three files of an identity.
@@ -163,13 +151,11 @@ pub fn issue_files(
     request: &IssueRequest,
     serials: &HashSet<String>,
 ) -> Result<IssuedIdentity> {
-    check_name(&request.name)?;
-    let paths = IdentityPaths::new(&request.out, &request.name);
-    refuse_existing(&[&paths.key, &paths.csr, &paths.cert], request.force)?;
-    let key = KeyPair::generate(request.key_type)?;
-    let mut params = CsrParams::new(request.subject.subject(&request.name)?);
-    params.sans = sans(&request.dns, &request.ip);
-    let csr = Csr::new(&params, &key)?;
+    let id = &request.identity;
+    check_name(&id.name)?;
+    let paths = IdentityPaths::new(&id.out, &id.name);
+    refuse_existing(&[&paths.key, &paths.csr, &paths.cert], id.force)?;
+    let (key, csr) = key_and_csr(id)?;
     let issue = IssueParams::new(request.profile, Validity::days_from_now(request.days)?);
     let issued = sign_unique(ca, &csr, &issue, serials)?;
 
@@ -177,19 +163,19 @@ pub fn issue_files(
         &paths.key,
         key.to_pkcs8_pem()?.as_bytes(),
         Access::Secret,
-        request.force,
+        id.force,
     )?;
     write_atomic(
         &paths.csr,
         csr.to_pem().as_bytes(),
         Access::Public,
-        request.force,
+        id.force,
     )?;
     write_atomic(
         &paths.cert,
         issued.certificate.to_pem().as_bytes(),
         Access::Public,
-        request.force,
+        id.force,
     )?;
     Ok(IssuedIdentity {
         record: Record::new(&issued.certificate, request.profile.as_str(), &paths.cert),
@@ -223,7 +209,8 @@ fn sans(dns: &[DnsName], ip: &[IpAddr]) -> Vec<SubjectAltName> {
         .collect()
 }
 
-/// How to make a key and CSR on the device side.
+/// A key and CSR to make: on the device side (`provision csr`), or as the
+/// first half of issuing.
 #[derive(Debug, Clone)]
 pub struct CsrRequest {
     /// File-name stem: `NAME.key` and `NAME_csr.pem`.
@@ -242,15 +229,21 @@ pub struct CsrRequest {
     pub force: bool,
 }
 
+/// A fresh key and the CSR for it.
+fn key_and_csr(request: &CsrRequest) -> Result<(KeyPair, Csr)> {
+    let key = KeyPair::generate(request.key_type)?;
+    let mut params = CsrParams::new(request.subject.subject(&request.name)?);
+    params.sans = sans(&request.dns, &request.ip);
+    let csr = Csr::new(&params, &key)?;
+    Ok((key, csr))
+}
+
 /// Writes `NAME.key` (0600) and `NAME_csr.pem`; no CA involved.
 pub fn make_csr(request: &CsrRequest) -> Result<IdentityPaths> {
     check_name(&request.name)?;
     let paths = IdentityPaths::new(&request.out, &request.name);
     refuse_existing(&[&paths.key, &paths.csr], request.force)?;
-    let key = KeyPair::generate(request.key_type)?;
-    let mut params = CsrParams::new(request.subject.subject(&request.name)?);
-    params.sans = sans(&request.dns, &request.ip);
-    let csr = Csr::new(&params, &key)?;
+    let (key, csr) = key_and_csr(request)?;
     write_atomic(
         &paths.key,
         key.to_pkcs8_pem()?.as_bytes(),

@@ -739,3 +739,80 @@ fn loop_forever_and_a_clean_disconnect() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A deferred handler's message is acknowledged only when its `Delivery`
+/// is: unacknowledged, it comes back to the persistent session; acknowledged,
+/// it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_acknowledgement() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let (publisher, pconn) =
+        connect(&pki.client("dpub"), &options("localhost", &broker, "dpub")).await;
+    let prunner = tokio::spawn(pconn.run());
+    let bundle = pki.client("batcher");
+    let mut opts = options("localhost", &broker, "batcher");
+    opts.clean_session = false;
+
+    let session = || {
+        let bundle = bundle.clone();
+        let opts = opts.clone();
+        async move {
+            let (client, conn) = connect(&bundle, &opts).await;
+            let (tx, rx) = mpsc::unbounded_channel();
+            client
+                .subscribe_deferred("batch/#", QoS::AtLeastOnce, move |m, delivery| {
+                    let tx = tx.clone();
+                    async move {
+                        tx.send((m, delivery)).unwrap();
+                        Ok::<(), std::io::Error>(())
+                    }
+                })
+                .unwrap();
+            let runner = tokio::spawn(conn.run());
+            (client, runner, rx)
+        }
+    };
+
+    // First session: receive, do not acknowledge, go away.
+    let (client, runner, mut rx) = session().await;
+    let (first, delivery) = loop {
+        publisher
+            .publish("batch/1", "row", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+            break m;
+        }
+    };
+    assert!(!first.duplicate);
+    drop(delivery);
+    client.disconnect().await.unwrap();
+    runner.await.unwrap().unwrap();
+
+    // Second session: it comes back; acknowledge it this time.
+    let (client, runner, mut rx) = session().await;
+    let (again, delivery) = recv(&mut rx).await;
+    assert_eq!(&again.payload[..], b"row");
+    assert!(again.duplicate);
+    delivery.ack().await.unwrap();
+    // Drain any further copies the probe loop published, acknowledging them.
+    while let Ok(Some((_, d))) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+        d.ack().await.unwrap();
+    }
+    client.disconnect().await.unwrap();
+    runner.await.unwrap().unwrap();
+
+    // Third session: nothing is redelivered.
+    let (client, runner, mut rx) = session().await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), rx.recv())
+            .await
+            .is_err(),
+        "an acknowledged message came back"
+    );
+    client.disconnect().await.unwrap();
+    runner.await.unwrap().unwrap();
+    publisher.disconnect().await.unwrap();
+    prunner.await.unwrap().unwrap();
+}

@@ -172,10 +172,74 @@ struct Counters {
     handler_failures: AtomicU64,
 }
 
+type DeferredHandler = Arc<dyn Fn(Message, Delivery) -> HandlerFuture + Send + Sync>;
+
+#[derive(Clone)]
+enum HandlerKind {
+    /// Acknowledged when the handler returns `Ok`.
+    Immediate(Handler),
+    /// Acknowledged when the handler's [`Delivery`] is acknowledged.
+    Deferred(DeferredHandler),
+}
+
 struct Subscription {
     filter: TopicFilter,
     qos: QoS,
-    handler: Handler,
+    handler: HandlerKind,
+}
+
+/// The right to acknowledge one received QoS 1/2 message, handed to
+/// handlers registered with [`MqttClient::subscribe_deferred`].
+///
+/// Call [`Delivery::ack`] once the message is safe (for example after the
+/// database transaction holding it committed). Dropping it without
+/// acknowledging leaves the message unacknowledged: the broker redelivers it
+/// to the next connection of a persistent session. When several handlers
+/// match a message, the broker gets its acknowledgement once all of them
+/// acknowledged.
+pub struct Delivery {
+    inner: Arc<DeliveryInner>,
+}
+
+struct DeliveryInner {
+    publish: Publish,
+    rumqtt: AsyncClient,
+    /// Handlers (and the dispatcher) that still have to acknowledge.
+    outstanding: AtomicU64,
+}
+
+impl Delivery {
+    /// Acknowledges this handler's share; the last share sends PUBACK
+    /// (QoS 1) or PUBREC (QoS 2). A no-op for QoS 0.
+    pub async fn ack(self) -> Result<()> {
+        release(&self.inner).await
+    }
+
+    /// The QoS the message was delivered with.
+    pub fn qos(&self) -> QoS {
+        self.inner.publish.qos
+    }
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("topic", &self.inner.publish.topic)
+            .field("pkid", &self.inner.publish.pkid)
+            .finish()
+    }
+}
+
+async fn release(inner: &DeliveryInner) -> Result<()> {
+    if inner.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 && inner.publish.qos != QoS::AtMostOnce
+    {
+        inner
+            .rumqtt
+            .ack(&inner.publish)
+            .await
+            .map_err(|_| Error::Closed)?;
+    }
+    Ok(())
 }
 
 type Ack = oneshot::Sender<Result<()>>;
@@ -318,6 +382,31 @@ impl MqttClient {
             let fut = handler(m);
             Box::pin(async move { fut.await.map_err(Into::into) })
         });
+        self.add_subscription(filter, qos, HandlerKind::Immediate(handler));
+        Ok(())
+    }
+
+    /// Subscribes a handler that acknowledges later: it gets each message
+    /// with a [`Delivery`] and returns at once (say, after queueing both for
+    /// a batched database write); the broker gets the acknowledgement when
+    /// the `Delivery` is acknowledged. A handler returning `Err` did not take
+    /// the message: it is called again, with backoff.
+    pub fn subscribe_deferred<F, Fut, E>(&self, filter: &str, qos: QoS, handler: F) -> Result<()>
+    where
+        F: Fn(Message, Delivery) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: Into<HandlerError> + 'static,
+    {
+        let filter = TopicFilter::new(filter)?;
+        let handler: DeferredHandler = Arc::new(move |m, d| {
+            let fut = handler(m, d);
+            Box::pin(async move { fut.await.map_err(Into::into) })
+        });
+        self.add_subscription(filter, qos, HandlerKind::Deferred(handler));
+        Ok(())
+    }
+
+    fn add_subscription(&self, filter: TopicFilter, qos: QoS, handler: HandlerKind) {
         let mut subs = lock(&self.shared.subscriptions);
         if self.shared.connected.load(Ordering::SeqCst) {
             send_subscribe(&self.rumqtt, vec![(filter.as_str().to_owned(), qos)]);
@@ -327,7 +416,6 @@ impl MqttClient {
             qos,
             handler,
         });
-        Ok(())
     }
 
     /// Publishes and waits until the broker acknowledged it (PUBACK for QoS
@@ -698,7 +786,7 @@ async fn dispatch(
             retain: publish.retain,
             duplicate: publish.dup,
         };
-        let handlers: Vec<Handler> = lock(&shared.subscriptions)
+        let handlers: Vec<HandlerKind> = lock(&shared.subscriptions)
             .iter()
             .filter(|s| s.filter.matches(&message.topic))
             .map(|s| s.handler.clone())
@@ -706,10 +794,33 @@ async fn dispatch(
         if handlers.is_empty() {
             tracing::debug!("no handler for {}", message.topic);
         }
+        let deferred = handlers
+            .iter()
+            .filter(|h| matches!(h, HandlerKind::Deferred(_)))
+            .count();
+        // One share per deferred handler, and one for this dispatcher once
+        // the immediate handlers succeeded.
+        let inner = Arc::new(DeliveryInner {
+            publish,
+            rumqtt: rumqtt.clone(),
+            outstanding: AtomicU64::new(deferred as u64 + 1),
+        });
         for handler in handlers {
             let mut attempt = 0;
             loop {
-                match handler(message.clone()).await {
+                let result = match &handler {
+                    HandlerKind::Immediate(h) => h(message.clone()).await,
+                    HandlerKind::Deferred(h) => {
+                        h(
+                            message.clone(),
+                            Delivery {
+                                inner: inner.clone(),
+                            },
+                        )
+                        .await
+                    }
+                };
+                match result {
                     Ok(()) => break,
                     Err(e) => {
                         shared
@@ -735,7 +846,7 @@ async fn dispatch(
             .counters
             .messages_handled
             .fetch_add(1, Ordering::Relaxed);
-        if publish.qos != QoS::AtMostOnce && rumqtt.ack(&publish).await.is_err() {
+        if release(&inner).await.is_err() {
             return;
         }
     }

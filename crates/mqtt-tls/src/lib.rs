@@ -51,8 +51,8 @@ mod topic;
 
 pub use bundle::{ClientCert, TlsIdentity};
 pub use client::{
-    Backoff, ConnectOptions, Connection, HandlerError, LastWill, Message, MqttClient, QoS, Stats,
-    TlsVersions,
+    Backoff, ConnectOptions, Connection, Delivery, HandlerError, LastWill, Message, MqttClient,
+    QoS, Stats, TlsVersions,
 };
 pub use error::{Error, Result};
 pub use topic::TopicFilter;

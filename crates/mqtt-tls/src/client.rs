@@ -683,7 +683,11 @@ impl Connection {
                 }
                 let subs = lock(&self.shared.subscriptions);
                 self.shared.connected.store(true, Ordering::SeqCst);
-                if !ack.session_present {
+                // The broker keeps a persistent session's subscriptions, but
+                // this process may have registered others since: the first
+                // connection always subscribes everything registered.
+                let first = self.shared.counters.connections.load(Ordering::Relaxed) == 1;
+                if !ack.session_present || first {
                     send_subscribe(
                         &self.rumqtt,
                         subs.iter()

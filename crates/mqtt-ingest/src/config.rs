@@ -1,0 +1,217 @@
+//! Configuration: a TOML file, overridden by flags and environment
+//! variables (see `main.rs`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use mqtt_tls::{ClientCert, QoS};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The client bundle.
+    pub tls: Option<ClientCert>,
+    /// Broker and subscriptions.
+    #[serde(default)]
+    pub mqtt: MqttSection,
+    /// Database URL: `sqlite://FILE` (default `sqlite://ingest.db`) or
+    /// `postgres://user:pass@host/db`.
+    #[serde(default = "default_db")]
+    pub db: String,
+    /// HTTP listen address (default 127.0.0.1:8080).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Batching.
+    #[serde(default)]
+    pub batch: BatchSection,
+}
+
+/// `[mqtt]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    /// Broker host.
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Broker port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// A stable client id: the persistent session is tied to it.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// Filters, `FILTER` (QoS 1) or `FILTER@0` / `FILTER@2`.
+    #[serde(default)]
+    pub topics: Vec<String>,
+}
+
+/// `[batch]`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSection {
+    /// Flush at this many messages.
+    #[serde(default = "default_batch_max")]
+    pub max_messages: usize,
+    /// Flush this many milliseconds after a batch's first message.
+    #[serde(default = "default_batch_wait")]
+    pub max_wait_ms: u64,
+}
+
+impl Default for MqttSection {
+    fn default() -> Self {
+        Self {
+            host: default_host(),
+            port: default_port(),
+            client_id: default_client_id(),
+            topics: Vec::new(),
+        }
+    }
+}
+
+impl Default for BatchSection {
+    fn default() -> Self {
+        Self {
+            max_messages: default_batch_max(),
+            max_wait_ms: default_batch_wait(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            mqtt: MqttSection::default(),
+            db: default_db(),
+            listen: default_listen(),
+            batch: BatchSection::default(),
+        }
+    }
+}
+
+fn default_db() -> String {
+    "sqlite://ingest.db".into()
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_host() -> String {
+    "localhost".into()
+}
+fn default_port() -> u16 {
+    8883
+}
+fn default_client_id() -> String {
+    "mqtt-ingest".into()
+}
+fn default_batch_max() -> usize {
+    500
+}
+fn default_batch_wait() -> u64 {
+    5
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            reason: format!("reading {}: {e}", path.display()),
+        })?;
+        let mut config: Self = toml::from_str(&text).map_err(|e| Error::Config {
+            reason: format!("{}: {e}", path.display()),
+        })?;
+        // Relative bundle paths are relative to the file.
+        if let (Some(tls), Some(base)) = (&mut config.tls, path.parent()) {
+            for p in [&mut tls.cert_path, &mut tls.key_path, &mut tls.ca_cert_path] {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    /// The subscriptions with their QoS.
+    pub fn filters(&self) -> Result<Vec<(String, QoS)>> {
+        if self.mqtt.topics.is_empty() {
+            return Err(Error::Config {
+                reason: "no topic to subscribe to: give --topic FILTER or [mqtt] topics".into(),
+            });
+        }
+        self.mqtt.topics.iter().map(|t| parse_topic(t)).collect()
+    }
+
+    /// The client bundle, or an error saying how to give one.
+    pub fn bundle(&self) -> Result<&ClientCert> {
+        self.tls.as_ref().ok_or_else(|| Error::Config {
+            reason: "no client certificate: give --cert --key --ca, or a [tls] table".into(),
+        })
+    }
+}
+
+/// `FILTER`, `FILTER@0`, `FILTER@1`, `FILTER@2`.
+pub fn parse_topic(spec: &str) -> Result<(String, QoS)> {
+    let (filter, qos) = match spec.rsplit_once('@') {
+        Some((f, "0")) => (f, QoS::AtMostOnce),
+        Some((f, "1")) => (f, QoS::AtLeastOnce),
+        Some((f, "2")) => (f, QoS::ExactlyOnce),
+        _ => (spec, QoS::AtLeastOnce),
+    };
+    mqtt_tls::TopicFilter::new(filter)?;
+    Ok((filter.to_owned(), qos))
+}
+
+/// Paths of a bundle given as three flags.
+pub fn bundle_from_parts(cert: PathBuf, key: PathBuf, ca: PathBuf) -> ClientCert {
+    ClientCert::new(cert, key, ca)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_take_an_optional_qos() {
+        assert_eq!(
+            parse_topic("a/#").unwrap(),
+            ("a/#".into(), QoS::AtLeastOnce)
+        );
+        assert_eq!(
+            parse_topic("a/+@0").unwrap(),
+            ("a/+".into(), QoS::AtMostOnce)
+        );
+        assert_eq!(
+            parse_topic("$share/g/a@2").unwrap(),
+            ("$share/g/a".into(), QoS::ExactlyOnce)
+        );
+        assert!(parse_topic("a/#/b").is_err());
+    }
+
+    #[test]
+    fn reads_a_full_file() {
+        let config: Config = toml::from_str(
+            r#"
+            db = "sqlite:///var/lib/ingest.db"
+            listen = "0.0.0.0:9000"
+            [tls]
+            cert_path = "c.pem"
+            key_path = "k.pem"
+            ca_cert_path = "ca.pem"
+            [mqtt]
+            host = "broker.example.com"
+            client_id = "ingest-1"
+            topics = ["sensors/#", "alarms/#@2"]
+            [batch]
+            max_messages = 100
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.mqtt.port, 8883);
+        assert_eq!(config.filters().unwrap().len(), 2);
+        assert_eq!(config.batch.max_wait_ms, 5);
+        assert!(toml::from_str::<Config>("unknown = 1").is_err());
+    }
+}

@@ -1,0 +1,33 @@
+//! The one error type of the ingest library.
+
+/// What can go wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database cannot be opened.
+    #[error("database {url}: {reason}")]
+    Database {
+        /// The URL, password removed.
+        url: String,
+        /// What sqlx said.
+        reason: String,
+    },
+    /// A query or transaction failed.
+    #[error("database: {reason}")]
+    Store {
+        /// What sqlx said.
+        reason: String,
+    },
+    /// Bad configuration.
+    #[error("configuration: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
+    /// MQTT or the client bundle.
+    #[error(transparent)]
+    Mqtt(#[from] mqtt_tls::Error),
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,195 @@
+//! `mqtt-ingest`: store every MQTT message, acknowledge after the commit,
+//! serve them over HTTP.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use mqtt_ingest::config::{Config, bundle_from_parts};
+use mqtt_ingest::{AppState, Batching, Metrics, Store, app, pipeline, redact};
+use mqtt_tls::{ConnectOptions, MqttClient};
+
+/// Subscribe over mutual TLS and store every message in SQLite or
+/// PostgreSQL, acknowledging each to the broker only after it is committed.
+/// Flags override the config file; each flag also reads the environment
+/// variable named in its help.
+#[derive(Parser)]
+#[command(
+    name = "mqtt-ingest",
+    version,
+    after_help = "Example:\n  mqtt-ingest --cert backend_certs/backend_cert.pem --key backend_certs/backend.key \\\n    --ca root_cert/root_ca_cert.pem --host localhost --topic 'test/#' --db sqlite://ingest.db"
+)]
+struct Args {
+    /// A TOML configuration file.
+    #[arg(long, env = "MQTT_INGEST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Client certificate.
+    #[arg(long, env = "MQTT_INGEST_CERT", requires_all = ["key", "ca"])]
+    cert: Option<PathBuf>,
+    /// Client key.
+    #[arg(long, env = "MQTT_INGEST_KEY")]
+    key: Option<PathBuf>,
+    /// CA certificate.
+    #[arg(long, env = "MQTT_INGEST_CA")]
+    ca: Option<PathBuf>,
+    /// Broker host.
+    #[arg(long, env = "MQTT_INGEST_HOST")]
+    host: Option<String>,
+    /// Broker port.
+    #[arg(long, env = "MQTT_INGEST_PORT")]
+    port: Option<u16>,
+    /// Client id (keep it stable: the persistent session belongs to it).
+    #[arg(long, env = "MQTT_INGEST_CLIENT_ID")]
+    client_id: Option<String>,
+    /// Filter to subscribe (repeatable; QoS 1 unless FILTER@0 or FILTER@2).
+    #[arg(long = "topic", env = "MQTT_INGEST_TOPICS", value_delimiter = ',')]
+    topics: Vec<String>,
+    /// Database URL (default sqlite://ingest.db).
+    #[arg(long, env = "MQTT_INGEST_DB")]
+    db: Option<String>,
+    /// HTTP listen address (default 127.0.0.1:8080; port 0 picks one).
+    #[arg(long, env = "MQTT_INGEST_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Flush a batch at this many messages.
+    #[arg(long, env = "MQTT_INGEST_BATCH_MAX")]
+    batch_max: Option<usize>,
+    /// Flush a batch this many milliseconds after its first message.
+    #[arg(long, env = "MQTT_INGEST_BATCH_WAIT_MS")]
+    batch_wait_ms: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn configure(args: Args) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let (Some(cert), Some(key), Some(ca)) = (args.cert, args.key, args.ca) {
+        config.tls = Some(bundle_from_parts(cert, key, ca));
+    }
+    if let Some(h) = args.host {
+        config.mqtt.host = h;
+    }
+    if let Some(p) = args.port {
+        config.mqtt.port = p;
+    }
+    if let Some(c) = args.client_id {
+        config.mqtt.client_id = c;
+    }
+    if !args.topics.is_empty() {
+        config.mqtt.topics = args.topics;
+    }
+    if let Some(d) = args.db {
+        config.db = d;
+    }
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(m) = args.batch_max {
+        config.batch.max_messages = m;
+    }
+    if let Some(w) = args.batch_wait_ms {
+        config.batch.max_wait_ms = w;
+    }
+    Ok(config)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = configure(args)?;
+    let filters = config.filters()?;
+    let identity = config.bundle()?.load()?;
+    let store = Store::open(&config.db).await?;
+
+    let mut options =
+        ConnectOptions::new(&config.mqtt.host, config.mqtt.port, &config.mqtt.client_id);
+    options.clean_session = false;
+    let (client, connection) = MqttClient::new(&options, &identity)?;
+    let metrics = Arc::new(Metrics::default());
+    let batching = Batching {
+        max_messages: config.batch.max_messages.max(1),
+        max_wait: Duration::from_millis(config.batch.max_wait_ms),
+    };
+    let pipeline = pipeline::start(&client, &filters, store.clone(), metrics.clone(), batching)?;
+    // The background task: connects, and reconnects with backoff, for the
+    // service's whole life (Django's AppConfig.ready).
+    let mqtt = tokio::spawn(connection.run());
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        "mqtt-ingest listening on http://{addr} (database {}, broker {}:{})",
+        redact(&config.db),
+        config.mqtt.host,
+        config.mqtt.port
+    );
+    let state = AppState {
+        store: store.clone(),
+        client: client.clone(),
+        metrics,
+    };
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+
+    tracing::info!("shutting down: committing and acknowledging what was received");
+    pipeline.drain().await;
+    client.disconnect().await?;
+    let _ = mqtt.await;
+    store.close().await;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

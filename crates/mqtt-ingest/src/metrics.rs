@@ -1,0 +1,172 @@
+//! Counters for `/metrics` (Prometheus text format) and `/healthz`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Batch-size histogram bucket bounds.
+const BATCH_BUCKETS: [u64; 8] = [1, 2, 5, 10, 20, 50, 100, 500];
+/// Store-latency histogram bucket bounds, in microseconds.
+const LATENCY_BUCKETS_US: [u64; 8] = [500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000];
+
+/// What the service counts. All counters only grow.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Messages received from the broker.
+    pub received: AtomicU64,
+    /// Messages committed to the database.
+    pub stored: AtomicU64,
+    /// Messages acknowledged to the broker (after their commit).
+    pub acknowledged: AtomicU64,
+    /// Failed store attempts (each retried).
+    pub store_failures: AtomicU64,
+    /// Whether the last store attempt succeeded.
+    pub database_ok: AtomicBool,
+    batches: Histogram<8>,
+    latency_us: Histogram<8>,
+}
+
+#[derive(Debug)]
+struct Histogram<const N: usize> {
+    buckets: [AtomicU64; N],
+    count: AtomicU64,
+    sum: AtomicU64,
+}
+
+impl<const N: usize> Default for Histogram<N> {
+    fn default() -> Self {
+        Self {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<const N: usize> Histogram<N> {
+    fn observe(&self, bounds: &[u64; N], value: u64) {
+        for (bucket, bound) in self.buckets.iter().zip(bounds) {
+            if value <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(value, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str, bounds: &[u64; N], scale: f64) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bucket, bound) in self.buckets.iter().zip(bounds) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {}",
+                *bound as f64 * scale,
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum.load(Ordering::Relaxed) as f64 * scale
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+impl Metrics {
+    /// Records one committed batch.
+    pub fn batch_stored(&self, size: usize, latency: std::time::Duration) {
+        self.stored.fetch_add(size as u64, Ordering::Relaxed);
+        self.batches.observe(&BATCH_BUCKETS, size as u64);
+        self.latency_us.observe(
+            &LATENCY_BUCKETS_US,
+            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+        );
+        self.database_ok.store(true, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4). Written by hand: it is
+    /// a few lines, and a metrics crate would outweigh it.
+    pub fn render(&self, reconnects: u64, connected: bool) -> String {
+        let mut out = String::new();
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        counter(
+            &mut out,
+            "mqtt_ingest_received_total",
+            "Messages received from the broker.",
+            self.received.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "mqtt_ingest_stored_total",
+            "Messages committed to the database.",
+            self.stored.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "mqtt_ingest_acknowledged_total",
+            "Messages acknowledged to the broker after their commit.",
+            self.acknowledged.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "mqtt_ingest_store_failures_total",
+            "Failed store attempts (retried).",
+            self.store_failures.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "mqtt_ingest_reconnects_total",
+            "MQTT connections made after the first.",
+            reconnects,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mqtt_ingest_connected Whether the MQTT session is up.\n# TYPE mqtt_ingest_connected gauge\nmqtt_ingest_connected {}",
+            u8::from(connected)
+        );
+        self.batches.render(
+            &mut out,
+            "mqtt_ingest_batch_size",
+            "Messages per committed batch.",
+            &BATCH_BUCKETS,
+            1.0,
+        );
+        self.latency_us.render(
+            &mut out,
+            "mqtt_ingest_store_seconds",
+            "Time to commit a batch.",
+            &LATENCY_BUCKETS_US,
+            1e-6,
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.received.fetch_add(3, Ordering::Relaxed);
+        m.batch_stored(3, std::time::Duration::from_millis(2));
+        let text = m.render(1, true);
+        assert!(text.contains("mqtt_ingest_received_total 3\n"), "{text}");
+        assert!(text.contains("mqtt_ingest_stored_total 3\n"));
+        assert!(
+            text.contains("mqtt_ingest_batch_size_bucket{le=\"5\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("mqtt_ingest_batch_size_bucket{le=\"2\"} 0\n"));
+        assert!(text.contains("mqtt_ingest_store_seconds_count 1\n"));
+        assert!(text.contains("mqtt_ingest_connected 1\n"));
+    }
+}

@@ -1,0 +1,204 @@
+//! From MQTT to the database: messages are batched, committed, and only
+//! then acknowledged to the broker.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use mqtt_tls::{Backoff, Delivery, Message, MqttClient, QoS};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::error::Result;
+use crate::metrics::Metrics;
+use crate::store::{NewMessage, Store};
+
+/// How batches are formed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Flush when this many messages wait.
+    pub max_messages: usize,
+    /// Flush this long after the first message of a batch arrived.
+    pub max_wait: Duration,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Self {
+            max_messages: 500,
+            max_wait: Duration::from_millis(5),
+        }
+    }
+}
+
+/// The running pipeline.
+pub struct Pipeline {
+    closing: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+    writer: JoinHandle<()>,
+}
+
+type Item = (NewMessage, Delivery);
+
+/// Subscribes `filters` on `client` and starts the writer.
+pub fn start(
+    client: &MqttClient,
+    filters: &[(String, QoS)],
+    store: Store,
+    metrics: Arc<Metrics>,
+    batching: Batching,
+) -> Result<Pipeline> {
+    // Bounded: when the database stalls, handlers wait here, and the broker
+    // stops sending once its in-flight window of unacknowledged messages is
+    // full. Nothing piles up in memory.
+    let (tx, rx) = mpsc::channel::<Item>(batching.max_messages.max(1) * 4);
+    let closing = Arc::new(AtomicBool::new(false));
+    for (filter, qos) in filters {
+        let tx = tx.clone();
+        let closing = closing.clone();
+        let metrics = metrics.clone();
+        client.subscribe_deferred(filter, *qos, move |m: Message, delivery| {
+            let tx = tx.clone();
+            let closing = closing.clone();
+            let metrics = metrics.clone();
+            async move {
+                if closing.load(Ordering::SeqCst) {
+                    // Shutting down: leave it unacknowledged; the broker
+                    // redelivers it to the next session.
+                    return Ok(());
+                }
+                metrics.received.fetch_add(1, Ordering::Relaxed);
+                let row = NewMessage {
+                    topic: m.topic,
+                    payload: m.payload.to_vec(),
+                    qos: qos_number(m.qos),
+                    retain: m.retain,
+                    duplicate: m.duplicate,
+                    received_at_us: micros_now(),
+                };
+                tx.send((row, delivery))
+                    .await
+                    .map_err(|_| std::io::Error::other("the writer has stopped"))
+            }
+        })?;
+    }
+    drop(tx);
+    let wake = Arc::new(Notify::new());
+    let writer = tokio::spawn(write_loop(
+        rx,
+        store,
+        metrics,
+        batching,
+        closing.clone(),
+        wake.clone(),
+    ));
+    Ok(Pipeline {
+        closing,
+        wake,
+        writer,
+    })
+}
+
+impl Pipeline {
+    /// Stops taking messages, commits and acknowledges what was taken, and
+    /// waits for the writer to finish. Call before disconnecting.
+    pub async fn drain(self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+        let _ = self.writer.await;
+    }
+}
+
+async fn write_loop(
+    mut rx: mpsc::Receiver<Item>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    batching: Batching,
+    closing: Arc<AtomicBool>,
+    wake: Arc<Notify>,
+) {
+    let retry = Backoff {
+        initial: Duration::from_millis(50),
+        max: Duration::from_secs(5),
+    };
+    loop {
+        let first = if closing.load(Ordering::SeqCst) {
+            // Draining: flush what is queued, then stop.
+            match rx.try_recv() {
+                Ok(item) => item,
+                Err(_) => return,
+            }
+        } else {
+            tokio::select! {
+                item = rx.recv() => match item {
+                    Some(item) => item,
+                    None => return,
+                },
+                () = wake.notified() => continue,
+            }
+        };
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + batching.max_wait;
+        while batch.len() < batching.max_messages {
+            if closing.load(Ordering::SeqCst) {
+                // Take whatever is already queued, then flush.
+                match rx.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+                continue;
+            }
+            tokio::select! {
+                item = rx.recv() => match item {
+                    Some(item) => batch.push(item),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+                () = wake.notified() => {}
+            }
+        }
+        let (rows, deliveries): (Vec<NewMessage>, Vec<Delivery>) = batch.into_iter().unzip();
+        let mut attempt = 0;
+        loop {
+            let started = Instant::now();
+            match store.insert_batch(&rows).await {
+                Ok(()) => {
+                    metrics.batch_stored(rows.len(), started.elapsed());
+                    break;
+                }
+                Err(e) => {
+                    metrics.store_failures.fetch_add(1, Ordering::Relaxed);
+                    metrics.database_ok.store(false, Ordering::Relaxed);
+                    tracing::warn!(
+                        "storing {} messages failed (attempt {}): {e}; nothing acknowledged, retrying",
+                        rows.len(),
+                        attempt + 1
+                    );
+                    tokio::time::sleep(retry.delay(attempt)).await;
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+        // Committed: now, and only now, the broker may forget them.
+        for delivery in deliveries {
+            if delivery.ack().await.is_ok() {
+                metrics.acknowledged.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn qos_number(qos: QoS) -> u8 {
+    match qos {
+        QoS::AtMostOnce => 0,
+        QoS::AtLeastOnce => 1,
+        QoS::ExactlyOnce => 2,
+    }
+}
+
+fn micros_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

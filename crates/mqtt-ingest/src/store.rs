@@ -1,0 +1,360 @@
+//! Message storage through sqlx: SQLite (a file, WAL) or PostgreSQL.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::error::{Error, Result};
+
+/// A message to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Its topic.
+    pub topic: String,
+    /// Its payload.
+    pub payload: Vec<u8>,
+    /// Its QoS (0, 1, 2).
+    pub qos: u8,
+    /// The retain flag.
+    pub retain: bool,
+    /// The broker's duplicate flag: it may have been delivered before.
+    pub duplicate: bool,
+    /// When it arrived, microseconds since the Unix epoch.
+    pub received_at_us: i64,
+}
+
+/// A stored message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredMessage {
+    /// Row id, increasing.
+    pub id: i64,
+    /// Topic.
+    pub topic: String,
+    /// Payload bytes.
+    #[serde(skip)]
+    pub payload: Vec<u8>,
+    /// QoS.
+    pub qos: u8,
+    /// Retain flag.
+    pub retain: bool,
+    /// Duplicate flag.
+    pub duplicate: bool,
+    /// Arrival time, microseconds since the Unix epoch.
+    pub received_at_us: i64,
+}
+
+/// The database: SQLite by default, PostgreSQL by URL.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// A SQLite file in WAL mode with synchronous=FULL: a committed batch
+    /// survives a crash and a power loss.
+    Sqlite(SqlitePool),
+    /// A PostgreSQL database.
+    Postgres(PgPool),
+}
+
+const SQLITE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    duplicate INTEGER NOT NULL,
+    received_at_us INTEGER NOT NULL
+)";
+
+const POSTGRES_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS messages (
+    id BIGSERIAL PRIMARY KEY,
+    topic TEXT NOT NULL,
+    payload BYTEA NOT NULL,
+    qos SMALLINT NOT NULL,
+    retain BOOLEAN NOT NULL,
+    duplicate BOOLEAN NOT NULL,
+    received_at_us BIGINT NOT NULL
+)";
+
+const INDEX: &str = "CREATE INDEX IF NOT EXISTS messages_topic_id ON messages (topic, id)";
+
+impl Store {
+    /// Opens (creating a SQLite file if needed) and applies the schema.
+    pub async fn open(url: &str) -> Result<Self> {
+        let db = |e: sqlx::Error| Error::Database {
+            url: redact(url),
+            reason: e.to_string(),
+        };
+        let store = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(db)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                // Fail fast when locked so the writer can report it and retry.
+                .busy_timeout(Duration::from_millis(500));
+            Self::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(options)
+                    .await
+                    .map_err(db)?,
+            )
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Self::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect(url)
+                    .await
+                    .map_err(db)?,
+            )
+        } else {
+            return Err(Error::Config {
+                reason: format!(
+                    "unsupported database URL {:?}: use sqlite://FILE or postgres://...",
+                    redact(url)
+                ),
+            });
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        match self {
+            Self::Sqlite(pool) => {
+                sqlx::query(SQLITE_SCHEMA)
+                    .execute(pool)
+                    .await
+                    .map_err(db_err)?;
+                sqlx::query(INDEX).execute(pool).await.map_err(db_err)?;
+            }
+            Self::Postgres(pool) => {
+                sqlx::query(POSTGRES_SCHEMA)
+                    .execute(pool)
+                    .await
+                    .map_err(db_err)?;
+                sqlx::query(INDEX).execute(pool).await.map_err(db_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a batch in one transaction: all or nothing.
+    pub async fn insert_batch(&self, batch: &[NewMessage]) -> Result<()> {
+        match self {
+            Self::Sqlite(pool) => {
+                let mut tx = pool.begin().await.map_err(db_err)?;
+                for m in batch {
+                    sqlx::query(
+                        "INSERT INTO messages (topic, payload, qos, retain, duplicate, received_at_us) VALUES (?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(&m.topic)
+                    .bind(&m.payload)
+                    .bind(i64::from(m.qos))
+                    .bind(m.retain)
+                    .bind(m.duplicate)
+                    .bind(m.received_at_us)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                }
+                tx.commit().await.map_err(db_err)
+            }
+            Self::Postgres(pool) => {
+                let mut tx = pool.begin().await.map_err(db_err)?;
+                for m in batch {
+                    sqlx::query(
+                        "INSERT INTO messages (topic, payload, qos, retain, duplicate, received_at_us) VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(&m.topic)
+                    .bind(&m.payload)
+                    .bind(i16::from(m.qos))
+                    .bind(m.retain)
+                    .bind(m.duplicate)
+                    .bind(m.received_at_us)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                }
+                tx.commit().await.map_err(db_err)
+            }
+        }
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        match self {
+            Self::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
+            Self::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
+        }
+        .map_err(db_err)
+    }
+
+    /// Messages with `id > after`, optionally of one topic, oldest first.
+    pub async fn list(
+        &self,
+        topic: Option<&str>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredMessage>> {
+        let rows = match (self, topic) {
+            (Self::Sqlite(pool), Some(t)) => sqlx::query(
+                "SELECT id, topic, payload, qos, retain, duplicate, received_at_us FROM messages WHERE topic = ? AND id > ? ORDER BY id LIMIT ?",
+            )
+            .bind(t)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(|r| sqlite_row(&r))
+            .collect::<Result<Vec<_>>>()?,
+            (Self::Sqlite(pool), None) => sqlx::query(
+                "SELECT id, topic, payload, qos, retain, duplicate, received_at_us FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+            )
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(|r| sqlite_row(&r))
+            .collect::<Result<Vec<_>>>()?,
+            (Self::Postgres(pool), Some(t)) => sqlx::query(
+                "SELECT id, topic, payload, qos, retain, duplicate, received_at_us FROM messages WHERE topic = $1 AND id > $2 ORDER BY id LIMIT $3",
+            )
+            .bind(t)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(|r| pg_row(&r))
+            .collect::<Result<Vec<_>>>()?,
+            (Self::Postgres(pool), None) => sqlx::query(
+                "SELECT id, topic, payload, qos, retain, duplicate, received_at_us FROM messages WHERE id > $1 ORDER BY id LIMIT $2",
+            )
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .map_err(db_err)?
+            .into_iter()
+            .map(|r| pg_row(&r))
+            .collect::<Result<Vec<_>>>()?,
+        };
+        Ok(rows)
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(pool) => pool.close().await,
+            Self::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+fn sqlite_row(r: &sqlx::sqlite::SqliteRow) -> Result<StoredMessage> {
+    Ok(StoredMessage {
+        id: r.try_get("id").map_err(db_err)?,
+        topic: r.try_get("topic").map_err(db_err)?,
+        payload: r.try_get("payload").map_err(db_err)?,
+        qos: u8::try_from(r.try_get::<i64, _>("qos").map_err(db_err)?).unwrap_or(0),
+        retain: r.try_get("retain").map_err(db_err)?,
+        duplicate: r.try_get("duplicate").map_err(db_err)?,
+        received_at_us: r.try_get("received_at_us").map_err(db_err)?,
+    })
+}
+
+fn pg_row(r: &sqlx::postgres::PgRow) -> Result<StoredMessage> {
+    Ok(StoredMessage {
+        id: r.try_get("id").map_err(db_err)?,
+        topic: r.try_get("topic").map_err(db_err)?,
+        payload: r.try_get("payload").map_err(db_err)?,
+        qos: u8::try_from(r.try_get::<i16, _>("qos").map_err(db_err)?).unwrap_or(0),
+        retain: r.try_get("retain").map_err(db_err)?,
+        duplicate: r.try_get("duplicate").map_err(db_err)?,
+        received_at_us: r.try_get("received_at_us").map_err(db_err)?,
+    })
+}
+
+fn db_err(e: sqlx::Error) -> Error {
+    Error::Store {
+        reason: e.to_string(),
+    }
+}
+
+/// The URL without a password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("postgres://me:secret@db/x"),
+            "postgres://me:***@db/x"
+        );
+        assert_eq!(redact("sqlite://ingest.db"), "sqlite://ingest.db");
+    }
+
+    #[tokio::test]
+    async fn stores_and_lists_batches() {
+        let dir = tempfile_dir();
+        let url = format!("sqlite://{}/t.db", dir.display());
+        let store = Store::open(&url).await.unwrap();
+        let msg = |topic: &str, n: u8| NewMessage {
+            topic: topic.into(),
+            payload: vec![n, 0, 255],
+            qos: 1,
+            retain: false,
+            duplicate: n == 2,
+            received_at_us: 1,
+        };
+        store
+            .insert_batch(&[msg("a", 1), msg("b", 2), msg("a", 3)])
+            .await
+            .unwrap();
+        let all = store.list(None, 0, 10).await.unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[1].payload, vec![2, 0, 255]);
+        assert!(all[1].duplicate && !all[0].duplicate);
+        let a = store.list(Some("a"), 0, 10).await.unwrap();
+        assert_eq!(a.iter().map(|m| m.payload[0]).collect::<Vec<_>>(), [1, 3]);
+        let page = store.list(None, all[0].id, 1).await.unwrap();
+        assert_eq!(page[0].id, all[1].id);
+        store.ping().await.unwrap();
+        // Reopening keeps the data and the schema.
+        store.close().await;
+        let again = Store::open(&url).await.unwrap();
+        assert_eq!(again.list(None, 0, 10).await.unwrap().len(), 3);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("mqtt-ingest-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

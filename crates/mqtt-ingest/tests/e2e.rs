@@ -1,0 +1,452 @@
+//! mqtt-ingest against a real Mosquitto (mTLS, `persistence true`) with an
+//! independent publisher sending numbered QoS 1 messages.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mqtt_tls::{ClientCert, ConnectOptions, MqttClient, QoS};
+use sqlx::Row;
+use verify_tests::mosquitto::{BrokerOptions, Mosquitto, Pki};
+
+/// A running `mqtt-ingest` process; killed on drop.
+struct Ingest {
+    child: Option<Child>,
+    http: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Ingest {
+    fn start(bundle: &ClientCert, broker: &Mosquitto, db: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mqtt-ingest"))
+            .arg("--cert")
+            .arg(&bundle.cert_path)
+            .arg("--key")
+            .arg(&bundle.key_path)
+            .arg("--ca")
+            .arg(&bundle.ca_cert_path)
+            .args(["--host", "localhost", "--port", &broker.port.to_string()])
+            .args(["--client-id", "ingest-under-test", "--topic", "load/#"])
+            .arg("--db")
+            .arg(format!("sqlite://{}", db.display()))
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                        let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let http = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("mqtt-ingest did not start:\n{}", log.lock().unwrap()));
+        let ingest = Self {
+            child: Some(child),
+            http,
+            log,
+        };
+        ingest.wait_healthy();
+        ingest
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(&self.http).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.http
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, body) = self.get("/healthz");
+            if status == 200 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never healthy: {body}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        let (_, text) = self.get("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM: a clean shutdown; returns whether it exited 0.
+    fn terminate(&mut self) -> bool {
+        let mut c = self.child.take().unwrap();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status()
+            .unwrap();
+        c.wait().unwrap().success()
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Rows as (number, duplicate flag).
+async fn rows(db: &Path) -> Vec<(u32, bool)> {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let rows = sqlx::query("SELECT payload, duplicate FROM messages ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let payload: Vec<u8> = r.get("payload");
+            (
+                String::from_utf8(payload).unwrap().parse().unwrap(),
+                r.get("duplicate"),
+            )
+        })
+        .collect();
+    pool.close().await;
+    rows
+}
+
+async fn wait_for_rows(db: &Path, at_least: usize) -> Vec<(u32, bool)> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = rows(db).await;
+        let distinct: BTreeSet<u32> = r.iter().map(|(n, _)| *n).collect();
+        if distinct.len() >= at_least {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {at_least} messages stored",
+            distinct.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An independent publisher: our client under its own identity, numbered
+/// QoS 1 messages, 100 in flight; a publish that fails is sent again.
+struct Publisher {
+    client: MqttClient,
+    acked: Arc<Mutex<BTreeSet<u32>>>,
+}
+
+impl Publisher {
+    async fn connect(pki: &Pki, broker: &Mosquitto) -> Self {
+        let identity = pki.client("load-publisher").load().unwrap();
+        let mut options = ConnectOptions::new("localhost", broker.port, "load-publisher");
+        options.clean_session = false;
+        options.reconnect.initial = Duration::from_millis(50);
+        options.reconnect.max = Duration::from_millis(500);
+        let (client, mut connection) = MqttClient::new(&options, &identity).unwrap();
+        connection.connect().await.unwrap();
+        tokio::spawn(connection.run());
+        Self {
+            client,
+            acked: Arc::new(Mutex::new(BTreeSet::new())),
+        }
+    }
+
+    fn send(&self, range: std::ops::Range<u32>) -> tokio::task::JoinHandle<()> {
+        let client = self.client.clone();
+        let acked = self.acked.clone();
+        tokio::spawn(async move {
+            let permits = Arc::new(tokio::sync::Semaphore::new(100));
+            let mut tasks = tokio::task::JoinSet::new();
+            for n in range {
+                let permit = permits.clone().acquire_owned().await.unwrap();
+                let client = client.clone();
+                let acked = acked.clone();
+                tasks.spawn(async move {
+                    for _ in 0..500 {
+                        if client
+                            .publish(
+                                &format!("load/{}", n % 10),
+                                n.to_string(),
+                                QoS::AtLeastOnce,
+                                false,
+                            )
+                            .await
+                            .is_ok()
+                        {
+                            acked.lock().unwrap().insert(n);
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    drop(permit);
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+        })
+    }
+
+    fn acked(&self) -> BTreeSet<u32> {
+        self.acked.lock().unwrap().clone()
+    }
+}
+
+struct Setup {
+    pki: Pki,
+    broker: Mosquitto,
+    db: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions { persistence: true });
+    let dir = tempfile::tempdir().unwrap();
+    Setup {
+        db: dir.path().join("ingest.db"),
+        pki,
+        broker,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_stored_exactly_once() {
+    let s = setup();
+    let bundle = s.pki.client("ingest");
+    let mut ingest = tokio::task::block_in_place(|| Ingest::start(&bundle, &s.broker, &s.db));
+    let publisher = Publisher::connect(&s.pki, &s.broker).await;
+    const N: u32 = 10_000;
+    publisher.send(0..N).await.unwrap();
+    assert_eq!(publisher.acked().len(), N as usize);
+
+    let rows = wait_for_rows(&s.db, N as usize).await;
+    assert_eq!(rows.len(), N as usize, "each message exactly once");
+    let numbers: BTreeSet<u32> = rows.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, (0..N).collect());
+    assert!(rows.iter().all(|(_, dup)| !dup));
+
+    // The HTTP side.
+    tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ingest.metric("mqtt_ingest_acknowledged_total") < u64::from(N) {
+            assert!(Instant::now() < deadline, "not all acknowledged");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(ingest.metric("mqtt_ingest_stored_total"), u64::from(N));
+        assert_eq!(ingest.metric("mqtt_ingest_received_total"), u64::from(N));
+        let (status, body) = ingest.get("/healthz");
+        assert_eq!(status, 200, "{body}");
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(health["mqtt"]["connected"], true);
+        assert_eq!(health["database"]["ok"], true);
+        let (status, body) = ingest.get("/api/messages?topic=load/3&limit=5");
+        assert_eq!(status, 200);
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let messages = page["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 5);
+        assert!(
+            messages
+                .iter()
+                .all(|m| m["topic"] == "load/3" && m["qos"] == 1)
+        );
+        let next = page["next_after"].as_i64().unwrap();
+        let (_, body) = ingest.get(&format!("/api/messages?topic=load/3&limit=5&after={next}"));
+        let page2: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(page2["messages"][0]["id"].as_i64().unwrap() > next);
+        // SIGTERM: a clean shutdown.
+        assert!(ingest.terminate(), "unclean exit:\n{}", ingest.log());
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_loses_nothing_acknowledged() {
+    let mut s = setup();
+    let bundle = s.pki.client("ingest");
+    let _ingest = tokio::task::block_in_place(|| Ingest::start(&bundle, &s.broker, &s.db));
+    let publisher = Publisher::connect(&s.pki, &s.broker).await;
+    const N: u32 = 3_000;
+    let sending = publisher.send(0..N);
+    while publisher.acked().len() < 1_000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::task::block_in_place(|| s.broker.restart());
+    sending.await.unwrap();
+    let acked = publisher.acked();
+    assert_eq!(acked.len(), N as usize);
+    let rows = wait_for_rows(&s.db, acked.len()).await;
+    let stored: BTreeSet<u32> = rows.iter().map(|(n, _)| *n).collect();
+    assert!(
+        acked.is_subset(&stored),
+        "acknowledged messages missing from the database"
+    );
+    println!(
+        "broker restart: {} rows for {} messages",
+        rows.len(),
+        acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_killed_mid_stream_loses_nothing_acknowledged() {
+    let s = setup();
+    let bundle = s.pki.client("ingest");
+    let mut ingest = tokio::task::block_in_place(|| Ingest::start(&bundle, &s.broker, &s.db));
+    let publisher = Publisher::connect(&s.pki, &s.broker).await;
+    const N: u32 = 3_000;
+    let sending = publisher.send(0..N);
+    wait_for_rows(&s.db, 800).await;
+    tokio::task::block_in_place(|| ingest.kill9());
+    let _again = tokio::task::block_in_place(|| Ingest::start(&bundle, &s.broker, &s.db));
+    sending.await.unwrap();
+    let acked = publisher.acked();
+    assert_eq!(acked.len(), N as usize);
+    let rows = wait_for_rows(&s.db, acked.len()).await;
+    let mut copies: BTreeMap<u32, Vec<bool>> = BTreeMap::new();
+    for (n, dup) in &rows {
+        copies.entry(*n).or_default().push(*dup);
+    }
+    let stored: BTreeSet<u32> = copies.keys().copied().collect();
+    assert!(
+        acked.is_subset(&stored),
+        "acknowledged messages missing after SIGKILL"
+    );
+    let twice: Vec<_> = copies.iter().filter(|(_, c)| c.len() > 1).collect();
+    for (n, flags) in &twice {
+        assert!(
+            flags.iter().any(|d| *d),
+            "message {n} stored twice without the duplicate flag"
+        );
+    }
+    println!(
+        "SIGKILL mid-stream: {} messages, {} stored twice (redelivered with the duplicate flag)",
+        stored.len(),
+        twice.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_unavailable_for_a_while() {
+    let s = setup();
+    let bundle = s.pki.client("ingest");
+    let ingest = tokio::task::block_in_place(|| Ingest::start(&bundle, &s.broker, &s.db));
+    let publisher = Publisher::connect(&s.pki, &s.broker).await;
+    publisher.send(0..10).await.unwrap();
+    wait_for_rows(&s.db, 10).await;
+    let acked_before = tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let a = ingest.metric("mqtt_ingest_acknowledged_total");
+            if a >= 10 {
+                return a;
+            }
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+
+    // Another process holds the write lock: the database is unavailable.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", s.db.display()))
+        .await
+        .unwrap();
+    let mut locker = pool.acquire().await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    publisher.send(10..60).await.unwrap();
+    tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, body) = ingest.get("/healthz");
+            if status == 503 {
+                let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(health["database"]["ok"], false, "{body}");
+                assert_eq!(health["mqtt"]["connected"], true, "{body}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "healthz never said the database is down"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(
+            ingest.metric("mqtt_ingest_acknowledged_total"),
+            acked_before,
+            "acknowledged while nothing could be stored"
+        );
+    });
+
+    // It comes back: everything is stored and acknowledged.
+    sqlx::query("COMMIT").execute(&mut *locker).await.unwrap();
+    drop(locker);
+    pool.close().await;
+    let rows = wait_for_rows(&s.db, 60).await;
+    let stored: BTreeSet<u32> = rows.iter().map(|(n, _)| *n).collect();
+    assert_eq!(stored, (0..60).collect());
+    tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ingest.get("/healthz").0 != 200
+            || ingest.metric("mqtt_ingest_acknowledged_total") < 60
+        {
+            assert!(
+                Instant::now() < deadline,
+                "did not recover:\n{}",
+                ingest.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+}

@@ -56,6 +56,10 @@ pub(crate) fn e2e(extra: &[String]) -> Result<(), String> {
             "provision",
             "--test",
             "e2e",
+            "-p",
+            "mqtt-ingest",
+            "--test",
+            "ingest",
         ])
         .args(extra)
         .envs(env))

@@ -2,6 +2,7 @@
 //!
 //! `main` only dispatches; each task lives in its own module.
 
+mod bench;
 mod broker;
 mod provision;
 mod test;
@@ -25,6 +26,10 @@ Tasks:
             and pkilint cross-checks, end-to-end tests against a real
             Mosquitto) and cargo doc. Installs what is missing: openssl and
             mosquitto with apt-get (as root), pkilint into target/pkilint-venv
+  bench [--quick]
+            release-build measurements side by side: identities (ours vs the
+            openssl CLI), a fleet, ingest vs mosquitto_sub; writes
+            target/bench/results.json and docs/benchmarks.md
   help      this text
 ";
 
@@ -33,6 +38,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test::run(&args[1..]),
         Some("e2e") => broker::e2e(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         Some("provision") => provision::run(&args[1..]),
         None | Some("help" | "--help" | "-h") => {
             print!("{HELP}");

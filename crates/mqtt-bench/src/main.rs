@@ -1,0 +1,300 @@
+//! `mqtt-bench`: measurements for `cargo xtask bench`, one JSON object per
+//! run on standard output. Run by the xtask in release builds; see
+//! `docs/benchmarks.md` for the results and how they compare.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use mqtt_tls::{ConnectOptions, MqttClient, QoS};
+use pki_core::{KeyType, Profile};
+use provision::ops::{CsrRequest, IssueRequest, SubjectOptions, issue_files};
+use rayon::prelude::*;
+use serde_json::json;
+use verify_tests::mosquitto::{BrokerOptions, Mosquitto, Pki, mosquitto_client};
+
+const USAGE: &str = "\
+mqtt-bench identities KEY_TYPE COUNT THREADS   key + CSR + CSR check + signature + 3 files, per second
+mqtt-bench fleet MANIFEST                      provision fleet in-process: seconds and peak memory
+mqtt-bench ingest MQTT_INGEST_BIN COUNT         stored/s with acks after commit vs mosquitto_sub's receive rate";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["identities", key, count, threads] => {
+            identities(key.parse()?, count.parse()?, threads.parse()?)?
+        }
+        ["fleet", manifest] => fleet(Path::new(manifest))?,
+        ["ingest", bin, count] => ingest(Path::new(bin), count.parse()?)?,
+        _ => bail!("usage:\n{USAGE}"),
+    };
+    println!("{result}");
+    Ok(())
+}
+
+/// Issues `count` identities the way `provision issue` does (key, CSR,
+/// CSR signature check, signature, files written atomically), on `threads`
+/// threads (0: all cores).
+fn identities(
+    key_type: KeyType,
+    count: usize,
+    threads: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let dir = tempfile::tempdir()?;
+    let ca = pki_core::CertificateAuthority::new_root(
+        &pki_core::Subject::new("Bench Root")?,
+        pki_core::KeyPair::generate(KeyType::P256)?,
+        pki_core::Validity::days_from_now(3650)?,
+    )?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+    let serials = HashSet::new();
+    let started = Instant::now();
+    pool.install(|| {
+        (0..count).into_par_iter().try_for_each(|i| {
+            let request = IssueRequest {
+                identity: CsrRequest {
+                    name: format!("dev-{i}"),
+                    subject: SubjectOptions::default(),
+                    key_type,
+                    dns: vec![],
+                    ip: vec![],
+                    out: dir.path().to_owned(),
+                    force: false,
+                },
+                profile: Profile::Client,
+                days: 365,
+            };
+            issue_files(&ca, &request, &serials).map(|_| ())
+        })
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(json!({
+        "what": "identities",
+        "key_type": key_type.as_str(),
+        "threads": pool.current_num_threads(),
+        "count": count,
+        "seconds": seconds,
+        "per_second": count as f64 / seconds,
+    }))
+}
+
+/// Runs a fleet manifest in-process; reports wall time and peak memory.
+fn fleet(manifest: &Path) -> anyhow::Result<serde_json::Value> {
+    let started = Instant::now();
+    let summary = provision::fleet::run(manifest, 0, &|_, _| {})?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(json!({
+        "what": "fleet",
+        "issued": summary.issued,
+        "kept": summary.kept,
+        "seconds": seconds,
+        "peak_rss_mb": peak_rss_kb()? as f64 / 1024.0,
+    }))
+}
+
+fn peak_rss_kb() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/self/status")
+}
+
+/// The same QoS 1 stream of `count` 64-byte messages, received once by
+/// `mosquitto_sub` and once stored by `mqtt-ingest` (acknowledging after
+/// each batch commit into SQLite with synchronous=FULL).
+fn ingest(bin: &Path, count: usize) -> anyhow::Result<serde_json::Value> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions { persistence: false });
+    let publisher = pki.client("bench-pub");
+    let payload = vec![b'x'; 64];
+
+    // Baseline: mosquitto_sub receiving the stream.
+    let sub_bundle = pki.client("bench-sub");
+    let mut sub = Command::new(mosquitto_client("mosquitto_sub"))
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            "bench/sub",
+            "-q",
+            "1",
+        ])
+        .args(["-C", &count.to_string(), "-W", "300"])
+        .arg("--cafile")
+        .arg(&sub_bundle.ca_cert_path)
+        .arg("--cert")
+        .arg(&sub_bundle.cert_path)
+        .arg("--key")
+        .arg(&sub_bundle.key_path)
+        .stdout(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    runtime.block_on(publish(&publisher, &broker, "bench/sub", count, &payload))?;
+    sub.wait()?;
+    let baseline = count as f64 / started.elapsed().as_secs_f64();
+
+    // mqtt-ingest storing the same stream.
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("bench.db");
+    let bundle = pki.client("bench-ingest");
+    let mut child = Command::new(bin)
+        .arg("--cert")
+        .arg(&bundle.cert_path)
+        .arg("--key")
+        .arg(&bundle.key_path)
+        .arg("--ca")
+        .arg(&bundle.ca_cert_path)
+        .args([
+            "--host",
+            "localhost",
+            "--port",
+            &broker.port.to_string(),
+            "--topic",
+            "bench/ingest",
+        ])
+        .arg("--db")
+        .arg(format!("sqlite://{}", db.display()))
+        .args(["--listen", "127.0.0.1:0", "--client-id", "bench-ingest"])
+        .env("RUST_LOG", "warn,mqtt_ingest=info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()?;
+    let http = listening_address(&mut child)?;
+    wait_until(&http, "/healthz", |status, _| status == 200)?;
+    let started = Instant::now();
+    runtime.block_on(publish(
+        &publisher,
+        &broker,
+        "bench/ingest",
+        count,
+        &payload,
+    ))?;
+    wait_until(&http, "/metrics", |_, body| {
+        metric(body, "mqtt_ingest_acknowledged_total").is_some_and(|n| n >= count as u64)
+    })?;
+    let stored = count as f64 / started.elapsed().as_secs_f64();
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(json!({
+        "what": "ingest",
+        "count": count,
+        "mosquitto_sub_per_second": baseline,
+        "ingest_stored_per_second": stored,
+        "ratio": stored / baseline,
+    }))
+}
+
+/// Publishes `count` QoS 1 messages with up to 200 in flight.
+async fn publish(
+    bundle: &mqtt_tls::ClientCert,
+    broker: &Mosquitto,
+    topic: &str,
+    count: usize,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    let identity = bundle.load()?;
+    let (client, mut connection) = MqttClient::new(
+        &ConnectOptions::new("localhost", broker.port, format!("pub-{topic}")),
+        &identity,
+    )?;
+    connection.connect().await?;
+    let runner = tokio::spawn(connection.run());
+    let permits = Arc::new(tokio::sync::Semaphore::new(200));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let permit = permits.clone().acquire_owned().await?;
+        let client = client.clone();
+        let topic = topic.to_owned();
+        let payload = payload.to_vec();
+        tasks.spawn(async move {
+            let r = client
+                .publish(&topic, payload, QoS::AtLeastOnce, false)
+                .await;
+            drop(permit);
+            r
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    client.disconnect().await?;
+    let _ = runner.await;
+    Ok(())
+}
+
+fn listening_address(child: &mut std::process::Child) -> anyhow::Result<String> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().context("no stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .context("mqtt-ingest did not start")
+}
+
+fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::Write;
+    let mut stream = TcpStream::connect(addr)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("bad HTTP response")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn wait_until(addr: &str, path: &str, done: impl Fn(u16, &str) -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (status, body) = http_get(addr, path)?;
+        if done(status, &body) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting on {path}: {body}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+}

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use mqtt_tls::{ConnectOptions, MqttClient, QoS};
 use pki_core::{KeyType, Profile};
+use provision::files::Durability;
 use provision::ops::{CsrRequest, IssueRequest, SubjectOptions, issue_files};
 use rayon::prelude::*;
 use serde_json::json;
@@ -76,9 +77,11 @@ fn identities(
                 profile: Profile::Client,
                 days: 365,
             };
-            issue_files(&ca, &request, &serials).map(|_| ())
+            // As `provision fleet` writes: one flush at the end.
+            issue_files(&ca, &request, &serials, Durability::Deferred).map(|_| ())
         })
     })?;
+    provision::files::flush_all();
     let seconds = started.elapsed().as_secs_f64();
     Ok(json!({
         "what": "identities",

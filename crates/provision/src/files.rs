@@ -39,10 +39,37 @@ pub enum Access {
     Public,
 }
 
+/// When a write must be on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Flushed (fsync) before the rename: the default.
+    Now,
+    /// Left to a later [`flush_all`]: for bulk issuance, where a crash before
+    /// the flush can leave empty or partial files, which the fleet's
+    /// validation of existing identities finds and re-issues.
+    Deferred,
+}
+
+/// Flushes every file system's cached writes (`sync(2)`).
+pub fn flush_all() {
+    rustix::fs::sync();
+}
+
 /// Writes `contents` to `path` atomically: a temp file in the same folder,
 /// flushed to disk, then renamed into place. Without `force` an existing
 /// file is an error and is left untouched.
 pub fn write_atomic(path: &Path, contents: &[u8], access: Access, force: bool) -> Result<()> {
+    write_atomic_with(path, contents, access, force, Durability::Now)
+}
+
+/// [`write_atomic`] with a choice of when the data must be on disk.
+pub fn write_atomic_with(
+    path: &Path,
+    contents: &[u8],
+    access: Access,
+    force: bool,
+    durability: Durability,
+) -> Result<()> {
     let dir = parent(path);
     create_dir(dir)?;
     let io = |source| Error::Io {
@@ -57,7 +84,9 @@ pub fn write_atomic(path: &Path, contents: &[u8], access: Access, force: bool) -
         .tempfile_in(dir)
         .map_err(io)?;
     tmp.write_all(contents).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
+    if durability == Durability::Now {
+        tmp.as_file().sync_all().map_err(io)?;
+    }
     if access == Access::Public {
         set_mode(tmp.path(), 0o644).map_err(io)?;
     }

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::files::{check_name, read_text};
+use crate::files::{Durability, check_name, flush_all, read_text};
 use crate::ops::{
     CsrRequest, IdentityPaths, InitCa, IssueRequest, SubjectOptions, init_ca, issue_files,
 };
@@ -316,6 +316,8 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
             }
         }
     }
+    // Everything written must be on disk before the inventory says so.
+    flush_all();
     // Record what was made even if some identities failed.
     ca_dir.append(&new_records)?;
     match first_error {
@@ -343,7 +345,8 @@ fn provision_one(
             .then(|| Record::new(&cert, request.profile.as_str(), &paths.cert));
         return Ok(Outcome::Kept(record));
     }
-    let issued = issue_files(ca, request, known)?;
+    // Bulk: one flush for the whole run instead of three per identity.
+    let issued = issue_files(ca, request, known, Durability::Deferred)?;
     Ok(Outcome::Issued(issued.record))
 }
 

@@ -13,7 +13,10 @@ use pki_core::{
 };
 
 use crate::error::{Error, Result};
-use crate::files::{Access, check_name, named, read_text, refuse_existing, write_atomic};
+use crate::files::{
+    Access, Durability, check_name, named, read_text, refuse_existing, write_atomic,
+    write_atomic_with,
+};
 use crate::store::{CaDir, Record, Status};
 
 /// Optional subject attributes given on the command line or in a manifest.
@@ -138,7 +141,7 @@ pub fn issue(
 ) -> Result<IssuedIdentity> {
     let _lock = dir.lock()?;
     let serials = dir.serials()?;
-    let issued = issue_files(ca, request, &serials)?;
+    let issued = issue_files(ca, request, &serials, Durability::Now)?;
     dir.append(std::slice::from_ref(&issued.record))?;
     Ok(issued)
 }
@@ -150,6 +153,7 @@ pub fn issue_files(
     ca: &CertificateAuthority,
     request: &IssueRequest,
     serials: &HashSet<String>,
+    durability: Durability,
 ) -> Result<IssuedIdentity> {
     let id = &request.identity;
     check_name(&id.name)?;
@@ -159,23 +163,15 @@ pub fn issue_files(
     let issue = IssueParams::new(request.profile, Validity::days_from_now(request.days)?);
     let issued = sign_unique(ca, &csr, &issue, serials)?;
 
-    write_atomic(
-        &paths.key,
-        key.to_pkcs8_pem()?.as_bytes(),
-        Access::Secret,
-        id.force,
-    )?;
-    write_atomic(
-        &paths.csr,
-        csr.to_pem().as_bytes(),
-        Access::Public,
-        id.force,
-    )?;
-    write_atomic(
+    let write = |path: &Path, bytes: &[u8], access| {
+        write_atomic_with(path, bytes, access, id.force, durability)
+    };
+    write(&paths.key, key.to_pkcs8_pem()?.as_bytes(), Access::Secret)?;
+    write(&paths.csr, csr.to_pem().as_bytes(), Access::Public)?;
+    write(
         &paths.cert,
         issued.certificate.to_pem().as_bytes(),
         Access::Public,
-        id.force,
     )?;
     Ok(IssuedIdentity {
         record: Record::new(&issued.certificate, request.profile.as_str(), &paths.cert),

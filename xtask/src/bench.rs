@@ -13,6 +13,7 @@ use std::time::Instant;
 use crate::{cargo, project_root, sh, tools};
 
 struct Sizes {
+    throughput_messages: usize,
     identities: usize,
     openssl_identities: usize,
     fleet_devices: usize,
@@ -24,6 +25,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let quick = args.iter().any(|a| a == "--quick");
     let sizes = if quick {
         Sizes {
+            throughput_messages: 10_000,
             identities: 300,
             openssl_identities: 5,
             fleet_devices: 1_000,
@@ -32,6 +34,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         }
     } else {
         Sizes {
+            throughput_messages: 50_000,
             identities: 3_000,
             openssl_identities: 30,
             fleet_devices: 10_000,
@@ -153,11 +156,37 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         .unwrap_or_else(|| ingest[0].clone());
     results.push(median_run.clone());
 
+    // 4. MQTT over mTLS, publisher to subscriber through one broker.
+    let mut throughput = Vec::new();
+    for qos in ["0", "1"] {
+        let runs: Vec<String> = (0..sizes.repetitions)
+            .map(|_| {
+                run_json(
+                    &bench,
+                    &[
+                        "throughput".into(),
+                        qos.into(),
+                        sizes.throughput_messages.to_string(),
+                    ],
+                )
+            })
+            .collect::<Result<_, _>>()?;
+        let mut by_ratio: Vec<(f64, String)> = runs
+            .into_iter()
+            .map(|r| (field(&r, "ratio").parse().unwrap_or(0.0), r))
+            .collect();
+        by_ratio.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let median_run = by_ratio[by_ratio.len() / 2].1.clone();
+        results.push(median_run.clone());
+        throughput.push(median_run);
+    }
+
     let json = format!("[\n  {}\n]\n", results.join(",\n  "));
     let results_path = out_dir.join("results.json");
     std::fs::write(&results_path, &json)
         .map_err(|e| format!("writing {}: {e}", results_path.display()))?;
     let doc = render_markdown(
+        &throughput,
         quick,
         &sizes,
         (o1, oa, os, py),
@@ -349,6 +378,7 @@ fn field(json: &str, name: &str) -> String {
 }
 
 fn render_markdown(
+    throughput: &[String],
     quick: bool,
     sizes: &Sizes,
     ids: (f64, f64, f64, f64),
@@ -382,8 +412,22 @@ fn render_markdown(
          | `mosquitto_sub` receiving the stream | {ms} |\n\
          | `mqtt-ingest` storing it, acknowledging after each commit | {is} |\n\
          | **ratio** | **{ir}** |\n\n\
-         Not measured yet: MQTT publish throughput against `mosquitto_pub`/`mosquitto_sub`\n\
-         and paho-mqtt, mTLS connections per second, and memory per idle connection.\n",
+         ## MQTT over mTLS, publisher → subscriber (64-byte payloads, one local Mosquitto)\n\n\
+         | QoS | ours (mqtt-tls → mqtt-tls) | `mosquitto_pub -l` → `mosquitto_sub` | ratio |\n\
+         | --- | --- | --- | --- |\n{rows}\n\
+         Not measured yet: paho-mqtt, mTLS connections per second, and memory per idle\n\
+         connection.\n",
+        rows = throughput
+            .iter()
+            .zip(["0", "1"])
+            .map(|(t, qos)| format!(
+                "| {} | {} msg/s | {} msg/s | {}× |\n",
+                qos,
+                field(t, "ours_per_second"),
+                field(t, "mosquitto_clients_per_second"),
+                field(t, "ratio")
+            ))
+            .collect::<String>(),
         q = if quick { " --quick" } else { "" },
         machine = machine(),
         reps = sizes.repetitions,

@@ -167,6 +167,7 @@ impl Mosquitto {
              use_identity_as_username true\n\
              max_queued_messages 100000\n\
              max_inflight_messages 100\n\
+             set_tcp_nodelay true\n\
              log_dest file {log}\n\
              log_type all\n",
             ca = pki.ca_path.display(),

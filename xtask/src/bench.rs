@@ -181,11 +181,30 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         throughput.push(median_run);
     }
 
+    // 5. mTLS connections per second, and memory per idle connection.
+    let connects_script = root.join("xtask/bench/python_connects.py");
+    let connects = run_json(
+        &bench,
+        &[
+            "connects".into(),
+            if quick { "100" } else { "500" }.into(),
+            python.display().to_string(),
+            connects_script.display().to_string(),
+        ],
+    )?;
+    results.push(connects.clone());
+    let idle = run_json(
+        &bench,
+        &["idle".into(), if quick { "200" } else { "1000" }.into()],
+    )?;
+    results.push(idle.clone());
+
     let json = format!("[\n  {}\n]\n", results.join(",\n  "));
     let results_path = out_dir.join("results.json");
     std::fs::write(&results_path, &json)
         .map_err(|e| format!("writing {}: {e}", results_path.display()))?;
     let doc = render_markdown(
+        (&connects, &idle),
         &throughput,
         quick,
         &sizes,
@@ -377,7 +396,9 @@ fn field(json: &str, name: &str) -> String {
         .map_or_else(|| "?".into(), |v| format!("{v:.2}"))
 }
 
+#[allow(clippy::too_many_arguments)] // one call site; each argument is one section
 fn render_markdown(
+    (connects, idle): (&str, &str),
     throughput: &[String],
     quick: bool,
     sizes: &Sizes,
@@ -415,8 +436,21 @@ fn render_markdown(
          ## MQTT over mTLS, publisher → subscriber (64-byte payloads, one local Mosquitto)\n\n\
          | QoS | ours (mqtt-tls → mqtt-tls) | `mosquitto_pub -l` → `mosquitto_sub` | ratio |\n\
          | --- | --- | --- | --- |\n{rows}\n\
-         Not measured yet: paho-mqtt, mTLS connections per second, and memory per idle\n\
-         connection.\n",
+         ## mTLS connections (TLS handshake with a client certificate, CONNECT, CONNACK, DISCONNECT)\n\n\
+         | who | connections/s |\n| --- | --- |\n\
+         | ours, one after another | {cs} |\n\
+         | ours, 100 at once, each with its own certificate | {cc} |\n\
+         | Python `ssl`, one after another | {cp} |\n\
+         | **ratio ours / Python (sequential)** | **{cr}×** |\n\n\
+         Memory per idle mTLS connection, {ic} clients with their own certificates in one\n\
+         process: {ik} KB.\n\n\
+         Not measured yet: paho-mqtt.\n",
+        cs = field(connects, "ours_sequential_per_second"),
+        cc = field(connects, "ours_100_concurrent_per_second"),
+        cp = field(connects, "python_ssl_per_second"),
+        cr = field(connects, "ratio_vs_python"),
+        ic = field(idle, "count"),
+        ik = field(idle, "kb_per_connection"),
         rows = throughput
             .iter()
             .zip(["0", "1"])

@@ -23,7 +23,9 @@ const USAGE: &str = "\
 mqtt-bench identities KEY_TYPE COUNT THREADS   key + CSR + CSR check + signature + 3 files, per second
 mqtt-bench fleet MANIFEST                      provision fleet in-process: seconds and peak memory
 mqtt-bench ingest MQTT_INGEST_BIN COUNT         stored/s with acks after commit vs mosquitto_sub's receive rate
-mqtt-bench throughput QOS COUNT                publisher → subscriber msgs/s: ours vs mosquitto_pub -l → mosquitto_sub";
+mqtt-bench throughput QOS COUNT                publisher → subscriber msgs/s: ours vs mosquitto_pub -l → mosquitto_sub
+mqtt-bench connects COUNT PYTHON SCRIPT        mTLS connect+CONNACK+disconnect/s: ours sequential, 100 concurrent, Python ssl
+mqtt-bench idle COUNT                          memory per idle mTLS connection (COUNT clients, own certificates)";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -39,6 +41,10 @@ fn main() -> anyhow::Result<()> {
         ["fleet", manifest] => fleet(Path::new(manifest))?,
         ["ingest", bin, count] => ingest(Path::new(bin), count.parse()?)?,
         ["throughput", qos, count] => throughput(qos.parse()?, count.parse()?)?,
+        ["connects", count, python, script] => {
+            connects(count.parse()?, Path::new(python), Path::new(script))?
+        }
+        ["idle", count] => idle(count.parse()?)?,
         _ => bail!("usage:\n{USAGE}"),
     };
     println!("{result}");
@@ -366,6 +372,134 @@ fn throughput(qos: u8, count: usize) -> anyhow::Result<serde_json::Value> {
         "mosquitto_received": received,
         "ratio": ours.0 / theirs,
     }))
+}
+
+/// Connections per second: ours one after another (connect, CONNACK,
+/// DISCONNECT on the wire), ours 100 at once each with its own certificate,
+/// and Python's `ssl` module doing the same handshake and packets.
+fn connects(count: usize, python: &Path, script: &Path) -> anyhow::Result<serde_json::Value> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions { persistence: false });
+    let bundle = pki.client("connector");
+    let identity = bundle.load()?;
+    let sequential = runtime.block_on(async {
+        let started = Instant::now();
+        for i in 0..count {
+            let (client, mut conn) = MqttClient::new(
+                &ConnectOptions::new("localhost", broker.port, format!("seq-{i}")),
+                &identity,
+            )?;
+            conn.connect().await?;
+            let runner = tokio::spawn(conn.run());
+            client.disconnect().await?;
+            let _ = runner.await;
+        }
+        anyhow::Ok(count as f64 / started.elapsed().as_secs_f64())
+    })?;
+    let identities: Vec<_> = (0..100)
+        .map(|i| pki.client(&format!("conc-{i}")).load())
+        .collect::<Result<_, _>>()?;
+    let concurrent = runtime.block_on(async {
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, identity) in identities.into_iter().enumerate() {
+            let port = broker.port;
+            tasks.spawn(async move {
+                let (client, mut conn) = MqttClient::new(
+                    &ConnectOptions::new("localhost", port, format!("conc-{i}")),
+                    &identity,
+                )?;
+                conn.connect().await?;
+                let runner = tokio::spawn(conn.run());
+                client.disconnect().await?;
+                let _ = runner.await;
+                anyhow::Ok(())
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r??;
+        }
+        anyhow::Ok(100.0 / started.elapsed().as_secs_f64())
+    })?;
+    let out = Command::new(python)
+        .arg(script)
+        .arg(broker.port.to_string())
+        .arg(&bundle.ca_cert_path)
+        .arg(&bundle.cert_path)
+        .arg(&bundle.key_path)
+        .arg(count.to_string())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "python connects failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let python_rate: f64 = text
+        .split("\"per_second\": ")
+        .nth(1)
+        .and_then(|r| r.split([',', '}']).next())
+        .and_then(|n| n.trim().parse().ok())
+        .context("no per_second from python")?;
+    Ok(json!({
+        "what": "connects",
+        "count": count,
+        "ours_sequential_per_second": sequential,
+        "ours_100_concurrent_per_second": concurrent,
+        "python_ssl_per_second": python_rate,
+        "ratio_vs_python": sequential / python_rate,
+    }))
+}
+
+/// Memory per idle mTLS connection: `count` clients, each with its own
+/// certificate, connected from this process; resident memory before and
+/// after, divided by `count`.
+fn idle(count: usize) -> anyhow::Result<serde_json::Value> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions { persistence: false });
+    let identities: Vec<_> = (0..count)
+        .map(|i| pki.client(&format!("idle-{i}")).load())
+        .collect::<Result<_, _>>()?;
+    let before = rss_kb()?;
+    let clients = runtime.block_on(async {
+        let mut clients = Vec::with_capacity(count);
+        for (i, identity) in identities.iter().enumerate() {
+            let mut options = ConnectOptions::new("localhost", broker.port, format!("idle-{i}"));
+            options.keep_alive = Duration::from_secs(600);
+            let (client, mut conn) = MqttClient::new(&options, identity)?;
+            conn.connect().await?;
+            let runner = tokio::spawn(conn.run());
+            clients.push((client, runner));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        anyhow::Ok(clients)
+    })?;
+    let after = rss_kb()?;
+    let connected = clients.iter().filter(|(c, _)| c.is_connected()).count();
+    runtime.block_on(async {
+        for (client, runner) in clients {
+            let _ = client.disconnect().await;
+            let _ = runner.await;
+        }
+    });
+    Ok(json!({
+        "what": "idle",
+        "count": count,
+        "connected": connected,
+        "kb_per_connection": (after.saturating_sub(before)) as f64 / count as f64,
+    }))
+}
+
+fn rss_kb() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/self/status")
 }
 
 /// Publishes `count` QoS 1 messages with up to 200 in flight.

@@ -337,7 +337,12 @@ impl MqttClient {
         if let Some((user, password)) = &options.credentials {
             mqtt.set_credentials(user, password);
         }
-        let (rumqtt, eventloop) = AsyncClient::new(mqtt, 256);
+        let (rumqtt, mut eventloop) = AsyncClient::new(mqtt, 256);
+        // MQTT packets are small and latency-bound: without TCP_NODELAY the
+        // TLS handshake and CONNECT wait on delayed ACKs (~40 ms a connect).
+        let mut network = eventloop.network_options();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let (stopped, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             host: options.host.clone(),

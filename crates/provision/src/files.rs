@@ -44,9 +44,10 @@ pub enum Access {
 pub enum Durability {
     /// Flushed (fsync) before the rename: the default.
     Now,
-    /// Left to a later [`flush_all`]: for bulk issuance, where a crash before
-    /// the flush can leave empty or partial files, which the fleet's
-    /// validation of existing identities finds and re-issues.
+    /// Written in place (no temp file, no fsync) and left to a later
+    /// [`flush_all`]: for bulk issuance, where a crash can leave empty or
+    /// partial files, which the fleet's validation of existing identities
+    /// finds and re-issues.
     Deferred,
 }
 
@@ -77,6 +78,17 @@ pub fn write_atomic_with(
         path: path.to_owned(),
         source,
     };
+    if durability == Durability::Deferred {
+        return write_in_place(path, contents, access, force).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::Exists {
+                    path: path.to_owned(),
+                }
+            } else {
+                io(source)
+            }
+        });
+    }
     // tempfile creates the file 0600, so a key is never readable by others,
     // not even for a moment.
     let mut tmp = tempfile::Builder::new()
@@ -104,6 +116,34 @@ pub fn write_atomic_with(
         })?;
     }
     Ok(())
+}
+
+/// Creates (or, with `force`, truncates) `path` with its final mode from
+/// the first byte, and writes `contents`.
+fn write_in_place(
+    path: &Path,
+    contents: &[u8],
+    access: Access,
+    force: bool,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mode = match access {
+        Access::Secret => 0o600,
+        Access::Public => 0o644,
+    };
+    let mut options = std::fs::File::options();
+    options.write(true).mode(mode);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = options.open(path)?;
+    // An existing file keeps its old mode when truncated: set it.
+    if force {
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    }
+    file.write_all(contents)
 }
 
 /// Fails with [`Error::Exists`] for the first of `paths` that exists,
@@ -161,6 +201,35 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn deferred_writes_keep_modes_and_refuse_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.key");
+        write_atomic_with(&key, b"secret", Access::Secret, false, Durability::Deferred).unwrap();
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let err =
+            write_atomic_with(&key, b"x", Access::Secret, false, Durability::Deferred).unwrap_err();
+        assert!(matches!(err, Error::Exists { .. }), "{err}");
+        assert_eq!(std::fs::read(&key).unwrap(), b"secret");
+        // Replacing a public file with a secret one tightens its mode.
+        let cert = dir.path().join("c.pem");
+        write_atomic_with(&cert, b"cert", Access::Public, false, Durability::Deferred).unwrap();
+        assert_eq!(
+            std::fs::metadata(&cert).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        write_atomic_with(&cert, b"k", Access::Secret, true, Durability::Deferred).unwrap();
+        assert_eq!(
+            std::fs::metadata(&cert).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(std::fs::read(&cert).unwrap(), b"k");
+        flush_all();
+    }
 
     #[test]
     fn names_cannot_escape_the_folder() {

@@ -202,55 +202,50 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<StoredMessage>> {
-        let rows = match (self, topic) {
-            (Self::Sqlite(pool), Some(t)) => sqlx::query(
-                "SELECT id, topic, payload, qos, retain, duplicate, received_at_us FROM messages WHERE topic = ? AND id > ? ORDER BY id LIMIT ?",
-            )
-            .bind(t)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(pool)
-            .await
-            .map_err(db_err)?
-            .into_iter()
-            .map(|r| sqlite_row(&r))
-            .collect::<Result<Vec<_>>>()?,
-            (Self::Sqlite(pool), None) => sqlx::query(
-                "SELECT id, topic, payload, qos, retain, duplicate, received_at_us FROM messages WHERE id > ? ORDER BY id LIMIT ?",
-            )
-            .bind(after)
-            .bind(limit)
-            .fetch_all(pool)
-            .await
-            .map_err(db_err)?
-            .into_iter()
-            .map(|r| sqlite_row(&r))
-            .collect::<Result<Vec<_>>>()?,
-            (Self::Postgres(pool), Some(t)) => sqlx::query(
-                "SELECT id, topic, payload, qos, retain, duplicate, received_at_us FROM messages WHERE topic = $1 AND id > $2 ORDER BY id LIMIT $3",
-            )
-            .bind(t)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(pool)
-            .await
-            .map_err(db_err)?
-            .into_iter()
-            .map(|r| pg_row(&r))
-            .collect::<Result<Vec<_>>>()?,
-            (Self::Postgres(pool), None) => sqlx::query(
-                "SELECT id, topic, payload, qos, retain, duplicate, received_at_us FROM messages WHERE id > $1 ORDER BY id LIMIT $2",
-            )
-            .bind(after)
-            .bind(limit)
-            .fetch_all(pool)
-            .await
-            .map_err(db_err)?
-            .into_iter()
-            .map(|r| pg_row(&r))
-            .collect::<Result<Vec<_>>>()?,
-        };
-        Ok(rows)
+        match self {
+            Self::Sqlite(pool) => {
+                let sql = match topic {
+                    Some(_) => {
+                        "SELECT id, topic, payload, qos, retain, duplicate, received_at_us FROM messages WHERE topic = ? AND id > ? ORDER BY id LIMIT ?"
+                    }
+                    None => {
+                        "SELECT id, topic, payload, qos, retain, duplicate, received_at_us FROM messages WHERE id > ? ORDER BY id LIMIT ?"
+                    }
+                };
+                let mut query = sqlx::query(sql);
+                if let Some(t) = topic {
+                    query = query.bind(t);
+                }
+                let rows = query
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(db_err)?;
+                rows.iter().map(sqlite_row).collect()
+            }
+            Self::Postgres(pool) => {
+                let sql = match topic {
+                    Some(_) => {
+                        "SELECT id, topic, payload, qos, retain, duplicate, received_at_us FROM messages WHERE topic = $1 AND id > $2 ORDER BY id LIMIT $3"
+                    }
+                    None => {
+                        "SELECT id, topic, payload, qos, retain, duplicate, received_at_us FROM messages WHERE id > $1 ORDER BY id LIMIT $2"
+                    }
+                };
+                let mut query = sqlx::query(sql);
+                if let Some(t) = topic {
+                    query = query.bind(t);
+                }
+                let rows = query
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(db_err)?;
+                rows.iter().map(pg_row).collect()
+            }
+        }
     }
 
     /// Closes the pool.

@@ -1,10 +1,11 @@
 //! `cargo xtask bench [--quick]`: release builds, side-by-side measurements
 //! in one run, `target/bench/results.json` and `docs/benchmarks.md`.
 //!
-//! Measured so far: identity issuance (ours on one and all cores, against an
-//! `openssl` CLI loop), a fleet, and ingest against `mosquitto_sub`. The
-//! Python/paho comparisons, MQTT throughput, connection rates and memory
-//! per connection are still to come (see the benchmark issue).
+//! Compared in the same run: identity issuance (ours on one and all cores,
+//! the original Python flow, an `openssl` CLI loop), a fleet, MQTT
+//! throughput (ours, Mosquitto's clients, paho-mqtt), mTLS connections
+//! (ours, Python `ssl`, paho), memory per idle connection, and ingest
+//! against `mosquitto_sub`. The Python side runs in a venv under `target/`.
 
 use std::path::Path;
 use std::process::Command;
@@ -157,6 +158,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     results.push(median_run.clone());
 
     // 4. MQTT over mTLS, publisher to subscriber through one broker.
+    let paho_script = root.join("xtask/bench/python_paho.py");
     let mut throughput = Vec::new();
     for qos in ["0", "1"] {
         let runs: Vec<String> = (0..sizes.repetitions)
@@ -167,6 +169,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
                         "throughput".into(),
                         qos.into(),
                         sizes.throughput_messages.to_string(),
+                        python.display().to_string(),
+                        paho_script.display().to_string(),
                     ],
                 )
             })
@@ -190,6 +194,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             if quick { "100" } else { "500" }.into(),
             python.display().to_string(),
             connects_script.display().to_string(),
+            paho_script.display().to_string(),
         ],
     )?;
     results.push(connects.clone());
@@ -232,7 +237,7 @@ fn python_env() -> Result<std::path::PathBuf, String> {
         sh(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
     }
     let has = Command::new(&python)
-        .args(["-c", "import cryptography"])
+        .args(["-c", "import cryptography, paho.mqtt"])
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
@@ -244,6 +249,7 @@ fn python_env() -> Result<std::path::PathBuf, String> {
             "--quiet",
             "--disable-pip-version-check",
             "cryptography",
+            "paho-mqtt",
         ]))?;
     }
     Ok(python)
@@ -436,20 +442,22 @@ fn render_markdown(
          | `mqtt-ingest` storing it, acknowledging after each commit | {is} |\n\
          | **ratio** | **{ir}** |\n\n\
          ## MQTT over mTLS, publisher → subscriber (64-byte payloads, one local Mosquitto)\n\n\
-         | QoS | ours (mqtt-tls → mqtt-tls) | `mosquitto_pub -l` → `mosquitto_sub` | ratio |\n\
-         | --- | --- | --- | --- |\n{rows}\n\
+         | QoS | ours (mqtt-tls → mqtt-tls) | `mosquitto_pub -l` → `mosquitto_sub` | paho-mqtt → paho-mqtt | ours / Mosquitto's clients |\n\
+         | --- | --- | --- | --- | --- |\n{rows}\n\
          ## mTLS connections (TLS handshake with a client certificate, CONNECT, CONNACK, DISCONNECT)\n\n\
          | who | connections/s |\n| --- | --- |\n\
          | ours, one after another | {cs} |\n\
          | ours, 100 at once, each with its own certificate | {cc} |\n\
          | Python `ssl`, one after another | {cp} |\n\
+         | paho-mqtt, one after another | {cpaho} |\n\
          | **ratio ours / Python (sequential)** | **{cr}×** |\n\n\
          Memory per idle mTLS connection, {ic} clients with their own certificates in one\n\
          process: {ik} KB.\n\n\
-         Not measured yet: paho-mqtt.\n",
+         Not measured yet: paho's memory per connection; no chart yet.\n",
         cs = field(connects, "ours_sequential_per_second"),
         cc = field(connects, "ours_100_concurrent_per_second"),
         cp = field(connects, "python_ssl_per_second"),
+        cpaho = field(connects, "paho_per_second"),
         cr = field(connects, "ratio_vs_python"),
         ic = field(idle, "count").trim_end_matches(".00"),
         ik = field(idle, "kb_per_connection"),
@@ -457,10 +465,11 @@ fn render_markdown(
             .iter()
             .zip(["0", "1"])
             .map(|(t, qos)| format!(
-                "| {} | {} msg/s | {} msg/s | {}× |\n",
+                "| {} | {} msg/s | {} msg/s | {} msg/s | {}× |\n",
                 qos,
                 field(t, "ours_per_second"),
                 field(t, "mosquitto_clients_per_second"),
+                field(t, "paho_per_second"),
                 field(t, "ratio")
             ))
             .collect::<String>(),

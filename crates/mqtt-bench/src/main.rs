@@ -23,8 +23,8 @@ const USAGE: &str = "\
 mqtt-bench identities KEY_TYPE COUNT THREADS   key + CSR + CSR check + signature + 3 files, per second
 mqtt-bench fleet MANIFEST                      provision fleet in-process: seconds and peak memory
 mqtt-bench ingest MQTT_INGEST_BIN COUNT         stored/s with acks after commit vs mosquitto_sub's receive rate
-mqtt-bench throughput QOS COUNT                publisher → subscriber msgs/s: ours vs mosquitto_pub -l → mosquitto_sub
-mqtt-bench connects COUNT PYTHON SCRIPT        mTLS connect+CONNACK+disconnect/s: ours sequential, 100 concurrent, Python ssl
+mqtt-bench throughput QOS COUNT [PYTHON PAHO]  publisher → subscriber msgs/s: ours vs mosquitto_pub -l → mosquitto_sub (and paho)
+mqtt-bench connects COUNT PYTHON SSL [PAHO]    mTLS connect+CONNACK+disconnect/s: ours sequential, 100 concurrent, Python ssl (and paho)
 mqtt-bench idle COUNT                          memory per idle mTLS connection (COUNT clients, own certificates)";
 
 fn main() -> anyhow::Result<()> {
@@ -40,10 +40,21 @@ fn main() -> anyhow::Result<()> {
         }
         ["fleet", manifest] => fleet(Path::new(manifest))?,
         ["ingest", bin, count] => ingest(Path::new(bin), count.parse()?)?,
-        ["throughput", qos, count] => throughput(qos.parse()?, count.parse()?)?,
+        ["throughput", qos, count] => throughput(qos.parse()?, count.parse()?, None)?,
+        ["throughput", qos, count, python, paho] => throughput(
+            qos.parse()?,
+            count.parse()?,
+            Some((Path::new(python), Path::new(paho))),
+        )?,
         ["connects", count, python, script] => {
-            connects(count.parse()?, Path::new(python), Path::new(script))?
+            connects(count.parse()?, Path::new(python), Path::new(script), None)?
         }
+        ["connects", count, python, script, paho] => connects(
+            count.parse()?,
+            Path::new(python),
+            Path::new(script),
+            Some(Path::new(paho)),
+        )?,
         ["idle", count] => idle(count.parse()?)?,
         _ => bail!("usage:\n{USAGE}"),
     };
@@ -217,7 +228,11 @@ fn ingest(bin: &Path, count: usize) -> anyhow::Result<serde_json::Value> {
 /// publisher to our subscriber, and `mosquitto_pub -l` to `mosquitto_sub`.
 /// The rate is messages received over the time from the first publish to
 /// the last message received (QoS 0 may drop under load: counted as is).
-fn throughput(qos: u8, count: usize) -> anyhow::Result<serde_json::Value> {
+fn throughput(
+    qos: u8,
+    count: usize,
+    paho: Option<(&Path, &Path)>,
+) -> anyhow::Result<serde_json::Value> {
     let runtime = tokio::runtime::Runtime::new()?;
     let pki = Pki::new();
     let broker = Mosquitto::start(&pki, &BrokerOptions { persistence: false });
@@ -362,10 +377,23 @@ fn throughput(qos: u8, count: usize) -> anyhow::Result<serde_json::Value> {
         let _ = runner.await;
         anyhow::Ok((rate, n))
     })?;
+    let paho_rate = match paho {
+        Some((python, script)) => Some(run_python(
+            Command::new(python)
+                .arg(script)
+                .arg("throughput")
+                .arg(broker.port.to_string())
+                .args(bundle_args(&pki.client("paho")))
+                .arg(qos.to_string())
+                .arg(count.to_string()),
+        )?),
+        None => None,
+    };
     Ok(json!({
         "what": "throughput",
         "qos": qos,
         "count": count,
+        "paho_per_second": paho_rate,
         "ours_per_second": ours.0,
         "ours_received": ours.1,
         "mosquitto_clients_per_second": theirs,
@@ -377,7 +405,12 @@ fn throughput(qos: u8, count: usize) -> anyhow::Result<serde_json::Value> {
 /// Connections per second: ours one after another (connect, CONNACK,
 /// DISCONNECT on the wire), ours 100 at once each with its own certificate,
 /// and Python's `ssl` module doing the same handshake and packets.
-fn connects(count: usize, python: &Path, script: &Path) -> anyhow::Result<serde_json::Value> {
+fn connects(
+    count: usize,
+    python: &Path,
+    script: &Path,
+    paho: Option<&Path>,
+) -> anyhow::Result<serde_json::Value> {
     let runtime = tokio::runtime::Runtime::new()?;
     let pki = Pki::new();
     let broker = Mosquitto::start(&pki, &BrokerOptions { persistence: false });
@@ -443,8 +476,20 @@ fn connects(count: usize, python: &Path, script: &Path) -> anyhow::Result<serde_
         .and_then(|r| r.split([',', '}']).next())
         .and_then(|n| n.trim().parse().ok())
         .context("no per_second from python")?;
+    let paho_rate = match paho {
+        Some(paho) => Some(run_python(
+            Command::new(python)
+                .arg(paho)
+                .arg("connects")
+                .arg(broker.port.to_string())
+                .args(bundle_args(&bundle))
+                .arg(count.to_string()),
+        )?),
+        None => None,
+    };
     Ok(json!({
         "what": "connects",
+        "paho_per_second": paho_rate,
         "count": count,
         "ours_sequential_per_second": sequential,
         "ours_100_concurrent_per_second": concurrent,
@@ -491,6 +536,29 @@ fn idle(count: usize) -> anyhow::Result<serde_json::Value> {
         "connected": connected,
         "kb_per_connection": (after.saturating_sub(before)) as f64 / count as f64,
     }))
+}
+
+/// CA, certificate and key paths, in the order the Python scripts take them.
+fn bundle_args(b: &mqtt_tls::ClientCert) -> [std::path::PathBuf; 3] {
+    [
+        b.ca_cert_path.clone(),
+        b.cert_path.clone(),
+        b.key_path.clone(),
+    ]
+}
+
+/// Runs a Python measurement and reads its `per_second`.
+fn run_python(cmd: &mut Command) -> anyhow::Result<f64> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.split("\"per_second\": ")
+        .nth(1)
+        .and_then(|r| r.split([',', '}']).next())
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("no per_second in {text}"))
 }
 
 fn rss_kb() -> anyhow::Result<u64> {

@@ -26,7 +26,11 @@ use pki_core::{
 
 /// The `openssl` binary.
 pub fn openssl() -> PathBuf {
-    tool("MQTT_MTLS_OPENSSL", "openssl", "apt-get install -y openssl")
+    tool(
+        Some("MQTT_MTLS_OPENSSL"),
+        "openssl",
+        "apt-get install -y openssl",
+    )
 }
 
 /// A pkilint entry point such as `lint_pkix_cert`.
@@ -37,14 +41,15 @@ pub fn pkilint(program: &str) -> PathBuf {
         return path;
     }
     tool(
-        "MQTT_MTLS_PKILINT_BIN",
+        None,
         program,
         "run the suite with `cargo xtask test`, which installs pkilint (pip install pkilint)",
     )
 }
 
-pub(crate) fn tool(env: &str, program: &str, how: &str) -> PathBuf {
-    if let Some(path) = std::env::var_os(env) {
+/// `program` from the variable `env` when set, else from `PATH`.
+pub(crate) fn tool(env: Option<&str>, program: &str, how: &str) -> PathBuf {
+    if let Some(path) = env.and_then(std::env::var_os) {
         return PathBuf::from(path);
     }
     std::env::var_os("PATH")

@@ -22,7 +22,7 @@ pub fn mosquitto_bin() -> PathBuf {
         return PathBuf::from("/usr/sbin/mosquitto");
     }
     tool(
-        "MQTT_MTLS_MOSQUITTO",
+        Some("MQTT_MTLS_MOSQUITTO"),
         "mosquitto",
         "run `cargo xtask test`, which installs it, or apt-get install -y mosquitto mosquitto-clients",
     )
@@ -30,11 +30,20 @@ pub fn mosquitto_bin() -> PathBuf {
 
 /// `mosquitto_pub` or `mosquitto_sub`.
 pub fn mosquitto_client(program: &str) -> PathBuf {
-    tool(
-        "MQTT_MTLS_NO_SUCH_VAR",
-        program,
-        "apt-get install -y mosquitto-clients",
-    )
+    tool(None, program, "apt-get install -y mosquitto-clients")
+}
+
+/// The `--cafile --cert --key` arguments of `mosquitto_pub`/`mosquitto_sub`
+/// for a client bundle.
+pub fn tls_args(bundle: &ClientCert) -> Vec<String> {
+    vec![
+        "--cafile".to_owned(),
+        bundle.ca_cert_path.display().to_string(),
+        "--cert".to_owned(),
+        bundle.cert_path.display().to_string(),
+        "--key".to_owned(),
+        bundle.key_path.display().to_string(),
+    ]
 }
 
 /// A CA and a broker certificate in a temp dir, and a way to make clients.

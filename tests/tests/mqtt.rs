@@ -11,7 +11,7 @@ use std::time::Duration;
 use mqtt_tls::{ClientCert, ConnectOptions, Connection, Error, MqttClient, QoS};
 use pki_core::{Profile, Validity};
 use tokio::sync::mpsc;
-use verify_tests::mosquitto::{BrokerOptions, Mosquitto, Pki, expired, mosquitto_client};
+use verify_tests::mosquitto::{BrokerOptions, Mosquitto, Pki, expired, mosquitto_client, tls_args};
 use verify_tests::{output, root};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -150,16 +150,6 @@ async fn interoperates_with_mosquitto_clients() {
 
     // mosquitto_sub, with its own bundle, waits for one message from us.
     let theirs = pki.client("theirs");
-    let tls_args = |b: &ClientCert| {
-        vec![
-            "--cafile".to_owned(),
-            b.ca_cert_path.display().to_string(),
-            "--cert".to_owned(),
-            b.cert_path.display().to_string(),
-            "--key".to_owned(),
-            b.key_path.display().to_string(),
-        ]
-    };
     let sub = std::process::Command::new(mosquitto_client("mosquitto_sub"))
         .args([
             "-h",

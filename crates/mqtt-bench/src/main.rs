@@ -17,7 +17,7 @@ use provision::files::Durability;
 use provision::ops::{CsrRequest, IssueRequest, SubjectOptions, issue_files};
 use rayon::prelude::*;
 use serde_json::json;
-use verify_tests::mosquitto::{BrokerOptions, Mosquitto, Pki, mosquitto_client};
+use verify_tests::mosquitto::{BrokerOptions, Mosquitto, Pki, mosquitto_client, tls_args};
 
 const USAGE: &str = "\
 mqtt-bench identities KEY_TYPE COUNT THREADS   key + CSR + CSR check + signature + 3 files, per second
@@ -159,12 +159,7 @@ fn ingest(bin: &Path, count: usize) -> anyhow::Result<serde_json::Value> {
             "1",
         ])
         .args(["-C", &count.to_string(), "-W", "300"])
-        .arg("--cafile")
-        .arg(&sub_bundle.ca_cert_path)
-        .arg("--cert")
-        .arg(&sub_bundle.cert_path)
-        .arg("--key")
-        .arg(&sub_bundle.key_path)
+        .args(tls_args(&sub_bundle))
         .stdout(Stdio::null())
         .spawn()?;
     std::thread::sleep(Duration::from_millis(500));
@@ -245,16 +240,6 @@ fn throughput(
 
     // Theirs.
     let sub_bundle = pki.client("mosq-sub");
-    let tls = |b: &mqtt_tls::ClientCert| {
-        vec![
-            "--cafile".to_owned(),
-            b.ca_cert_path.display().to_string(),
-            "--cert".to_owned(),
-            b.cert_path.display().to_string(),
-            "--key".to_owned(),
-            b.key_path.display().to_string(),
-        ]
-    };
     let port = broker.port.to_string();
     let mut sub = Command::new(mosquitto_client("mosquitto_sub"))
         .args([
@@ -268,7 +253,7 @@ fn throughput(
             &qos.to_string(),
         ])
         .args(["-C", &count.to_string(), "-W", "60"])
-        .args(tls(&sub_bundle))
+        .args(tls_args(&sub_bundle))
         .stdout(Stdio::piped())
         .spawn()?;
     std::thread::sleep(Duration::from_millis(500));
@@ -286,7 +271,7 @@ fn throughput(
             &qos.to_string(),
             "-l",
         ])
-        .args(tls(&pub_bundle))
+        .args(tls_args(&pub_bundle))
         .stdin(Stdio::piped())
         .spawn()?;
     {

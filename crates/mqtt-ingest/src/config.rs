@@ -2,7 +2,6 @@
 //! variables (see `main.rs`).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use mqtt_tls::{ClientCert, QoS};
 use serde::Deserialize;
@@ -124,13 +123,8 @@ impl Config {
             reason: format!("{}: {e}", path.display()),
         })?;
         // Relative bundle paths are relative to the file.
-        if let (Some(tls), Some(base)) = (&mut config.tls, path.parent()) {
-            for p in [&mut tls.cert_path, &mut tls.key_path, &mut tls.ca_cert_path] {
-                if p.is_relative() {
-                    *p = base.join(&*p);
-                }
-            }
-        }
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        config.tls = config.tls.map(|tls| tls.relative_to(base));
         Ok(config)
     }
 
@@ -162,11 +156,6 @@ pub fn parse_topic(spec: &str) -> Result<(String, QoS)> {
     };
     mqtt_tls::TopicFilter::new(filter)?;
     Ok((filter.to_owned(), qos))
-}
-
-/// Paths of a bundle given as three flags.
-pub fn bundle_from_parts(cert: PathBuf, key: PathBuf, ca: PathBuf) -> ClientCert {
-    ClientCert::new(cert, key, ca)
 }
 
 #[cfg(test)]

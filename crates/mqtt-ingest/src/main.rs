@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use mqtt_ingest::config::{Config, bundle_from_parts};
+use mqtt_ingest::config::Config;
 use mqtt_ingest::{AppState, Batching, Metrics, Store, app, pipeline, redact};
 use mqtt_tls::{ConnectOptions, MqttClient};
 
@@ -93,7 +93,7 @@ fn configure(args: Args) -> anyhow::Result<Config> {
         None => Config::default(),
     };
     if let (Some(cert), Some(key), Some(ca)) = (args.cert, args.key, args.ca) {
-        config.tls = Some(bundle_from_parts(cert, key, ca));
+        config.tls = Some(mqtt_tls::ClientCert::new(cert, key, ca));
     }
     if let Some(h) = args.host {
         config.mqtt.host = h;

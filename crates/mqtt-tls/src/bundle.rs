@@ -53,6 +53,21 @@ impl ClientCert {
         }
     }
 
+    /// The bundle with its relative paths taken relative to `base` (the
+    /// folder of the configuration file that named them).
+    pub fn relative_to(mut self, base: &Path) -> Self {
+        for p in [
+            &mut self.cert_path,
+            &mut self.key_path,
+            &mut self.ca_cert_path,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        self
+    }
+
     /// Reads and checks the three files (see [`TlsIdentity::from_pem`]).
     pub fn load(&self) -> Result<TlsIdentity> {
         let passphrase = match &self.passphrase_env {
@@ -411,6 +426,13 @@ mod tests {
         assert_eq!(config.tls.key_path, Path::new("backend_certs/client1.key"));
         assert_eq!(config.tls.passphrase_env.as_deref(), Some("KEY_PASS"));
         assert!(toml::from_str::<Config>("[tls]\ncert_path = \"a\"\n").is_err());
+        let moved = config.tls.relative_to(Path::new("/etc/app"));
+        assert_eq!(
+            moved.cert_path,
+            Path::new("/etc/app/backend_certs/client1_cert.pem")
+        );
+        let absolute = ClientCert::new("/a.pem", "/b.key", "/c.pem").relative_to(Path::new("/x"));
+        assert_eq!(absolute.key_path, Path::new("/b.key"));
     }
 
     #[test]

@@ -416,12 +416,9 @@ impl ConnArgs {
                     .with_context(|| format!("reading {}", file.display()))?;
                 let parsed: BundleFile = toml::from_str(&text)
                     .with_context(|| format!("{}: not a bundle file", file.display()))?;
-                let base = file.parent().unwrap_or(Path::new("."));
-                let mut tls = parsed.tls;
-                tls.cert_path = base.join(&tls.cert_path);
-                tls.key_path = base.join(&tls.key_path);
-                tls.ca_cert_path = base.join(&tls.ca_cert_path);
-                tls
+                parsed
+                    .tls
+                    .relative_to(file.parent().unwrap_or(Path::new(".")))
             }
             (None, Some(cert), Some(key), Some(ca)) => ClientCert::new(cert, key, ca),
             _ => bail!("give --cert, --key and --ca, or --bundle FILE.toml"),

@@ -6,6 +6,7 @@
 //! throughput (ours, Mosquitto's clients, paho-mqtt), mTLS connections
 //! (ours, Python `ssl`, paho), memory per idle connection, and ingest
 //! against `mosquitto_sub`. The Python side runs in a venv under `target/`.
+//! `mqtt-bench chart` draws every target into `docs/benchmarks.svg`.
 
 use std::path::Path;
 use std::process::Command;
@@ -75,21 +76,39 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             .ok_or_else(|| format!("no per_second in {v}"))
     };
 
-    // 1. Identities: ours vs the openssl CLI, P-256.
-    let n = sizes.identities.to_string();
-    let ours_1: Vec<f64> = (0..sizes.repetitions)
-        .map(|_| rate(&["identities".into(), "p256".into(), n.clone(), "1".into()]))
-        .collect::<Result<_, _>>()?;
-    let ours_all: Vec<f64> = (0..sizes.repetitions)
-        .map(|_| rate(&["identities".into(), "p256".into(), n.clone(), "0".into()]))
-        .collect::<Result<_, _>>()?;
-    let openssl_rate: Vec<f64> = (0..sizes.repetitions)
-        .map(|_| openssl_identities(&openssl, sizes.openssl_identities))
-        .collect::<Result<_, _>>()?;
+    // 1. Identities: ours vs the original Python flow and the openssl CLI.
+    // Every run writes into a folder of its own under `ids`, kept until all
+    // runs are done: deleting thousands of files just before a run makes
+    // ext4 skip the freed inodes one by one (`recently_deleted`), and that,
+    // not the work measured, would then set the pace. Each timed run starts
+    // after a `sync`, with no other run's writes pending, and the sides take
+    // turns so that the machine's noise falls on both alike.
+    let ids = tempdir(&out_dir, "identities")?;
     let python = python_env()?;
-    let py: Vec<f64> = (0..sizes.repetitions)
-        .map(|_| python_identities(&python, "p256", sizes.identities))
-        .collect::<Result<_, _>>()?;
+    let n = sizes.identities.to_string();
+    let mut run_no = 0;
+    let mut fresh = || {
+        run_no += 1;
+        flush_disks();
+        ids.join(format!("run-{run_no}"))
+    };
+    let (mut ours_1, mut ours_all, mut openssl_rate, mut py) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..sizes.repetitions {
+        ours_1.push(rate(&identities_args("p256", &n, "1", &fresh()))?);
+        py.push(python_identities(
+            &python,
+            "p256",
+            sizes.identities,
+            &fresh(),
+        )?);
+        ours_all.push(rate(&identities_args("p256", &n, "0", &fresh()))?);
+        openssl_rate.push(openssl_identities(
+            &openssl,
+            sizes.openssl_identities,
+            &fresh(),
+        )?);
+    }
     let (o1, oa, os, py) = (
         median(ours_1),
         median(ours_all),
@@ -101,18 +120,14 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         oa / py,
         oa / os
     ));
-    let rsa_n: usize = if quick { 10 } else { 40 };
-    let rsa = rate(&[
-        "identities".into(),
-        "rsa2048".into(),
-        rsa_n.to_string(),
-        "0".into(),
-    ])?;
-    let rsa_py = python_identities(&python, "rsa2048", rsa_n)?;
+    let rsa_n = if quick { "10" } else { "40" };
+    let rsa = rate(&identities_args("rsa2048", rsa_n, "0", &fresh()))?;
+    let rsa_py = python_identities(&python, "rsa2048", rsa_n.parse().unwrap_or(10), &fresh())?;
     results.push(format!(
         "{{\"what\":\"identities_rsa2048\",\"ours_all_cores_per_s\":{rsa:.1},\"python_cryptography_per_s\":{rsa_py:.1},\"ratio_vs_python\":{:.2}}}",
         rsa / rsa_py
     ));
+    let _ = std::fs::remove_dir_all(&ids);
 
     // 2. A fleet of P-256 devices.
     let fleet_dir = tempdir(&out_dir, "fleet")?;
@@ -208,6 +223,15 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let results_path = out_dir.join("results.json");
     std::fs::write(&results_path, &json)
         .map_err(|e| format!("writing {}: {e}", results_path.display()))?;
+    let chart_path = root.join("docs/benchmarks.svg");
+    run_json(
+        &bench,
+        &[
+            "chart".into(),
+            results_path.display().to_string(),
+            chart_path.display().to_string(),
+        ],
+    )?;
     let doc = render_markdown(
         (&connects, &idle),
         &throughput,
@@ -222,9 +246,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     std::fs::write(&doc_path, &doc).map_err(|e| format!("writing {}: {e}", doc_path.display()))?;
     println!("{doc}");
     println!(
-        "wrote {} and {}",
+        "wrote {}, {} and {}",
         results_path.display(),
-        doc_path.display()
+        doc_path.display(),
+        chart_path.display()
     );
     Ok(())
 }
@@ -255,17 +280,21 @@ fn python_env() -> Result<std::path::PathBuf, String> {
     Ok(python)
 }
 
-/// The Python flow's rate (one process, one core, as the original).
-fn python_identities(python: &Path, key_type: &str, count: usize) -> Result<f64, String> {
-    let dir = tempdir(&project_root().join("target/bench"), "python")?;
+/// The Python flow's rate (one process, one core, as the original), writing
+/// into `dir`.
+fn python_identities(
+    python: &Path,
+    key_type: &str,
+    count: usize,
+    dir: &Path,
+) -> Result<f64, String> {
     let script = project_root().join("xtask/bench/python_identities.py");
     let out = Command::new(python)
         .arg(&script)
         .args([key_type, &count.to_string()])
-        .arg(&dir)
+        .arg(dir)
         .output()
         .map_err(|e| format!("running {}: {e}", script.display()))?;
-    let _ = std::fs::remove_dir_all(&dir);
     if !out.status.success() {
         return Err(format!(
             "the Python flow failed: {}",
@@ -278,6 +307,23 @@ fn python_identities(python: &Path, key_type: &str, count: usize) -> Result<f64,
         .and_then(|r| r.split([',', '}']).next())
         .and_then(|n| n.trim().parse().ok())
         .ok_or_else(|| format!("no per_second in {text}"))
+}
+
+/// `mqtt-bench identities` arguments.
+fn identities_args(key_type: &str, count: &str, threads: &str, dir: &Path) -> Vec<String> {
+    vec![
+        "identities".into(),
+        key_type.into(),
+        count.into(),
+        threads.into(),
+        dir.display().to_string(),
+    ]
+}
+
+/// Waits until the disks have written what earlier runs left pending, so
+/// that a timed run does not pay for them.
+fn flush_disks() {
+    let _ = Command::new("sync").status();
 }
 
 fn run_json(bin: &Path, args: &[String]) -> Result<String, String> {
@@ -302,12 +348,12 @@ fn tempdir(base: &Path, name: &str) -> Result<std::path::PathBuf, String> {
 }
 
 /// The same work as ours, the way shell scripts do it: one `openssl`
-/// process per step (key, CSR, CSR check, signature).
-fn openssl_identities(openssl: &Path, count: usize) -> Result<f64, String> {
-    let dir = tempdir(&project_root().join("target/bench"), "openssl")?;
+/// process per step (key, CSR, CSR check, signature), in `dir`.
+fn openssl_identities(openssl: &Path, count: usize, dir: &Path) -> Result<f64, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let run = |args: &[&str]| -> Result<(), String> {
         let status = Command::new(openssl)
-            .current_dir(&dir)
+            .current_dir(dir)
             .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -366,9 +412,7 @@ fn openssl_identities(openssl: &Path, count: usize) -> Result<f64, String> {
             "-out", &cert,
         ])?;
     }
-    let per_second = count as f64 / started.elapsed().as_secs_f64();
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(per_second)
+    Ok(count as f64 / started.elapsed().as_secs_f64())
 }
 
 fn machine() -> String {
@@ -420,6 +464,7 @@ fn render_markdown(
          Generated by `cargo xtask bench{q}` (release builds); do not edit by hand.\n\
          Machine: {machine}. Figures are medians of {reps} run(s) in one session; the\n\
          machine is shared and noisy, so read the ratios, not single absolute times.\n\n\
+         ![every target: the ratio measured (bar) against the target (tick)](benchmarks.svg)\n\n\
          ## Issuing identities (P-256: key + CSR + CSR check + signature + 3 files written)\n\n\
          | who | identities/s |\n| --- | --- |\n\
          | ours, one core | {o1:.0} |\n| ours, all cores | {oa:.0} |\n\
@@ -453,7 +498,7 @@ fn render_markdown(
          | **ratio ours / Python (sequential)** | **{cr}×** |\n\n\
          Memory per idle mTLS connection, {ic} clients with their own certificates in one\n\
          process: {ik} KB.\n\n\
-         Not measured yet: paho's memory per connection; no chart yet.\n",
+         Not measured yet: paho's memory per connection.\n",
         cs = field(connects, "ours_sequential_per_second"),
         cc = field(connects, "ours_100_concurrent_per_second"),
         cp = field(connects, "python_ssl_per_second"),

@@ -2,6 +2,8 @@
 //! run on standard output. Run by the xtask in release builds; see
 //! `docs/benchmarks.md` for the results and how they compare.
 
+mod chart;
+
 use std::collections::HashSet;
 use std::io::Read;
 use std::net::TcpStream;
@@ -20,12 +22,13 @@ use serde_json::json;
 use verify_tests::mosquitto::{BrokerOptions, Mosquitto, Pki, mosquitto_client, tls_args};
 
 const USAGE: &str = "\
-mqtt-bench identities KEY_TYPE COUNT THREADS   key + CSR + CSR check + signature + 3 files, per second
+mqtt-bench identities KEY_TYPE COUNT THREADS OUT_DIR  key + CSR + CSR check + signature + 3 files, per second
 mqtt-bench fleet MANIFEST                      provision fleet in-process: seconds and peak memory
 mqtt-bench ingest MQTT_INGEST_BIN COUNT         stored/s with acks after commit vs mosquitto_sub's receive rate
 mqtt-bench throughput QOS COUNT [PYTHON PAHO]  publisher → subscriber msgs/s: ours vs mosquitto_pub -l → mosquitto_sub (and paho)
 mqtt-bench connects COUNT PYTHON SSL [PAHO]    mTLS connect+CONNACK+disconnect/s: ours sequential, 100 concurrent, Python ssl (and paho)
-mqtt-bench idle COUNT                          memory per idle mTLS connection (COUNT clients, own certificates)";
+mqtt-bench idle COUNT                          memory per idle mTLS connection (COUNT clients, own certificates)
+mqtt-bench chart RESULTS_JSON OUT_SVG          every target in one chart (ratio measured vs target)";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,9 +38,12 @@ fn main() -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["identities", key, count, threads] => {
-            identities(key.parse()?, count.parse()?, threads.parse()?)?
-        }
+        ["identities", key, count, threads, out] => identities(
+            key.parse()?,
+            count.parse()?,
+            threads.parse()?,
+            Path::new(out),
+        )?,
         ["fleet", manifest] => fleet(Path::new(manifest))?,
         ["ingest", bin, count] => ingest(Path::new(bin), count.parse()?)?,
         ["throughput", qos, count] => throughput(qos.parse()?, count.parse()?, None)?,
@@ -56,6 +62,10 @@ fn main() -> anyhow::Result<()> {
             Some(Path::new(paho)),
         )?,
         ["idle", count] => idle(count.parse()?)?,
+        ["chart", results, out] => {
+            chart::chart(Path::new(results), Path::new(out))?;
+            json!({ "what": "chart", "out": out })
+        }
         _ => bail!("usage:\n{USAGE}"),
     };
     println!("{result}");
@@ -64,13 +74,16 @@ fn main() -> anyhow::Result<()> {
 
 /// Issues `count` identities the way `provision issue` does (key, CSR,
 /// CSR signature check, signature, files written atomically), on `threads`
-/// threads (0: all cores).
+/// threads (0: all cores), into `out` (a new folder: the caller keeps it
+/// until its measurements are done, as deleting thousands of files makes
+/// ext4's inode allocator slow for the next run on the same disk).
 fn identities(
     key_type: KeyType,
     count: usize,
     threads: usize,
+    out: &Path,
 ) -> anyhow::Result<serde_json::Value> {
-    let dir = tempfile::tempdir()?;
+    std::fs::create_dir(out).with_context(|| format!("creating {}", out.display()))?;
     let ca = pki_core::CertificateAuthority::new_root(
         &pki_core::Subject::new("Bench Root")?,
         pki_core::KeyPair::generate(KeyType::P256)?,
@@ -79,6 +92,12 @@ fn identities(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;
+    // Each thread's first key seeds its random generator (aws-lc's jitter
+    // entropy, milliseconds once per thread): done before the clock starts,
+    // as the Python flow starts its clock after its imports and CA key.
+    pool.broadcast(|_| pki_core::KeyPair::generate(key_type).map(|_| ()))
+        .into_iter()
+        .collect::<Result<(), _>>()?;
     let serials = HashSet::new();
     let started = Instant::now();
     pool.install(|| {
@@ -90,7 +109,7 @@ fn identities(
                     key_type,
                     dns: vec![],
                     ip: vec![],
-                    out: dir.path().to_owned(),
+                    out: out.to_owned(),
                     force: false,
                 },
                 profile: Profile::Client,
@@ -100,6 +119,7 @@ fn identities(
             issue_files(&ca, &request, &serials, Durability::Deferred).map(|_| ())
         })
     })?;
+    let written = started.elapsed().as_secs_f64();
     provision::files::flush_all();
     let seconds = started.elapsed().as_secs_f64();
     Ok(json!({
@@ -108,6 +128,7 @@ fn identities(
         "threads": pool.current_num_threads(),
         "count": count,
         "seconds": seconds,
+        "flush_seconds": seconds - written,
         "per_second": count as f64 / seconds,
     }))
 }

@@ -259,15 +259,24 @@ impl TlsIdentity {
         // Always an explicit provider: the process-wide default panics when
         // two providers are compiled into one binary.
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
+        let mut config = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .map_err(tls)?
             .with_root_certificates(roots)
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .map_err(tls)?;
+        // A client talks to one broker: rustls' default session cache is
+        // sized for 256 server names (about 14 KB a config, allocated up
+        // front), which a fleet of clients in one process pays per client.
+        // The cache stays per identity: sharing one would let a client
+        // resume a session another identity authenticated.
+        config.resumption = rustls::client::Resumption::in_memory_sessions(SESSION_CACHE_NAMES);
         Ok(Arc::new(config))
     }
 }
+
+/// Server names one client config remembers TLS sessions for.
+const SESSION_CACHE_NAMES: usize = 4;
 
 struct Sources<'a> {
     cert: (&'a [u8], &'a Path),

@@ -338,6 +338,10 @@ impl MqttClient {
             mqtt.set_credentials(user, password);
         }
         let (rumqtt, mut eventloop) = AsyncClient::new(mqtt, 256);
+        // rumqttc reserves room for 100 events up front (about 14 KB a
+        // client); `Connection` takes each event as it comes, so the queue
+        // rarely holds more than a few. It grows on demand.
+        eventloop.state.events = VecDeque::new();
         // MQTT packets are small and latency-bound: without TCP_NODELAY the
         // TLS handshake and CONNECT wait on delayed ACKs (~40 ms a connect).
         let mut network = eventloop.network_options();

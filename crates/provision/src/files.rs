@@ -44,10 +44,10 @@ pub enum Access {
 pub enum Durability {
     /// Flushed (fsync) before the rename: the default.
     Now,
-    /// Written in place (no temp file, no fsync) and left to a later
-    /// [`flush_all`]: for bulk issuance, where a crash can leave empty or
-    /// partial files, which the fleet's validation of existing identities
-    /// finds and re-issues.
+    /// Written in place ([`NewFiles`]: no temp file, no fsync) and left to a
+    /// later [`flush_all`]: for bulk issuance, where a crash can leave empty
+    /// or partial files, which the fleet's validation of existing
+    /// identities finds and re-issues.
     Deferred,
 }
 
@@ -60,17 +60,6 @@ pub fn flush_all() {
 /// flushed to disk, then renamed into place. Without `force` an existing
 /// file is an error and is left untouched.
 pub fn write_atomic(path: &Path, contents: &[u8], access: Access, force: bool) -> Result<()> {
-    write_atomic_with(path, contents, access, force, Durability::Now)
-}
-
-/// [`write_atomic`] with a choice of when the data must be on disk.
-pub fn write_atomic_with(
-    path: &Path,
-    contents: &[u8],
-    access: Access,
-    force: bool,
-    durability: Durability,
-) -> Result<()> {
     let dir = parent(path);
     create_dir(dir)?;
     let io = |source| Error::Io {
@@ -78,17 +67,6 @@ pub fn write_atomic_with(
         path: path.to_owned(),
         source,
     };
-    if durability == Durability::Deferred {
-        return write_in_place(path, contents, access, force).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::Exists {
-                    path: path.to_owned(),
-                }
-            } else {
-                io(source)
-            }
-        });
-    }
     // tempfile creates the file 0600, so a key is never readable by others,
     // not even for a moment.
     let mut tmp = tempfile::Builder::new()
@@ -96,9 +74,7 @@ pub fn write_atomic_with(
         .tempfile_in(dir)
         .map_err(io)?;
     tmp.write_all(contents).map_err(io)?;
-    if durability == Durability::Now {
-        tmp.as_file().sync_all().map_err(io)?;
-    }
+    tmp.as_file().sync_all().map_err(io)?;
     if access == Access::Public {
         set_mode(tmp.path(), 0o644).map_err(io)?;
     }
@@ -118,14 +94,79 @@ pub fn write_atomic_with(
     Ok(())
 }
 
-/// Creates (or, with `force`, truncates) `path` with its final mode from
-/// the first byte, and writes `contents`.
-fn write_in_place(
-    path: &Path,
-    contents: &[u8],
-    access: Access,
-    force: bool,
-) -> std::io::Result<()> {
+/// Files created together for bulk issuance, all or none: each is made
+/// with its final mode from the first byte (0600 for secrets), and until
+/// [`NewFiles::write`] succeeds, dropping the set removes every file it
+/// made. One `open` a file, no lookups before it: the existence check is
+/// the exclusive create itself.
+#[derive(Debug)]
+pub struct NewFiles {
+    files: Vec<(PathBuf, std::fs::File)>,
+    kept: bool,
+}
+
+impl NewFiles {
+    /// Creates `paths` (and their folder when missing). Without `force`
+    /// an existing file is [`Error::Exists`] and none of `paths` is left
+    /// behind; with it, existing files are truncated and given their mode.
+    pub fn create(paths: &[(&Path, Access)], force: bool) -> Result<Self> {
+        let mut set = Self {
+            files: Vec::with_capacity(paths.len()),
+            kept: false,
+        };
+        for &(path, access) in paths {
+            let file = match create_in_place(path, access, force) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    create_dir(parent(path))?;
+                    create_in_place(path, access, force)
+                }
+                other => other,
+            };
+            let file = file.map_err(|source| {
+                if source.kind() == std::io::ErrorKind::AlreadyExists {
+                    Error::Exists {
+                        path: path.to_owned(),
+                    }
+                } else {
+                    Error::Io {
+                        action: "creating",
+                        path: path.to_owned(),
+                        source,
+                    }
+                }
+            })?;
+            set.files.push((path.to_owned(), file));
+        }
+        Ok(set)
+    }
+
+    /// Writes `contents[i]` into the `i`-th file and keeps the set. Left to
+    /// [`flush_all`] to reach the disk.
+    pub fn write(mut self, contents: &[&[u8]]) -> Result<()> {
+        for ((path, file), bytes) in self.files.iter_mut().zip(contents) {
+            file.write_all(bytes).map_err(|source| Error::Io {
+                action: "writing",
+                path: path.clone(),
+                source,
+            })?;
+        }
+        self.kept = true;
+        Ok(())
+    }
+}
+
+impl Drop for NewFiles {
+    fn drop(&mut self) {
+        if !self.kept {
+            for (path, _) in &self.files {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+/// Creates (or, with `force`, truncates) `path` with its final mode.
+fn create_in_place(path: &Path, access: Access, force: bool) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let mode = match access {
         Access::Secret => 0o600,
@@ -138,12 +179,12 @@ fn write_in_place(
     } else {
         options.create_new(true);
     }
-    let mut file = options.open(path)?;
+    let file = options.open(path)?;
     // An existing file keeps its old mode when truncated: set it.
     if force {
         file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     }
-    file.write_all(contents)
+    Ok(file)
 }
 
 /// Fails with [`Error::Exists`] for the first of `paths` that exists,
@@ -202,31 +243,42 @@ mod tests {
 
     use super::*;
 
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
     #[test]
-    fn deferred_writes_keep_modes_and_refuse_overwrite() {
+    fn new_files_keep_modes_and_refuse_overwrite_leaving_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("k.key");
-        write_atomic_with(&key, b"secret", Access::Secret, false, Durability::Deferred).unwrap();
-        assert_eq!(
-            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
-            0o600
+        let key = dir.path().join("sub/k.key");
+        let cert = dir.path().join("sub/c.pem");
+        NewFiles::create(&[(&key, Access::Secret), (&cert, Access::Public)], false)
+            .unwrap()
+            .write(&[b"secret", b"cert"])
+            .unwrap();
+        assert_eq!((mode(&key), mode(&cert)), (0o600, 0o644));
+
+        // The second path exists: the first, made a moment before, is removed.
+        let other = dir.path().join("sub/other.key");
+        let err = NewFiles::create(&[(&other, Access::Secret), (&cert, Access::Public)], false)
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Exists { path } if path == &cert),
+            "{err}"
         );
-        let err =
-            write_atomic_with(&key, b"x", Access::Secret, false, Durability::Deferred).unwrap_err();
-        assert!(matches!(err, Error::Exists { .. }), "{err}");
-        assert_eq!(std::fs::read(&key).unwrap(), b"secret");
+        assert!(!other.exists());
+        assert_eq!(std::fs::read(&cert).unwrap(), b"cert");
+
+        // Dropped before writing (the signature failed, say): nothing left.
+        drop(NewFiles::create(&[(&other, Access::Secret)], false).unwrap());
+        assert!(!other.exists());
+
         // Replacing a public file with a secret one tightens its mode.
-        let cert = dir.path().join("c.pem");
-        write_atomic_with(&cert, b"cert", Access::Public, false, Durability::Deferred).unwrap();
-        assert_eq!(
-            std::fs::metadata(&cert).unwrap().permissions().mode() & 0o777,
-            0o644
-        );
-        write_atomic_with(&cert, b"k", Access::Secret, true, Durability::Deferred).unwrap();
-        assert_eq!(
-            std::fs::metadata(&cert).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        NewFiles::create(&[(&cert, Access::Secret)], true)
+            .unwrap()
+            .write(&[b"k"])
+            .unwrap();
+        assert_eq!(mode(&cert), 0o600);
         assert_eq!(std::fs::read(&cert).unwrap(), b"k");
         flush_all();
     }

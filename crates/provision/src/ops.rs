@@ -14,8 +14,7 @@ use pki_core::{
 
 use crate::error::{Error, Result};
 use crate::files::{
-    Access, Durability, check_name, named, read_text, refuse_existing, write_atomic,
-    write_atomic_with,
+    Access, Durability, NewFiles, check_name, named, read_text, refuse_existing, write_atomic,
 };
 use crate::store::{CaDir, Record, Status};
 
@@ -158,21 +157,39 @@ pub fn issue_files(
     let id = &request.identity;
     check_name(&id.name)?;
     let paths = IdentityPaths::new(&id.out, &id.name);
-    refuse_existing(&[&paths.key, &paths.csr, &paths.cert], id.force)?;
+    // Deferred: the three files are made first, all or none, and removed
+    // again if anything below fails. Now: checked first, written atomically.
+    let files = match durability {
+        Durability::Deferred => Some(NewFiles::create(
+            &[
+                (&paths.key, Access::Secret),
+                (&paths.csr, Access::Public),
+                (&paths.cert, Access::Public),
+            ],
+            id.force,
+        )?),
+        Durability::Now => {
+            refuse_existing(&[&paths.key, &paths.csr, &paths.cert], id.force)?;
+            None
+        }
+    };
     let (key, csr) = key_and_csr(id)?;
     let issue = IssueParams::new(request.profile, Validity::days_from_now(request.days)?);
     let issued = sign_unique(ca, &csr, &issue, serials)?;
 
-    let write = |path: &Path, bytes: &[u8], access| {
-        write_atomic_with(path, bytes, access, id.force, durability)
-    };
-    write(&paths.key, key.to_pkcs8_pem()?.as_bytes(), Access::Secret)?;
-    write(&paths.csr, csr.to_pem().as_bytes(), Access::Public)?;
-    write(
-        &paths.cert,
-        issued.certificate.to_pem().as_bytes(),
-        Access::Public,
-    )?;
+    let key_pem = key.to_pkcs8_pem()?;
+    let csr_pem = csr.to_pem();
+    let cert_pem = issued.certificate.to_pem();
+    match files {
+        Some(files) => {
+            files.write(&[key_pem.as_bytes(), csr_pem.as_bytes(), cert_pem.as_bytes()])?
+        }
+        None => {
+            write_atomic(&paths.key, key_pem.as_bytes(), Access::Secret, id.force)?;
+            write_atomic(&paths.csr, csr_pem.as_bytes(), Access::Public, id.force)?;
+            write_atomic(&paths.cert, cert_pem.as_bytes(), Access::Public, id.force)?;
+        }
+    }
     Ok(IssuedIdentity {
         record: Record::new(&issued.certificate, request.profile.as_str(), &paths.cert),
         certificate: issued.certificate,

@@ -86,8 +86,28 @@ impl ClientCert {
     }
 }
 
+/// The largest bundle file read: far above any certificate chain or key.
+const MAX_FILE_BYTES: u64 = 16 << 20;
+
 fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| Error::ReadFile {
+    use std::io::Read;
+    let read = || -> std::io::Result<Vec<u8>> {
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)?
+            .take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                format!(
+                    "larger than {} MiB, more than any certificate or key",
+                    MAX_FILE_BYTES >> 20
+                ),
+            ));
+        }
+        Ok(bytes)
+    };
+    read().map_err(|source| Error::ReadFile {
         path: path.to_owned(),
         source,
     })

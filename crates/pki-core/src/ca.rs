@@ -22,7 +22,7 @@ use crate::key::{KeyPair, Signature};
 use crate::profile::{IntermediateCa, Leaf, Profile, RootCa, key_identifier};
 use crate::san::SubjectAltName;
 use crate::serial::Serial;
-use crate::subject::{Subject, common_name_of};
+use crate::subject::Subject;
 use crate::validity::{Timestamp, Validity, to_time};
 
 /// How to issue one end-entity certificate from a [`Csr`].
@@ -174,16 +174,22 @@ impl CertificateAuthority {
     /// Issues an end-entity certificate for a verified CSR.
     pub fn sign(&self, csr: &Csr, params: &IssueParams) -> Result<Issued> {
         let profile_name = params.profile.as_str();
-        let subject = match &params.subject {
-            Some(s) => s.to_name()?,
-            None => csr.subject_name().clone(),
-        };
-        let Some(common_name) = common_name_of(&subject) else {
+        if let Some(asked) = csr.requested_ca_powers() {
             return Err(Error::ProfileViolation {
                 profile: profile_name,
-                reason: "the subject has no common name (the device identity)".into(),
+                reason: format!(
+                    "the CSR asks for {asked}; an end-entity certificate never gets it"
+                ),
             });
+        }
+        // The requested subject is read into a `Subject`, so what lands in
+        // the certificate meets the same rules as a subject built here.
+        let subject = match &params.subject {
+            Some(s) => s.clone(),
+            None => Subject::from_name(csr.subject_name())?,
         };
+        let common_name = subject.common_name().to_owned();
+        let subject = subject.to_name()?;
         let (sans, refused_sans) = self.granted_sans(csr, params, &common_name)?;
         let (validity, capped_not_after) = self.fit_validity(params.validity)?;
         let leaf = Leaf {
@@ -420,6 +426,61 @@ mod tests {
     use crate::csr::CsrParams;
 
     const DAY: Duration = Duration::from_secs(86_400);
+
+    fn corpus_csr(name: &str) -> Csr {
+        let path = format!("{}/../../tests/hostile/{name}", env!("CARGO_MANIFEST_DIR"));
+        Csr::from_pem(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn csrs_asking_for_ca_powers_or_bad_subjects_are_refused() {
+        let ca = root_with(Validity::days_from_now(30).unwrap());
+        let params = IssueParams::new(Profile::Client, Validity::days_from_now(5).unwrap());
+        let refused = |name: &str| ca.sign(&corpus_csr(name), &params).unwrap_err().to_string();
+        assert!(
+            refused("csr-ca-true.pem").contains("asks for basicConstraints CA:true"),
+            "{}",
+            refused("csr-ca-true.pem")
+        );
+        let usage = refused("csr-key-usage.pem");
+        assert!(
+            usage.contains("key usage keyCertSign and key usage cRLSign"),
+            "{usage}"
+        );
+        let long = refused("csr-long-cn.pem");
+        assert!(long.contains("is 5000 characters long"), "{long}");
+        assert!(long.len() < 300, "the value is shortened: {long}");
+        assert!(refused("csr-non-utf8-cn.pem").contains("is not valid UTF-8"));
+        // The same requests signed with a subject the CA sets are still
+        // refused for the CA powers, but not for the subject.
+        let with_subject = IssueParams {
+            subject: Some(Subject::new("fixed").unwrap()),
+            ..params.clone()
+        };
+        ca.sign(&corpus_csr("csr-long-cn.pem"), &with_subject)
+            .unwrap();
+        assert!(
+            ca.sign(&corpus_csr("csr-ca-true.pem"), &with_subject)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_requested_subject_is_normalised_through_subject() {
+        let ca = root_with(Validity::days_from_now(30).unwrap());
+        let key = KeyPair::generate(KeyType::P256).unwrap();
+        let subject = Subject::new("dev-1")
+            .unwrap()
+            .organization("Org")
+            .unwrap()
+            .country("us")
+            .unwrap();
+        let csr = Csr::new(&CsrParams::new(subject.clone()), &key).unwrap();
+        assert_eq!(Subject::from_name(csr.subject_name()).unwrap(), subject);
+        let params = IssueParams::new(Profile::Client, Validity::days_from_now(5).unwrap());
+        let issued = ca.sign(&csr, &params).unwrap();
+        assert_eq!(issued.certificate.subject(), "CN=dev-1,O=Org,C=US");
+    }
 
     fn root_with(validity: Validity) -> CertificateAuthority {
         CertificateAuthority::new_root(

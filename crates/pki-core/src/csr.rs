@@ -2,12 +2,13 @@
 
 use std::fmt;
 
+use der::oid::AssociatedOid;
 use der::oid::db::rfc5912::ID_EXTENSION_REQ;
 use der::referenced::OwnedToRef;
 use der::{Decode, Encode};
 use spki::AlgorithmIdentifierRef;
 use x509_cert::builder::Builder;
-use x509_cert::ext::pkix::SubjectAltName as X509San;
+use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, SubjectAltName as X509San};
 use x509_cert::name::Name;
 use x509_cert::request::{CertReq, ExtensionReq, RequestBuilder};
 
@@ -49,6 +50,7 @@ pub struct Csr {
     req: CertReq,
     key_algorithm: KeyAlgorithm,
     sans: Vec<SubjectAltName>,
+    ca_powers: Option<String>,
 }
 
 impl fmt::Debug for Csr {
@@ -84,6 +86,7 @@ impl Csr {
             req,
             key_algorithm: key.algorithm(),
             sans: params.sans.clone(),
+            ca_powers: None,
         })
     }
 
@@ -102,12 +105,13 @@ impl Csr {
         if !verify_signature(&spki, &alg, tbs, signature)? {
             return Err(Error::CsrSignatureInvalid);
         }
-        let sans = requested_sans(&req)?;
+        let Requested { sans, ca_powers } = requested(&req)?;
         Ok(Self {
             der,
             req,
             key_algorithm,
             sans,
+            ca_powers,
         })
     }
 
@@ -152,6 +156,14 @@ impl Csr {
         &self.sans
     }
 
+    /// What the request asks for that only a CA certificate has:
+    /// `basicConstraints` with `cA` set, or the key usages `keyCertSign` or
+    /// `cRLSign`; `None` when it asks for neither. The CA never copies
+    /// extensions from a request, and refuses such a request for a leaf.
+    pub fn requested_ca_powers(&self) -> Option<&str> {
+        self.ca_powers.as_deref()
+    }
+
     /// The algorithm of the key to be certified.
     pub fn key_algorithm(&self) -> KeyAlgorithm {
         self.key_algorithm
@@ -171,8 +183,15 @@ impl Csr {
     }
 }
 
-fn requested_sans(req: &CertReq) -> Result<Vec<SubjectAltName>> {
+/// What a request's extension request asks for.
+struct Requested {
+    sans: Vec<SubjectAltName>,
+    ca_powers: Option<String>,
+}
+
+fn requested(req: &CertReq) -> Result<Requested> {
     let mut sans = Vec::new();
+    let mut powers = Vec::new();
     for attr in req.info.attributes.iter() {
         if attr.oid != ID_EXTENSION_REQ {
             continue;
@@ -182,14 +201,32 @@ fn requested_sans(req: &CertReq) -> Result<Vec<SubjectAltName>> {
                 .decode_as()
                 .map_err(|e| Error::malformed("CSR extension request", e))?;
             for ext in ext_req.0.iter() {
-                if ext.extn_id != <X509San as der::oid::AssociatedOid>::OID {
-                    continue;
+                let bytes = ext.extn_value.as_bytes();
+                if ext.extn_id == X509San::OID {
+                    let san = X509San::from_der(bytes)
+                        .map_err(|e| Error::malformed("CSR subject alternative name", e))?;
+                    sans.extend(san.0.iter().filter_map(SubjectAltName::from_general_name));
+                } else if ext.extn_id == BasicConstraints::OID {
+                    let bc = BasicConstraints::from_der(bytes)
+                        .map_err(|e| Error::malformed("CSR basic constraints", e))?;
+                    if bc.ca {
+                        powers.push("basicConstraints CA:true");
+                    }
+                } else if ext.extn_id == KeyUsage::OID {
+                    let usage = KeyUsage::from_der(bytes)
+                        .map_err(|e| Error::malformed("CSR key usage", e))?;
+                    if usage.key_cert_sign() {
+                        powers.push("key usage keyCertSign");
+                    }
+                    if usage.crl_sign() {
+                        powers.push("key usage cRLSign");
+                    }
                 }
-                let san = X509San::from_der(ext.extn_value.as_bytes())
-                    .map_err(|e| Error::malformed("CSR subject alternative name", e))?;
-                sans.extend(san.0.iter().filter_map(SubjectAltName::from_general_name));
             }
         }
     }
-    Ok(sans)
+    Ok(Requested {
+        sans,
+        ca_powers: (!powers.is_empty()).then(|| powers.join(" and ")),
+    })
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use der::Tagged;
 use der::asn1::{Any, PrintableStringRef, SetOfVec, Utf8StringRef};
 use der::oid::ObjectIdentifier;
 use der::oid::db::rfc4519;
@@ -107,6 +108,52 @@ impl Subject {
         Ok(self)
     }
 
+    /// Reads a subject from an X.509 name, such as the one a CSR asks for:
+    /// the attributes C, ST, L, O, OU and CN, each at most once, each a
+    /// `UTF8String` or `PrintableString` (RFC 5280 section 4.1.2.6) that
+    /// passes the same checks as the setters above. Anything else (another
+    /// attribute, invalid UTF-8, an over-long value) is an error rather than
+    /// something a CA would copy into a certificate.
+    pub fn from_name(name: &Name) -> Result<Self> {
+        let mut values: [Option<String>; 6] = Default::default();
+        for atv in name.iter() {
+            let Some(slot) = ATTRIBUTES.iter().position(|(oid, _)| *oid == atv.oid) else {
+                return Err(Error::InvalidSubjectAttribute {
+                    attribute: "subject",
+                    value: atv.oid.to_string(),
+                    reason: "is not an attribute this CA issues (C, ST, L, O, OU, CN)",
+                });
+            };
+            let attribute = ATTRIBUTES[slot].1;
+            let value = directory_string(attribute, &atv.value)?;
+            if values[slot].replace(value).is_some() {
+                return Err(Error::InvalidSubjectAttribute {
+                    attribute,
+                    value: String::new(),
+                    reason: "appears more than once",
+                });
+            }
+        }
+        let [c, st, l, o, ou, cn] = values;
+        let mut subject = Self::new(cn.ok_or(Error::EmptyCommonName)?)?;
+        if let Some(c) = c {
+            subject = subject.country(&c)?;
+        }
+        if let Some(st) = st {
+            subject = subject.state(st)?;
+        }
+        if let Some(l) = l {
+            subject = subject.locality(l)?;
+        }
+        if let Some(o) = o {
+            subject = subject.organization(o)?;
+        }
+        if let Some(ou) = ou {
+            subject = subject.organizational_unit(ou)?;
+        }
+        Ok(subject)
+    }
+
     /// The common name.
     pub fn common_name(&self) -> &str {
         &self.common_name
@@ -159,6 +206,47 @@ impl fmt::Display for Subject {
     }
 }
 
+/// The attributes [`Subject::from_name`] reads, in the order of its slots.
+const ATTRIBUTES: [(ObjectIdentifier, &str); 6] = [
+    (rfc4519::C, "countryName"),
+    (rfc4519::ST, "stateOrProvinceName"),
+    (rfc4519::L, "localityName"),
+    (rfc4519::O, "organizationName"),
+    (rfc4519::OU, "organizationalUnitName"),
+    (rfc4519::CN, "commonName"),
+];
+
+/// The text of a `UTF8String` or `PrintableString` attribute value.
+fn directory_string(attribute: &'static str, value: &Any) -> Result<String> {
+    let bytes = value.value();
+    let invalid = |reason| Error::InvalidSubjectAttribute {
+        attribute,
+        value: shortened(String::from_utf8_lossy(bytes).into_owned()),
+        reason,
+    };
+    match value.tag() {
+        der::Tag::Utf8String => std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| invalid("is not valid UTF-8")),
+        der::Tag::PrintableString => PrintableStringRef::new(bytes)
+            .map(|s| s.as_str().to_owned())
+            .map_err(|_| invalid("holds characters a PrintableString may not")),
+        _ => Err(invalid(
+            "is neither a UTF8String nor a PrintableString (RFC 5280 section 4.1.2.6)",
+        )),
+    }
+}
+
+/// A value short enough to quote in an error message.
+fn shortened(mut value: String) -> String {
+    const SHOWN: usize = 80;
+    if let Some((cut, _)) = value.char_indices().nth(SHOWN) {
+        value.truncate(cut);
+        value.push('…');
+    }
+    value
+}
+
 fn checked(attribute: &'static str, value: String, max: usize) -> Result<String> {
     let len = value.chars().count();
     if len == 0 || value.trim().is_empty() {
@@ -171,7 +259,7 @@ fn checked(attribute: &'static str, value: String, max: usize) -> Result<String>
     if len > max {
         return Err(Error::SubjectAttributeTooLong {
             attribute,
-            value,
+            value: shortened(value),
             len,
             max,
         });
@@ -179,7 +267,7 @@ fn checked(attribute: &'static str, value: String, max: usize) -> Result<String>
     if value.chars().any(char::is_control) {
         return Err(Error::InvalidSubjectAttribute {
             attribute,
-            value,
+            value: shortened(value),
             reason: "must not contain control characters",
         });
     }

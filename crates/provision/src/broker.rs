@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use pki_core::{Certificate, KeyPair, Profile, VerifyOptions};
+
 use crate::error::{Error, Result};
 use crate::files::{Access, check_name, named, read_text, write_atomic};
 use crate::store::CaDir;
@@ -42,6 +44,7 @@ pub fn write(ca_dir: &CaDir, config: &BrokerConfig) -> Result<BrokerFiles> {
     let ca = read_text(&ca_dir.cert_path())?;
     let cert = read_text(&cert_src)?;
     let key = read_text(&key_src)?;
+    check_server_identity(&ca_dir.cert_path(), &cert_src, &key_src, &ca, &cert, &key)?;
     let crl = match std::fs::read_to_string(ca_dir.crl_path()) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -154,4 +157,39 @@ fn give_key_to_broker_user(key: &Path) {
     {
         tracing::warn!("cannot give {} to the mosquitto user: {e}", key.display());
     }
+}
+
+/// Refuses what Mosquitto would load but no client could use: a
+/// certificate that is not a valid server certificate from this CA today,
+/// or a key that is not its key (Mosquitto only says "unable to load").
+fn check_server_identity(
+    ca_path: &Path,
+    cert_path: &Path,
+    key_path: &Path,
+    ca: &str,
+    cert: &str,
+    key: &str,
+) -> Result<()> {
+    let pki = |path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Pki { path, source }
+    };
+    let cas = Certificate::all_from_pem(ca).map_err(pki(ca_path))?;
+    let certificate = Certificate::from_pem(cert).map_err(pki(cert_path))?;
+    let options = VerifyOptions {
+        profile: Some(Profile::Server),
+        ..VerifyOptions::now()
+    };
+    pki_core::verify(&certificate, &cas, &options).map_err(pki(cert_path))?;
+    let key_pair = KeyPair::from_pem(key).map_err(pki(key_path))?;
+    let spki = certificate.public_key_der().map_err(pki(cert_path))?;
+    if !key_pair.matches_public_key(&spki) {
+        return Err(Error::Pki {
+            path: key_path.to_owned(),
+            source: pki_core::Error::KeyMismatch {
+                subject: certificate.subject(),
+            },
+        });
+    }
+    Ok(())
 }

@@ -201,9 +201,32 @@ pub fn refuse_existing(paths: &[&Path], force: bool) -> Result<()> {
     }
 }
 
-/// Reads a file as UTF-8 text, naming it on failure.
+/// The largest file any command reads: far above any certificate, key,
+/// CSR, manifest or a large fleet's CRL, far below what would hurt.
+pub const MAX_INPUT_BYTES: u64 = 16 << 20;
+
+/// Reads a file as UTF-8 text, naming it on failure; a file larger than
+/// [`MAX_INPUT_BYTES`] (or an endless one, like `/dev/zero`) is refused
+/// without reading it all.
 pub fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| Error::Io {
+    use std::io::Read;
+    let read = || -> std::io::Result<String> {
+        let mut text = String::new();
+        std::fs::File::open(path)?
+            .take(MAX_INPUT_BYTES + 1)
+            .read_to_string(&mut text)?;
+        if text.len() as u64 > MAX_INPUT_BYTES {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                format!(
+                    "larger than {} MiB, more than any certificate, key, CSR, CRL or manifest",
+                    MAX_INPUT_BYTES >> 20
+                ),
+            ));
+        }
+        Ok(text)
+    };
+    read().map_err(|source| Error::Io {
         action: "reading",
         path: path.to_owned(),
         source,

@@ -19,6 +19,11 @@ use crate::ops::{
 };
 use crate::store::{CaDir, Record};
 
+/// The most identities one manifest may ask for: a million devices take
+/// minutes and 3 million files; ten million would take hours and is more
+/// likely a typo than a plan.
+pub const MAX_IDENTITIES: u64 = 1_000_000;
+
 /// A fleet manifest (TOML). Relative paths resolve against its folder.
 ///
 /// ```toml
@@ -188,6 +193,18 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
             days: b.days.unwrap_or(365),
         });
     }
+    let total: u64 = manifest
+        .devices
+        .iter()
+        .map(|d| u64::from(d.count.unwrap_or(1)))
+        .sum::<u64>()
+        + manifest.broker.len() as u64;
+    if total > MAX_IDENTITIES {
+        return Err(bad(format!(
+            "{total} identities in one manifest; at most {MAX_IDENTITIES} \
+             (split the fleet into several manifests and CA runs)"
+        )));
+    }
     for (i, d) in manifest.devices.iter().enumerate() {
         let device_names: Vec<String> = match (&d.name, &d.prefix, d.count) {
             (Some(name), None, None) => vec![name.clone()],
@@ -229,12 +246,14 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
         }
     }
     for r in requests.iter().map(|r| &r.identity) {
-        check_name(&r.name)?;
+        check_name(&r.name).map_err(|e| bad(e.to_string()))?;
         if !names.insert((r.out.clone(), r.name.clone())) {
             return Err(bad(format!("the name {:?} appears twice", r.name)));
         }
         // Catch bad subjects before anything is written.
-        r.subject.subject(&r.name)?;
+        r.subject
+            .subject(&r.name)
+            .map_err(|e| bad(format!("{}: {e}", r.name)))?;
     }
 
     let passphrase = match &manifest.ca.passphrase_env {

@@ -412,8 +412,7 @@ impl ConnArgs {
                 struct BundleFile {
                     tls: ClientCert,
                 }
-                let text = std::fs::read_to_string(file)
-                    .with_context(|| format!("reading {}", file.display()))?;
+                let text = provision::files::read_text(file)?;
                 let parsed: BundleFile = toml::from_str(&text)
                     .with_context(|| format!("{}: not a bundle file", file.display()))?;
                 parsed

@@ -330,21 +330,25 @@ pub fn revoke(
     reason: RevocationReason,
     crl_days: u32,
 ) -> Result<Record> {
-    let serial = match target {
-        RevokeTarget::Serial(s) => s.to_string(),
-        RevokeTarget::File(path) => Certificate::from_pem(&read_text(path)?)
-            .map_err(|source| Error::Pki {
-                path: path.clone(),
-                source,
-            })?
-            .serial()
-            .to_string(),
+    let (serial, what) = match target {
+        RevokeTarget::Serial(s) => (s.to_string(), format!("serial {s}")),
+        RevokeTarget::File(path) => {
+            let serial = Certificate::from_pem(&read_text(path)?)
+                .map_err(|source| Error::Pki {
+                    path: path.clone(),
+                    source,
+                })?
+                .serial()
+                .to_string();
+            let what = format!("{} (serial {serial})", path.display());
+            (serial, what)
+        }
     };
     let _lock = dir.lock()?;
     let mut records = dir.inventory()?;
     let Some(record) = records.iter_mut().find(|r| r.serial == serial) else {
         return Err(Error::NotInInventory {
-            what: format!("serial {serial}"),
+            what,
             path: dir.inventory_path(),
         });
     };

@@ -115,8 +115,13 @@ impl CaDir {
                 source,
             },
         })?;
+        // Name the file at fault: a certificate that is no CA is the
+        // certificate's problem; a key that does not match it, the key's.
         CertificateAuthority::from_parts(cert, key).map_err(|source| Error::Pki {
-            path: key_path,
+            path: match source {
+                pki_core::Error::NotACa { .. } => cert_path,
+                _ => key_path,
+            },
             source,
         })
     }

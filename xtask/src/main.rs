@@ -4,6 +4,7 @@
 
 mod bench;
 mod broker;
+mod fuzz;
 mod provision;
 mod test;
 mod tools;
@@ -28,8 +29,12 @@ Tasks:
             mosquitto with apt-get (as root), pkilint into target/pkilint-venv
   bench [--quick]
             release-build measurements side by side: identities (ours vs the
-            openssl CLI), a fleet, ingest vs mosquitto_sub; writes
-            target/bench/results.json and docs/benchmarks.md
+            openssl CLI and Python), a fleet, MQTT throughput and connects,
+            idle memory, ingest vs mosquitto_sub; writes
+            target/bench/results.json, docs/benchmarks.md and .svg
+  fuzz [--seconds N] [TARGET...]
+            the cargo-fuzz targets in fuzz/ (key, csr, certificate, crl,
+            manifest), N seconds each (default 60); installs cargo-fuzz
   help      this text
 ";
 
@@ -40,6 +45,7 @@ fn main() -> ExitCode {
         Some("e2e") => broker::e2e(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("provision") => provision::run(&args[1..]),
+        Some("fuzz") => fuzz::run(&args[1..]),
         None | Some("help" | "--help" | "-h") => {
             print!("{HELP}");
             Ok(())

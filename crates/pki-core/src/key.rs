@@ -213,6 +213,7 @@ impl KeyPair {
                 };
                 let encrypted = pkcs8::EncryptedPrivateKeyInfoRef::try_from(contents.as_slice())
                     .map_err(|e| Error::malformed("encrypted private key", e))?;
+                check_kdf_cost(&encrypted.encryption_algorithm)?;
                 let plain = encrypted
                     .decrypt(passphrase)
                     .map_err(|_| Error::WrongPassphrase)?;
@@ -414,6 +415,47 @@ impl KeyPair {
     }
 }
 
+/// The most PBKDF2 rounds an encrypted key may ask for (about 16 times
+/// [`PBKDF2_ITERATIONS`]; OpenSSL writes 2,048 by default).
+pub const MAX_PBKDF2_ITERATIONS: u32 = 10_000_000;
+
+/// The most memory scrypt may ask for to decrypt a key, `128 * r * N`
+/// bytes (OpenSSL's default for keys, N = 16384 and r = 8, is 16 MiB).
+const MAX_SCRYPT_BYTES: u64 = 256 << 20;
+
+/// Refuses key-derivation parameters that would make reading a key take
+/// hours or gigabytes: the cost is chosen by whoever wrote the file.
+fn check_kdf_cost(scheme: &pkcs8::pkcs5::EncryptionScheme) -> Result<()> {
+    use pkcs8::pkcs5::pbes2::Kdf;
+    let too_costly = |reason: String| Error::InvalidKey { reason };
+    match scheme.pbes2().map(|p| &p.kdf) {
+        Some(Kdf::Pbkdf2(params)) if params.iteration_count > MAX_PBKDF2_ITERATIONS => {
+            Err(too_costly(format!(
+                "the key asks for {} PBKDF2 iterations, more than the {MAX_PBKDF2_ITERATIONS} \
+                 this reads",
+                params.iteration_count
+            )))
+        }
+        Some(Kdf::Scrypt(params)) => {
+            let bytes = 128u64
+                .saturating_mul(u64::from(params.block_size))
+                .saturating_mul(params.cost_parameter)
+                .saturating_mul(u64::from(params.parallelization).max(1));
+            if bytes > MAX_SCRYPT_BYTES {
+                return Err(too_costly(format!(
+                    "the key's scrypt parameters (N={}, r={}, p={}) need more than {} MiB",
+                    params.cost_parameter,
+                    params.block_size,
+                    params.parallelization,
+                    MAX_SCRYPT_BYTES >> 20
+                )));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 fn invalid_key(what: &str, err: impl fmt::Display) -> Error {
     Error::InvalidKey {
         reason: format!("{what}: {err}"),
@@ -501,6 +543,33 @@ mod tests {
         let info = pkcs8::PrivateKeyInfoRef::from_der(&der).unwrap();
         assert_eq!(info.version(), pkcs8::Version::V1);
         assert!(info.public_key.is_none());
+    }
+
+    #[test]
+    fn an_absurd_kdf_cost_is_refused_before_deriving() {
+        let key = KeyPair::generate(KeyType::P256).unwrap();
+        let pem = key.to_encrypted_pkcs8_pem(b"pw").unwrap();
+        let der = ::pem::parse(&pem).unwrap().into_contents();
+        let mut info = pkcs8::EncryptedPrivateKeyInfoRef::try_from(der.as_slice()).unwrap();
+        let pkcs8::pkcs5::EncryptionScheme::Pbes2(params) = &mut info.encryption_algorithm else {
+            panic!("PBES2 expected");
+        };
+        let pkcs8::pkcs5::pbes2::Kdf::Pbkdf2(kdf) = &mut params.kdf else {
+            panic!("PBKDF2 expected");
+        };
+        kdf.iteration_count = 4_000_000_000;
+        let hostile = pem_util::encode(
+            "ENCRYPTED PRIVATE KEY",
+            &der::Encode::to_der(&info).unwrap(),
+        );
+        // Refused by the check, not attempted (4e9 rounds take an hour, and
+        // would end in a wrong-passphrase error, not this one).
+        let err = KeyPair::from_pem_with_passphrase(&hostile, b"pw").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("asks for 4000000000 PBKDF2 iterations"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub use cert::{Certificate, TlsUsages};
 pub use crl::{Crl, CrlParams, RevocationReason, RevokedEntry};
 pub use csr::{Csr, CsrParams};
 pub use error::{Error, InvalidReason, Result};
-pub use key::{KeyPair, KeyType, PBKDF2_ITERATIONS, PublicKey, Signature};
+pub use key::{KeyPair, KeyType, MAX_PBKDF2_ITERATIONS, PBKDF2_ITERATIONS, PublicKey, Signature};
 pub use profile::Profile;
 pub use san::{DnsName, SubjectAltName};
 pub use serial::{MAX_SERIAL_OCTETS, Serial};

@@ -139,7 +139,12 @@ pub struct Summary {
 impl Manifest {
     /// Reads a manifest file.
     pub fn load(path: &Path) -> Result<Self> {
-        toml::from_str(&read_text(path)?).map_err(|e| Error::Manifest {
+        Self::parse(&read_text(path)?, path)
+    }
+
+    /// Parses manifest text; `path` only names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::Manifest {
             path: path.to_owned(),
             reason: e.to_string(),
         })

@@ -1,0 +1,10 @@
+//! Fleet manifests (TOML).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = provision::fleet::Manifest::parse(text, std::path::Path::new("fuzz.toml"));
+    }
+});

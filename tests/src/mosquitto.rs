@@ -149,6 +149,12 @@ impl Default for Pki {
 pub struct BrokerOptions {
     /// `persistence true` (sessions survive a restart).
     pub persistence: bool,
+    /// The broker's certificate (chain) and key instead of the PKI's.
+    pub server: Option<(PathBuf, PathBuf)>,
+    /// The CA file clients are checked against instead of the PKI's.
+    pub cafile: Option<PathBuf>,
+    /// More configuration lines (e.g. `tls_version tlsv1.2`, `crlfile ...`).
+    pub extra: String,
 }
 
 /// A running Mosquitto. Dropping it kills the process.
@@ -179,9 +185,17 @@ impl Mosquitto {
              set_tcp_nodelay true\n\
              log_dest file {log}\n\
              log_type all\n",
-            ca = pki.ca_path.display(),
-            cert = pki.server_cert.display(),
-            key = pki.server_key.display(),
+            ca = options.cafile.as_ref().unwrap_or(&pki.ca_path).display(),
+            cert = options
+                .server
+                .as_ref()
+                .map_or(&pki.server_cert, |s| &s.0)
+                .display(),
+            key = options
+                .server
+                .as_ref()
+                .map_or(&pki.server_key, |s| &s.1)
+                .display(),
             log = dir.path().join("mosquitto.log").display(),
         );
         if running_as_root() {
@@ -195,6 +209,7 @@ impl Mosquitto {
                 dir.path().display()
             ));
         }
+        conf.push_str(&options.extra);
         let config = write(dir.path(), "mosquitto.conf", &conf);
         let mut broker = Self {
             child: None,

@@ -373,7 +373,13 @@ async fn server_certificate_without_the_dialled_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_a_broker_restart_without_losing_acknowledged_messages() {
     let pki = Pki::new();
-    let mut broker = Mosquitto::start(&pki, &BrokerOptions { persistence: true });
+    let mut broker = Mosquitto::start(
+        &pki,
+        &BrokerOptions {
+            persistence: true,
+            ..Default::default()
+        },
+    );
 
     let mut sub_opts = options("localhost", &broker, "durable-sub");
     sub_opts.clean_session = false;

@@ -162,7 +162,7 @@ fn peak_rss_kb() -> anyhow::Result<u64> {
 fn ingest(bin: &Path, count: usize) -> anyhow::Result<serde_json::Value> {
     let runtime = tokio::runtime::Runtime::new()?;
     let pki = Pki::new();
-    let broker = Mosquitto::start(&pki, &BrokerOptions { persistence: false });
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
     let publisher = pki.client("bench-pub");
     let payload = vec![b'x'; 64];
 
@@ -251,7 +251,7 @@ fn throughput(
 ) -> anyhow::Result<serde_json::Value> {
     let runtime = tokio::runtime::Runtime::new()?;
     let pki = Pki::new();
-    let broker = Mosquitto::start(&pki, &BrokerOptions { persistence: false });
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
     let level = match qos {
         0 => QoS::AtMostOnce,
         1 => QoS::AtLeastOnce,
@@ -419,7 +419,7 @@ fn connects(
 ) -> anyhow::Result<serde_json::Value> {
     let runtime = tokio::runtime::Runtime::new()?;
     let pki = Pki::new();
-    let broker = Mosquitto::start(&pki, &BrokerOptions { persistence: false });
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
     let bundle = pki.client("connector");
     let identity = bundle.load()?;
     let sequential = runtime.block_on(async {
@@ -510,7 +510,7 @@ fn connects(
 fn idle(count: usize) -> anyhow::Result<serde_json::Value> {
     let runtime = tokio::runtime::Runtime::new()?;
     let pki = Pki::new();
-    let broker = Mosquitto::start(&pki, &BrokerOptions { persistence: false });
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
     let identities: Vec<_> = (0..count)
         .map(|i| pki.client(&format!("idle-{i}")).load())
         .collect::<Result<_, _>>()?;

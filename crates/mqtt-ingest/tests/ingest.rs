@@ -250,7 +250,13 @@ struct Setup {
 
 fn setup() -> Setup {
     let pki = Pki::new();
-    let broker = Mosquitto::start(&pki, &BrokerOptions { persistence: true });
+    let broker = Mosquitto::start(
+        &pki,
+        &BrokerOptions {
+            persistence: true,
+            ..Default::default()
+        },
+    );
     let dir = tempfile::tempdir().unwrap();
     Setup {
         db: dir.path().join("ingest.db"),

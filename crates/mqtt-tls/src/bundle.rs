@@ -329,7 +329,10 @@ fn private_key(
         let Some(passphrase) = passphrase else {
             return Err(Error::BadKey {
                 path: path.to_owned(),
-                reason: "the key is encrypted: give its passphrase (passphrase_env)".into(),
+                reason:
+                    "the key is encrypted: name the environment variable holding its passphrase \
+                         (passphrase_env in a bundle, --passphrase-env VAR with provision)"
+                        .into(),
             });
         };
         let key =

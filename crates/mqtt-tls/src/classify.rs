@@ -50,6 +50,17 @@ fn find_in_chain<T: std::error::Error + 'static>(err: &ConnectionError) -> Optio
     None
 }
 
+/// A name as a person writes it: rustls passes webpki's debug forms on,
+/// e.g. `DnsName("localhost")` or `IpAddress(127.0.0.1)`.
+fn plain_name(presented: &str) -> String {
+    match (presented.find('('), presented.rfind(')')) {
+        (Some(open), Some(close)) if open < close => {
+            presented[open + 1..close].trim_matches('"').to_owned()
+        }
+        _ => presented.to_owned(),
+    }
+}
+
 fn classify_tls(err: &rustls::Error, host: &str, port: u16) -> Error {
     match err {
         rustls::Error::InvalidCertificate(cert) => match cert {
@@ -60,7 +71,7 @@ fn classify_tls(err: &rustls::Error, host: &str, port: u16) -> Error {
             CertificateError::NotValidForNameContext { presented, .. } => {
                 Error::ServerNameMismatch {
                     host: host.to_owned(),
-                    names: presented.clone(),
+                    names: presented.iter().map(|n| plain_name(n)).collect(),
                 }
             }
             CertificateError::UnknownIssuer => Error::ServerCertificate {
@@ -126,5 +137,15 @@ fn classify_tls(err: &rustls::Error, host: &str, port: u16) -> Error {
             port,
             reason: other.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn presented_names_read_as_names() {
+        assert_eq!(super::plain_name("DnsName(\"localhost\")"), "localhost");
+        assert_eq!(super::plain_name("IpAddress(127.0.0.1)"), "127.0.0.1");
+        assert_eq!(super::plain_name("plain"), "plain");
     }
 }

@@ -332,6 +332,10 @@ struct ConnArgs {
     /// A TOML file with a [tls] table (cert_path, key_path, ca_cert_path).
     #[arg(long)]
     bundle: Option<PathBuf>,
+    /// The environment variable holding the client key's passphrase (for
+    /// an encrypted key; a bundle file says it with `passphrase_env`).
+    #[arg(long, value_name = "VAR", conflicts_with = "bundle")]
+    passphrase_env: Option<String>,
     /// Broker host (DNS name or IP address).
     #[arg(long, short = 'H', default_value = "localhost")]
     host: String,
@@ -419,7 +423,10 @@ impl ConnArgs {
                     .tls
                     .relative_to(file.parent().unwrap_or(Path::new(".")))
             }
-            (None, Some(cert), Some(key), Some(ca)) => ClientCert::new(cert, key, ca),
+            (None, Some(cert), Some(key), Some(ca)) => ClientCert {
+                passphrase_env: self.passphrase_env.clone(),
+                ..ClientCert::new(cert, key, ca)
+            },
             _ => bail!("give --cert, --key and --ca, or --bundle FILE.toml"),
         };
         Ok(bundle.load()?)

@@ -136,8 +136,8 @@ fn the_tls_failure_matrix_matches_docs_troubleshooting() {
     let mut rows: Vec<(&str, (i32, String))> = Vec::new();
 
     // The broker every ordinary case uses, refusing one revoked client.
-    let good = issue(&dir, &pki.ca, "good", Profile::Client, month.clone(), "");
-    let revoked = issue(&dir, &pki.ca, "revoked", Profile::Client, month.clone(), "");
+    let good = issue(&dir, &pki.ca, "good", Profile::Client, month, "");
+    let revoked = issue(&dir, &pki.ca, "revoked", Profile::Client, month, "");
     let revoked_serial =
         pki_core::Certificate::from_pem(&std::fs::read_to_string(dir.join(&revoked.cert)).unwrap())
             .unwrap()
@@ -176,8 +176,8 @@ fn the_tls_failure_matrix_matches_docs_troubleshooting() {
 
     // Another CA's client: the bundle trusts both CAs, so only the broker
     // can refuse it.
-    let other = root("Other Root", month.clone());
-    let foreign = issue(&dir, &other, "foreign", Profile::Client, month.clone(), "");
+    let other = root("Other Root", month);
+    let foreign = issue(&dir, &other, "foreign", Profile::Client, month, "");
     let both = "both.pem";
     write(
         &dir,
@@ -196,13 +196,10 @@ fn the_tls_failure_matrix_matches_docs_troubleshooting() {
     // A fake CA with our CA's exact subject: same name, other key.
     let our_name =
         Subject::from_name(pki.ca.certificate().as_x509().tbs_certificate().subject()).unwrap();
-    let fake = CertificateAuthority::new_root(
-        &our_name,
-        KeyPair::generate(KeyType::P256).unwrap(),
-        month.clone(),
-    )
-    .unwrap();
-    let impostor = issue(&dir, &fake, "impostor", Profile::Client, month.clone(), "");
+    let fake =
+        CertificateAuthority::new_root(&our_name, KeyPair::generate(KeyType::P256).unwrap(), month)
+            .unwrap();
+    let impostor = issue(&dir, &fake, "impostor", Profile::Client, month, "");
     let fake_ca = "fake-ca.pem";
     write(&dir, fake_ca, &fake.certificate().to_pem());
     rows.push((
@@ -257,7 +254,7 @@ fn the_tls_failure_matrix_matches_docs_troubleshooting() {
         pubs("localhost", &revoked, ca_file, &[]),
     ));
 
-    let server_as_client = issue(&dir, &pki.ca, "srv", Profile::Server, month.clone(), "");
+    let server_as_client = issue(&dir, &pki.ca, "srv", Profile::Server, month, "");
     rows.push((
         "a server certificate used as a client certificate",
         pubs("localhost", &server_as_client, ca_file, &[]),
@@ -318,7 +315,7 @@ fn the_tls_failure_matrix_matches_docs_troubleshooting() {
         &pki.ca,
         "client-as-server",
         Profile::Client,
-        month.clone(),
+        month,
         "",
     );
     let broker = Mosquitto::start(
@@ -354,7 +351,7 @@ fn the_tls_failure_matrix_matches_docs_troubleshooting() {
         &intermediate,
         "chained-broker",
         Profile::Server,
-        month.clone(),
+        month,
         &chain,
     );
     let chained_client = issue(
@@ -362,7 +359,7 @@ fn the_tls_failure_matrix_matches_docs_troubleshooting() {
         &intermediate,
         "chained",
         Profile::Client,
-        month.clone(),
+        month,
         &chain,
     );
     let broker = Mosquitto::start(

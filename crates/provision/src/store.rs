@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -127,10 +127,16 @@ impl CaDir {
     }
 
     /// Every record of the inventory, in issue order (empty when none).
+    ///
+    /// Records are whole lines: a last line without its newline was torn by
+    /// a crash during an append and is left out (the identities it named
+    /// are still on disk, and the next fleet run records them again).
     pub fn inventory(&self) -> Result<Vec<Record>> {
         let path = self.inventory_path();
-        let file = match File::open(&path) {
-            Ok(f) => f,
+        // Our own file, a few hundred bytes a record: not capped like
+        // input files (a million devices make about 300 MB).
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(source) => {
                 return Err(Error::Io {
@@ -140,17 +146,13 @@ impl CaDir {
                 });
             }
         };
+        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
         let mut records = Vec::new();
-        for (i, line) in BufReader::new(file).lines().enumerate() {
-            let line = line.map_err(|source| Error::Io {
-                action: "reading",
-                path: path.clone(),
-                source,
-            })?;
+        for (i, line) in whole.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            let record = serde_json::from_str(&line).map_err(|e| Error::Inventory {
+            let record = serde_json::from_str(line).map_err(|e| Error::Inventory {
                 path: path.clone(),
                 line: i + 1,
                 reason: e.to_string(),
@@ -178,9 +180,11 @@ impl CaDir {
         }
         let mut file = File::options()
             .create(true)
+            .read(true)
             .append(true)
             .open(&path)
             .map_err(io)?;
+        drop_torn_tail(&mut file).map_err(io)?;
         file.write_all(text.as_bytes()).map_err(io)?;
         file.sync_all().map_err(io)
     }
@@ -298,5 +302,74 @@ impl Record {
             at: Timestamp(SystemTime::now()).to_string(),
             reason: reason.to_string(),
         };
+    }
+}
+/// Cuts a last line that lacks its newline (an append torn by a crash), so
+/// that the next record starts on a line of its own.
+fn drop_torn_tail(file: &mut File) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    // Records are a few hundred bytes; look back far enough for one.
+    let window = len.min(64 * 1024);
+    let mut tail = vec![0; window as usize];
+    file.seek(SeekFrom::Start(len - window))?;
+    file.read_exact(&mut tail)?;
+    if tail.last() == Some(&b'\n') {
+        return Ok(());
+    }
+    let keep = match tail.iter().rposition(|&b| b == b'\n') {
+        Some(i) => len - window + i as u64 + 1,
+        None if window == len => 0,
+        None => return Ok(()),
+    };
+    file.set_len(keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(serial: &str) -> Record {
+        Record {
+            serial: serial.into(),
+            subject: "CN=x".into(),
+            profile: "client".into(),
+            not_before: "2026-01-01 00:00:00 UTC".into(),
+            not_after: "2027-01-01 00:00:00 UTC".into(),
+            sha256: "00".into(),
+            cert_path: "backend_certs/x_cert.pem".into(),
+            status: Status::Valid,
+        }
+    }
+
+    #[test]
+    fn a_torn_last_line_is_left_out_and_cut_before_the_next_append() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CaDir::new(tmp.path());
+        dir.append(&[record("01"), record("02")]).unwrap();
+        // A crash in the middle of appending the third record.
+        let line = serde_json::to_string(&record("03")).unwrap();
+        let mut file = File::options()
+            .append(true)
+            .open(dir.inventory_path())
+            .unwrap();
+        file.write_all(&line.as_bytes()[..line.len() / 2]).unwrap();
+        drop(file);
+
+        let serials = |d: &CaDir| -> Vec<String> {
+            d.inventory()
+                .unwrap()
+                .into_iter()
+                .map(|r| r.serial)
+                .collect()
+        };
+        assert_eq!(serials(&dir), ["01", "02"]);
+        dir.append(&[record("04")]).unwrap();
+        assert_eq!(serials(&dir), ["01", "02", "04"]);
+        let text = std::fs::read_to_string(dir.inventory_path()).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
     }
 }

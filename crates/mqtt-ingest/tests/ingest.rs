@@ -24,8 +24,8 @@ struct Ingest {
 
 impl Ingest {
     fn start(bundle: &ClientCert, broker: &Mosquitto, db: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mqtt-ingest"))
-            .arg("--cert")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqtt-ingest"));
+        cmd.arg("--cert")
             .arg(&bundle.cert_path)
             .arg("--key")
             .arg(&bundle.key_path)
@@ -36,7 +36,13 @@ impl Ingest {
             .arg("--db")
             .arg(format!("sqlite://{}", db.display()))
             .args(["--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info");
+        Self::spawn(&mut cmd)
+    }
+
+    /// Runs `cmd` (an `mqtt-ingest` command line), collecting its log.
+    fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -455,4 +461,62 @@ async fn database_unavailable_for_a_while() {
             std::thread::sleep(Duration::from_millis(50));
         }
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_in_the_log_at_trace_level() {
+    let s = setup();
+    let bundle = s.pki.client("secretive");
+    let plain_pem = std::fs::read_to_string(&bundle.key_path).unwrap();
+    let passphrase = "correct-horse-battery-staple-4711";
+    let encrypted_pem = pki_core::KeyPair::from_pem(&plain_pem)
+        .unwrap()
+        .to_encrypted_pkcs8_pem(passphrase.as_bytes())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("secretive.key");
+    std::fs::write(&key_path, &encrypted_pem).unwrap();
+    let config = dir.path().join("ingest.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "db = \"sqlite://{db}\"\nlisten = \"127.0.0.1:0\"\n\
+             [tls]\ncert_path = \"{cert}\"\nkey_path = \"{key}\"\nca_cert_path = \"{ca}\"\n\
+             passphrase_env = \"INGEST_KEY_PASSPHRASE\"\n\
+             [mqtt]\nhost = \"localhost\"\nport = {port}\nclient_id = \"secretive\"\n\
+             topics = [\"load/#\"]\n",
+            db = s.db.display(),
+            cert = bundle.cert_path.display(),
+            key = key_path.display(),
+            ca = bundle.ca_cert_path.display(),
+            port = s.broker.port,
+        ),
+    )
+    .unwrap();
+    let mut ingest = tokio::task::block_in_place(|| {
+        Ingest::spawn(
+            Command::new(env!("CARGO_BIN_EXE_mqtt-ingest"))
+                .arg("--config")
+                .arg(&config)
+                .env("RUST_LOG", "trace")
+                .env("INGEST_KEY_PASSPHRASE", passphrase),
+        )
+    });
+    let publisher = Publisher::connect(&s.pki, &s.broker).await;
+    publisher.send(0..50).await.unwrap();
+    wait_for_rows(&s.db, 50).await;
+    tokio::task::block_in_place(|| assert!(ingest.terminate(), "{}", ingest.log()));
+
+    let log = ingest.log();
+    assert!(
+        log.lines().count() > 100,
+        "trace logging was on: {} lines",
+        log.lines().count()
+    );
+    assert!(!log.contains(passphrase), "the passphrase is in the log");
+    for pem in [&plain_pem, &encrypted_pem] {
+        for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!log.contains(line), "key material in the log: {line}");
+        }
+    }
 }

@@ -56,8 +56,11 @@ enum Command {
         #[arg(long, default_value_t = 3650)]
         days: u32,
         /// Encrypt the CA key with the passphrase in this environment variable.
-        #[arg(long, value_name = "VAR")]
+        #[arg(long, value_name = "VAR", conflicts_with = "encrypt")]
         passphrase_env: Option<String>,
+        /// Encrypt the CA key with a passphrase typed at the terminal (asked twice).
+        #[arg(long)]
+        encrypt: bool,
         /// Replace an existing CA.
         #[arg(long)]
         force: bool,
@@ -391,11 +394,45 @@ impl CaArgs {
         passphrase(self.passphrase_env.as_deref())
     }
 
+    /// Loads the CA; an encrypted key without `--passphrase-env` is
+    /// unlocked with a passphrase typed at the terminal, when there is one.
     fn load(&self) -> anyhow::Result<(CaDir, pki_core::CertificateAuthority)> {
         let dir = CaDir::new(&self.ca_dir);
-        let ca = dir.load(self.passphrase()?.as_deref())?;
+        let ca = match dir.load(self.passphrase()?.as_deref()) {
+            Err(provision::Error::Passphrase { path, .. })
+                if self.passphrase_env.is_none() && std::io::stdin().is_terminal() =>
+            {
+                let typed =
+                    rpassword::prompt_password(format!("passphrase for {}: ", path.display()))
+                        .with_context(|| {
+                            format!("reading the passphrase for {}", path.display())
+                        })?;
+                dir.load(Some(typed.as_bytes()))?
+            }
+            other => other?,
+        };
         Ok((dir, ca))
     }
+}
+
+/// A new passphrase for `key`, typed twice at the terminal.
+fn new_passphrase(key: &Path) -> anyhow::Result<Vec<u8>> {
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "--encrypt asks for the passphrase at a terminal; without one, use --passphrase-env VAR"
+        );
+    }
+    let ask = |prompt: String| {
+        rpassword::prompt_password(prompt).context("reading the passphrase from the terminal")
+    };
+    let first = ask(format!("new passphrase for {}: ", key.display()))?;
+    if first.is_empty() {
+        bail!("the passphrase must not be empty");
+    }
+    if ask("again: ".to_owned())? != first {
+        bail!("the two passphrases differ; nothing was written");
+    }
+    Ok(first.into_bytes())
 }
 
 fn passphrase(var: Option<&str>) -> anyhow::Result<Option<Vec<u8>>> {
@@ -471,16 +508,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             key_type,
             days,
             passphrase_env,
+            encrypt,
             force,
         } => {
             let ca_dir = CaDir::new(&dir);
+            let passphrase = if encrypt {
+                Some(new_passphrase(&ca_dir.key_path())?)
+            } else {
+                passphrase(passphrase_env.as_deref())?
+            };
+            let encrypted = passphrase.is_some();
             let ca = init_ca(
                 &ca_dir,
                 &InitCa {
                     subject: subject.options(),
                     key_type,
                     days,
-                    passphrase: passphrase(passphrase_env.as_deref())?,
+                    passphrase,
                     force,
                 },
             )?;
@@ -489,11 +533,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!(
                 "  key:         {} (0600{})",
                 ca_dir.key_path().display(),
-                if passphrase_env.is_some() {
-                    ", encrypted"
-                } else {
-                    ""
-                }
+                if encrypted { ", encrypted" } else { "" }
             );
             println!("  valid until: {}", when(ca.certificate().not_after()));
         }

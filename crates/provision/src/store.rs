@@ -107,7 +107,8 @@ impl CaDir {
             pki_core::Error::KeyEncrypted => Error::Passphrase {
                 path: key_path.clone(),
                 reason:
-                    "the CA key is encrypted: pass --passphrase-env VAR with the passphrase in $VAR"
+                    "the CA key is encrypted: pass --passphrase-env VAR with the passphrase in $VAR \
+                     (or run the command at a terminal to be asked)"
                         .into(),
             },
             source => Error::Pki {

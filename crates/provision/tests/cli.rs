@@ -411,6 +411,72 @@ fn encrypted_ca_key_needs_its_passphrase() {
     );
 }
 
+/// Runs `provision ARGS` in `dir` on a pseudo-terminal (util-linux's
+/// `script`), typing `input`; returns the exit code and the terminal text.
+fn at_a_terminal(dir: &Path, args: &[&str], input: &str) -> (Option<i32>, String) {
+    use std::io::Write;
+    let command = std::iter::once(env!("CARGO_BIN_EXE_provision"))
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = Command::new("script")
+        .current_dir(dir)
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("util-linux's `script` (package bsdutils) runs a command on a terminal");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+#[test]
+fn an_encrypted_ca_key_is_made_and_unlocked_at_the_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // Two different passphrases: refused, nothing written.
+    let (code, text) = at_a_terminal(d, &["init-ca", "--encrypt"], "one\ntwo\n");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("the two passphrases differ"), "{text}");
+    assert!(!d.join("root_cert/root_ca.key").exists());
+    // Without a terminal, --encrypt says what to do instead.
+    let e = fails(d, &["init-ca", "--encrypt"], 1);
+    assert!(e.contains("use --passphrase-env VAR"), "{e}");
+
+    let (code, text) = at_a_terminal(d, &["init-ca", "--encrypt"], "pass phrase\npass phrase\n");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("new passphrase for root_cert/root_ca.key:"),
+        "{text}"
+    );
+    let key = std::fs::read_to_string(d.join("root_cert/root_ca.key")).unwrap();
+    assert!(key.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
+
+    let (code, text) = at_a_terminal(d, &["issue", "client", "c1"], "wrong\n");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("wrong passphrase"), "{text}");
+    assert!(!d.join("backend_certs/c1.key").exists());
+    let (code, text) = at_a_terminal(d, &["issue", "client", "c1"], "pass phrase\n");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("passphrase for root_cert/root_ca.key:"),
+        "{text}"
+    );
+    assert!(d.join("backend_certs/c1_cert.pem").exists());
+    // Not at a terminal: the same command says how to give the passphrase.
+    let e = fails(d, &["issue", "client", "c2"], 1);
+    assert!(e.contains("or run the command at a terminal"), "{e}");
+}
+
 #[test]
 fn concurrent_issuers_share_one_inventory() {
     let tmp = tempfile::tempdir().unwrap();

@@ -17,7 +17,7 @@
 
 use std::process::Command;
 
-use crate::{project_root, sh};
+use crate::{project_root, sh, tools};
 
 /// The targets, as named in `fuzz/Cargo.toml`.
 pub(crate) const TARGETS: [&str; 5] = ["key", "csr", "certificate", "crl", "manifest"];
@@ -46,7 +46,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     if targets.is_empty() {
         targets.extend(TARGETS);
     }
-    cargo_fuzz()?;
+    tools::cargo_subcommand("fuzz", "cargo-fuzz")?;
     let fuzz = project_root().join("fuzz");
     for target in targets {
         let corpus = fuzz.join("corpus").join(target);
@@ -67,19 +67,6 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
                 "{e}\nfuzz target {target} found an input that fails: see fuzz/artifacts/{target}/"
             )
         })?;
-    }
-    Ok(())
-}
-
-/// `cargo fuzz`, installed from crates.io when missing.
-fn cargo_fuzz() -> Result<(), String> {
-    let installed = Command::new("cargo")
-        .args(["fuzz", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !installed {
-        eprintln!("xtask: cargo-fuzz is missing; installing it from crates.io");
-        sh(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
     }
     Ok(())
 }

@@ -5,7 +5,8 @@ use std::process::{Command, Stdio};
 
 use crate::{broker, cargo, sh, tools};
 
-/// fmt, clippy, the whole test suite with OpenSSL and pkilint, and docs.
+/// fmt, clippy, cargo deny, the whole test suite with OpenSSL and pkilint,
+/// and docs.
 /// Arguments after `test` go to `cargo test` (e.g. a test-name filter).
 pub(crate) fn run(extra: &[String]) -> Result<(), String> {
     sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
@@ -17,6 +18,7 @@ pub(crate) fn run(extra: &[String]) -> Result<(), String> {
         "-D",
         "warnings",
     ]))?;
+    deny()?;
     let pkilint = tools::pkilint()?;
     let totals = sh_counting_tests(
         cargo()
@@ -31,6 +33,27 @@ pub(crate) fn run(extra: &[String]) -> Result<(), String> {
     // One closing line for the whole run, after everything else passed.
     println!("tests: {} passed, {} failed", totals.passed, totals.failed);
     Ok(())
+}
+
+/// `cargo deny check` with `deny.toml`: licenses, duplicate versions,
+/// sources, and the RustSec advisories when their database can be fetched
+/// (it is a git repository on GitHub; where that is out of reach, the run
+/// says so loudly and checks the rest).
+fn deny() -> Result<(), String> {
+    tools::cargo_subcommand("deny", "cargo-deny")?;
+    let fetched = cargo()
+        .args(["deny", "fetch"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if fetched {
+        return sh(cargo().args(["deny", "check"]));
+    }
+    eprintln!(
+        "xtask: WARNING: the RustSec advisory database cannot be fetched from here; \
+         advisories are NOT checked in this run (licenses, bans and sources are). \
+         Run `cargo deny check advisories` where GitHub is reachable."
+    );
+    sh(cargo().args(["deny", "--offline", "check", "licenses", "bans", "sources"]))
 }
 
 #[derive(Default)]

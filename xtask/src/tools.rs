@@ -5,6 +5,7 @@
 //! - `mosquitto`, `mosquitto_pub`, `mosquitto_sub`: Debian's packages, the
 //!   same way.
 //! - pkilint (PyPI): installed into `target/pkilint-venv` on first use.
+//! - `cargo fuzz`, `cargo deny`: from crates.io with `cargo install`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -67,6 +68,20 @@ pub(crate) fn pkilint() -> Result<PathBuf, String> {
         PKILINT,
     ]))?;
     Ok(bin)
+}
+
+/// `cargo SUBCOMMAND` (e.g. `deny`), installing `package` from crates.io
+/// when it does not answer.
+pub(crate) fn cargo_subcommand(subcommand: &str, package: &str) -> Result<(), String> {
+    let installed = Command::new("cargo")
+        .args([subcommand, "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        eprintln!("xtask: cargo {subcommand} is missing; installing {package} from crates.io");
+        sh(Command::new("cargo").args(["install", package, "--locked"]))?;
+    }
+    Ok(())
 }
 
 fn which(program: &str) -> Option<PathBuf> {

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod mosquitto;
+pub mod postgres;
 
 /// The workspace README's examples, compiled and run as doc tests so that
 /// they stay true.

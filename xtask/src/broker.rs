@@ -16,6 +16,11 @@ pub(crate) fn test_env() -> Result<Vec<(&'static str, String)>, String> {
         // For the test of a client bundle whose key passphrase comes from
         // the environment (`passphrase_env`).
         ("MQTT_MTLS_TEST_PASSPHRASE", "open sesame".to_owned()),
+        // PostgreSQL for the ingest suites (each test starts its own server).
+        (
+            "MQTT_MTLS_PG_BINDIR",
+            tools::postgres()?.display().to_string(),
+        ),
     ];
     // The tests also run Mosquitto's own clients, so those are needed in
     // both modes.
@@ -42,7 +47,8 @@ fn docker_has_image() -> bool {
     quiet(&["info"]) && quiet(&["image", "inspect", IMAGE])
 }
 
-/// `cargo xtask e2e`: only the suites that run against a real broker.
+/// `cargo xtask e2e`: only the suites that run against a real broker (and
+/// PostgreSQL).
 pub(crate) fn e2e(extra: &[String]) -> Result<(), String> {
     let env = test_env()?;
     sh(cargo()
@@ -56,10 +62,16 @@ pub(crate) fn e2e(extra: &[String]) -> Result<(), String> {
             "provision",
             "--test",
             "e2e",
+            "--test",
+            "matrix",
             "-p",
             "mqtt-ingest",
             "--test",
             "ingest",
+            "--test",
+            "scale",
+            "--test",
+            "storm",
         ])
         .args(extra)
         .envs(env))

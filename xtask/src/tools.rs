@@ -5,6 +5,8 @@
 //! - `mosquitto`, `mosquitto_pub`, `mosquitto_sub`: Debian's packages, the
 //!   same way.
 //! - pkilint (PyPI): installed into `target/pkilint-venv` on first use.
+//! - PostgreSQL's server binaries (`initdb`, `pg_ctl`, `postgres`): Debian's
+//!   `postgresql`, the same way.
 //! - `cargo fuzz`, `cargo deny`: from crates.io with `cargo install`.
 
 use std::path::PathBuf;
@@ -40,6 +42,32 @@ pub(crate) fn mosquitto() -> Result<PathBuf, String> {
     eprintln!("xtask: Mosquitto is missing; installing Debian's mosquitto and mosquitto-clients");
     apt_install(&["mosquitto", "mosquitto-clients"])?;
     find().ok_or_else(|| "mosquitto is still missing after installing it".into())
+}
+
+/// The folder holding PostgreSQL's server binaries (the newest
+/// `/usr/lib/postgresql/N/bin`), installing Debian's `postgresql` when
+/// there is none.
+pub(crate) fn postgres() -> Result<PathBuf, String> {
+    let find = || {
+        std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|v| v.join("bin/initdb").is_file() && v.join("bin/pg_ctl").is_file())
+            .max_by_key(|v| {
+                v.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.parse::<u32>().ok())
+            })
+            .map(|v| v.join("bin"))
+    };
+    if let Some(bin) = find() {
+        return Ok(bin);
+    }
+    eprintln!("xtask: PostgreSQL is missing; installing Debian's postgresql");
+    apt_install(&["postgresql"])?;
+    find().ok_or_else(|| "PostgreSQL's initdb is still missing after installing it".into())
 }
 
 /// The folder holding pkilint's `lint_pkix_cert` and friends.

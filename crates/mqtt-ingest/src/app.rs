@@ -54,16 +54,27 @@ struct DatabaseHealth {
     error: Option<String>,
 }
 
+/// How long `/healthz` waits for the database's answer.
+const HEALTH_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
+
 /// 200 when the MQTT session is up and the database answers and takes
 /// writes; 503 otherwise, saying which.
 async fn healthz(State(state): State<AppState>) -> Response {
     let connected = state.client.is_connected();
-    let ping = state.store.ping().await;
+    // A probe must answer quickly (orchestrators time out after a second
+    // or two), even while the database does not answer at all.
+    let ping = match tokio::time::timeout(HEALTH_PING_TIMEOUT, state.store.ping()).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the database did not answer within {} ms",
+            HEALTH_PING_TIMEOUT.as_millis()
+        )),
+    };
     let writes_ok = state.metrics.database_ok.load(Ordering::Relaxed)
         || state.metrics.stored.load(Ordering::Relaxed) == 0
             && state.metrics.store_failures.load(Ordering::Relaxed) == 0;
     let db_error = match (&ping, writes_ok) {
-        (Err(e), _) => Some(e.to_string()),
+        (Err(e), _) => Some(e.clone()),
         (Ok(()), false) => {
             Some("the last write failed; retrying, nothing is acknowledged meanwhile".to_owned())
         }

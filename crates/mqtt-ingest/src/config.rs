@@ -45,6 +45,11 @@ pub struct MqttSection {
     /// Filters, `FILTER` (QoS 1) or `FILTER@0` / `FILTER@2`.
     #[serde(default)]
     pub topics: Vec<String>,
+    /// Subscribe every filter through the shared subscription
+    /// `$share/GROUP/FILTER`: instances with the same group split the
+    /// messages between them (each with its own client id).
+    #[serde(default)]
+    pub share_group: Option<String>,
 }
 
 /// `[batch]`.
@@ -66,6 +71,7 @@ impl Default for MqttSection {
             port: default_port(),
             client_id: default_client_id(),
             topics: Vec::new(),
+            share_group: None,
         }
     }
 }
@@ -135,7 +141,29 @@ impl Config {
                 reason: "no topic to subscribe to: give --topic FILTER or [mqtt] topics".into(),
             });
         }
-        self.mqtt.topics.iter().map(|t| parse_topic(t)).collect()
+        let filters = self.mqtt.topics.iter().map(|t| parse_topic(t));
+        match &self.mqtt.share_group {
+            None => filters.collect(),
+            Some(group) => {
+                check_share_group(group)?;
+                filters
+                    .map(|f| {
+                        let (filter, qos) = f?;
+                        if filter.starts_with("$share/") {
+                            return Err(Error::Config {
+                                reason: format!(
+                                    "topic {filter:?} is already a shared subscription; \
+                                     give the plain filter with --share-group"
+                                ),
+                            });
+                        }
+                        let shared = format!("$share/{group}/{filter}");
+                        mqtt_tls::TopicFilter::new(&shared)?;
+                        Ok((shared, qos))
+                    })
+                    .collect()
+            }
+        }
     }
 
     /// The client bundle, or an error saying how to give one.
@@ -144,6 +172,18 @@ impl Config {
             reason: "no client certificate: give --cert --key --ca, or a [tls] table".into(),
         })
     }
+}
+
+/// A share name is one topic level without wildcards (MQTT 5 section 4.8.2).
+fn check_share_group(group: &str) -> Result<()> {
+    if group.is_empty() || group.contains(['/', '+', '#']) {
+        return Err(Error::Config {
+            reason: format!(
+                "invalid share group {group:?}: one topic level, without '/', '+' or '#'"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// `FILTER`, `FILTER@0`, `FILTER@1`, `FILTER@2`.
@@ -160,6 +200,24 @@ pub fn parse_topic(spec: &str) -> Result<(String, QoS)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_share_group_shares_every_filter() {
+        let mut config = super::Config::default();
+        config.mqtt.topics = vec!["devices/+/telemetry".into(), "alerts/#@2".into()];
+        config.mqtt.share_group = Some("ingest".into());
+        let filters = config.filters().unwrap();
+        assert_eq!(filters[0].0, "$share/ingest/devices/+/telemetry");
+        assert_eq!(filters[1].0, "$share/ingest/alerts/#");
+        assert_eq!(filters[1].1, mqtt_tls::QoS::ExactlyOnce);
+        for bad in ["", "a/b", "+", "g#"] {
+            config.mqtt.share_group = Some(bad.into());
+            assert!(config.filters().is_err(), "{bad:?}");
+        }
+        config.mqtt.share_group = Some("g".into());
+        config.mqtt.topics = vec!["$share/x/t".into()];
+        assert!(config.filters().is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -48,6 +48,10 @@ struct Args {
     /// Filter to subscribe (repeatable; QoS 1 unless FILTER@0 or FILTER@2).
     #[arg(long = "topic", env = "MQTT_INGEST_TOPICS", value_delimiter = ',')]
     topics: Vec<String>,
+    /// Subscribe through `$share/GROUP/FILTER`: instances with the same
+    /// group (and each its own --client-id) split the messages.
+    #[arg(long, env = "MQTT_INGEST_SHARE_GROUP")]
+    share_group: Option<String>,
     /// Database URL (default sqlite://ingest.db).
     #[arg(long, env = "MQTT_INGEST_DB")]
     db: Option<String>,
@@ -106,6 +110,9 @@ fn configure(args: Args) -> anyhow::Result<Config> {
     }
     if !args.topics.is_empty() {
         config.mqtt.topics = args.topics;
+    }
+    if let Some(g) = args.share_group {
+        config.mqtt.share_group = Some(g);
     }
     if let Some(d) = args.db {
         config.db = d;

@@ -1,12 +1,13 @@
 //! mqtt-ingest against a real Mosquitto (mTLS, `persistence true`) with an
-//! independent publisher sending numbered QoS 1 messages.
+//! independent publisher sending numbered QoS 1 messages; each scenario runs
+//! on SQLite and on a real PostgreSQL (one server per test).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +15,22 @@ use std::time::{Duration, Instant};
 use mqtt_tls::{ClientCert, ConnectOptions, MqttClient, QoS};
 use sqlx::Row;
 use verify_tests::mosquitto::{BrokerOptions, Mosquitto, Pki};
+use verify_tests::postgres::Postgres;
+
+/// The database under test.
+enum Db {
+    Sqlite(PathBuf),
+    Postgres(Postgres),
+}
+
+impl Db {
+    fn url(&self) -> String {
+        match self {
+            Self::Sqlite(path) => format!("sqlite://{}", path.display()),
+            Self::Postgres(pg) => pg.url(),
+        }
+    }
+}
 
 /// A running `mqtt-ingest` process; killed on drop.
 struct Ingest {
@@ -23,7 +40,7 @@ struct Ingest {
 }
 
 impl Ingest {
-    fn start(bundle: &ClientCert, broker: &Mosquitto, db: &Path) -> Self {
+    fn start(bundle: &ClientCert, broker: &Mosquitto, db: &Db) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqtt-ingest"));
         cmd.arg("--cert")
             .arg(&bundle.cert_path)
@@ -34,7 +51,7 @@ impl Ingest {
             .args(["--host", "localhost", "--port", &broker.port.to_string()])
             .args(["--client-id", "ingest-under-test", "--topic", "load/#"])
             .arg("--db")
-            .arg(format!("sqlite://{}", db.display()))
+            .arg(db.url())
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info");
         Self::spawn(&mut cmd)
@@ -77,6 +94,10 @@ impl Ingest {
 
     fn get(&self, path: &str) -> (u16, String) {
         let mut stream = TcpStream::connect(&self.http).unwrap();
+        // An answer that never comes fails the test instead of hanging it.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         write!(
             stream,
             "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
@@ -147,28 +168,39 @@ impl Drop for Ingest {
 }
 
 /// Rows as (number, duplicate flag).
-async fn rows(db: &Path) -> Vec<(u32, bool)> {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    let rows = sqlx::query("SELECT payload, duplicate FROM messages ORDER BY id")
-        .fetch_all(&pool)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let payload: Vec<u8> = r.get("payload");
-            (
-                String::from_utf8(payload).unwrap().parse().unwrap(),
-                r.get("duplicate"),
-            )
-        })
-        .collect();
-    pool.close().await;
-    rows
+async fn rows(db: &Db) -> Vec<(u32, bool)> {
+    const QUERY: &str = "SELECT payload, duplicate FROM messages ORDER BY id";
+    let number = |payload: Vec<u8>| String::from_utf8(payload).unwrap().parse().unwrap();
+    match db {
+        Db::Sqlite(_) => {
+            let pool = sqlx::SqlitePool::connect(&db.url()).await.unwrap();
+            let rows = sqlx::query(QUERY)
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (number(r.get("payload")), r.get("duplicate")))
+                .collect();
+            pool.close().await;
+            rows
+        }
+        Db::Postgres(_) => {
+            let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
+            // Before the service's first start the table may not exist yet.
+            let rows = match sqlx::query(QUERY).fetch_all(&pool).await {
+                Ok(rows) => rows
+                    .iter()
+                    .map(|r| (number(r.get("payload")), r.get("duplicate")))
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            pool.close().await;
+            rows
+        }
+    }
 }
 
-async fn wait_for_rows(db: &Path, at_least: usize) -> Vec<(u32, bool)> {
+async fn wait_for_rows(db: &Db, at_least: usize) -> Vec<(u32, bool)> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let r = rows(db).await;
@@ -250,11 +282,23 @@ impl Publisher {
 struct Setup {
     pki: Pki,
     broker: Mosquitto,
-    db: PathBuf,
+    db: Db,
     _dir: tempfile::TempDir,
 }
 
 fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    setup_with(Db::Sqlite(dir.path().join("ingest.db")), dir)
+}
+
+fn setup_postgres() -> Setup {
+    setup_with(
+        Db::Postgres(Postgres::start()),
+        tempfile::tempdir().unwrap(),
+    )
+}
+
+fn setup_with(db: Db, dir: tempfile::TempDir) -> Setup {
     let pki = Pki::new();
     let broker = Mosquitto::start(
         &pki,
@@ -263,9 +307,8 @@ fn setup() -> Setup {
             ..Default::default()
         },
     );
-    let dir = tempfile::tempdir().unwrap();
     Setup {
-        db: dir.path().join("ingest.db"),
+        db,
         pki,
         broker,
         _dir: dir,
@@ -274,7 +317,15 @@ fn setup() -> Setup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_stored_exactly_once() {
-    let s = setup();
+    ten_thousand_messages_stored_exactly_once_on(setup()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_stored_exactly_once_postgres() {
+    ten_thousand_messages_stored_exactly_once_on(tokio::task::block_in_place(setup_postgres)).await;
+}
+
+async fn ten_thousand_messages_stored_exactly_once_on(s: Setup) {
     let bundle = s.pki.client("ingest");
     let mut ingest = tokio::task::block_in_place(|| Ingest::start(&bundle, &s.broker, &s.db));
     let publisher = Publisher::connect(&s.pki, &s.broker).await;
@@ -323,7 +374,15 @@ async fn ten_thousand_messages_stored_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_loses_nothing_acknowledged() {
-    let mut s = setup();
+    broker_restart_loses_nothing_acknowledged_on(setup()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_loses_nothing_acknowledged_postgres() {
+    broker_restart_loses_nothing_acknowledged_on(tokio::task::block_in_place(setup_postgres)).await;
+}
+
+async fn broker_restart_loses_nothing_acknowledged_on(mut s: Setup) {
     let bundle = s.pki.client("ingest");
     let _ingest = tokio::task::block_in_place(|| Ingest::start(&bundle, &s.broker, &s.db));
     let publisher = Publisher::connect(&s.pki, &s.broker).await;
@@ -351,7 +410,18 @@ async fn broker_restart_loses_nothing_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_killed_mid_stream_loses_nothing_acknowledged() {
-    let s = setup();
+    ingest_killed_mid_stream_loses_nothing_acknowledged_on(setup()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_killed_mid_stream_loses_nothing_acknowledged_postgres() {
+    ingest_killed_mid_stream_loses_nothing_acknowledged_on(tokio::task::block_in_place(
+        setup_postgres,
+    ))
+    .await;
+}
+
+async fn ingest_killed_mid_stream_loses_nothing_acknowledged_on(s: Setup) {
     let bundle = s.pki.client("ingest");
     let mut ingest = tokio::task::block_in_place(|| Ingest::start(&bundle, &s.broker, &s.db));
     let publisher = Publisher::connect(&s.pki, &s.broker).await;
@@ -393,9 +463,29 @@ async fn database_unavailable_for_a_while() {
     let bundle = s.pki.client("ingest");
     let ingest = tokio::task::block_in_place(|| Ingest::start(&bundle, &s.broker, &s.db));
     let publisher = Publisher::connect(&s.pki, &s.broker).await;
+    let acked_before = first_ten_acknowledged(&s, &ingest, &publisher).await;
+
+    // Another process holds the write lock: the database is unavailable.
+    let pool = sqlx::SqlitePool::connect(&s.db.url()).await.unwrap();
+    let mut locker = pool.acquire().await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    publisher.send(10..60).await.unwrap();
+    tokio::task::block_in_place(|| holds_acknowledgements_while_down(&ingest, acked_before));
+    // It comes back: everything is stored and acknowledged.
+    sqlx::query("COMMIT").execute(&mut *locker).await.unwrap();
+    drop(locker);
+    pool.close().await;
+    recovers_with_everything(&s, &ingest).await;
+}
+
+/// Stores the first 10 messages and returns the acknowledged count then.
+async fn first_ten_acknowledged(s: &Setup, ingest: &Ingest, publisher: &Publisher) -> u64 {
     publisher.send(0..10).await.unwrap();
     wait_for_rows(&s.db, 10).await;
-    let acked_before = tokio::task::block_in_place(|| {
+    tokio::task::block_in_place(|| {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let a = ingest.metric("mqtt_ingest_acknowledged_total");
@@ -405,51 +495,42 @@ async fn database_unavailable_for_a_while() {
             assert!(Instant::now() < deadline);
             std::thread::sleep(Duration::from_millis(20));
         }
-    });
+    })
+}
 
-    // Another process holds the write lock: the database is unavailable.
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", s.db.display()))
-        .await
-        .unwrap();
-    let mut locker = pool.acquire().await.unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut *locker)
-        .await
-        .unwrap();
-    publisher.send(10..60).await.unwrap();
-    tokio::task::block_in_place(|| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (status, body) = ingest.get("/healthz");
-            if status == 503 {
-                let health: serde_json::Value = serde_json::from_str(&body).unwrap();
-                assert_eq!(health["database"]["ok"], false, "{body}");
-                assert_eq!(health["mqtt"]["connected"], true, "{body}");
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "healthz never said the database is down"
-            );
-            std::thread::sleep(Duration::from_millis(50));
+/// While the database is down: /healthz says so, and nothing more is
+/// acknowledged (checked for a full second).
+fn holds_acknowledgements_while_down(ingest: &Ingest, acked_before: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = ingest.get("/healthz");
+        if status == 503 {
+            let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(health["database"]["ok"], false, "{body}");
+            assert_eq!(health["mqtt"]["connected"], true, "{body}");
+            break;
         }
-        std::thread::sleep(Duration::from_secs(1));
-        assert_eq!(
-            ingest.metric("mqtt_ingest_acknowledged_total"),
-            acked_before,
-            "acknowledged while nothing could be stored"
+        assert!(
+            Instant::now() < deadline,
+            "healthz never said the database is down"
         );
-    });
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        ingest.metric("mqtt_ingest_acknowledged_total"),
+        acked_before,
+        "acknowledged while nothing could be stored"
+    );
+}
 
-    // It comes back: everything is stored and acknowledged.
-    sqlx::query("COMMIT").execute(&mut *locker).await.unwrap();
-    drop(locker);
-    pool.close().await;
+/// Once the database is back: all 60 messages stored, all acknowledged.
+async fn recovers_with_everything(s: &Setup, ingest: &Ingest) {
     let rows = wait_for_rows(&s.db, 60).await;
     let stored: BTreeSet<u32> = rows.iter().map(|(n, _)| *n).collect();
     assert_eq!(stored, (0..60).collect());
     tokio::task::block_in_place(|| {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while ingest.get("/healthz").0 != 200
             || ingest.metric("mqtt_ingest_acknowledged_total") < 60
         {
@@ -461,6 +542,26 @@ async fn database_unavailable_for_a_while() {
             std::thread::sleep(Duration::from_millis(50));
         }
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_unavailable_for_a_while_postgres() {
+    let s = tokio::task::block_in_place(setup_postgres);
+    let bundle = s.pki.client("ingest");
+    let ingest = tokio::task::block_in_place(|| Ingest::start(&bundle, &s.broker, &s.db));
+    let publisher = Publisher::connect(&s.pki, &s.broker).await;
+    let acked_before = first_ten_acknowledged(&s, &ingest, &publisher).await;
+    let Db::Postgres(pg) = &s.db else {
+        unreachable!("a PostgreSQL setup")
+    };
+    // The server goes away (as a crash: no shutdown checkpoint).
+    tokio::task::block_in_place(|| pg.stop());
+    publisher.send(10..60).await.unwrap();
+    tokio::task::block_in_place(|| {
+        holds_acknowledgements_while_down(&ingest, acked_before);
+        pg.restart();
+    });
+    recovers_with_everything(&s, &ingest).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,12 +581,12 @@ async fn no_secret_in_the_log_at_trace_level() {
     std::fs::write(
         &config,
         format!(
-            "db = \"sqlite://{db}\"\nlisten = \"127.0.0.1:0\"\n\
+            "db = \"{db}\"\nlisten = \"127.0.0.1:0\"\n\
              [tls]\ncert_path = \"{cert}\"\nkey_path = \"{key}\"\nca_cert_path = \"{ca}\"\n\
              passphrase_env = \"INGEST_KEY_PASSPHRASE\"\n\
              [mqtt]\nhost = \"localhost\"\nport = {port}\nclient_id = \"secretive\"\n\
              topics = [\"load/#\"]\n",
-            db = s.db.display(),
+            db = s.db.url(),
             cert = bundle.cert_path.display(),
             key = key_path.display(),
             ca = bundle.ca_cert_path.display(),

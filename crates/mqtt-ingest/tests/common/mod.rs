@@ -1,0 +1,284 @@
+//! The harness shared by the ingest suites: the service as a process, the
+//! database under test, and an independent publisher.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mqtt_tls::{ClientCert, ConnectOptions, MqttClient, QoS};
+use sqlx::Row;
+use verify_tests::mosquitto::{Mosquitto, Pki};
+use verify_tests::postgres::Postgres;
+
+/// The database under test.
+pub(crate) enum Db {
+    Sqlite(PathBuf),
+    Postgres(Postgres),
+}
+
+impl Db {
+    pub(crate) fn url(&self) -> String {
+        match self {
+            Self::Sqlite(path) => format!("sqlite://{}", path.display()),
+            Self::Postgres(pg) => pg.url(),
+        }
+    }
+}
+
+/// A running `mqtt-ingest` process; killed on drop.
+pub(crate) struct Ingest {
+    child: Option<Child>,
+    http: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Ingest {
+    pub(crate) fn start(bundle: &ClientCert, broker: &Mosquitto, db: &Db) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqtt-ingest"));
+        cmd.arg("--cert")
+            .arg(&bundle.cert_path)
+            .arg("--key")
+            .arg(&bundle.key_path)
+            .arg("--ca")
+            .arg(&bundle.ca_cert_path)
+            .args(["--host", "localhost", "--port", &broker.port.to_string()])
+            .args(["--client-id", "ingest-under-test", "--topic", "load/#"])
+            .arg("--db")
+            .arg(db.url())
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info");
+        Self::spawn(&mut cmd)
+    }
+
+    /// Runs `cmd` (an `mqtt-ingest` command line), collecting its log.
+    pub(crate) fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(rest) = line.split("listening on http://").nth(1) {
+                        let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let http = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("mqtt-ingest did not start:\n{}", log.lock().unwrap()));
+        let ingest = Self {
+            child: Some(child),
+            http,
+            log,
+        };
+        ingest.wait_healthy();
+        ingest
+    }
+
+    pub(crate) fn get(&self, path: &str) -> (u16, String) {
+        let mut stream = TcpStream::connect(&self.http).unwrap();
+        // An answer that never comes fails the test instead of hanging it.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.http
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    pub(crate) fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, body) = self.get("/healthz");
+            if status == 200 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never healthy: {body}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub(crate) fn metric(&self, name: &str) -> u64 {
+        let (_, text) = self.get("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    }
+
+    pub(crate) fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM: a clean shutdown; returns whether it exited 0.
+    pub(crate) fn terminate(&mut self) -> bool {
+        let mut c = self.child.take().unwrap();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status()
+            .unwrap();
+        c.wait().unwrap().success()
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Rows as (number, duplicate flag).
+pub(crate) async fn rows(db: &Db) -> Vec<(u32, bool)> {
+    const QUERY: &str = "SELECT payload, duplicate FROM messages ORDER BY id";
+    let number = |payload: Vec<u8>| String::from_utf8(payload).unwrap().parse().unwrap();
+    match db {
+        Db::Sqlite(_) => {
+            let pool = sqlx::SqlitePool::connect(&db.url()).await.unwrap();
+            let rows = sqlx::query(QUERY)
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (number(r.get("payload")), r.get("duplicate")))
+                .collect();
+            pool.close().await;
+            rows
+        }
+        Db::Postgres(_) => {
+            let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
+            // Before the service's first start the table may not exist yet.
+            let rows = match sqlx::query(QUERY).fetch_all(&pool).await {
+                Ok(rows) => rows
+                    .iter()
+                    .map(|r| (number(r.get("payload")), r.get("duplicate")))
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            pool.close().await;
+            rows
+        }
+    }
+}
+
+pub(crate) async fn wait_for_rows(db: &Db, at_least: usize) -> Vec<(u32, bool)> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = rows(db).await;
+        let distinct: BTreeSet<u32> = r.iter().map(|(n, _)| *n).collect();
+        if distinct.len() >= at_least {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {at_least} messages stored",
+            distinct.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An independent publisher: our client under its own identity, numbered
+/// QoS 1 messages, 100 in flight; a publish that fails is sent again.
+pub(crate) struct Publisher {
+    client: MqttClient,
+    acked: Arc<Mutex<BTreeSet<u32>>>,
+}
+
+impl Publisher {
+    pub(crate) async fn connect(pki: &Pki, broker: &Mosquitto) -> Self {
+        Self::connect_as(pki, broker, "load-publisher").await
+    }
+
+    /// A publisher with its own identity and client id `name`.
+    pub(crate) async fn connect_as(pki: &Pki, broker: &Mosquitto, name: &str) -> Self {
+        let identity = pki.client(name).load().unwrap();
+        let mut options = ConnectOptions::new("localhost", broker.port, name);
+        options.clean_session = false;
+        options.reconnect.initial = Duration::from_millis(50);
+        options.reconnect.max = Duration::from_millis(500);
+        let (client, mut connection) = MqttClient::new(&options, &identity).unwrap();
+        connection.connect().await.unwrap();
+        tokio::spawn(connection.run());
+        Self {
+            client,
+            acked: Arc::new(Mutex::new(BTreeSet::new())),
+        }
+    }
+
+    pub(crate) fn send(&self, range: std::ops::Range<u32>) -> tokio::task::JoinHandle<()> {
+        let client = self.client.clone();
+        let acked = self.acked.clone();
+        tokio::spawn(async move {
+            let permits = Arc::new(tokio::sync::Semaphore::new(100));
+            let mut tasks = tokio::task::JoinSet::new();
+            for n in range {
+                let permit = permits.clone().acquire_owned().await.unwrap();
+                let client = client.clone();
+                let acked = acked.clone();
+                tasks.spawn(async move {
+                    for _ in 0..500 {
+                        if client
+                            .publish(
+                                &format!("load/{}", n % 10),
+                                n.to_string(),
+                                QoS::AtLeastOnce,
+                                false,
+                            )
+                            .await
+                            .is_ok()
+                        {
+                            acked.lock().unwrap().insert(n);
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    drop(permit);
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+        })
+    }
+
+    pub(crate) fn acked(&self) -> BTreeSet<u32> {
+        self.acked.lock().unwrap().clone()
+    }
+}

@@ -64,14 +64,14 @@ pub(crate) fn e2e(extra: &[String]) -> Result<(), String> {
             "e2e",
             "--test",
             "matrix",
+            "--test",
+            "storm",
             "-p",
             "mqtt-ingest",
             "--test",
             "ingest",
             "--test",
             "scale",
-            "--test",
-            "storm",
         ])
         .args(extra)
         .envs(env))

@@ -23,9 +23,10 @@ use crate::topic::{TopicFilter, check_publish_topic};
 
 pub use rumqttc::QoS;
 
-/// Exponential backoff with jitter: attempt `n` waits a random time between
-/// half and all of `min(max, initial × 2ⁿ)`, so many clients restarted
-/// together do not reconnect in step.
+/// Exponential backoff with full jitter: attempt `n` waits a random time
+/// between zero and `min(max, initial × 2ⁿ)`, so a fleet that lost its
+/// broker at the same instant spreads its reconnects over the whole window
+/// instead of arriving in step (`tests/storm.rs` in provision measures it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     /// The first delay.
@@ -41,8 +42,7 @@ impl Backoff {
             .initial
             .saturating_mul(1u32 << attempt.min(20))
             .min(self.max);
-        let half = base / 2;
-        half + half.mul_f64(fastrand::f64())
+        base.mul_f64(fastrand::f64())
     }
 }
 
@@ -878,10 +878,15 @@ mod tests {
         for attempt in 0..40 {
             let d = b.delay(attempt);
             let base = (Duration::from_millis(100) * (1 << attempt.min(20))).min(b.max);
-            assert!(d >= base / 2 && d <= base, "attempt {attempt}: {d:?}");
+            assert!(d <= base, "attempt {attempt}: {d:?}");
         }
-        let samples: std::collections::HashSet<_> = (0..20).map(|_| b.delay(5)).collect();
-        assert!(samples.len() > 1, "no jitter");
+        let samples: Vec<_> = (0..1000).map(|_| b.delay(2)).collect();
+        // Full jitter: spread over the whole window, not its upper half.
+        let early = samples
+            .iter()
+            .filter(|d| **d < Duration::from_millis(200))
+            .count();
+        assert!((300..700).contains(&early), "{early} of 1000 below half");
     }
 
     #[test]

@@ -20,13 +20,16 @@ Tasks:
             the main job: a root CA, a broker certificate for localhost and
             127.0.0.1, client1, and a Mosquitto config (out: the repository
             root, in the original layout root_cert/, backend_certs/, broker/)
-  e2e       only the suites against a real Mosquitto (the eclipse-mosquitto:2
-            container when a Docker engine has the image, else the local
-            binary, installed with apt-get when missing and root)
-  test      fmt --check, clippy -D warnings, the whole test suite (OpenSSL
-            and pkilint cross-checks, end-to-end tests against a real
-            Mosquitto) and cargo doc. Installs what is missing: openssl and
-            mosquitto with apt-get (as root), pkilint into target/pkilint-venv
+  e2e       only the suites against a real Mosquitto and PostgreSQL (the
+            eclipse-mosquitto:2 container when a Docker engine has the
+            image, else the local binary; both installed with apt-get when
+            missing and root): pub/sub, the TLS failure matrix, the
+            connection storm, ingest on SQLite and PostgreSQL, scale-out
+  test      fmt --check, clippy -D warnings, cargo deny, the whole test
+            suite (OpenSSL and pkilint cross-checks, end-to-end tests against
+            a real Mosquitto and PostgreSQL) and cargo doc. Installs what is
+            missing: openssl, mosquitto and postgresql with apt-get (as
+            root), pkilint into target/pkilint-venv, cargo-deny
   bench [--quick]
             release-build measurements side by side: identities (ours vs the
             openssl CLI and Python), a fleet, MQTT throughput and connects,

@@ -28,6 +28,7 @@ mqtt-bench ingest MQTT_INGEST_BIN COUNT         stored/s with acks after commit 
 mqtt-bench throughput QOS COUNT [PYTHON PAHO]  publisher → subscriber msgs/s: ours vs mosquitto_pub -l → mosquitto_sub (and paho)
 mqtt-bench connects COUNT PYTHON SSL [PAHO]    mTLS connect+CONNACK+disconnect/s: ours sequential, 100 concurrent, Python ssl (and paho)
 mqtt-bench idle COUNT                          memory per idle mTLS connection (COUNT clients, own certificates)
+mqtt-bench storm COUNT                         a fleet of COUNT devices (own certificates) connecting at once, then a broker restart
 mqtt-bench chart RESULTS_JSON OUT_SVG          every target in one chart (ratio measured vs target)";
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +63,7 @@ fn main() -> anyhow::Result<()> {
             Some(Path::new(paho)),
         )?,
         ["idle", count] => idle(count.parse()?)?,
+        ["storm", count] => storm(count.parse()?)?,
         ["chart", results, out] => {
             chart::chart(Path::new(results), Path::new(out))?;
             json!({ "what": "chart", "out": out })
@@ -542,6 +544,102 @@ fn idle(count: usize) -> anyhow::Result<serde_json::Value> {
         "connected": connected,
         "kb_per_connection": (after.saturating_sub(before)) as f64 / count as f64,
     }))
+}
+
+/// A connection storm: `count` devices from `provision fleet`, each with its
+/// own certificate, connect at once from this process; then the broker
+/// restarts and all reconnect (backoff with full jitter).
+fn storm(count: usize) -> anyhow::Result<serde_json::Value> {
+    raise_file_limit(3 * count as u64)?;
+    let dir = tempfile::tempdir()?;
+    let manifest = dir.path().join("fleet.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "[ca]\ndir = \"root_cert\"\ncommon_name = \"Storm Root\"\n\
+             [[broker]]\nname = \"broker\"\ndns = [\"localhost\"]\n\
+             [[devices]]\nprefix = \"dev-\"\ncount = {count}\n"
+        ),
+    )?;
+    provision::fleet::run(&manifest, 0, &|_, _| {})?;
+    let certs = dir.path().join("backend_certs");
+    let ca = dir.path().join("root_cert/root_ca_cert.pem");
+    let mut broker = Mosquitto::start(
+        &Pki::new(),
+        &BrokerOptions {
+            cafile: Some(ca.clone()),
+            server: Some((certs.join("broker_cert.pem"), certs.join("broker.key"))),
+            ..Default::default()
+        },
+    );
+    let identities: Vec<_> = (1..=count)
+        .map(|i| {
+            mqtt_tls::ClientCert::new(
+                certs.join(format!("dev-{i}_cert.pem")),
+                certs.join(format!("dev-{i}.key")),
+                &ca,
+            )
+            .load()
+        })
+        .collect::<Result<_, _>>()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let before = rss_kb()?;
+    let started = Instant::now();
+    let clients = runtime.block_on(async {
+        let mut clients = Vec::with_capacity(count);
+        for (i, identity) in identities.iter().enumerate() {
+            let mut options = ConnectOptions::new("localhost", broker.port, format!("dev-{i}"));
+            options.keep_alive = Duration::from_secs(600);
+            let (client, mut connection) = MqttClient::new(&options, identity)?;
+            clients.push(client);
+            tokio::spawn(async move {
+                connection.connect().await?;
+                connection.run().await
+            });
+        }
+        while !clients.iter().all(MqttClient::is_connected) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        anyhow::Ok(clients)
+    })?;
+    let connected_in = started.elapsed().as_secs_f64();
+    let after = rss_kb()?;
+    broker.restart();
+    let back = Instant::now();
+    runtime.block_on(async {
+        while !clients.iter().all(|c| c.stats().connections >= 2) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for client in &clients {
+            let _ = client.disconnect().await;
+        }
+    });
+    Ok(json!({
+        "what": "storm",
+        "count": count,
+        "seconds_until_all_connected": connected_in,
+        "connects_per_second": count as f64 / connected_in,
+        "kb_per_connection": after.saturating_sub(before) as f64 / count as f64,
+        "seconds_until_all_reconnected": back.elapsed().as_secs_f64(),
+    }))
+}
+
+/// Raises the soft open-file limit to `at_least` (within the hard limit).
+fn raise_file_limit(at_least: u64) -> anyhow::Result<()> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    if hard < at_least {
+        bail!("need {at_least} open files; the hard limit is {hard} (raise it: ulimit -Hn)");
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(at_least.max(limit.current.unwrap_or(0))),
+            maximum: limit.maximum,
+        },
+    )?;
+    Ok(())
 }
 
 /// CA, certificate and key paths, in the order the Python scripts take them.

@@ -4,16 +4,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use verify_tests::mosquitto::{BrokerOptions, Mosquitto, Pki};
+use verify_tests::mosquitto::{Mosquitto, Pki};
 use verify_tests::postgres::Postgres;
 
 mod common;
 
-use common::{Db, Ingest, Publisher, wait_for_rows};
+use common::{Db, Ingest, Publisher, check_at_least_once, persistent_broker, wait_for_rows};
 
 struct Setup {
     pki: Pki,
@@ -36,13 +36,7 @@ fn setup_postgres() -> Setup {
 
 fn setup_with(db: Db, dir: tempfile::TempDir) -> Setup {
     let pki = Pki::new();
-    let broker = Mosquitto::start(
-        &pki,
-        &BrokerOptions {
-            persistence: true,
-            ..Default::default()
-        },
-    );
+    let broker = persistent_broker(&pki);
     Setup {
         db,
         pki,
@@ -170,26 +164,9 @@ async fn ingest_killed_mid_stream_loses_nothing_acknowledged_on(s: Setup) {
     let acked = publisher.acked();
     assert_eq!(acked.len(), N as usize);
     let rows = wait_for_rows(&s.db, acked.len()).await;
-    let mut copies: BTreeMap<u32, Vec<bool>> = BTreeMap::new();
-    for (n, dup) in &rows {
-        copies.entry(*n).or_default().push(*dup);
-    }
-    let stored: BTreeSet<u32> = copies.keys().copied().collect();
-    assert!(
-        acked.is_subset(&stored),
-        "acknowledged messages missing after SIGKILL"
-    );
-    let twice: Vec<_> = copies.iter().filter(|(_, c)| c.len() > 1).collect();
-    for (n, flags) in &twice {
-        assert!(
-            flags.iter().any(|d| *d),
-            "message {n} stored twice without the duplicate flag"
-        );
-    }
+    let (stored, twice) = check_at_least_once(&rows, &acked);
     println!(
-        "SIGKILL mid-stream: {} messages, {} stored twice (redelivered with the duplicate flag)",
-        stored.len(),
-        twice.len()
+        "SIGKILL mid-stream: {stored} messages, {twice} stored twice (redelivered with the duplicate flag)"
     );
 }
 

@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{Db, Ingest, Publisher, wait_for_rows};
-use verify_tests::mosquitto::{BrokerOptions, Mosquitto, Pki};
+use common::{Db, Ingest, Publisher, check_at_least_once, persistent_broker, wait_for_rows};
+use verify_tests::mosquitto::{Mosquitto, Pki};
 use verify_tests::postgres::Postgres;
 
 const INSTANCES: usize = 3;
@@ -26,13 +25,7 @@ struct Group {
 impl Group {
     fn new() -> Self {
         let pki = Pki::new();
-        let broker = Mosquitto::start(
-            &pki,
-            &BrokerOptions {
-                persistence: true,
-                ..Default::default()
-            },
-        );
+        let broker = persistent_broker(&pki);
         Self {
             pki,
             broker,
@@ -46,25 +39,8 @@ impl Group {
         let name = format!("ingest-{i}");
         let bundle = self.pki.client(&name);
         Ingest::spawn(
-            Command::new(env!("CARGO_BIN_EXE_mqtt-ingest"))
-                .arg("--cert")
-                .arg(&bundle.cert_path)
-                .arg("--key")
-                .arg(&bundle.key_path)
-                .arg("--ca")
-                .arg(&bundle.ca_cert_path)
-                .args([
-                    "--host",
-                    "localhost",
-                    "--port",
-                    &self.broker.port.to_string(),
-                ])
-                .args(["--client-id", &name, "--topic", "load/#"])
-                .args(["--share-group", "ingest"])
-                .arg("--db")
-                .arg(self.db.url())
-                .args(["--listen", "127.0.0.1:0"])
-                .env("RUST_LOG", "info"),
+            Ingest::command(&bundle, &self.broker, &self.db, &name)
+                .args(["--share-group", "ingest"]),
         )
     }
 
@@ -146,27 +122,9 @@ async fn a_member_killed_midway_loses_nothing_acknowledged() {
     assert_eq!(acked.len(), N as usize, "every publish acknowledged");
 
     let rows = wait_for_rows(&group.db, N as usize).await;
-    let mut copies: BTreeMap<u32, Vec<bool>> = BTreeMap::new();
-    for (n, dup) in &rows {
-        copies.entry(*n).or_default().push(*dup);
-    }
-    let stored: BTreeSet<u32> = copies.keys().copied().collect();
-    assert!(
-        acked.is_subset(&stored),
-        "{} acknowledged messages missing",
-        acked.difference(&stored).count()
-    );
-    let twice: Vec<_> = copies.iter().filter(|(_, c)| c.len() > 1).collect();
-    for (n, flags) in &twice {
-        assert!(
-            flags.iter().any(|d| *d),
-            "message {n} stored twice without the duplicate flag"
-        );
-    }
+    let (stored, twice) = check_at_least_once(&rows, &acked);
     println!(
-        "3 instances, one SIGKILLed: {} messages stored, {} rows, {} stored twice (redelivered)",
-        stored.len(),
-        rows.len(),
-        twice.len()
+        "3 instances, one SIGKILLed: {stored} messages stored, {} rows, {twice} stored twice (redelivered)",
+        rows.len()
     );
 }

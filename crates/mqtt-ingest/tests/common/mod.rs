@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use mqtt_tls::{ClientCert, ConnectOptions, MqttClient, QoS};
 use sqlx::Row;
-use verify_tests::mosquitto::{Mosquitto, Pki};
+use verify_tests::mosquitto::{BrokerOptions, Mosquitto, Pki};
 use verify_tests::postgres::Postgres;
 
 /// The database under test.
@@ -40,6 +40,17 @@ pub(crate) struct Ingest {
 
 impl Ingest {
     pub(crate) fn start(bundle: &ClientCert, broker: &Mosquitto, db: &Db) -> Self {
+        Self::spawn(&mut Self::command(bundle, broker, db, "ingest-under-test"))
+    }
+
+    /// The command line of an instance with `client_id`, subscribed to
+    /// `load/#` at QoS 1, HTTP on a free port.
+    pub(crate) fn command(
+        bundle: &ClientCert,
+        broker: &Mosquitto,
+        db: &Db,
+        client_id: &str,
+    ) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqtt-ingest"));
         cmd.arg("--cert")
             .arg(&bundle.cert_path)
@@ -48,12 +59,12 @@ impl Ingest {
             .arg("--ca")
             .arg(&bundle.ca_cert_path)
             .args(["--host", "localhost", "--port", &broker.port.to_string()])
-            .args(["--client-id", "ingest-under-test", "--topic", "load/#"])
+            .args(["--client-id", client_id, "--topic", "load/#"])
             .arg("--db")
             .arg(db.url())
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info");
-        Self::spawn(&mut cmd)
+        cmd
     }
 
     /// Runs `cmd` (an `mqtt-ingest` command line), collecting its log.
@@ -281,4 +292,39 @@ impl Publisher {
     pub(crate) fn acked(&self) -> BTreeSet<u32> {
         self.acked.lock().unwrap().clone()
     }
+}
+
+/// A broker with `persistence true`, so sessions survive its restart.
+pub(crate) fn persistent_broker(pki: &Pki) -> Mosquitto {
+    Mosquitto::start(
+        pki,
+        &BrokerOptions {
+            persistence: true,
+            ..Default::default()
+        },
+    )
+}
+
+/// Checks that every acknowledged number is stored, and that a number
+/// stored twice has a copy flagged as a redelivery; returns (distinct
+/// numbers stored, numbers stored twice).
+pub(crate) fn check_at_least_once(rows: &[(u32, bool)], acked: &BTreeSet<u32>) -> (usize, usize) {
+    let mut copies: std::collections::BTreeMap<u32, Vec<bool>> = Default::default();
+    for (n, dup) in rows {
+        copies.entry(*n).or_default().push(*dup);
+    }
+    let stored: BTreeSet<u32> = copies.keys().copied().collect();
+    assert!(
+        acked.is_subset(&stored),
+        "{} acknowledged messages missing from the database",
+        acked.difference(&stored).count()
+    );
+    let twice: Vec<_> = copies.iter().filter(|(_, c)| c.len() > 1).collect();
+    for (n, flags) in &twice {
+        assert!(
+            flags.iter().any(|d| *d),
+            "message {n} stored twice without the duplicate flag"
+        );
+    }
+    (stored.len(), twice.len())
 }

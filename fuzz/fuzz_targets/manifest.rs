@@ -1,10 +1,7 @@
 //! Fleet manifests (TOML).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
+#[path = "../bodies.rs"]
+mod bodies;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        let _ = provision::fleet::Manifest::parse(text, std::path::Path::new("fuzz.toml"));
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| bodies::manifest(data));

@@ -376,6 +376,29 @@ fn running_as_root() -> bool {
     !use_container() && id("-u") == "0"
 }
 
+/// Raises this process's soft open-file limit to at least `at_least`
+/// (within the hard limit), for many clients against one broker; a broker
+/// started afterwards inherits it. The usual soft limit, 1,024, is less
+/// than 1,000 clients and their broker need.
+pub fn raise_open_file_limit(at_least: u64) -> Result<(), String> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    if hard < at_least {
+        return Err(format!(
+            "need {at_least} open files; the hard limit is {hard} (raise it: ulimit -Hn)"
+        ));
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(at_least.max(limit.current.unwrap_or(0))),
+            maximum: limit.maximum,
+        },
+    )
+    .map_err(|e| format!("raising the open-file limit to {at_least}: {e}"))
+}
+
 /// A port nothing listens on right now, on 127.0.0.1.
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

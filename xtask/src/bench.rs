@@ -120,16 +120,16 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     ));
     // RSA key generation is a random prime search: single runs swing, so
     // the sides take turns and each reports its median.
-    let rsa_n = if quick { "10" } else { "40" };
+    let rsa_n: usize = if quick { 10 } else { 40 };
     let (mut rsa, mut rsa_py) = (Vec::new(), Vec::new());
     for _ in 0..sizes.repetitions {
-        rsa.push(rate(&identities_args("rsa2048", rsa_n, "0", &fresh()))?);
-        rsa_py.push(python_identities(
-            &python,
+        rsa.push(rate(&identities_args(
             "rsa2048",
-            rsa_n.parse().unwrap_or(10),
+            &rsa_n.to_string(),
+            "0",
             &fresh(),
-        )?);
+        ))?);
+        rsa_py.push(python_identities(&python, "rsa2048", rsa_n, &fresh())?);
     }
     let (rsa, rsa_py) = (median(rsa), median(rsa_py));
     results.push(format!(

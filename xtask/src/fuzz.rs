@@ -15,9 +15,7 @@
 //! test forbids `unsafe`, and the coverage instrumentation is what finds
 //! inputs.
 
-use std::process::Command;
-
-use crate::{project_root, sh, tools};
+use crate::{cargo, project_root, sh, tools};
 
 /// The targets, as named in `fuzz/Cargo.toml`.
 pub(crate) const TARGETS: [&str; 5] = ["key", "csr", "certificate", "crl", "manifest"];
@@ -52,7 +50,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         let corpus = fuzz.join("corpus").join(target);
         std::fs::create_dir_all(&corpus)
             .map_err(|e| format!("creating {}: {e}", corpus.display()))?;
-        sh(Command::new("cargo")
+        sh(cargo()
             .current_dir(&fuzz)
             .env("RUSTC_BOOTSTRAP", "1")
             .args(["fuzz", "run", "-s", "none", "-O", target])

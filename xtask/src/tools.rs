@@ -101,13 +101,13 @@ pub(crate) fn pkilint() -> Result<PathBuf, String> {
 /// `cargo SUBCOMMAND` (e.g. `deny`), installing `package` from crates.io
 /// when it does not answer.
 pub(crate) fn cargo_subcommand(subcommand: &str, package: &str) -> Result<(), String> {
-    let installed = Command::new("cargo")
+    let installed = crate::cargo()
         .args([subcommand, "--version"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !installed {
         eprintln!("xtask: cargo {subcommand} is missing; installing {package} from crates.io");
-        sh(Command::new("cargo").args(["install", package, "--locked"]))?;
+        sh(crate::cargo().args(["install", package, "--locked"]))?;
     }
     Ok(())
 }

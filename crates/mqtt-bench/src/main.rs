@@ -19,7 +19,9 @@ use provision::files::Durability;
 use provision::ops::{CsrRequest, IssueRequest, SubjectOptions, issue_files};
 use rayon::prelude::*;
 use serde_json::json;
-use verify_tests::mosquitto::{BrokerOptions, Mosquitto, Pki, mosquitto_client, tls_args};
+use verify_tests::mosquitto::{
+    BrokerOptions, Mosquitto, Pki, mosquitto_client, raise_open_file_limit, tls_args,
+};
 
 const USAGE: &str = "\
 mqtt-bench identities KEY_TYPE COUNT THREADS OUT_DIR  key + CSR + CSR check + signature + 3 files, per second
@@ -550,7 +552,7 @@ fn idle(count: usize) -> anyhow::Result<serde_json::Value> {
 /// own certificate, connect at once from this process; then the broker
 /// restarts and all reconnect (backoff with full jitter).
 fn storm(count: usize) -> anyhow::Result<serde_json::Value> {
-    raise_file_limit(3 * count as u64)?;
+    raise_open_file_limit(3 * count as u64).map_err(anyhow::Error::msg)?;
     let dir = tempfile::tempdir()?;
     let manifest = dir.path().join("fleet.toml");
     std::fs::write(
@@ -622,24 +624,6 @@ fn storm(count: usize) -> anyhow::Result<serde_json::Value> {
         "kb_per_connection": after.saturating_sub(before) as f64 / count as f64,
         "seconds_until_all_reconnected": back.elapsed().as_secs_f64(),
     }))
-}
-
-/// Raises the soft open-file limit to `at_least` (within the hard limit).
-fn raise_file_limit(at_least: u64) -> anyhow::Result<()> {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let hard = limit.maximum.unwrap_or(u64::MAX);
-    if hard < at_least {
-        bail!("need {at_least} open files; the hard limit is {hard} (raise it: ulimit -Hn)");
-    }
-    setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(at_least.max(limit.current.unwrap_or(0))),
-            maximum: limit.maximum,
-        },
-    )?;
-    Ok(())
 }
 
 /// CA, certificate and key paths, in the order the Python scripts take them.

@@ -272,6 +272,11 @@ async fn database_unavailable_for_a_while_postgres() {
     publisher.send(10..60).await.unwrap();
     tokio::task::block_in_place(|| {
         holds_acknowledgements_while_down(&ingest, acked_before);
+        // A server that is gone leaves the pool waiting for a connection:
+        // the probe answers anyway, saying the database did not answer.
+        let (status, body) = ingest.get("/healthz");
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("did not answer within 800 ms"), "{body}");
         pg.restart();
     });
     recovers_with_everything(&s, &ingest).await;

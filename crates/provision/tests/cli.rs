@@ -478,6 +478,38 @@ fn an_encrypted_ca_key_is_made_and_unlocked_at_the_terminal() {
 }
 
 #[test]
+fn broker_config_refuses_what_no_client_could_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca", "--cn", "Broker Root"]);
+    ok(d, &["issue", "client", "c1"]);
+    ok(d, &["issue", "server", "broker", "--dns", "localhost"]);
+
+    // A client certificate as the broker's: Mosquitto would load it, and
+    // every client would then refuse the broker.
+    let e = fails(d, &["broker-config", "--server", "c1", "--out", "b1"], 1);
+    assert!(e.contains("backend_certs/c1_cert.pem"), "{e}");
+    assert!(!d.join("b1").exists(), "nothing written");
+
+    // The broker's certificate with another identity's key.
+    std::fs::copy(
+        d.join("backend_certs/c1.key"),
+        d.join("backend_certs/broker.key"),
+    )
+    .unwrap();
+    let e = fails(
+        d,
+        &["broker-config", "--server", "broker", "--out", "b2"],
+        1,
+    );
+    assert!(
+        e.contains("backend_certs/broker.key") && e.contains("does not match"),
+        "{e}"
+    );
+    assert!(!d.join("b2").exists(), "nothing written");
+}
+
+#[test]
 fn concurrent_issuers_share_one_inventory() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_owned();

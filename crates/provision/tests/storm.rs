@@ -17,31 +17,14 @@ use std::time::{Duration, Instant};
 
 use common::ok;
 use mqtt_tls::{ClientCert, ConnectOptions, MqttClient};
-use verify_tests::mosquitto::{BrokerOptions, Mosquitto, Pki};
+use verify_tests::mosquitto::{BrokerOptions, Mosquitto, Pki, raise_open_file_limit};
 
 const DEVICES: usize = 1_000;
 
-/// 1,000 client sockets here and 1,000 in the broker: more than the usual
-/// soft limit of 1,024 descriptors. Raised to the hard limit for us and
-/// the broker we start.
-fn raise_file_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut limit = getrlimit(Resource::Nofile);
-    if limit.current < limit.maximum {
-        limit.current = limit.maximum;
-        setrlimit(Resource::Nofile, limit).unwrap();
-    }
-    let current = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
-    assert!(
-        current >= 3 * DEVICES as u64,
-        "need {} open files, the hard limit allows {current}",
-        3 * DEVICES
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_devices_connect_at_once_and_come_back_after_a_broker_restart() {
-    raise_file_limit();
+    // 1,000 client sockets here and 1,000 in the broker we start.
+    raise_open_file_limit(3 * DEVICES as u64).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     std::fs::write(

@@ -1,14 +1,16 @@
 //! `cargo xtask test`: the one test command (README, `.ci/run`).
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::{broker, cargo, sh, tools};
+use crate::{broker, cargo, project_root, sh, tools};
 
 /// fmt, clippy, cargo deny, the whole test suite with OpenSSL and pkilint,
 /// and docs.
 /// Arguments after `test` go to `cargo test` (e.g. a test-name filter).
-pub(crate) fn run(extra: &[String]) -> Result<(), String> {
+pub(crate) fn run(args: &[String]) -> Result<(), String> {
+    let (advisory_db, extra) = advisory_db_arg(args)?;
     sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
     sh(cargo().args([
         "clippy",
@@ -18,12 +20,12 @@ pub(crate) fn run(extra: &[String]) -> Result<(), String> {
         "-D",
         "warnings",
     ]))?;
-    deny()?;
+    deny(advisory_db)?;
     let pkilint = tools::pkilint()?;
     let totals = sh_counting_tests(
         cargo()
             .args(["test", "--workspace"])
-            .args(extra)
+            .args(&extra)
             .envs(broker::test_env()?)
             .env("MQTT_MTLS_PKILINT_BIN", pkilint),
     )?;
@@ -35,11 +37,43 @@ pub(crate) fn run(extra: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// The environment variable naming an offline RustSec advisory database (a
+/// git bundle, or a git repository), used when the live one cannot be
+/// fetched. `--advisory-db PATH` says the same on the command line.
+const ADVISORY_DB_VAR: &str = "MQTT_MTLS_ADVISORY_DB";
+
+/// The folder name cargo-deny gives the default database
+/// (`https://github.com/rustsec/advisory-db`) under its `db-path`.
+const DEFAULT_DB_DIR: &str = "advisory-db-3157b0e258782691";
+
+/// Splits `--advisory-db PATH` off the arguments meant for `cargo test`.
+fn advisory_db_arg(args: &[String]) -> Result<(Option<PathBuf>, Vec<String>), String> {
+    let mut db = std::env::var_os(ADVISORY_DB_VAR)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let mut rest = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if arg == "--advisory-db" {
+            let path = args
+                .next()
+                .ok_or("--advisory-db needs a path (a git bundle or repository)")?;
+            db = Some(PathBuf::from(path));
+        } else if let Some(path) = arg.strip_prefix("--advisory-db=") {
+            db = Some(PathBuf::from(path));
+        } else {
+            rest.push(arg.clone());
+        }
+    }
+    Ok((db, rest))
+}
+
 /// `cargo deny check` with `deny.toml`: licenses, duplicate versions,
-/// sources, and the RustSec advisories when their database can be fetched
-/// (it is a git repository on GitHub; where that is out of reach, the run
-/// says so loudly and checks the rest).
-fn deny() -> Result<(), String> {
+/// sources and the RustSec advisories. The live database when it can be
+/// fetched; else the offline one given by `--advisory-db` or
+/// `MQTT_MTLS_ADVISORY_DB`, whose date is printed; else (neither) a loud
+/// warning and every check but advisories.
+fn deny(offline_db: Option<PathBuf>) -> Result<(), String> {
     tools::cargo_subcommand("deny", "cargo-deny")?;
     let fetched = cargo()
         .args(["deny", "fetch"])
@@ -48,12 +82,77 @@ fn deny() -> Result<(), String> {
     if fetched {
         return sh(cargo().args(["deny", "check"]));
     }
+    if let Some(source) = offline_db {
+        let config = offline_config(&source)?;
+        return sh(cargo()
+            .args(["deny", "--offline", "check", "--config"])
+            .arg(&config));
+    }
     eprintln!(
-        "xtask: WARNING: the RustSec advisory database cannot be fetched from here; \
-         advisories are NOT checked in this run (licenses, bans and sources are). \
-         Run `cargo deny check advisories` where GitHub is reachable."
+        "xtask: WARNING: the RustSec advisory database cannot be fetched from here and no \
+         offline copy was given; advisories are NOT checked in this run (licenses, bans and \
+         sources are). Give one with --advisory-db PATH or {ADVISORY_DB_VAR}=PATH (a git \
+         bundle or repository of github.com/rustsec/advisory-db)."
     );
     sh(cargo().args(["deny", "--offline", "check", "licenses", "bans", "sources"]))
+}
+
+/// Clones the offline database `source` into `target/advisory-dbs` and
+/// writes `target/deny-offline.toml`: `deny.toml` with its `db-path`
+/// pointing there. Prints the snapshot's date.
+fn offline_config(source: &Path) -> Result<PathBuf, String> {
+    if !source.exists() {
+        return Err(format!(
+            "the offline advisory database {} does not exist",
+            source.display()
+        ));
+    }
+    let root = project_root();
+    let dbs = root.join("target").join("advisory-dbs");
+    let db = dbs.join(DEFAULT_DB_DIR);
+    if db.exists() {
+        std::fs::remove_dir_all(&db).map_err(|e| format!("removing {}: {e}", db.display()))?;
+    }
+    std::fs::create_dir_all(&dbs).map_err(|e| format!("creating {}: {e}", dbs.display()))?;
+    sh(Command::new("git")
+        .args(["clone", "--quiet", "--no-checkout"])
+        .arg(source)
+        .arg(&db))?;
+    sh(Command::new("git")
+        .arg("-C")
+        .arg(&db)
+        .args(["checkout", "--quiet", "--detach", "HEAD"]))?;
+    let date = Command::new("git")
+        .arg("-C")
+        .arg(&db)
+        .args(["show", "-s", "--format=%cs %h", "HEAD"])
+        .output()
+        .map_err(|e| format!("reading the snapshot's date: {e}"))?;
+    let date = String::from_utf8_lossy(&date.stdout).trim().to_owned();
+    eprintln!(
+        "xtask: the live RustSec database cannot be fetched; checking advisories against the \
+         offline snapshot of {date} from {}",
+        source.display()
+    );
+    let deny = root.join("deny.toml");
+    let text =
+        std::fs::read_to_string(&deny).map_err(|e| format!("reading {}: {e}", deny.display()))?;
+    let header = "[advisories]\n";
+    let at = text
+        .find(header)
+        .ok_or_else(|| format!("{} has no [advisories] table", deny.display()))?
+        + header.len();
+    // An offline snapshot is older than cargo-deny's default 90 days by
+    // design; its date is printed above instead.
+    let config = format!(
+        "{}db-path = {:?}\nmaximum-db-staleness = \"P3650D\"\n{}",
+        &text[..at],
+        dbs.display().to_string(),
+        &text[at..]
+    );
+    let path = root.join("target").join("deny-offline.toml");
+    std::fs::write(&path, config).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(path)
 }
 
 #[derive(Default)]

@@ -287,16 +287,104 @@ impl TlsIdentity {
             .map_err(tls)?;
         // A client talks to one broker: rustls' default session cache is
         // sized for 256 server names (about 14 KB a config, allocated up
-        // front), which a fleet of clients in one process pays per client.
-        // The cache stays per identity: sharing one would let a client
-        // resume a session another identity authenticated.
-        config.resumption = rustls::client::Resumption::in_memory_sessions(SESSION_CACHE_NAMES);
+        // front) and keeps up to 8 TLS 1.3 tickets a name (OpenSSL sends
+        // 2 after each handshake, each with a copy of the broker's chain),
+        // which a fleet of clients in one process pays per client. The
+        // cache stays per identity: sharing one would let a client resume a
+        // session another identity authenticated.
+        config.resumption =
+            rustls::client::Resumption::store(Arc::new(OneBrokerSessions::default()));
         Ok(Arc::new(config))
     }
 }
 
-/// Server names one client config remembers TLS sessions for.
-const SESSION_CACHE_NAMES: usize = 4;
+/// A TLS session store for a client that talks to one broker: the latest
+/// session for the latest server name, nothing more.
+#[derive(Debug, Default)]
+struct OneBrokerSessions {
+    slot: std::sync::Mutex<Option<SessionSlot>>,
+}
+
+#[derive(Debug)]
+struct SessionSlot {
+    name: rustls::pki_types::ServerName<'static>,
+    kx_hint: Option<rustls::NamedGroup>,
+    tls12: Option<rustls::client::Tls12ClientSessionValue>,
+    tls13: Option<rustls::client::Tls13ClientSessionValue>,
+}
+
+impl OneBrokerSessions {
+    /// Runs `f` on the slot for `name`, made (and any other name's
+    /// dropped) when `create`.
+    fn with<T>(
+        &self,
+        name: &rustls::pki_types::ServerName<'_>,
+        create: bool,
+        f: impl FnOnce(&mut SessionSlot) -> Option<T>,
+    ) -> Option<T> {
+        // A panic elsewhere while holding this lock leaves a cache behind:
+        // at worst a session that is not resumed.
+        let mut slot = self
+            .slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if create && slot.as_ref().is_none_or(|s| s.name != *name) {
+            *slot = Some(SessionSlot {
+                name: name.to_owned(),
+                kx_hint: None,
+                tls12: None,
+                tls13: None,
+            });
+        }
+        slot.as_mut().filter(|s| s.name == *name).and_then(f)
+    }
+}
+
+impl rustls::client::ClientSessionStore for OneBrokerSessions {
+    fn set_kx_hint(&self, name: rustls::pki_types::ServerName<'static>, group: rustls::NamedGroup) {
+        self.with(&name, true, |s| s.kx_hint.replace(group));
+    }
+
+    fn kx_hint(&self, name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.with(name, false, |s| s.kx_hint)
+    }
+
+    fn set_tls12_session(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.with(&name, true, |s| s.tls12.replace(value));
+    }
+
+    fn tls12_session(
+        &self,
+        name: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.with(name, false, |s| s.tls12.clone())
+    }
+
+    fn remove_tls12_session(&self, name: &rustls::pki_types::ServerName<'static>) {
+        self.with(name, false, |s| s.tls12.take());
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        // The newest ticket replaces the one before: tickets are single
+        // use, and the broker sends fresh ones after every handshake.
+        self.with(&name, true, |s| s.tls13.replace(value));
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        name: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.with(name, false, |s| s.tls13.take())
+    }
+}
 
 struct Sources<'a> {
     cert: (&'a [u8], &'a Path),

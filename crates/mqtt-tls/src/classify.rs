@@ -1,6 +1,6 @@
 //! Turns rumqttc's connection errors into errors a person can act on.
 
-use rumqttc::ConnectionError;
+use rumqttc_mtls::ConnectionError;
 use rustls::{AlertDescription, CertificateError};
 
 use crate::error::Error;

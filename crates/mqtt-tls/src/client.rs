@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{
+use rumqttc_mtls::{
     AsyncClient, ClientError, Event, EventLoop, Incoming, MqttOptions, Outgoing, Publish,
     TlsConfiguration, Transport,
 };
@@ -21,7 +21,7 @@ use crate::classify::classify;
 use crate::error::{Error, Result};
 use crate::topic::{TopicFilter, check_publish_topic};
 
-pub use rumqttc::QoS;
+pub use rumqttc_mtls::QoS;
 
 /// Exponential backoff with full jitter: attempt `n` waits a random time
 /// between zero and `min(max, initial × 2ⁿ)`, so a fleet that lost its
@@ -99,6 +99,13 @@ pub struct ConnectOptions {
     pub max_inflight: u16,
     /// TLS versions to offer.
     pub tls_versions: TlsVersions,
+    /// The largest packet (fixed header included) we accept from the
+    /// broker. Default: the largest MQTT allows, so that any message the
+    /// broker accepted can be read.
+    pub max_incoming_packet_size: usize,
+    /// The largest packet we send; [`MqttClient::publish`] refuses a bigger
+    /// one before anything is queued. Default: 1 MiB.
+    pub max_outgoing_packet_size: usize,
 }
 
 impl ConnectOptions {
@@ -124,6 +131,8 @@ impl ConnectOptions {
             },
             max_inflight: 100,
             tls_versions: TlsVersions::Default,
+            max_incoming_packet_size: rumqttc_mtls::MQTT_MAX_PACKET_SIZE,
+            max_outgoing_packet_size: rumqttc_mtls::DEFAULT_MAX_OUTGOING_PACKET_SIZE,
         }
     }
 }
@@ -325,9 +334,13 @@ impl MqttClient {
             .set_clean_session(options.clean_session)
             .set_manual_acks(true)
             .set_inflight(options.max_inflight.max(1))
+            .set_max_packet_size(
+                options.max_incoming_packet_size,
+                options.max_outgoing_packet_size,
+            )
             .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
         if let Some(will) = &options.last_will {
-            mqtt.set_last_will(rumqttc::LastWill::new(
+            mqtt.set_last_will(rumqttc_mtls::LastWill::new(
                 &will.topic,
                 will.payload.clone(),
                 will.qos,
@@ -338,10 +351,6 @@ impl MqttClient {
             mqtt.set_credentials(user, password);
         }
         let (rumqtt, mut eventloop) = AsyncClient::new(mqtt, 256);
-        // rumqttc reserves room for 100 events up front (about 14 KB a
-        // client); `Connection` takes each event as it comes, so the queue
-        // rarely holds more than a few. It grows on demand.
-        eventloop.state.events = VecDeque::new();
         // MQTT packets are small and latency-bound: without TCP_NODELAY the
         // TLS handshake and CONNECT wait on delayed ACKs (~40 ms a connect).
         let mut network = eventloop.network_options();
@@ -455,14 +464,21 @@ impl MqttClient {
                 if ready {
                     match self
                         .rumqtt
-                        .try_publish(topic, qos, retain, payload.to_vec())
+                        .try_publish_bytes(topic, qos, retain, payload.clone())
                     {
                         Ok(()) => {
                             let (tx, rx) = oneshot::channel();
                             tracker.queued.push_back(tx);
                             break rx;
                         }
-                        Err(ClientError::TryRequest(rumqttc::Request::Publish(_))) => {}
+                        Err(ClientError::TryRequest(rumqttc_mtls::Request::Publish(_))) => {}
+                        Err(ClientError::PacketTooLarge { size, max }) => {
+                            return Err(Error::PacketTooLarge {
+                                topic: topic.to_owned(),
+                                size,
+                                max,
+                            });
+                        }
                         Err(_) => return Err(Error::Closed),
                     }
                 }
@@ -528,9 +544,9 @@ fn send_subscribe(rumqtt: &AsyncClient, filters: Vec<(String, QoS)>) {
     if filters.is_empty() {
         return;
     }
-    let subs: Vec<rumqttc::SubscribeFilter> = filters
+    let subs: Vec<rumqttc_mtls::SubscribeFilter> = filters
         .into_iter()
-        .map(|(f, q)| rumqttc::SubscribeFilter::new(f, q))
+        .map(|(f, q)| rumqttc_mtls::SubscribeFilter::new(f, q))
         .collect();
     if rumqtt.try_subscribe_many(subs.clone()).is_err() {
         // The channel is full; a task waits for room while the connection
@@ -590,6 +606,9 @@ impl Connection {
     /// handlers, resolves publishes, and reconnects with backoff after any
     /// failure, renewing subscriptions when the broker kept no session.
     pub async fn run(mut self) -> Result<()> {
+        // Boxed messages: the channel allocates its first block of 32 slots
+        // up front, 2 KB for bare `Publish`es but 256 bytes for boxes, on
+        // every connection whether it ever receives or not.
         let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
         let dispatcher = tokio::spawn(dispatch(
             dispatch_rx,
@@ -673,7 +692,7 @@ impl Connection {
         runtime.block_on(self.run())
     }
 
-    fn handle(&mut self, event: Event, dispatch: Option<&mpsc::UnboundedSender<Publish>>) {
+    fn handle(&mut self, event: Event, dispatch: Option<&mpsc::UnboundedSender<Box<Publish>>>) {
         match event {
             Event::Incoming(Incoming::ConnAck(ack)) => {
                 self.attempt = 0;
@@ -713,7 +732,7 @@ impl Connection {
             }
             Event::Incoming(Incoming::Publish(publish)) => match dispatch {
                 Some(tx) => {
-                    let _ = tx.send(publish);
+                    let _ = tx.send(Box::new(publish));
                 }
                 None => tracing::debug!("message before run(): left unacknowledged"),
             },
@@ -723,7 +742,7 @@ impl Connection {
                 if ack
                     .return_codes
                     .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) =>
+                    .any(|c| matches!(c, rumqttc_mtls::SubscribeReasonCode::Failure)) =>
             {
                 let msg = "the broker refused a subscription (check its ACL for our identity)";
                 tracing::warn!("{msg}");
@@ -787,11 +806,12 @@ fn fail_all(shared: &Shared, err: impl Fn() -> Error) {
 /// handler is retried with backoff; its message stays unacknowledged, so if
 /// the process dies the broker redelivers it to the persistent session.
 async fn dispatch(
-    mut rx: mpsc::UnboundedReceiver<Publish>,
+    mut rx: mpsc::UnboundedReceiver<Box<Publish>>,
     rumqtt: AsyncClient,
     shared: Arc<Shared>,
 ) {
     while let Some(publish) = rx.recv().await {
+        let publish = *publish;
         let message = Message {
             topic: publish.topic.clone(),
             payload: publish.payload.clone(),

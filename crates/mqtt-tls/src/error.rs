@@ -192,6 +192,21 @@ pub enum Error {
     #[error("the broker started a new session before acknowledging this publish; send it again")]
     SessionLost,
 
+    /// A publish larger than the outgoing packet-size limit
+    /// ([`crate::ConnectOptions::max_outgoing_packet_size`]); refused before
+    /// anything was queued.
+    #[error(
+        "publishing to {topic:?}: the packet would be {size} bytes, more than the outgoing limit of {max} bytes (raise max_outgoing_packet_size; the broker has its own limit too)"
+    )]
+    PacketTooLarge {
+        /// The topic.
+        topic: String,
+        /// The size of the whole PUBLISH packet.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+
     /// The client was shut down (or its event loop stopped).
     #[error("the MQTT client is shut down")]
     Closed,

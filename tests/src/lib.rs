@@ -10,6 +10,7 @@
 
 pub mod mosquitto;
 pub mod postgres;
+pub mod proxy;
 
 /// The workspace README's examples, compiled and run as doc tests so that
 /// they stay true.

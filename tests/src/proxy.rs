@@ -1,0 +1,113 @@
+//! A fault-injecting TCP proxy for tests: it sits between our client and a
+//! real broker, forwards bytes both ways, and on the test's word holds what
+//! the broker sends (so that a packet is on its way but not delivered) or
+//! cuts every open connection at once. TLS passes through untouched; the
+//! test watches the MQTT exchange in the broker's log.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A running proxy on 127.0.0.1:`port`; dropping it stops it and closes
+/// every connection through it.
+pub struct FaultProxy {
+    /// The port clients connect to.
+    pub port: u16,
+    hold: watch::Sender<bool>,
+    cuts: watch::Sender<u64>,
+    accept: JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy to 127.0.0.1:`upstream`.
+    pub async fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (hold, _) = watch::channel(false);
+        let (cuts, _) = watch::channel(0u64);
+        let hold_rx = hold.subscribe();
+        let cuts_rx = cuts.subscribe();
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(broker) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = broker.set_nodelay(true);
+                tokio::spawn(pump_pair(client, broker, hold_rx.clone(), cuts_rx.clone()));
+            }
+        });
+        Self {
+            port,
+            hold,
+            cuts,
+            accept,
+        }
+    }
+
+    /// From now on, bytes from the broker wait in the proxy instead of
+    /// reaching the client (the client's bytes still reach the broker).
+    pub fn hold_to_client(&self) {
+        self.hold.send_replace(true);
+    }
+
+    /// Delivers held bytes and forwards as usual again.
+    pub fn release(&self) {
+        self.hold.send_replace(false);
+    }
+
+    /// Closes every connection open now, both ways; held bytes are lost.
+    /// Later connections go through.
+    pub fn cut(&self) {
+        self.cuts.send_modify(|n| *n += 1);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+async fn pump_pair(
+    client: TcpStream,
+    broker: TcpStream,
+    hold: watch::Receiver<bool>,
+    mut cuts: watch::Receiver<u64>,
+) {
+    cuts.mark_unchanged();
+    let (client_read, client_write) = client.into_split();
+    let (broker_read, broker_write) = broker.into_split();
+    let (_keep, never_hold) = watch::channel(false);
+    let up = pump(client_read, broker_write, never_hold);
+    let down = pump(broker_read, client_write, hold);
+    // Whichever ends first (a side closed, or a cut) ends both: dropping
+    // the halves closes the sockets.
+    tokio::select! {
+        () = up => {}
+        () = down => {}
+        _ = cuts.changed() => {}
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut hold: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if hold.wait_for(|held| !*held).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Faults on the wire between our client and a real Mosquitto, injected by
+//! a proxy (`verify_tests::proxy`), and what the broker saw, read from its
+//! log: the MQTT client fork's (`crates/rumqttc-mtls`) fixes proven against
+//! a real peer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use mqtt_tls::{ConnectOptions, Delivery, Error, Message, MqttClient, QoS};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use verify_tests::mosquitto::{BrokerOptions, Mosquitto, Pki};
+use verify_tests::proxy::FaultProxy;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn options(port: u16, id: &str) -> ConnectOptions {
+    let mut o = ConnectOptions::new("localhost", port, id);
+    o.reconnect.initial = Duration::from_millis(50);
+    o.reconnect.max = Duration::from_millis(500);
+    o
+}
+
+/// Waits until the broker's log holds `needle` `times` times; the log is
+/// the broker's own account of every packet (`log_type all`).
+async fn broker_logged(broker: &Mosquitto, needle: &str, times: usize) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = broker.log();
+        if log.matches(needle).count() >= times {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker never logged {needle:?} {times} time(s); its log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+type Received = mpsc::UnboundedReceiver<(Message, Delivery)>;
+
+/// A QoS 2 subscriber with a persistent session through `proxy`, handing
+/// each message and its acknowledgement to the test.
+async fn qos2_subscriber(pki: &Pki, proxy: &FaultProxy) -> (MqttClient, JoinHandle<()>, Received) {
+    let mut opts = options(proxy.port, "q2sub");
+    opts.clean_session = false;
+    let identity = pki.client("q2sub").load().unwrap();
+    let (client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    client
+        .subscribe_deferred("q2/#", QoS::ExactlyOnce, move |m, d| {
+            let tx = tx.clone();
+            async move {
+                tx.send((m, d)).unwrap();
+                Ok::<(), std::io::Error>(())
+            }
+        })
+        .unwrap();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(async move {
+        let _ = conn.run().await;
+    });
+    (client, runner, rx)
+}
+
+async fn next(rx: &mut Received) -> (Message, Delivery) {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("timed out waiting for a message")
+        .expect("channel closed")
+}
+
+/// The scenario of rumqtt issue #664: the subscriber sent PUBREC, the
+/// broker's PUBREL is on its way, and the link goes. `restart` drops the
+/// whole client before reconnecting (a process restart: no state left);
+/// otherwise the same client reconnects. Either way the broker resends
+/// PUBREL, must get PUBCOMP, and the session carries on.
+async fn qos2_interrupted_between_pubrec_and_pubcomp(restart: bool) {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let proxy = FaultProxy::start(broker.port).await;
+    let identity = pki.client("q2pub").load().unwrap();
+    let (publisher, mut pconn) =
+        MqttClient::new(&options(broker.port, "q2pub"), &identity).unwrap();
+    pconn.connect().await.unwrap();
+    let prunner = tokio::spawn(pconn.run());
+
+    let (client, runner, mut rx) = qos2_subscriber(&pki, &proxy).await;
+    broker_logged(&broker, "Received SUBSCRIBE from q2sub", 1).await;
+    publisher
+        .publish("q2/a", "one", QoS::ExactlyOnce, false)
+        .await
+        .unwrap();
+    let (first, delivery) = next(&mut rx).await;
+    assert_eq!(&first.payload[..], b"one");
+
+    // Our PUBREC reaches the broker; its PUBREL stays in the proxy.
+    proxy.hold_to_client();
+    delivery.ack().await.unwrap();
+    broker_logged(&broker, "Sending PUBREL to q2sub", 1).await;
+
+    let (client, runner, mut rx) = if restart {
+        runner.abort();
+        let _ = runner.await;
+        drop(client);
+        proxy.cut();
+        proxy.release();
+        qos2_subscriber(&pki, &proxy).await
+    } else {
+        proxy.cut();
+        proxy.release();
+        (client, runner, rx)
+    };
+
+    // The broker resends PUBREL on the resumed session and gets PUBCOMP.
+    broker_logged(&broker, "Received PUBCOMP from q2sub", 1).await;
+    // And the session goes on: the next message arrives, once, and the
+    // first is not delivered again.
+    publisher
+        .publish("q2/a", "two", QoS::ExactlyOnce, false)
+        .await
+        .unwrap();
+    let (second, delivery) = next(&mut rx).await;
+    assert_eq!(&second.payload[..], b"two");
+    delivery.ack().await.unwrap();
+    broker_logged(&broker, "Received PUBCOMP from q2sub", 2).await;
+    assert!(
+        client.stats().connections <= 2,
+        "reconnected {} times",
+        client.stats().connections
+    );
+
+    client.disconnect().await.unwrap();
+    let _ = runner.await;
+    publisher.disconnect().await.unwrap();
+    prunner.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn qos2_link_cut_between_pubrec_and_pubcomp_resumes() {
+    qos2_interrupted_between_pubrec_and_pubcomp(false).await;
+}
+
+#[tokio::test]
+async fn qos2_restart_between_pubrec_and_pubcomp_resumes() {
+    qos2_interrupted_between_pubrec_and_pubcomp(true).await;
+}
+
+/// 64 KiB both ways with the default options (rumqttc's 10 KiB default
+/// limit dropped the connection for good on a persistent session), and a
+/// publish over the configured outgoing limit refused before it is queued.
+#[tokio::test]
+async fn large_messages_pass_and_oversized_publishes_are_refused() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let mut sub_opts = options(broker.port, "bigsub");
+    sub_opts.clean_session = false;
+    let identity = pki.client("bigsub").load().unwrap();
+    let (sub, mut sconn) = MqttClient::new(&sub_opts, &identity).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    sub.subscribe("big/#", QoS::AtLeastOnce, move |m| {
+        let tx = tx.clone();
+        async move {
+            tx.send(m).unwrap();
+            Ok::<(), std::io::Error>(())
+        }
+    })
+    .unwrap();
+    sconn.connect().await.unwrap();
+    let srunner = tokio::spawn(sconn.run());
+    broker_logged(&broker, "Received SUBSCRIBE from bigsub", 1).await;
+
+    let mut pub_opts = options(broker.port, "bigpub");
+    pub_opts.max_outgoing_packet_size = 128 * 1024;
+    let identity = pki.client("bigpub").load().unwrap();
+    let (publisher, mut pconn) = MqttClient::new(&pub_opts, &identity).unwrap();
+    pconn.connect().await.unwrap();
+    let prunner = tokio::spawn(pconn.run());
+
+    let big = vec![b'x'; 64 * 1024];
+    publisher
+        .publish("big/1", big.clone(), QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.payload.len(), big.len());
+
+    let err = publisher
+        .publish("big/2", vec![0u8; 200 * 1024], QoS::AtLeastOnce, false)
+        .await
+        .unwrap_err();
+    match &err {
+        Error::PacketTooLarge { topic, size, max } => {
+            assert_eq!(topic, "big/2");
+            assert!(*size > 200 * 1024, "{size}");
+            assert_eq!(*max, 128 * 1024);
+        }
+        other => panic!("expected PacketTooLarge, got {other}"),
+    }
+    // Nothing of it was queued: the next publish is the next the broker
+    // sees, and the subscriber gets it right after the first.
+    publisher
+        .publish("big/3", "after", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.topic, "big/3");
+    assert!(
+        !broker.log().contains("big/2"),
+        "the refused publish reached the broker"
+    );
+
+    publisher.disconnect().await.unwrap();
+    prunner.await.unwrap().unwrap();
+    sub.disconnect().await.unwrap();
+    srunner.await.unwrap().unwrap();
+}
+
+/// The client's TLS session store (one ticket per identity) resumes a
+/// session with Mosquitto: the second handshake of the same identity is an
+/// abbreviated one.
+#[test]
+fn tls_sessions_resume_with_the_one_ticket_store() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let config = pki
+        .client("resumer")
+        .load()
+        .unwrap()
+        .rustls_config()
+        .unwrap();
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        let mut sock = TcpStream::connect(("127.0.0.1", broker.port)).unwrap();
+        sock.set_read_timeout(Some(WAIT)).unwrap();
+        let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+        // An MQTT CONNECT, then the CONNACK: the broker's session tickets
+        // arrive with it.
+        let id = b"resumer";
+        let mut connect = vec![0x10, (10 + 2 + id.len()) as u8];
+        connect.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60]);
+        connect.extend_from_slice(&[0, id.len() as u8]);
+        connect.extend_from_slice(id);
+        tls.write_all(&connect).unwrap();
+        let mut connack = [0u8; 4];
+        tls.read_exact(&mut connack).unwrap();
+        assert_eq!(connack, [0x20, 2, 0, 0]);
+        kinds.push(tls.conn.handshake_kind());
+        tls.write_all(&[0xe0, 0]).unwrap();
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
+    }
+    use rustls::HandshakeKind::{Full, Resumed};
+    assert_eq!(kinds, [Some(Full), Some(Resumed), Some(Resumed)]);
+}

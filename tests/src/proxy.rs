@@ -81,8 +81,8 @@ async fn pump_pair(
     let (client_read, client_write) = client.into_split();
     let (broker_read, broker_write) = broker.into_split();
     let (_keep, never_hold) = watch::channel(false);
-    let up = pump(client_read, broker_write, never_hold);
-    let down = pump(broker_read, client_write, hold);
+    let up = pump(client_read, broker_write, never_hold, cuts.clone());
+    let down = pump(broker_read, client_write, hold, cuts.clone());
     // Whichever ends first (a side closed, or a cut) ends both: dropping
     // the halves closes the sockets.
     tokio::select! {
@@ -96,15 +96,28 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut hold: watch::Receiver<bool>,
+    mut cuts: watch::Receiver<u64>,
 ) {
+    let generation = *cuts.borrow_and_update();
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if hold.wait_for(|held| !*held).await.is_err() {
-            return;
+        // Held bytes wait for a release; a cut (even one followed at once
+        // by a release) drops them: the cut is checked first every time.
+        loop {
+            if *cuts.borrow_and_update() != generation {
+                return;
+            }
+            if !*hold.borrow_and_update() {
+                break;
+            }
+            tokio::select! {
+                r = hold.changed() => if r.is_err() { return },
+                r = cuts.changed() => if r.is_err() { return },
+            }
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;

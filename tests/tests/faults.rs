@@ -88,7 +88,7 @@ async fn qos2_interrupted_between_pubrec_and_pubcomp(restart: bool) {
     let prunner = tokio::spawn(pconn.run());
 
     let (client, runner, mut rx) = qos2_subscriber(&pki, &proxy).await;
-    broker_logged(&broker, "Received SUBSCRIBE from q2sub", 1).await;
+    broker_logged(&broker, "Received SUBSCRIBE from q2sub\n", 1).await;
     publisher
         .publish("q2/a", "one", QoS::ExactlyOnce, false)
         .await
@@ -99,7 +99,7 @@ async fn qos2_interrupted_between_pubrec_and_pubcomp(restart: bool) {
     // Our PUBREC reaches the broker; its PUBREL stays in the proxy.
     proxy.hold_to_client();
     delivery.ack().await.unwrap();
-    broker_logged(&broker, "Sending PUBREL to q2sub", 1).await;
+    broker_logged(&broker, "Sending PUBREL to q2sub (", 1).await;
 
     let (client, runner, mut rx) = if restart {
         runner.abort();
@@ -115,7 +115,7 @@ async fn qos2_interrupted_between_pubrec_and_pubcomp(restart: bool) {
     };
 
     // The broker resends PUBREL on the resumed session and gets PUBCOMP.
-    broker_logged(&broker, "Received PUBCOMP from q2sub", 1).await;
+    broker_logged(&broker, "Received PUBCOMP from q2sub (", 1).await;
     // And the session goes on: the next message arrives, once, and the
     // first is not delivered again.
     publisher
@@ -125,7 +125,7 @@ async fn qos2_interrupted_between_pubrec_and_pubcomp(restart: bool) {
     let (second, delivery) = next(&mut rx).await;
     assert_eq!(&second.payload[..], b"two");
     delivery.ack().await.unwrap();
-    broker_logged(&broker, "Received PUBCOMP from q2sub", 2).await;
+    broker_logged(&broker, "Received PUBCOMP from q2sub (", 2).await;
     assert!(
         client.stats().connections <= 2,
         "reconnected {} times",
@@ -170,7 +170,7 @@ async fn large_messages_pass_and_oversized_publishes_are_refused() {
     .unwrap();
     sconn.connect().await.unwrap();
     let srunner = tokio::spawn(sconn.run());
-    broker_logged(&broker, "Received SUBSCRIBE from bigsub", 1).await;
+    broker_logged(&broker, "Received SUBSCRIBE from bigsub\n", 1).await;
 
     let mut pub_opts = options(broker.port, "bigpub");
     pub_opts.max_outgoing_packet_size = 128 * 1024;

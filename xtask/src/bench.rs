@@ -530,13 +530,14 @@ fn render_markdown(
          (perf: Mosquitto 54% of the cycles, our client 22%, Python 23%), and it is the same\n\
          for every client, which caps this ratio; the figure is the median of the runs.\n\n\
          Memory per idle mTLS connection, {ic} clients with their own certificates in one\n\
-         process: {ik} KB (target: 30 KB). Measured with massif, most of what stays is\n\
-         allocated by rumqttc 0.25 itself and cannot be set from outside: a zeroed\n\
-         65,536-bit table of incoming packet ids (8 KB), tokio-util's read and write\n\
-         buffers (8 KB each) and the outgoing table sized by `max_inflight` (6.4 KB at the\n\
-         default 100), about 31 KB before rustls and tokio hold a byte. What was ours is\n\
-         done: rustls' session cache is sized for 4 server names instead of 256 and\n\
-         rumqttc's 100-event queue is no longer reserved up front (63.6 KB before).\n\n\
+         process: {ik} KB (target: 30 KB; 52.9 KB with rumqttc 0.25.1, 63.6 KB before\n\
+         that). Our fork of rumqttc (`crates/rumqttc-mtls`) holds no fixed tables (rumqttc\n\
+         0.25.1: a 65,536-bit id set, an outgoing table sized by `max_inflight`, 8 KiB read\n\
+         and write buffers, ~31 KB), the handshake future is boxed, the dispatch channel\n\
+         holds boxes and the TLS session store keeps one ticket (OpenSSL sends two, each\n\
+         with a copy of the broker's chain). What stays (heaptrack): rustls' 4 KiB\n\
+         record buffer, the connection's TLS state and keys, the connection task, the\n\
+         client's own `ClientConfig` (its certificate and key), and malloc's overhead.\n\n\
          ## A fleet connecting at once\n\n\
          {sc} devices from `provision fleet`, each with its own certificate, connect over\n\
          mTLS to one Mosquitto at once from one process: all connected in {ss} s ({scps}\n\

@@ -125,15 +125,28 @@ fn offline_config(source: &Path) -> Result<PathBuf, String> {
     let date = Command::new("git")
         .arg("-C")
         .arg(&db)
-        .args(["show", "-s", "--format=%cs %h", "HEAD"])
+        .args(["show", "-s", "--format=%ct %cs %h", "HEAD"])
         .output()
         .map_err(|e| format!("reading the snapshot's date: {e}"))?;
     let date = String::from_utf8_lossy(&date.stdout).trim().to_owned();
+    let (epoch, date) = date
+        .split_once(' ')
+        .ok_or_else(|| format!("{} has no commit to date it by", source.display()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let age_days = now.saturating_sub(epoch.parse().unwrap_or(now)) / 86_400;
     eprintln!(
         "xtask: the live RustSec database cannot be fetched; checking advisories against the \
-         offline snapshot of {date} from {}",
+         offline snapshot of {date}, {age_days} days old, from {}",
         source.display()
     );
+    if age_days > 90 {
+        eprintln!(
+            "xtask: WARNING: that snapshot is over 90 days old: advisories published since \
+             {date} are not checked. Refresh it where GitHub is reachable."
+        );
+    }
     let deny = root.join("deny.toml");
     let text =
         std::fs::read_to_string(&deny).map_err(|e| format!("reading {}: {e}", deny.display()))?;
@@ -142,8 +155,9 @@ fn offline_config(source: &Path) -> Result<PathBuf, String> {
         .find(header)
         .ok_or_else(|| format!("{} has no [advisories] table", deny.display()))?
         + header.len();
-    // An offline snapshot is older than cargo-deny's default 90 days by
-    // design; its date is printed above instead.
+    // cargo-deny dates a fresh clone by its checkout, not by the
+    // snapshot's commit, so its own staleness limit would not see the age
+    // of the data; the age is judged above, from the commit date.
     let config = format!(
         "{}db-path = {:?}\nmaximum-db-staleness = \"P3650D\"\n{}",
         &text[..at],

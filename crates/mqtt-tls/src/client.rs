@@ -99,8 +99,8 @@ pub struct ConnectOptions {
     pub max_inflight: u16,
     /// TLS versions to offer.
     pub tls_versions: TlsVersions,
-    /// The largest packet (fixed header included) we accept from the
-    /// broker. Default: the largest MQTT allows, so that any message the
+    /// The largest packet we accept from the broker, counted without its
+    /// 2 to 5 byte fixed header (MQTT's remaining length). Default: the largest MQTT allows, so that any message the
     /// broker accepted can be read.
     pub max_incoming_packet_size: usize,
     /// The largest packet we send; [`MqttClient::publish`] refuses a bigger

@@ -11,10 +11,12 @@
 //! - TLS is rustls 0.23 only, through a caller-built `ClientConfig`
 //!   ([`TlsConfiguration::Rustls`]); no native-tls, websockets, proxies,
 //!   URL parsing, MQTT 5 or synchronous client.
-//! - Incoming QoS 2 state survives a reconnect of a persistent session, and
-//!   a PUBREL for a packet id we do not know is answered with PUBCOMP (MQTT
-//!   3.1.1 section 4.3.3) instead of failing the connection: upstream
-//!   reconnects forever after a cut between PUBREC and PUBCOMP (rumqtt #664).
+//! - Incoming QoS 2 state survives a reconnect of a persistent session: a
+//!   PUBLISH redelivered after our PUBREC is acknowledged again, not
+//!   delivered twice, and a PUBREL for a packet id we do not know is
+//!   answered with PUBCOMP (MQTT 3.1.1 section 4.3.3) instead of failing the
+//!   connection: upstream reconnects forever after a cut between PUBREC and
+//!   PUBCOMP (rumqtt #664).
 //! - Per-connection state is sized to what is in use: no 65,536-bit table,
 //!   no outgoing table sized by `max_inflight`, read and write buffers that
 //!   grow with the traffic and are released when idle.
@@ -300,9 +302,10 @@ impl MqttOptions {
         self.client_id.clone()
     }
 
-    /// Limits on the size of whole packets (fixed header included) we
-    /// accept and send; values above [`MQTT_MAX_PACKET_SIZE`] are lowered
-    /// to it.
+    /// Limits on packet sizes: incoming, the remaining length (the packet
+    /// less its 2 to 5 byte fixed header) we accept; outgoing, the whole
+    /// packet we send. Values above [`MQTT_MAX_PACKET_SIZE`] are lowered to
+    /// it.
     pub fn set_max_packet_size(&mut self, incoming: usize, outgoing: usize) -> &mut Self {
         self.max_incoming_packet_size = incoming.min(MQTT_MAX_PACKET_SIZE);
         self.max_outgoing_packet_size = outgoing.min(MQTT_MAX_PACKET_SIZE);

@@ -67,6 +67,10 @@ pub struct MqttState {
     /// Packet ids of incoming QoS 2 publishes awaiting PUBREL. Kept across
     /// reconnects of a persistent session (not upstream: rumqtt #664).
     pub(crate) incoming_pub: BTreeSet<u16>,
+    /// Of those, the ids we sent PUBREC for: a PUBLISH redelivered with one
+    /// of them is answered with PUBREC again and not delivered twice (MQTT
+    /// 3.1.1 section 4.3.3, method B). Not upstream.
+    pub(crate) incoming_rec: BTreeSet<u16>,
     /// Last collision due to broker not acking in order
     pub collision: Option<Publish>,
     /// Buffered incoming packets
@@ -92,6 +96,7 @@ impl MqttState {
             outgoing_pub: BTreeMap::new(),
             outgoing_rel: BTreeSet::new(),
             incoming_pub: BTreeSet::new(),
+            incoming_rec: BTreeSet::new(),
             collision: None,
             events: VecDeque::new(),
             manual_acks,
@@ -134,6 +139,7 @@ impl MqttState {
     /// it will not send PUBREL for anything of the old one.
     pub fn new_session(&mut self) {
         self.incoming_pub.clear();
+        self.incoming_rec.clear();
     }
 
     /// Consolidates handling of all outgoing mqtt packet logic. Returns a packet which should
@@ -166,6 +172,15 @@ impl MqttState {
         &mut self,
         packet: Incoming,
     ) -> Result<Option<Packet>, StateError> {
+        if let Incoming::Publish(publish) = &packet
+            && publish.qos == QoS::ExactlyOnce
+            && self.incoming_rec.contains(&publish.pkid)
+        {
+            // Delivered before and PUBREC sent, but the broker did not get
+            // it (the link went): acknowledge again, do not deliver again.
+            self.last_incoming = Instant::now();
+            return self.outgoing_pubrec(PubRec::new(publish.pkid));
+        }
         self.events.push_back(Event::Incoming(packet.clone()));
 
         let outgoing = match &packet {
@@ -269,6 +284,7 @@ impl MqttState {
         // restart of this process; the broker resends PUBREL until it gets
         // PUBCOMP, so answer it (upstream fails the connection instead, and
         // then reconnects forever: rumqtt #664).
+        self.incoming_rec.remove(&pubrel.pkid);
         if !self.incoming_pub.remove(&pubrel.pkid) {
             debug!(
                 "PUBREL for unknown packet id {}: answering PUBCOMP",
@@ -315,6 +331,11 @@ impl MqttState {
             }
 
             let pkid = publish.pkid;
+            // As upstream: a preset packet id beyond the window is refused
+            // (its PUBACK would be refused too).
+            if pkid > self.max_inflight {
+                return Err(StateError::Unsolicited(pkid));
+            }
             if self.outgoing_pub.contains_key(&pkid) {
                 info!("Collision on packet id = {:?}", publish.pkid);
                 self.collision = Some(publish);
@@ -360,6 +381,9 @@ impl MqttState {
     }
 
     fn outgoing_pubrec(&mut self, pubrec: PubRec) -> Result<Option<Packet>, StateError> {
+        if self.incoming_pub.contains(&pubrec.pkid) {
+            self.incoming_rec.insert(pubrec.pkid);
+        }
         let event = Event::Outgoing(Outgoing::PubRec(pubrec.pkid));
         self.events.push_back(event);
 
@@ -927,5 +951,56 @@ mod test {
         assert!(mqtt.outgoing_pub.is_empty());
         assert!(mqtt.outgoing_rel.is_empty());
         assert!(mqtt.incoming_pub.is_empty());
+    }
+
+    #[test]
+    fn a_qos2_publish_redelivered_after_pubrec_is_acknowledged_not_delivered_again() {
+        let mut mqtt = build_mqttstate();
+        mqtt.manual_acks = true;
+        let publish = build_incoming_publish(QoS::ExactlyOnce, 5);
+        mqtt.handle_incoming_packet(Incoming::Publish(publish.clone()))
+            .unwrap();
+        assert!(matches!(mqtt.events.pop_front(), Some(Event::Incoming(_))));
+        // The application acknowledges: PUBREC goes out, then the link drops
+        // before the broker has it; the broker resends the PUBLISH.
+        mqtt.handle_outgoing_packet(Request::PubRec(PubRec::new(5)))
+            .unwrap();
+        mqtt.events.clear();
+        let _ = mqtt.clean();
+        let mut again = publish;
+        again.dup = true;
+        let packet = mqtt
+            .handle_incoming_packet(Incoming::Publish(again))
+            .unwrap();
+        assert_eq!(packet, Some(Packet::PubRec(PubRec::new(5))));
+        assert_eq!(
+            mqtt.events.pop_front(),
+            Some(Event::Outgoing(Outgoing::PubRec(5))),
+            "not delivered to the application again"
+        );
+        // PUBREL completes it; the id is free for a new message.
+        mqtt.handle_incoming_packet(Incoming::PubRel(PubRel::new(5)))
+            .unwrap();
+        mqtt.events.clear();
+        let fresh = build_incoming_publish(QoS::ExactlyOnce, 5);
+        mqtt.handle_incoming_packet(Incoming::Publish(fresh))
+            .unwrap();
+        assert!(matches!(mqtt.events.pop_front(), Some(Event::Incoming(_))));
+    }
+
+    #[test]
+    fn a_qos2_publish_not_yet_acknowledged_is_delivered_again() {
+        // No PUBREC went out: the application never took it, so the
+        // redelivery is handed over again (at least once until PUBREC).
+        let mut mqtt = build_mqttstate();
+        mqtt.manual_acks = true;
+        let publish = build_incoming_publish(QoS::ExactlyOnce, 6);
+        mqtt.handle_incoming_packet(Incoming::Publish(publish.clone()))
+            .unwrap();
+        mqtt.events.clear();
+        let _ = mqtt.clean();
+        mqtt.handle_incoming_packet(Incoming::Publish(publish))
+            .unwrap();
+        assert!(matches!(mqtt.events.pop_front(), Some(Event::Incoming(_))));
     }
 }

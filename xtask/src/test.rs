@@ -85,8 +85,9 @@ fn deny(offline_db: Option<PathBuf>) -> Result<(), String> {
     if let Some(source) = offline_db {
         let config = offline_config(&source)?;
         return sh(cargo()
-            .args(["deny", "--offline", "check", "--config"])
-            .arg(&config));
+            .args(["deny", "--offline", "--config"])
+            .arg(&config)
+            .arg("check"));
     }
     eprintln!(
         "xtask: WARNING: the RustSec advisory database cannot be fetched from here and no \
@@ -129,16 +130,18 @@ fn offline_config(source: &Path) -> Result<PathBuf, String> {
         .output()
         .map_err(|e| format!("reading the snapshot's date: {e}"))?;
     let date = String::from_utf8_lossy(&date.stdout).trim().to_owned();
-    let (epoch, date) = date
-        .split_once(' ')
-        .ok_or_else(|| format!("{} has no commit to date it by", source.display()))?;
+    let mut fields = date.split(' ');
+    let (Some(epoch), Some(date), Some(commit)) = (fields.next(), fields.next(), fields.next())
+    else {
+        return Err(format!("{} has no commit to date it by", source.display()));
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let age_days = now.saturating_sub(epoch.parse().unwrap_or(now)) / 86_400;
     eprintln!(
         "xtask: the live RustSec database cannot be fetched; checking advisories against the \
-         offline snapshot of {date}, {age_days} days old, from {}",
+         offline snapshot of {date} (commit {commit}), {age_days} days old, from {}",
         source.display()
     );
     if age_days > 90 {

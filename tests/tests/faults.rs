@@ -266,3 +266,120 @@ fn tls_sessions_resume_with_the_one_ticket_store() {
     use rustls::HandshakeKind::{Full, Resumed};
     assert_eq!(kinds, [Some(Full), Some(Resumed), Some(Resumed)]);
 }
+
+/// The hot identity swap: a persistent subscriber switches to a renewed
+/// certificate (its CN changed, so the broker's log shows which one each
+/// connection used) without a new client or a new session; a certificate
+/// the broker refuses is rolled back; an identity set for "the next
+/// connection" is taken into use when the link is cut.
+#[tokio::test]
+async fn identity_swap_keeps_the_session_and_rolls_back_a_refused_identity() {
+    use pki_core::{Profile, Validity};
+    use verify_tests::root;
+
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let proxy = FaultProxy::start(broker.port).await;
+    let identity = pki.client("swap-pub").load().unwrap();
+    let (publisher, mut pconn) =
+        MqttClient::new(&options(broker.port, "swap-pub"), &identity).unwrap();
+    pconn.connect().await.unwrap();
+    let prunner = tokio::spawn(pconn.run());
+
+    let first = pki.client("swap-v1").load().unwrap();
+    let renewed = pki.client("swap-v2").load().unwrap();
+    let other = root(pki_core::KeyType::P256);
+    let foreign = pki.issue(
+        &other,
+        "swap-foreign",
+        Profile::Client,
+        Validity::days_from_now(5).unwrap(),
+    );
+    let both = verify_tests::write(
+        pki.dir.path(),
+        "both.pem",
+        &format!(
+            "{}{}",
+            pki.ca.certificate().to_pem(),
+            other.certificate().to_pem()
+        ),
+    );
+    let foreign = mqtt_tls::ClientCert {
+        ca_cert_path: both,
+        ..foreign
+    }
+    .load()
+    .unwrap();
+
+    let mut opts = options(proxy.port, "swapper");
+    opts.clean_session = false;
+    let (client, mut conn) = MqttClient::new(&opts, &first).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    client
+        .subscribe("swap/#", QoS::AtLeastOnce, move |m| {
+            let tx = tx.clone();
+            async move {
+                tx.send(m).unwrap();
+                Ok::<(), std::io::Error>(())
+            }
+        })
+        .unwrap();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    broker_logged(&broker, "Received SUBSCRIBE from swapper\n", 1).await;
+    broker_logged(&broker, "as swapper (p2, c0, k30, u'swap-v1')", 1).await;
+
+    // Each payload arrives; a message whose PUBACK a cut lost may come
+    // again first, marked as a duplicate (MQTT's at least once).
+    let mut seen: Vec<String> = Vec::new();
+    let mut expect = async |payload: &str| {
+        publisher
+            .publish("swap/t", payload.to_owned(), QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        loop {
+            let m = tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            let got = String::from_utf8(m.payload.to_vec()).unwrap();
+            if got == payload {
+                seen.push(got);
+                return;
+            }
+            assert!(m.duplicate && seen.contains(&got), "unexpected {got:?}");
+        }
+    };
+    expect("before").await;
+
+    // Forced: the next connection is the renewed certificate's, and the
+    // broker resumes the session (CONNACK with session present).
+    client.reconnect_with_identity(&renewed).await.unwrap();
+    broker_logged(&broker, "as swapper (p2, c0, k30, u'swap-v2')", 1).await;
+    broker_logged(&broker, "Sending CONNACK to swapper (1, 0)", 1).await;
+    expect("after the swap").await;
+
+    // Refused by the broker: the error comes back, and the client goes on
+    // with the renewed identity.
+    let err = client.reconnect_with_identity(&foreign).await.unwrap_err();
+    assert!(
+        matches!(err, Error::ClientCertificateRejected { .. }),
+        "{err}"
+    );
+    broker_logged(&broker, "as swapper (p2, c0, k30, u'swap-v2')", 2).await;
+    expect("after the refused swap").await;
+    assert!(!broker.log().contains("u'swap-foreign'"));
+
+    // Lazy: nothing happens until the link goes; then the first identity.
+    client.set_identity(&first).unwrap();
+    expect("still v2").await;
+    assert_eq!(broker.log().matches("u'swap-v1')").count(), 1);
+    proxy.cut();
+    broker_logged(&broker, "as swapper (p2, c0, k30, u'swap-v1')", 2).await;
+    expect("v1 again").await;
+
+    client.disconnect().await.unwrap();
+    runner.await.unwrap().unwrap();
+    publisher.disconnect().await.unwrap();
+    prunner.await.unwrap().unwrap();
+}

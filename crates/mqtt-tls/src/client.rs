@@ -279,6 +279,11 @@ const BARRIER_FILTER: &str = "$mqtt-tls/barrier/none";
 struct Shared {
     host: String,
     port: u16,
+    tls_versions: TlsVersions,
+    /// An identity waiting to be taken into use, and who waits for the
+    /// outcome.
+    swap: Mutex<Option<IdentitySwap>>,
+    swap_notify: Notify,
     handler_retry: Backoff,
     subscriptions: Mutex<Vec<Subscription>>,
     connected: AtomicBool,
@@ -320,15 +325,7 @@ impl MqttClient {
     /// until the [`Connection`] is driven.
     pub fn new(options: &ConnectOptions, identity: &TlsIdentity) -> Result<(Self, Connection)> {
         check_host(&options.host)?;
-        let tls = match options.tls_versions {
-            TlsVersions::Default => identity.rustls_config()?,
-            TlsVersions::Tls12Only => {
-                identity.rustls_config_with_versions(&[&rustls::version::TLS12])?
-            }
-            TlsVersions::Tls13Only => {
-                identity.rustls_config_with_versions(&[&rustls::version::TLS13])?
-            }
-        };
+        let tls = tls_config(identity, options.tls_versions)?;
         let mut mqtt = MqttOptions::new(&options.client_id, &options.host, options.port);
         mqtt.set_keep_alive(options.keep_alive)
             .set_clean_session(options.clean_session)
@@ -360,6 +357,9 @@ impl MqttClient {
         let shared = Arc::new(Shared {
             host: options.host.clone(),
             port: options.port,
+            tls_versions: options.tls_versions,
+            swap: Mutex::new(None),
+            swap_notify: Notify::new(),
             handler_retry: options.handler_retry,
             subscriptions: Mutex::new(Vec::new()),
             connected: AtomicBool::new(false),
@@ -506,6 +506,37 @@ impl MqttClient {
         Ok(())
     }
 
+    /// Uses `identity` (say, a renewed certificate) for every connection
+    /// from the next one on, without touching the current one. The client,
+    /// its subscriptions and the broker's session stay as they are.
+    pub fn set_identity(&self, identity: &TlsIdentity) -> Result<()> {
+        let tls = tls_config(identity, self.shared.tls_versions)?;
+        *lock(&self.shared.swap) = Some(IdentitySwap {
+            tls,
+            reconnect: None,
+        });
+        self.shared.swap_notify.notify_one();
+        Ok(())
+    }
+
+    /// Switches to `identity` now: the current connection is closed and
+    /// the next one made with the new identity, resuming the same session
+    /// (with `clean_session = false`, nothing unacknowledged is lost;
+    /// publishes in flight are sent again). Returns once the broker
+    /// accepted the new identity (CONNACK), or with the first attempt's
+    /// error, in which case the previous identity is restored and the
+    /// connection carries on with it. Needs the [`Connection`] running.
+    pub async fn reconnect_with_identity(&self, identity: &TlsIdentity) -> Result<()> {
+        let tls = tls_config(identity, self.shared.tls_versions)?;
+        let (tx, rx) = oneshot::channel();
+        *lock(&self.shared.swap) = Some(IdentitySwap {
+            tls,
+            reconnect: Some(tx),
+        });
+        self.shared.swap_notify.notify_one();
+        rx.await.unwrap_or(Err(Error::Closed))
+    }
+
     /// Whether the connection is up (CONNACK received, no error since).
     pub fn is_connected(&self) -> bool {
         self.shared.connected.load(Ordering::SeqCst)
@@ -526,6 +557,23 @@ impl MqttClient {
             handler_failures: c.handler_failures.load(Ordering::Relaxed),
         }
     }
+}
+
+/// The rustls configuration for `identity` offering `versions`.
+fn tls_config(identity: &TlsIdentity, versions: TlsVersions) -> Result<Arc<rustls::ClientConfig>> {
+    match versions {
+        TlsVersions::Default => identity.rustls_config(),
+        TlsVersions::Tls12Only => identity.rustls_config_with_versions(&[&rustls::version::TLS12]),
+        TlsVersions::Tls13Only => identity.rustls_config_with_versions(&[&rustls::version::TLS13]),
+    }
+}
+
+/// A new identity on its way to the connection.
+struct IdentitySwap {
+    tls: Arc<rustls::ClientConfig>,
+    /// `Some`: reconnect now and report how the first connection with the
+    /// new identity went; `None`: use it from the next connection on.
+    reconnect: Option<oneshot::Sender<Result<()>>>,
 }
 
 fn check_host(host: &str) -> Result<()> {
@@ -615,15 +663,70 @@ impl Connection {
             self.rumqtt.clone(),
             self.shared.clone(),
         ));
+        // A forced identity swap waiting for its first CONNACK: the
+        // transport to go back to if it fails, and who waits.
+        let mut trial: Option<(Transport, oneshot::Sender<Result<()>>)> = None;
         loop {
             if self.shared.shutdown.load(Ordering::SeqCst)
                 && !self.shared.connected.load(Ordering::SeqCst)
             {
                 break;
             }
-            match self.eventloop.poll().await {
+            if !self.shared.connected.load(Ordering::SeqCst) {
+                // Between connections: an identity set for "from the next
+                // connection on" is taken into use here.
+                let lazy = {
+                    let mut pending = lock(&self.shared.swap);
+                    if pending.as_ref().is_some_and(|s| s.reconnect.is_none()) {
+                        pending.take()
+                    } else {
+                        None
+                    }
+                };
+                if let Some(swap) = lazy {
+                    self.use_tls(swap.tls);
+                }
+            }
+            let polled = tokio::select! {
+                biased;
+                () = self.shared.swap_notify.notified() => None,
+                polled = self.eventloop.poll() => Some(polled),
+            };
+            let Some(polled) = polled else {
+                let swap = lock(&self.shared.swap).take();
+                if let Some(IdentitySwap { tls, reconnect }) = swap {
+                    let previous = self.use_tls(tls);
+                    if let Some(reply) = reconnect {
+                        if let Some((_, superseded)) = trial.take() {
+                            let _ = superseded.send(Err(Error::Connection {
+                                host: self.shared.host.clone(),
+                                port: self.shared.port,
+                                reason: "superseded by a newer identity swap".into(),
+                            }));
+                        }
+                        // Close this connection: publishes in flight move to
+                        // the event loop's pending list and go out again on
+                        // the next connection of the same session.
+                        self.eventloop.clean();
+                        if self.shared.connected.swap(false, Ordering::SeqCst) {
+                            self.had_connection_error = true;
+                        }
+                        trial = Some((previous, reply));
+                    }
+                }
+                continue;
+            };
+            match polled {
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
-                Ok(event) => self.handle(event, Some(&dispatch_tx)),
+                Ok(event) => {
+                    if matches!(event, Event::Incoming(Incoming::ConnAck(_)))
+                        && let Some((_, reply)) = trial.take()
+                    {
+                        tracing::info!("connected with the new identity");
+                        let _ = reply.send(Ok(()));
+                    }
+                    self.handle(event, Some(&dispatch_tx));
+                }
                 Err(e) => {
                     let was_connected = self.shared.connected.swap(false, Ordering::SeqCst);
                     if self.shared.shutdown.load(Ordering::SeqCst) {
@@ -631,6 +734,13 @@ impl Connection {
                     }
                     self.had_connection_error = true;
                     let err = classify(&e, &self.shared.host, self.shared.port);
+                    if let Some((previous, reply)) = trial.take() {
+                        tracing::warn!(
+                            "the new identity was not accepted ({err}); back to the previous one"
+                        );
+                        self.eventloop.mqtt_options.set_transport(previous);
+                        let _ = reply.send(Err(classify(&e, &self.shared.host, self.shared.port)));
+                    }
                     if was_connected {
                         tracing::warn!("connection lost: {err}");
                         self.attempt = 0;
@@ -652,6 +762,9 @@ impl Connection {
             }
         }
         self.shared.connected.store(false, Ordering::SeqCst);
+        if let Some((_, reply)) = trial.take() {
+            let _ = reply.send(Err(Error::Closed));
+        }
         drop(dispatch_tx);
         dispatcher.abort();
         fail_all(&self.shared, || Error::Closed);
@@ -690,6 +803,16 @@ impl Connection {
                 reason: format!("cannot start a Tokio runtime: {e}"),
             })?;
         runtime.block_on(self.run())
+    }
+
+    /// Makes `tls` the identity of the following connections; returns the
+    /// transport it replaces.
+    fn use_tls(&mut self, tls: Arc<rustls::ClientConfig>) -> Transport {
+        let previous = self.eventloop.mqtt_options.transport();
+        self.eventloop
+            .mqtt_options
+            .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+        previous
     }
 
     fn handle(&mut self, event: Event, dispatch: Option<&mpsc::UnboundedSender<Box<Publish>>>) {

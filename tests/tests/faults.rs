@@ -383,3 +383,78 @@ async fn identity_swap_keeps_the_session_and_rolls_back_a_refused_identity() {
     publisher.disconnect().await.unwrap();
     prunner.await.unwrap().unwrap();
 }
+
+/// A publish with nobody to take it fails with `Closed`, at once, instead
+/// of waiting for ever (or spinning on a timer, as it did when the request
+/// channel was full or closed): both those queued and those waiting for
+/// room in the full channel.
+#[tokio::test]
+async fn publishes_fail_with_closed_when_the_connection_is_gone() {
+    let pki = Pki::new();
+    let identity = pki.client("orphan").load().unwrap();
+    let (client, conn) = MqttClient::new(&options(1, "orphan"), &identity).unwrap();
+    // More than the request channel holds (256): some are queued, the rest
+    // wait for room. The connection never runs.
+    let mut publishes = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let client = client.clone();
+        publishes.spawn(async move {
+            client
+                .publish("orphan/t", format!("{i}"), QoS::AtLeastOnce, false)
+                .await
+        });
+    }
+    drop(conn);
+    let outcomes = tokio::time::timeout(WAIT, publishes.join_all())
+        .await
+        .expect("publishes still waiting after the connection was dropped");
+    assert_eq!(outcomes.len(), 300);
+    assert!(
+        outcomes.iter().all(|r| matches!(r, Err(Error::Closed))),
+        "{:?}",
+        outcomes.iter().find(|r| !matches!(r, Err(Error::Closed)))
+    );
+    // And a later one does not wait at all.
+    let late = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.publish("orphan/t", "late", QoS::AtMostOnce, false),
+    )
+    .await
+    .expect("a publish after the connection is gone must not wait");
+    assert!(matches!(late, Err(Error::Closed)));
+}
+
+/// Two clients with one client id take the session from each other: the
+/// broker accepts each and then kicks it. The reconnect backoff must grow
+/// anyway (it used to start over at every CONNACK, a reconnect every few
+/// tens of milliseconds for ever). Counted in the broker's log over 4 s.
+#[tokio::test]
+async fn a_broker_that_accepts_and_kicks_is_not_hammered() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let mut runners = Vec::new();
+    let mut clients = Vec::new();
+    for name in ["twin-a", "twin-b"] {
+        let identity = pki.client(name).load().unwrap();
+        let mut opts = options(broker.port, "twin");
+        opts.reconnect.initial = Duration::from_millis(50);
+        opts.reconnect.max = Duration::from_secs(2);
+        let (client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+        conn.connect().await.unwrap();
+        runners.push(tokio::spawn(conn.run()));
+        clients.push(client);
+    }
+    broker_logged(&broker, "as twin (", 3).await;
+    let start = broker.log().matches("as twin (").count();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let connects = broker.log().matches("as twin (").count() - start;
+    // Starting over at 50 ms after every kick: about 150 connections in
+    // 4 s. Growing to 2 s: about a dozen.
+    assert!(connects < 40, "{connects} connections in 4 s");
+    for client in clients {
+        client.disconnect().await.unwrap();
+    }
+    for runner in runners {
+        runner.await.unwrap().unwrap();
+    }
+}

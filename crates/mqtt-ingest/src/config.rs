@@ -146,6 +146,19 @@ impl Config {
             None => filters.collect(),
             Some(group) => {
                 check_share_group(group)?;
+                if self.mqtt.client_id == default_client_id() {
+                    // Every instance would take the others' sessions over:
+                    // the broker disconnects the older of two connections
+                    // with one client id, and they would kick each other.
+                    return Err(Error::Config {
+                        reason: format!(
+                            "--share-group {group} needs a client id of its own for each \
+                             instance (--client-id, or client_id in [mqtt]); the default \
+                             {:?} would make the instances disconnect each other",
+                            default_client_id()
+                        ),
+                    });
+                }
                 filters
                     .map(|f| {
                         let (filter, qos) = f?;
@@ -201,9 +214,20 @@ pub fn parse_topic(spec: &str) -> Result<(String, QoS)> {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn a_share_group_needs_a_client_id_of_its_own() {
+        let mut config: Config = toml::from_str("[mqtt]\ntopics = [\"a/#\"]\n").unwrap();
+        config.mqtt.share_group = Some("ingest".into());
+        let err = config.filters().unwrap_err().to_string();
+        assert!(err.contains("client id of its own"), "{err}");
+        config.mqtt.client_id = "ingest-1".into();
+        assert!(config.filters().is_ok());
+    }
+
+    #[test]
     fn a_share_group_shares_every_filter() {
         let mut config = super::Config::default();
         config.mqtt.topics = vec!["devices/+/telemetry".into(), "alerts/#@2".into()];
+        config.mqtt.client_id = "ingest-1".into();
         config.mqtt.share_group = Some("ingest".into());
         let filters = config.filters().unwrap();
         assert_eq!(filters[0].0, "$share/ingest/devices/+/telemetry");

@@ -272,6 +272,10 @@ struct Tracker {
     barrier_needed: bool,
 }
 
+/// How long a connection must stay up before the reconnect backoff starts
+/// over (or `Backoff::max`, when that is shorter).
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+
 /// The filter of the barrier request: an UNSUBSCRIBE of a filter nobody
 /// subscribes to, which the broker answers and otherwise ignores.
 const BARRIER_FILTER: &str = "$mqtt-tls/barrier/none";
@@ -280,9 +284,12 @@ struct Shared {
     host: String,
     port: u16,
     tls_versions: TlsVersions,
-    /// An identity waiting to be taken into use, and who waits for the
-    /// outcome.
-    swap: Mutex<Option<IdentitySwap>>,
+    /// An identity for the next connection ([`MqttClient::set_identity`]).
+    next_identity: Mutex<Option<Arc<rustls::ClientConfig>>>,
+    /// An identity to reconnect with now, and who waits for the outcome
+    /// ([`MqttClient::reconnect_with_identity`]); `swap_notify` wakes the
+    /// connection for it.
+    forced_identity: Mutex<Option<IdentitySwap>>,
     swap_notify: Notify,
     handler_retry: Backoff,
     subscriptions: Mutex<Vec<Subscription>>,
@@ -290,6 +297,12 @@ struct Shared {
     tracker: Mutex<Tracker>,
     shutdown: AtomicBool,
     shutdown_notify: Notify,
+    /// Woken whenever the connection takes requests from its channel (and
+    /// when it stops): a publisher that found the channel full waits here.
+    room: Notify,
+    /// The `Connection` is gone: nothing will take requests any more.
+    /// Written under the tracker's lock.
+    gone: AtomicBool,
     stopped: watch::Sender<bool>,
     last_error: Mutex<Option<String>>,
     counters: Counters,
@@ -318,6 +331,8 @@ pub struct Connection {
     reconnect: Backoff,
     had_connection_error: bool,
     attempt: u32,
+    /// When the current connection got its CONNACK.
+    connected_at: Option<std::time::Instant>,
 }
 
 impl MqttClient {
@@ -358,7 +373,8 @@ impl MqttClient {
             host: options.host.clone(),
             port: options.port,
             tls_versions: options.tls_versions,
-            swap: Mutex::new(None),
+            next_identity: Mutex::new(None),
+            forced_identity: Mutex::new(None),
             swap_notify: Notify::new(),
             handler_retry: options.handler_retry,
             subscriptions: Mutex::new(Vec::new()),
@@ -366,6 +382,8 @@ impl MqttClient {
             tracker: Mutex::new(Tracker::default()),
             shutdown: AtomicBool::new(false),
             shutdown_notify: Notify::new(),
+            room: Notify::new(),
+            gone: AtomicBool::new(false),
             stopped,
             last_error: Mutex::new(None),
             counters: Counters::default(),
@@ -381,6 +399,7 @@ impl MqttClient {
             reconnect: options.reconnect,
             had_connection_error: false,
             attempt: 0,
+            connected_at: None,
         };
         Ok((client, connection))
     }
@@ -449,18 +468,28 @@ impl MqttClient {
         check_publish_topic(topic)?;
         let payload: Bytes = payload.into();
         let rx = loop {
+            // Registered before trying, so a wake-up between the try and
+            // the wait is not missed.
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
             if self.shared.shutdown.load(Ordering::SeqCst) {
                 return Err(Error::Closed);
             }
             {
                 let mut tracker = lock(&self.shared.tracker);
-                let ready = !tracker.barrier_needed || {
-                    let ok = self.rumqtt.try_unsubscribe(BARRIER_FILTER).is_ok();
-                    if ok {
-                        tracker.barrier_needed = false;
-                    }
-                    ok
-                };
+                if self.shared.gone.load(Ordering::SeqCst) {
+                    return Err(Error::Closed);
+                }
+                let ready = !tracker.barrier_needed
+                    || match self.rumqtt.try_unsubscribe(BARRIER_FILTER) {
+                        Ok(()) => {
+                            tracker.barrier_needed = false;
+                            true
+                        }
+                        Err(ClientError::TryRequest(_)) => false,
+                        Err(_) => return Err(Error::Closed),
+                    };
                 if ready {
                     match self
                         .rumqtt
@@ -471,7 +500,8 @@ impl MqttClient {
                             tracker.queued.push_back(tx);
                             break rx;
                         }
-                        Err(ClientError::TryRequest(rumqttc_mtls::Request::Publish(_))) => {}
+                        // Full: the connection is busy or down; wait below.
+                        Err(ClientError::TryRequest(_)) => {}
                         Err(ClientError::PacketTooLarge { size, max }) => {
                             return Err(Error::PacketTooLarge {
                                 topic: topic.to_owned(),
@@ -483,8 +513,9 @@ impl MqttClient {
                     }
                 }
             }
-            // The request channel is full: the connection is busy or down.
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            // The request channel is full: wait until the connection takes
+            // requests again (or stops), not on a timer.
+            room.await;
         };
         rx.await.unwrap_or(Err(Error::Closed))
     }
@@ -495,6 +526,7 @@ impl MqttClient {
     pub async fn disconnect(&self) -> Result<()> {
         self.shared.shutdown.store(true, Ordering::SeqCst);
         self.shared.shutdown_notify.notify_waiters();
+        self.shared.room.notify_waiters();
         let mut stopped = self.shared.stopped.subscribe();
         if !*stopped.borrow() && self.shared.connected.load(Ordering::SeqCst) {
             self.rumqtt.disconnect().await.map_err(|_| Error::Closed)?;
@@ -511,28 +543,37 @@ impl MqttClient {
     /// its subscriptions and the broker's session stay as they are.
     pub fn set_identity(&self, identity: &TlsIdentity) -> Result<()> {
         let tls = tls_config(identity, self.shared.tls_versions)?;
-        *lock(&self.shared.swap) = Some(IdentitySwap {
-            tls,
-            reconnect: None,
-        });
-        self.shared.swap_notify.notify_one();
+        *lock(&self.shared.next_identity) = Some(tls);
         Ok(())
     }
 
     /// Switches to `identity` now: the current connection is closed and
     /// the next one made with the new identity, resuming the same session
-    /// (with `clean_session = false`, nothing unacknowledged is lost;
-    /// publishes in flight are sent again). Returns once the broker
-    /// accepted the new identity (CONNACK), or with the first attempt's
-    /// error, in which case the previous identity is restored and the
-    /// connection carries on with it. Needs the [`Connection`] running.
+    /// (with `clean_session = false` the broker keeps what is
+    /// unacknowledged; publishes in flight are sent again, and messages
+    /// whose acknowledgement had not gone out yet may come again, marked
+    /// as duplicates). Returns `Ok` once the broker accepted the new
+    /// identity (CONNACK). If the broker refuses it (a TLS alert, a refused
+    /// CONNECT), returns that error and goes back to the last identity
+    /// known to work. Other failures (the broker down, the network) do not
+    /// count against the identity: it keeps being tried, with the usual
+    /// backoff, and this waits; bound it with `tokio::time::timeout` if
+    /// needed. Fails with [`Error::Closed`] if the [`Connection`] is not
+    /// running or stops meanwhile. A later swap supersedes this one.
     pub async fn reconnect_with_identity(&self, identity: &TlsIdentity) -> Result<()> {
         let tls = tls_config(identity, self.shared.tls_versions)?;
         let (tx, rx) = oneshot::channel();
-        *lock(&self.shared.swap) = Some(IdentitySwap {
-            tls,
-            reconnect: Some(tx),
-        });
+        {
+            let _tracker = lock(&self.shared.tracker);
+            if self.shared.gone.load(Ordering::SeqCst)
+                || self.shared.shutdown.load(Ordering::SeqCst)
+            {
+                return Err(Error::Closed);
+            }
+            // Newer than any identity set for the next connection.
+            lock(&self.shared.next_identity).take();
+            *lock(&self.shared.forced_identity) = Some(IdentitySwap { tls, reply: tx });
+        }
         self.shared.swap_notify.notify_one();
         rx.await.unwrap_or(Err(Error::Closed))
     }
@@ -568,12 +609,11 @@ fn tls_config(identity: &TlsIdentity, versions: TlsVersions) -> Result<Arc<rustl
     }
 }
 
-/// A new identity on its way to the connection.
+/// A new identity to reconnect with now.
 struct IdentitySwap {
     tls: Arc<rustls::ClientConfig>,
-    /// `Some`: reconnect now and report how the first connection with the
-    /// new identity went; `None`: use it from the next connection on.
-    reconnect: Option<oneshot::Sender<Result<()>>>,
+    /// Told how the first connection with it went.
+    reply: oneshot::Sender<Result<()>>,
 }
 
 fn check_host(host: &str) -> Result<()> {
@@ -663,8 +703,9 @@ impl Connection {
             self.rumqtt.clone(),
             self.shared.clone(),
         ));
-        // A forced identity swap waiting for its first CONNACK: the
-        // transport to go back to if it fails, and who waits.
+        // A forced identity swap waiting for its first CONNACK: the last
+        // transport known to work (to go back to if the broker refuses the
+        // new identity), and who waits.
         let mut trial: Option<(Transport, oneshot::Sender<Result<()>>)> = None;
         loop {
             if self.shared.shutdown.load(Ordering::SeqCst)
@@ -673,18 +714,17 @@ impl Connection {
                 break;
             }
             if !self.shared.connected.load(Ordering::SeqCst) {
-                // Between connections: an identity set for "from the next
-                // connection on" is taken into use here.
-                let lazy = {
-                    let mut pending = lock(&self.shared.swap);
-                    if pending.as_ref().is_some_and(|s| s.reconnect.is_none()) {
-                        pending.take()
-                    } else {
-                        None
-                    }
+                // Between connections: a forced swap that arrived during a
+                // backoff, or else an identity set for "from the next
+                // connection on", is taken into use here.
+                self.take_forced_swap(&mut trial);
+                let next = if trial.is_none() {
+                    lock(&self.shared.next_identity).take()
+                } else {
+                    None
                 };
-                if let Some(swap) = lazy {
-                    self.use_tls(swap.tls);
+                if let Some(tls) = next {
+                    self.use_tls(tls);
                 }
             }
             let polled = tokio::select! {
@@ -693,25 +733,13 @@ impl Connection {
                 polled = self.eventloop.poll() => Some(polled),
             };
             let Some(polled) = polled else {
-                let swap = lock(&self.shared.swap).take();
-                if let Some(IdentitySwap { tls, reconnect }) = swap {
-                    let previous = self.use_tls(tls);
-                    if let Some(reply) = reconnect {
-                        if let Some((_, superseded)) = trial.take() {
-                            let _ = superseded.send(Err(Error::Connection {
-                                host: self.shared.host.clone(),
-                                port: self.shared.port,
-                                reason: "superseded by a newer identity swap".into(),
-                            }));
-                        }
-                        // Close this connection: publishes in flight move to
-                        // the event loop's pending list and go out again on
-                        // the next connection of the same session.
-                        self.eventloop.clean();
-                        if self.shared.connected.swap(false, Ordering::SeqCst) {
-                            self.had_connection_error = true;
-                        }
-                        trial = Some((previous, reply));
+                if self.take_forced_swap(&mut trial) {
+                    // Close this connection: publishes in flight move to
+                    // the event loop's pending list and go out again on
+                    // the next connection of the same session.
+                    self.eventloop.clean();
+                    if self.shared.connected.swap(false, Ordering::SeqCst) {
+                        self.had_connection_error = true;
                     }
                 }
                 continue;
@@ -719,13 +747,12 @@ impl Connection {
             match polled {
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
                 Ok(event) => {
-                    if matches!(event, Event::Incoming(Incoming::ConnAck(_)))
-                        && let Some((_, reply)) = trial.take()
-                    {
+                    let connack = matches!(event, Event::Incoming(Incoming::ConnAck(_)));
+                    self.handle(event, Some(&dispatch_tx));
+                    if connack && let Some((_, reply)) = trial.take() {
                         tracing::info!("connected with the new identity");
                         let _ = reply.send(Ok(()));
                     }
-                    self.handle(event, Some(&dispatch_tx));
                 }
                 Err(e) => {
                     let was_connected = self.shared.connected.swap(false, Ordering::SeqCst);
@@ -734,16 +761,30 @@ impl Connection {
                     }
                     self.had_connection_error = true;
                     let err = classify(&e, &self.shared.host, self.shared.port);
-                    if let Some((previous, reply)) = trial.take() {
+                    // Only a refusal of the identity itself rolls back; with
+                    // the broker down or the network failing, the new
+                    // identity keeps being tried.
+                    if matches!(
+                        err,
+                        Error::ClientCertificateRejected { .. } | Error::BrokerRefused { .. }
+                    ) && let Some((previous, reply)) = trial.take()
+                    {
                         tracing::warn!(
-                            "the new identity was not accepted ({err}); back to the previous one"
+                            "the new identity was refused ({err}); back to the previous one"
                         );
                         self.eventloop.mqtt_options.set_transport(previous);
                         let _ = reply.send(Err(classify(&e, &self.shared.host, self.shared.port)));
                     }
                     if was_connected {
                         tracing::warn!("connection lost: {err}");
-                        self.attempt = 0;
+                        // The backoff starts over only after a connection
+                        // that stayed up: a broker that accepts and then
+                        // kicks (a client-id takeover, an ACL) is not
+                        // hammered every few milliseconds.
+                        let stable = self.reconnect.max.min(STABLE_CONNECTION);
+                        if self.connected_at.is_some_and(|at| at.elapsed() >= stable) {
+                            self.attempt = 0;
+                        }
                     } else {
                         self.shared
                             .counters
@@ -757,6 +798,8 @@ impl Connection {
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = self.shared.shutdown_notify.notified() => {}
+                        // A forced swap does not wait out the backoff.
+                        () = self.shared.swap_notify.notified() => {}
                     }
                 }
             }
@@ -805,6 +848,37 @@ impl Connection {
         runtime.block_on(self.run())
     }
 
+    /// Takes a forced identity swap into use, if one is waiting: the
+    /// transport changes and `trial` holds who waits for the outcome (a
+    /// trial it supersedes is told so, and the identity to go back to stays
+    /// the last one known to work). Returns whether there was one.
+    fn take_forced_swap(
+        &mut self,
+        trial: &mut Option<(Transport, oneshot::Sender<Result<()>>)>,
+    ) -> bool {
+        let Some(swap) = lock(&self.shared.forced_identity).take() else {
+            return false;
+        };
+        if self.shared.shutdown.load(Ordering::SeqCst) {
+            let _ = swap.reply.send(Err(Error::Closed));
+            return false;
+        }
+        let replaced = self.use_tls(swap.tls);
+        let previous = match trial.take() {
+            Some((known_good, superseded)) => {
+                let _ = superseded.send(Err(Error::Connection {
+                    host: self.shared.host.clone(),
+                    port: self.shared.port,
+                    reason: "superseded by a newer identity swap".into(),
+                }));
+                known_good
+            }
+            None => replaced,
+        };
+        *trial = Some((previous, swap.reply));
+        true
+    }
+
     /// Makes `tls` the identity of the following connections; returns the
     /// transport it replaces.
     fn use_tls(&mut self, tls: Arc<rustls::ClientConfig>) -> Transport {
@@ -816,9 +890,18 @@ impl Connection {
     }
 
     fn handle(&mut self, event: Event, dispatch: Option<&mpsc::UnboundedSender<Box<Publish>>>) {
+        if matches!(event, Event::Outgoing(_)) {
+            // The event loop took a request from the channel: there is room.
+            self.shared.room.notify_waiters();
+        }
         match event {
             Event::Incoming(Incoming::ConnAck(ack)) => {
-                self.attempt = 0;
+                self.connected_at = Some(std::time::Instant::now());
+                if self.shared.shutdown.load(Ordering::SeqCst) {
+                    // disconnect() came while we were connecting: say
+                    // goodbye now that there is a connection to say it on.
+                    let _ = self.rumqtt.try_disconnect();
+                }
                 self.shared
                     .counters
                     .connections
@@ -908,6 +991,24 @@ impl Connection {
         if let Some(tx) = lock(&self.shared.tracker).inflight.remove(&pkid) {
             let _ = tx.send(Ok(()));
         }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Gone (stopped, or its task dropped): no publish may be queued any
+        // more, those waiting for an acknowledgement fail, and those waiting
+        // for room wake up and fail, all with `Closed`.
+        {
+            let _tracker = lock(&self.shared.tracker);
+            self.shared.gone.store(true, Ordering::SeqCst);
+        }
+        if let Some(swap) = lock(&self.shared.forced_identity).take() {
+            let _ = swap.reply.send(Err(Error::Closed));
+        }
+        fail_all(&self.shared, || Error::Closed);
+        self.shared.connected.store(false, Ordering::SeqCst);
+        self.shared.room.notify_waiters();
     }
 }
 

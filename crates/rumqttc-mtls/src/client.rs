@@ -28,8 +28,15 @@ impl From<SendError<Request>> for ClientError {
 }
 
 impl From<TrySendError<Request>> for ClientError {
+    /// A full channel is `TryRequest` (try again later); a closed one, whose
+    /// event loop is gone, is `Request`, as for the async methods (not
+    /// upstream, where both are `TryRequest` and a caller retrying a full
+    /// channel spins forever once the event loop is gone).
     fn from(e: TrySendError<Request>) -> Self {
-        Self::TryRequest(e.into_inner())
+        match e {
+            TrySendError::Full(request) => Self::TryRequest(request),
+            TrySendError::Disconnected(request) => Self::Request(request),
+        }
     }
 }
 
@@ -305,6 +312,24 @@ mod test {
             .try_publish("hello/world", QoS::ExactlyOnce, false, "good bye")
             .expect("Should be able to publish");
         let _ = rx.try_recv().expect("Should have message");
+    }
+
+    #[test]
+    fn a_full_channel_and_a_closed_one_are_told_apart() {
+        let (tx, rx) = flume::bounded(1);
+        let client = AsyncClient::from_senders(tx);
+        client
+            .try_publish("a", QoS::AtMostOnce, false, "1")
+            .unwrap();
+        assert!(matches!(
+            client.try_publish("a", QoS::AtMostOnce, false, "2"),
+            Err(ClientError::TryRequest(_))
+        ));
+        drop(rx);
+        assert!(matches!(
+            client.try_publish("a", QoS::AtMostOnce, false, "3"),
+            Err(ClientError::Request(_))
+        ));
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! for its whole life, most of an idle connection's memory. These buffers
 //! start empty, grow with the traffic (the read side adapts how much it
 //! asks for at a time) and are released when they drain.
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
+
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -105,10 +108,26 @@ impl Network {
             if count >= self.max_readb_count {
                 break;
             }
-            match self.parse()? {
-                Ok(next) => packet = next,
-                Err(_) => break,
-            }
+            packet = match self.parse()? {
+                Ok(next) => next,
+                // Nothing whole in the buffer: take what the socket already
+                // has, without waiting (as upstream's `now_or_never`), so
+                // that a burst is answered with one flush, not one each.
+                Err(missing) => {
+                    let polled = {
+                        let fill = std::pin::pin!(self.fill(missing));
+                        fill.poll(&mut Context::from_waker(Waker::noop()))
+                    };
+                    match polled {
+                        Poll::Ready(Ok(())) => match self.parse()? {
+                            Ok(next) => next,
+                            Err(_) => break,
+                        },
+                        Poll::Ready(Err(e)) => return Err(e),
+                        Poll::Pending => break,
+                    }
+                }
+            };
             count += 1;
         }
         Ok(())
@@ -138,3 +157,123 @@ impl Network {
 
 pub trait AsyncReadWrite: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T> AsyncReadWrite for T where T: AsyncRead + AsyncWrite + Send + Unpin {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Incoming;
+    use crate::mqttbytes::v4::PubAck;
+    use std::pin::Pin;
+    use tokio::io::{AsyncWriteExt, ReadBuf};
+
+    /// A stream whose bytes are all there already but come out at most
+    /// `chunk` at a time, like plaintext waiting in a TLS library's buffer.
+    struct Chunked {
+        data: Vec<u8>,
+        chunk: usize,
+    }
+
+    impl AsyncRead for Chunked {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let n = self.chunk.min(self.data.len()).min(buf.remaining());
+            if n == 0 {
+                return Poll::Pending;
+            }
+            let taken: Vec<u8> = self.data.drain(..n).collect();
+            buf.put_slice(&taken);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Chunked {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A burst is handled in one `readb` (so its acknowledgements go out in
+    /// one flush) even when it comes out of the stream in small pieces:
+    /// after the first packet, what the stream already has is taken
+    /// without waiting.
+    #[tokio::test]
+    async fn readb_takes_a_burst_that_comes_in_pieces() {
+        let ten_pingresps = [0xd0, 0x00].repeat(10);
+        let mut network = Network::new(
+            Chunked {
+                data: ten_pingresps,
+                chunk: 8,
+            },
+            1024,
+            1024,
+        );
+        let mut state = MqttState::new(10, false);
+        network.readb(&mut state).await.unwrap();
+        assert_eq!(state.events.len(), 10, "one readb for the whole burst");
+    }
+
+    #[tokio::test]
+    async fn buffers_start_empty_grow_with_a_large_packet_and_are_given_back() {
+        let (ours, mut broker) = tokio::io::duplex(64 * 1024);
+        let mut network = Network::new(ours, 1 << 20, 1 << 20);
+        assert_eq!(network.read.capacity(), 0);
+        assert_eq!(network.write.capacity(), 0);
+        let mut publish = crate::Publish::new("t", crate::QoS::AtLeastOnce, vec![7u8; 100_000]);
+        publish.pkid = 1;
+        let mut bytes = BytesMut::new();
+        Packet::Publish(publish).write(&mut bytes, 1 << 20).unwrap();
+        let sender = tokio::spawn(async move {
+            broker.write_all(&bytes).await.unwrap();
+            broker.write_all(&[0x40, 0x02, 0x00, 0x01]).await.unwrap();
+            broker
+        });
+        match network.read().await.unwrap() {
+            Incoming::Publish(p) => assert_eq!(p.payload.len(), 100_000),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            network.read().await.unwrap(),
+            Incoming::PubAck(PubAck::new(1))
+        );
+        assert!(
+            network.read.capacity() <= KEEP_CAPACITY,
+            "{}",
+            network.read.capacity()
+        );
+        let _ = sender.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_oversized_incoming_packet_is_an_error_not_an_allocation() {
+        // A header announcing 200 MB with a limit of 1 MiB: refused before
+        // reading (or reserving) the body.
+        let (ours, mut broker) = tokio::io::duplex(1024);
+        let mut network = Network::new(ours, 1 << 20, 1 << 20);
+        broker
+            .write_all(&[0x30, 0x80, 0x80, 0x80, 0x60])
+            .await
+            .unwrap();
+        let err = network.read().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StateError::Deserialization(mqttbytes::Error::PayloadSizeLimitExceeded(_))
+            ),
+            "{err}"
+        );
+        assert!(network.read.capacity() < 64 * 1024);
+    }
+}

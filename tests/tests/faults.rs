@@ -354,14 +354,20 @@ async fn identity_swap_keeps_the_session_and_rolls_back_a_refused_identity() {
 
     // Forced: the next connection is the renewed certificate's, and the
     // broker resumes the session (CONNACK with session present).
-    client.reconnect_with_identity(&renewed).await.unwrap();
+    tokio::time::timeout(WAIT, client.reconnect_with_identity(&renewed))
+        .await
+        .expect("the swap did not finish")
+        .unwrap();
     broker_logged(&broker, "as swapper (p2, c0, k30, u'swap-v2')", 1).await;
     broker_logged(&broker, "Sending CONNACK to swapper (1, 0)", 1).await;
     expect("after the swap").await;
 
     // Refused by the broker: the error comes back, and the client goes on
     // with the renewed identity.
-    let err = client.reconnect_with_identity(&foreign).await.unwrap_err();
+    let err = tokio::time::timeout(WAIT, client.reconnect_with_identity(&foreign))
+        .await
+        .expect("the refused swap did not come back")
+        .unwrap_err();
     assert!(
         matches!(err, Error::ClientCertificateRejected { .. }),
         "{err}"
@@ -386,34 +392,35 @@ async fn identity_swap_keeps_the_session_and_rolls_back_a_refused_identity() {
 
 /// A publish with nobody to take it fails with `Closed`, at once, instead
 /// of waiting for ever (or spinning on a timer, as it did when the request
-/// channel was full or closed): both those queued and those waiting for
-/// room in the full channel.
+/// channel was full or closed): both those already queued and those
+/// waiting for room in the full channel.
 #[tokio::test]
 async fn publishes_fail_with_closed_when_the_connection_is_gone() {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+
     let pki = Pki::new();
     let identity = pki.client("orphan").load().unwrap();
     let (client, conn) = MqttClient::new(&options(1, "orphan"), &identity).unwrap();
-    // More than the request channel holds (256): some are queued, the rest
-    // wait for room. The connection never runs.
-    let mut publishes = tokio::task::JoinSet::new();
-    for i in 0..300 {
-        let client = client.clone();
-        publishes.spawn(async move {
-            client
-                .publish("orphan/t", format!("{i}"), QoS::AtLeastOnce, false)
-                .await
-        });
+    // More than the request channel holds (256), each polled once: the
+    // first 256 are queued and wait for their acknowledgement, the rest
+    // find the channel full and wait for room. The connection never runs.
+    type Publishing<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + 'a>>;
+    let mut publishes: Vec<Publishing<'_>> = (0..300)
+        .map(|i| Box::pin(client.publish("orphan/t", format!("{i}"), QoS::AtLeastOnce, false)) as _)
+        .collect();
+    for publish in &mut publishes {
+        let first = std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "{first:?}");
     }
     drop(conn);
-    let outcomes = tokio::time::timeout(WAIT, publishes.join_all())
-        .await
-        .expect("publishes still waiting after the connection was dropped");
-    assert_eq!(outcomes.len(), 300);
-    assert!(
-        outcomes.iter().all(|r| matches!(r, Err(Error::Closed))),
-        "{:?}",
-        outcomes.iter().find(|r| !matches!(r, Err(Error::Closed)))
-    );
+    for publish in publishes {
+        let outcome = tokio::time::timeout(WAIT, publish)
+            .await
+            .expect("a publish still waits after the connection was dropped");
+        assert!(matches!(outcome, Err(Error::Closed)), "{outcome:?}");
+    }
     // And a later one does not wait at all.
     let late = tokio::time::timeout(
         Duration::from_secs(1),
@@ -457,4 +464,68 @@ async fn a_broker_that_accepts_and_kicks_is_not_hammered() {
     for runner in runners {
         runner.await.unwrap().unwrap();
     }
+}
+
+/// A handler that panics is a failed handling: the message stays
+/// unacknowledged and is tried again, and the messages after it are still
+/// handled (the panic used to kill the dispatcher while the connection
+/// looked healthy).
+#[tokio::test]
+async fn a_panicking_handler_is_retried_and_the_dispatcher_lives_on() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let identity = pki.client("panic-sub").load().unwrap();
+    let mut opts = options(broker.port, "panic-sub");
+    opts.handler_retry.initial = Duration::from_millis(10);
+    let (client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    {
+        let calls = calls.clone();
+        client
+            .subscribe("panic/#", QoS::AtLeastOnce, move |m| {
+                let tx = tx.clone();
+                let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
+                    assert!(!first, "a handler bug, on the first call only");
+                    tx.send(m).unwrap();
+                    Ok::<(), std::io::Error>(())
+                }
+            })
+            .unwrap();
+    }
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    broker_logged(&broker, "Received SUBSCRIBE from panic-sub\n", 1).await;
+
+    let identity = pki.client("panic-pub").load().unwrap();
+    let (publisher, mut pconn) =
+        MqttClient::new(&options(broker.port, "panic-pub"), &identity).unwrap();
+    pconn.connect().await.unwrap();
+    let prunner = tokio::spawn(pconn.run());
+    for payload in ["one", "two"] {
+        publisher
+            .publish("panic/t", payload, QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+    }
+    for payload in ["one", "two"] {
+        let m = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&m.payload[..], payload.as_bytes());
+    }
+    // The broker got the acknowledgements of both (after the retry).
+    broker_logged(&broker, "Received PUBACK from panic-sub (", 2).await;
+    assert!(client.stats().handler_failures >= 1);
+    assert!(client.is_connected());
+
+    client.disconnect().await.unwrap();
+    runner.await.unwrap().unwrap();
+    publisher.disconnect().await.unwrap();
+    prunner.await.unwrap().unwrap();
 }

@@ -84,11 +84,9 @@ async fn healthz(State(state): State<AppState>) -> Response {
         ok: connected && db_error.is_none(),
         mqtt: MqttHealth {
             connected,
-            last_error: if connected {
-                None
-            } else {
-                state.client.last_error()
-            },
+            // Shown while connected too: a refused subscription or a
+            // dropped link that came back is worth seeing.
+            last_error: state.client.last_error(),
         },
         database: DatabaseHealth {
             ok: db_error.is_none(),

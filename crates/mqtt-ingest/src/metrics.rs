@@ -53,13 +53,15 @@ impl<const N: usize> Histogram<N> {
         self.sum.fetch_add(value, Ordering::Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str, bounds: &[u64; N], scale: f64) {
+    /// Renders the histogram; values are recorded in units of
+    /// 1/`divisor` of the exposed unit (microseconds for seconds: 1e6).
+    fn render(&self, out: &mut String, name: &str, help: &str, bounds: &[u64; N], divisor: u64) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for (bucket, bound) in self.buckets.iter().zip(bounds) {
             let _ = writeln!(
                 out,
                 "{name}_bucket{{le=\"{}\"}} {}",
-                *bound as f64 * scale,
+                decimal(*bound, divisor),
                 bucket.load(Ordering::Relaxed)
             );
         }
@@ -68,10 +70,23 @@ impl<const N: usize> Histogram<N> {
         let _ = writeln!(
             out,
             "{name}_sum {}",
-            self.sum.load(Ordering::Relaxed) as f64 * scale
+            decimal(self.sum.load(Ordering::Relaxed), divisor)
         );
         let _ = writeln!(out, "{name}_count {count}");
     }
+}
+
+/// `value / divisor` written exactly in decimal (`25000 / 1e6` is `0.025`,
+/// where floating point prints `0.024999999999999998`); `divisor` is a
+/// power of ten.
+fn decimal(value: u64, divisor: u64) -> String {
+    let (whole, fraction) = (value / divisor.max(1), value % divisor.max(1));
+    if fraction == 0 {
+        return whole.to_string();
+    }
+    let width = divisor.ilog10() as usize;
+    let digits = format!("{fraction:0width$}");
+    format!("{whole}.{}", digits.trim_end_matches('0'))
 }
 
 impl Metrics {
@@ -136,14 +151,14 @@ impl Metrics {
             "mqtt_ingest_batch_size",
             "Messages per committed batch.",
             &BATCH_BUCKETS,
-            1.0,
+            1,
         );
         self.latency_us.render(
             &mut out,
             "mqtt_ingest_store_seconds",
             "Time to commit a batch.",
             &LATENCY_BUCKETS_US,
-            1e-6,
+            1_000_000,
         );
         out
     }
@@ -168,5 +183,27 @@ mod tests {
         assert!(text.contains("mqtt_ingest_batch_size_bucket{le=\"2\"} 0\n"));
         assert!(text.contains("mqtt_ingest_store_seconds_count 1\n"));
         assert!(text.contains("mqtt_ingest_connected 1\n"));
+        // Bucket bounds exactly as configured, not floating-point noise.
+        for le in [
+            "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.1", "1",
+        ] {
+            assert!(
+                text.contains(&format!("mqtt_ingest_store_seconds_bucket{{le=\"{le}\"}}")),
+                "{le}: {text}"
+            );
+        }
+        assert!(
+            text.contains("mqtt_ingest_store_seconds_sum 0.002\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn decimals_are_exact() {
+        assert_eq!(decimal(25_000, 1_000_000), "0.025");
+        assert_eq!(decimal(1_000_000, 1_000_000), "1");
+        assert_eq!(decimal(1_500_001, 1_000_000), "1.500001");
+        assert_eq!(decimal(7, 1), "7");
+        assert_eq!(decimal(0, 1_000_000), "0");
     }
 }

@@ -273,8 +273,10 @@ struct Tracker {
 }
 
 /// How long a connection must stay up before the reconnect backoff starts
-/// over (or `Backoff::max`, when that is shorter).
-const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+/// over (or `Backoff::max`, when that is shorter): longer than a broker
+/// takes to kick a client it accepted, short enough that a broker restarting
+/// twice in a row is found again quickly.
+const STABLE_CONNECTION: Duration = Duration::from_secs(2);
 
 /// The filter of the barrier request: an UNSUBSCRIBE of a filter nobody
 /// subscribes to, which the broker answers and otherwise ignores.
@@ -553,12 +555,13 @@ impl MqttClient {
     /// unacknowledged; publishes in flight are sent again, and messages
     /// whose acknowledgement had not gone out yet may come again, marked
     /// as duplicates). Returns `Ok` once the broker accepted the new
-    /// identity (CONNACK). If the broker refuses it (a TLS alert, a refused
-    /// CONNECT), returns that error and goes back to the last identity
-    /// known to work. Other failures (the broker down, the network) do not
-    /// count against the identity: it keeps being tried, with the usual
-    /// backoff, and this waits; bound it with `tokio::time::timeout` if
-    /// needed. Fails with [`Error::Closed`] if the [`Connection`] is not
+    /// identity (CONNACK). If the first attempt fails (a TLS alert, a
+    /// refused CONNECT, a reset), returns that error and goes back to the
+    /// last identity known to work. Only a broker that is not there at all
+    /// (TCP connection refused, no address) does not count against the
+    /// identity: it keeps being tried, with the usual backoff, and this
+    /// waits; bound it with `tokio::time::timeout` if needed (a caller that
+    /// gave up gets the old identity back at the next failure). Fails with [`Error::Closed`] if the [`Connection`] is not
     /// running or stops meanwhile. A later swap supersedes this one.
     pub async fn reconnect_with_identity(&self, identity: &TlsIdentity) -> Result<()> {
         let tls = tls_config(identity, self.shared.tls_versions)?;
@@ -738,6 +741,7 @@ impl Connection {
                     // the event loop's pending list and go out again on
                     // the next connection of the same session.
                     self.eventloop.clean();
+                    self.shared.room.notify_waiters();
                     if self.shared.connected.swap(false, Ordering::SeqCst) {
                         self.had_connection_error = true;
                     }
@@ -756,18 +760,25 @@ impl Connection {
                 }
                 Err(e) => {
                     let was_connected = self.shared.connected.swap(false, Ordering::SeqCst);
+                    // The event loop moved what was in the request channel
+                    // to its pending list: there is room for publishers.
+                    self.shared.room.notify_waiters();
                     if self.shared.shutdown.load(Ordering::SeqCst) {
                         break;
                     }
                     self.had_connection_error = true;
                     let err = classify(&e, &self.shared.host, self.shared.port);
-                    // Only a refusal of the identity itself rolls back; with
-                    // the broker down or the network failing, the new
-                    // identity keeps being tried.
-                    if matches!(
-                        err,
-                        Error::ClientCertificateRejected { .. } | Error::BrokerRefused { .. }
-                    ) && let Some((previous, reply)) = trial.take()
+                    // Any failure of the first attempts with a new identity
+                    // rolls back to the last one known to work, except a
+                    // broker that is not there at all (TCP refused, no
+                    // address), which says nothing about the identity: then
+                    // the new one keeps being tried, unless whoever asked
+                    // for it gave up waiting.
+                    let unreachable =
+                        matches!(err, Error::ConnectionRefused { .. } | Error::Dns { .. });
+                    let given_up = trial.as_ref().is_some_and(|(_, reply)| reply.is_closed());
+                    if (!unreachable || given_up)
+                        && let Some((previous, reply)) = trial.take()
                     {
                         tracing::warn!(
                             "the new identity was refused ({err}); back to the previous one"
@@ -899,8 +910,14 @@ impl Connection {
                 self.connected_at = Some(std::time::Instant::now());
                 if self.shared.shutdown.load(Ordering::SeqCst) {
                     // disconnect() came while we were connecting: say
-                    // goodbye now that there is a connection to say it on.
-                    let _ = self.rumqtt.try_disconnect();
+                    // goodbye now that there is a connection to say it on
+                    // (waiting for room if the channel is full).
+                    if self.rumqtt.try_disconnect().is_err() {
+                        let rumqtt = self.rumqtt.clone();
+                        tokio::spawn(async move {
+                            let _ = rumqtt.disconnect().await;
+                        });
+                    }
                 }
                 self.shared
                     .counters
@@ -1025,6 +1042,32 @@ fn fail_all(shared: &Shared, err: impl Fn() -> Error) {
     }
 }
 
+/// Calls a handler and runs its future, a panic in either becoming an
+/// error like any other failed handling (retried with backoff, the message
+/// unacknowledged), instead of killing the dispatcher.
+async fn guarded(call: impl FnOnce() -> HandlerFuture) -> std::result::Result<(), HandlerError> {
+    let mut future = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
+        Ok(future) => future,
+        Err(panic) => return Err(panicked(&panic)),
+    };
+    std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(panic) => std::task::Poll::Ready(Err(panicked(&panic))),
+        }
+    })
+    .await
+}
+
+fn panicked(panic: &Box<dyn std::any::Any + Send>) -> HandlerError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string payload".to_owned());
+    format!("the handler panicked: {what}").into()
+}
+
 /// Runs handlers one message at a time, in arrival order, and acknowledges
 /// each QoS 1/2 message only after all its handlers succeeded. A failing
 /// handler is retried with backoff; its message stays unacknowledged, so if
@@ -1066,15 +1109,12 @@ async fn dispatch(
             let mut attempt = 0;
             loop {
                 let result = match &handler {
-                    HandlerKind::Immediate(h) => h(message.clone()).await,
+                    HandlerKind::Immediate(h) => guarded(|| h(message.clone())).await,
                     HandlerKind::Deferred(h) => {
-                        h(
-                            message.clone(),
-                            Delivery {
-                                inner: inner.clone(),
-                            },
-                        )
-                        .await
+                        let delivery = Delivery {
+                            inner: inner.clone(),
+                        };
+                        guarded(|| h(message.clone(), delivery)).await
                     }
                 };
                 match result {

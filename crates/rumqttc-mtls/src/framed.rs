@@ -123,8 +123,9 @@ impl Network {
                             Ok(next) => next,
                             Err(_) => break,
                         },
-                        Poll::Ready(Err(e)) => return Err(e),
-                        Poll::Pending => break,
+                        // The burst so far is delivered first; the next
+                        // `readb` meets the error again and reports it.
+                        Poll::Ready(Err(_)) | Poll::Pending => break,
                     }
                 }
             };

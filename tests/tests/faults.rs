@@ -529,3 +529,155 @@ async fn a_panicking_handler_is_retried_and_the_dispatcher_lives_on() {
     publisher.disconnect().await.unwrap();
     prunner.await.unwrap().unwrap();
 }
+
+/// A QoS 0 flood while the handler is stuck: at most `max_queued_qos0`
+/// wait in memory, the rest are dropped and counted; the QoS 1 message
+/// after them is not dropped. Everything the broker sent is accounted for.
+#[tokio::test]
+async fn a_qos0_flood_is_bounded_and_counted() {
+    use std::sync::Arc;
+    use tokio::sync::Semaphore;
+
+    const FLOOD: usize = 2_000;
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let identity = pki.client("bounded").load().unwrap();
+    let mut opts = options(broker.port, "bounded");
+    opts.max_queued_qos0 = 50;
+    let (client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    {
+        let gate = gate.clone();
+        client
+            .subscribe("flood/#", QoS::AtLeastOnce, move |m| {
+                let tx = tx.clone();
+                let gate = gate.clone();
+                async move {
+                    // The first message holds the dispatcher until released.
+                    let _ = gate.acquire().await.unwrap();
+                    tx.send(m).unwrap();
+                    Ok::<(), std::io::Error>(())
+                }
+            })
+            .unwrap();
+    }
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    broker_logged(&broker, "Received SUBSCRIBE from bounded\n", 1).await;
+
+    let identity = pki.client("flooder").load().unwrap();
+    let (publisher, mut pconn) =
+        MqttClient::new(&options(broker.port, "flooder"), &identity).unwrap();
+    pconn.connect().await.unwrap();
+    let prunner = tokio::spawn(pconn.run());
+    for i in 0..FLOOD {
+        publisher
+            .publish("flood/q0", format!("{i}"), QoS::AtMostOnce, false)
+            .await
+            .unwrap();
+    }
+    publisher
+        .publish("flood/end", "end", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    broker_logged(&broker, "Sending PUBLISH to bounded (d0, q0", FLOOD).await;
+    broker_logged(&broker, "Sending PUBLISH to bounded (d0, q1", 1).await;
+
+    gate.add_permits(1_000_000);
+    let mut handled_qos0 = 0;
+    loop {
+        let m = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if m.topic == "flood/end" {
+            break;
+        }
+        handled_qos0 += 1;
+    }
+    let dropped = client.stats().qos0_dropped as usize;
+    // One in the handler, at most 50 waiting.
+    assert!(
+        handled_qos0 <= 51,
+        "{handled_qos0} QoS 0 messages were held"
+    );
+    assert_eq!(
+        handled_qos0 + dropped,
+        FLOOD,
+        "handled {handled_qos0}, dropped {dropped}"
+    );
+
+    client.disconnect().await.unwrap();
+    runner.await.unwrap().unwrap();
+    publisher.disconnect().await.unwrap();
+    prunner.await.unwrap().unwrap();
+}
+
+/// An acknowledgement from an earlier session is not sent on a new one: the
+/// broker numbers the new session's packets from 1 again, so acknowledging
+/// the old message's packet id would acknowledge a new message that was
+/// never handled. Counted in the broker's log: one PUBACK per message of
+/// the new session, none for the old one.
+#[tokio::test]
+async fn an_acknowledgement_from_an_earlier_session_is_dropped() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let proxy = FaultProxy::start(broker.port).await;
+    let identity = pki.client("epochsub").load().unwrap();
+    // A clean session: after the cut the broker starts a new one.
+    let (client, mut conn) = MqttClient::new(&options(proxy.port, "epochsub"), &identity).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    client
+        .subscribe_deferred("epoch/#", QoS::AtLeastOnce, move |m, d| {
+            let tx = tx.clone();
+            async move {
+                tx.send((m, d)).unwrap();
+                Ok::<(), std::io::Error>(())
+            }
+        })
+        .unwrap();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    broker_logged(&broker, "Received SUBSCRIBE from epochsub\n", 1).await;
+
+    let identity = pki.client("epochpub").load().unwrap();
+    let (publisher, mut pconn) =
+        MqttClient::new(&options(broker.port, "epochpub"), &identity).unwrap();
+    pconn.connect().await.unwrap();
+    let prunner = tokio::spawn(pconn.run());
+    let mut next = async |payload: &str| {
+        publisher
+            .publish("epoch/t", payload.to_owned(), QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        let (m, d) = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&m.payload[..], payload.as_bytes());
+        d
+    };
+
+    let old = next("old session").await;
+    proxy.cut();
+    broker_logged(&broker, "Received SUBSCRIBE from epochsub\n", 2).await;
+    let new = next("new session").await;
+    // Late: the old session's acknowledgement, then the new one's.
+    old.ack().await.unwrap();
+    new.ack().await.unwrap();
+    // A third message marks the end: once its PUBACK is in the log, every
+    // acknowledgement sent before it is too.
+    next("marker").await.ack().await.unwrap();
+    broker_logged(&broker, "Received PUBACK from epochsub (Mid: 2", 1).await;
+    let pubacks = broker
+        .log()
+        .matches("Received PUBACK from epochsub (")
+        .count();
+    assert_eq!(pubacks, 2, "{}", broker.log());
+
+    client.disconnect().await.unwrap();
+    runner.await.unwrap().unwrap();
+    publisher.disconnect().await.unwrap();
+    prunner.await.unwrap().unwrap();
+}

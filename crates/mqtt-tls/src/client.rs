@@ -99,6 +99,11 @@ pub struct ConnectOptions {
     pub max_inflight: u16,
     /// TLS versions to offer.
     pub tls_versions: TlsVersions,
+    /// QoS 0 messages that may wait for the handlers at once; more are
+    /// dropped and counted ([`Stats::qos0_dropped`]). QoS 1/2 messages are
+    /// not dropped: the broker stops sending when its window of
+    /// unacknowledged messages is full. Default: 1,000.
+    pub max_queued_qos0: u64,
     /// The largest packet we accept from the broker, counted without its
     /// 2 to 5 byte fixed header (MQTT's remaining length). Default: the largest MQTT allows, so that any message the
     /// broker accepted can be read.
@@ -131,6 +136,7 @@ impl ConnectOptions {
             },
             max_inflight: 100,
             tls_versions: TlsVersions::Default,
+            max_queued_qos0: 1_000,
             max_incoming_packet_size: rumqttc_mtls::MQTT_MAX_PACKET_SIZE,
             max_outgoing_packet_size: rumqttc_mtls::DEFAULT_MAX_OUTGOING_PACKET_SIZE,
         }
@@ -171,6 +177,9 @@ pub struct Stats {
     pub messages_handled: u64,
     /// Handler calls that returned an error.
     pub handler_failures: u64,
+    /// QoS 0 messages dropped because `max_queued_qos0` of them already
+    /// waited for the handlers.
+    pub qos0_dropped: u64,
 }
 
 #[derive(Default)]
@@ -179,6 +188,9 @@ struct Counters {
     connections: AtomicU64,
     messages_handled: AtomicU64,
     handler_failures: AtomicU64,
+    qos0_dropped: AtomicU64,
+    /// QoS 0 messages waiting for the dispatcher now.
+    qos0_queued: AtomicU64,
 }
 
 type DeferredHandler = Arc<dyn Fn(Message, Delivery) -> HandlerFuture + Send + Sync>;
@@ -212,6 +224,10 @@ pub struct Delivery {
 
 struct DeliveryInner {
     publish: Publish,
+    /// The session the message came in (see `Shared::session`).
+    session: u64,
+    /// The current session.
+    current_session: Arc<AtomicU64>,
     rumqtt: AsyncClient,
     /// Handlers (and the dispatcher) that still have to acknowledge.
     outstanding: AtomicU64,
@@ -242,6 +258,17 @@ impl std::fmt::Debug for Delivery {
 async fn release(inner: &DeliveryInner) -> Result<()> {
     if inner.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 && inner.publish.qos != QoS::AtMostOnce
     {
+        if inner.current_session.load(Ordering::SeqCst) != inner.session {
+            // The broker started a new session since: it forgot this
+            // message, and numbers its packets from 1 again, so this packet
+            // id may now belong to another message, not yet handled.
+            tracing::debug!(
+                "acknowledgement of packet {} on {} dropped: it belongs to an earlier session",
+                inner.publish.pkid,
+                inner.publish.topic
+            );
+            return Ok(());
+        }
         inner
             .rumqtt
             .ack(&inner.publish)
@@ -252,6 +279,11 @@ async fn release(inner: &DeliveryInner) -> Result<()> {
 }
 
 type Ack = oneshot::Sender<Result<()>>;
+
+/// A message for the dispatcher, with the session it came in. Boxed: the
+/// channel allocates its first block of 32 slots up front, on every
+/// connection whether it ever receives or not.
+type Received = Box<(Publish, u64)>;
 
 /// Publishes between "handed to rumqttc" and "acknowledged by the broker".
 ///
@@ -302,6 +334,10 @@ struct Shared {
     /// Woken whenever the connection takes requests from its channel (and
     /// when it stops): a publisher that found the channel full waits here.
     room: Notify,
+    /// The broker session's number: one more at every CONNACK without a
+    /// session present. An acknowledgement is sent only in the session its
+    /// message came in.
+    session: Arc<AtomicU64>,
     /// The `Connection` is gone: nothing will take requests any more.
     /// Written under the tracker's lock.
     gone: AtomicBool,
@@ -335,6 +371,7 @@ pub struct Connection {
     attempt: u32,
     /// When the current connection got its CONNACK.
     connected_at: Option<std::time::Instant>,
+    max_queued_qos0: u64,
 }
 
 impl MqttClient {
@@ -386,6 +423,7 @@ impl MqttClient {
             shutdown_notify: Notify::new(),
             room: Notify::new(),
             gone: AtomicBool::new(false),
+            session: Arc::new(AtomicU64::new(0)),
             stopped,
             last_error: Mutex::new(None),
             counters: Counters::default(),
@@ -402,6 +440,7 @@ impl MqttClient {
             had_connection_error: false,
             attempt: 0,
             connected_at: None,
+            max_queued_qos0: options.max_queued_qos0,
         };
         Ok((client, connection))
     }
@@ -599,6 +638,7 @@ impl MqttClient {
             connections: c.connections.load(Ordering::Relaxed),
             messages_handled: c.messages_handled.load(Ordering::Relaxed),
             handler_failures: c.handler_failures.load(Ordering::Relaxed),
+            qos0_dropped: c.qos0_dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -697,9 +737,6 @@ impl Connection {
     /// handlers, resolves publishes, and reconnects with backoff after any
     /// failure, renewing subscriptions when the broker kept no session.
     pub async fn run(mut self) -> Result<()> {
-        // Boxed messages: the channel allocates its first block of 32 slots
-        // up front, 2 KB for bare `Publish`es but 256 bytes for boxes, on
-        // every connection whether it ever receives or not.
         let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
         let dispatcher = tokio::spawn(dispatch(
             dispatch_rx,
@@ -900,7 +937,7 @@ impl Connection {
         previous
     }
 
-    fn handle(&mut self, event: Event, dispatch: Option<&mpsc::UnboundedSender<Box<Publish>>>) {
+    fn handle(&mut self, event: Event, dispatch: Option<&mpsc::UnboundedSender<Received>>) {
         if matches!(event, Event::Outgoing(_)) {
             // The event loop took a request from the channel: there is room.
             self.shared.room.notify_waiters();
@@ -908,6 +945,9 @@ impl Connection {
         match event {
             Event::Incoming(Incoming::ConnAck(ack)) => {
                 self.connected_at = Some(std::time::Instant::now());
+                if !ack.session_present {
+                    self.shared.session.fetch_add(1, Ordering::SeqCst);
+                }
                 if self.shared.shutdown.load(Ordering::SeqCst) {
                     // disconnect() came while we were connecting: say
                     // goodbye now that there is a connection to say it on
@@ -955,7 +995,29 @@ impl Connection {
             }
             Event::Incoming(Incoming::Publish(publish)) => match dispatch {
                 Some(tx) => {
-                    let _ = tx.send(Box::new(publish));
+                    let counters = &self.shared.counters;
+                    if publish.qos == QoS::AtMostOnce {
+                        // QoS 1/2 are bounded by the broker's in-flight
+                        // window (nothing is acknowledged before it is
+                        // handled); QoS 0 has no such brake, so a flood
+                        // while the handlers are slow is cut off here.
+                        if counters.qos0_queued.load(Ordering::Relaxed) >= self.max_queued_qos0 {
+                            let dropped = counters.qos0_dropped.fetch_add(1, Ordering::Relaxed);
+                            if dropped.is_power_of_two() {
+                                tracing::warn!(
+                                    "QoS 0 message on {} dropped: {} are waiting for the handlers \
+                                     ({} dropped so far)",
+                                    publish.topic,
+                                    self.max_queued_qos0,
+                                    dropped + 1
+                                );
+                            }
+                            return;
+                        }
+                        counters.qos0_queued.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let session = self.shared.session.load(Ordering::SeqCst);
+                    let _ = tx.send(Box::new((publish, session)));
                 }
                 None => tracing::debug!("message before run(): left unacknowledged"),
             },
@@ -1073,12 +1135,15 @@ fn panicked(panic: &Box<dyn std::any::Any + Send>) -> HandlerError {
 /// handler is retried with backoff; its message stays unacknowledged, so if
 /// the process dies the broker redelivers it to the persistent session.
 async fn dispatch(
-    mut rx: mpsc::UnboundedReceiver<Box<Publish>>,
+    mut rx: mpsc::UnboundedReceiver<Received>,
     rumqtt: AsyncClient,
     shared: Arc<Shared>,
 ) {
     while let Some(publish) = rx.recv().await {
-        let publish = *publish;
+        let (publish, session) = *publish;
+        if publish.qos == QoS::AtMostOnce {
+            shared.counters.qos0_queued.fetch_sub(1, Ordering::Relaxed);
+        }
         let message = Message {
             topic: publish.topic.clone(),
             payload: publish.payload.clone(),
@@ -1102,6 +1167,8 @@ async fn dispatch(
         // the immediate handlers succeeded.
         let inner = Arc::new(DeliveryInner {
             publish,
+            session,
+            current_session: shared.session.clone(),
             rumqtt: rumqtt.clone(),
             outstanding: AtomicU64::new(deferred as u64 + 1),
         });

@@ -681,3 +681,157 @@ async fn an_acknowledgement_from_an_earlier_session_is_dropped() {
     publisher.disconnect().await.unwrap();
     prunner.await.unwrap().unwrap();
 }
+
+/// `subscribe` resolves on the SUBACK with the QoS the broker granted (a
+/// broker with `max_qos 1` grants 1 for a QoS 2 request); `unsubscribe`
+/// stops the broker sending (a message published after it is not
+/// delivered, while one for another subscription, published after it too,
+/// is). (A refused SUBACK is tested on the subscription table itself:
+/// Mosquitto 2.0.11 grants a subscription its ACL denies and then delivers
+/// nothing, measured.)
+#[tokio::test]
+async fn subscribe_waits_for_the_suback_and_unsubscribe_stops_delivery() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(
+        &pki,
+        &BrokerOptions {
+            extra: "max_qos 1\n".into(),
+            ..Default::default()
+        },
+    );
+    let identity = pki.client("subber").load().unwrap();
+    let (client, mut conn) = MqttClient::new(&options(broker.port, "subber"), &identity).unwrap();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handler = move |m: Message| {
+        let tx = tx.clone();
+        async move {
+            tx.send(m).unwrap();
+            Ok::<(), std::io::Error>(())
+        }
+    };
+    let granted = client
+        .subscribe("allowed/#", QoS::ExactlyOnce, handler.clone())
+        .unwrap()
+        .granted();
+    assert_eq!(
+        tokio::time::timeout(WAIT, granted).await.unwrap().unwrap(),
+        QoS::AtLeastOnce,
+        "the broker's max_qos"
+    );
+    let marker = client
+        .subscribe("marker/#", QoS::AtLeastOnce, handler)
+        .unwrap()
+        .granted();
+    tokio::time::timeout(WAIT, marker).await.unwrap().unwrap();
+    assert!(client.refused_subscriptions().is_empty());
+
+    let identity = pki.client("subpub").load().unwrap();
+    let (publisher, mut pconn) =
+        MqttClient::new(&options(broker.port, "subpub"), &identity).unwrap();
+    pconn.connect().await.unwrap();
+    let prunner = tokio::spawn(pconn.run());
+    publisher
+        .publish("allowed/1", "before", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.topic, "allowed/1");
+
+    client.unsubscribe("allowed/#").await.unwrap();
+    broker_logged(&broker, "Received UNSUBSCRIBE from subber\n", 1).await;
+    publisher
+        .publish("allowed/2", "after", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    publisher
+        .publish("marker/1", "marker", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        m.topic, "marker/1",
+        "the unsubscribed filter still delivered"
+    );
+    assert!(
+        !broker
+            .log()
+            .contains("Sending PUBLISH to subber (d0, q1, r0, m3, 'allowed/2'")
+    );
+
+    client.disconnect().await.unwrap();
+    runner.await.unwrap().unwrap();
+    publisher.disconnect().await.unwrap();
+    prunner.await.unwrap().unwrap();
+}
+
+/// A subscription made while the broker is down reaches it when it is back,
+/// even though the broker kept the session (it used to be sent only to a
+/// broker without a session, so it was never sent at all).
+#[tokio::test]
+async fn a_subscription_made_during_an_outage_reaches_a_broker_that_kept_the_session() {
+    let pki = Pki::new();
+    let mut broker = Mosquitto::start(
+        &pki,
+        &BrokerOptions {
+            persistence: true,
+            ..Default::default()
+        },
+    );
+    let identity = pki.client("outage").load().unwrap();
+    let mut opts = options(broker.port, "outage");
+    opts.clean_session = false;
+    let (client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    broker.stop();
+    let deadline = Instant::now() + WAIT;
+    while client.is_connected() {
+        assert!(
+            Instant::now() < deadline,
+            "the client never noticed the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let granted = client
+        .subscribe("late/#", QoS::AtLeastOnce, move |m| {
+            let tx = tx.clone();
+            async move {
+                tx.send(m).unwrap();
+                Ok::<(), std::io::Error>(())
+            }
+        })
+        .unwrap()
+        .granted();
+    broker.restart();
+    tokio::time::timeout(WAIT, granted).await.unwrap().unwrap();
+    broker_logged(&broker, "Sending CONNACK to outage (1, 0)", 1).await;
+
+    let identity = pki.client("outage-pub").load().unwrap();
+    let (publisher, mut pconn) =
+        MqttClient::new(&options(broker.port, "outage-pub"), &identity).unwrap();
+    pconn.connect().await.unwrap();
+    let prunner = tokio::spawn(pconn.run());
+    publisher
+        .publish("late/1", "arrives", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"arrives");
+
+    client.disconnect().await.unwrap();
+    runner.await.unwrap().unwrap();
+    publisher.disconnect().await.unwrap();
+    prunner.await.unwrap().unwrap();
+}

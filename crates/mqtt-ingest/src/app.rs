@@ -46,6 +46,8 @@ struct Health {
 struct MqttHealth {
     connected: bool,
     last_error: Option<String>,
+    /// Filters the broker refused: their messages never arrive.
+    refused_subscriptions: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -57,8 +59,8 @@ struct DatabaseHealth {
 /// How long `/healthz` waits for the database's answer.
 const HEALTH_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
 
-/// 200 when the MQTT session is up and the database answers and takes
-/// writes; 503 otherwise, saying which.
+/// 200 when the MQTT session is up with every subscription granted and the
+/// database answers and takes writes; 503 otherwise, saying which.
 async fn healthz(State(state): State<AppState>) -> Response {
     let connected = state.client.is_connected();
     // A probe must answer quickly (orchestrators time out after a second
@@ -80,10 +82,12 @@ async fn healthz(State(state): State<AppState>) -> Response {
         }
         (Ok(()), true) => None,
     };
+    let refused_subscriptions = state.client.refused_subscriptions();
     let health = Health {
-        ok: connected && db_error.is_none(),
+        ok: connected && db_error.is_none() && refused_subscriptions.is_empty(),
         mqtt: MqttHealth {
             connected,
+            refused_subscriptions,
             // Shown while connected too: a refused subscription or a
             // dropped link that came back is worth seeing.
             last_error: state.client.last_error(),

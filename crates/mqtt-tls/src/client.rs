@@ -19,6 +19,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use crate::bundle::TlsIdentity;
 use crate::classify::classify;
 use crate::error::{Error, Result};
+use crate::subscriptions::Subscriptions;
 use crate::topic::{TopicFilter, check_publish_topic};
 
 pub use rumqttc_mtls::QoS;
@@ -196,17 +197,11 @@ struct Counters {
 type DeferredHandler = Arc<dyn Fn(Message, Delivery) -> HandlerFuture + Send + Sync>;
 
 #[derive(Clone)]
-enum HandlerKind {
+pub(crate) enum HandlerKind {
     /// Acknowledged when the handler returns `Ok`.
     Immediate(Handler),
     /// Acknowledged when the handler's [`Delivery`] is acknowledged.
     Deferred(DeferredHandler),
-}
-
-struct Subscription {
-    filter: TopicFilter,
-    qos: QoS,
-    handler: HandlerKind,
 }
 
 /// The right to acknowledge one received QoS 1/2 message, handed to
@@ -326,7 +321,10 @@ struct Shared {
     forced_identity: Mutex<Option<IdentitySwap>>,
     swap_notify: Notify,
     handler_retry: Backoff,
-    subscriptions: Mutex<Vec<Subscription>>,
+    subscriptions: Mutex<Subscriptions>,
+    /// Some subscription could not be sent (the request channel was full):
+    /// the connection tries again when it takes requests.
+    subscriptions_unsent: AtomicBool,
     connected: AtomicBool,
     tracker: Mutex<Tracker>,
     shutdown: AtomicBool,
@@ -416,7 +414,8 @@ impl MqttClient {
             forced_identity: Mutex::new(None),
             swap_notify: Notify::new(),
             handler_retry: options.handler_retry,
-            subscriptions: Mutex::new(Vec::new()),
+            subscriptions: Mutex::new(Subscriptions::default()),
+            subscriptions_unsent: AtomicBool::new(false),
             connected: AtomicBool::new(false),
             tracker: Mutex::new(Tracker::default()),
             shutdown: AtomicBool::new(false),
@@ -448,8 +447,10 @@ impl MqttClient {
     /// Subscribes `handler` to `filter` (wildcards and `$share/<group>/...`
     /// allowed). Messages are routed by their topic to every matching
     /// handler; a QoS 1/2 message is acknowledged once all returned `Ok`.
-    /// The subscription is renewed after every reconnect without a session.
-    pub fn subscribe<F, Fut, E>(&self, filter: &str, qos: QoS, handler: F) -> Result<()>
+    /// The subscription is renewed after every reconnect without a session,
+    /// and sent again whenever the broker may not have confirmed it. The
+    /// returned [`Subscribed`] resolves on the broker's SUBACK.
+    pub fn subscribe<F, Fut, E>(&self, filter: &str, qos: QoS, handler: F) -> Result<Subscribed>
     where
         F: Fn(Message) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
@@ -460,8 +461,7 @@ impl MqttClient {
             let fut = handler(m);
             Box::pin(async move { fut.await.map_err(Into::into) })
         });
-        self.add_subscription(filter, qos, HandlerKind::Immediate(handler));
-        Ok(())
+        Ok(self.add_subscription(filter, qos, HandlerKind::Immediate(handler)))
     }
 
     /// Subscribes a handler that acknowledges later: it gets each message
@@ -469,7 +469,12 @@ impl MqttClient {
     /// a batched database write); the broker gets the acknowledgement when
     /// the `Delivery` is acknowledged. A handler returning `Err` did not take
     /// the message: it is called again, with backoff.
-    pub fn subscribe_deferred<F, Fut, E>(&self, filter: &str, qos: QoS, handler: F) -> Result<()>
+    pub fn subscribe_deferred<F, Fut, E>(
+        &self,
+        filter: &str,
+        qos: QoS,
+        handler: F,
+    ) -> Result<Subscribed>
     where
         F: Fn(Message, Delivery) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
@@ -480,20 +485,33 @@ impl MqttClient {
             let fut = handler(m, d);
             Box::pin(async move { fut.await.map_err(Into::into) })
         });
-        self.add_subscription(filter, qos, HandlerKind::Deferred(handler));
-        Ok(())
+        Ok(self.add_subscription(filter, qos, HandlerKind::Deferred(handler)))
     }
 
-    fn add_subscription(&self, filter: TopicFilter, qos: QoS, handler: HandlerKind) {
+    fn add_subscription(&self, filter: TopicFilter, qos: QoS, handler: HandlerKind) -> Subscribed {
         let mut subs = lock(&self.shared.subscriptions);
+        let answer = subs.add(filter, qos, handler);
         if self.shared.connected.load(Ordering::SeqCst) {
-            send_subscribe(&self.rumqtt, vec![(filter.as_str().to_owned(), qos)]);
+            send_unsent(&self.rumqtt, &self.shared, &mut subs);
         }
-        subs.push(Subscription {
-            filter,
-            qos,
-            handler,
-        });
+        Subscribed { answer }
+    }
+
+    /// Removes every handler of `filter` (exactly as it was subscribed) and
+    /// sends UNSUBSCRIBE; returns once the request is queued. Messages for
+    /// it already on their way find no handler.
+    pub async fn unsubscribe(&self, filter: &str) -> Result<()> {
+        let filter = TopicFilter::new(filter)?;
+        lock(&self.shared.subscriptions).remove(filter.as_str());
+        self.rumqtt
+            .unsubscribe(filter.as_str())
+            .await
+            .map_err(|_| Error::Closed)
+    }
+
+    /// The filters the broker refused (SUBACK 0x80), for health checks.
+    pub fn refused_subscriptions(&self) -> Vec<String> {
+        lock(&self.shared.subscriptions).refused()
     }
 
     /// Publishes and waits until the broker acknowledged it (PUBACK for QoS
@@ -671,25 +689,41 @@ fn check_host(host: &str) -> Result<()> {
         })
 }
 
-fn send_subscribe(rumqtt: &AsyncClient, filters: Vec<(String, QoS)>) {
-    if filters.is_empty() {
+/// Sends every subscription not sent yet, in one SUBSCRIBE, unless the
+/// request channel is full (then the connection tries again when it takes
+/// requests).
+fn send_unsent(rumqtt: &AsyncClient, shared: &Shared, subs: &mut Subscriptions) {
+    let unsent = subs.unsent();
+    if unsent.is_empty() {
+        shared.subscriptions_unsent.store(false, Ordering::SeqCst);
         return;
     }
-    let subs: Vec<rumqttc_mtls::SubscribeFilter> = filters
+    let names: Vec<String> = unsent.iter().map(|(f, _)| f.clone()).collect();
+    let filters: Vec<rumqttc_mtls::SubscribeFilter> = unsent
         .into_iter()
         .map(|(f, q)| rumqttc_mtls::SubscribeFilter::new(f, q))
         .collect();
-    if rumqtt.try_subscribe_many(subs.clone()).is_err() {
-        // The channel is full; a task waits for room while the connection
-        // keeps draining it.
-        let rumqtt = rumqtt.clone();
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                if let Err(e) = rumqtt.subscribe_many(subs).await {
-                    tracing::warn!("subscribing failed: {e}");
-                }
-            });
+    match rumqtt.try_subscribe_many(filters) {
+        Ok(()) => {
+            subs.requested(&names);
+            shared.subscriptions_unsent.store(false, Ordering::SeqCst);
         }
+        Err(_) => shared.subscriptions_unsent.store(true, Ordering::SeqCst),
+    }
+}
+
+/// The broker's answer to a subscription, from [`MqttClient::subscribe`].
+#[derive(Debug)]
+pub struct Subscribed {
+    answer: oneshot::Receiver<Result<QoS>>,
+}
+
+impl Subscribed {
+    /// Waits for the broker's SUBACK: the QoS it granted, or
+    /// [`Error::SubscriptionRefused`]. Needs the [`Connection`] running;
+    /// [`Error::Closed`] if it stops first.
+    pub async fn granted(self) -> Result<QoS> {
+        self.answer.await.unwrap_or(Err(Error::Closed))
     }
 }
 
@@ -941,6 +975,12 @@ impl Connection {
         if matches!(event, Event::Outgoing(_)) {
             // The event loop took a request from the channel: there is room.
             self.shared.room.notify_waiters();
+            if self.shared.subscriptions_unsent.load(Ordering::SeqCst)
+                && self.shared.connected.load(Ordering::SeqCst)
+            {
+                let mut subs = lock(&self.shared.subscriptions);
+                send_unsent(&self.rumqtt, &self.shared, &mut subs);
+            }
         }
         match event {
             Event::Incoming(Incoming::ConnAck(ack)) => {
@@ -972,20 +1012,12 @@ impl Connection {
                     tracker.skip_until_barrier = true;
                     tracker.barrier_needed = self.rumqtt.try_unsubscribe(BARRIER_FILTER).is_err();
                 }
-                let subs = lock(&self.shared.subscriptions);
+                let mut subs = lock(&self.shared.subscriptions);
                 self.shared.connected.store(true, Ordering::SeqCst);
-                // The broker keeps a persistent session's subscriptions, but
-                // this process may have registered others since: the first
-                // connection always subscribes everything registered.
-                let first = self.shared.counters.connections.load(Ordering::Relaxed) == 1;
-                if !ack.session_present || first {
-                    send_subscribe(
-                        &self.rumqtt,
-                        subs.iter()
-                            .map(|s| (s.filter.as_str().to_owned(), s.qos))
-                            .collect(),
-                    );
-                }
+                // Whatever the broker may not have (everything, without a
+                // session; what was in flight, with one) goes out again.
+                subs.on_connack(ack.session_present);
+                send_unsent(&self.rumqtt, &self.shared, &mut subs);
                 tracing::info!(
                     "connected to {}:{} (session present: {})",
                     self.shared.host,
@@ -1023,15 +1055,24 @@ impl Connection {
             },
             Event::Incoming(Incoming::PubAck(ack)) => self.resolve(ack.pkid),
             Event::Incoming(Incoming::PubComp(comp)) => self.resolve(comp.pkid),
-            Event::Incoming(Incoming::SubAck(ack))
-                if ack
+            Event::Incoming(Incoming::SubAck(ack)) => {
+                let Some(filters) = self.eventloop.state.take_subscribe_filters(ack.pkid) else {
+                    return;
+                };
+                let granted: Vec<Option<QoS>> = ack
                     .return_codes
                     .iter()
-                    .any(|c| matches!(c, rumqttc_mtls::SubscribeReasonCode::Failure)) =>
-            {
-                let msg = "the broker refused a subscription (check its ACL for our identity)";
-                tracing::warn!("{msg}");
-                *lock(&self.shared.last_error) = Some(msg.to_owned());
+                    .map(|code| match code {
+                        rumqttc_mtls::SubscribeReasonCode::Success(qos) => Some(*qos),
+                        rumqttc_mtls::SubscribeReasonCode::Failure => None,
+                    })
+                    .collect();
+                let refused = lock(&self.shared.subscriptions).on_suback(&filters, &granted);
+                for filter in refused {
+                    let err = Error::SubscriptionRefused { filter };
+                    tracing::warn!("{err}");
+                    *lock(&self.shared.last_error) = Some(err.to_string());
+                }
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 let mut tracker = lock(&self.shared.tracker);
@@ -1059,8 +1100,16 @@ impl Connection {
                     tracker.collided.insert(pkid, tx);
                 }
             }
-            Event::Outgoing(Outgoing::Unsubscribe(_)) => {
-                lock(&self.shared.tracker).skip_until_barrier = false;
+            Event::Outgoing(Outgoing::Unsubscribe(pkid)) => {
+                // The barrier, not an application's unsubscribe.
+                let barrier = self
+                    .eventloop
+                    .state
+                    .unsubscribe_topics(pkid)
+                    .is_none_or(|topics| topics == [BARRIER_FILTER]);
+                if barrier {
+                    lock(&self.shared.tracker).skip_until_barrier = false;
+                }
             }
             _ => {}
         }
@@ -1152,6 +1201,7 @@ async fn dispatch(
             duplicate: publish.dup,
         };
         let handlers: Vec<HandlerKind> = lock(&shared.subscriptions)
+            .list
             .iter()
             .filter(|s| s.filter.matches(&message.topic))
             .map(|s| s.handler.clone())

@@ -207,6 +207,14 @@ pub enum Error {
         max: usize,
     },
 
+    /// The broker refused a subscription (SUBACK 0x80): usually its ACL
+    /// does not let our identity read there.
+    #[error("the broker refused the subscription to {filter:?} (check its ACL for our identity)")]
+    SubscriptionRefused {
+        /// The filter.
+        filter: String,
+    },
+
     /// The client was shut down (or its event loop stopped).
     #[error("the MQTT client is shut down")]
     Closed,

@@ -47,12 +47,13 @@ mod bundle;
 mod classify;
 mod client;
 mod error;
+mod subscriptions;
 mod topic;
 
 pub use bundle::{ClientCert, TlsIdentity};
 pub use client::{
     Backoff, ConnectOptions, Connection, Delivery, HandlerError, LastWill, Message, MqttClient,
-    QoS, Stats, TlsVersions,
+    QoS, Stats, Subscribed, TlsVersions,
 };
 pub use error::{Error, Result};
 pub use topic::TopicFilter;

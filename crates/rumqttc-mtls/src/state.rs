@@ -71,6 +71,13 @@ pub struct MqttState {
     /// of them is answered with PUBREC again and not delivered twice (MQTT
     /// 3.1.1 section 4.3.3, method B). Not upstream.
     pub(crate) incoming_rec: BTreeSet<u16>,
+    /// The filters of each SUBSCRIBE on the wire, by packet id, for the
+    /// caller to match with its SUBACK ([`MqttState::take_subscribe_filters`]).
+    /// Not upstream.
+    subscribe_filters: BTreeMap<u16, Vec<String>>,
+    /// The topics of each UNSUBSCRIBE on the wire, by packet id
+    /// ([`MqttState::unsubscribe_topics`]). Not upstream.
+    unsubscribe_topics: BTreeMap<u16, Vec<String>>,
     /// Last collision due to broker not acking in order
     pub collision: Option<Publish>,
     /// Buffered incoming packets
@@ -97,6 +104,8 @@ impl MqttState {
             outgoing_rel: BTreeSet::new(),
             incoming_pub: BTreeSet::new(),
             incoming_rec: BTreeSet::new(),
+            subscribe_filters: BTreeMap::new(),
+            unsubscribe_topics: BTreeMap::new(),
             collision: None,
             events: VecDeque::new(),
             manual_acks,
@@ -120,6 +129,11 @@ impl MqttState {
             pending.push(Request::Publish(publish));
         }
 
+        // SUBSCRIBEs on the wire are not resent: their filters are the
+        // caller's to send again (they may never have arrived).
+        self.subscribe_filters.clear();
+        self.unsubscribe_topics.clear();
+
         // remove and collect pending releases
         for pkid in std::mem::take(&mut self.outgoing_rel) {
             pending.push(Request::PubRel(PubRel::new(pkid)));
@@ -133,6 +147,18 @@ impl MqttState {
 
     pub fn inflight(&self) -> u16 {
         self.inflight
+    }
+
+    /// The filters of the SUBSCRIBE with packet id `pkid`, in the order of
+    /// its SUBACK's return codes; taken once, when its SUBACK arrives.
+    pub fn take_subscribe_filters(&mut self, pkid: u16) -> Option<Vec<String>> {
+        self.subscribe_filters.remove(&pkid)
+    }
+
+    /// The topics of the UNSUBSCRIBE with packet id `pkid`, until its
+    /// UNSUBACK.
+    pub fn unsubscribe_topics(&self, pkid: u16) -> Option<&[String]> {
+        self.unsubscribe_topics.get(&pkid).map(Vec::as_slice)
     }
 
     /// The broker started a new session (CONNACK without session present):
@@ -187,7 +213,10 @@ impl MqttState {
             Incoming::PingResp => self.handle_incoming_pingresp()?,
             Incoming::Publish(publish) => self.handle_incoming_publish(publish)?,
             Incoming::SubAck(_suback) => self.handle_incoming_suback()?,
-            Incoming::UnsubAck(_unsuback) => self.handle_incoming_unsuback()?,
+            Incoming::UnsubAck(unsuback) => {
+                self.unsubscribe_topics.remove(&unsuback.pkid);
+                self.handle_incoming_unsuback()?
+            }
             Incoming::PubAck(puback) => self.handle_incoming_puback(puback)?,
             Incoming::PubRec(pubrec) => self.handle_incoming_pubrec(pubrec)?,
             Incoming::PubRel(pubrel) => self.handle_incoming_pubrel(pubrel)?,
@@ -435,6 +464,14 @@ impl MqttState {
 
         let pkid = self.next_pkid();
         subscription.pkid = pkid;
+        self.subscribe_filters.insert(
+            pkid,
+            subscription
+                .filters
+                .iter()
+                .map(|f| f.path.clone())
+                .collect(),
+        );
 
         debug!(
             "Subscribe. Topics = {:?}, Pkid = {:?}",
@@ -453,6 +490,7 @@ impl MqttState {
     ) -> Result<Option<Packet>, StateError> {
         let pkid = self.next_pkid();
         unsub.pkid = pkid;
+        self.unsubscribe_topics.insert(pkid, unsub.topics.clone());
 
         debug!(
             "Unsubscribe. Topics = {:?}, Pkid = {:?}",

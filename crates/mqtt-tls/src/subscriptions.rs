@@ -1,0 +1,255 @@
+//! The subscription table: which filters are registered, which the broker
+//! confirmed (SUBACK, with the QoS it granted) or refused, and which still
+//! have to be sent. Pure bookkeeping, driven by the connection's events, so
+//! that it can be tested on event sequences without a broker.
+//!
+//! A SUBACK is matched to its filters by packet id, through the event
+//! loop (`MqttState::take_subscribe_filters`). After a reconnect, whatever
+//! was not confirmed is sent again: a duplicate SUBSCRIBE is harmless (the
+//! broker replaces the subscription), a lost one is not.
+
+use tokio::sync::oneshot;
+
+use crate::client::{HandlerKind, QoS};
+use crate::error::{Error, Result};
+use crate::topic::TopicFilter;
+
+/// Where a subscription stands with the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    /// Not sent on this connection yet.
+    Unsent,
+    /// Sent; no SUBACK yet.
+    Requested,
+    /// Confirmed, with the QoS the broker granted.
+    Granted(QoS),
+    /// Refused by the broker (SUBACK 0x80).
+    Refused,
+}
+
+pub(crate) struct Subscription {
+    pub(crate) filter: TopicFilter,
+    pub(crate) qos: QoS,
+    pub(crate) handler: HandlerKind,
+    pub(crate) status: Status,
+    waiters: Vec<oneshot::Sender<Result<QoS>>>,
+}
+
+impl Subscription {
+    fn settle(&mut self, status: Status) {
+        self.status = status;
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.send(match status {
+                Status::Granted(qos) => Ok(qos),
+                _ => Err(Error::SubscriptionRefused {
+                    filter: self.filter.as_str().to_owned(),
+                }),
+            });
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Subscriptions {
+    pub(crate) list: Vec<Subscription>,
+}
+
+impl Subscriptions {
+    /// Registers a subscription; the receiver gets the broker's answer.
+    pub(crate) fn add(
+        &mut self,
+        filter: TopicFilter,
+        qos: QoS,
+        handler: HandlerKind,
+    ) -> oneshot::Receiver<Result<QoS>> {
+        let (tx, rx) = oneshot::channel();
+        self.list.push(Subscription {
+            filter,
+            qos,
+            handler,
+            status: Status::Unsent,
+            waiters: vec![tx],
+        });
+        rx
+    }
+
+    /// Removes every subscription to `filter`; whether there was one.
+    pub(crate) fn remove(&mut self, filter: &str) -> bool {
+        let before = self.list.len();
+        self.list.retain(|s| s.filter.as_str() != filter);
+        self.list.len() != before
+    }
+
+    /// The filters to send, each once, with the highest QoS asked for it.
+    pub(crate) fn unsent(&self) -> Vec<(String, QoS)> {
+        let mut out: Vec<(String, QoS)> = Vec::new();
+        for s in self.list.iter().filter(|s| s.status == Status::Unsent) {
+            match out.iter_mut().find(|(f, _)| f == s.filter.as_str()) {
+                Some((_, qos)) if s.qos > *qos => *qos = s.qos,
+                Some(_) => {}
+                None => out.push((s.filter.as_str().to_owned(), s.qos)),
+            }
+        }
+        out
+    }
+
+    /// `filters` went into the request channel.
+    pub(crate) fn requested(&mut self, filters: &[String]) {
+        for s in &mut self.list {
+            if s.status == Status::Unsent && filters.iter().any(|f| f == s.filter.as_str()) {
+                s.status = Status::Requested;
+            }
+        }
+    }
+
+    /// The broker answered a SUBSCRIBE of `filters`, one code each
+    /// (`None`: refused). Returns the refused filters.
+    pub(crate) fn on_suback(&mut self, filters: &[String], granted: &[Option<QoS>]) -> Vec<String> {
+        let mut refused = Vec::new();
+        for (filter, answer) in filters.iter().zip(granted) {
+            let status = match answer {
+                Some(qos) => Status::Granted(*qos),
+                None => {
+                    refused.push(filter.clone());
+                    Status::Refused
+                }
+            };
+            for s in self
+                .list
+                .iter_mut()
+                .filter(|s| s.filter.as_str() == filter && s.status != Status::Unsent)
+            {
+                s.settle(status);
+            }
+        }
+        refused
+    }
+
+    /// A CONNACK: what the broker may not have is sent again. Without a
+    /// session it has none of our subscriptions; with one, it has those it
+    /// confirmed, but a SUBSCRIBE in flight when the link went may never
+    /// have arrived. Refused ones are not asked again.
+    pub(crate) fn on_connack(&mut self, session_present: bool) {
+        for s in &mut self.list {
+            let resend = match s.status {
+                Status::Requested => true,
+                Status::Granted(_) => !session_present,
+                Status::Unsent | Status::Refused => false,
+            };
+            if resend {
+                s.status = Status::Unsent;
+            }
+        }
+    }
+
+    /// The filters the broker refused.
+    pub(crate) fn refused(&self) -> Vec<String> {
+        self.list
+            .iter()
+            .filter(|s| s.status == Status::Refused)
+            .map(|s| s.filter.as_str().to_owned())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn handler() -> HandlerKind {
+        HandlerKind::Immediate(Arc::new(|_| Box::pin(async { Ok(()) })))
+    }
+
+    fn table(filters: &[&str]) -> (Subscriptions, Vec<oneshot::Receiver<Result<QoS>>>) {
+        let mut t = Subscriptions::default();
+        let rx = filters
+            .iter()
+            .map(|f| t.add(TopicFilter::new(*f).unwrap(), QoS::ExactlyOnce, handler()))
+            .collect();
+        (t, rx)
+    }
+
+    /// What the connection does: send the unsent filters in one SUBSCRIBE.
+    fn send(t: &mut Subscriptions) -> Vec<String> {
+        let filters: Vec<String> = t.unsent().into_iter().map(|(f, _)| f).collect();
+        t.requested(&filters);
+        filters
+    }
+
+    fn statuses(t: &Subscriptions) -> Vec<Status> {
+        t.list.iter().map(|s| s.status).collect()
+    }
+
+    #[test]
+    fn a_suback_settles_each_filter_with_its_granted_qos_or_a_refusal() {
+        let (mut t, mut rx) = table(&["a/#", "b/#"]);
+        let sent = send(&mut t);
+        assert_eq!(sent, ["a/#", "b/#"]);
+        assert!(t.unsent().is_empty());
+        let refused = t.on_suback(&sent, &[Some(QoS::AtLeastOnce), None]);
+        assert_eq!(refused, ["b/#"]);
+        assert_eq!(rx[0].try_recv().unwrap().unwrap(), QoS::AtLeastOnce);
+        assert!(matches!(
+            rx[1].try_recv().unwrap(),
+            Err(Error::SubscriptionRefused { ref filter }) if filter == "b/#"
+        ));
+        assert_eq!(t.refused(), ["b/#"]);
+    }
+
+    #[test]
+    fn a_subscribe_lost_with_the_link_is_sent_again_even_with_a_session() {
+        let (mut t, _rx) = table(&["a/#", "b/#"]);
+        let sent = send(&mut t);
+        t.on_suback(&sent, &[Some(QoS::AtLeastOnce), Some(QoS::AtLeastOnce)]);
+        // A new subscription goes out, and the link drops before its SUBACK.
+        t.add(
+            TopicFilter::new("c/#").unwrap(),
+            QoS::AtLeastOnce,
+            handler(),
+        );
+        assert_eq!(send(&mut t), ["c/#"]);
+        t.on_connack(true);
+        // The broker kept a/# and b/#; c/# may never have arrived.
+        assert_eq!(send(&mut t), ["c/#"]);
+    }
+
+    #[test]
+    fn without_a_session_everything_but_refusals_is_sent_again() {
+        let (mut t, _rx) = table(&["a/#", "b/#"]);
+        let sent = send(&mut t);
+        t.on_suback(&sent, &[Some(QoS::AtLeastOnce), None]);
+        t.on_connack(false);
+        let again = send(&mut t);
+        assert_eq!(again, ["a/#"]);
+        t.on_suback(&again, &[Some(QoS::AtMostOnce)]);
+        assert_eq!(
+            statuses(&t),
+            [Status::Granted(QoS::AtMostOnce), Status::Refused]
+        );
+    }
+
+    #[test]
+    fn two_handlers_on_one_filter_share_one_request_and_its_answer() {
+        let (mut t, mut rx) = table(&["a/#", "a/#"]);
+        let sent = send(&mut t);
+        assert_eq!(sent, ["a/#"]);
+        t.on_suback(&sent, &[Some(QoS::AtLeastOnce)]);
+        assert!(rx.iter_mut().all(|r| r.try_recv().unwrap().is_ok()));
+        assert!(t.remove("a/#"));
+        assert!(t.list.is_empty());
+    }
+
+    #[test]
+    fn the_highest_qos_asked_for_a_filter_is_requested() {
+        let mut t = Subscriptions::default();
+        t.add(TopicFilter::new("a/#").unwrap(), QoS::AtMostOnce, handler());
+        t.add(
+            TopicFilter::new("a/#").unwrap(),
+            QoS::ExactlyOnce,
+            handler(),
+        );
+        assert_eq!(t.unsent(), [("a/#".to_owned(), QoS::ExactlyOnce)]);
+    }
+}

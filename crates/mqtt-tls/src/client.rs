@@ -491,6 +491,9 @@ impl MqttClient {
     fn add_subscription(&self, filter: TopicFilter, qos: QoS, handler: HandlerKind) -> Subscribed {
         let mut subs = lock(&self.shared.subscriptions);
         let answer = subs.add(filter, qos, handler);
+        if self.shared.gone.load(Ordering::SeqCst) {
+            subs.close();
+        }
         if self.shared.connected.load(Ordering::SeqCst) {
             send_unsent(&self.rumqtt, &self.shared, &mut subs);
         }
@@ -1106,7 +1109,7 @@ impl Connection {
                     .eventloop
                     .state
                     .unsubscribe_topics(pkid)
-                    .is_none_or(|topics| topics == [BARRIER_FILTER]);
+                    .is_some_and(|topics| topics == [BARRIER_FILTER]);
                 if barrier {
                     lock(&self.shared.tracker).skip_until_barrier = false;
                 }
@@ -1134,6 +1137,7 @@ impl Drop for Connection {
         if let Some(swap) = lock(&self.shared.forced_identity).take() {
             let _ = swap.reply.send(Err(Error::Closed));
         }
+        lock(&self.shared.subscriptions).close();
         fail_all(&self.shared, || Error::Closed);
         self.shared.connected.store(false, Ordering::SeqCst);
         self.shared.room.notify_waiters();

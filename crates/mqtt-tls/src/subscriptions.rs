@@ -80,17 +80,33 @@ impl Subscriptions {
         self.list.len() != before
     }
 
-    /// The filters to send, each once, with the highest QoS asked for it.
+    /// The filters to send, each once, with the highest QoS any handler
+    /// of it asked for (a SUBSCRIBE replaces the broker's subscription, so
+    /// a later, lower request must not lower an earlier one).
     pub(crate) fn unsent(&self) -> Vec<(String, QoS)> {
         let mut out: Vec<(String, QoS)> = Vec::new();
         for s in self.list.iter().filter(|s| s.status == Status::Unsent) {
-            match out.iter_mut().find(|(f, _)| f == s.filter.as_str()) {
-                Some((_, qos)) if s.qos > *qos => *qos = s.qos,
-                Some(_) => {}
-                None => out.push((s.filter.as_str().to_owned(), s.qos)),
+            if out.iter().any(|(f, _)| f == s.filter.as_str()) {
+                continue;
             }
+            let qos = self
+                .list
+                .iter()
+                .filter(|o| o.filter.as_str() == s.filter.as_str() && o.status != Status::Refused)
+                .map(|o| o.qos)
+                .fold(s.qos, |a, b| if b > a { b } else { a });
+            out.push((s.filter.as_str().to_owned(), qos));
         }
         out
+    }
+
+    /// The connection is gone: whoever waits for an answer gets `Closed`.
+    pub(crate) fn close(&mut self) {
+        for s in &mut self.list {
+            for waiter in s.waiters.drain(..) {
+                let _ = waiter.send(Err(Error::Closed));
+            }
+        }
     }
 
     /// `filters` went into the request channel.
@@ -251,5 +267,21 @@ mod tests {
             handler(),
         );
         assert_eq!(t.unsent(), [("a/#".to_owned(), QoS::ExactlyOnce)]);
+    }
+
+    #[test]
+    fn a_later_lower_request_does_not_lower_a_granted_subscription() {
+        let (mut t, _rx) = table(&["a/#"]);
+        let sent = send(&mut t);
+        t.on_suback(&sent, &[Some(QoS::ExactlyOnce)]);
+        t.add(TopicFilter::new("a/#").unwrap(), QoS::AtMostOnce, handler());
+        assert_eq!(t.unsent(), [("a/#".to_owned(), QoS::ExactlyOnce)]);
+    }
+
+    #[test]
+    fn waiters_get_closed_when_the_connection_is_gone() {
+        let (mut t, mut rx) = table(&["a/#"]);
+        t.close();
+        assert!(matches!(rx[0].try_recv().unwrap(), Err(Error::Closed)));
     }
 }

@@ -132,6 +132,12 @@ impl EventLoop {
             if !connack.session_present {
                 self.pending.clear();
                 self.state.new_session();
+                // Not upstream: what the old session delivered and was not
+                // handed out yet must not surface in the new one, where its
+                // packet ids belong to other messages.
+                self.state
+                    .events
+                    .retain(|event| !matches!(event, Event::Incoming(_)));
             }
             self.network = Some(network);
 

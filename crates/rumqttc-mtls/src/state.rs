@@ -74,9 +74,10 @@ pub struct MqttState {
     /// The filters of each SUBSCRIBE on the wire, by packet id, for the
     /// caller to match with its SUBACK ([`MqttState::take_subscribe_filters`]).
     /// Not upstream.
-    subscribe_filters: BTreeMap<u16, Vec<String>>,
-    /// The topics of each UNSUBSCRIBE on the wire, by packet id
-    /// ([`MqttState::unsubscribe_topics`]). Not upstream.
+    subscribe_filters: BTreeMap<u16, VecDeque<Vec<String>>>,
+    /// The topics of each UNSUBSCRIBE, by packet id, until its UNSUBACK
+    /// ([`MqttState::unsubscribe_topics`]); kept across reconnects, since an
+    /// UNSUBSCRIBE's event may still be handed out after one. Not upstream.
     unsubscribe_topics: BTreeMap<u16, Vec<String>>,
     /// Last collision due to broker not acking in order
     pub collision: Option<Publish>,
@@ -132,7 +133,6 @@ impl MqttState {
         // SUBSCRIBEs on the wire are not resent: their filters are the
         // caller's to send again (they may never have arrived).
         self.subscribe_filters.clear();
-        self.unsubscribe_topics.clear();
 
         // remove and collect pending releases
         for pkid in std::mem::take(&mut self.outgoing_rel) {
@@ -152,7 +152,12 @@ impl MqttState {
     /// The filters of the SUBSCRIBE with packet id `pkid`, in the order of
     /// its SUBACK's return codes; taken once, when its SUBACK arrives.
     pub fn take_subscribe_filters(&mut self, pkid: u16) -> Option<Vec<String>> {
-        self.subscribe_filters.remove(&pkid)
+        let queue = self.subscribe_filters.get_mut(&pkid)?;
+        let filters = queue.pop_front();
+        if queue.is_empty() {
+            self.subscribe_filters.remove(&pkid);
+        }
+        filters
     }
 
     /// The topics of the UNSUBSCRIBE with packet id `pkid`, until its
@@ -464,8 +469,9 @@ impl MqttState {
 
         let pkid = self.next_pkid();
         subscription.pkid = pkid;
-        self.subscribe_filters.insert(
-            pkid,
+        // A queue per id: with a small in-flight window two SUBSCRIBEs can
+        // share one (their SUBACKs come back in order).
+        self.subscribe_filters.entry(pkid).or_default().push_back(
             subscription
                 .filters
                 .iter()

@@ -25,11 +25,15 @@ Tasks:
             image, else the local binary; both installed with apt-get when
             missing and root): pub/sub, the TLS failure matrix, the
             connection storm, ingest on SQLite and PostgreSQL, scale-out
-  test      fmt --check, clippy -D warnings, cargo deny, the whole test
+  test [--advisory-db PATH] [CARGO TEST ARGS]
+            fmt --check, clippy -D warnings, cargo deny, the whole test
             suite (OpenSSL and pkilint cross-checks, end-to-end tests against
             a real Mosquitto and PostgreSQL) and cargo doc. Installs what is
             missing: openssl, mosquitto and postgresql with apt-get (as
-            root), pkilint into target/pkilint-venv, cargo-deny
+            root), pkilint into target/pkilint-venv, cargo-deny. Advisories
+            come from the live RustSec database, else from the offline copy
+            (a git bundle or clone) given by --advisory-db or
+            MQTT_MTLS_ADVISORY_DB; the run prints the snapshot's date
   bench [--quick]
             release-build measurements side by side: identities (ours vs the
             openssl CLI and Python), a fleet, MQTT throughput and connects,

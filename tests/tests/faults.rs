@@ -851,3 +851,101 @@ async fn a_subscription_made_during_an_outage_reaches_a_broker_that_kept_the_ses
     publisher.disconnect().await.unwrap();
     prunner.await.unwrap().unwrap();
 }
+
+/// A persistent session's backlog arrives right after CONNACK, before the
+/// application subscribed: it waits for the handler subscribed a moment
+/// later instead of being acknowledged and lost. A message that still has
+/// no handler after the grace goes to the `on_unmatched` handler.
+#[tokio::test]
+async fn a_backlog_waits_for_its_handler_and_the_rest_goes_to_on_unmatched() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let identity = pki.client("backlog").load().unwrap();
+    let mut opts = options(broker.port, "backlog");
+    opts.clean_session = false;
+    opts.unmatched_grace = Duration::from_secs(5);
+
+    // A first run subscribes (the filter stays in the session) and leaves.
+    let (client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    let granted = client
+        .subscribe("bk/#", QoS::AtLeastOnce, |_| async {
+            Ok::<(), std::io::Error>(())
+        })
+        .unwrap()
+        .granted();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    tokio::time::timeout(WAIT, granted).await.unwrap().unwrap();
+    client.disconnect().await.unwrap();
+    runner.await.unwrap().unwrap();
+
+    // Meanwhile: five messages for it, and one on a filter the next run
+    // will not subscribe to.
+    let identity_pub = pki.client("backlog-pub").load().unwrap();
+    let (publisher, mut pconn) =
+        MqttClient::new(&options(broker.port, "backlog-pub"), &identity_pub).unwrap();
+    pconn.connect().await.unwrap();
+    let prunner = tokio::spawn(pconn.run());
+    for i in 0..5 {
+        publisher
+            .publish("bk/data", format!("{i}"), QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+    }
+
+    // The next run connects and is running before it subscribes: the
+    // backlog reaches it with no handler registered.
+    let (client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    let (unmatched_tx, mut unmatched_rx) = mpsc::unbounded_channel();
+    client.on_unmatched(move |m, d| {
+        let tx = unmatched_tx.clone();
+        async move {
+            tx.send((m, d)).unwrap();
+            Ok::<(), std::io::Error>(())
+        }
+    });
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    broker_logged(&broker, "Sending PUBLISH to backlog (d0, q1", 5).await;
+    // The application subscribes "a moment later": this pause is the
+    // scenario (well inside the 5 s grace), not a synchronisation.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _ = client
+        .subscribe("bk/data", QoS::AtLeastOnce, move |m| {
+            let tx = tx.clone();
+            async move {
+                tx.send(m).unwrap();
+                Ok::<(), std::io::Error>(())
+            }
+        })
+        .unwrap();
+    for i in 0..5 {
+        let m = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.payload, format!("{i}").into_bytes());
+    }
+    broker_logged(&broker, "Received PUBACK from backlog (", 5).await;
+
+    // bk/other matches only the session's old bk/# filter: after the grace
+    // it goes to the fallback, which acknowledges it.
+    publisher
+        .publish("bk/other", "orphan", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let (m, delivery) = tokio::time::timeout(WAIT, unmatched_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.topic, "bk/other");
+    delivery.ack().await.unwrap();
+    broker_logged(&broker, "Received PUBACK from backlog (", 6).await;
+    assert_eq!(client.stats().unmatched, 1);
+
+    client.disconnect().await.unwrap();
+    runner.await.unwrap().unwrap();
+    publisher.disconnect().await.unwrap();
+    prunner.await.unwrap().unwrap();
+}

@@ -100,6 +100,11 @@ pub struct ConnectOptions {
     pub max_inflight: u16,
     /// TLS versions to offer.
     pub tls_versions: TlsVersions,
+    /// How long a message no subscription matches waits for a handler
+    /// subscribed a moment later (a persistent session's backlog arrives
+    /// right after CONNACK, often before the application subscribed).
+    /// Default: 2 s.
+    pub unmatched_grace: Duration,
     /// QoS 0 messages that may wait for the handlers at once; more are
     /// dropped and counted ([`Stats::qos0_dropped`]). QoS 1/2 messages are
     /// not dropped: the broker stops sending when its window of
@@ -138,6 +143,7 @@ impl ConnectOptions {
             max_inflight: 100,
             tls_versions: TlsVersions::Default,
             max_queued_qos0: 1_000,
+            unmatched_grace: Duration::from_secs(2),
             max_incoming_packet_size: rumqttc_mtls::MQTT_MAX_PACKET_SIZE,
             max_outgoing_packet_size: rumqttc_mtls::DEFAULT_MAX_OUTGOING_PACKET_SIZE,
         }
@@ -181,6 +187,9 @@ pub struct Stats {
     /// QoS 0 messages dropped because `max_queued_qos0` of them already
     /// waited for the handlers.
     pub qos0_dropped: u64,
+    /// Messages no subscription matched within `unmatched_grace`: handed to
+    /// the [`MqttClient::on_unmatched`] handler, or acknowledged and dropped.
+    pub unmatched: u64,
 }
 
 #[derive(Default)]
@@ -190,6 +199,7 @@ struct Counters {
     messages_handled: AtomicU64,
     handler_failures: AtomicU64,
     qos0_dropped: AtomicU64,
+    unmatched: AtomicU64,
     /// QoS 0 messages waiting for the dispatcher now.
     qos0_queued: AtomicU64,
 }
@@ -325,6 +335,11 @@ struct Shared {
     /// Some subscription could not be sent (the request channel was full):
     /// the connection tries again when it takes requests.
     subscriptions_unsent: AtomicBool,
+    /// Wakes the dispatcher when a handler is added (for waiting messages).
+    subscription_added: Notify,
+    /// Gets the messages no subscription matched.
+    unmatched_handler: Mutex<Option<DeferredHandler>>,
+    unmatched_grace: Duration,
     connected: AtomicBool,
     tracker: Mutex<Tracker>,
     shutdown: AtomicBool,
@@ -416,6 +431,9 @@ impl MqttClient {
             handler_retry: options.handler_retry,
             subscriptions: Mutex::new(Subscriptions::default()),
             subscriptions_unsent: AtomicBool::new(false),
+            subscription_added: Notify::new(),
+            unmatched_handler: Mutex::new(None),
+            unmatched_grace: options.unmatched_grace,
             connected: AtomicBool::new(false),
             tracker: Mutex::new(Tracker::default()),
             shutdown: AtomicBool::new(false),
@@ -494,6 +512,7 @@ impl MqttClient {
         if self.shared.gone.load(Ordering::SeqCst) {
             subs.close();
         }
+        self.shared.subscription_added.notify_waiters();
         if self.shared.connected.load(Ordering::SeqCst) {
             send_unsent(&self.rumqtt, &self.shared, &mut subs);
         }
@@ -510,6 +529,25 @@ impl MqttClient {
             .unsubscribe(filter.as_str())
             .await
             .map_err(|_| Error::Closed)
+    }
+
+    /// Handles the messages no subscription matches (after
+    /// [`ConnectOptions::unmatched_grace`]) like a
+    /// [`subscribe_deferred`](Self::subscribe_deferred) handler: acknowledge
+    /// each `Delivery` once the message is safe (the ingest stores them as
+    /// dead letters). Without one, such messages are acknowledged, counted
+    /// ([`Stats::unmatched`]) and logged.
+    pub fn on_unmatched<F, Fut, E>(&self, handler: F)
+    where
+        F: Fn(Message, Delivery) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: Into<HandlerError> + 'static,
+    {
+        let handler: DeferredHandler = Arc::new(move |m, d| {
+            let fut = handler(m, d);
+            Box::pin(async move { fut.await.map_err(Into::into) })
+        });
+        *lock(&self.shared.unmatched_handler) = Some(handler);
     }
 
     /// The filters the broker refused (SUBACK 0x80), for health checks.
@@ -660,6 +698,7 @@ impl MqttClient {
             messages_handled: c.messages_handled.load(Ordering::Relaxed),
             handler_failures: c.handler_failures.load(Ordering::Relaxed),
             qos0_dropped: c.qos0_dropped.load(Ordering::Relaxed),
+            unmatched: c.unmatched.load(Ordering::Relaxed),
         }
     }
 }
@@ -1187,87 +1226,160 @@ fn panicked(panic: &Box<dyn std::any::Any + Send>) -> HandlerError {
 /// each QoS 1/2 message only after all its handlers succeeded. A failing
 /// handler is retried with backoff; its message stays unacknowledged, so if
 /// the process dies the broker redelivers it to the persistent session.
+///
+/// A message no subscription matches (a persistent session's backlog,
+/// delivered right after CONNACK before the application subscribed; a
+/// filter left in the session) waits up to `unmatched_grace` for a handler
+/// subscribed a moment later, at most [`UNMATCHED_PARKED`] at a time (below
+/// Mosquitto's default in-flight window of 20, so the session never stalls
+/// on them); then it goes to the [`MqttClient::on_unmatched`] handler, or,
+/// without one, is acknowledged, counted and logged: never dropped
+/// silently.
 async fn dispatch(
     mut rx: mpsc::UnboundedReceiver<Received>,
     rumqtt: AsyncClient,
     shared: Arc<Shared>,
 ) {
-    while let Some(publish) = rx.recv().await {
-        let (publish, session) = *publish;
-        if publish.qos == QoS::AtMostOnce {
-            shared.counters.qos0_queued.fetch_sub(1, Ordering::Relaxed);
-        }
-        let message = Message {
-            topic: publish.topic.clone(),
-            payload: publish.payload.clone(),
-            qos: publish.qos,
-            retain: publish.retain,
-            duplicate: publish.dup,
-        };
-        let handlers: Vec<HandlerKind> = lock(&shared.subscriptions)
-            .list
-            .iter()
-            .filter(|s| s.filter.matches(&message.topic))
-            .map(|s| s.handler.clone())
-            .collect();
-        if handlers.is_empty() {
-            tracing::debug!("no handler for {}", message.topic);
-        }
-        let deferred = handlers
-            .iter()
-            .filter(|h| matches!(h, HandlerKind::Deferred(_)))
-            .count();
-        // One share per deferred handler, and one for this dispatcher once
-        // the immediate handlers succeeded.
-        let inner = Arc::new(DeliveryInner {
-            publish,
-            session,
-            current_session: shared.session.clone(),
-            rumqtt: rumqtt.clone(),
-            outstanding: AtomicU64::new(deferred as u64 + 1),
+    let mut parked: VecDeque<(Publish, u64, tokio::time::Instant)> = VecDeque::new();
+    loop {
+        // Registered before looking at the table, so a subscription added
+        // in between is not missed.
+        let added = shared.subscription_added.notified();
+        tokio::pin!(added);
+        added.as_mut().enable();
+        let now = tokio::time::Instant::now();
+        let ready = parked.iter().position(|(p, _, deadline)| {
+            *deadline <= now || !matching(&shared, &p.topic).is_empty()
         });
-        for handler in handlers {
-            let mut attempt = 0;
-            loop {
-                let result = match &handler {
-                    HandlerKind::Immediate(h) => guarded(|| h(message.clone())).await,
-                    HandlerKind::Deferred(h) => {
-                        let delivery = Delivery {
-                            inner: inner.clone(),
-                        };
-                        guarded(|| h(message.clone(), delivery)).await
-                    }
-                };
-                match result {
-                    Ok(()) => break,
-                    Err(e) => {
-                        shared
-                            .counters
-                            .handler_failures
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            "handler for {} failed (attempt {}): {e}; retrying, message not acknowledged",
-                            message.topic,
-                            attempt + 1
-                        );
-                        let delay = shared.handler_retry.delay(attempt);
-                        attempt = attempt.saturating_add(1);
-                        tokio::select! {
-                            () = tokio::time::sleep(delay) => {}
-                            () = shared.shutdown_notify.notified() => return,
+        let (publish, session, waited) = match ready.and_then(|i| parked.remove(i)) {
+            Some((publish, session, _)) => (publish, session, true),
+            None => {
+                let deadline = parked.front().map(|(_, _, d)| *d);
+                tokio::select! {
+                    received = rx.recv() => match received {
+                        Some(received) => {
+                            let (publish, session) = *received;
+                            if publish.qos == QoS::AtMostOnce {
+                                shared.counters.qos0_queued.fetch_sub(1, Ordering::Relaxed);
+                            }
+                            (publish, session, false)
                         }
+                        None => return,
+                    },
+                    () = tokio::time::sleep_until(deadline.unwrap_or(now)), if deadline.is_some() => continue,
+                    () = added, if !parked.is_empty() => continue,
+                }
+            }
+        };
+        let mut handlers = matching(&shared, &publish.topic);
+        if handlers.is_empty() {
+            if !waited && parked.len() < UNMATCHED_PARKED {
+                tracing::debug!(
+                    "no handler for {} yet: waiting up to {:?} for one",
+                    publish.topic,
+                    shared.unmatched_grace
+                );
+                parked.push_back((publish, session, now + shared.unmatched_grace));
+                continue;
+            }
+            shared.counters.unmatched.fetch_add(1, Ordering::Relaxed);
+            match lock(&shared.unmatched_handler).clone() {
+                Some(fallback) => handlers.push(HandlerKind::Deferred(fallback)),
+                None => tracing::warn!(
+                    "a message on {} matches no subscription: acknowledged and dropped \
+                     (set MqttClient::on_unmatched to keep such messages)",
+                    publish.topic
+                ),
+            }
+        }
+        if !handle_message(publish, session, handlers, &rumqtt, &shared).await {
+            return;
+        }
+    }
+}
+
+/// At most this many messages without a handler wait for one at a time.
+const UNMATCHED_PARKED: usize = 16;
+
+/// The handlers whose filter matches `topic`.
+fn matching(shared: &Shared, topic: &str) -> Vec<HandlerKind> {
+    lock(&shared.subscriptions)
+        .list
+        .iter()
+        .filter(|s| s.filter.matches(topic))
+        .map(|s| s.handler.clone())
+        .collect()
+}
+
+/// Runs `handlers` on one message and acknowledges it when all succeeded
+/// (with no handler: at once). `false` when the client is shutting down or
+/// closed.
+async fn handle_message(
+    publish: Publish,
+    session: u64,
+    handlers: Vec<HandlerKind>,
+    rumqtt: &AsyncClient,
+    shared: &Shared,
+) -> bool {
+    let message = Message {
+        topic: publish.topic.clone(),
+        payload: publish.payload.clone(),
+        qos: publish.qos,
+        retain: publish.retain,
+        duplicate: publish.dup,
+    };
+    let deferred = handlers
+        .iter()
+        .filter(|h| matches!(h, HandlerKind::Deferred(_)))
+        .count();
+    // One share per deferred handler, and one for this dispatcher once
+    // the immediate handlers succeeded.
+    let inner = Arc::new(DeliveryInner {
+        publish,
+        session,
+        current_session: shared.session.clone(),
+        rumqtt: rumqtt.clone(),
+        outstanding: AtomicU64::new(deferred as u64 + 1),
+    });
+    for handler in handlers {
+        let mut attempt = 0;
+        loop {
+            let result = match &handler {
+                HandlerKind::Immediate(h) => guarded(|| h(message.clone())).await,
+                HandlerKind::Deferred(h) => {
+                    let delivery = Delivery {
+                        inner: inner.clone(),
+                    };
+                    guarded(|| h(message.clone(), delivery)).await
+                }
+            };
+            match result {
+                Ok(()) => break,
+                Err(e) => {
+                    shared
+                        .counters
+                        .handler_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "handler for {} failed (attempt {}): {e}; retrying, message not acknowledged",
+                        message.topic,
+                        attempt + 1
+                    );
+                    let delay = shared.handler_retry.delay(attempt);
+                    attempt = attempt.saturating_add(1);
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shared.shutdown_notify.notified() => return false,
                     }
                 }
             }
         }
-        shared
-            .counters
-            .messages_handled
-            .fetch_add(1, Ordering::Relaxed);
-        if release(&inner).await.is_err() {
-            return;
-        }
     }
+    shared
+        .counters
+        .messages_handled
+        .fetch_add(1, Ordering::Relaxed);
+    release(&inner).await.is_ok()
 }
 
 #[cfg(test)]

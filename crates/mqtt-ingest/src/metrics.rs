@@ -15,6 +15,8 @@ pub struct Metrics {
     pub received: AtomicU64,
     /// Messages committed to the database.
     pub stored: AtomicU64,
+    /// Messages stored in `dead_letters` (no subscription matched them).
+    pub dead_letters: AtomicU64,
     /// Messages acknowledged to the broker (after their commit).
     pub acknowledged: AtomicU64,
     /// Failed store attempts (each retried).
@@ -116,6 +118,12 @@ impl Metrics {
             "mqtt_ingest_received_total",
             "Messages received from the broker.",
             self.received.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "mqtt_ingest_dead_letters_total",
+            "Messages stored as dead letters (no subscription matched them).",
+            self.dead_letters.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

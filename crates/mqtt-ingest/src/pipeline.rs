@@ -83,6 +83,41 @@ pub fn start(
         })?;
     }
     drop(tx);
+    // A message no subscription matches (a filter left in the persistent
+    // session by an earlier configuration) is kept as a dead letter, then
+    // acknowledged; if the database fails, it is retried and stays
+    // unacknowledged meanwhile.
+    {
+        let store = store.clone();
+        let metrics = metrics.clone();
+        client.on_unmatched(move |m: Message, delivery: Delivery| {
+            let store = store.clone();
+            let metrics = metrics.clone();
+            async move {
+                let row = NewMessage {
+                    topic: m.topic,
+                    payload: m.payload.to_vec(),
+                    qos: qos_number(m.qos),
+                    retain: m.retain,
+                    duplicate: m.duplicate,
+                    received_at_us: micros_now(),
+                };
+                store
+                    .insert_dead_letter(&row, "no subscription matches this topic")
+                    .await?;
+                metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "message on {} matches no subscription: stored as a dead letter",
+                    row.topic
+                );
+                delivery
+                    .ack()
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+            }
+        });
+    }
     let wake = Arc::new(Notify::new());
     let writer = tokio::spawn(write_loop(
         rx,

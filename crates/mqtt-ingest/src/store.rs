@@ -81,6 +81,30 @@ const POSTGRES_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS messages (
 
 const INDEX: &str = "CREATE INDEX IF NOT EXISTS messages_topic_id ON messages (topic, id)";
 
+/// Messages that could not go into `messages`, with the reason: today,
+/// those no subscription matches (a filter left in the persistent session).
+const SQLITE_DEAD_LETTERS: &str = "CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    duplicate INTEGER NOT NULL,
+    received_at_us INTEGER NOT NULL,
+    reason TEXT NOT NULL
+)";
+
+const POSTGRES_DEAD_LETTERS: &str = "CREATE TABLE IF NOT EXISTS dead_letters (
+    id BIGSERIAL PRIMARY KEY,
+    topic TEXT NOT NULL,
+    payload BYTEA NOT NULL,
+    qos SMALLINT NOT NULL,
+    retain BOOLEAN NOT NULL,
+    duplicate BOOLEAN NOT NULL,
+    received_at_us BIGINT NOT NULL,
+    reason TEXT NOT NULL
+)";
+
 impl Store {
     /// Opens (creating a SQLite file if needed) and applies the schema.
     pub async fn open(url: &str) -> Result<Self> {
@@ -131,10 +155,18 @@ impl Store {
                     .execute(pool)
                     .await
                     .map_err(db_err)?;
+                sqlx::query(SQLITE_DEAD_LETTERS)
+                    .execute(pool)
+                    .await
+                    .map_err(db_err)?;
                 sqlx::query(INDEX).execute(pool).await.map_err(db_err)?;
             }
             Self::Postgres(pool) => {
                 sqlx::query(POSTGRES_SCHEMA)
+                    .execute(pool)
+                    .await
+                    .map_err(db_err)?;
+                sqlx::query(POSTGRES_DEAD_LETTERS)
                     .execute(pool)
                     .await
                     .map_err(db_err)?;
@@ -183,6 +215,40 @@ impl Store {
                 }
                 tx.commit().await.map_err(db_err)
             }
+        }
+    }
+
+    /// Stores a message that cannot go into `messages`, with `reason`.
+    pub async fn insert_dead_letter(&self, m: &NewMessage, reason: &str) -> Result<()> {
+        match self {
+            Self::Sqlite(pool) => sqlx::query(
+                "INSERT INTO dead_letters (topic, payload, qos, retain, duplicate, received_at_us, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&m.topic)
+            .bind(&m.payload)
+            .bind(i64::from(m.qos))
+            .bind(m.retain)
+            .bind(m.duplicate)
+            .bind(m.received_at_us)
+            .bind(reason)
+            .execute(pool)
+            .await
+            .map(drop)
+            .map_err(db_err),
+            Self::Postgres(pool) => sqlx::query(
+                "INSERT INTO dead_letters (topic, payload, qos, retain, duplicate, received_at_us, reason) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&m.topic)
+            .bind(&m.payload)
+            .bind(i16::from(m.qos))
+            .bind(m.retain)
+            .bind(m.duplicate)
+            .bind(m.received_at_us)
+            .bind(reason)
+            .execute(pool)
+            .await
+            .map(drop)
+            .map_err(db_err),
         }
     }
 

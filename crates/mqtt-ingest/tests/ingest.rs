@@ -13,7 +13,9 @@ use verify_tests::postgres::Postgres;
 
 mod common;
 
-use common::{Db, Ingest, Publisher, check_at_least_once, persistent_broker, wait_for_rows};
+use common::{
+    Db, Ingest, Publisher, check_at_least_once, dead_letters, persistent_broker, wait_for_rows,
+};
 
 struct Setup {
     pki: Pki,
@@ -100,6 +102,80 @@ async fn ten_thousand_messages_stored_exactly_once_on(s: Setup) {
         // SIGTERM: a clean shutdown.
         assert!(ingest.terminate(), "unclean exit:\n{}", ingest.log());
     });
+}
+
+/// A filter left in the persistent session by an earlier configuration
+/// still brings messages; none of today's subscriptions matches them. They
+/// are stored in `dead_letters` with the reason, then acknowledged, not
+/// dropped; the messages table gets none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmatched_messages_become_dead_letters() {
+    unmatched_messages_become_dead_letters_on(setup()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmatched_messages_become_dead_letters_postgres() {
+    unmatched_messages_become_dead_letters_on(tokio::task::block_in_place(setup_postgres)).await;
+}
+
+async fn unmatched_messages_become_dead_letters_on(s: Setup) {
+    let bundle = s.pki.client("ingest");
+    {
+        // Yesterday's configuration also subscribed to old/#.
+        let mut first = tokio::task::block_in_place(|| {
+            Ingest::spawn(
+                Ingest::command(&bundle, &s.broker, &s.db, "ingest-under-test")
+                    .args(["--topic", "old/#"]),
+            )
+        });
+        first.wait_healthy();
+        assert!(first.terminate(), "{}", first.log());
+    }
+    let ingest = tokio::task::block_in_place(|| Ingest::start(&bundle, &s.broker, &s.db));
+    ingest.wait_healthy();
+    let publisher = Publisher::connect(&s.pki, &s.broker).await;
+    publisher.publish("old/thing", "left over").await;
+    publisher.publish("load/x", "7").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let letters = loop {
+        let letters = dead_letters(&s.db).await;
+        if !letters.is_empty() {
+            break letters;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no dead letter; log:\n{}",
+            ingest.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        letters,
+        [(
+            "old/thing".to_owned(),
+            "left over".to_owned(),
+            "no subscription matches this topic".to_owned()
+        )]
+    );
+    let rows = wait_for_rows(&s.db, 1).await;
+    assert_eq!(
+        rows,
+        [(7, false)],
+        "only the matched message is in messages"
+    );
+    assert_eq!(ingest.metric("mqtt_ingest_dead_letters_total"), 1);
+    // Acknowledged: the broker logged the PUBACK of both messages.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s
+        .broker
+        .log()
+        .matches("Received PUBACK from ingest-under-test (")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "{}", s.broker.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

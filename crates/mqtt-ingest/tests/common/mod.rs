@@ -210,6 +210,38 @@ pub(crate) async fn rows(db: &Db) -> Vec<(u32, bool)> {
     }
 }
 
+/// The `dead_letters` table: (topic, payload, reason) in order.
+pub(crate) async fn dead_letters(db: &Db) -> Vec<(String, String, String)> {
+    const QUERY: &str = "SELECT topic, payload, reason FROM dead_letters ORDER BY id";
+    let row = |r: &dyn Fn(&str) -> Vec<u8>, topic: String, reason: String| {
+        (topic, String::from_utf8(r("payload")).unwrap(), reason)
+    };
+    match db {
+        Db::Sqlite(_) => {
+            let pool = sqlx::SqlitePool::connect(&db.url()).await.unwrap();
+            let rows = sqlx::query(QUERY)
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+            pool.close().await;
+            rows.iter()
+                .map(|r| row(&|c| r.get(c), r.get("topic"), r.get("reason")))
+                .collect()
+        }
+        Db::Postgres(_) => {
+            let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
+            let rows = sqlx::query(QUERY)
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+            pool.close().await;
+            rows.iter()
+                .map(|r| row(&|c| r.get(c), r.get("topic"), r.get("reason")))
+                .collect()
+        }
+    }
+}
+
 pub(crate) async fn wait_for_rows(db: &Db, at_least: usize) -> Vec<(u32, bool)> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
@@ -253,6 +285,14 @@ impl Publisher {
             client,
             acked: Arc::new(Mutex::new(BTreeSet::new())),
         }
+    }
+
+    /// Publishes one QoS 1 message and waits for its PUBACK.
+    pub(crate) async fn publish(&self, topic: &str, payload: &str) {
+        self.client
+            .publish(topic, payload.to_owned(), QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
     }
 
     pub(crate) fn send(&self, range: std::ops::Range<u32>) -> tokio::task::JoinHandle<()> {

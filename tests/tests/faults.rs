@@ -855,9 +855,9 @@ async fn a_subscription_made_during_an_outage_reaches_a_broker_that_kept_the_ses
 /// A persistent session's backlog arrives right after CONNACK, before the
 /// application subscribed: it waits for the handler subscribed a moment
 /// later instead of being acknowledged and lost. A message that still has
-/// no handler after the grace goes to the `on_unmatched` handler.
+/// no handler after the grace goes to the `on_dead_letter` handler.
 #[tokio::test]
-async fn a_backlog_waits_for_its_handler_and_the_rest_goes_to_on_unmatched() {
+async fn a_backlog_waits_for_its_handler_and_the_rest_goes_to_on_dead_letter() {
     let pki = Pki::new();
     let broker = Mosquitto::start(&pki, &BrokerOptions::default());
     let identity = pki.client("backlog").load().unwrap();
@@ -897,9 +897,10 @@ async fn a_backlog_waits_for_its_handler_and_the_rest_goes_to_on_unmatched() {
     // backlog reaches it with no handler registered.
     let (client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
     let (unmatched_tx, mut unmatched_rx) = mpsc::unbounded_channel();
-    client.on_unmatched(move |m, d| {
+    client.on_dead_letter(move |m, d, reason| {
         let tx = unmatched_tx.clone();
         async move {
+            assert_eq!(reason, mqtt_tls::DeadLetter::NoSubscription);
             tx.send((m, d)).unwrap();
             Ok::<(), std::io::Error>(())
         }
@@ -943,6 +944,81 @@ async fn a_backlog_waits_for_its_handler_and_the_rest_goes_to_on_unmatched() {
     delivery.ack().await.unwrap();
     broker_logged(&broker, "Received PUBACK from backlog (", 6).await;
     assert_eq!(client.stats().unmatched, 1);
+
+    client.disconnect().await.unwrap();
+    runner.await.unwrap().unwrap();
+    publisher.disconnect().await.unwrap();
+    prunner.await.unwrap().unwrap();
+}
+
+/// A handler that always fails for one message gives up after
+/// `handler_attempts`: the message goes to the dead-letter handler (which
+/// acknowledges it) and the messages behind it are handled; it used to
+/// block every later message for ever.
+#[tokio::test]
+async fn a_handler_that_keeps_failing_gives_up_and_the_stream_goes_on() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let identity = pki.client("giveup").load().unwrap();
+    let mut opts = options(broker.port, "giveup");
+    opts.handler_attempts = Some(3);
+    opts.handler_retry.initial = Duration::from_millis(10);
+    opts.handler_retry.max = Duration::from_millis(20);
+    let (client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _ = client
+        .subscribe("work/#", QoS::AtLeastOnce, move |m| {
+            let tx = tx.clone();
+            async move {
+                if m.topic == "work/poison" {
+                    return Err(std::io::Error::other("cannot parse"));
+                }
+                tx.send(m.topic).unwrap();
+                Ok(())
+            }
+        })
+        .unwrap();
+    let (dead_tx, mut dead_rx) = mpsc::unbounded_channel();
+    client.on_dead_letter(move |m, d, reason| {
+        let tx = dead_tx.clone();
+        async move {
+            tx.send((m.topic, reason)).unwrap();
+            d.ack().await.map_err(std::io::Error::other)
+        }
+    });
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    broker_logged(&broker, "Received SUBSCRIBE from giveup\n", 1).await;
+
+    let identity = pki.client("giveup-pub").load().unwrap();
+    let (publisher, mut pconn) =
+        MqttClient::new(&options(broker.port, "giveup-pub"), &identity).unwrap();
+    pconn.connect().await.unwrap();
+    let prunner = tokio::spawn(pconn.run());
+    for topic in ["work/poison", "work/fine"] {
+        publisher
+            .publish(topic, "x", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+    }
+    let (topic, reason) = tokio::time::timeout(WAIT, dead_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(topic, "work/poison");
+    assert!(
+        matches!(reason, mqtt_tls::DeadLetter::HandlerFailed { attempts: 3, ref error } if error.contains("cannot parse")),
+        "{reason:?}"
+    );
+    let next = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next, "work/fine");
+    // Both acknowledged to the broker: the poison one by the dead-letter
+    // handler.
+    broker_logged(&broker, "Received PUBACK from giveup (", 2).await;
+    assert_eq!(client.stats().handler_gave_up, 1);
 
     client.disconnect().await.unwrap();
     runner.await.unwrap().unwrap();

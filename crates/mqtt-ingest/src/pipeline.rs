@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use mqtt_tls::{Backoff, Delivery, Message, MqttClient, QoS};
+use mqtt_tls::{Backoff, DeadLetter, Delivery, Message, MqttClient, QoS};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
@@ -83,14 +83,15 @@ pub fn start(
         })?;
     }
     drop(tx);
-    // A message no subscription matches (a filter left in the persistent
-    // session by an earlier configuration) is kept as a dead letter, then
+    // A message that cannot be handled (no subscription matches it: a filter
+    // left in the persistent session by an earlier configuration; or its
+    // handler gave up) is kept as a dead letter with the reason, then
     // acknowledged; if the database fails, it is retried and stays
     // unacknowledged meanwhile.
     {
         let store = store.clone();
         let metrics = metrics.clone();
-        client.on_unmatched(move |m: Message, delivery: Delivery| {
+        client.on_dead_letter(move |m: Message, delivery: Delivery, reason: DeadLetter| {
             let store = store.clone();
             let metrics = metrics.clone();
             async move {
@@ -102,14 +103,9 @@ pub fn start(
                     duplicate: m.duplicate,
                     received_at_us: micros_now(),
                 };
-                store
-                    .insert_dead_letter(&row, "no subscription matches this topic")
-                    .await?;
+                store.insert_dead_letter(&row, &reason.to_string()).await?;
                 metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    "message on {} matches no subscription: stored as a dead letter",
-                    row.topic
-                );
+                tracing::warn!("message on {} stored as a dead letter: {reason}", row.topic);
                 delivery
                     .ack()
                     .await

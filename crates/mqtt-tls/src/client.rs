@@ -100,6 +100,11 @@ pub struct ConnectOptions {
     pub max_inflight: u16,
     /// TLS versions to offer.
     pub tls_versions: TlsVersions,
+    /// Calls of a failing handler for one message before it goes to the
+    /// [`MqttClient::on_dead_letter`] handler (or, without one, is left
+    /// unacknowledged so that later messages go on); `None`: retry for
+    /// ever. Default: 10.
+    pub handler_attempts: Option<u32>,
     /// How long a message no subscription matches waits for a handler
     /// subscribed a moment later (a persistent session's backlog arrives
     /// right after CONNACK, often before the application subscribed).
@@ -144,6 +149,7 @@ impl ConnectOptions {
             tls_versions: TlsVersions::Default,
             max_queued_qos0: 1_000,
             unmatched_grace: Duration::from_secs(2),
+            handler_attempts: Some(10),
             max_incoming_packet_size: rumqttc_mtls::MQTT_MAX_PACKET_SIZE,
             max_outgoing_packet_size: rumqttc_mtls::DEFAULT_MAX_OUTGOING_PACKET_SIZE,
         }
@@ -188,8 +194,11 @@ pub struct Stats {
     /// waited for the handlers.
     pub qos0_dropped: u64,
     /// Messages no subscription matched within `unmatched_grace`: handed to
-    /// the [`MqttClient::on_unmatched`] handler, or acknowledged and dropped.
+    /// the [`MqttClient::on_dead_letter`] handler, or acknowledged and
+    /// dropped.
     pub unmatched: u64,
+    /// Messages whose handler failed `handler_attempts` times.
+    pub handler_gave_up: u64,
 }
 
 #[derive(Default)]
@@ -200,11 +209,39 @@ struct Counters {
     handler_failures: AtomicU64,
     qos0_dropped: AtomicU64,
     unmatched: AtomicU64,
+    handler_gave_up: AtomicU64,
     /// QoS 0 messages waiting for the dispatcher now.
     qos0_queued: AtomicU64,
 }
 
 type DeferredHandler = Arc<dyn Fn(Message, Delivery) -> HandlerFuture + Send + Sync>;
+type DeadLetterHandler = Arc<dyn Fn(Message, Delivery, DeadLetter) -> HandlerFuture + Send + Sync>;
+
+/// Why a message went to the [`MqttClient::on_dead_letter`] handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeadLetter {
+    /// No subscription's filter matches its topic.
+    NoSubscription,
+    /// A handler failed this many times, the last time with this error.
+    HandlerFailed {
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        error: String,
+    },
+}
+
+impl std::fmt::Display for DeadLetter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoSubscription => f.write_str("no subscription matches this topic"),
+            Self::HandlerFailed { attempts, error } => {
+                write!(f, "the handler failed {attempts} times, last: {error}")
+            }
+        }
+    }
+}
 
 #[derive(Clone)]
 pub(crate) enum HandlerKind {
@@ -225,6 +262,9 @@ pub(crate) enum HandlerKind {
 /// acknowledged.
 pub struct Delivery {
     inner: Arc<DeliveryInner>,
+    /// How many acknowledgement shares this one releases (more than one
+    /// for a dead-letter handler taking over handlers that gave up).
+    shares: u64,
 }
 
 struct DeliveryInner {
@@ -242,7 +282,7 @@ impl Delivery {
     /// Acknowledges this handler's share; the last share sends PUBACK
     /// (QoS 1) or PUBREC (QoS 2). A no-op for QoS 0.
     pub async fn ack(self) -> Result<()> {
-        release(&self.inner).await
+        release(&self.inner, self.shares).await
     }
 
     /// The QoS the message was delivered with.
@@ -260,8 +300,10 @@ impl std::fmt::Debug for Delivery {
     }
 }
 
-async fn release(inner: &DeliveryInner) -> Result<()> {
-    if inner.outstanding.fetch_sub(1, Ordering::SeqCst) == 1 && inner.publish.qos != QoS::AtMostOnce
+async fn release(inner: &DeliveryInner, shares: u64) -> Result<()> {
+    if shares > 0
+        && inner.outstanding.fetch_sub(shares, Ordering::SeqCst) == shares
+        && inner.publish.qos != QoS::AtMostOnce
     {
         if inner.current_session.load(Ordering::SeqCst) != inner.session {
             // The broker started a new session since: it forgot this
@@ -337,8 +379,10 @@ struct Shared {
     subscriptions_unsent: AtomicBool,
     /// Wakes the dispatcher when a handler is added (for waiting messages).
     subscription_added: Notify,
-    /// Gets the messages no subscription matched.
-    unmatched_handler: Mutex<Option<DeferredHandler>>,
+    /// Gets the messages no subscription matched, and those whose handler
+    /// gave up.
+    dead_letter_handler: Mutex<Option<DeadLetterHandler>>,
+    handler_attempts: Option<u32>,
     unmatched_grace: Duration,
     connected: AtomicBool,
     tracker: Mutex<Tracker>,
@@ -432,7 +476,8 @@ impl MqttClient {
             subscriptions: Mutex::new(Subscriptions::default()),
             subscriptions_unsent: AtomicBool::new(false),
             subscription_added: Notify::new(),
-            unmatched_handler: Mutex::new(None),
+            dead_letter_handler: Mutex::new(None),
+            handler_attempts: options.handler_attempts,
             unmatched_grace: options.unmatched_grace,
             connected: AtomicBool::new(false),
             tracker: Mutex::new(Tracker::default()),
@@ -531,23 +576,28 @@ impl MqttClient {
             .map_err(|_| Error::Closed)
     }
 
-    /// Handles the messages no subscription matches (after
-    /// [`ConnectOptions::unmatched_grace`]) like a
-    /// [`subscribe_deferred`](Self::subscribe_deferred) handler: acknowledge
-    /// each `Delivery` once the message is safe (the ingest stores them as
-    /// dead letters). Without one, such messages are acknowledged, counted
-    /// ([`Stats::unmatched`]) and logged.
-    pub fn on_unmatched<F, Fut, E>(&self, handler: F)
+    /// Takes the messages that cannot be handled: those no subscription
+    /// matches (after [`ConnectOptions::unmatched_grace`]) and those whose
+    /// handler failed [`ConnectOptions::handler_attempts`] times, with the
+    /// [`DeadLetter`] reason. Like a
+    /// [`subscribe_deferred`](Self::subscribe_deferred) handler, it
+    /// acknowledges each `Delivery` once the message is safe (the ingest
+    /// stores them in a `dead_letters` table); returning `Err` retries it.
+    /// Without one, an unmatched message is acknowledged, counted
+    /// ([`Stats::unmatched`]) and logged, and one whose handler gave up is
+    /// left unacknowledged (the broker sends it again on the next
+    /// connection) while later messages go on.
+    pub fn on_dead_letter<F, Fut, E>(&self, handler: F)
     where
-        F: Fn(Message, Delivery) -> Fut + Send + Sync + 'static,
+        F: Fn(Message, Delivery, DeadLetter) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: Into<HandlerError> + 'static,
     {
-        let handler: DeferredHandler = Arc::new(move |m, d| {
-            let fut = handler(m, d);
+        let handler: DeadLetterHandler = Arc::new(move |m, d, r| {
+            let fut = handler(m, d, r);
             Box::pin(async move { fut.await.map_err(Into::into) })
         });
-        *lock(&self.shared.unmatched_handler) = Some(handler);
+        *lock(&self.shared.dead_letter_handler) = Some(handler);
     }
 
     /// The filters the broker refused (SUBACK 0x80), for health checks.
@@ -699,6 +749,7 @@ impl MqttClient {
             handler_failures: c.handler_failures.load(Ordering::Relaxed),
             qos0_dropped: c.qos0_dropped.load(Ordering::Relaxed),
             unmatched: c.unmatched.load(Ordering::Relaxed),
+            handler_gave_up: c.handler_gave_up.load(Ordering::Relaxed),
         }
     }
 }
@@ -1232,7 +1283,7 @@ fn panicked(panic: &Box<dyn std::any::Any + Send>) -> HandlerError {
 /// filter left in the session) waits up to `unmatched_grace` for a handler
 /// subscribed a moment later, at most [`UNMATCHED_PARKED`] at a time (below
 /// Mosquitto's default in-flight window of 20, so the session never stalls
-/// on them); then it goes to the [`MqttClient::on_unmatched`] handler, or,
+/// on them); then it goes to the [`MqttClient::on_dead_letter`] handler, or,
 /// without one, is acknowledged, counted and logged: never dropped
 /// silently.
 async fn dispatch(
@@ -1283,11 +1334,14 @@ async fn dispatch(
                 continue;
             }
             shared.counters.unmatched.fetch_add(1, Ordering::Relaxed);
-            match lock(&shared.unmatched_handler).clone() {
-                Some(fallback) => handlers.push(HandlerKind::Deferred(fallback)),
+            let dead_letter_handler = lock(&shared.dead_letter_handler).clone();
+            match dead_letter_handler {
+                Some(dead_letter) => handlers.push(HandlerKind::Deferred(Arc::new(move |m, d| {
+                    dead_letter(m, d, DeadLetter::NoSubscription)
+                }))),
                 None => tracing::warn!(
                     "a message on {} matches no subscription: acknowledged and dropped \
-                     (set MqttClient::on_unmatched to keep such messages)",
+                     (set MqttClient::on_dead_letter to keep such messages)",
                     publish.topic
                 ),
             }
@@ -1341,14 +1395,18 @@ async fn handle_message(
         rumqtt: rumqtt.clone(),
         outstanding: AtomicU64::new(deferred as u64 + 1),
     });
+    // Shares nobody will release because their handler gave up.
+    let mut orphaned = 0;
+    let mut gave_up: Option<(u32, String)> = None;
     for handler in handlers {
-        let mut attempt = 0;
+        let mut attempt: u32 = 0;
         loop {
             let result = match &handler {
                 HandlerKind::Immediate(h) => guarded(|| h(message.clone())).await,
                 HandlerKind::Deferred(h) => {
                     let delivery = Delivery {
                         inner: inner.clone(),
+                        shares: 1,
                     };
                     guarded(|| h(message.clone(), delivery)).await
                 }
@@ -1360,13 +1418,29 @@ async fn handle_message(
                         .counters
                         .handler_failures
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        "handler for {} failed (attempt {}): {e}; retrying, message not acknowledged",
-                        message.topic,
-                        attempt + 1
-                    );
-                    let delay = shared.handler_retry.delay(attempt);
                     attempt = attempt.saturating_add(1);
+                    if shared.handler_attempts.is_some_and(|max| attempt >= max) {
+                        shared
+                            .counters
+                            .handler_gave_up
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            "handler for {} failed {attempt} times, giving up: {e}",
+                            message.topic
+                        );
+                        orphaned += match handler {
+                            HandlerKind::Deferred(_) => 1,
+                            // The dispatcher's own share then stays too.
+                            HandlerKind::Immediate(_) => 0,
+                        };
+                        gave_up = Some((attempt, e.to_string()));
+                        break;
+                    }
+                    tracing::warn!(
+                        "handler for {} failed (attempt {attempt}): {e}; retrying, message not acknowledged",
+                        message.topic
+                    );
+                    let delay = shared.handler_retry.delay(attempt - 1);
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = shared.shutdown_notify.notified() => return false,
@@ -1375,11 +1449,55 @@ async fn handle_message(
             }
         }
     }
-    shared
-        .counters
-        .messages_handled
-        .fetch_add(1, Ordering::Relaxed);
-    release(&inner).await.is_ok()
+    let Some((attempts, error)) = gave_up else {
+        shared
+            .counters
+            .messages_handled
+            .fetch_add(1, Ordering::Relaxed);
+        return release(&inner, 1).await.is_ok();
+    };
+    // The dispatcher's share goes with the orphans: the message is done
+    // only when the dead-letter handler says so.
+    orphaned += 1;
+    let reason = DeadLetter::HandlerFailed { attempts, error };
+    let dead_letter_handler = lock(&shared.dead_letter_handler).clone();
+    match dead_letter_handler {
+        Some(dead_letter) => {
+            let mut attempt = 0;
+            loop {
+                let delivery = Delivery {
+                    inner: inner.clone(),
+                    shares: orphaned,
+                };
+                match guarded(|| dead_letter(message.clone(), delivery, reason.clone())).await {
+                    Ok(()) => return true,
+                    Err(e) => {
+                        tracing::warn!(
+                            "dead-letter handler for {} failed (attempt {}): {e}; retrying",
+                            message.topic,
+                            attempt + 1
+                        );
+                        let delay = shared.handler_retry.delay(attempt);
+                        attempt = attempt.saturating_add(1);
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            () = shared.shutdown_notify.notified() => return false,
+                        }
+                    }
+                }
+            }
+        }
+        None => {
+            // Not acknowledged: the broker keeps it for this session and
+            // sends it again on the next connection; later messages go on.
+            tracing::error!(
+                "message on {} left unacknowledged ({reason}); set \
+                 MqttClient::on_dead_letter to take such messages",
+                message.topic
+            );
+            true
+        }
+    }
 }
 
 #[cfg(test)]

@@ -52,8 +52,8 @@ mod topic;
 
 pub use bundle::{ClientCert, TlsIdentity};
 pub use client::{
-    Backoff, ConnectOptions, Connection, Delivery, HandlerError, LastWill, Message, MqttClient,
-    QoS, Stats, Subscribed, TlsVersions,
+    Backoff, ConnectOptions, Connection, DeadLetter, Delivery, HandlerError, LastWill, Message,
+    MqttClient, QoS, Stats, Subscribed, TlsVersions,
 };
 pub use error::{Error, Result};
 pub use topic::TopicFilter;

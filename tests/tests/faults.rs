@@ -879,14 +879,14 @@ async fn a_backlog_waits_for_its_handler_and_the_rest_goes_to_on_dead_letter() {
     client.disconnect().await.unwrap();
     runner.await.unwrap().unwrap();
 
-    // Meanwhile: five messages for it, and one on a filter the next run
-    // will not subscribe to.
+    // Meanwhile: 25 messages for it, more than the 16 that may wait for a
+    // handler at once (the rest must wait in line, not be dropped).
     let identity_pub = pki.client("backlog-pub").load().unwrap();
     let (publisher, mut pconn) =
         MqttClient::new(&options(broker.port, "backlog-pub"), &identity_pub).unwrap();
     pconn.connect().await.unwrap();
     let prunner = tokio::spawn(pconn.run());
-    for i in 0..5 {
+    for i in 0..25 {
         publisher
             .publish("bk/data", format!("{i}"), QoS::AtLeastOnce, false)
             .await
@@ -907,7 +907,7 @@ async fn a_backlog_waits_for_its_handler_and_the_rest_goes_to_on_dead_letter() {
     });
     conn.connect().await.unwrap();
     let runner = tokio::spawn(conn.run());
-    broker_logged(&broker, "Sending PUBLISH to backlog (d0, q1", 5).await;
+    broker_logged(&broker, "Sending PUBLISH to backlog (d0, q1", 25).await;
     // The application subscribes "a moment later": this pause is the
     // scenario (well inside the 5 s grace), not a synchronisation.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -921,14 +921,14 @@ async fn a_backlog_waits_for_its_handler_and_the_rest_goes_to_on_dead_letter() {
             }
         })
         .unwrap();
-    for i in 0..5 {
+    for i in 0..25 {
         let m = tokio::time::timeout(WAIT, rx.recv())
             .await
             .unwrap()
             .unwrap();
         assert_eq!(m.payload, format!("{i}").into_bytes());
     }
-    broker_logged(&broker, "Received PUBACK from backlog (", 5).await;
+    broker_logged(&broker, "Received PUBACK from backlog (", 25).await;
 
     // bk/other matches only the session's old bk/# filter: after the grace
     // it goes to the fallback, which acknowledges it.
@@ -942,7 +942,7 @@ async fn a_backlog_waits_for_its_handler_and_the_rest_goes_to_on_dead_letter() {
         .unwrap();
     assert_eq!(m.topic, "bk/other");
     delivery.ack().await.unwrap();
-    broker_logged(&broker, "Received PUBACK from backlog (", 6).await;
+    broker_logged(&broker, "Received PUBACK from backlog (", 26).await;
     assert_eq!(client.stats().unmatched, 1);
 
     client.disconnect().await.unwrap();

@@ -100,10 +100,12 @@ pub struct ConnectOptions {
     pub max_inflight: u16,
     /// TLS versions to offer.
     pub tls_versions: TlsVersions,
-    /// Calls of a failing handler for one message before it goes to the
-    /// [`MqttClient::on_dead_letter`] handler (or, without one, is left
-    /// unacknowledged so that later messages go on); `None`: retry for
-    /// ever. Default: 10.
+    /// Calls of a failing handler for one message before giving up on it:
+    /// it then goes to the [`MqttClient::on_dead_letter`] handler, or,
+    /// without one, is acknowledged, counted ([`Stats::handler_gave_up`])
+    /// and logged, so that one poison message does not hold up the stream.
+    /// Default `None`: retry for ever, never acknowledging a message no
+    /// handler took (at least once, whatever happens).
     pub handler_attempts: Option<u32>,
     /// How long a message no subscription matches waits for a handler
     /// subscribed a moment later (a persistent session's backlog arrives
@@ -149,7 +151,7 @@ impl ConnectOptions {
             tls_versions: TlsVersions::Default,
             max_queued_qos0: 1_000,
             unmatched_grace: Duration::from_secs(2),
-            handler_attempts: Some(10),
+            handler_attempts: None,
             max_incoming_packet_size: rumqttc_mtls::MQTT_MAX_PACKET_SIZE,
             max_outgoing_packet_size: rumqttc_mtls::DEFAULT_MAX_OUTGOING_PACKET_SIZE,
         }
@@ -265,6 +267,9 @@ pub struct Delivery {
     /// How many acknowledgement shares this one releases (more than one
     /// for a dead-letter handler taking over handlers that gave up).
     shares: u64,
+    /// Shared by the deliveries of one handler's attempts: its share is
+    /// released once, whichever attempt acknowledges.
+    released: Arc<AtomicBool>,
 }
 
 struct DeliveryInner {
@@ -282,6 +287,9 @@ impl Delivery {
     /// Acknowledges this handler's share; the last share sends PUBACK
     /// (QoS 1) or PUBREC (QoS 2). A no-op for QoS 0.
     pub async fn ack(self) -> Result<()> {
+        if self.released.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
         release(&self.inner, self.shares).await
     }
 
@@ -582,11 +590,9 @@ impl MqttClient {
     /// [`DeadLetter`] reason. Like a
     /// [`subscribe_deferred`](Self::subscribe_deferred) handler, it
     /// acknowledges each `Delivery` once the message is safe (the ingest
-    /// stores them in a `dead_letters` table); returning `Err` retries it.
-    /// Without one, an unmatched message is acknowledged, counted
-    /// ([`Stats::unmatched`]) and logged, and one whose handler gave up is
-    /// left unacknowledged (the broker sends it again on the next
-    /// connection) while later messages go on.
+    /// stores them in a `dead_letters` table); returning `Err` retries it,
+    /// without limit. Without one, either kind is acknowledged, counted
+    /// ([`Stats::unmatched`], [`Stats::handler_gave_up`]) and logged.
     pub fn on_dead_letter<F, Fut, E>(&self, handler: F)
     where
         F: Fn(Message, Delivery, DeadLetter) -> Fut + Send + Sync + 'static,
@@ -1306,8 +1312,13 @@ async fn dispatch(
             Some((publish, session, _)) => (publish, session, true),
             None => {
                 let deadline = parked.front().map(|(_, _, d)| *d);
+                // With as many waiting as allowed, later messages stay in
+                // the channel (and the broker's window) until a handler comes
+                // or the oldest waiting one's grace ends: none is dropped for
+                // want of room.
+                let room = parked.len() < UNMATCHED_PARKED;
                 tokio::select! {
-                    received = rx.recv() => match received {
+                    received = rx.recv(), if room => match received {
                         Some(received) => {
                             let (publish, session) = *received;
                             if publish.qos == QoS::AtMostOnce {
@@ -1323,8 +1334,11 @@ async fn dispatch(
             }
         };
         let mut handlers = matching(&shared, &publish.topic);
+        let mut attempts_limit = shared.handler_attempts;
         if handlers.is_empty() {
             if !waited && parked.len() < UNMATCHED_PARKED {
+                // The grace starts now, when the message is here.
+                let now = tokio::time::Instant::now();
                 tracing::debug!(
                     "no handler for {} yet: waiting up to {:?} for one",
                     publish.topic,
@@ -1336,9 +1350,14 @@ async fn dispatch(
             shared.counters.unmatched.fetch_add(1, Ordering::Relaxed);
             let dead_letter_handler = lock(&shared.dead_letter_handler).clone();
             match dead_letter_handler {
-                Some(dead_letter) => handlers.push(HandlerKind::Deferred(Arc::new(move |m, d| {
-                    dead_letter(m, d, DeadLetter::NoSubscription)
-                }))),
+                Some(dead_letter) => {
+                    // The dead-letter handler is retried for ever: giving up
+                    // on it would mislabel the message.
+                    attempts_limit = None;
+                    handlers.push(HandlerKind::Deferred(Arc::new(move |m, d| {
+                        dead_letter(m, d, DeadLetter::NoSubscription)
+                    })));
+                }
                 None => tracing::warn!(
                     "a message on {} matches no subscription: acknowledged and dropped \
                      (set MqttClient::on_dead_letter to keep such messages)",
@@ -1346,7 +1365,7 @@ async fn dispatch(
                 ),
             }
         }
-        if !handle_message(publish, session, handlers, &rumqtt, &shared).await {
+        if !handle_message(publish, session, handlers, attempts_limit, &rumqtt, &shared).await {
             return;
         }
     }
@@ -1372,6 +1391,7 @@ async fn handle_message(
     publish: Publish,
     session: u64,
     handlers: Vec<HandlerKind>,
+    attempts_limit: Option<u32>,
     rumqtt: &AsyncClient,
     shared: &Shared,
 ) -> bool {
@@ -1400,6 +1420,9 @@ async fn handle_message(
     let mut gave_up: Option<(u32, String)> = None;
     for handler in handlers {
         let mut attempt: u32 = 0;
+        // One share per deferred handler, however many attempts: a handler
+        // that acknowledged and then failed has released it already.
+        let released = Arc::new(AtomicBool::new(false));
         loop {
             let result = match &handler {
                 HandlerKind::Immediate(h) => guarded(|| h(message.clone())).await,
@@ -1407,6 +1430,7 @@ async fn handle_message(
                     let delivery = Delivery {
                         inner: inner.clone(),
                         shares: 1,
+                        released: released.clone(),
                     };
                     guarded(|| h(message.clone(), delivery)).await
                 }
@@ -1419,7 +1443,7 @@ async fn handle_message(
                         .handler_failures
                         .fetch_add(1, Ordering::Relaxed);
                     attempt = attempt.saturating_add(1);
-                    if shared.handler_attempts.is_some_and(|max| attempt >= max) {
+                    if attempts_limit.is_some_and(|max| attempt >= max) {
                         shared
                             .counters
                             .handler_gave_up
@@ -1429,7 +1453,7 @@ async fn handle_message(
                             message.topic
                         );
                         orphaned += match handler {
-                            HandlerKind::Deferred(_) => 1,
+                            HandlerKind::Deferred(_) => u64::from(!released.load(Ordering::SeqCst)),
                             // The dispatcher's own share then stays too.
                             HandlerKind::Immediate(_) => 0,
                         };
@@ -1468,6 +1492,7 @@ async fn handle_message(
                 let delivery = Delivery {
                     inner: inner.clone(),
                     shares: orphaned,
+                    released: Arc::new(AtomicBool::new(false)),
                 };
                 match guarded(|| dead_letter(message.clone(), delivery, reason.clone())).await {
                     Ok(()) => return true,
@@ -1488,14 +1513,16 @@ async fn handle_message(
             }
         }
         None => {
-            // Not acknowledged: the broker keeps it for this session and
-            // sends it again on the next connection; later messages go on.
+            // The application asked for a limit and has nowhere to put such
+            // messages: acknowledged (leaving it unacknowledged would hold
+            // one of the broker's in-flight slots for good, and enough of
+            // them stop the stream), counted and logged.
             tracing::error!(
-                "message on {} left unacknowledged ({reason}); set \
-                 MqttClient::on_dead_letter to take such messages",
+                "message on {} dropped: {reason} (set MqttClient::on_dead_letter to keep such \
+                 messages)",
                 message.topic
             );
-            true
+            release(&inner, orphaned).await.is_ok()
         }
     }
 }

@@ -354,6 +354,11 @@ struct ConnArgs {
     /// Client id (default: provision-<pid>).
     #[arg(long, short = 'i')]
     client_id: Option<String>,
+    /// The largest MQTT packet to send (pub refuses a bigger message
+    /// before any of it is sent) and to accept, in bytes (default: send up
+    /// to 1 MiB, accept anything MQTT allows).
+    #[arg(long, value_name = "BYTES")]
+    max_packet_size: Option<usize>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -477,6 +482,7 @@ impl ConnArgs {
                 .client_id
                 .clone()
                 .unwrap_or_else(|| format!("provision-{}", std::process::id())),
+            max_packet_size: self.max_packet_size,
         }
     }
 

@@ -17,10 +17,17 @@ pub struct Endpoint {
     pub port: u16,
     /// Client id.
     pub client_id: String,
+    /// The largest packet to send and to accept, when not the defaults.
+    pub max_packet_size: Option<usize>,
 }
 
 fn options(endpoint: &Endpoint) -> ConnectOptions {
-    ConnectOptions::new(&endpoint.host, endpoint.port, &endpoint.client_id)
+    let mut options = ConnectOptions::new(&endpoint.host, endpoint.port, &endpoint.client_id);
+    if let Some(max) = endpoint.max_packet_size {
+        options.max_outgoing_packet_size = max;
+        options.max_incoming_packet_size = max;
+    }
+    options
 }
 
 /// Connects, publishes one message, waits for the broker's acknowledgement

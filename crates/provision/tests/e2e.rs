@@ -302,6 +302,56 @@ fn provisioned_broker_and_clients_work_together() {
     let b = bundle("client1");
     args.extend(b.iter().map(String::as_str));
     ok(d, &args);
+
+    // A 60 KiB message with the defaults, as a new user would send one
+    // (rumqttc's 10 KiB default refused it both ways; 60, not 64, so that
+    // the subscriber's output fits the 64 KiB pipe this harness reads only
+    // at the end)...
+    let big = "x".repeat(60 * 1024);
+    let sub = spawn_sub(d, port, "localhost", "client1", "e2e/big");
+    let got = deliver(sub, || {
+        let mut args = vec![
+            "pub",
+            "-H",
+            "localhost",
+            "-p",
+            &p,
+            "-t",
+            "e2e/big",
+            "-m",
+            &big,
+        ];
+        args.extend(b.iter().map(String::as_str));
+        provision(d, &args)
+    });
+    assert!(
+        got.contains(&big),
+        "the subscriber printed {} bytes",
+        got.len()
+    );
+    // ...and --max-packet-size refuses a bigger one, naming both sizes.
+    let mut args = vec![
+        "pub",
+        "-H",
+        "localhost",
+        "-p",
+        &p,
+        "-t",
+        "e2e/big",
+        "--max-packet-size",
+        "1000",
+        "-m",
+        &big,
+    ];
+    args.extend(b.iter().map(String::as_str));
+    let out = provision(d, &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the packet would be 61455 bytes")
+            && stderr.contains("limit of 1000 bytes"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -64,6 +64,16 @@ struct Args {
     /// Flush a batch this many milliseconds after its first message.
     #[arg(long, env = "MQTT_INGEST_BATCH_WAIT_MS")]
     batch_wait_ms: Option<u64>,
+    /// On SIGTERM/SIGINT, wait at most this many seconds for the database
+    /// to take what was received; what it has not taken by then stays
+    /// unacknowledged with the broker's session, and the exit code is 1.
+    #[arg(
+        long,
+        env = "MQTT_INGEST_SHUTDOWN_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 10
+    )]
+    shutdown_timeout: u64,
 }
 
 fn main() -> ExitCode {
@@ -130,6 +140,7 @@ fn configure(args: Args) -> anyhow::Result<Config> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let shutdown_timeout = args.shutdown_timeout;
     let config = configure(args)?;
     let filters = config.filters()?;
     let identity = config.bundle()?.load()?;
@@ -170,9 +181,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("serving HTTP")?;
 
     tracing::info!("shutting down: committing and acknowledging what was received");
-    pipeline.drain().await;
+    let limit = std::time::Duration::from_secs(shutdown_timeout);
+    let drained = pipeline.drain_within(limit).await;
     client.disconnect().await?;
-    let _ = mqtt.await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), mqtt).await;
+    if !drained {
+        anyhow::bail!(
+            "stopped after {shutdown_timeout} s with messages the database did not take; \
+             they stay unacknowledged with the broker's session and come to the next one"
+        );
+    }
     store.close().await;
     tracing::info!("stopped cleanly");
     Ok(())

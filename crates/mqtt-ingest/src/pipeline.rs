@@ -138,6 +138,24 @@ impl Pipeline {
         self.wake.notify_one();
         let _ = self.writer.await;
     }
+
+    /// [`Pipeline::drain`] for at most `limit`: if the database still fails
+    /// then, the writer is stopped and what it held stays unacknowledged,
+    /// for the broker to send again to the next session. Whether everything
+    /// taken was committed and acknowledged.
+    pub async fn drain_within(self, limit: Duration) -> bool {
+        self.closing.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+        let mut writer = self.writer;
+        match tokio::time::timeout(limit, &mut writer).await {
+            Ok(_) => true,
+            Err(_) => {
+                writer.abort();
+                let _ = writer.await;
+                false
+            }
+        }
+    }
 }
 
 async fn write_loop(

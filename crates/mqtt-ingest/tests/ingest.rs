@@ -270,6 +270,52 @@ async fn database_unavailable_for_a_while() {
     recovers_with_everything(&s, &ingest).await;
 }
 
+/// SIGTERM while the database is down ends within `--shutdown-timeout`
+/// (it used to wait for the database for ever), with exit code 1; what was
+/// not stored was not acknowledged, so the next run stores it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_database_down_ends_in_time_and_loses_nothing() {
+    let s = setup();
+    let bundle = s.pki.client("ingest");
+    let start = || {
+        Ingest::spawn(
+            Ingest::command(&bundle, &s.broker, &s.db, "ingest-under-test")
+                .args(["--shutdown-timeout", "2"]),
+        )
+    };
+    let mut ingest = tokio::task::block_in_place(start);
+    let publisher = Publisher::connect(&s.pki, &s.broker).await;
+    let acked_before = first_ten_acknowledged(&s, &ingest, &publisher).await;
+
+    let pool = sqlx::SqlitePool::connect(&s.db.url()).await.unwrap();
+    let mut locker = pool.acquire().await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    publisher.send(10..60).await.unwrap();
+    tokio::task::block_in_place(|| holds_acknowledgements_while_down(&ingest, acked_before));
+    let status = tokio::task::block_in_place(|| ingest.terminate_within(Duration::from_secs(20)));
+    let status = status.expect("still running 20 s after SIGTERM with --shutdown-timeout 2");
+    assert_eq!(status.code(), Some(1), "{}", ingest.log());
+    assert!(
+        ingest
+            .log()
+            .contains("stay unacknowledged with the broker's session"),
+        "{}",
+        ingest.log()
+    );
+
+    sqlx::query("COMMIT").execute(&mut *locker).await.unwrap();
+    drop(locker);
+    pool.close().await;
+    // The next run gets what the last one did not store from the broker.
+    let _ingest = tokio::task::block_in_place(start);
+    let rows = wait_for_rows(&s.db, 60).await;
+    let stored: BTreeSet<u32> = rows.iter().map(|(n, _)| *n).collect();
+    assert_eq!(stored, (0..60).collect());
+}
+
 /// Stores the first 10 messages and returns the acknowledged count then.
 async fn first_ten_acknowledged(s: &Setup, ingest: &Ingest, publisher: &Publisher) -> u64 {
     publisher.send(0..10).await.unwrap();

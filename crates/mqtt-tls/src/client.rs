@@ -992,7 +992,8 @@ impl Connection {
         drop(dispatch_tx);
         dispatcher.abort();
         fail_all(&self.shared, || Error::Closed);
-        let _ = self.shared.stopped.send(true);
+        // Stored even when nobody listens yet: a later `disconnect` must see it.
+        self.shared.stopped.send_replace(true);
         Ok(())
     }
 

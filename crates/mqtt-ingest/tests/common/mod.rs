@@ -160,6 +160,29 @@ impl Ingest {
     }
 
     /// SIGTERM: a clean shutdown; returns whether it exited 0.
+    /// SIGTERM, then waits at most `limit` for the process to end; `None`
+    /// (and a SIGKILL) if it did not.
+    pub(crate) fn terminate_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take().unwrap();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub(crate) fn terminate(&mut self) -> bool {
         let mut c = self.child.take().unwrap();
         Command::new("kill")

@@ -183,8 +183,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!("shutting down: committing and acknowledging what was received");
     let limit = std::time::Duration::from_secs(shutdown_timeout);
     let drained = pipeline.drain_within(limit).await;
-    client.disconnect().await?;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), mqtt).await;
+    // Bounded too: with the broker's socket stalled, even queueing the
+    // DISCONNECT could wait.
+    let bound = std::time::Duration::from_secs(10);
+    if tokio::time::timeout(bound, client.disconnect())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the broker did not take our DISCONNECT within {bound:?}");
+    }
+    let _ = tokio::time::timeout(bound, mqtt).await;
     if !drained {
         anyhow::bail!(
             "stopped after {shutdown_timeout} s with messages the database did not take; \

@@ -1454,7 +1454,11 @@ async fn handle_message(
                             message.topic
                         );
                         orphaned += match handler {
-                            HandlerKind::Deferred(_) => u64::from(!released.load(Ordering::SeqCst)),
+                            // Taken for good: a Delivery of an earlier
+                            // attempt acknowledged later releases nothing.
+                            HandlerKind::Deferred(_) => {
+                                u64::from(!released.swap(true, Ordering::SeqCst))
+                            }
                             // The dispatcher's own share then stays too.
                             HandlerKind::Immediate(_) => 0,
                         };

@@ -1025,3 +1025,34 @@ async fn a_handler_that_keeps_failing_gives_up_and_the_stream_goes_on() {
     publisher.disconnect().await.unwrap();
     prunner.await.unwrap().unwrap();
 }
+
+/// A broker that accepts the TCP connection and then says nothing (a
+/// black hole): the attempt fails after `connect_timeout`, not the default
+/// 5 s and not never.
+#[tokio::test]
+async fn a_silent_broker_fails_the_attempt_after_connect_timeout() {
+    let pki = Pki::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let identity = pki.client("patient").load().unwrap();
+    let mut opts = options(port, "patient");
+    opts.connect_timeout = Duration::from_secs(1);
+    let (_client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    let started = Instant::now();
+    let err = tokio::time::timeout(WAIT, conn.connect())
+        .await
+        .expect("connect never gave up")
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "gave up after {took:?}: {err}"
+    );
+    holder.abort();
+}

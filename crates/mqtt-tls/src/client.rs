@@ -107,6 +107,11 @@ pub struct ConnectOptions {
     /// Default `None`: retry for ever, never acknowledging a message no
     /// handler took (at least once, whatever happens).
     pub handler_attempts: Option<u32>,
+    /// How long a connection attempt (TCP, TLS handshake, CONNACK) may take
+    /// before it counts as failed, and writing out one batch of packets
+    /// (whole seconds, at least one; keep it above what a largest publish
+    /// takes on the slowest link). Default: 5 s.
+    pub connect_timeout: Duration,
     /// How long a message no subscription matches waits for a handler
     /// subscribed a moment later (a persistent session's backlog arrives
     /// right after CONNACK, often before the application subscribed).
@@ -151,6 +156,7 @@ impl ConnectOptions {
             tls_versions: TlsVersions::Default,
             max_queued_qos0: 1_000,
             unmatched_grace: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(5),
             handler_attempts: None,
             max_incoming_packet_size: rumqttc_mtls::MQTT_MAX_PACKET_SIZE,
             max_outgoing_packet_size: rumqttc_mtls::DEFAULT_MAX_OUTGOING_PACKET_SIZE,
@@ -471,6 +477,9 @@ impl MqttClient {
         // TLS handshake and CONNECT wait on delayed ACKs (~40 ms a connect).
         let mut network = eventloop.network_options();
         network.set_tcp_nodelay(true);
+        // Whole seconds, at least one (the event loop's unit): TCP, TLS
+        // and CONNACK together, and each flush of a write.
+        network.set_connection_timeout(options.connect_timeout.as_secs().max(1));
         eventloop.set_network_options(network);
         let (stopped, _) = watch::channel(false);
         let shared = Arc::new(Shared {

@@ -65,6 +65,19 @@ async fn qos2_subscriber(pki: &Pki, proxy: &FaultProxy) -> (MqttClient, JoinHand
     (client, runner, rx)
 }
 
+/// A connected, running client with its own certificate, client id `name`.
+async fn running(
+    pki: &Pki,
+    port: u16,
+    name: &str,
+) -> (MqttClient, JoinHandle<mqtt_tls::Result<()>>) {
+    let identity = pki.client(name).load().unwrap();
+    let (client, mut conn) = MqttClient::new(&options(port, name), &identity).unwrap();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    (client, runner)
+}
+
 async fn next(rx: &mut Received) -> (Message, Delivery) {
     tokio::time::timeout(WAIT, rx.recv())
         .await
@@ -81,11 +94,7 @@ async fn qos2_interrupted_between_pubrec_and_pubcomp(restart: bool) {
     let pki = Pki::new();
     let broker = Mosquitto::start(&pki, &BrokerOptions::default());
     let proxy = FaultProxy::start(broker.port).await;
-    let identity = pki.client("q2pub").load().unwrap();
-    let (publisher, mut pconn) =
-        MqttClient::new(&options(broker.port, "q2pub"), &identity).unwrap();
-    pconn.connect().await.unwrap();
-    let prunner = tokio::spawn(pconn.run());
+    let (publisher, prunner) = running(&pki, broker.port, "q2pub").await;
 
     let (client, runner, mut rx) = qos2_subscriber(&pki, &proxy).await;
     broker_logged(&broker, "Received SUBSCRIBE from q2sub\n", 1).await;
@@ -280,11 +289,7 @@ async fn identity_swap_keeps_the_session_and_rolls_back_a_refused_identity() {
     let pki = Pki::new();
     let broker = Mosquitto::start(&pki, &BrokerOptions::default());
     let proxy = FaultProxy::start(broker.port).await;
-    let identity = pki.client("swap-pub").load().unwrap();
-    let (publisher, mut pconn) =
-        MqttClient::new(&options(broker.port, "swap-pub"), &identity).unwrap();
-    pconn.connect().await.unwrap();
-    let prunner = tokio::spawn(pconn.run());
+    let (publisher, prunner) = running(&pki, broker.port, "swap-pub").await;
 
     let first = pki.client("swap-v1").load().unwrap();
     let renewed = pki.client("swap-v2").load().unwrap();
@@ -501,11 +506,7 @@ async fn a_panicking_handler_is_retried_and_the_dispatcher_lives_on() {
     let runner = tokio::spawn(conn.run());
     broker_logged(&broker, "Received SUBSCRIBE from panic-sub\n", 1).await;
 
-    let identity = pki.client("panic-pub").load().unwrap();
-    let (publisher, mut pconn) =
-        MqttClient::new(&options(broker.port, "panic-pub"), &identity).unwrap();
-    pconn.connect().await.unwrap();
-    let prunner = tokio::spawn(pconn.run());
+    let (publisher, prunner) = running(&pki, broker.port, "panic-pub").await;
     for payload in ["one", "two"] {
         publisher
             .publish("panic/t", payload, QoS::AtLeastOnce, false)
@@ -566,11 +567,7 @@ async fn a_qos0_flood_is_bounded_and_counted() {
     let runner = tokio::spawn(conn.run());
     broker_logged(&broker, "Received SUBSCRIBE from bounded\n", 1).await;
 
-    let identity = pki.client("flooder").load().unwrap();
-    let (publisher, mut pconn) =
-        MqttClient::new(&options(broker.port, "flooder"), &identity).unwrap();
-    pconn.connect().await.unwrap();
-    let prunner = tokio::spawn(pconn.run());
+    let (publisher, prunner) = running(&pki, broker.port, "flooder").await;
     for i in 0..FLOOD {
         publisher
             .publish("flood/q0", format!("{i}"), QoS::AtMostOnce, false)
@@ -652,11 +649,7 @@ async fn an_acknowledgement_from_an_earlier_session_is_dropped() {
     let runner = tokio::spawn(conn.run());
     broker_logged(&broker, "Received SUBSCRIBE from epochsub\n", 1).await;
 
-    let identity = pki.client("epochpub").load().unwrap();
-    let (publisher, mut pconn) =
-        MqttClient::new(&options(broker.port, "epochpub"), &identity).unwrap();
-    pconn.connect().await.unwrap();
-    let prunner = tokio::spawn(pconn.run());
+    let (publisher, prunner) = running(&pki, broker.port, "epochpub").await;
     let mut next = async |payload: &str| {
         publisher
             .publish("epoch/t", payload.to_owned(), QoS::AtLeastOnce, false)
@@ -738,11 +731,7 @@ async fn subscribe_waits_for_the_suback_and_unsubscribe_stops_delivery() {
     tokio::time::timeout(WAIT, marker).await.unwrap().unwrap();
     assert!(client.refused_subscriptions().is_empty());
 
-    let identity = pki.client("subpub").load().unwrap();
-    let (publisher, mut pconn) =
-        MqttClient::new(&options(broker.port, "subpub"), &identity).unwrap();
-    pconn.connect().await.unwrap();
-    let prunner = tokio::spawn(pconn.run());
+    let (publisher, prunner) = running(&pki, broker.port, "subpub").await;
     publisher
         .publish("allowed/1", "before", QoS::AtLeastOnce, false)
         .await
@@ -831,11 +820,7 @@ async fn a_subscription_made_during_an_outage_reaches_a_broker_that_kept_the_ses
     tokio::time::timeout(WAIT, granted).await.unwrap().unwrap();
     broker_logged(&broker, "Sending CONNACK to outage (1, 0)", 1).await;
 
-    let identity = pki.client("outage-pub").load().unwrap();
-    let (publisher, mut pconn) =
-        MqttClient::new(&options(broker.port, "outage-pub"), &identity).unwrap();
-    pconn.connect().await.unwrap();
-    let prunner = tokio::spawn(pconn.run());
+    let (publisher, prunner) = running(&pki, broker.port, "outage-pub").await;
     publisher
         .publish("late/1", "arrives", QoS::AtLeastOnce, false)
         .await
@@ -881,11 +866,7 @@ async fn a_backlog_waits_for_its_handler_and_the_rest_goes_to_on_dead_letter() {
 
     // Meanwhile: 25 messages for it, more than the 16 that may wait for a
     // handler at once (the rest must wait in line, not be dropped).
-    let identity_pub = pki.client("backlog-pub").load().unwrap();
-    let (publisher, mut pconn) =
-        MqttClient::new(&options(broker.port, "backlog-pub"), &identity_pub).unwrap();
-    pconn.connect().await.unwrap();
-    let prunner = tokio::spawn(pconn.run());
+    let (publisher, prunner) = running(&pki, broker.port, "backlog-pub").await;
     for i in 0..25 {
         publisher
             .publish("bk/data", format!("{i}"), QoS::AtLeastOnce, false)
@@ -990,11 +971,7 @@ async fn a_handler_that_keeps_failing_gives_up_and_the_stream_goes_on() {
     let runner = tokio::spawn(conn.run());
     broker_logged(&broker, "Received SUBSCRIBE from giveup\n", 1).await;
 
-    let identity = pki.client("giveup-pub").load().unwrap();
-    let (publisher, mut pconn) =
-        MqttClient::new(&options(broker.port, "giveup-pub"), &identity).unwrap();
-    pconn.connect().await.unwrap();
-    let prunner = tokio::spawn(pconn.run());
+    let (publisher, prunner) = running(&pki, broker.port, "giveup-pub").await;
     for topic in ["work/poison", "work/fine"] {
         publisher
             .publish(topic, "x", QoS::AtLeastOnce, false)

@@ -65,6 +65,25 @@ async fn qos2_subscriber(pki: &Pki, proxy: &FaultProxy) -> (MqttClient, JoinHand
     (client, runner, rx)
 }
 
+/// A handler that hands each message to the returned receiver.
+fn forwarding() -> (
+    impl Fn(Message) -> std::future::Ready<Result<(), std::io::Error>> + Clone + Send + Sync + 'static,
+    mpsc::UnboundedReceiver<Message>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handler = move |m| {
+        let _ = tx.send(m);
+        std::future::ready(Ok(()))
+    };
+    (handler, rx)
+}
+
+/// A clean DISCONNECT, and the connection's end.
+async fn stop(client: MqttClient, runner: JoinHandle<mqtt_tls::Result<()>>) {
+    client.disconnect().await.unwrap();
+    runner.await.unwrap().unwrap();
+}
+
 /// A connected, running client with its own certificate, client id `name`.
 async fn running(
     pki: &Pki,
@@ -143,8 +162,7 @@ async fn qos2_interrupted_between_pubrec_and_pubcomp(restart: bool) {
 
     client.disconnect().await.unwrap();
     let _ = runner.await;
-    publisher.disconnect().await.unwrap();
-    prunner.await.unwrap().unwrap();
+    stop(publisher, prunner).await;
 }
 
 #[tokio::test]
@@ -168,15 +186,8 @@ async fn large_messages_pass_and_oversized_publishes_are_refused() {
     sub_opts.clean_session = false;
     let identity = pki.client("bigsub").load().unwrap();
     let (sub, mut sconn) = MqttClient::new(&sub_opts, &identity).unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    sub.subscribe("big/#", QoS::AtLeastOnce, move |m| {
-        let tx = tx.clone();
-        async move {
-            tx.send(m).unwrap();
-            Ok::<(), std::io::Error>(())
-        }
-    })
-    .unwrap();
+    let (handler, mut rx) = forwarding();
+    sub.subscribe("big/#", QoS::AtLeastOnce, handler).unwrap();
     sconn.connect().await.unwrap();
     let srunner = tokio::spawn(sconn.run());
     broker_logged(&broker, "Received SUBSCRIBE from bigsub\n", 1).await;
@@ -227,10 +238,8 @@ async fn large_messages_pass_and_oversized_publishes_are_refused() {
         "the refused publish reached the broker"
     );
 
-    publisher.disconnect().await.unwrap();
-    prunner.await.unwrap().unwrap();
-    sub.disconnect().await.unwrap();
-    srunner.await.unwrap().unwrap();
+    stop(publisher, prunner).await;
+    stop(sub, srunner).await;
 }
 
 /// The client's TLS session store (one ticket per identity) resumes a
@@ -319,15 +328,9 @@ async fn identity_swap_keeps_the_session_and_rolls_back_a_refused_identity() {
     let mut opts = options(proxy.port, "swapper");
     opts.clean_session = false;
     let (client, mut conn) = MqttClient::new(&opts, &first).unwrap();
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (handler, mut rx) = forwarding();
     client
-        .subscribe("swap/#", QoS::AtLeastOnce, move |m| {
-            let tx = tx.clone();
-            async move {
-                tx.send(m).unwrap();
-                Ok::<(), std::io::Error>(())
-            }
-        })
+        .subscribe("swap/#", QoS::AtLeastOnce, handler)
         .unwrap();
     conn.connect().await.unwrap();
     let runner = tokio::spawn(conn.run());
@@ -389,10 +392,8 @@ async fn identity_swap_keeps_the_session_and_rolls_back_a_refused_identity() {
     broker_logged(&broker, "as swapper (p2, c0, k30, u'swap-v1')", 2).await;
     expect("v1 again").await;
 
-    client.disconnect().await.unwrap();
-    runner.await.unwrap().unwrap();
-    publisher.disconnect().await.unwrap();
-    prunner.await.unwrap().unwrap();
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
 }
 
 /// A publish with nobody to take it fails with `Closed`, at once, instead
@@ -525,10 +526,8 @@ async fn a_panicking_handler_is_retried_and_the_dispatcher_lives_on() {
     assert!(client.stats().handler_failures >= 1);
     assert!(client.is_connected());
 
-    client.disconnect().await.unwrap();
-    runner.await.unwrap().unwrap();
-    publisher.disconnect().await.unwrap();
-    prunner.await.unwrap().unwrap();
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
 }
 
 /// A QoS 0 flood while the handler is stuck: at most `max_queued_qos0`
@@ -616,10 +615,8 @@ async fn a_qos0_flood_is_bounded_and_counted() {
         "handled {handled_qos0}, dropped {dropped}"
     );
 
-    client.disconnect().await.unwrap();
-    runner.await.unwrap().unwrap();
-    publisher.disconnect().await.unwrap();
-    prunner.await.unwrap().unwrap();
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
 }
 
 /// An acknowledgement from an earlier session is not sent on a new one: the
@@ -680,10 +677,8 @@ async fn an_acknowledgement_from_an_earlier_session_is_dropped() {
         .count();
     assert_eq!(pubacks, 2, "{}", broker.log());
 
-    client.disconnect().await.unwrap();
-    runner.await.unwrap().unwrap();
-    publisher.disconnect().await.unwrap();
-    prunner.await.unwrap().unwrap();
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
 }
 
 /// `subscribe` resolves on the SUBACK with the QoS the broker granted (a
@@ -771,10 +766,8 @@ async fn subscribe_waits_for_the_suback_and_unsubscribe_stops_delivery() {
         broker.log()
     );
 
-    client.disconnect().await.unwrap();
-    runner.await.unwrap().unwrap();
-    publisher.disconnect().await.unwrap();
-    prunner.await.unwrap().unwrap();
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
 }
 
 /// A subscription made while the broker is down reaches it when it is back,
@@ -831,10 +824,8 @@ async fn a_subscription_made_during_an_outage_reaches_a_broker_that_kept_the_ses
         .unwrap();
     assert_eq!(&m.payload[..], b"arrives");
 
-    client.disconnect().await.unwrap();
-    runner.await.unwrap().unwrap();
-    publisher.disconnect().await.unwrap();
-    prunner.await.unwrap().unwrap();
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
 }
 
 /// A persistent session's backlog arrives right after CONNACK, before the
@@ -861,8 +852,7 @@ async fn a_backlog_waits_for_its_handler_and_the_rest_goes_to_on_dead_letter() {
     conn.connect().await.unwrap();
     let runner = tokio::spawn(conn.run());
     tokio::time::timeout(WAIT, granted).await.unwrap().unwrap();
-    client.disconnect().await.unwrap();
-    runner.await.unwrap().unwrap();
+    stop(client, runner).await;
 
     // Meanwhile: 25 messages for it, more than the 16 that may wait for a
     // handler at once (the rest must wait in line, not be dropped).
@@ -926,10 +916,8 @@ async fn a_backlog_waits_for_its_handler_and_the_rest_goes_to_on_dead_letter() {
     broker_logged(&broker, "Received PUBACK from backlog (", 26).await;
     assert_eq!(client.stats().unmatched, 1);
 
-    client.disconnect().await.unwrap();
-    runner.await.unwrap().unwrap();
-    publisher.disconnect().await.unwrap();
-    prunner.await.unwrap().unwrap();
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
 }
 
 /// A handler that always fails for one message gives up after
@@ -997,10 +985,8 @@ async fn a_handler_that_keeps_failing_gives_up_and_the_stream_goes_on() {
     broker_logged(&broker, "Received PUBACK from giveup (", 2).await;
     assert_eq!(client.stats().handler_gave_up, 1);
 
-    client.disconnect().await.unwrap();
-    runner.await.unwrap().unwrap();
-    publisher.disconnect().await.unwrap();
-    prunner.await.unwrap().unwrap();
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
 }
 
 /// A broker that accepts the TCP connection and then says nothing (a

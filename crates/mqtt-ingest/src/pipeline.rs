@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use mqtt_tls::{Backoff, DeadLetter, Delivery, Message, MqttClient, QoS};
+use mqtt_tls::{Backoff, DeadLetter, Delivery, Message, MqttClient, QoS, TopicFilter};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
@@ -53,15 +53,33 @@ pub fn start(
     // full. Nothing piles up in memory.
     let (tx, rx) = mpsc::channel::<Item>(batching.max_messages.max(1) * 4);
     let closing = Arc::new(AtomicBool::new(false));
-    for (filter, qos) in filters {
+    // Overlapping filters (`a/#` and `a/+/t`) all match one message, and
+    // the client calls each one's handler: the first filter in the list that
+    // matches stores it, the others only release their share of the
+    // acknowledgement. One arrival, one row.
+    let parsed: Arc<Vec<TopicFilter>> = Arc::new(
+        filters
+            .iter()
+            .map(|(f, _)| TopicFilter::new(f.as_str()))
+            .collect::<std::result::Result<_, _>>()?,
+    );
+    for (index, (filter, qos)) in filters.iter().enumerate() {
         let tx = tx.clone();
         let closing = closing.clone();
         let metrics = metrics.clone();
-        client.subscribe_deferred(filter, *qos, move |m: Message, delivery| {
+        let parsed = parsed.clone();
+        client.subscribe_deferred(filter, *qos, move |m: Message, delivery: Delivery| {
             let tx = tx.clone();
             let closing = closing.clone();
             let metrics = metrics.clone();
+            let stores = parsed.iter().position(|f| f.matches(&m.topic)) == Some(index);
             async move {
+                if !stores {
+                    return delivery
+                        .ack()
+                        .await
+                        .map_err(|e| std::io::Error::other(e.to_string()));
+                }
                 if closing.load(Ordering::SeqCst) {
                     // Shutting down: leave it unacknowledged; the broker
                     // redelivers it to the next session.

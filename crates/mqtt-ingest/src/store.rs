@@ -105,6 +105,10 @@ const POSTGRES_DEAD_LETTERS: &str = "CREATE TABLE IF NOT EXISTS dead_letters (
     reason TEXT NOT NULL
 )";
 
+/// The PostgreSQL advisory lock that orders writers of `messages`
+/// (an arbitrary key: "mqttmsgs" in ASCII).
+const MESSAGES_WRITE_LOCK: i64 = 0x6d71_7474_6d73_6773;
+
 impl Store {
     /// Opens (creating a SQLite file if needed) and applies the schema.
     pub async fn open(url: &str) -> Result<Self> {
@@ -199,6 +203,15 @@ impl Store {
             }
             Self::Postgres(pool) => {
                 let mut tx = pool.begin().await.map_err(db_err)?;
+                // Writers take turns, so ids become visible in id order: a
+                // reader paging by id (`/api/messages?after=`) never passes
+                // an id whose row another instance has yet to commit.
+                // Released at commit or rollback.
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(MESSAGES_WRITE_LOCK)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
                 for m in batch {
                     sqlx::query(
                         "INSERT INTO messages (topic, payload, qos, retain, duplicate, received_at_us) VALUES ($1, $2, $3, $4, $5, $6)",

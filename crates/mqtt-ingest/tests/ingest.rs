@@ -461,3 +461,108 @@ async fn no_secret_in_the_log_at_trace_level() {
         }
     }
 }
+
+/// `load/#` and `load/+/t` both match `load/x/t`: Mosquitto sends the
+/// message once (measured), and it is stored once, not once per filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_filters_store_a_message_once() {
+    let s = setup();
+    let bundle = s.pki.client("ingest");
+    let ingest = tokio::task::block_in_place(|| {
+        Ingest::spawn(
+            Ingest::command(&bundle, &s.broker, &s.db, "ingest-under-test")
+                .args(["--topic", "load/+/t"]),
+        )
+    });
+    ingest.wait_healthy();
+    let publisher = Publisher::connect(&s.pki, &s.broker).await;
+    publisher.publish("load/x/t", "1").await;
+    publisher.publish("load/y", "2").await;
+    // Both acknowledged on the wire: everything the ingest will store of
+    // them is stored.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s
+        .broker
+        .log()
+        .matches("Received PUBACK from ingest-under-test (")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "{}", s.broker.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        s.broker
+            .log()
+            .matches("Sending PUBLISH to ingest-under-test")
+            .count(),
+        2,
+        "the broker sent each message once:\n{}",
+        s.broker.log()
+    );
+    assert_eq!(common::rows(&s.db).await, [(1, false), (2, false)]);
+    assert_eq!(ingest.metric("mqtt_ingest_stored_total"), 2);
+}
+
+/// Two instances write to one PostgreSQL; the first takes an id and is
+/// still inside its transaction when the second commits a higher one. A
+/// reader following `next_after` must still see both: ids become visible
+/// in id order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_by_id_skips_nothing_committed_out_of_order_postgres() {
+    use mqtt_ingest::{NewMessage, Store};
+    let pg = tokio::task::block_in_place(Postgres::start);
+    let url = pg.url();
+    let slow = Store::open(&url).await.unwrap();
+    let fast = Store::open(&url).await.unwrap();
+    let reader = Store::open(&url).await.unwrap();
+    // An insert on topic "slow" takes its id, then waits inside its
+    // transaction (a slow disk, a long batch).
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    for sql in [
+        "CREATE FUNCTION linger() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN IF NEW.topic = 'slow' THEN PERFORM pg_sleep(1.5); END IF; RETURN NEW; END $$",
+        "CREATE TRIGGER linger AFTER INSERT ON messages FOR EACH ROW EXECUTE FUNCTION linger()",
+    ] {
+        sqlx::query(sql).execute(&admin).await.unwrap();
+    }
+    let message = |topic: &str| NewMessage {
+        topic: topic.to_owned(),
+        payload: b"x".to_vec(),
+        qos: 1,
+        retain: false,
+        duplicate: false,
+        received_at_us: 0,
+    };
+    let first = tokio::spawn(async move { slow.insert_batch(&[message("slow")]).await });
+    // The first insert is inside its transaction, lingering.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let lingering: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'INSERT INTO messages%' \
+             AND wait_event = 'PgSleep'",
+        )
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        if lingering == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slow insert never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fast.insert_batch(&[message("fast")]).await.unwrap();
+    // A reader pages now, and again once everything committed.
+    let mut seen = Vec::new();
+    let mut after = 0;
+    for row in reader.list(None, after, 100).await.unwrap() {
+        after = row.id;
+        seen.push(row.topic);
+    }
+    first.await.unwrap().unwrap();
+    for row in reader.list(None, after, 100).await.unwrap() {
+        seen.push(row.topic);
+    }
+    seen.sort();
+    assert_eq!(seen, ["fast", "slow"], "every row once");
+}

@@ -1,7 +1,7 @@
 //! The MQTT client: connect, subscribe with handlers, publish with
 //! acknowledgement, and a connection that keeps going.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -21,6 +21,7 @@ use crate::classify::classify;
 use crate::error::{Error, Result};
 use crate::subscriptions::Subscriptions;
 use crate::topic::{TopicFilter, check_publish_topic};
+use crate::tracker::{Tracker, Wire};
 
 pub use rumqttc_mtls::QoS;
 
@@ -339,31 +340,10 @@ async fn release(inner: &DeliveryInner, shares: u64) -> Result<()> {
     Ok(())
 }
 
-type Ack = oneshot::Sender<Result<()>>;
-
 /// A message for the dispatcher, with the session it came in. Boxed: the
 /// channel allocates its first block of 32 slots up front, on every
 /// connection whether it ever receives or not.
 type Received = Box<(Publish, u64)>;
-
-/// Publishes between "handed to rumqttc" and "acknowledged by the broker".
-///
-/// rumqttc reports each publish it writes as `Outgoing::Publish(pkid)`, in
-/// the order of its request channel, so the front of `queued` belongs to
-/// the next such event. When the broker starts a new session after a
-/// connection loss, rumqttc drops what it had queued: then every waiting
-/// publish fails with [`Error::SessionLost`], and a barrier request marks
-/// where requests sent afterwards begin.
-#[derive(Default)]
-struct Tracker {
-    queued: VecDeque<Ack>,
-    inflight: HashMap<u16, Ack>,
-    collided: HashMap<u16, Ack>,
-    /// Events before the barrier belong to requests already failed.
-    skip_until_barrier: bool,
-    /// A barrier still has to be put into the request channel.
-    barrier_needed: bool,
-}
 
 /// How long a connection must stay up before the reconnect backoff starts
 /// over (or `Backoff::max`, when that is shorter): longer than a broker
@@ -646,15 +626,18 @@ impl MqttClient {
                 if self.shared.gone.load(Ordering::SeqCst) {
                     return Err(Error::Closed);
                 }
-                let ready = !tracker.barrier_needed
-                    || match self.rumqtt.try_unsubscribe(BARRIER_FILTER) {
-                        Ok(()) => {
-                            tracker.barrier_needed = false;
-                            true
-                        }
-                        Err(ClientError::TryRequest(_)) => false,
-                        Err(_) => return Err(Error::Closed),
-                    };
+                let mut closed = false;
+                let ready = tracker.ready(|| match self.rumqtt.try_unsubscribe(BARRIER_FILTER) {
+                    Ok(()) => true,
+                    Err(ClientError::TryRequest(_)) => false,
+                    Err(_) => {
+                        closed = true;
+                        false
+                    }
+                });
+                if closed {
+                    return Err(Error::Closed);
+                }
                 if ready {
                     match self
                         .rumqtt
@@ -662,7 +645,7 @@ impl MqttClient {
                     {
                         Ok(()) => {
                             let (tx, rx) = oneshot::channel();
-                            tracker.queued.push_back(tx);
+                            tracker.queued(qos, tx);
                             break rx;
                         }
                         // Full: the connection is busy or down; wait below.
@@ -1116,10 +1099,11 @@ impl Connection {
                     // rumqttc dropped everything it had queued: fail the
                     // waiting publishes rather than let them hang or, worse,
                     // be matched with other publishes' acknowledgements.
-                    fail_all(&self.shared, || Error::SessionLost);
-                    let mut tracker = lock(&self.shared.tracker);
-                    tracker.skip_until_barrier = true;
-                    tracker.barrier_needed = self.rumqtt.try_unsubscribe(BARRIER_FILTER).is_err();
+                    // One lock for failing the waiting publishes, marking
+                    // the skip and sending the barrier: no publish slips
+                    // in between.
+                    lock(&self.shared.tracker)
+                        .session_lost(|| self.rumqtt.try_unsubscribe(BARRIER_FILTER).is_ok());
                 }
                 let mut subs = lock(&self.shared.subscriptions);
                 self.shared.connected.store(true, Ordering::SeqCst);
@@ -1162,8 +1146,8 @@ impl Connection {
                 }
                 None => tracing::debug!("message before run(): left unacknowledged"),
             },
-            Event::Incoming(Incoming::PubAck(ack)) => self.resolve(ack.pkid),
-            Event::Incoming(Incoming::PubComp(comp)) => self.resolve(comp.pkid),
+            Event::Incoming(Incoming::PubAck(ack)) => self.wire(Wire::PubAck(ack.pkid)),
+            Event::Incoming(Incoming::PubComp(comp)) => self.wire(Wire::PubComp(comp.pkid)),
             Event::Incoming(Incoming::SubAck(ack)) => {
                 let Some(filters) = self.eventloop.state.take_subscribe_filters(ack.pkid) else {
                     return;
@@ -1183,32 +1167,8 @@ impl Connection {
                     *lock(&self.shared.last_error) = Some(err.to_string());
                 }
             }
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
-                let mut tracker = lock(&self.shared.tracker);
-                if tracker.skip_until_barrier {
-                    return;
-                }
-                if pkid == 0 {
-                    if let Some(tx) = tracker.queued.pop_front() {
-                        let _ = tx.send(Ok(()));
-                    }
-                } else if let Some(tx) = tracker.collided.remove(&pkid) {
-                    tracker.inflight.insert(pkid, tx);
-                } else if !tracker.inflight.contains_key(&pkid) {
-                    // Not a retransmission: the next publish in line.
-                    if let Some(tx) = tracker.queued.pop_front() {
-                        tracker.inflight.insert(pkid, tx);
-                    }
-                }
-            }
-            Event::Outgoing(Outgoing::AwaitAck(pkid)) => {
-                let mut tracker = lock(&self.shared.tracker);
-                if !tracker.skip_until_barrier
-                    && let Some(tx) = tracker.queued.pop_front()
-                {
-                    tracker.collided.insert(pkid, tx);
-                }
-            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => self.wire(Wire::Sent(pkid)),
+            Event::Outgoing(Outgoing::AwaitAck(pkid)) => self.wire(Wire::AwaitAck(pkid)),
             Event::Outgoing(Outgoing::Unsubscribe(pkid)) => {
                 // The barrier, not an application's unsubscribe.
                 let barrier = self
@@ -1217,17 +1177,15 @@ impl Connection {
                     .unsubscribe_topics(pkid)
                     .is_some_and(|topics| topics == [BARRIER_FILTER]);
                 if barrier {
-                    lock(&self.shared.tracker).skip_until_barrier = false;
+                    self.wire(Wire::Barrier);
                 }
             }
             _ => {}
         }
     }
 
-    fn resolve(&mut self, pkid: u16) {
-        if let Some(tx) = lock(&self.shared.tracker).inflight.remove(&pkid) {
-            let _ = tx.send(Ok(()));
-        }
+    fn wire(&self, event: Wire) {
+        lock(&self.shared.tracker).on_wire(event);
     }
 }
 
@@ -1251,16 +1209,7 @@ impl Drop for Connection {
 }
 
 fn fail_all(shared: &Shared, err: impl Fn() -> Error) {
-    let mut tracker = lock(&shared.tracker);
-    for tx in tracker.queued.drain(..) {
-        let _ = tx.send(Err(err()));
-    }
-    for (_, tx) in tracker.inflight.drain() {
-        let _ = tx.send(Err(err()));
-    }
-    for (_, tx) in tracker.collided.drain() {
-        let _ = tx.send(Err(err()));
-    }
+    lock(&shared.tracker).fail_all(err);
 }
 
 /// Calls a handler and runs its future, a panic in either becoming an

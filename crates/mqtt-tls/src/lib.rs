@@ -49,6 +49,7 @@ mod client;
 mod error;
 mod subscriptions;
 mod topic;
+mod tracker;
 
 pub use bundle::{ClientCert, TlsIdentity};
 pub use client::{

@@ -277,10 +277,14 @@ impl MqttState {
         }
         self.last_puback = puback.pkid;
 
-        if self.outgoing_pub.remove(&puback.pkid).is_none() {
+        // Only a QoS 1 publish is acknowledged with PUBACK: one for a QoS 2
+        // publish with the same id is a protocol error, and must not end
+        // that publish (not upstream, which matches on the id alone).
+        if !matches!(self.outgoing_pub.get(&puback.pkid), Some(p) if p.qos == QoS::AtLeastOnce) {
             error!("Unsolicited puback packet: {:?}", puback.pkid);
             return Err(StateError::Unsolicited(puback.pkid));
         }
+        self.outgoing_pub.remove(&puback.pkid);
 
         self.inflight -= 1;
         let packet = self.check_collision(puback.pkid).map(|publish| {
@@ -298,10 +302,12 @@ impl MqttState {
     }
 
     fn handle_incoming_pubrec(&mut self, pubrec: &PubRec) -> Result<Option<Packet>, StateError> {
-        if self.outgoing_pub.remove(&pubrec.pkid).is_none() {
+        // Only a QoS 2 publish is answered with PUBREC (see the PUBACK case).
+        if !matches!(self.outgoing_pub.get(&pubrec.pkid), Some(p) if p.qos == QoS::ExactlyOnce) {
             error!("Unsolicited pubrec packet: {:?}", pubrec.pkid);
             return Err(StateError::Unsolicited(pubrec.pkid));
         }
+        self.outgoing_pub.remove(&pubrec.pkid);
 
         // NOTE: Inflight - 1 for qos2 in comp
         self.outgoing_rel.insert(pubrec.pkid);
@@ -370,7 +376,10 @@ impl MqttState {
             if pkid > self.max_inflight {
                 return Err(StateError::Unsolicited(pkid));
             }
-            if self.outgoing_pub.contains_key(&pkid) {
+            // An id awaiting PUBCOMP is taken too (not upstream, which
+            // reuses it: the broker's PUBCOMP for the old QoS 2 publish
+            // would then end the new one).
+            if self.outgoing_pub.contains_key(&pkid) || self.outgoing_rel.contains(&pkid) {
                 info!("Collision on packet id = {:?}", publish.pkid);
                 self.collision = Some(publish);
                 let event = Event::Outgoing(Outgoing::AwaitAck(pkid));
@@ -737,11 +746,51 @@ mod test {
         mqtt.handle_incoming_puback(&PubAck::new(1)).unwrap();
         assert_eq!(mqtt.inflight, 1);
 
-        mqtt.handle_incoming_puback(&PubAck::new(2)).unwrap();
-        assert_eq!(mqtt.inflight, 0);
+        // Changed from upstream: a PUBACK does not end a QoS 2 publish.
+        let got = mqtt.handle_incoming_puback(&PubAck::new(2)).unwrap_err();
+        assert!(matches!(got, StateError::Unsolicited(2)), "{got}");
+        assert_eq!(mqtt.inflight, 1);
 
         assert!(!mqtt.outgoing_pub.contains_key(&1));
-        assert!(!mqtt.outgoing_pub.contains_key(&2));
+        assert!(mqtt.outgoing_pub.contains_key(&2));
+    }
+
+    #[test]
+    fn an_id_awaiting_pubcomp_is_not_reused() {
+        let mut mqtt = MqttState::new(2, false);
+        mqtt.outgoing_publish(build_outgoing_publish(QoS::ExactlyOnce))
+            .unwrap();
+        mqtt.handle_incoming_pubrec(&PubRec::new(1)).unwrap();
+        mqtt.outgoing_publish(build_outgoing_publish(QoS::AtLeastOnce))
+            .unwrap();
+        mqtt.handle_incoming_puback(&PubAck::new(2)).unwrap();
+        mqtt.events.clear();
+        // The ids wrapped around to 1, which still awaits its PUBCOMP.
+        let sent = mqtt
+            .outgoing_publish(build_outgoing_publish(QoS::AtLeastOnce))
+            .unwrap();
+        assert!(sent.is_none(), "held back, not written");
+        assert!(matches!(
+            mqtt.events.pop_front(),
+            Some(Event::Outgoing(Outgoing::AwaitAck(1)))
+        ));
+        match mqtt.handle_incoming_pubcomp(&PubComp::new(1)).unwrap() {
+            Some(Packet::Publish(p)) => assert_eq!((p.pkid, p.qos), (1, QoS::AtLeastOnce)),
+            other => panic!("the held publish should go out now: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pubrec_for_a_qos1_publish_is_unsolicited_and_ends_nothing() {
+        let mut mqtt = build_mqttstate();
+        mqtt.outgoing_publish(build_outgoing_publish(QoS::AtLeastOnce))
+            .unwrap();
+        let got = mqtt.handle_incoming_pubrec(&PubRec::new(1)).unwrap_err();
+        assert!(matches!(got, StateError::Unsolicited(1)), "{got}");
+        assert!(mqtt.outgoing_pub.contains_key(&1));
+        assert!(mqtt.outgoing_rel.is_empty());
+        mqtt.handle_incoming_puback(&PubAck::new(1)).unwrap();
+        assert_eq!(mqtt.inflight, 0);
     }
 
     #[test]

@@ -1,191 +1,32 @@
 //! The MQTT client: connect, subscribe with handlers, publish with
 //! acknowledgement, and a connection that keeps going.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc_mtls::{
-    AsyncClient, ClientError, Event, EventLoop, Incoming, MqttOptions, Outgoing, Publish,
-    TlsConfiguration, Transport,
+    AsyncClient, ClientError, Event, EventLoop, Incoming, MqttOptions, Outgoing, TlsConfiguration,
+    Transport,
 };
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::bundle::TlsIdentity;
 use crate::classify::classify;
+use crate::dispatch::{
+    DeadLetter, DeadLetterHandler, DeferredHandler, Delivery, Handler, HandlerError, HandlerKind,
+    Message, Received, dispatch,
+};
 use crate::error::{Error, Result};
+use crate::options::{Backoff, ConnectOptions, TlsVersions};
 use crate::subscriptions::Subscriptions;
 use crate::topic::{TopicFilter, check_publish_topic};
 use crate::tracker::{Tracker, Wire};
 
 pub use rumqttc_mtls::QoS;
-
-/// Exponential backoff with full jitter: attempt `n` waits a random time
-/// between zero and `min(max, initial × 2ⁿ)`, so a fleet that lost its
-/// broker at the same instant spreads its reconnects over the whole window
-/// instead of arriving in step (`tests/storm.rs` in provision measures it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// The first delay.
-    pub initial: Duration,
-    /// The longest delay.
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// The delay before attempt `attempt` (0-based).
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let base = self
-            .initial
-            .saturating_mul(1u32 << attempt.min(20))
-            .min(self.max);
-        base.mul_f64(fastrand::f64())
-    }
-}
-
-/// What to publish if we vanish without a DISCONNECT.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LastWill {
-    /// Topic of the will message.
-    pub topic: String,
-    /// Its payload.
-    pub payload: Bytes,
-    /// Its QoS.
-    pub qos: QoS,
-    /// Whether the broker retains it.
-    pub retain: bool,
-}
-
-/// Which TLS versions to offer.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum TlsVersions {
-    /// TLS 1.3 and 1.2.
-    #[default]
-    Default,
-    /// TLS 1.2 only.
-    Tls12Only,
-    /// TLS 1.3 only.
-    Tls13Only,
-}
-
-/// How to connect. Start from [`ConnectOptions::new`] and change fields.
-#[derive(Debug, Clone)]
-pub struct ConnectOptions {
-    /// Broker host: a DNS name or an IP address; the broker's certificate
-    /// must name it.
-    pub host: String,
-    /// Broker port (MQTT over TLS: 8883).
-    pub port: u16,
-    /// The client id; keep it stable for a persistent session.
-    pub client_id: String,
-    /// Keep-alive interval.
-    pub keep_alive: Duration,
-    /// `true`: the broker forgets our subscriptions and queued messages at
-    /// each connect. `false`: a persistent session.
-    pub clean_session: bool,
-    /// Last will, if any.
-    pub last_will: Option<LastWill>,
-    /// Username and password, if the broker wants them besides the certificate.
-    pub credentials: Option<(String, String)>,
-    /// Delays between reconnection attempts.
-    pub reconnect: Backoff,
-    /// Delays between retries of a failing handler.
-    pub handler_retry: Backoff,
-    /// QoS 1/2 publishes in flight at once.
-    pub max_inflight: u16,
-    /// TLS versions to offer.
-    pub tls_versions: TlsVersions,
-    /// Calls of a failing handler for one message before giving up on it:
-    /// it then goes to the [`MqttClient::on_dead_letter`] handler, or,
-    /// without one, is acknowledged, counted ([`Stats::handler_gave_up`])
-    /// and logged, so that one poison message does not hold up the stream.
-    /// Default `None`: retry for ever, never acknowledging a message no
-    /// handler took (at least once, whatever happens).
-    pub handler_attempts: Option<u32>,
-    /// How long a connection attempt (TCP, TLS handshake, CONNACK) may take
-    /// before it counts as failed, and writing out one batch of packets
-    /// (whole seconds, at least one; keep it above what a largest publish
-    /// takes on the slowest link). Default: 5 s.
-    pub connect_timeout: Duration,
-    /// How long a message no subscription matches waits for a handler
-    /// subscribed a moment later (a persistent session's backlog arrives
-    /// right after CONNACK, often before the application subscribed).
-    /// Default: 2 s.
-    pub unmatched_grace: Duration,
-    /// QoS 0 messages that may wait for the handlers at once; more are
-    /// dropped and counted ([`Stats::qos0_dropped`]). QoS 1/2 messages are
-    /// not dropped: the broker stops sending when its window of
-    /// unacknowledged messages is full. Default: 1,000.
-    pub max_queued_qos0: u64,
-    /// The largest packet we accept from the broker, counted without its
-    /// 2 to 5 byte fixed header (MQTT's remaining length). Default: the largest MQTT allows, so that any message the
-    /// broker accepted can be read.
-    pub max_incoming_packet_size: usize,
-    /// The largest packet we send; [`MqttClient::publish`] refuses a bigger
-    /// one before anything is queued. Default: 1 MiB.
-    pub max_outgoing_packet_size: usize,
-}
-
-impl ConnectOptions {
-    /// Options for `client_id` at `host:port`: clean session, 30 s
-    /// keep-alive, reconnect backoff from 250 ms to 30 s, handler retries
-    /// from 100 ms to 10 s.
-    pub fn new(host: impl Into<String>, port: u16, client_id: impl Into<String>) -> Self {
-        Self {
-            host: host.into(),
-            port,
-            client_id: client_id.into(),
-            keep_alive: Duration::from_secs(30),
-            clean_session: true,
-            last_will: None,
-            credentials: None,
-            reconnect: Backoff {
-                initial: Duration::from_millis(250),
-                max: Duration::from_secs(30),
-            },
-            handler_retry: Backoff {
-                initial: Duration::from_millis(100),
-                max: Duration::from_secs(10),
-            },
-            max_inflight: 100,
-            tls_versions: TlsVersions::Default,
-            max_queued_qos0: 1_000,
-            unmatched_grace: Duration::from_secs(2),
-            connect_timeout: Duration::from_secs(5),
-            handler_attempts: None,
-            max_incoming_packet_size: rumqttc_mtls::MQTT_MAX_PACKET_SIZE,
-            max_outgoing_packet_size: rumqttc_mtls::DEFAULT_MAX_OUTGOING_PACKET_SIZE,
-        }
-    }
-}
-
-/// A message delivered to a handler.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    /// The topic it was published to (never the `$share/...` filter).
-    pub topic: String,
-    /// The payload.
-    pub payload: Bytes,
-    /// The QoS it was delivered with.
-    pub qos: QoS,
-    /// The broker's retain flag.
-    pub retain: bool,
-    /// The broker's duplicate flag: it may have been delivered before.
-    pub duplicate: bool,
-}
-
-/// What a handler returns on failure; the message is then retried and not
-/// acknowledged meanwhile.
-pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
-
-type HandlerFuture = Pin<Box<dyn Future<Output = std::result::Result<(), HandlerError>> + Send>>;
-type Handler = Arc<dyn Fn(Message) -> HandlerFuture + Send + Sync>;
 
 /// Counters for tests, health checks and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -211,139 +52,17 @@ pub struct Stats {
 }
 
 #[derive(Default)]
-struct Counters {
-    failed_attempts: AtomicU64,
-    connections: AtomicU64,
-    messages_handled: AtomicU64,
-    handler_failures: AtomicU64,
-    qos0_dropped: AtomicU64,
-    unmatched: AtomicU64,
-    handler_gave_up: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) failed_attempts: AtomicU64,
+    pub(crate) connections: AtomicU64,
+    pub(crate) messages_handled: AtomicU64,
+    pub(crate) handler_failures: AtomicU64,
+    pub(crate) qos0_dropped: AtomicU64,
+    pub(crate) unmatched: AtomicU64,
+    pub(crate) handler_gave_up: AtomicU64,
     /// QoS 0 messages waiting for the dispatcher now.
-    qos0_queued: AtomicU64,
+    pub(crate) qos0_queued: AtomicU64,
 }
-
-type DeferredHandler = Arc<dyn Fn(Message, Delivery) -> HandlerFuture + Send + Sync>;
-type DeadLetterHandler = Arc<dyn Fn(Message, Delivery, DeadLetter) -> HandlerFuture + Send + Sync>;
-
-/// Why a message went to the [`MqttClient::on_dead_letter`] handler.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DeadLetter {
-    /// No subscription's filter matches its topic.
-    NoSubscription,
-    /// A handler failed this many times, the last time with this error.
-    HandlerFailed {
-        /// Attempts made.
-        attempts: u32,
-        /// The last error.
-        error: String,
-    },
-}
-
-impl std::fmt::Display for DeadLetter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::NoSubscription => f.write_str("no subscription matches this topic"),
-            Self::HandlerFailed { attempts, error } => {
-                write!(f, "the handler failed {attempts} times, last: {error}")
-            }
-        }
-    }
-}
-
-#[derive(Clone)]
-pub(crate) enum HandlerKind {
-    /// Acknowledged when the handler returns `Ok`.
-    Immediate(Handler),
-    /// Acknowledged when the handler's [`Delivery`] is acknowledged.
-    Deferred(DeferredHandler),
-}
-
-/// The right to acknowledge one received QoS 1/2 message, handed to
-/// handlers registered with [`MqttClient::subscribe_deferred`].
-///
-/// Call [`Delivery::ack`] once the message is safe (for example after the
-/// database transaction holding it committed). Dropping it without
-/// acknowledging leaves the message unacknowledged: the broker redelivers it
-/// to the next connection of a persistent session. When several handlers
-/// match a message, the broker gets its acknowledgement once all of them
-/// acknowledged.
-pub struct Delivery {
-    inner: Arc<DeliveryInner>,
-    /// How many acknowledgement shares this one releases (more than one
-    /// for a dead-letter handler taking over handlers that gave up).
-    shares: u64,
-    /// Shared by the deliveries of one handler's attempts: its share is
-    /// released once, whichever attempt acknowledges.
-    released: Arc<AtomicBool>,
-}
-
-struct DeliveryInner {
-    publish: Publish,
-    /// The session the message came in (see `Shared::session`).
-    session: u64,
-    /// The current session.
-    current_session: Arc<AtomicU64>,
-    rumqtt: AsyncClient,
-    /// Handlers (and the dispatcher) that still have to acknowledge.
-    outstanding: AtomicU64,
-}
-
-impl Delivery {
-    /// Acknowledges this handler's share; the last share sends PUBACK
-    /// (QoS 1) or PUBREC (QoS 2). A no-op for QoS 0.
-    pub async fn ack(self) -> Result<()> {
-        if self.released.swap(true, Ordering::SeqCst) {
-            return Ok(());
-        }
-        release(&self.inner, self.shares).await
-    }
-
-    /// The QoS the message was delivered with.
-    pub fn qos(&self) -> QoS {
-        self.inner.publish.qos
-    }
-}
-
-impl std::fmt::Debug for Delivery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Delivery")
-            .field("topic", &self.inner.publish.topic)
-            .field("pkid", &self.inner.publish.pkid)
-            .finish()
-    }
-}
-
-async fn release(inner: &DeliveryInner, shares: u64) -> Result<()> {
-    if shares > 0
-        && inner.outstanding.fetch_sub(shares, Ordering::SeqCst) == shares
-        && inner.publish.qos != QoS::AtMostOnce
-    {
-        if inner.current_session.load(Ordering::SeqCst) != inner.session {
-            // The broker started a new session since: it forgot this
-            // message, and numbers its packets from 1 again, so this packet
-            // id may now belong to another message, not yet handled.
-            tracing::debug!(
-                "acknowledgement of packet {} on {} dropped: it belongs to an earlier session",
-                inner.publish.pkid,
-                inner.publish.topic
-            );
-            return Ok(());
-        }
-        inner
-            .rumqtt
-            .ack(&inner.publish)
-            .await
-            .map_err(|_| Error::Closed)?;
-    }
-    Ok(())
-}
-
-/// A message for the dispatcher, with the session it came in. Boxed: the
-/// channel allocates its first block of 32 slots up front, on every
-/// connection whether it ever receives or not.
-type Received = Box<(Publish, u64)>;
 
 /// How long a connection must stay up before the reconnect backoff starts
 /// over (or `Backoff::max`, when that is shorter): longer than a broker
@@ -355,49 +74,81 @@ const STABLE_CONNECTION: Duration = Duration::from_secs(2);
 /// subscribes to, which the broker answers and otherwise ignores.
 const BARRIER_FILTER: &str = "$mqtt-tls/barrier/none";
 
-struct Shared {
-    host: String,
-    port: u16,
-    tls_versions: TlsVersions,
+pub(crate) struct Shared {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) tls_versions: TlsVersions,
     /// An identity for the next connection ([`MqttClient::set_identity`]).
-    next_identity: Mutex<Option<Arc<rustls::ClientConfig>>>,
+    pub(crate) next_identity: Mutex<Option<Arc<rustls::ClientConfig>>>,
     /// An identity to reconnect with now, and who waits for the outcome
     /// ([`MqttClient::reconnect_with_identity`]); `swap_notify` wakes the
     /// connection for it.
     forced_identity: Mutex<Option<IdentitySwap>>,
-    swap_notify: Notify,
-    handler_retry: Backoff,
-    subscriptions: Mutex<Subscriptions>,
+    pub(crate) swap_notify: Notify,
+    pub(crate) handler_retry: Backoff,
+    pub(crate) subscriptions: Mutex<Subscriptions>,
     /// Some subscription could not be sent (the request channel was full):
     /// the connection tries again when it takes requests.
-    subscriptions_unsent: AtomicBool,
+    pub(crate) subscriptions_unsent: AtomicBool,
     /// Wakes the dispatcher when a handler is added (for waiting messages).
-    subscription_added: Notify,
+    pub(crate) subscription_added: Notify,
     /// Gets the messages no subscription matched, and those whose handler
     /// gave up.
-    dead_letter_handler: Mutex<Option<DeadLetterHandler>>,
-    handler_attempts: Option<u32>,
-    unmatched_grace: Duration,
-    connected: AtomicBool,
-    tracker: Mutex<Tracker>,
-    shutdown: AtomicBool,
-    shutdown_notify: Notify,
+    pub(crate) dead_letter_handler: Mutex<Option<DeadLetterHandler>>,
+    pub(crate) handler_attempts: Option<u32>,
+    pub(crate) unmatched_grace: Duration,
+    pub(crate) connected: AtomicBool,
+    pub(crate) tracker: Mutex<Tracker>,
+    pub(crate) shutdown: AtomicBool,
+    pub(crate) shutdown_notify: Notify,
     /// Woken whenever the connection takes requests from its channel (and
     /// when it stops): a publisher that found the channel full waits here.
-    room: Notify,
+    pub(crate) room: Notify,
     /// The broker session's number: one more at every CONNACK without a
     /// session present. An acknowledgement is sent only in the session its
     /// message came in.
-    session: Arc<AtomicU64>,
+    pub(crate) session: Arc<AtomicU64>,
     /// The `Connection` is gone: nothing will take requests any more.
     /// Written under the tracker's lock.
-    gone: AtomicBool,
-    stopped: watch::Sender<bool>,
-    last_error: Mutex<Option<String>>,
-    counters: Counters,
+    pub(crate) gone: AtomicBool,
+    pub(crate) stopped: watch::Sender<bool>,
+    pub(crate) last_error: Mutex<Option<String>>,
+    pub(crate) counters: Counters,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+impl Shared {
+    /// The state of a client made with `options`, before any connection.
+    pub(crate) fn new(options: &ConnectOptions) -> Self {
+        let (stopped, _) = watch::channel(false);
+        Self {
+            host: options.host.clone(),
+            port: options.port,
+            tls_versions: options.tls_versions,
+            next_identity: Mutex::new(None),
+            forced_identity: Mutex::new(None),
+            swap_notify: Notify::new(),
+            handler_retry: options.handler_retry,
+            subscriptions: Mutex::new(Subscriptions::default()),
+            subscriptions_unsent: AtomicBool::new(false),
+            subscription_added: Notify::new(),
+            dead_letter_handler: Mutex::new(None),
+            handler_attempts: options.handler_attempts,
+            unmatched_grace: options.unmatched_grace,
+            connected: AtomicBool::new(false),
+            tracker: Mutex::new(Tracker::default()),
+            shutdown: AtomicBool::new(false),
+            shutdown_notify: Notify::new(),
+            room: Notify::new(),
+            gone: AtomicBool::new(false),
+            session: Arc::new(AtomicU64::new(0)),
+            stopped,
+            last_error: Mutex::new(None),
+            counters: Counters::default(),
+        }
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind;
     // carrying on is safer than poisoning the whole client.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -461,32 +212,7 @@ impl MqttClient {
         // and CONNACK together, and each flush of a write.
         network.set_connection_timeout(options.connect_timeout.as_secs().max(1));
         eventloop.set_network_options(network);
-        let (stopped, _) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            host: options.host.clone(),
-            port: options.port,
-            tls_versions: options.tls_versions,
-            next_identity: Mutex::new(None),
-            forced_identity: Mutex::new(None),
-            swap_notify: Notify::new(),
-            handler_retry: options.handler_retry,
-            subscriptions: Mutex::new(Subscriptions::default()),
-            subscriptions_unsent: AtomicBool::new(false),
-            subscription_added: Notify::new(),
-            dead_letter_handler: Mutex::new(None),
-            handler_attempts: options.handler_attempts,
-            unmatched_grace: options.unmatched_grace,
-            connected: AtomicBool::new(false),
-            tracker: Mutex::new(Tracker::default()),
-            shutdown: AtomicBool::new(false),
-            shutdown_notify: Notify::new(),
-            room: Notify::new(),
-            gone: AtomicBool::new(false),
-            session: Arc::new(AtomicU64::new(0)),
-            stopped,
-            last_error: Mutex::new(None),
-            counters: Counters::default(),
-        });
+        let shared = Arc::new(Shared::new(options));
         let client = Self {
             rumqtt: rumqtt.clone(),
             shared: shared.clone(),
@@ -1212,307 +938,9 @@ fn fail_all(shared: &Shared, err: impl Fn() -> Error) {
     lock(&shared.tracker).fail_all(err);
 }
 
-/// Calls a handler and runs its future, a panic in either becoming an
-/// error like any other failed handling (retried with backoff, the message
-/// unacknowledged), instead of killing the dispatcher.
-async fn guarded(call: impl FnOnce() -> HandlerFuture) -> std::result::Result<(), HandlerError> {
-    let mut future = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
-        Ok(future) => future,
-        Err(panic) => return Err(panicked(&panic)),
-    };
-    std::future::poll_fn(move |cx| {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(cx))) {
-            Ok(poll) => poll,
-            Err(panic) => std::task::Poll::Ready(Err(panicked(&panic))),
-        }
-    })
-    .await
-}
-
-fn panicked(panic: &Box<dyn std::any::Any + Send>) -> HandlerError {
-    let what = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-string payload".to_owned());
-    format!("the handler panicked: {what}").into()
-}
-
-/// Runs handlers one message at a time, in arrival order, and acknowledges
-/// each QoS 1/2 message only after all its handlers succeeded. A failing
-/// handler is retried with backoff; its message stays unacknowledged, so if
-/// the process dies the broker redelivers it to the persistent session.
-///
-/// A message no subscription matches (a persistent session's backlog,
-/// delivered right after CONNACK before the application subscribed; a
-/// filter left in the session) waits up to `unmatched_grace` for a handler
-/// subscribed a moment later, at most [`UNMATCHED_PARKED`] at a time (below
-/// Mosquitto's default in-flight window of 20, so the session never stalls
-/// on them); then it goes to the [`MqttClient::on_dead_letter`] handler, or,
-/// without one, is acknowledged, counted and logged: never dropped
-/// silently.
-async fn dispatch(
-    mut rx: mpsc::UnboundedReceiver<Received>,
-    rumqtt: AsyncClient,
-    shared: Arc<Shared>,
-) {
-    let mut parked: VecDeque<(Publish, u64, tokio::time::Instant)> = VecDeque::new();
-    loop {
-        // Registered before looking at the table, so a subscription added
-        // in between is not missed.
-        let added = shared.subscription_added.notified();
-        tokio::pin!(added);
-        added.as_mut().enable();
-        let now = tokio::time::Instant::now();
-        let ready = parked.iter().position(|(p, _, deadline)| {
-            *deadline <= now || !matching(&shared, &p.topic).is_empty()
-        });
-        let (publish, session, waited) = match ready.and_then(|i| parked.remove(i)) {
-            Some((publish, session, _)) => (publish, session, true),
-            None => {
-                let deadline = parked.front().map(|(_, _, d)| *d);
-                // With as many waiting as allowed, later messages stay in
-                // the channel (and the broker's window) until a handler comes
-                // or the oldest waiting one's grace ends: none is dropped for
-                // want of room.
-                let room = parked.len() < UNMATCHED_PARKED;
-                tokio::select! {
-                    received = rx.recv(), if room => match received {
-                        Some(received) => {
-                            let (publish, session) = *received;
-                            if publish.qos == QoS::AtMostOnce {
-                                shared.counters.qos0_queued.fetch_sub(1, Ordering::Relaxed);
-                            }
-                            (publish, session, false)
-                        }
-                        None => return,
-                    },
-                    () = tokio::time::sleep_until(deadline.unwrap_or(now)), if deadline.is_some() => continue,
-                    () = added, if !parked.is_empty() => continue,
-                }
-            }
-        };
-        let mut handlers = matching(&shared, &publish.topic);
-        let mut attempts_limit = shared.handler_attempts;
-        if handlers.is_empty() {
-            if !waited && parked.len() < UNMATCHED_PARKED {
-                // The grace starts now, when the message is here.
-                let now = tokio::time::Instant::now();
-                tracing::debug!(
-                    "no handler for {} yet: waiting up to {:?} for one",
-                    publish.topic,
-                    shared.unmatched_grace
-                );
-                parked.push_back((publish, session, now + shared.unmatched_grace));
-                continue;
-            }
-            shared.counters.unmatched.fetch_add(1, Ordering::Relaxed);
-            let dead_letter_handler = lock(&shared.dead_letter_handler).clone();
-            match dead_letter_handler {
-                Some(dead_letter) => {
-                    // The dead-letter handler is retried for ever: giving up
-                    // on it would mislabel the message.
-                    attempts_limit = None;
-                    handlers.push(HandlerKind::Deferred(Arc::new(move |m, d| {
-                        dead_letter(m, d, DeadLetter::NoSubscription)
-                    })));
-                }
-                None => tracing::warn!(
-                    "a message on {} matches no subscription: acknowledged and dropped \
-                     (set MqttClient::on_dead_letter to keep such messages)",
-                    publish.topic
-                ),
-            }
-        }
-        if !handle_message(publish, session, handlers, attempts_limit, &rumqtt, &shared).await {
-            return;
-        }
-    }
-}
-
-/// At most this many messages without a handler wait for one at a time.
-const UNMATCHED_PARKED: usize = 16;
-
-/// The handlers whose filter matches `topic`.
-fn matching(shared: &Shared, topic: &str) -> Vec<HandlerKind> {
-    lock(&shared.subscriptions)
-        .list
-        .iter()
-        .filter(|s| s.filter.matches(topic))
-        .map(|s| s.handler.clone())
-        .collect()
-}
-
-/// Runs `handlers` on one message and acknowledges it when all succeeded
-/// (with no handler: at once). `false` when the client is shutting down or
-/// closed.
-async fn handle_message(
-    publish: Publish,
-    session: u64,
-    handlers: Vec<HandlerKind>,
-    attempts_limit: Option<u32>,
-    rumqtt: &AsyncClient,
-    shared: &Shared,
-) -> bool {
-    let message = Message {
-        topic: publish.topic.clone(),
-        payload: publish.payload.clone(),
-        qos: publish.qos,
-        retain: publish.retain,
-        duplicate: publish.dup,
-    };
-    let deferred = handlers
-        .iter()
-        .filter(|h| matches!(h, HandlerKind::Deferred(_)))
-        .count();
-    // One share per deferred handler, and one for this dispatcher once
-    // the immediate handlers succeeded.
-    let inner = Arc::new(DeliveryInner {
-        publish,
-        session,
-        current_session: shared.session.clone(),
-        rumqtt: rumqtt.clone(),
-        outstanding: AtomicU64::new(deferred as u64 + 1),
-    });
-    // Shares nobody will release because their handler gave up.
-    let mut orphaned = 0;
-    let mut gave_up: Option<(u32, String)> = None;
-    for handler in handlers {
-        let mut attempt: u32 = 0;
-        // One share per deferred handler, however many attempts: a handler
-        // that acknowledged and then failed has released it already.
-        let released = Arc::new(AtomicBool::new(false));
-        loop {
-            let result = match &handler {
-                HandlerKind::Immediate(h) => guarded(|| h(message.clone())).await,
-                HandlerKind::Deferred(h) => {
-                    let delivery = Delivery {
-                        inner: inner.clone(),
-                        shares: 1,
-                        released: released.clone(),
-                    };
-                    guarded(|| h(message.clone(), delivery)).await
-                }
-            };
-            match result {
-                Ok(()) => break,
-                Err(e) => {
-                    shared
-                        .counters
-                        .handler_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    attempt = attempt.saturating_add(1);
-                    if attempts_limit.is_some_and(|max| attempt >= max) {
-                        shared
-                            .counters
-                            .handler_gave_up
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(
-                            "handler for {} failed {attempt} times, giving up: {e}",
-                            message.topic
-                        );
-                        orphaned += match handler {
-                            // Taken for good: a Delivery of an earlier
-                            // attempt acknowledged later releases nothing.
-                            HandlerKind::Deferred(_) => {
-                                u64::from(!released.swap(true, Ordering::SeqCst))
-                            }
-                            // The dispatcher's own share then stays too.
-                            HandlerKind::Immediate(_) => 0,
-                        };
-                        gave_up = Some((attempt, e.to_string()));
-                        break;
-                    }
-                    tracing::warn!(
-                        "handler for {} failed (attempt {attempt}): {e}; retrying, message not acknowledged",
-                        message.topic
-                    );
-                    let delay = shared.handler_retry.delay(attempt - 1);
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = shared.shutdown_notify.notified() => return false,
-                    }
-                }
-            }
-        }
-    }
-    let Some((attempts, error)) = gave_up else {
-        shared
-            .counters
-            .messages_handled
-            .fetch_add(1, Ordering::Relaxed);
-        return release(&inner, 1).await.is_ok();
-    };
-    // The dispatcher's share goes with the orphans: the message is done
-    // only when the dead-letter handler says so.
-    orphaned += 1;
-    let reason = DeadLetter::HandlerFailed { attempts, error };
-    let dead_letter_handler = lock(&shared.dead_letter_handler).clone();
-    match dead_letter_handler {
-        Some(dead_letter) => {
-            let mut attempt = 0;
-            loop {
-                let delivery = Delivery {
-                    inner: inner.clone(),
-                    shares: orphaned,
-                    released: Arc::new(AtomicBool::new(false)),
-                };
-                match guarded(|| dead_letter(message.clone(), delivery, reason.clone())).await {
-                    Ok(()) => return true,
-                    Err(e) => {
-                        tracing::warn!(
-                            "dead-letter handler for {} failed (attempt {}): {e}; retrying",
-                            message.topic,
-                            attempt + 1
-                        );
-                        let delay = shared.handler_retry.delay(attempt);
-                        attempt = attempt.saturating_add(1);
-                        tokio::select! {
-                            () = tokio::time::sleep(delay) => {}
-                            () = shared.shutdown_notify.notified() => return false,
-                        }
-                    }
-                }
-            }
-        }
-        None => {
-            // The application asked for a limit and has nowhere to put such
-            // messages: acknowledged (leaving it unacknowledged would hold
-            // one of the broker's in-flight slots for good, and enough of
-            // them stop the stream), counted and logged.
-            tracing::error!(
-                "message on {} dropped: {reason} (set MqttClient::on_dead_letter to keep such \
-                 messages)",
-                message.topic
-            );
-            release(&inner, orphaned).await.is_ok()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_stays_bounded() {
-        let b = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(2),
-        };
-        for attempt in 0..40 {
-            let d = b.delay(attempt);
-            let base = (Duration::from_millis(100) * (1 << attempt.min(20))).min(b.max);
-            assert!(d <= base, "attempt {attempt}: {d:?}");
-        }
-        let samples: Vec<_> = (0..1000).map(|_| b.delay(2)).collect();
-        // Full jitter: spread over the whole window, not its upper half.
-        let early = samples
-            .iter()
-            .filter(|d| **d < Duration::from_millis(200))
-            .count();
-        assert!((300..700).contains(&early), "{early} of 1000 below half");
-    }
 
     #[test]
     fn hosts_are_dns_names_or_ip_addresses() {

@@ -46,15 +46,16 @@
 mod bundle;
 mod classify;
 mod client;
+mod dispatch;
 mod error;
+mod options;
 mod subscriptions;
 mod topic;
 mod tracker;
 
 pub use bundle::{ClientCert, TlsIdentity};
-pub use client::{
-    Backoff, ConnectOptions, Connection, DeadLetter, Delivery, HandlerError, LastWill, Message,
-    MqttClient, QoS, Stats, Subscribed, TlsVersions,
-};
+pub use client::{Connection, MqttClient, QoS, Stats, Subscribed};
+pub use dispatch::{DeadLetter, Delivery, HandlerError, Message};
 pub use error::{Error, Result};
+pub use options::{Backoff, ConnectOptions, LastWill, TlsVersions};
 pub use topic::TopicFilter;

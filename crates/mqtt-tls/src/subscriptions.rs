@@ -10,7 +10,8 @@
 
 use tokio::sync::oneshot;
 
-use crate::client::{HandlerKind, QoS};
+use crate::client::QoS;
+use crate::dispatch::HandlerKind;
 use crate::error::{Error, Result};
 use crate::topic::TopicFilter;
 

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use mqtt_tls::{ConnectOptions, Delivery, Error, Message, MqttClient, QoS};
+use mqtt_tls::{ConnectOptions, ConnectionEvent, Delivery, Error, Message, MqttClient, QoS};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use verify_tests::mosquitto::{BrokerOptions, Mosquitto, Pki};
@@ -1018,4 +1018,131 @@ async fn a_silent_broker_fails_the_attempt_after_connect_timeout() {
         "gave up after {took:?}: {err}"
     );
     holder.abort();
+}
+
+/// Every change of the connection is an event, in order, none missed
+/// however quickly the next follows: connected (without and then with a
+/// session), the loss with its reason, and the end.
+#[tokio::test]
+async fn connection_events_follow_the_link() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let proxy = FaultProxy::start(broker.port).await;
+    let mut opts = options(proxy.port, "watched");
+    opts.clean_session = false;
+    let identity = pki.client("watched").load().unwrap();
+    let (client, conn) = MqttClient::new(&opts, &identity).unwrap();
+    let mut events = client.connection_events();
+    let runner = tokio::spawn(conn.run());
+    let mut next_event = async || {
+        tokio::time::timeout(WAIT, events.next())
+            .await
+            .expect("no connection event")
+            .expect("events ended")
+    };
+    let first = next_event().await;
+    assert!(
+        matches!(
+            first,
+            ConnectionEvent::Connected {
+                session_present: false
+            }
+        ),
+        "{first:?}"
+    );
+    broker_logged(&broker, "New client connected from", 1).await;
+    proxy.cut();
+    match next_event().await {
+        ConnectionEvent::Disconnected { error } => {
+            assert!(!error.to_string().is_empty());
+        }
+        other => panic!("expected the loss, got {other:?}"),
+    }
+    let back = next_event().await;
+    assert!(
+        matches!(
+            back,
+            ConnectionEvent::Connected {
+                session_present: true
+            }
+        ),
+        "{back:?}"
+    );
+    broker_logged(&broker, "New client connected from", 2).await;
+    client.disconnect().await.unwrap();
+    let last = next_event().await;
+    assert!(matches!(last, ConnectionEvent::Stopped), "{last:?}");
+    runner.await.unwrap().unwrap();
+}
+
+/// While the broker is away, at most `max_offline_queue` publishes wait
+/// for it; one more fails at once instead of waiting without bound, and
+/// those that waited go out when the broker is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_beyond_the_offline_queue_limit_fail_at_once() {
+    let pki = Pki::new();
+    let mut broker = Mosquitto::start(
+        &pki,
+        &BrokerOptions {
+            persistence: true,
+            ..BrokerOptions::default()
+        },
+    );
+    let mut opts = options(broker.port, "offliner");
+    opts.clean_session = false;
+    opts.max_offline_queue = Some(3);
+    let identity = pki.client("offliner").load().unwrap();
+    let (client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    let mut events = client.connection_events();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    tokio::task::block_in_place(|| broker.stop());
+    loop {
+        let event = tokio::time::timeout(WAIT, events.next()).await.unwrap();
+        if matches!(event, Some(mqtt_tls::ConnectionEvent::Disconnected { .. })) {
+            break;
+        }
+    }
+    let waiting: Vec<_> = (0..3)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .publish("offline/q", i.to_string(), QoS::AtLeastOnce, false)
+                    .await
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    while client.stats().pending_publishes < 3 {
+        assert!(Instant::now() < deadline, "{:?}", client.stats());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = tokio::time::timeout(
+        WAIT,
+        client.publish("offline/q", "3", QoS::AtLeastOnce, false),
+    )
+    .await
+    .expect("the fourth publish waited instead of failing");
+    assert!(
+        matches!(refused, Err(Error::OfflineQueueFull { limit: 3 })),
+        "{refused:?}"
+    );
+    assert!(refused.unwrap_err().to_string().contains("3 publishes"));
+    tokio::task::block_in_place(|| broker.restart());
+    for publish in waiting {
+        tokio::time::timeout(WAIT, publish)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+    let log = broker.log();
+    let received: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Received PUBLISH from offliner"))
+        .collect();
+    assert_eq!(received.len(), 3, "{log}");
+    assert_eq!(client.stats().pending_publishes, 0);
+    stop(client, runner).await;
 }

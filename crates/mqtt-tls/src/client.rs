@@ -12,7 +12,7 @@ use rumqttc_mtls::{
     AsyncClient, ClientError, Event, EventLoop, Incoming, MqttOptions, Outgoing, TlsConfiguration,
     Transport,
 };
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 
 use crate::bundle::TlsIdentity;
 use crate::classify::classify;
@@ -49,6 +49,9 @@ pub struct Stats {
     pub unmatched: u64,
     /// Messages whose handler failed `handler_attempts` times.
     pub handler_gave_up: u64,
+    /// [`MqttClient::publish`] calls under way now: waiting to be sent or
+    /// for the broker's acknowledgement.
+    pub pending_publishes: u64,
 }
 
 #[derive(Default)]
@@ -62,6 +65,7 @@ pub(crate) struct Counters {
     pub(crate) handler_gave_up: AtomicU64,
     /// QoS 0 messages waiting for the dispatcher now.
     pub(crate) qos0_queued: AtomicU64,
+    pub(crate) pending_publishes: AtomicU64,
 }
 
 /// How long a connection must stay up before the reconnect backoff starts
@@ -96,6 +100,8 @@ pub(crate) struct Shared {
     /// gave up.
     pub(crate) dead_letter_handler: Mutex<Option<DeadLetterHandler>>,
     pub(crate) handler_attempts: Option<u32>,
+    /// [`ConnectOptions::max_offline_queue`].
+    max_offline_queue: Option<usize>,
     pub(crate) unmatched_grace: Duration,
     pub(crate) connected: AtomicBool,
     pub(crate) tracker: Mutex<Tracker>,
@@ -113,6 +119,8 @@ pub(crate) struct Shared {
     pub(crate) gone: AtomicBool,
     pub(crate) stopped: watch::Sender<bool>,
     pub(crate) last_error: Mutex<Option<String>>,
+    /// [`ConnectionEvent`]s for [`MqttClient::connection_events`].
+    pub(crate) events: broadcast::Sender<ConnectionEvent>,
     pub(crate) counters: Counters,
 }
 
@@ -133,6 +141,7 @@ impl Shared {
             subscription_added: Notify::new(),
             dead_letter_handler: Mutex::new(None),
             handler_attempts: options.handler_attempts,
+            max_offline_queue: options.max_offline_queue,
             unmatched_grace: options.unmatched_grace,
             connected: AtomicBool::new(false),
             tracker: Mutex::new(Tracker::default()),
@@ -143,6 +152,7 @@ impl Shared {
             session: Arc::new(AtomicU64::new(0)),
             stopped,
             last_error: Mutex::new(None),
+            events: broadcast::channel(EVENTS_BACKLOG).0,
             counters: Counters::default(),
         }
     }
@@ -337,6 +347,7 @@ impl MqttClient {
         retain: bool,
     ) -> Result<()> {
         check_publish_topic(topic)?;
+        let _pending = self.pending_publish()?;
         let payload: Bytes = payload.into();
         let rx = loop {
             // Registered before trying, so a wake-up between the try and
@@ -392,6 +403,27 @@ impl MqttClient {
             room.await;
         };
         rx.await.unwrap_or(Err(Error::Closed))
+    }
+
+    /// Counts a publish under way for as long as the returned guard lives
+    /// (dropped on return and when the caller cancels); while the broker is
+    /// not connected, refuses it beyond `max_offline_queue`.
+    fn pending_publish(&self) -> Result<PendingPublish<'_>> {
+        let pending = &self.shared.counters.pending_publishes;
+        let limit = self.shared.max_offline_queue;
+        pending
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match limit {
+                Some(limit)
+                    if !self.shared.connected.load(Ordering::SeqCst) && n >= limit as u64 =>
+                {
+                    None
+                }
+                _ => Some(n + 1),
+            })
+            .map_err(|_| Error::OfflineQueueFull {
+                limit: limit.unwrap_or(0),
+            })?;
+        Ok(PendingPublish(pending))
     }
 
     /// Sends DISCONNECT and waits until it is on the wire and the
@@ -453,6 +485,18 @@ impl MqttClient {
         rx.await.unwrap_or(Err(Error::Closed))
     }
 
+    /// The connection's events from now on: each connection made (with
+    /// whether the broker kept the session), each lost or failed attempt
+    /// with its reason, and the end. Every receiver gets every event in
+    /// order, however quickly they follow one another, unless it falls more
+    /// than 64 behind (then [`ConnectionEvents::next`] skips to the oldest
+    /// kept and says how many it missed, with [`ConnectionEvent::Missed`]).
+    pub fn connection_events(&self) -> ConnectionEvents {
+        ConnectionEvents {
+            rx: self.shared.events.subscribe(),
+        }
+    }
+
     /// Whether the connection is up (CONNACK received, no error since).
     pub fn is_connected(&self) -> bool {
         self.shared.connected.load(Ordering::SeqCst)
@@ -474,6 +518,68 @@ impl MqttClient {
             qos0_dropped: c.qos0_dropped.load(Ordering::Relaxed),
             unmatched: c.unmatched.load(Ordering::Relaxed),
             handler_gave_up: c.handler_gave_up.load(Ordering::Relaxed),
+            pending_publishes: c.pending_publishes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A publish under way, counted in [`Stats::pending_publishes`].
+struct PendingPublish<'a>(&'a AtomicU64);
+
+impl Drop for PendingPublish<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How many connection events a slow receiver may fall behind.
+const EVENTS_BACKLOG: usize = 64;
+
+/// A change of the connection, from [`MqttClient::connection_events`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ConnectionEvent {
+    /// The broker accepted the connection (CONNACK).
+    Connected {
+        /// Whether it resumed the persistent session (`false`: a new one;
+        /// subscriptions are sent again, unacknowledged publishes failed
+        /// with [`Error::SessionLost`]).
+        session_present: bool,
+    },
+    /// An established connection was lost; reconnecting follows.
+    Disconnected {
+        /// Why, classified as [`Connection::connect`] classifies it.
+        error: Arc<Error>,
+    },
+    /// A connection attempt failed; another follows after the backoff.
+    ConnectFailed {
+        /// Attempts failed in a row so far.
+        attempt: u32,
+        /// Why.
+        error: Arc<Error>,
+    },
+    /// The connection stopped for good ([`MqttClient::disconnect`], or the
+    /// [`Connection`] dropped).
+    Stopped,
+    /// This receiver fell behind and this many events were dropped for it.
+    Missed(u64),
+}
+
+/// The receiving end of [`MqttClient::connection_events`].
+#[derive(Debug)]
+pub struct ConnectionEvents {
+    rx: broadcast::Receiver<ConnectionEvent>,
+}
+
+impl ConnectionEvents {
+    /// The next event; `None` once the client and its connection are gone.
+    pub async fn next(&mut self) -> Option<ConnectionEvent> {
+        match self.rx.recv().await {
+            Ok(event) => Some(event),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                Some(ConnectionEvent::Missed(missed))
+            }
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     }
 }
@@ -578,6 +684,10 @@ impl Connection {
                         .fetch_add(1, Ordering::Relaxed);
                     let err = classify(&e, &host, port);
                     *lock(&self.shared.last_error) = Some(err.to_string());
+                    let _ = self.shared.events.send(ConnectionEvent::ConnectFailed {
+                        attempt: self.attempt.saturating_add(1),
+                        error: Arc::new(classify(&e, &host, port)),
+                    });
                     return Err(err);
                 }
             }
@@ -674,6 +784,15 @@ impl Connection {
                         self.eventloop.mqtt_options.set_transport(previous);
                         let _ = reply.send(Err(classify(&e, &self.shared.host, self.shared.port)));
                     }
+                    let event_error = Arc::new(classify(&e, &self.shared.host, self.shared.port));
+                    let _ = self.shared.events.send(if was_connected {
+                        ConnectionEvent::Disconnected { error: event_error }
+                    } else {
+                        ConnectionEvent::ConnectFailed {
+                            attempt: self.attempt.saturating_add(1),
+                            error: event_error,
+                        }
+                    });
                     if was_connected {
                         tracing::warn!("connection lost: {err}");
                         // The backoff starts over only after a connection
@@ -712,6 +831,7 @@ impl Connection {
         fail_all(&self.shared, || Error::Closed);
         // Stored even when nobody listens yet: a later `disconnect` must see it.
         self.shared.stopped.send_replace(true);
+        let _ = self.shared.events.send(ConnectionEvent::Stopped);
         Ok(())
     }
 
@@ -821,6 +941,9 @@ impl Connection {
                     .counters
                     .connections
                     .fetch_add(1, Ordering::Relaxed);
+                let _ = self.shared.events.send(ConnectionEvent::Connected {
+                    session_present: ack.session_present,
+                });
                 if !ack.session_present && self.had_connection_error {
                     // rumqttc dropped everything it had queued: fail the
                     // waiting publishes rather than let them hang or, worse,
@@ -929,6 +1052,10 @@ impl Drop for Connection {
         }
         lock(&self.shared.subscriptions).close();
         fail_all(&self.shared, || Error::Closed);
+        if !self.shared.stopped.send_replace(true) {
+            // Dropped without `run` ending: that is the end too.
+            let _ = self.shared.events.send(ConnectionEvent::Stopped);
+        }
         self.shared.connected.store(false, Ordering::SeqCst);
         self.shared.room.notify_waiters();
     }

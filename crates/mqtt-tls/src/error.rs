@@ -192,6 +192,17 @@ pub enum Error {
     #[error("the broker started a new session before acknowledging this publish; send it again")]
     SessionLost,
 
+    /// The broker is not connected and as many publishes as
+    /// [`crate::ConnectOptions::max_offline_queue`] allows already wait for it.
+    #[error(
+        "the broker is not connected and {limit} publishes already wait for it \
+         (ConnectOptions::max_offline_queue); try again later"
+    )]
+    OfflineQueueFull {
+        /// The limit.
+        limit: usize,
+    },
+
     /// A publish larger than the outgoing packet-size limit
     /// ([`crate::ConnectOptions::max_outgoing_packet_size`]); refused before
     /// anything was queued.

@@ -54,7 +54,9 @@ mod topic;
 mod tracker;
 
 pub use bundle::{ClientCert, TlsIdentity};
-pub use client::{Connection, MqttClient, QoS, Stats, Subscribed};
+pub use client::{
+    Connection, ConnectionEvent, ConnectionEvents, MqttClient, QoS, Stats, Subscribed,
+};
 pub use dispatch::{DeadLetter, Delivery, HandlerError, Message};
 pub use error::{Error, Result};
 pub use options::{Backoff, ConnectOptions, LastWill, TlsVersions};

@@ -107,6 +107,13 @@ pub struct ConnectOptions {
     /// 2 to 5 byte fixed header (MQTT's remaining length). Default: the largest MQTT allows, so that any message the
     /// broker accepted can be read.
     pub max_incoming_packet_size: usize,
+    /// While the broker is not connected, at most this many publishes may
+    /// wait for it (counting those sent and not yet acknowledged); one more
+    /// fails at once with [`Error::OfflineQueueFull`](crate::Error::OfflineQueueFull).
+    /// `Some(0)`: publishing while disconnected fails at once. Default
+    /// `None`: publishes wait for the broker however many there are (each
+    /// waiting caller holds its payload).
+    pub max_offline_queue: Option<usize>,
     /// The largest packet we send; [`MqttClient::publish`] refuses a bigger
     /// one before anything is queued. Default: 1 MiB.
     pub max_outgoing_packet_size: usize,
@@ -139,6 +146,7 @@ impl ConnectOptions {
             unmatched_grace: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
             handler_attempts: None,
+            max_offline_queue: None,
             max_incoming_packet_size: rumqttc_mtls::MQTT_MAX_PACKET_SIZE,
             max_outgoing_packet_size: rumqttc_mtls::DEFAULT_MAX_OUTGOING_PACKET_SIZE,
         }

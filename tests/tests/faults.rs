@@ -1146,3 +1146,46 @@ async fn publishes_beyond_the_offline_queue_limit_fail_at_once() {
     assert_eq!(client.stats().pending_publishes, 0);
     stop(client, runner).await;
 }
+
+/// Without a dead-letter handler, a message over the incoming limit is
+/// acknowledged (the broker logs its PUBACK), counted, and the one behind
+/// it is handled on the same connection.
+#[tokio::test]
+async fn a_message_over_the_incoming_limit_is_acknowledged_and_counted() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let (publisher, prunner) = running(&pki, broker.port, "bigpub").await;
+    let mut opts = options(broker.port, "limited");
+    opts.clean_session = false;
+    opts.max_incoming_packet_size = 1024;
+    let identity = pki.client("limited").load().unwrap();
+    let (client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    let (handler, mut rx) = forwarding();
+    client
+        .subscribe("big/#", QoS::AtLeastOnce, handler)
+        .unwrap();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    broker_logged(&broker, "Received SUBSCRIBE from limited", 1).await;
+    publisher
+        .publish("big/one", vec![0u8; 4096], QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    publisher
+        .publish("big/two", "small", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("big/two", &b"small"[..])
+    );
+    broker_logged(&broker, "Received PUBACK from limited", 2).await;
+    assert_eq!(client.stats().too_large, 1);
+    assert_eq!(client.stats().connections, 1, "one connection throughout");
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
+}

@@ -50,6 +50,12 @@ pub struct MqttSection {
     /// messages between them (each with its own client id).
     #[serde(default)]
     pub share_group: Option<String>,
+    /// The largest message to read, in bytes (MQTT's remaining length:
+    /// topic, packet id and payload). A larger one is stored in
+    /// `dead_letters` with an empty payload and the reason, and
+    /// acknowledged. Default: the largest MQTT allows.
+    #[serde(default)]
+    pub max_packet_size: Option<usize>,
 }
 
 /// `[batch]`.
@@ -72,6 +78,7 @@ impl Default for MqttSection {
             client_id: default_client_id(),
             topics: Vec::new(),
             share_group: None,
+            max_packet_size: None,
         }
     }
 }

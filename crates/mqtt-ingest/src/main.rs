@@ -52,6 +52,11 @@ struct Args {
     /// group (and each its own --client-id) split the messages.
     #[arg(long, env = "MQTT_INGEST_SHARE_GROUP")]
     share_group: Option<String>,
+    /// The largest message to read, in bytes; a larger one goes to the
+    /// `dead_letters` table (payload empty, the reason) and is acknowledged
+    /// (default: the largest MQTT allows).
+    #[arg(long, env = "MQTT_INGEST_MAX_PACKET_SIZE", value_name = "BYTES")]
+    max_packet_size: Option<usize>,
     /// Database URL (default sqlite://ingest.db).
     #[arg(long, env = "MQTT_INGEST_DB")]
     db: Option<String>,
@@ -124,6 +129,9 @@ fn configure(args: Args) -> anyhow::Result<Config> {
     if let Some(g) = args.share_group {
         config.mqtt.share_group = Some(g);
     }
+    if let Some(m) = args.max_packet_size {
+        config.mqtt.max_packet_size = Some(m);
+    }
     if let Some(d) = args.db {
         config.db = d;
     }
@@ -149,6 +157,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut options =
         ConnectOptions::new(&config.mqtt.host, config.mqtt.port, &config.mqtt.client_id);
     options.clean_session = false;
+    if let Some(max) = config.mqtt.max_packet_size {
+        options.max_incoming_packet_size = max;
+    }
     let (client, connection) = MqttClient::new(&options, &identity)?;
     let metrics = Arc::new(Metrics::default());
     let batching = Batching {

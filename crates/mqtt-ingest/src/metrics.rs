@@ -15,8 +15,11 @@ pub struct Metrics {
     pub received: AtomicU64,
     /// Messages committed to the database.
     pub stored: AtomicU64,
-    /// Messages stored in `dead_letters` (no subscription matched them).
+    /// Messages stored in `dead_letters` (no subscription matched them, a
+    /// handler gave up, or too large to read).
     pub dead_letters: AtomicU64,
+    /// Of those, the messages over the packet-size limit.
+    pub too_large: AtomicU64,
     /// Messages acknowledged to the broker (after their commit).
     pub acknowledged: AtomicU64,
     /// Failed store attempts (each retried).
@@ -122,8 +125,14 @@ impl Metrics {
         counter(
             &mut out,
             "mqtt_ingest_dead_letters_total",
-            "Messages stored as dead letters (no subscription matched them).",
+            "Messages stored as dead letters (no subscription matched, or too large to read).",
             self.dead_letters.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "mqtt_ingest_too_large_total",
+            "Messages over the packet-size limit (--max-packet-size), stored as dead letters without their payload.",
+            self.too_large.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

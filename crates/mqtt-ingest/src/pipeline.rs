@@ -123,6 +123,9 @@ pub fn start(
                 };
                 store.insert_dead_letter(&row, &reason.to_string()).await?;
                 metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
+                if matches!(reason, DeadLetter::TooLarge { .. }) {
+                    metrics.too_large.fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::warn!("message on {} stored as a dead letter: {reason}", row.topic);
                 delivery
                     .ack()

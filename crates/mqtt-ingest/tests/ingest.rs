@@ -566,3 +566,53 @@ async fn paging_by_id_skips_nothing_committed_out_of_order_postgres() {
     seen.sort();
     assert_eq!(seen, ["fast", "slow"], "every row once");
 }
+
+/// With `--max-packet-size 1024`, a 4 KiB message cannot be read: it is
+/// kept as a dead letter naming its size and the limit (payload empty),
+/// counted, acknowledged, and the message behind it is stored, where before
+/// the connection dropped and the broker sent it again on every reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_packet_limit_is_a_dead_letter_and_the_stream_goes_on() {
+    let s = setup();
+    let bundle = s.pki.client("ingest");
+    let ingest = tokio::task::block_in_place(|| {
+        Ingest::spawn(
+            Ingest::command(&bundle, &s.broker, &s.db, "ingest-under-test")
+                .args(["--max-packet-size", "1024"]),
+        )
+    });
+    ingest.wait_healthy();
+    let publisher = Publisher::connect(&s.pki, &s.broker).await;
+    publisher.publish("load/big", &"x".repeat(4096)).await;
+    publisher.publish("load/small", "5").await;
+    let rows = wait_for_rows(&s.db, 1).await;
+    assert_eq!(rows, [(5, false)]);
+    let letters = dead_letters(&s.db).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let (topic, payload, reason) = &letters[0];
+    assert_eq!((topic.as_str(), payload.as_str()), ("load/big", ""));
+    assert!(
+        reason.contains("4108 bytes") && reason.contains("limit of 1024"),
+        "{reason}"
+    );
+    assert_eq!(ingest.metric("mqtt_ingest_too_large_total"), 1);
+    assert_eq!(ingest.metric("mqtt_ingest_dead_letters_total"), 1);
+    // Both acknowledged on the wire, over one connection.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s
+        .broker
+        .log()
+        .matches("Received PUBACK from ingest-under-test (")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "{}", s.broker.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        s.broker.log().matches("New client connected from").count(),
+        2,
+        "the ingest and the publisher, each once:\n{}",
+        s.broker.log()
+    );
+}

@@ -17,8 +17,8 @@ use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use crate::bundle::TlsIdentity;
 use crate::classify::classify;
 use crate::dispatch::{
-    DeadLetter, DeadLetterHandler, DeferredHandler, Delivery, Handler, HandlerError, HandlerKind,
-    Message, Received, dispatch,
+    Arrival, DeadLetter, DeadLetterHandler, DeferredHandler, Delivery, Handler, HandlerError,
+    HandlerKind, Message, Received, dispatch,
 };
 use crate::error::{Error, Result};
 use crate::options::{Backoff, ConnectOptions, TlsVersions};
@@ -49,6 +49,10 @@ pub struct Stats {
     pub unmatched: u64,
     /// Messages whose handler failed `handler_attempts` times.
     pub handler_gave_up: u64,
+    /// Messages over [`ConnectOptions::max_incoming_packet_size`]: dropped
+    /// unread, then handed to the [`MqttClient::on_dead_letter`] handler
+    /// (with [`DeadLetter::TooLarge`]) or acknowledged and logged.
+    pub too_large: u64,
     /// [`MqttClient::publish`] calls under way now: waiting to be sent or
     /// for the broker's acknowledgement.
     pub pending_publishes: u64,
@@ -63,6 +67,7 @@ pub(crate) struct Counters {
     pub(crate) qos0_dropped: AtomicU64,
     pub(crate) unmatched: AtomicU64,
     pub(crate) handler_gave_up: AtomicU64,
+    pub(crate) too_large: AtomicU64,
     /// QoS 0 messages waiting for the dispatcher now.
     pub(crate) qos0_queued: AtomicU64,
     pub(crate) pending_publishes: AtomicU64,
@@ -518,6 +523,7 @@ impl MqttClient {
             qos0_dropped: c.qos0_dropped.load(Ordering::Relaxed),
             unmatched: c.unmatched.load(Ordering::Relaxed),
             handler_gave_up: c.handler_gave_up.load(Ordering::Relaxed),
+            too_large: c.too_large.load(Ordering::Relaxed),
             pending_publishes: c.pending_publishes.load(Ordering::Relaxed),
         }
     }
@@ -967,34 +973,10 @@ impl Connection {
                     ack.session_present
                 );
             }
-            Event::Incoming(Incoming::Publish(publish)) => match dispatch {
-                Some(tx) => {
-                    let counters = &self.shared.counters;
-                    if publish.qos == QoS::AtMostOnce {
-                        // QoS 1/2 are bounded by the broker's in-flight
-                        // window (nothing is acknowledged before it is
-                        // handled); QoS 0 has no such brake, so a flood
-                        // while the handlers are slow is cut off here.
-                        if counters.qos0_queued.load(Ordering::Relaxed) >= self.max_queued_qos0 {
-                            let dropped = counters.qos0_dropped.fetch_add(1, Ordering::Relaxed);
-                            if dropped.is_power_of_two() {
-                                tracing::warn!(
-                                    "QoS 0 message on {} dropped: {} are waiting for the handlers \
-                                     ({} dropped so far)",
-                                    publish.topic,
-                                    self.max_queued_qos0,
-                                    dropped + 1
-                                );
-                            }
-                            return;
-                        }
-                        counters.qos0_queued.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let session = self.shared.session.load(Ordering::SeqCst);
-                    let _ = tx.send(Box::new((publish, session)));
-                }
-                None => tracing::debug!("message before run(): left unacknowledged"),
-            },
+            Event::Incoming(Incoming::Publish(publish)) => self.deliver(publish, None, dispatch),
+            Event::TooLarge { publish, size, max } => {
+                self.deliver(publish, Some((size, max)), dispatch);
+            }
             Event::Incoming(Incoming::PubAck(ack)) => self.wire(Wire::PubAck(ack.pkid)),
             Event::Incoming(Incoming::PubComp(comp)) => self.wire(Wire::PubComp(comp.pkid)),
             Event::Incoming(Incoming::SubAck(ack)) => {
@@ -1030,6 +1012,48 @@ impl Connection {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Hands a received message to the dispatcher (with its size and the
+    /// limit when it was too large to read).
+    fn deliver(
+        &self,
+        publish: rumqttc_mtls::Publish,
+        too_large: Option<(usize, usize)>,
+        dispatch: Option<&mpsc::UnboundedSender<Received>>,
+    ) {
+        match dispatch {
+            Some(tx) => {
+                let counters = &self.shared.counters;
+                if publish.qos == QoS::AtMostOnce {
+                    // QoS 1/2 are bounded by the broker's in-flight
+                    // window (nothing is acknowledged before it is
+                    // handled); QoS 0 has no such brake, so a flood
+                    // while the handlers are slow is cut off here.
+                    if counters.qos0_queued.load(Ordering::Relaxed) >= self.max_queued_qos0 {
+                        let dropped = counters.qos0_dropped.fetch_add(1, Ordering::Relaxed);
+                        if dropped.is_power_of_two() {
+                            tracing::warn!(
+                                "QoS 0 message on {} dropped: {} are waiting for the handlers \
+                                 ({} dropped so far)",
+                                publish.topic,
+                                self.max_queued_qos0,
+                                dropped + 1
+                            );
+                        }
+                        return;
+                    }
+                    counters.qos0_queued.fetch_add(1, Ordering::Relaxed);
+                }
+                let session = self.shared.session.load(Ordering::SeqCst);
+                let _ = tx.send(Box::new(Arrival {
+                    publish,
+                    session,
+                    too_large,
+                }));
+            }
+            None => tracing::debug!("message before run(): left unacknowledged"),
         }
     }
 

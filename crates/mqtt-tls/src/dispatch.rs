@@ -61,6 +61,14 @@ pub(crate) type DeadLetterHandler =
 pub enum DeadLetter {
     /// No subscription's filter matches its topic.
     NoSubscription,
+    /// Larger than [`ConnectOptions::max_incoming_packet_size`](crate::ConnectOptions::max_incoming_packet_size):
+    /// read and dropped, so the [`Message`]'s payload is empty.
+    TooLarge {
+        /// Its size (MQTT's remaining length: topic, packet id, payload).
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A handler failed this many times, the last time with this error.
     HandlerFailed {
         /// Attempts made.
@@ -74,6 +82,11 @@ impl std::fmt::Display for DeadLetter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::NoSubscription => f.write_str("no subscription matches this topic"),
+            Self::TooLarge { size, max } => write!(
+                f,
+                "the message is {size} bytes, over the incoming limit of {max} bytes \
+                 (max_incoming_packet_size); its payload was dropped unread"
+            ),
             Self::HandlerFailed { attempts, error } => {
                 write!(f, "the handler failed {attempts} times, last: {error}")
             }
@@ -169,10 +182,21 @@ async fn release(inner: &DeliveryInner, shares: u64) -> Result<()> {
     Ok(())
 }
 
-/// A message for the dispatcher, with the session it came in. Boxed: the
-/// channel allocates its first block of 32 slots up front, on every
-/// connection whether it ever receives or not.
-pub(crate) type Received = Box<(Publish, u64)>;
+/// A message for the dispatcher. Boxed: the channel allocates its first
+/// block of 32 slots up front, on every connection whether it ever receives
+/// or not.
+pub(crate) type Received = Box<Arrival>;
+
+/// A message as it arrived.
+#[derive(Debug)]
+pub(crate) struct Arrival {
+    pub(crate) publish: Publish,
+    /// The broker session it came in (see `Shared::session`).
+    pub(crate) session: u64,
+    /// Over the incoming limit: its size and the limit (its payload was
+    /// dropped unread).
+    pub(crate) too_large: Option<(usize, usize)>,
+}
 
 /// Calls a handler and runs its future, a panic in either becoming an
 /// error like any other failed handling (retried with backoff, the message
@@ -241,9 +265,15 @@ pub(crate) async fn dispatch(
                 tokio::select! {
                     received = rx.recv(), if room => match received {
                         Some(received) => {
-                            let (publish, session) = *received;
+                            let Arrival { publish, session, too_large } = *received;
                             if publish.qos == QoS::AtMostOnce {
                                 shared.counters.qos0_queued.fetch_sub(1, Ordering::Relaxed);
+                            }
+                            if let Some((size, max)) = too_large {
+                                if !too_large_message(publish, session, size, max, &rumqtt, &shared).await {
+                                    return;
+                                }
+                                continue;
                             }
                             (publish, session, false)
                         }
@@ -295,6 +325,39 @@ pub(crate) async fn dispatch(
             return;
         }
     }
+}
+
+/// A message over the incoming limit, its payload dropped unread: to the
+/// dead-letter handler with [`DeadLetter::TooLarge`], or acknowledged,
+/// counted and logged with its topic, size and the limit. Waiting would
+/// gain nothing: no handler can have what was not read, and the broker would
+/// send it again on every reconnect, holding up what follows.
+async fn too_large_message(
+    publish: Publish,
+    session: u64,
+    size: usize,
+    max: usize,
+    rumqtt: &AsyncClient,
+    shared: &Shared,
+) -> bool {
+    shared.counters.too_large.fetch_add(1, Ordering::Relaxed);
+    let reason = DeadLetter::TooLarge { size, max };
+    let mut handlers = Vec::new();
+    match lock(&shared.dead_letter_handler).clone() {
+        Some(dead_letter) => handlers.push(HandlerKind::Deferred(Arc::new(move |m, d| {
+            dead_letter(m, d, reason.clone())
+        }))),
+        None => tracing::error!(
+            "a message on {} dropped: {reason} (set MqttClient::on_dead_letter to record such \
+             messages)",
+            publish.topic
+        ),
+    }
+    let limits = Limits {
+        attempts: None,
+        matched: false,
+    };
+    handle_message(publish, session, handlers, limits, rumqtt, shared).await
 }
 
 /// At most this many messages without a handler wait for one at a time.
@@ -586,11 +649,21 @@ mod tests {
         for (topic, qos, pkid, session) in case.messages {
             let mut publish = Publish::new(*topic, *qos, "x");
             publish.pkid = *pkid;
-            tx.send(Box::new((publish, *session))).unwrap();
+            tx.send(Box::new(Arrival {
+                publish,
+                session: *session,
+                too_large: None,
+            }))
+            .unwrap();
         }
         let mut sentinel = Publish::new("sentinel", Q1, "x");
         sentinel.pkid = 999;
-        tx.send(Box::new((sentinel, case.session))).unwrap();
+        tx.send(Box::new(Arrival {
+            publish: sentinel,
+            session: case.session,
+            too_large: None,
+        }))
+        .unwrap();
         let mut sent = Vec::new();
         while sent.len() < case.expected.len() {
             let request = tokio::time::timeout(Duration::from_secs(10), requests.recv_async())

@@ -799,6 +799,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             timeout,
         } => {
             let identity = conn.identity()?;
+            use provision::pubsub::Received;
             let received = runtime()?.block_on(provision::pubsub::subscribe(
                 &identity,
                 &conn.endpoint(),
@@ -806,7 +807,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 conn.qos(),
                 count,
                 timeout.map(Duration::from_secs),
-                |_topic, payload| println!("{}", String::from_utf8_lossy(payload)),
+                |received| match received {
+                    Received::Message { payload, .. } => {
+                        println!("{}", String::from_utf8_lossy(payload));
+                    }
+                    Received::Dropped { topic, reason } => {
+                        eprintln!("warning: a message on {topic} was dropped: {reason}");
+                    }
+                },
             ))?;
             if let Some(c) = count
                 && received < c

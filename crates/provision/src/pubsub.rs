@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use mqtt_tls::{ConnectOptions, MqttClient, QoS, TlsIdentity};
+use mqtt_tls::{ConnectOptions, DeadLetter, Delivery, Message, MqttClient, QoS, TlsIdentity};
 use tokio::sync::mpsc;
 
 use crate::error::Result;
@@ -49,8 +49,30 @@ pub async fn publish(
     Ok(result?)
 }
 
+/// What [`subscribe`] hands over.
+#[derive(Debug)]
+pub enum Received<'a> {
+    /// A message.
+    Message {
+        /// Its topic.
+        topic: &'a str,
+        /// Its payload.
+        payload: &'a [u8],
+    },
+    /// A message that could not be read or matched, acknowledged and
+    /// dropped.
+    Dropped {
+        /// Its topic.
+        topic: &'a str,
+        /// Why.
+        reason: &'a DeadLetter,
+    },
+}
+
 /// Connects, subscribes, and hands each payload to `each` until `count`
-/// messages arrived (forever with `None`), or `timeout` passes.
+/// messages arrived (forever with `None`), or `timeout` passes. A message
+/// that cannot be handed over (larger than `endpoint.max_packet_size`) comes
+/// as [`Received::Dropped`] with the reason, and does not count.
 pub async fn subscribe(
     identity: &TlsIdentity,
     endpoint: &Endpoint,
@@ -58,11 +80,16 @@ pub async fn subscribe(
     qos: QoS,
     count: Option<usize>,
     timeout: Option<Duration>,
-    mut each: impl FnMut(&str, &[u8]),
+    mut each: impl FnMut(Received<'_>),
 ) -> Result<usize> {
     let (client, mut connection) = MqttClient::new(&options(endpoint), identity)?;
     connection.connect().await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let (drop_tx, mut drop_rx) = mpsc::unbounded_channel();
+    client.on_dead_letter(move |m: Message, delivery: Delivery, reason: DeadLetter| {
+        let _ = drop_tx.send((m.topic, reason));
+        delivery.ack()
+    });
     client.subscribe(topic, qos, move |m| {
         let tx = tx.clone();
         async move {
@@ -75,15 +102,37 @@ pub async fn subscribe(
     let mut received = 0;
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     while count.is_none_or(|c| received < c) {
+        let next = async {
+            tokio::select! {
+                // The dispatcher handles messages in order, so a dropped one
+                // reported by now came before any message waiting.
+                biased;
+                Some(d) = drop_rx.recv() => Some(Err(d)),
+                m = rx.recv() => m.map(Ok),
+            }
+        };
         let next = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, rx.recv()).await {
+            Some(d) => match tokio::time::timeout_at(d, next).await {
                 Ok(m) => m,
                 Err(_) => break,
             },
-            None => rx.recv().await,
+            None => next.await,
         };
-        let Some((topic, payload)) = next else { break };
-        each(&topic, &payload);
+        let (topic, payload) = match next {
+            Some(Ok(message)) => message,
+            Some(Err((topic, reason))) => {
+                each(Received::Dropped {
+                    topic: &topic,
+                    reason: &reason,
+                });
+                continue;
+            }
+            None => break,
+        };
+        each(Received::Message {
+            topic: &topic,
+            payload: &payload,
+        });
         received += 1;
     }
     client.disconnect().await?;

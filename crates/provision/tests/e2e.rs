@@ -61,7 +61,12 @@ fn spawn_sub(dir: &Path, port: u16, host: &str, name: &str, topic: &str) -> Chil
 
 /// Publishes with `publish` until `sub` has exited (its subscription may
 /// not be active at first); returns what it printed.
-fn deliver(mut sub: Child, mut publish: impl FnMut() -> Output) -> String {
+fn deliver(sub: Child, publish: impl FnMut() -> Output) -> String {
+    String::from_utf8_lossy(&delivered(sub, publish).stdout).into_owned()
+}
+
+/// [`deliver`], returning the subscriber's whole output.
+fn delivered(mut sub: Child, mut publish: impl FnMut() -> Output) -> Output {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = publish();
@@ -85,7 +90,7 @@ fn deliver(mut sub: Child, mut publish: impl FnMut() -> Output) -> String {
         "sub failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    out
 }
 
 #[test]
@@ -350,6 +355,49 @@ fn provisioned_broker_and_clients_work_together() {
     assert!(
         stderr.contains("the packet would be 61455 bytes")
             && stderr.contains("limit of 1000 bytes"),
+        "{stderr}"
+    );
+    // A subscriber with --max-packet-size 1000 cannot read the big one: it
+    // says so, naming topic, size and limit, and goes on to the next.
+    let sub = Command::new(env!("CARGO_BIN_EXE_provision"))
+        .current_dir(d)
+        .args(["sub", "-H", "localhost", "-p", &p, "-t", "e2e/limit/#"])
+        .args(["-C", "1", "-W", "30", "-i", "sub-limited"])
+        .args(["--max-packet-size", "1000"])
+        .args(bundle("client1"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = delivered(sub, || {
+        let mut last = None;
+        for (topic, message) in [
+            ("e2e/limit/big", big.as_str()),
+            ("e2e/limit/small", "after"),
+        ] {
+            let mut args = vec![
+                "pub",
+                "-H",
+                "localhost",
+                "-p",
+                &p,
+                "-t",
+                topic,
+                "-m",
+                message,
+            ];
+            args.extend(b.iter().map(String::as_str));
+            last = Some(provision(d, &args));
+        }
+        last.unwrap()
+    });
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(stdout.trim(), "after", "{stderr}");
+    assert!(
+        stderr.contains("a message on e2e/limit/big was dropped: the message is 61457 bytes, over the incoming limit of 1000 bytes"),
         "{stderr}"
     );
 }

@@ -60,6 +60,16 @@ pub struct EventLoop {
 pub enum Event {
     Incoming(Incoming),
     Outgoing(Outgoing),
+    /// Not upstream: a PUBLISH larger than the incoming limit, whose bytes
+    /// were read and dropped so that the connection carries on. `publish`
+    /// has its topic, QoS, flags and packet id, and an empty payload;
+    /// `size` is its remaining length, `max` the limit. With manual acks,
+    /// acknowledge it like any publish, or the broker keeps it.
+    TooLarge {
+        publish: Publish,
+        size: usize,
+        max: usize,
+    },
 }
 
 impl EventLoop {
@@ -137,7 +147,7 @@ impl EventLoop {
                 // packet ids belong to other messages.
                 self.state
                     .events
-                    .retain(|event| !matches!(event, Event::Incoming(_)));
+                    .retain(|event| !matches!(event, Event::Incoming(_) | Event::TooLarge { .. }));
             }
             self.network = Some(network);
 

@@ -8,11 +8,32 @@
 use std::future::Future;
 use std::task::{Context, Poll, Waker};
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::mqttbytes::{self, v4::*};
-use crate::{Incoming, MqttState, StateError};
+use crate::{Incoming, MqttState, QoS, StateError};
+
+/// What came off the wire.
+#[derive(Debug)]
+pub(crate) enum Frame {
+    Packet(Incoming),
+    /// A PUBLISH over the incoming limit: its header (payload left empty)
+    /// and its size (remaining length). Its bytes were read and dropped, so
+    /// the connection carries on (not upstream, where it is a fatal error
+    /// and, with a persistent session, the broker sends it again on every
+    /// reconnect and nothing behind it ever arrives).
+    TooLarge(Publish, usize),
+}
+
+/// A PUBLISH over the limit, while its bytes are dropped.
+#[derive(Debug)]
+struct Skipping {
+    publish: Publish,
+    size: usize,
+    /// Bytes still to drop.
+    left: usize,
+}
 
 /// The smallest read we ask for: a handful of acknowledgements.
 const MIN_READ: usize = 256;
@@ -33,6 +54,8 @@ pub struct Network {
     max_outgoing_size: usize,
     /// Maximum number of packets handled per `readb`.
     max_readb_count: usize,
+    /// An oversized PUBLISH being dropped.
+    skipping: Option<Skipping>,
 }
 
 impl Network {
@@ -49,22 +72,92 @@ impl Network {
             max_incoming_size,
             max_outgoing_size,
             max_readb_count: 10,
+            skipping: None,
         }
     }
 
     /// The next whole packet in the read buffer, if there is one; `Err`
     /// with the number of bytes still missing otherwise.
-    fn parse(&mut self) -> Result<Result<Incoming, usize>, StateError> {
+    /// `skip_too_large`: a PUBLISH over the limit is dropped and reported
+    /// (else it is an error).
+    fn parse(&mut self, skip_too_large: bool) -> Result<Result<Frame, usize>, StateError> {
+        if let Some(skipping) = &mut self.skipping {
+            let dropped = skipping.left.min(self.read.len());
+            self.read.advance(dropped);
+            skipping.left -= dropped;
+            if skipping.left > 0 {
+                return Ok(Err(skipping.left));
+            }
+            let Some(done) = self.skipping.take() else {
+                return Ok(Err(1));
+            };
+            return Ok(Ok(Frame::TooLarge(done.publish, done.size)));
+        }
         match Packet::read(&mut self.read, self.max_incoming_size) {
             Ok(packet) => {
                 if self.read.is_empty() && self.read.capacity() > KEEP_CAPACITY {
                     self.read = BytesMut::new();
                 }
-                Ok(Ok(packet))
+                Ok(Ok(Frame::Packet(packet)))
             }
             Err(mqttbytes::Error::InsufficientBytes(missing)) => Ok(Err(missing)),
+            Err(mqttbytes::Error::PayloadSizeLimitExceeded(size)) if skip_too_large => {
+                self.too_large(size)
+            }
             Err(e) => Err(StateError::Deserialization(e)),
         }
+    }
+
+    /// A packet of `size` (remaining length) over the limit starts the
+    /// read buffer. A PUBLISH is read up to its packet id and then dropped
+    /// as it arrives; any other packet that large is a broken peer.
+    fn too_large(&mut self, size: usize) -> Result<Result<Frame, usize>, StateError> {
+        let refused = StateError::Deserialization(mqttbytes::Error::PayloadSizeLimitExceeded(size));
+        let header =
+            mqttbytes::parse_fixed_header(self.read.iter()).map_err(StateError::Deserialization)?;
+        let byte1 = header.byte1();
+        if byte1 >> 4 != 3 {
+            return Err(refused);
+        }
+        let qos = mqttbytes::qos((byte1 & 0b0110) >> 1).map_err(StateError::Deserialization)?;
+        let start = header.fixed_header_len();
+        let Some(len) = self.read.get(start..start + 2) else {
+            return Ok(Err(start + 2 - self.read.len()));
+        };
+        let topic_len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        let pkid_len = if qos == QoS::AtMostOnce { 0 } else { 2 };
+        let variable = 2 + topic_len + pkid_len;
+        if variable > header.remaining_len() {
+            return Err(refused);
+        }
+        let needed = start + variable;
+        if self.read.len() < needed {
+            return Ok(Err(needed - self.read.len()));
+        }
+        let topic = std::str::from_utf8(&self.read[start + 2..start + 2 + topic_len])
+            .map_err(|_| StateError::Deserialization(mqttbytes::Error::TopicNotUtf8))?
+            .to_owned();
+        let pkid = match pkid_len {
+            0 => 0,
+            _ => u16::from_be_bytes([
+                self.read[start + 2 + topic_len],
+                self.read[start + 3 + topic_len],
+            ]),
+        };
+        let publish = Publish {
+            dup: byte1 & 0b1000 != 0,
+            qos,
+            retain: byte1 & 1 != 0,
+            topic,
+            pkid,
+            payload: Bytes::new(),
+        };
+        self.skipping = Some(Skipping {
+            publish,
+            size,
+            left: start + header.remaining_len(),
+        });
+        self.parse(true)
     }
 
     /// Reads more bytes from the socket, at least one. Cancel safe: bytes
@@ -85,13 +178,24 @@ impl Network {
         Ok(())
     }
 
-    /// Reads and returns a single packet from network
-    pub async fn read(&mut self) -> Result<Incoming, StateError> {
+    /// The next frame from the network.
+    pub(crate) async fn next(&mut self, skip_too_large: bool) -> Result<Frame, StateError> {
         loop {
-            match self.parse()? {
-                Ok(packet) => return Ok(packet),
+            match self.parse(skip_too_large)? {
+                Ok(frame) => return Ok(frame),
                 Err(missing) => self.fill(missing).await?,
             }
+        }
+    }
+
+    /// Reads and returns a single packet from network (while connecting: a
+    /// PUBLISH over the limit is an error here).
+    pub async fn read(&mut self) -> Result<Incoming, StateError> {
+        match self.next(false).await? {
+            Frame::Packet(packet) => Ok(packet),
+            Frame::TooLarge(_, size) => Err(StateError::Deserialization(
+                mqttbytes::Error::PayloadSizeLimitExceeded(size),
+            )),
         }
     }
 
@@ -99,16 +203,22 @@ impl Network {
     /// after the connection is established to read a bunch of incoming packets
     pub async fn readb(&mut self, state: &mut MqttState) -> Result<(), StateError> {
         // Wait for the first packet, then take what else is already here.
-        let mut packet = self.read().await?;
+        let mut frame = self.next(true).await?;
         let mut count = 1;
         loop {
-            if let Some(outgoing) = state.handle_incoming_packet(packet)? {
+            let outgoing = match frame {
+                Frame::Packet(packet) => state.handle_incoming_packet(packet)?,
+                Frame::TooLarge(publish, size) => {
+                    state.handle_incoming_too_large(publish, size, self.max_incoming_size)?
+                }
+            };
+            if let Some(outgoing) = outgoing {
                 self.write(outgoing).await?;
             }
             if count >= self.max_readb_count {
                 break;
             }
-            packet = match self.parse()? {
+            frame = match self.parse(true)? {
                 Ok(next) => next,
                 // Nothing whole in the buffer: take what the socket already
                 // has, without waiting (as upstream's `now_or_never`), so
@@ -119,7 +229,7 @@ impl Network {
                         fill.poll(&mut Context::from_waker(Waker::noop()))
                     };
                     match polled {
-                        Poll::Ready(Ok(())) => match self.parse()? {
+                        Poll::Ready(Ok(())) => match self.parse(true)? {
                             Ok(next) => next,
                             Err(_) => break,
                         },
@@ -276,5 +386,73 @@ mod tests {
             "{err}"
         );
         assert!(network.read.capacity() < 64 * 1024);
+    }
+
+    /// A PUBLISH over the limit is reported with its topic, packet id and
+    /// size, its bytes dropped as they come (here a few at a time), and
+    /// what follows it is read as usual.
+    #[tokio::test]
+    async fn an_oversized_publish_is_skipped_and_reported() {
+        for (qos, pkid) in [(crate::QoS::AtLeastOnce, 7), (crate::QoS::AtMostOnce, 0)] {
+            let mut publish = crate::Publish::new("big/t", qos, vec![9u8; 5000]);
+            publish.pkid = pkid;
+            let mut bytes = BytesMut::new();
+            Packet::Publish(publish).write(&mut bytes, 1 << 20).unwrap();
+            let size = bytes.len() - 3; // a 2-byte remaining length
+            let mut small = crate::Publish::new("small", crate::QoS::AtLeastOnce, vec![1u8; 10]);
+            small.pkid = 8;
+            Packet::Publish(small.clone())
+                .write(&mut bytes, 1 << 20)
+                .unwrap();
+            let mut network = Network::new(
+                Chunked {
+                    data: bytes.to_vec(),
+                    chunk: 100,
+                },
+                1024,
+                1024,
+            );
+            match network.next(true).await.unwrap() {
+                Frame::TooLarge(p, n) => {
+                    assert_eq!(
+                        (p.topic.as_str(), p.pkid, p.qos, n),
+                        ("big/t", pkid, qos, size)
+                    );
+                    assert!(p.payload.is_empty());
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(network.read.capacity() <= MAX_READ);
+            assert_eq!(network.read().await.unwrap(), Incoming::Publish(small));
+        }
+    }
+
+    /// The event loop's view: a TooLarge event, and with automatic
+    /// acknowledgements the PUBACK goes out, so the broker does not send it
+    /// again.
+    #[tokio::test]
+    async fn an_oversized_publish_becomes_an_event() {
+        let mut publish = crate::Publish::new("big/t", crate::QoS::AtLeastOnce, vec![9u8; 5000]);
+        publish.pkid = 3;
+        let mut bytes = BytesMut::new();
+        Packet::Publish(publish).write(&mut bytes, 1 << 20).unwrap();
+        let (ours, mut broker) = tokio::io::duplex(64 * 1024);
+        broker.write_all(&bytes).await.unwrap();
+        let mut network = Network::new(ours, 1024, 1024);
+        let mut state = MqttState::new(10, false);
+        network.readb(&mut state).await.unwrap();
+        network.flush().await.unwrap();
+        match state.events.pop_front() {
+            Some(crate::Event::TooLarge { publish, size, max }) => {
+                assert_eq!((publish.topic.as_str(), publish.pkid), ("big/t", 3));
+                assert_eq!((size, max), (bytes.len() - 3, 1024));
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut ack = [0u8; 4];
+        tokio::io::AsyncReadExt::read_exact(&mut broker, &mut ack)
+            .await
+            .unwrap();
+        assert_eq!(ack, [0x40, 0x02, 0x00, 0x03], "PUBACK 3");
     }
 }

@@ -246,6 +246,32 @@ impl MqttState {
 
     /// Results in a publish notification in all the QoS cases. Replys with an ack
     /// in case of QoS1 and Replys rec in case of QoS while also storing the message
+    /// A PUBLISH over the incoming limit, its payload dropped (see
+    /// [`Event::TooLarge`]): reported, and acknowledged as any publish
+    /// would be (at once without manual acks; its QoS 2 id remembered).
+    pub(crate) fn handle_incoming_too_large(
+        &mut self,
+        publish: Publish,
+        size: usize,
+        max: usize,
+    ) -> Result<Option<Packet>, StateError> {
+        self.last_incoming = Instant::now();
+        if publish.qos == QoS::ExactlyOnce && self.incoming_rec.contains(&publish.pkid) {
+            return self.outgoing_pubrec(PubRec::new(publish.pkid));
+        }
+        debug!(
+            "a message on {} is {size} bytes, over the incoming limit of {max}: dropped",
+            publish.topic
+        );
+        let event = Event::TooLarge {
+            publish: publish.clone(),
+            size,
+            max,
+        };
+        self.events.push_back(event);
+        self.handle_incoming_publish(&publish)
+    }
+
     fn handle_incoming_publish(&mut self, publish: &Publish) -> Result<Option<Packet>, StateError> {
         let qos = publish.qos;
 

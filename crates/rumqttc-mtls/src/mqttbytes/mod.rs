@@ -162,6 +162,21 @@ impl FixedHeader {
 
     /// Returns the size of full packet (fixed header + variable header + payload)
     /// Fixed header is enough to get the size of a frame in the stream
+    /// The first byte: packet type and flags.
+    pub fn byte1(&self) -> u8 {
+        self.byte1
+    }
+
+    /// Bytes of the fixed header (2 to 5).
+    pub fn fixed_header_len(&self) -> usize {
+        self.fixed_header_len
+    }
+
+    /// Bytes after the fixed header.
+    pub fn remaining_len(&self) -> usize {
+        self.remaining_len
+    }
+
     pub fn frame_length(&self) -> usize {
         self.fixed_header_len + self.remaining_len
     }
@@ -195,7 +210,7 @@ pub fn check(stream: Iter<u8>, max_packet_size: usize) -> Result<FixedHeader, Er
 }
 
 /// Parses fixed header
-fn parse_fixed_header(mut stream: Iter<u8>) -> Result<FixedHeader, Error> {
+pub(crate) fn parse_fixed_header(mut stream: Iter<u8>) -> Result<FixedHeader, Error> {
     // At least 2 bytes are necessary to frame a packet
     let stream_len = stream.len();
     if stream_len < 2 {

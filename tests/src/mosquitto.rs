@@ -155,6 +155,10 @@ pub struct BrokerOptions {
     pub cafile: Option<PathBuf>,
     /// More configuration lines (e.g. `tls_version tlsv1.2`, `crlfile ...`).
     pub extra: String,
+    /// Leave `max_queued_messages` and `max_inflight_messages` at
+    /// Mosquitto's defaults (1000 and 20) instead of the suite's generous
+    /// 100000 and 100.
+    pub mosquitto_defaults: bool,
 }
 
 /// A running Mosquitto. Dropping it kills the process.
@@ -180,8 +184,7 @@ impl Mosquitto {
              keyfile {key}\n\
              require_certificate true\n\
              use_identity_as_username true\n\
-             max_queued_messages 100000\n\
-             max_inflight_messages 100\n\
+             {limits}\
              set_tcp_nodelay true\n\
              log_dest file {log}\n\
              log_type all\n",
@@ -197,6 +200,11 @@ impl Mosquitto {
                 .map_or(&pki.server_key, |s| &s.1)
                 .display(),
             log = dir.path().join("mosquitto.log").display(),
+            limits = if options.mosquitto_defaults {
+                ""
+            } else {
+                "max_queued_messages 100000\nmax_inflight_messages 100\n"
+            },
         );
         if running_as_root() {
             // Mosquitto started as root drops to the `mosquitto` user, which

@@ -76,3 +76,33 @@ pub(crate) fn e2e(extra: &[String]) -> Result<(), String> {
         .args(extra)
         .envs(env))
 }
+
+/// `cargo xtask soak [--minutes N]`: the ingest soak
+/// (`crates/mqtt-ingest/tests/soak.rs`) for N minutes (default 10), against
+/// a Mosquitto at its defaults, with link cuts, broker restarts, database
+/// locks and an ingest SIGKILL. `cargo xtask test` runs it for 20 s.
+pub(crate) fn soak(args: &[String]) -> Result<(), String> {
+    let minutes: u64 = match args {
+        [] => 10,
+        [flag, n] if flag == "--minutes" => n
+            .parse()
+            .map_err(|_| format!("--minutes wants a whole number, not {n:?}"))?,
+        _ => return Err("usage: cargo xtask soak [--minutes N]".to_owned()),
+    };
+    if minutes == 0 {
+        return Err("--minutes must be at least 1".to_owned());
+    }
+    sh(cargo()
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "mqtt-ingest",
+            "--test",
+            "soak",
+            "--",
+            "--nocapture",
+        ])
+        .envs(test_env()?)
+        .env("MQTT_MTLS_SOAK_SECONDS", (minutes * 60).to_string()))
+}

@@ -39,6 +39,13 @@ Tasks:
             openssl CLI and Python), a fleet, MQTT throughput and connects,
             idle memory, ingest vs mosquitto_sub; writes
             target/bench/results.json, docs/benchmarks.md and .svg
+  soak [--minutes N]
+            the ingest under a steady QoS 1 stream for N minutes (default
+            10) against Mosquitto at its defaults, with link cuts, broker
+            restarts, database locks, an ingest SIGKILL and 200 KiB messages
+            over its packet limit; checks every acknowledged message is
+            stored (or a dead letter) and memory stayed bounded (cargo xtask
+            test runs it for 20 s)
   fuzz [--seconds N] [TARGET...]
             the cargo-fuzz targets in fuzz/ (key, csr, certificate, crl,
             manifest), N seconds each (default 60); installs cargo-fuzz
@@ -53,6 +60,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("provision") => provision::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
+        Some("soak") => broker::soak(&args[1..]),
         None | Some("help" | "--help" | "-h") => {
             print!("{HELP}");
             Ok(())

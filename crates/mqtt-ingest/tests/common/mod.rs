@@ -51,6 +51,12 @@ impl Ingest {
         db: &Db,
         client_id: &str,
     ) -> Command {
+        Self::command_at(bundle, broker.port, db, client_id)
+    }
+
+    /// [`Ingest::command`] for a broker (or a proxy in front of it) on
+    /// `port`.
+    pub(crate) fn command_at(bundle: &ClientCert, port: u16, db: &Db, client_id: &str) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqtt-ingest"));
         cmd.arg("--cert")
             .arg(&bundle.cert_path)
@@ -58,7 +64,7 @@ impl Ingest {
             .arg(&bundle.key_path)
             .arg("--ca")
             .arg(&bundle.ca_cert_path)
-            .args(["--host", "localhost", "--port", &broker.port.to_string()])
+            .args(["--host", "localhost", "--port", &port.to_string()])
             .args(["--client-id", client_id, "--topic", "load/#"])
             .arg("--db")
             .arg(db.url())
@@ -150,6 +156,11 @@ impl Ingest {
 
     pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub(crate) fn kill9(&mut self) {

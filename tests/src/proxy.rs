@@ -15,6 +15,9 @@ pub struct FaultProxy {
     /// The port clients connect to.
     pub port: u16,
     hold: watch::Sender<bool>,
+    /// Bytes the client may still send to the broker before they are held
+    /// (`None`: no limit).
+    allowance: watch::Sender<Option<usize>>,
     cuts: watch::Sender<u64>,
     accept: JoinHandle<()>,
 }
@@ -25,8 +28,10 @@ impl FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (hold, _) = watch::channel(false);
+        let (allowance, _) = watch::channel(None);
         let (cuts, _) = watch::channel(0u64);
         let hold_rx = hold.subscribe();
+        let allowance_tx = allowance.clone();
         let cuts_rx = cuts.subscribe();
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -35,12 +40,19 @@ impl FaultProxy {
                 };
                 let _ = client.set_nodelay(true);
                 let _ = broker.set_nodelay(true);
-                tokio::spawn(pump_pair(client, broker, hold_rx.clone(), cuts_rx.clone()));
+                tokio::spawn(pump_pair(
+                    client,
+                    broker,
+                    hold_rx.clone(),
+                    allowance_tx.clone(),
+                    cuts_rx.clone(),
+                ));
             }
         });
         Self {
             port,
             hold,
+            allowance,
             cuts,
             accept,
         }
@@ -52,9 +64,23 @@ impl FaultProxy {
         self.hold.send_replace(true);
     }
 
-    /// Delivers held bytes and forwards as usual again.
+    /// From now on, the client's next `bytes` bytes reach the broker and
+    /// what follows waits in the proxy (a stall in the middle of a packet).
+    pub fn hold_to_broker_after(&self, bytes: usize) {
+        self.allowance.send_replace(Some(bytes));
+    }
+
+    /// Waits until the client sent bytes that are held on their way to
+    /// the broker (after [`FaultProxy::hold_to_broker_after`]).
+    pub async fn wait_held_to_broker(&self) {
+        let mut allowance = self.allowance.subscribe();
+        let _ = allowance.wait_for(|a| *a == Some(0)).await;
+    }
+
+    /// Delivers held bytes (both ways) and forwards as usual again.
     pub fn release(&self) {
         self.hold.send_replace(false);
+        self.allowance.send_replace(None);
     }
 
     /// Closes every connection open now, both ways; held bytes are lost.
@@ -75,14 +101,21 @@ async fn pump_pair(
     client: TcpStream,
     broker: TcpStream,
     hold: watch::Receiver<bool>,
+    allowance: watch::Sender<Option<usize>>,
     mut cuts: watch::Receiver<u64>,
 ) {
     cuts.mark_unchanged();
     let (client_read, client_write) = client.into_split();
     let (broker_read, broker_write) = broker.into_split();
     let (_keep, never_hold) = watch::channel(false);
-    let up = pump(client_read, broker_write, never_hold, cuts.clone());
-    let down = pump(broker_read, client_write, hold, cuts.clone());
+    let up = pump(
+        client_read,
+        broker_write,
+        never_hold,
+        Some(allowance),
+        cuts.clone(),
+    );
+    let down = pump(broker_read, client_write, hold, None, cuts.clone());
     // Whichever ends first (a side closed, or a cut) ends both: dropping
     // the halves closes the sockets.
     tokio::select! {
@@ -96,31 +129,58 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut hold: watch::Receiver<bool>,
+    allowance: Option<watch::Sender<Option<usize>>>,
     mut cuts: watch::Receiver<u64>,
 ) {
     let generation = *cuts.borrow_and_update();
+    let mut allowed = allowance.as_ref().map(watch::Sender::subscribe);
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        // Held bytes wait for a release; a cut (even one followed at once
-        // by a release) drops them: the cut is checked first every time.
-        loop {
+        let mut sent = 0;
+        while sent < n {
+            // Held bytes wait for a release; a cut (even one followed at
+            // once by a release) drops them: the cut is checked first
+            // every time.
             if *cuts.borrow_and_update() != generation {
                 return;
             }
-            if !*hold.borrow_and_update() {
-                break;
+            let budget = match (&allowance, allowed.as_mut()) {
+                (Some(tx), Some(rx)) => {
+                    let budget = *rx.borrow_and_update();
+                    if let Some(b) = budget
+                        && b > 0
+                    {
+                        let take = b.min(n - sent);
+                        tx.send_replace(Some(b - take));
+                        rx.borrow_and_update();
+                    }
+                    budget.map(|b| b.min(n - sent))
+                }
+                _ => None,
+            };
+            let take = budget.unwrap_or(n - sent);
+            if take == 0 || *hold.borrow_and_update() {
+                let more = async {
+                    match allowed.as_mut() {
+                        Some(rx) => rx.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    r = hold.changed() => if r.is_err() { return },
+                    r = cuts.changed() => if r.is_err() { return },
+                    ok = more => if !ok { return },
+                }
+                continue;
             }
-            tokio::select! {
-                r = hold.changed() => if r.is_err() { return },
-                r = cuts.changed() => if r.is_err() { return },
+            if to.write_all(&buf[sent..sent + take]).await.is_err() {
+                return;
             }
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
+            sent += take;
         }
     }
 }

@@ -1189,3 +1189,95 @@ async fn a_message_over_the_incoming_limit_is_acknowledged_and_counted() {
     stop(client, runner).await;
     stop(publisher, prunner).await;
 }
+
+/// A QoS 1 publisher with a persistent session, its link cut at two
+/// moments: in the middle of a 100 KiB PUBLISH, and after the broker got a
+/// PUBLISH but before its PUBACK arrived (a cut right after CONNECT is
+/// `connection_events_follow_the_link`; a broker silent after TCP,
+/// `a_silent_broker_fails_the_attempt_after_connect_timeout`). Each time the client reconnects, the publish resolves `Ok`
+/// once, and the broker received each message whole: a second
+/// subscriber gets each, byte for byte.
+#[tokio::test]
+async fn publishes_survive_cuts_mid_publish_and_before_puback() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let proxy = FaultProxy::start(broker.port).await;
+    let (watcher, wrunner) = running(&pki, broker.port, "watcher").await;
+    let (handler, mut seen) = forwarding();
+    watcher
+        .subscribe("cuts/#", QoS::AtLeastOnce, handler)
+        .unwrap()
+        .granted()
+        .await
+        .unwrap();
+
+    let mut opts = options(proxy.port, "cutpub");
+    opts.clean_session = false;
+    let identity = pki.client("cutpub").load().unwrap();
+    let (publisher, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    conn.connect().await.unwrap();
+    let prunner = tokio::spawn(conn.run());
+
+    // Mid-PUBLISH: 1,000 bytes of a 100 KiB publish reach the broker.
+    let big: Vec<u8> = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
+    proxy.hold_to_broker_after(1000);
+    let sending = {
+        let publisher = publisher.clone();
+        let big = big.clone();
+        tokio::spawn(async move {
+            publisher
+                .publish("cuts/big", big, QoS::AtLeastOnce, false)
+                .await
+        })
+    };
+    proxy.wait_held_to_broker().await;
+    proxy.cut();
+    proxy.release();
+    tokio::time::timeout(WAIT, sending)
+        .await
+        .expect("the publish never resolved")
+        .unwrap()
+        .unwrap();
+    let got = tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("cuts/big", &big[..])
+    );
+
+    // Before PUBACK: the broker has the PUBLISH, its PUBACK is held.
+    proxy.hold_to_client();
+    let sending = {
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            publisher
+                .publish("cuts/small", "after", QoS::AtLeastOnce, false)
+                .await
+        })
+    };
+    broker_logged(&broker, "Sending PUBACK to cutpub", 2).await;
+    proxy.cut();
+    proxy.release();
+    tokio::time::timeout(WAIT, sending)
+        .await
+        .expect("the publish never resolved")
+        .unwrap()
+        .unwrap();
+    // The broker got it again, marked as a duplicate (the client cannot
+    // know its first copy arrived), and acknowledged that too.
+    broker_logged(&broker, "Received PUBLISH from cutpub (d1, q1", 2).await;
+    broker_logged(&broker, "Sending PUBACK to cutpub", 3).await;
+    let got = tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("cuts/small", &b"after"[..])
+    );
+    assert_eq!(publisher.stats().pending_publishes, 0);
+    stop(publisher, prunner).await;
+    stop(watcher, wrunner).await;
+}

@@ -126,7 +126,11 @@ impl MqttState {
         let outgoing = std::mem::take(&mut self.outgoing_pub);
         let (newer, older): (Vec<_>, Vec<_>) =
             outgoing.into_iter().partition(|(pkid, _)| *pkid >= split);
-        for (_, publish) in newer.into_iter().chain(older) {
+        for (_, mut publish) in newer.into_iter().chain(older) {
+            // Sent before, maybe received: MQTT 3.1.1 section 3.3.1.1 has
+            // a re-delivery marked DUP (not upstream, which resends it
+            // unmarked).
+            publish.dup = true;
             pending.push(Request::Publish(publish));
         }
 
@@ -779,6 +783,18 @@ mod test {
 
         assert!(!mqtt.outgoing_pub.contains_key(&1));
         assert!(mqtt.outgoing_pub.contains_key(&2));
+    }
+
+    #[test]
+    fn publishes_sent_again_after_a_reconnect_are_marked_dup() {
+        let mut mqtt = build_mqttstate();
+        mqtt.outgoing_publish(build_outgoing_publish(QoS::AtLeastOnce))
+            .unwrap();
+        let pending = mqtt.clean();
+        match pending.as_slice() {
+            [Request::Publish(p)] => assert!(p.dup, "{p:?}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

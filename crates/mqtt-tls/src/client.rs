@@ -119,6 +119,10 @@ pub(crate) struct Shared {
     /// session present. An acknowledgement is sent only in the session its
     /// message came in.
     pub(crate) session: Arc<AtomicU64>,
+    /// Woken at every CONNACK (after `session` and `connected` are set) and
+    /// when the connection stops: acknowledgements held during an outage
+    /// look again.
+    pub(crate) link_changed: Notify,
     /// The `Connection` is gone: nothing will take requests any more.
     /// Written under the tracker's lock.
     pub(crate) gone: AtomicBool,
@@ -155,6 +159,7 @@ impl Shared {
             room: Notify::new(),
             gone: AtomicBool::new(false),
             session: Arc::new(AtomicU64::new(0)),
+            link_changed: Notify::new(),
             stopped,
             last_error: Mutex::new(None),
             events: broadcast::channel(EVENTS_BACKLOG).0,
@@ -962,6 +967,7 @@ impl Connection {
                 }
                 let mut subs = lock(&self.shared.subscriptions);
                 self.shared.connected.store(true, Ordering::SeqCst);
+                self.shared.link_changed.notify_waiters();
                 // Whatever the broker may not have (everything, without a
                 // session; what was in flight, with one) goes out again.
                 subs.on_connack(ack.session_present);
@@ -1082,6 +1088,7 @@ impl Drop for Connection {
         }
         self.shared.connected.store(false, Ordering::SeqCst);
         self.shared.room.notify_waiters();
+        self.shared.link_changed.notify_waiters();
     }
 }
 

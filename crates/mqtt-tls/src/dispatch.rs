@@ -15,6 +15,8 @@
 //!   the dead-letter path; never dropped silently;
 //! - an acknowledgement from an earlier broker session is not sent.
 
+#[cfg(doc)]
+use crate::{MqttClient, Stats};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -125,8 +127,8 @@ struct DeliveryInner {
     publish: Publish,
     /// The session the message came in (see `Shared::session`).
     session: u64,
-    /// The current session.
-    current_session: Arc<AtomicU64>,
+    /// The client: its current session, and whether it is connected.
+    shared: Arc<Shared>,
     rumqtt: AsyncClient,
     /// Handlers (and the dispatcher) that still have to acknowledge.
     outstanding: AtomicU64,
@@ -162,16 +164,34 @@ async fn release(inner: &DeliveryInner, shares: u64) -> Result<()> {
         && inner.outstanding.fetch_sub(shares, Ordering::SeqCst) == shares
         && inner.publish.qos != QoS::AtMostOnce
     {
-        if inner.current_session.load(Ordering::SeqCst) != inner.session {
-            // The broker started a new session since: it forgot this
-            // message, and numbers its packets from 1 again, so this packet
-            // id may now belong to another message, not yet handled.
-            tracing::debug!(
-                "acknowledgement of packet {} on {} dropped: it belongs to an earlier session",
-                inner.publish.pkid,
-                inner.publish.topic
-            );
-            return Ok(());
+        let shared = &inner.shared;
+        loop {
+            // Registered before looking, so a CONNACK in between is seen.
+            let changed = shared.link_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if shared.session.load(Ordering::SeqCst) != inner.session {
+                // The broker started a new session since: it forgot this
+                // message, and numbers its packets from 1 again, so this
+                // packet id may now belong to another message, not yet
+                // handled.
+                tracing::debug!(
+                    "acknowledgement of packet {} on {} dropped: it belongs to an earlier session",
+                    inner.publish.pkid,
+                    inner.publish.topic
+                );
+                return Ok(());
+            }
+            if shared.connected.load(Ordering::SeqCst) {
+                break;
+            }
+            if shared.gone.load(Ordering::SeqCst) {
+                return Err(Error::Closed);
+            }
+            // Disconnected: whether this session survives is known only at
+            // the next CONNACK. Queued now, the acknowledgement could go out
+            // on a new session and acknowledge a different message there.
+            changed.await;
         }
         inner
             .rumqtt
@@ -338,7 +358,7 @@ async fn too_large_message(
     size: usize,
     max: usize,
     rumqtt: &AsyncClient,
-    shared: &Shared,
+    shared: &Arc<Shared>,
 ) -> bool {
     shared.counters.too_large.fetch_add(1, Ordering::Relaxed);
     let reason = DeadLetter::TooLarge { size, max };
@@ -392,7 +412,7 @@ async fn handle_message(
     handlers: Vec<HandlerKind>,
     limits: Limits,
     rumqtt: &AsyncClient,
-    shared: &Shared,
+    shared: &Arc<Shared>,
 ) -> bool {
     let message = Message {
         topic: publish.topic.clone(),
@@ -410,7 +430,7 @@ async fn handle_message(
     let inner = Arc::new(DeliveryInner {
         publish,
         session,
-        current_session: shared.session.clone(),
+        shared: shared.clone(),
         rumqtt: rumqtt.clone(),
         outstanding: AtomicU64::new(deferred as u64 + 1),
     });
@@ -621,6 +641,7 @@ mod tests {
         options.unmatched_grace = Duration::from_millis(20);
         let shared = Arc::new(Shared::new(&options));
         shared.session.store(case.session, Ordering::SeqCst);
+        shared.connected.store(true, Ordering::SeqCst);
         let kept = Arc::new(Mutex::new(Vec::new()));
         {
             let mut subs = lock(&shared.subscriptions);
@@ -834,6 +855,66 @@ mod tests {
         ];
         for case in &cases {
             run(case).await;
+        }
+    }
+
+    /// An acknowledgement due while disconnected waits for the next
+    /// CONNACK: sent if the broker kept the session, dropped if it started
+    /// a new one (queued at once, it could have acknowledged another
+    /// message of the new session with the same packet id).
+    #[tokio::test]
+    async fn acknowledgements_wait_out_an_outage_then_go_or_are_dropped() {
+        for session_kept in [true, false] {
+            let shared = Arc::new(Shared::new(&ConnectOptions::new("localhost", 1, "t")));
+            lock(&shared.subscriptions).add(
+                TopicFilter::new("t/#").unwrap(),
+                Q1,
+                handler(Behaviour::Ok, Arc::default()),
+            );
+            let (requests_tx, requests) = flume::bounded(8);
+            let (tx, rx) = mpsc::unbounded_channel();
+            let task = tokio::spawn(dispatch(
+                rx,
+                AsyncClient::from_senders(requests_tx),
+                shared.clone(),
+            ));
+            let send = |pkid: u16, session: u64| {
+                let mut publish = Publish::new("t/a", Q1, "x");
+                publish.pkid = pkid;
+                tx.send(Box::new(Arrival {
+                    publish,
+                    session,
+                    too_large: None,
+                }))
+                .unwrap();
+            };
+            // Handled while the link is down.
+            send(5, 0);
+            while shared.counters.messages_handled.load(Ordering::SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+            // The CONNACK: the same session, or a new one.
+            if !session_kept {
+                shared.session.fetch_add(1, Ordering::SeqCst);
+            }
+            shared.connected.store(true, Ordering::SeqCst);
+            shared.link_changed.notify_waiters();
+            let now = shared.session.load(Ordering::SeqCst);
+            send(6, now);
+            let first = tokio::time::timeout(Duration::from_secs(10), requests.recv_async())
+                .await
+                .unwrap()
+                .unwrap();
+            let first = match first {
+                Request::PubAck(a) => a.pkid,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(
+                first,
+                if session_kept { 5 } else { 6 },
+                "kept: {session_kept}"
+            );
+            task.abort();
         }
     }
 }

@@ -1,5 +1,7 @@
 //! How to connect: [`ConnectOptions`] and the types of its fields.
 
+#[cfg(doc)]
+use crate::{Error, MqttClient, Stats};
 use std::time::Duration;
 
 use bytes::Bytes;

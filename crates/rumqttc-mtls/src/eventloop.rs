@@ -142,6 +142,20 @@ impl EventLoop {
             if !connack.session_present {
                 self.pending.clear();
                 self.state.new_session();
+                // Not upstream: acknowledgements queued for the old session
+                // (during the outage) must not reach the new one, where
+                // their packet ids belong to other messages. Other requests
+                // keep their order, ahead of what comes later.
+                self.pending
+                    .extend(self.requests_rx.drain().filter(|request| {
+                        !matches!(
+                            request,
+                            Request::PubAck(_)
+                                | Request::PubRec(_)
+                                | Request::PubRel(_)
+                                | Request::PubComp(_)
+                        )
+                    }));
                 // Not upstream: what the old session delivered and was not
                 // handed out yet must not surface in the new one, where its
                 // packet ids belong to other messages.

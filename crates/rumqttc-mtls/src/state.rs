@@ -143,6 +143,14 @@ impl MqttState {
             pending.push(Request::PubRel(PubRel::new(pkid)));
         }
 
+        // A publish held back for its packet id goes out after the ones
+        // before it (not upstream, which kept it here: after a CONNACK
+        // without a session nothing frees its id, and the event loop never
+        // took a request again).
+        if let Some(publish) = self.collision.take() {
+            pending.push(Request::Publish(publish));
+        }
+
         self.await_pingresp = false;
         self.collision_ping_count = 0;
         self.inflight = 0;
@@ -376,6 +384,10 @@ impl MqttState {
 
         self.inflight -= 1;
         let packet = self.check_collision(pubcomp.pkid).map(|publish| {
+            // Tracked as any publish written (not upstream, which forgot it
+            // here: its PUBACK was then refused as unsolicited).
+            self.outgoing_pub.insert(publish.pkid, publish.clone());
+            self.inflight += 1;
             let event = Event::Outgoing(Outgoing::Publish(publish.pkid));
             self.events.push_back(event);
             self.collision_ping_count = 0;
@@ -819,6 +831,34 @@ mod test {
         match mqtt.handle_incoming_pubcomp(&PubComp::new(1)).unwrap() {
             Some(Packet::Publish(p)) => assert_eq!((p.pkid, p.qos), (1, QoS::AtLeastOnce)),
             other => panic!("the held publish should go out now: {other:?}"),
+        }
+        // ...tracked like any publish in flight: its PUBACK ends it.
+        assert_eq!(mqtt.inflight, 1);
+        mqtt.handle_incoming_puback(&PubAck::new(1)).unwrap();
+        assert_eq!(mqtt.inflight, 0);
+    }
+
+    #[test]
+    fn a_held_back_publish_is_not_kept_across_a_reconnect() {
+        let mut mqtt = MqttState::new(2, false);
+        mqtt.outgoing_publish(build_outgoing_publish(QoS::ExactlyOnce))
+            .unwrap();
+        mqtt.handle_incoming_pubrec(&PubRec::new(1)).unwrap();
+        mqtt.outgoing_publish(build_outgoing_publish(QoS::AtLeastOnce))
+            .unwrap();
+        mqtt.handle_incoming_puback(&PubAck::new(2)).unwrap();
+        mqtt.outgoing_publish(build_outgoing_publish(QoS::AtLeastOnce))
+            .unwrap();
+        assert!(mqtt.collision.is_some());
+        let pending = mqtt.clean();
+        assert!(mqtt.collision.is_none(), "nothing left to block requests");
+        // The PUBREL of the QoS 2 publish, then the held one, not marked DUP.
+        match pending.as_slice() {
+            [Request::PubRel(r), Request::Publish(p)] => {
+                assert_eq!(r.pkid, 1);
+                assert_eq!((p.pkid, p.dup), (1, false));
+            }
+            other => panic!("{other:?}"),
         }
     }
 

@@ -1,0 +1,132 @@
+//! What a planted file or a careless manifest must not do to the CA: links
+//! in an output folder are never written through, and no identity may land
+//! on the CA's own files.
+
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+mod common;
+
+use common::{fails, ok};
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+const MANIFEST: &str = r#"
+[ca]
+dir = "root_cert"
+common_name = "Safety Root"
+
+[[devices]]
+name = "dev1"
+"#;
+
+/// The CA's key and certificate, to compare before and after.
+fn ca_files(d: &Path) -> (Vec<u8>, Vec<u8>) {
+    (
+        std::fs::read(d.join("root_cert/root_ca.key")).unwrap(),
+        std::fs::read(d.join("root_cert/root_ca_cert.pem")).unwrap(),
+    )
+}
+
+/// A symbolic link planted where `fleet` writes a device's key (the device
+/// missing, so it is issued again) is refused, not written through: the CA
+/// key it points at stays as it was.
+#[test]
+fn fleet_never_writes_through_a_planted_symlink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("fleet.toml"), MANIFEST).unwrap();
+    ok(d, &["fleet", "fleet.toml"]);
+    let before = ca_files(d);
+    for file in ["dev1.key", "dev1_cert.pem", "dev1_csr.pem"] {
+        std::fs::remove_file(d.join("backend_certs").join(file)).unwrap();
+    }
+    std::os::unix::fs::symlink(
+        d.join("root_cert/root_ca.key"),
+        d.join("backend_certs/dev1.key"),
+    )
+    .unwrap();
+    let e = fails(d, &["fleet", "fleet.toml"], 1);
+    assert!(
+        e.contains("backend_certs/dev1.key") && e.contains("link"),
+        "{e}"
+    );
+    assert_eq!(
+        ca_files(d),
+        before,
+        "the CA key was written through the link"
+    );
+    assert_eq!(mode(&d.join("root_cert/root_ca.key")), 0o600);
+}
+
+/// A hard link to the CA key planted as a device's certificate: truncating
+/// it would truncate the CA key. Refused, the CA key intact.
+#[test]
+fn fleet_never_truncates_a_planted_hard_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("fleet.toml"), MANIFEST).unwrap();
+    ok(d, &["fleet", "fleet.toml"]);
+    let before = ca_files(d);
+    for file in ["dev1.key", "dev1_cert.pem", "dev1_csr.pem"] {
+        std::fs::remove_file(d.join("backend_certs").join(file)).unwrap();
+    }
+    std::fs::hard_link(
+        d.join("root_cert/root_ca.key"),
+        d.join("backend_certs/dev1_cert.pem"),
+    )
+    .unwrap();
+    let e = fails(d, &["fleet", "fleet.toml"], 1);
+    assert!(
+        e.contains("backend_certs/dev1_cert.pem") && e.contains("link"),
+        "{e}"
+    );
+    assert_eq!(
+        ca_files(d),
+        before,
+        "the CA key was truncated through the link"
+    );
+}
+
+/// A device named `root_ca` written into the CA folder would be
+/// `root_cert/root_ca.key`: the CA's own key. Refused before anything is
+/// written, however the folder is spelled.
+#[test]
+fn no_identity_may_land_in_the_ca_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(d.join("fleet.toml"), MANIFEST).unwrap();
+    ok(d, &["fleet", "fleet.toml"]);
+    let before = ca_files(d);
+    for out in ["root_cert", "./root_cert", "backend_certs/../root_cert"] {
+        std::fs::write(
+            d.join("evil.toml"),
+            format!(
+                "[ca]\ndir = \"root_cert\"\n[[devices]]\nname = \"root_ca\"\nout = \"{out}\"\n"
+            ),
+        )
+        .unwrap();
+        let e = fails(d, &["fleet", "evil.toml"], 1);
+        assert!(e.contains("CA folder"), "{out}: {e}");
+        assert_eq!(ca_files(d), before, "{out}: the CA was overwritten");
+    }
+    // The CLI's own `issue --out` likewise.
+    let e = fails(
+        d,
+        &[
+            "issue",
+            "client",
+            "root_ca",
+            "--out",
+            "root_cert",
+            "--force",
+        ],
+        1,
+    );
+    assert!(e.contains("CA folder"), "{e}");
+    assert_eq!(ca_files(d), before);
+}

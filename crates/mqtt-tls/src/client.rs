@@ -53,8 +53,8 @@ pub struct Stats {
     /// unread, then handed to the [`MqttClient::on_dead_letter`] handler
     /// (with [`DeadLetter::TooLarge`]) or acknowledged and logged.
     pub too_large: u64,
-    /// [`MqttClient::publish`] calls under way now: waiting to be sent or
-    /// for the broker's acknowledgement.
+    /// Publishes under way now: waiting to be sent or for the broker's
+    /// acknowledgement (including those whose caller stopped waiting).
     pub pending_publishes: u64,
 }
 
@@ -70,7 +70,8 @@ pub(crate) struct Counters {
     pub(crate) too_large: AtomicU64,
     /// QoS 0 messages waiting for the dispatcher now.
     pub(crate) qos0_queued: AtomicU64,
-    pub(crate) pending_publishes: AtomicU64,
+    /// `publish` calls waiting for room in the request channel.
+    pub(crate) waiting_for_room: AtomicU64,
 }
 
 /// How long a connection must stay up before the reconnect backoff starts
@@ -357,7 +358,9 @@ impl MqttClient {
         retain: bool,
     ) -> Result<()> {
         check_publish_topic(topic)?;
-        let _pending = self.pending_publish()?;
+        // Counted while it waits for room; once queued, the tracker counts
+        // it until the broker's answer, even if this caller gives up.
+        let mut waiting = Some(self.pending_publish()?);
         let payload: Bytes = payload.into();
         let rx = loop {
             // Registered before trying, so a wake-up between the try and
@@ -393,6 +396,7 @@ impl MqttClient {
                         Ok(()) => {
                             let (tx, rx) = oneshot::channel();
                             tracker.queued(qos, tx);
+                            waiting.take();
                             break rx;
                         }
                         // Full: the connection is busy or down; wait below.
@@ -415,25 +419,25 @@ impl MqttClient {
         rx.await.unwrap_or(Err(Error::Closed))
     }
 
-    /// Counts a publish under way for as long as the returned guard lives
-    /// (dropped on return and when the caller cancels); while the broker is
-    /// not connected, refuses it beyond `max_offline_queue`.
+    /// Counts a publish waiting for room in the request channel for as long
+    /// as the returned guard lives (dropped once queued, on return, and when
+    /// the caller cancels); while the broker is not connected, refuses it
+    /// when `max_offline_queue` publishes are already under way (waiting
+    /// for room, or queued and not yet answered).
     fn pending_publish(&self) -> Result<PendingPublish<'_>> {
-        let pending = &self.shared.counters.pending_publishes;
-        let limit = self.shared.max_offline_queue;
-        pending
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match limit {
-                Some(limit)
-                    if !self.shared.connected.load(Ordering::SeqCst) && n >= limit as u64 =>
-                {
-                    None
-                }
-                _ => Some(n + 1),
-            })
-            .map_err(|_| Error::OfflineQueueFull {
-                limit: limit.unwrap_or(0),
-            })?;
-        Ok(PendingPublish(pending))
+        let waiting = &self.shared.counters.waiting_for_room;
+        // Under the tracker's lock: other publishers count and queue under
+        // it too, so the limit holds however many try at once.
+        let tracker = lock(&self.shared.tracker);
+        if let Some(limit) = self.shared.max_offline_queue
+            && !self.shared.connected.load(Ordering::SeqCst)
+            && tracker.len() as u64 + waiting.load(Ordering::SeqCst) >= limit as u64
+        {
+            return Err(Error::OfflineQueueFull { limit });
+        }
+        waiting.fetch_add(1, Ordering::SeqCst);
+        drop(tracker);
+        Ok(PendingPublish(waiting))
     }
 
     /// Sends DISCONNECT and waits until it is on the wire and the
@@ -529,12 +533,13 @@ impl MqttClient {
             unmatched: c.unmatched.load(Ordering::Relaxed),
             handler_gave_up: c.handler_gave_up.load(Ordering::Relaxed),
             too_large: c.too_large.load(Ordering::Relaxed),
-            pending_publishes: c.pending_publishes.load(Ordering::Relaxed),
+            pending_publishes: lock(&self.shared.tracker).len() as u64
+                + c.waiting_for_room.load(Ordering::Relaxed),
         }
     }
 }
 
-/// A publish under way, counted in [`Stats::pending_publishes`].
+/// A publish waiting for room, counted in [`Stats::pending_publishes`].
 struct PendingPublish<'a>(&'a AtomicU64);
 
 impl Drop for PendingPublish<'_> {

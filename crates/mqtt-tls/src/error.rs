@@ -189,6 +189,9 @@ pub enum Error {
 
     /// The broker started a new session: QoS 1/2 publishes not yet
     /// acknowledged were dropped by the MQTT client and must be sent again.
+    /// One that was already in the request channel may still go out on the
+    /// new session, so sending it again can deliver it twice (at least
+    /// once, never lost).
     #[error("the broker started a new session before acknowledging this publish; send it again")]
     SessionLost,
 

@@ -84,6 +84,11 @@ impl Tracker {
         self.queued.push_back(Waiting { qos, ack });
     }
 
+    /// Publishes waiting for their outcome.
+    pub(crate) fn len(&self) -> usize {
+        self.queued.len() + self.inflight.len() + self.collided.len()
+    }
+
     /// The event loop reported `event`.
     pub(crate) fn on_wire(&mut self, event: Wire) {
         if self.skip_until_barrier {

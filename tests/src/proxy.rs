@@ -70,8 +70,9 @@ impl FaultProxy {
         self.allowance.send_replace(Some(bytes));
     }
 
-    /// Waits until the client sent bytes that are held on their way to
-    /// the broker (after [`FaultProxy::hold_to_broker_after`]).
+    /// Waits until the allowance of [`FaultProxy::hold_to_broker_after`] is
+    /// used up: what the client sends from then on is held (give an
+    /// allowance smaller than what the client is about to send).
     pub async fn wait_held_to_broker(&self) {
         let mut allowance = self.allowance.subscribe();
         let _ = allowance.wait_for(|a| *a == Some(0)).await;

@@ -166,6 +166,30 @@ impl Config {
                         ),
                     });
                 }
+                // Each shared subscription delivers its own copy (maybe to
+                // another instance), so a message matching two filters would
+                // be stored twice: refuse filters that overlap.
+                let plain: Vec<mqtt_tls::TopicFilter> = self
+                    .mqtt
+                    .topics
+                    .iter()
+                    .map(|t| {
+                        let (filter, _) = parse_topic(t)?;
+                        Ok(mqtt_tls::TopicFilter::new(filter)?)
+                    })
+                    .collect::<Result<_>>()?;
+                for (i, a) in plain.iter().enumerate() {
+                    if let Some(b) = plain[i + 1..].iter().find(|b| a.overlaps(b)) {
+                        return Err(Error::Config {
+                            reason: format!(
+                                "topics {a} and {b} overlap: with --share-group each is a \
+                                 shared subscription of its own that delivers its own copy, \
+                                 so a message matching both would be stored twice; give \
+                                 filters that do not overlap"
+                            ),
+                        });
+                    }
+                }
                 filters
                     .map(|f| {
                         let (filter, qos) = f?;
@@ -228,6 +252,22 @@ mod tests {
         assert!(err.contains("client id of its own"), "{err}");
         config.mqtt.client_id = "ingest-1".into();
         assert!(config.filters().is_ok());
+    }
+
+    #[test]
+    fn a_share_group_refuses_overlapping_filters() {
+        let mut config = Config::default();
+        config.mqtt.client_id = "ingest-a".into();
+        config.mqtt.share_group = Some("g".into());
+        config.mqtt.topics = vec!["a/#".into(), "a/+/t@2".into()];
+        let err = config.filters().unwrap_err().to_string();
+        assert!(err.contains("a/# and a/+/t overlap"), "{err}");
+        config.mqtt.topics = vec!["a/#".into(), "b/+/t".into()];
+        assert_eq!(config.filters().unwrap().len(), 2);
+        // Without a share group, one subscription gets each message once.
+        config.mqtt.share_group = None;
+        config.mqtt.topics = vec!["a/#".into(), "a/+/t".into()];
+        assert_eq!(config.filters().unwrap().len(), 2);
     }
 
     #[test]

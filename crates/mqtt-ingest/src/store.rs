@@ -206,7 +206,20 @@ impl Store {
                 // Writers take turns, so ids become visible in id order: a
                 // reader paging by id (`/api/messages?after=`) never passes
                 // an id whose row another instance has yet to commit.
-                // Released at commit or rollback.
+                // Released at commit or rollback. A writer stuck inside its
+                // transaction (a partitioned host) must not stop the others
+                // for long: the server ends its transaction after a minute
+                // idle, and a wait for the lock fails after 30 s (the batch
+                // is then retried, unacknowledged meanwhile).
+                for setting in [
+                    "SET LOCAL lock_timeout = '30s'",
+                    "SET LOCAL idle_in_transaction_session_timeout = '60s'",
+                ] {
+                    sqlx::query(setting)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                }
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(MESSAGES_WRITE_LOCK)
                     .execute(&mut *tx)

@@ -220,6 +220,13 @@ async fn soak() {
         .expect("the publisher did not finish")
         .unwrap();
     let acked = acked.lock().unwrap().clone();
+    // Faults may cost a publish its acknowledgement now and then, not the
+    // stream: a run where most publishes failed proves nothing.
+    assert!(
+        acked.len() as u64 * 10 >= u64::from(published) * 9,
+        "only {} of {published} publishes acknowledged",
+        acked.len()
+    );
 
     // Everything acknowledged arrives: small ones in messages, large ones
     // in dead_letters.

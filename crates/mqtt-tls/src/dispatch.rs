@@ -917,4 +917,81 @@ mod tests {
             task.abort();
         }
     }
+
+    /// A message too large to read: to the dead-letter handler with its
+    /// size and the limit, or acknowledged and counted; never to a handler,
+    /// never left unacknowledged.
+    #[tokio::test]
+    async fn a_too_large_message_takes_the_dead_letter_path() {
+        for with_dead_letters in [false, true] {
+            let shared = Arc::new(Shared::new(&ConnectOptions::new("localhost", 1, "t")));
+            shared.connected.store(true, Ordering::SeqCst);
+            let handled = Arc::new(AtomicU64::new(0));
+            {
+                let handled = handled.clone();
+                lock(&shared.subscriptions).add(
+                    TopicFilter::new("t/#").unwrap(),
+                    Q1,
+                    HandlerKind::Immediate(Arc::new(move |_| {
+                        handled.fetch_add(1, Ordering::SeqCst);
+                        Box::pin(async { Ok(()) })
+                    })),
+                );
+            }
+            let reasons = Arc::new(Mutex::new(Vec::new()));
+            if with_dead_letters {
+                let reasons = reasons.clone();
+                *lock(&shared.dead_letter_handler) =
+                    Some(Arc::new(move |m: Message, d: Delivery, why| {
+                        reasons
+                            .lock()
+                            .unwrap()
+                            .push((m.topic, m.payload.len(), why));
+                        Box::pin(async move { d.ack().await.map_err(Into::into) })
+                    }));
+            }
+            let (requests_tx, requests) = flume::bounded(8);
+            let (tx, rx) = mpsc::unbounded_channel();
+            let task = tokio::spawn(dispatch(
+                rx,
+                AsyncClient::from_senders(requests_tx),
+                shared.clone(),
+            ));
+            let mut publish = Publish::new("t/big", Q2, "");
+            publish.pkid = 4;
+            tx.send(Box::new(Arrival {
+                publish,
+                session: 0,
+                too_large: Some((5000, 1024)),
+            }))
+            .unwrap();
+            let sent = tokio::time::timeout(Duration::from_secs(10), requests.recv_async())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                matches!(&sent, Request::PubRec(r) if r.pkid == 4),
+                "{sent:?}"
+            );
+            assert_eq!(shared.counters.too_large.load(Ordering::SeqCst), 1);
+            assert_eq!(handled.load(Ordering::SeqCst), 0, "no handler sees it");
+            let reasons = reasons.lock().unwrap().clone();
+            if with_dead_letters {
+                assert_eq!(
+                    reasons,
+                    [(
+                        "t/big".to_owned(),
+                        0,
+                        DeadLetter::TooLarge {
+                            size: 5000,
+                            max: 1024
+                        }
+                    )]
+                );
+            } else {
+                assert!(reasons.is_empty());
+            }
+            task.abort();
+        }
+    }
 }

@@ -95,6 +95,32 @@ impl TopicFilter {
     }
 }
 
+impl TopicFilter {
+    /// Whether some topic matches both filters (their real filters, share
+    /// groups aside): `a/#` and `a/+/t` overlap, `a/+` and `b/+` do not.
+    pub fn overlaps(&self, other: &TopicFilter) -> bool {
+        let a = &self.full[self.route_start..];
+        let b = &other.full[other.route_start..];
+        // A `$` topic is matched only by a filter whose first level names
+        // it: a wildcard first level on one side and a `$` level on the
+        // other match no common topic.
+        let dollar = |f: &str| f.starts_with('$');
+        let wild = |f: &str| f.starts_with('+') || f.starts_with('#');
+        if (dollar(a) && wild(b)) || (dollar(b) && wild(a)) {
+            return false;
+        }
+        let mut x = a.split('/');
+        let mut y = b.split('/');
+        loop {
+            match (x.next(), y.next()) {
+                (Some("#"), _) | (_, Some("#")) | (None, None) => return true,
+                (Some(p), Some(q)) if p == "+" || q == "+" || p == q => {}
+                _ => return false,
+            }
+        }
+    }
+}
+
 impl fmt::Display for TopicFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.full)
@@ -176,5 +202,25 @@ mod tests {
         assert!(check_publish_topic("a/+").is_err());
         assert!(check_publish_topic("").is_err());
         assert!(check_publish_topic("a/b").is_ok());
+    }
+
+    #[test]
+    fn overlapping_filters_are_found() {
+        let o = |a: &str, b: &str| {
+            let (a, b) = (TopicFilter::new(a).unwrap(), TopicFilter::new(b).unwrap());
+            assert_eq!(a.overlaps(&b), b.overlaps(&a), "symmetric");
+            a.overlaps(&b)
+        };
+        assert!(o("a/#", "a/+/t"));
+        assert!(o("a/#", "a"));
+        assert!(o("#", "x/y"));
+        assert!(o("a/+", "+/b"));
+        assert!(o("a/b", "a/b"));
+        assert!(o("$share/g/a/#", "a/x"));
+        assert!(!o("a/+", "b/+"));
+        assert!(!o("a/+", "a/b/c"));
+        assert!(!o("a/b", "a/c"));
+        assert!(!o("#", "$SYS/x"));
+        assert!(o("$SYS/#", "$SYS/+"));
     }
 }

@@ -91,6 +91,9 @@ impl Network {
             let Some(done) = self.skipping.take() else {
                 return Ok(Err(1));
             };
+            if self.read.is_empty() && self.read.capacity() > KEEP_CAPACITY {
+                self.read = BytesMut::new();
+            }
             return Ok(Ok(Frame::TooLarge(done.publish, done.size)));
         }
         match Packet::read(&mut self.read, self.max_incoming_size) {

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{cargo, project_root, sh};
+use crate::{cargo, describe, project_root, sh};
 
 /// The default fleet: a root CA, a broker for localhost and 127.0.0.1, and
 /// `client1`, in the original design's layout.
@@ -50,34 +50,58 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         }
     };
 
-    sh(cargo().args(["build", "--quiet", "-p", "provision"]))?;
-    let provision = project_root().join("target/debug/provision");
-    sh(std::process::Command::new(&provision)
-        .arg("fleet")
-        .arg(&manifest))?;
-
-    let base = manifest.parent().unwrap_or(Path::new("."));
-    let certs = base.join("backend_certs");
-    if certs.join("broker_cert.pem").exists() {
-        sh(std::process::Command::new(&provision)
+    // `cargo run`, not a path under target/: CARGO_TARGET_DIR may put the
+    // binary anywhere. The fleet says what it made and where.
+    let run_provision = || {
+        let mut cmd = cargo();
+        cmd.args(["run", "--quiet", "-p", "provision", "--"]);
+        cmd
+    };
+    let mut fleet = run_provision();
+    fleet.arg("fleet").arg("--json").arg(&manifest);
+    eprintln!("$ {}", describe(&fleet));
+    let output = fleet
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot start {}: {e}", describe(&fleet)))?;
+    if !output.status.success() {
+        return Err(format!("{} failed: {}", describe(&fleet), output.status));
+    }
+    let made: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .map_err(|e| format!("reading what `provision fleet --json` printed: {e}"))?;
+    let path = |v: &serde_json::Value| v.as_str().map(PathBuf::from);
+    let ca_dir = path(&made["ca_dir"]).ok_or("`provision fleet --json` printed no ca_dir")?;
+    let ca_cert = path(&made["ca_cert"]).ok_or("`provision fleet --json` printed no ca_cert")?;
+    let base = manifest.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let broker_dir = base.join("broker");
+    let broker = made["brokers"].as_array().and_then(|b| b.first());
+    if let Some(broker) = broker {
+        let name = broker["name"].as_str().ok_or("a broker without a name")?;
+        let cert = path(&broker["cert"]).ok_or("a broker without its certificate path")?;
+        let certs = cert.parent().unwrap_or(Path::new(".")).to_path_buf();
+        sh(run_provision()
             .arg("broker-config")
-            .args(["--server", "broker", "--port", "8883"])
+            .args(["--server", name, "--port", "8883"])
             .arg("--certs-dir")
             .arg(&certs)
             .arg("--ca-dir")
-            .arg(base.join("root_cert"))
+            .arg(&ca_dir)
             .arg("--out")
-            .arg(base.join("broker"))
+            .arg(&broker_dir)
             .arg("--force"))?;
     }
+    let devices = made["device_folders"]
+        .as_array()
+        .and_then(|d| d.first())
+        .and_then(path);
     let rel = |p: PathBuf| {
         p.strip_prefix(std::env::current_dir().unwrap_or_default())
             .map(Path::to_path_buf)
             .unwrap_or(p)
     };
-    let broker_conf = rel(base.join("broker/mosquitto.conf"));
-    let certs = rel(certs);
-    let ca = rel(base.join("root_cert/root_ca_cert.pem"));
+    let broker_conf = rel(broker_dir.join("mosquitto.conf"));
+    let certs = rel(devices.unwrap_or_else(|| base.join("backend_certs")));
+    let ca = rel(ca_cert);
     println!(
         "\nDone. Next steps:\n\
          \x20 1. Start the broker:   mosquitto -c {conf}\n\

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use pki_core::{Certificate, KeyPair, Profile, VerifyOptions};
 
 use crate::error::{Error, Result};
-use crate::files::{Access, check_name, named, read_text, write_atomic};
+use crate::files::{Access, check_name, named, read_text, write_atomic, write_atomic_owned};
 use crate::store::CaDir;
 
 /// What to generate.
@@ -67,11 +67,18 @@ pub fn write(ca_dir: &CaDir, config: &BrokerConfig) -> Result<BrokerFiles> {
 
     write_atomic(&ca_path, ca.as_bytes(), Access::Public, config.force)?;
     write_atomic(&cert_path, cert.as_bytes(), Access::Public, config.force)?;
-    write_atomic(&key_path, key.as_bytes(), Access::Secret, config.force)?;
+    // Mosquitto started as root reads its key after dropping to its own
+    // user: the key is made theirs on its open handle, before it has a name.
+    write_atomic_owned(
+        &key_path,
+        key.as_bytes(),
+        Access::Secret,
+        config.force,
+        broker_user(),
+    )?;
     if let Some(crl) = &crl {
         write_atomic(&crl_path, crl.as_bytes(), Access::Public, true)?;
     }
-    give_key_to_broker_user(&key_path);
 
     let listener = match &config.bind {
         Some(addr) => format!("listener {} {addr}", config.port),
@@ -123,40 +130,20 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 }
 
 /// Mosquitto started as root drops to the `mosquitto` user before it
-/// loads the key: when we are root and that user exists, it owns the key.
-fn give_key_to_broker_user(key: &Path) {
-    let uid_of = |user: &str| -> Option<u32> {
-        let out = std::process::Command::new("id")
-            .arg("-u")
-            .arg(user)
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-    };
-    let Some(me) = std::process::Command::new("id")
-        .arg("-u")
+/// loads the key: when we are root and that user exists, its uid (the key's
+/// owner then).
+fn broker_user() -> Option<u32> {
+    if !rustix::process::geteuid().is_root() {
+        return None;
+    }
+    let out = std::process::Command::new("id")
+        .args(["-u", "mosquitto"])
         .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .parse::<u32>()
-                .ok()
-        })
-    else {
-        return;
-    };
-    if me != 0 {
-        return;
+        .ok()?;
+    if !out.status.success() {
+        return None;
     }
-    if let Some(uid) = uid_of("mosquitto")
-        && let Err(e) = std::os::unix::fs::chown(key, Some(uid), None)
-    {
-        tracing::warn!("cannot give {} to the mosquitto user: {e}", key.display());
-    }
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
 /// Refuses what Mosquitto would load but no client could use: a

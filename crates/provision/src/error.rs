@@ -25,6 +25,17 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// An output that must not be written: a link (written through, it
+    /// would change its target, say the CA key), or a place reserved for the
+    /// CA's own files.
+    #[error("refusing to write {path}: {reason}")]
+    UnsafeOutput {
+        /// The output.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+
     /// A name that cannot be a file name.
     #[error("invalid name {name:?}: {reason}")]
     InvalidName {

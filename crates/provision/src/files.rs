@@ -57,9 +57,24 @@ pub fn flush_all() {
 }
 
 /// Writes `contents` to `path` atomically: a temp file in the same folder,
-/// flushed to disk, then renamed into place. Without `force` an existing
-/// file is an error and is left untouched.
+/// flushed to disk, then renamed into place, and the folder flushed. Without
+/// `force` an existing file is an error and is left untouched; with it, the
+/// name is replaced, never written through (a link there is replaced, its
+/// target untouched).
 pub fn write_atomic(path: &Path, contents: &[u8], access: Access, force: bool) -> Result<()> {
+    write_atomic_owned(path, contents, access, force, None)
+}
+
+/// [`write_atomic`], the file given to user `owner` (by its open handle,
+/// before it gets its name: a link swapped in meanwhile changes nothing).
+pub fn write_atomic_owned(
+    path: &Path,
+    contents: &[u8],
+    access: Access,
+    force: bool,
+    owner: Option<u32>,
+) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = parent(path);
     create_dir(dir)?;
     let io = |source| Error::Io {
@@ -74,10 +89,17 @@ pub fn write_atomic(path: &Path, contents: &[u8], access: Access, force: bool) -
         .tempfile_in(dir)
         .map_err(io)?;
     tmp.write_all(contents).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
+    // Mode and owner on the open file, not by name: a name can be swapped
+    // for a link to something else (the CA key) between two calls.
     if access == Access::Public {
-        set_mode(tmp.path(), 0o644).map_err(io)?;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(io)?;
     }
+    if let Some(uid) = owner {
+        std::os::unix::fs::fchown(tmp.as_file(), Some(uid), None).map_err(io)?;
+    }
+    tmp.as_file().sync_all().map_err(io)?;
     if force {
         tmp.persist(path).map_err(|e| io(e.error))?;
     } else {
@@ -91,7 +113,14 @@ pub fn write_atomic(path: &Path, contents: &[u8], access: Access, force: bool) -
             }
         })?;
     }
-    Ok(())
+    // The rename is durable once the folder is.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| Error::Io {
+            action: "flushing",
+            path: dir.to_owned(),
+            source,
+        })
 }
 
 /// Files created together for bulk issuance, all or none: each is made
@@ -126,6 +155,20 @@ impl NewFiles {
                 if source.kind() == std::io::ErrorKind::AlreadyExists {
                     Error::Exists {
                         path: path.to_owned(),
+                    }
+                } else if source.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                    Error::UnsafeOutput {
+                        path: path.to_owned(),
+                        reason: "it is a symbolic link; writing through it would change \
+                                 its target (remove it first)"
+                            .into(),
+                    }
+                } else if source.kind() == std::io::ErrorKind::Other
+                    && source.to_string().contains(LINKED)
+                {
+                    Error::UnsafeOutput {
+                        path: path.to_owned(),
+                        reason: source.to_string(),
                     }
                 } else {
                     Error::Io {
@@ -165,23 +208,40 @@ impl Drop for NewFiles {
     }
 }
 
-/// Creates (or, with `force`, truncates) `path` with its final mode.
+/// What [`create_in_place`] says of a file with other names.
+const LINKED: &str = "has other hard links";
+
+/// Creates (or, with `force`, truncates) `path` with its final mode. Never
+/// through a link: a symbolic link there fails the open (`O_NOFOLLOW`), and
+/// a file with other names (a hard link, perhaps to the CA key) or that is
+/// not a plain file is refused before anything is truncated.
 fn create_in_place(path: &Path, access: Access, force: bool) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let mode = match access {
         Access::Secret => 0o600,
         Access::Public => 0o644,
     };
     let mut options = std::fs::File::options();
-    options.write(true).mode(mode);
+    options
+        .write(true)
+        .mode(mode)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
     if force {
-        options.create(true).truncate(true);
+        options.create(true);
     } else {
         options.create_new(true);
     }
     let file = options.open(path)?;
-    // An existing file keeps its old mode when truncated: set it.
     if force {
+        let meta = file.metadata()?;
+        if !meta.is_file() || meta.nlink() > 1 {
+            return Err(std::io::Error::other(format!(
+                "it {LINKED} or is not a plain file; truncating it would change them too \
+                 (remove it first)"
+            )));
+        }
+        file.set_len(0)?;
+        // An existing file keeps its old mode when truncated: set it.
         file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     }
     Ok(file)
@@ -249,10 +309,28 @@ fn parent(path: &Path) -> &Path {
     }
 }
 
-/// Sets Unix permission bits.
-pub fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+/// `path` as the file system will take it: absolute, with the links and
+/// `..` of its existing part resolved (the rest taken as written, `..`
+/// dropping a level). Two spellings of one folder resolve alike.
+pub fn resolve(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    for existing in absolute.ancestors() {
+        let Ok(mut resolved) = existing.canonicalize() else {
+            continue;
+        };
+        let rest = absolute.strip_prefix(existing).unwrap_or(Path::new(""));
+        for part in rest.components() {
+            match part {
+                std::path::Component::ParentDir => {
+                    resolved.pop();
+                }
+                std::path::Component::Normal(name) => resolved.push(name),
+                _ => {}
+            }
+        }
+        return resolved;
+    }
+    absolute
 }
 
 /// `dir/name` with a suffix, e.g. `backend_certs/client1_cert.pem`.

@@ -13,11 +13,11 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::files::{Durability, check_name, flush_all, read_text};
+use crate::files::{Durability, check_name, flush_all, read_text, resolve};
 use crate::ops::{
     CsrRequest, IdentityPaths, InitCa, IssueRequest, SubjectOptions, init_ca, issue_files,
 };
-use crate::store::{CaDir, Record};
+use crate::store::{CaDir, Record, refuse_ca_folder};
 
 /// The most identities one manifest may ask for: a million devices take
 /// minutes and 3 million files; ten million would take hours and is more
@@ -134,6 +134,10 @@ pub struct Summary {
     pub kept: usize,
     /// The CA folder.
     pub ca_dir: PathBuf,
+    /// The broker identities, with their files.
+    pub brokers: Vec<(String, IdentityPaths)>,
+    /// The folders the devices went into, each once, in manifest order.
+    pub device_folders: Vec<PathBuf>,
 }
 
 impl Manifest {
@@ -252,7 +256,9 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
     }
     for r in requests.iter().map(|r| &r.identity) {
         check_name(&r.name).map_err(|e| bad(e.to_string()))?;
-        if !names.insert((r.out.clone(), r.name.clone())) {
+        refuse_ca_folder(&r.out, Some(&ca_dir)).map_err(|e| bad(e.to_string()))?;
+        // One folder spelled two ways is one folder.
+        if !names.insert((resolve(&r.out), r.name.clone())) {
             return Err(bad(format!("the name {:?} appears twice", r.name)));
         }
         // Catch bad subjects before anything is written.
@@ -320,6 +326,16 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
         ca_dir: ca_dir.dir().to_owned(),
         ..Summary::default()
     };
+    for r in &requests {
+        let id = &r.identity;
+        if r.profile == Profile::Server {
+            summary
+                .brokers
+                .push((id.name.clone(), IdentityPaths::new(&id.out, &id.name)));
+        } else if !summary.device_folders.contains(&id.out) {
+            summary.device_folders.push(id.out.clone());
+        }
+    }
     let mut first_error = None;
     for outcome in outcomes {
         match outcome {

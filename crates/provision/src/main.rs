@@ -195,6 +195,10 @@ enum Command {
         /// Worker threads (default: one per core).
         #[arg(long, default_value_t = 0)]
         jobs: usize,
+        /// Print what was made as JSON (the CA folder, each broker's files,
+        /// the device folders, counts) instead of a sentence.
+        #[arg(long)]
+        json: bool,
     },
     /// Write a Mosquitto configuration for mutual TLS.
     #[command(
@@ -708,7 +712,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 crl.entries().len()
             );
         }
-        Command::Fleet { manifest, jobs } => {
+        Command::Fleet {
+            manifest,
+            jobs,
+            json,
+        } => {
             let bar = indicatif::ProgressBar::new(0);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
@@ -726,6 +734,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let started = std::time::Instant::now();
             let summary = provision::fleet::run(&manifest, jobs, &progress)?;
             bar.finish_and_clear();
+            if json {
+                let brokers: Vec<_> = summary
+                    .brokers
+                    .iter()
+                    .map(|(name, paths)| {
+                        serde_json::json!({
+                            "name": name,
+                            "key": paths.key,
+                            "csr": paths.csr,
+                            "cert": paths.cert,
+                        })
+                    })
+                    .collect();
+                let out = serde_json::json!({
+                    "manifest": manifest,
+                    "ca_dir": summary.ca_dir,
+                    "ca_cert": provision::store::CaDir::new(&summary.ca_dir).cert_path(),
+                    "ca_created": summary.ca_created,
+                    "issued": summary.issued,
+                    "kept": summary.kept,
+                    "brokers": brokers,
+                    "device_folders": summary.device_folders,
+                });
+                println!("{out:#}");
+                return Ok(());
+            }
             println!(
                 "fleet {}: CA {} in {}; {} issued, {} already valid and kept ({:.1} s)",
                 manifest.display(),

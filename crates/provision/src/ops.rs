@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::files::{
     Access, Durability, NewFiles, check_name, named, read_text, refuse_existing, write_atomic,
 };
-use crate::store::{CaDir, Record, Status};
+use crate::store::{CaDir, Record, Status, refuse_ca_folder};
 
 /// Optional subject attributes given on the command line or in a manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -138,11 +138,20 @@ pub fn issue(
     ca: &CertificateAuthority,
     request: &IssueRequest,
 ) -> Result<IssuedIdentity> {
+    refuse_ca_folder(&request.identity.out, Some(dir))?;
     let _lock = dir.lock()?;
     let serials = dir.serials()?;
     let issued = issue_files(ca, request, &serials, Durability::Now)?;
     dir.append(std::slice::from_ref(&issued.record))?;
     Ok(issued)
+}
+
+/// The folder a file goes into (`.` for a bare name).
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 /// Makes key, CSR and certificate and writes them, without touching the
@@ -253,6 +262,7 @@ fn key_and_csr(request: &CsrRequest) -> Result<(KeyPair, Csr)> {
 
 /// Writes `NAME.key` (0600) and `NAME_csr.pem`; no CA involved.
 pub fn make_csr(request: &CsrRequest) -> Result<IdentityPaths> {
+    refuse_ca_folder(&request.out, None)?;
     check_name(&request.name)?;
     let paths = IdentityPaths::new(&request.out, &request.name);
     refuse_existing(&[&paths.key, &paths.csr], request.force)?;
@@ -287,6 +297,7 @@ pub fn sign_csr(
         path: csr_path.to_owned(),
         source,
     })?;
+    refuse_ca_folder(parent_of(out), Some(dir))?;
     let _lock = dir.lock()?;
     refuse_existing(&[out], force)?;
     let serials = dir.serials()?;

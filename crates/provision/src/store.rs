@@ -31,6 +31,26 @@ pub struct CaDir {
     dir: PathBuf,
 }
 
+/// Refuses `out` as a folder for an identity's files when it is the CA
+/// folder `ca` (however spelled: through links, `..`, `./`) or any folder
+/// holding a CA's certificate or key: a device named `root_ca` there would
+/// overwrite the CA's own files.
+pub fn refuse_ca_folder(out: &Path, ca: Option<&CaDir>) -> Result<()> {
+    let resolved = crate::files::resolve(out);
+    let is_ca = ca.is_some_and(|ca| crate::files::resolve(ca.dir()) == resolved)
+        || resolved.join(CA_CERT).exists()
+        || resolved.join(CA_KEY).exists();
+    if is_ca {
+        return Err(Error::UnsafeOutput {
+            path: out.to_owned(),
+            reason: "it is the CA folder: identities go elsewhere (the CA's own files \
+                     live there)"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 impl CaDir {
     /// The CA directory `dir` (default `root_cert`).
     pub fn new(dir: impl Into<PathBuf>) -> Self {

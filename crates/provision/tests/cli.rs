@@ -565,3 +565,35 @@ fn help_has_examples_for_every_command() {
         );
     }
 }
+
+/// `fleet --json` says where everything went, whatever the manifest's
+/// layout: `cargo xtask provision` reads it instead of assuming
+/// `root_cert/` and `backend_certs/`.
+#[test]
+fn fleet_json_names_what_it_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(
+        d.join("m.toml"),
+        "[ca]\ndir = \"my_ca\"\n[[broker]]\nname = \"mq\"\ndns = [\"localhost\"]\nout = \"srv\"\n\
+         [[devices]]\nname = \"client1\"\nout = \"devs\"\n",
+    )
+    .unwrap();
+    let made: serde_json::Value =
+        serde_json::from_str(&ok(d, &["fleet", "--json", "m.toml"])).unwrap();
+    let path = |v: &serde_json::Value| d.join(v.as_str().unwrap());
+    assert!(path(&made["ca_cert"]).ends_with("my_ca/root_ca_cert.pem"));
+    assert!(path(&made["ca_cert"]).exists());
+    assert_eq!(made["brokers"][0]["name"], "mq");
+    assert!(path(&made["brokers"][0]["cert"]).ends_with("srv/mq_cert.pem"));
+    assert!(path(&made["brokers"][0]["key"]).exists());
+    assert!(
+        path(&made["device_folders"][0])
+            .join("client1_cert.pem")
+            .exists()
+    );
+    assert_eq!(
+        (made["issued"].as_u64(), made["ca_created"].as_bool()),
+        (Some(2), Some(true))
+    );
+}

@@ -58,15 +58,26 @@ fn a_fleet_killed_at_random_moments_is_repaired_by_the_next_run() {
     let full = started.elapsed().as_millis() as u64;
     drop(probe);
 
+    let mut interrupted = 0;
     for round in 0..5 {
         let mut child = fleet(d);
         let delay = random_ms(full.max(50));
         std::thread::sleep(Duration::from_millis(delay));
         let finished = child.try_wait().unwrap().is_some();
         child.kill().unwrap_or(());
-        child.wait().unwrap();
-        eprintln!("round {round}: killed after {delay} ms of ~{full} ms (finished: {finished})");
+        let status = child.wait().unwrap();
+        // Killed, not finished: SIGKILL ended it.
+        let killed = std::os::unix::process::ExitStatusExt::signal(&status) == Some(9);
+        interrupted += usize::from(killed);
+        eprintln!(
+            "round {round}: killed after {delay} ms of ~{full} ms (finished: {finished}, \
+             interrupted: {killed})"
+        );
     }
+    assert!(
+        interrupted > 0,
+        "no kill interrupted a run: the test proved nothing"
+    );
 
     let out = ok(d, &["fleet", "fleet.toml"]);
     eprintln!("{out}");

@@ -1,7 +1,8 @@
 //! The TLS failure matrix against a real Mosquitto (`require_certificate
 //! true`): for each case, what `provision pub` reports and its exit code.
 //! The table in `docs/troubleshooting.md` is this test's output; the test
-//! fails when they differ, and `UPDATE_DOCS=1` rewrites it.
+//! fails when they differ, and `UPDATE_DOCS=1` rewrites it. Each case's
+//! outcome is also asserted in the test itself (`check_outcomes`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -396,8 +397,80 @@ fn the_tls_failure_matrix_matches_docs_troubleshooting() {
         ));
     }
 
+    check_outcomes(&rows);
     let table = render(&rows);
     check_docs(&table);
+}
+
+/// Each case's outcome, asserted here and not only compared with the doc
+/// (which `UPDATE_DOCS=1` rewrites: a revoked client that got through would
+/// be recorded, not caught): what must connect connects, what must be
+/// refused is refused for the right reason.
+fn check_outcomes(rows: &[(&str, (i32, String))]) {
+    let expected: &[(&str, i32, &str)] = &[
+        ("a valid client certificate", 0, ""),
+        ("client certificate from another CA", 1, "(UnknownCA)"),
+        (
+            "client certificate from another CA, only that CA in the bundle",
+            1,
+            "not issued by the CA",
+        ),
+        (
+            "a fake CA with our CA's name (the bundle trusts the fake)",
+            1,
+            "signature does not verify",
+        ),
+        (
+            "a fake CA with our CA's name (the bundle trusts both)",
+            1,
+            "(UnknownCA)",
+        ),
+        ("expired client certificate", 1, "expired"),
+        ("client certificate not yet valid", 1, "not valid before"),
+        (
+            "revoked client (the broker loads our CRL)",
+            1,
+            "(CertificateRevoked)",
+        ),
+        (
+            "a server certificate used as a client certificate",
+            1,
+            "not a client certificate",
+        ),
+        (
+            "encrypted client key, wrong passphrase",
+            1,
+            "cannot decrypt",
+        ),
+        (
+            "encrypted client key, no passphrase given",
+            1,
+            "is encrypted",
+        ),
+        (
+            "the wrong name dialled (127.0.0.1; the broker certificate names localhost only)",
+            1,
+            "not valid for 127.0.0.1",
+        ),
+        (
+            "the broker presents a client certificate",
+            1,
+            "not a server certificate",
+        ),
+        (
+            "a chain through an intermediate CA (full chains on both sides)",
+            0,
+            "",
+        ),
+        ("a broker that speaks only TLS 1.2", 0, ""),
+        ("a broker that speaks only TLS 1.3", 0, ""),
+    ];
+    assert_eq!(rows.len(), expected.len(), "every case has its expectation");
+    for ((case, (code, said)), (name, want_code, want_said)) in rows.iter().zip(expected) {
+        assert_eq!(case, name);
+        assert_eq!(code, want_code, "{case}: {said}");
+        assert!(said.contains(want_said), "{case}: {said}");
+    }
 }
 
 fn render(rows: &[(&str, (i32, String))]) -> String {

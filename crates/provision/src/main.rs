@@ -13,8 +13,8 @@ use mqtt_tls::{ClientCert, QoS};
 use pki_core::{DnsName, KeyType, Profile, RevocationReason, Serial};
 use provision::inspect::{VerifyRequest, inspect, verify};
 use provision::ops::{
-    CsrRequest, InitCa, IssueRequest, RevokeTarget, SubjectOptions, init_ca, issue, make_csr,
-    revoke, sign_csr, when, write_crl,
+    CsrRequest, InitCa, IssueRequest, RevokeTarget, SubjectOptions, init_ca_archiving, issue,
+    make_csr, revoke, sign_csr, when, write_crl,
 };
 use provision::pubsub::Endpoint;
 use provision::store::{CaDir, Status};
@@ -528,7 +528,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 passphrase(passphrase_env.as_deref())?
             };
             let encrypted = passphrase.is_some();
-            let ca = init_ca(
+            let (ca, archived) = init_ca_archiving(
                 &ca_dir,
                 &InitCa {
                     subject: subject.options(),
@@ -538,6 +538,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     force,
                 },
             )?;
+            if let Some(archive) = archived {
+                println!(
+                    "the previous CA (key, certificate, inventory, CRL) moved to the archive {}",
+                    archive.display()
+                );
+            }
             println!("created CA {}", ca.certificate().subject());
             println!("  certificate: {}", ca_dir.cert_path().display());
             println!(

@@ -59,12 +59,27 @@ pub struct InitCa {
 }
 
 /// Creates a self-signed root CA in `dir`: `root_ca_cert.pem` and
-/// `root_ca.key` (0600, encrypted when a passphrase is given).
+/// `root_ca.key` (0600, encrypted when a passphrase is given). With
+/// `force`, an existing CA is archived whole first (see
+/// [`init_ca_archiving`]).
 pub fn init_ca(dir: &CaDir, request: &InitCa) -> Result<CertificateAuthority> {
+    init_ca_archiving(dir, request).map(|(ca, _)| ca)
+}
+
+/// [`init_ca`], also returning where a replaced CA went: its key,
+/// certificate, inventory, CRL and CRL number move together into
+/// `archive/<time>/` in the CA folder (0700), so that nothing of the old
+/// CA (a CRL signed by a key no longer there, its inventory) is left beside
+/// the new one.
+pub fn init_ca_archiving(
+    dir: &CaDir,
+    request: &InitCa,
+) -> Result<(CertificateAuthority, Option<PathBuf>)> {
     let _lock = dir.lock()?;
     let cert_path = dir.cert_path();
     let key_path = dir.key_path();
     refuse_existing(&[&cert_path, &key_path], request.force)?;
+    let archived = if request.force { dir.archive()? } else { None };
     let subject = request.subject.subject("MQTT Root CA")?;
     let ca = CertificateAuthority::new_root(
         &subject,
@@ -82,7 +97,7 @@ pub fn init_ca(dir: &CaDir, request: &InitCa) -> Result<CertificateAuthority> {
         Access::Public,
         request.force,
     )?;
-    Ok(ca)
+    Ok((ca, archived))
 }
 
 /// One identity to issue: the original design's

@@ -234,8 +234,63 @@ impl CaDir {
         Ok(self.inventory()?.into_iter().map(|r| r.serial).collect())
     }
 
+    /// Moves the CA's files (key, certificate, inventory, CRL, CRL number)
+    /// into a new `archive/<time>/` folder (0700); `None` when there is no
+    /// CA here. Call with the lock held.
+    pub fn archive(&self) -> Result<Option<PathBuf>> {
+        use std::os::unix::fs::DirBuilderExt;
+        if !self.cert_path().exists() && !self.key_path().exists() {
+            return Ok(None);
+        }
+        let stamp = Timestamp(SystemTime::now())
+            .to_string()
+            .replace([':', '-'], "");
+        let parent = self.dir.join("archive");
+        crate::files::create_dir(&parent)?;
+        let mut archive = parent.join(&stamp);
+        let mut n = 1;
+        while archive.exists() {
+            n += 1;
+            archive = parent.join(format!("{stamp}-{n}"));
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&archive)
+            .map_err(|source| Error::Io {
+                action: "creating",
+                path: archive.clone(),
+                source,
+            })?;
+        for name in [CA_KEY, CA_CERT, INVENTORY, CRL, CRL_NUMBER] {
+            let from = self.dir.join(name);
+            match std::fs::rename(&from, archive.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(Error::Io {
+                        action: "archiving",
+                        path: from,
+                        source,
+                    });
+                }
+            }
+        }
+        for folder in [&archive, &self.dir] {
+            std::fs::File::open(folder)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| Error::Io {
+                    action: "flushing",
+                    path: folder.clone(),
+                    source,
+                })?;
+        }
+        Ok(Some(archive))
+    }
+
     /// The next CRL number, stored so it only ever grows (call with the
-    /// lock held).
+    /// lock held): one more than the larger of the stored counter and the
+    /// number of the CRL on disk (a counter restored from an old backup
+    /// must not make the next CRL older than the broker's).
     pub fn next_crl_number(&self) -> Result<u64> {
         let path = self.dir.join(CRL_NUMBER);
         let current = match std::fs::read_to_string(&path) {
@@ -253,7 +308,24 @@ impl CaDir {
                 });
             }
         };
-        let next = current + 1;
+        let on_disk = match std::fs::read_to_string(self.crl_path()) {
+            Ok(text) => pki_core::Crl::from_pem(&text)
+                .map_err(|source| Error::Pki {
+                    path: self.crl_path(),
+                    source,
+                })?
+                .number()
+                .unwrap_or(0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(source) => {
+                return Err(Error::Io {
+                    action: "reading",
+                    path: self.crl_path(),
+                    source,
+                });
+            }
+        };
+        let next = current.max(on_disk) + 1;
         write_atomic(&path, format!("{next}\n").as_bytes(), Access::Public, true)?;
         Ok(next)
     }

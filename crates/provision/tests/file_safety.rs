@@ -130,3 +130,72 @@ fn no_identity_may_land_in_the_ca_folder() {
     assert!(e.contains("CA folder"), "{e}");
     assert_eq!(ca_files(d), before);
 }
+
+/// `init-ca --force` replaces the CA: the old CA's inventory, CRL and CRL
+/// number go into an archive with its key and certificate, instead of
+/// staying next to the new CA (whose broker would get a CRL signed by a key
+/// that no longer exists there).
+#[test]
+fn a_replaced_ca_is_archived_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca"]);
+    ok(d, &["issue", "client", "dev1"]);
+    ok(d, &["revoke", "backend_certs/dev1_cert.pem"]);
+    let (old_key, old_cert) = ca_files(d);
+    let old_inventory = std::fs::read(d.join("root_cert/inventory.jsonl")).unwrap();
+    let old_crl = std::fs::read(d.join("root_cert/crl.pem")).unwrap();
+    let out = ok(d, &["init-ca", "--force"]);
+    for stale in ["inventory.jsonl", "crl.pem", "crl_number"] {
+        assert!(
+            !d.join("root_cert").join(stale).exists(),
+            "{stale} of the old CA left beside the new one"
+        );
+    }
+    let archives: Vec<_> = std::fs::read_dir(d.join("root_cert/archive"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(archives.len(), 1, "{archives:?}");
+    let archive = &archives[0];
+    assert!(out.contains("archive"), "says where the old CA went: {out}");
+    assert_eq!(std::fs::read(archive.join("root_ca.key")).unwrap(), old_key);
+    assert_eq!(
+        std::fs::read(archive.join("root_ca_cert.pem")).unwrap(),
+        old_cert
+    );
+    assert_eq!(
+        std::fs::read(archive.join("inventory.jsonl")).unwrap(),
+        old_inventory
+    );
+    assert_eq!(std::fs::read(archive.join("crl.pem")).unwrap(), old_crl);
+    assert_eq!(mode(&archive.join("root_ca.key")), 0o600);
+    assert_eq!(mode(archive) & 0o077, 0, "the archive is private");
+    assert_ne!(ca_files(d).0, old_key, "a new CA key");
+}
+
+/// The CRL number continues from the larger of `crl_number` and the CRL on
+/// disk: a CRL with a lower number than the broker's last one would be
+/// ignored or, worse, roll back revocations.
+#[test]
+fn the_crl_number_never_goes_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca"]);
+    ok(d, &["crl"]);
+    ok(d, &["crl"]);
+    let number = |d: &Path| -> u64 {
+        let text = ok(d, &["inspect", "root_cert/crl.pem"]);
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("number:"))
+            .unwrap();
+        line.split(':').nth(1).unwrap().trim().parse().unwrap()
+    };
+    assert_eq!(number(d), 2);
+    // The counter file lost (restored from an old backup, say).
+    std::fs::write(d.join("root_cert/crl_number"), "0\n").unwrap();
+    ok(d, &["crl"]);
+    assert_eq!(number(d), 3);
+}

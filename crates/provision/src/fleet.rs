@@ -268,10 +268,14 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
     }
 
     let passphrase = match &manifest.ca.passphrase_env {
-        Some(var) => Some(std::env::var(var).map_err(|_| Error::Passphrase {
-            path: ca_dir.key_path(),
-            reason: format!("the passphrase variable {var} is not set"),
-        })?),
+        Some(var) => Some(zeroize::Zeroizing::new(
+            std::env::var(var)
+                .map_err(|_| Error::Passphrase {
+                    path: ca_dir.key_path(),
+                    reason: format!("the passphrase variable {var} is not set"),
+                })?
+                .into_bytes(),
+        )),
         None => None,
     };
     let ca_created = !ca_dir.cert_path().exists();
@@ -292,12 +296,12 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
                 },
                 key_type: key_type(&manifest.ca.key_type)?,
                 days: manifest.ca.days.unwrap_or(3650),
-                passphrase: passphrase.clone().map(String::into_bytes),
+                passphrase: passphrase.clone(),
                 force: false,
             },
         )?
     } else {
-        ca_dir.load(passphrase.as_deref().map(str::as_bytes))?
+        ca_dir.load(passphrase.as_ref().map(|p| p.as_slice()))?
     };
 
     let _lock = ca_dir.lock()?;

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -399,7 +400,7 @@ impl SubjectArgs {
 }
 
 impl CaArgs {
-    fn passphrase(&self) -> anyhow::Result<Option<Vec<u8>>> {
+    fn passphrase(&self) -> anyhow::Result<Option<Zeroizing<Vec<u8>>>> {
         passphrase(self.passphrase_env.as_deref())
     }
 
@@ -407,7 +408,7 @@ impl CaArgs {
     /// unlocked with a passphrase typed at the terminal, when there is one.
     fn load(&self) -> anyhow::Result<(CaDir, pki_core::CertificateAuthority)> {
         let dir = CaDir::new(&self.ca_dir);
-        let ca = match dir.load(self.passphrase()?.as_deref()) {
+        let ca = match dir.load(self.passphrase()?.as_ref().map(|p| p.as_slice())) {
             Err(provision::Error::Passphrase { path, .. })
                 if self.passphrase_env.is_none() && std::io::stdin().is_terminal() =>
             {
@@ -425,7 +426,7 @@ impl CaArgs {
 }
 
 /// A new passphrase for `key`, typed twice at the terminal.
-fn new_passphrase(key: &Path) -> anyhow::Result<Vec<u8>> {
+fn new_passphrase(key: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     if !std::io::stdin().is_terminal() {
         bail!(
             "--encrypt asks for the passphrase at a terminal; without one, use --passphrase-env VAR"
@@ -434,21 +435,21 @@ fn new_passphrase(key: &Path) -> anyhow::Result<Vec<u8>> {
     let ask = |prompt: String| {
         rpassword::prompt_password(prompt).context("reading the passphrase from the terminal")
     };
-    let first = ask(format!("new passphrase for {}: ", key.display()))?;
+    let first = Zeroizing::new(ask(format!("new passphrase for {}: ", key.display()))?);
     if first.is_empty() {
         bail!("the passphrase must not be empty");
     }
-    if ask("again: ".to_owned())? != first {
+    if *Zeroizing::new(ask("again: ".to_owned())?) != *first {
         bail!("the two passphrases differ; nothing was written");
     }
-    Ok(first.into_bytes())
+    Ok(Zeroizing::new(first.as_bytes().to_vec()))
 }
 
-fn passphrase(var: Option<&str>) -> anyhow::Result<Option<Vec<u8>>> {
+fn passphrase(var: Option<&str>) -> anyhow::Result<Option<Zeroizing<Vec<u8>>>> {
     match var {
         None => Ok(None),
         Some(var) => match std::env::var(var) {
-            Ok(v) if !v.is_empty() => Ok(Some(v.into_bytes())),
+            Ok(v) if !v.is_empty() => Ok(Some(Zeroizing::new(v.into_bytes()))),
             _ => bail!("the passphrase variable {var} is not set (or empty)"),
         },
     }

@@ -52,11 +52,15 @@ pub struct InitCa {
     pub key_type: KeyType,
     /// Validity in days.
     pub days: u32,
-    /// Encrypt the CA key with this passphrase.
-    pub passphrase: Option<Vec<u8>>,
+    /// Encrypt the CA key with this passphrase (wiped when dropped).
+    pub passphrase: Option<zeroize::Zeroizing<Vec<u8>>>,
     /// Replace an existing CA.
     pub force: bool,
 }
+
+/// The shortest passphrase a new CA key is encrypted with: shorter ones
+/// fall to a guessing attack on a stolen key file in moments.
+pub const MIN_PASSPHRASE: usize = 8;
 
 /// Creates a self-signed root CA in `dir`: `root_ca_cert.pem` and
 /// `root_ca.key` (0600, encrypted when a passphrase is given). With
@@ -75,9 +79,20 @@ pub fn init_ca_archiving(
     dir: &CaDir,
     request: &InitCa,
 ) -> Result<(CertificateAuthority, Option<PathBuf>)> {
-    let _lock = dir.lock()?;
     let cert_path = dir.cert_path();
     let key_path = dir.key_path();
+    if let Some(p) = &request.passphrase
+        && p.len() < MIN_PASSPHRASE
+    {
+        return Err(Error::Passphrase {
+            path: key_path,
+            reason: format!(
+                "the passphrase for a new CA key must be at least {MIN_PASSPHRASE} characters \
+                 (a short one is guessed quickly from a stolen key file); nothing was written"
+            ),
+        });
+    }
+    let _lock = dir.lock()?;
     refuse_existing(&[&cert_path, &key_path], request.force)?;
     let archived = if request.force { dir.archive()? } else { None };
     let subject = request.subject.subject("MQTT Root CA")?;
@@ -86,9 +101,10 @@ pub fn init_ca_archiving(
         KeyPair::generate(request.key_type)?,
         Validity::days_from_now(request.days)?,
     )?;
-    let key_pem = match &request.passphrase {
-        Some(p) => ca.key().to_encrypted_pkcs8_pem(p)?,
-        None => ca.key().to_pkcs8_pem()?.to_string(),
+    // The unencrypted PEM is wiped when dropped; no plain copy is made.
+    let key_pem: zeroize::Zeroizing<String> = match &request.passphrase {
+        Some(p) => ca.key().to_encrypted_pkcs8_pem(p)?.into(),
+        None => ca.key().to_pkcs8_pem()?,
     };
     write_atomic(&key_path, key_pem.as_bytes(), Access::Secret, request.force)?;
     write_atomic(

@@ -373,13 +373,16 @@ fn encrypted_ca_key_needs_its_passphrase() {
         };
         cmd.output().unwrap()
     };
-    let out = run(&["init-ca", "--passphrase-env", "CA_PASS"], Some("s3cret"));
+    let out = run(
+        &["init-ca", "--passphrase-env", "CA_PASS"],
+        Some("s3cret passphrase"),
+    );
     assert!(out.status.success());
     let key = std::fs::read_to_string(d.join("root_cert/root_ca.key")).unwrap();
     assert!(key.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
     run_ok(
         Command::new(openssl())
-            .args(["pkey", "-noout", "-passin", "pass:s3cret", "-in"])
+            .args(["pkey", "-noout", "-passin", "pass:s3cret passphrase", "-in"])
             .arg(d.join("root_cert/root_ca.key")),
     );
 
@@ -402,7 +405,7 @@ fn encrypted_ca_key_needs_its_passphrase() {
     assert!(!d.join("backend_certs/c1.key").exists());
     let out = run(
         &["issue", "client", "c1", "--passphrase-env", "CA_PASS"],
-        Some("s3cret"),
+        Some("s3cret passphrase"),
     );
     assert!(
         out.status.success(),

@@ -199,3 +199,32 @@ fn the_crl_number_never_goes_back() {
     ok(d, &["crl"]);
     assert_eq!(number(d), 3);
 }
+
+/// A CA key encrypted with a trivially short passphrase is barely
+/// encrypted: refused, with nothing written.
+#[test]
+fn a_new_ca_key_needs_a_real_passphrase() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_provision"))
+        .current_dir(d)
+        .args(["init-ca", "--passphrase-env", "CA_PASS"])
+        .env("CA_PASS", "1234")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("at least 8"), "{stderr}");
+    assert!(!d.join("root_cert/root_ca.key").exists());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_provision"))
+        .current_dir(d)
+        .args(["init-ca", "--passphrase-env", "CA_PASS"])
+        .env("CA_PASS", "correct horse")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

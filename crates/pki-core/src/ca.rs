@@ -38,8 +38,11 @@ pub struct IssueParams {
     pub validity: Validity,
     /// Names the CA operator adds, whatever the CSR asked for.
     pub sans: Vec<SubjectAltName>,
-    /// Grant the CSR's requested SANs that the profile allows.
+    /// Grant the CSR's requested SANs that the profile allows (wildcards
+    /// only with `allow_wildcards`; malformed URIs never).
     pub copy_csr_sans: bool,
+    /// Allow wildcard DNS names (`*.example.com`), from the CSR or `sans`.
+    pub allow_wildcards: bool,
     /// Certify this subject instead of the CSR's.
     pub subject: Option<Subject>,
 }
@@ -52,6 +55,7 @@ impl IssueParams {
             validity,
             sans: Vec::new(),
             copy_csr_sans: true,
+            allow_wildcards: false,
             subject: None,
         }
     }
@@ -66,8 +70,17 @@ pub struct Issued {
     /// `Some(requested)` when the requested `notAfter` was later than the
     /// CA's own and was cut to it.
     pub capped_not_after: Option<SystemTime>,
-    /// Requested SANs the profile does not allow, left out.
-    pub refused_sans: Vec<SubjectAltName>,
+    /// Requested SANs left out, each with why.
+    pub refused_sans: Vec<RefusedSan>,
+}
+
+/// A SAN a CSR asked for that the CA left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedSan {
+    /// The name (its `Display` escapes control characters).
+    pub san: SubjectAltName,
+    /// Why it was left out.
+    pub reason: &'static str,
 }
 
 /// A CA certificate together with its private key.
@@ -279,10 +292,26 @@ impl CertificateAuthority {
         csr: &Csr,
         params: &IssueParams,
         common_name: &str,
-    ) -> Result<(Vec<SubjectAltName>, Vec<SubjectAltName>)> {
+    ) -> Result<(Vec<SubjectAltName>, Vec<RefusedSan>)> {
         let allowed = |san: &SubjectAltName| match params.profile {
             Profile::Client => true,
             Profile::Server => matches!(san, SubjectAltName::Dns(_) | SubjectAltName::Ip(_)),
+        };
+        let wildcard = |san: &SubjectAltName| matches!(san, SubjectAltName::Dns(d) if d.as_str().starts_with("*."));
+        // Why a CSR's SAN is left out, if it is.
+        let refusal = |san: &SubjectAltName| -> Option<&'static str> {
+            if !allowed(san) {
+                return Some("not allowed in this profile");
+            }
+            if wildcard(san) && !params.allow_wildcards {
+                return Some("a wildcard; allow wildcards to grant it");
+            }
+            if let SubjectAltName::Uri(u) = san
+                && SubjectAltName::uri(u.as_str()).is_err()
+            {
+                return Some("not a well-formed URI (control characters, spaces or no scheme)");
+            }
+            None
         };
         let mut granted: Vec<SubjectAltName> = Vec::new();
         let mut refused = Vec::new();
@@ -303,15 +332,28 @@ impl CertificateAuthority {
                     reason: format!("{san} is not allowed in a {} certificate", params.profile),
                 });
             }
+            if wildcard(san) && !params.allow_wildcards {
+                return Err(Error::ProfileViolation {
+                    profile: params.profile.as_str(),
+                    reason: format!("{san} is a wildcard; allow wildcards to grant it"),
+                });
+            }
             push(san.clone(), &mut granted);
         }
-        if params.copy_csr_sans {
-            for san in csr.requested_sans() {
-                if allowed(san) {
-                    push(san.clone(), &mut granted);
-                } else {
-                    refused.push(san.clone());
-                }
+        for san in csr.requested_sans() {
+            if granted.contains(san) {
+                continue;
+            }
+            match refusal(san) {
+                None if params.copy_csr_sans => push(san.clone(), &mut granted),
+                None => refused.push(RefusedSan {
+                    san: san.clone(),
+                    reason: "not among the names granted",
+                }),
+                Some(reason) => refused.push(RefusedSan {
+                    san: san.clone(),
+                    reason,
+                }),
             }
         }
         if params.profile == Profile::Server
@@ -601,7 +643,13 @@ mod tests {
             issued.certificate.subject_alt_names().unwrap(),
             std::slice::from_ref(&dns)
         );
-        assert_eq!(issued.refused_sans, std::slice::from_ref(&uri));
+        assert_eq!(
+            issued.refused_sans,
+            [RefusedSan {
+                san: uri.clone(),
+                reason: "not allowed in this profile"
+            }]
+        );
 
         // The operator may not add what the profile forbids either.
         let mut strict = params.clone();

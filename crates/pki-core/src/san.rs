@@ -181,7 +181,20 @@ impl fmt::Display for SubjectAltName {
         match self {
             Self::Dns(d) => write!(f, "DNS:{d}"),
             Self::Ip(a) => write!(f, "IP:{a}"),
-            Self::Uri(u) => write!(f, "URI:{u}"),
+            // A URI read from a CSR may hold anything IA5 allows:
+            // control characters are shown escaped, never sent raw to a
+            // terminal.
+            Self::Uri(u) => {
+                f.write_str("URI:")?;
+                for c in u.chars() {
+                    if c.is_control() {
+                        write!(f, "{}", c.escape_unicode())?;
+                    } else {
+                        write!(f, "{c}")?;
+                    }
+                }
+                Ok(())
+            }
         }
     }
 }

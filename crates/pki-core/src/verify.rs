@@ -241,9 +241,9 @@ mod tests {
         let mut params = CsrParams::new(Subject::new("leaf").unwrap());
         params.sans = vec![SubjectAltName::Dns("*.example.com".parse().unwrap())];
         let csr = Csr::new(&params, &key).unwrap();
-        ca.sign(&csr, &IssueParams::new(profile, validity))
-            .unwrap()
-            .certificate
+        let mut issue = IssueParams::new(profile, validity);
+        issue.allow_wildcards = true;
+        ca.sign(&csr, &issue).unwrap().certificate
     }
 
     fn reason(result: Result<()>) -> InvalidReason {

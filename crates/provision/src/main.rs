@@ -14,8 +14,8 @@ use mqtt_tls::{ClientCert, QoS};
 use pki_core::{DnsName, KeyType, Profile, RevocationReason, Serial};
 use provision::inspect::{VerifyRequest, inspect, verify};
 use provision::ops::{
-    CsrRequest, InitCa, IssueRequest, RevokeTarget, SubjectOptions, init_ca_archiving, issue,
-    make_csr, revoke, sign_csr, when, write_crl,
+    CsrRequest, InitCa, IssueRequest, RevokeTarget, SignRequest, SubjectOptions, init_ca_archiving,
+    issue, make_csr, revoke, sign_csr, when, write_crl,
 };
 use provision::pubsub::Endpoint;
 use provision::store::{CaDir, Status};
@@ -111,6 +111,20 @@ enum Command {
         /// Replace an existing certificate file.
         #[arg(long)]
         force: bool,
+        /// A DNS name to grant (repeatable); a server certificate needs
+        /// names from --dns/--ip or --accept-csr-names.
+        #[arg(long)]
+        dns: Vec<pki_core::DnsName>,
+        /// An IP address to grant (repeatable).
+        #[arg(long)]
+        ip: Vec<std::net::IpAddr>,
+        /// Also grant the names the CSR asks for (wildcards only with
+        /// --allow-wildcards; malformed URIs never).
+        #[arg(long)]
+        accept_csr_names: bool,
+        /// Allow wildcard DNS names (*.example.com).
+        #[arg(long)]
+        allow_wildcards: bool,
     },
     /// Show a certificate, CSR, key or CRL.
     #[command(after_help = "Example:\n  provision inspect backend_certs/client1_cert.pem --json")]
@@ -620,14 +634,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             days,
             force,
+            dns,
+            ip,
+            accept_csr_names,
+            allow_wildcards,
         } => {
             let out = out.unwrap_or_else(|| default_cert_path(&csr));
             let (dir, ca) = ca.load()?;
-            let (cert, capped) = sign_csr(&dir, &ca, &csr, profile.into(), days, &out, force)?;
+            let signed = sign_csr(
+                &dir,
+                &ca,
+                &SignRequest {
+                    csr,
+                    profile: profile.into(),
+                    days,
+                    out: out.clone(),
+                    force,
+                    dns,
+                    ip,
+                    accept_csr_names,
+                    allow_wildcards,
+                },
+            )?;
+            let cert = &signed.certificate;
             println!("signed {} -> {}", cert.subject(), out.display());
             println!("  serial:      {}", cert.serial());
             println!("  valid until: {}", when(cert.not_after()));
-            if capped.is_some() {
+            let granted: Vec<String> = signed.granted.iter().map(ToString::to_string).collect();
+            println!("  granted: {}", granted.join(", "));
+            for refused in &signed.refused {
+                println!("  not granted: {} ({})", refused.san, refused.reason);
+            }
+            if signed.capped_not_after.is_some() {
                 println!("  note: validity cut to the CA's expiry");
             }
         }

@@ -313,46 +313,120 @@ pub fn make_csr(request: &CsrRequest) -> Result<IdentityPaths> {
     Ok(paths)
 }
 
-/// Signs the CSR in `csr_path` (the original `CertificateAuthority.sign_csr`):
-/// verifies its signature, applies the profile, writes `out` and records it.
+/// What to sign: `provision sign`.
+#[derive(Debug, Clone)]
+pub struct SignRequest {
+    /// The CSR file (exactly one PEM CSR).
+    pub csr: PathBuf,
+    /// Client or server.
+    pub profile: Profile,
+    /// Validity in days (capped at the CA's own expiry).
+    pub days: u32,
+    /// Where the certificate goes.
+    pub out: PathBuf,
+    /// Replace an existing certificate file.
+    pub force: bool,
+    /// DNS names the operator grants.
+    pub dns: Vec<DnsName>,
+    /// IP addresses the operator grants.
+    pub ip: Vec<IpAddr>,
+    /// Also grant the names the CSR asks for (of the kinds the profile
+    /// allows; wildcards only with `allow_wildcards`).
+    pub accept_csr_names: bool,
+    /// Allow wildcard DNS names.
+    pub allow_wildcards: bool,
+}
+
+/// What [`sign_csr`] made.
+#[derive(Debug, Clone)]
+pub struct SignedCsr {
+    /// The certificate.
+    pub certificate: Certificate,
+    /// The requested end, when it was cut to the CA's expiry.
+    pub capped_not_after: Option<SystemTime>,
+    /// The names in the certificate.
+    pub granted: Vec<SubjectAltName>,
+    /// The names the CSR asked for that were left out, and why.
+    pub refused: Vec<pki_core::RefusedSan>,
+}
+
+/// Signs a CSR (the original `CertificateAuthority.sign_csr`): verifies its
+/// signature, grants the names the operator gives (and, on request, the
+/// CSR's), applies the profile, writes `out` and records it.
 pub fn sign_csr(
     dir: &CaDir,
     ca: &CertificateAuthority,
-    csr_path: &Path,
-    profile: Profile,
-    days: u32,
-    out: &Path,
-    force: bool,
-) -> Result<(Certificate, Option<SystemTime>)> {
-    let csr = Csr::from_pem(&read_text(csr_path)?).map_err(|source| Error::Pki {
-        path: csr_path.to_owned(),
+    request: &SignRequest,
+) -> Result<SignedCsr> {
+    let csr_path = &request.csr;
+    let text = read_text(csr_path)?;
+    // None is the parser's to report (it names what it found instead).
+    let blocks = text.matches("-----BEGIN ").count();
+    if blocks > 1 {
+        return Err(Error::Pki {
+            path: csr_path.clone(),
+            source: pki_core::Error::Pem {
+                reason: format!(
+                    "a CSR file must hold exactly one PEM block; this one holds {blocks}"
+                ),
+            },
+        });
+    }
+    let csr = Csr::from_pem(&text).map_err(|source| Error::Pki {
+        path: csr_path.clone(),
         source,
     })?;
-    refuse_ca_folder(parent_of(out), Some(dir))?;
+    let mut params = IssueParams::new(request.profile, Validity::days_from_now(request.days)?);
+    params.sans = sans(&request.dns, &request.ip);
+    params.copy_csr_sans = request.accept_csr_names;
+    params.allow_wildcards = request.allow_wildcards;
+    if request.profile == Profile::Server && params.sans.is_empty() && !request.accept_csr_names {
+        let asked: Vec<String> = csr.requested_sans().iter().map(|s| s.to_string()).collect();
+        return Err(Error::Pki {
+            path: csr_path.clone(),
+            source: pki_core::Error::ProfileViolation {
+                profile: "server",
+                reason: format!(
+                    "which names may this broker certificate carry? Give them with --dns/--ip, \
+                     or pass --accept-csr-names to grant the CSR's ({})",
+                    if asked.is_empty() {
+                        "it asks for none".to_owned()
+                    } else {
+                        format!("it asks for {}", asked.join(", "))
+                    }
+                ),
+            },
+        });
+    }
+    refuse_ca_folder(parent_of(&request.out), Some(dir))?;
     let _lock = dir.lock()?;
-    refuse_existing(&[out], force)?;
+    refuse_existing(&[&request.out], request.force)?;
     let serials = dir.serials()?;
-    let issued = sign_unique(
-        ca,
-        &csr,
-        &IssueParams::new(profile, Validity::days_from_now(days)?),
-        &serials,
-    )
-    .map_err(|e| match e {
+    let issued = sign_unique(ca, &csr, &params, &serials).map_err(|e| match e {
         Error::Invalid(source) => Error::Pki {
-            path: csr_path.to_owned(),
+            path: csr_path.clone(),
             source,
         },
         other => other,
     })?;
     write_atomic(
-        out,
+        &request.out,
         issued.certificate.to_pem().as_bytes(),
         Access::Public,
-        force,
+        request.force,
     )?;
-    dir.append(&[Record::new(&issued.certificate, profile.as_str(), out)])?;
-    Ok((issued.certificate, issued.capped_not_after))
+    dir.append(&[Record::new(
+        &issued.certificate,
+        request.profile.as_str(),
+        &request.out,
+    )])?;
+    let granted = issued.certificate.subject_alt_names().unwrap_or_default();
+    Ok(SignedCsr {
+        certificate: issued.certificate,
+        capped_not_after: issued.capped_not_after,
+        granted,
+        refused: issued.refused_sans,
+    })
 }
 
 /// What to revoke.

@@ -474,8 +474,14 @@ fn verify_chain(
                 else {
                     break;
                 };
-                pki_core::verify(&current, std::slice::from_ref(next), &options)
-                    .map_err(|e| e.to_string())?;
+                // This step's issuer, with the CA file above it: the walk
+                // still has to end at a CA of the bundle (below).
+                let step: Vec<Certificate> = std::iter::once(next)
+                    .chain(intermediates)
+                    .chain(cas)
+                    .cloned()
+                    .collect();
+                pki_core::verify(&current, &step, &options).map_err(|e| e.to_string())?;
                 current = next.clone();
                 profile = None;
             }

@@ -238,6 +238,30 @@ impl Crl {
         Some(bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
     }
 
+    /// The OID of the first critical extension of the CRL or of one of its
+    /// entries that this crate does not understand (CRL number, authority
+    /// key identifier, reason code), if any.
+    pub fn unknown_critical_extension(&self) -> Option<String> {
+        use der::oid::db::rfc5280::{
+            ID_CE_AUTHORITY_KEY_IDENTIFIER, ID_CE_CRL_NUMBER, ID_CE_CRL_REASONS,
+        };
+        let understood = [
+            ID_CE_CRL_NUMBER,
+            ID_CE_AUTHORITY_KEY_IDENTIFIER,
+            ID_CE_CRL_REASONS,
+        ];
+        let tbs = &self.list.tbs_cert_list;
+        let list = tbs.crl_extensions.iter().flatten();
+        let entries = tbs
+            .revoked_certificates
+            .iter()
+            .flatten()
+            .flat_map(|e| e.crl_entry_extensions.iter().flatten());
+        list.chain(entries)
+            .find(|e| e.critical && !understood.contains(&e.extn_id))
+            .map(|e| e.extn_id.to_string())
+    }
+
     /// The revoked certificates.
     pub fn entries(&self) -> Vec<RevokedEntry> {
         self.list

@@ -237,6 +237,19 @@ pub enum InvalidReason {
         /// The serial in hex.
         serial: String,
     },
+    /// The signature algorithm outside the signed part differs from the
+    /// one inside it (RFC 5280 section 4.1.1.2).
+    SignatureAlgorithmMismatch,
+    /// The certificate that signed it cannot be trusted to issue: no key
+    /// usage keyCertSign, a critical extension this verifier does not
+    /// understand, or no path to a self-signed root among the trusted
+    /// certificates.
+    IssuerRejected {
+        /// The issuing certificate's subject.
+        issuer: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl fmt::Display for InvalidReason {
@@ -293,6 +306,12 @@ impl fmt::Display for InvalidReason {
                 write!(f, "unknown critical extension {oid}")
             }
             Self::Revoked { serial } => write!(f, "serial {serial} is revoked"),
+            Self::SignatureAlgorithmMismatch => f.write_str(
+                "its outer signature algorithm differs from the one it signed (tampered?)",
+            ),
+            Self::IssuerRejected { issuer, reason } => {
+                write!(f, "its issuer {issuer} cannot be trusted to issue: {reason}")
+            }
         }
     }
 }

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use pki_core::{
-    Certificate, CertificateAuthority, DnsName, KeyPair, KeyType, Profile, VerifyOptions,
+    Certificate, CertificateAuthority, DnsName, KeyPair, KeyType, Profile, RevocationReason,
+    Subject, SubjectAltName, VerifyOptions,
 };
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -16,8 +17,9 @@ use crate::error::{Error, Result};
 use crate::files::{Durability, check_name, flush_all, read_text, resolve};
 use crate::ops::{
     CsrRequest, IdentityPaths, InitCa, IssueRequest, SubjectOptions, init_ca, issue_files,
+    write_crl_locked,
 };
-use crate::store::{CaDir, Record, refuse_ca_folder};
+use crate::store::{CaDir, Record, Status, refuse_ca_folder};
 
 /// The most identities one manifest may ask for: a million devices take
 /// minutes and 3 million files; ten million would take hours and is more
@@ -97,6 +99,9 @@ pub struct BrokerSection {
     pub key_type: Option<String>,
     /// Output folder.
     pub out: Option<PathBuf>,
+    /// Issue a new certificate once the current one has fewer days left
+    /// (default: 30, or a third of `days` when that is less).
+    pub renew_before_days: Option<u32>,
 }
 
 /// `[[devices]]`: one device (`name`) or a numbered range (`prefix`, `count`).
@@ -121,6 +126,9 @@ pub struct DeviceSection {
     pub key_type: Option<String>,
     /// Output folder.
     pub out: Option<PathBuf>,
+    /// Issue a new certificate once the current one has fewer days left
+    /// (default: 30, or a third of `days` when that is less).
+    pub renew_before_days: Option<u32>,
 }
 
 /// What a fleet run did.
@@ -132,6 +140,10 @@ pub struct Summary {
     pub issued: usize,
     /// Valid identities found and kept.
     pub kept: usize,
+    /// Of the issued, those that replaced a certificate (revoked, about to
+    /// expire, or no longer what the manifest asks for), which is now
+    /// revoked as superseded.
+    pub replaced: usize,
     /// The CA folder.
     pub ca_dir: PathBuf,
     /// The broker identities, with their files.
@@ -178,6 +190,8 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
     };
 
     let mut requests = Vec::new();
+    // Per request: renew when fewer days than this are left.
+    let mut renew_before: Vec<Option<u32>> = Vec::new();
     let mut names = HashSet::new();
     for b in &manifest.broker {
         let dns = b
@@ -201,6 +215,7 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
             profile: Profile::Server,
             days: b.days.unwrap_or(365),
         });
+        renew_before.push(b.renew_before_days);
     }
     let total: u64 = manifest
         .devices
@@ -252,6 +267,7 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
                 profile: Profile::Client,
                 days: d.days.unwrap_or(365),
             });
+            renew_before.push(d.renew_before_days);
         }
     }
     for r in requests.iter().map(|r| &r.identity) {
@@ -305,7 +321,14 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
     };
 
     let _lock = ca_dir.lock()?;
-    let known = ca_dir.serials()?;
+    let inventory = ca_dir.inventory()?;
+    let known: HashSet<String> = inventory.iter().map(|r| r.serial.clone()).collect();
+    let revoked: HashSet<String> = inventory
+        .iter()
+        .filter(|r| r.status != Status::Valid)
+        .map(|r| r.serial.clone())
+        .collect();
+    drop(inventory);
     let total = requests.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
     let pool = rayon::ThreadPoolBuilder::new()
@@ -315,8 +338,14 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
     let outcomes: Vec<Result<Outcome>> = pool.install(|| {
         requests
             .par_iter()
-            .map(|request| {
-                let outcome = provision_one(&ca, request, &known);
+            .zip(renew_before.par_iter())
+            .map(|(request, renew_before)| {
+                let lifecycle = Lifecycle {
+                    known: &known,
+                    revoked: &revoked,
+                    renew_before: *renew_before,
+                };
+                let outcome = provision_one(&ca, request, &lifecycle);
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 progress(n, total);
                 outcome
@@ -341,11 +370,16 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
         }
     }
     let mut first_error = None;
+    let mut superseded = HashSet::new();
     for outcome in outcomes {
         match outcome {
-            Ok(Outcome::Issued(record)) => {
+            Ok(Outcome::Issued(record, replaced)) => {
                 summary.issued += 1;
                 new_records.push(record);
+                if let Some(old) = replaced {
+                    summary.replaced += 1;
+                    superseded.insert(old);
+                }
             }
             Ok(Outcome::Kept(record)) => {
                 summary.kept += 1;
@@ -364,34 +398,136 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
     flush_all();
     // Record what was made even if some identities failed.
     ca_dir.append(&new_records)?;
+    // The certificates replaced are revoked as superseded (their CN, the
+    // MQTT username, stays with one valid certificate), and the CRL says so.
+    let mut records = ca_dir.inventory()?;
+    let mut newly_revoked = false;
+    for r in records
+        .iter_mut()
+        .filter(|r| r.status == Status::Valid && superseded.contains(&r.serial))
+    {
+        r.revoke(RevocationReason::Superseded);
+        newly_revoked = true;
+    }
+    if newly_revoked {
+        ca_dir.rewrite(&records)?;
+        write_crl_locked(&ca_dir, &ca, &records, &ca_dir.crl_path(), CRL_DAYS)?;
+    }
     match first_error {
         Some(e) => Err(e),
         None => Ok(summary),
     }
 }
 
+/// Days until the nextUpdate of a CRL a fleet run writes.
+const CRL_DAYS: u32 = 30;
+
 enum Outcome {
-    Issued(Record),
+    /// Issued; with the serial of the certificate it replaces.
+    Issued(Record, Option<String>),
     /// Kept; with a record when the inventory lacked it (an earlier run
     /// stopped before recording).
     Kept(Option<Record>),
 }
 
+/// What decides whether an existing identity is kept.
+struct Lifecycle<'a> {
+    /// Serials in the inventory.
+    known: &'a HashSet<String>,
+    /// Serials the inventory has revoked.
+    revoked: &'a HashSet<String>,
+    /// Renew when fewer days than this are left (`None`: the default).
+    renew_before: Option<u32>,
+}
+
 fn provision_one(
     ca: &CertificateAuthority,
     request: &IssueRequest,
-    known: &HashSet<String>,
+    lifecycle: &Lifecycle<'_>,
 ) -> Result<Outcome> {
     let paths = IdentityPaths::new(&request.identity.out, &request.identity.name);
+    let mut replaces = None;
     if let Some(cert) = existing_valid(ca, request.profile, &paths) {
         let serial = cert.serial().to_string();
-        let record = (!known.contains(&serial))
-            .then(|| Record::new(&cert, request.profile.as_str(), &paths.cert));
-        return Ok(Outcome::Kept(record));
+        match stale(&cert, request, lifecycle) {
+            None => {
+                let record = (!lifecycle.known.contains(&serial))
+                    .then(|| Record::new(&cert, request.profile.as_str(), &paths.cert));
+                return Ok(Outcome::Kept(record));
+            }
+            Some(why) => {
+                tracing::info!("{}: issuing anew: {why}", request.identity.name);
+                replaces = Some(serial);
+            }
+        }
     }
     // Bulk: one flush for the whole run instead of three per identity.
-    let issued = issue_files(ca, request, known, Durability::Deferred)?;
-    Ok(Outcome::Issued(issued.record))
+    let issued = issue_files(ca, request, lifecycle.known, Durability::Deferred)?;
+    Ok(Outcome::Issued(issued.record, replaces))
+}
+
+/// Why a valid certificate must be replaced, if it must: revoked in the
+/// inventory, inside its renewal window, or no longer what the manifest
+/// asks for (subject, key type, names).
+fn stale(cert: &Certificate, request: &IssueRequest, lifecycle: &Lifecycle<'_>) -> Option<String> {
+    if lifecycle.revoked.contains(&cert.serial().to_string()) {
+        return Some("its certificate is revoked".into());
+    }
+    let validity = cert.validity();
+    let left = validity
+        .not_after()
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    let day = std::time::Duration::from_secs(86_400);
+    let window = match lifecycle.renew_before {
+        Some(days) => day * days,
+        None => {
+            let lifetime = validity
+                .not_after()
+                .duration_since(validity.not_before())
+                .unwrap_or_default();
+            (day * 30).min(lifetime / 3)
+        }
+    };
+    if left < window {
+        return Some(format!(
+            "it expires in {} days, inside the renewal window of {} days",
+            left.as_secs() / 86_400,
+            window.as_secs() / 86_400
+        ));
+    }
+    let id = &request.identity;
+    let wanted = id.subject.subject(&id.name).ok()?;
+    match Subject::from_name(cert.as_x509().tbs_certificate().subject()) {
+        Ok(subject) if subject == wanted => {}
+        _ => return Some("the manifest's subject changed".into()),
+    }
+    if cert.key_algorithm().ok() != Some(id.key_type.algorithm()) {
+        return Some("the manifest's key type changed".into());
+    }
+    if request.profile == Profile::Server {
+        let mut have: Vec<String> = cert
+            .subject_alt_names()
+            .unwrap_or_default()
+            .iter()
+            .filter(|s| !matches!(s, SubjectAltName::Uri(_)))
+            .map(ToString::to_string)
+            .collect();
+        let mut want: Vec<String> = id
+            .dns
+            .iter()
+            .map(|d| SubjectAltName::Dns(d.clone()).to_string())
+            .chain(id.ip.iter().map(|ip| SubjectAltName::Ip(*ip).to_string()))
+            .collect();
+        have.sort();
+        have.dedup();
+        want.sort();
+        want.dedup();
+        if have != want {
+            return Some("the manifest's names changed".into());
+        }
+    }
+    None
 }
 
 /// The existing certificate, if it and its key are complete and valid now

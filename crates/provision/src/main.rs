@@ -799,6 +799,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "ca_created": summary.ca_created,
                     "issued": summary.issued,
                     "kept": summary.kept,
+                    "replaced": summary.replaced,
                     "brokers": brokers,
                     "device_folders": summary.device_folders,
                 });
@@ -818,6 +819,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 summary.kept,
                 started.elapsed().as_secs_f64()
             );
+            if summary.replaced > 0 {
+                println!(
+                    "  {} of them replaced a revoked, expiring or changed certificate, now \
+                     revoked as superseded (CRL rewritten)",
+                    summary.replaced
+                );
+            }
         }
         Command::BrokerConfig {
             server,

@@ -489,7 +489,7 @@ pub fn write_crl(
     write_crl_locked(dir, ca, &records, out, days)
 }
 
-fn write_crl_locked(
+pub(crate) fn write_crl_locked(
     dir: &CaDir,
     ca: &CertificateAuthority,
     records: &[Record],
@@ -497,12 +497,26 @@ fn write_crl_locked(
     days: u32,
 ) -> Result<pki_core::Crl> {
     let mut entries = Vec::new();
-    for r in records {
+    for (i, r) in records.iter().enumerate() {
         if let Status::Revoked { at, reason } = &r.status {
+            // A record that cannot be read is an error, never a guess (a
+            // revocation dated now with reason unspecified would misstate
+            // when and why the key stopped being trusted).
+            let corrupt = |what: String| Error::Inventory {
+                path: dir.inventory_path(),
+                line: i + 1,
+                reason: what,
+            };
             entries.push(RevokedEntry {
-                serial: r.serial.parse()?,
-                revoked_at: parse_time(at).unwrap_or_else(SystemTime::now),
-                reason: reason.parse().unwrap_or(RevocationReason::Unspecified),
+                serial: r
+                    .serial
+                    .parse()
+                    .map_err(|e| corrupt(format!("serial {:?}: {e}", r.serial)))?,
+                revoked_at: parse_time(at)
+                    .ok_or_else(|| corrupt(format!("revocation time {at:?} is not RFC 3339")))?,
+                reason: reason
+                    .parse()
+                    .map_err(|e| corrupt(format!("revocation reason {reason:?}: {e}")))?,
             });
         }
     }

@@ -228,3 +228,37 @@ fn a_new_ca_key_needs_a_real_passphrase() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A revoked record whose date or reason cannot be read stops the CRL with
+/// an error naming the inventory line, instead of a guessed entry (dated
+/// now, reason unspecified).
+#[test]
+fn a_corrupt_revocation_record_is_an_error_not_a_guess() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca"]);
+    ok(d, &["issue", "client", "dev1"]);
+    ok(
+        d,
+        &[
+            "revoke",
+            "backend_certs/dev1_cert.pem",
+            "--reason",
+            "key-compromise",
+        ],
+    );
+    let inventory = d.join("root_cert/inventory.jsonl");
+    let text = std::fs::read_to_string(&inventory).unwrap();
+    for (from, to) in [
+        ("key-compromise", "bogus-reason"),
+        ("\"at\":\"", "\"at\":\"not a time "),
+    ] {
+        let corrupt = text.replacen(from, to, 1);
+        assert_ne!(corrupt, text);
+        std::fs::write(&inventory, &corrupt).unwrap();
+        let before = std::fs::read(d.join("root_cert/crl.pem")).unwrap();
+        let e = fails(d, &["crl"], 1);
+        assert!(e.contains("inventory.jsonl") && e.contains("line 1"), "{e}");
+        assert_eq!(std::fs::read(d.join("root_cert/crl.pem")).unwrap(), before);
+    }
+}

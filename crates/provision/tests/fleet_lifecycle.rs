@@ -1,0 +1,114 @@
+//! `fleet` keeps what is still right and replaces what is not: a revoked
+//! identity, one about to expire, one whose manifest entry changed. The
+//! replaced certificate is revoked as superseded, and the CRL says so.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+mod common;
+
+use common::ok;
+
+fn manifest(d: &Path, device: &str) {
+    std::fs::write(
+        d.join("fleet.toml"),
+        format!("[ca]\ndir = \"root_cert\"\ncommon_name = \"Life Root\"\n[[devices]]\n{device}\n"),
+    )
+    .unwrap();
+}
+
+fn serial(d: &Path) -> String {
+    let shown = ok(d, &["inspect", "backend_certs/dev1_cert.pem", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    json["serial"].as_str().unwrap().to_owned()
+}
+
+/// (serial, status as JSON text) of every inventory record.
+fn statuses(d: &Path) -> Vec<(String, String)> {
+    let list: serde_json::Value = serde_json::from_str(&ok(d, &["list", "--json"])).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["serial"].as_str().unwrap().to_owned(),
+                r["status"].to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_revoked_identity_is_issued_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    manifest(d, "name = \"dev1\"");
+    ok(d, &["fleet", "fleet.toml"]);
+    let first = serial(d);
+    ok(d, &["revoke", "backend_certs/dev1_cert.pem"]);
+    let out = ok(d, &["fleet", "fleet.toml"]);
+    assert!(out.contains("1 issued"), "{out}");
+    assert_ne!(serial(d), first, "a new certificate");
+    let again = ok(d, &["fleet", "fleet.toml"]);
+    assert!(again.contains("0 issued"), "then kept: {again}");
+}
+
+#[test]
+fn a_changed_entry_is_reissued_and_the_old_certificate_superseded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    manifest(d, "name = \"dev1\"\norganization = \"Old Org\"");
+    ok(d, &["fleet", "fleet.toml"]);
+    let first = serial(d);
+    for (change, check) in [
+        ("name = \"dev1\"\norganization = \"New Org\"", "O=New Org"),
+        (
+            "name = \"dev1\"\norganization = \"New Org\"\nkey_type = \"ed25519\"",
+            "Ed25519",
+        ),
+    ] {
+        manifest(d, change);
+        let out = ok(d, &["fleet", "fleet.toml"]);
+        assert!(out.contains("1 issued"), "{change}: {out}");
+        let shown = ok(d, &["inspect", "backend_certs/dev1_cert.pem"]);
+        assert!(shown.contains(check), "{change}: {shown}");
+    }
+    let records = statuses(d);
+    assert_eq!(records.len(), 3, "{records:?}");
+    let superseded = records
+        .iter()
+        .filter(|(_, s)| s.contains("superseded"))
+        .count();
+    assert_eq!(superseded, 2, "both replaced certificates: {records:?}");
+    assert!(
+        records
+            .iter()
+            .any(|(s, st)| *s == first && st.contains("superseded"))
+    );
+    let crl = ok(d, &["inspect", "root_cert/crl.pem"]);
+    assert!(crl.contains(&first) && crl.contains("superseded"), "{crl}");
+    let again = ok(d, &["fleet", "fleet.toml"]);
+    assert!(again.contains("0 issued"), "then kept: {again}");
+}
+
+#[test]
+fn an_identity_inside_its_renewal_window_is_renewed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    manifest(d, "name = \"dev1\"\ndays = 365");
+    ok(d, &["fleet", "fleet.toml"]);
+    let kept = ok(d, &["fleet", "fleet.toml"]);
+    assert!(kept.contains("0 issued"), "{kept}");
+    let first = serial(d);
+    // Renew anything with less than 400 days left: this one.
+    manifest(d, "name = \"dev1\"\ndays = 365\nrenew_before_days = 400");
+    let out = ok(d, &["fleet", "fleet.toml"]);
+    assert!(out.contains("1 issued"), "{out}");
+    assert_ne!(serial(d), first);
+    assert!(
+        statuses(d)
+            .iter()
+            .any(|(s, st)| *s == first && st.contains("superseded"))
+    );
+}

@@ -600,6 +600,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  certificate: {}", issued.paths.cert.display());
             println!("  serial:      {}", issued.certificate.serial());
             println!("  valid until: {}", when(issued.certificate.not_after()));
+            for serial in &issued.superseded {
+                println!("  superseded:  {serial} (revoked; CRL rewritten)");
+            }
             if let Some(requested) = issued.capped_not_after {
                 println!(
                     "  note: the requested end {} is after the CA's expiry; cut to the CA's",
@@ -664,6 +667,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("  granted: {}", granted.join(", "));
             for refused in &signed.refused {
                 println!("  not granted: {} ({})", refused.san, refused.reason);
+            }
+            for serial in &signed.superseded {
+                println!("  superseded:  {serial} (revoked; CRL rewritten)");
             }
             if signed.capped_not_after.is_some() {
                 println!("  note: validity cut to the CA's expiry");

@@ -161,7 +161,34 @@ pub struct IssuedIdentity {
     pub record: Record,
     /// The requested end, when it was cut to the CA's expiry.
     pub capped_not_after: Option<SystemTime>,
+    /// Serials of earlier certificates for the same subject, now revoked as
+    /// superseded (a CN, the MQTT username, has one valid certificate).
+    pub superseded: Vec<String>,
 }
+
+/// Revokes as superseded every valid certificate in the inventory with
+/// `new`'s subject other than `new` itself, and rewrites the CRL when there
+/// was one (call with the lock held); returns their serials.
+fn supersede_others(dir: &CaDir, ca: &CertificateAuthority, new: &Record) -> Result<Vec<String>> {
+    let mut records = dir.inventory()?;
+    let mut superseded = Vec::new();
+    for r in records
+        .iter_mut()
+        .filter(|r| r.status == Status::Valid && r.subject == new.subject && r.serial != new.serial)
+    {
+        r.revoke(RevocationReason::Superseded);
+        superseded.push(r.serial.clone());
+    }
+    if !superseded.is_empty() {
+        dir.rewrite(&records)?;
+        write_crl_locked(dir, ca, &records, &dir.crl_path(), SUPERSEDED_CRL_DAYS)?;
+    }
+    Ok(superseded)
+}
+
+/// Days until the nextUpdate of a CRL written because a certificate was
+/// superseded.
+const SUPERSEDED_CRL_DAYS: u32 = 30;
 
 /// Issues an identity and records it in the inventory, under the CA lock.
 pub fn issue(
@@ -172,8 +199,9 @@ pub fn issue(
     refuse_ca_folder(&request.identity.out, Some(dir))?;
     let _lock = dir.lock()?;
     let serials = dir.serials()?;
-    let issued = issue_files(ca, request, &serials, Durability::Now)?;
+    let mut issued = issue_files(ca, request, &serials, Durability::Now)?;
     dir.append(std::slice::from_ref(&issued.record))?;
+    issued.superseded = supersede_others(dir, ca, &issued.record)?;
     Ok(issued)
 }
 
@@ -235,6 +263,7 @@ pub fn issue_files(
         certificate: issued.certificate,
         capped_not_after: issued.capped_not_after,
         paths,
+        superseded: Vec::new(),
     })
 }
 
@@ -348,6 +377,9 @@ pub struct SignedCsr {
     pub granted: Vec<SubjectAltName>,
     /// The names the CSR asked for that were left out, and why.
     pub refused: Vec<pki_core::RefusedSan>,
+    /// Serials of earlier certificates for the same subject, now revoked as
+    /// superseded.
+    pub superseded: Vec<String>,
 }
 
 /// Signs a CSR (the original `CertificateAuthority.sign_csr`): verifies its
@@ -415,17 +447,16 @@ pub fn sign_csr(
         Access::Public,
         request.force,
     )?;
-    dir.append(&[Record::new(
-        &issued.certificate,
-        request.profile.as_str(),
-        &request.out,
-    )])?;
+    let record = Record::new(&issued.certificate, request.profile.as_str(), &request.out);
+    dir.append(std::slice::from_ref(&record))?;
+    let superseded = supersede_others(dir, ca, &record)?;
     let granted = issued.certificate.subject_alt_names().unwrap_or_default();
     Ok(SignedCsr {
         certificate: issued.certificate,
         capped_not_after: issued.capped_not_after,
         granted,
         refused: issued.refused_sans,
+        superseded,
     })
 }
 

@@ -112,3 +112,27 @@ fn an_identity_inside_its_renewal_window_is_renewed() {
             .any(|(s, st)| *s == first && st.contains("superseded"))
     );
 }
+
+/// A CN (the MQTT username) has one valid certificate: issuing it again
+/// revokes the earlier one as superseded.
+#[test]
+fn issuing_a_name_again_supersedes_its_earlier_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca"]);
+    ok(d, &["issue", "client", "dev1"]);
+    let first = serial(d);
+    let out = ok(d, &["issue", "client", "dev1", "--force"]);
+    assert!(out.contains(&format!("superseded:  {first}")), "{out}");
+    let records = statuses(d);
+    let valid: Vec<_> = records
+        .iter()
+        .filter(|(_, s)| s.contains("valid"))
+        .collect();
+    assert_eq!(valid.len(), 1, "{records:?}");
+    assert!(
+        records
+            .iter()
+            .any(|(s, st)| *s == first && st.contains("superseded"))
+    );
+}

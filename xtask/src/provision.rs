@@ -38,6 +38,11 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         }
     }
     std::fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    // Commands below run in the project root (`cargo run`): paths the user
+    // gave relative to where they are must not move with them.
+    let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+    let out = absolute(out);
+    let manifest = manifest.map(absolute);
     let manifest = match manifest {
         Some(m) => m,
         None => {

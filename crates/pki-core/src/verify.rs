@@ -32,6 +32,12 @@ pub struct VerifyOptions<'a> {
     /// A CRL from the same CA; a listed serial fails with
     /// [`InvalidReason::Revoked`].
     pub crl: Option<&'a Crl>,
+    /// Take every certificate in the trusted set as an anchor, an
+    /// intermediate CA included (OpenSSL's `partial_chain`, and what rustls
+    /// does with the certificates it is given). Off by default: only a
+    /// self-signed root is an anchor, and an intermediate needs its root in
+    /// the set. For a CA the caller holds itself (its own CA folder).
+    pub partial_chain: bool,
 }
 
 impl VerifyOptions<'_> {
@@ -42,6 +48,7 @@ impl VerifyOptions<'_> {
             profile: None,
             name: None,
             crl: None,
+            partial_chain: false,
         }
     }
 }
@@ -137,7 +144,9 @@ pub fn verify(
             reason,
         }));
     }
-    if let Err(reason) = anchored(ca, trusted, options.at) {
+    if !options.partial_chain
+        && let Err(reason) = anchored(ca, trusted, options.at)
+    {
         return Err(invalid(InvalidReason::IssuerRejected {
             issuer: ca.subject(),
             reason,
@@ -571,6 +580,12 @@ mod tests {
             reason.contains("Chain Root"),
             "names the missing root: {reason}"
         );
+        // Unless the caller says the set is its own trust store.
+        let partial = VerifyOptions {
+            partial_chain: true,
+            ..VerifyOptions::now()
+        };
+        verify(&cert, std::slice::from_ref(&intermediate), &partial).unwrap();
         verify(
             &cert,
             &[intermediate, root.certificate().clone()],

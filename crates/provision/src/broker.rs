@@ -165,6 +165,8 @@ fn check_server_identity(
     let certificate = Certificate::from_pem(cert).map_err(pki(cert_path))?;
     let options = VerifyOptions {
         profile: Some(Profile::Server),
+        // The CA folder's own certificate, root or intermediate.
+        partial_chain: true,
         ..VerifyOptions::now()
     };
     pki_core::verify(&certificate, &cas, &options).map_err(pki(cert_path))?;

@@ -19,6 +19,11 @@ pub fn check_name(name: &str) -> Result<()> {
     if name.starts_with('.') {
         return Err(bad("it must not start with a dot"));
     }
+    if name == "root_ca" {
+        return Err(bad(
+            "it is the CA's own file name (root_ca.key, root_ca_cert.pem)",
+        ));
+    }
     if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
@@ -74,9 +79,20 @@ pub fn write_atomic_owned(
     force: bool,
     owner: Option<u32>,
 ) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let dir = parent(path);
     create_dir(dir)?;
+    // The rename below would replace a link's name, not its target; still,
+    // a link where we write was planted, and is refused (as `NewFiles`
+    // refuses it).
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && (meta.file_type().is_symlink() || (meta.is_file() && meta.nlink() > 1))
+    {
+        return Err(Error::UnsafeOutput {
+            path: path.to_owned(),
+            reason: "it is a symbolic link or has other hard links; remove it first".into(),
+        });
+    }
     let io = |source| Error::Io {
         action: "writing",
         path: path.to_owned(),
@@ -164,7 +180,7 @@ impl NewFiles {
                             .into(),
                     }
                 } else if source.kind() == std::io::ErrorKind::Other
-                    && source.to_string().contains(LINKED)
+                    && source.to_string().ends_with(REFUSED)
                 {
                     Error::UnsafeOutput {
                         path: path.to_owned(),
@@ -208,8 +224,9 @@ impl Drop for NewFiles {
     }
 }
 
-/// What [`create_in_place`] says of a file with other names.
-const LINKED: &str = "has other hard links";
+/// How [`create_in_place`]'s refusals end (so they become
+/// [`Error::UnsafeOutput`]).
+const REFUSED: &str = "remove it first";
 
 /// Creates (or, with `force`, truncates) `path` with its final mode. Never
 /// through a link: a symbolic link there fails the open (`O_NOFOLLOW`), and
@@ -225,7 +242,9 @@ fn create_in_place(path: &Path, access: Access, force: bool) -> std::io::Result<
     options
         .write(true)
         .mode(mode)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+        // NONBLOCK: a FIFO planted there fails the open instead of
+        // blocking it for ever (no effect on a plain file).
+        .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32);
     if force {
         options.create(true);
     } else {
@@ -234,10 +253,18 @@ fn create_in_place(path: &Path, access: Access, force: bool) -> std::io::Result<
     let file = options.open(path)?;
     if force {
         let meta = file.metadata()?;
+        // Someone else's file would stay theirs (they could read the key
+        // written into it later).
+        if meta.uid() != rustix::process::geteuid().as_raw() {
+            return Err(std::io::Error::other(format!(
+                "it belongs to another user (uid {}); {REFUSED}",
+                meta.uid()
+            )));
+        }
         if !meta.is_file() || meta.nlink() > 1 {
             return Err(std::io::Error::other(format!(
-                "it {LINKED} or is not a plain file; truncating it would change them too \
-                 (remove it first)"
+                "it has other hard links or is not a plain file, and truncating it would \
+                 change them too; {REFUSED}"
             )));
         }
         file.set_len(0)?;

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::files::{Durability, check_name, flush_all, read_text, resolve};
+use crate::files::{Durability, check_name, flush_all, read_text};
 use crate::ops::{
     CsrRequest, IdentityPaths, InitCa, IssueRequest, SubjectOptions, init_ca, issue_files,
     write_crl_locked,
@@ -270,12 +270,28 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
             renew_before.push(d.renew_before_days);
         }
     }
+    for (r, renew) in requests.iter().zip(&renew_before) {
+        if let Some(before) = renew
+            && *before >= r.days
+        {
+            return Err(bad(format!(
+                "{}: renew_before_days = {before} is not less than days = {}: every run \
+                 would replace it",
+                r.identity.name, r.days
+            )));
+        }
+    }
     for r in requests.iter().map(|r| &r.identity) {
         check_name(&r.name).map_err(|e| bad(e.to_string()))?;
         refuse_ca_folder(&r.out, Some(&ca_dir)).map_err(|e| bad(e.to_string()))?;
-        // One folder spelled two ways is one folder.
-        if !names.insert((resolve(&r.out), r.name.clone())) {
-            return Err(bad(format!("the name {:?} appears twice", r.name)));
+        // The name is the CN, the MQTT username: one identity per name,
+        // whatever folder it goes to.
+        if !names.insert(r.name.clone()) {
+            return Err(bad(format!(
+                "the name {:?} appears twice (it is the certificate's CN, the MQTT \
+                 username: one identity per name)",
+                r.name
+            )));
         }
         // Catch bad subjects before anything is written.
         r.subject
@@ -344,6 +360,7 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
                     known: &known,
                     revoked: &revoked,
                     renew_before: *renew_before,
+                    ca_not_after: ca.certificate().not_after(),
                 };
                 let outcome = provision_one(&ca, request, &lifecycle);
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
@@ -371,20 +388,26 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
     }
     let mut first_error = None;
     let mut superseded = HashSet::new();
+    // Each identity's certificate now, by subject: any other valid one with
+    // that subject is superseded (an earlier run's, one whose files went
+    // missing, one a crash left unrevoked).
+    let mut current: Vec<(String, String)> = Vec::new();
     for outcome in outcomes {
         match outcome {
             Ok(Outcome::Issued(record, replaced)) => {
                 summary.issued += 1;
+                current.push((record.subject.clone(), record.serial.clone()));
                 new_records.push(record);
                 if let Some(old) = replaced {
                     summary.replaced += 1;
                     superseded.insert(old);
                 }
             }
-            Ok(Outcome::Kept(record)) => {
+            Ok(Outcome::Kept { record, recorded }) => {
                 summary.kept += 1;
-                if let Some(r) = record {
-                    new_records.push(r);
+                current.push((record.subject.clone(), record.serial.clone()));
+                if !recorded {
+                    new_records.push(record);
                 }
             }
             Err(e) => {
@@ -401,11 +424,18 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
     // The certificates replaced are revoked as superseded (their CN, the
     // MQTT username, stays with one valid certificate), and the CRL says so.
     let mut records = ca_dir.inventory()?;
+    let now_current: std::collections::HashMap<&str, &str> = current
+        .iter()
+        .map(|(subject, serial)| (subject.as_str(), serial.as_str()))
+        .collect();
     let mut newly_revoked = false;
-    for r in records
-        .iter_mut()
-        .filter(|r| r.status == Status::Valid && superseded.contains(&r.serial))
-    {
+    for r in records.iter_mut().filter(|r| {
+        r.status == Status::Valid
+            && (superseded.contains(&r.serial)
+                || now_current
+                    .get(r.subject.as_str())
+                    .is_some_and(|serial| *serial != r.serial))
+    }) {
         r.revoke(RevocationReason::Superseded);
         newly_revoked = true;
     }
@@ -425,9 +455,9 @@ const CRL_DAYS: u32 = 30;
 enum Outcome {
     /// Issued; with the serial of the certificate it replaces.
     Issued(Record, Option<String>),
-    /// Kept; with a record when the inventory lacked it (an earlier run
-    /// stopped before recording).
-    Kept(Option<Record>),
+    /// Kept, with its record and whether the inventory has it already (an
+    /// earlier run may have stopped before recording).
+    Kept { record: Record, recorded: bool },
 }
 
 /// What decides whether an existing identity is kept.
@@ -438,6 +468,9 @@ struct Lifecycle<'a> {
     revoked: &'a HashSet<String>,
     /// Renew when fewer days than this are left (`None`: the default).
     renew_before: Option<u32>,
+    /// The CA's own end: a certificate ending with it cannot be renewed
+    /// into a longer one.
+    ca_not_after: SystemTime,
 }
 
 fn provision_one(
@@ -451,9 +484,10 @@ fn provision_one(
         let serial = cert.serial().to_string();
         match stale(&cert, request, lifecycle) {
             None => {
-                let record = (!lifecycle.known.contains(&serial))
-                    .then(|| Record::new(&cert, request.profile.as_str(), &paths.cert));
-                return Ok(Outcome::Kept(record));
+                return Ok(Outcome::Kept {
+                    record: Record::new(&cert, request.profile.as_str(), &paths.cert),
+                    recorded: lifecycle.known.contains(&serial),
+                });
             }
             Some(why) => {
                 tracing::info!("{}: issuing anew: {why}", request.identity.name);
@@ -461,8 +495,16 @@ fn provision_one(
             }
         }
     }
-    // Bulk: one flush for the whole run instead of three per identity.
-    let issued = issue_files(ca, request, lifecycle.known, Durability::Deferred)?;
+    // New identities in bulk: one flush for the whole run instead of three
+    // per identity. One replacing files that exist is written atomically
+    // (temp file, rename), so that a failure leaves the working identity
+    // as it was instead of truncated or removed.
+    let durability = if paths.key.exists() || paths.cert.exists() || paths.csr.exists() {
+        Durability::Now
+    } else {
+        Durability::Deferred
+    };
+    let issued = issue_files(ca, request, lifecycle.known, durability)?;
     Ok(Outcome::Issued(issued.record, replaces))
 }
 
@@ -489,7 +531,9 @@ fn stale(cert: &Certificate, request: &IssueRequest, lifecycle: &Lifecycle<'_>) 
             (day * 30).min(lifetime / 3)
         }
     };
-    if left < window {
+    if left < window
+        && validity.not_after() + std::time::Duration::from_secs(86_400) < lifecycle.ca_not_after
+    {
         return Some(format!(
             "it expires in {} days, inside the renewal window of {} days",
             left.as_secs() / 86_400,
@@ -547,6 +591,8 @@ fn existing_valid(
         profile: Some(profile),
         name: None,
         crl: None,
+        // Our own CA folder's certificate, root or intermediate.
+        partial_chain: true,
     };
     pki_core::verify(&cert, std::slice::from_ref(ca.certificate()), &options).ok()?;
     Some(cert)

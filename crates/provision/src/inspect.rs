@@ -295,6 +295,8 @@ pub fn verify(request: &VerifyRequest<'_>) -> Result<String> {
         profile: request.profile,
         name: request.name.clone(),
         crl: crl.as_ref(),
+        // The CA folder's own certificate, root or intermediate.
+        partial_chain: true,
     };
     pki_core::verify(&cert, &cas, &options).map_err(pki(request.cert))?;
     Ok(format!(

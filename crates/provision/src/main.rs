@@ -426,11 +426,12 @@ impl CaArgs {
             Err(provision::Error::Passphrase { path, .. })
                 if self.passphrase_env.is_none() && std::io::stdin().is_terminal() =>
             {
-                let typed =
+                let typed = Zeroizing::new(
                     rpassword::prompt_password(format!("passphrase for {}: ", path.display()))
                         .with_context(|| {
                             format!("reading the passphrase for {}", path.display())
-                        })?;
+                        })?,
+                );
                 dir.load(Some(typed.as_bytes()))?
             }
             other => other?,

@@ -94,7 +94,7 @@ pub fn init_ca_archiving(
     }
     let _lock = dir.lock()?;
     refuse_existing(&[&cert_path, &key_path], request.force)?;
-    let archived = if request.force { dir.archive()? } else { None };
+    // Everything that can fail before the old CA moves away.
     let subject = request.subject.subject("MQTT Root CA")?;
     let ca = CertificateAuthority::new_root(
         &subject,
@@ -106,6 +106,7 @@ pub fn init_ca_archiving(
         Some(p) => ca.key().to_encrypted_pkcs8_pem(p)?.into(),
         None => ca.key().to_pkcs8_pem()?,
     };
+    let archived = if request.force { dir.archive()? } else { None };
     write_atomic(&key_path, key_pem.as_bytes(), Access::Secret, request.force)?;
     write_atomic(
         &cert_path,
@@ -242,7 +243,10 @@ pub fn issue_files(
         }
     };
     let (key, csr) = key_and_csr(id)?;
-    let issue = IssueParams::new(request.profile, Validity::days_from_now(request.days)?);
+    let mut issue = IssueParams::new(request.profile, Validity::days_from_now(request.days)?);
+    // The CSR is ours, made from the names the operator gave (a wildcard
+    // there is the operator's choice).
+    issue.allow_wildcards = true;
     let issued = sign_unique(ca, &csr, &issue, serials)?;
 
     let key_pem = key.to_pkcs8_pem()?;
@@ -515,6 +519,15 @@ pub fn write_crl(
     out: &Path,
     days: u32,
 ) -> Result<pki_core::Crl> {
+    let target = crate::files::resolve(out);
+    for own in [dir.key_path(), dir.cert_path(), dir.inventory_path()] {
+        if crate::files::resolve(&own) == target {
+            return Err(Error::UnsafeOutput {
+                path: out.to_owned(),
+                reason: "it is one of the CA's own files, not a place for a CRL".into(),
+            });
+        }
+    }
     let _lock = dir.lock()?;
     let records = dir.inventory()?;
     write_crl_locked(dir, ca, &records, out, days)

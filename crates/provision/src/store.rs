@@ -118,7 +118,7 @@ impl CaDir {
             path: cert_path.clone(),
             source,
         })?;
-        let key_pem = read_text(&key_path)?;
+        let key_pem = zeroize::Zeroizing::new(read_text(&key_path)?);
         let key = match passphrase {
             Some(p) => KeyPair::from_pem_with_passphrase(&key_pem, p),
             None => KeyPair::from_pem(&key_pem),
@@ -325,7 +325,14 @@ impl CaDir {
                 });
             }
         };
-        let next = current.max(on_disk) + 1;
+        let next = current
+            .max(on_disk)
+            .checked_add(1)
+            .ok_or_else(|| Error::Inventory {
+                path: path.clone(),
+                line: 1,
+                reason: "the CRL number cannot grow any further".into(),
+            })?;
         write_atomic(&path, format!("{next}\n").as_bytes(), Access::Public, true)?;
         Ok(next)
     }

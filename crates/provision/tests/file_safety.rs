@@ -105,9 +105,7 @@ fn no_identity_may_land_in_the_ca_folder() {
     for out in ["root_cert", "./root_cert", "backend_certs/../root_cert"] {
         std::fs::write(
             d.join("evil.toml"),
-            format!(
-                "[ca]\ndir = \"root_cert\"\n[[devices]]\nname = \"root_ca\"\nout = \"{out}\"\n"
-            ),
+            format!("[ca]\ndir = \"root_cert\"\n[[devices]]\nname = \"dev9\"\nout = \"{out}\"\n"),
         )
         .unwrap();
         let e = fails(d, &["fleet", "evil.toml"], 1);
@@ -117,17 +115,14 @@ fn no_identity_may_land_in_the_ca_folder() {
     // The CLI's own `issue --out` likewise.
     let e = fails(
         d,
-        &[
-            "issue",
-            "client",
-            "root_ca",
-            "--out",
-            "root_cert",
-            "--force",
-        ],
+        &["issue", "client", "dev9", "--out", "root_cert", "--force"],
         1,
     );
     assert!(e.contains("CA folder"), "{e}");
+    // And no identity takes the CA's own file name, wherever it goes (a
+    // folder swapped for a link to the CA folder after the check).
+    let e = fails(d, &["issue", "client", "root_ca", "--out", "elsewhere"], 1);
+    assert!(e.contains("CA's own file name"), "{e}");
     assert_eq!(ca_files(d), before);
 }
 

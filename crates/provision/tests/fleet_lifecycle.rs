@@ -96,13 +96,13 @@ fn a_changed_entry_is_reissued_and_the_old_certificate_superseded() {
 fn an_identity_inside_its_renewal_window_is_renewed() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    manifest(d, "name = \"dev1\"\ndays = 365");
+    manifest(d, "name = \"dev1\"\ndays = 10");
     ok(d, &["fleet", "fleet.toml"]);
     let kept = ok(d, &["fleet", "fleet.toml"]);
     assert!(kept.contains("0 issued"), "{kept}");
     let first = serial(d);
-    // Renew anything with less than 400 days left: this one.
-    manifest(d, "name = \"dev1\"\ndays = 365\nrenew_before_days = 400");
+    // Renew with less than 30 days left: this one has 10.
+    manifest(d, "name = \"dev1\"\ndays = 365\nrenew_before_days = 30");
     let out = ok(d, &["fleet", "fleet.toml"]);
     assert!(out.contains("1 issued"), "{out}");
     assert_ne!(serial(d), first);
@@ -111,6 +111,56 @@ fn an_identity_inside_its_renewal_window_is_renewed() {
             .iter()
             .any(|(s, st)| *s == first && st.contains("superseded"))
     );
+    // The new one has a year: kept from now on.
+    let again = ok(d, &["fleet", "fleet.toml"]);
+    assert!(again.contains("0 issued"), "{again}");
+    // A window as long as the lifetime would replace it on every run.
+    manifest(d, "name = \"dev1\"\ndays = 365\nrenew_before_days = 365");
+    let e = common::fails(d, &["fleet", "fleet.toml"], 1);
+    assert!(e.contains("renew_before_days"), "{e}");
+}
+
+/// A broker with a wildcard name in the manifest gets it, and is kept on
+/// the next run (not replaced for "names changed" every time).
+#[test]
+fn a_wildcard_broker_is_issued_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(
+        d.join("fleet.toml"),
+        "[ca]\ndir = \"root_cert\"\n[[broker]]\nname = \"mq\"\ndns = [\"*.mq.example.com\", \"mq.example.com\"]\n",
+    )
+    .unwrap();
+    ok(d, &["fleet", "fleet.toml"]);
+    let shown = ok(d, &["inspect", "backend_certs/mq_cert.pem"]);
+    assert!(shown.contains("*.mq.example.com"), "{shown}");
+    let again = ok(d, &["fleet", "fleet.toml"]);
+    assert!(again.contains("0 issued"), "{again}");
+}
+
+/// One valid certificate per CN across the inventory: a name twice in a
+/// manifest is refused, and a certificate for a fleet identity issued
+/// elsewhere is superseded when the fleet runs.
+#[test]
+fn a_cn_has_one_valid_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(
+        d.join("twice.toml"),
+        "[ca]\ndir = \"root_cert\"\n[[devices]]\nname = \"dev1\"\n[[devices]]\nname = \"dev1\"\nout = \"other\"\n",
+    )
+    .unwrap();
+    let e = common::fails(d, &["fleet", "twice.toml"], 1);
+    assert!(e.contains("appears twice"), "{e}");
+    manifest(d, "name = \"dev1\"");
+    ok(d, &["fleet", "fleet.toml"]);
+    ok(d, &["issue", "client", "dev1", "--out", "elsewhere"]);
+    ok(d, &["fleet", "fleet.toml"]);
+    let valid = statuses(d)
+        .into_iter()
+        .filter(|(_, s)| !s.contains("revoked"))
+        .count();
+    assert_eq!(valid, 1, "{:?}", statuses(d));
 }
 
 /// A CN (the MQTT username) has one valid certificate: issuing it again

@@ -129,12 +129,21 @@ pub(crate) struct Shared {
     pub(crate) gone: AtomicBool,
     pub(crate) stopped: watch::Sender<bool>,
     pub(crate) last_error: Mutex<Option<String>>,
-    /// [`ConnectionEvent`]s for [`MqttClient::connection_events`].
-    pub(crate) events: broadcast::Sender<ConnectionEvent>,
+    /// [`ConnectionEvent`]s for [`MqttClient::connection_events`], made
+    /// when first asked for: the channel allocates its whole backlog up
+    /// front, a few KB on every idle connection of a fleet otherwise.
+    pub(crate) events: Mutex<Option<broadcast::Sender<ConnectionEvent>>>,
     pub(crate) counters: Counters,
 }
 
 impl Shared {
+    /// Tells `event` to whoever listens to [`MqttClient::connection_events`].
+    fn event(&self, event: ConnectionEvent) {
+        if let Some(events) = lock(&self.events).as_ref() {
+            let _ = events.send(event);
+        }
+    }
+
     /// The state of a client made with `options`, before any connection.
     pub(crate) fn new(options: &ConnectOptions) -> Self {
         let (stopped, _) = watch::channel(false);
@@ -163,7 +172,7 @@ impl Shared {
             link_changed: Notify::new(),
             stopped,
             last_error: Mutex::new(None),
-            events: broadcast::channel(EVENTS_BACKLOG).0,
+            events: Mutex::new(None),
             counters: Counters::default(),
         }
     }
@@ -507,7 +516,9 @@ impl MqttClient {
     /// kept and says how many it missed, with [`ConnectionEvent::Missed`]).
     pub fn connection_events(&self) -> ConnectionEvents {
         ConnectionEvents {
-            rx: self.shared.events.subscribe(),
+            rx: lock(&self.shared.events)
+                .get_or_insert_with(|| broadcast::channel(EVENTS_BACKLOG).0)
+                .subscribe(),
         }
     }
 
@@ -700,7 +711,7 @@ impl Connection {
                         .fetch_add(1, Ordering::Relaxed);
                     let err = classify(&e, &host, port);
                     *lock(&self.shared.last_error) = Some(err.to_string());
-                    let _ = self.shared.events.send(ConnectionEvent::ConnectFailed {
+                    self.shared.event(ConnectionEvent::ConnectFailed {
                         attempt: self.attempt.saturating_add(1),
                         error: Arc::new(classify(&e, &host, port)),
                     });
@@ -801,7 +812,7 @@ impl Connection {
                         let _ = reply.send(Err(classify(&e, &self.shared.host, self.shared.port)));
                     }
                     let event_error = Arc::new(classify(&e, &self.shared.host, self.shared.port));
-                    let _ = self.shared.events.send(if was_connected {
+                    self.shared.event(if was_connected {
                         ConnectionEvent::Disconnected { error: event_error }
                     } else {
                         ConnectionEvent::ConnectFailed {
@@ -847,7 +858,7 @@ impl Connection {
         fail_all(&self.shared, || Error::Closed);
         // Stored even when nobody listens yet: a later `disconnect` must see it.
         self.shared.stopped.send_replace(true);
-        let _ = self.shared.events.send(ConnectionEvent::Stopped);
+        self.shared.event(ConnectionEvent::Stopped);
         Ok(())
     }
 
@@ -957,7 +968,7 @@ impl Connection {
                     .counters
                     .connections
                     .fetch_add(1, Ordering::Relaxed);
-                let _ = self.shared.events.send(ConnectionEvent::Connected {
+                self.shared.event(ConnectionEvent::Connected {
                     session_present: ack.session_present,
                 });
                 if !ack.session_present && self.had_connection_error {
@@ -1089,7 +1100,7 @@ impl Drop for Connection {
         fail_all(&self.shared, || Error::Closed);
         if !self.shared.stopped.send_replace(true) {
             // Dropped without `run` ending: that is the end too.
-            let _ = self.shared.events.send(ConnectionEvent::Stopped);
+            self.shared.event(ConnectionEvent::Stopped);
         }
         self.shared.connected.store(false, Ordering::SeqCst);
         self.shared.room.notify_waiters();

@@ -344,6 +344,17 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
         .filter(|r| r.status != Status::Valid)
         .map(|r| r.serial.clone())
         .collect();
+    // Valid certificates by subject: after the run, all but an identity's
+    // current one are superseded (one whose files went missing, one issued
+    // elsewhere, one a crash left unrevoked).
+    let mut valid_by_subject: std::collections::HashMap<String, Vec<String>> =
+        std::collections::HashMap::new();
+    for r in inventory.iter().filter(|r| r.status == Status::Valid) {
+        valid_by_subject
+            .entry(r.subject.clone())
+            .or_default()
+            .push(r.serial.clone());
+    }
     drop(inventory);
     let total = requests.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
@@ -388,15 +399,25 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
     }
     let mut first_error = None;
     let mut superseded = HashSet::new();
-    // Each identity's certificate now, by subject: any other valid one with
-    // that subject is superseded (an earlier run's, one whose files went
-    // missing, one a crash left unrevoked).
-    let mut current: Vec<(String, String)> = Vec::new();
+    // An identity's current certificate supersedes every other valid one
+    // with its subject.
+    let others = |record: &Record| -> Vec<String> {
+        valid_by_subject
+            .get(&record.subject)
+            .map(|serials| {
+                serials
+                    .iter()
+                    .filter(|s| **s != record.serial)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     for outcome in outcomes {
         match outcome {
             Ok(Outcome::Issued(record, replaced)) => {
                 summary.issued += 1;
-                current.push((record.subject.clone(), record.serial.clone()));
+                superseded.extend(others(&record));
                 new_records.push(record);
                 if let Some(old) = replaced {
                     summary.replaced += 1;
@@ -405,7 +426,7 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
             }
             Ok(Outcome::Kept { record, recorded }) => {
                 summary.kept += 1;
-                current.push((record.subject.clone(), record.serial.clone()));
+                superseded.extend(others(&record));
                 if !recorded {
                     new_records.push(record);
                 }
@@ -423,25 +444,20 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
     ca_dir.append(&new_records)?;
     // The certificates replaced are revoked as superseded (their CN, the
     // MQTT username, stays with one valid certificate), and the CRL says so.
-    let mut records = ca_dir.inventory()?;
-    let now_current: std::collections::HashMap<&str, &str> = current
-        .iter()
-        .map(|(subject, serial)| (subject.as_str(), serial.as_str()))
-        .collect();
-    let mut newly_revoked = false;
-    for r in records.iter_mut().filter(|r| {
-        r.status == Status::Valid
-            && (superseded.contains(&r.serial)
-                || now_current
-                    .get(r.subject.as_str())
-                    .is_some_and(|serial| *serial != r.serial))
-    }) {
-        r.revoke(RevocationReason::Superseded);
-        newly_revoked = true;
-    }
-    if newly_revoked {
-        ca_dir.rewrite(&records)?;
-        write_crl_locked(&ca_dir, &ca, &records, &ca_dir.crl_path(), CRL_DAYS)?;
+    if !superseded.is_empty() {
+        let mut records = ca_dir.inventory()?;
+        let mut newly_revoked = false;
+        for r in records
+            .iter_mut()
+            .filter(|r| r.status == Status::Valid && superseded.contains(&r.serial))
+        {
+            r.revoke(RevocationReason::Superseded);
+            newly_revoked = true;
+        }
+        if newly_revoked {
+            ca_dir.rewrite(&records)?;
+            write_crl_locked(&ca_dir, &ca, &records, &ca_dir.crl_path(), CRL_DAYS)?;
+        }
     }
     match first_error {
         Some(e) => Err(e),

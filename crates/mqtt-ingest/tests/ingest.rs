@@ -165,17 +165,7 @@ async fn unmatched_messages_become_dead_letters_on(s: Setup) {
     );
     assert_eq!(ingest.metric("mqtt_ingest_dead_letters_total"), 1);
     // Acknowledged: the broker logged the PUBACK of both messages.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while s
-        .broker
-        .log()
-        .matches("Received PUBACK from ingest-under-test (")
-        .count()
-        < 2
-    {
-        assert!(Instant::now() < deadline, "{}", s.broker.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    acknowledged_on_the_wire(&s, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,17 +470,7 @@ async fn overlapping_filters_store_a_message_once() {
     publisher.publish("load/y", "2").await;
     // Both acknowledged on the wire: everything the ingest will store of
     // them is stored.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while s
-        .broker
-        .log()
-        .matches("Received PUBACK from ingest-under-test (")
-        .count()
-        < 2
-    {
-        assert!(Instant::now() < deadline, "{}", s.broker.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    acknowledged_on_the_wire(&s, 2).await;
     assert_eq!(
         s.broker
             .log()
@@ -598,21 +578,27 @@ async fn a_message_over_the_packet_limit_is_a_dead_letter_and_the_stream_goes_on
     assert_eq!(ingest.metric("mqtt_ingest_too_large_total"), 1);
     assert_eq!(ingest.metric("mqtt_ingest_dead_letters_total"), 1);
     // Both acknowledged on the wire, over one connection.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while s
-        .broker
-        .log()
-        .matches("Received PUBACK from ingest-under-test (")
-        .count()
-        < 2
-    {
-        assert!(Instant::now() < deadline, "{}", s.broker.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    acknowledged_on_the_wire(&s, 2).await;
     assert_eq!(
         s.broker.log().matches("New client connected from").count(),
         2,
         "the ingest and the publisher, each once:\n{}",
         s.broker.log()
     );
+}
+
+/// Waits until the broker logged `count` PUBACKs from the ingest: what it
+/// will store of the messages so far is stored.
+async fn acknowledged_on_the_wire(s: &Setup, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s
+        .broker
+        .log()
+        .matches("Received PUBACK from ingest-under-test (")
+        .count()
+        < count
+    {
+        assert!(Instant::now() < deadline, "{}", s.broker.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

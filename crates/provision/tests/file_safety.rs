@@ -32,27 +32,27 @@ fn ca_files(d: &Path) -> (Vec<u8>, Vec<u8>) {
     )
 }
 
-/// A symbolic link planted where `fleet` writes a device's key (the device
-/// missing, so it is issued again) is refused, not written through: the CA
-/// key it points at stays as it was.
-#[test]
-fn fleet_never_writes_through_a_planted_symlink() {
+/// A fleet with `dev1` whose three files are then removed (so the next
+/// run issues it again) and `plant` puts a link to the CA key at one of
+/// them: the next run is refused, naming that file, and the CA key stays
+/// byte-identical, 0600.
+fn planted_link_is_refused(file: &str, plant: impl FnOnce(&Path, &Path) -> std::io::Result<()>) {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     std::fs::write(d.join("fleet.toml"), MANIFEST).unwrap();
     ok(d, &["fleet", "fleet.toml"]);
     let before = ca_files(d);
-    for file in ["dev1.key", "dev1_cert.pem", "dev1_csr.pem"] {
-        std::fs::remove_file(d.join("backend_certs").join(file)).unwrap();
+    for name in ["dev1.key", "dev1_cert.pem", "dev1_csr.pem"] {
+        std::fs::remove_file(d.join("backend_certs").join(name)).unwrap();
     }
-    std::os::unix::fs::symlink(
-        d.join("root_cert/root_ca.key"),
-        d.join("backend_certs/dev1.key"),
+    plant(
+        &d.join("root_cert/root_ca.key"),
+        &d.join("backend_certs").join(file),
     )
     .unwrap();
     let e = fails(d, &["fleet", "fleet.toml"], 1);
     assert!(
-        e.contains("backend_certs/dev1.key") && e.contains("link"),
+        e.contains(&format!("backend_certs/{file}")) && e.contains("link"),
         "{e}"
     );
     assert_eq!(
@@ -63,33 +63,22 @@ fn fleet_never_writes_through_a_planted_symlink() {
     assert_eq!(mode(&d.join("root_cert/root_ca.key")), 0o600);
 }
 
+/// A symbolic link planted where `fleet` writes a device's key is refused,
+/// not written through.
+#[test]
+fn fleet_never_writes_through_a_planted_symlink() {
+    planted_link_is_refused("dev1.key", |target, link| {
+        std::os::unix::fs::symlink(target, link)
+    });
+}
+
 /// A hard link to the CA key planted as a device's certificate: truncating
-/// it would truncate the CA key. Refused, the CA key intact.
+/// it would truncate the CA key.
 #[test]
 fn fleet_never_truncates_a_planted_hard_link() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    std::fs::write(d.join("fleet.toml"), MANIFEST).unwrap();
-    ok(d, &["fleet", "fleet.toml"]);
-    let before = ca_files(d);
-    for file in ["dev1.key", "dev1_cert.pem", "dev1_csr.pem"] {
-        std::fs::remove_file(d.join("backend_certs").join(file)).unwrap();
-    }
-    std::fs::hard_link(
-        d.join("root_cert/root_ca.key"),
-        d.join("backend_certs/dev1_cert.pem"),
-    )
-    .unwrap();
-    let e = fails(d, &["fleet", "fleet.toml"], 1);
-    assert!(
-        e.contains("backend_certs/dev1_cert.pem") && e.contains("link"),
-        "{e}"
-    );
-    assert_eq!(
-        ca_files(d),
-        before,
-        "the CA key was truncated through the link"
-    );
+    planted_link_is_refused("dev1_cert.pem", |target, link| {
+        std::fs::hard_link(target, link)
+    });
 }
 
 /// A device named `root_ca` written into the CA folder would be

@@ -4,7 +4,6 @@
 
 mod chart;
 
-use std::collections::HashSet;
 use std::io::Read;
 use std::net::TcpStream;
 use std::path::Path;
@@ -102,7 +101,6 @@ fn identities(
     pool.broadcast(|_| pki_core::KeyPair::generate(key_type).map(|_| ()))
         .into_iter()
         .collect::<Result<(), _>>()?;
-    let serials = HashSet::new();
     let started = Instant::now();
     pool.install(|| {
         (0..count).into_par_iter().try_for_each(|i| {
@@ -120,7 +118,12 @@ fn identities(
                 days: 365,
             };
             // As `provision fleet` writes: one flush at the end.
-            issue_files(&ca, &request, &serials, Durability::Deferred).map(|_| ())
+            issue_files(
+                |csr, params| Ok(ca.sign(csr, params)?),
+                &request,
+                Durability::Deferred,
+            )
+            .map(|_| ())
         })
     })?;
     let written = started.elapsed().as_secs_f64();
@@ -140,7 +143,11 @@ fn identities(
 /// Runs a fleet manifest in-process; reports wall time and peak memory.
 fn fleet(manifest: &Path) -> anyhow::Result<serde_json::Value> {
     let started = Instant::now();
-    let summary = provision::fleet::run(manifest, 0, &|_, _| {})?;
+    let summary = provision::fleet::run(
+        manifest,
+        &provision::fleet::RunOptions::default(),
+        &|_, _| {},
+    )?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(json!({
         "what": "fleet",
@@ -563,7 +570,11 @@ fn storm(count: usize) -> anyhow::Result<serde_json::Value> {
              [[devices]]\nprefix = \"dev-\"\ncount = {count}\n"
         ),
     )?;
-    provision::fleet::run(&manifest, 0, &|_, _| {})?;
+    provision::fleet::run(
+        &manifest,
+        &provision::fleet::RunOptions::default(),
+        &|_, _| {},
+    )?;
     let certs = dir.path().join("backend_certs");
     let ca = dir.path().join("root_cert/root_ca_cert.pem");
     let mut broker = Mosquitto::start(

@@ -85,24 +85,34 @@ pub enum Error {
         reason: String,
     },
 
-    /// The inventory file is corrupt.
-    #[error("{path}: line {line}: {reason}")]
+    /// The inventory holds what it must not (a corrupt row or line,
+    /// another CA's records), or is elsewhere than the command looked.
+    #[error("inventory {location}: {reason}")]
     Inventory {
-        /// The inventory file.
-        path: PathBuf,
-        /// The 1-based line.
-        line: usize,
+        /// The database file or URL (without a password), or the file.
+        location: String,
         /// What is wrong.
         reason: String,
     },
 
+    /// The inventory's database failed.
+    #[error("inventory {location}: {action}: {reason}")]
+    Database {
+        /// The database file or URL (without a password).
+        location: String,
+        /// What was being done.
+        action: &'static str,
+        /// The database's error.
+        reason: String,
+    },
+
     /// No issued certificate has this serial or file.
-    #[error("{what} is not in the inventory {path}")]
+    #[error("{what} is not in the inventory {location}")]
     NotInInventory {
         /// The serial or file.
         what: String,
-        /// The inventory file.
-        path: PathBuf,
+        /// The inventory.
+        location: String,
     },
 
     /// An MQTT or client-bundle failure.

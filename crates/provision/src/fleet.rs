@@ -1,25 +1,24 @@
 //! `provision fleet`: a CA, brokers and many devices from one manifest,
 //! issued in parallel, idempotent and resumable.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use pki_core::{
     Certificate, CertificateAuthority, DnsName, KeyPair, KeyType, Profile, RevocationReason,
-    Subject, SubjectAltName, VerifyOptions,
+    Serial, Subject, SubjectAltName, VerifyOptions,
 };
 use rayon::prelude::*;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::files::{Durability, check_name, flush_all, read_text};
-use crate::ops::{
-    CsrRequest, IdentityPaths, InitCa, IssueRequest, SubjectOptions, init_ca, issue_files,
-    write_crl_locked,
-};
-use crate::store::{CaDir, Record, Status, refuse_ca_folder};
+use crate::inventory::{Filter, Inventory, Record, Status};
+use crate::layout::{DEFAULT_CA_DIR, DEFAULT_IDENTITY_DIR, IdentityPaths};
+use crate::ops::{CsrRequest, InitCa, IssueRequest, SubjectOptions, init_ca, issue_files};
+use crate::store::{CaDir, refuse_ca_folder};
 
 /// The most identities one manifest may ask for: a million devices take
 /// minutes and 3 million files; ten million would take hours and is more
@@ -78,7 +77,7 @@ pub struct CaSection {
 }
 
 fn default_ca_dir() -> PathBuf {
-    PathBuf::from("root_cert")
+    PathBuf::from(DEFAULT_CA_DIR)
 }
 
 /// `[[broker]]`.
@@ -144,6 +143,10 @@ pub struct Summary {
     /// expire, or no longer what the manifest asks for), which is now
     /// revoked as superseded.
     pub replaced: usize,
+    /// Of the kept, those whose current certificate is not the one on disk
+    /// but a newer one issued elsewhere (e.g. renewed by the device over
+    /// MQTT): neither reissued nor superseded.
+    pub renewed_elsewhere: usize,
     /// The CA folder.
     pub ca_dir: PathBuf,
     /// The broker identities, with their files.
@@ -167,21 +170,41 @@ impl Manifest {
     }
 }
 
-/// Runs a manifest with `jobs` worker threads (0: one per core), calling
-/// `progress` with (done, total) as identities complete.
-pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<Summary> {
+/// How to run a manifest.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Worker threads (0: one per core).
+    pub jobs: usize,
+    /// The inventory's PostgreSQL URL (`None`: SQLite in the CA folder).
+    pub inventory_url: Option<String>,
+}
+
+/// Runs a manifest, calling `progress` with (done, total) as identities
+/// complete.
+pub fn run(
+    path: &Path,
+    options: &RunOptions,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Summary> {
     let manifest = Manifest::load(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let bad = |reason: String| Error::Manifest {
         path: path.to_owned(),
         reason,
     };
-    let ca_dir = CaDir::new(base.join(&manifest.ca.dir));
+    let ca_dir =
+        CaDir::new(base.join(&manifest.ca.dir)).with_inventory_url(options.inventory_url.clone());
     let default_out = manifest
         .out
         .as_ref()
         .map(|o| base.join(o))
-        .unwrap_or_else(|| ca_dir.dir().parent().unwrap_or(base).join("backend_certs"));
+        .unwrap_or_else(|| {
+            ca_dir
+                .dir()
+                .parent()
+                .unwrap_or(base)
+                .join(DEFAULT_IDENTITY_DIR)
+        });
     let key_type = |k: &Option<String>| -> Result<KeyType> {
         Ok(match k {
             Some(k) => k.parse()?,
@@ -340,40 +363,38 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
         ca_dir.load(passphrase.as_ref().map(|p| p.as_slice()))?
     };
 
-    let _lock = ca_dir.lock()?;
-    let inventory = ca_dir.inventory()?;
-    let known: HashSet<String> = inventory.iter().map(|r| r.serial.clone()).collect();
-    let revoked: HashSet<String> = inventory
-        .iter()
-        .filter(|r| r.status != Status::Valid)
-        .map(|r| r.serial.clone())
-        .collect();
-    // Valid certificates by subject: after the run, all but an identity's
-    // current one are superseded (one whose files went missing, one issued
-    // elsewhere, one a crash left unrevoked).
-    let mut valid_by_subject: std::collections::HashMap<String, Vec<String>> =
-        std::collections::HashMap::new();
-    for r in inventory.iter().filter(|r| r.status == Status::Valid) {
-        valid_by_subject
-            .entry(r.subject.clone())
-            .or_default()
-            .push(r.serial.clone());
-    }
-    drop(inventory);
+    let inventory = Inventory::open(&ca_dir)?;
+    let mut locked = inventory.lock(&ca)?;
+    // What the inventory says of the manifest's names: each one's valid
+    // certificates (oldest first) and its revoked serials.
+    let mut history: HashMap<String, History> = HashMap::new();
+    locked.visit(&Filter::default(), |r| {
+        if names.contains(&r.common_name) {
+            let h = history.entry(r.common_name).or_default();
+            match r.status {
+                Status::Valid => h.valid.push(r.serial),
+                Status::Revoked { .. } => {
+                    h.revoked.insert(r.serial);
+                }
+            }
+        }
+        Ok(())
+    })?;
+    drop(names);
     let total = requests.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(jobs)
+        .num_threads(options.jobs)
         .build()
         .map_err(|e| bad(format!("cannot start worker threads: {e}")))?;
+    let no_history = History::default();
     let outcomes: Vec<Result<Outcome>> = pool.install(|| {
         requests
             .par_iter()
             .zip(renew_before.par_iter())
             .map(|(request, renew_before)| {
                 let lifecycle = Lifecycle {
-                    known: &known,
-                    revoked: &revoked,
+                    history: history.get(&request.identity.name).unwrap_or(&no_history),
                     renew_before: *renew_before,
                     ca_not_after: ca.certificate().not_after(),
                 };
@@ -402,14 +423,15 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
         }
     }
     let mut first_error = None;
-    let mut superseded = HashSet::new();
+    let mut superseded: Vec<Serial> = Vec::new();
     // An identity's current certificate supersedes every other valid one
-    // with its subject.
-    let others = |record: &Record| -> Vec<String> {
-        valid_by_subject
-            .get(&record.subject)
-            .map(|serials| {
-                serials
+    // with its CN (older: one whose files went missing, one a crash left
+    // unrevoked).
+    let others = |record: &Record| -> Vec<Serial> {
+        history
+            .get(&record.common_name)
+            .map(|h| {
+                h.valid
                     .iter()
                     .filter(|s| **s != record.serial)
                     .cloned()
@@ -419,14 +441,13 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
     };
     for outcome in outcomes {
         match outcome {
-            Ok(Outcome::Issued(record, replaced)) => {
+            Ok(Outcome::Issued { record, replaces }) => {
                 summary.issued += 1;
                 superseded.extend(others(&record));
-                new_records.push(record);
-                if let Some(old) = replaced {
+                if replaces {
                     summary.replaced += 1;
-                    superseded.insert(old);
                 }
+                new_records.push(record);
             }
             Ok(Outcome::Kept { record, recorded }) => {
                 summary.kept += 1;
@@ -435,6 +456,10 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
                     new_records.push(record);
                 }
             }
+            Ok(Outcome::RenewedElsewhere) => {
+                summary.kept += 1;
+                summary.renewed_elsewhere += 1;
+            }
             Err(e) => {
                 if first_error.is_none() {
                     first_error = Some(e);
@@ -442,27 +467,21 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
             }
         }
     }
+    drop(history);
     // Everything written must be on disk before the inventory says so.
     flush_all();
     // Record what was made even if some identities failed.
-    ca_dir.append(&new_records)?;
+    locked.record(&new_records)?;
     // The certificates replaced are revoked as superseded (their CN, the
     // MQTT username, stays with one valid certificate), and the CRL says so.
     if !superseded.is_empty() {
-        let mut records = ca_dir.inventory()?;
-        let mut newly_revoked = false;
-        for r in records
-            .iter_mut()
-            .filter(|r| r.status == Status::Valid && superseded.contains(&r.serial))
-        {
-            r.revoke(RevocationReason::Superseded);
-            newly_revoked = true;
+        for serial in &superseded {
+            locked.revoke(serial, RevocationReason::Superseded)?;
         }
-        if newly_revoked {
-            ca_dir.rewrite(&records)?;
-            write_crl_locked(&ca_dir, &ca, &records, &ca_dir.crl_path(), CRL_DAYS)?;
-        }
+        let crl = ca_dir.crl_path();
+        locked.write_crl(&crl, CRL_DAYS)?;
     }
+    locked.commit()?;
     match first_error {
         Some(e) => Err(e),
         None => Ok(summary),
@@ -472,20 +491,31 @@ pub fn run(path: &Path, jobs: usize, progress: &(dyn Fn(usize, usize) + Sync)) -
 /// Days until the nextUpdate of a CRL a fleet run writes.
 const CRL_DAYS: u32 = 30;
 
+/// What the inventory holds for one name.
+#[derive(Debug, Default)]
+struct History {
+    /// Its valid certificates, oldest first.
+    valid: Vec<Serial>,
+    /// Its revoked certificates.
+    revoked: HashSet<Serial>,
+}
+
 enum Outcome {
-    /// Issued; with the serial of the certificate it replaces.
-    Issued(Record, Option<String>),
+    /// Issued; `replaces`: in place of a valid certificate on disk.
+    Issued { record: Record, replaces: bool },
     /// Kept, with its record and whether the inventory has it already (an
     /// earlier run may have stopped before recording).
     Kept { record: Record, recorded: bool },
+    /// The inventory holds a newer certificate for the name than the one
+    /// on disk (renewed elsewhere, e.g. by the device over MQTT): left as
+    /// it is, neither reissued nor superseded.
+    RenewedElsewhere,
 }
 
 /// What decides whether an existing identity is kept.
 struct Lifecycle<'a> {
-    /// Serials in the inventory.
-    known: &'a HashSet<String>,
-    /// Serials the inventory has revoked.
-    revoked: &'a HashSet<String>,
+    /// What the inventory holds for the name.
+    history: &'a History,
     /// Renew when fewer days than this are left (`None`: the default).
     renew_before: Option<u32>,
     /// The CA's own end: a certificate ending with it cannot be renewed
@@ -499,19 +529,43 @@ fn provision_one(
     lifecycle: &Lifecycle<'_>,
 ) -> Result<Outcome> {
     let paths = IdentityPaths::new(&request.identity.out, &request.identity.name);
-    let mut replaces = None;
+    let history = lifecycle.history;
+    let mut replaces = false;
     if let Some(cert) = existing_valid(ca, request.profile, &paths) {
-        let serial = cert.serial().to_string();
-        match stale(&cert, request, lifecycle) {
+        let serial = cert.serial();
+        let newest = history.valid.last();
+        let renewed_elsewhere = match newest {
+            // The inventory's current certificate for the name is another:
+            // issued after the one on disk (which is superseded or in its
+            // grace period), so the identity lives on elsewhere.
+            Some(newest) if *newest != serial => {
+                history.valid.contains(&serial) || history.revoked.contains(&serial)
+            }
+            _ => false,
+        };
+        if renewed_elsewhere {
+            tracing::info!(
+                "{}: renewed elsewhere (the inventory's current certificate is serial {});                  left as it is",
+                request.identity.name,
+                newest.map(ToString::to_string).unwrap_or_default()
+            );
+            return Ok(Outcome::RenewedElsewhere);
+        }
+        let why = if history.revoked.contains(&serial) {
+            Some("its certificate is revoked".to_owned())
+        } else {
+            stale(&cert, request, lifecycle)
+        };
+        match why {
             None => {
                 return Ok(Outcome::Kept {
-                    record: Record::new(&cert, request.profile.as_str(), &paths.cert),
-                    recorded: lifecycle.known.contains(&serial),
+                    record: Record::new(&cert, request.profile, &paths.cert),
+                    recorded: history.valid.contains(&serial),
                 });
             }
             Some(why) => {
                 tracing::info!("{}: issuing anew: {why}", request.identity.name);
-                replaces = Some(serial);
+                replaces = true;
             }
         }
     }
@@ -524,17 +578,19 @@ fn provision_one(
     } else {
         Durability::Deferred
     };
-    let issued = issue_files(ca, request, lifecycle.known, durability)?;
-    Ok(Outcome::Issued(issued.record, replaces))
+    // Serials: random, 16 bytes; the inventory's key refuses a repeat when
+    // the batch is recorded.
+    let issued = issue_files(|csr, params| Ok(ca.sign(csr, params)?), request, durability)?;
+    Ok(Outcome::Issued {
+        record: issued.record,
+        replaces,
+    })
 }
 
-/// Why a valid certificate must be replaced, if it must: revoked in the
-/// inventory, inside its renewal window, or no longer what the manifest
+/// Why a valid certificate must be replaced, if it must: inside its
+/// renewal window, or no longer what the manifest
 /// asks for (subject, key type, names).
 fn stale(cert: &Certificate, request: &IssueRequest, lifecycle: &Lifecycle<'_>) -> Option<String> {
-    if lifecycle.revoked.contains(&cert.serial().to_string()) {
-        return Some("its certificate is revoked".into());
-    }
     let validity = cert.validity();
     let left = validity
         .not_after()

@@ -4,7 +4,12 @@
 //! `NAME_cert.pem`), safe file handling, the inventory, bulk issuance from a
 //! fleet manifest, broker configuration, and one-shot pub/sub.
 //!
+//! [`layout`] names every path; [`store::CaDir`] is the CA folder (its
+//! files, its lock, its archive); [`inventory`] is the record of what the CA
+//! issued, changed only through an [`inventory::LockedCa`].
+//!
 //! ```no_run
+//! use provision::inventory::Inventory;
 //! use provision::ops::{CsrRequest, InitCa, IssueRequest, SubjectOptions, init_ca, issue};
 //! use provision::store::CaDir;
 //! use pki_core::{KeyType, Profile};
@@ -17,7 +22,10 @@
 //!     passphrase: None,
 //!     force: false,
 //! })?;
-//! issue(&ca_dir, &ca, &IssueRequest {
+//! // Every change goes through the CA's lock: one transaction.
+//! let inventory = Inventory::open(&ca_dir)?;
+//! let mut locked = inventory.lock(&ca)?;
+//! issue(&mut locked, &IssueRequest {
 //!     identity: CsrRequest {
 //!         name: "client1".into(),
 //!         subject: SubjectOptions::default(),
@@ -30,6 +38,7 @@
 //!     profile: Profile::Client,
 //!     days: 365,
 //! })?;
+//! locked.commit()?;
 //! # Ok::<(), provision::Error>(())
 //! ```
 
@@ -40,6 +49,8 @@ mod error;
 pub mod files;
 pub mod fleet;
 pub mod inspect;
+pub mod inventory;
+pub mod layout;
 pub mod ops;
 pub mod pubsub;
 pub mod store;

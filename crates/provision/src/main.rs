@@ -1,7 +1,7 @@
 //! `provision`: the command line. Parsing and printing only; the work is in
 //! the library.
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,12 +13,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use mqtt_tls::{ClientCert, QoS};
 use pki_core::{DnsName, KeyType, Profile, RevocationReason, Serial};
 use provision::inspect::{VerifyRequest, inspect, verify};
+use provision::inventory::{Filter, Inventory, Status};
 use provision::ops::{
     CsrRequest, InitCa, IssueRequest, RevokeTarget, SignRequest, SubjectOptions, init_ca_archiving,
     issue, make_csr, revoke, sign_csr, when, write_crl,
 };
 use provision::pubsub::Endpoint;
-use provision::store::{CaDir, Status};
+use provision::store::CaDir;
 
 const AFTER_HELP: &str = "\
 Examples (the original design's layout):
@@ -163,6 +164,12 @@ enum Command {
     List {
         #[command(flatten)]
         ca: CaArgs,
+        /// Only certificates with this common name (the identity's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Only certificates not revoked.
+        #[arg(long)]
+        valid: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -214,6 +221,15 @@ enum Command {
         /// the device folders, counts) instead of a sentence.
         #[arg(long)]
         json: bool,
+        /// The inventory in PostgreSQL (postgres://USER@HOST/DB) instead of
+        /// SQLite in the CA folder.
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "PROVISION_INVENTORY",
+            hide_env_values = true
+        )]
+        inventory: Option<String>,
     },
     /// Write a Mosquitto configuration for mutual TLS.
     #[command(
@@ -315,6 +331,15 @@ struct CaArgs {
     /// The environment variable holding the CA key's passphrase.
     #[arg(long, value_name = "VAR")]
     passphrase_env: Option<String>,
+    /// The inventory in PostgreSQL (postgres://USER@HOST/DB) instead of
+    /// SQLite in the CA folder.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PROVISION_INVENTORY",
+        hide_env_values = true
+    )]
+    inventory: Option<String>,
 }
 
 #[derive(Args)]
@@ -414,6 +439,10 @@ impl SubjectArgs {
 }
 
 impl CaArgs {
+    fn dir(&self) -> CaDir {
+        CaDir::new(&self.ca_dir).with_inventory_url(self.inventory.clone())
+    }
+
     fn passphrase(&self) -> anyhow::Result<Option<Zeroizing<Vec<u8>>>> {
         passphrase(self.passphrase_env.as_deref())
     }
@@ -421,7 +450,7 @@ impl CaArgs {
     /// Loads the CA; an encrypted key without `--passphrase-env` is
     /// unlocked with a passphrase typed at the terminal, when there is one.
     fn load(&self) -> anyhow::Result<(CaDir, pki_core::CertificateAuthority)> {
-        let dir = CaDir::new(&self.ca_dir);
+        let dir = self.dir();
         let ca = match dir.load(self.passphrase()?.as_ref().map(|p| p.as_slice())) {
             Err(provision::Error::Passphrase { path, .. })
                 if self.passphrase_env.is_none() && std::io::stdin().is_terminal() =>
@@ -575,9 +604,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 IssueCommand::Server(a) => (Profile::Server, a),
             };
             let (dir, ca) = args.ca.load()?;
+            let inventory = Inventory::open(&dir)?;
+            let mut locked = inventory.lock(&ca)?;
             let issued = issue(
-                &dir,
-                &ca,
+                &mut locked,
                 &IssueRequest {
                     identity: CsrRequest {
                         name: args.name,
@@ -592,6 +622,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     days: args.days,
                 },
             )?;
+            locked.commit()?;
             println!(
                 "issued {profile} certificate {}",
                 issued.certificate.subject()
@@ -643,11 +674,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             accept_csr_names,
             allow_wildcards,
         } => {
-            let out = out.unwrap_or_else(|| default_cert_path(&csr));
+            let out = out.unwrap_or_else(|| provision::layout::cert_for_csr(&csr));
             let (dir, ca) = ca.load()?;
+            let inventory = Inventory::open(&dir)?;
+            let mut locked = inventory.lock(&ca)?;
             let signed = sign_csr(
-                &dir,
-                &ca,
+                &mut locked,
                 &SignRequest {
                     csr,
                     profile: profile.into(),
@@ -660,6 +692,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     allow_wildcards,
                 },
             )?;
+            locked.commit()?;
             let cert = &signed.certificate;
             println!("signed {} -> {}", cert.subject(), out.display());
             println!("  serial:      {}", cert.serial());
@@ -702,32 +735,64 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             println!("{line}");
         }
-        Command::List { ca, json } => {
-            let dir = CaDir::new(&ca.ca_dir);
-            let records = dir.inventory()?;
+        Command::List {
+            ca,
+            name,
+            valid,
+            json,
+        } => {
+            let inventory = Inventory::open(&ca.dir())?;
+            let filter = Filter {
+                common_name: name,
+                valid_only: valid,
+            };
+            // Streamed: a million records are never all in memory.
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut n = 0usize;
             if json {
-                println!("{}", serde_json::to_string_pretty(&records)?);
+                writeln!(out, "[")?;
             } else {
-                println!(
+                writeln!(
+                    out,
                     "{:<40}  {:<7}  {:<20}  {:<8}  SUBJECT",
                     "SERIAL", "PROFILE", "NOT AFTER", "STATUS"
-                );
-                for r in &records {
+                )?;
+            }
+            inventory.visit(&filter, |r| {
+                let line = if json {
+                    let sep = if n == 0 { "  " } else { ", " };
+                    serde_json::to_string(&r).map(|j| format!("{sep}{j}"))
+                } else {
                     let status = match &r.status {
                         Status::Valid => "valid",
                         Status::Revoked { .. } => "revoked",
                     };
-                    println!(
+                    Ok(format!(
                         "{:<40}  {:<7}  {:<20}  {:<8}  {}",
-                        r.serial, r.profile, r.not_after, status, r.subject
-                    );
-                }
-                println!(
-                    "{} certificate(s) in {}",
-                    records.len(),
-                    dir.inventory_path().display()
-                );
+                        r.serial.to_string(),
+                        r.profile.as_str(),
+                        r.not_after.to_string(),
+                        status,
+                        r.subject
+                    ))
+                };
+                n += 1;
+                let line = line.map_err(|e| provision::Error::Inventory {
+                    location: inventory.location().to_owned(),
+                    reason: e.to_string(),
+                })?;
+                writeln!(out, "{line}").map_err(|source| provision::Error::Io {
+                    action: "writing",
+                    path: "standard output".into(),
+                    source,
+                })
+            })?;
+            if json {
+                writeln!(out, "]")?;
+            } else {
+                writeln!(out, "{n} certificate(s) in {}", inventory.location())?;
             }
+            out.flush()?;
         }
         Command::Revoke {
             cert,
@@ -743,7 +808,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => bail!("give a certificate file or --serial"),
             };
             let (dir, ca) = ca.load()?;
-            let record = revoke(&dir, &ca, &target, reason, crl_days)?;
+            let inventory = Inventory::open(&dir)?;
+            let mut locked = inventory.lock(&ca)?;
+            let record = revoke(&mut locked, &target, reason, crl_days)?;
+            locked.commit()?;
             println!(
                 "revoked {} (serial {}, {reason})",
                 record.subject, record.serial
@@ -756,7 +824,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Crl { ca, out, days } => {
             let (dir, ca) = ca.load()?;
             let out = out.unwrap_or_else(|| dir.crl_path());
-            let crl = write_crl(&dir, &ca, &out, days)?;
+            let inventory = Inventory::open(&dir)?;
+            let mut locked = inventory.lock(&ca)?;
+            let crl = write_crl(&mut locked, &out, days)?;
+            locked.commit()?;
             println!(
                 "wrote {} (number {}, {} revoked)",
                 out.display(),
@@ -768,6 +839,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             manifest,
             jobs,
             json,
+            inventory,
         } => {
             let bar = indicatif::ProgressBar::new(0);
             bar.set_style(
@@ -784,7 +856,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bar.set_position(done as u64);
             };
             let started = std::time::Instant::now();
-            let summary = provision::fleet::run(&manifest, jobs, &progress)?;
+            let summary = provision::fleet::run(
+                &manifest,
+                &provision::fleet::RunOptions {
+                    jobs,
+                    inventory_url: inventory,
+                },
+                &progress,
+            )?;
             bar.finish_and_clear();
             if json {
                 let brokers: Vec<_> = summary
@@ -807,6 +886,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "issued": summary.issued,
                     "kept": summary.kept,
                     "replaced": summary.replaced,
+                    "renewed_elsewhere": summary.renewed_elsewhere,
                     "brokers": brokers,
                     "device_folders": summary.device_folders,
                 });
@@ -826,6 +906,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 summary.kept,
                 started.elapsed().as_secs_f64()
             );
+            if summary.renewed_elsewhere > 0 {
+                println!(
+                    "  {} of the kept were renewed elsewhere (the inventory's current \
+                     certificate is newer than the one on disk): left as they are",
+                    summary.renewed_elsewhere
+                );
+            }
             if summary.replaced > 0 {
                 println!(
                     "  {} of them replaced a revoked, expiring or changed certificate, now \
@@ -939,18 +1026,4 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
-}
-
-/// `dev_csr.pem` → `dev_cert.pem`; anything else → `<stem>_cert.pem`.
-fn default_cert_path(csr: &Path) -> PathBuf {
-    let name = csr
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let stem = name
-        .strip_suffix("_csr.pem")
-        .or_else(|| name.strip_suffix(".pem"))
-        .or_else(|| name.strip_suffix(".csr"))
-        .unwrap_or(&name);
-    csr.with_file_name(format!("{stem}_cert.pem"))
 }

@@ -1,22 +1,22 @@
 //! The CA operations behind the commands: create the CA, issue, make and
 //! sign CSRs, revoke, and write CRLs.
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use pki_core::{
-    Certificate, CertificateAuthority, CrlParams, Csr, CsrParams, DnsName, IssueParams, KeyPair,
-    KeyType, Profile, RevocationReason, RevokedEntry, Serial, Subject, SubjectAltName, Timestamp,
-    Validity,
+    Certificate, CertificateAuthority, Csr, CsrParams, DnsName, IssueParams, KeyPair, KeyType,
+    Profile, RevocationReason, Serial, Subject, SubjectAltName, Timestamp, Validity,
 };
 
 use crate::error::{Error, Result};
 use crate::files::{
-    Access, Durability, NewFiles, check_name, named, read_text, refuse_existing, write_atomic,
+    Access, Durability, NewFiles, check_name, read_text, refuse_existing, write_atomic,
 };
-use crate::store::{CaDir, Record, Status, refuse_ca_folder};
+use crate::inventory::{LockedCa, Record};
+pub use crate::layout::IdentityPaths;
+use crate::store::{CaDir, refuse_ca_folder};
 
 /// Optional subject attributes given on the command line or in a manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -129,28 +129,6 @@ pub struct IssueRequest {
     pub days: u32,
 }
 
-/// The three files of an identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdentityPaths {
-    /// `NAME.key`.
-    pub key: PathBuf,
-    /// `NAME_csr.pem`.
-    pub csr: PathBuf,
-    /// `NAME_cert.pem`.
-    pub cert: PathBuf,
-}
-
-impl IdentityPaths {
-    /// The original layout's file names for `name` in `out`.
-    pub fn new(out: &Path, name: &str) -> Self {
-        Self {
-            key: named(out, name, ".key"),
-            csr: named(out, name, "_csr.pem"),
-            cert: named(out, name, "_cert.pem"),
-        }
-    }
-}
-
 /// What [`issue`] made.
 #[derive(Debug, Clone)]
 pub struct IssuedIdentity {
@@ -162,27 +140,18 @@ pub struct IssuedIdentity {
     pub record: Record,
     /// The requested end, when it was cut to the CA's expiry.
     pub capped_not_after: Option<SystemTime>,
-    /// Serials of earlier certificates for the same subject, now revoked as
+    /// Serials of earlier certificates for the same CN, now revoked as
     /// superseded (a CN, the MQTT username, has one valid certificate).
-    pub superseded: Vec<String>,
+    pub superseded: Vec<Serial>,
 }
 
-/// Revokes as superseded every valid certificate in the inventory with
-/// `new`'s subject other than `new` itself, and rewrites the CRL when there
-/// was one (call with the lock held); returns their serials.
-fn supersede_others(dir: &CaDir, ca: &CertificateAuthority, new: &Record) -> Result<Vec<String>> {
-    let mut records = dir.inventory()?;
-    let mut superseded = Vec::new();
-    for r in records
-        .iter_mut()
-        .filter(|r| r.status == Status::Valid && r.subject == new.subject && r.serial != new.serial)
-    {
-        r.revoke(RevocationReason::Superseded);
-        superseded.push(r.serial.clone());
-    }
+/// Revokes as superseded every other valid certificate with `new`'s CN,
+/// and rewrites the CRL when there were any; their serials.
+fn supersede_others(locked: &mut LockedCa<'_>, new: &Record) -> Result<Vec<Serial>> {
+    let superseded = locked.supersede_others(new)?;
     if !superseded.is_empty() {
-        dir.rewrite(&records)?;
-        write_crl_locked(dir, ca, &records, &dir.crl_path(), SUPERSEDED_CRL_DAYS)?;
+        let crl = locked.ca_dir().crl_path();
+        locked.write_crl(&crl, SUPERSEDED_CRL_DAYS)?;
     }
     Ok(superseded)
 }
@@ -191,18 +160,16 @@ fn supersede_others(dir: &CaDir, ca: &CertificateAuthority, new: &Record) -> Res
 /// superseded.
 const SUPERSEDED_CRL_DAYS: u32 = 30;
 
-/// Issues an identity and records it in the inventory, under the CA lock.
-pub fn issue(
-    dir: &CaDir,
-    ca: &CertificateAuthority,
-    request: &IssueRequest,
-) -> Result<IssuedIdentity> {
-    refuse_ca_folder(&request.identity.out, Some(dir))?;
-    let _lock = dir.lock()?;
-    let serials = dir.serials()?;
-    let mut issued = issue_files(ca, request, &serials, Durability::Now)?;
-    dir.append(std::slice::from_ref(&issued.record))?;
-    issued.superseded = supersede_others(dir, ca, &issued.record)?;
+/// Issues an identity and records it (the caller commits `locked`).
+pub fn issue(locked: &mut LockedCa<'_>, request: &IssueRequest) -> Result<IssuedIdentity> {
+    refuse_ca_folder(&request.identity.out, Some(locked.ca_dir()))?;
+    let mut issued = issue_files(
+        |csr, params| locked.sign(csr, params),
+        request,
+        Durability::Now,
+    )?;
+    locked.record(std::slice::from_ref(&issued.record))?;
+    issued.superseded = supersede_others(locked, &issued.record)?;
     Ok(issued)
 }
 
@@ -217,10 +184,13 @@ fn parent_of(path: &Path) -> &Path {
 /// Makes key, CSR and certificate and writes them, without touching the
 /// inventory: the building block for single and bulk issuance. Nothing is
 /// written if any file exists and `force` is off, or if signing fails.
+///
+/// `sign` signs the CSR: [`LockedCa::sign`], which draws a serial the
+/// inventory has never seen, or the CA itself in bulk (where the
+/// inventory's key refuses a repeat when the batch is recorded).
 pub fn issue_files(
-    ca: &CertificateAuthority,
+    sign: impl FnOnce(&Csr, &IssueParams) -> Result<pki_core::Issued>,
     request: &IssueRequest,
-    serials: &HashSet<String>,
     durability: Durability,
 ) -> Result<IssuedIdentity> {
     let id = &request.identity;
@@ -247,7 +217,7 @@ pub fn issue_files(
     // The CSR is ours, made from the names the operator gave (a wildcard
     // there is the operator's choice).
     issue.allow_wildcards = true;
-    let issued = sign_unique(ca, &csr, &issue, serials)?;
+    let issued = sign(&csr, &issue)?;
 
     let key_pem = key.to_pkcs8_pem()?;
     let csr_pem = csr.to_pem();
@@ -263,28 +233,12 @@ pub fn issue_files(
         }
     }
     Ok(IssuedIdentity {
-        record: Record::new(&issued.certificate, request.profile.as_str(), &paths.cert),
+        record: Record::new(&issued.certificate, request.profile, &paths.cert),
         certificate: issued.certificate,
         capped_not_after: issued.capped_not_after,
         paths,
         superseded: Vec::new(),
     })
-}
-
-/// Signs, re-drawing the random serial in the (astronomically unlikely)
-/// case it was used before: serials never repeat.
-fn sign_unique(
-    ca: &CertificateAuthority,
-    csr: &Csr,
-    params: &IssueParams,
-    serials: &HashSet<String>,
-) -> Result<pki_core::Issued> {
-    loop {
-        let issued = ca.sign(csr, params)?;
-        if !serials.contains(&issued.certificate.serial().to_string()) {
-            return Ok(issued);
-        }
-    }
 }
 
 fn sans(dns: &[DnsName], ip: &[IpAddr]) -> Vec<SubjectAltName> {
@@ -381,19 +335,16 @@ pub struct SignedCsr {
     pub granted: Vec<SubjectAltName>,
     /// The names the CSR asked for that were left out, and why.
     pub refused: Vec<pki_core::RefusedSan>,
-    /// Serials of earlier certificates for the same subject, now revoked as
+    /// Serials of earlier certificates for the same CN, now revoked as
     /// superseded.
-    pub superseded: Vec<String>,
+    pub superseded: Vec<Serial>,
 }
 
 /// Signs a CSR (the original `CertificateAuthority.sign_csr`): verifies its
 /// signature, grants the names the operator gives (and, on request, the
-/// CSR's), applies the profile, writes `out` and records it.
-pub fn sign_csr(
-    dir: &CaDir,
-    ca: &CertificateAuthority,
-    request: &SignRequest,
-) -> Result<SignedCsr> {
+/// CSR's), applies the profile, writes `out` and records it (the caller
+/// commits `locked`).
+pub fn sign_csr(locked: &mut LockedCa<'_>, request: &SignRequest) -> Result<SignedCsr> {
     let csr_path = &request.csr;
     let text = read_text(csr_path)?;
     // None is the parser's to report (it names what it found instead).
@@ -434,11 +385,9 @@ pub fn sign_csr(
             },
         });
     }
-    refuse_ca_folder(parent_of(&request.out), Some(dir))?;
-    let _lock = dir.lock()?;
+    refuse_ca_folder(parent_of(&request.out), Some(locked.ca_dir()))?;
     refuse_existing(&[&request.out], request.force)?;
-    let serials = dir.serials()?;
-    let issued = sign_unique(ca, &csr, &params, &serials).map_err(|e| match e {
+    let issued = locked.sign(&csr, &params).map_err(|e| match e {
         Error::Invalid(source) => Error::Pki {
             path: csr_path.clone(),
             source,
@@ -451,9 +400,9 @@ pub fn sign_csr(
         Access::Public,
         request.force,
     )?;
-    let record = Record::new(&issued.certificate, request.profile.as_str(), &request.out);
-    dir.append(std::slice::from_ref(&record))?;
-    let superseded = supersede_others(dir, ca, &record)?;
+    let record = Record::new(&issued.certificate, request.profile, &request.out);
+    locked.record(std::slice::from_ref(&record))?;
+    let superseded = supersede_others(locked, &record)?;
     let granted = issued.certificate.subject_alt_names().unwrap_or_default();
     Ok(SignedCsr {
         certificate: issued.certificate,
@@ -473,54 +422,49 @@ pub enum RevokeTarget {
     Serial(Serial),
 }
 
-/// Marks a certificate revoked in the inventory and rewrites the CRL.
+/// Marks a certificate revoked in the inventory and rewrites the CRL in
+/// the CA folder (the caller commits `locked`). Revoking a revoked
+/// certificate keeps its first revocation and rewrites the CRL.
 pub fn revoke(
-    dir: &CaDir,
-    ca: &CertificateAuthority,
+    locked: &mut LockedCa<'_>,
     target: &RevokeTarget,
     reason: RevocationReason,
     crl_days: u32,
 ) -> Result<Record> {
     let (serial, what) = match target {
-        RevokeTarget::Serial(s) => (s.to_string(), format!("serial {s}")),
+        RevokeTarget::Serial(s) => (s.clone(), format!("serial {s}")),
         RevokeTarget::File(path) => {
             let serial = Certificate::from_pem(&read_text(path)?)
                 .map_err(|source| Error::Pki {
                     path: path.clone(),
                     source,
                 })?
-                .serial()
-                .to_string();
+                .serial();
             let what = format!("{} (serial {serial})", path.display());
             (serial, what)
         }
     };
-    let _lock = dir.lock()?;
-    let mut records = dir.inventory()?;
-    let Some(record) = records.iter_mut().find(|r| r.serial == serial) else {
+    let Some(record) = locked.revoke(&serial, reason)? else {
         return Err(Error::NotInInventory {
             what,
-            path: dir.inventory_path(),
+            location: locked.location().to_owned(),
         });
     };
-    if record.status == Status::Valid {
-        record.revoke(reason);
-    }
-    let revoked = record.clone();
-    dir.rewrite(&records)?;
-    write_crl_locked(dir, ca, &records, &dir.crl_path(), crl_days)?;
-    Ok(revoked)
+    let crl = locked.ca_dir().crl_path();
+    locked.write_crl(&crl, crl_days)?;
+    Ok(record)
 }
 
-/// Writes a CRL of every revoked certificate in the inventory to `out`.
-pub fn write_crl(
-    dir: &CaDir,
-    ca: &CertificateAuthority,
-    out: &Path,
-    days: u32,
-) -> Result<pki_core::Crl> {
+/// Writes a CRL of every revoked certificate in the inventory to `out`
+/// (the caller commits `locked`: the CRL number is the inventory's).
+pub fn write_crl(locked: &mut LockedCa<'_>, out: &Path, days: u32) -> Result<pki_core::Crl> {
+    let dir = locked.ca_dir();
     let target = crate::files::resolve(out);
-    for own in [dir.key_path(), dir.cert_path(), dir.inventory_path()] {
+    for own in [
+        dir.key_path(),
+        dir.cert_path(),
+        dir.dir().join(crate::layout::INVENTORY_DB),
+    ] {
         if crate::files::resolve(&own) == target {
             return Err(Error::UnsafeOutput {
                 path: out.to_owned(),
@@ -528,58 +472,7 @@ pub fn write_crl(
             });
         }
     }
-    let _lock = dir.lock()?;
-    let records = dir.inventory()?;
-    write_crl_locked(dir, ca, &records, out, days)
-}
-
-pub(crate) fn write_crl_locked(
-    dir: &CaDir,
-    ca: &CertificateAuthority,
-    records: &[Record],
-    out: &Path,
-    days: u32,
-) -> Result<pki_core::Crl> {
-    let mut entries = Vec::new();
-    for (i, r) in records.iter().enumerate() {
-        if let Status::Revoked { at, reason } = &r.status {
-            // A record that cannot be read is an error, never a guess (a
-            // revocation dated now with reason unspecified would misstate
-            // when and why the key stopped being trusted).
-            let corrupt = |what: String| Error::Inventory {
-                path: dir.inventory_path(),
-                line: i + 1,
-                reason: what,
-            };
-            entries.push(RevokedEntry {
-                serial: r
-                    .serial
-                    .parse()
-                    .map_err(|e| corrupt(format!("serial {:?}: {e}", r.serial)))?,
-                revoked_at: parse_time(at)
-                    .ok_or_else(|| corrupt(format!("revocation time {at:?} is not RFC 3339")))?,
-                reason: reason
-                    .parse()
-                    .map_err(|e| corrupt(format!("revocation reason {reason:?}: {e}")))?,
-            });
-        }
-    }
-    let now = SystemTime::now();
-    let crl = ca.crl(
-        &entries,
-        &CrlParams {
-            number: dir.next_crl_number()?,
-            this_update: now,
-            next_update: now + Duration::from_secs(u64::from(days.max(1)) * 86_400),
-        },
-    )?;
-    write_atomic(out, crl.to_pem().as_bytes(), Access::Public, true)?;
-    Ok(crl)
-}
-
-/// Parses the RFC 3339 UTC times the inventory stores.
-fn parse_time(s: &str) -> Option<SystemTime> {
-    s.parse::<Timestamp>().ok().map(|t| t.0)
+    locked.write_crl(out, days)
 }
 
 /// Formats for the CLI.

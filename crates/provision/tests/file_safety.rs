@@ -127,10 +127,11 @@ fn a_replaced_ca_is_archived_whole() {
     ok(d, &["issue", "client", "dev1"]);
     ok(d, &["revoke", "backend_certs/dev1_cert.pem"]);
     let (old_key, old_cert) = ca_files(d);
-    let old_inventory = std::fs::read(d.join("root_cert/inventory.jsonl")).unwrap();
+    let old_records = common::records(d);
+    assert_eq!(old_records.len(), 1);
     let old_crl = std::fs::read(d.join("root_cert/crl.pem")).unwrap();
     let out = ok(d, &["init-ca", "--force"]);
-    for stale in ["inventory.jsonl", "crl.pem", "crl_number"] {
+    for stale in ["inventory.db", "crl.pem"] {
         assert!(
             !d.join("root_cert").join(stale).exists(),
             "{stale} of the old CA left beside the new one"
@@ -149,19 +150,24 @@ fn a_replaced_ca_is_archived_whole() {
         std::fs::read(archive.join("root_ca_cert.pem")).unwrap(),
         old_cert
     );
-    assert_eq!(
-        std::fs::read(archive.join("inventory.jsonl")).unwrap(),
-        old_inventory
+    // The archive is a CA folder of its own: its inventory still lists
+    // what the old CA issued; the new CA's starts empty.
+    let archived = ok(
+        d,
+        &["list", "--json", "--ca-dir", archive.to_str().unwrap()],
     );
+    let archived: Vec<serde_json::Value> = serde_json::from_str(&archived).unwrap();
+    assert_eq!(archived, old_records);
+    assert!(common::records(d).is_empty());
     assert_eq!(std::fs::read(archive.join("crl.pem")).unwrap(), old_crl);
     assert_eq!(mode(&archive.join("root_ca.key")), 0o600);
     assert_eq!(mode(archive) & 0o077, 0, "the archive is private");
     assert_ne!(ca_files(d).0, old_key, "a new CA key");
 }
 
-/// The CRL number continues from the larger of `crl_number` and the CRL on
-/// disk: a CRL with a lower number than the broker's last one would be
-/// ignored or, worse, roll back revocations.
+/// The CRL number continues from the larger of the inventory's counter and
+/// the CRL on disk: a CRL with a lower number than the broker's last one
+/// would be ignored or, worse, roll back revocations.
 #[test]
 fn the_crl_number_never_goes_back() {
     let tmp = tempfile::tempdir().unwrap();
@@ -178,8 +184,11 @@ fn the_crl_number_never_goes_back() {
         line.split(':').nth(1).unwrap().trim().parse().unwrap()
     };
     assert_eq!(number(d), 2);
-    // The counter file lost (restored from an old backup, say).
-    std::fs::write(d.join("root_cert/crl_number"), "0\n").unwrap();
+    // The inventory's counter goes back (restored from an old backup, say).
+    sql(
+        d,
+        "UPDATE ca_state SET value = '0' WHERE name = 'crl_number'",
+    );
     ok(d, &["crl"]);
     assert_eq!(number(d), 3);
 }
@@ -213,11 +222,34 @@ fn a_new_ca_key_needs_a_real_passphrase() {
     );
 }
 
-/// A revoked record whose date or reason cannot be read stops the CRL with
-/// an error naming the inventory line, instead of a guessed entry (dated
-/// now, reason unspecified).
+/// Runs one SQL statement on the inventory in `d/root_cert`.
+fn sql(d: &Path, statement: &str) {
+    let db = d.join("root_cert/inventory.db");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            use sqlx::Connection;
+            let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&db);
+            let mut c = sqlx::SqliteConnection::connect_with(&options)
+                .await
+                .unwrap();
+            let done = sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&mut c)
+                .await
+                .unwrap();
+            assert_eq!(done.rows_affected(), 1, "{statement}");
+            c.close().await.unwrap();
+        });
+}
+
+/// A record that cannot be read is an error naming the inventory and the
+/// record, never a guess: a revocation whose reason is unreadable does not
+/// become a CRL entry with reason unspecified, a profile that is no profile
+/// does not become a client.
 #[test]
-fn a_corrupt_revocation_record_is_an_error_not_a_guess() {
+fn a_corrupt_record_is_an_error_not_a_guess() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     ok(d, &["init-ca"]);
@@ -231,18 +263,86 @@ fn a_corrupt_revocation_record_is_an_error_not_a_guess() {
             "key-compromise",
         ],
     );
-    let inventory = d.join("root_cert/inventory.jsonl");
-    let text = std::fs::read_to_string(&inventory).unwrap();
-    for (from, to) in [
-        ("key-compromise", "bogus-reason"),
-        ("\"at\":\"", "\"at\":\"not a time "),
-    ] {
-        let corrupt = text.replacen(from, to, 1);
-        assert_ne!(corrupt, text);
-        std::fs::write(&inventory, &corrupt).unwrap();
-        let before = std::fs::read(d.join("root_cert/crl.pem")).unwrap();
-        let e = fails(d, &["crl"], 1);
-        assert!(e.contains("inventory.jsonl") && e.contains("line 1"), "{e}");
-        assert_eq!(std::fs::read(d.join("root_cert/crl.pem")).unwrap(), before);
-    }
+    let serial = common::records(d)[0]["serial"].as_str().unwrap().to_owned();
+    sql(
+        d,
+        "UPDATE certificates SET revocation_reason = 'bogus-reason' WHERE revoked_at IS NOT NULL",
+    );
+    let before = std::fs::read(d.join("root_cert/crl.pem")).unwrap();
+    let e = fails(d, &["crl"], 1);
+    assert!(
+        e.contains("inventory.db") && e.contains(&serial) && e.contains("bogus-reason"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(d.join("root_cert/crl.pem")).unwrap(), before);
+    sql(
+        d,
+        "UPDATE certificates SET revocation_reason = 'key-compromise', profile = 'bogus'",
+    );
+    let e = fails(d, &["list"], 1);
+    assert!(e.contains(&serial) && e.contains("profile"), "{e}");
+}
+
+/// An earlier version's `inventory.jsonl` is imported once: every record,
+/// a last line without its newline included when it is whole, left out
+/// when a crash tore it; a bad line elsewhere is an error naming it, and
+/// nothing is imported.
+#[test]
+fn an_earlier_inventory_is_imported_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca"]);
+    let line = |serial: &str, name: &str, status: &str| {
+        format!(
+            "{{\"serial\":\"{serial}\",\"subject\":\"CN={name},O=Org\",\"profile\":\"client\",\
+             \"not_before\":\"2026-01-01T00:00:00Z\",\"not_after\":\"2027-01-01T00:00:00Z\",\
+             \"sha256\":\"00\",\"cert_path\":\"backend_certs/{name}_cert.pem\",\
+             \"status\":{status}}}"
+        )
+    };
+    let valid = "{\"state\":\"valid\"}";
+    let revoked =
+        "{\"state\":\"revoked\",\"at\":\"2026-02-01T00:00:00Z\",\"reason\":\"key-compromise\"}";
+    let jsonl = d.join("root_cert/inventory.jsonl");
+    // A bad line in the middle: refused, naming it; nothing imported.
+    std::fs::write(
+        &jsonl,
+        format!(
+            "{}\nnot json\n{}\n",
+            line("0A", "a", valid),
+            line("0B", "b", valid)
+        ),
+    )
+    .unwrap();
+    let e = fails(d, &["list"], 1);
+    assert!(e.contains("inventory.jsonl") && e.contains("line 2"), "{e}");
+    // A whole last line without its newline is a record.
+    std::fs::write(
+        &jsonl,
+        format!("{}\n{}", line("0A", "a", valid), line("0B", "b", revoked)),
+    )
+    .unwrap();
+    let records = common::records(d);
+    let serials: Vec<&str> = records
+        .iter()
+        .map(|r| r["serial"].as_str().unwrap())
+        .collect();
+    assert_eq!(serials, ["0A", "0B"]);
+    assert_eq!(records[0]["common_name"], "a");
+    assert_eq!(records[1]["status"]["reason"], "key-compromise");
+    assert!(!jsonl.exists() && d.join("root_cert/inventory.jsonl.imported").exists());
+    // Once: a second look imports nothing more.
+    assert_eq!(common::records(d).len(), 2);
+    // A torn last line (a crash during an append) is left out.
+    let whole = line("0D", "d", valid);
+    std::fs::write(
+        &jsonl,
+        format!("{}\n{}", line("0C", "c", valid), &whole[..whole.len() / 2]),
+    )
+    .unwrap();
+    let serials: Vec<String> = common::records(d)
+        .iter()
+        .map(|r| r["serial"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(serials, ["0A", "0B", "0C"]);
 }

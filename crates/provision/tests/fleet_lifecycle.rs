@@ -139,10 +139,12 @@ fn a_wildcard_broker_is_issued_once() {
 }
 
 /// One valid certificate per CN across the inventory: a name twice in a
-/// manifest is refused, and a certificate for a fleet identity issued
-/// elsewhere is superseded when the fleet runs.
+/// manifest is refused. An identity renewed elsewhere (here by `issue`,
+/// as a device renewing over MQTT would be) is not reissued by the next
+/// fleet run: the inventory's current certificate for the name decides,
+/// not only the file in the fleet's folder.
 #[test]
-fn a_cn_has_one_valid_certificate() {
+fn an_identity_renewed_elsewhere_is_left_to_its_new_certificate() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     std::fs::write(
@@ -154,13 +156,28 @@ fn a_cn_has_one_valid_certificate() {
     assert!(e.contains("appears twice"), "{e}");
     manifest(d, "name = \"dev1\"");
     ok(d, &["fleet", "fleet.toml"]);
+    let factory = serial(d);
     ok(d, &["issue", "client", "dev1", "--out", "elsewhere"]);
-    ok(d, &["fleet", "fleet.toml"]);
-    let valid = statuses(d)
+    let renewed = {
+        let shown = ok(d, &["inspect", "elsewhere/dev1_cert.pem", "--json"]);
+        let json: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        json["serial"].as_str().unwrap().to_owned()
+    };
+    let out = ok(d, &["fleet", "fleet.toml", "--json"]);
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["issued"], 0, "{out}");
+    assert_eq!(summary["renewed_elsewhere"], 1, "{out}");
+    assert_eq!(
+        serial(d),
+        factory,
+        "the fleet's files are left as they were"
+    );
+    let valid: Vec<String> = statuses(d)
         .into_iter()
         .filter(|(_, s)| !s.contains("revoked"))
-        .count();
-    assert_eq!(valid, 1, "{:?}", statuses(d));
+        .map(|(serial, _)| serial)
+        .collect();
+    assert_eq!(valid, [renewed], "{:?}", statuses(d));
 }
 
 /// A CN (the MQTT username) has one valid certificate: issuing it again

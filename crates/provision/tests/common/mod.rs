@@ -41,3 +41,9 @@ pub(crate) fn fails(dir: &Path, args: &[&str], code: i32) -> String {
     );
     stderr
 }
+
+/// Every inventory record of the CA in `dir/root_cert`, from `provision
+/// list --json`, in issue order.
+pub(crate) fn records(dir: &Path) -> Vec<serde_json::Value> {
+    serde_json::from_str(&ok(dir, &["list", "--json"])).unwrap()
+}

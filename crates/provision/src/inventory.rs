@@ -1,0 +1,1120 @@
+//! The inventory: every certificate the CA issued, in a database.
+//!
+//! SQLite in the CA folder (`inventory.db`, WAL) by default; PostgreSQL
+//! when the operator gives a URL (`--inventory postgres://...`), so that CA
+//! services on several hosts can share one CA. Reading needs no lock
+//! ([`Inventory::visit`], [`Inventory::by_serial`]); every change goes
+//! through a [`LockedCa`], the one type that can record an issuance, draw a
+//! serial, revoke, supersede and number a CRL. It holds the CA folder's
+//! lock and the database's write lock for as long as it lives, and its
+//! changes land together at [`LockedCa::commit`] (or not at all).
+//!
+//! Every query is indexed (serial, common name, revoked), so the cost of
+//! one operation does not grow with the number of identities.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pki_core::{
+    Certificate, CertificateAuthority, Crl, CrlParams, Csr, IssueParams, Profile, RevocationReason,
+    RevokedEntry, Serial, Timestamp,
+};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+use crate::error::{Error, Result};
+use crate::files::{Access, write_atomic};
+use crate::layout;
+use crate::store::{CaDir, CaLock};
+
+/// Runs `$body` with `$c` bound to the pool or transaction of either
+/// database: one query text serves both (`$1`-style parameters, which
+/// SQLite reads too).
+macro_rules! either {
+    ($on:expr, Db($c:ident) => $body:expr) => {
+        match $on {
+            Db::Sqlite($c) => $body,
+            Db::Postgres($c) => $body,
+        }
+    };
+    ($on:expr, Tx($c:ident) => $body:expr) => {
+        match $on {
+            Tx::Sqlite($c) => $body,
+            Tx::Postgres($c) => $body,
+        }
+    };
+}
+
+/// One issued certificate, as the inventory records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The serial.
+    #[serde(with = "text")]
+    pub serial: Serial,
+    /// The subject's common name: the MQTT username, one valid certificate
+    /// each (a superseded one during a renewal's grace period aside).
+    pub common_name: String,
+    /// The subject, RFC 4514.
+    pub subject: String,
+    /// Client or server.
+    #[serde(with = "text")]
+    pub profile: Profile,
+    /// `notBefore`.
+    #[serde(with = "text")]
+    pub not_before: Timestamp,
+    /// `notAfter`.
+    #[serde(with = "text")]
+    pub not_after: Timestamp,
+    /// SHA-256 fingerprint of the DER.
+    pub sha256: String,
+    /// Where the certificate was written.
+    pub cert_path: PathBuf,
+    /// Valid or revoked.
+    pub status: Status,
+}
+
+/// The status of an issued certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum Status {
+    /// Issued and not revoked.
+    Valid,
+    /// Revoked.
+    Revoked {
+        /// When.
+        #[serde(with = "text")]
+        at: Timestamp,
+        /// Why.
+        #[serde(with = "text")]
+        reason: RevocationReason,
+    },
+}
+
+impl Record {
+    /// The record for `cert`, just written to `path`.
+    pub fn new(cert: &Certificate, profile: Profile, path: &Path) -> Self {
+        let v = cert.validity();
+        Self {
+            serial: cert.serial(),
+            common_name: cert.common_name().unwrap_or_default(),
+            subject: cert.subject(),
+            profile,
+            not_before: Timestamp(v.not_before()),
+            not_after: Timestamp(v.not_after()),
+            sha256: cert.sha256_fingerprint(),
+            cert_path: path.to_owned(),
+            status: Status::Valid,
+        }
+    }
+
+    /// Whether it is revoked.
+    pub fn is_revoked(&self) -> bool {
+        matches!(self.status, Status::Revoked { .. })
+    }
+}
+
+/// Serde through `Display` and `FromStr`, for the typed fields.
+mod text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    pub(super) fn serialize<T: Display, S: serde::Serializer>(
+        value: &T,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_str(value)
+    }
+
+    pub(super) fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: serde::Deserializer<'de>,
+    {
+        let s = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Which records [`Inventory::visit`] yields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only certificates with this common name.
+    pub common_name: Option<String>,
+    /// Only certificates not revoked.
+    pub valid_only: bool,
+}
+
+impl Filter {
+    fn sql(&self) -> String {
+        let mut sql = format!("SELECT {COLUMNS} FROM certificates WHERE 1 = 1");
+        if self.common_name.is_some() {
+            sql.push_str(" AND common_name = $1");
+        }
+        if self.valid_only {
+            sql.push_str(" AND revoked_at IS NULL");
+        }
+        sql.push_str(" ORDER BY seq");
+        sql
+    }
+}
+
+const SCHEMA: [&str; 4] = [
+    "CREATE TABLE IF NOT EXISTS certificates (
+        seq BIGINT NOT NULL UNIQUE,
+        serial TEXT PRIMARY KEY,
+        common_name TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        not_before BIGINT NOT NULL,
+        not_after BIGINT NOT NULL,
+        sha256 TEXT NOT NULL,
+        cert_path TEXT NOT NULL,
+        revoked_at BIGINT,
+        revocation_reason TEXT,
+        CHECK ((revoked_at IS NULL) = (revocation_reason IS NULL))
+    )",
+    "CREATE INDEX IF NOT EXISTS certificates_by_cn ON certificates (common_name)",
+    "CREATE INDEX IF NOT EXISTS certificates_revoked ON certificates (revoked_at)
+        WHERE revoked_at IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS ca_state (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+];
+
+const COLUMNS: &str = "serial, common_name, subject, profile, not_before, not_after, sha256, \
+                       cert_path, revoked_at, revocation_reason";
+
+/// The PostgreSQL advisory lock a [`LockedCa`] holds ("mqttCAin" in ASCII).
+const PG_CA_LOCK: i64 = 0x6d71_7474_4341_696e;
+
+/// Rows inserted per statement when recording many (11 parameters each,
+/// far below either database's limit).
+const INSERT_CHUNK: usize = 500;
+
+/// The inventory of one CA. Cheap to keep open; a long-running process
+/// (a CA service) holds one and takes a [`LockedCa`] per change, safely
+/// alongside CLI invocations.
+pub struct Inventory {
+    // Dropped before the runtime it needs (see `Drop`).
+    db: Db,
+    rt: tokio::runtime::Runtime,
+    /// Where it is, for messages (a PostgreSQL password left out).
+    location: String,
+    ca_dir: CaDir,
+}
+
+impl std::fmt::Debug for Inventory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inventory")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inventory {
+    /// Closes the connections on the runtime (sqlx returns connections to
+    /// the pool on a task, which needs one).
+    fn drop(&mut self) {
+        self.rt
+            .block_on(async { either!(&self.db, Db(pool) => pool.close().await) });
+    }
+}
+
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+enum Tx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+/// A row as stored: plain columns, checked into a [`Record`] by
+/// [`Raw::record`].
+struct Raw {
+    serial: String,
+    common_name: String,
+    subject: String,
+    profile: String,
+    not_before: i64,
+    not_after: i64,
+    sha256: String,
+    cert_path: String,
+    revoked_at: Option<i64>,
+    revocation_reason: Option<String>,
+}
+
+impl<'r, R> sqlx::FromRow<'r, R> for Raw
+where
+    R: sqlx::Row,
+    &'r str: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> std::result::Result<Self, sqlx::Error> {
+        Ok(Self {
+            serial: row.try_get("serial")?,
+            common_name: row.try_get("common_name")?,
+            subject: row.try_get("subject")?,
+            profile: row.try_get("profile")?,
+            not_before: row.try_get("not_before")?,
+            not_after: row.try_get("not_after")?,
+            sha256: row.try_get("sha256")?,
+            cert_path: row.try_get("cert_path")?,
+            revoked_at: row.try_get("revoked_at")?,
+            revocation_reason: row.try_get("revocation_reason")?,
+        })
+    }
+}
+
+fn to_secs(t: Timestamp) -> i64 {
+    match t.0.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+fn from_secs(s: i64) -> Timestamp {
+    let d = Duration::from_secs(s.unsigned_abs());
+    Timestamp(if s >= 0 {
+        UNIX_EPOCH + d
+    } else {
+        UNIX_EPOCH - d
+    })
+}
+
+impl Raw {
+    /// The typed record; a row that does not parse is an error naming the
+    /// serial and the column, never a guess.
+    fn record(self, location: &str) -> Result<Record> {
+        let corrupt = |what: String| Error::Inventory {
+            location: location.to_string(),
+            reason: format!("the row for serial {:?} is corrupt: {what}", self.serial),
+        };
+        let serial = self
+            .serial
+            .parse::<Serial>()
+            .map_err(|e| corrupt(format!("serial: {e}")))?;
+        let profile = self
+            .profile
+            .parse::<Profile>()
+            .map_err(|e| corrupt(format!("profile: {e}")))?;
+        let status = match (self.revoked_at, &self.revocation_reason) {
+            (None, None) => Status::Valid,
+            (Some(at), Some(reason)) => Status::Revoked {
+                at: from_secs(at),
+                reason: reason
+                    .parse()
+                    .map_err(|e| corrupt(format!("revocation reason {reason:?}: {e}")))?,
+            },
+            _ => return Err(corrupt("a revocation without its time or reason".into())),
+        };
+        Ok(Record {
+            serial,
+            common_name: self.common_name,
+            subject: self.subject,
+            profile,
+            not_before: from_secs(self.not_before),
+            not_after: from_secs(self.not_after),
+            sha256: self.sha256,
+            cert_path: PathBuf::from(self.cert_path),
+            status,
+        })
+    }
+}
+
+/// The location without a password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Inventory {
+    /// Opens the CA's inventory: the PostgreSQL database at the CA
+    /// folder's URL when it has one, else `inventory.db` in the folder
+    /// (created when missing). An `inventory.jsonl` left by an earlier
+    /// version is imported once (and renamed `inventory.jsonl.imported`).
+    pub fn open(ca_dir: &CaDir) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io {
+                action: "starting the database runtime for",
+                path: ca_dir.dir().to_owned(),
+                source,
+            })?;
+        let marker = ca_dir.dir().join(layout::INVENTORY_URL);
+        let (db, location) = match ca_dir.inventory_url() {
+            Some(url) => {
+                let location = redact(url);
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(Error::Inventory {
+                        location: location.clone(),
+                        reason: "an inventory URL must be postgres://... (the default, SQLite \
+                                 in the CA folder, needs none)"
+                            .into(),
+                    });
+                }
+                let pool = rt
+                    .block_on(
+                        PgPoolOptions::new()
+                            .max_connections(2)
+                            .acquire_timeout(Duration::from_secs(10))
+                            .connect(url),
+                    )
+                    .map_err(|e| db_error(&location, "connecting to", e))?;
+                // Remember where the inventory lives, so that a command
+                // run without the URL is refused instead of starting a
+                // second, empty inventory beside the real one.
+                if !marker.exists() {
+                    crate::files::create_dir(ca_dir.dir())?;
+                    write_atomic(
+                        &marker,
+                        format!("{location}\n").as_bytes(),
+                        Access::Public,
+                        false,
+                    )?;
+                }
+                (Db::Postgres(pool), location)
+            }
+            None => {
+                if let Ok(recorded) = std::fs::read_to_string(&marker) {
+                    return Err(Error::Inventory {
+                        location: marker.display().to_string(),
+                        reason: format!(
+                            "this CA's inventory is in PostgreSQL at {}: pass --inventory URL \
+                             (or set PROVISION_INVENTORY)",
+                            recorded.trim()
+                        ),
+                    });
+                }
+                crate::files::create_dir(ca_dir.dir())?;
+                let path = ca_dir.dir().join(layout::INVENTORY_DB);
+                let location = path.display().to_string();
+                let options = SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+                    // Writers are ordered by the CA folder's lock first;
+                    // this only covers a checkpoint in progress.
+                    .busy_timeout(Duration::from_secs(30));
+                let pool = rt
+                    .block_on(
+                        SqlitePoolOptions::new()
+                            .max_connections(2)
+                            .connect_with(options),
+                    )
+                    .map_err(|e| db_error(&location, "opening", e))?;
+                (Db::Sqlite(pool), location)
+            }
+        };
+        let inventory = Self {
+            rt,
+            db,
+            location,
+            ca_dir: ca_dir.clone(),
+        };
+        inventory.migrate()?;
+        if ca_dir.dir().join(layout::INVENTORY_JSONL).exists() {
+            let lock = ca_dir.lock()?;
+            inventory.import_jsonl(lock)?;
+        }
+        Ok(inventory)
+    }
+
+    /// Where the inventory is (a file, or a PostgreSQL URL without its
+    /// password).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn err(&self, action: &'static str) -> impl Fn(sqlx::Error) -> Error + '_ {
+        move |e| db_error(&self.location, action, e)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        self.rt.block_on(async {
+            for statement in SCHEMA {
+                either!(&self.db, Db(pool) => sqlx::query(statement).execute(pool).await.map(|_| ()))
+                    .map_err(self.err("creating the tables of"))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Takes the CA folder's lock and the database's write lock, for
+    /// changes on behalf of `ca`. Blocks while another process holds them.
+    /// The inventory must be `ca`'s: one made for another CA (a CA
+    /// replaced with `init-ca --force`, a database shared by mistake) is
+    /// refused.
+    pub fn lock<'a>(&'a self, ca: &'a CertificateAuthority) -> Result<LockedCa<'a>> {
+        let file_lock = self.ca_dir.lock()?;
+        let mut locked = self.begin(file_lock, Some(ca))?;
+        let fingerprint = ca.certificate().sha256_fingerprint();
+        match locked.state("ca_sha256")? {
+            None => locked.set_state("ca_sha256", &fingerprint)?,
+            Some(owner) if owner == fingerprint => {}
+            Some(owner) => {
+                return Err(Error::Inventory {
+                    location: self.location.clone(),
+                    reason: format!(
+                        "it belongs to another CA (certificate SHA-256 {owner}), not to {} \
+                         (SHA-256 {fingerprint}): give each CA its own inventory",
+                        self.ca_dir.cert_path().display()
+                    ),
+                });
+            }
+        }
+        Ok(locked)
+    }
+
+    fn begin<'a>(
+        &'a self,
+        file_lock: CaLock,
+        ca: Option<&'a CertificateAuthority>,
+    ) -> Result<LockedCa<'a>> {
+        let tx = self
+            .rt
+            .block_on(async {
+                match &self.db {
+                    // IMMEDIATE: the write lock now, not at the first write
+                    // (a reader turned writer could fail with "busy").
+                    Db::Sqlite(pool) => pool.begin_with("BEGIN IMMEDIATE").await.map(Tx::Sqlite),
+                    Db::Postgres(pool) => {
+                        let mut tx = pool.begin().await?;
+                        for setting in [
+                            "SET LOCAL lock_timeout = '60s'",
+                            "SET LOCAL idle_in_transaction_session_timeout = '600s'",
+                        ] {
+                            sqlx::query(setting).execute(&mut *tx).await?;
+                        }
+                        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                            .bind(PG_CA_LOCK)
+                            .execute(&mut *tx)
+                            .await?;
+                        Ok(Tx::Postgres(tx))
+                    }
+                }
+            })
+            .map_err(self.err("locking"))?;
+        let mut locked = LockedCa {
+            inventory: self,
+            tx: Some(tx),
+            _file_lock: file_lock,
+            ca,
+            next_seq: 0,
+        };
+        locked.next_seq = locked.max_seq()? + 1;
+        Ok(locked)
+    }
+
+    /// Calls `f` with each record that passes `filter`, in issue order,
+    /// streaming (a million records are never all in memory).
+    pub fn visit(&self, filter: &Filter, mut f: impl FnMut(Record) -> Result<()>) -> Result<()> {
+        use futures_util::TryStreamExt;
+        let sql = filter.sql();
+        self.rt.block_on(async {
+            either!(&self.db, Db(pool) => {
+                let mut query = sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()));
+                if let Some(cn) = &filter.common_name {
+                    query = query.bind(cn);
+                }
+                let mut rows = query.fetch(pool);
+                while let Some(raw) = rows.try_next().await.map_err(self.err("reading"))? {
+                    f(raw.record(&self.location)?)?;
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// The record with this serial.
+    pub fn by_serial(&self, serial: &Serial) -> Result<Option<Record>> {
+        let sql = format!("SELECT {COLUMNS} FROM certificates WHERE serial = $1");
+        let raw = self
+            .rt
+            .block_on(async {
+                either!(&self.db, Db(pool) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(serial.to_string())
+                    .fetch_optional(pool)
+                    .await)
+            })
+            .map_err(self.err("reading"))?;
+        raw.map(|r| r.record(&self.location)).transpose()
+    }
+
+    /// Imports `inventory.jsonl` (the inventory of earlier versions) in one
+    /// transaction, then renames it `inventory.jsonl.imported`. A last line
+    /// without its newline is kept when it is a whole record, and left out
+    /// (with a warning) when a crash tore it; any other bad line is an
+    /// error naming it, and nothing is imported.
+    fn import_jsonl(&self, file_lock: CaLock) -> Result<()> {
+        let path = self.ca_dir.dir().join(layout::INVENTORY_JSONL);
+        // Another process may have imported it while we waited.
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(Error::Io {
+                    action: "reading",
+                    path,
+                    source,
+                });
+            }
+        };
+        let records = parse_jsonl(&path, &text)?;
+        let mut locked = self.begin(file_lock, None)?;
+        let counter = self.ca_dir.dir().join(layout::CRL_NUMBER);
+        if let Ok(n) = std::fs::read_to_string(&counter) {
+            let n: u64 = n.trim().parse().map_err(|e| Error::Inventory {
+                location: counter.display().to_string(),
+                reason: format!("not a CRL number: {e}"),
+            })?;
+            locked.set_state("crl_number", &n.to_string())?;
+        }
+        let known: Vec<Record> = records
+            .into_iter()
+            .filter(|r| locked.find(&r.serial).map(|f| f.is_none()).unwrap_or(true))
+            .collect();
+        locked.record(&known)?;
+        locked.commit()?;
+        let imported = path.with_extension("jsonl.imported");
+        std::fs::rename(&path, &imported).map_err(|source| Error::Io {
+            action: "renaming the imported",
+            path: path.clone(),
+            source,
+        })?;
+        tracing::info!(
+            "imported {} record(s) from {} into {}",
+            known.len(),
+            path.display(),
+            self.location
+        );
+        Ok(())
+    }
+}
+
+/// The records of an `inventory.jsonl`.
+fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<Record>> {
+    /// The earlier format: no common name column, statuses as text.
+    #[derive(Deserialize)]
+    struct Old {
+        serial: String,
+        subject: String,
+        profile: String,
+        not_before: String,
+        not_after: String,
+        sha256: String,
+        cert_path: PathBuf,
+        status: OldStatus,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "snake_case", tag = "state")]
+    enum OldStatus {
+        Valid,
+        Revoked { at: String, reason: String },
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let torn_possible = !text.is_empty() && !text.ends_with('\n');
+    let mut records = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |reason: String| Error::Inventory {
+            location: path.display().to_string(),
+            reason: format!("line {}: {reason}", i + 1),
+        };
+        let old: Old = match serde_json::from_str(line) {
+            Ok(old) => old,
+            Err(e) if torn_possible && i + 1 == lines.len() => {
+                tracing::warn!(
+                    "{}: line {}: left out, torn by a crash during an append ({e})",
+                    path.display(),
+                    i + 1
+                );
+                continue;
+            }
+            Err(e) => return Err(bad(e.to_string())),
+        };
+        let time = |s: &str| {
+            s.parse::<Timestamp>()
+                .map_err(|e| bad(format!("time {s:?}: {e}")))
+        };
+        records.push(Record {
+            serial: old
+                .serial
+                .parse()
+                .map_err(|e| bad(format!("serial {:?}: {e}", old.serial)))?,
+            common_name: common_name_of(&old.subject)
+                .ok_or_else(|| bad(format!("subject {:?} has no CN", old.subject)))?,
+            profile: old
+                .profile
+                .parse()
+                .map_err(|e| bad(format!("profile {:?}: {e}", old.profile)))?,
+            not_before: time(&old.not_before)?,
+            not_after: time(&old.not_after)?,
+            sha256: old.sha256,
+            cert_path: old.cert_path,
+            status: match old.status {
+                OldStatus::Valid => Status::Valid,
+                OldStatus::Revoked { at, reason } => Status::Revoked {
+                    at: time(&at)?,
+                    reason: reason
+                        .parse()
+                        .map_err(|e| bad(format!("revocation reason {reason:?}: {e}")))?,
+                },
+            },
+            subject: old.subject,
+        });
+    }
+    Ok(records)
+}
+
+/// The CN of an RFC 4514 subject (`CN=a\,b,O=x` → `a,b`).
+fn common_name_of(subject: &str) -> Option<String> {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut chars = subject.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                current.push(c);
+                if let Some(next) = chars.next() {
+                    current.push(next);
+                }
+            }
+            ',' | '+' => parts.push(std::mem::take(&mut current)),
+            _ => current.push(c),
+        }
+    }
+    parts.push(current);
+    let value = parts
+        .iter()
+        .find_map(|p| p.trim().strip_prefix("CN=").map(str::to_owned))?;
+    let mut out = String::new();
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(next) = chars.next() {
+                out.push(next);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
+fn db_error(location: &str, action: &'static str, e: sqlx::Error) -> Error {
+    Error::Database {
+        location: location.to_owned(),
+        action,
+        reason: e.to_string(),
+    }
+}
+
+/// The CA under its lock: the folder's lock and the database's write lock,
+/// one transaction. The only way to change the inventory; dropped without
+/// [`LockedCa::commit`], it changes nothing.
+pub struct LockedCa<'a> {
+    inventory: &'a Inventory,
+    tx: Option<Tx>,
+    _file_lock: CaLock,
+    ca: Option<&'a CertificateAuthority>,
+    next_seq: i64,
+}
+
+impl std::fmt::Debug for LockedCa<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockedCa")
+            .field("inventory", &self.inventory.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for LockedCa<'_> {
+    /// Rolls back what was not committed (on the runtime, where sqlx
+    /// returns the connection to the pool), then releases the locks.
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let rolled_back = self
+                .inventory
+                .rt
+                .block_on(async { either!(tx, Tx(t) => t.rollback().await) });
+            if let Err(e) = rolled_back {
+                tracing::warn!("inventory {}: rolling back: {e}", self.inventory.location);
+            }
+        }
+    }
+}
+
+impl LockedCa<'_> {
+    fn run<T>(
+        &mut self,
+        action: &'static str,
+        f: impl AsyncFnOnce(&mut Tx) -> std::result::Result<T, sqlx::Error>,
+    ) -> Result<T> {
+        let inventory = self.inventory;
+        let Some(tx) = self.tx.as_mut() else {
+            return Err(Error::Inventory {
+                location: inventory.location.clone(),
+                reason: "the transaction is already over".into(),
+            });
+        };
+        inventory.rt.block_on(f(tx)).map_err(inventory.err(action))
+    }
+
+    /// The CA folder.
+    pub fn ca_dir(&self) -> &CaDir {
+        &self.inventory.ca_dir
+    }
+
+    /// Where the inventory is.
+    pub fn location(&self) -> &str {
+        &self.inventory.location
+    }
+
+    /// [`Inventory::visit`], inside this transaction (seeing its changes).
+    pub fn visit(
+        &mut self,
+        filter: &Filter,
+        mut f: impl FnMut(Record) -> Result<()>,
+    ) -> Result<()> {
+        use futures_util::TryStreamExt;
+        let sql = filter.sql();
+        let location = self.inventory.location.clone();
+        let mut failed = None;
+        self.run("reading", async |tx| {
+            either!(tx, Tx(c) => {
+                let mut query = sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()));
+                if let Some(cn) = &filter.common_name {
+                    query = query.bind(cn);
+                }
+                let mut rows = query.fetch(&mut **c);
+                while let Some(raw) = rows.try_next().await? {
+                    if let Err(e) = raw.record(&location).and_then(&mut f) {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                Ok(())
+            })
+        })?;
+        failed.map_or(Ok(()), Err)
+    }
+
+    fn ca(&self) -> Result<&CertificateAuthority> {
+        self.ca.ok_or_else(|| Error::Inventory {
+            location: self.inventory.location.clone(),
+            reason: "this change needs the CA".into(),
+        })
+    }
+
+    fn max_seq(&mut self) -> Result<i64> {
+        let max: Option<i64> = self.run("reading", async |tx| {
+            either!(tx, Tx(c) => sqlx::query_scalar("SELECT MAX(seq) FROM certificates")
+                .fetch_one(&mut **c)
+                .await)
+        })?;
+        Ok(max.unwrap_or(0))
+    }
+
+    fn state(&mut self, name: &str) -> Result<Option<String>> {
+        self.run("reading", async |tx| {
+            either!(tx, Tx(c) => sqlx::query_scalar("SELECT value FROM ca_state WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut **c)
+                .await)
+        })
+    }
+
+    fn set_state(&mut self, name: &str, value: &str) -> Result<()> {
+        self.run("writing", async |tx| {
+            either!(tx, Tx(c) => sqlx::query(
+                "INSERT INTO ca_state (name, value) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            )
+            .bind(name)
+            .bind(value)
+            .execute(&mut **c)
+            .await
+            .map(|_| ()))
+        })
+    }
+
+    /// The record with this serial.
+    pub fn find(&mut self, serial: &Serial) -> Result<Option<Record>> {
+        let sql = format!("SELECT {COLUMNS} FROM certificates WHERE serial = $1");
+        let raw = self.run("reading", async |tx| {
+            either!(tx, Tx(c) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(serial.to_string())
+                .fetch_optional(&mut **c)
+                .await)
+        })?;
+        raw.map(|r| r.record(&self.inventory.location)).transpose()
+    }
+
+    /// The valid (not revoked) certificates with this common name, in
+    /// issue order (the last is the newest).
+    pub fn valid_for(&mut self, common_name: &str) -> Result<Vec<Record>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM certificates
+             WHERE common_name = $1 AND revoked_at IS NULL ORDER BY seq"
+        );
+        let rows = self.run("reading", async |tx| {
+            either!(tx, Tx(c) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(common_name)
+                .fetch_all(&mut **c)
+                .await)
+        })?;
+        rows.into_iter()
+            .map(|r| r.record(&self.inventory.location))
+            .collect()
+    }
+
+    /// Signs `csr` with a serial the inventory has never seen (a repeat,
+    /// astronomically unlikely, is drawn again).
+    pub fn sign(&mut self, csr: &Csr, params: &IssueParams) -> Result<pki_core::Issued> {
+        loop {
+            let issued = self.ca()?.sign(csr, params)?;
+            if self.find(&issued.certificate.serial())?.is_none() {
+                return Ok(issued);
+            }
+        }
+    }
+
+    /// Records issued certificates. A serial already recorded is an error
+    /// (the database's key), never a second record.
+    pub fn record(&mut self, records: &[Record]) -> Result<()> {
+        for chunk in records.chunks(INSERT_CHUNK) {
+            let first_seq = self.next_seq;
+            self.run("recording in", async |tx| {
+                either!(tx, Tx(c) => {
+                    let mut insert = sqlx::QueryBuilder::new(format!(
+                        "INSERT INTO certificates (seq, {COLUMNS}) "
+                    ));
+                    insert.push_values(chunk.iter().zip(first_seq..), |mut row, (r, seq)| {
+                        let (revoked_at, reason) = match r.status {
+                            Status::Valid => (None, None),
+                            Status::Revoked { at, reason } => {
+                                (Some(to_secs(at)), Some(reason.to_string()))
+                            }
+                        };
+                        row.push_bind(seq)
+                            .push_bind(r.serial.to_string())
+                            .push_bind(r.common_name.clone())
+                            .push_bind(r.subject.clone())
+                            .push_bind(r.profile.as_str())
+                            .push_bind(to_secs(r.not_before))
+                            .push_bind(to_secs(r.not_after))
+                            .push_bind(r.sha256.clone())
+                            .push_bind(r.cert_path.to_string_lossy().into_owned())
+                            .push_bind(revoked_at)
+                            .push_bind(reason);
+                    });
+                    insert.build().execute(&mut **c).await.map(|_| ())
+                })
+            })?;
+            self.next_seq += i64::try_from(chunk.len()).unwrap_or(i64::MAX);
+        }
+        Ok(())
+    }
+
+    /// Revokes the certificate with this serial now (a revoked one keeps
+    /// its first revocation); its record, or `None` when the inventory
+    /// does not have it.
+    pub fn revoke(&mut self, serial: &Serial, reason: RevocationReason) -> Result<Option<Record>> {
+        let now = to_secs(Timestamp(SystemTime::now()));
+        self.run("revoking in", async |tx| {
+            either!(tx, Tx(c) => sqlx::query(
+                "UPDATE certificates SET revoked_at = $1, revocation_reason = $2
+                 WHERE serial = $3 AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(reason.to_string())
+            .bind(serial.to_string())
+            .execute(&mut **c)
+            .await
+            .map(|_| ()))
+        })?;
+        self.find(serial)
+    }
+
+    /// Revokes as superseded every other valid certificate with `new`'s
+    /// common name (the MQTT username has one valid certificate); their
+    /// serials.
+    pub fn supersede_others(&mut self, new: &Record) -> Result<Vec<Serial>> {
+        let older = self.valid_for(&new.common_name)?;
+        let mut superseded = Vec::new();
+        for r in older.into_iter().filter(|r| r.serial != new.serial) {
+            self.revoke(&r.serial, RevocationReason::Superseded)?;
+            superseded.push(r.serial);
+        }
+        Ok(superseded)
+    }
+
+    /// Every revocation, for a CRL.
+    pub fn revoked(&mut self) -> Result<Vec<RevokedEntry>> {
+        let sql = format!("SELECT {COLUMNS} FROM certificates WHERE revoked_at IS NOT NULL");
+        let rows = self.run("reading", async |tx| {
+            either!(tx, Tx(c) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str())).fetch_all(&mut **c).await)
+        })?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for raw in rows {
+            let record = raw.record(&self.inventory.location)?;
+            if let Status::Revoked { at, reason } = record.status {
+                entries.push(RevokedEntry {
+                    serial: record.serial,
+                    revoked_at: at.0,
+                    reason,
+                });
+            }
+        }
+        Ok(entries)
+    }
+
+    /// The next CRL number: one more than the larger of the stored counter
+    /// and the number of the CRL in the CA folder (a database restored from
+    /// an old backup must not make the next CRL older than the broker's).
+    pub fn next_crl_number(&mut self) -> Result<u64> {
+        let stored = match self.state("crl_number")? {
+            Some(n) => n.parse::<u64>().map_err(|e| Error::Inventory {
+                location: self.inventory.location.clone(),
+                reason: format!("the stored CRL number {n:?}: {e}"),
+            })?,
+            None => 0,
+        };
+        let crl_path = self.inventory.ca_dir.crl_path();
+        let on_disk = match std::fs::read_to_string(&crl_path) {
+            Ok(text) => Crl::from_pem(&text)
+                .map_err(|source| Error::Pki {
+                    path: crl_path.clone(),
+                    source,
+                })?
+                .number()
+                .unwrap_or(0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(source) => {
+                return Err(Error::Io {
+                    action: "reading",
+                    path: crl_path,
+                    source,
+                });
+            }
+        };
+        let next = stored
+            .max(on_disk)
+            .checked_add(1)
+            .ok_or_else(|| Error::Inventory {
+                location: self.inventory.location.clone(),
+                reason: "the CRL number cannot grow any further".into(),
+            })?;
+        self.set_state("crl_number", &next.to_string())?;
+        Ok(next)
+    }
+
+    /// Signs a CRL of every revocation, valid for `days`, and writes it to
+    /// `out`.
+    pub fn write_crl(&mut self, out: &Path, days: u32) -> Result<Crl> {
+        let entries = self.revoked()?;
+        let number = self.next_crl_number()?;
+        let now = SystemTime::now();
+        let crl = self.ca()?.crl(
+            &entries,
+            &CrlParams {
+                number,
+                this_update: now,
+                next_update: now + Duration::from_secs(u64::from(days.max(1)) * 86_400),
+            },
+        )?;
+        write_atomic(out, crl.to_pem().as_bytes(), Access::Public, true)?;
+        Ok(crl)
+    }
+
+    /// Makes every change of this transaction durable, then releases the
+    /// locks.
+    pub fn commit(mut self) -> Result<()> {
+        let inventory = self.inventory;
+        match self.tx.take() {
+            Some(tx) => inventory
+                .rt
+                .block_on(async { either!(tx, Tx(t) => t.commit().await) })
+                .map_err(inventory.err("committing to")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl FromStr for Filter {
+    type Err = std::convert::Infallible;
+
+    /// A filter on one common name.
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(Self {
+            common_name: Some(s.to_owned()),
+            valid_only: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_names_come_out_of_escaped_subjects() {
+        assert_eq!(common_name_of("CN=dev1,O=Org").as_deref(), Some("dev1"));
+        assert_eq!(common_name_of("O=x,CN=a\\,b").as_deref(), Some("a,b"));
+        assert_eq!(common_name_of("O=x"), None);
+    }
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("postgres://me:secret@db/x"),
+            "postgres://me:***@db/x"
+        );
+    }
+
+    fn line(serial: &str) -> String {
+        format!(
+            "{{\"serial\":\"{serial}\",\"subject\":\"CN=x\",\"profile\":\"client\",\
+             \"not_before\":\"2026-01-01T00:00:00Z\",\"not_after\":\"2027-01-01T00:00:00Z\",\
+             \"sha256\":\"00\",\"cert_path\":\"backend_certs/x_cert.pem\",\
+             \"status\":{{\"state\":\"valid\"}}}}"
+        )
+    }
+
+    #[test]
+    fn a_whole_last_line_without_newline_is_imported_and_a_torn_one_left_out() {
+        let path = Path::new("inventory.jsonl");
+        let whole = format!("{}\n{}", line("01"), line("02"));
+        let serials = |text: &str| -> Vec<String> {
+            parse_jsonl(path, text)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.serial.to_string())
+                .collect()
+        };
+        assert_eq!(serials(&whole), ["01", "02"]);
+        let l3 = line("03");
+        let torn = format!("{}\n{}\n{}", line("01"), line("02"), &l3[..l3.len() / 2]);
+        assert_eq!(serials(&torn), ["01", "02"]);
+        // A bad line in the middle is an error naming it.
+        let bad = format!("{}\nnot json\n{}\n", line("01"), line("02"));
+        let e = parse_jsonl(path, &bad).unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+    }
+}

@@ -512,63 +512,12 @@ fn broker_config_refuses_what_no_client_could_use() {
     assert!(!d.join("b2").exists(), "nothing written");
 }
 
-/// Eight issuers and eight revokers at once on one CA. A revocation
-/// rewrites the inventory; without the CA lock an issuance appended in the
-/// meantime is lost, or a revocation overwritten. With it: sixteen records,
-/// each serial once, the eight revoked ones revoked, the CRL listing them.
+/// Eight issuers and eight revokers at once on one CA, its inventory in
+/// SQLite in the CA folder (see `common::concurrent_issuers_and_revokers`).
 #[test]
 fn concurrent_issuers_and_revokers_share_one_inventory() {
     let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().to_owned();
-    ok(&d, &["init-ca"]);
-    for i in 0..8 {
-        ok(&d, &["issue", "client", &format!("old-{i}")]);
-    }
-    let spawn = |args: Vec<String>| {
-        Command::new(env!("CARGO_BIN_EXE_provision"))
-            .current_dir(&d)
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let mut children = Vec::new();
-    for i in 0..8 {
-        children.push(spawn(vec![
-            "issue".into(),
-            "client".into(),
-            format!("new-{i}"),
-        ]));
-        children.push(spawn(vec![
-            "revoke".into(),
-            format!("backend_certs/old-{i}_cert.pem"),
-        ]));
-    }
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let list: serde_json::Value = serde_json::from_str(&ok(&d, &["list", "--json"])).unwrap();
-    let records = list.as_array().unwrap();
-    let mut serials: Vec<String> = records.iter().map(|r| r["serial"].to_string()).collect();
-    let listed = serials.len();
-    serials.sort();
-    serials.dedup();
-    assert_eq!((listed, serials.len()), (16, 16), "{list:#}");
-    let revoked: Vec<&str> = records
-        .iter()
-        .filter(|r| r["status"].to_string().contains("revoked"))
-        .map(|r| r["subject"].as_str().unwrap_or_default())
-        .collect();
-    assert_eq!(revoked.len(), 8, "{list:#}");
-    assert!(revoked.iter().all(|s| s.contains("old-")), "{revoked:?}");
-    let crl = ok(&d, &["inspect", "root_cert/crl.pem"]);
-    assert_eq!(crl.matches(" (unspecified, ").count(), 8, "{crl}");
+    common::concurrent_issuers_and_revokers(tmp.path(), &[]);
 }
 
 #[test]

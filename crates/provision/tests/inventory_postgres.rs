@@ -1,0 +1,131 @@
+//! The inventory in PostgreSQL (`--inventory URL`, `PROVISION_INVENTORY`),
+//! against a real server: CA services on several hosts can share one CA.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{fails, ok_env, provision_env};
+use verify_tests::postgres::Postgres;
+
+/// Concurrent issuers and revokers keep one whole inventory in PostgreSQL
+/// (its advisory lock orders them, as the folder's lock does for SQLite).
+#[test]
+fn concurrent_issuers_and_revokers_share_one_postgres_inventory() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let envs = [("PROVISION_INVENTORY", url.as_str())];
+    common::concurrent_issuers_and_revokers(d, &envs);
+    // Nothing went to SQLite in the CA folder.
+    assert!(!d.join("root_cert/inventory.db").exists());
+
+    // A command without the URL is refused (instead of starting a second,
+    // empty inventory in the folder), and says where the inventory is.
+    let e = fails(d, &["list"], 1);
+    assert!(
+        e.contains("PostgreSQL") && e.contains(&format!("127.0.0.1:{}", pg.port)),
+        "{e}"
+    );
+    assert!(!d.join("root_cert/inventory.db").exists());
+
+    // Another CA pointed at this CA's database is refused, naming both.
+    let other = tempfile::tempdir().unwrap();
+    ok_env(other.path(), &["init-ca", "--cn", "Other Root"], &[]);
+    let out = provision_env(other.path(), &["issue", "client", "intruder"], &envs);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("belongs to another CA"), "{stderr}");
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok_env(d, &["list", "--json"], &envs)).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 16, "nothing recorded for it");
+}
+
+/// Two hosts, each with its own copy of the CA folder (no shared file
+/// lock), issue and revoke into one PostgreSQL inventory at once: only
+/// the database's lock orders them. Every issuance recorded once, every
+/// revocation kept, and the CRL numbers each host drew all different.
+#[test]
+fn two_hosts_share_one_ca_through_postgres() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let envs = [("PROVISION_INVENTORY", url.as_str())];
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    ok_env(a.path(), &["init-ca"], &envs);
+    std::fs::create_dir(b.path().join("root_cert")).unwrap();
+    for f in ["root_ca_cert.pem", "root_ca.key"] {
+        std::fs::copy(
+            a.path().join("root_cert").join(f),
+            b.path().join("root_cert").join(f),
+        )
+        .unwrap();
+    }
+    for i in 0..8 {
+        ok_env(a.path(), &["issue", "client", &format!("old-{i}")], &envs);
+    }
+    let spawn = |dir: &std::path::Path, args: Vec<String>| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_provision"))
+            .current_dir(dir)
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut children = Vec::new();
+    for i in 0..8 {
+        let host = if i % 2 == 0 { a.path() } else { b.path() };
+        children.push(spawn(
+            host,
+            vec!["issue".into(), "client".into(), format!("new-{i}")],
+        ));
+        children.push(spawn(
+            host,
+            vec![
+                "revoke".into(),
+                a.path()
+                    .join(format!("backend_certs/old-{i}_cert.pem"))
+                    .display()
+                    .to_string(),
+            ],
+        ));
+    }
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let list: serde_json::Value =
+        serde_json::from_str(&ok_env(b.path(), &["list", "--json"], &envs)).unwrap();
+    let records = list.as_array().unwrap();
+    let mut serials: Vec<String> = records.iter().map(|r| r["serial"].to_string()).collect();
+    serials.sort();
+    serials.dedup();
+    assert_eq!((records.len(), serials.len()), (16, 16), "{list:#}");
+    let revoked = records
+        .iter()
+        .filter(|r| r["status"]["state"] == "revoked")
+        .count();
+    assert_eq!(revoked, 8, "{list:#}");
+    // One more CRL on each host: both list all eight, with numbers above
+    // every earlier one (the counter is the database's, not the folder's).
+    let number = |dir: &std::path::Path| -> u64 {
+        ok_env(dir, &["crl"], &envs);
+        let text = ok_env(dir, &["inspect", "root_cert/crl.pem"], &[]);
+        assert_eq!(text.matches(" (unspecified, ").count(), 8, "{text}");
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("number:"))
+            .unwrap();
+        line.split(':').nth(1).unwrap().trim().parse().unwrap()
+    };
+    let (na, nb) = (number(a.path()), number(b.path()));
+    assert_eq!(nb, na + 1, "one counter for both hosts");
+    assert!(na > 8, "{na}: after eight revocations");
+}

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use pki_core::{Certificate, KeyPair, Profile, VerifyOptions};
 
 use crate::error::{Error, Result};
-use crate::files::{Access, check_name, named, read_text, write_atomic, write_atomic_owned};
+use crate::files::{Access, check_name, read_text, write_atomic, write_atomic_owned};
+use crate::layout::{BrokerPaths, IdentityPaths};
 use crate::store::CaDir;
 
 /// What to generate.
@@ -28,8 +29,8 @@ pub struct BrokerConfig {
 /// The folder and files written.
 #[derive(Debug, Clone)]
 pub struct BrokerFiles {
-    /// `mosquitto.conf`.
-    pub config: PathBuf,
+    /// The files (`mosquitto.conf` and what it names).
+    pub paths: BrokerPaths,
     /// Whether a CRL was included.
     pub crl: bool,
 }
@@ -39,8 +40,8 @@ pub struct BrokerFiles {
 /// the user Mosquitto drops to when started as root.
 pub fn write(ca_dir: &CaDir, config: &BrokerConfig) -> Result<BrokerFiles> {
     check_name(&config.server)?;
-    let cert_src = named(&config.certs_dir, &config.server, "_cert.pem");
-    let key_src = named(&config.certs_dir, &config.server, ".key");
+    let source = IdentityPaths::new(&config.certs_dir, &config.server);
+    let (cert_src, key_src) = (source.cert, source.key);
     let ca = read_text(&ca_dir.cert_path())?;
     let cert = read_text(&cert_src)?;
     let key = read_text(&key_src)?;
@@ -57,12 +58,14 @@ pub fn write(ca_dir: &CaDir, config: &BrokerConfig) -> Result<BrokerFiles> {
         }
     };
 
-    let out = absolute(&config.out)?;
-    let ca_path = out.join("ca.pem");
-    let cert_path = out.join("server.pem");
-    let key_path = out.join("server.key");
-    let crl_path = out.join("crl.pem");
-    let conf_path = out.join("mosquitto.conf");
+    let paths = BrokerPaths::new(&absolute(&config.out)?);
+    let BrokerPaths {
+        config: conf_path,
+        ca: ca_path,
+        cert: cert_path,
+        key: key_path,
+        crl: crl_path,
+    } = paths.clone();
     crate::files::refuse_existing(&[&conf_path, &key_path, &cert_path], config.force)?;
 
     write_atomic(&ca_path, ca.as_bytes(), Access::Public, config.force)?;
@@ -116,7 +119,7 @@ pub fn write(ca_dir: &CaDir, config: &BrokerConfig) -> Result<BrokerFiles> {
     );
     write_atomic(&conf_path, text.as_bytes(), Access::Public, config.force)?;
     Ok(BrokerFiles {
-        config: conf_path,
+        paths,
         crl: crl.is_some(),
     })
 }

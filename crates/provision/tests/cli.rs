@@ -538,6 +538,8 @@ fn help_has_examples_for_every_command() {
         vec!["broker-config"],
         vec!["pub"],
         vec!["sub"],
+        vec!["completions"],
+        vec!["man"],
     ] {
         let mut args = cmd.clone();
         args.push("--help");
@@ -578,5 +580,77 @@ fn fleet_json_names_what_it_made() {
     assert_eq!(
         (made["issued"].as_u64(), made["ca_created"].as_bool()),
         (Some(2), Some(true))
+    );
+}
+
+/// Every command that prints data prints it as JSON with `--json` (a
+/// typed outcome, not scraped text), and the completions and man page come
+/// from the same definitions.
+#[test]
+fn every_command_speaks_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = ok(d, &all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    };
+    let ca = json(&["init-ca", "--cn", "Json Root"]);
+    assert_eq!(ca["subject"], "CN=Json Root");
+    assert_eq!(ca["key"], "root_cert/root_ca.key");
+    let issued = json(&["issue", "client", "dev1"]);
+    assert_eq!(issued["cert"], "backend_certs/dev1_cert.pem");
+    let serial = issued["serial"].as_str().unwrap().to_owned();
+    let again = json(&["issue", "client", "dev1", "--force"]);
+    assert_eq!(again["superseded"][0], serial.as_str());
+    let made = json(&["csr", "dev2", "--out", "device"]);
+    assert_eq!(made["csr"], "device/dev2_csr.pem");
+    let signed = json(&["sign", "device/dev2_csr.pem", "--profile", "client"]);
+    assert_eq!(signed["cert"], "device/dev2_cert.pem");
+    let verified = json(&["verify", "device/dev2_cert.pem", "--profile", "client"]);
+    assert_eq!(verified["valid"], true);
+    let revoked = json(&[
+        "revoke",
+        "device/dev2_cert.pem",
+        "--reason",
+        "key-compromise",
+    ]);
+    assert_eq!(revoked["status"]["reason"], "key-compromise");
+    let crl = json(&["crl"]);
+    assert_eq!(crl["revoked"], 2, "the superseded and the revoked: {crl}");
+    let listed = json(&["list", "--name", "dev1"]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2, "both of dev1's certificates, no other");
+    assert_eq!(listed[1]["serial"], again["serial"]);
+    assert_eq!(
+        json(&["list", "--name", "dev1", "--valid"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    json(&["issue", "server", "broker", "--dns", "localhost"]);
+    let broker = json(&["broker-config", "--out", "b"]);
+    assert!(
+        broker["config"]
+            .as_str()
+            .unwrap()
+            .ends_with("b/mosquitto.conf"),
+        "{broker}"
+    );
+    assert_eq!(broker["with_crl"], true);
+    let shown = json(&["inspect", "backend_certs/dev1_cert.pem"]);
+    assert_eq!(shown["serial"], again["serial"]);
+
+    let bash = ok(d, &["completions", "bash"]);
+    assert!(
+        bash.contains("broker-config") && bash.contains("--accept-csr-names"),
+        "{bash}"
+    );
+    let man = ok(d, &["man"]);
+    assert!(
+        man.contains(".TH provision 1") && man.contains("init\\-ca"),
+        "{man}"
     );
 }

@@ -39,7 +39,11 @@ fn concurrent_issuers_and_revokers_share_one_postgres_inventory() {
     assert!(stderr.contains("belongs to another CA"), "{stderr}");
     let listed: serde_json::Value =
         serde_json::from_str(&ok_env(d, &["list", "--json"], &envs)).unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), 16, "nothing recorded for it");
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        16,
+        "nothing recorded for it"
+    );
 }
 
 /// Two hosts, each with its own copy of the CA folder (no shared file

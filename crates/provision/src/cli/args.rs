@@ -1,0 +1,591 @@
+//! The command line's definitions (clap): every command, its arguments
+//! and help. Completions and the man page come from these
+//! (`provision completions`, `provision man`).
+
+use std::io::IsTerminal;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use mqtt_tls::{ClientCert, QoS};
+use pki_core::{DnsName, KeyType, Profile, RevocationReason, Serial};
+use provision::layout;
+use provision::ops::SubjectOptions;
+use provision::pubsub::Endpoint;
+use provision::store::CaDir;
+use zeroize::Zeroizing;
+
+const AFTER_HELP: &str = "\
+Examples (the original design's layout):
+  provision init-ca --cn MyRootCA --org MyOrg --country US
+  provision issue client client1
+  provision issue server broker --dns localhost --ip 127.0.0.1
+  provision broker-config --server broker --out broker
+  provision verify backend_certs/client1_cert.pem --profile client
+  provision fleet fleet.toml";
+
+/// Certificates for MQTT over mutual TLS: a CA, broker and device
+/// certificates, CRLs, broker configuration, and pub/sub to try them.
+#[derive(Parser)]
+#[command(name = "provision", version, after_help = AFTER_HELP)]
+pub(crate) struct Cli {
+    /// Print the outcome as JSON instead of text (every command that
+    /// prints data; `sub` prints one JSON object per message).
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Create a self-signed root CA: DIR/root_ca_cert.pem and DIR/root_ca.key.
+    #[command(
+        after_help = "Example:\n  provision init-ca --dir root_cert --cn MyRootCA --org MyOrg --country US --passphrase-env CA_PASS"
+    )]
+    InitCa(InitCaArgs),
+    /// Issue a key, CSR and certificate: OUT/NAME.key, OUT/NAME_csr.pem, OUT/NAME_cert.pem.
+    #[command(subcommand)]
+    Issue(IssueCommand),
+    /// Make a key and CSR on the device side (no CA involved).
+    #[command(
+        after_help = "Example:\n  provision csr sensor-7 --out device/\n  provision sign device/sensor-7_csr.pem --profile client"
+    )]
+    Csr(CsrArgs),
+    /// Sign a CSR with the CA (its signature is verified first).
+    #[command(
+        after_help = "Example:\n  provision sign device/sensor-7_csr.pem --profile client --out device/sensor-7_cert.pem"
+    )]
+    Sign(SignArgs),
+    /// Show a certificate, CSR, key or CRL.
+    #[command(after_help = "Example:\n  provision inspect backend_certs/client1_cert.pem --json")]
+    Inspect(InspectArgs),
+    /// Check a certificate against the CA; exit 0 only when valid.
+    #[command(
+        after_help = "Examples:\n  provision verify backend_certs/client1_cert.pem --profile client\n  provision verify backend_certs/broker_cert.pem --profile server --dns localhost"
+    )]
+    Verify(VerifyArgs),
+    /// List everything the CA issued.
+    #[command(after_help = "Example:\n  provision list --json")]
+    List(ListArgs),
+    /// Revoke a certificate (by file or serial) and rewrite the CRL.
+    #[command(
+        after_help = "Examples:\n  provision revoke backend_certs/client1_cert.pem --reason key-compromise\n  provision revoke --serial 4F2A..."
+    )]
+    Revoke(RevokeArgs),
+    /// Write the CRL (default CA_DIR/crl.pem).
+    #[command(after_help = "Example:\n  provision crl --out root_cert/crl.pem")]
+    Crl(CrlArgs),
+    /// Provision a CA, brokers and devices from a TOML manifest.
+    #[command(
+        after_help = "Example manifest:\n  [ca]\n  dir = \"root_cert\"\n  common_name = \"Fleet Root\"\n  [[broker]]\n  name = \"broker\"\n  dns = [\"localhost\"]\n  ip = [\"127.0.0.1\"]\n  [[devices]]\n  prefix = \"sensor-\"\n  count = 10000"
+    )]
+    Fleet(FleetArgs),
+    /// Write a Mosquitto configuration for mutual TLS.
+    #[command(
+        after_help = "Example:\n  provision broker-config --server broker --out broker\n  mosquitto -c broker/mosquitto.conf"
+    )]
+    BrokerConfig(BrokerConfigArgs),
+    /// Publish one message over mutual TLS.
+    #[command(
+        after_help = "Example:\n  provision pub --topic test/data --message hello \\\n    --cert backend_certs/client1_cert.pem --key backend_certs/client1.key --ca root_cert/root_ca_cert.pem"
+    )]
+    Pub(PubArgs),
+    /// Subscribe and print each message's payload.
+    #[command(
+        after_help = "Example:\n  provision sub --topic 'test/#' --count 1 --bundle client1.toml"
+    )]
+    Sub(SubArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Example:\n  provision completions bash > /etc/bash_completion.d/provision"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    #[command(after_help = "Example:\n  provision man > provision.1 && man ./provision.1")]
+    Man,
+}
+
+/// The arguments of `provision init-ca`.
+#[derive(Args)]
+pub(crate) struct InitCaArgs {
+    /// The CA folder.
+    #[arg(long, default_value = layout::DEFAULT_CA_DIR)]
+    pub(crate) dir: PathBuf,
+    #[command(flatten)]
+    pub(crate) subject: SubjectArgs,
+    /// Key type.
+    #[arg(long, default_value = "p256", value_parser = parse::<KeyType>)]
+    pub(crate) key_type: KeyType,
+    /// Validity in days.
+    #[arg(long, default_value_t = 3650)]
+    pub(crate) days: u32,
+    /// Encrypt the CA key with the passphrase in this environment variable.
+    #[arg(long, value_name = "VAR", conflicts_with = "encrypt")]
+    pub(crate) passphrase_env: Option<String>,
+    /// Encrypt the CA key with a passphrase typed at the terminal (asked twice).
+    #[arg(long)]
+    pub(crate) encrypt: bool,
+    /// Replace an existing CA.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+/// The arguments of `provision csr`.
+#[derive(Args)]
+pub(crate) struct CsrArgs {
+    /// File-name stem: NAME.key and NAME_csr.pem.
+    pub(crate) name: String,
+    /// Output folder.
+    #[arg(long, default_value = ".")]
+    pub(crate) out: PathBuf,
+    #[command(flatten)]
+    pub(crate) subject: SubjectArgs,
+    /// Key type.
+    #[arg(long, default_value = "p256", value_parser = parse::<KeyType>)]
+    pub(crate) key_type: KeyType,
+    #[command(flatten)]
+    pub(crate) names: NameArgs,
+    /// Replace existing files.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+/// The arguments of `provision sign`.
+#[derive(Args)]
+pub(crate) struct SignArgs {
+    /// The CSR (PEM).
+    pub(crate) csr: PathBuf,
+    /// Client or server.
+    #[arg(long, value_enum)]
+    pub(crate) profile: ProfileArg,
+    #[command(flatten)]
+    pub(crate) ca: CaArgs,
+    /// Where to write the certificate (default: the CSR's name with _cert.pem).
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// Validity in days.
+    #[arg(long, default_value_t = 365)]
+    pub(crate) days: u32,
+    /// Replace an existing certificate file.
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// A DNS name to grant (repeatable); a server certificate needs
+    /// names from --dns/--ip or --accept-csr-names.
+    #[arg(long)]
+    pub(crate) dns: Vec<pki_core::DnsName>,
+    /// An IP address to grant (repeatable).
+    #[arg(long)]
+    pub(crate) ip: Vec<std::net::IpAddr>,
+    /// Also grant the names the CSR asks for (wildcards only with
+    /// --allow-wildcards; malformed URIs never).
+    #[arg(long)]
+    pub(crate) accept_csr_names: bool,
+    /// Allow wildcard DNS names (*.example.com).
+    #[arg(long)]
+    pub(crate) allow_wildcards: bool,
+}
+
+/// The arguments of `provision inspect`.
+#[derive(Args)]
+pub(crate) struct InspectArgs {
+    /// The PEM file.
+    pub(crate) file: PathBuf,
+}
+
+/// The arguments of `provision verify`.
+#[derive(Args)]
+pub(crate) struct VerifyArgs {
+    /// The certificate (PEM).
+    pub(crate) cert: PathBuf,
+    /// The CA certificate(s).
+    #[arg(long, default_value = layout::DEFAULT_CA_CERT)]
+    pub(crate) ca: PathBuf,
+    /// Check the usage for this profile.
+    #[arg(long, value_enum)]
+    pub(crate) profile: Option<ProfileArg>,
+    /// The DNS name it must be valid for.
+    #[arg(long, conflicts_with = "ip")]
+    pub(crate) dns: Option<String>,
+    /// The IP address it must be valid for.
+    #[arg(long)]
+    pub(crate) ip: Option<IpAddr>,
+    /// Also check revocation against this CRL.
+    #[arg(long)]
+    pub(crate) crl: Option<PathBuf>,
+}
+
+/// The arguments of `provision list`.
+#[derive(Args)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    pub(crate) ca: CaArgs,
+    /// Only certificates with this common name (the identity's name).
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// Only certificates not revoked.
+    #[arg(long)]
+    pub(crate) valid: bool,
+}
+
+/// The arguments of `provision revoke`.
+#[derive(Args)]
+pub(crate) struct RevokeArgs {
+    /// The certificate to revoke.
+    #[arg(required_unless_present = "serial")]
+    pub(crate) cert: Option<PathBuf>,
+    /// The serial (hex) to revoke.
+    #[arg(long, conflicts_with = "cert", value_parser = parse::<Serial>)]
+    pub(crate) serial: Option<Serial>,
+    /// Why: unspecified, key-compromise, ca-compromise, affiliation-changed,
+    /// superseded, cessation-of-operation, privilege-withdrawn.
+    #[arg(long, default_value = "unspecified", value_parser = parse::<RevocationReason>)]
+    pub(crate) reason: RevocationReason,
+    #[command(flatten)]
+    pub(crate) ca: CaArgs,
+    /// Days until the CRL's nextUpdate.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) crl_days: u32,
+}
+
+/// The arguments of `provision crl`.
+#[derive(Args)]
+pub(crate) struct CrlArgs {
+    #[command(flatten)]
+    pub(crate) ca: CaArgs,
+    /// Where to write it.
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// Days until nextUpdate.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) days: u32,
+}
+
+/// The arguments of `provision fleet`.
+#[derive(Args)]
+pub(crate) struct FleetArgs {
+    /// The manifest.
+    pub(crate) manifest: PathBuf,
+    /// Worker threads (default: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) jobs: usize,
+    /// The inventory in PostgreSQL (postgres://USER@HOST/DB) instead of
+    /// SQLite in the CA folder.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PROVISION_INVENTORY",
+        hide_env_values = true
+    )]
+    pub(crate) inventory: Option<String>,
+}
+
+/// The arguments of `provision broker-config`.
+#[derive(Args)]
+pub(crate) struct BrokerConfigArgs {
+    /// The broker identity's name.
+    #[arg(long, default_value = "broker")]
+    pub(crate) server: String,
+    /// Where the broker identity was issued.
+    #[arg(long, default_value = layout::DEFAULT_IDENTITY_DIR)]
+    pub(crate) certs_dir: PathBuf,
+    #[command(flatten)]
+    pub(crate) ca: CaArgs,
+    /// Output folder.
+    #[arg(long, default_value = layout::DEFAULT_BROKER_DIR)]
+    pub(crate) out: PathBuf,
+    /// TLS listener port.
+    #[arg(long, default_value_t = 8883)]
+    pub(crate) port: u16,
+    /// Listen on this address only.
+    #[arg(long)]
+    pub(crate) bind: Option<String>,
+    /// Replace existing files.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+/// The arguments of `provision pub`.
+#[derive(Args)]
+pub(crate) struct PubArgs {
+    #[command(flatten)]
+    pub(crate) conn: ConnArgs,
+    /// The message (default: read standard input).
+    #[arg(long, short)]
+    pub(crate) message: Option<String>,
+    /// Ask the broker to retain it.
+    #[arg(long)]
+    pub(crate) retain: bool,
+}
+
+/// The arguments of `provision sub`.
+#[derive(Args)]
+pub(crate) struct SubArgs {
+    #[command(flatten)]
+    pub(crate) conn: ConnArgs,
+    /// Exit after this many messages.
+    #[arg(long, short = 'C')]
+    pub(crate) count: Option<usize>,
+    /// Exit after this many seconds.
+    #[arg(long, short = 'W')]
+    pub(crate) timeout: Option<u64>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum IssueCommand {
+    /// A client (device or backend) certificate: EKU clientAuth.
+    #[command(after_help = "Example:\n  provision issue client client1 --org MyOrg --country US")]
+    Client(IssueArgs),
+    /// A server (broker) certificate: EKU serverAuth; needs --dns or --ip.
+    #[command(
+        after_help = "Example:\n  provision issue server broker --dns mqtt.example.com --ip 10.0.0.5"
+    )]
+    Server(IssueArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct IssueArgs {
+    /// File-name stem: NAME.key, NAME_csr.pem, NAME_cert.pem; the default CN.
+    pub(crate) name: String,
+    #[command(flatten)]
+    pub(crate) ca: CaArgs,
+    /// Output folder.
+    #[arg(long, default_value = layout::DEFAULT_IDENTITY_DIR)]
+    pub(crate) out: PathBuf,
+    #[command(flatten)]
+    pub(crate) subject: SubjectArgs,
+    /// Key type.
+    #[arg(long, default_value = "p256", value_parser = parse::<KeyType>)]
+    pub(crate) key_type: KeyType,
+    /// Validity in days (capped at the CA's expiry).
+    #[arg(long, default_value_t = 365)]
+    pub(crate) days: u32,
+    #[command(flatten)]
+    pub(crate) names: NameArgs,
+    /// Replace existing files.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct CaArgs {
+    /// The CA folder.
+    #[arg(long, default_value = layout::DEFAULT_CA_DIR)]
+    pub(crate) ca_dir: PathBuf,
+    /// The environment variable holding the CA key's passphrase.
+    #[arg(long, value_name = "VAR")]
+    pub(crate) passphrase_env: Option<String>,
+    /// The inventory in PostgreSQL (postgres://USER@HOST/DB) instead of
+    /// SQLite in the CA folder.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PROVISION_INVENTORY",
+        hide_env_values = true
+    )]
+    pub(crate) inventory: Option<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct SubjectArgs {
+    /// Common name (default: the name).
+    #[arg(long)]
+    pub(crate) cn: Option<String>,
+    /// Organization.
+    #[arg(long)]
+    pub(crate) org: Option<String>,
+    /// Two-letter country code.
+    #[arg(long)]
+    pub(crate) country: Option<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct NameArgs {
+    /// DNS subject alternative name (repeatable).
+    #[arg(long, value_parser = parse::<DnsName>)]
+    pub(crate) dns: Vec<DnsName>,
+    /// IP subject alternative name (repeatable).
+    #[arg(long)]
+    pub(crate) ip: Vec<IpAddr>,
+}
+
+#[derive(Args)]
+pub(crate) struct ConnArgs {
+    /// Client certificate.
+    #[arg(long, requires_all = ["key", "ca"], conflicts_with = "bundle")]
+    pub(crate) cert: Option<PathBuf>,
+    /// Client key.
+    #[arg(long)]
+    pub(crate) key: Option<PathBuf>,
+    /// CA certificate.
+    #[arg(long)]
+    pub(crate) ca: Option<PathBuf>,
+    /// A TOML file with a [tls] table (cert_path, key_path, ca_cert_path).
+    #[arg(long)]
+    pub(crate) bundle: Option<PathBuf>,
+    /// The environment variable holding the client key's passphrase (for
+    /// an encrypted key; a bundle file says it with `passphrase_env`).
+    #[arg(long, value_name = "VAR", conflicts_with = "bundle")]
+    pub(crate) passphrase_env: Option<String>,
+    /// Broker host (DNS name or IP address).
+    #[arg(long, short = 'H', default_value = "localhost")]
+    pub(crate) host: String,
+    /// Broker port.
+    #[arg(long, short, default_value_t = 8883)]
+    pub(crate) port: u16,
+    /// Topic (a filter for sub).
+    #[arg(long, short)]
+    pub(crate) topic: String,
+    /// QoS 0, 1 or 2.
+    #[arg(long, short, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub(crate) qos: u8,
+    /// Client id (default: provision-<pid>).
+    #[arg(long, short = 'i')]
+    pub(crate) client_id: Option<String>,
+    /// The largest MQTT packet to send (pub refuses a bigger message
+    /// before any of it is sent) and to accept, in bytes (default: send up
+    /// to 1 MiB, accept anything MQTT allows).
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) max_packet_size: Option<usize>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum ProfileArg {
+    Client,
+    Server,
+}
+
+impl From<ProfileArg> for Profile {
+    fn from(p: ProfileArg) -> Self {
+        match p {
+            ProfileArg::Client => Profile::Client,
+            ProfileArg::Server => Profile::Server,
+        }
+    }
+}
+
+/// A typed value from its text, for clap (`KeyType`, `DnsName`, `Serial`,
+/// `RevocationReason`).
+fn parse<T: std::str::FromStr<Err = pki_core::Error>>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|e: pki_core::Error| e.to_string())
+}
+
+impl SubjectArgs {
+    pub(crate) fn options(&self) -> SubjectOptions {
+        SubjectOptions {
+            common_name: self.cn.clone(),
+            organization: self.org.clone(),
+            country: self.country.clone(),
+        }
+    }
+}
+
+impl CaArgs {
+    pub(crate) fn dir(&self) -> CaDir {
+        CaDir::new(&self.ca_dir).with_inventory_url(self.inventory.clone())
+    }
+
+    pub(crate) fn passphrase(&self) -> anyhow::Result<Option<Zeroizing<Vec<u8>>>> {
+        passphrase(self.passphrase_env.as_deref())
+    }
+
+    /// Loads the CA; an encrypted key without `--passphrase-env` is
+    /// unlocked with a passphrase typed at the terminal, when there is one.
+    pub(crate) fn load(&self) -> anyhow::Result<(CaDir, pki_core::CertificateAuthority)> {
+        let dir = self.dir();
+        let ca = match dir.load(self.passphrase()?.as_ref().map(|p| p.as_slice())) {
+            Err(provision::Error::Passphrase { path, .. })
+                if self.passphrase_env.is_none() && std::io::stdin().is_terminal() =>
+            {
+                let typed = Zeroizing::new(
+                    rpassword::prompt_password(format!("passphrase for {}: ", path.display()))
+                        .with_context(|| {
+                            format!("reading the passphrase for {}", path.display())
+                        })?,
+                );
+                dir.load(Some(typed.as_bytes()))?
+            }
+            other => other?,
+        };
+        Ok((dir, ca))
+    }
+}
+
+/// A new passphrase for `key`, typed twice at the terminal.
+pub(crate) fn new_passphrase(key: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "--encrypt asks for the passphrase at a terminal; without one, use --passphrase-env VAR"
+        );
+    }
+    let ask = |prompt: String| {
+        rpassword::prompt_password(prompt).context("reading the passphrase from the terminal")
+    };
+    let first = Zeroizing::new(ask(format!("new passphrase for {}: ", key.display()))?);
+    if first.is_empty() {
+        bail!("the passphrase must not be empty");
+    }
+    if *Zeroizing::new(ask("again: ".to_owned())?) != *first {
+        bail!("the two passphrases differ; nothing was written");
+    }
+    Ok(Zeroizing::new(first.as_bytes().to_vec()))
+}
+
+pub(crate) fn passphrase(var: Option<&str>) -> anyhow::Result<Option<Zeroizing<Vec<u8>>>> {
+    match var {
+        None => Ok(None),
+        Some(var) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Ok(Some(Zeroizing::new(v.into_bytes()))),
+            _ => bail!("the passphrase variable {var} is not set (or empty)"),
+        },
+    }
+}
+
+impl ConnArgs {
+    pub(crate) fn identity(&self) -> anyhow::Result<mqtt_tls::TlsIdentity> {
+        let bundle = match (&self.bundle, &self.cert, &self.key, &self.ca) {
+            (Some(file), ..) => {
+                #[derive(serde::Deserialize)]
+                struct BundleFile {
+                    tls: ClientCert,
+                }
+                let text = provision::files::read_text(file)?;
+                let parsed: BundleFile = toml::from_str(&text)
+                    .with_context(|| format!("{}: not a bundle file", file.display()))?;
+                parsed
+                    .tls
+                    .relative_to(file.parent().unwrap_or(Path::new(".")))
+            }
+            (None, Some(cert), Some(key), Some(ca)) => ClientCert {
+                passphrase_env: self.passphrase_env.clone(),
+                ..ClientCert::new(cert, key, ca)
+            },
+            _ => bail!("give --cert, --key and --ca, or --bundle FILE.toml"),
+        };
+        Ok(bundle.load()?)
+    }
+
+    pub(crate) fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            host: self.host.clone(),
+            port: self.port,
+            client_id: self
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("provision-{}", std::process::id())),
+            max_packet_size: self.max_packet_size,
+        }
+    }
+
+    pub(crate) fn qos(&self) -> QoS {
+        match self.qos {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        }
+    }
+}

@@ -1,0 +1,716 @@
+//! One function per command: arguments in, a typed outcome out. Each
+//! outcome renders as text (`Display`) or JSON (`Serialize`); `main` picks.
+
+use std::fmt;
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use pki_core::{Profile, Serial, SubjectAltName, Timestamp};
+use provision::inventory::{Filter, Inventory, Record, Status};
+use provision::layout::{self, BrokerPaths, IdentityPaths};
+use provision::ops::{
+    CsrRequest, InitCa, IssueRequest, RevokeTarget, SignRequest, init_ca_archiving, issue,
+    make_csr, revoke, sign_csr, write_crl,
+};
+use serde::Serialize;
+
+use super::args::{
+    BrokerConfigArgs, CrlArgs, CsrArgs, FleetArgs, InitCaArgs, InspectArgs, IssueArgs,
+    IssueCommand, ListArgs, PubArgs, RevokeArgs, SignArgs, SubArgs, VerifyArgs, new_passphrase,
+    passphrase,
+};
+
+/// What a command prints: text for people, JSON for programs.
+pub(crate) trait Outcome: fmt::Display + Serialize {}
+impl<T: fmt::Display + Serialize> Outcome for T {}
+
+/// Prints an outcome as text or JSON.
+pub(crate) fn print(outcome: &impl Outcome, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, outcome)?;
+        writeln!(out)?;
+    } else {
+        let text = outcome.to_string();
+        write!(out, "{text}")?;
+        if !text.is_empty() && !text.ends_with('\n') {
+            writeln!(out)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn when(t: std::time::SystemTime) -> String {
+    Timestamp(t).to_string()
+}
+
+/// `init-ca`.
+#[derive(Serialize)]
+pub(crate) struct CaCreated {
+    subject: String,
+    cert: PathBuf,
+    key: PathBuf,
+    encrypted: bool,
+    not_after: String,
+    /// Where a replaced CA went.
+    archived: Option<PathBuf>,
+}
+
+impl fmt::Display for CaCreated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(archive) = &self.archived {
+            writeln!(
+                f,
+                "the previous CA (key, certificate, inventory, CRL) moved to the archive {}",
+                archive.display()
+            )?;
+        }
+        writeln!(f, "created CA {}", self.subject)?;
+        writeln!(f, "  certificate: {}", self.cert.display())?;
+        writeln!(
+            f,
+            "  key:         {} (0600{})",
+            self.key.display(),
+            if self.encrypted { ", encrypted" } else { "" }
+        )?;
+        writeln!(f, "  valid until: {}", self.not_after)
+    }
+}
+
+pub(crate) fn init_ca(args: InitCaArgs) -> anyhow::Result<CaCreated> {
+    let ca_dir = provision::store::CaDir::new(&args.dir);
+    let passphrase = if args.encrypt {
+        Some(new_passphrase(&ca_dir.key_path())?)
+    } else {
+        passphrase(args.passphrase_env.as_deref())?
+    };
+    let encrypted = passphrase.is_some();
+    let (ca, archived) = init_ca_archiving(
+        &ca_dir,
+        &InitCa {
+            subject: args.subject.options(),
+            key_type: args.key_type,
+            days: args.days,
+            passphrase,
+            force: args.force,
+        },
+    )?;
+    Ok(CaCreated {
+        subject: ca.certificate().subject(),
+        cert: ca_dir.cert_path(),
+        key: ca_dir.key_path(),
+        encrypted,
+        not_after: when(ca.certificate().not_after()),
+        archived,
+    })
+}
+
+/// `issue client|server`.
+#[derive(Serialize)]
+pub(crate) struct Issued {
+    profile: &'static str,
+    subject: String,
+    #[serde(flatten)]
+    paths: IdentityPaths,
+    serial: String,
+    not_after: String,
+    superseded: Vec<String>,
+    /// The requested end, when it was cut to the CA's expiry.
+    capped_from: Option<String>,
+}
+
+impl fmt::Display for Issued {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "issued {} certificate {}", self.profile, self.subject)?;
+        writeln!(f, "  key:         {} (0600)", self.paths.key.display())?;
+        writeln!(f, "  CSR:         {}", self.paths.csr.display())?;
+        writeln!(f, "  certificate: {}", self.paths.cert.display())?;
+        writeln!(f, "  serial:      {}", self.serial)?;
+        writeln!(f, "  valid until: {}", self.not_after)?;
+        for serial in &self.superseded {
+            writeln!(f, "  superseded:  {serial} (revoked; CRL rewritten)")?;
+        }
+        if let Some(requested) = &self.capped_from {
+            writeln!(
+                f,
+                "  note: the requested end {requested} is after the CA's expiry; cut to the CA's"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn serials(serials: &[Serial]) -> Vec<String> {
+    serials.iter().map(ToString::to_string).collect()
+}
+
+pub(crate) fn issue_cmd(cmd: IssueCommand) -> anyhow::Result<Issued> {
+    let (profile, args): (Profile, IssueArgs) = match cmd {
+        IssueCommand::Client(a) => (Profile::Client, a),
+        IssueCommand::Server(a) => (Profile::Server, a),
+    };
+    let (dir, ca) = args.ca.load()?;
+    let inventory = Inventory::open(&dir)?;
+    let mut locked = inventory.lock(&ca)?;
+    let issued = issue(
+        &mut locked,
+        &IssueRequest {
+            identity: CsrRequest {
+                name: args.name,
+                subject: args.subject.options(),
+                key_type: args.key_type,
+                dns: args.names.dns,
+                ip: args.names.ip,
+                out: args.out,
+                force: args.force,
+            },
+            profile,
+            days: args.days,
+        },
+    )?;
+    locked.commit()?;
+    Ok(Issued {
+        profile: profile.as_str(),
+        subject: issued.certificate.subject(),
+        serial: issued.certificate.serial().to_string(),
+        not_after: when(issued.certificate.not_after()),
+        superseded: serials(&issued.superseded),
+        capped_from: issued.capped_not_after.map(when),
+        paths: issued.paths,
+    })
+}
+
+/// `csr`.
+#[derive(Serialize)]
+pub(crate) struct CsrMade {
+    key: PathBuf,
+    csr: PathBuf,
+}
+
+impl fmt::Display for CsrMade {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "key: {} (0600)", self.key.display())?;
+        writeln!(f, "CSR: {}", self.csr.display())
+    }
+}
+
+pub(crate) fn csr(args: CsrArgs) -> anyhow::Result<CsrMade> {
+    let paths = make_csr(&CsrRequest {
+        name: args.name,
+        subject: args.subject.options(),
+        key_type: args.key_type,
+        dns: args.names.dns,
+        ip: args.names.ip,
+        out: args.out,
+        force: args.force,
+    })?;
+    Ok(CsrMade {
+        key: paths.key,
+        csr: paths.csr,
+    })
+}
+
+/// `sign`.
+#[derive(Serialize)]
+pub(crate) struct Signed {
+    subject: String,
+    cert: PathBuf,
+    serial: String,
+    not_after: String,
+    granted: Vec<String>,
+    refused: Vec<RefusedName>,
+    superseded: Vec<String>,
+    capped: bool,
+}
+
+#[derive(Serialize)]
+struct RefusedName {
+    name: String,
+    reason: String,
+}
+
+impl fmt::Display for Signed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "signed {} -> {}", self.subject, self.cert.display())?;
+        writeln!(f, "  serial:      {}", self.serial)?;
+        writeln!(f, "  valid until: {}", self.not_after)?;
+        writeln!(f, "  granted: {}", self.granted.join(", "))?;
+        for refused in &self.refused {
+            writeln!(f, "  not granted: {} ({})", refused.name, refused.reason)?;
+        }
+        for serial in &self.superseded {
+            writeln!(f, "  superseded:  {serial} (revoked; CRL rewritten)")?;
+        }
+        if self.capped {
+            writeln!(f, "  note: validity cut to the CA's expiry")?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn sign(args: SignArgs) -> anyhow::Result<Signed> {
+    let out = args.out.unwrap_or_else(|| layout::cert_for_csr(&args.csr));
+    let (dir, ca) = args.ca.load()?;
+    let inventory = Inventory::open(&dir)?;
+    let mut locked = inventory.lock(&ca)?;
+    let signed = sign_csr(
+        &mut locked,
+        &SignRequest {
+            csr: args.csr,
+            profile: args.profile.into(),
+            days: args.days,
+            out: out.clone(),
+            force: args.force,
+            dns: args.dns,
+            ip: args.ip,
+            accept_csr_names: args.accept_csr_names,
+            allow_wildcards: args.allow_wildcards,
+        },
+    )?;
+    locked.commit()?;
+    let cert = &signed.certificate;
+    Ok(Signed {
+        subject: cert.subject(),
+        cert: out,
+        serial: cert.serial().to_string(),
+        not_after: when(cert.not_after()),
+        granted: signed
+            .granted
+            .iter()
+            .map(SubjectAltName::to_string)
+            .collect(),
+        refused: signed
+            .refused
+            .iter()
+            .map(|r| RefusedName {
+                name: r.san.to_string(),
+                reason: r.reason.to_string(),
+            })
+            .collect(),
+        superseded: serials(&signed.superseded),
+        capped: signed.capped_not_after.is_some(),
+    })
+}
+
+pub(crate) fn inspect(args: InspectArgs) -> anyhow::Result<provision::inspect::Inspection> {
+    Ok(provision::inspect::inspect(&args.file)?)
+}
+
+/// `verify`: only printed when the certificate is valid (the command
+/// fails otherwise).
+#[derive(Serialize)]
+pub(crate) struct Verified {
+    valid: bool,
+    detail: String,
+}
+
+impl fmt::Display for Verified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.detail)
+    }
+}
+
+pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<Verified> {
+    let name = args.dns.or_else(|| args.ip.map(|i| i.to_string()));
+    let detail = provision::inspect::verify(&provision::inspect::VerifyRequest {
+        cert: &args.cert,
+        ca: &args.ca,
+        profile: args.profile.map(Into::into),
+        name,
+        crl: args.crl.as_deref(),
+    })?;
+    Ok(Verified {
+        valid: true,
+        detail,
+    })
+}
+
+/// `list`: streamed as it is read (a million records are never all in
+/// memory), as a table or a JSON array.
+pub(crate) fn list(args: ListArgs, json: bool) -> anyhow::Result<()> {
+    let inventory = Inventory::open(&args.ca.dir())?;
+    let filter = Filter {
+        common_name: args.name,
+        valid_only: args.valid,
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut n = 0usize;
+    let io = |source| provision::Error::Io {
+        action: "writing",
+        path: "standard output".into(),
+        source,
+    };
+    if json {
+        writeln!(out, "[")?;
+    } else {
+        writeln!(
+            out,
+            "{:<40}  {:<7}  {:<20}  {:<8}  SUBJECT",
+            "SERIAL", "PROFILE", "NOT AFTER", "STATUS"
+        )?;
+    }
+    inventory.visit(&filter, |r: Record| {
+        if json {
+            let sep = if n == 0 { "  " } else { ", " };
+            let line = serde_json::to_string(&r).map_err(|e| io(e.into()))?;
+            writeln!(out, "{sep}{line}").map_err(io)?;
+        } else {
+            let status = match &r.status {
+                Status::Valid => "valid",
+                Status::Revoked { .. } => "revoked",
+            };
+            writeln!(
+                out,
+                "{:<40}  {:<7}  {:<20}  {:<8}  {}",
+                r.serial.to_string(),
+                r.profile.as_str(),
+                r.not_after.to_string(),
+                status,
+                r.subject
+            )
+            .map_err(io)?;
+        }
+        n += 1;
+        Ok(())
+    })?;
+    if json {
+        writeln!(out, "]")?;
+    } else {
+        writeln!(out, "{n} certificate(s) in {}", inventory.location())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `revoke`.
+#[derive(Serialize)]
+pub(crate) struct Revoked {
+    #[serde(flatten)]
+    record: Record,
+    crl: PathBuf,
+}
+
+impl fmt::Display for Revoked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let reason = match self.record.status {
+            Status::Revoked { reason, .. } => reason.to_string(),
+            Status::Valid => "not revoked".into(),
+        };
+        writeln!(
+            f,
+            "revoked {} (serial {}, {reason})",
+            self.record.subject, self.record.serial
+        )?;
+        writeln!(
+            f,
+            "  CRL: {} (give it to the broker: crlfile)",
+            self.crl.display()
+        )
+    }
+}
+
+pub(crate) fn revoke_cmd(args: RevokeArgs) -> anyhow::Result<Revoked> {
+    let target = match (args.cert, args.serial) {
+        (Some(path), None) => RevokeTarget::File(path),
+        (None, Some(s)) => RevokeTarget::Serial(s),
+        _ => bail!("give a certificate file or --serial"),
+    };
+    let (dir, ca) = args.ca.load()?;
+    let inventory = Inventory::open(&dir)?;
+    let mut locked = inventory.lock(&ca)?;
+    let record = revoke(&mut locked, &target, args.reason, args.crl_days)?;
+    locked.commit()?;
+    Ok(Revoked {
+        record,
+        crl: dir.crl_path(),
+    })
+}
+
+/// `crl`.
+#[derive(Serialize)]
+pub(crate) struct CrlWritten {
+    path: PathBuf,
+    number: u64,
+    revoked: usize,
+    next_update: String,
+}
+
+impl fmt::Display for CrlWritten {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "wrote {} (number {}, {} revoked)",
+            self.path.display(),
+            self.number,
+            self.revoked
+        )
+    }
+}
+
+pub(crate) fn crl(args: CrlArgs) -> anyhow::Result<CrlWritten> {
+    let (dir, ca) = args.ca.load()?;
+    let out = args.out.unwrap_or_else(|| dir.crl_path());
+    let inventory = Inventory::open(&dir)?;
+    let mut locked = inventory.lock(&ca)?;
+    let crl = write_crl(&mut locked, &out, args.days)?;
+    locked.commit()?;
+    Ok(CrlWritten {
+        path: out,
+        number: crl.number().unwrap_or_default(),
+        revoked: crl.entries().len(),
+        next_update: crl.next_update().map(when).unwrap_or_default(),
+    })
+}
+
+/// `fleet`.
+#[derive(Serialize)]
+pub(crate) struct FleetDone {
+    manifest: PathBuf,
+    ca_dir: PathBuf,
+    ca_cert: PathBuf,
+    ca_created: bool,
+    issued: usize,
+    kept: usize,
+    replaced: usize,
+    renewed_elsewhere: usize,
+    brokers: Vec<FleetBroker>,
+    device_folders: Vec<PathBuf>,
+    #[serde(skip)]
+    seconds: f64,
+}
+
+#[derive(Serialize)]
+struct FleetBroker {
+    name: String,
+    #[serde(flatten)]
+    paths: IdentityPaths,
+}
+
+impl fmt::Display for FleetDone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "fleet {}: CA {} in {}; {} issued, {} already valid and kept ({:.1} s)",
+            self.manifest.display(),
+            if self.ca_created { "created" } else { "kept" },
+            self.ca_dir.display(),
+            self.issued,
+            self.kept,
+            self.seconds
+        )?;
+        if self.renewed_elsewhere > 0 {
+            writeln!(
+                f,
+                "  {} of the kept were renewed elsewhere (the inventory's current \
+                 certificate is newer than the one on disk): left as they are",
+                self.renewed_elsewhere
+            )?;
+        }
+        if self.replaced > 0 {
+            writeln!(
+                f,
+                "  {} of them replaced a revoked, expiring or changed certificate, now \
+                 revoked as superseded (CRL rewritten)",
+                self.replaced
+            )?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn fleet(args: FleetArgs) -> anyhow::Result<FleetDone> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} identities ({per_sec})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let progress = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    let started = std::time::Instant::now();
+    let summary = provision::fleet::run(
+        &args.manifest,
+        &provision::fleet::RunOptions {
+            jobs: args.jobs,
+            inventory_url: args.inventory,
+        },
+        &progress,
+    )?;
+    bar.finish_and_clear();
+    Ok(FleetDone {
+        manifest: args.manifest,
+        ca_cert: provision::store::CaDir::new(&summary.ca_dir).cert_path(),
+        ca_dir: summary.ca_dir,
+        ca_created: summary.ca_created,
+        issued: summary.issued,
+        kept: summary.kept,
+        replaced: summary.replaced,
+        renewed_elsewhere: summary.renewed_elsewhere,
+        brokers: summary
+            .brokers
+            .into_iter()
+            .map(|(name, paths)| FleetBroker { name, paths })
+            .collect(),
+        device_folders: summary.device_folders,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// `broker-config`.
+#[derive(Serialize)]
+pub(crate) struct BrokerWritten {
+    #[serde(flatten)]
+    paths: BrokerPaths,
+    /// Whether the CRL was included.
+    with_crl: bool,
+}
+
+impl fmt::Display for BrokerWritten {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "wrote {}{}",
+            self.paths.config.display(),
+            if self.with_crl { " (with the CRL)" } else { "" }
+        )?;
+        writeln!(
+            f,
+            "start it with: mosquitto -c {}",
+            self.paths.config.display()
+        )
+    }
+}
+
+pub(crate) fn broker_config(args: BrokerConfigArgs) -> anyhow::Result<BrokerWritten> {
+    let files = provision::broker::write(
+        &args.ca.dir(),
+        &provision::broker::BrokerConfig {
+            server: args.server,
+            certs_dir: args.certs_dir,
+            out: args.out,
+            port: args.port,
+            bind: args.bind,
+            force: args.force,
+        },
+    )?;
+    Ok(BrokerWritten {
+        paths: files.paths,
+        with_crl: files.crl,
+    })
+}
+
+/// `pub`.
+#[derive(Serialize)]
+pub(crate) struct Published {
+    topic: String,
+    qos: u8,
+    bytes: usize,
+}
+
+impl fmt::Display for Published {
+    fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Said on standard error (see `publish`): standard output stays
+        // free for scripts.
+        Ok(())
+    }
+}
+
+pub(crate) fn publish(args: PubArgs) -> anyhow::Result<Published> {
+    let payload = match args.message {
+        Some(m) => m.into_bytes(),
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("reading the message from standard input")?;
+            buf
+        }
+    };
+    let conn = &args.conn;
+    let identity = conn.identity()?;
+    let bytes = payload.len();
+    runtime()?.block_on(provision::pubsub::publish(
+        &identity,
+        &conn.endpoint(),
+        &conn.topic,
+        payload,
+        conn.qos(),
+        args.retain,
+    ))?;
+    eprintln!("published to {} (QoS {})", conn.topic, conn.qos);
+    Ok(Published {
+        topic: conn.topic.clone(),
+        qos: conn.qos,
+        bytes,
+    })
+}
+
+/// One message `sub --json` prints, on a line of its own.
+#[derive(Serialize)]
+struct Message<'a> {
+    topic: &'a str,
+    /// The payload when it is UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a str>,
+    /// The payload in base64 when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_base64: Option<String>,
+}
+
+/// `sub`: prints each message as it arrives (its payload, or with `--json`
+/// one JSON object per line).
+pub(crate) fn subscribe(args: SubArgs, json: bool) -> anyhow::Result<()> {
+    use base64::Engine;
+    use provision::pubsub::Received;
+    let conn = &args.conn;
+    let identity = conn.identity()?;
+    let received = runtime()?.block_on(provision::pubsub::subscribe(
+        &identity,
+        &conn.endpoint(),
+        &conn.topic,
+        conn.qos(),
+        args.count,
+        args.timeout.map(Duration::from_secs),
+        |received| match received {
+            Received::Message { topic, payload } if json => {
+                let text = std::str::from_utf8(payload).ok();
+                let message = Message {
+                    topic,
+                    payload: text,
+                    payload_base64: text
+                        .is_none()
+                        .then(|| base64::engine::general_purpose::STANDARD.encode(payload)),
+                };
+                println!("{}", serde_json::to_string(&message).unwrap_or_default());
+            }
+            Received::Message { payload, .. } => {
+                println!("{}", String::from_utf8_lossy(payload));
+            }
+            Received::Dropped { topic, reason } => {
+                eprintln!("warning: a message on {topic} was dropped: {reason}");
+            }
+        },
+    ))?;
+    if let Some(c) = args.count
+        && received < c
+    {
+        bail!("timed out after {received} of {c} messages");
+    }
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}

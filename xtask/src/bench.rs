@@ -15,6 +15,9 @@ use std::time::Instant;
 use crate::{cargo, project_root, sh, tools};
 
 struct Sizes {
+    /// Identities in the CA whose per-command cost is compared with an
+    /// empty CA's.
+    store_identities: usize,
     throughput_messages: usize,
     identities: usize,
     openssl_identities: usize,
@@ -25,8 +28,19 @@ struct Sizes {
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let quick = args.iter().any(|a| a == "--quick");
-    let sizes = if quick {
+    // `--fleet-devices N`: the fleet step's size (a million: about 12 GB
+    // and a few minutes; not for CI).
+    let fleet_devices = match args.iter().position(|a| a == "--fleet-devices") {
+        Some(i) => Some(
+            args.get(i + 1)
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or("--fleet-devices takes a number")?,
+        ),
+        None => None,
+    };
+    let mut sizes = if quick {
         Sizes {
+            store_identities: 100_000,
             throughput_messages: 10_000,
             identities: 300,
             openssl_identities: 5,
@@ -36,6 +50,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         }
     } else {
         Sizes {
+            store_identities: 1_000_000,
             throughput_messages: 50_000,
             identities: 3_000,
             openssl_identities: 30,
@@ -44,6 +59,9 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             repetitions: 3,
         }
     };
+    if let Some(n) = fleet_devices {
+        sizes.fleet_devices = n;
+    }
     sh(cargo().args([
         "build",
         "--release",
@@ -148,6 +166,18 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let fleet = run_json(&bench, &["fleet".into(), manifest.display().to_string()])?;
     results.push(fleet.clone());
 
+    // 2b. One command on a CA with many identities against an empty CA's.
+    let store = run_json(
+        &bench,
+        &[
+            "store".into(),
+            root.join("target/release/provision").display().to_string(),
+            tools::gnu_time()?.display().to_string(),
+            sizes.store_identities.to_string(),
+        ],
+    )?;
+    results.push(store.clone());
+
     // 3. Ingest against mosquitto_sub on the same QoS 1 stream.
     let ingest_bin = root.join("target/release/mqtt-ingest");
     let ingest: Vec<String> = (0..sizes.repetitions)
@@ -245,6 +275,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         (o1, oa, unflushed, os, py),
         (rsa, rsa_py),
         &fleet,
+        &store,
         &ingest,
     );
     let doc_path = root.join("docs/benchmarks.md");
@@ -448,6 +479,29 @@ fn median_run(runs: Vec<String>, name: &str) -> String {
     by.swap_remove(by.len() / 2).1
 }
 
+/// The table rows of `mqtt-bench store`'s operations.
+fn store_rows(store: &str) -> String {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(store) else {
+        return String::new();
+    };
+    value["ops"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|op| {
+            let n = |k: &str| op[k].as_f64().unwrap_or(f64::NAN);
+            format!(
+                "| `provision {}` | {:.1} ms | {:.1} ms | {:.2}× | {:.1} MB |\n",
+                op["op"].as_str().unwrap_or_default(),
+                n("empty_ms"),
+                n("full_ms"),
+                n("ratio"),
+                n("full_peak_rss_mb").max(n("empty_peak_rss_mb")),
+            )
+        })
+        .collect()
+}
+
 /// A number field of one of mqtt-bench's JSON objects (flat, so a split
 /// does; xtask stays free of dependencies).
 fn number(json: &str, name: &str) -> Result<f64, String> {
@@ -472,6 +526,7 @@ fn render_markdown(
     ids: (f64, f64, f64, f64, f64),
     rsa: (f64, f64),
     fleet: &str,
+    store: &str,
     ingest: &str,
 ) -> String {
     let (o1, oa, unflushed, os, py) = ids;
@@ -510,7 +565,16 @@ fn render_markdown(
          while the cryptography is about 90 µs an identity and runs on every core (perf:\n\
          half the cycles in `openat`/`write`, a tenth in the P-256 field arithmetic).\n\n\
          ## A fleet\n\n\
-         `provision fleet` for {devices} P-256 devices, in-process: {fs} s, peak memory {fm} MB.\n\n\
+         `provision fleet` for {devices} P-256 devices, in-process: {fs} s, peak memory {fm} MB.\n\
+         Run again, changing nothing (every identity's files read and checked): {frs} s.\n\n\
+         ## One command on a large CA\n\n\
+         The `provision` CLI (release build, a process per command, median of 5) on an\n\
+         empty CA and on one whose inventory holds {store_n} identities (SQLite, indexed by\n\
+         serial and name; one in a thousand revoked, so its CRL lists {store_revoked}).\n\
+         Target: within 2× and under 50 MB.\n\n\
+         | command | empty CA | {store_n} identities | ratio | peak memory |\n| --- | --- | --- | --- | --- |\n\
+         {store_rows}\n\
+         Filling the inventory with {store_n} records took {store_fill} s ({store_db} MB).\n\n\
          ## Ingest (QoS 1, 64-byte payloads, SQLite with synchronous=FULL)\n\n\
          | who | messages/s |\n| --- | --- |\n\
          | `mosquitto_sub` receiving the stream | {ms} |\n\
@@ -578,6 +642,12 @@ fn render_markdown(
         ratio_rsa = rsa / rsa_py,
         devices = sizes.fleet_devices,
         fs = field(fleet, "seconds"),
+        frs = field(fleet, "rerun_seconds"),
+        store_n = field(store, "identities").trim_end_matches(".00"),
+        store_revoked = (number(store, "identities").unwrap_or(0.0) / 1000.0).floor(),
+        store_fill = field(store, "populate_seconds"),
+        store_db = field(store, "inventory_db_mb"),
+        store_rows = store_rows(store),
         fm = field(fleet, "peak_rss_mb"),
         ms = field(ingest, "mosquitto_sub_per_second"),
         is = field(ingest, "ingest_stored_per_second"),

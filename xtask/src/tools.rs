@@ -26,6 +26,18 @@ pub(crate) fn openssl() -> Result<PathBuf, String> {
     which("openssl").ok_or_else(|| "openssl is still not on PATH after installing it".into())
 }
 
+/// GNU time (`/usr/bin/time`: a child's peak memory), installing Debian's
+/// `time` when missing.
+pub(crate) fn gnu_time() -> Result<PathBuf, String> {
+    let path = PathBuf::from("/usr/bin/time");
+    if !path.is_file() {
+        apt_install(&["time"])?;
+    }
+    path.is_file()
+        .then_some(path)
+        .ok_or_else(|| "/usr/bin/time is still missing after installing `time`".into())
+}
+
 /// The `mosquitto` broker (Debian installs it in /usr/sbin), installing
 /// Debian's `mosquitto` and `mosquitto-clients` when either is missing.
 pub(crate) fn mosquitto() -> Result<PathBuf, String> {

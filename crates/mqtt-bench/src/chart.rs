@@ -57,7 +57,7 @@ fn rows(results: &[Value]) -> anyhow::Result<Vec<Row>> {
     let connects = find("connects", None)?;
     let idle = find("idle", None)?;
     let ingest = find("ingest", None)?;
-    let rows = vec![
+    let mut rows = vec![
         row(
             "P-256 identities, ours synced / Python",
             num(p256, "ratio_vs_python")?,
@@ -114,6 +114,25 @@ fn rows(results: &[Value]) -> anyhow::Result<Vec<Row>> {
             0.9,
         ),
     ];
+    // One command on a large CA against an empty one (target: within 2×,
+    // under 50 MB).
+    if let Some(store) = results.iter().find(|v| v["what"] == "store") {
+        for op in store["ops"].as_array().into_iter().flatten() {
+            let name = op["op"].as_str().unwrap_or_default();
+            rows.push(row(
+                &format!("`{name}`, large CA: 2× empty CA's time / ours"),
+                2.0 / num(op, "ratio")?,
+                1.0,
+            ));
+        }
+        let peak = store["ops"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|op| op["full_peak_rss_mb"].as_f64())
+            .fold(0.0, f64::max);
+        rows.push(row("large CA, one command: 50 MB / ours", 50.0 / peak, 1.0));
+    }
     if let Some(bad) = rows
         .iter()
         .find(|r| !(r.ratio.is_finite() && r.ratio > 0.0))

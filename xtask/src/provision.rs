@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{cargo, describe, project_root, sh};
+use crate::{cargo, describe, project_root};
 
 /// The default fleet: a root CA, a broker for localhost and 127.0.0.1, and
 /// `client1`, in the original design's layout.
@@ -80,43 +80,71 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let base = manifest.parent().unwrap_or(Path::new(".")).to_path_buf();
     let broker_dir = base.join("broker");
     let broker = made["brokers"].as_array().and_then(|b| b.first());
+    let mut broker_conf = None;
     if let Some(broker) = broker {
         let name = broker["name"].as_str().ok_or("a broker without a name")?;
         let cert = path(&broker["cert"]).ok_or("a broker without its certificate path")?;
         let certs = cert.parent().unwrap_or(Path::new(".")).to_path_buf();
-        sh(run_provision()
-            .arg("broker-config")
-            .args(["--server", name, "--port", "8883"])
+        let mut config = run_provision();
+        config
+            .args([
+                "--json",
+                "broker-config",
+                "--server",
+                name,
+                "--port",
+                "8883",
+            ])
             .arg("--certs-dir")
             .arg(&certs)
             .arg("--ca-dir")
             .arg(&ca_dir)
             .arg("--out")
             .arg(&broker_dir)
-            .arg("--force"))?;
+            .arg("--force");
+        eprintln!("$ {}", describe(&config));
+        let output = config
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(|e| format!("cannot start {}: {e}", describe(&config)))?;
+        if !output.status.success() {
+            return Err(format!("{} failed: {}", describe(&config), output.status));
+        }
+        let written: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .map_err(|e| format!("reading what `provision broker-config --json` printed: {e}"))?;
+        broker_conf = path(&written["config"]);
     }
-    let devices = made["device_folders"]
-        .as_array()
-        .and_then(|d| d.first())
-        .and_then(path);
+    let device = &made["first_device"];
     let rel = |p: PathBuf| {
         p.strip_prefix(std::env::current_dir().unwrap_or_default())
             .map(Path::to_path_buf)
             .unwrap_or(p)
     };
-    let broker_conf = rel(broker_dir.join("mosquitto.conf"));
-    let certs = rel(devices.unwrap_or_else(|| base.join("backend_certs")));
     let ca = rel(ca_cert);
-    println!(
-        "\nDone. Next steps:\n\
-         \x20 1. Start the broker:   mosquitto -c {conf}\n\
-         \x20 2. Subscribe:          cargo run -p provision -- sub -t test/data -C 1 --cert {certs}/client1_cert.pem --key {certs}/client1.key --ca {ca}\n\
-         \x20 3. Publish:            cargo run -p provision -- pub -t test/data -m hello --cert {certs}/client1_cert.pem --key {certs}/client1.key --ca {ca}\n\
-         \x20 Inspect anything:      cargo run -p provision -- inspect {certs}/client1_cert.pem\n\
-         \x20 Run the tests:         cargo xtask test",
-        conf = broker_conf.display(),
-        certs = certs.display(),
-        ca = ca.display(),
-    );
+    println!("\nDone. Next steps:");
+    if let Some(conf) = broker_conf {
+        println!(
+            "  1. Start the broker:   mosquitto -c {}",
+            rel(conf).display()
+        );
+    }
+    if let (Some(cert), Some(key)) = (path(&device["cert"]), path(&device["key"])) {
+        let (cert, key) = (rel(cert), rel(key));
+        let tls = format!(
+            "--cert {} --key {} --ca {}",
+            cert.display(),
+            key.display(),
+            ca.display()
+        );
+        println!("  2. Subscribe:          cargo run -p provision -- sub -t test/data -C 1 {tls}");
+        println!(
+            "  3. Publish:            cargo run -p provision -- pub -t test/data -m hello {tls}"
+        );
+        println!(
+            "  Inspect anything:      cargo run -p provision -- inspect {}",
+            cert.display()
+        );
+    }
+    println!("  Run the tests:         cargo xtask test");
     Ok(())
 }

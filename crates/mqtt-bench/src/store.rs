@@ -97,7 +97,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub(crate) fn run(provision: &Path, time: &Path, count: usize) -> anyhow::Result<serde_json::Value> {
+pub(crate) fn run(
+    provision: &Path,
+    time: &Path,
+    count: usize,
+) -> anyhow::Result<serde_json::Value> {
     let tmp = tempfile::tempdir()?;
     let folders: Vec<PathBuf> = ["empty", "full"]
         .iter()

@@ -153,6 +153,8 @@ pub struct Summary {
     pub brokers: Vec<(String, IdentityPaths)>,
     /// The folders the devices went into, each once, in manifest order.
     pub device_folders: Vec<PathBuf>,
+    /// The manifest's first device and its files (an example to try).
+    pub first_device: Option<(String, IdentityPaths)>,
 }
 
 impl Manifest {
@@ -418,8 +420,14 @@ pub fn run(
             summary
                 .brokers
                 .push((id.name.clone(), IdentityPaths::new(&id.out, &id.name)));
-        } else if !summary.device_folders.contains(&id.out) {
-            summary.device_folders.push(id.out.clone());
+        } else {
+            if summary.first_device.is_none() {
+                summary.first_device =
+                    Some((id.name.clone(), IdentityPaths::new(&id.out, &id.name)));
+            }
+            if !summary.device_folders.contains(&id.out) {
+                summary.device_folders.push(id.out.clone());
+            }
         }
     }
     let mut first_error = None;

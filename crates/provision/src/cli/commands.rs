@@ -476,14 +476,17 @@ pub(crate) struct FleetDone {
     kept: usize,
     replaced: usize,
     renewed_elsewhere: usize,
-    brokers: Vec<FleetBroker>,
+    brokers: Vec<FleetIdentity>,
     device_folders: Vec<PathBuf>,
+    /// The manifest's first device and its files (an example to try).
+    first_device: Option<FleetIdentity>,
     #[serde(skip)]
     seconds: f64,
 }
 
+/// An identity a fleet made: its name and files.
 #[derive(Serialize)]
-struct FleetBroker {
+struct FleetIdentity {
     name: String,
     #[serde(flatten)]
     paths: IdentityPaths,
@@ -558,9 +561,12 @@ pub(crate) fn fleet(args: FleetArgs) -> anyhow::Result<FleetDone> {
         brokers: summary
             .brokers
             .into_iter()
-            .map(|(name, paths)| FleetBroker { name, paths })
+            .map(|(name, paths)| FleetIdentity { name, paths })
             .collect(),
         device_folders: summary.device_folders,
+        first_device: summary
+            .first_device
+            .map(|(name, paths)| FleetIdentity { name, paths }),
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -589,29 +589,30 @@ fn storm(count: usize) -> anyhow::Result<serde_json::Value> {
              [[devices]]\nprefix = \"dev-\"\ncount = {count}\n"
         ),
     )?;
-    provision::fleet::run(
+    let made = provision::fleet::run(
         &manifest,
         &provision::fleet::RunOptions::default(),
         &|_, _| {},
     )?;
-    let certs = dir.path().join("backend_certs");
-    let ca = dir.path().join("root_cert/root_ca_cert.pem");
+    let (_, broker_files) = made.brokers.first().context("the fleet made no broker")?;
+    let certs = made
+        .device_folders
+        .first()
+        .context("the fleet made no devices")?
+        .clone();
+    let ca = provision::store::CaDir::new(&made.ca_dir).cert_path();
     let mut broker = Mosquitto::start(
         &Pki::new(),
         &BrokerOptions {
             cafile: Some(ca.clone()),
-            server: Some((certs.join("broker_cert.pem"), certs.join("broker.key"))),
+            server: Some((broker_files.cert.clone(), broker_files.key.clone())),
             ..Default::default()
         },
     );
     let identities: Vec<_> = (1..=count)
         .map(|i| {
-            mqtt_tls::ClientCert::new(
-                certs.join(format!("dev-{i}_cert.pem")),
-                certs.join(format!("dev-{i}.key")),
-                &ca,
-            )
-            .load()
+            let files = provision::layout::IdentityPaths::new(&certs, &format!("dev-{i}"));
+            mqtt_tls::ClientCert::new(files.cert, files.key, &ca).load()
         })
         .collect::<Result<_, _>>()?;
     let runtime = tokio::runtime::Runtime::new()?;

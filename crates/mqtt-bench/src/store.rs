@@ -14,6 +14,9 @@ use provision::layout::{self, IdentityPaths};
 use provision::store::CaDir;
 use serde_json::json;
 
+/// The arguments of an operation's `k`-th run.
+type Args = dyn Fn(usize) -> Vec<String>;
+
 /// Runs of each operation; the median is reported.
 const RUNS: usize = 5;
 
@@ -117,7 +120,7 @@ pub(crate) fn run(
     let db_mb = std::fs::metadata(folders[1].join("root_cert").join(layout::INVENTORY_DB))?.len()
         as f64
         / 1e6;
-    let ops: [(&str, Box<dyn Fn(usize) -> Vec<String>>); 4] = [
+    let ops: [(&str, Box<Args>); 4] = [
         (
             "issue",
             Box::new(move |k| args(&["issue", "client", &format!("new-{k}")])),

@@ -44,7 +44,8 @@ pub fn write(ca_dir: &CaDir, config: &BrokerConfig) -> Result<BrokerFiles> {
     let (cert_src, key_src) = (source.cert, source.key);
     let ca = read_text(&ca_dir.cert_path())?;
     let cert = read_text(&cert_src)?;
-    let key = read_text(&key_src)?;
+    // The broker's private key: wiped from memory when dropped.
+    let key = zeroize::Zeroizing::new(read_text(&key_src)?);
     check_server_identity(&ca_dir.cert_path(), &cert_src, &key_src, &ca, &cert, &key)?;
     let crl = match std::fs::read_to_string(ca_dir.crl_path()) {
         Ok(text) => Some(text),

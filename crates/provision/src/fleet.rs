@@ -370,18 +370,35 @@ pub fn run(
     // What the inventory says of the manifest's names: each one's valid
     // certificates (oldest first) and its revoked serials.
     let mut history: HashMap<String, History> = HashMap::new();
-    locked.visit(&Filter::default(), |r| {
+    let mut note = |r: Record| {
         if names.contains(&r.common_name) {
             let h = history.entry(r.common_name).or_default();
             match r.status {
-                Status::Valid => h.valid.push(r.serial),
+                Status::Valid => h.valid.push(Current {
+                    serial: r.serial,
+                    not_before: r.not_before.0,
+                    cert_path: r.cert_path,
+                }),
                 Status::Revoked { .. } => {
                     h.revoked.insert(r.serial);
                 }
             }
         }
         Ok(())
-    })?;
+    };
+    // A small manifest looks its names up (indexed); a large one reads the
+    // inventory once.
+    if names.len() <= 10_000 {
+        for name in &names {
+            let filter = Filter {
+                common_name: Some(name.clone()),
+                valid_only: false,
+            };
+            locked.visit(&filter, &mut note)?;
+        }
+    } else {
+        locked.visit(&Filter::default(), &mut note)?;
+    }
     drop(names);
     let total = requests.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
@@ -390,25 +407,6 @@ pub fn run(
         .build()
         .map_err(|e| bad(format!("cannot start worker threads: {e}")))?;
     let no_history = History::default();
-    let outcomes: Vec<Result<Outcome>> = pool.install(|| {
-        requests
-            .par_iter()
-            .zip(renew_before.par_iter())
-            .map(|(request, renew_before)| {
-                let lifecycle = Lifecycle {
-                    history: history.get(&request.identity.name).unwrap_or(&no_history),
-                    renew_before: *renew_before,
-                    ca_not_after: ca.certificate().not_after(),
-                };
-                let outcome = provision_one(&ca, request, &lifecycle);
-                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                progress(n, total);
-                outcome
-            })
-            .collect()
-    });
-
-    let mut new_records = Vec::new();
     let mut summary = Summary {
         ca_created,
         ca_dir: ca_dir.dir().to_owned(),
@@ -435,51 +433,77 @@ pub fn run(
     // An identity's current certificate supersedes every other valid one
     // with its CN (older: one whose files went missing, one a crash left
     // unrevoked).
+    // Only older ones: a newer certificate (renewed elsewhere) is never
+    // superseded by the fleet.
     let others = |record: &Record| -> Vec<Serial> {
         history
             .get(&record.common_name)
             .map(|h| {
                 h.valid
                     .iter()
-                    .filter(|s| **s != record.serial)
-                    .cloned()
+                    .filter(|c| c.serial != record.serial && c.not_before <= record.not_before.0)
+                    .map(|c| c.serial.clone())
                     .collect()
             })
             .unwrap_or_default()
     };
-    for outcome in outcomes {
-        match outcome {
-            Ok(Outcome::Issued { record, replaces }) => {
-                summary.issued += 1;
-                superseded.extend(others(&record));
-                if replaces {
-                    summary.replaced += 1;
-                }
-                new_records.push(record);
-            }
-            Ok(Outcome::Kept { record, recorded }) => {
-                summary.kept += 1;
-                superseded.extend(others(&record));
-                if !recorded {
+    // In chunks, each recorded into the (uncommitted) transaction as it
+    // completes: a million outcomes are never all in memory. The
+    // transaction commits only after every file is flushed.
+    for (requests, renew_before) in requests.chunks(CHUNK).zip(renew_before.chunks(CHUNK)) {
+        let outcomes: Vec<Result<Outcome>> = pool.install(|| {
+            requests
+                .par_iter()
+                .zip(renew_before.par_iter())
+                .map(|(request, renew_before)| {
+                    let lifecycle = Lifecycle {
+                        history: history.get(&request.identity.name).unwrap_or(&no_history),
+                        renew_before: *renew_before,
+                        ca_not_after: ca.certificate().not_after(),
+                    };
+                    let outcome = provision_one(&ca, request, &lifecycle);
+                    let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    progress(n, total);
+                    outcome
+                })
+                .collect()
+        });
+        let mut new_records = Vec::new();
+        for outcome in outcomes {
+            match outcome {
+                Ok(Outcome::Issued { record, replaces }) => {
+                    summary.issued += 1;
+                    superseded.extend(others(&record));
+                    if replaces {
+                        summary.replaced += 1;
+                    }
                     new_records.push(record);
                 }
-            }
-            Ok(Outcome::RenewedElsewhere) => {
-                summary.kept += 1;
-                summary.renewed_elsewhere += 1;
-            }
-            Err(e) => {
-                if first_error.is_none() {
-                    first_error = Some(e);
+                Ok(Outcome::Kept { record, recorded }) => {
+                    summary.kept += 1;
+                    superseded.extend(others(&record));
+                    if !recorded {
+                        new_records.push(record);
+                    }
+                }
+                Ok(Outcome::RenewedElsewhere) => {
+                    summary.kept += 1;
+                    summary.renewed_elsewhere += 1;
+                }
+                Err(e) => {
+                    if first_error.is_none() {
+                        first_error = Some(e);
+                    }
                 }
             }
         }
+        // Record what was made even if some identities failed.
+        locked.record(&new_records)?;
     }
     drop(history);
-    // Everything written must be on disk before the inventory says so.
+    // Everything written must be on disk before the inventory says so
+    // (at the commit below).
     flush_all();
-    // Record what was made even if some identities failed.
-    locked.record(&new_records)?;
     // The certificates replaced are revoked as superseded (their CN, the
     // MQTT username, stays with one valid certificate), and the CRL says so.
     if !superseded.is_empty() {
@@ -499,13 +523,24 @@ pub fn run(
 /// Days until the nextUpdate of a CRL a fleet run writes.
 const CRL_DAYS: u32 = 30;
 
+/// Identities issued between two writes into the inventory's transaction.
+const CHUNK: usize = 20_000;
+
 /// What the inventory holds for one name.
 #[derive(Debug, Default)]
 struct History {
-    /// Its valid certificates, oldest first.
-    valid: Vec<Serial>,
+    /// Its valid certificates, oldest first (the last is the current one).
+    valid: Vec<Current>,
     /// Its revoked certificates.
     revoked: HashSet<Serial>,
+}
+
+/// A valid certificate of a name, as the inventory records it.
+#[derive(Debug)]
+struct Current {
+    serial: Serial,
+    not_before: SystemTime,
+    cert_path: PathBuf,
 }
 
 enum Outcome {
@@ -539,26 +574,32 @@ fn provision_one(
     let paths = IdentityPaths::new(&request.identity.out, &request.identity.name);
     let history = lifecycle.history;
     let mut replaces = false;
-    if let Some(cert) = existing_valid(ca, request.profile, &paths) {
+    let on_disk = existing_valid(ca, request.profile, &paths);
+    // The inventory's current certificate for the name decides, not only
+    // the files: when it was issued elsewhere (renewed by the device over
+    // MQTT, or by `provision issue`) and the fleet's files hold nothing
+    // newer, the identity lives on there and the fleet leaves it alone,
+    // even when its own files expired or went missing.
+    if let Some(current) = history.valid.last()
+        && crate::files::resolve(&current.cert_path) != crate::files::resolve(&paths.cert)
+        && on_disk
+            .as_ref()
+            .is_none_or(|cert| cert.validity().not_before() <= current.not_before)
+        && on_disk
+            .as_ref()
+            .is_none_or(|cert| cert.serial() != current.serial)
+    {
+        tracing::info!(
+            "{}: renewed elsewhere (the inventory's current certificate is serial {} in {}); \
+             left as it is",
+            request.identity.name,
+            current.serial,
+            current.cert_path.display()
+        );
+        return Ok(Outcome::RenewedElsewhere);
+    }
+    if let Some(cert) = on_disk {
         let serial = cert.serial();
-        let newest = history.valid.last();
-        let renewed_elsewhere = match newest {
-            // The inventory's current certificate for the name is another:
-            // issued after the one on disk (which is superseded or in its
-            // grace period), so the identity lives on elsewhere.
-            Some(newest) if *newest != serial => {
-                history.valid.contains(&serial) || history.revoked.contains(&serial)
-            }
-            _ => false,
-        };
-        if renewed_elsewhere {
-            tracing::info!(
-                "{}: renewed elsewhere (the inventory's current certificate is serial {});                  left as it is",
-                request.identity.name,
-                newest.map(ToString::to_string).unwrap_or_default()
-            );
-            return Ok(Outcome::RenewedElsewhere);
-        }
         let why = if history.revoked.contains(&serial) {
             Some("its certificate is revoked".to_owned())
         } else {
@@ -568,7 +609,7 @@ fn provision_one(
             None => {
                 return Ok(Outcome::Kept {
                     record: Record::new(&cert, request.profile, &paths.cert),
-                    recorded: history.valid.contains(&serial),
+                    recorded: history.valid.iter().any(|c| c.serial == serial),
                 });
             }
             Some(why) => {
@@ -666,7 +707,8 @@ fn existing_valid(
     paths: &IdentityPaths,
 ) -> Option<Certificate> {
     let cert = Certificate::from_pem(&std::fs::read_to_string(&paths.cert).ok()?).ok()?;
-    let key = KeyPair::from_pem(&std::fs::read_to_string(&paths.key).ok()?).ok()?;
+    let pem = zeroize::Zeroizing::new(std::fs::read_to_string(&paths.key).ok()?);
+    let key = KeyPair::from_pem(&pem).ok()?;
     if !key.matches_public_key(&cert.public_key_der().ok()?) {
         return None;
     }

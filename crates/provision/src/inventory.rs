@@ -216,8 +216,10 @@ impl Drop for Inventory {
     /// Closes the connections on the runtime (sqlx returns connections to
     /// the pool on a task, which needs one).
     fn drop(&mut self) {
-        self.rt
-            .block_on(async { either!(&self.db, Db(pool) => pool.close().await) });
+        if tokio::runtime::Handle::try_current().is_err() {
+            self.rt
+                .block_on(async { either!(&self.db, Db(pool) => pool.close().await) });
+        }
     }
 }
 
@@ -325,9 +327,12 @@ impl Raw {
     }
 }
 
-/// The location without a password.
+/// The location without a password (in the user part, split at the last
+/// `@` as URL parsers do, or in the query: `?password=`, which is dropped
+/// whole with every other parameter).
 fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
+    let url = url.split_once('?').map_or(url, |(base, _)| base);
+    match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let creds = &url[scheme + 3..at];
             match creds.split_once(':') {
@@ -342,9 +347,42 @@ fn redact(url: &str) -> String {
 impl Inventory {
     /// Opens the CA's inventory: the PostgreSQL database at the CA
     /// folder's URL when it has one, else `inventory.db` in the folder
-    /// (created when missing). An `inventory.jsonl` left by an earlier
-    /// version is imported once (and renamed `inventory.jsonl.imported`).
+    /// (created when missing). The folder must hold a CA certificate, and
+    /// an inventory already claimed by another CA is refused. An
+    /// `inventory.jsonl` left by an earlier version is imported once (and
+    /// renamed `inventory.jsonl.imported`).
+    ///
+    /// The inventory runs its own small runtime: use it from synchronous
+    /// code or a blocking thread (`tokio::task::spawn_blocking`), never
+    /// directly on an async task.
     pub fn open(ca_dir: &CaDir) -> Result<Self> {
+        let inventory = Self::connect(ca_dir)?;
+        inventory.check_owner()?;
+        // Claim (with the URL remembered) or import under the lock.
+        let marker_missing =
+            ca_dir.inventory_url().is_some() && !ca_dir.dir().join(layout::INVENTORY_URL).exists();
+        if marker_missing || ca_dir.dir().join(layout::INVENTORY_JSONL).exists() {
+            inventory.begin(Some(ca_dir.lock()?), None)?.commit()?;
+        }
+        Ok(inventory)
+    }
+
+    /// Opens the database without the owner check or the import.
+    fn connect(ca_dir: &CaDir) -> Result<Self> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::Inventory {
+                location: ca_dir.dir().display().to_string(),
+                reason: "opened on an async task: use the inventory from a blocking thread \
+                         (tokio::task::spawn_blocking)"
+                    .into(),
+            });
+        }
+        // A mistyped --ca-dir makes nothing.
+        if !ca_dir.cert_path().exists() {
+            return Err(Error::NoCa {
+                dir: ca_dir.dir().to_owned(),
+            });
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -354,6 +392,10 @@ impl Inventory {
                 source,
             })?;
         let marker = ca_dir.dir().join(layout::INVENTORY_URL);
+        let recorded = std::fs::read_to_string(&marker)
+            .ok()
+            .map(|r| r.trim().to_owned());
+        let sqlite_path = ca_dir.dir().join(layout::INVENTORY_DB);
         let (db, location) = match ca_dir.inventory_url() {
             Some(url) => {
                 let location = redact(url);
@@ -365,6 +407,28 @@ impl Inventory {
                             .into(),
                     });
                 }
+                match &recorded {
+                    Some(recorded) if *recorded != location => {
+                        return Err(Error::Inventory {
+                            location: location.clone(),
+                            reason: format!(
+                                "this CA's inventory is at {recorded} ({}), not here",
+                                marker.display()
+                            ),
+                        });
+                    }
+                    None if sqlite_path.exists() => {
+                        return Err(Error::Inventory {
+                            location: location.clone(),
+                            reason: format!(
+                                "this CA's inventory is {} in its folder; giving a URL does not \
+                                 move it (run without --inventory)",
+                                sqlite_path.display()
+                            ),
+                        });
+                    }
+                    _ => {}
+                }
                 let pool = rt
                     .block_on(
                         PgPoolOptions::new()
@@ -373,36 +437,21 @@ impl Inventory {
                             .connect(url),
                     )
                     .map_err(|e| db_error(&location, "connecting to", e))?;
-                // Remember where the inventory lives, so that a command
-                // run without the URL is refused instead of starting a
-                // second, empty inventory beside the real one.
-                if !marker.exists() {
-                    crate::files::create_dir(ca_dir.dir())?;
-                    write_atomic(
-                        &marker,
-                        format!("{location}\n").as_bytes(),
-                        Access::Public,
-                        false,
-                    )?;
-                }
                 (Db::Postgres(pool), location)
             }
             None => {
-                if let Ok(recorded) = std::fs::read_to_string(&marker) {
+                if let Some(recorded) = recorded {
                     return Err(Error::Inventory {
                         location: marker.display().to_string(),
                         reason: format!(
-                            "this CA's inventory is in PostgreSQL at {}: pass --inventory URL \
-                             (or set PROVISION_INVENTORY)",
-                            recorded.trim()
+                            "this CA's inventory is in PostgreSQL at {recorded}: pass \
+                             --inventory URL (or set PROVISION_INVENTORY)"
                         ),
                     });
                 }
-                crate::files::create_dir(ca_dir.dir())?;
-                let path = ca_dir.dir().join(layout::INVENTORY_DB);
-                let location = path.display().to_string();
+                let location = sqlite_path.display().to_string();
                 let options = SqliteConnectOptions::new()
-                    .filename(&path)
+                    .filename(&sqlite_path)
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
@@ -426,11 +475,46 @@ impl Inventory {
             ca_dir: ca_dir.clone(),
         };
         inventory.migrate()?;
-        if ca_dir.dir().join(layout::INVENTORY_JSONL).exists() {
-            let lock = ca_dir.lock()?;
-            inventory.import_jsonl(lock)?;
-        }
         Ok(inventory)
+    }
+
+    /// Refuses an inventory claimed by another CA than the one in the
+    /// folder (read only: nothing is claimed here).
+    fn check_owner(&self) -> Result<()> {
+        let fingerprint = self.folder_fingerprint()?;
+        let owner: Option<String> = self
+            .rt
+            .block_on(async {
+                either!(&self.db, Db(pool) => sqlx::query_scalar(
+                    "SELECT value FROM ca_state WHERE name = 'ca_sha256'",
+                )
+                .fetch_optional(pool)
+                .await)
+            })
+            .map_err(self.err("reading"))?;
+        match owner {
+            Some(owner) if owner != fingerprint => Err(self.not_ours(&owner, &fingerprint)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The SHA-256 of the CA certificate in the folder now.
+    fn folder_fingerprint(&self) -> Result<String> {
+        let path = self.ca_dir.cert_path();
+        let cert = Certificate::from_pem(&crate::files::read_text(&path)?)
+            .map_err(|source| Error::Pki { path, source })?;
+        Ok(cert.sha256_fingerprint())
+    }
+
+    fn not_ours(&self, owner: &str, fingerprint: &str) -> Error {
+        Error::Inventory {
+            location: self.location.clone(),
+            reason: format!(
+                "it belongs to another CA (certificate SHA-256 {owner}), not to {} \
+                 (SHA-256 {fingerprint}): give each CA its own inventory",
+                self.ca_dir.cert_path().display()
+            ),
+        }
     }
 
     /// Where the inventory is (a file, or a PostgreSQL URL without its
@@ -455,35 +539,36 @@ impl Inventory {
 
     /// Takes the CA folder's lock and the database's write lock, for
     /// changes on behalf of `ca`. Blocks while another process holds them.
-    /// The inventory must be `ca`'s: one made for another CA (a CA
-    /// replaced with `init-ca --force`, a database shared by mistake) is
-    /// refused.
+    /// Refused when the inventory is another CA's, or when the CA in the
+    /// folder is no longer `ca` (replaced by `init-ca --force` while this
+    /// process waited): nothing is then issued with a retired key.
     pub fn lock<'a>(&'a self, ca: &'a CertificateAuthority) -> Result<LockedCa<'a>> {
-        let file_lock = self.ca_dir.lock()?;
-        let mut locked = self.begin(file_lock, Some(ca))?;
-        let fingerprint = ca.certificate().sha256_fingerprint();
-        match locked.state("ca_sha256")? {
-            None => locked.set_state("ca_sha256", &fingerprint)?,
-            Some(owner) if owner == fingerprint => {}
-            Some(owner) => {
-                return Err(Error::Inventory {
-                    location: self.location.clone(),
-                    reason: format!(
-                        "it belongs to another CA (certificate SHA-256 {owner}), not to {} \
-                         (SHA-256 {fingerprint}): give each CA its own inventory",
-                        self.ca_dir.cert_path().display()
-                    ),
-                });
-            }
-        }
-        Ok(locked)
+        self.begin(Some(self.ca_dir.lock()?), Some(ca))
     }
 
+    /// The transaction, under `file_lock` (`None`: the caller holds it):
+    /// checks (and on first use
+    /// claims) the owner, remembers a PostgreSQL inventory's location in
+    /// the folder, imports an `inventory.jsonl`, and brings the folder's
+    /// CRL up to the database's latest.
     fn begin<'a>(
         &'a self,
-        file_lock: CaLock,
+        file_lock: Option<CaLock>,
         ca: Option<&'a CertificateAuthority>,
     ) -> Result<LockedCa<'a>> {
+        let fingerprint = self.folder_fingerprint()?;
+        if let Some(ca) = ca
+            && ca.certificate().sha256_fingerprint() != fingerprint
+        {
+            return Err(Error::Inventory {
+                location: self.location.clone(),
+                reason: format!(
+                    "the CA certificate in {} changed while this command waited for the \
+                     lock (replaced with init-ca --force?): nothing was done with the old CA",
+                    self.ca_dir.dir().display()
+                ),
+            });
+        }
         let tx = self
             .rt
             .block_on(async {
@@ -493,9 +578,12 @@ impl Inventory {
                     Db::Sqlite(pool) => pool.begin_with("BEGIN IMMEDIATE").await.map(Tx::Sqlite),
                     Db::Postgres(pool) => {
                         let mut tx = pool.begin().await?;
+                        // A host cut off inside its transaction must not
+                        // hold the others for ever; a fleet of a million
+                        // holds it for minutes.
                         for setting in [
-                            "SET LOCAL lock_timeout = '60s'",
-                            "SET LOCAL idle_in_transaction_session_timeout = '600s'",
+                            "SET LOCAL lock_timeout = '120s'",
+                            "SET LOCAL idle_in_transaction_session_timeout = '3600s'",
                         ] {
                             sqlx::query(setting).execute(&mut *tx).await?;
                         }
@@ -514,9 +602,58 @@ impl Inventory {
             _file_lock: file_lock,
             ca,
             next_seq: 0,
+            after_commit: Vec::new(),
         };
         locked.next_seq = locked.max_seq()? + 1;
+        match locked.state("ca_sha256")? {
+            Some(owner) if owner == fingerprint => {}
+            Some(owner) => return Err(self.not_ours(&owner, &fingerprint)),
+            None => locked.claim(&fingerprint)?,
+        }
+        let marker = self.ca_dir.dir().join(layout::INVENTORY_URL);
+        if self.ca_dir.inventory_url().is_some() && !marker.exists() {
+            // Remembered, so that a command run without the URL is refused
+            // instead of starting a second, empty inventory in the folder.
+            write_atomic(
+                &marker,
+                format!("{}\n", self.location).as_bytes(),
+                Access::Public,
+                true,
+            )?;
+        }
+        if self.ca_dir.dir().join(layout::INVENTORY_JSONL).exists() {
+            locked.import_jsonl()?;
+        }
+        locked.refresh_folder_crl()?;
         Ok(locked)
+    }
+
+    /// Exports the whole inventory to `archive/inventory.jsonl` (the
+    /// `list --json` records, one per line: importable) and empties it, in
+    /// place: connections other processes hold stay valid, and the next
+    /// CA claims it afresh. For `init-ca --force`, which holds the CA
+    /// folder's lock.
+    pub(crate) fn archive_into(&self, archive: &Path) -> Result<()> {
+        let mut locked = self.begin(None, None)?;
+        let path = archive.join(layout::INVENTORY_JSONL);
+        let mut text = String::new();
+        locked.visit(&Filter::default(), |r| {
+            let line = serde_json::to_string(&r).map_err(|e| Error::Inventory {
+                location: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            text.push_str(&line);
+            text.push('\n');
+            Ok(())
+        })?;
+        write_atomic(&path, text.as_bytes(), Access::Public, false)?;
+        locked.run("archiving", async |tx| {
+            either!(tx, Tx(c) => {
+                sqlx::query("DELETE FROM certificates").execute(&mut **c).await?;
+                sqlx::query("DELETE FROM ca_state").execute(&mut **c).await.map(|_| ())
+            })
+        })?;
+        locked.commit()
     }
 
     /// Calls `f` with each record that passes `filter`, in issue order,
@@ -552,56 +689,6 @@ impl Inventory {
             })
             .map_err(self.err("reading"))?;
         raw.map(|r| r.record(&self.location)).transpose()
-    }
-
-    /// Imports `inventory.jsonl` (the inventory of earlier versions) in one
-    /// transaction, then renames it `inventory.jsonl.imported`. A last line
-    /// without its newline is kept when it is a whole record, and left out
-    /// (with a warning) when a crash tore it; any other bad line is an
-    /// error naming it, and nothing is imported.
-    fn import_jsonl(&self, file_lock: CaLock) -> Result<()> {
-        let path = self.ca_dir.dir().join(layout::INVENTORY_JSONL);
-        // Another process may have imported it while we waited.
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => {
-                return Err(Error::Io {
-                    action: "reading",
-                    path,
-                    source,
-                });
-            }
-        };
-        let records = parse_jsonl(&path, &text)?;
-        let mut locked = self.begin(file_lock, None)?;
-        let counter = self.ca_dir.dir().join(layout::CRL_NUMBER);
-        if let Ok(n) = std::fs::read_to_string(&counter) {
-            let n: u64 = n.trim().parse().map_err(|e| Error::Inventory {
-                location: counter.display().to_string(),
-                reason: format!("not a CRL number: {e}"),
-            })?;
-            locked.set_state("crl_number", &n.to_string())?;
-        }
-        let known: Vec<Record> = records
-            .into_iter()
-            .filter(|r| locked.find(&r.serial).map(|f| f.is_none()).unwrap_or(true))
-            .collect();
-        locked.record(&known)?;
-        locked.commit()?;
-        let imported = path.with_extension("jsonl.imported");
-        std::fs::rename(&path, &imported).map_err(|source| Error::Io {
-            action: "renaming the imported",
-            path: path.clone(),
-            source,
-        })?;
-        tracing::info!(
-            "imported {} record(s) from {} into {}",
-            known.len(),
-            path.display(),
-            self.location
-        );
-        Ok(())
     }
 }
 
@@ -731,9 +818,20 @@ fn db_error(location: &str, action: &'static str, e: sqlx::Error) -> Error {
 pub struct LockedCa<'a> {
     inventory: &'a Inventory,
     tx: Option<Tx>,
-    _file_lock: CaLock,
+    /// Held until the end (dropped after `tx`, see `Drop`); `None` when
+    /// the caller holds it.
+    _file_lock: Option<CaLock>,
     ca: Option<&'a CertificateAuthority>,
     next_seq: i64,
+    /// Done only once the transaction committed: a CRL or a rename that
+    /// must not get ahead of the database.
+    after_commit: Vec<AfterCommit>,
+}
+
+/// A file change that waits for the commit.
+enum AfterCommit {
+    Write(PathBuf, String),
+    Rename(PathBuf, PathBuf),
 }
 
 impl std::fmt::Debug for LockedCa<'_> {
@@ -749,6 +847,11 @@ impl Drop for LockedCa<'_> {
     /// returns the connection to the pool), then releases the locks.
     fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
+            // On an async task (a misuse `open` refuses) the connection goes
+            // back on that runtime instead; block_on would panic.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                return;
+            }
             let rolled_back = self
                 .inventory
                 .rt
@@ -784,6 +887,11 @@ impl LockedCa<'_> {
     /// Where the inventory is.
     pub fn location(&self) -> &str {
         &self.inventory.location
+    }
+
+    /// The CA's certificate.
+    pub fn ca_certificate(&self) -> Result<&Certificate> {
+        Ok(self.ca()?.certificate())
     }
 
     /// [`Inventory::visit`], inside this transaction (seeing its changes).
@@ -936,7 +1044,17 @@ impl LockedCa<'_> {
     /// its first revocation); its record, or `None` when the inventory
     /// does not have it.
     pub fn revoke(&mut self, serial: &Serial, reason: RevocationReason) -> Result<Option<Record>> {
-        let now = to_secs(Timestamp(SystemTime::now()));
+        self.revoke_at(serial, Timestamp(SystemTime::now()), reason)?;
+        self.find(serial)
+    }
+
+    fn revoke_at(
+        &mut self,
+        serial: &Serial,
+        at: Timestamp,
+        reason: RevocationReason,
+    ) -> Result<()> {
+        let now = to_secs(at);
         self.run("revoking in", async |tx| {
             either!(tx, Tx(c) => sqlx::query(
                 "UPDATE certificates SET revoked_at = $1, revocation_reason = $2
@@ -948,8 +1066,7 @@ impl LockedCa<'_> {
             .execute(&mut **c)
             .await
             .map(|_| ()))
-        })?;
-        self.find(serial)
+        })
     }
 
     /// Revokes as superseded every other valid certificate with `new`'s
@@ -965,11 +1082,18 @@ impl LockedCa<'_> {
         Ok(superseded)
     }
 
-    /// Every revocation, for a CRL.
+    /// Every revocation of a certificate not yet expired, for a CRL (an
+    /// expired certificate may leave the CRL: RFC 5280 section 3.3).
     pub fn revoked(&mut self) -> Result<Vec<RevokedEntry>> {
-        let sql = format!("SELECT {COLUMNS} FROM certificates WHERE revoked_at IS NOT NULL");
+        let sql = format!(
+            "SELECT {COLUMNS} FROM certificates WHERE revoked_at IS NOT NULL AND not_after > $1"
+        );
+        let now = to_secs(Timestamp(SystemTime::now()));
         let rows = self.run("reading", async |tx| {
-            either!(tx, Tx(c) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str())).fetch_all(&mut **c).await)
+            either!(tx, Tx(c) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(now)
+                .fetch_all(&mut **c)
+                .await)
         })?;
         let mut entries = Vec::with_capacity(rows.len());
         for raw in rows {
@@ -1025,8 +1149,10 @@ impl LockedCa<'_> {
         Ok(next)
     }
 
-    /// Signs a CRL of every revocation, valid for `days`, and writes it to
-    /// `out`.
+    /// Signs a CRL of every revocation, valid for `days`, to be written to
+    /// `out` once the transaction commits (a CRL never lists what the
+    /// inventory rolled back). The CA folder's CRL is also kept in the
+    /// database, so that every host sharing it gets the latest.
     pub fn write_crl(&mut self, out: &Path, days: u32) -> Result<Crl> {
         let entries = self.revoked()?;
         let number = self.next_crl_number()?;
@@ -1039,21 +1165,146 @@ impl LockedCa<'_> {
                 next_update: now + Duration::from_secs(u64::from(days.max(1)) * 86_400),
             },
         )?;
-        write_atomic(out, crl.to_pem().as_bytes(), Access::Public, true)?;
+        let pem = crl.to_pem();
+        if crate::files::resolve(out) == crate::files::resolve(&self.inventory.ca_dir.crl_path()) {
+            self.set_state("crl_pem", &pem)?;
+        }
+        self.after_commit
+            .push(AfterCommit::Write(out.to_owned(), pem));
         Ok(crl)
     }
 
-    /// Makes every change of this transaction durable, then releases the
-    /// locks.
+    /// Makes every change of this transaction durable, writes the files
+    /// that waited for it, then releases the locks.
     pub fn commit(mut self) -> Result<()> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<()> {
         let inventory = self.inventory;
-        match self.tx.take() {
-            Some(tx) => inventory
+        if let Some(tx) = self.tx.take() {
+            inventory
                 .rt
                 .block_on(async { either!(tx, Tx(t) => t.commit().await) })
-                .map_err(inventory.err("committing to")),
-            None => Ok(()),
+                .map_err(inventory.err("committing to"))?;
         }
+        for change in std::mem::take(&mut self.after_commit) {
+            match change {
+                AfterCommit::Write(path, text) => {
+                    write_atomic(&path, text.as_bytes(), Access::Public, true)?
+                }
+                AfterCommit::Rename(from, to) => {
+                    std::fs::rename(&from, &to).map_err(|source| Error::Io {
+                        action: "renaming",
+                        path: from,
+                        source,
+                    })?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims an unclaimed inventory for the CA in the folder. An empty
+    /// inventory beside a CRL that lists revocations is the wrong one (a
+    /// mistyped URL, a lost database): refused, or the next CRL would
+    /// un-revoke them.
+    fn claim(&mut self, fingerprint: &str) -> Result<()> {
+        let rows: i64 = self.run("reading", async |tx| {
+            either!(tx, Tx(c) => sqlx::query_scalar("SELECT COUNT(*) FROM certificates")
+                .fetch_one(&mut **c)
+                .await)
+        })?;
+        let legacy = self
+            .inventory
+            .ca_dir
+            .dir()
+            .join(layout::INVENTORY_JSONL)
+            .exists();
+        if rows == 0 && !legacy {
+            let revoked = std::fs::read_to_string(self.inventory.ca_dir.crl_path())
+                .ok()
+                .and_then(|text| Crl::from_pem(&text).ok())
+                .map_or(0, |crl| crl.entries().len());
+            if revoked > 0 {
+                return Err(Error::Inventory {
+                    location: self.inventory.location.clone(),
+                    reason: format!(
+                        "it is empty, but {} lists {revoked} revocation(s): is this the CA's \
+                         inventory? (Nothing was done; a CRL from it would un-revoke them.)",
+                        self.inventory.ca_dir.crl_path().display()
+                    ),
+                });
+            }
+        }
+        self.set_state("ca_sha256", fingerprint)
+    }
+
+    /// Brings the folder's `crl.pem` up to the database's latest CRL (a
+    /// revocation made on another host sharing the inventory).
+    fn refresh_folder_crl(&mut self) -> Result<()> {
+        let Some(latest) = self.state("crl_pem")? else {
+            return Ok(());
+        };
+        let number = |text: &str| Crl::from_pem(text).ok().and_then(|c| c.number());
+        let path = self.inventory.ca_dir.crl_path();
+        let local = std::fs::read_to_string(&path).ok().and_then(|t| number(&t));
+        if number(&latest) > local {
+            write_atomic(&path, latest.as_bytes(), Access::Public, true)?;
+        }
+        Ok(())
+    }
+
+    /// Imports `inventory.jsonl` (the inventory of earlier versions) into
+    /// this transaction; renamed `inventory.jsonl.imported` once it
+    /// commits (a crash before that imports it again: records already there
+    /// are kept, a revocation only the file has is applied). The CRL number
+    /// continues from the larger of the file's and the database's.
+    fn import_jsonl(&mut self) -> Result<()> {
+        let path = self.inventory.ca_dir.dir().join(layout::INVENTORY_JSONL);
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            action: "reading",
+            path: path.clone(),
+            source,
+        })?;
+        let records = parse_jsonl(&path, &text)?;
+        let counter = self.inventory.ca_dir.dir().join(layout::CRL_NUMBER);
+        if let Ok(n) = std::fs::read_to_string(&counter) {
+            let n: u64 = n.trim().parse().map_err(|e| Error::Inventory {
+                location: counter.display().to_string(),
+                reason: format!("not a CRL number: {e}"),
+            })?;
+            let stored = self
+                .state("crl_number")?
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0);
+            self.set_state("crl_number", &n.max(stored).to_string())?;
+        }
+        let mut new = Vec::new();
+        for record in records {
+            match self.find(&record.serial)? {
+                None => new.push(record),
+                Some(existing) => {
+                    if let (Status::Valid, Status::Revoked { at, reason }) =
+                        (existing.status, record.status)
+                    {
+                        self.revoke_at(&record.serial, at, reason)?;
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            "importing {} record(s) from {} into {}",
+            new.len(),
+            path.display(),
+            self.inventory.location
+        );
+        self.record(&new)?;
+        self.after_commit.push(AfterCommit::Rename(
+            path.clone(),
+            path.with_extension("jsonl.imported"),
+        ));
+        Ok(())
     }
 }
 
@@ -1082,10 +1333,18 @@ mod tests {
 
     #[test]
     fn passwords_never_reach_messages() {
-        assert_eq!(
-            redact("postgres://me:secret@db/x"),
-            "postgres://me:***@db/x"
-        );
+        for (url, shown) in [
+            ("postgres://me:secret@db/x", "postgres://me:***@db/x"),
+            ("postgres://me:p@ss@db/x", "postgres://me:***@db/x"),
+            (
+                "postgres://me@db/x?password=secret&sslmode=require",
+                "postgres://me@db/x",
+            ),
+            ("postgres://db/x", "postgres://db/x"),
+        ] {
+            assert_eq!(redact(url), shown);
+            assert!(!redact(url).contains("secret") && !redact(url).contains("ss@"));
+        }
     }
 
     fn line(serial: &str) -> String {

@@ -39,16 +39,14 @@ pub const LOCK: &str = ".lock";
 pub const ARCHIVE: &str = "archive";
 
 /// What moves into the archive when a CA is replaced: the key, the
-/// certificate, the inventory (and its WAL files), the CRL and counters.
-pub const CA_FILES: [&str; 10] = [
+/// certificate, the CRL and what an earlier version kept. The inventory's
+/// database stays in place (other processes may have it open): its records
+/// are exported into the archive as `inventory.jsonl` and removed.
+pub const CA_FILES: [&str; 6] = [
     CA_KEY,
     CA_CERT,
-    INVENTORY_DB,
-    "inventory.db-wal",
-    "inventory.db-shm",
     INVENTORY_JSONL,
     "inventory.jsonl.imported",
-    INVENTORY_URL,
     CRL,
     CRL_NUMBER,
 ];

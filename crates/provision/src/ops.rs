@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::files::{
     Access, Durability, NewFiles, check_name, read_text, refuse_existing, write_atomic,
 };
-use crate::inventory::{LockedCa, Record};
+use crate::inventory::{Inventory, LockedCa, Record};
 pub use crate::layout::IdentityPaths;
 use crate::store::{CaDir, refuse_ca_folder};
 
@@ -92,6 +92,13 @@ pub fn init_ca_archiving(
             ),
         });
     }
+    // The old CA's inventory, opened before the lock (opening may take it
+    // briefly), is exported into the archive and emptied in place.
+    let inventory = if request.force && cert_path.exists() && inventory_exists(dir) {
+        Some(Inventory::open(dir)?)
+    } else {
+        None
+    };
     let _lock = dir.lock()?;
     refuse_existing(&[&cert_path, &key_path], request.force)?;
     // Everything that can fail before the old CA moves away.
@@ -106,7 +113,14 @@ pub fn init_ca_archiving(
         Some(p) => ca.key().to_encrypted_pkcs8_pem(p)?.into(),
         None => ca.key().to_pkcs8_pem()?,
     };
-    let archived = if request.force { dir.archive()? } else { None };
+    let archived = if request.force {
+        dir.archive_with(|archive| match &inventory {
+            Some(inventory) => inventory.archive_into(archive),
+            None => Ok(()),
+        })?
+    } else {
+        None
+    };
     write_atomic(&key_path, key_pem.as_bytes(), Access::Secret, request.force)?;
     write_atomic(
         &cert_path,
@@ -115,6 +129,13 @@ pub fn init_ca_archiving(
         request.force,
     )?;
     Ok((ca, archived))
+}
+
+/// Whether the CA folder has an inventory (SQLite, or a PostgreSQL one it
+/// names).
+fn inventory_exists(dir: &CaDir) -> bool {
+    dir.dir().join(crate::layout::INVENTORY_DB).exists()
+        || dir.dir().join(crate::layout::INVENTORY_URL).exists()
 }
 
 /// One identity to issue: the original design's
@@ -431,28 +452,61 @@ pub fn revoke(
     reason: RevocationReason,
     crl_days: u32,
 ) -> Result<Record> {
-    let (serial, what) = match target {
-        RevokeTarget::Serial(s) => (s.clone(), format!("serial {s}")),
+    let (serial, what, file) = match target {
+        RevokeTarget::Serial(s) => (s.clone(), format!("serial {s}"), None),
         RevokeTarget::File(path) => {
-            let serial = Certificate::from_pem(&read_text(path)?)
-                .map_err(|source| Error::Pki {
-                    path: path.clone(),
-                    source,
-                })?
-                .serial();
+            let cert = Certificate::from_pem(&read_text(path)?).map_err(|source| Error::Pki {
+                path: path.clone(),
+                source,
+            })?;
+            let serial = cert.serial();
             let what = format!("{} (serial {serial})", path.display());
-            (serial, what)
+            (serial, what, Some((cert, path)))
         }
     };
-    let Some(record) = locked.revoke(&serial, reason)? else {
-        return Err(Error::NotInInventory {
-            what,
-            location: locked.location().to_owned(),
-        });
+    let record = match locked.revoke(&serial, reason)? {
+        Some(record) => record,
+        // A certificate this CA signed that the inventory never recorded
+        // (a crash between writing its files and the commit) can still be
+        // revoked: it is recorded first.
+        None => match file {
+            Some((cert, path)) if signed_by(&cert, locked.ca_certificate()?) => {
+                let usages = cert.tls_usages()?;
+                let profile = if usages.server_auth && !usages.client_auth {
+                    Profile::Server
+                } else {
+                    Profile::Client
+                };
+                locked.record(&[Record::new(&cert, profile, path)])?;
+                locked
+                    .revoke(&serial, reason)?
+                    .ok_or_else(|| Error::NotInInventory {
+                        what: what.clone(),
+                        location: locked.location().to_owned(),
+                    })?
+            }
+            _ => {
+                return Err(Error::NotInInventory {
+                    what,
+                    location: locked.location().to_owned(),
+                });
+            }
+        },
     };
     let crl = locked.ca_dir().crl_path();
     locked.write_crl(&crl, crl_days)?;
     Ok(record)
+}
+
+/// Whether `ca` signed `cert` (its validity aside: an expired certificate
+/// may be revoked too).
+fn signed_by(cert: &Certificate, ca: &Certificate) -> bool {
+    let options = pki_core::VerifyOptions {
+        at: cert.validity().not_before(),
+        partial_chain: true,
+        ..pki_core::VerifyOptions::now()
+    };
+    pki_core::verify(cert, std::slice::from_ref(ca), &options).is_ok()
 }
 
 /// Writes a CRL of every revoked certificate in the inventory to `out`
@@ -460,17 +514,19 @@ pub fn revoke(
 pub fn write_crl(locked: &mut LockedCa<'_>, out: &Path, days: u32) -> Result<pki_core::Crl> {
     let dir = locked.ca_dir();
     let target = crate::files::resolve(out);
-    for own in [
-        dir.key_path(),
-        dir.cert_path(),
-        dir.dir().join(crate::layout::INVENTORY_DB),
-    ] {
-        if crate::files::resolve(&own) == target {
-            return Err(Error::UnsafeOutput {
-                path: out.to_owned(),
-                reason: "it is one of the CA's own files, not a place for a CRL".into(),
-            });
-        }
+    // Inside the CA folder only its own CRL: every other name there is the
+    // CA's (key, certificate, inventory, lock, archive).
+    if target.starts_with(crate::files::resolve(dir.dir()))
+        && target != crate::files::resolve(&dir.crl_path())
+    {
+        return Err(Error::UnsafeOutput {
+            path: out.to_owned(),
+            reason: format!(
+                "it is inside the CA folder {}, where only {} is a CRL",
+                dir.dir().display(),
+                crate::layout::CRL
+            ),
+        });
     }
     locked.write_crl(out, days)
 }

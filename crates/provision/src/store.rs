@@ -150,6 +150,15 @@ impl CaDir {
     /// into a new `archive/<time>/` folder (0700); `None` when there is no
     /// CA here. Call with the lock held.
     pub fn archive(&self) -> Result<Option<PathBuf>> {
+        self.archive_with(|_| Ok(()))
+    }
+
+    /// [`CaDir::archive`], calling `export` with the new archive folder
+    /// before anything moves (the inventory's export).
+    pub fn archive_with(
+        &self,
+        export: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Option<PathBuf>> {
         use std::os::unix::fs::DirBuilderExt;
         if !self.cert_path().exists() && !self.key_path().exists() {
             return Ok(None);
@@ -173,6 +182,7 @@ impl CaDir {
                 path: archive.clone(),
                 source,
             })?;
+        export(&archive)?;
         for name in CA_FILES {
             let from = self.dir.join(name);
             match std::fs::rename(&from, archive.join(name)) {

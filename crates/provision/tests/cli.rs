@@ -654,3 +654,76 @@ fn every_command_speaks_json() {
         "{man}"
     );
 }
+
+/// A long-running process (a CA service) keeps the CA and the inventory
+/// open and issues through the library while `provision` processes issue
+/// and revoke beside it: every issuance recorded once, each under the
+/// lock, whichever side made it.
+#[test]
+fn a_long_running_holder_shares_the_store_with_cli_processes() {
+    use provision::inventory::{Filter, Inventory};
+    use provision::ops::{CsrRequest, IssueRequest, SubjectOptions, issue};
+    use provision::store::CaDir;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_owned();
+    ok(&d, &["init-ca"]);
+    let ca_dir = CaDir::new(d.join("root_cert"));
+    let ca = ca_dir.load(None).unwrap();
+    let inventory = Inventory::open(&ca_dir).unwrap();
+    let children: Vec<_> = (0..6)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_provision"))
+                .current_dir(&d)
+                .args(["issue", "client", &format!("cli-{i}")])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for i in 0..6 {
+        let mut locked = inventory.lock(&ca).unwrap();
+        issue(
+            &mut locked,
+            &IssueRequest {
+                identity: CsrRequest {
+                    name: format!("service-{i}"),
+                    subject: SubjectOptions::default(),
+                    key_type: pki_core::KeyType::P256,
+                    dns: vec![],
+                    ip: vec![],
+                    out: d.join("backend_certs"),
+                    force: false,
+                },
+                profile: pki_core::Profile::Client,
+                days: 30,
+            },
+        )
+        .unwrap();
+        locked.commit().unwrap();
+    }
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The holder sees the CLI's records, and the CLI the holder's.
+    let mut names = Vec::new();
+    inventory
+        .visit(&Filter::default(), |r| {
+            names.push(r.common_name);
+            Ok(())
+        })
+        .unwrap();
+    names.sort();
+    let mut expected: Vec<String> = (0..6)
+        .flat_map(|i| [format!("cli-{i}"), format!("service-{i}")])
+        .collect();
+    expected.sort();
+    assert_eq!(names, expected);
+    assert_eq!(common::records(&d).len(), 12);
+}

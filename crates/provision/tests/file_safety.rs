@@ -131,12 +131,10 @@ fn a_replaced_ca_is_archived_whole() {
     assert_eq!(old_records.len(), 1);
     let old_crl = std::fs::read(d.join("root_cert/crl.pem")).unwrap();
     let out = ok(d, &["init-ca", "--force"]);
-    for stale in ["inventory.db", "crl.pem"] {
-        assert!(
-            !d.join("root_cert").join(stale).exists(),
-            "{stale} of the old CA left beside the new one"
-        );
-    }
+    assert!(
+        !d.join("root_cert/crl.pem").exists(),
+        "the old CA's CRL left beside the new one"
+    );
     let archives: Vec<_> = std::fs::read_dir(d.join("root_cert/archive"))
         .unwrap()
         .flatten()
@@ -345,4 +343,135 @@ fn an_earlier_inventory_is_imported_once() {
         .map(|r| r["serial"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(serials, ["0A", "0B", "0C"]);
+}
+
+/// A command that loaded the CA and then waited for the lock while
+/// `init-ca --force` replaced it does nothing with the retired key: the CA
+/// on disk is checked again under the lock. The new CA is not harmed.
+#[test]
+fn a_ca_replaced_while_a_command_waited_is_not_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca"]);
+    ok(d, &["issue", "client", "dev1"]);
+    let ca_dir = provision::store::CaDir::new(d.join("root_cert"));
+    let old = ca_dir.load(None).unwrap();
+    let inventory = provision::inventory::Inventory::open(&ca_dir).unwrap();
+    ok(d, &["init-ca", "--force"]);
+    let e = inventory.lock(&old).unwrap_err().to_string();
+    assert!(e.contains("changed while this command waited"), "{e}");
+    drop(inventory);
+    // The new CA issues; its inventory holds only its own.
+    ok(d, &["issue", "client", "dev2"]);
+    let names: Vec<String> = common::records(d)
+        .iter()
+        .map(|r| r["common_name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["dev2"]);
+}
+
+/// An empty inventory beside a CRL that lists revocations is the wrong
+/// one (a lost database, a mistyped URL): refused, instead of a CRL that
+/// would un-revoke them.
+#[test]
+fn a_lost_inventory_is_not_taken_for_an_empty_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca"]);
+    ok(d, &["issue", "client", "dev1"]);
+    ok(d, &["revoke", "backend_certs/dev1_cert.pem"]);
+    let crl = std::fs::read(d.join("root_cert/crl.pem")).unwrap();
+    for f in ["inventory.db", "inventory.db-wal", "inventory.db-shm"] {
+        let _ = std::fs::remove_file(d.join("root_cert").join(f));
+    }
+    let e = fails(d, &["crl"], 1);
+    assert!(e.contains("lists 1 revocation"), "{e}");
+    assert_eq!(std::fs::read(d.join("root_cert/crl.pem")).unwrap(), crl);
+}
+
+/// A certificate this CA signed that the inventory never recorded (a crash
+/// between its files and the commit) can still be revoked by file.
+#[test]
+fn an_unrecorded_certificate_of_ours_can_be_revoked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca"]);
+    ok(d, &["issue", "client", "dev1"]);
+    sql(d, "DELETE FROM certificates");
+    ok(
+        d,
+        &[
+            "revoke",
+            "backend_certs/dev1_cert.pem",
+            "--reason",
+            "key-compromise",
+        ],
+    );
+    let crl = ok(d, &["inspect", "root_cert/crl.pem"]);
+    assert!(crl.contains("key-compromise"), "{crl}");
+    assert_eq!(common::records(d).len(), 1);
+    // One from another CA is not ours to record.
+    let other = tempfile::tempdir().unwrap();
+    ok(other.path(), &["init-ca", "--cn", "Other"]);
+    ok(other.path(), &["issue", "client", "stranger"]);
+    let stranger = other.path().join("backend_certs/stranger_cert.pem");
+    let e = fails(d, &["revoke", stranger.to_str().unwrap()], 1);
+    assert!(e.contains("not in the inventory"), "{e}");
+}
+
+/// Inside the CA folder a CRL goes only to `crl.pem`: `--out` at the lock,
+/// the archive or the inventory is refused.
+#[test]
+fn a_crl_never_lands_on_the_cas_own_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca"]);
+    ok(d, &["crl", "--out", "root_cert/crl.pem"]);
+    for target in [
+        "root_cert/.lock",
+        "root_cert/inventory.db",
+        "root_cert/root_ca.key",
+    ] {
+        let before = std::fs::read(d.join(target)).unwrap();
+        let e = fails(d, &["crl", "--out", target], 1);
+        assert!(e.contains("inside the CA folder"), "{target}: {e}");
+        assert_eq!(std::fs::read(d.join(target)).unwrap(), before, "{target}");
+    }
+}
+
+/// An import interrupted after its commit (the file not yet renamed) runs
+/// again without duplicates; a revocation only the file has is applied;
+/// the CRL number continues from the larger counter.
+#[test]
+fn an_import_interrupted_before_its_rename_is_repeated_safely() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca"]);
+    let jsonl = d.join("root_cert/inventory.jsonl");
+    let line = |status: &str| {
+        format!(
+            "{{\"serial\":\"0A\",\"subject\":\"CN=a\",\"profile\":\"client\",\
+             \"not_before\":\"2026-01-01T00:00:00Z\",\"not_after\":\"2099-01-01T00:00:00Z\",\
+             \"sha256\":\"00\",\"cert_path\":\"backend_certs/a_cert.pem\",\"status\":{status}}}\n"
+        )
+    };
+    std::fs::write(&jsonl, line("{\"state\":\"valid\"}")).unwrap();
+    std::fs::write(d.join("root_cert/crl_number"), "41\n").unwrap();
+    assert_eq!(common::records(d).len(), 1);
+    // Again, as if the rename had not happened, now with a revocation.
+    std::fs::write(
+        &jsonl,
+        line(
+            "{\"state\":\"revoked\",\"at\":\"2026-02-01T00:00:00Z\",\"reason\":\"key-compromise\"}",
+        ),
+    )
+    .unwrap();
+    std::fs::write(d.join("root_cert/crl_number"), "7\n").unwrap();
+    let records = common::records(d);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["status"]["reason"], "key-compromise");
+    let crl = ok(d, &["crl", "--json"]);
+    let crl: serde_json::Value = serde_json::from_str(&crl).unwrap();
+    assert_eq!(crl["number"], 42, "{crl}");
+    assert_eq!(crl["revoked"], 1, "{crl}");
 }

@@ -177,6 +177,20 @@ fn an_identity_renewed_elsewhere_is_left_to_its_new_certificate() {
         .filter(|(_, s)| !s.contains("revoked"))
         .map(|(serial, _)| serial)
         .collect();
+    assert_eq!(valid, std::slice::from_ref(&renewed), "{:?}", statuses(d));
+    // Nor when the fleet's own files are gone (expired or deleted): the
+    // identity lives on in its renewed certificate.
+    for f in ["dev1.key", "dev1_csr.pem", "dev1_cert.pem"] {
+        std::fs::remove_file(d.join("backend_certs").join(f)).unwrap();
+    }
+    let out = ok(d, &["fleet", "fleet.toml", "--json"]);
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["issued"], 0, "{out}");
+    let valid: Vec<String> = statuses(d)
+        .into_iter()
+        .filter(|(_, s)| !s.contains("revoked"))
+        .map(|(serial, _)| serial)
+        .collect();
     assert_eq!(valid, [renewed], "{:?}", statuses(d));
 }
 

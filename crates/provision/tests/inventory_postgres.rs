@@ -49,7 +49,7 @@ fn concurrent_issuers_and_revokers_share_one_postgres_inventory() {
 /// Two hosts, each with its own copy of the CA folder (no shared file
 /// lock), issue and revoke into one PostgreSQL inventory at once: only
 /// the database's lock orders them. Every issuance recorded once, every
-/// revocation kept, and the CRL numbers each host drew all different.
+/// revocation kept, and a CRL made on one host reaches the other's folder.
 #[test]
 fn two_hosts_share_one_ca_through_postgres() {
     let pg = Postgres::start();
@@ -117,19 +117,42 @@ fn two_hosts_share_one_ca_through_postgres() {
         .filter(|r| r["status"]["state"] == "revoked")
         .count();
     assert_eq!(revoked, 8, "{list:#}");
-    // One more CRL on each host: both list all eight, with numbers above
-    // every earlier one (the counter is the database's, not the folder's).
-    let number = |dir: &std::path::Path| -> u64 {
-        ok_env(dir, &["crl"], &envs);
+    // A CRL signed on host A reaches host B's folder at B's next command
+    // (the database keeps the latest): both list all eight.
+    let crl = |dir: &std::path::Path| -> (usize, u64) {
         let text = ok_env(dir, &["inspect", "root_cert/crl.pem"], &[]);
-        assert_eq!(text.matches(" (unspecified, ").count(), 8, "{text}");
         let line = text
             .lines()
             .find(|l| l.trim_start().starts_with("number:"))
             .unwrap();
-        line.split(':').nth(1).unwrap().trim().parse().unwrap()
+        (
+            text.matches(" (unspecified, ").count(),
+            line.split(':').nth(1).unwrap().trim().parse().unwrap(),
+        )
     };
-    let (na, nb) = (number(a.path()), number(b.path()));
-    assert_eq!(nb, na + 1, "one counter for both hosts");
-    assert!(na > 8, "{na}: after eight revocations");
+    ok_env(a.path(), &["crl"], &envs);
+    let on_a = crl(a.path());
+    assert_eq!(on_a.0, 8);
+    assert!(on_a.1 > 8, "{on_a:?}: one counter for both hosts");
+    ok_env(b.path(), &["issue", "client", "late"], &envs);
+    assert_eq!(
+        crl(b.path()),
+        on_a,
+        "host B's folder has host A's latest CRL"
+    );
+
+    // Another database for this CA (a typo, a wrong environment): refused,
+    // naming the one it uses.
+    let wrong = url.replace("/postgres", "/template1");
+    let out = provision_env(
+        a.path(),
+        &["list"],
+        &[("PROVISION_INVENTORY", wrong.as_str())],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not here") && stderr.contains("/postgres"),
+        "{stderr}"
+    );
 }

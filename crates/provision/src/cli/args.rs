@@ -133,6 +133,16 @@ pub(crate) struct InitCaArgs {
     /// Replace an existing CA.
     #[arg(long)]
     pub(crate) force: bool,
+    /// The inventory in PostgreSQL (postgres://USER@HOST/DB) instead of
+    /// SQLite in the CA folder (with --force: the database whose records
+    /// are archived).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PROVISION_INVENTORY",
+        hide_env_values = true
+    )]
+    pub(crate) inventory: Option<String>,
 }
 
 /// The arguments of `provision csr`.

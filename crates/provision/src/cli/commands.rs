@@ -81,7 +81,7 @@ impl fmt::Display for CaCreated {
 }
 
 pub(crate) fn init_ca(args: InitCaArgs) -> anyhow::Result<CaCreated> {
-    let ca_dir = provision::store::CaDir::new(&args.dir);
+    let ca_dir = provision::store::CaDir::new(&args.dir).with_inventory_url(args.inventory);
     let passphrase = if args.encrypt {
         Some(new_passphrase(&ca_dir.key_path())?)
     } else {

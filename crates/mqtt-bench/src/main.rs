@@ -121,6 +121,7 @@ fn identities(
                 },
                 profile: Profile::Client,
                 days: 365,
+                role: provision::roles::Role::Device,
             };
             // As `provision fleet` writes: one flush at the end.
             issue_files(

@@ -6,8 +6,8 @@ use pki_core::{Certificate, KeyPair, Profile, VerifyOptions};
 
 use crate::error::{Error, Result};
 use crate::files::{Access, check_name, read_text, write_atomic, write_atomic_owned};
+use crate::inventory::{Inventory, LockedCa};
 use crate::layout::{BrokerPaths, IdentityPaths};
-use crate::store::CaDir;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -36,9 +36,13 @@ pub struct BrokerFiles {
 }
 
 /// Writes `OUT/mosquitto.conf` with copies of the CA certificate, the
-/// broker's certificate and key (and the CRL when one exists), readable by
-/// the user Mosquitto drops to when started as root.
-pub fn write(ca_dir: &CaDir, config: &BrokerConfig) -> Result<BrokerFiles> {
+/// broker's certificate and key, the CRL (an empty one signed now when the
+/// CA has none yet) and the topic rules (`acl`), readable by the user
+/// Mosquitto drops to when started as root; the folder is remembered in
+/// the inventory, so that `revoke` and `issue` keep its CRL and rules in
+/// step ([`refresh`]). The caller commits `locked`.
+pub fn write(locked: &mut LockedCa<'_>, config: &BrokerConfig) -> Result<BrokerFiles> {
+    let ca_dir = locked.ca_dir().clone();
     check_name(&config.server)?;
     let source = IdentityPaths::new(&config.certs_dir, &config.server);
     let (cert_src, key_src) = (source.cert, source.key);
@@ -47,9 +51,13 @@ pub fn write(ca_dir: &CaDir, config: &BrokerConfig) -> Result<BrokerFiles> {
     // The broker's private key: wiped from memory when dropped.
     let key = zeroize::Zeroizing::new(read_text(&key_src)?);
     check_server_identity(&ca_dir.cert_path(), &cert_src, &key_src, &ca, &cert, &key)?;
+    // Always a CRL: a broker configured before the first revocation must
+    // still pick up the later ones.
     let crl = match std::fs::read_to_string(ca_dir.crl_path()) {
-        Ok(text) => Some(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => locked
+            .write_crl(&ca_dir.crl_path(), FIRST_CRL_DAYS)?
+            .to_pem(),
         Err(source) => {
             return Err(Error::Io {
                 action: "reading",
@@ -58,6 +66,9 @@ pub fn write(ca_dir: &CaDir, config: &BrokerConfig) -> Result<BrokerFiles> {
             });
         }
     };
+    let acl = locked
+        .acl_policy()?
+        .mosquitto_acl(&locked.non_device_identities()?);
 
     let paths = BrokerPaths::new(&absolute(&config.out)?);
     let BrokerPaths {
@@ -66,6 +77,7 @@ pub fn write(ca_dir: &CaDir, config: &BrokerConfig) -> Result<BrokerFiles> {
         cert: cert_path,
         key: key_path,
         crl: crl_path,
+        acl: acl_path,
     } = paths.clone();
     crate::files::refuse_existing(&[&conf_path, &key_path, &cert_path], config.force)?;
 
@@ -80,9 +92,8 @@ pub fn write(ca_dir: &CaDir, config: &BrokerConfig) -> Result<BrokerFiles> {
         config.force,
         broker_user(),
     )?;
-    if let Some(crl) = &crl {
-        write_atomic(&crl_path, crl.as_bytes(), Access::Public, true)?;
-    }
+    write_atomic(&crl_path, crl.as_bytes(), Access::Public, true)?;
+    write_atomic(&acl_path, acl.as_bytes(), Access::Public, true)?;
 
     let listener = match &config.bind {
         Some(addr) => format!("listener {} {addr}", config.port),
@@ -98,6 +109,14 @@ pub fn write(ca_dir: &CaDir, config: &BrokerConfig) -> Result<BrokerFiles> {
          # Clients must present a certificate from our CA; its CN is their username.\n\
          require_certificate true\n\
          use_identity_as_username true\n\
+         # The client id is the username too: a device cannot take over (and\n\
+         # knock off) another device's session by using its client id.\n\
+         use_username_as_clientid true\n\
+         # What each identity may read and write (its role's rules).\n\
+         acl_file {acl}\n\
+         # Revoked client certificates are refused; `provision revoke`\n\
+         # rewrites it and reloads the broker (SIGHUP).\n\
+         crlfile {crl}\n\
          # Without this every TLS connection waits ~40 ms for delayed ACKs.\n\
          set_tcp_nodelay true\n\
          # The default (1000) silently drops QoS 1 messages for persistent\n\
@@ -106,23 +125,120 @@ pub fn write(ca_dir: &CaDir, config: &BrokerConfig) -> Result<BrokerFiles> {
         ca = ca_path.display(),
         cert = cert_path.display(),
         key = key_path.display(),
+        acl = acl_path.display(),
+        crl = crl_path.display(),
     );
-    if crl.is_some() {
-        text.push_str(&format!(
-            "# Revoked client certificates are refused.\ncrlfile {}\n",
-            crl_path.display()
-        ));
-    }
     text.push_str(
         "# For persistent sessions that survive a restart, add:\n\
          # persistence true\n\
          # persistence_location /var/lib/mosquitto/\n",
     );
     write_atomic(&conf_path, text.as_bytes(), Access::Public, config.force)?;
-    Ok(BrokerFiles {
-        paths,
-        crl: crl.is_some(),
-    })
+    locked.add_broker_dir(&paths.config)?;
+    Ok(BrokerFiles { paths, crl: true })
+}
+
+/// Days of the first CRL `broker-config` signs when the CA has none.
+const FIRST_CRL_DAYS: u32 = 30;
+
+/// What [`refresh`] did for one broker folder.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Refreshed {
+    /// Its `mosquitto.conf`.
+    pub config: PathBuf,
+    /// The broker process reloaded (SIGHUP), or `None` when none runs
+    /// with this configuration on this host.
+    pub reloaded_pid: Option<i32>,
+}
+
+/// Brings every broker folder `broker-config` wrote for this CA up to
+/// date: its copy of the CRL and its topic rules, then reloads the broker
+/// running with that configuration (SIGHUP: Mosquitto re-reads both). Run
+/// after a change is committed (`revoke`, `issue`, `crl`, `fleet`).
+pub fn refresh(inventory: &Inventory) -> Result<Vec<Refreshed>> {
+    let configs = inventory.broker_configs()?;
+    if configs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ca_dir = inventory.ca_dir();
+    let crl = read_text(&ca_dir.crl_path())?;
+    let acl = inventory
+        .acl_policy()?
+        .mosquitto_acl(&inventory.non_device_identities()?);
+    let mut done = Vec::new();
+    for config in configs {
+        // A folder removed or rewritten by hand is left alone.
+        let Ok(text) = std::fs::read_to_string(&config) else {
+            continue;
+        };
+        if !text.starts_with("# Generated by `provision broker-config`") {
+            continue;
+        }
+        let folder = config.parent().unwrap_or(Path::new("."));
+        let paths = BrokerPaths::new(folder);
+        write_atomic(&paths.crl, crl.as_bytes(), Access::Public, true)?;
+        write_atomic(&paths.acl, acl.as_bytes(), Access::Public, true)?;
+        let reloaded_pid = running_broker(&config);
+        if let Some(pid) = reloaded_pid
+            && let Some(pid) = rustix::process::Pid::from_raw(pid)
+        {
+            rustix::process::kill_process(pid, rustix::process::Signal::HUP).map_err(|e| {
+                Error::Io {
+                    action: "reloading the broker (SIGHUP) of",
+                    path: config.clone(),
+                    source: e.into(),
+                }
+            })?;
+        }
+        done.push(Refreshed {
+            config,
+            reloaded_pid,
+        });
+    }
+    Ok(done)
+}
+
+/// The pid of the `mosquitto` process running with `config` on this host
+/// (`mosquitto -c CONFIG`, however it was started: a service manager, a
+/// terminal), from `/proc`.
+fn running_broker(config: &Path) -> Option<i32> {
+    let wanted = crate::files::resolve(config);
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_mosquitto = args
+            .first()
+            .and_then(|a| Path::new(std::str::from_utf8(a).ok()?).file_name())
+            .is_some_and(|n| n == "mosquitto");
+        if !is_mosquitto {
+            continue;
+        }
+        let cwd = std::fs::read_link(entry.path().join("cwd")).ok();
+        let with_config = args.windows(2).any(|w| {
+            (w[0] == b"-c" || w[0] == b"--config-file")
+                && std::str::from_utf8(w[1]).is_ok_and(|c| {
+                    let c = Path::new(c);
+                    let c = match (&cwd, c.is_relative()) {
+                        (Some(cwd), true) => cwd.join(c),
+                        _ => c.to_owned(),
+                    };
+                    crate::files::resolve(&c) == wanted
+                })
+        });
+        if with_config {
+            return Some(pid);
+        }
+    }
+    None
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {

@@ -18,6 +18,7 @@ use crate::files::{Durability, check_name, flush_all, read_text};
 use crate::inventory::{Filter, Inventory, Record, Status};
 use crate::layout::{DEFAULT_CA_DIR, DEFAULT_IDENTITY_DIR, IdentityPaths};
 use crate::ops::{CsrRequest, InitCa, IssueRequest, SubjectOptions, init_ca, issue_files};
+use crate::roles::{AclPolicy, Role};
 use crate::store::{CaDir, refuse_ca_folder};
 
 /// The most identities one manifest may ask for: a million devices take
@@ -50,6 +51,18 @@ pub struct Manifest {
     /// Device (client) identities.
     #[serde(default)]
     pub devices: Vec<DeviceSection>,
+    /// Service identities (role `service`: the ingest, backends), in the
+    /// same form as devices (`prefix` and `count` for several instances,
+    /// each with its own identity).
+    #[serde(default)]
+    pub services: Vec<DeviceSection>,
+    /// Reader identities (role `reader`: the ingest's HTTPS API).
+    #[serde(default)]
+    pub readers: Vec<DeviceSection>,
+    /// The topic rules of each role (defaults: devices their own
+    /// `devices/{name}/#` and read `fleet/broadcast/#`; services read
+    /// `devices/#` and write `fleet/broadcast/#`; readers nothing).
+    pub acl: Option<AclPolicy>,
     /// Where identities go unless a section says otherwise; default
     /// `backend_certs/` beside the CA folder.
     pub out: Option<PathBuf>,
@@ -239,12 +252,15 @@ pub fn run(
             },
             profile: Profile::Server,
             days: b.days.unwrap_or(365),
+            role: Role::default(),
         });
         renew_before.push(b.renew_before_days);
     }
     let total: u64 = manifest
         .devices
         .iter()
+        .chain(&manifest.services)
+        .chain(&manifest.readers)
         .map(|d| u64::from(d.count.unwrap_or(1)))
         .sum::<u64>()
         + manifest.broker.len() as u64;
@@ -254,7 +270,19 @@ pub fn run(
              (split the fleet into several manifests and CA runs)"
         )));
     }
-    for (i, d) in manifest.devices.iter().enumerate() {
+    let sections = [
+        (&manifest.devices, Role::Device, "devices"),
+        (&manifest.services, Role::Service, "services"),
+        (&manifest.readers, Role::Reader, "readers"),
+    ]
+    .into_iter()
+    .flat_map(|(sections, role, table)| {
+        sections
+            .iter()
+            .enumerate()
+            .map(move |(i, d)| (i, d, role, table))
+    });
+    for (i, d, role, table) in sections {
         let device_names: Vec<String> = match (&d.name, &d.prefix, d.count) {
             (Some(name), None, None) => vec![name.clone()],
             (None, Some(prefix), Some(count)) => {
@@ -265,7 +293,7 @@ pub fn run(
             }
             _ => {
                 return Err(bad(format!(
-                    "[[devices]] entry {}: give either `name`, or `prefix` and `count`",
+                    "[[{table}]] entry {}: give either `name`, or `prefix` and `count`",
                     i + 1
                 )));
             }
@@ -291,6 +319,7 @@ pub fn run(
                 },
                 profile: Profile::Client,
                 days: d.days.unwrap_or(365),
+                role,
             });
             renew_before.push(d.renew_before_days);
         }
@@ -367,6 +396,8 @@ pub fn run(
 
     let inventory = Inventory::open(&ca_dir)?;
     let mut locked = inventory.lock(&ca)?;
+    // The manifest's topic rules are the broker configuration's.
+    locked.set_acl_policy(manifest.acl.as_ref().unwrap_or(&AclPolicy::default()))?;
     // What the inventory says of the manifest's names: each one's valid
     // certificates (oldest first) and its revoked serials.
     let mut history: HashMap<String, History> = HashMap::new();
@@ -673,6 +704,9 @@ fn stale(cert: &Certificate, request: &IssueRequest, lifecycle: &Lifecycle<'_>) 
     }
     if cert.key_algorithm().ok() != Some(id.key_type.algorithm()) {
         return Some("the manifest's key type changed".into());
+    }
+    if request.profile == Profile::Client && Role::of(cert) != Some(request.role) {
+        return Some(format!("its role is now {}", request.role));
     }
     if request.profile == Profile::Server {
         let mut have: Vec<String> = cert

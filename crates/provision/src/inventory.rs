@@ -27,6 +27,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use crate::error::{Error, Result};
 use crate::files::{Access, write_atomic};
 use crate::layout;
+use crate::roles::{AclPolicy, Role};
 use crate::store::{CaDir, CaLock};
 
 /// Runs `$body` with `$c` bound to the pool or transaction of either
@@ -73,6 +74,10 @@ pub struct Record {
     pub cert_path: PathBuf,
     /// Valid or revoked.
     pub status: Status,
+    /// The role its certificate carries (a client's; `None` for a broker
+    /// and for certificates from before roles).
+    #[serde(default)]
+    pub role: Option<Role>,
 }
 
 /// The status of an issued certificate.
@@ -106,6 +111,7 @@ impl Record {
             sha256: cert.sha256_fingerprint(),
             cert_path: path.to_owned(),
             status: Status::Valid,
+            role: Role::of(cert),
         }
     }
 
@@ -161,7 +167,7 @@ impl Filter {
     }
 }
 
-const SCHEMA: [&str; 4] = [
+const SCHEMA: [&str; 5] = [
     "CREATE TABLE IF NOT EXISTS certificates (
         seq BIGINT NOT NULL UNIQUE,
         serial TEXT PRIMARY KEY,
@@ -174,16 +180,19 @@ const SCHEMA: [&str; 4] = [
         cert_path TEXT NOT NULL,
         revoked_at BIGINT,
         revocation_reason TEXT,
+        role TEXT,
         CHECK ((revoked_at IS NULL) = (revocation_reason IS NULL))
     )",
     "CREATE INDEX IF NOT EXISTS certificates_by_cn ON certificates (common_name)",
     "CREATE INDEX IF NOT EXISTS certificates_revoked ON certificates (revoked_at)
         WHERE revoked_at IS NOT NULL",
     "CREATE TABLE IF NOT EXISTS ca_state (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS certificates_by_role ON certificates (role)
+        WHERE role IS NOT NULL AND role <> 'device'",
 ];
 
 const COLUMNS: &str = "serial, common_name, subject, profile, not_before, not_after, sha256, \
-                       cert_path, revoked_at, revocation_reason";
+                       cert_path, revoked_at, revocation_reason, role";
 
 /// The PostgreSQL advisory lock a [`LockedCa`] holds ("mqttCAin" in ASCII).
 const PG_CA_LOCK: i64 = 0x6d71_7474_4341_696e;
@@ -246,6 +255,7 @@ struct Raw {
     cert_path: String,
     revoked_at: Option<i64>,
     revocation_reason: Option<String>,
+    role: Option<String>,
 }
 
 impl<'r, R> sqlx::FromRow<'r, R> for Raw
@@ -267,6 +277,7 @@ where
             cert_path: row.try_get("cert_path")?,
             revoked_at: row.try_get("revoked_at")?,
             revocation_reason: row.try_get("revocation_reason")?,
+            role: row.try_get("role")?,
         })
     }
 }
@@ -313,7 +324,14 @@ impl Raw {
             },
             _ => return Err(corrupt("a revocation without its time or reason".into())),
         };
+        let role = self
+            .role
+            .as_deref()
+            .map(str::parse::<Role>)
+            .transpose()
+            .map_err(|e| corrupt(format!("role: {e}")))?;
         Ok(Record {
+            role,
             serial,
             common_name: self.common_name,
             subject: self.subject,
@@ -523,6 +541,52 @@ impl Inventory {
         &self.location
     }
 
+    /// The CA folder.
+    pub fn ca_dir(&self) -> &CaDir {
+        &self.ca_dir
+    }
+
+    fn state(&self, name: &str) -> Result<Option<String>> {
+        self.rt
+            .block_on(async {
+                either!(&self.db, Db(pool) => sqlx::query_scalar(
+                    "SELECT value FROM ca_state WHERE name = $1",
+                )
+                .bind(name)
+                .fetch_optional(pool)
+                .await)
+            })
+            .map_err(self.err("reading"))
+    }
+
+    /// The topic rules of each role: the last fleet manifest's `[acl]`, or
+    /// the defaults.
+    pub fn acl_policy(&self) -> Result<AclPolicy> {
+        parse_policy(self.state("acl_policy")?, &self.location)
+    }
+
+    /// The `mosquitto.conf` of every broker folder `broker-config` wrote
+    /// for this CA.
+    pub fn broker_configs(&self) -> Result<Vec<PathBuf>> {
+        parse_paths(self.state("broker_configs")?, &self.location)
+    }
+
+    /// The valid identities whose role is not `device` (services and
+    /// readers: few, indexed), with their roles.
+    pub fn non_device_identities(&self) -> Result<Vec<(String, Role)>> {
+        let rows = self
+            .rt
+            .block_on(async {
+                either!(&self.db, Db(pool) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(
+                    NON_DEVICE_SQL.as_str()
+                ))
+                .fetch_all(pool)
+                .await)
+            })
+            .map_err(self.err("reading"))?;
+        non_device(rows, &self.location)
+    }
+
     fn err(&self, action: &'static str) -> impl Fn(sqlx::Error) -> Error + '_ {
         move |e| db_error(&self.location, action, e)
     }
@@ -692,6 +756,46 @@ impl Inventory {
     }
 }
 
+static NON_DEVICE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {COLUMNS} FROM certificates
+         WHERE role IS NOT NULL AND role <> 'device' AND revoked_at IS NULL ORDER BY seq"
+    )
+});
+
+fn non_device(rows: Vec<Raw>, location: &str) -> Result<Vec<(String, Role)>> {
+    let mut out: Vec<(String, Role)> = Vec::new();
+    for raw in rows {
+        let r = raw.record(location)?;
+        if let Some(role) = r.role
+            && !out.iter().any(|(n, _)| *n == r.common_name)
+        {
+            out.push((r.common_name, role));
+        }
+    }
+    Ok(out)
+}
+
+fn parse_policy(stored: Option<String>, location: &str) -> Result<AclPolicy> {
+    match stored {
+        None => Ok(AclPolicy::default()),
+        Some(json) => serde_json::from_str(&json).map_err(|e| Error::Inventory {
+            location: location.to_owned(),
+            reason: format!("the stored topic rules: {e}"),
+        }),
+    }
+}
+
+fn parse_paths(stored: Option<String>, location: &str) -> Result<Vec<PathBuf>> {
+    match stored {
+        None => Ok(Vec::new()),
+        Some(json) => serde_json::from_str(&json).map_err(|e| Error::Inventory {
+            location: location.to_owned(),
+            reason: format!("the stored broker folders: {e}"),
+        }),
+    }
+}
+
 /// The records of an `inventory.jsonl`.
 fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<Record>> {
     /// The earlier format: no common name column, statuses as text.
@@ -705,6 +809,9 @@ fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<Record>> {
         sha256: String,
         cert_path: PathBuf,
         status: OldStatus,
+        /// In `list --json` exports (and archives) since roles.
+        #[serde(default)]
+        role: Option<Role>,
     }
     #[derive(Deserialize)]
     #[serde(rename_all = "snake_case", tag = "state")]
@@ -764,6 +871,7 @@ fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<Record>> {
                 },
             },
             subject: old.subject,
+            role: old.role,
         });
     }
     Ok(records)
@@ -887,6 +995,49 @@ impl LockedCa<'_> {
     /// Where the inventory is.
     pub fn location(&self) -> &str {
         &self.inventory.location
+    }
+
+    /// [`Inventory::non_device_identities`], inside this transaction.
+    pub fn non_device_identities(&mut self) -> Result<Vec<(String, Role)>> {
+        let rows = self.run("reading", async |tx| {
+            either!(tx, Tx(c) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(
+                NON_DEVICE_SQL.as_str()
+            ))
+            .fetch_all(&mut **c)
+            .await)
+        })?;
+        non_device(rows, &self.inventory.location)
+    }
+
+    /// [`Inventory::acl_policy`], inside this transaction.
+    pub fn acl_policy(&mut self) -> Result<AclPolicy> {
+        let stored = self.state("acl_policy")?;
+        parse_policy(stored, &self.inventory.location)
+    }
+
+    /// Remembers a broker folder's `mosquitto.conf` (for
+    /// [`crate::broker::refresh`]).
+    pub fn add_broker_dir(&mut self, config: &Path) -> Result<()> {
+        let stored = self.state("broker_configs")?;
+        let mut configs = parse_paths(stored, &self.inventory.location)?;
+        let config = crate::files::resolve(config);
+        if !configs.contains(&config) {
+            configs.push(config);
+        }
+        let json = serde_json::to_string(&configs).map_err(|e| Error::Inventory {
+            location: self.inventory.location.clone(),
+            reason: e.to_string(),
+        })?;
+        self.set_state("broker_configs", &json)
+    }
+
+    /// Stores the topic rules of each role (a fleet manifest's `[acl]`).
+    pub fn set_acl_policy(&mut self, policy: &AclPolicy) -> Result<()> {
+        let json = serde_json::to_string(policy).map_err(|e| Error::Inventory {
+            location: self.inventory.location.clone(),
+            reason: e.to_string(),
+        })?;
+        self.set_state("acl_policy", &json)
     }
 
     /// The CA's certificate.
@@ -1030,7 +1181,8 @@ impl LockedCa<'_> {
                             .push_bind(r.sha256.clone())
                             .push_bind(r.cert_path.to_string_lossy().into_owned())
                             .push_bind(revoked_at)
-                            .push_bind(reason);
+                            .push_bind(reason)
+                            .push_bind(r.role.map(|role| role.as_str()));
                     });
                     insert.build().execute(&mut **c).await.map(|_| ())
                 })

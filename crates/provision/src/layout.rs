@@ -101,6 +101,8 @@ pub struct BrokerPaths {
     pub key: PathBuf,
     /// `crl.pem`.
     pub crl: PathBuf,
+    /// `acl`: the topic rules of each role.
+    pub acl: PathBuf,
 }
 
 impl BrokerPaths {
@@ -112,6 +114,7 @@ impl BrokerPaths {
             cert: out.join("server.pem"),
             key: out.join("server.key"),
             crl: out.join("crl.pem"),
+            acl: out.join("acl"),
         }
     }
 }

@@ -37,6 +37,7 @@
 //!     },
 //!     profile: Profile::Client,
 //!     days: 365,
+//!     role: provision::roles::Role::Device,
 //! })?;
 //! locked.commit()?;
 //! # Ok::<(), provision::Error>(())
@@ -53,6 +54,7 @@ pub mod inventory;
 pub mod layout;
 pub mod ops;
 pub mod pubsub;
+pub mod roles;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -16,6 +16,7 @@ use crate::files::{
 };
 use crate::inventory::{Inventory, LockedCa, Record};
 pub use crate::layout::IdentityPaths;
+use crate::roles::{Role, claims_role};
 use crate::store::{CaDir, refuse_ca_folder};
 
 /// Optional subject attributes given on the command line or in a manifest.
@@ -148,6 +149,8 @@ pub struct IssueRequest {
     pub profile: Profile,
     /// Validity in days (capped at the CA's own expiry).
     pub days: u32,
+    /// A client's role, carried in its certificate (ignored for a server).
+    pub role: Role,
 }
 
 /// What [`issue`] made.
@@ -235,6 +238,9 @@ pub fn issue_files(
     };
     let (key, csr) = key_and_csr(id)?;
     let mut issue = IssueParams::new(request.profile, Validity::days_from_now(request.days)?);
+    if request.profile == Profile::Client {
+        issue.sans.push(request.role.san()?);
+    }
     // The CSR is ours, made from the names the operator gave (a wildcard
     // there is the operator's choice).
     issue.allow_wildcards = true;
@@ -343,6 +349,9 @@ pub struct SignRequest {
     pub accept_csr_names: bool,
     /// Allow wildcard DNS names.
     pub allow_wildcards: bool,
+    /// A client's role, carried in its certificate (ignored for a server;
+    /// a CSR cannot choose it).
+    pub role: Role,
 }
 
 /// What [`sign_csr`] made.
@@ -384,8 +393,24 @@ pub fn sign_csr(locked: &mut LockedCa<'_>, request: &SignRequest) -> Result<Sign
         path: csr_path.clone(),
         source,
     })?;
+    // The role is the CA's to grant: a CSR asking for one is refused.
+    if let Some(claimed) = csr.requested_sans().iter().find(|s| claims_role(s)) {
+        return Err(Error::Pki {
+            path: csr_path.clone(),
+            source: pki_core::Error::ProfileViolation {
+                profile: request.profile.as_str(),
+                reason: format!(
+                    "the CSR asks for the role {claimed}; a role is granted with --role, never \
+                     taken from a CSR"
+                ),
+            },
+        });
+    }
     let mut params = IssueParams::new(request.profile, Validity::days_from_now(request.days)?);
     params.sans = sans(&request.dns, &request.ip);
+    if request.profile == Profile::Client {
+        params.sans.push(request.role.san()?);
+    }
     params.copy_csr_sans = request.accept_csr_names;
     params.allow_wildcards = request.allow_wildcards;
     if request.profile == Profile::Server && params.sans.is_empty() && !request.accept_csr_names {

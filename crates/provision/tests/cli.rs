@@ -698,6 +698,7 @@ fn a_long_running_holder_shares_the_store_with_cli_processes() {
                 },
                 profile: pki_core::Profile::Client,
                 days: 30,
+                role: provision::roles::Role::Service,
             },
         )
         .unwrap();

@@ -217,3 +217,67 @@ fn issuing_a_name_again_supersedes_its_earlier_certificate() {
             .any(|(s, st)| *s == first && st.contains("superseded"))
     );
 }
+
+/// Services and readers come from their own manifest tables, with the
+/// role in their certificates and the inventory; `[acl]` replaces the
+/// default topic rules in the broker's `acl` file; an identity whose role
+/// changes is reissued.
+#[test]
+fn roles_come_from_the_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let write = |services_or_devices: &str| {
+        std::fs::write(
+            d.join("fleet.toml"),
+            format!(
+                "[ca]\ndir = \"root_cert\"\n[[broker]]\nname = \"broker\"\ndns = [\"localhost\"]\n\
+                 [[devices]]\nname = \"dev1\"\n[[{services_or_devices}]]\nname = \"ingest\"\n\
+                 [[readers]]\nprefix = \"dash-\"\ncount = 2\n\
+                 [acl]\ndevice = [\"readwrite sensors/{{name}}/#\"]\n"
+            ),
+        )
+        .unwrap();
+    };
+    write("services");
+    ok(d, &["fleet", "fleet.toml"]);
+    let roles: Vec<(String, String)> = common::records(d)
+        .iter()
+        .map(|r| {
+            (
+                r["common_name"].as_str().unwrap().to_owned(),
+                r["role"].as_str().unwrap_or("-").to_owned(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("broker", "-"),
+        ("dev1", "device"),
+        ("ingest", "service"),
+        ("dash-1", "reader"),
+        ("dash-2", "reader"),
+    ] {
+        assert!(
+            roles.contains(&(expected.0.to_owned(), expected.1.to_owned())),
+            "{expected:?} in {roles:?}"
+        );
+    }
+    ok(d, &["broker-config", "--out", "broker"]);
+    let acl = std::fs::read_to_string(d.join("broker/acl")).unwrap();
+    assert!(acl.contains("pattern readwrite sensors/%u/#"), "{acl}");
+    assert!(
+        !acl.contains("devices/%u"),
+        "the manifest's rules replace the defaults: {acl}"
+    );
+    assert!(acl.contains("user ingest\ntopic read devices/#"), "{acl}");
+    assert!(acl.contains("user dash-1\n"), "{acl}");
+    // ingest becomes a device: reissued, and gone from the service rules.
+    write("devices");
+    let out = ok(d, &["fleet", "fleet.toml", "--json"]);
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["issued"], 1, "{out}");
+    let acl = std::fs::read_to_string(d.join("broker/acl")).unwrap();
+    assert!(
+        !acl.contains("user ingest"),
+        "refreshed by the fleet run: {acl}"
+    );
+}

@@ -13,6 +13,7 @@ use pki_core::{DnsName, KeyType, Profile, RevocationReason, Serial};
 use provision::layout;
 use provision::ops::SubjectOptions;
 use provision::pubsub::Endpoint;
+use provision::roles::Role;
 use provision::store::CaDir;
 use zeroize::Zeroizing;
 
@@ -198,6 +199,10 @@ pub(crate) struct SignArgs {
     /// Allow wildcard DNS names (*.example.com).
     #[arg(long)]
     pub(crate) allow_wildcards: bool,
+    /// A client's role, carried in its certificate (device, service or
+    /// reader; never taken from the CSR).
+    #[arg(long, default_value = "device", value_parser = parse_role)]
+    pub(crate) role: Role,
 }
 
 /// The arguments of `provision inspect`.
@@ -379,6 +384,11 @@ pub(crate) struct IssueArgs {
     /// Replace existing files.
     #[arg(long)]
     pub(crate) force: bool,
+    /// A client's role, carried in its certificate: device (its own
+    /// topics), service (reads every device) or reader (the ingest's HTTPS
+    /// API). Ignored for a server.
+    #[arg(long, default_value = "device", value_parser = parse_role)]
+    pub(crate) role: Role,
 }
 
 #[derive(Args)]
@@ -476,6 +486,10 @@ impl From<ProfileArg> for Profile {
             ProfileArg::Server => Profile::Server,
         }
     }
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse().map_err(|e: provision::Error| e.to_string())
 }
 
 /// A typed value from its text, for clap (`KeyType`, `DnsName`, `Serial`,

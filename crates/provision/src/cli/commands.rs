@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use pki_core::{Profile, Serial, SubjectAltName, Timestamp};
+use provision::broker::Refreshed;
 use provision::inventory::{Filter, Inventory, Record, Status};
 use provision::layout::{self, BrokerPaths, IdentityPaths};
 use provision::ops::{
@@ -41,6 +42,37 @@ pub(crate) fn print(outcome: &impl Outcome, json: bool) -> anyhow::Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+/// The broker folders brought up to date after a change (their CRL copy
+/// and topic rules, the running broker reloaded).
+#[derive(Serialize, Default)]
+pub(crate) struct Brokers(Vec<Refreshed>);
+
+impl fmt::Display for Brokers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0 {
+            match b.reloaded_pid {
+                Some(pid) => writeln!(
+                    f,
+                    "  broker {}: CRL and topic rules updated, reloaded (pid {pid})",
+                    b.config.display()
+                )?,
+                None => writeln!(
+                    f,
+                    "  broker {}: CRL and topic rules updated; no broker runs with it here \
+                     (reload it: kill -HUP <its pid>)",
+                    b.config.display()
+                )?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`provision::broker::refresh`] after a committed change.
+fn refresh_brokers(inventory: &Inventory) -> anyhow::Result<Brokers> {
+    Ok(Brokers(provision::broker::refresh(inventory)?))
 }
 
 fn when(t: std::time::SystemTime) -> String {
@@ -120,6 +152,7 @@ pub(crate) struct Issued {
     superseded: Vec<String>,
     /// The requested end, when it was cut to the CA's expiry.
     capped_from: Option<String>,
+    brokers: Brokers,
 }
 
 impl fmt::Display for Issued {
@@ -139,7 +172,7 @@ impl fmt::Display for Issued {
                 "  note: the requested end {requested} is after the CA's expiry; cut to the CA's"
             )?;
         }
-        Ok(())
+        write!(f, "{}", self.brokers)
     }
 }
 
@@ -169,10 +202,12 @@ pub(crate) fn issue_cmd(cmd: IssueCommand) -> anyhow::Result<Issued> {
             },
             profile,
             days: args.days,
+            role: args.role,
         },
     )?;
     locked.commit()?;
     Ok(Issued {
+        brokers: refresh_brokers(&inventory)?,
         profile: profile.as_str(),
         subject: issued.certificate.subject(),
         serial: issued.certificate.serial().to_string(),
@@ -268,6 +303,7 @@ pub(crate) fn sign(args: SignArgs) -> anyhow::Result<Signed> {
             ip: args.ip,
             accept_csr_names: args.accept_csr_names,
             allow_wildcards: args.allow_wildcards,
+            role: args.role,
         },
     )?;
     locked.commit()?;
@@ -391,6 +427,7 @@ pub(crate) struct Revoked {
     #[serde(flatten)]
     record: Record,
     crl: PathBuf,
+    brokers: Brokers,
 }
 
 impl fmt::Display for Revoked {
@@ -408,7 +445,8 @@ impl fmt::Display for Revoked {
             f,
             "  CRL: {} (give it to the broker: crlfile)",
             self.crl.display()
-        )
+        )?;
+        write!(f, "{}", self.brokers)
     }
 }
 
@@ -424,6 +462,7 @@ pub(crate) fn revoke_cmd(args: RevokeArgs) -> anyhow::Result<Revoked> {
     let record = revoke(&mut locked, &target, args.reason, args.crl_days)?;
     locked.commit()?;
     Ok(Revoked {
+        brokers: refresh_brokers(&inventory)?,
         record,
         crl: dir.crl_path(),
     })
@@ -436,6 +475,7 @@ pub(crate) struct CrlWritten {
     number: u64,
     revoked: usize,
     next_update: String,
+    brokers: Brokers,
 }
 
 impl fmt::Display for CrlWritten {
@@ -446,7 +486,8 @@ impl fmt::Display for CrlWritten {
             self.path.display(),
             self.number,
             self.revoked
-        )
+        )?;
+        write!(f, "{}", self.brokers)
     }
 }
 
@@ -458,6 +499,7 @@ pub(crate) fn crl(args: CrlArgs) -> anyhow::Result<CrlWritten> {
     let crl = write_crl(&mut locked, &out, args.days)?;
     locked.commit()?;
     Ok(CrlWritten {
+        brokers: refresh_brokers(&inventory)?,
         path: out,
         number: crl.number().unwrap_or_default(),
         revoked: crl.entries().len(),
@@ -480,6 +522,8 @@ pub(crate) struct FleetDone {
     device_folders: Vec<PathBuf>,
     /// The manifest's first device and its files (an example to try).
     first_device: Option<FleetIdentity>,
+    /// The broker folders brought up to date.
+    refreshed: Brokers,
     #[serde(skip)]
     seconds: f64,
 }
@@ -520,7 +564,7 @@ impl fmt::Display for FleetDone {
                 self.replaced
             )?;
         }
-        Ok(())
+        write!(f, "{}", self.refreshed)
     }
 }
 
@@ -544,11 +588,15 @@ pub(crate) fn fleet(args: FleetArgs) -> anyhow::Result<FleetDone> {
         &args.manifest,
         &provision::fleet::RunOptions {
             jobs: args.jobs,
-            inventory_url: args.inventory,
+            inventory_url: args.inventory.clone(),
         },
         &progress,
     )?;
     bar.finish_and_clear();
+    let inventory = Inventory::open(
+        &provision::store::CaDir::new(&summary.ca_dir).with_inventory_url(args.inventory),
+    )?;
+    let brokers = refresh_brokers(&inventory)?;
     Ok(FleetDone {
         manifest: args.manifest,
         ca_cert: provision::store::CaDir::new(&summary.ca_dir).cert_path(),
@@ -568,6 +616,7 @@ pub(crate) fn fleet(args: FleetArgs) -> anyhow::Result<FleetDone> {
             .first_device
             .map(|(name, paths)| FleetIdentity { name, paths }),
         seconds: started.elapsed().as_secs_f64(),
+        refreshed: brokers,
     })
 }
 
@@ -597,8 +646,11 @@ impl fmt::Display for BrokerWritten {
 }
 
 pub(crate) fn broker_config(args: BrokerConfigArgs) -> anyhow::Result<BrokerWritten> {
+    let (dir, ca) = args.ca.load()?;
+    let inventory = Inventory::open(&dir)?;
+    let mut locked = inventory.lock(&ca)?;
     let files = provision::broker::write(
-        &args.ca.dir(),
+        &mut locked,
         &provision::broker::BrokerConfig {
             server: args.server,
             certs_dir: args.certs_dir,
@@ -608,6 +660,7 @@ pub(crate) fn broker_config(args: BrokerConfigArgs) -> anyhow::Result<BrokerWrit
             force: args.force,
         },
     )?;
+    locked.commit()?;
     Ok(BrokerWritten {
         paths: files.paths,
         with_crl: files.crl,

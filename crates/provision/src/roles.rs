@@ -1,0 +1,280 @@
+//! Who may do what on the broker: an identity's role (device, service,
+//! reader), carried in its certificate and recorded in the inventory, and
+//! the topic rules of each role, rendered as a Mosquitto `acl_file`.
+//!
+//! The role is a URI subject alternative name, `urn:mqtt-mtls:role:ROLE`,
+//! granted only by the CA (a CSR asking for one is refused), so a service
+//! can read it from a client certificate without the CA folder.
+
+use std::fmt;
+use std::str::FromStr;
+
+use pki_core::{Certificate, SubjectAltName};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The prefix of the role's URI SAN.
+pub const ROLE_URI_PREFIX: &str = "urn:mqtt-mtls:role:";
+
+/// What an identity is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A device: its own topics (`devices/NAME/#`) and the broadcast, read
+    /// only (by default).
+    #[default]
+    Device,
+    /// A backend service (the ingest, say): reads every device, writes the
+    /// broadcast (by default).
+    Service,
+    /// Reads data over HTTPS (the ingest's API); nothing on the broker by
+    /// default.
+    Reader,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 3] = [Role::Device, Role::Service, Role::Reader];
+
+    /// Its name: `device`, `service`, `reader`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Device => "device",
+            Self::Service => "service",
+            Self::Reader => "reader",
+        }
+    }
+
+    /// The URI SAN that carries it.
+    pub fn san(&self) -> Result<SubjectAltName> {
+        Ok(SubjectAltName::uri(&format!(
+            "{ROLE_URI_PREFIX}{}",
+            self.as_str()
+        ))?)
+    }
+
+    /// The role a certificate carries (`None`: none, as certificates from
+    /// before roles, or several, which the CA never issues).
+    pub fn of(cert: &Certificate) -> Option<Role> {
+        let mut roles = cert
+            .subject_alt_names()
+            .ok()?
+            .into_iter()
+            .filter_map(|san| match san {
+                SubjectAltName::Uri(u) => u
+                    .as_str()
+                    .strip_prefix(ROLE_URI_PREFIX)
+                    .and_then(|r| r.parse::<Role>().ok()),
+                _ => None,
+            });
+        let role = roles.next()?;
+        roles.next().is_none().then_some(role)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| Error::InvalidName {
+                name: s.to_owned(),
+                reason: "a role is device, service or reader",
+            })
+    }
+}
+
+/// Whether a requested SAN claims a role (which only the CA grants).
+pub fn claims_role(san: &SubjectAltName) -> bool {
+    matches!(san, SubjectAltName::Uri(u) if u.as_str().starts_with(ROLE_URI_PREFIX))
+}
+
+/// One topic rule: `read`, `write`, `readwrite` or `deny`, then a topic
+/// filter where `{name}` is the identity's name (its CN, the MQTT
+/// username).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TopicRule {
+    access: String,
+    topic: String,
+}
+
+impl TryFrom<String> for TopicRule {
+    type Error = String;
+
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        let (access, topic) = s
+            .trim()
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| format!("{s:?}: a rule is ACCESS TOPIC, e.g. \"read devices/#\""))?;
+        let access = ["read", "write", "readwrite", "deny"]
+            .into_iter()
+            .find(|a| *a == access)
+            .ok_or_else(|| format!("{s:?}: access is read, write, readwrite or deny"))?;
+        let topic = topic.trim();
+        let bad = topic.is_empty()
+            || topic.chars().any(|c| c.is_control() || c.is_whitespace())
+            || topic.split('/').enumerate().any(|(i, level)| {
+                (level.contains('#') && (level != "#" || i + 1 != topic.split('/').count()))
+                    || (level.contains('+') && level != "+")
+            })
+            || topic.replace("{name}", "").contains(['{', '}', '%']);
+        if bad {
+            return Err(format!(
+                "{s:?}: the topic must be an MQTT filter without spaces (`+` and `#` as whole \
+                 levels, `#` last; `{{name}}` for the identity's name)"
+            ));
+        }
+        Ok(Self {
+            access: access.to_owned(),
+            topic: topic.to_owned(),
+        })
+    }
+}
+
+impl From<TopicRule> for String {
+    fn from(r: TopicRule) -> Self {
+        format!("{} {}", r.access, r.topic)
+    }
+}
+
+impl TopicRule {
+    fn parse(s: &str) -> Self {
+        // Only for the built-in defaults, which are valid.
+        Self::try_from(s.to_owned()).unwrap_or(Self {
+            access: "deny".into(),
+            topic: "#".into(),
+        })
+    }
+}
+
+/// The topic rules of each role (`[acl]` in a fleet manifest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclPolicy {
+    /// A device's rules.
+    #[serde(default = "default_device")]
+    pub device: Vec<TopicRule>,
+    /// A service's rules.
+    #[serde(default = "default_service")]
+    pub service: Vec<TopicRule>,
+    /// A reader's rules.
+    #[serde(default)]
+    pub reader: Vec<TopicRule>,
+}
+
+fn default_device() -> Vec<TopicRule> {
+    vec![
+        TopicRule::parse("readwrite devices/{name}/#"),
+        TopicRule::parse("read fleet/broadcast/#"),
+    ]
+}
+
+fn default_service() -> Vec<TopicRule> {
+    vec![
+        TopicRule::parse("read devices/#"),
+        TopicRule::parse("write fleet/broadcast/#"),
+    ]
+}
+
+impl Default for AclPolicy {
+    fn default() -> Self {
+        Self {
+            device: default_device(),
+            service: default_service(),
+            reader: Vec::new(),
+        }
+    }
+}
+
+impl AclPolicy {
+    /// The rules of `role`.
+    pub fn rules(&self, role: Role) -> &[TopicRule] {
+        match role {
+            Role::Device => &self.device,
+            Role::Service => &self.service,
+            Role::Reader => &self.reader,
+        }
+    }
+
+    /// A Mosquitto `acl_file`: the device rules as `pattern` lines (`%u`,
+    /// the username, is the CN: one set of lines for every device), then a
+    /// `user` section for each other identity with its role's rules.
+    /// `pattern` lines apply to every user, so a service also has a
+    /// device's rights on its own `devices/NAME/#`.
+    pub fn mosquitto_acl(&self, others: &[(String, Role)]) -> String {
+        let mut text = String::from(
+            "# Generated by `provision` from the inventory's roles; rewritten when identities\n\
+             # are issued or revoked. The username is the certificate's CN.\n\
+             # Devices (pattern lines apply to every user):\n",
+        );
+        for rule in &self.device {
+            text.push_str(&format!(
+                "pattern {} {}\n",
+                rule.access,
+                rule.topic.replace("{name}", "%u")
+            ));
+        }
+        for (name, role) in others {
+            if *role == Role::Device {
+                continue;
+            }
+            text.push_str(&format!("\n# {role}\nuser {name}\n"));
+            for rule in self.rules(*role) {
+                text.push_str(&format!(
+                    "topic {} {}\n",
+                    rule.access,
+                    rule.topic.replace("{name}", name)
+                ));
+            }
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_are_checked() {
+        for good in ["read devices/#", "readwrite devices/{name}/+/x", "deny #"] {
+            assert!(TopicRule::try_from(good.to_owned()).is_ok(), "{good}");
+        }
+        for bad in [
+            "read",
+            "admin devices/#",
+            "read devices/#/x",
+            "read devices/a+b",
+            "read devices/%c",
+            "read {other}/x",
+            "read a b",
+        ] {
+            assert!(TopicRule::try_from(bad.to_owned()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_acl_file_has_patterns_for_devices_and_a_section_per_service() {
+        let acl = AclPolicy::default().mosquitto_acl(&[
+            ("ingest".into(), Role::Service),
+            ("sensor-1".into(), Role::Device),
+        ]);
+        assert!(acl.contains("pattern readwrite devices/%u/#\n"), "{acl}");
+        assert!(acl.contains("pattern read fleet/broadcast/#\n"), "{acl}");
+        assert!(
+            acl.contains("user ingest\ntopic read devices/#\ntopic write fleet/broadcast/#\n"),
+            "{acl}"
+        );
+        assert!(!acl.contains("user sensor-1"), "{acl}");
+    }
+}

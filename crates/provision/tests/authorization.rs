@@ -1,0 +1,239 @@
+//! Per-identity authorization on a real Mosquitto running the configuration
+//! `provision broker-config` wrote: devices keep to their own topics, a
+//! service reads every device, a device cannot forge the broadcast or take
+//! over another device's session, and a certificate from another CA gets
+//! nothing. Each check is on what subscribers actually receive: a marker
+//! published after the forbidden message (and acknowledged after it) must
+//! be the next thing a subscriber sees.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::Duration;
+
+use common::ok;
+use verify_tests::mosquitto::{Mosquitto, free_port};
+
+/// A `provision sub` whose printed lines arrive one by one.
+struct Sub {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Sub {
+    fn start(d: &Path, port: u16, name: &str, topic: &str) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_provision"))
+            .current_dir(d)
+            .args(["sub", "-H", "localhost", "-p", &port.to_string()])
+            // Its natural client id: its own name.
+            .args(["-t", topic, "-W", "60", "-i", name])
+            .args(tls(name))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next message other than the warm-ups.
+    fn next(&self) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the subscriber received nothing within 30 s");
+            if line != "warmup" {
+                return line;
+            }
+        }
+    }
+
+    /// Publishes `warmup` with `publish` until this subscriber prints it:
+    /// its subscription is then active.
+    fn wait_ready(&self, mut publish: impl FnMut()) {
+        for _ in 0..300 {
+            publish();
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                assert_eq!(line, "warmup");
+                return;
+            }
+        }
+        panic!("the subscription never became active");
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls(name: &str) -> Vec<String> {
+    vec![
+        "--cert".into(),
+        format!("backend_certs/{name}_cert.pem"),
+        "--key".into(),
+        format!("backend_certs/{name}.key"),
+        "--ca".into(),
+        "root_cert/root_ca_cert.pem".into(),
+    ]
+}
+
+/// `name` publishes `message` on `topic` at QoS 1 (returns once the broker
+/// acknowledged it, whether or not its ACL let it through).
+fn publish(d: &Path, port: u16, name: &str, topic: &str, message: &str, client_id: Option<&str>) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_provision"));
+    cmd.current_dir(d)
+        .args(["pub", "-H", "localhost", "-p", &port.to_string()])
+        .args(["-t", topic, "-m", message, "-q", "1"])
+        .args(tls(name));
+    if let Some(id) = client_id {
+        cmd.args(["-i", id]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{name} publishing to {topic}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn each_identity_gets_only_its_roles_topics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // Mosquitto started as root reads its files as `mosquitto`.
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    ok(d, &["init-ca", "--cn", "Authz Root"]);
+    ok(d, &["issue", "server", "broker", "--dns", "localhost"]);
+    // One connection per identity (the client id is the username), so
+    // each role here has its own: dev-a attacks, dev-b and dev-c listen,
+    // dev-d publishes its data, ingest reads, announcer broadcasts.
+    for device in ["dev-a", "dev-b", "dev-c", "dev-d"] {
+        ok(d, &["issue", "client", device]);
+    }
+    for service in ["ingest", "announcer"] {
+        ok(d, &["issue", "client", service, "--role", "service"]);
+    }
+    let port = free_port();
+    let p = port.to_string();
+    ok(
+        d,
+        &[
+            "broker-config",
+            "--out",
+            "broker",
+            "--port",
+            &p,
+            "--bind",
+            "127.0.0.1",
+        ],
+    );
+    let acl = std::fs::read_to_string(d.join("broker/acl")).unwrap();
+    assert!(acl.contains("user ingest\ntopic read devices/#"), "{acl}");
+    let broker = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), port);
+
+    let service = Sub::start(d, port, "ingest", "devices/#");
+    service.wait_ready(|| publish(d, port, "dev-d", "devices/dev-d/w", "warmup", None));
+    let b = Sub::start(d, port, "dev-b", "#");
+    b.wait_ready(|| publish(d, port, "announcer", "fleet/broadcast/w", "warmup", None));
+    let c = Sub::start(d, port, "dev-c", "#");
+    c.wait_ready(|| publish(d, port, "announcer", "fleet/broadcast/w", "warmup", None));
+
+    // A writes into B's topics and forges the broadcast: acknowledged (MQTT
+    // 3.1.1 cannot say no) and dropped. Then A's and D's own data, then the
+    // real broadcast.
+    publish(d, port, "dev-a", "devices/dev-b/cmd", "intrusion", None);
+    publish(d, port, "dev-a", "fleet/broadcast/all", "forged", None);
+    publish(d, port, "dev-a", "devices/dev-a/data", "a-data", None);
+    publish(d, port, "dev-d", "devices/dev-d/data", "d-data", None);
+    publish(
+        d,
+        port,
+        "announcer",
+        "fleet/broadcast/all",
+        "official",
+        None,
+    );
+
+    // The service read every device's data, and never the intrusion.
+    assert_eq!(service.next(), "a-data");
+    assert_eq!(service.next(), "d-data");
+    // B and C, subscribed to `#`: the real broadcast and nothing else
+    // (not the intrusion, the forgery, or another device's data).
+    assert_eq!(b.next(), "official");
+    assert_eq!(c.next(), "official");
+
+    // A connects with B's client id: the id is A's username, so B's
+    // session is not taken over (B keeps its connection and its messages).
+    publish(
+        d,
+        port,
+        "dev-a",
+        "devices/dev-a/again",
+        "as-b",
+        Some("dev-b"),
+    );
+    publish(
+        d,
+        port,
+        "announcer",
+        "fleet/broadcast/all",
+        "still-there",
+        None,
+    );
+    assert_eq!(b.next(), "still-there");
+    let log = broker.log();
+    assert!(
+        !log.contains("already connected, closing old connection"),
+        "a session was taken over:\n{log}"
+    );
+
+    // A certificate from another CA with a colliding CN gets nothing: the
+    // handshake fails.
+    let other = tempfile::tempdir().unwrap();
+    ok(other.path(), &["init-ca", "--cn", "Impostor Root"]);
+    ok(
+        other.path(),
+        &["issue", "client", "ingest", "--role", "service"],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_provision"))
+        .current_dir(d)
+        .args([
+            "pub",
+            "-H",
+            "localhost",
+            "-p",
+            &p,
+            "-t",
+            "fleet/broadcast/all",
+        ])
+        .args(["-m", "impostor"])
+        .arg("--cert")
+        .arg(other.path().join("backend_certs/ingest_cert.pem"))
+        .arg("--key")
+        .arg(other.path().join("backend_certs/ingest.key"))
+        .args(["--ca", "root_cert/root_ca_cert.pem"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    publish(d, port, "announcer", "fleet/broadcast/all", "last", None);
+    assert_eq!(b.next(), "last", "the impostor's message never arrived");
+}

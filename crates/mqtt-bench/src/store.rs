@@ -78,6 +78,7 @@ fn populate(dir: &Path, count: usize) -> anyhow::Result<f64> {
                     not_after: Timestamp(now + Duration::from_secs(365 * 86_400)),
                     sha256: "00".repeat(32),
                     cert_path: paths.cert,
+                    role: Some(provision::roles::Role::Device),
                     status: if i % 1000 == 999 {
                         Status::Revoked {
                             at: Timestamp(now),

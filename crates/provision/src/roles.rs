@@ -48,7 +48,7 @@ impl Role {
 
     /// The URI SAN that carries it.
     pub fn san(&self) -> Result<SubjectAltName> {
-        Ok(SubjectAltName::uri(&format!(
+        Ok(SubjectAltName::uri(format!(
             "{ROLE_URI_PREFIX}{}",
             self.as_str()
         ))?)

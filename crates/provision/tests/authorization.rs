@@ -6,7 +6,7 @@
 //! published after the forbidden message (and acknowledged after it) must
 //! be the next thing a subscriber sees.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

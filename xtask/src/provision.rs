@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 
 use crate::{cargo, describe, project_root};
 
-/// The default fleet: a root CA, a broker for localhost and 127.0.0.1, and
-/// `client1`, in the original design's layout.
+/// The default fleet: a root CA, a broker for localhost and 127.0.0.1,
+/// the device `client1` and the service `backend` (which reads every
+/// device), in the original design's layout.
 const DEFAULT_MANIFEST: &str = r#"# Written by `cargo xtask provision`; edit it and run the command again.
 [ca]
 dir = "root_cert"
@@ -18,6 +19,9 @@ ip = ["127.0.0.1"]
 
 [[devices]]
 name = "client1"
+
+[[services]]
+name = "backend"
 "#;
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {

@@ -302,3 +302,149 @@ fn check_server_identity(
     }
     Ok(())
 }
+
+/// What [`disconnect`] did on one broker.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Disconnected {
+    /// The broker's `mosquitto.conf`.
+    pub config: PathBuf,
+    /// How many takeovers the broker accepted (0: the session could not be
+    /// reached, see `error`).
+    pub takeovers: usize,
+    /// Why no takeover succeeded, if none did.
+    pub error: Option<String>,
+}
+
+/// Takes `name`'s live session off every running broker this CA
+/// configured (after its revocation was committed and the brokers
+/// reloaded): Mosquitto keeps a live TLS session through a CRL reload, so
+/// a connection with `name`'s client id takes it over (the client id is the
+/// username there, so only a certificate with `name` as its CN can), and
+/// the revoked device's reconnect then fails at the handshake.
+///
+/// The takeover uses a certificate for `name` made for it alone: valid 10
+/// minutes, its key never written anywhere, recorded in the inventory and
+/// revoked (cessation of operation) as soon as it is done. It connects
+/// three times over 2.5 s, so that one takeover comes after the broker has
+/// applied the reload.
+pub fn disconnect(
+    inventory: &Inventory,
+    ca: &pki_core::CertificateAuthority,
+    name: &str,
+) -> Result<Vec<Disconnected>> {
+    let targets: Vec<(PathBuf, String, u16)> = inventory
+        .broker_configs()?
+        .into_iter()
+        .filter(|config| running_broker(config).is_some())
+        .filter_map(|config| {
+            let text = std::fs::read_to_string(&config).ok()?;
+            let folder = config.parent()?.to_owned();
+            let (host, port) = listener(&text, &BrokerPaths::new(&folder).cert)?;
+            Some((config, host, port))
+        })
+        .collect();
+    if targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The takeover identity, recorded like every certificate of this CA.
+    let key = KeyPair::generate(pki_core::KeyType::P256)?;
+    let csr = pki_core::Csr::new(
+        &pki_core::CsrParams::new(pki_core::Subject::new(name)?),
+        &key,
+    )?;
+    let now = std::time::SystemTime::now();
+    let params = pki_core::IssueParams::new(
+        Profile::Client,
+        pki_core::Validity::new(now, now + std::time::Duration::from_secs(600))?,
+    );
+    let mut locked = inventory.lock(ca)?;
+    let issued = locked.sign(&csr, &params)?;
+    let serial = issued.certificate.serial();
+    let record = crate::inventory::Record::new(
+        &issued.certificate,
+        Profile::Client,
+        Path::new("(takeover identity, never written)"),
+    );
+    locked.record(std::slice::from_ref(&record))?;
+    locked.commit()?;
+    let identity = mqtt_tls::TlsIdentity::from_pem(
+        issued.certificate.to_pem().as_bytes(),
+        key.to_pkcs8_pem()?.as_bytes(),
+        ca.certificate().to_pem().as_bytes(),
+        None,
+    )?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            action: "starting the runtime for",
+            path: PathBuf::from("the takeover"),
+            source,
+        })?;
+    let mut done = Vec::new();
+    for (config, host, port) in targets {
+        let mut takeovers = 0;
+        let mut error = None;
+        runtime.block_on(async {
+            for wait_ms in [300u64, 900, 1300] {
+                tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+                let mut options = mqtt_tls::ConnectOptions::new(&host, port, name);
+                options.clean_session = true;
+                let attempt = async {
+                    let (client, mut connection) = mqtt_tls::MqttClient::new(&options, &identity)?;
+                    connection.connect().await?;
+                    let runner = tokio::spawn(connection.run());
+                    client.disconnect().await?;
+                    let _ = runner.await;
+                    Ok::<_, mqtt_tls::Error>(())
+                };
+                match attempt.await {
+                    Ok(()) => takeovers += 1,
+                    Err(e) => error = Some(e.to_string()),
+                }
+            }
+        });
+        if takeovers > 0 {
+            error = None;
+        }
+        done.push(Disconnected {
+            config,
+            takeovers,
+            error,
+        });
+    }
+    // Retired at once, and the brokers told.
+    let mut locked = inventory.lock(ca)?;
+    locked.revoke(&serial, pki_core::RevocationReason::CessationOfOperation)?;
+    let crl = locked.ca_dir().crl_path();
+    locked.write_crl(&crl, FIRST_CRL_DAYS)?;
+    locked.commit()?;
+    refresh(inventory)?;
+    Ok(done)
+}
+
+/// Where to reach a generated configuration's listener on this host: its
+/// port, and a name its certificate (`server_cert`) carries: the bind
+/// address, `localhost` or `127.0.0.1`, whichever it names first.
+fn listener(config: &str, server_cert: &Path) -> Option<(String, u16)> {
+    let line = config.lines().find(|l| l.starts_with("listener "))?;
+    let mut parts = line.split_whitespace().skip(1);
+    let port = parts.next()?.parse().ok()?;
+    let bind = parts.next().filter(|a| !matches!(*a, "0.0.0.0" | "::"));
+    let cert = Certificate::from_pem(&read_text(server_cert).ok()?).ok()?;
+    let names: Vec<String> = cert
+        .subject_alt_names()
+        .ok()?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let host = bind
+        .into_iter()
+        .chain(["localhost", "127.0.0.1"])
+        .find(|h| {
+            names
+                .iter()
+                .any(|n| *n == format!("DNS:{h}") || *n == format!("IP:{h}"))
+        })?;
+    Some((host.to_owned(), port))
+}

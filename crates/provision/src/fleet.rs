@@ -168,6 +168,8 @@ pub struct Summary {
     pub device_folders: Vec<PathBuf>,
     /// The manifest's first device and its files (an example to try).
     pub first_device: Option<(String, IdentityPaths)>,
+    /// The manifest's first service and its files.
+    pub first_service: Option<(String, IdentityPaths)>,
 }
 
 impl Manifest {
@@ -450,9 +452,13 @@ pub fn run(
                 .brokers
                 .push((id.name.clone(), IdentityPaths::new(&id.out, &id.name)));
         } else {
-            if summary.first_device.is_none() {
-                summary.first_device =
-                    Some((id.name.clone(), IdentityPaths::new(&id.out, &id.name)));
+            let first = match r.role {
+                Role::Device => &mut summary.first_device,
+                Role::Service => &mut summary.first_service,
+                Role::Reader => &mut None,
+            };
+            if first.is_none() {
+                *first = Some((id.name.clone(), IdentityPaths::new(&id.out, &id.name)));
             }
             if !summary.device_folders.contains(&id.out) {
                 summary.device_folders.push(id.out.clone());

@@ -1306,6 +1306,15 @@ impl LockedCa<'_> {
     /// inventory rolled back). The CA folder's CRL is also kept in the
     /// database, so that every host sharing it gets the latest.
     pub fn write_crl(&mut self, out: &Path, days: u32) -> Result<Crl> {
+        self.write_crl_for(out, Duration::from_secs(u64::from(days.max(1)) * 86_400))
+    }
+
+    /// [`LockedCa::write_crl`] with a lifetime of any length (seconds up):
+    /// nextUpdate is `lifetime` from now; thisUpdate is backdated by
+    /// [`pki_core::CLOCK_SKEW_ALLOWANCE`], as certificates are, so that a
+    /// broker whose clock is a little behind does not take it for a CRL
+    /// from the future (and refuse every client).
+    pub fn write_crl_for(&mut self, out: &Path, lifetime: Duration) -> Result<Crl> {
         let entries = self.revoked()?;
         let number = self.next_crl_number()?;
         let now = SystemTime::now();
@@ -1313,8 +1322,8 @@ impl LockedCa<'_> {
             &entries,
             &CrlParams {
                 number,
-                this_update: now,
-                next_update: now + Duration::from_secs(u64::from(days.max(1)) * 86_400),
+                this_update: now - pki_core::CLOCK_SKEW_ALLOWANCE,
+                next_update: now + lifetime.max(Duration::from_secs(1)),
             },
         )?;
         let pem = crl.to_pem();

@@ -536,7 +536,11 @@ fn signed_by(cert: &Certificate, ca: &Certificate) -> bool {
 
 /// Writes a CRL of every revoked certificate in the inventory to `out`
 /// (the caller commits `locked`: the CRL number is the inventory's).
-pub fn write_crl(locked: &mut LockedCa<'_>, out: &Path, days: u32) -> Result<pki_core::Crl> {
+pub fn write_crl(
+    locked: &mut LockedCa<'_>,
+    out: &Path,
+    lifetime: std::time::Duration,
+) -> Result<pki_core::Crl> {
     let dir = locked.ca_dir();
     let target = crate::files::resolve(out);
     // Inside the CA folder only its own CRL: every other name there is the
@@ -553,7 +557,28 @@ pub fn write_crl(locked: &mut LockedCa<'_>, out: &Path, days: u32) -> Result<pki
             ),
         });
     }
-    locked.write_crl(out, days)
+    locked.write_crl_for(out, lifetime)
+}
+
+/// Whether the CRL at `path` is due to be signed again: missing,
+/// unreadable, or past half its lifetime (from its signing, which is
+/// thisUpdate plus [`pki_core::CLOCK_SKEW_ALLOWANCE`], to nextUpdate). For
+/// `provision crl --if-due` from a timer, so that a CRL never lapses.
+pub fn crl_due(path: &Path, now: SystemTime) -> bool {
+    let Ok(crl) = read_text(path).and_then(|t| {
+        pki_core::Crl::from_pem(&t).map_err(|source| Error::Pki {
+            path: path.to_owned(),
+            source,
+        })
+    }) else {
+        return true;
+    };
+    let Some(next) = crl.next_update() else {
+        return false;
+    };
+    let signed = crl.this_update() + pki_core::CLOCK_SKEW_ALLOWANCE;
+    let half = next.duration_since(signed).unwrap_or_default() / 2;
+    now >= signed + half
 }
 
 /// Formats for the CLI.

@@ -98,6 +98,24 @@ pub async fn subscribe(
             Ok::<(), std::io::Error>(())
         }
     })?;
+    // A certificate the broker refuses (revoked, say) will not be taken
+    // later: reconnecting with it is pointless, so `sub` ends with the
+    // broker's verdict.
+    let mut events = client.connection_events();
+    let (refused_tx, mut refused_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            if let mqtt_tls::ConnectionEvent::ConnectFailed { error, .. } = event
+                && let mqtt_tls::Error::ClientCertificateRejected { alert, hint } = &*error
+            {
+                let _ = refused_tx.send(mqtt_tls::Error::ClientCertificateRejected {
+                    alert: alert.clone(),
+                    hint,
+                });
+                break;
+            }
+        }
+    });
     let runner = tokio::spawn(connection.run());
     let mut received = 0;
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
@@ -108,7 +126,8 @@ pub async fn subscribe(
                 // reported by now came before any message waiting.
                 biased;
                 Some(d) = drop_rx.recv() => Some(Err(d)),
-                m = rx.recv() => m.map(Ok),
+                m = rx.recv() => m.map(|m| Ok(Ok(m))),
+                Some(refused) = refused_rx.recv() => Some(Ok(Err(refused))),
             }
         };
         let next = match deadline {
@@ -119,7 +138,12 @@ pub async fn subscribe(
             None => next.await,
         };
         let (topic, payload) = match next {
-            Some(Ok(message)) => message,
+            Some(Ok(Ok(message))) => message,
+            Some(Ok(Err(refused))) => {
+                let _ = client.disconnect().await;
+                let _ = runner.await;
+                return Err(refused.into());
+            }
             Some(Err((topic, reason))) => {
                 each(Received::Dropped {
                     topic: &topic,

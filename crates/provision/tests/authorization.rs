@@ -22,7 +22,7 @@ use verify_tests::mosquitto::{Mosquitto, free_port};
 
 /// A `provision sub` whose printed lines arrive one by one.
 struct Sub {
-    child: Child,
+    child: Option<Child>,
     lines: Receiver<String>,
 }
 
@@ -35,7 +35,7 @@ impl Sub {
             .args(["-t", topic, "-W", "60", "-i", name])
             .args(tls(name))
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let (tx, lines) = channel();
@@ -48,7 +48,10 @@ impl Sub {
                 }
             }
         });
-        Self { child, lines }
+        Self {
+            child: Some(child),
+            lines,
+        }
     }
 
     /// The next message other than the warm-ups.
@@ -78,10 +81,19 @@ impl Sub {
     }
 }
 
+impl Sub {
+    /// The process, no longer killed on drop.
+    fn into_child(mut self) -> Child {
+        self.child.take().unwrap()
+    }
+}
+
 impl Drop for Sub {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -236,4 +248,124 @@ fn each_identity_gets_only_its_roles_topics() {
     assert_eq!(out.status.code(), Some(1));
     publish(d, port, "announcer", "fleet/broadcast/all", "last", None);
     assert_eq!(b.next(), "last", "the impostor's message never arrived");
+}
+
+/// Revoking a device that is connected takes it off the broker (its live
+/// session taken over, its reconnect refused at the handshake) within the
+/// 5 s goal, while the other devices keep their connections.
+#[test]
+fn a_revoked_device_is_taken_off_the_broker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    ok(d, &["init-ca", "--cn", "Revocation Root"]);
+    ok(d, &["issue", "server", "broker", "--dns", "localhost"]);
+    for device in ["dev-x", "dev-y"] {
+        ok(d, &["issue", "client", device]);
+    }
+    ok(d, &["issue", "client", "announcer", "--role", "service"]);
+    let port = free_port();
+    let p = port.to_string();
+    ok(
+        d,
+        &["broker-config", "--out", "broker", "--port", &p, "--bind", "127.0.0.1"],
+    );
+    let broker = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), port);
+    let x = Sub::start(d, port, "dev-x", "#");
+    x.wait_ready(|| publish(d, port, "announcer", "fleet/broadcast/w", "warmup", None));
+    let y = Sub::start(d, port, "dev-y", "#");
+    y.wait_ready(|| publish(d, port, "announcer", "fleet/broadcast/w", "warmup", None));
+
+    let out = ok(
+        d,
+        &["revoke", "backend_certs/dev-x_cert.pem", "--reason", "key-compromise"],
+    );
+    let returned = std::time::Instant::now();
+    assert!(out.contains("dev-x's live session taken over"), "{out}");
+    // X's client is off: its connection taken over and its reconnects
+    // refused; it gives up with the broker's verdict, within 5 s of
+    // `revoke` returning.
+    let mut child = x.into_child();
+    let deadline = returned + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dev-x is still subscribed:\n{}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("CertificateRevoked"), "{stderr}");
+    // Y kept its connection: it gets the next broadcast, and the broker
+    // took over no session but X's.
+    publish(d, port, "announcer", "fleet/broadcast/all", "after", None);
+    assert_eq!(y.next(), "after");
+    let log = broker.log();
+    assert!(
+        log.contains("Client dev-x already connected, closing old connection"),
+        "{log}"
+    );
+    assert!(!log.contains("Client dev-y already connected"), "{log}");
+}
+
+/// A CRL never lapses: thisUpdate is backdated like a certificate's start
+/// (a broker whose clock is behind still takes it), `crl --if-due` signs a
+/// new one past half the old one's lifetime and reloads the broker, and
+/// clients keep connecting after the first CRL's nextUpdate has passed
+/// (with a lapsed CRL Mosquitto refuses every client).
+#[test]
+fn a_crl_is_renewed_before_it_lapses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    ok(d, &["init-ca", "--cn", "Lifetime Root"]);
+    ok(d, &["issue", "server", "broker", "--dns", "localhost"]);
+    ok(d, &["issue", "client", "dev-1"]);
+    let port = free_port();
+    let p = port.to_string();
+    ok(
+        d,
+        &["broker-config", "--out", "broker", "--port", &p, "--bind", "127.0.0.1"],
+    );
+    let _broker = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), port);
+    let crl = |d: &Path| {
+        pki_core::Crl::from_pem(&std::fs::read_to_string(d.join("root_cert/crl.pem")).unwrap())
+            .unwrap()
+    };
+    ok(d, &["crl", "--lifetime", "6s"]);
+    let first = crl(d);
+    let now = std::time::SystemTime::now();
+    assert!(
+        first.this_update() + Duration::from_secs(240) < now,
+        "thisUpdate is backdated"
+    );
+    let lapses = first.next_update().unwrap();
+    // Not due yet: nothing signed.
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&ok(d, &all)).unwrap()
+    };
+    assert_eq!(json(&["crl", "--if-due", "--lifetime", "6s"])["written"], false);
+    // Past half its lifetime it is signed again (a timer would run this).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if json(&["crl", "--if-due", "--lifetime", "6s"])["written"] == true {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never due");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(crl(d).number(), first.number().map(|n| n + 1));
+    // After the first CRL's nextUpdate, clients still connect.
+    while std::time::SystemTime::now() <= lapses + Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    publish(d, port, "dev-1", "devices/dev-1/after", "still connecting", None);
 }

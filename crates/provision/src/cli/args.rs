@@ -276,8 +276,15 @@ pub(crate) struct CrlArgs {
     #[arg(long)]
     pub(crate) out: Option<PathBuf>,
     /// Days until nextUpdate.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, conflicts_with = "lifetime")]
     pub(crate) days: u32,
+    /// Time until nextUpdate with a unit: 30s, 15m, 12h, 7d.
+    #[arg(long, value_parser = parse_lifetime)]
+    pub(crate) lifetime: Option<std::time::Duration>,
+    /// Sign a new CRL only when the current one is past half its lifetime
+    /// (or missing): for a timer, so that the CRL never lapses.
+    #[arg(long)]
+    pub(crate) if_due: bool,
 }
 
 /// The arguments of `provision fleet`.
@@ -486,6 +493,14 @@ impl From<ProfileArg> for Profile {
             ProfileArg::Server => Profile::Server,
         }
     }
+}
+
+fn parse_lifetime(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 30s, 15m, 12h, 7d)"))?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err(format!("{s:?}: a CRL lives at least a second"));
+    }
+    Ok(d)
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {

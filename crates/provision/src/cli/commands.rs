@@ -428,6 +428,9 @@ pub(crate) struct Revoked {
     record: Record,
     crl: PathBuf,
     brokers: Brokers,
+    /// The live session taken off each running broker (not for a
+    /// superseded certificate: its successor has the same name).
+    disconnected: Vec<provision::broker::Disconnected>,
 }
 
 impl fmt::Display for Revoked {
@@ -446,7 +449,26 @@ impl fmt::Display for Revoked {
             "  CRL: {} (give it to the broker: crlfile)",
             self.crl.display()
         )?;
-        write!(f, "{}", self.brokers)
+        write!(f, "{}", self.brokers)?;
+        for d in &self.disconnected {
+            match &d.error {
+                None => writeln!(
+                    f,
+                    "  broker {}: {}'s live session taken over; its reconnects fail at the \
+                     handshake",
+                    d.config.display(),
+                    self.record.common_name
+                )?,
+                Some(e) => writeln!(
+                    f,
+                    "  broker {}: could not take {}'s live session over ({e}); restart the \
+                     broker to end it",
+                    d.config.display(),
+                    self.record.common_name
+                )?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -461,8 +483,17 @@ pub(crate) fn revoke_cmd(args: RevokeArgs) -> anyhow::Result<Revoked> {
     let mut locked = inventory.lock(&ca)?;
     let record = revoke(&mut locked, &target, args.reason, args.crl_days)?;
     locked.commit()?;
+    let brokers = refresh_brokers(&inventory)?;
+    // A renewal's old certificate goes quietly: the device is already on
+    // its new one, with the same name (and client id).
+    let disconnected = if args.reason == pki_core::RevocationReason::Superseded {
+        Vec::new()
+    } else {
+        provision::broker::disconnect(&inventory, &ca, &record.common_name)?
+    };
     Ok(Revoked {
-        brokers: refresh_brokers(&inventory)?,
+        brokers,
+        disconnected,
         record,
         crl: dir.crl_path(),
     })
@@ -471,38 +502,70 @@ pub(crate) fn revoke_cmd(args: RevokeArgs) -> anyhow::Result<Revoked> {
 /// `crl`.
 #[derive(Serialize)]
 pub(crate) struct CrlWritten {
+    /// Whether a new CRL was signed (`--if-due`: only when due).
+    written: bool,
     path: PathBuf,
     number: u64,
     revoked: usize,
+    /// Backdated like certificates' notBefore.
+    this_update: String,
     next_update: String,
     brokers: Brokers,
 }
 
 impl fmt::Display for CrlWritten {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.written {
+            return writeln!(
+                f,
+                "{} is not due (number {}, next update {}): nothing signed",
+                self.path.display(),
+                self.number,
+                self.next_update
+            );
+        }
         writeln!(
             f,
-            "wrote {} (number {}, {} revoked)",
+            "wrote {} (number {}, {} revoked, next update {})",
             self.path.display(),
             self.number,
-            self.revoked
+            self.revoked,
+            self.next_update
         )?;
         write!(f, "{}", self.brokers)
     }
 }
 
 pub(crate) fn crl(args: CrlArgs) -> anyhow::Result<CrlWritten> {
+    let dir = args.ca.dir();
+    let out = args.out.clone().unwrap_or_else(|| dir.crl_path());
+    if args.if_due && !provision::ops::crl_due(&out, std::time::SystemTime::now()) {
+        let current = pki_core::Crl::from_pem(&provision::files::read_text(&out)?)?;
+        return Ok(CrlWritten {
+            written: false,
+            brokers: Brokers::default(),
+            path: out,
+            number: current.number().unwrap_or_default(),
+            revoked: current.entries().len(),
+            this_update: when(current.this_update()),
+            next_update: current.next_update().map(when).unwrap_or_default(),
+        });
+    }
     let (dir, ca) = args.ca.load()?;
-    let out = args.out.unwrap_or_else(|| dir.crl_path());
+    let lifetime = args
+        .lifetime
+        .unwrap_or(Duration::from_secs(u64::from(args.days.max(1)) * 86_400));
     let inventory = Inventory::open(&dir)?;
     let mut locked = inventory.lock(&ca)?;
-    let crl = write_crl(&mut locked, &out, args.days)?;
+    let crl = write_crl(&mut locked, &out, lifetime)?;
     locked.commit()?;
     Ok(CrlWritten {
+        written: true,
         brokers: refresh_brokers(&inventory)?,
         path: out,
         number: crl.number().unwrap_or_default(),
         revoked: crl.entries().len(),
+        this_update: when(crl.this_update()),
         next_update: crl.next_update().map(when).unwrap_or_default(),
     })
 }
@@ -522,6 +585,8 @@ pub(crate) struct FleetDone {
     device_folders: Vec<PathBuf>,
     /// The manifest's first device and its files (an example to try).
     first_device: Option<FleetIdentity>,
+    /// The manifest's first service and its files.
+    first_service: Option<FleetIdentity>,
     /// The broker folders brought up to date.
     refreshed: Brokers,
     #[serde(skip)]
@@ -614,6 +679,9 @@ pub(crate) fn fleet(args: FleetArgs) -> anyhow::Result<FleetDone> {
         device_folders: summary.device_folders,
         first_device: summary
             .first_device
+            .map(|(name, paths)| FleetIdentity { name, paths }),
+        first_service: summary
+            .first_service
             .map(|(name, paths)| FleetIdentity { name, paths }),
         seconds: started.elapsed().as_secs_f64(),
         refreshed: brokers,

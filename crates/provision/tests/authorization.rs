@@ -268,7 +268,15 @@ fn a_revoked_device_is_taken_off_the_broker() {
     let p = port.to_string();
     ok(
         d,
-        &["broker-config", "--out", "broker", "--port", &p, "--bind", "127.0.0.1"],
+        &[
+            "broker-config",
+            "--out",
+            "broker",
+            "--port",
+            &p,
+            "--bind",
+            "127.0.0.1",
+        ],
     );
     let broker = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), port);
     let x = Sub::start(d, port, "dev-x", "#");
@@ -278,7 +286,12 @@ fn a_revoked_device_is_taken_off_the_broker() {
 
     let out = ok(
         d,
-        &["revoke", "backend_certs/dev-x_cert.pem", "--reason", "key-compromise"],
+        &[
+            "revoke",
+            "backend_certs/dev-x_cert.pem",
+            "--reason",
+            "key-compromise",
+        ],
     );
     let returned = std::time::Instant::now();
     assert!(out.contains("dev-x's live session taken over"), "{out}");
@@ -331,7 +344,15 @@ fn a_crl_is_renewed_before_it_lapses() {
     let p = port.to_string();
     ok(
         d,
-        &["broker-config", "--out", "broker", "--port", &p, "--bind", "127.0.0.1"],
+        &[
+            "broker-config",
+            "--out",
+            "broker",
+            "--port",
+            &p,
+            "--bind",
+            "127.0.0.1",
+        ],
     );
     let _broker = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), port);
     let crl = |d: &Path| {
@@ -352,7 +373,10 @@ fn a_crl_is_renewed_before_it_lapses() {
         all.push("--json");
         serde_json::from_str(&ok(d, &all)).unwrap()
     };
-    assert_eq!(json(&["crl", "--if-due", "--lifetime", "6s"])["written"], false);
+    assert_eq!(
+        json(&["crl", "--if-due", "--lifetime", "6s"])["written"],
+        false
+    );
     // Past half its lifetime it is signed again (a timer would run this).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -367,5 +391,12 @@ fn a_crl_is_renewed_before_it_lapses() {
     while std::time::SystemTime::now() <= lapses + Duration::from_secs(1) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    publish(d, port, "dev-1", "devices/dev-1/after", "still connecting", None);
+    publish(
+        d,
+        port,
+        "dev-1",
+        "devices/dev-1/after",
+        "still connecting",
+        None,
+    );
 }

@@ -496,7 +496,8 @@ impl From<ProfileArg> for Profile {
 }
 
 fn parse_lifetime(s: &str) -> Result<std::time::Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 30s, 15m, 12h, 7d)"))?;
+    let d =
+        humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 30s, 15m, 12h, 7d)"))?;
     if d < std::time::Duration::from_secs(1) {
         return Err(format!("{s:?}: a CRL lives at least a second"));
     }

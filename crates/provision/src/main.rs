@@ -47,6 +47,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::BrokerConfig(args) => print(&run::broker_config(args)?, json),
         Command::Pub(args) => print(&run::publish(args)?, json),
         Command::Sub(args) => run::subscribe(args, json),
+        Command::Audit(args) => {
+            let audited = run::audit(args)?;
+            print(&audited, json)?;
+            match audited.findings() {
+                0 => Ok(()),
+                n => anyhow::bail!("the audit found {n} thing(s) to look at"),
+            }
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -475,3 +475,84 @@ fn an_import_interrupted_before_its_rename_is_repeated_safely() {
     assert_eq!(crl["number"], 42, "{crl}");
     assert_eq!(crl["revoked"], 1, "{crl}");
 }
+
+/// `provision audit` exits 0 on a healthy CA and 1 with one line per
+/// problem: a certificate expiring soon, a revoked one still deployed, a
+/// duplicate name, a key others can read, a recorded certificate whose file
+/// is gone, a certificate of ours the inventory lacks, a CRL due.
+#[test]
+fn the_audit_finds_what_an_operator_must_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca"]);
+    for name in ["dev1", "dev2", "dev3", "dev4", "dev5", "dev6"] {
+        ok(d, &["issue", "client", name]);
+    }
+    ok(d, &["crl"]);
+    let clean = common::provision(d, &["audit", "--json"]);
+    assert!(
+        clean.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clean.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&clean.stdout).unwrap();
+    assert_eq!(report["findings"].as_array().unwrap().len(), 0, "{report}");
+
+    ok(d, &["issue", "client", "soon", "--days", "10"]);
+    ok(d, &["revoke", "backend_certs/dev1_cert.pem"]);
+    std::fs::set_permissions(
+        d.join("backend_certs/dev2.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    std::fs::remove_file(d.join("backend_certs/dev3_cert.pem")).unwrap();
+    sql(d, "DELETE FROM certificates WHERE common_name = 'dev4'");
+    ok(
+        d,
+        &["issue", "client", "dev5", "--force", "--out", "elsewhere"],
+    );
+    sql(
+        d,
+        "UPDATE certificates SET revoked_at = NULL, revocation_reason = NULL \
+         WHERE common_name = 'dev5' AND revoked_at IS NOT NULL",
+    );
+    let out = common::provision(d, &["audit", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the audit found 6 thing(s)"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checks: Vec<(String, String)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["check"].as_str().unwrap().to_owned(),
+                f["name"]
+                    .as_str()
+                    .or(f["path"].as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    for (check, about) in [
+        ("expiring", "soon"),
+        ("revoked_still_deployed", "dev1"),
+        ("duplicate_name", "dev5"),
+        ("key_permissions", "backend_certs/dev2.key"),
+        ("missing_files", "dev3"),
+        ("unrecorded", "backend_certs/dev4_cert.pem"),
+    ] {
+        assert!(
+            checks.iter().any(|(c, a)| c == check && a.ends_with(about)),
+            "{check} {about} not in {checks:?}"
+        );
+    }
+    let text = common::provision(d, &["audit"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("dev2.key: mode 0644") && text.contains("chmod 600"),
+        "{text}"
+    );
+}

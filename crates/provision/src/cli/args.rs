@@ -98,6 +98,13 @@ pub(crate) enum Command {
         after_help = "Example:\n  provision sub --topic 'test/#' --count 1 --bundle client1.toml"
     )]
     Sub(SubArgs),
+    /// Check the fleet: expiring certificates (and the CA), the CRL, revoked
+    /// certificates still deployed, duplicate names, key permissions, the
+    /// inventory against the files. Exit 1 when anything is found.
+    #[command(
+        after_help = "Example (daily, from a timer or monitoring):\n  provision audit --days 30 --json"
+    )]
+    Audit(AuditArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(
         after_help = "Example:\n  provision completions bash > /etc/bash_completion.d/provision"
@@ -285,6 +292,16 @@ pub(crate) struct CrlArgs {
     /// (or missing): for a timer, so that the CRL never lapses.
     #[arg(long)]
     pub(crate) if_due: bool,
+}
+
+/// The arguments of `provision audit`.
+#[derive(Args)]
+pub(crate) struct AuditArgs {
+    #[command(flatten)]
+    pub(crate) ca: CaArgs,
+    /// Report certificates (and the CA) ending within this many days.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) days: u32,
 }
 
 /// The arguments of `provision fleet`.

@@ -18,7 +18,7 @@ use provision::ops::{
 use serde::Serialize;
 
 use super::args::{
-    BrokerConfigArgs, CrlArgs, CsrArgs, FleetArgs, InitCaArgs, InspectArgs, IssueArgs,
+    AuditArgs, BrokerConfigArgs, CrlArgs, CsrArgs, FleetArgs, InitCaArgs, InspectArgs, IssueArgs,
     IssueCommand, ListArgs, PubArgs, RevokeArgs, SignArgs, SubArgs, VerifyArgs, new_passphrase,
     passphrase,
 };
@@ -833,6 +833,50 @@ pub(crate) fn subscribe(args: SubArgs, json: bool) -> anyhow::Result<()> {
         bail!("timed out after {received} of {c} messages");
     }
     Ok(())
+}
+
+/// `audit`.
+#[derive(Serialize)]
+pub(crate) struct Audited {
+    inventory: String,
+    #[serde(flatten)]
+    report: provision::audit::Report,
+}
+
+impl Audited {
+    /// How many things were found.
+    pub(crate) fn findings(&self) -> usize {
+        self.report.findings.len()
+    }
+}
+
+impl fmt::Display for Audited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "audit of {}: {} valid, {} revoked; {} finding(s)",
+            self.inventory,
+            self.report.valid,
+            self.report.revoked,
+            self.report.findings.len()
+        )?;
+        for finding in &self.report.findings {
+            writeln!(f, "  {finding}")?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn audit(args: AuditArgs) -> anyhow::Result<Audited> {
+    let inventory = Inventory::open(&args.ca.dir())?;
+    let report = provision::audit::run(
+        &inventory,
+        Duration::from_secs(u64::from(args.days) * 86_400),
+    )?;
+    Ok(Audited {
+        inventory: inventory.location().to_owned(),
+        report,
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -61,7 +61,8 @@ impl fmt::Display for Brokers {
                 None => writeln!(
                     f,
                     "  broker {}: CRL and topic rules updated; no broker runs with it here \
-                     (reload it: kill -HUP <its pid>)",
+                     (where one does: pkill -HUP -f 'mosquitto -c {}')",
+                    b.config.display(),
                     b.config.display()
                 )?,
             }

@@ -711,7 +711,9 @@ fn stale(cert: &Certificate, request: &IssueRequest, lifecycle: &Lifecycle<'_>) 
     if cert.key_algorithm().ok() != Some(id.key_type.algorithm()) {
         return Some("the manifest's key type changed".into());
     }
-    if request.profile == Profile::Client && Role::of(cert) != Some(request.role) {
+    // A certificate from before roles is a device's.
+    if request.profile == Profile::Client && Role::of(cert).unwrap_or(Role::Device) != request.role
+    {
         return Some(format!("its role is now {}", request.role));
     }
     if request.profile == Profile::Server {

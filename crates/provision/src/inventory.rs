@@ -546,6 +546,22 @@ impl Inventory {
         &self.ca_dir
     }
 
+    /// How many valid certificates carry this common name.
+    pub fn valid_count(&self, common_name: &str) -> Result<usize> {
+        let n: i64 = self
+            .rt
+            .block_on(async {
+                either!(&self.db, Db(pool) => sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM certificates WHERE common_name = $1 AND revoked_at IS NULL",
+                )
+                .bind(common_name)
+                .fetch_one(pool)
+                .await)
+            })
+            .map_err(self.err("reading"))?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     fn state(&self, name: &str) -> Result<Option<String>> {
         self.rt
             .block_on(async {
@@ -1318,11 +1334,27 @@ impl LockedCa<'_> {
         let entries = self.revoked()?;
         let number = self.next_crl_number()?;
         let now = SystemTime::now();
+        // Strictly later than the last CRL's: a broker that keeps every CRL
+        // it loaded (Mosquitto 2.0 adds them on each reload) takes the one
+        // with the latest thisUpdate, at one-second resolution.
+        let last = self
+            .state("crl_this_update")?
+            .and_then(|s| s.parse::<i64>().ok())
+            .map(|s| from_secs(s).0 + Duration::from_secs(1));
+        let this_update = last
+            .map_or(now - pki_core::CLOCK_SKEW_ALLOWANCE, |last| {
+                last.max(now - pki_core::CLOCK_SKEW_ALLOWANCE)
+            })
+            .min(now);
+        self.set_state(
+            "crl_this_update",
+            &to_secs(Timestamp(this_update)).to_string(),
+        )?;
         let crl = self.ca()?.crl(
             &entries,
             &CrlParams {
                 number,
-                this_update: now - pki_core::CLOCK_SKEW_ALLOWANCE,
+                this_update,
                 next_update: now + lifetime.max(Duration::from_secs(1)),
             },
         )?;

@@ -393,6 +393,29 @@ pub fn sign_csr(locked: &mut LockedCa<'_>, request: &SignRequest) -> Result<Sign
         path: csr_path.clone(),
         source,
     })?;
+    // A client's CN is its MQTT username and the `{name}` of its topic
+    // rules: the same names `issue` allows (no `/`, `+`, `#`, spaces).
+    // (A CN over 64 characters is the subject check's to refuse, with RFC
+    // 5280's bound.)
+    if request.profile == Profile::Client
+        && let Some(cn) = csr.common_name()
+        && cn.chars().count() <= 64
+        && let Err(Error::InvalidName { reason, .. }) = check_name(&cn)
+    {
+        // A hostile CN is not echoed whole.
+        let shown: String = cn.chars().take(64).collect();
+        let cut = if shown.len() < cn.len() { "…" } else { "" };
+        return Err(Error::Pki {
+            path: csr_path.clone(),
+            source: pki_core::Error::ProfileViolation {
+                profile: "client",
+                reason: format!(
+                    "its CN {:?}{cut} is the MQTT username, and {reason}",
+                    shown.escape_debug().to_string()
+                ),
+            },
+        });
+    }
     // The role is the CA's to grant: a CSR asking for one is refused.
     if let Some(claimed) = csr.requested_sans().iter().find(|s| claims_role(s)) {
         return Err(Error::Pki {
@@ -468,6 +491,16 @@ pub enum RevokeTarget {
     Serial(Serial),
 }
 
+/// What [`revoke`] did.
+#[derive(Debug, Clone)]
+pub struct Revocation {
+    /// The certificate's record, revoked.
+    pub record: Record,
+    /// Whether this call revoked it (`false`: it already was, and keeps
+    /// its first revocation).
+    pub newly: bool,
+}
+
 /// Marks a certificate revoked in the inventory and rewrites the CRL in
 /// the CA folder (the caller commits `locked`). Revoking a revoked
 /// certificate keeps its first revocation and rewrites the CRL.
@@ -476,7 +509,7 @@ pub fn revoke(
     target: &RevokeTarget,
     reason: RevocationReason,
     crl_days: u32,
-) -> Result<Record> {
+) -> Result<Revocation> {
     let (serial, what, file) = match target {
         RevokeTarget::Serial(s) => (s.clone(), format!("serial {s}"), None),
         RevokeTarget::File(path) => {
@@ -489,6 +522,7 @@ pub fn revoke(
             (serial, what, Some((cert, path)))
         }
     };
+    let already = locked.find(&serial)?.is_some_and(|r| r.is_revoked());
     let record = match locked.revoke(&serial, reason)? {
         Some(record) => record,
         // A certificate this CA signed that the inventory never recorded
@@ -520,7 +554,10 @@ pub fn revoke(
     };
     let crl = locked.ca_dir().crl_path();
     locked.write_crl(&crl, crl_days)?;
-    Ok(record)
+    Ok(Revocation {
+        record,
+        newly: !already,
+    })
 }
 
 /// Whether `ca` signed `cert` (its validity aside: an expired certificate

@@ -98,15 +98,18 @@ pub async fn subscribe(
             Ok::<(), std::io::Error>(())
         }
     })?;
-    // A certificate the broker refuses (revoked, say) will not be taken
-    // later: reconnecting with it is pointless, so `sub` ends with the
-    // broker's verdict.
+    // A certificate the broker says is revoked will not be taken later:
+    // reconnecting with it is pointless, so `sub` ends with the broker's
+    // verdict.
     let mut events = client.connection_events();
     let (refused_tx, mut refused_rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(event) = events.next().await {
             if let mqtt_tls::ConnectionEvent::ConnectFailed { error, .. } = event
                 && let mqtt_tls::Error::ClientCertificateRejected { alert, hint } = &*error
+                // Revoked is final; other refusals (a lapsed CRL, a broker
+                // being reconfigured) may pass, and reconnecting goes on.
+                && alert.contains("Revoked")
             {
                 let _ = refused_tx.send(mqtt_tls::Error::ClientCertificateRejected {
                     alert: alert.clone(),

@@ -229,6 +229,11 @@ impl AclPolicy {
                 continue;
             }
             text.push_str(&format!("\n# {role}\nuser {name}\n"));
+            // A reader's own rules only: its deny comes before the device
+            // patterns, which would otherwise apply to it too.
+            if *role == Role::Reader {
+                text.push_str("topic deny #\n");
+            }
             for rule in self.rules(*role) {
                 text.push_str(&format!(
                     "topic {} {}\n",

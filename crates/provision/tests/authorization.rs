@@ -144,6 +144,7 @@ fn each_identity_gets_only_its_roles_topics() {
     for service in ["ingest", "announcer"] {
         ok(d, &["issue", "client", service, "--role", "service"]);
     }
+    ok(d, &["issue", "client", "dash", "--role", "reader"]);
     let port = free_port();
     let p = port.to_string();
     ok(
@@ -174,6 +175,8 @@ fn each_identity_gets_only_its_roles_topics() {
     // real broadcast.
     publish(d, port, "dev-a", "devices/dev-b/cmd", "intrusion", None);
     publish(d, port, "dev-a", "fleet/broadcast/all", "forged", None);
+    // A reader has nothing on the broker: not even the device patterns.
+    publish(d, port, "dash", "devices/dash/data", "reader-forged", None);
     publish(d, port, "dev-a", "devices/dev-a/data", "a-data", None);
     publish(d, port, "dev-d", "devices/dev-d/data", "d-data", None);
     publish(
@@ -340,6 +343,9 @@ fn a_crl_is_renewed_before_it_lapses() {
     ok(d, &["init-ca", "--cn", "Lifetime Root"]);
     ok(d, &["issue", "server", "broker", "--dns", "localhost"]);
     ok(d, &["issue", "client", "dev-1"]);
+    // The short-lived CRL first, so that it is the only one the broker ever
+    // loads (Mosquitto 2.0 keeps every CRL it loaded).
+    ok(d, &["crl", "--lifetime", "8s"]);
     let port = free_port();
     let p = port.to_string();
     ok(
@@ -359,7 +365,6 @@ fn a_crl_is_renewed_before_it_lapses() {
         pki_core::Crl::from_pem(&std::fs::read_to_string(d.join("root_cert/crl.pem")).unwrap())
             .unwrap()
     };
-    ok(d, &["crl", "--lifetime", "6s"]);
     let first = crl(d);
     let now = std::time::SystemTime::now();
     assert!(
@@ -374,13 +379,13 @@ fn a_crl_is_renewed_before_it_lapses() {
         serde_json::from_str(&ok(d, &all)).unwrap()
     };
     assert_eq!(
-        json(&["crl", "--if-due", "--lifetime", "6s"])["written"],
+        json(&["crl", "--if-due", "--lifetime", "8s"])["written"],
         false
     );
     // Past half its lifetime it is signed again (a timer would run this).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        if json(&["crl", "--if-due", "--lifetime", "6s"])["written"] == true {
+        if json(&["crl", "--if-due", "--lifetime", "8s"])["written"] == true {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "never due");

@@ -210,3 +210,23 @@ fn a_csr_cannot_choose_its_role() {
     );
     assert!(text.contains("URI:urn:mqtt-mtls:role:reader"), "{text}");
 }
+
+/// A client's CN is its MQTT username and the `{name}` of its topic rules:
+/// a CSR whose CN would reach into another device's topics (`dev-b/x`,
+/// wildcards, spaces) is refused.
+#[test]
+fn a_client_cn_is_a_plain_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca"]);
+    for (file, cn) in [
+        ("a_csr.pem", "dev-b/x"),
+        ("b_csr.pem", "dev+"),
+        ("c_csr.pem", "two words"),
+    ] {
+        csr(d, file, cn, &[], None);
+        let e = fails(d, &["sign", file, "--profile", "client"], 1);
+        assert!(e.contains(file) && e.contains("MQTT username"), "{cn}: {e}");
+    }
+    assert_eq!(common::records(d).len(), 0);
+}

@@ -52,6 +52,10 @@ pub(crate) struct Brokers(Vec<Refreshed>);
 impl fmt::Display for Brokers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for b in &self.0 {
+            if let Some(e) = &b.error {
+                writeln!(f, "  broker {}: NOT in step: {e}", b.config.display())?;
+                continue;
+            }
             match b.reloaded_pid {
                 Some(pid) => writeln!(
                     f,
@@ -74,6 +78,50 @@ impl fmt::Display for Brokers {
 /// [`provision::broker::refresh`] after a committed change.
 fn refresh_brokers(inventory: &Inventory) -> anyhow::Result<Brokers> {
     Ok(Brokers(provision::broker::refresh(inventory)?))
+}
+
+/// A name issued again with another role: its old certificate is only
+/// superseded, but a live session under it would hold the new role's
+/// rights (the rules go by username), so it is taken off the broker. The
+/// new certificate is not in use yet.
+fn kick_if_role_changed(
+    inventory: &Inventory,
+    ca: &pki_core::CertificateAuthority,
+    new: &Record,
+    superseded: &[Serial],
+) {
+    let role = |r: &Record| r.role.unwrap_or(provision::roles::Role::Device);
+    let changed = superseded.iter().any(|serial| {
+        inventory
+            .by_serial(serial)
+            .ok()
+            .flatten()
+            .is_some_and(|old| role(&old) != role(new))
+    });
+    if changed {
+        for d in disconnect_reporting(inventory, ca, &new.common_name) {
+            if let Some(e) = d.error {
+                eprintln!("warning: broker {}: {e}", d.config.display());
+            }
+        }
+    }
+}
+
+/// [`provision::broker::disconnect`] after a committed change: what it
+/// could not do is reported, never an error of the command (the change
+/// took effect).
+fn disconnect_reporting(
+    inventory: &Inventory,
+    ca: &pki_core::CertificateAuthority,
+    name: &str,
+) -> Vec<provision::broker::Disconnected> {
+    provision::broker::disconnect(inventory, ca, name).unwrap_or_else(|e| {
+        vec![provision::broker::Disconnected {
+            config: inventory.ca_dir().dir().to_owned(),
+            takeovers: 0,
+            error: Some(format!("{e}: restart the broker to end {name}'s session")),
+        }]
+    })
 }
 
 fn when(t: std::time::SystemTime) -> String {
@@ -207,8 +255,10 @@ pub(crate) fn issue_cmd(cmd: IssueCommand) -> anyhow::Result<Issued> {
         },
     )?;
     locked.commit()?;
+    let brokers = refresh_brokers(&inventory)?;
+    kick_if_role_changed(&inventory, &ca, &issued.record, &issued.superseded);
     Ok(Issued {
-        brokers: refresh_brokers(&inventory)?,
+        brokers,
         profile: profile.as_str(),
         subject: issued.certificate.subject(),
         serial: issued.certificate.serial().to_string(),
@@ -260,6 +310,7 @@ pub(crate) struct Signed {
     refused: Vec<RefusedName>,
     superseded: Vec<String>,
     capped: bool,
+    brokers: Brokers,
 }
 
 #[derive(Serialize)]
@@ -283,7 +334,7 @@ impl fmt::Display for Signed {
         if self.capped {
             writeln!(f, "  note: validity cut to the CA's expiry")?;
         }
-        Ok(())
+        write!(f, "{}", self.brokers)
     }
 }
 
@@ -308,8 +359,12 @@ pub(crate) fn sign(args: SignArgs) -> anyhow::Result<Signed> {
         },
     )?;
     locked.commit()?;
+    let brokers = refresh_brokers(&inventory)?;
+    let record = Record::new(&signed.certificate, args.profile.into(), &out);
+    kick_if_role_changed(&inventory, &ca, &record, &signed.superseded);
     let cert = &signed.certificate;
     Ok(Signed {
+        brokers,
         subject: cert.subject(),
         cert: out,
         serial: cert.serial().to_string(),
@@ -482,15 +537,22 @@ pub(crate) fn revoke_cmd(args: RevokeArgs) -> anyhow::Result<Revoked> {
     let (dir, ca) = args.ca.load()?;
     let inventory = Inventory::open(&dir)?;
     let mut locked = inventory.lock(&ca)?;
-    let record = revoke(&mut locked, &target, args.reason, args.crl_days)?;
+    let revocation = revoke(&mut locked, &target, args.reason, args.crl_days)?;
     locked.commit()?;
+    let record = revocation.record;
     let brokers = refresh_brokers(&inventory)?;
-    // A renewal's old certificate goes quietly: the device is already on
-    // its new one, with the same name (and client id).
-    let disconnected = if args.reason == pki_core::RevocationReason::Superseded {
-        Vec::new()
+    // Off the broker only when this call revoked it and nothing else is
+    // valid for the name: a renewal's old certificate (superseded) goes
+    // quietly, the device being on its new one with the same name (and
+    // client id), which a takeover would knock off.
+    let still_valid = inventory.valid_count(&record.common_name)?;
+    let disconnected = if revocation.newly
+        && args.reason != pki_core::RevocationReason::Superseded
+        && still_valid == 0
+    {
+        disconnect_reporting(&inventory, &ca, &record.common_name)
     } else {
-        provision::broker::disconnect(&inventory, &ca, &record.common_name)?
+        Vec::new()
     };
     Ok(Revoked {
         brokers,

@@ -287,6 +287,12 @@ fn a_revoked_device_is_taken_off_the_broker() {
     let y = Sub::start(d, port, "dev-y", "#");
     y.wait_ready(|| publish(d, port, "announcer", "fleet/broadcast/w", "warmup", None));
 
+    // Y is renewed meanwhile: its old certificate, the one it is connected
+    // with, is superseded, and that never kicks (the device moves to its
+    // new certificate at its own pace).
+    let renewed = ok(d, &["issue", "client", "dev-y", "--force"]);
+    assert!(renewed.contains("superseded:"), "{renewed}");
+    assert!(!renewed.contains("taken over"), "{renewed}");
     let out = ok(
         d,
         &[

@@ -728,3 +728,55 @@ fn a_long_running_holder_shares_the_store_with_cli_processes() {
     assert_eq!(names, expected);
     assert_eq!(common::records(&d).len(), 12);
 }
+
+/// `broker-config --systemd` writes a service and timer whose command runs:
+/// `crl --if-due` on this CA (here: not due yet, nothing signed).
+#[test]
+fn broker_config_writes_a_crl_timer_that_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca"]);
+    ok(d, &["issue", "server", "broker", "--dns", "localhost"]);
+    let out = ok(
+        d,
+        &[
+            "broker-config",
+            "--out",
+            "b",
+            "--systemd",
+            "--crl-lifetime",
+            "12h",
+        ],
+    );
+    assert!(
+        out.contains("systemctl enable --now provision-crl.timer"),
+        "{out}"
+    );
+    let timer = std::fs::read_to_string(d.join("b/provision-crl.timer")).unwrap();
+    assert!(timer.contains("OnCalendar=hourly") && timer.contains("WantedBy=timers.target"));
+    let service = std::fs::read_to_string(d.join("b/provision-crl.service")).unwrap();
+    let line = |key: &str| {
+        service
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {service}"))
+            .to_owned()
+    };
+    let exec = line("ExecStart=");
+    let work = line("WorkingDirectory=");
+    let mut words = exec.split_whitespace();
+    let program = words.next().unwrap();
+    assert!(Path::new(program).is_absolute(), "{exec}");
+    let ran = Command::new(program)
+        .args(words)
+        .current_dir(&work)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert!(stdout.contains("is not due"), "{stdout}");
+}

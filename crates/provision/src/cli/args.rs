@@ -346,6 +346,13 @@ pub(crate) struct BrokerConfigArgs {
     /// Replace existing files.
     #[arg(long)]
     pub(crate) force: bool,
+    /// Also write a systemd service and hourly timer that keep the CRL
+    /// from lapsing (`provision crl --if-due`), into the output folder.
+    #[arg(long)]
+    pub(crate) systemd: bool,
+    /// The CRL lifetime the timer's `crl --if-due` signs (30s, 12h, 7d).
+    #[arg(long, default_value = "7d", value_parser = parse_lifetime_text)]
+    pub(crate) crl_lifetime: String,
 }
 
 /// The arguments of `provision pub`.
@@ -519,6 +526,10 @@ fn parse_lifetime(s: &str) -> Result<std::time::Duration, String> {
         return Err(format!("{s:?}: a CRL lives at least a second"));
     }
     Ok(d)
+}
+
+fn parse_lifetime_text(s: &str) -> Result<String, String> {
+    parse_lifetime(s).map(|_| s.to_owned())
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {

@@ -756,6 +756,8 @@ pub(crate) fn fleet(args: FleetArgs) -> anyhow::Result<FleetDone> {
 pub(crate) struct BrokerWritten {
     #[serde(flatten)]
     paths: BrokerPaths,
+    /// The systemd units written (`--systemd`).
+    systemd: Vec<PathBuf>,
     /// Whether the CRL was included.
     with_crl: bool,
 }
@@ -772,7 +774,23 @@ impl fmt::Display for BrokerWritten {
             f,
             "start it with: mosquitto -c {}",
             self.paths.config.display()
-        )
+        )?;
+        for unit in &self.systemd {
+            writeln!(f, "wrote {}", unit.display())?;
+        }
+        if !self.systemd.is_empty() {
+            writeln!(
+                f,
+                "install them: cp {dir}/provision-crl.* /etc/systemd/system/ && systemctl enable --now provision-crl.timer",
+                dir = self
+                    .paths
+                    .config
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."))
+                    .display()
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -792,7 +810,24 @@ pub(crate) fn broker_config(args: BrokerConfigArgs) -> anyhow::Result<BrokerWrit
         },
     )?;
     locked.commit()?;
+    let systemd = if args.systemd {
+        let exe = std::env::current_exe().context("finding this program's path")?;
+        provision::broker::write_systemd_units(
+            files
+                .paths
+                .config
+                .parent()
+                .unwrap_or(std::path::Path::new(".")),
+            &dir,
+            &exe,
+            &args.crl_lifetime,
+        )?
+        .to_vec()
+    } else {
+        Vec::new()
+    };
     Ok(BrokerWritten {
+        systemd,
         paths: files.paths,
         with_crl: files.crl,
     })

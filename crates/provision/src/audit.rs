@@ -103,6 +103,10 @@ pub fn run(inventory: &Inventory, within: Duration) -> Result<Report> {
         // The takeover identities `revoke` makes have no files.
         let has_files = r.cert_path.extension().is_some_and(|e| e == "pem");
         match r.status {
+            // A takeover identity left valid by an interrupted `revoke`
+            // lives ten minutes and has no files: not a duplicate or an
+            // expiry to act on.
+            Status::Valid if !has_files => {}
             Status::Valid => {
                 report.valid += 1;
                 by_name
@@ -202,7 +206,9 @@ pub fn run(inventory: &Inventory, within: Duration) -> Result<Report> {
             else {
                 continue;
             };
-            let ours = ca.as_ref().is_some_and(|ca| cert.issuer() == ca.subject());
+            let ours = ca
+                .as_ref()
+                .is_some_and(|ca| crate::ops::signed_by(&cert, ca));
             if ours && !known.contains(&cert.serial()) {
                 report.findings.push(Finding::Unrecorded {
                     serial: cert.serial().to_string(),

@@ -562,7 +562,7 @@ pub fn revoke(
 
 /// Whether `ca` signed `cert` (its validity aside: an expired certificate
 /// may be revoked too).
-fn signed_by(cert: &Certificate, ca: &Certificate) -> bool {
+pub(crate) fn signed_by(cert: &Certificate, ca: &Certificate) -> bool {
     let options = pki_core::VerifyOptions {
         at: cert.validity().not_before(),
         partial_chain: true,
@@ -615,7 +615,7 @@ pub fn crl_due(path: &Path, now: SystemTime) -> bool {
     };
     let signed = crl.this_update() + pki_core::CLOCK_SKEW_ALLOWANCE;
     let half = next.duration_since(signed).unwrap_or_default() / 2;
-    now >= signed + half
+    now >= next || now >= signed + half
 }
 
 /// Formats for the CLI.

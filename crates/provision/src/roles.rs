@@ -229,10 +229,21 @@ impl AclPolicy {
                 continue;
             }
             text.push_str(&format!("\n# {role}\nuser {name}\n"));
-            // A reader's own rules only: its deny comes before the device
-            // patterns, which would otherwise apply to it too.
+            // A reader's own rules only. Mosquitto checks a user's deny
+            // lines first (before its allow lines and the patterns): with
+            // no rules, deny all; with some, deny the device patterns as
+            // they would apply to this name.
             if *role == Role::Reader {
-                text.push_str("topic deny #\n");
+                if self.reader.is_empty() {
+                    text.push_str("topic deny #\n");
+                } else {
+                    for rule in &self.device {
+                        text.push_str(&format!(
+                            "topic deny {}\n",
+                            rule.topic.replace("{name}", name)
+                        ));
+                    }
+                }
             }
             for rule in self.rules(*role) {
                 text.push_str(&format!(
@@ -281,5 +292,24 @@ mod tests {
             "{acl}"
         );
         assert!(!acl.contains("user sensor-1"), "{acl}");
+    }
+
+    #[test]
+    fn a_reader_is_denied_the_device_patterns_but_keeps_its_own_rules() {
+        let bare = AclPolicy::default().mosquitto_acl(&[("dash".into(), Role::Reader)]);
+        assert!(bare.contains("user dash\ntopic deny #\n"), "{bare}");
+        let policy = AclPolicy {
+            reader: vec![TopicRule::parse("read devices/#")],
+            ..AclPolicy::default()
+        };
+        let acl = policy.mosquitto_acl(&[("dash".into(), Role::Reader)]);
+        assert!(
+            acl.contains(
+                "user dash\ntopic deny devices/dash/#\ntopic deny fleet/broadcast/#\n\
+                 topic read devices/#\n"
+            ),
+            "{acl}"
+        );
+        assert!(!acl.contains("deny #\n"), "{acl}");
     }
 }

@@ -764,7 +764,9 @@ fn broker_config_writes_a_crl_timer_that_runs() {
     };
     let exec = line("ExecStart=");
     let work = line("WorkingDirectory=");
-    let mut words = exec.split_whitespace();
+    // Paths are quoted (systemd's command-line quoting); these have no
+    // spaces.
+    let mut words = exec.split_whitespace().map(|w| w.trim_matches('"'));
     let program = words.next().unwrap();
     assert!(Path::new(program).is_absolute(), "{exec}");
     let ran = Command::new(program)

@@ -541,15 +541,12 @@ pub(crate) fn revoke_cmd(args: RevokeArgs) -> anyhow::Result<Revoked> {
     locked.commit()?;
     let record = revocation.record;
     let brokers = refresh_brokers(&inventory)?;
-    // Off the broker only when this call revoked it and nothing else is
-    // valid for the name: a renewal's old certificate (superseded) goes
-    // quietly, the device being on its new one with the same name (and
-    // client id), which a takeover would knock off.
-    let still_valid = inventory.valid_count(&record.common_name)?;
-    let disconnected = if revocation.newly
-        && args.reason != pki_core::RevocationReason::Superseded
-        && still_valid == 0
-    {
+    // Off the broker, unless it is a renewal's old certificate
+    // (superseded): the device is on its new one, with the same name (and
+    // client id). Otherwise always, even when it was revoked before (a
+    // retry) or the name has another valid certificate (a stolen key's
+    // session must end; the device reconnects with its valid one).
+    let disconnected = if args.reason != pki_core::RevocationReason::Superseded {
         disconnect_reporting(&inventory, &ca, &record.common_name)
     } else {
         Vec::new()

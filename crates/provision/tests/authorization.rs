@@ -127,24 +127,23 @@ fn publish(d: &Path, port: u16, name: &str, topic: &str, message: &str, client_i
     );
 }
 
-#[test]
-fn each_identity_gets_only_its_roles_topics() {
+/// A CA in a folder the broker's user can read (Mosquitto started as root
+/// reads its files as `mosquitto`), a broker identity for localhost, and
+/// these clients: (name, role).
+fn ca_with(cn: &str, clients: &[(&str, &str)]) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    // Mosquitto started as root reads its files as `mosquitto`.
     std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
-    ok(d, &["init-ca", "--cn", "Authz Root"]);
+    ok(d, &["init-ca", "--cn", cn]);
     ok(d, &["issue", "server", "broker", "--dns", "localhost"]);
-    // One connection per identity (the client id is the username), so
-    // each role here has its own: dev-a attacks, dev-b and dev-c listen,
-    // dev-d publishes its data, ingest reads, announcer broadcasts.
-    for device in ["dev-a", "dev-b", "dev-c", "dev-d"] {
-        ok(d, &["issue", "client", device]);
+    for (name, role) in clients {
+        ok(d, &["issue", "client", name, "--role", role]);
     }
-    for service in ["ingest", "announcer"] {
-        ok(d, &["issue", "client", service, "--role", "service"]);
-    }
-    ok(d, &["issue", "client", "dash", "--role", "reader"]);
+    tmp
+}
+
+/// `broker-config` on a free port on 127.0.0.1, and Mosquitto running it.
+fn start_broker(d: &Path) -> (Mosquitto, u16) {
     let port = free_port();
     let p = port.to_string();
     ok(
@@ -159,9 +158,35 @@ fn each_identity_gets_only_its_roles_topics() {
             "127.0.0.1",
         ],
     );
+    (
+        Mosquitto::with_config(&d.join("broker/mosquitto.conf"), port),
+        port,
+    )
+}
+
+#[test]
+fn each_identity_gets_only_its_roles_topics() {
+    // One connection per identity (the client id is the username), so
+    // each role here has its own: dev-a attacks, dev-b and dev-c listen,
+    // dev-d publishes its data, ingest reads, announcer broadcasts, dash
+    // reads over HTTPS only.
+    let tmp = ca_with(
+        "Authz Root",
+        &[
+            ("dev-a", "device"),
+            ("dev-b", "device"),
+            ("dev-c", "device"),
+            ("dev-d", "device"),
+            ("ingest", "service"),
+            ("announcer", "service"),
+            ("dash", "reader"),
+        ],
+    );
+    let d = tmp.path();
+    let (broker, port) = start_broker(d);
+    let p = port.to_string();
     let acl = std::fs::read_to_string(d.join("broker/acl")).unwrap();
     assert!(acl.contains("user ingest\ntopic read devices/#"), "{acl}");
-    let broker = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), port);
 
     let service = Sub::start(d, port, "ingest", "devices/#");
     service.wait_ready(|| publish(d, port, "dev-d", "devices/dev-d/w", "warmup", None));
@@ -258,30 +283,16 @@ fn each_identity_gets_only_its_roles_topics() {
 /// 5 s goal, while the other devices keep their connections.
 #[test]
 fn a_revoked_device_is_taken_off_the_broker() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
-    ok(d, &["init-ca", "--cn", "Revocation Root"]);
-    ok(d, &["issue", "server", "broker", "--dns", "localhost"]);
-    for device in ["dev-x", "dev-y"] {
-        ok(d, &["issue", "client", device]);
-    }
-    ok(d, &["issue", "client", "announcer", "--role", "service"]);
-    let port = free_port();
-    let p = port.to_string();
-    ok(
-        d,
+    let tmp = ca_with(
+        "Revocation Root",
         &[
-            "broker-config",
-            "--out",
-            "broker",
-            "--port",
-            &p,
-            "--bind",
-            "127.0.0.1",
+            ("dev-x", "device"),
+            ("dev-y", "device"),
+            ("announcer", "service"),
         ],
     );
-    let broker = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), port);
+    let d = tmp.path();
+    let (broker, port) = start_broker(d);
     let x = Sub::start(d, port, "dev-x", "#");
     x.wait_ready(|| publish(d, port, "announcer", "fleet/broadcast/w", "warmup", None));
     let y = Sub::start(d, port, "dev-y", "#");
@@ -343,30 +354,12 @@ fn a_revoked_device_is_taken_off_the_broker() {
 /// (with a lapsed CRL Mosquitto refuses every client).
 #[test]
 fn a_crl_is_renewed_before_it_lapses() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = ca_with("Lifetime Root", &[("dev-1", "device")]);
     let d = tmp.path();
-    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
-    ok(d, &["init-ca", "--cn", "Lifetime Root"]);
-    ok(d, &["issue", "server", "broker", "--dns", "localhost"]);
-    ok(d, &["issue", "client", "dev-1"]);
     // The short-lived CRL first, so that it is the only one the broker ever
     // loads (Mosquitto 2.0 keeps every CRL it loaded).
     ok(d, &["crl", "--lifetime", "8s"]);
-    let port = free_port();
-    let p = port.to_string();
-    ok(
-        d,
-        &[
-            "broker-config",
-            "--out",
-            "broker",
-            "--port",
-            &p,
-            "--bind",
-            "127.0.0.1",
-        ],
-    );
-    let _broker = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), port);
+    let (_broker, port) = start_broker(d);
     let crl = |d: &Path| {
         pki_core::Crl::from_pem(&std::fs::read_to_string(d.join("root_cert/crl.pem")).unwrap())
             .unwrap()

@@ -170,6 +170,10 @@ pub struct Summary {
     pub first_device: Option<(String, IdentityPaths)>,
     /// The manifest's first service and its files.
     pub first_service: Option<(String, IdentityPaths)>,
+    /// Names reissued with another role.
+    pub role_changed: Vec<String>,
+    /// Their old sessions taken off the brokers (or why not).
+    pub disconnected: Vec<crate::broker::Disconnected>,
 }
 
 impl Manifest {
@@ -508,11 +512,18 @@ pub fn run(
         let mut new_records = Vec::new();
         for outcome in outcomes {
             match outcome {
-                Ok(Outcome::Issued { record, replaces }) => {
+                Ok(Outcome::Issued {
+                    record,
+                    replaces,
+                    role_changed,
+                }) => {
                     summary.issued += 1;
                     superseded.extend(others(&record));
                     if replaces {
                         summary.replaced += 1;
+                    }
+                    if role_changed {
+                        summary.role_changed.push(record.common_name.clone());
                     }
                     new_records.push(record);
                 }
@@ -551,6 +562,18 @@ pub fn run(
         locked.write_crl(&crl, CRL_DAYS)?;
     }
     locked.commit()?;
+    // A name whose role changed: its old certificate is only superseded,
+    // but a live session under it would hold the new role's rights (the
+    // rules go by username), so it is taken off the brokers, after they
+    // have the new CRL and rules. (About 2.5 s a name.)
+    if !summary.role_changed.is_empty() {
+        crate::broker::refresh(&inventory)?;
+        for name in &summary.role_changed {
+            summary
+                .disconnected
+                .extend(crate::broker::disconnect(&inventory, &ca, name)?);
+        }
+    }
     match first_error {
         Some(e) => Err(e),
         None => Ok(summary),
@@ -582,7 +605,12 @@ struct Current {
 
 enum Outcome {
     /// Issued; `replaces`: in place of a valid certificate on disk.
-    Issued { record: Record, replaces: bool },
+    Issued {
+        record: Record,
+        replaces: bool,
+        /// The certificate it replaces had another role.
+        role_changed: bool,
+    },
     /// Kept, with its record and whether the inventory has it already (an
     /// earlier run may have stopped before recording).
     Kept { record: Record, recorded: bool },
@@ -611,6 +639,7 @@ fn provision_one(
     let paths = IdentityPaths::new(&request.identity.out, &request.identity.name);
     let history = lifecycle.history;
     let mut replaces = false;
+    let mut role_changed = false;
     let on_disk = existing_valid(ca, request.profile, &paths);
     // The inventory's current certificate for the name decides, not only
     // the files: when it was issued elsewhere (renewed by the device over
@@ -652,6 +681,8 @@ fn provision_one(
             Some(why) => {
                 tracing::info!("{}: issuing anew: {why}", request.identity.name);
                 replaces = true;
+                role_changed = request.profile == Profile::Client
+                    && Role::of(&cert).unwrap_or(Role::Device) != request.role;
             }
         }
     }
@@ -670,6 +701,7 @@ fn provision_one(
     Ok(Outcome::Issued {
         record: issued.record,
         replaces,
+        role_changed,
     })
 }
 

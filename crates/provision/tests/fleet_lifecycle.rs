@@ -275,6 +275,13 @@ fn roles_come_from_the_manifest() {
     let out = ok(d, &["fleet", "fleet.toml", "--json"]);
     let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(summary["issued"], 1, "{out}");
+    // Its old session would keep the service's rights (the rules go by
+    // name): taken off the brokers, or said why not (none runs here).
+    assert_eq!(summary["role_changed"][0], "ingest", "{out}");
+    let why = summary["disconnected"][0]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("no broker runs"), "{out}");
     let acl = std::fs::read_to_string(d.join("broker/acl")).unwrap();
     assert!(
         !acl.contains("user ingest"),

@@ -649,6 +649,10 @@ pub(crate) struct FleetDone {
     first_service: Option<FleetIdentity>,
     /// The broker folders brought up to date.
     refreshed: Brokers,
+    /// Names reissued with another role, and their old sessions taken off
+    /// the brokers (or why not).
+    role_changed: Vec<String>,
+    disconnected: Vec<provision::broker::Disconnected>,
     #[serde(skip)]
     seconds: f64,
 }
@@ -689,7 +693,20 @@ impl fmt::Display for FleetDone {
                 self.replaced
             )?;
         }
-        write!(f, "{}", self.refreshed)
+        write!(f, "{}", self.refreshed)?;
+        if !self.role_changed.is_empty() {
+            writeln!(
+                f,
+                "  role changed: {} (old sessions taken off the brokers)",
+                self.role_changed.join(", ")
+            )?;
+        }
+        for d in &self.disconnected {
+            if let Some(e) = &d.error {
+                writeln!(f, "  broker {}: {e}", d.config.display())?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -745,6 +762,8 @@ pub(crate) fn fleet(args: FleetArgs) -> anyhow::Result<FleetDone> {
             .map(|(name, paths)| FleetIdentity { name, paths }),
         seconds: started.elapsed().as_secs_f64(),
         refreshed: brokers,
+        role_changed: summary.role_changed,
+        disconnected: summary.disconnected,
     })
 }
 

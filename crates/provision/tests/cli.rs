@@ -672,15 +672,7 @@ fn a_long_running_holder_shares_the_store_with_cli_processes() {
     let ca = ca_dir.load(None).unwrap();
     let inventory = Inventory::open(&ca_dir).unwrap();
     let children: Vec<_> = (0..6)
-        .map(|i| {
-            Command::new(env!("CARGO_BIN_EXE_provision"))
-                .current_dir(&d)
-                .args(["issue", "client", &format!("cli-{i}")])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+        .map(|i| common::spawn(&d, &["issue", "client", &format!("cli-{i}")], &[]))
         .collect();
     for i in 0..6 {
         let mut locked = inventory.lock(&ca).unwrap();
@@ -704,14 +696,7 @@ fn a_long_running_holder_shares_the_store_with_cli_processes() {
         .unwrap();
         locked.commit().unwrap();
     }
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    common::succeed_all(children);
     // The holder sees the CLI's records, and the CLI the holder's.
     let mut names = Vec::new();
     inventory

@@ -69,16 +69,7 @@ fn two_hosts_share_one_ca_through_postgres() {
     for i in 0..8 {
         ok_env(a.path(), &["issue", "client", &format!("old-{i}")], &envs);
     }
-    let spawn = |dir: &std::path::Path, args: Vec<String>| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_provision"))
-            .current_dir(dir)
-            .args(args)
-            .envs(envs.iter().copied())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |dir: &std::path::Path, args: Vec<String>| common::spawn(dir, &args, &envs);
     let mut children = Vec::new();
     for i in 0..8 {
         let host = if i % 2 == 0 { a.path() } else { b.path() };
@@ -97,14 +88,7 @@ fn two_hosts_share_one_ca_through_postgres() {
             ],
         ));
     }
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    common::succeed_all(children);
     let list: serde_json::Value =
         serde_json::from_str(&ok_env(b.path(), &["list", "--json"], &envs)).unwrap();
     let records = list.as_array().unwrap();

@@ -141,16 +141,8 @@ pub(crate) struct InitCaArgs {
     /// Replace an existing CA.
     #[arg(long)]
     pub(crate) force: bool,
-    /// The inventory in PostgreSQL (postgres://USER@HOST/DB) instead of
-    /// SQLite in the CA folder (with --force: the database whose records
-    /// are archived).
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "PROVISION_INVENTORY",
-        hide_env_values = true
-    )]
-    pub(crate) inventory: Option<String>,
+    #[command(flatten)]
+    pub(crate) inventory: InventoryArg,
 }
 
 /// The arguments of `provision csr`.
@@ -312,15 +304,8 @@ pub(crate) struct FleetArgs {
     /// Worker threads (default: one per core).
     #[arg(long, default_value_t = 0)]
     pub(crate) jobs: usize,
-    /// The inventory in PostgreSQL (postgres://USER@HOST/DB) instead of
-    /// SQLite in the CA folder.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "PROVISION_INVENTORY",
-        hide_env_values = true
-    )]
-    pub(crate) inventory: Option<String>,
+    #[command(flatten)]
+    pub(crate) inventory: InventoryArg,
 }
 
 /// The arguments of `provision broker-config`.
@@ -430,15 +415,23 @@ pub(crate) struct CaArgs {
     /// The environment variable holding the CA key's passphrase.
     #[arg(long, value_name = "VAR")]
     pub(crate) passphrase_env: Option<String>,
+    #[command(flatten)]
+    pub(crate) inventory: InventoryArg,
+}
+
+/// Where the inventory is, when not in the CA folder.
+#[derive(Args)]
+pub(crate) struct InventoryArg {
     /// The inventory in PostgreSQL (postgres://USER@HOST/DB) instead of
-    /// SQLite in the CA folder.
+    /// SQLite in the CA folder (keep the password in PGPASSWORD or
+    /// ~/.pgpass).
     #[arg(
-        long,
+        long = "inventory",
         value_name = "URL",
         env = "PROVISION_INVENTORY",
         hide_env_values = true
     )]
-    pub(crate) inventory: Option<String>,
+    pub(crate) url: Option<String>,
 }
 
 #[derive(Args)]
@@ -554,7 +547,7 @@ impl SubjectArgs {
 
 impl CaArgs {
     pub(crate) fn dir(&self) -> CaDir {
-        CaDir::new(&self.ca_dir).with_inventory_url(self.inventory.clone())
+        CaDir::new(&self.ca_dir).with_inventory_url(self.inventory.url.clone())
     }
 
     pub(crate) fn passphrase(&self) -> anyhow::Result<Option<Zeroizing<Vec<u8>>>> {

@@ -19,8 +19,8 @@ use serde::Serialize;
 
 use super::args::{
     AuditArgs, BrokerConfigArgs, CrlArgs, CsrArgs, FleetArgs, InitCaArgs, InspectArgs, IssueArgs,
-    IssueCommand, ListArgs, PubArgs, RevokeArgs, SignArgs, SubArgs, VerifyArgs, new_passphrase,
-    passphrase,
+    IssueCommand, ListArgs, NameArgs, PubArgs, RevokeArgs, SignArgs, SubArgs, SubjectArgs,
+    VerifyArgs, new_passphrase, passphrase,
 };
 
 /// What a command prints: text for people, JSON for programs.
@@ -162,7 +162,7 @@ impl fmt::Display for CaCreated {
 }
 
 pub(crate) fn init_ca(args: InitCaArgs) -> anyhow::Result<CaCreated> {
-    let ca_dir = provision::store::CaDir::new(&args.dir).with_inventory_url(args.inventory);
+    let ca_dir = provision::store::CaDir::new(&args.dir).with_inventory_url(args.inventory.url);
     let passphrase = if args.encrypt {
         Some(new_passphrase(&ca_dir.key_path())?)
     } else {
@@ -240,15 +240,14 @@ pub(crate) fn issue_cmd(cmd: IssueCommand) -> anyhow::Result<Issued> {
     let issued = issue(
         &mut locked,
         &IssueRequest {
-            identity: CsrRequest {
-                name: args.name,
-                subject: args.subject.options(),
-                key_type: args.key_type,
-                dns: args.names.dns,
-                ip: args.names.ip,
-                out: args.out,
-                force: args.force,
-            },
+            identity: csr_request(
+                args.name,
+                &args.subject,
+                args.key_type,
+                args.names,
+                args.out,
+                args.force,
+            ),
             profile,
             days: args.days,
             role: args.role,
@@ -269,6 +268,26 @@ pub(crate) fn issue_cmd(cmd: IssueCommand) -> anyhow::Result<Issued> {
     })
 }
 
+/// The key and CSR `issue` and `csr` make, from their shared arguments.
+fn csr_request(
+    name: String,
+    subject: &SubjectArgs,
+    key_type: pki_core::KeyType,
+    names: NameArgs,
+    out: PathBuf,
+    force: bool,
+) -> CsrRequest {
+    CsrRequest {
+        name,
+        subject: subject.options(),
+        key_type,
+        dns: names.dns,
+        ip: names.ip,
+        out,
+        force,
+    }
+}
+
 /// `csr`.
 #[derive(Serialize)]
 pub(crate) struct CsrMade {
@@ -284,15 +303,14 @@ impl fmt::Display for CsrMade {
 }
 
 pub(crate) fn csr(args: CsrArgs) -> anyhow::Result<CsrMade> {
-    let paths = make_csr(&CsrRequest {
-        name: args.name,
-        subject: args.subject.options(),
-        key_type: args.key_type,
-        dns: args.names.dns,
-        ip: args.names.ip,
-        out: args.out,
-        force: args.force,
-    })?;
+    let paths = make_csr(&csr_request(
+        args.name,
+        &args.subject,
+        args.key_type,
+        args.names,
+        args.out,
+        args.force,
+    ))?;
     Ok(CsrMade {
         key: paths.key,
         csr: paths.csr,
@@ -730,13 +748,13 @@ pub(crate) fn fleet(args: FleetArgs) -> anyhow::Result<FleetDone> {
         &args.manifest,
         &provision::fleet::RunOptions {
             jobs: args.jobs,
-            inventory_url: args.inventory.clone(),
+            inventory_url: args.inventory.url.clone(),
         },
         &progress,
     )?;
     bar.finish_and_clear();
     let inventory = Inventory::open(
-        &provision::store::CaDir::new(&summary.ca_dir).with_inventory_url(args.inventory),
+        &provision::store::CaDir::new(&summary.ca_dir).with_inventory_url(args.inventory.url),
     )?;
     let brokers = refresh_brokers(&inventory)?;
     Ok(FleetDone {

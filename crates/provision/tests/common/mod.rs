@@ -69,16 +69,7 @@ pub(crate) fn concurrent_issuers_and_revokers(d: &Path, envs: &[(&str, &str)]) {
     for i in 0..8 {
         ok_env(d, &["issue", "client", &format!("old-{i}")], envs);
     }
-    let spawn = |args: Vec<String>| {
-        Command::new(env!("CARGO_BIN_EXE_provision"))
-            .current_dir(d)
-            .args(args)
-            .envs(envs.iter().copied())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |args: Vec<String>| spawn(d, &args, envs);
     let mut children = Vec::new();
     for i in 0..8 {
         children.push(spawn(vec![
@@ -91,14 +82,7 @@ pub(crate) fn concurrent_issuers_and_revokers(d: &Path, envs: &[(&str, &str)]) {
             format!("backend_certs/old-{i}_cert.pem"),
         ]));
     }
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    succeed_all(children);
     let list: serde_json::Value =
         serde_json::from_str(&ok_env(d, &["list", "--json"], envs)).unwrap();
     let records = list.as_array().unwrap();
@@ -116,4 +100,33 @@ pub(crate) fn concurrent_issuers_and_revokers(d: &Path, envs: &[(&str, &str)]) {
     assert!(revoked.iter().all(|s| s.contains("old-")), "{revoked:?}");
     let crl = ok(d, &["inspect", "root_cert/crl.pem"]);
     assert_eq!(crl.matches(" (unspecified, ").count(), 8, "{crl}");
+}
+
+/// Starts `provision ARGS` in `dir` (with `envs`), its errors kept for
+/// [`succeed_all`].
+pub(crate) fn spawn(
+    dir: &Path,
+    args: &[impl AsRef<std::ffi::OsStr>],
+    envs: &[(&str, &str)],
+) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_provision"))
+        .current_dir(dir)
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for every child; each must succeed.
+pub(crate) fn succeed_all(children: Vec<std::process::Child>) {
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -20,6 +20,13 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).unwrap() {
             let path = entry.unwrap().path();
+            // SQLite's own journal beside the inventory (`-wal`, `-shm`)
+            // comes and goes as connections open and close; the database
+            // itself is compared.
+            let name = path.to_string_lossy();
+            if name.ends_with(".db-wal") || name.ends_with(".db-shm") {
+                continue;
+            }
             if path.is_dir() {
                 stack.push(path);
             } else {

@@ -98,6 +98,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
                 name,
                 "--port",
                 "8883",
+                // The enrollment broker (enroll.conf) for devices with a
+                // claim (docs/lifecycle.md).
+                "--enroll-port",
+                "8884",
             ])
             .arg("--certs-dir")
             .arg(&certs)
@@ -125,6 +129,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             .unwrap_or(p)
     };
     let ca = rel(ca_cert);
+    let enroll_conf = broker_conf
+        .as_ref()
+        .map(|c| rel(c.with_file_name("enroll.conf")).display().to_string())
+        .unwrap_or_else(|| "broker/enroll.conf".into());
     println!("\nDone. Next steps:");
     if let Some(conf) = broker_conf {
         println!(
@@ -147,6 +155,35 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         println!(
             "  Inspect anything:      cargo run -p provision -- inspect {}",
             cert.display()
+        );
+        let certs = cert
+            .parent()
+            .unwrap_or(Path::new("."))
+            .display()
+            .to_string();
+        let ca_dir = rel(ca_dir.clone()).display().to_string();
+        let p = "cargo run -p provision --";
+        println!(
+            "  Devices without an identity enroll over MQTT with a claim (docs/lifecycle.md):"
+        );
+        println!(
+            "     {p} issue client ca-service --role ca-service --ca-dir {ca_dir} --out {certs}"
+        );
+        println!(
+            "     {p} issue claim factory --allow-pattern 'sensor-*' --quota 100 --ca-dir {ca_dir} --out {certs}"
+        );
+        println!("     mosquitto -c {enroll_conf}   # beside the main broker");
+        println!(
+            "     {p} serve --cert {certs}/ca-service_cert.pem --key {certs}/ca-service.key --ca {} --ca-dir {ca_dir} --enroll-port 8884",
+            ca.display()
+        );
+        println!(
+            "     {p} enroll sensor-1 --cert {certs}/factory_cert.pem --key {certs}/factory.key --ca {} --port 8884 --out device",
+            ca.display()
+        );
+        println!(
+            "     {p} renew --cert device/sensor-1_cert.pem --key device/sensor-1.key --ca {}",
+            ca.display()
         );
     }
     println!("  Run the tests:         cargo xtask test");

@@ -3,6 +3,7 @@
 //! `docs/benchmarks.md` for the results and how they compare.
 
 mod chart;
+mod lifecycle;
 mod store;
 
 use std::io::Read;
@@ -31,6 +32,7 @@ mqtt-bench throughput QOS COUNT [PYTHON PAHO]  publisher → subscriber msgs/s: 
 mqtt-bench connects COUNT PYTHON SSL [PAHO]    mTLS connect+CONNACK+disconnect/s: ours sequential, 100 concurrent, Python ssl (and paho)
 mqtt-bench idle COUNT                          memory per idle mTLS connection (COUNT clients, own certificates)
 mqtt-bench storm COUNT                         a fleet of COUNT devices (own certificates) connecting at once, then a broker restart
+mqtt-bench lifecycle COUNT                     COUNT devices enroll at once from one claim and connect; then renew at once while publishing
 mqtt-bench store PROVISION_BIN TIME_BIN N       issue/revoke/verify/list --name on an empty CA and one with N identities
 mqtt-bench chart RESULTS_JSON OUT_SVG          every target in one chart (ratio measured vs target)";
 
@@ -67,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         )?,
         ["idle", count] => idle(count.parse()?)?,
         ["storm", count] => storm(count.parse()?)?,
+        ["lifecycle", count] => lifecycle::run(count.parse()?)?,
         ["store", provision, time, count] => {
             store::run(Path::new(provision), Path::new(time), count.parse()?)?
         }
@@ -126,6 +129,7 @@ fn identities(
             // As `provision fleet` writes: one flush at the end.
             issue_files(
                 |csr, params| Ok(ca.sign(csr, params)?),
+                ca.certificate(),
                 &request,
                 Durability::Deferred,
             )

@@ -42,6 +42,12 @@ struct Args {
     /// Broker port.
     #[arg(long, env = "MQTT_INGEST_PORT")]
     port: Option<u16>,
+    /// Renew the client certificate over MQTT before it ends (at two
+    /// thirds of its lifetime; `provision serve` answers), switching the
+    /// connection to the new identity on the same session and replacing
+    /// the certificate and key files (docs/lifecycle.md).
+    #[arg(long, env = "MQTT_INGEST_RENEW")]
+    renew: bool,
     /// Client id (keep it stable: the persistent session belongs to it).
     #[arg(long, env = "MQTT_INGEST_CLIENT_ID")]
     client_id: Option<String>,
@@ -149,8 +155,13 @@ fn configure(args: Args) -> anyhow::Result<Config> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown_timeout = args.shutdown_timeout;
+    let renew = args.renew;
     let config = configure(args)?;
     let filters = config.filters()?;
+    if renew {
+        // A replacement a crash interrupted is finished first.
+        mqtt_tls::lifecycle::settle(config.bundle()?)?;
+    }
     let identity = config.bundle()?.load()?;
     let store = Store::open(&config.db).await?;
 
@@ -170,6 +181,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // The background task: connects, and reconnects with backoff, for the
     // service's whole life (Django's AppConfig.ready).
     let mqtt = tokio::spawn(connection.run());
+    let renewer = if renew {
+        let renewer = mqtt_tls::lifecycle::Renewer::new(
+            client.clone(),
+            config.bundle()?.clone(),
+            mqtt_tls::lifecycle::RenewOptions::default(),
+        )?;
+        let due = renewer.due()?;
+        let wait = due
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        tracing::info!(
+            "renewing the client certificate over MQTT in {} s",
+            wait.as_secs()
+        );
+        Some(tokio::spawn(renewer.run()))
+    } else {
+        None
+    };
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -193,6 +222,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     tracing::info!("shutting down: committing and acknowledging what was received");
     let limit = std::time::Duration::from_secs(shutdown_timeout);
+    if let Some(r) = renewer {
+        r.abort();
+    }
     let drained = pipeline.drain_within(limit).await;
     // Bounded too: with the broker's socket stalled, even queueing the
     // DISCONNECT could wait.

@@ -654,6 +654,86 @@ mod tests {
         assert!(matches!(err, Error::NotClientCertificate { .. }), "{err}");
     }
 
+    /// A certificate file holding the leaf and its intermediate, and the
+    /// root alone as the CA file (`provision init-ca --intermediate`): the
+    /// leaf is checked through the intermediate to the root, and the whole
+    /// chain goes to rustls (a broker with the root as its CA file needs
+    /// the intermediate from the client).
+    #[test]
+    fn a_chain_through_an_intermediate_is_checked_and_sent_whole() {
+        let root = CertificateAuthority::new_root(
+            &Subject::new("Chain Root").unwrap(),
+            KeyPair::generate(KeyType::P256).unwrap(),
+            Validity::days_from_now(30).unwrap(),
+        )
+        .unwrap();
+        let int_key = KeyPair::generate(KeyType::P256).unwrap();
+        let int_csr = Csr::new(
+            &CsrParams::new(Subject::new("Chain Intermediate").unwrap()),
+            &int_key,
+        )
+        .unwrap();
+        let int_cert = root
+            .sign_intermediate(&int_csr, Validity::days_from_now(20).unwrap(), 0)
+            .unwrap()
+            .certificate;
+        let intermediate = CertificateAuthority::from_parts(int_cert.clone(), int_key).unwrap();
+        let key = KeyPair::generate(KeyType::P256).unwrap();
+        let csr = Csr::new(&CsrParams::new(Subject::new("dev").unwrap()), &key).unwrap();
+        let leaf = intermediate
+            .sign(
+                &csr,
+                &IssueParams::new(Profile::Client, Validity::days_from_now(10).unwrap()),
+            )
+            .unwrap()
+            .certificate;
+        let key_pem = key.to_pkcs8_pem().unwrap();
+        let root_pem = root.certificate().to_pem();
+        let chain_pem = format!("{}{}", leaf.to_pem(), int_cert.to_pem());
+
+        let id = TlsIdentity::from_pem(
+            chain_pem.as_bytes(),
+            key_pem.as_bytes(),
+            root_pem.as_bytes(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(id.certificate().der(), leaf.der());
+        assert_eq!(id.chain.len(), 2);
+        assert_eq!(id.chain[1].as_ref(), int_cert.der());
+        assert!(
+            id.rustls_config()
+                .unwrap()
+                .client_auth_cert_resolver
+                .has_certs()
+        );
+
+        // Without the intermediate the root alone cannot vouch for the leaf.
+        let err = TlsIdentity::from_pem(
+            leaf.to_pem().as_bytes(),
+            key_pem.as_bytes(),
+            root_pem.as_bytes(),
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::NotIssuedByCa { .. }), "{err}");
+        // An intermediate from another root does not chain to this one.
+        let other = CertificateAuthority::new_root(
+            &Subject::new("Chain Root").unwrap(),
+            KeyPair::generate(KeyType::P256).unwrap(),
+            Validity::days_from_now(30).unwrap(),
+        )
+        .unwrap();
+        let err = TlsIdentity::from_pem(
+            chain_pem.as_bytes(),
+            key_pem.as_bytes(),
+            other.certificate().to_pem().as_bytes(),
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::NotIssuedByCa { .. }), "{err}");
+    }
+
     #[test]
     fn not_yet_valid_is_reported_with_its_date() {
         let p = parts(Profile::Client);

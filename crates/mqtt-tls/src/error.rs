@@ -10,6 +10,43 @@ use pki_core::Timestamp;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A file cannot be written (enrollment, renewal).
+    #[error("writing {path}: {source}")]
+    WriteFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The CA service refused an enrollment or renewal.
+    #[error("the CA service refused: {reason}: {detail}")]
+    Rejected {
+        /// Why, for programs.
+        reason: crate::lifecycle::Rejection,
+        /// Why, for people.
+        detail: String,
+    },
+
+    /// The CA service did not answer in time.
+    #[error(
+        "no answer on {topic} within {waited:?}: is `provision serve` running, and may this identity publish its request (the broker's ACL)?"
+    )]
+    NoAnswer {
+        /// The topic the answer was awaited on.
+        topic: String,
+        /// How long.
+        waited: std::time::Duration,
+    },
+
+    /// An enrollment or renewal step failed.
+    #[error("{reason}")]
+    Lifecycle {
+        /// What failed.
+        reason: String,
+    },
+
     /// A file of the bundle cannot be read.
     #[error("reading {path}: {source}")]
     ReadFile {

@@ -48,6 +48,7 @@ mod classify;
 mod client;
 mod dispatch;
 mod error;
+pub mod lifecycle;
 mod options;
 mod subscriptions;
 mod topic;

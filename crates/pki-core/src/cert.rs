@@ -146,6 +146,18 @@ impl Certificate {
         KeyAlgorithm::from_spki(&spki.owned_to_ref())
     }
 
+    /// Whether `signature` over `message` was made by the key this
+    /// certificate certifies, signed as [`KeyPair::sign`](crate::KeyPair::sign)
+    /// signs (ECDSA P-256 with SHA-256, P-384 with SHA-384, Ed25519, RSA
+    /// PKCS#1 v1.5 with SHA-256): a proof that the sender holds that key.
+    /// `Ok(false)`: it does not verify.
+    pub fn verify_signature_by_key(&self, message: &[u8], signature: &[u8]) -> Result<bool> {
+        let spki = self.parsed.tbs_certificate().subject_public_key_info();
+        let spki = spki.owned_to_ref();
+        let algorithm = crate::key::signature_algorithm_of(KeyAlgorithm::from_spki(&spki)?);
+        crate::algorithm::verify_signature(&spki, &(&algorithm).into(), message, signature)
+    }
+
     /// `Some(path_len)` if this is a CA certificate (BasicConstraints
     /// `cA: TRUE`); `path_len` is the path length constraint, if any.
     pub fn ca_constraint(&self) -> Result<Option<Option<u8>>> {

@@ -393,25 +393,31 @@ impl KeyPair {
 
     /// The signature AlgorithmIdentifier this key produces.
     pub fn signature_algorithm(&self) -> AlgorithmIdentifierOwned {
-        match self.algorithm {
-            KeyAlgorithm::EcdsaP256 => AlgorithmIdentifierOwned {
-                oid: rfc5912::ECDSA_WITH_SHA_256,
-                parameters: None,
-            },
-            KeyAlgorithm::EcdsaP384 => AlgorithmIdentifierOwned {
-                oid: rfc5912::ECDSA_WITH_SHA_384,
-                parameters: None,
-            },
-            KeyAlgorithm::Ed25519 => AlgorithmIdentifierOwned {
-                oid: rfc8410::ID_ED_25519,
-                parameters: None,
-            },
-            // RFC 4055 section 5: the parameters MUST be NULL for RSA PKCS#1 v1.5.
-            KeyAlgorithm::Rsa { .. } => AlgorithmIdentifierOwned {
-                oid: rfc5912::SHA_256_WITH_RSA_ENCRYPTION,
-                parameters: Some(Any::null()),
-            },
-        }
+        signature_algorithm_of(self.algorithm)
+    }
+}
+
+/// The signature AlgorithmIdentifier [`KeyPair::sign`] produces with a key
+/// of this algorithm.
+pub(crate) fn signature_algorithm_of(algorithm: KeyAlgorithm) -> AlgorithmIdentifierOwned {
+    match algorithm {
+        KeyAlgorithm::EcdsaP256 => AlgorithmIdentifierOwned {
+            oid: rfc5912::ECDSA_WITH_SHA_256,
+            parameters: None,
+        },
+        KeyAlgorithm::EcdsaP384 => AlgorithmIdentifierOwned {
+            oid: rfc5912::ECDSA_WITH_SHA_384,
+            parameters: None,
+        },
+        KeyAlgorithm::Ed25519 => AlgorithmIdentifierOwned {
+            oid: rfc8410::ID_ED_25519,
+            parameters: None,
+        },
+        // RFC 4055 section 5: the parameters MUST be NULL for RSA PKCS#1 v1.5.
+        KeyAlgorithm::Rsa { .. } => AlgorithmIdentifierOwned {
+            oid: rfc5912::SHA_256_WITH_RSA_ENCRYPTION,
+            parameters: Some(Any::null()),
+        },
     }
 }
 

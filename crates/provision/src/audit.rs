@@ -159,17 +159,26 @@ pub fn run(inventory: &Inventory, within: Duration) -> Result<Report> {
             .findings
             .push(Finding::DuplicateName { name, serials });
     }
-    // The CA itself.
-    if let Ok(text) = std::fs::read_to_string(ca_dir.cert_path())
-        && let Ok(ca) = Certificate::from_pem(&text)
-        && ca.not_after() < horizon
+    // The CA itself: the root, and the intermediate that signs when there
+    // is one.
+    let read_cert = |path: &Path| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| Certificate::from_pem(&t).ok())
+    };
+    let root = read_cert(&ca_dir.cert_path());
+    let signer = read_cert(&ca_dir.signer_cert_path());
+    if let Some(end) = root.iter().chain(&signer).map(Certificate::not_after).min()
+        && end < horizon
     {
         report.findings.push(Finding::CaExpiring {
-            not_after: Timestamp(ca.not_after()).to_string(),
+            not_after: Timestamp(end).to_string(),
         });
     }
-    if let Some(finding) = loose_key(&ca_dir.key_path()) {
-        report.findings.push(finding);
+    for key in [ca_dir.key_path(), ca_dir.intermediate_key_path()] {
+        if let Some(finding) = loose_key(&key) {
+            report.findings.push(finding);
+        }
     }
     if crate::ops::crl_due(&ca_dir.crl_path(), now) {
         let next_update = std::fs::read_to_string(ca_dir.crl_path())
@@ -182,11 +191,8 @@ pub fn run(inventory: &Inventory, within: Duration) -> Result<Report> {
             next_update,
         });
     }
-    // Certificates of this CA in the identity folders that the inventory
-    // does not have.
-    let ca = std::fs::read_to_string(ca_dir.cert_path())
-        .ok()
-        .and_then(|t| Certificate::from_pem(&t).ok());
+    // Certificates of this CA (the root's or the intermediate's) in the
+    // identity folders that the inventory does not have.
     let mut folders: Vec<PathBuf> = folders.into_iter().collect();
     folders.sort();
     for folder in folders {
@@ -206,9 +212,10 @@ pub fn run(inventory: &Inventory, within: Duration) -> Result<Report> {
             else {
                 continue;
             };
-            let ours = ca
-                .as_ref()
-                .is_some_and(|ca| crate::ops::signed_by(&cert, ca));
+            let ours = root
+                .iter()
+                .chain(&signer)
+                .any(|ca| crate::ops::signed_by(&cert, ca));
             if ours && !known.contains(&cert.serial()) {
                 report.findings.push(Finding::Unrecorded {
                     serial: cert.serial().to_string(),

@@ -18,6 +18,13 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The CA service (`provision serve`) failed.
+    #[error("{reason}")]
+    Lifecycle {
+        /// What failed.
+        reason: String,
+    },
+
     /// A file that would be replaced.
     #[error("{path} already exists: pass --force to replace it")]
     Exists {
@@ -64,6 +71,17 @@ pub enum Error {
     NoCa {
         /// The directory.
         dir: PathBuf,
+    },
+
+    /// The root CA's key is needed (to sign an intermediate) and is not in
+    /// the CA folder: moved offline once the intermediate signs.
+    #[error(
+        "{path} is not there: the root key is needed once, to sign the intermediate; bring \
+         it back from offline storage for this command (nothing was written)"
+    )]
+    RootKeyAbsent {
+        /// Where the root key belongs.
+        path: PathBuf,
     },
 
     /// The CA key is encrypted and no passphrase was given, or its variable

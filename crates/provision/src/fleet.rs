@@ -459,7 +459,7 @@ pub fn run(
             let first = match r.role {
                 Role::Device => &mut summary.first_device,
                 Role::Service => &mut summary.first_service,
-                Role::Reader => &mut None,
+                Role::Reader | Role::Claim | Role::CaService => &mut None,
             };
             if first.is_none() {
                 *first = Some((id.name.clone(), IdentityPaths::new(&id.out, &id.name)));
@@ -697,7 +697,12 @@ fn provision_one(
     };
     // Serials: random, 16 bytes; the inventory's key refuses a repeat when
     // the batch is recorded.
-    let issued = issue_files(|csr, params| Ok(ca.sign(csr, params)?), request, durability)?;
+    let issued = issue_files(
+        |csr, params| Ok(ca.sign(csr, params)?),
+        ca.certificate(),
+        request,
+        durability,
+    )?;
     Ok(Outcome::Issued {
         record: issued.record,
         replaces,

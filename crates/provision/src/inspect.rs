@@ -1,11 +1,14 @@
-//! `provision inspect` and `provision verify`.
+//! `provision inspect` and `provision verify`, and the walk of a
+//! certificate's chain (leaf, intermediates from its file, a CA of the CA
+//! file) they and `broker-config` share.
 
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::SystemTime;
 
 use pki_core::{
-    Certificate, Crl, Csr, KeyPair, Profile, Timestamp, VerifyOptions, sha256_fingerprint,
+    Certificate, Crl, Csr, InvalidReason, KeyPair, Profile, Timestamp, VerifyOptions,
+    sha256_fingerprint,
 };
 use serde::Serialize;
 
@@ -42,6 +45,9 @@ pub enum Inspection {
         extended_key_usage: Vec<String>,
         /// SHA-256 fingerprint of the DER.
         sha256: String,
+        /// The certificates after it in the file, in order: the chain a
+        /// TLS peer is sent (an issued certificate's intermediate).
+        chain: Vec<ChainEntry>,
     },
     /// A certificate signing request (its signature verified).
     Csr {
@@ -78,6 +84,41 @@ pub enum Inspection {
     },
 }
 
+/// A certificate of a chain, as `inspect` and `verify` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainEntry {
+    /// Subject, RFC 4514.
+    pub subject: String,
+    /// Issuer, RFC 4514.
+    pub issuer: String,
+    /// `notAfter`.
+    pub not_after: String,
+    /// SHA-256 fingerprint of the DER.
+    pub sha256: String,
+}
+
+impl ChainEntry {
+    /// The entry for `cert`.
+    pub fn of(cert: &Certificate) -> Self {
+        Self {
+            subject: cert.subject(),
+            issuer: cert.issuer(),
+            not_after: t(cert.not_after()),
+            sha256: cert.sha256_fingerprint(),
+        }
+    }
+}
+
+impl std::fmt::Display for ChainEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (issued by {}, until {})",
+            self.subject, self.issuer, self.not_after
+        )
+    }
+}
+
 fn t(s: SystemTime) -> String {
     Timestamp(s).to_string()
 }
@@ -96,7 +137,8 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
         .find(|label| *label != "EC PARAMETERS");
     match first_label {
         Some("CERTIFICATE") => {
-            let cert = Certificate::from_pem(&text).map_err(pki)?;
+            let mut all = Certificate::all_from_pem(&text).map_err(pki)?;
+            let cert = all.remove(0);
             let v = cert.validity();
             Ok(Inspection::Certificate {
                 subject: cert.subject(),
@@ -121,6 +163,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
                     .collect(),
                 extended_key_usage: cert.extended_key_usage_names().map_err(pki)?,
                 sha256: cert.sha256_fingerprint(),
+                chain: all.iter().map(ChainEntry::of).collect(),
             })
         }
         Some("CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST") => {
@@ -197,6 +240,7 @@ impl std::fmt::Display for Inspection {
                 key_usage,
                 extended_key_usage,
                 sha256,
+                chain,
             } => {
                 let _ = writeln!(out, "certificate{}", if *ca { " (CA)" } else { "" });
                 let _ = writeln!(out, "  subject:      {subject}");
@@ -212,6 +256,9 @@ impl std::fmt::Display for Inspection {
                 let _ = writeln!(out, "  key usage:    {}", list(key_usage));
                 let _ = writeln!(out, "  ext. usage:   {}", list(extended_key_usage));
                 let _ = write!(out, "  SHA-256:      {sha256}");
+                for entry in chain {
+                    let _ = write!(out, "\n  chain:        {entry}");
+                }
             }
             Self::Csr {
                 subject,
@@ -278,13 +325,43 @@ pub struct VerifyRequest<'a> {
     pub crl: Option<&'a Path>,
 }
 
-/// Verifies a certificate; `Ok` with a one-line summary when valid.
-pub fn verify(request: &VerifyRequest<'_>) -> Result<String> {
+/// What [`verify`] found: the certificate valid, and the path to its
+/// trust anchor.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    /// One line: the file, OK, subject, issuer, end.
+    pub summary: String,
+    /// The certificate, then each CA above it, the last one from the CA
+    /// file.
+    pub chain: Vec<ChainEntry>,
+}
+
+impl std::fmt::Display for Verification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.summary)?;
+        for (i, entry) in self.chain.iter().enumerate().skip(1) {
+            let role = if i + 1 == self.chain.len() {
+                "CA file"
+            } else {
+                "intermediate"
+            };
+            write!(f, "\n  {role}: {entry}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Verifies a certificate through the certificates after it in its file
+/// (an intermediate) to a CA of the CA file; `Ok` with the chain when
+/// valid.
+pub fn verify(request: &VerifyRequest<'_>) -> Result<Verification> {
     let pki = |path: &Path| {
         let path = path.to_owned();
         move |source| Error::Pki { path, source }
     };
-    let cert = Certificate::from_pem(&read_text(request.cert)?).map_err(pki(request.cert))?;
+    let mut chain =
+        Certificate::all_from_pem(&read_text(request.cert)?).map_err(pki(request.cert))?;
+    let cert = chain.remove(0);
     let cas = Certificate::all_from_pem(&read_text(request.ca)?).map_err(pki(request.ca))?;
     let crl = match request.crl {
         Some(path) => Some(Crl::from_pem(&read_text(path)?).map_err(pki(path))?),
@@ -298,12 +375,140 @@ pub fn verify(request: &VerifyRequest<'_>) -> Result<String> {
         // The CA folder's own certificate, root or intermediate.
         partial_chain: true,
     };
-    pki_core::verify(&cert, &cas, &options).map_err(pki(request.cert))?;
-    Ok(format!(
-        "{}: OK ({}, issued by {}, valid until {})",
-        request.cert.display(),
-        cert.subject(),
-        cert.issuer(),
-        t(cert.not_after())
-    ))
+    let path = verify_chain(&cert, &chain, &cas, &options).map_err(pki(request.cert))?;
+    Ok(Verification {
+        summary: format!(
+            "{}: OK ({}, issued by {}, valid until {})",
+            request.cert.display(),
+            cert.subject(),
+            cert.issuer(),
+            t(cert.not_after())
+        ),
+        chain: std::iter::once(&cert)
+            .chain(&path)
+            .map(ChainEntry::of)
+            .collect(),
+    })
+}
+
+/// Verifies `leaf` under `options` (its profile, name, and the CRL of its
+/// issuer) through `untrusted` (the certificates that came with it: its
+/// file's intermediates) to one of `anchors` (the CA file); each CA on the
+/// way must be valid and able to issue. Returns the CAs above the leaf,
+/// the last one from `anchors`. An intermediate is only a step, never an
+/// anchor: the walk ends at a certificate of `anchors`, as OpenSSL's
+/// `verify -CAfile ROOT -untrusted INTERMEDIATE` does.
+pub fn verify_chain(
+    leaf: &Certificate,
+    untrusted: &[Certificate],
+    anchors: &[Certificate],
+    options: &VerifyOptions<'_>,
+) -> pki_core::Result<Vec<Certificate>> {
+    let mut path: Vec<Certificate> = Vec::new();
+    let mut current = leaf.clone();
+    let mut step = options.clone();
+    for _ in 0..=untrusted.len() {
+        match pki_core::verify(&current, anchors, &step) {
+            Ok(()) => {
+                path.extend(
+                    anchors
+                        .iter()
+                        .find(|a| a.subject() == current.issuer())
+                        .cloned(),
+                );
+                return Ok(path);
+            }
+            Err(
+                mismatch @ pki_core::Error::Invalid {
+                    reason: InvalidReason::IssuerMismatch { .. },
+                    ..
+                },
+            ) => {
+                // Its issuer from the file, not yet on the path.
+                let Some(next) = untrusted.iter().find(|c| {
+                    c.subject() == current.issuer()
+                        && c.der() != current.der()
+                        && !path.iter().any(|p| p.der() == c.der())
+                }) else {
+                    return Err(mismatch);
+                };
+                let one = VerifyOptions {
+                    partial_chain: true,
+                    ..step.clone()
+                };
+                pki_core::verify(&current, std::slice::from_ref(next), &one)?;
+                path.push(next.clone());
+                current = next.clone();
+                // Above the leaf: a CA, valid, able to issue (checked when
+                // it is the issuer of the next step).
+                step = VerifyOptions {
+                    profile: None,
+                    name: None,
+                    crl: None,
+                    ..options.clone()
+                };
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    pki_core::verify(&current, anchors, &step).map(|()| path)
+}
+
+#[cfg(test)]
+mod tests {
+    use pki_core::{CertificateAuthority, Csr, CsrParams, IssueParams, KeyType, Subject, Validity};
+
+    use super::*;
+
+    fn root(cn: &str) -> CertificateAuthority {
+        CertificateAuthority::new_root(
+            &Subject::new(cn).unwrap(),
+            KeyPair::generate(KeyType::P256).unwrap(),
+            Validity::days_from_now(30).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn intermediate(root: &CertificateAuthority, cn: &str) -> CertificateAuthority {
+        let key = KeyPair::generate(KeyType::P256).unwrap();
+        let csr = Csr::new(&CsrParams::new(Subject::new(cn).unwrap()), &key).unwrap();
+        let cert = root
+            .sign_intermediate(&csr, Validity::days_from_now(20).unwrap(), 0)
+            .unwrap()
+            .certificate;
+        CertificateAuthority::from_parts(cert, key).unwrap()
+    }
+
+    fn leaf(ca: &CertificateAuthority) -> Certificate {
+        let key = KeyPair::generate(KeyType::P256).unwrap();
+        let csr = Csr::new(&CsrParams::new(Subject::new("dev").unwrap()), &key).unwrap();
+        let params = IssueParams::new(Profile::Client, Validity::days_from_now(10).unwrap());
+        ca.sign(&csr, &params).unwrap().certificate
+    }
+
+    #[test]
+    fn a_chain_ends_at_an_anchor_never_at_a_certificate_of_the_file() {
+        let ours = root("Root");
+        let int = intermediate(&ours, "Intermediate");
+        let dev = leaf(&int);
+        let anchors = [ours.certificate().clone()];
+        let options = VerifyOptions {
+            profile: Some(Profile::Client),
+            ..VerifyOptions::now()
+        };
+        let path = verify_chain(&dev, &[int.certificate().clone()], &anchors, &options).unwrap();
+        let subjects: Vec<String> = path.iter().map(Certificate::subject).collect();
+        assert_eq!(subjects, ["CN=Intermediate", "CN=Root"]);
+        // Without the intermediate, the root alone does not vouch for it.
+        assert!(verify_chain(&dev, &[], &anchors, &options).is_err());
+        // An intermediate of the same name under another root (or a
+        // self-made one) is a step the root did not sign.
+        let other = intermediate(&root("Root"), "Intermediate");
+        let forged = leaf(&other);
+        assert!(verify_chain(&forged, &[other.certificate().clone()], &anchors, &options).is_err());
+        // A leaf directly under the root needs no chain.
+        let path = verify_chain(&leaf(&ours), &[], &anchors, &options).unwrap();
+        assert_eq!(path.len(), 1);
+        assert_eq!(path[0].der(), ours.certificate().der());
+    }
 }

@@ -167,7 +167,7 @@ impl Filter {
     }
 }
 
-const SCHEMA: [&str; 5] = [
+const SCHEMA: [&str; 7] = [
     "CREATE TABLE IF NOT EXISTS certificates (
         seq BIGINT NOT NULL UNIQUE,
         serial TEXT PRIMARY KEY,
@@ -189,6 +189,21 @@ const SCHEMA: [&str; 5] = [
     "CREATE TABLE IF NOT EXISTS ca_state (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS certificates_by_role ON certificates (role)
         WHERE role IS NOT NULL AND role <> 'device'",
+    // `provision serve`: each request's answer, given again to a copy of
+    // the request; a renewal's old certificate until it is revoked.
+    "CREATE TABLE IF NOT EXISTS lifecycle_requests (
+        requester TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        old_serial TEXT,
+        new_serial TEXT,
+        at BIGINT NOT NULL,
+        settled INTEGER NOT NULL,
+        PRIMARY KEY (requester, request_id)
+    )",
+    "CREATE INDEX IF NOT EXISTS lifecycle_unsettled ON lifecycle_requests (at)
+        WHERE settled = 0",
 ];
 
 const COLUMNS: &str = "serial, common_name, subject, profile, not_before, not_after, sha256, \
@@ -200,6 +215,71 @@ const PG_CA_LOCK: i64 = 0x6d71_7474_4341_696e;
 /// Rows inserted per statement when recording many (11 parameters each,
 /// far below either database's limit).
 const INSERT_CHUNK: usize = 500;
+
+/// A `lifecycle_requests` row: kind, answer, old and new serial, settled.
+type RequestRow = (String, String, Option<String>, Option<String>, i64);
+
+/// A request `provision serve` answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRequest {
+    /// `enroll` or `renew`.
+    pub kind: String,
+    /// The answer (JSON), given again to every copy of the request.
+    pub answer: String,
+    /// A renewal's old certificate.
+    pub old_serial: Option<Serial>,
+    /// The certificate issued.
+    pub new_serial: Option<Serial>,
+    /// A renewal whose old certificate was revoked (or never will be).
+    pub settled: bool,
+}
+
+/// What a claim certificate may enroll (`provision issue claim`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimPolicy {
+    /// Names it may enroll (from manufacturing, say).
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Or names matching this pattern: `*` stands for any run of
+    /// characters (`sensor-*`).
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// How many devices it may enroll in all.
+    #[serde(default)]
+    pub quota: Option<u64>,
+    /// Until when (the claim certificate's end, or earlier).
+    #[serde(with = "text")]
+    pub until: Timestamp,
+}
+
+impl ClaimPolicy {
+    /// Whether `name` is allowed.
+    pub fn allows(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+            || self.pattern.as_deref().is_some_and(|p| glob(p, name))
+    }
+}
+
+/// `*` matches any run of characters; everything else itself.
+fn glob(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
 
 /// The inventory of one CA. Cheap to keep open; a long-running process
 /// (a CA service) holds one and takes a [`LockedCa`] per change, safely
@@ -516,12 +596,12 @@ impl Inventory {
         }
     }
 
-    /// The SHA-256 of the CA certificate in the folder now.
+    /// The SHA-256 of the root CA certificate in the folder now: the
+    /// inventory's owner. An intermediate added later (`init-ca
+    /// --intermediate`) signs under the same owner: serials are unique per
+    /// CA folder, and the inventory made under the root alone goes on.
     fn folder_fingerprint(&self) -> Result<String> {
-        let path = self.ca_dir.cert_path();
-        let cert = Certificate::from_pem(&crate::files::read_text(&path)?)
-            .map_err(|source| Error::Pki { path, source })?;
-        Ok(cert.sha256_fingerprint())
+        fingerprint_of(&self.ca_dir.cert_path())
     }
 
     fn not_ours(&self, owner: &str, fingerprint: &str) -> Error {
@@ -626,6 +706,15 @@ impl Inventory {
         self.begin(Some(self.ca_dir.lock()?), Some(ca))
     }
 
+    /// The transaction under the CA folder's lock, already taken (and now
+    /// held until the transaction ends), with no CA yet (see
+    /// [`LockedCa::sign_with`]): for `init-ca --intermediate`, which checks
+    /// the owner before it writes the intermediate, then signs the
+    /// intermediate's first CRL under the same lock.
+    pub(crate) fn lock_held(&self, lock: CaLock) -> Result<LockedCa<'_>> {
+        self.begin(Some(lock), None)
+    }
+
     /// The transaction, under `file_lock` (`None`: the caller holds it):
     /// checks (and on first use
     /// claims) the owner, remembers a PostgreSQL inventory's location in
@@ -637,14 +726,18 @@ impl Inventory {
         ca: Option<&'a CertificateAuthority>,
     ) -> Result<LockedCa<'a>> {
         let fingerprint = self.folder_fingerprint()?;
+        // The CA that signs (the intermediate when there is one) must still
+        // be the folder's.
         if let Some(ca) = ca
-            && ca.certificate().sha256_fingerprint() != fingerprint
+            && ca.certificate().sha256_fingerprint()
+                != fingerprint_of(&self.ca_dir.signer_cert_path())?
         {
             return Err(Error::Inventory {
                 location: self.location.clone(),
                 reason: format!(
                     "the CA certificate in {} changed while this command waited for the \
-                     lock (replaced with init-ca --force?): nothing was done with the old CA",
+                     lock (replaced with init-ca --force, or an intermediate added with \
+                     init-ca --intermediate?): nothing was done with the old CA",
                     self.ca_dir.dir().display()
                 ),
             });
@@ -730,6 +823,7 @@ impl Inventory {
         locked.run("archiving", async |tx| {
             either!(tx, Tx(c) => {
                 sqlx::query("DELETE FROM certificates").execute(&mut **c).await?;
+                sqlx::query("DELETE FROM lifecycle_requests").execute(&mut **c).await?;
                 sqlx::query("DELETE FROM ca_state").execute(&mut **c).await.map(|_| ())
             })
         })?;
@@ -928,6 +1022,16 @@ fn common_name_of(subject: &str) -> Option<String> {
     Some(out)
 }
 
+/// The SHA-256 of the certificate in `path`.
+fn fingerprint_of(path: &Path) -> Result<String> {
+    let cert =
+        Certificate::from_pem(&crate::files::read_text(path)?).map_err(|source| Error::Pki {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(cert.sha256_fingerprint())
+}
+
 fn db_error(location: &str, action: &'static str, e: sqlx::Error) -> Error {
     Error::Database {
         location: location.to_owned(),
@@ -987,7 +1091,7 @@ impl Drop for LockedCa<'_> {
     }
 }
 
-impl LockedCa<'_> {
+impl<'a> LockedCa<'a> {
     fn run<T>(
         &mut self,
         action: &'static str,
@@ -1056,7 +1160,14 @@ impl LockedCa<'_> {
         self.set_state("acl_policy", &json)
     }
 
-    /// The CA's certificate.
+    /// From now on signs with `ca`: the intermediate `init-ca
+    /// --intermediate` just wrote into the folder.
+    pub(crate) fn sign_with(&mut self, ca: &'a CertificateAuthority) {
+        self.ca = Some(ca);
+    }
+
+    /// The certificate of the CA that signs (the intermediate when the
+    /// folder has one).
     pub fn ca_certificate(&self) -> Result<&Certificate> {
         Ok(self.ca()?.certificate())
     }
@@ -1104,6 +1215,156 @@ impl LockedCa<'_> {
                 .await)
         })?;
         Ok(max.unwrap_or(0))
+    }
+
+    /// The policy of claim `name` (`provision issue claim`).
+    pub fn claim_policy(&mut self, name: &str) -> Result<Option<ClaimPolicy>> {
+        let location = self.inventory.location.clone();
+        self.state(&format!("claim:{name}"))?
+            .map(|json| {
+                serde_json::from_str(&json).map_err(|e| Error::Inventory {
+                    location,
+                    reason: format!("the policy of claim {name:?} is corrupt: {e}"),
+                })
+            })
+            .transpose()
+    }
+
+    /// Stores the policy of claim `name`.
+    pub fn set_claim_policy(&mut self, name: &str, policy: &ClaimPolicy) -> Result<()> {
+        let json = serde_json::to_string(policy).map_err(|e| Error::Inventory {
+            location: self.inventory.location.clone(),
+            reason: e.to_string(),
+        })?;
+        self.set_state(&format!("claim:{name}"), &json)
+    }
+
+    /// The answer already given to `requester`'s request `request_id`.
+    pub fn answer(&mut self, requester: &str, request_id: &str) -> Result<Option<StoredRequest>> {
+        let row: Option<RequestRow> = self.run("reading", async |tx| {
+            either!(tx, Tx(c) => sqlx::query_as(
+                    "SELECT kind, answer, old_serial, new_serial, settled FROM lifecycle_requests
+                     WHERE requester = $1 AND request_id = $2",
+                )
+                .bind(requester)
+                .bind(request_id)
+                .fetch_optional(&mut **c)
+                .await)
+        })?;
+        let location = self.inventory.location.clone();
+        row.map(|(kind, answer, old, new, settled)| {
+            let serial = |s: Option<String>| {
+                s.map(|s| s.parse::<Serial>())
+                    .transpose()
+                    .map_err(|e| Error::Inventory {
+                        location: location.clone(),
+                        reason: format!("request {request_id:?} of {requester:?}: serial: {e}"),
+                    })
+            };
+            Ok(StoredRequest {
+                kind,
+                answer,
+                old_serial: serial(old)?,
+                new_serial: serial(new)?,
+                settled: settled != 0,
+            })
+        })
+        .transpose()
+    }
+
+    /// Stores the answer to `requester`'s request `request_id` with the
+    /// certificate it issued (`new`); a renewal (with the `old` serial)
+    /// stays unsettled until [`LockedCa::settle`].
+    pub fn store_answer(
+        &mut self,
+        requester: &str,
+        request_id: &str,
+        kind: &str,
+        answer: &str,
+        old: Option<&Serial>,
+        new: Option<&Serial>,
+    ) -> Result<()> {
+        let now = to_secs(Timestamp(SystemTime::now()));
+        let (old, new) = (old.map(|s| s.to_string()), new.map(|s| s.to_string()));
+        let settled = i64::from(old.is_none());
+        self.run("writing", async |tx| {
+            either!(tx, Tx(c) => sqlx::query(
+                "INSERT INTO lifecycle_requests
+                 (requester, request_id, kind, answer, old_serial, new_serial, at, settled)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(requester)
+            .bind(request_id)
+            .bind(kind)
+            .bind(answer)
+            .bind(old.clone())
+            .bind(new.clone())
+            .bind(now)
+            .bind(settled)
+            .execute(&mut **c)
+            .await
+            .map(|_| ()))
+        })
+    }
+
+    /// How many enrollments claim `claim` was granted.
+    pub fn enrolled_by(&mut self, claim: &str) -> Result<u64> {
+        let n: i64 = self.run("reading", async |tx| {
+            either!(tx, Tx(c) => sqlx::query_scalar(
+                "SELECT COUNT(*) FROM lifecycle_requests
+                 WHERE requester = $1 AND kind = 'enroll' AND new_serial IS NOT NULL",
+            )
+            .bind(claim)
+            .fetch_one(&mut **c)
+            .await)
+        })?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Unsettled renewals: `(requester, request_id, old serial, new
+    /// serial)`, those answered before `before` only when given.
+    pub fn unsettled(
+        &mut self,
+        before: Option<SystemTime>,
+    ) -> Result<Vec<(String, String, Serial, Serial)>> {
+        let before = before.map_or(i64::MAX, |t| to_secs(Timestamp(t)));
+        let rows: Vec<(String, String, String, String)> = self.run("reading", async |tx| {
+            either!(tx, Tx(c) => sqlx::query_as(
+                "SELECT requester, request_id, old_serial, new_serial FROM lifecycle_requests
+                 WHERE settled = 0 AND at < $1 AND old_serial IS NOT NULL
+                 AND new_serial IS NOT NULL ORDER BY at",
+            )
+            .bind(before)
+            .fetch_all(&mut **c)
+            .await)
+        })?;
+        let location = self.inventory.location.clone();
+        rows.into_iter()
+            .map(|(who, id, old, new)| {
+                let parse = |s: &str| {
+                    s.parse::<Serial>().map_err(|e| Error::Inventory {
+                        location: location.clone(),
+                        reason: format!("request {id:?} of {who:?}: serial: {e}"),
+                    })
+                };
+                Ok((who.clone(), id.clone(), parse(&old)?, parse(&new)?))
+            })
+            .collect()
+    }
+
+    /// Marks `requester`'s renewal `request_id` settled (its old
+    /// certificate revoked, or the new one given up).
+    pub fn settle(&mut self, requester: &str, request_id: &str) -> Result<()> {
+        self.run("writing", async |tx| {
+            either!(tx, Tx(c) => sqlx::query(
+                "UPDATE lifecycle_requests SET settled = 1 WHERE requester = $1 AND request_id = $2",
+            )
+            .bind(requester)
+            .bind(request_id)
+            .execute(&mut **c)
+            .await
+            .map(|_| ()))
+        })
     }
 
     fn state(&mut self, name: &str) -> Result<Option<String>> {
@@ -1516,6 +1777,31 @@ impl FromStr for Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claim_patterns_match_whole_names() {
+        for (pattern, name, ok) in [
+            ("sensor-*", "sensor-1", true),
+            ("sensor-*", "sensor-", true),
+            ("sensor-*", "xsensor-1", false),
+            ("*-eu", "gw-eu", true),
+            ("*-eu", "gw-eu-2", false),
+            ("a*b*c", "a-b-c", true),
+            ("a*b*c", "acb", false),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+        ] {
+            assert_eq!(glob(pattern, name), ok, "{pattern} ~ {name}");
+        }
+        let policy = ClaimPolicy {
+            names: vec!["gw-1".into()],
+            pattern: Some("sensor-*".into()),
+            quota: None,
+            until: Timestamp(SystemTime::now()),
+        };
+        assert!(policy.allows("gw-1") && policy.allows("sensor-9"));
+        assert!(!policy.allows("gw-2"));
+    }
 
     #[test]
     fn common_names_come_out_of_escaped_subjects() {

@@ -21,6 +21,12 @@ pub const CA_CERT: &str = "root_ca_cert.pem";
 pub const CA_KEY: &str = "root_ca.key";
 /// The stem no identity may take: it would be the CA's own files.
 pub const CA_STEM: &str = "root_ca";
+/// The intermediate CA's certificate (`init-ca --intermediate`): when it
+/// is there, it signs everything (certificates, CRLs) and the root key may
+/// be offline; the root certificate stays the trust anchor.
+pub const INTERMEDIATE_CERT: &str = "intermediate_ca_cert.pem";
+/// The intermediate CA's key.
+pub const INTERMEDIATE_KEY: &str = "intermediate_ca.key";
 /// The inventory database (SQLite) in the CA folder.
 pub const INVENTORY_DB: &str = "inventory.db";
 /// The inventory of earlier versions, one JSON record per line; imported
@@ -38,18 +44,25 @@ pub const LOCK: &str = ".lock";
 /// Where `init-ca --force` moves a replaced CA.
 pub const ARCHIVE: &str = "archive";
 
-/// What moves into the archive when a CA is replaced: the key, the
-/// certificate, the CRL and what an earlier version kept. The inventory's
-/// database stays in place (other processes may have it open): its records
-/// are exported into the archive as `inventory.jsonl` and removed.
-pub const CA_FILES: [&str; 6] = [
+/// What moves into the archive when a CA is replaced: the keys, the
+/// certificates (root and intermediate), the CRL and what an earlier
+/// version kept. The inventory's database stays in place (other processes
+/// may have it open): its records are exported into the archive as
+/// `inventory.jsonl` and removed.
+pub const CA_FILES: [&str; 8] = [
     CA_KEY,
     CA_CERT,
+    INTERMEDIATE_KEY,
+    INTERMEDIATE_CERT,
     INVENTORY_JSONL,
     "inventory.jsonl.imported",
     CRL,
     CRL_NUMBER,
 ];
+
+/// What moves into the archive when only the intermediate is replaced
+/// (`init-ca --intermediate --force`).
+pub const INTERMEDIATE_FILES: [&str; 2] = [INTERMEDIATE_KEY, INTERMEDIATE_CERT];
 
 /// The three files of an identity.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -103,6 +116,11 @@ pub struct BrokerPaths {
     pub crl: PathBuf,
     /// `acl`: the topic rules of each role.
     pub acl: PathBuf,
+    /// `enroll.conf`: the enrollment broker, where claims connect (when
+    /// asked for).
+    pub enroll_config: PathBuf,
+    /// `enroll.acl`: its topic rules (claims and the CA service only).
+    pub enroll_acl: PathBuf,
 }
 
 impl BrokerPaths {
@@ -115,6 +133,8 @@ impl BrokerPaths {
             key: out.join("server.key"),
             crl: out.join("crl.pem"),
             acl: out.join("acl"),
+            enroll_config: out.join("enroll.conf"),
+            enroll_acl: out.join("enroll.acl"),
         }
     }
 }

@@ -53,9 +53,11 @@ pub mod fleet;
 pub mod inspect;
 pub mod inventory;
 pub mod layout;
+pub mod lifecycle;
 pub mod ops;
 pub mod pubsub;
 pub mod roles;
+pub mod serve;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -8,8 +8,10 @@ use clap::{CommandFactory, Parser};
 
 mod cli;
 
-use cli::args::{Cli, Command};
+use cli::args::{Cli, Command, IssueCommand};
 use cli::commands::{self as run, print};
+use cli::lifecycle;
+use pki_core::Profile;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -34,8 +36,20 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     match cli.command {
+        Command::InitCa(args) if args.intermediate => {
+            print(&run::init_intermediate_cmd(args)?, json)
+        }
         Command::InitCa(args) => print(&run::init_ca(args)?, json),
-        Command::Issue(cmd) => print(&run::issue_cmd(cmd)?, json),
+        Command::Issue(IssueCommand::Client(a)) => {
+            print(&run::issue_cmd(Profile::Client, a)?, json)
+        }
+        Command::Issue(IssueCommand::Server(a)) => {
+            print(&run::issue_cmd(Profile::Server, a)?, json)
+        }
+        Command::Issue(IssueCommand::Claim(a)) => print(&lifecycle::issue_claim(a)?, json),
+        Command::Serve(args) => lifecycle::serve(args),
+        Command::Enroll(args) => print(&lifecycle::enroll(args)?, json),
+        Command::Renew(args) => print(&lifecycle::renew(args)?, json),
         Command::Csr(args) => print(&run::csr(args)?, json),
         Command::Sign(args) => print(&run::sign(args)?, json),
         Command::Inspect(args) => print(&run::inspect(args)?, json),

@@ -1,5 +1,6 @@
-//! The CA operations behind the commands: create the CA, issue, make and
-//! sign CSRs, revoke, and write CRLs.
+//! The CA operations behind the commands: create the CA (a root, and an
+//! intermediate under it), issue, make and sign CSRs, revoke, and write
+//! CRLs.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -132,6 +133,176 @@ pub fn init_ca_archiving(
     Ok((ca, archived))
 }
 
+/// How to create an intermediate CA under the folder's root.
+#[derive(Debug, Clone)]
+pub struct InitIntermediate {
+    /// Subject attributes; the common name defaults to `MQTT Intermediate
+    /// CA`. It must differ from the root's subject.
+    pub subject: SubjectOptions,
+    /// The intermediate's key type.
+    pub key_type: KeyType,
+    /// Validity in days (cut to the root's end).
+    pub days: u32,
+    /// The root key's passphrase, when it is encrypted (wiped when dropped).
+    pub root_passphrase: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// Encrypt the new intermediate key with this passphrase.
+    pub passphrase: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// Replace an existing intermediate (archived first).
+    pub force: bool,
+}
+
+/// What [`init_intermediate`] made.
+#[derive(Debug)]
+pub struct IntermediateCreated {
+    /// The intermediate CA, which signs from now on.
+    pub ca: CertificateAuthority,
+    /// The root certificate that signed it (the trust anchor).
+    pub root: Certificate,
+    /// The requested end, when it was cut to the root's.
+    pub capped_not_after: Option<SystemTime>,
+    /// Where a replaced intermediate went.
+    pub archived: Option<PathBuf>,
+    /// The CRL signed by the intermediate, written to the CA folder's
+    /// `crl.pem`.
+    pub crl: pki_core::Crl,
+    /// Valid client certificates in the inventory issued before this
+    /// intermediate (by the root or a replaced intermediate): a broker
+    /// checks a client against its issuer's CRL, and their issuer signs
+    /// none any more, so they are to be reissued.
+    pub earlier_clients: usize,
+}
+
+/// Days of the first CRL an intermediate signs.
+const FIRST_INTERMEDIATE_CRL_DAYS: u32 = 30;
+
+/// Creates an intermediate CA signed by the folder's root: a new key
+/// (`intermediate_ca.key`, 0600, encrypted when a passphrase is given) and
+/// its certificate (`intermediate_ca_cert.pem`: CA, path length 0, inside
+/// the root's validity), written atomically under the CA's lock, and a CRL
+/// signed by it. The root key is read once, here; from then on
+/// [`CaDir::load`] signs with the intermediate and the root key can go
+/// offline. Refused, with nothing written, when the root key is not in
+/// the folder, or when an intermediate exists and `force` is off (with
+/// `force` the old one is archived).
+pub fn init_intermediate(dir: &CaDir, request: &InitIntermediate) -> Result<IntermediateCreated> {
+    let cert_path = dir.intermediate_cert_path();
+    let key_path = dir.intermediate_key_path();
+    if let Some(p) = &request.passphrase
+        && p.len() < MIN_PASSPHRASE
+    {
+        return Err(Error::Passphrase {
+            path: key_path,
+            reason: format!(
+                "the passphrase for a new CA key must be at least {MIN_PASSPHRASE} characters \
+                 (a short one is guessed quickly from a stolen key file); nothing was written"
+            ),
+        });
+    }
+    if !dir.cert_path().exists() {
+        return Err(Error::NoCa {
+            dir: dir.dir().to_owned(),
+        });
+    }
+    if !dir.key_path().exists() {
+        return Err(Error::RootKeyAbsent {
+            path: dir.key_path(),
+        });
+    }
+    // Everything that can fail before anything is written (the inventory
+    // is opened, and maybe created, only then).
+    refuse_existing(&[&cert_path, &key_path], request.force)?;
+    let root = dir.load_root(request.root_passphrase.as_ref().map(|p| p.as_slice()))?;
+    let subject = request.subject.subject("MQTT Intermediate CA")?;
+    let key = KeyPair::generate(request.key_type)?;
+    let csr = Csr::new(&CsrParams::new(subject), &key)?;
+    if csr.subject() == root.certificate().subject() {
+        return Err(Error::Invalid(pki_core::Error::ProfileViolation {
+            profile: "intermediate CA",
+            reason: format!(
+                "its subject {} is the root's: give it a name of its own (--cn)",
+                csr.subject()
+            ),
+        }));
+    }
+    // Path length 0: it issues end entities only.
+    let issued = root.sign_intermediate(&csr, Validity::days_from_now(request.days)?, 0)?;
+    let ca = CertificateAuthority::from_parts(issued.certificate, key)?;
+    let key_pem: zeroize::Zeroizing<String> = match &request.passphrase {
+        Some(p) => ca.key().to_encrypted_pkcs8_pem(p)?.into(),
+        None => ca.key().to_pkcs8_pem()?,
+    };
+
+    // The inventory (opened before the lock: opening may take it briefly)
+    // stays the root's: its owner is checked before anything is written.
+    let inventory = Inventory::open(dir)?;
+    let lock = dir.lock()?;
+    refuse_existing(&[&cert_path, &key_path], request.force)?;
+    let on_disk =
+        Certificate::from_pem(&read_text(&dir.cert_path())?).map_err(|source| Error::Pki {
+            path: dir.cert_path(),
+            source,
+        })?;
+    if on_disk.der() != root.certificate().der() {
+        return Err(Error::UnsafeOutput {
+            path: cert_path,
+            reason: format!(
+                "the root certificate in {} changed while this command waited for the lock \
+                 (replaced with init-ca --force?): nothing was written",
+                dir.dir().display()
+            ),
+        });
+    }
+    let mut locked = inventory.lock_held(lock)?;
+    let mut earlier_clients = 0;
+    locked.visit(
+        &crate::inventory::Filter {
+            common_name: None,
+            valid_only: true,
+        },
+        |r| {
+            earlier_clients += usize::from(r.profile == Profile::Client);
+            Ok(())
+        },
+    )?;
+    let archived = if request.force {
+        dir.archive_intermediate()?
+    } else {
+        None
+    };
+    write_atomic(&key_path, key_pem.as_bytes(), Access::Secret, request.force)?;
+    write_atomic(
+        &cert_path,
+        ca.certificate().to_pem().as_bytes(),
+        Access::Public,
+        request.force,
+    )?;
+    // From now on the intermediate signs the CRL too: a broker checks a
+    // client against the CRL of the client certificate's issuer.
+    locked.sign_with(&ca);
+    let crl = locked.write_crl(&dir.crl_path(), FIRST_INTERMEDIATE_CRL_DAYS)?;
+    locked.commit()?;
+    Ok(IntermediateCreated {
+        root: root.certificate().clone(),
+        capped_not_after: issued.capped_not_after,
+        archived,
+        crl,
+        earlier_clients,
+        ca,
+    })
+}
+
+/// The text of an issued certificate's file: the certificate, then its
+/// issuer's when that is an intermediate (not self-signed), so that a TLS
+/// peer gets the chain to the root from the file alone. The root stays
+/// out: it is the trust anchor, the peer's CA file.
+pub fn cert_file_pem(cert: &Certificate, issuer: &Certificate) -> String {
+    let mut pem = cert.to_pem();
+    if !issuer.is_self_issued() {
+        pem.push_str(&issuer.to_pem());
+    }
+    pem
+}
+
 /// Whether the CA folder has an inventory (SQLite, or a PostgreSQL one it
 /// names).
 fn inventory_exists(dir: &CaDir) -> bool {
@@ -187,8 +358,10 @@ const SUPERSEDED_CRL_DAYS: u32 = 30;
 /// Issues an identity and records it (the caller commits `locked`).
 pub fn issue(locked: &mut LockedCa<'_>, request: &IssueRequest) -> Result<IssuedIdentity> {
     refuse_ca_folder(&request.identity.out, Some(locked.ca_dir()))?;
+    let issuer = locked.ca_certificate()?.clone();
     let mut issued = issue_files(
         |csr, params| locked.sign(csr, params),
+        &issuer,
         request,
         Durability::Now,
     )?;
@@ -211,9 +384,12 @@ fn parent_of(path: &Path) -> &Path {
 ///
 /// `sign` signs the CSR: [`LockedCa::sign`], which draws a serial the
 /// inventory has never seen, or the CA itself in bulk (where the
-/// inventory's key refuses a repeat when the batch is recorded).
+/// inventory's key refuses a repeat when the batch is recorded). `issuer`
+/// is the signing CA's certificate: the certificate file carries it after
+/// the new certificate when it is an intermediate ([`cert_file_pem`]).
 pub fn issue_files(
     sign: impl FnOnce(&Csr, &IssueParams) -> Result<pki_core::Issued>,
+    issuer: &Certificate,
     request: &IssueRequest,
     durability: Durability,
 ) -> Result<IssuedIdentity> {
@@ -248,7 +424,7 @@ pub fn issue_files(
 
     let key_pem = key.to_pkcs8_pem()?;
     let csr_pem = csr.to_pem();
-    let cert_pem = issued.certificate.to_pem();
+    let cert_pem = cert_file_pem(&issued.certificate, issuer);
     match files {
         Some(files) => {
             files.write(&[key_pem.as_bytes(), csr_pem.as_bytes(), cert_pem.as_bytes()])?
@@ -463,9 +639,10 @@ pub fn sign_csr(locked: &mut LockedCa<'_>, request: &SignRequest) -> Result<Sign
         },
         other => other,
     })?;
+    let cert_pem = cert_file_pem(&issued.certificate, locked.ca_certificate()?);
     write_atomic(
         &request.out,
-        issued.certificate.to_pem().as_bytes(),
+        cert_pem.as_bytes(),
         Access::Public,
         request.force,
     )?;

@@ -1,6 +1,8 @@
 //! The CA directory: its certificate and key (the original design's
-//! `root_cert/root_ca_cert.pem` and `root_cert/root_ca.key`), a lock, the
-//! inventory of everything issued, and the CRL.
+//! `root_cert/root_ca_cert.pem` and `root_cert/root_ca.key`), an optional
+//! intermediate CA that signs in the root's place (`init-ca
+//! --intermediate`, the root key then offline), a lock, the inventory of
+//! everything issued, and the CRL.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,10 @@ use pki_core::{Certificate, CertificateAuthority, KeyPair, Timestamp};
 
 use crate::error::{Error, Result};
 use crate::files::read_text;
-use crate::layout::{ARCHIVE, CA_CERT, CA_FILES, CA_KEY, CRL, LOCK};
+use crate::layout::{
+    ARCHIVE, CA_CERT, CA_FILES, CA_KEY, CRL, INTERMEDIATE_CERT, INTERMEDIATE_FILES,
+    INTERMEDIATE_KEY, LOCK,
+};
 
 /// The paths of a CA directory.
 #[derive(Debug, Clone)]
@@ -26,8 +31,9 @@ pub struct CaDir {
 pub fn refuse_ca_folder(out: &Path, ca: Option<&CaDir>) -> Result<()> {
     let resolved = crate::files::resolve(out);
     let is_ca = ca.is_some_and(|ca| crate::files::resolve(ca.dir()) == resolved)
-        || resolved.join(CA_CERT).exists()
-        || resolved.join(CA_KEY).exists();
+        || [CA_CERT, CA_KEY, INTERMEDIATE_CERT, INTERMEDIATE_KEY]
+            .iter()
+            .any(|name| resolved.join(name).exists());
     if is_ca {
         return Err(Error::UnsafeOutput {
             path: out.to_owned(),
@@ -75,6 +81,32 @@ impl CaDir {
         self.dir.join(CA_KEY)
     }
 
+    /// `intermediate_ca_cert.pem`.
+    pub fn intermediate_cert_path(&self) -> PathBuf {
+        self.dir.join(INTERMEDIATE_CERT)
+    }
+
+    /// `intermediate_ca.key`.
+    pub fn intermediate_key_path(&self) -> PathBuf {
+        self.dir.join(INTERMEDIATE_KEY)
+    }
+
+    /// Whether the folder has an intermediate CA (which then signs).
+    pub fn has_intermediate(&self) -> bool {
+        self.intermediate_cert_path().exists()
+    }
+
+    /// The certificate of the CA that signs: the intermediate's when there
+    /// is one, else the root's. (The root's, [`CaDir::cert_path`], is the
+    /// trust anchor either way.)
+    pub fn signer_cert_path(&self) -> PathBuf {
+        if self.has_intermediate() {
+            self.intermediate_cert_path()
+        } else {
+            self.cert_path()
+        }
+    }
+
     /// `crl.pem`.
     pub fn crl_path(&self) -> PathBuf {
         self.dir.join(CRL)
@@ -103,49 +135,68 @@ impl CaDir {
         Ok(CaLock { _file: file })
     }
 
-    /// Loads the CA; `passphrase` for an encrypted key.
+    /// Loads the CA that signs, `passphrase` for its encrypted key: the
+    /// intermediate when the folder has one (the root key is then not
+    /// needed, and may be offline), else the root.
     pub fn load(&self, passphrase: Option<&[u8]>) -> Result<CertificateAuthority> {
-        let cert_path = self.cert_path();
-        let key_path = self.key_path();
-        if !cert_path.exists() {
+        if !self.cert_path().exists() {
             return Err(Error::NoCa {
                 dir: self.dir.clone(),
             });
         }
-        let cert = Certificate::from_pem(&read_text(&cert_path)?).map_err(|source| Error::Pki {
-            path: cert_path.clone(),
-            source,
-        })?;
-        let key_pem = zeroize::Zeroizing::new(read_text(&key_path)?);
-        let key = match passphrase {
-            Some(p) => KeyPair::from_pem_with_passphrase(&key_pem, p),
-            None => KeyPair::from_pem(&key_pem),
+        if self.has_intermediate() {
+            let ca = load_pair(
+                self.intermediate_cert_path(),
+                self.intermediate_key_path(),
+                passphrase,
+                "--passphrase-env VAR",
+            )?;
+            // It must be the root's: what it signs is checked against the
+            // root.
+            let root_path = self.cert_path();
+            let root =
+                Certificate::from_pem(&read_text(&root_path)?).map_err(|source| Error::Pki {
+                    path: root_path,
+                    source,
+                })?;
+            let options = pki_core::VerifyOptions {
+                at: ca.certificate().validity().not_before(),
+                partial_chain: true,
+                ..pki_core::VerifyOptions::now()
+            };
+            pki_core::verify(ca.certificate(), std::slice::from_ref(&root), &options).map_err(
+                |source| Error::Pki {
+                    path: self.intermediate_cert_path(),
+                    source,
+                },
+            )?;
+            return Ok(ca);
         }
-        .map_err(|source| match source {
-            pki_core::Error::KeyEncrypted => Error::Passphrase {
-                path: key_path.clone(),
-                reason:
-                    "the CA key is encrypted: pass --passphrase-env VAR with the passphrase in $VAR \
-                     (or run the command at a terminal to be asked)"
-                        .into(),
-            },
-            source => Error::Pki {
-                path: key_path.clone(),
-                source,
-            },
-        })?;
-        // Name the file at fault: a certificate that is no CA is the
-        // certificate's problem; a key that does not match it, the key's.
-        CertificateAuthority::from_parts(cert, key).map_err(|source| Error::Pki {
-            path: match source {
-                pki_core::Error::NotACa { .. } => cert_path,
-                _ => key_path,
-            },
-            source,
-        })
+        load_pair(
+            self.cert_path(),
+            self.key_path(),
+            passphrase,
+            "--passphrase-env VAR",
+        )
     }
 
-    /// Moves the CA's files (key, certificate, inventory, CRL, CRL number:
+    /// Loads the root CA itself, `passphrase` for its encrypted key: for
+    /// `init-ca --intermediate`, the one command that needs the root key.
+    pub fn load_root(&self, passphrase: Option<&[u8]>) -> Result<CertificateAuthority> {
+        if !self.cert_path().exists() {
+            return Err(Error::NoCa {
+                dir: self.dir.clone(),
+            });
+        }
+        load_pair(
+            self.cert_path(),
+            self.key_path(),
+            passphrase,
+            "--root-passphrase-env VAR",
+        )
+    }
+
+    /// Moves the CA's files (keys, certificates, inventory, CRL, CRL number:
     /// [`CA_FILES`])
     /// into a new `archive/<time>/` folder (0700); `None` when there is no
     /// CA here. Call with the lock held.
@@ -159,10 +210,32 @@ impl CaDir {
         &self,
         export: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<Option<PathBuf>> {
-        use std::os::unix::fs::DirBuilderExt;
         if !self.cert_path().exists() && !self.key_path().exists() {
             return Ok(None);
         }
+        self.archive_files(&CA_FILES, export).map(Some)
+    }
+
+    /// Moves the intermediate CA's certificate and key
+    /// ([`INTERMEDIATE_FILES`]) into a new `archive/<time>/` folder, for
+    /// `init-ca --intermediate --force`; `None` when there is none. Call
+    /// with the lock held.
+    pub fn archive_intermediate(&self) -> Result<Option<PathBuf>> {
+        if !self.intermediate_cert_path().exists() && !self.intermediate_key_path().exists() {
+            return Ok(None);
+        }
+        self.archive_files(&INTERMEDIATE_FILES, |_| Ok(()))
+            .map(Some)
+    }
+
+    /// Moves `names` (those present) into a new `archive/<time>/` folder
+    /// (0700), after `export` wrote into it.
+    fn archive_files(
+        &self,
+        names: &[&str],
+        export: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<PathBuf> {
+        use std::os::unix::fs::DirBuilderExt;
         let stamp = Timestamp(SystemTime::now())
             .to_string()
             .replace([':', '-'], "");
@@ -183,7 +256,7 @@ impl CaDir {
                 source,
             })?;
         export(&archive)?;
-        for name in CA_FILES {
+        for name in names {
             let from = self.dir.join(name);
             match std::fs::rename(&from, archive.join(name)) {
                 Ok(()) => {}
@@ -206,8 +279,49 @@ impl CaDir {
                     source,
                 })?;
         }
-        Ok(Some(archive))
+        Ok(archive)
     }
+}
+
+/// A CA certificate and its key, each error naming the file at fault;
+/// `flag` is the option that gives the key's passphrase.
+fn load_pair(
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    passphrase: Option<&[u8]>,
+    flag: &str,
+) -> Result<CertificateAuthority> {
+    let cert = Certificate::from_pem(&read_text(&cert_path)?).map_err(|source| Error::Pki {
+        path: cert_path.clone(),
+        source,
+    })?;
+    let key_pem = zeroize::Zeroizing::new(read_text(&key_path)?);
+    let key = match passphrase {
+        Some(p) => KeyPair::from_pem_with_passphrase(&key_pem, p),
+        None => KeyPair::from_pem(&key_pem),
+    }
+    .map_err(|source| match source {
+        pki_core::Error::KeyEncrypted => Error::Passphrase {
+            path: key_path.clone(),
+            reason: format!(
+                "the CA key is encrypted: pass {flag} with the passphrase in $VAR \
+                     (or run the command at a terminal to be asked)"
+            ),
+        },
+        source => Error::Pki {
+            path: key_path.clone(),
+            source,
+        },
+    })?;
+    // Name the file at fault: a certificate that is no CA is the
+    // certificate's problem; a key that does not match it, the key's.
+    CertificateAuthority::from_parts(cert, key).map_err(|source| Error::Pki {
+        path: match source {
+            pki_core::Error::NotACa { .. } => cert_path,
+            _ => key_path,
+        },
+        source,
+    })
 }
 
 /// Held while the CA is in use; dropping it releases the lock.

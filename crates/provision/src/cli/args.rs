@@ -41,9 +41,11 @@ pub(crate) struct Cli {
 
 #[derive(Subcommand)]
 pub(crate) enum Command {
-    /// Create a self-signed root CA: DIR/root_ca_cert.pem and DIR/root_ca.key.
+    /// Create a self-signed root CA: DIR/root_ca_cert.pem and DIR/root_ca.key;
+    /// with --intermediate, an intermediate CA under it that signs from then
+    /// on (the root key can then go offline).
     #[command(
-        after_help = "Example:\n  provision init-ca --dir root_cert --cn MyRootCA --org MyOrg --country US --passphrase-env CA_PASS"
+        after_help = "Examples:\n  provision init-ca --dir root_cert --cn MyRootCA --org MyOrg --country US --passphrase-env CA_PASS\n  provision init-ca --intermediate --root-passphrase-env CA_PASS\n  mv root_cert/root_ca.key /offline/"
     )]
     InitCa(InitCaArgs),
     /// Issue a key, CSR and certificate: OUT/NAME.key, OUT/NAME_csr.pem, OUT/NAME_cert.pem.
@@ -105,6 +107,24 @@ pub(crate) enum Command {
         after_help = "Example (daily, from a timer or monitoring):\n  provision audit --days 30 --json"
     )]
     Audit(AuditArgs),
+    /// Run the CA as an MQTT service: enrollment with a claim certificate,
+    /// renewal with a proof (docs/lifecycle.md).
+    #[command(
+        after_help = "Example:\n  provision issue client ca-service --role ca-service\n  provision serve --cert backend_certs/ca-service_cert.pem --key backend_certs/ca-service.key \\\n    --ca root_cert/root_ca_cert.pem --port 8883 --enroll-port 8884 --http 127.0.0.1:9102"
+    )]
+    Serve(ServeArgs),
+    /// Enroll this device through `provision serve` with a claim
+    /// certificate: a new key stays here, a certificate comes back.
+    #[command(
+        after_help = "Example:\n  provision enroll sensor-7 --cert claim_cert.pem --key claim.key --ca root_ca_cert.pem --port 8884 --out device/"
+    )]
+    Enroll(EnrollArgs),
+    /// Renew this identity through `provision serve`: a new key and
+    /// certificate replace the files once the broker took them.
+    #[command(
+        after_help = "Example:\n  provision renew --cert device/sensor-7_cert.pem --key device/sensor-7.key --ca device/root_ca_cert.pem"
+    )]
+    Renew(RenewArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(
         after_help = "Example:\n  provision completions bash > /etc/bash_completion.d/provision"
@@ -129,18 +149,32 @@ pub(crate) struct InitCaArgs {
     /// Key type.
     #[arg(long, default_value = "p256", value_parser = parse::<KeyType>)]
     pub(crate) key_type: KeyType,
-    /// Validity in days.
+    /// Validity in days (an intermediate's is cut to the root's end).
     #[arg(long, default_value_t = 3650)]
     pub(crate) days: u32,
-    /// Encrypt the CA key with the passphrase in this environment variable.
+    /// Encrypt the new CA key (with --intermediate: the intermediate's)
+    /// with the passphrase in this environment variable.
     #[arg(long, value_name = "VAR", conflicts_with = "encrypt")]
     pub(crate) passphrase_env: Option<String>,
-    /// Encrypt the CA key with a passphrase typed at the terminal (asked twice).
+    /// Encrypt the new CA key with a passphrase typed at the terminal (asked twice).
     #[arg(long)]
     pub(crate) encrypt: bool,
-    /// Replace an existing CA.
+    /// Replace an existing CA, archived whole (with --intermediate: only
+    /// the intermediate).
     #[arg(long)]
     pub(crate) force: bool,
+    /// Make an intermediate CA signed by the root in DIR (whose key is
+    /// needed this once): DIR/intermediate_ca_cert.pem and
+    /// DIR/intermediate_ca.key (default CN "MQTT Intermediate CA"). It
+    /// signs every certificate and CRL from then on; the root certificate
+    /// stays the CA file of devices and brokers.
+    #[arg(long)]
+    pub(crate) intermediate: bool,
+    /// With --intermediate: the environment variable holding the root
+    /// key's passphrase (without it, an encrypted root key is asked for at
+    /// a terminal).
+    #[arg(long, value_name = "VAR", requires = "intermediate")]
+    pub(crate) root_passphrase_env: Option<String>,
     #[command(flatten)]
     pub(crate) inventory: InventoryArg,
 }
@@ -338,6 +372,10 @@ pub(crate) struct BrokerConfigArgs {
     /// The CRL lifetime the timer's `crl --if-due` signs (30s, 12h, 7d).
     #[arg(long, default_value = "7d", value_parser = parse_lifetime_text)]
     pub(crate) crl_lifetime: String,
+    /// Also write enroll.conf: a second Mosquitto on this port where
+    /// devices enroll with a claim certificate (provision serve).
+    #[arg(long)]
+    pub(crate) enroll_port: Option<u16>,
 }
 
 /// The arguments of `provision pub`.
@@ -376,6 +414,142 @@ pub(crate) enum IssueCommand {
         after_help = "Example:\n  provision issue server broker --dns mqtt.example.com --ip 10.0.0.5"
     )]
     Server(IssueArgs),
+    /// A claim certificate (role claim), shared by devices leaving the
+    /// factory: with it they may only ask `provision serve` to enroll the
+    /// names its policy allows (--allow, --allow-file, --allow-pattern),
+    /// at most --quota of them, until it expires.
+    #[command(
+        after_help = "Example:\n  provision issue claim factory-2026 --allow-pattern 'sensor-*' --quota 1000 --days 30\n  provision enroll sensor-7 --cert backend_certs/factory-2026_cert.pem \\\n    --key backend_certs/factory-2026.key --ca root_cert/root_ca_cert.pem --port 8884"
+    )]
+    Claim(ClaimArgs),
+}
+
+/// The arguments of `provision issue claim`.
+#[derive(Args)]
+pub(crate) struct ClaimArgs {
+    /// The claim's name: its CN and MQTT username; NAME.key, NAME_cert.pem.
+    pub(crate) name: String,
+    #[command(flatten)]
+    pub(crate) ca: CaArgs,
+    /// Output folder.
+    #[arg(long, default_value = layout::DEFAULT_IDENTITY_DIR)]
+    pub(crate) out: PathBuf,
+    #[command(flatten)]
+    pub(crate) subject: SubjectArgs,
+    /// Key type.
+    #[arg(long, default_value = "p256", value_parser = parse::<KeyType>)]
+    pub(crate) key_type: KeyType,
+    /// Validity in days: the claim's policy ends with it.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) days: u32,
+    /// A device name it may enroll (repeatable).
+    #[arg(long = "allow", value_name = "NAME")]
+    pub(crate) allow: Vec<String>,
+    /// A file of device names it may enroll, one per line (from
+    /// manufacturing, say).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) allow_file: Option<PathBuf>,
+    /// Device names it may enroll: `*` stands for any run of characters.
+    #[arg(long, value_name = "PATTERN")]
+    pub(crate) allow_pattern: Option<String>,
+    /// How many devices it may enroll in all.
+    #[arg(long)]
+    pub(crate) quota: Option<u64>,
+    /// Replace existing files.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+/// The arguments of `provision serve`.
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    #[command(flatten)]
+    pub(crate) authority: CaArgs,
+    /// The service's own certificate (issued with --role ca-service).
+    #[arg(long)]
+    pub(crate) cert: PathBuf,
+    /// Its key.
+    #[arg(long)]
+    pub(crate) key: PathBuf,
+    /// The CA certificate the brokers' certificates are checked against.
+    #[arg(long)]
+    pub(crate) ca: PathBuf,
+    /// The environment variable holding the service key's passphrase.
+    #[arg(long, value_name = "VAR")]
+    pub(crate) key_passphrase_env: Option<String>,
+    /// The main broker's host: renewals.
+    #[arg(long, short = 'H', default_value = "localhost")]
+    pub(crate) host: String,
+    /// The main broker's port.
+    #[arg(long, short, default_value_t = 8883)]
+    pub(crate) port: u16,
+    /// The enrollment broker's port (broker-config --enroll-port): also
+    /// serve enrollments.
+    #[arg(long)]
+    pub(crate) enroll_port: Option<u16>,
+    /// The enrollment broker's host (default: --host).
+    #[arg(long)]
+    pub(crate) enroll_host: Option<String>,
+    /// The shared subscription's group: instances in one group share the
+    /// requests.
+    #[arg(long, default_value = "pki")]
+    pub(crate) share_group: String,
+    /// Validity of an enrolled device's certificate, in days (a renewal
+    /// keeps the lifetime of the certificate it renews).
+    #[arg(long, default_value_t = 365)]
+    pub(crate) days: u32,
+    /// How long a renewed device has to confirm before its old
+    /// certificate is revoked anyway (30s, 1h, 7d).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub(crate) grace: std::time::Duration,
+    /// Serve /healthz and /metrics here (plain HTTP: keep it on loopback).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) http: Option<std::net::SocketAddr>,
+}
+
+/// The arguments of `provision enroll`.
+#[derive(Args)]
+pub(crate) struct EnrollArgs {
+    /// The device name to enroll (its CN; NAME.key, NAME_cert.pem).
+    pub(crate) name: String,
+    /// The claim identity (--cert, --key, --ca of the claim).
+    #[command(flatten)]
+    pub(crate) claim: IdentityArgs,
+    /// The enrollment broker's host.
+    #[arg(long, short = 'H', default_value = "localhost")]
+    pub(crate) host: String,
+    /// The enrollment broker's port.
+    #[arg(long, short, default_value_t = 8884)]
+    pub(crate) port: u16,
+    /// Where to write the new identity.
+    #[arg(long, default_value = layout::DEFAULT_IDENTITY_DIR)]
+    pub(crate) out: PathBuf,
+    /// The new key's type.
+    #[arg(long, default_value = "p256", value_parser = parse::<KeyType>)]
+    pub(crate) key_type: KeyType,
+    /// Seconds to wait for the CA service's answer.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) timeout: u64,
+    /// Replace existing files.
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+/// The arguments of `provision renew`.
+#[derive(Args)]
+pub(crate) struct RenewArgs {
+    /// The current identity, renewed in place (its files replaced).
+    #[command(flatten)]
+    pub(crate) identity: IdentityArgs,
+    /// The broker's host.
+    #[arg(long, short = 'H', default_value = "localhost")]
+    pub(crate) host: String,
+    /// The broker's port.
+    #[arg(long, short, default_value_t = 8883)]
+    pub(crate) port: u16,
+    /// Seconds to wait for the CA service's answer.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) timeout: u64,
 }
 
 #[derive(Args)]
@@ -457,8 +631,9 @@ pub(crate) struct NameArgs {
     pub(crate) ip: Vec<IpAddr>,
 }
 
+/// A client identity: three files, or a bundle file naming them.
 #[derive(Args)]
-pub(crate) struct ConnArgs {
+pub(crate) struct IdentityArgs {
     /// Client certificate.
     #[arg(long, requires_all = ["key", "ca"], conflicts_with = "bundle")]
     pub(crate) cert: Option<PathBuf>,
@@ -475,6 +650,12 @@ pub(crate) struct ConnArgs {
     /// an encrypted key; a bundle file says it with `passphrase_env`).
     #[arg(long, value_name = "VAR", conflicts_with = "bundle")]
     pub(crate) passphrase_env: Option<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct ConnArgs {
+    #[command(flatten)]
+    pub(crate) identity: IdentityArgs,
     /// Broker host (DNS name or IP address).
     #[arg(long, short = 'H', default_value = "localhost")]
     pub(crate) host: String,
@@ -526,7 +707,12 @@ fn parse_lifetime_text(s: &str) -> Result<String, String> {
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
-    s.parse().map_err(|e: provision::Error| e.to_string())
+    match s.parse().map_err(|e: provision::Error| e.to_string())? {
+        Role::Claim => {
+            Err("a claim comes with its policy: `provision issue claim NAME --allow ...`".into())
+        }
+        role => Ok(role),
+    }
 }
 
 /// A typed value from its text, for clap (`KeyType`, `DnsName`, `Serial`,
@@ -606,8 +792,14 @@ pub(crate) fn passphrase(var: Option<&str>) -> anyhow::Result<Option<Zeroizing<V
     }
 }
 
-impl ConnArgs {
-    pub(crate) fn identity(&self) -> anyhow::Result<mqtt_tls::TlsIdentity> {
+impl IdentityArgs {
+    /// The files, checked.
+    pub(crate) fn load(&self) -> anyhow::Result<mqtt_tls::TlsIdentity> {
+        Ok(self.files()?.load()?)
+    }
+
+    /// The files.
+    pub(crate) fn files(&self) -> anyhow::Result<ClientCert> {
         let bundle = match (&self.bundle, &self.cert, &self.key, &self.ca) {
             (Some(file), ..) => {
                 #[derive(serde::Deserialize)]
@@ -627,7 +819,13 @@ impl ConnArgs {
             },
             _ => bail!("give --cert, --key and --ca, or --bundle FILE.toml"),
         };
-        Ok(bundle.load()?)
+        Ok(bundle)
+    }
+}
+
+impl ConnArgs {
+    pub(crate) fn identity(&self) -> anyhow::Result<mqtt_tls::TlsIdentity> {
+        self.identity.load()
     }
 
     pub(crate) fn endpoint(&self) -> Endpoint {

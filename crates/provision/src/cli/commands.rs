@@ -12,15 +12,15 @@ use provision::broker::Refreshed;
 use provision::inventory::{Filter, Inventory, Record, Status};
 use provision::layout::{self, BrokerPaths, IdentityPaths};
 use provision::ops::{
-    CsrRequest, InitCa, IssueRequest, RevokeTarget, SignRequest, init_ca_archiving, issue,
-    make_csr, revoke, sign_csr, write_crl,
+    CsrRequest, InitCa, InitIntermediate, IssueRequest, RevokeTarget, SignRequest,
+    init_ca_archiving, init_intermediate, issue, make_csr, revoke, sign_csr, write_crl,
 };
 use serde::Serialize;
 
 use super::args::{
     AuditArgs, BrokerConfigArgs, CrlArgs, CsrArgs, FleetArgs, InitCaArgs, InspectArgs, IssueArgs,
-    IssueCommand, ListArgs, NameArgs, PubArgs, RevokeArgs, SignArgs, SubArgs, SubjectArgs,
-    VerifyArgs, new_passphrase, passphrase,
+    ListArgs, NameArgs, PubArgs, RevokeArgs, SignArgs, SubArgs, SubjectArgs, VerifyArgs,
+    new_passphrase, passphrase,
 };
 
 /// What a command prints: text for people, JSON for programs.
@@ -189,6 +189,143 @@ pub(crate) fn init_ca(args: InitCaArgs) -> anyhow::Result<CaCreated> {
     })
 }
 
+/// `init-ca --intermediate`.
+#[derive(Serialize)]
+pub(crate) struct IntermediateCreated {
+    subject: String,
+    /// The root that signed it.
+    issuer: String,
+    cert: PathBuf,
+    key: PathBuf,
+    encrypted: bool,
+    not_after: String,
+    /// The requested end, when it was cut to the root's.
+    capped_from: Option<String>,
+    /// Where a replaced intermediate went.
+    archived: Option<PathBuf>,
+    /// The CRL, now signed by the intermediate.
+    crl: PathBuf,
+    /// The trust anchor: the CA file of devices and brokers.
+    ca_cert: PathBuf,
+    /// The root key, no longer needed in the folder.
+    root_key: PathBuf,
+    /// Valid client certificates issued before this intermediate.
+    earlier_clients: usize,
+    brokers: Brokers,
+}
+
+impl fmt::Display for IntermediateCreated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(archive) = &self.archived {
+            writeln!(
+                f,
+                "the previous intermediate (key, certificate) moved to the archive {}",
+                archive.display()
+            )?;
+        }
+        writeln!(
+            f,
+            "created intermediate CA {} (signed by {}, path length 0)",
+            self.subject, self.issuer
+        )?;
+        writeln!(f, "  certificate: {}", self.cert.display())?;
+        writeln!(
+            f,
+            "  key:         {} (0600{})",
+            self.key.display(),
+            if self.encrypted { ", encrypted" } else { "" }
+        )?;
+        writeln!(f, "  valid until: {}", self.not_after)?;
+        if let Some(requested) = &self.capped_from {
+            writeln!(
+                f,
+                "  note: the requested end {requested} is after the root's expiry; cut to the root's"
+            )?;
+        }
+        writeln!(
+            f,
+            "  CRL:         {} (signed by the intermediate)",
+            self.crl.display()
+        )?;
+        writeln!(
+            f,
+            "every command now signs with the intermediate; devices and brokers keep {} as \
+             their CA file",
+            self.ca_cert.display()
+        )?;
+        writeln!(
+            f,
+            "the root key is not needed any more: move it offline, e.g.\n  mv {} /offline/\n\
+             (bring it back only to make the next intermediate)",
+            self.root_key.display()
+        )?;
+        if self.earlier_clients > 0 {
+            writeln!(
+                f,
+                "warning: {} valid client certificate(s) were issued before this intermediate: \
+                 a broker checks a client against its issuer's CRL, and only the intermediate \
+                 signs CRLs now, so brokers refuse them once the last CRL of their issuer is \
+                 gone (restart, or its next update): reissue them (`provision fleet` does on \
+                 its next run; else `provision issue client NAME --force`)",
+                self.earlier_clients
+            )?;
+        }
+        write!(f, "{}", self.brokers)
+    }
+}
+
+pub(crate) fn init_intermediate_cmd(args: InitCaArgs) -> anyhow::Result<IntermediateCreated> {
+    let ca_dir = provision::store::CaDir::new(&args.dir).with_inventory_url(args.inventory.url);
+    let root_passphrase = passphrase(args.root_passphrase_env.as_deref())?;
+    let new_key_passphrase = if args.encrypt {
+        Some(new_passphrase(&ca_dir.intermediate_key_path())?)
+    } else {
+        passphrase(args.passphrase_env.as_deref())?
+    };
+    let encrypted = new_key_passphrase.is_some();
+    let mut request = InitIntermediate {
+        subject: args.subject.options(),
+        key_type: args.key_type,
+        days: args.days,
+        root_passphrase,
+        passphrase: new_key_passphrase,
+        force: args.force,
+    };
+    // An encrypted root key without --root-passphrase-env is asked for at
+    // a terminal (nothing is written before the root key is read).
+    let made = match init_intermediate(&ca_dir, &request) {
+        Err(provision::Error::Passphrase { path, .. })
+            if path == ca_dir.key_path()
+                && args.root_passphrase_env.is_none()
+                && std::io::stdin().is_terminal() =>
+        {
+            let typed = zeroize::Zeroizing::new(
+                rpassword::prompt_password(format!("passphrase for {}: ", path.display()))
+                    .with_context(|| format!("reading the passphrase for {}", path.display()))?,
+            );
+            request.root_passphrase = Some(zeroize::Zeroizing::new(typed.as_bytes().to_vec()));
+            init_intermediate(&ca_dir, &request)?
+        }
+        other => other?,
+    };
+    let inventory = Inventory::open(&ca_dir)?;
+    Ok(IntermediateCreated {
+        brokers: refresh_brokers(&inventory)?,
+        subject: made.ca.certificate().subject(),
+        issuer: made.root.subject(),
+        cert: ca_dir.intermediate_cert_path(),
+        key: ca_dir.intermediate_key_path(),
+        encrypted,
+        not_after: when(made.ca.certificate().not_after()),
+        capped_from: made.capped_not_after.map(when),
+        archived: made.archived,
+        crl: ca_dir.crl_path(),
+        ca_cert: ca_dir.cert_path(),
+        root_key: ca_dir.key_path(),
+        earlier_clients: made.earlier_clients,
+    })
+}
+
 /// `issue client|server`.
 #[derive(Serialize)]
 pub(crate) struct Issued {
@@ -229,11 +366,7 @@ fn serials(serials: &[Serial]) -> Vec<String> {
     serials.iter().map(ToString::to_string).collect()
 }
 
-pub(crate) fn issue_cmd(cmd: IssueCommand) -> anyhow::Result<Issued> {
-    let (profile, args): (Profile, IssueArgs) = match cmd {
-        IssueCommand::Client(a) => (Profile::Client, a),
-        IssueCommand::Server(a) => (Profile::Server, a),
-    };
+pub(crate) fn issue_cmd(profile: Profile, args: IssueArgs) -> anyhow::Result<Issued> {
     let (dir, ca) = args.ca.load()?;
     let inventory = Inventory::open(&dir)?;
     let mut locked = inventory.lock(&ca)?;
@@ -415,17 +548,21 @@ pub(crate) fn inspect(args: InspectArgs) -> anyhow::Result<provision::inspect::I
 pub(crate) struct Verified {
     valid: bool,
     detail: String,
+    /// The certificate, each intermediate, and the CA of the CA file.
+    chain: Vec<provision::inspect::ChainEntry>,
+    #[serde(skip)]
+    shown: String,
 }
 
 impl fmt::Display for Verified {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{}", self.detail)
+        writeln!(f, "{}", self.shown)
     }
 }
 
 pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<Verified> {
     let name = args.dns.or_else(|| args.ip.map(|i| i.to_string()));
-    let detail = provision::inspect::verify(&provision::inspect::VerifyRequest {
+    let verification = provision::inspect::verify(&provision::inspect::VerifyRequest {
         cert: &args.cert,
         ca: &args.ca,
         profile: args.profile.map(Into::into),
@@ -434,7 +571,9 @@ pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<Verified> {
     })?;
     Ok(Verified {
         valid: true,
-        detail,
+        shown: verification.to_string(),
+        detail: verification.summary,
+        chain: verification.chain,
     })
 }
 
@@ -840,6 +979,7 @@ pub(crate) fn broker_config(args: BrokerConfigArgs) -> anyhow::Result<BrokerWrit
             out: args.out,
             port: args.port,
             bind: args.bind,
+            enroll_port: args.enroll_port,
             force: args.force,
         },
     )?;

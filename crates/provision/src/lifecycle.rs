@@ -1,0 +1,508 @@
+//! The CA's side of the device lifecycle (`docs/lifecycle.md`): claims
+//! and their policies, and the answer to each enrollment, renewal and
+//! confirmation, decided inside one [`LockedCa`] transaction so that a
+//! request is answered once (a copy gets the stored answer, never a second
+//! certificate). [`crate::serve`] carries them over MQTT.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use mqtt_tls::lifecycle::{
+    Answer, EnrollRequest, Rejection, RenewDone, RenewRequest, RequestId, topics,
+};
+use pki_core::{
+    Certificate, Csr, IssueParams, Profile, RevocationReason, Serial, Timestamp, Validity,
+};
+
+use crate::error::{Error, Result};
+use crate::files::check_name;
+use crate::inventory::{ClaimPolicy, LockedCa, Record, Status};
+use crate::roles::{Role, claims_role};
+
+/// What one request came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Where the answer goes (`None`: nothing to answer, a confirmation).
+    pub topic: Option<String>,
+    /// The answer (JSON).
+    pub answer: Vec<u8>,
+    /// Whether it was the stored answer to an earlier copy.
+    pub repeated: bool,
+    /// The certificate issued now, if any.
+    pub issued: Option<Serial>,
+    /// The reason of a refusal.
+    pub rejected: Option<Rejection>,
+    /// Certificates revoked (a confirmed renewal's old one).
+    pub revoked: Vec<Serial>,
+}
+
+impl Outcome {
+    fn answer(topic: String, answer: &Answer, repeated: bool) -> Result<Self> {
+        let (issued, rejected) = match answer {
+            Answer::Issued { serial, .. } if !repeated => (serial.parse().ok(), None),
+            Answer::Rejected { reason, .. } => (None, Some(*reason)),
+            _ => (None, None),
+        };
+        Ok(Self {
+            topic: Some(topic),
+            answer: encode(answer)?,
+            repeated,
+            issued,
+            rejected,
+            revoked: Vec::new(),
+        })
+    }
+}
+
+fn encode(answer: &Answer) -> Result<Vec<u8>> {
+    serde_json::to_vec(answer).map_err(|e| Error::Lifecycle {
+        reason: format!("encoding an answer: {e}"),
+    })
+}
+
+/// A refusal, with its reason.
+struct Refused(Rejection, String);
+
+fn refused(reason: Rejection, detail: impl Into<String>) -> Refused {
+    Refused(reason, detail.into())
+}
+
+/// How [`handle`] issues.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Validity of an enrolled device's certificate, in days (a renewal
+    /// keeps the lifetime of the certificate it renews).
+    pub enroll_days: u32,
+}
+
+/// Answers the request that arrived on `topic` with `payload` (the caller
+/// commits `locked`, then publishes the answer, then acknowledges the
+/// request).
+pub fn handle(
+    locked: &mut LockedCa<'_>,
+    policy: &Policy,
+    topic: &str,
+    payload: &[u8],
+) -> Result<Outcome> {
+    match topics::parse(topic) {
+        Some(("enroll", claim, "req")) => enroll(locked, policy, claim, payload),
+        Some(("renew", name, "req")) => renew(locked, name, payload),
+        Some(("renew", name, "done")) => done(locked, name, payload),
+        _ => Ok(Outcome {
+            topic: None,
+            answer: Vec::new(),
+            repeated: false,
+            issued: None,
+            rejected: Some(Rejection::BadRequest),
+            revoked: Vec::new(),
+        }),
+    }
+}
+
+/// The request id of a payload that did not parse, when it has one.
+fn loose_id(payload: &[u8]) -> Option<RequestId> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        request_id: RequestId,
+    }
+    serde_json::from_slice::<Id>(payload)
+        .ok()
+        .map(|i| i.request_id)
+}
+
+/// Answers a request that does not parse (on the id's topic when it has
+/// one; not stored: a fixed copy may be sent again).
+fn unreadable(
+    response: impl Fn(&str) -> String,
+    payload: &[u8],
+    e: serde_json::Error,
+) -> Result<Outcome> {
+    let id = loose_id(payload);
+    let answer = Answer::Rejected {
+        request_id: id.as_ref().map(|i| i.to_string()).unwrap_or_default(),
+        reason: Rejection::BadRequest,
+        detail: format!("the request does not parse: {e}"),
+    };
+    let mut outcome = Outcome::answer(String::new(), &answer, false)?;
+    outcome.topic = id.map(|i| response(i.as_str()));
+    Ok(outcome)
+}
+
+fn enroll(
+    locked: &mut LockedCa<'_>,
+    policy: &Policy,
+    claim: &str,
+    payload: &[u8],
+) -> Result<Outcome> {
+    let request: EnrollRequest = match serde_json::from_slice(payload) {
+        Ok(r) => r,
+        Err(e) => return unreadable(|id| topics::enroll_response(claim, id), payload, e),
+    };
+    let id = request.request_id.clone();
+    let topic = topics::enroll_response(claim, id.as_str());
+    if let Some(stored) = locked.answer(claim, id.as_str())? {
+        let answer: Answer =
+            serde_json::from_str(&stored.answer).map_err(|e| Error::Lifecycle {
+                reason: format!("the stored answer to {claim}/{id} is corrupt: {e}"),
+            })?;
+        return Outcome::answer(topic, &answer, true);
+    }
+    let answer = match enroll_checked(locked, policy, claim, &request)? {
+        Ok((cert, chain)) => {
+            let answer = Answer::Issued {
+                request_id: id.clone(),
+                serial: cert.serial().to_string(),
+                certificate: chain,
+            };
+            // Counted for the claim's quota by its new serial.
+            locked.store_answer(
+                claim,
+                id.as_str(),
+                "enroll",
+                &String::from_utf8_lossy(&encode(&answer)?),
+                None,
+                Some(&cert.serial()),
+            )?;
+            answer
+        }
+        Err(Refused(reason, detail)) => {
+            let answer = Answer::Rejected {
+                request_id: id.to_string(),
+                reason,
+                detail,
+            };
+            locked.store_answer(
+                claim,
+                id.as_str(),
+                "enroll",
+                &String::from_utf8_lossy(&encode(&answer)?),
+                None,
+                None,
+            )?;
+            answer
+        }
+    };
+    Outcome::answer(topic, &answer, false)
+}
+
+type Checked<T> = std::result::Result<T, Refused>;
+
+fn enroll_checked(
+    locked: &mut LockedCa<'_>,
+    policy: &Policy,
+    claim: &str,
+    request: &EnrollRequest,
+) -> Result<Checked<(Certificate, String)>> {
+    let now = SystemTime::now();
+    let Some(claim_policy) = locked.claim_policy(claim)? else {
+        return Ok(Err(refused(
+            Rejection::NotAClaim,
+            format!("{claim:?} is not a claim this CA issued"),
+        )));
+    };
+    // The claim's own certificate must be current too (the broker checks
+    // it at the handshake; a revocation since is seen here).
+    let claim_current = locked
+        .valid_for(claim)?
+        .into_iter()
+        .any(|r| r.role == Some(Role::Claim) && r.not_after.0 > now);
+    if claim_policy.until.0 <= now || !claim_current {
+        return Ok(Err(refused(
+            Rejection::ClaimExpired,
+            format!(
+                "the claim {claim:?} ended at {} or was revoked",
+                claim_policy.until
+            ),
+        )));
+    }
+    let name = &request.name;
+    if check_name(name).is_err() || !claim_policy.allows(name) {
+        return Ok(Err(refused(
+            Rejection::NameNotAllowed,
+            format!("the claim {claim:?} may not enroll {name:?}"),
+        )));
+    }
+    if let Some(quota) = claim_policy.quota
+        && locked.enrolled_by(claim)? >= quota
+    {
+        return Ok(Err(refused(
+            Rejection::QuotaExhausted,
+            format!("the claim {claim:?} enrolled its {quota} devices"),
+        )));
+    }
+    if locked.valid_for(name)?.iter().any(|r| r.not_after.0 > now) {
+        return Ok(Err(refused(
+            Rejection::AlreadyEnrolled,
+            format!("{name:?} already has a valid certificate (revoke it to enroll again)"),
+        )));
+    }
+    let csr = match checked_csr(&request.csr, name) {
+        Ok(csr) => csr,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let days = Validity::days_from_now(policy.enroll_days)?;
+    issue(locked, &csr, days, Role::Device, &format!("enroll/{claim}")).map(Ok)
+}
+
+/// The CSR, verified, its CN `name`, asking for no role.
+fn checked_csr(pem: &str, name: &str) -> Checked<Csr> {
+    let csr = Csr::from_pem(pem).map_err(|e| refused(Rejection::BadCsr, e.to_string()))?;
+    let cn = csr.common_name();
+    if cn.as_deref() != Some(name) {
+        return Err(refused(
+            Rejection::BadCsr,
+            format!("the CSR's CN is {cn:?}, not the name {name:?}"),
+        ));
+    }
+    if csr.requested_sans().iter().any(claims_role) {
+        return Err(refused(
+            Rejection::BadCsr,
+            "the CSR asks for a role; only the CA grants one",
+        ));
+    }
+    Ok(csr)
+}
+
+/// Signs, records (its path names how it was issued: no file here) and
+/// returns the certificate and the chain to send (the leaf, then the
+/// issuing CA when it is an intermediate).
+fn issue(
+    locked: &mut LockedCa<'_>,
+    csr: &Csr,
+    validity: Validity,
+    role: Role,
+    how: &str,
+) -> Result<(Certificate, String)> {
+    let mut params = IssueParams::new(Profile::Client, validity);
+    params.sans.push(role.san()?);
+    let issued = locked.sign(csr, &params)?;
+    let cert = issued.certificate;
+    let mut record = Record::new(
+        &cert,
+        Profile::Client,
+        &PathBuf::from(format!("mqtt:{how}")),
+    );
+    record.role = Some(role);
+    locked.record(std::slice::from_ref(&record))?;
+    let chain = crate::ops::cert_file_pem(&cert, locked.ca_certificate()?);
+    Ok((cert, chain))
+}
+
+fn renew(locked: &mut LockedCa<'_>, name: &str, payload: &[u8]) -> Result<Outcome> {
+    let request: RenewRequest = match serde_json::from_slice(payload) {
+        Ok(r) => r,
+        Err(e) => return unreadable(|id| topics::renew_response(name, id), payload, e),
+    };
+    let id = request.request_id.clone();
+    let topic = topics::renew_response(name, id.as_str());
+    if let Some(stored) = locked.answer(name, id.as_str())? {
+        let answer: Answer =
+            serde_json::from_str(&stored.answer).map_err(|e| Error::Lifecycle {
+                reason: format!("the stored answer to {name}/{id} is corrupt: {e}"),
+            })?;
+        return Outcome::answer(topic, &answer, true);
+    }
+    let mut revoked = Vec::new();
+    let answer = match renew_checked(locked, name, &request, &mut revoked)? {
+        Ok((old, cert, chain)) => {
+            let answer = Answer::Issued {
+                request_id: id.clone(),
+                serial: cert.serial().to_string(),
+                certificate: chain,
+            };
+            locked.store_answer(
+                name,
+                id.as_str(),
+                "renew",
+                &String::from_utf8_lossy(&encode(&answer)?),
+                Some(&old),
+                Some(&cert.serial()),
+            )?;
+            answer
+        }
+        Err(Refused(reason, detail)) => {
+            let answer = Answer::Rejected {
+                request_id: id.to_string(),
+                reason,
+                detail,
+            };
+            locked.store_answer(
+                name,
+                id.as_str(),
+                "renew",
+                &String::from_utf8_lossy(&encode(&answer)?),
+                None,
+                None,
+            )?;
+            answer
+        }
+    };
+    let mut outcome = Outcome::answer(topic, &answer, false)?;
+    outcome.revoked = revoked;
+    Ok(outcome)
+}
+
+fn renew_checked(
+    locked: &mut LockedCa<'_>,
+    name: &str,
+    request: &RenewRequest,
+    revoked: &mut Vec<Serial>,
+) -> Result<Checked<(Serial, Certificate, String)>> {
+    let now = SystemTime::now();
+    let current = match Certificate::from_pem(&request.certificate) {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(Err(refused(
+                Rejection::BadRequest,
+                format!("the current certificate: {e}"),
+            )));
+        }
+    };
+    let serial = current.serial();
+    if request.serial.parse::<Serial>().ok().as_ref() != Some(&serial) {
+        return Ok(Err(refused(
+            Rejection::BadRequest,
+            "the serial is not the current certificate's",
+        )));
+    }
+    let record = match locked.find(&serial)? {
+        Some(r) if r.sha256 == current.sha256_fingerprint() => r,
+        _ => {
+            return Ok(Err(refused(
+                Rejection::UnknownCertificate,
+                format!("serial {serial} is not a certificate this CA issued"),
+            )));
+        }
+    };
+    let cn = current.common_name();
+    if record.common_name != name || cn.as_deref() != Some(name) {
+        return Ok(Err(refused(
+            Rejection::NameMismatch,
+            format!("the certificate is for {cn:?}, the request came from {name:?}"),
+        )));
+    }
+    if record.status != Status::Valid || record.not_after.0 <= now {
+        return Ok(Err(refused(
+            Rejection::NotCurrent,
+            format!("serial {serial} is revoked or expired"),
+        )));
+    }
+    let csr = match checked_csr(&request.csr, name) {
+        Ok(csr) => csr,
+        Err(Refused(Rejection::BadCsr, detail)) if detail.contains("CN is") => {
+            return Ok(Err(refused(Rejection::NameMismatch, detail)));
+        }
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let proof = base64::engine::general_purpose::STANDARD
+        .decode(request.proof.as_bytes())
+        .ok();
+    let proven = match proof {
+        Some(p) => current.verify_signature_by_key(csr.der(), &p)?,
+        None => false,
+    };
+    if !proven {
+        return Ok(Err(refused(
+            Rejection::BadProof,
+            "the proof is not the current key's signature over the CSR",
+        )));
+    }
+    // One renewal pending per certificate: a new request (the answer to an
+    // earlier one lost) gives up the certificate that one issued.
+    for (who, id, old, new) in locked.unsettled(None)? {
+        if who == name && old == serial {
+            if locked.revoke(&new, RevocationReason::Superseded)?.is_some() {
+                revoked.push(new);
+            }
+            locked.settle(&who, &id)?;
+        }
+    }
+    // The new certificate lives as long as the old one did.
+    let lifetime = record
+        .not_after
+        .0
+        .duration_since(record.not_before.0)
+        .unwrap_or(Duration::from_secs(86_400));
+    let validity = Validity::new(now, now + lifetime)?;
+    let role = record.role.unwrap_or(Role::Device);
+    let (cert, chain) = issue(locked, &csr, validity, role, &format!("renew/{name}"))?;
+    Ok(Ok((serial, cert, chain)))
+}
+
+fn done(locked: &mut LockedCa<'_>, name: &str, payload: &[u8]) -> Result<Outcome> {
+    let mut outcome = Outcome {
+        topic: None,
+        answer: Vec::new(),
+        repeated: false,
+        issued: None,
+        rejected: None,
+        revoked: Vec::new(),
+    };
+    let Ok(done) = serde_json::from_slice::<RenewDone>(payload) else {
+        outcome.rejected = Some(Rejection::BadRequest);
+        return Ok(outcome);
+    };
+    let Some(stored) = locked.answer(name, done.request_id.as_str())? else {
+        outcome.rejected = Some(Rejection::BadRequest);
+        return Ok(outcome);
+    };
+    let (Some(old), Some(new)) = (stored.old_serial, stored.new_serial) else {
+        outcome.rejected = Some(Rejection::BadRequest);
+        return Ok(outcome);
+    };
+    if stored.settled || done.serial.parse::<Serial>().ok() != Some(new) {
+        outcome.repeated = true;
+        return Ok(outcome);
+    }
+    if locked.revoke(&old, RevocationReason::Superseded)?.is_some() {
+        outcome.revoked.push(old);
+    }
+    locked.settle(name, done.request_id.as_str())?;
+    Ok(outcome)
+}
+
+/// Revokes (superseded) the old certificate of every renewal answered
+/// more than `grace` ago and never confirmed; their serials.
+pub fn settle_overdue(locked: &mut LockedCa<'_>, grace: Duration) -> Result<Vec<Serial>> {
+    let before = SystemTime::now()
+        .checked_sub(grace)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut revoked = Vec::new();
+    for (who, id, old, _) in locked.unsettled(Some(before))? {
+        if locked.revoke(&old, RevocationReason::Superseded)?.is_some() {
+            revoked.push(old);
+        }
+        locked.settle(&who, &id)?;
+    }
+    Ok(revoked)
+}
+
+/// A claim to issue: [`crate::ops::IssueRequest`] with role
+/// [`Role::Claim`], and its policy.
+pub fn claim_policy(
+    names: Vec<String>,
+    pattern: Option<String>,
+    quota: Option<u64>,
+    until: SystemTime,
+) -> Result<ClaimPolicy> {
+    for n in &names {
+        check_name(n)?;
+    }
+    if let Some(p) = &pattern {
+        check_name(&p.replace('*', "x"))?;
+    }
+    if names.is_empty() && pattern.is_none() {
+        return Err(Error::InvalidName {
+            name: String::new(),
+            reason: "a claim needs the names it may enroll: --allow NAME (repeated), \
+                     --allow-file FILE or --allow-pattern 'sensor-*'",
+        });
+    }
+    Ok(ClaimPolicy {
+        names,
+        pattern,
+        quota,
+        until: Timestamp(until),
+    })
+}

@@ -1,0 +1,838 @@
+//! The device lifecycle over MQTT against real Mosquittos (the main broker
+//! and the enrollment broker `provision broker-config --enroll-port`
+//! wrote, with their generated ACLs) and a real `provision serve`:
+//! enrollment with a claim and its policy, renewal with a proof, one
+//! certificate per request across a SIGKILL, a renewal in the middle of a
+//! QoS 1 stream, two instances sharing one CA. Every check is on what came
+//! back over the wire and what the inventory holds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{ok, provision, records};
+use mqtt_tls::lifecycle::{Answer, Rejection, RenewOptions, Renewer};
+use mqtt_tls::{ClientCert, ConnectOptions, MqttClient, QoS};
+use pki_core::{Certificate, Csr, CsrParams, KeyPair, KeyType, Subject};
+use verify_tests::mosquitto::{Mosquitto, free_port};
+
+/// A CA folder the brokers can read, its broker identity, the CA
+/// service's identities `ca-1` and `ca-2`, and these extra clients.
+struct Fleet {
+    tmp: tempfile::TempDir,
+    main: Mosquitto,
+    enroll: Mosquitto,
+}
+
+impl Fleet {
+    fn new(clients: &[(&str, &str)], claim: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ok(d, &["init-ca", "--cn", "Lifecycle Root"]);
+        ok(d, &["issue", "server", "broker", "--dns", "localhost"]);
+        for name in ["ca-1", "ca-2"] {
+            ok(d, &["issue", "client", name, "--role", "ca-service"]);
+        }
+        for (name, role) in clients {
+            ok(d, &["issue", "client", name, "--role", role]);
+        }
+        let mut args = vec!["issue", "claim", "factory"];
+        args.extend_from_slice(claim);
+        ok(d, &args);
+        let (p, e) = (free_port(), free_port());
+        ok(
+            d,
+            &[
+                "broker-config",
+                "--out",
+                "broker",
+                "--port",
+                &p.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--enroll-port",
+                &e.to_string(),
+            ],
+        );
+        let main = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), p);
+        let enroll = Mosquitto::with_config(&d.join("broker/enroll.conf"), e);
+        Self { tmp, main, enroll }
+    }
+
+    fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn files(&self, name: &str) -> ClientCert {
+        let d = self.dir();
+        ClientCert::new(
+            d.join(format!("backend_certs/{name}_cert.pem")),
+            d.join(format!("backend_certs/{name}.key")),
+            d.join("root_cert/root_ca_cert.pem"),
+        )
+    }
+
+    /// `provision serve` as `name`, the enrollment broker at `enroll_port`.
+    fn serve(&self, name: &str, enroll_port: u16) -> Serve {
+        let http = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_provision"))
+            .current_dir(self.dir())
+            .args([
+                "serve",
+                "-H",
+                "localhost",
+                "-p",
+                &self.main.port.to_string(),
+            ])
+            .args(["--enroll-port", &enroll_port.to_string()])
+            .args(["--grace", "30s", "--http", &format!("127.0.0.1:{http}")])
+            .args(tls(name))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut serve = Serve { child, http };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !serve.get("/healthz").starts_with("HTTP/1.1 200") {
+            if let Some(status) = serve.child.try_wait().unwrap() {
+                let mut err = String::new();
+                serve
+                    .child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                panic!("provision serve exited with {status}: {err}");
+            }
+            assert!(Instant::now() < deadline, "provision serve never got ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        serve
+    }
+
+    /// `provision enroll NAME` with the claim, into `out`.
+    fn enroll(&self, name: &str, out: &str) -> std::process::Output {
+        provision(
+            self.dir(),
+            &[
+                "enroll",
+                name,
+                "--cert",
+                "backend_certs/factory_cert.pem",
+                "--key",
+                "backend_certs/factory.key",
+                "--ca",
+                "root_cert/root_ca_cert.pem",
+                "-H",
+                "localhost",
+                "-p",
+                &self.enroll.port.to_string(),
+                "--out",
+                out,
+                "--timeout",
+                "20",
+            ],
+        )
+    }
+}
+
+fn tls(name: &str) -> Vec<String> {
+    vec![
+        "--cert".into(),
+        format!("backend_certs/{name}_cert.pem"),
+        "--key".into(),
+        format!("backend_certs/{name}.key"),
+        "--ca".into(),
+        "root_cert/root_ca_cert.pem".into(),
+    ]
+}
+
+struct Serve {
+    child: Child,
+    http: u16,
+}
+
+impl Serve {
+    fn get(&self, path: &str) -> String {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.http)) else {
+            return String::new();
+        };
+        let _ = write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text
+    }
+
+    /// The value of counter `provision_serve_NAME_total`.
+    fn counter(&self, name: &str) -> u64 {
+        let text = self.get("/metrics");
+        let key = format!("provision_serve_{name}_total ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// As `identity`, subscribes to `response`, publishes `request` on
+/// `topic`, and returns the answer.
+async fn ask(
+    port: u16,
+    identity: &ClientCert,
+    topic: &str,
+    response: &str,
+    request: String,
+) -> Answer {
+    let tls = identity.load().unwrap();
+    let cn = tls.certificate().common_name().unwrap();
+    let (client, mut connection) =
+        MqttClient::new(&ConnectOptions::new("localhost", port, cn), &tls).unwrap();
+    connection.connect().await.unwrap();
+    let runner = tokio::spawn(connection.run());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    client
+        .subscribe(response, QoS::AtLeastOnce, move |m| {
+            let _ = tx.send(m.payload);
+            async { Ok::<(), std::io::Error>(()) }
+        })
+        .unwrap()
+        .granted()
+        .await
+        .unwrap();
+    client
+        .publish(topic, request, QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("no answer within 20 s")
+        .unwrap();
+    client.disconnect().await.unwrap();
+    let _ = runner.await;
+    serde_json::from_slice(&answer).unwrap()
+}
+
+fn rejected(answer: &Answer) -> Rejection {
+    match answer {
+        Answer::Rejected { reason, .. } => *reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn csr_pem(name: &str, key: &KeyPair) -> Csr {
+    Csr::new(&CsrParams::new(Subject::new(name).unwrap()), key).unwrap()
+}
+
+fn cert_of(path: &Path) -> Certificate {
+    Certificate::from_pem(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The inventory's record of `serial`.
+fn record(d: &Path, serial: &str) -> serde_json::Value {
+    records(d)
+        .into_iter()
+        .find(|r| r["serial"].as_str() == Some(serial))
+        .unwrap_or_else(|| panic!("no record of {serial}"))
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within 20 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn enrollment_follows_the_claims_policy() {
+    let fleet = Fleet::new(
+        &[("ingest", "service")],
+        &["--allow-pattern", "sensor-*", "--quota", "3"],
+    );
+    let d = fleet.dir();
+    let serve = fleet.serve("ca-1", fleet.enroll.port);
+
+    // The happy path: a key made here, a certificate back, and it works
+    // on the main broker as a device.
+    let out = fleet.enroll("sensor-1", "device1");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let key = d.join("device1/sensor-1.key");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let cert = cert_of(&d.join("device1/sensor-1_cert.pem"));
+    assert_eq!(cert.common_name().as_deref(), Some("sensor-1"));
+    ok(
+        d,
+        &["verify", "device1/sensor-1_cert.pem", "--profile", "client"],
+    );
+    let r = record(d, &cert.serial().to_string());
+    assert_eq!(r["role"], "device", "{r}");
+    // The device's own topics on the main broker: a service reads what it
+    // publishes.
+    let device = ClientCert::new(
+        d.join("device1/sensor-1_cert.pem"),
+        &key,
+        d.join("root_cert/root_ca_cert.pem"),
+    );
+    let ingest = fleet.files("ingest");
+    rt().block_on(async {
+        let tls = ingest.load().unwrap();
+        let (client, mut connection) = MqttClient::new(
+            &ConnectOptions::new("localhost", fleet.main.port, "ingest"),
+            &tls,
+        )
+        .unwrap();
+        connection.connect().await.unwrap();
+        let runner = tokio::spawn(connection.run());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        client
+            .subscribe("devices/#", QoS::AtLeastOnce, move |m| {
+                let _ = tx.send((m.topic, m.payload));
+                async { Ok::<(), std::io::Error>(()) }
+            })
+            .unwrap()
+            .granted()
+            .await
+            .unwrap();
+        let dev = device.load().unwrap();
+        let (dc, mut dconn) = MqttClient::new(
+            &ConnectOptions::new("localhost", fleet.main.port, "sensor-1"),
+            &dev,
+        )
+        .unwrap();
+        dconn.connect().await.unwrap();
+        let drunner = tokio::spawn(dconn.run());
+        dc.publish("devices/sensor-1/data", "hello", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        let (topic, payload) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (topic.as_str(), &payload[..]),
+            ("devices/sensor-1/data", &b"hello"[..])
+        );
+        dc.disconnect().await.unwrap();
+        client.disconnect().await.unwrap();
+        let _ = (runner.await, drunner.await);
+    });
+
+    // Outside the policy: refused with the reason, nothing written.
+    let out = fleet.enroll("gateway-1", "device2");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("name_not_allowed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!d.join("device2/gateway-1.key").exists());
+    // Already enrolled.
+    let out = fleet.enroll("sensor-1", "device2");
+    assert!(
+        stderr(&out).contains("already_enrolled"),
+        "{}",
+        stderr(&out)
+    );
+    // A CSR whose subject is not the name asked for.
+    let claim = fleet.files("factory");
+    let key = KeyPair::generate(KeyType::P256).unwrap();
+    let request = serde_json::json!({
+        "request_id": "mismatch-1",
+        "name": "sensor-5",
+        "csr": csr_pem("sensor-9", &key).to_pem(),
+    });
+    let answer = rt().block_on(ask(
+        fleet.enroll.port,
+        &claim,
+        "pki/v1/enroll/factory/req",
+        "pki/v1/enroll/factory/res/mismatch-1",
+        request.to_string(),
+    ));
+    assert_eq!(rejected(&answer), Rejection::BadCsr, "{answer:?}");
+    // The quota: two more, then no more.
+    for name in ["sensor-2", "sensor-3"] {
+        let out = fleet.enroll(name, "device3");
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+    }
+    let out = fleet.enroll("sensor-4", "device3");
+    assert!(stderr(&out).contains("quota_exhausted"), "{}", stderr(&out));
+    assert!(!d.join("device3/sensor-4.key").exists());
+
+    let devices: Vec<_> = records(d)
+        .into_iter()
+        .filter(|r| r["role"] == "device")
+        .map(|r| r["common_name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(devices, ["sensor-1", "sensor-2", "sensor-3"]);
+    assert_eq!(serve.counter("issued"), 3);
+
+    // A revoked claim is refused at the handshake (the enrollment broker
+    // reloaded the CRL).
+    ok(d, &["revoke", "backend_certs/factory_cert.pem"]);
+    let out = fleet.enroll("sensor-6", "device4");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).to_lowercase().contains("revoked"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_claim_can_do_nothing_but_enroll() {
+    let fleet = Fleet::new(
+        &[("ingest", "service"), ("dev-a", "device")],
+        &["--allow", "sensor-1"],
+    );
+    let d = fleet.dir();
+    let _serve = fleet.serve("ca-1", fleet.enroll.port);
+    let acl = std::fs::read_to_string(d.join("broker/enroll.acl")).unwrap();
+    assert!(
+        acl.contains(
+            "user factory\ntopic write pki/v1/enroll/factory/req\n\
+             topic read pki/v1/enroll/factory/res/+\n"
+        ),
+        "{acl}"
+    );
+    let main_acl = std::fs::read_to_string(d.join("broker/acl")).unwrap();
+    assert!(
+        main_acl.contains("user factory\ntopic deny #\n"),
+        "{main_acl}"
+    );
+
+    let claim = fleet.files("factory");
+    let ingest = fleet.files("ingest");
+    rt().block_on(async {
+        // On the main broker, a service listens to everything it may
+        // read; on the enrollment broker the claim tries to read every
+        // request and every answer.
+        let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let mut clients = Vec::new();
+        // (Answers to the claim's own requests, `pki/v1/enroll/factory/res/+`,
+        // are every holder's to read: certificates, public.)
+        for (identity, port, id, filter) in [
+            (&ingest, fleet.main.port, "ingest", "#"),
+            (&claim, fleet.enroll.port, "snoop", "pki/v1/enroll/+/req"),
+            (&claim, fleet.enroll.port, "snoop-2", "devices/#"),
+            (&claim, fleet.main.port, "factory", "#"),
+        ] {
+            let tls = identity.load().unwrap();
+            let (client, mut connection) =
+                MqttClient::new(&ConnectOptions::new("localhost", port, id), &tls).unwrap();
+            connection.connect().await.unwrap();
+            let runner = tokio::spawn(connection.run());
+            let tx = tx.clone();
+            let who = id.to_owned();
+            // Subscribing may be granted or refused; either way nothing
+            // may arrive.
+            let _ = client
+                .subscribe(filter, QoS::AtLeastOnce, move |m| {
+                    let _ = tx.send((who.clone(), m.topic));
+                    async { Ok::<(), std::io::Error>(()) }
+                })
+                .unwrap()
+                .granted()
+                .await;
+            clients.push((client, runner));
+        }
+        // The claim writes where only devices and services may.
+        let (main_claim, _) = &clients[3];
+        for topic in [
+            "devices/dev-a/cmd",
+            "devices/factory/data",
+            "fleet/broadcast/x",
+        ] {
+            main_claim
+                .publish(topic, "forged", QoS::AtLeastOnce, false)
+                .await
+                .unwrap();
+        }
+        // A real enrollment goes through meanwhile.
+        let claim_tls = claim.load().unwrap();
+        let mut request = mqtt_tls::lifecycle::Enrollment::new(
+            ConnectOptions::new("localhost", fleet.enroll.port, "x"),
+            "sensor-1",
+            d.join("device1"),
+            d.join("root_cert/root_ca_cert.pem"),
+        );
+        request.timeout = Duration::from_secs(20);
+        mqtt_tls::lifecycle::enroll(&claim_tls, &request)
+            .await
+            .unwrap();
+        // The marker: published after everything above, so the service
+        // has seen all it was going to see once it arrives.
+        let dev = fleet.files("dev-a").load().unwrap();
+        let (dc, mut dconn) = MqttClient::new(
+            &ConnectOptions::new("localhost", fleet.main.port, "dev-a"),
+            &dev,
+        )
+        .unwrap();
+        dconn.connect().await.unwrap();
+        let drunner = tokio::spawn(dconn.run());
+        dc.publish("devices/dev-a/data", "marker", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            first,
+            ("ingest".to_owned(), "devices/dev-a/data".to_owned())
+        );
+        // Nothing for the claim: not another device's answer, not the
+        // requests, not anything on the main broker.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(seen.try_recv().is_err());
+        dc.disconnect().await.unwrap();
+        let _ = drunner.await;
+        for (client, runner) in clients {
+            let _ = client.disconnect().await;
+            let _ = runner.await;
+        }
+    });
+}
+
+#[test]
+fn renewal_checks_the_proof_the_certificate_and_the_names() {
+    let fleet = Fleet::new(
+        &[("dev-a", "device"), ("dev-b", "device")],
+        &["--allow", "nobody"],
+    );
+    let d = fleet.dir();
+    let _serve = fleet.serve("ca-1", fleet.enroll.port);
+    let port = fleet.main.port.to_string();
+    let a = fleet.files("dev-a");
+    let b = fleet.files("dev-b");
+    let a_old_pem = std::fs::read_to_string(&a.cert_path).unwrap();
+    let a_old = Certificate::from_pem(&a_old_pem).unwrap();
+
+    // The CLI face: renewed in place, the old certificate revoked once the
+    // device confirmed.
+    let mut args = vec!["renew", "-H", "localhost", "-p", &port];
+    let t = tls("dev-a");
+    args.extend(t.iter().map(String::as_str));
+    let out = ok(d, &args);
+    assert!(out.contains("renewed"), "{out}");
+    let a_new = cert_of(&a.cert_path);
+    assert_ne!(a_new.serial(), a_old.serial());
+    assert!(a.load().is_ok(), "the new files are a matching pair");
+    wait_for("the old certificate revoked", || {
+        record(d, &a_old.serial().to_string())["status"]["state"] == "revoked"
+    });
+    assert_eq!(
+        record(d, &a_old.serial().to_string())["status"]["reason"],
+        "superseded"
+    );
+    assert_eq!(
+        record(d, &a_new.serial().to_string())["status"]["state"],
+        "valid"
+    );
+
+    let b_pem = std::fs::read_to_string(&b.cert_path).unwrap();
+    let b_cert = Certificate::from_pem(&b_pem).unwrap();
+    let b_key = KeyPair::from_pem(&std::fs::read_to_string(&b.key_path).unwrap()).unwrap();
+    let new_key = KeyPair::generate(KeyType::P256).unwrap();
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let renew = |id: &str, cert: &str, serial: String, csr: &Csr, proof: String| {
+        serde_json::json!({
+            "request_id": id, "serial": serial, "certificate": cert,
+            "csr": csr.to_pem(), "proof": proof,
+        })
+        .to_string()
+    };
+    let ask_b = |id: &str, body: String| {
+        rt().block_on(ask(
+            fleet.main.port,
+            &b,
+            "pki/v1/renew/dev-b/req",
+            &format!("pki/v1/renew/dev-b/res/{id}"),
+            body,
+        ))
+    };
+    let csr_b = csr_pem("dev-b", &new_key);
+    // A wrong proof: signed by another key.
+    let wrong = b64(new_key.sign(csr_b.der()).unwrap().as_bytes());
+    let answer = ask_b(
+        "wrong-proof",
+        renew(
+            "wrong-proof",
+            &b_pem,
+            b_cert.serial().to_string(),
+            &csr_b,
+            wrong,
+        ),
+    );
+    assert_eq!(rejected(&answer), Rejection::BadProof, "{answer:?}");
+    // dev-b asks with dev-a's certificate: the names differ.
+    let proof = b64(b_key.sign(csr_b.der()).unwrap().as_bytes());
+    let a_new_pem = std::fs::read_to_string(&a.cert_path).unwrap();
+    let answer = ask_b(
+        "other-cert",
+        renew(
+            "other-cert",
+            &a_new_pem,
+            a_new.serial().to_string(),
+            &csr_b,
+            proof.clone(),
+        ),
+    );
+    assert_eq!(rejected(&answer), Rejection::NameMismatch, "{answer:?}");
+    // A CSR for another name.
+    let csr_other = csr_pem("dev-a", &new_key);
+    let proof_other = b64(b_key.sign(csr_other.der()).unwrap().as_bytes());
+    let answer = ask_b(
+        "other-csr",
+        renew(
+            "other-csr",
+            &b_pem,
+            b_cert.serial().to_string(),
+            &csr_other,
+            proof_other,
+        ),
+    );
+    assert_eq!(rejected(&answer), Rejection::NameMismatch, "{answer:?}");
+    // dev-a (its new identity) asks with its revoked old certificate.
+    let a_old_key_proof = "AAAA".to_owned();
+    let answer = rt().block_on(ask(
+        fleet.main.port,
+        &a,
+        "pki/v1/renew/dev-a/req",
+        "pki/v1/renew/dev-a/res/revoked-1",
+        renew(
+            "revoked-1",
+            &a_old_pem,
+            a_old.serial().to_string(),
+            &csr_pem("dev-a", &new_key),
+            a_old_key_proof,
+        ),
+    ));
+    assert_eq!(rejected(&answer), Rejection::NotCurrent, "{answer:?}");
+    // A good request, sent twice: one certificate, the same answer.
+    let body = renew("good-1", &b_pem, b_cert.serial().to_string(), &csr_b, proof);
+    let first = ask_b("good-1", body.clone());
+    let again = ask_b("good-1", body);
+    assert!(matches!(first, Answer::Issued { .. }), "{first:?}");
+    assert_eq!(first, again);
+    let issued_for_b = records(d)
+        .into_iter()
+        .filter(|r| r["common_name"] == "dev-b")
+        .count();
+    assert_eq!(issued_for_b, 2, "the original and one renewal");
+    // Not confirmed: the old one stays valid (until the grace period).
+    assert_eq!(
+        record(d, &b_cert.serial().to_string())["status"]["state"],
+        "valid"
+    );
+}
+
+#[test]
+fn a_service_killed_before_answering_answers_with_the_same_certificate() {
+    let fleet = Fleet::new(&[], &["--allow-pattern", "sensor-*"]);
+    let d = fleet.dir().to_owned();
+    let rt = rt();
+    // The service reaches the enrollment broker through a proxy that,
+    // when told, holds everything it sends: its answer and its
+    // acknowledgement never arrive.
+    let proxy = rt.block_on(verify_tests::proxy::FaultProxy::start(fleet.enroll.port));
+    let serve = fleet.serve("ca-1", proxy.port);
+    proxy.hold_to_broker_after(0);
+    let enroll_port = fleet.enroll.port.to_string();
+    let enrolling = Command::new(env!("CARGO_BIN_EXE_provision"))
+        .current_dir(&d)
+        .args(["enroll", "sensor-7", "-H", "localhost", "-p", &enroll_port])
+        .args(["--cert", "backend_certs/factory_cert.pem"])
+        .args(["--key", "backend_certs/factory.key"])
+        .args(["--ca", "root_cert/root_ca_cert.pem", "--out", "device"])
+        .args(["--timeout", "60", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Received and committed (the inventory has it), not answered.
+    let mut issued = None;
+    wait_for("the certificate recorded", || {
+        issued = records(&d)
+            .into_iter()
+            .find(|r| r["common_name"] == "sensor-7")
+            .map(|r| r["serial"].as_str().unwrap().to_owned());
+        issued.is_some()
+    });
+    assert!(!d.join("device/sensor-7_cert.pem").exists());
+    let mut serve = serve;
+    serve.child.kill().unwrap();
+    serve.child.wait().unwrap();
+    drop(proxy);
+    // Restarted (directly): the broker gives it the request again.
+    let _serve = fleet.serve("ca-1", fleet.enroll.port);
+    let out = enrolling.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["serial"].as_str(), issued.as_deref(), "{got}");
+    let for_name = records(&d)
+        .into_iter()
+        .filter(|r| r["common_name"] == "sensor-7")
+        .count();
+    assert_eq!(for_name, 1, "one certificate for one request");
+    assert_eq!(
+        cert_of(&d.join("device/sensor-7_cert.pem"))
+            .serial()
+            .to_string(),
+        issued.unwrap()
+    );
+}
+
+#[test]
+fn a_renewal_in_the_middle_of_a_qos1_stream_loses_nothing() {
+    let fleet = Fleet::new(
+        &[("ingest", "service"), ("dev-s", "device")],
+        &["--allow", "nobody"],
+    );
+    let d = fleet.dir().to_owned();
+    let _serve = fleet.serve("ca-1", fleet.enroll.port);
+    let dev = fleet.files("dev-s");
+    let old = cert_of(&dev.cert_path);
+    const MESSAGES: usize = 400;
+    let received = rt().block_on(async {
+        let tls = fleet.files("ingest").load().unwrap();
+        let mut options = ConnectOptions::new("localhost", fleet.main.port, "ingest");
+        options.clean_session = false;
+        let (ingest, mut connection) = MqttClient::new(&options, &tls).unwrap();
+        connection.connect().await.unwrap();
+        let ingest_runner = tokio::spawn(connection.run());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        ingest
+            .subscribe("devices/dev-s/data", QoS::AtLeastOnce, move |m| {
+                let _ = tx.send(String::from_utf8(m.payload.to_vec()).unwrap());
+                async { Ok::<(), std::io::Error>(()) }
+            })
+            .unwrap()
+            .granted()
+            .await
+            .unwrap();
+
+        let mut options = ConnectOptions::new("localhost", fleet.main.port, "dev-s");
+        options.clean_session = false;
+        let (client, mut connection) = MqttClient::new(&options, &dev.load().unwrap()).unwrap();
+        connection.connect().await.unwrap();
+        let runner = tokio::spawn(connection.run());
+        let renewer = Renewer::new(client.clone(), dev.clone(), RenewOptions::default()).unwrap();
+        let stream = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for i in 0..MESSAGES {
+                    client
+                        .publish("devices/dev-s/data", i.to_string(), QoS::AtLeastOnce, false)
+                        .await
+                        .unwrap();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let renewed = renewer.renew_now().await.unwrap();
+        assert_eq!(renewed.previous, old.serial().to_string());
+        stream.await.unwrap();
+        let mut got = BTreeSet::new();
+        while got.len() < MESSAGES {
+            match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
+                Ok(Some(m)) => {
+                    got.insert(m);
+                }
+                _ => break,
+            }
+        }
+        client.disconnect().await.unwrap();
+        ingest.disconnect().await.unwrap();
+        let _ = (runner.await, ingest_runner.await);
+        got
+    });
+    let want: BTreeSet<String> = (0..MESSAGES).map(|i| i.to_string()).collect();
+    let missing: Vec<_> = want.difference(&received).collect();
+    assert!(
+        missing.is_empty(),
+        "lost {} messages: {missing:?}",
+        missing.len()
+    );
+    // The files are the new identity; the old certificate is revoked.
+    let new = cert_of(&dev.cert_path);
+    assert_ne!(new.serial(), old.serial());
+    wait_for("the old certificate revoked", || {
+        record(&d, &old.serial().to_string())["status"]["state"] == "revoked"
+    });
+}
+
+#[test]
+fn two_instances_share_the_requests_of_one_ca() {
+    let fleet = Fleet::new(&[], &["--allow-pattern", "sensor-*"]);
+    let d = fleet.dir().to_owned();
+    let one = fleet.serve("ca-1", fleet.enroll.port);
+    let two = fleet.serve("ca-2", fleet.enroll.port);
+    let enroll_port = fleet.enroll.port.to_string();
+    let children: Vec<Child> = (0..12)
+        .map(|i| {
+            Command::new(env!("CARGO_BIN_EXE_provision"))
+                .current_dir(&d)
+                .args(["enroll", &format!("sensor-{i}"), "-H", "localhost"])
+                .args(["-p", &enroll_port, "--out", "devices", "--timeout", "30"])
+                .args(["--cert", "backend_certs/factory_cert.pem"])
+                .args(["--key", "backend_certs/factory.key"])
+                .args(["--ca", "root_cert/root_ca_cert.pem"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let serials: BTreeSet<String> = records(&d)
+        .into_iter()
+        .filter(|r| r["role"] == "device")
+        .map(|r| r["serial"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(serials.len(), 12);
+    let (a, b) = (one.counter("issued"), two.counter("issued"));
+    assert_eq!(a + b, 12);
+    assert!(a > 0 && b > 0, "both instances served: {a} and {b}");
+    let _: PathBuf = d;
+}

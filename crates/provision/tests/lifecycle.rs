@@ -35,10 +35,27 @@ struct Fleet {
 
 impl Fleet {
     fn new(clients: &[(&str, &str)], claim: &[&str]) -> Self {
+        Self::with(false, clients, claim)
+    }
+
+    /// With `intermediate`, the CA folder signs with an intermediate and
+    /// the root key is moved away first.
+    fn with(intermediate: bool, clients: &[(&str, &str)], claim: &[&str]) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
         ok(d, &["init-ca", "--cn", "Lifecycle Root"]);
+        if intermediate {
+            ok(
+                d,
+                &["init-ca", "--intermediate", "--cn", "Lifecycle Issuing"],
+            );
+            std::fs::rename(
+                d.join("root_cert/root_ca.key"),
+                d.join("root_ca.key.offline"),
+            )
+            .unwrap();
+        }
         ok(d, &["issue", "server", "broker", "--dns", "localhost"]);
         for name in ["ca-1", "ca-2"] {
             ok(d, &["issue", "client", name, "--role", "ca-service"]);
@@ -402,6 +419,59 @@ fn enrollment_follows_the_claims_policy() {
         .collect();
     assert_eq!(devices, ["sensor-1", "sensor-2", "sensor-3"]);
     assert_eq!(serve.counter("issued"), 3);
+
+    // An expired claim is refused at the handshake.
+    let ca = pki_core::CertificateAuthority::from_pem(
+        &std::fs::read_to_string(d.join("root_cert/root_ca_cert.pem")).unwrap(),
+        &std::fs::read_to_string(d.join("root_cert/root_ca.key")).unwrap(),
+        None,
+    )
+    .unwrap();
+    let old_key = KeyPair::generate(KeyType::P256).unwrap();
+    // Ended a minute ago (it cannot start before the CA does).
+    let ended = pki_core::Validity::new(
+        ca.certificate().validity().not_before(),
+        std::time::SystemTime::now() - Duration::from_secs(60),
+    )
+    .unwrap();
+    let mut params = pki_core::IssueParams::new(pki_core::Profile::Client, ended);
+    params
+        .sans
+        .push(pki_core::SubjectAltName::uri("urn:mqtt-mtls:role:claim").unwrap());
+    let old_claim = ca.sign(&csr_pem("factory", &old_key), &params).unwrap();
+    std::fs::write(
+        d.join("backend_certs/old-claim_cert.pem"),
+        old_claim.certificate.to_pem(),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("backend_certs/old-claim.key"),
+        old_key.to_pkcs8_pem().unwrap().as_bytes(),
+    )
+    .unwrap();
+    let enroll_port = fleet.enroll.port.to_string();
+    let out = provision(
+        d,
+        &[
+            "enroll",
+            "sensor-5",
+            "--cert",
+            "backend_certs/old-claim_cert.pem",
+            "--key",
+            "backend_certs/old-claim.key",
+            "--ca",
+            "root_cert/root_ca_cert.pem",
+            "-H",
+            "localhost",
+            "-p",
+            &enroll_port,
+            "--out",
+            "device5",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
+    assert!(!d.join("device5/sensor-5.key").exists());
 
     // A revoked claim is refused at the handshake (the enrollment broker
     // reloaded the CRL).
@@ -835,4 +905,50 @@ fn two_instances_share_the_requests_of_one_ca() {
     assert_eq!(a + b, 12);
     assert!(a > 0 && b > 0, "both instances served: {a} and {b}");
     let _: PathBuf = d;
+}
+
+#[test]
+fn enrollment_and_renewal_through_an_intermediate_with_the_root_key_away() {
+    let fleet = Fleet::with(true, &[], &["--allow", "sensor-1"]);
+    let d = fleet.dir();
+    let _serve = fleet.serve("ca-1", fleet.enroll.port);
+    let out = fleet.enroll("sensor-1", "device");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let intermediate = cert_of(&d.join("root_cert/intermediate_ca_cert.pem"));
+    let chain = |p: &Path| Certificate::all_from_pem(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let enrolled = chain(&d.join("device/sensor-1_cert.pem"));
+    assert_eq!(enrolled.len(), 2, "leaf and intermediate");
+    assert_eq!(enrolled[1], intermediate);
+    assert_eq!(enrolled[0].issuer(), intermediate.subject());
+    // Renewed over the main broker (which took the new chain: the switch
+    // returns once it sent CONNACK), through the intermediate too.
+    let port = fleet.main.port.to_string();
+    let out = ok(
+        d,
+        &[
+            "renew",
+            "-H",
+            "localhost",
+            "-p",
+            &port,
+            "--cert",
+            "device/sensor-1_cert.pem",
+            "--key",
+            "device/sensor-1.key",
+            "--ca",
+            "root_cert/root_ca_cert.pem",
+        ],
+    );
+    assert!(out.contains("renewed"), "{out}");
+    let renewed = chain(&d.join("device/sensor-1_cert.pem"));
+    assert_eq!(renewed.len(), 2);
+    assert_eq!(renewed[1], intermediate);
+    assert_ne!(renewed[0].serial(), enrolled[0].serial());
+    ok(
+        d,
+        &["verify", "device/sensor-1_cert.pem", "--profile", "client"],
+    );
+    wait_for("the old certificate revoked", || {
+        record(d, &enrolled[0].serial().to_string())["status"]["state"] == "revoked"
+    });
 }

@@ -253,7 +253,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     // one claim, then renews at once while publishing.
     let lifecycle = run_json(
         &bench,
-        &["lifecycle".into(), if quick { "200" } else { "1000" }.into()],
+        &[
+            "lifecycle".into(),
+            if quick { "200" } else { "1000" }.into(),
+        ],
     )?;
     results.push(lifecycle.clone());
 

@@ -142,7 +142,7 @@ pub(crate) fn run(count: usize) -> anyhow::Result<serde_json::Value> {
                     port: enroll_port,
                 }),
                 share_group: "pki".into(),
-                policy: provision::lifecycle::Policy { enroll_days: 30 },
+                policy: provision::lifecycle::Policy { days: 30 },
                 grace: Duration::from_secs(600),
                 http: None,
             },

@@ -1,16 +1,22 @@
-//! The HTTP side: `/healthz`, `/api/messages`, `/metrics`.
+//! The HTTP side: `/healthz`, `/api/messages`, `/api/openapi.json`,
+//! `/metrics`, and who may read them over HTTPS.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::extract::{Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine as _;
 use mqtt_tls::MqttClient;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use crate::https::Peer;
 
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -27,12 +33,82 @@ pub struct AppState {
 }
 
 /// The router: mount it on its own, or `.merge()` it into your app.
+///
+/// Over HTTPS (a [`Peer`] on each request, see [`crate::https`]),
+/// `/api/messages` and `/metrics` answer only identities with the reader
+/// role (403 otherwise); `/healthz` and `/api/openapi.json` any identity of
+/// the CA. Plain HTTP (no `Peer`) is not authorized: it is served on
+/// loopback only, unless the operator says otherwise.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/messages", get(messages))
+        .route("/api/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn(authorize))
+        .with_state(state)
+}
+
+/// `/healthz` and `/metrics` only: the plain probe listener.
+pub fn probes(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// The role that may read messages and metrics over HTTPS.
+pub const READER_ROLE: &str = "reader";
+
+/// An error answer.
+#[derive(Serialize, ToSchema)]
+struct ApiError {
+    /// What went wrong.
+    error: String,
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, Json(ApiError { error: message })).into_response()
+}
+
+async fn authorize(request: Request, next: Next) -> Response {
+    if let Some(peer) = request.extensions().get::<Peer>() {
+        let path = request.uri().path();
+        let data = path == "/metrics" || (path.starts_with("/api/") && path != "/api/openapi.json");
+        if data && peer.role.as_deref() != Some(READER_ROLE) {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} (role {}) may not read {path}: only identities with the {READER_ROLE} \
+                     role may (provision issue client NAME --role {READER_ROLE})",
+                    peer.common_name
+                        .as_deref()
+                        .unwrap_or("a certificate without a CN"),
+                    peer.role.as_deref().unwrap_or("none"),
+                ),
+            );
+        }
+    }
+    next.run(request).await
+}
+
+/// The API's contract, generated from the handlers' types.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "mqtt-ingest",
+        description = "Every MQTT message the ingest stored, oldest first. Over HTTPS the \
+                       client presents a certificate of the CA with the reader role \
+                       (mutual TLS)."
+    ),
+    paths(messages),
+    components(schemas(Page, MessageJson, ApiError))
+)]
+pub struct ApiDoc;
+
+/// `GET /api/openapi.json`.
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
 }
 
 #[derive(Serialize)]
@@ -105,35 +181,70 @@ async fn healthz(State(state): State<AppState>) -> Response {
     (status, Json(health)).into_response()
 }
 
-#[derive(Deserialize)]
+/// The query of `/api/messages`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only messages on this exact topic.
     topic: Option<String>,
+    /// Only messages with an id above this (the previous page's
+    /// `next_after`); default 0.
     after: Option<i64>,
+    /// At most this many (default 100; below 1 counts as 1, above 1000 as
+    /// 1000).
     limit: Option<i64>,
 }
 
-#[derive(Serialize)]
+/// One stored message.
+#[derive(Serialize, ToSchema)]
 struct MessageJson {
+    /// Its id: increasing in the order messages were stored.
     id: i64,
+    /// Its topic.
     topic: String,
     /// The payload as text when it is UTF-8.
     payload: Option<String>,
+    /// The payload in base64.
     payload_base64: String,
+    /// The QoS it arrived with.
     qos: u8,
+    /// The retain flag.
     retain: bool,
+    /// Whether the broker marked it a redelivery.
     duplicate: bool,
+    /// When it was received, microseconds since the Unix epoch.
     received_at_us: i64,
 }
 
-#[derive(Serialize)]
+/// A page of messages.
+#[derive(Serialize, ToSchema)]
 struct Page {
+    /// The messages, oldest first.
     messages: Vec<MessageJson>,
     /// Pass as `after` for the next page.
     next_after: Option<i64>,
 }
 
 /// `GET /api/messages?topic=&after=&limit=`: oldest first, at most 1000.
-async fn messages(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/api/messages",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of messages, oldest first", body = Page),
+        (status = 400, description = "A parameter that does not parse", body = ApiError),
+        (status = 403, description = "The client certificate's role is not reader", body = ApiError),
+        (status = 503, description = "The database does not answer", body = ApiError),
+    )
+)]
+async fn messages(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Response {
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     match state
         .store
@@ -163,11 +274,7 @@ async fn messages(State(state): State<AppState>, Query(q): Query<ListQuery>) -> 
             })
             .into_response()
         }
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "error": e.to_string() })),
-        )
-            .into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 

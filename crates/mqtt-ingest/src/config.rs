@@ -24,6 +24,17 @@ pub struct Config {
     /// HTTP listen address (default 127.0.0.1:8080).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Serve `listen` over HTTPS with client certificates (`[http]`).
+    #[serde(default)]
+    pub http: Option<crate::https::HttpsOptions>,
+    /// A plain-HTTP listener for `/healthz` and `/metrics` only (a probe
+    /// port), on loopback.
+    #[serde(default)]
+    pub probe_listen: Option<SocketAddr>,
+    /// Serve plain HTTP on an address other than loopback: anyone who can
+    /// reach it reads every message. Off: refused at startup.
+    #[serde(default)]
+    pub insecure_plain_http: bool,
     /// Batching.
     #[serde(default)]
     pub batch: BatchSection,
@@ -99,6 +110,9 @@ impl Default for Config {
             mqtt: MqttSection::default(),
             db: default_db(),
             listen: default_listen(),
+            http: None,
+            probe_listen: None,
+            insecure_plain_http: false,
             batch: BatchSection::default(),
         }
     }
@@ -138,7 +152,49 @@ impl Config {
         // Relative bundle paths are relative to the file.
         let base = path.parent().unwrap_or(std::path::Path::new("."));
         config.tls = config.tls.map(|tls| tls.relative_to(base));
+        if let Some(http) = &mut config.http {
+            for p in [&mut http.cert, &mut http.key, &mut http.client_ca] {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+            if let Some(crl) = &mut http.crl
+                && crl.is_relative()
+            {
+                *crl = base.join(&*crl);
+            }
+        }
         Ok(config)
+    }
+
+    /// Refuses plain HTTP where anyone could read every message: the main
+    /// listener or the probe listener on an address other than loopback
+    /// without TLS, unless `insecure_plain_http`.
+    pub fn check_listeners(&self) -> Result<()> {
+        if self.insecure_plain_http {
+            return Ok(());
+        }
+        let plain = |addr: &SocketAddr, what: &str| {
+            if addr.ip().is_loopback() {
+                Ok(())
+            } else {
+                Err(Error::Config {
+                    reason: format!(
+                        "refusing to serve {what} over plain HTTP on {addr}: anyone who can reach \
+                         it would read it. Serve HTTPS with client certificates (--http-cert, \
+                         --http-key, --http-client-ca; docs/ingest.md), listen on 127.0.0.1, or \
+                         pass --insecure-plain-http if that is really what you want"
+                    ),
+                })
+            }
+        };
+        if self.http.is_none() {
+            plain(&self.listen, "every stored message")?;
+        }
+        if let Some(probe) = &self.probe_listen {
+            plain(probe, "the metrics")?;
+        }
+        Ok(())
     }
 
     /// The subscriptions with their QoS.

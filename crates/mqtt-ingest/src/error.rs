@@ -24,6 +24,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The HTTPS listener's files.
+    #[error("HTTPS: {path}: {reason}")]
+    Https {
+        /// The file at fault.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// MQTT or the client bundle.
     #[error(transparent)]
     Mqtt(#[from] mqtt_tls::Error),

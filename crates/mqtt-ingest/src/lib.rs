@@ -37,11 +37,12 @@
 mod app;
 pub mod config;
 mod error;
+pub mod https;
 mod metrics;
 pub mod pipeline;
 mod store;
 
-pub use app::{AppState, app};
+pub use app::{ApiDoc, AppState, READER_ROLE, app, probes};
 pub use error::{Error, Result};
 pub use metrics::Metrics;
 pub use pipeline::Batching;

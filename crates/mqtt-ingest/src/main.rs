@@ -69,6 +69,29 @@ struct Args {
     /// HTTP listen address (default 127.0.0.1:8080; port 0 picks one).
     #[arg(long, env = "MQTT_INGEST_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Serve HTTPS with this server certificate (from `provision issue
+    /// server`), requiring client certificates from --http-client-ca.
+    #[arg(long, env = "MQTT_INGEST_HTTP_CERT", requires_all = ["http_key", "http_client_ca"])]
+    http_cert: Option<PathBuf>,
+    /// The HTTPS server certificate's key.
+    #[arg(long, env = "MQTT_INGEST_HTTP_KEY", requires = "http_cert")]
+    http_key: Option<PathBuf>,
+    /// The CA clients' certificates must come from (our root): readers
+    /// (role reader) read /api/messages and /metrics, others get 403.
+    #[arg(long, env = "MQTT_INGEST_HTTP_CLIENT_CA", requires = "http_cert")]
+    http_client_ca: Option<PathBuf>,
+    /// The CA's CRL: revoked clients are refused at the handshake (read
+    /// again when the file changes).
+    #[arg(long, env = "MQTT_INGEST_HTTP_CRL", requires = "http_cert")]
+    http_crl: Option<PathBuf>,
+    /// Also serve /healthz and /metrics over plain HTTP here (a probe port
+    /// on loopback).
+    #[arg(long, env = "MQTT_INGEST_PROBE_LISTEN")]
+    probe_listen: Option<SocketAddr>,
+    /// Serve plain HTTP on an address other than loopback, where anyone who
+    /// can reach it reads every message (refused without this).
+    #[arg(long, env = "MQTT_INGEST_INSECURE_PLAIN_HTTP")]
+    insecure_plain_http: bool,
     /// Flush a batch at this many messages.
     #[arg(long, env = "MQTT_INGEST_BATCH_MAX")]
     batch_max: Option<usize>,
@@ -144,6 +167,22 @@ fn configure(args: Args) -> anyhow::Result<Config> {
     if let Some(l) = args.listen {
         config.listen = l;
     }
+    if let (Some(cert), Some(key), Some(client_ca)) =
+        (args.http_cert, args.http_key, args.http_client_ca)
+    {
+        config.http = Some(mqtt_ingest::https::HttpsOptions {
+            cert,
+            key,
+            client_ca,
+            crl: args.http_crl,
+        });
+    }
+    if let Some(p) = args.probe_listen {
+        config.probe_listen = Some(p);
+    }
+    if args.insecure_plain_http {
+        config.insecure_plain_http = true;
+    }
     if let Some(m) = args.batch_max {
         config.batch.max_messages = m;
     }
@@ -158,6 +197,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let renew = args.renew;
     let config = configure(args)?;
     let filters = config.filters()?;
+    config.check_listeners()?;
+    // Read and checked before anything connects: a bad file fails here.
+    let https = config
+        .http
+        .clone()
+        .map(mqtt_ingest::https::Https::new)
+        .transpose()?
+        .map(Arc::new);
     if renew {
         // A replacement a crash interrupted is finished first.
         mqtt_tls::lifecycle::settle(config.bundle()?)?;
@@ -195,7 +242,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "renewing the client certificate over MQTT in {} s",
             wait.as_secs()
         );
-        Some(tokio::spawn(renewer.run()))
+        Some(tokio::spawn(async move {
+            if let Err(e) = renewer.run().await {
+                tracing::error!("renewing the client certificate stopped: {e}");
+            }
+        }))
     } else {
         None
     };
@@ -205,7 +256,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(
-        "mqtt-ingest listening on http://{addr} (database {}, broker {}:{})",
+        "mqtt-ingest listening on {}://{addr} (database {}, broker {}:{})",
+        if https.is_some() { "https" } else { "http" },
         redact(&config.db),
         config.mqtt.host,
         config.mqtt.port
@@ -215,10 +267,54 @@ async fn run(args: Args) -> anyhow::Result<()> {
         client: client.clone(),
         metrics,
     };
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let probe = match config.probe_listen {
+        Some(probe_addr) => {
+            let probe_listener = tokio::net::TcpListener::bind(probe_addr)
+                .await
+                .with_context(|| format!("listening on {probe_addr} (--probe-listen)"))?;
+            tracing::info!(
+                "health and metrics on http://{}",
+                probe_listener.local_addr()?
+            );
+            let router = mqtt_ingest::probes(state.clone());
+            let stop = stopped(stop_rx.clone());
+            Some(tokio::spawn(async move {
+                axum::serve(probe_listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }))
+        }
+        None => None,
+    };
+    let served = match https {
+        Some(https) => {
+            let signal = async move {
+                shutdown_signal().await;
+                let _ = stop_tx.send(true);
+            };
+            mqtt_ingest::https::serve(listener, https, app(state), signal)
+                .await
+                .context("serving HTTPS")
+        }
+        None => {
+            let signal = async move {
+                shutdown_signal().await;
+                let _ = stop_tx.send(true);
+            };
+            axum::serve(listener, app(state))
+                .with_graceful_shutdown(signal)
+                .await
+                .context("serving HTTP")
+        }
+    };
+    if let Some(p) = probe {
+        let _ = p.await;
+    }
+    served?;
 
     tracing::info!("shutting down: committing and acknowledging what was received");
     let limit = std::time::Duration::from_secs(shutdown_timeout);

@@ -81,9 +81,16 @@ pub mod topics {
 pub struct RequestId(String);
 
 impl RequestId {
-    /// A fresh random id (128 bits, hex).
+    /// A fresh random id (128 bits from the system's secure generator,
+    /// hex): nobody can guess another device's id and answer for it first.
     pub fn random() -> Self {
-        Self(format!("{:032x}", fastrand::u128(..)))
+        let mut bytes = [0u8; 16];
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        if provider.secure_random.fill(&mut bytes).is_err() {
+            // Never seen; the id is still unique in practice.
+            bytes = fastrand::u128(..).to_be_bytes();
+        }
+        Self(bytes.iter().map(|b| format!("{b:02x}")).collect())
     }
 
     /// The id.
@@ -304,7 +311,13 @@ pub async fn enroll(claim: &TlsIdentity, request: &Enrollment) -> Result<ClientC
         .ok_or_else(|| lifecycle("the claim certificate has no CN (its MQTT username)"))?;
     let key_path = request.out.join(format!("{}.key", request.name));
     let cert_path = request.out.join(format!("{}_cert.pem", request.name));
-    if !request.force {
+    // The key and the request (its id, its CSR) are kept, the key 0600,
+    // until the answer is in: a device that gave up waiting, or crashed,
+    // sends the very same request again and gets the same certificate.
+    let pending_key = request.out.join(format!("{}.key.enrolling", request.name));
+    let pending_id = request.out.join(format!("{}.enrolling.json", request.name));
+    let resumed = pending_key.exists() && pending_id.exists();
+    if !request.force && !resumed {
         for p in [&key_path, &cert_path] {
             if p.exists() {
                 return Err(lifecycle(format!(
@@ -318,16 +331,39 @@ pub async fn enroll(claim: &TlsIdentity, request: &Enrollment) -> Result<ClientC
         path: request.ca_cert_path.clone(),
         source,
     })?;
-    let key = KeyPair::generate(request.key_type).map_err(|e| pki("making a key", e))?;
-    let subject = Subject::new(&request.name).map_err(|e| pki("the device name", e))?;
-    let csr = Csr::new(&CsrParams::new(subject), &key).map_err(|e| pki("making the CSR", e))?;
-    let request_id = RequestId::random();
-    let body = serde_json::to_vec(&EnrollRequest {
-        request_id: request_id.clone(),
-        name: request.name.clone(),
-        csr: csr.to_pem(),
-    })
-    .map_err(|e| lifecycle(format!("encoding the request: {e}")))?;
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|source| Error::ReadFile {
+            path: p.to_owned(),
+            source,
+        })
+    };
+    let (key, request_id, body) = if resumed {
+        let key = KeyPair::from_pem(&Zeroizing::new(read(&pending_key)?))
+            .map_err(|e| pki(&pending_key.display().to_string(), e))?;
+        let body = read(&pending_id)?;
+        let sent: EnrollRequest = serde_json::from_str(&body)
+            .map_err(|e| lifecycle(format!("{}: {e}", pending_id.display())))?;
+        (key, sent.request_id, body.into_bytes())
+    } else {
+        let key = KeyPair::generate(request.key_type).map_err(|e| pki("making a key", e))?;
+        let subject = Subject::new(&request.name).map_err(|e| pki("the device name", e))?;
+        let csr = Csr::new(&CsrParams::new(subject), &key).map_err(|e| pki("making the CSR", e))?;
+        let id = RequestId::random();
+        let body = serde_json::to_vec(&EnrollRequest {
+            request_id: id.clone(),
+            name: request.name.clone(),
+            csr: csr.to_pem(),
+        })
+        .map_err(|e| lifecycle(format!("encoding the request: {e}")))?;
+        std::fs::create_dir_all(&request.out).map_err(|source| Error::WriteFile {
+            path: request.out.clone(),
+            source,
+        })?;
+        let pem = key.to_pkcs8_pem().map_err(|e| pki("encoding the key", e))?;
+        write_file(&pending_key, pem.as_bytes(), true)?;
+        write_file(&pending_id, &body, true)?;
+        (key, id, body)
+    };
 
     let mut options = request.options.clone();
     options.client_id = format!("enroll-{request_id}");
@@ -342,15 +378,33 @@ pub async fn enroll(claim: &TlsIdentity, request: &Enrollment) -> Result<ClientC
         request.resend,
     )
     .await?;
-    let (serial, chain) = accept(answer, &request_id)?;
+    let (serial, chain) = match accept(answer, &request_id) {
+        Ok(issued) => issued,
+        Err(e) => {
+            // Refused: the answer is final; the next attempt starts afresh.
+            if matches!(e, Error::Rejected { .. }) {
+                let _ = std::fs::remove_file(&pending_key);
+                let _ = std::fs::remove_file(&pending_id);
+            }
+            return Err(e);
+        }
+    };
     let key_pem = key.to_pkcs8_pem().map_err(|e| pki("encoding the key", e))?;
     check_issued(&chain, key_pem.as_bytes(), &ca_pem, None, &request.name)?;
-    std::fs::create_dir_all(&request.out).map_err(|source| Error::WriteFile {
-        path: request.out.clone(),
-        source,
-    })?;
-    write_file(&key_path, key_pem.as_bytes(), request.force)?;
-    write_file(&cert_path, chain.as_bytes(), request.force)?;
+    // The certificate first, then the key moves into place: a crash in
+    // between leaves the pending key and id, and the next attempt finishes.
+    write_file(&cert_path, chain.as_bytes(), request.force || resumed)?;
+    if !request.force && !resumed && key_path.exists() {
+        return Err(lifecycle(format!(
+            "{} appeared meanwhile",
+            key_path.display()
+        )));
+    }
+    rename(&pending_key, &key_path)?;
+    let _ = std::fs::remove_file(&pending_id);
+    if let Some(dir) = key_path.parent() {
+        sync_dir(dir);
+    }
     tracing::info!("enrolled {} (serial {serial})", request.name);
     Ok(ClientCert::new(
         cert_path,
@@ -602,8 +656,13 @@ impl Renewer {
     /// `client` to its answers (`pki/v1/renew/NAME/res/+`). Finishes an
     /// interrupted replacement first ([`settle`]).
     pub fn new(client: MqttClient, files: ClientCert, options: RenewOptions) -> Result<Self> {
-        settle(&files)?;
+        let settled = settle(&files)?;
         let current = files.load()?;
+        if settled {
+            // The client was made from the files before they were settled:
+            // it takes the identity now in them from its next connection.
+            client.set_identity(&current)?;
+        }
         let name = current
             .certificate()
             .common_name()
@@ -733,27 +792,35 @@ impl Renewer {
 
         // Beside the old files, then the switch, then the replacement.
         let (cert_new, key_new) = staged(&self.files);
-        let result = async {
-            write_file(&cert_new, chain.as_bytes(), true)?;
-            write_file(&key_new, &new_key_pem[..], true)?;
-            match tokio::time::timeout(
-                self.options.timeout,
-                self.client.reconnect_with_identity(&identity),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(lifecycle(format!(
-                    "the broker did not take the new certificate within {:?}",
-                    self.options.timeout
-                ))),
+        write_file(&cert_new, chain.as_bytes(), true)?;
+        write_file(&key_new, &new_key_pem[..], true)?;
+        match tokio::time::timeout(
+            self.options.timeout,
+            self.client.reconnect_with_identity(&identity),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            // Refused: the client is back on the old identity, whose files
+            // are still in place.
+            Ok(Err(e)) => {
+                let _ = std::fs::remove_file(&key_new);
+                let _ = std::fs::remove_file(&cert_new);
+                return Err(e);
             }
-        }
-        .await;
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&key_new);
-            let _ = std::fs::remove_file(&cert_new);
-            return Err(e);
+            // Still trying (the broker not there): the switch may yet
+            // happen, so the new files stay; the next attempt (or start)
+            // settles them, and the client takes them from its next
+            // connection.
+            Err(_) => {
+                let _ = self.client.set_identity(&identity);
+                return Err(lifecycle(format!(
+                    "the broker did not take the new certificate within {:?}; it is kept \
+                     (as {}) and used from the next connection",
+                    self.options.timeout,
+                    cert_new.display()
+                )));
+            }
         }
         settle(&self.files)?;
         let done = serde_json::to_vec(&RenewDone {
@@ -794,7 +861,18 @@ impl Renewer {
     pub async fn run(self) -> Result<()> {
         let mut attempt = 0;
         loop {
-            let due = self.due()?;
+            // A file that cannot be read now (being replaced by hand, say)
+            // is retried like a failed renewal.
+            let due = match settle(&self.files).and_then(|_| self.due()) {
+                Ok(due) => due,
+                Err(e) => {
+                    let delay = self.options.retry.delay(attempt);
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!("renewing {}: {e}; retrying in {delay:?}", self.name);
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            };
             if let Ok(wait) = due.duration_since(SystemTime::now()) {
                 tokio::time::sleep(wait).await;
             }

@@ -168,7 +168,9 @@ pub fn write(locked: &mut LockedCa<'_>, config: &BrokerConfig) -> Result<BrokerF
              acl_file {acl}\n\
              crlfile {crl}\n\
              set_tcp_nodelay true\n\
-             max_queued_messages 100000\n",
+             max_queued_messages 100000\n\
+             # A request is a CSR: nothing bigger is taken.\n\
+             max_packet_size 65536\n",
             ca = ca_path.display(),
             cert = cert_path.display(),
             key = key_path.display(),

@@ -195,7 +195,9 @@ const SCHEMA: [&str; 7] = [
         requester TEXT NOT NULL,
         request_id TEXT NOT NULL,
         kind TEXT NOT NULL,
+        request_sha256 TEXT NOT NULL,
         answer TEXT NOT NULL,
+        rejected INTEGER NOT NULL,
         old_serial TEXT,
         new_serial TEXT,
         at BIGINT NOT NULL,
@@ -216,20 +218,48 @@ const PG_CA_LOCK: i64 = 0x6d71_7474_4341_696e;
 /// far below either database's limit).
 const INSERT_CHUNK: usize = 500;
 
-/// A `lifecycle_requests` row: kind, answer, old and new serial, settled.
-type RequestRow = (String, String, Option<String>, Option<String>, i64);
+/// A `lifecycle_requests` row: kind, request fingerprint, answer, old and
+/// new serial, time, settled.
+type RequestRow = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+);
+
+/// A renewal whose old certificate is not revoked yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsettled {
+    /// Who asked (the device's name).
+    pub requester: String,
+    /// The request.
+    pub request_id: String,
+    /// The certificate renewed.
+    pub old: Serial,
+    /// The certificate issued.
+    pub new: Serial,
+    /// When the grace period started.
+    pub at: Timestamp,
+}
 
 /// A request `provision serve` answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRequest {
     /// `enroll` or `renew`.
     pub kind: String,
+    /// The request's fingerprint: a copy has the same.
+    pub request_sha256: String,
     /// The answer (JSON), given again to every copy of the request.
     pub answer: String,
     /// A renewal's old certificate.
     pub old_serial: Option<Serial>,
     /// The certificate issued.
     pub new_serial: Option<Serial>,
+    /// When it was answered (a renewal's grace period starts here).
+    pub at: Timestamp,
     /// A renewal whose old certificate was revoked (or never will be).
     pub settled: bool,
 }
@@ -1243,16 +1273,16 @@ impl<'a> LockedCa<'a> {
     pub fn answer(&mut self, requester: &str, request_id: &str) -> Result<Option<StoredRequest>> {
         let row: Option<RequestRow> = self.run("reading", async |tx| {
             either!(tx, Tx(c) => sqlx::query_as(
-                    "SELECT kind, answer, old_serial, new_serial, settled FROM lifecycle_requests
-                     WHERE requester = $1 AND request_id = $2",
-                )
-                .bind(requester)
-                .bind(request_id)
-                .fetch_optional(&mut **c)
-                .await)
+                "SELECT kind, request_sha256, answer, old_serial, new_serial, at, settled
+                 FROM lifecycle_requests WHERE requester = $1 AND request_id = $2",
+            )
+            .bind(requester)
+            .bind(request_id)
+            .fetch_optional(&mut **c)
+            .await)
         })?;
         let location = self.inventory.location.clone();
-        row.map(|(kind, answer, old, new, settled)| {
+        row.map(|(kind, request_sha256, answer, old, new, at, settled)| {
             let serial = |s: Option<String>| {
                 s.map(|s| s.parse::<Serial>())
                     .transpose()
@@ -1263,47 +1293,74 @@ impl<'a> LockedCa<'a> {
             };
             Ok(StoredRequest {
                 kind,
+                request_sha256,
                 answer,
                 old_serial: serial(old)?,
                 new_serial: serial(new)?,
+                at: from_secs(at),
                 settled: settled != 0,
             })
         })
         .transpose()
     }
 
-    /// Stores the answer to `requester`'s request `request_id` with the
-    /// certificate it issued (`new`); a renewal (with the `old` serial)
-    /// stays unsettled until [`LockedCa::settle`].
+    /// Stores the answer to `requester`'s request `request_id` (`request`
+    /// its fingerprint, `rejected` whether a refusal) with the certificate
+    /// it issued (`new`); a renewal (with the `old` serial) stays unsettled
+    /// until [`LockedCa::settle`], its grace period counted from `at`.
+    #[allow(clippy::too_many_arguments)]
     pub fn store_answer(
         &mut self,
         requester: &str,
         request_id: &str,
         kind: &str,
+        request: &str,
         answer: &str,
-        old: Option<&Serial>,
-        new: Option<&Serial>,
+        rejected: bool,
+        serials: (Option<&Serial>, Option<&Serial>),
+        at: SystemTime,
     ) -> Result<()> {
-        let now = to_secs(Timestamp(SystemTime::now()));
-        let (old, new) = (old.map(|s| s.to_string()), new.map(|s| s.to_string()));
+        let at = to_secs(Timestamp(at));
+        let (old, new) = (
+            serials.0.map(|s| s.to_string()),
+            serials.1.map(|s| s.to_string()),
+        );
         let settled = i64::from(old.is_none());
         self.run("writing", async |tx| {
             either!(tx, Tx(c) => sqlx::query(
                 "INSERT INTO lifecycle_requests
-                 (requester, request_id, kind, answer, old_serial, new_serial, at, settled)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 (requester, request_id, kind, request_sha256, answer, rejected, old_serial,
+                  new_serial, at, settled)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(requester)
             .bind(request_id)
             .bind(kind)
+            .bind(request)
             .bind(answer)
+            .bind(i64::from(rejected))
             .bind(old.clone())
             .bind(new.clone())
-            .bind(now)
+            .bind(at)
             .bind(settled)
             .execute(&mut **c)
             .await
             .map(|_| ()))
+        })
+    }
+
+    /// Forgets refusals stored before `before` (a copy of such an old
+    /// request is judged again); how many.
+    pub fn forget_refusals(&mut self, before: SystemTime) -> Result<u64> {
+        let before = to_secs(Timestamp(before));
+        self.run("writing", async |tx| {
+            either!(tx, Tx(c) => sqlx::query(
+                "DELETE FROM lifecycle_requests WHERE rejected = 1 AND at < $1",
+            )
+            .bind(before)
+            .execute(&mut **c)
+            .await
+            .map(|r| r.rows_affected()))
         })
     }
 
@@ -1321,33 +1378,37 @@ impl<'a> LockedCa<'a> {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// Unsettled renewals: `(requester, request_id, old serial, new
-    /// serial)`, those answered before `before` only when given.
-    pub fn unsettled(
-        &mut self,
-        before: Option<SystemTime>,
-    ) -> Result<Vec<(String, String, Serial, Serial)>> {
+    /// Unsettled renewals, oldest first, those answered before `before`
+    /// only when given.
+    pub fn unsettled(&mut self, before: Option<SystemTime>) -> Result<Vec<Unsettled>> {
         let before = before.map_or(i64::MAX, |t| to_secs(Timestamp(t)));
-        let rows: Vec<(String, String, String, String)> = self.run("reading", async |tx| {
+        let rows: Vec<(String, String, String, String, i64)> = self.run("reading", async |tx| {
             either!(tx, Tx(c) => sqlx::query_as(
-                "SELECT requester, request_id, old_serial, new_serial FROM lifecycle_requests
-                 WHERE settled = 0 AND at < $1 AND old_serial IS NOT NULL
-                 AND new_serial IS NOT NULL ORDER BY at",
-            )
-            .bind(before)
-            .fetch_all(&mut **c)
-            .await)
+                    "SELECT requester, request_id, old_serial, new_serial, at
+                     FROM lifecycle_requests
+                     WHERE settled = 0 AND at < $1 AND old_serial IS NOT NULL
+                     AND new_serial IS NOT NULL ORDER BY at",
+                )
+                .bind(before)
+                .fetch_all(&mut **c)
+                .await)
         })?;
         let location = self.inventory.location.clone();
         rows.into_iter()
-            .map(|(who, id, old, new)| {
+            .map(|(requester, request_id, old, new, at)| {
                 let parse = |s: &str| {
                     s.parse::<Serial>().map_err(|e| Error::Inventory {
                         location: location.clone(),
-                        reason: format!("request {id:?} of {who:?}: serial: {e}"),
+                        reason: format!("request {request_id:?} of {requester:?}: serial: {e}"),
                     })
                 };
-                Ok((who.clone(), id.clone(), parse(&old)?, parse(&new)?))
+                Ok(Unsettled {
+                    old: parse(&old)?,
+                    new: parse(&new)?,
+                    at: from_secs(at),
+                    requester,
+                    request_id,
+                })
             })
             .collect()
     }
@@ -1365,6 +1426,19 @@ impl<'a> LockedCa<'a> {
             .await
             .map(|_| ()))
         })
+    }
+
+    /// Whether any certificate was ever recorded with this common name.
+    pub fn name_used(&mut self, common_name: &str) -> Result<bool> {
+        let n: i64 = self.run("reading", async |tx| {
+            either!(tx, Tx(c) => sqlx::query_scalar(
+                "SELECT COUNT(*) FROM certificates WHERE common_name = $1",
+            )
+            .bind(common_name)
+            .fetch_one(&mut **c)
+            .await)
+        })?;
+        Ok(n > 0)
     }
 
     fn state(&mut self, name: &str) -> Result<Option<String>> {

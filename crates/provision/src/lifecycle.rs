@@ -71,9 +71,58 @@ fn refused(reason: Rejection, detail: impl Into<String>) -> Refused {
 /// How [`handle`] issues.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    /// Validity of an enrolled device's certificate, in days (a renewal
-    /// keeps the lifetime of the certificate it renews).
-    pub enroll_days: u32,
+    /// Validity of an enrolled or renewed certificate, in days (capped at
+    /// the CA's own end).
+    pub days: u32,
+}
+
+/// At most this much of a requester's input is echoed in a refusal.
+const ECHO: usize = 64;
+
+/// `text` for a refusal's detail: at most [`ECHO`] characters, escaped.
+fn echo(text: &str) -> String {
+    let shown: String = text.chars().take(ECHO).collect();
+    let cut = if shown.len() < text.len() { "…" } else { "" };
+    format!("{shown:?}{cut}")
+}
+
+/// Revokes `serial` (superseded) if it is still valid; whether it was.
+fn supersede(locked: &mut LockedCa<'_>, serial: &Serial) -> Result<bool> {
+    match locked.find(serial)? {
+        Some(r) if r.status == Status::Valid => {
+            locked.revoke(serial, RevocationReason::Superseded)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// A request's fingerprint: a copy of it has the same; another request
+/// reusing its id does not.
+fn fingerprint(payload: &[u8]) -> String {
+    pki_core::sha256_fingerprint(payload)
+}
+
+/// The stored answer to a copy of a request; a different request reusing
+/// the id is refused (not stored).
+fn repeat(
+    stored: crate::inventory::StoredRequest,
+    topic: String,
+    id: &RequestId,
+    payload: &[u8],
+) -> Result<Outcome> {
+    if stored.request_sha256 != fingerprint(payload) {
+        let answer = Answer::Rejected {
+            request_id: id.to_string(),
+            reason: Rejection::BadRequest,
+            detail: "this request_id was used for another request: use a fresh one".into(),
+        };
+        return Outcome::answer(topic, &answer, false);
+    }
+    let answer: Answer = serde_json::from_str(&stored.answer).map_err(|e| Error::Lifecycle {
+        reason: format!("the stored answer to {id} is corrupt: {e}"),
+    })?;
+    Outcome::answer(topic, &answer, true)
 }
 
 /// Answers the request that arrived on `topic` with `payload` (the caller
@@ -87,7 +136,7 @@ pub fn handle(
 ) -> Result<Outcome> {
     match topics::parse(topic) {
         Some(("enroll", claim, "req")) => enroll(locked, policy, claim, payload),
-        Some(("renew", name, "req")) => renew(locked, name, payload),
+        Some(("renew", name, "req")) => renew(locked, policy, name, payload),
         Some(("renew", name, "done")) => done(locked, name, payload),
         _ => Ok(Outcome {
             topic: None,
@@ -142,12 +191,9 @@ fn enroll(
     let id = request.request_id.clone();
     let topic = topics::enroll_response(claim, id.as_str());
     if let Some(stored) = locked.answer(claim, id.as_str())? {
-        let answer: Answer =
-            serde_json::from_str(&stored.answer).map_err(|e| Error::Lifecycle {
-                reason: format!("the stored answer to {claim}/{id} is corrupt: {e}"),
-            })?;
-        return Outcome::answer(topic, &answer, true);
+        return repeat(stored, topic, &id, payload);
     }
+    let now = SystemTime::now();
     let answer = match enroll_checked(locked, policy, claim, &request)? {
         Ok((cert, chain)) => {
             let answer = Answer::Issued {
@@ -160,9 +206,11 @@ fn enroll(
                 claim,
                 id.as_str(),
                 "enroll",
+                &fingerprint(payload),
                 &String::from_utf8_lossy(&encode(&answer)?),
-                None,
-                Some(&cert.serial()),
+                false,
+                (None, Some(&cert.serial())),
+                now,
             )?;
             answer
         }
@@ -176,9 +224,11 @@ fn enroll(
                 claim,
                 id.as_str(),
                 "enroll",
+                &fingerprint(payload),
                 &String::from_utf8_lossy(&encode(&answer)?),
-                None,
-                None,
+                true,
+                (None, None),
+                now,
             )?;
             answer
         }
@@ -220,7 +270,7 @@ fn enroll_checked(
     if check_name(name).is_err() || !claim_policy.allows(name) {
         return Ok(Err(refused(
             Rejection::NameNotAllowed,
-            format!("the claim {claim:?} may not enroll {name:?}"),
+            format!("the claim {claim:?} may not enroll {}", echo(name)),
         )));
     }
     if let Some(quota) = claim_policy.quota
@@ -231,18 +281,42 @@ fn enroll_checked(
             format!("the claim {claim:?} enrolled its {quota} devices"),
         )));
     }
-    if locked.valid_for(name)?.iter().any(|r| r.not_after.0 > now) {
+    // A name is given out once: not again after a revocation (a stolen
+    // device holds the claim too) or an expiry (its session and any rules
+    // under that name would pass to whoever enrolls it), and never a name
+    // another role has (a service's rights).
+    if locked.name_used(name)? {
         return Ok(Err(refused(
             Rejection::AlreadyEnrolled,
-            format!("{name:?} already has a valid certificate (revoke it to enroll again)"),
+            format!(
+                "{name:?} was enrolled or issued before: a name is given out once (an operator \
+                 may issue it again with `provision issue client {name} --force`)"
+            ),
         )));
     }
     let csr = match checked_csr(&request.csr, name) {
         Ok(csr) => csr,
         Err(refusal) => return Ok(Err(refusal)),
     };
-    let days = Validity::days_from_now(policy.enroll_days)?;
-    issue(locked, &csr, days, Role::Device, &format!("enroll/{claim}")).map(Ok)
+    let validity = Validity::days_from_now(policy.days)?;
+    signed(issue(
+        locked,
+        &csr,
+        validity,
+        Role::Device,
+        &format!("enroll/{claim}"),
+    ))
+}
+
+/// What signing decided: a certificate, or a refusal when the CA would
+/// not sign this CSR (its subject's attributes, a key it does not take,
+/// its own validity), never an error that would hold up the batch.
+fn signed<T>(issued: Result<T>) -> Result<Checked<T>> {
+    match issued {
+        Ok(t) => Ok(Ok(t)),
+        Err(Error::Invalid(e)) => Ok(Err(refused(Rejection::BadCsr, e.to_string()))),
+        Err(e) => Err(e),
+    }
 }
 
 /// The CSR, verified, its CN `name`, asking for no role.
@@ -252,7 +326,17 @@ fn checked_csr(pem: &str, name: &str) -> Checked<Csr> {
     if cn.as_deref() != Some(name) {
         return Err(refused(
             Rejection::BadCsr,
-            format!("the CSR's CN is {cn:?}, not the name {name:?}"),
+            format!(
+                "the CSR's CN is {}, not the name {}",
+                cn.as_deref().map_or("missing".into(), echo),
+                echo(name)
+            ),
+        ));
+    }
+    if let Some(powers) = csr.requested_ca_powers() {
+        return Err(refused(
+            Rejection::BadCsr,
+            format!("the CSR asks for CA powers ({powers})"),
         ));
     }
     if csr.requested_sans().iter().any(claims_role) {
@@ -289,7 +373,12 @@ fn issue(
     Ok((cert, chain))
 }
 
-fn renew(locked: &mut LockedCa<'_>, name: &str, payload: &[u8]) -> Result<Outcome> {
+fn renew(
+    locked: &mut LockedCa<'_>,
+    policy: &Policy,
+    name: &str,
+    payload: &[u8],
+) -> Result<Outcome> {
     let request: RenewRequest = match serde_json::from_slice(payload) {
         Ok(r) => r,
         Err(e) => return unreadable(|id| topics::renew_response(name, id), payload, e),
@@ -297,15 +386,12 @@ fn renew(locked: &mut LockedCa<'_>, name: &str, payload: &[u8]) -> Result<Outcom
     let id = request.request_id.clone();
     let topic = topics::renew_response(name, id.as_str());
     if let Some(stored) = locked.answer(name, id.as_str())? {
-        let answer: Answer =
-            serde_json::from_str(&stored.answer).map_err(|e| Error::Lifecycle {
-                reason: format!("the stored answer to {name}/{id} is corrupt: {e}"),
-            })?;
-        return Outcome::answer(topic, &answer, true);
+        return repeat(stored, topic, &id, payload);
     }
     let mut revoked = Vec::new();
-    let answer = match renew_checked(locked, name, &request, &mut revoked)? {
-        Ok((old, cert, chain)) => {
+    let now = SystemTime::now();
+    let answer = match renew_checked(locked, policy, name, &request, &mut revoked)? {
+        Ok((old, cert, chain, grace_from)) => {
             let answer = Answer::Issued {
                 request_id: id.clone(),
                 serial: cert.serial().to_string(),
@@ -315,9 +401,11 @@ fn renew(locked: &mut LockedCa<'_>, name: &str, payload: &[u8]) -> Result<Outcom
                 name,
                 id.as_str(),
                 "renew",
+                &fingerprint(payload),
                 &String::from_utf8_lossy(&encode(&answer)?),
-                Some(&old),
-                Some(&cert.serial()),
+                false,
+                (Some(&old), Some(&cert.serial())),
+                grace_from,
             )?;
             answer
         }
@@ -331,9 +419,11 @@ fn renew(locked: &mut LockedCa<'_>, name: &str, payload: &[u8]) -> Result<Outcom
                 name,
                 id.as_str(),
                 "renew",
+                &fingerprint(payload),
                 &String::from_utf8_lossy(&encode(&answer)?),
-                None,
-                None,
+                true,
+                (None, None),
+                now,
             )?;
             answer
         }
@@ -343,12 +433,17 @@ fn renew(locked: &mut LockedCa<'_>, name: &str, payload: &[u8]) -> Result<Outcom
     Ok(outcome)
 }
 
+/// A renewal's old serial, the new certificate and chain, and when its
+/// grace period starts.
+type Renewal = (Serial, Certificate, String, SystemTime);
+
 fn renew_checked(
     locked: &mut LockedCa<'_>,
+    policy: &Policy,
     name: &str,
     request: &RenewRequest,
     revoked: &mut Vec<Serial>,
-) -> Result<Checked<(Serial, Certificate, String)>> {
+) -> Result<Checked<Renewal>> {
     let now = SystemTime::now();
     let current = match Certificate::from_pem(&request.certificate) {
         Ok(c) => c,
@@ -409,25 +504,29 @@ fn renew_checked(
         )));
     }
     // One renewal pending per certificate: a new request (the answer to an
-    // earlier one lost) gives up the certificate that one issued.
-    for (who, id, old, new) in locked.unsettled(None)? {
-        if who == name && old == serial {
-            if locked.revoke(&new, RevocationReason::Superseded)?.is_some() {
-                revoked.push(new);
+    // earlier one lost) gives up the certificate that one issued, and the
+    // old certificate's grace period still runs from the first renewal (so
+    // renewing again and again does not keep it alive).
+    let mut grace_from = now;
+    for pending in locked.unsettled(None)? {
+        if pending.requester == name && pending.old == serial {
+            if supersede(locked, &pending.new)? {
+                revoked.push(pending.new);
             }
-            locked.settle(&who, &id)?;
+            grace_from = grace_from.min(pending.at.0);
+            locked.settle(&pending.requester, &pending.request_id)?;
         }
     }
-    // The new certificate lives as long as the old one did.
-    let lifetime = record
-        .not_after
-        .0
-        .duration_since(record.not_before.0)
-        .unwrap_or(Duration::from_secs(86_400));
-    let validity = Validity::new(now, now + lifetime)?;
+    let validity = Validity::days_from_now(policy.days)?;
     let role = record.role.unwrap_or(Role::Device);
-    let (cert, chain) = issue(locked, &csr, validity, role, &format!("renew/{name}"))?;
-    Ok(Ok((serial, cert, chain)))
+    Ok(signed(issue(
+        locked,
+        &csr,
+        validity,
+        role,
+        &format!("renew/{name}"),
+    ))?
+    .map(|(cert, chain)| (serial, cert, chain, grace_from)))
 }
 
 fn done(locked: &mut LockedCa<'_>, name: &str, payload: &[u8]) -> Result<Outcome> {
@@ -455,7 +554,7 @@ fn done(locked: &mut LockedCa<'_>, name: &str, payload: &[u8]) -> Result<Outcome
         outcome.repeated = true;
         return Ok(outcome);
     }
-    if locked.revoke(&old, RevocationReason::Superseded)?.is_some() {
+    if supersede(locked, &old)? {
         outcome.revoked.push(old);
     }
     locked.settle(name, done.request_id.as_str())?;
@@ -469,12 +568,14 @@ pub fn settle_overdue(locked: &mut LockedCa<'_>, grace: Duration) -> Result<Vec<
         .checked_sub(grace)
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let mut revoked = Vec::new();
-    for (who, id, old, _) in locked.unsettled(Some(before))? {
-        if locked.revoke(&old, RevocationReason::Superseded)?.is_some() {
-            revoked.push(old);
+    for pending in locked.unsettled(Some(before))? {
+        if supersede(locked, &pending.old)? {
+            revoked.push(pending.old);
         }
-        locked.settle(&who, &id)?;
+        locked.settle(&pending.requester, &pending.request_id)?;
     }
+    // Refusals are kept a day: long enough for every copy of the request.
+    locked.forget_refusals(SystemTime::now() - Duration::from_secs(86_400))?;
     Ok(revoked)
 }
 

@@ -264,6 +264,22 @@ pub fn init_intermediate(dir: &CaDir, request: &InitIntermediate) -> Result<Inte
             Ok(())
         },
     )?;
+    // Brokers check a client against its issuer's CRL, and from now on only
+    // the intermediate signs one: the root's clients would be refused once
+    // the broker's root CRL is gone, and a revocation of one of them would
+    // not reach it. Said before anything is written.
+    if earlier_clients > 0 && !request.force {
+        return Err(Error::UnsafeOutput {
+            path: cert_path,
+            reason: format!(
+                "{earlier_clients} valid client certificate(s) were issued by the root: after \
+                 the switch brokers refuse them (their issuer signs no CRL any more) and \
+                 revoking one would not reach a broker. Pass --force to switch anyway and \
+                 reissue them afterwards (`provision fleet` does on its next run); nothing \
+                 was written"
+            ),
+        });
+    }
     let archived = if request.force {
         dir.archive_intermediate()?
     } else {

@@ -87,6 +87,9 @@ pub struct Metrics {
     pub revoked: AtomicU64,
     /// Batches that failed and were retried.
     pub retried_batches: AtomicU64,
+    /// Whether the last batch failed (the database away, say): `/healthz`
+    /// says so until one succeeds.
+    pub failing: std::sync::atomic::AtomicBool,
 }
 
 impl Metrics {
@@ -152,6 +155,9 @@ struct Reply {
 /// Requests answered in one transaction at most (the broker sends at most
 /// its inflight window, 20 by default, unacknowledged at a time anyway).
 const BATCH: usize = 256;
+
+/// The largest request taken (MQTT's remaining length).
+pub const MAX_REQUEST: usize = 64 * 1024;
 
 /// How often overdue renewals are settled.
 const TICK: Duration = Duration::from_secs(1);
@@ -219,9 +225,24 @@ pub async fn serve(
     let mut clients = Vec::new();
     let mut runners = Vec::new();
     for (index, (broker, filters)) in brokers.into_iter().enumerate() {
-        let mut connect = ConnectOptions::new(&broker.host, broker.port, &name);
+        // On the enrollment broker client ids are not tied to usernames
+        // (claims choose theirs): the service's is one only its key can
+        // make, so no claim holder can take its session over.
+        let client_id = if index == 0 {
+            name.clone()
+        } else {
+            format!(
+                "{name}-{}",
+                identity.key_tag("provision serve: enrollment client id")
+            )
+        };
+        let mut connect = ConnectOptions::new(&broker.host, broker.port, client_id);
         // Requests wait in the session while the service is down.
         connect.clean_session = false;
+        // A request is a CSR and a certificate or two: a larger message is
+        // acknowledged and dropped (logged) instead of taking a slot of the
+        // broker's window for ever.
+        connect.max_incoming_packet_size = MAX_REQUEST;
         let (client, mut connection) = MqttClient::new(&connect, &identity)?;
         connection.connect().await?;
         runners.push(tokio::spawn(connection.run()));
@@ -283,10 +304,14 @@ pub async fn serve(
                                 .publish(&topic, answer, QoS::AtLeastOnce, false)
                                 .await
                         {
-                            // Not acknowledged: the request comes again and
-                            // gets the stored answer.
                             tracing::warn!("publishing the answer on {topic}: {e}");
-                            return;
+                            // Lost with the connection: not acknowledged, the
+                            // request comes again and gets the stored answer.
+                            // Any other failure would fail the same way again:
+                            // the request is acknowledged and dropped.
+                            if !matches!(e, mqtt_tls::Error::PacketTooLarge { .. }) {
+                                return;
+                            }
                         }
                         if let Err(e) = reply.delivery.ack().await {
                             tracing::warn!("acknowledging a request: {e}");
@@ -357,8 +382,12 @@ fn work(
         let mut attempt = 0u32;
         let outcomes = loop {
             match answer(inventory, ca, policy, grace, tick, &batch) {
-                Ok(o) => break o,
+                Ok(o) => {
+                    metrics.failing.store(false, Ordering::Relaxed);
+                    break o;
+                }
                 Err(e) => {
+                    metrics.failing.store(true, Ordering::Relaxed);
                     metrics.retried_batches.fetch_add(1, Ordering::Relaxed);
                     let delay = Duration::from_millis(200 << attempt.min(5));
                     attempt += 1;
@@ -458,13 +487,20 @@ async fn http(
         listener.local_addr().map_or(addr, |a| a)
     );
     let health_clients = clients.clone();
+    let health_metrics = metrics.clone();
     let router = axum::Router::new()
         .route(
             "/healthz",
             get(move || {
                 let up = health_clients.iter().all(MqttClient::is_connected);
+                let failing = health_metrics.failing.load(Ordering::Relaxed);
                 async move {
-                    if up {
+                    if failing {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "answering requests fails (see the log); retrying\n",
+                        )
+                    } else if up {
                         (StatusCode::OK, "ok\n")
                     } else {
                         (

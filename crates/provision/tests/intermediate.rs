@@ -200,6 +200,25 @@ fn a_device_through_the_intermediate_on_a_real_broker() {
         &PASS,
     );
 
+    // A root-issued client would be cut off by the switch: refused, with
+    // nothing written, unless forced.
+    let refused = common::provision_env(
+        d,
+        &[
+            "init-ca",
+            "--intermediate",
+            "--root-passphrase-env",
+            "CA_PASS",
+        ],
+        &PASS,
+    );
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("1 valid client certificate(s)") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(!d.join(INT_CERT).exists() && !d.join(INT_KEY).exists());
     // The intermediate, signed by the root (its key unlocked once).
     let made = ok_env(
         d,
@@ -208,6 +227,7 @@ fn a_device_through_the_intermediate_on_a_real_broker() {
             "--intermediate",
             "--root-passphrase-env",
             "CA_PASS",
+            "--force",
         ],
         &PASS,
     );

@@ -214,6 +214,27 @@ impl Drop for Serve {
     }
 }
 
+/// What the broker at `port` says to a TLS handshake with this client
+/// certificate (OpenSSL's report of the alert it sent, if any).
+fn handshake(d: &Path, port: u16, cert: &str, key: &str) -> String {
+    let out = Command::new(verify_tests::openssl())
+        .current_dir(d)
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        // TLS 1.2: the broker's verdict on our certificate comes within the
+        // handshake (with 1.3 it may come after OpenSSL stopped reading).
+        .args(["-tls1_2", "-servername", "localhost"])
+        .args(["-CAfile", "root_cert/root_ca_cert.pem"])
+        .args(["-cert", cert, "-key", key])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -380,13 +401,22 @@ fn enrollment_follows_the_claims_policy() {
         stderr(&out)
     );
     assert!(!d.join("device2/gateway-1.key").exists());
-    // Already enrolled.
+    // Already enrolled; and revoked (a stolen device holds the claim too),
+    // the name is still not given out again.
     let out = fleet.enroll("sensor-1", "device2");
     assert!(
         stderr(&out).contains("already_enrolled"),
         "{}",
         stderr(&out)
     );
+    ok(d, &["revoke", "--serial", &cert.serial().to_string()]);
+    let out = fleet.enroll("sensor-1", "device2");
+    assert!(
+        stderr(&out).contains("already_enrolled"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!d.join("device2/sensor-1.key").exists());
     // A CSR whose subject is not the name asked for.
     let claim = fleet.files("factory");
     let key = KeyPair::generate(KeyType::P256).unwrap();
@@ -472,6 +502,14 @@ fn enrollment_follows_the_claims_policy() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
     assert!(!d.join("device5/sensor-5.key").exists());
+    // And the broker itself refuses it (not only our client's own check).
+    let said = handshake(
+        d,
+        fleet.enroll.port,
+        "backend_certs/old-claim_cert.pem",
+        "backend_certs/old-claim.key",
+    );
+    assert!(said.contains("alert certificate expired"), "{said}");
 
     // A revoked claim is refused at the handshake (the enrollment broker
     // reloaded the CRL).
@@ -479,10 +517,17 @@ fn enrollment_follows_the_claims_policy() {
     let out = fleet.enroll("sensor-6", "device4");
     assert!(!out.status.success());
     assert!(
-        stderr(&out).to_lowercase().contains("revoked"),
+        !stderr(&out).contains("CA service refused"),
         "{}",
         stderr(&out)
     );
+    let said = handshake(
+        d,
+        fleet.enroll.port,
+        "backend_certs/factory_cert.pem",
+        "backend_certs/factory.key",
+    );
+    assert!(said.contains("alert certificate revoked"), "{said}");
 }
 
 #[test]
@@ -737,25 +782,27 @@ fn renewal_checks_the_proof_the_certificate_and_the_names() {
 fn a_service_killed_before_answering_answers_with_the_same_certificate() {
     let fleet = Fleet::new(&[], &["--allow-pattern", "sensor-*"]);
     let d = fleet.dir().to_owned();
-    let rt = rt();
+    let runtime = rt();
     // The service reaches the enrollment broker through a proxy that,
     // when told, holds everything it sends: its answer and its
     // acknowledgement never arrive.
-    let proxy = rt.block_on(verify_tests::proxy::FaultProxy::start(fleet.enroll.port));
+    let proxy = runtime.block_on(verify_tests::proxy::FaultProxy::start(fleet.enroll.port));
     let serve = fleet.serve("ca-1", proxy.port);
     proxy.hold_to_broker_after(0);
-    let enroll_port = fleet.enroll.port.to_string();
-    let enrolling = Command::new(env!("CARGO_BIN_EXE_provision"))
-        .current_dir(&d)
-        .args(["enroll", "sensor-7", "-H", "localhost", "-p", &enroll_port])
-        .args(["--cert", "backend_certs/factory_cert.pem"])
-        .args(["--key", "backend_certs/factory.key"])
-        .args(["--ca", "root_cert/root_ca_cert.pem", "--out", "device"])
-        .args(["--timeout", "60", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // The device sends its request once (no resend): the answer can only
+    // come from the broker handing the unacknowledged request to the
+    // restarted service.
+    let claim = fleet.files("factory").load().unwrap();
+    let mut request = mqtt_tls::lifecycle::Enrollment::new(
+        ConnectOptions::new("localhost", fleet.enroll.port, "x"),
+        "sensor-7",
+        d.join("device"),
+        d.join("root_cert/root_ca_cert.pem"),
+    );
+    request.timeout = Duration::from_secs(60);
+    request.resend = Duration::from_secs(600);
+    let enrolling =
+        std::thread::spawn(move || rt().block_on(mqtt_tls::lifecycle::enroll(&claim, &request)));
     // Received and committed (the inventory has it), not answered.
     let mut issued = None;
     wait_for("the certificate recorded", || {
@@ -771,11 +818,16 @@ fn a_service_killed_before_answering_answers_with_the_same_certificate() {
     serve.child.wait().unwrap();
     drop(proxy);
     // Restarted (directly): the broker gives it the request again.
-    let _serve = fleet.serve("ca-1", fleet.enroll.port);
-    let out = enrolling.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(got["serial"].as_str(), issued.as_deref(), "{got}");
+    let again = fleet.serve("ca-1", fleet.enroll.port);
+    let files = enrolling.join().unwrap().unwrap();
+    let got = cert_of(&files.cert_path).serial().to_string();
+    assert_eq!(Some(got), issued.clone());
+    assert_eq!(
+        again.counter("repeated"),
+        1,
+        "the stored answer, given again"
+    );
+    assert_eq!(again.counter("issued"), 0);
     let for_name = records(&d)
         .into_iter()
         .filter(|r| r["common_name"] == "sensor-7")
@@ -839,6 +891,7 @@ fn a_renewal_in_the_middle_of_a_qos1_stream_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(400)).await;
         let renewed = renewer.renew_now().await.unwrap();
         assert_eq!(renewed.previous, old.serial().to_string());
+        assert!(!stream.is_finished(), "the renewal happened mid-stream");
         stream.await.unwrap();
         let mut got = BTreeSet::new();
         while got.len() < MESSAGES {
@@ -951,4 +1004,189 @@ fn enrollment_and_renewal_through_an_intermediate_with_the_root_key_away() {
     wait_for("the old certificate revoked", || {
         record(d, &enrolled[0].serial().to_string())["status"]["state"] == "revoked"
     });
+}
+
+#[test]
+fn a_hostile_claim_holder_cannot_stop_the_service() {
+    let fleet = Fleet::new(&[], &["--allow-pattern", "sensor-*"]);
+    let d = fleet.dir();
+    let serve = fleet.serve("ca-1", fleet.enroll.port);
+    let claim = fleet.files("factory");
+    let openssl = verify_tests::openssl();
+    // A CSR the CA will not sign: a subject attribute it does not take
+    // (emailAddress), and one asking for CA powers.
+    verify_tests::run_ok(
+        Command::new(&openssl)
+            .current_dir(d)
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-out", "evil.key"]),
+    );
+    for (id, extra) in [
+        (
+            "poison-email",
+            vec!["-subj", "/CN=sensor-1/emailAddress=x@example.com"],
+        ),
+        (
+            "poison-ca",
+            vec![
+                "-subj",
+                "/CN=sensor-1",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+            ],
+        ),
+    ] {
+        let mut cmd = Command::new(&openssl);
+        cmd.current_dir(d)
+            .args(["req", "-new", "-key", "evil.key", "-out", "evil.csr"])
+            .args(&extra);
+        verify_tests::run_ok(&mut cmd);
+        let csr = std::fs::read_to_string(d.join("evil.csr")).unwrap();
+        let answer = rt().block_on(ask(
+            fleet.enroll.port,
+            &claim,
+            "pki/v1/enroll/factory/req",
+            &format!("pki/v1/enroll/factory/res/{id}"),
+            serde_json::json!({"request_id": id, "name": "sensor-1", "csr": csr}).to_string(),
+        ));
+        assert_eq!(rejected(&answer), Rejection::BadCsr, "{id}: {answer:?}");
+    }
+    // The same id with another request: refused, not the stored answer.
+    let key = KeyPair::generate(KeyType::P256).unwrap();
+    let answer = rt().block_on(ask(
+        fleet.enroll.port,
+        &claim,
+        "pki/v1/enroll/factory/req",
+        "pki/v1/enroll/factory/res/poison-ca",
+        serde_json::json!({
+            "request_id": "poison-ca", "name": "sensor-1",
+            "csr": csr_pem("sensor-1", &key).to_pem(),
+        })
+        .to_string(),
+    ));
+    assert!(
+        matches!(&answer, Answer::Rejected { reason: Rejection::BadRequest, detail, .. }
+            if detail.contains("used for another request")),
+        "{answer:?}"
+    );
+    // A claim holder takes the service's name as its client id on the
+    // enrollment broker, and stays.
+    rt().block_on(async {
+        let tls = claim.load().unwrap();
+        let mut options = ConnectOptions::new("localhost", fleet.enroll.port, "ca-1");
+        options.clean_session = false;
+        let (squatter, mut connection) = MqttClient::new(&options, &tls).unwrap();
+        connection.connect().await.unwrap();
+        let runner = tokio::spawn(connection.run());
+        // A request far over the limit: the broker drops it (and the
+        // sender), the service never sees it.
+        let (big, mut big_conn) = MqttClient::new(
+            &ConnectOptions::new("localhost", fleet.enroll.port, "big"),
+            &tls,
+        )
+        .unwrap();
+        big_conn.connect().await.unwrap();
+        let big_runner = tokio::spawn(big_conn.run());
+        let huge = serde_json::json!({
+            "request_id": "huge", "name": "x".repeat(100 * 1024), "csr": "",
+        })
+        .to_string();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(3),
+            big.publish("pki/v1/enroll/factory/req", huge, QoS::AtLeastOnce, false),
+        )
+        .await;
+        let _ = big.disconnect().await;
+        big_runner.abort();
+        // Enrollment goes on.
+        let mut request = mqtt_tls::lifecycle::Enrollment::new(
+            ConnectOptions::new("localhost", fleet.enroll.port, "x"),
+            "sensor-1",
+            d.join("device"),
+            d.join("root_cert/root_ca_cert.pem"),
+        );
+        request.timeout = Duration::from_secs(20);
+        mqtt_tls::lifecycle::enroll(&tls, &request).await.unwrap();
+        let _ = squatter.disconnect().await;
+        let _ = runner.await;
+    });
+    // The service's session was never taken over, and it never saw the
+    // huge request (3 refused, 1 issued).
+    assert!(
+        !fleet.enroll.log().contains("Client ca-1 already connected"),
+        "{}",
+        fleet.enroll.log()
+    );
+    assert_eq!(serve.counter("issued"), 1);
+    assert_eq!(serve.counter("requests"), 4);
+    assert!(serve.get("/healthz").starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn an_enrollment_that_timed_out_gets_its_certificate_on_the_next_try() {
+    let fleet = Fleet::new(&[], &["--allow-pattern", "sensor-*"]);
+    let d = fleet.dir();
+    // The service connects once (its session stays with the broker), then
+    // is away while the device asks and gives up.
+    let mut first = fleet.serve("ca-1", fleet.enroll.port);
+    let _ = Command::new("kill")
+        .args(["-TERM", &first.child.id().to_string()])
+        .status();
+    first.child.wait().unwrap();
+    let port = fleet.enroll.port.to_string();
+    let try_enroll = |timeout: &str| {
+        provision(
+            d,
+            &[
+                "enroll",
+                "sensor-1",
+                "-H",
+                "localhost",
+                "-p",
+                &port,
+                "--cert",
+                "backend_certs/factory_cert.pem",
+                "--key",
+                "backend_certs/factory.key",
+                "--ca",
+                "root_cert/root_ca_cert.pem",
+                "--out",
+                "device",
+                "--timeout",
+                timeout,
+            ],
+        )
+    };
+    let out = try_enroll("2");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no answer"), "{}", stderr(&out));
+    assert!(!d.join("device/sensor-1.key").exists());
+    // The service comes back and answers the request that waited for it;
+    // the device asks again with the same key and id, and gets that
+    // certificate (not already_enrolled).
+    let serve = fleet.serve("ca-1", fleet.enroll.port);
+    wait_for("the waiting request answered", || {
+        serve.counter("issued") == 1
+    });
+    let out = try_enroll("20");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        ClientCert::new(
+            d.join("device/sensor-1_cert.pem"),
+            d.join("device/sensor-1.key"),
+            d.join("root_cert/root_ca_cert.pem"),
+        )
+        .load()
+        .is_ok()
+    );
+    assert_eq!(serve.counter("repeated"), 1);
+    assert!(!d.join("device/sensor-1.key.enrolling").exists());
+    assert!(!d.join("device/sensor-1.enrolling.json").exists());
+    assert!(!d.join("device/sensor-1.enrolling.json").exists());
 }

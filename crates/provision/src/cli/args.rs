@@ -494,8 +494,8 @@ pub(crate) struct ServeArgs {
     /// requests.
     #[arg(long, default_value = "pki")]
     pub(crate) share_group: String,
-    /// Validity of an enrolled device's certificate, in days (a renewal
-    /// keeps the lifetime of the certificate it renews).
+    /// Validity of an enrolled or renewed certificate, in days (capped at
+    /// the CA's own end).
     #[arg(long, default_value_t = 365)]
     pub(crate) days: u32,
     /// How long a renewed device has to confirm before its old

@@ -156,9 +156,7 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         enroll_broker,
         share_group: args.share_group,
-        policy: Policy {
-            enroll_days: args.days,
-        },
+        policy: Policy { days: args.days },
         grace: args.grace,
         http: args.http,
     };

@@ -49,6 +49,16 @@ pub fn pkilint(program: &str) -> PathBuf {
     )
 }
 
+/// schemathesis (the OpenAPI fuzzer): `$MQTT_MTLS_SCHEMATHESIS`, else from
+/// `PATH`.
+pub fn schemathesis() -> PathBuf {
+    tool(
+        Some("MQTT_MTLS_SCHEMATHESIS"),
+        "schemathesis",
+        "run the suite with `cargo xtask test`, which installs schemathesis (pip install schemathesis)",
+    )
+}
+
 /// `program` from the variable `env` when set, else from `PATH`.
 pub(crate) fn tool(env: Option<&str>, program: &str, how: &str) -> PathBuf {
     if let Some(path) = env.and_then(std::env::var_os) {

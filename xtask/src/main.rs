@@ -30,7 +30,8 @@ Tasks:
             suite (OpenSSL and pkilint cross-checks, end-to-end tests against
             a real Mosquitto and PostgreSQL) and cargo doc. Installs what is
             missing: openssl, mosquitto and postgresql with apt-get (as
-            root), pkilint into target/pkilint-venv, cargo-deny. Advisories
+            root), curl, pkilint and schemathesis into venvs under target/,
+            cargo-deny. Advisories
             come from the live RustSec database, else from the offline copy
             (a git bundle or clone) given by --advisory-db or
             MQTT_MTLS_ADVISORY_DB; the run prints the snapshot's date

@@ -22,12 +22,15 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     ]))?;
     deny(advisory_db)?;
     let pkilint = tools::pkilint()?;
+    let schemathesis = tools::schemathesis()?;
+    tools::curl()?;
     let totals = sh_counting_tests(
         cargo()
             .args(["test", "--workspace"])
             .args(&extra)
             .envs(broker::test_env()?)
-            .env("MQTT_MTLS_PKILINT_BIN", pkilint),
+            .env("MQTT_MTLS_PKILINT_BIN", pkilint)
+            .env("MQTT_MTLS_SCHEMATHESIS", schemathesis),
     )?;
     sh(cargo()
         .args(["doc", "--workspace", "--no-deps"])

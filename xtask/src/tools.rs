@@ -5,6 +5,9 @@
 //! - `mosquitto`, `mosquitto_pub`, `mosquitto_sub`: Debian's packages, the
 //!   same way.
 //! - pkilint (PyPI): installed into `target/pkilint-venv` on first use.
+//! - schemathesis (PyPI, the OpenAPI fuzzer): into
+//!   `target/schemathesis-venv` on first use.
+//! - `curl` (the HTTPS client of the ingest's tests): Debian's package.
 //! - PostgreSQL's server binaries (`initdb`, `pg_ctl`, `postgres`): Debian's
 //!   `postgresql`, the same way.
 //! - `cargo fuzz`, `cargo deny`: from crates.io with `cargo install`.
@@ -16,6 +19,23 @@ use crate::{project_root, sh};
 
 /// The pkilint version the suite is known to pass with.
 const PKILINT: &str = "pkilint==0.13.3";
+
+/// The schemathesis version the suite is known to pass with.
+const SCHEMATHESIS: &str = "schemathesis==4.32.5";
+
+/// `curl`, installing Debian's package when missing.
+pub(crate) fn curl() -> Result<PathBuf, String> {
+    if let Some(path) = which("curl") {
+        return Ok(path);
+    }
+    apt_install(&["curl"])?;
+    which("curl").ok_or_else(|| "curl is still not on PATH after installing it".into())
+}
+
+/// The `schemathesis` program, installed into a venv under `target/`.
+pub(crate) fn schemathesis() -> Result<PathBuf, String> {
+    python_tool("schemathesis-venv", SCHEMATHESIS, "schemathesis")
+}
 
 /// The `openssl` binary, installing Debian's package when missing.
 pub(crate) fn openssl() -> Result<PathBuf, String> {
@@ -84,13 +104,23 @@ pub(crate) fn postgres() -> Result<PathBuf, String> {
 
 /// The folder holding pkilint's `lint_pkix_cert` and friends.
 pub(crate) fn pkilint() -> Result<PathBuf, String> {
-    let venv = project_root().join("target").join("pkilint-venv");
+    let program = python_tool("pkilint-venv", PKILINT, "lint_pkix_cert")?;
+    Ok(program
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target/pkilint-venv/bin")))
+}
+
+/// `program` from `package` (PyPI), installed into `target/VENV` on first
+/// use.
+fn python_tool(venv: &str, package: &str, program: &str) -> Result<PathBuf, String> {
+    let venv = project_root().join("target").join(venv);
     let bin = venv.join("bin");
-    if bin.join("lint_pkix_cert").exists() {
-        return Ok(bin);
+    if bin.join(program).exists() {
+        return Ok(bin.join(program));
     }
     let python = which("python3").ok_or(
-        "python3 is needed to run pkilint (the RFC 5280 linter); install it (Debian: apt-get install -y python3 python3-venv)",
+        "python3 is needed for pkilint (the RFC 5280 linter) and schemathesis (the OpenAPI fuzzer); install it (Debian: apt-get install -y python3 python3-venv)",
     )?;
     if Command::new(&python)
         .args(["-m", "venv", "--help"])
@@ -105,9 +135,9 @@ pub(crate) fn pkilint() -> Result<PathBuf, String> {
         "install",
         "--quiet",
         "--disable-pip-version-check",
-        PKILINT,
+        package,
     ]))?;
-    Ok(bin)
+    Ok(bin.join(program))
 }
 
 /// `cargo SUBCOMMAND` (e.g. `deny`), installing `package` from crates.io

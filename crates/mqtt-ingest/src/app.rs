@@ -40,12 +40,16 @@ pub struct AppState {
 /// the CA. Plain HTTP (no `Peer`) is not authorized: it is served on
 /// loopback only, unless the operator says otherwise.
 pub fn app(state: AppState) -> Router {
+    // The data routes carry the reader check themselves: a route added
+    // here later is checked too.
+    let data = Router::new()
+        .route("/api/messages", get(messages))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn(require_reader));
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/api/messages", get(messages))
         .route("/api/openapi.json", get(openapi))
-        .route("/metrics", get(metrics))
-        .layer(middleware::from_fn(authorize))
+        .merge(data)
         .with_state(state)
 }
 
@@ -71,11 +75,10 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, Json(ApiError { error: message })).into_response()
 }
 
-async fn authorize(request: Request, next: Next) -> Response {
+async fn require_reader(request: Request, next: Next) -> Response {
     if let Some(peer) = request.extensions().get::<Peer>() {
         let path = request.uri().path();
-        let data = path == "/metrics" || (path.starts_with("/api/") && path != "/api/openapi.json");
-        if data && peer.role.as_deref() != Some(READER_ROLE) {
+        if peer.role.as_deref() != Some(READER_ROLE) {
             return error(
                 StatusCode::FORBIDDEN,
                 format!(
@@ -245,6 +248,13 @@ async fn messages(
         Ok(Query(q)) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
+    // No MQTT topic holds one, and PostgreSQL refuses it in a text.
+    if q.topic.as_deref().is_some_and(|t| t.contains('\0')) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "topic: a topic never holds a NUL character".into(),
+        );
+    }
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     match state
         .store
@@ -274,7 +284,13 @@ async fn messages(
             })
             .into_response()
         }
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => {
+            tracing::warn!("GET /api/messages: {e}");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database does not answer (the ingest's log says why)".into(),
+            )
+        }
     }
 }
 

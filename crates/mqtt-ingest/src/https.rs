@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::Router;
 use pki_core::{Certificate, SubjectAltName};
@@ -77,10 +77,21 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
     }
 }
 
-/// The TLS server: its configuration, rebuilt when the CRL file changes.
+/// The TLS server: its configuration, rebuilt when the CRL file's
+/// contents change; each rebuild is a new generation, and connections made
+/// under an older one are closed (a client revoked meanwhile does not keep
+/// reading on a connection it already had).
 pub struct Https {
     options: HttpsOptions,
-    current: Mutex<(Option<SystemTime>, Arc<ServerConfig>)>,
+    current: Mutex<Current>,
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+struct Current {
+    /// The CRL file's contents the configuration was built from, or last
+    /// failed to build from (a broken file is not parsed again and again).
+    crl: Option<Vec<u8>>,
+    config: Arc<ServerConfig>,
 }
 
 impl std::fmt::Debug for Https {
@@ -91,39 +102,49 @@ impl std::fmt::Debug for Https {
     }
 }
 
-fn mtime(path: Option<&PathBuf>) -> Option<SystemTime> {
-    std::fs::metadata(path?).and_then(|m| m.modified()).ok()
+fn contents(path: Option<&PathBuf>) -> Option<Vec<u8>> {
+    std::fs::read(path?).ok()
 }
 
 impl Https {
     /// Reads and checks the files: a clear error names the file at fault.
     pub fn new(options: HttpsOptions) -> Result<Self> {
-        let stamp = mtime(options.crl.as_ref());
+        if options.crl.is_none() {
+            tracing::warn!(
+                "HTTPS without --http-crl: a revoked reader keeps reading until its \
+                 certificate expires"
+            );
+        }
+        let crl = contents(options.crl.as_ref());
         let config = build(&options)?;
         Ok(Self {
             options,
-            current: Mutex::new((stamp, config)),
+            current: Mutex::new(Current { crl, config }),
+            generation: tokio::sync::watch::channel(0).0,
         })
     }
 
-    /// The configuration for the next connection: rebuilt when the CRL
-    /// changed (a failed rebuild keeps the last good one, and says so).
-    fn config(&self) -> Arc<ServerConfig> {
-        let stamp = mtime(self.options.crl.as_ref());
+    /// The configuration for the next connection and its generation:
+    /// rebuilt when the CRL's contents changed (a failed rebuild keeps the
+    /// last good one, and says so once).
+    fn config(&self) -> (Arc<ServerConfig>, u64) {
+        let crl = contents(self.options.crl.as_ref());
         let mut current = match self.current.lock() {
             Ok(c) => c,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if stamp != current.0 {
+        if crl != current.crl {
+            current.crl = crl;
             match build(&self.options) {
                 Ok(config) => {
-                    tracing::info!("HTTPS: the CRL changed; new connections use it");
-                    *current = (stamp, config);
+                    tracing::info!("HTTPS: the CRL changed; connections made before are closed");
+                    current.config = config;
+                    self.generation.send_modify(|g| *g += 1);
                 }
                 Err(e) => tracing::warn!("HTTPS: keeping the last CRL: {e}"),
             }
         }
-        current.1.clone()
+        (current.config.clone(), *self.generation.borrow())
     }
 }
 
@@ -163,8 +184,14 @@ fn build(options: &HttpsOptions) -> Result<Arc<ServerConfig>> {
             return Err(bad(crl, "no CRL in it"));
         }
         // Only the leaf's issuer's CRL is needed (an intermediate's
-        // clients are checked against the intermediate's CRL).
-        verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
+        // clients are checked against the intermediate's CRL). A CRL past
+        // its nextUpdate fails every client: a CRL no longer refreshed says
+        // nothing about revocations since (`provision crl --if-due` keeps
+        // it current).
+        verifier = verifier
+            .with_crls(crls)
+            .only_check_end_entity_revocation()
+            .enforce_revocation_expiration();
     }
     let verifier = verifier
         .build()
@@ -185,7 +212,16 @@ fn build(options: &HttpsOptions) -> Result<Arc<ServerConfig>> {
 }
 
 /// How long a TLS handshake may take before the connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest a connection lives (then the client connects again).
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
+
+/// Connections open at once; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 512;
 
 /// Serves `router` over mutual TLS on `listener` until `shutdown`: every
 /// request carries the client's [`Peer`] as an extension.
@@ -195,11 +231,19 @@ pub async fn serve(
     router: Router,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
     tokio::pin!(shutdown);
     let mut connections = tokio::task::JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
         let (tcp, remote) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -211,9 +255,12 @@ pub async fn serve(
                 }
             },
         };
-        let acceptor = tokio_rustls::TlsAcceptor::from(https.config());
+        let (config, generation) = https.config();
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let mut newer = https.generation.subscribe();
         let router = router.clone();
         connections.spawn(async move {
+            let _slot = slot;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -232,11 +279,28 @@ pub async fn serve(
                 return;
             };
             let service = TowerToHyperService::new(router.layer(axum::Extension(peer)));
-            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!("HTTPS: connection from {remote}: {e}");
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(Duration::from_secs(30)))
+                .keep_alive_timeout(Duration::from_secs(10));
+            let connection = builder.serve_connection(TokioIo::new(tls), service);
+            // Ends at its age limit, or when the CRL changed since it was
+            // made (its client may be revoked now).
+            let replaced = newer.wait_for(|g| *g != generation);
+            tokio::select! {
+                served = connection => {
+                    if let Err(e) = served {
+                        tracing::debug!("HTTPS: connection from {remote}: {e}");
+                    }
+                }
+                _ = replaced => {}
+                () = tokio::time::sleep(MAX_CONNECTION_AGE) => {}
             }
         });
         // Finished connections are reaped as we go.

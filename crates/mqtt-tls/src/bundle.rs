@@ -251,22 +251,6 @@ impl TlsIdentity {
         })
     }
 
-    /// A tag only the holder of this identity's private key can compute:
-    /// the first 16 hex digits of SHA-256 over `context` and the key. Stable
-    /// for one key; say, a client id others cannot guess (and so cannot
-    /// take over).
-    pub fn key_tag(&self, context: &str) -> String {
-        let mut input = context.as_bytes().to_vec();
-        input.extend_from_slice(self.key.secret_der());
-        let tag: String = pki_core::sha256_fingerprint(&input)
-            .chars()
-            .filter(char::is_ascii_hexdigit)
-            .take(16)
-            .collect();
-        zeroize::Zeroize::zeroize(&mut input);
-        tag.to_ascii_lowercase()
-    }
-
     /// The client certificate.
     pub fn certificate(&self) -> &Certificate {
         &self.leaf

@@ -316,6 +316,28 @@ pub async fn enroll(claim: &TlsIdentity, request: &Enrollment) -> Result<ClientC
     // sends the very same request again and gets the same certificate.
     let pending_key = request.out.join(format!("{}.key.enrolling", request.name));
     let pending_id = request.out.join(format!("{}.enrolling.json", request.name));
+    // One enrollment of a name at a time in this folder.
+    std::fs::create_dir_all(&request.out).map_err(|source| Error::WriteFile {
+        path: request.out.clone(),
+        source,
+    })?;
+    let lock_path = request.out.join(format!("{}.enrolling.lock", request.name));
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| Error::WriteFile {
+            path: lock_path.clone(),
+            source,
+        })?;
+    lock.try_lock().map_err(|_| {
+        lifecycle(format!(
+            "{} is being enrolled by another process ({} is locked)",
+            request.name,
+            lock_path.display()
+        ))
+    })?;
     let resumed = pending_key.exists() && pending_id.exists();
     if !request.force && !resumed {
         for p in [&key_path, &cert_path] {
@@ -343,6 +365,18 @@ pub async fn enroll(claim: &TlsIdentity, request: &Enrollment) -> Result<ClientC
         let body = read(&pending_id)?;
         let sent: EnrollRequest = serde_json::from_str(&body)
             .map_err(|e| lifecycle(format!("{}: {e}", pending_id.display())))?;
+        let same_key = Csr::from_pem(&sent.csr)
+            .ok()
+            .and_then(|c| c.public_key_der().ok())
+            .is_some_and(|spki| key.matches_public_key(&spki));
+        if sent.name != request.name || !same_key {
+            return Err(lifecycle(format!(
+                "{} and {} do not belong together (another name, or another key): remove \
+                 both to start afresh",
+                pending_id.display(),
+                pending_key.display()
+            )));
+        }
         (key, sent.request_id, body.into_bytes())
     } else {
         let key = KeyPair::generate(request.key_type).map_err(|e| pki("making a key", e))?;
@@ -381,8 +415,9 @@ pub async fn enroll(claim: &TlsIdentity, request: &Enrollment) -> Result<ClientC
     let (serial, chain) = match accept(answer, &request_id) {
         Ok(issued) => issued,
         Err(e) => {
-            // Refused: the answer is final; the next attempt starts afresh.
-            if matches!(e, Error::Rejected { .. }) {
+            // Refused for good (the policy, the name, the CSR): the next
+            // attempt starts afresh. Anything else keeps the request.
+            if matches!(&e, Error::Rejected { reason, .. } if *reason != Rejection::BadRequest) {
                 let _ = std::fs::remove_file(&pending_key);
                 let _ = std::fs::remove_file(&pending_id);
             }
@@ -391,17 +426,14 @@ pub async fn enroll(claim: &TlsIdentity, request: &Enrollment) -> Result<ClientC
     };
     let key_pem = key.to_pkcs8_pem().map_err(|e| pki("encoding the key", e))?;
     check_issued(&chain, key_pem.as_bytes(), &ca_pem, None, &request.name)?;
-    // The certificate first, then the key moves into place: a crash in
-    // between leaves the pending key and id, and the next attempt finishes.
+    // The certificate, then the key it was checked against (from memory),
+    // then the kept request goes: a crash in between leaves the request,
+    // and the next attempt finishes.
     write_file(&cert_path, chain.as_bytes(), request.force || resumed)?;
-    if !request.force && !resumed && key_path.exists() {
-        return Err(lifecycle(format!(
-            "{} appeared meanwhile",
-            key_path.display()
-        )));
-    }
-    rename(&pending_key, &key_path)?;
+    write_file(&key_path, key_pem.as_bytes(), request.force || resumed)?;
+    let _ = std::fs::remove_file(&pending_key);
     let _ = std::fs::remove_file(&pending_id);
+    let _ = std::fs::remove_file(&lock_path);
     if let Some(dir) = key_path.parent() {
         sync_dir(dir);
     }
@@ -810,13 +842,12 @@ impl Renewer {
             }
             // Still trying (the broker not there): the switch may yet
             // happen, so the new files stay; the next attempt (or start)
-            // settles them, and the client takes them from its next
-            // connection.
+            // settles them and renews from them (the service renews the
+            // newest certificate too).
             Err(_) => {
-                let _ = self.client.set_identity(&identity);
                 return Err(lifecycle(format!(
                     "the broker did not take the new certificate within {:?}; it is kept \
-                     (as {}) and used from the next connection",
+                     (as {}) for the next attempt",
                     self.options.timeout,
                     cert_new.display()
                 )));

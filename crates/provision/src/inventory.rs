@@ -167,7 +167,7 @@ impl Filter {
     }
 }
 
-const SCHEMA: [&str; 7] = [
+const SCHEMA: [&str; 8] = [
     "CREATE TABLE IF NOT EXISTS certificates (
         seq BIGINT NOT NULL UNIQUE,
         serial TEXT PRIMARY KEY,
@@ -206,6 +206,8 @@ const SCHEMA: [&str; 7] = [
     )",
     "CREATE INDEX IF NOT EXISTS lifecycle_unsettled ON lifecycle_requests (at)
         WHERE settled = 0",
+    "CREATE INDEX IF NOT EXISTS lifecycle_refusals ON lifecycle_requests (at)
+        WHERE rejected = 1",
 ];
 
 const COLUMNS: &str = "serial, common_name, subject, profile, not_before, not_after, sha256, \

@@ -112,12 +112,19 @@ fn repeat(
     payload: &[u8],
 ) -> Result<Outcome> {
     if stored.request_sha256 != fingerprint(payload) {
-        let answer = Answer::Rejected {
-            request_id: id.to_string(),
-            reason: Rejection::BadRequest,
-            detail: "this request_id was used for another request: use a fresh one".into(),
-        };
-        return Outcome::answer(topic, &answer, false);
+        // Not answered on the id's topic: the holder of the id is waiting
+        // there for the answer to its own request, and another holder of
+        // the claim (who can read the ids) must not be able to send it a
+        // refusal.
+        tracing::warn!("a request reuses the id {id} of another one: ignored");
+        return Ok(Outcome {
+            topic: None,
+            answer: Vec::new(),
+            repeated: false,
+            issued: None,
+            rejected: Some(Rejection::BadRequest),
+            revoked: Vec::new(),
+        });
     }
     let answer: Answer = serde_json::from_str(&stored.answer).map_err(|e| Error::Lifecycle {
         reason: format!("the stored answer to {id} is corrupt: {e}"),
@@ -160,22 +167,23 @@ fn loose_id(payload: &[u8]) -> Option<RequestId> {
         .map(|i| i.request_id)
 }
 
-/// Answers a request that does not parse (on the id's topic when it has
-/// one; not stored: a fixed copy may be sent again).
-fn unreadable(
-    response: impl Fn(&str) -> String,
-    payload: &[u8],
-    e: serde_json::Error,
-) -> Result<Outcome> {
+/// A request that does not parse: logged, not answered (an answer on its
+/// id's topic could be a refusal sent to another device waiting there),
+/// not stored.
+fn unreadable(payload: &[u8], e: serde_json::Error) -> Result<Outcome> {
     let id = loose_id(payload);
-    let answer = Answer::Rejected {
-        request_id: id.as_ref().map(|i| i.to_string()).unwrap_or_default(),
-        reason: Rejection::BadRequest,
-        detail: format!("the request does not parse: {e}"),
-    };
-    let mut outcome = Outcome::answer(String::new(), &answer, false)?;
-    outcome.topic = id.map(|i| response(i.as_str()));
-    Ok(outcome)
+    tracing::info!(
+        "a request{} does not parse: {e}; ignored",
+        id.map(|i| format!(" with id {i}")).unwrap_or_default()
+    );
+    Ok(Outcome {
+        topic: None,
+        answer: Vec::new(),
+        repeated: false,
+        issued: None,
+        rejected: Some(Rejection::BadRequest),
+        revoked: Vec::new(),
+    })
 }
 
 fn enroll(
@@ -186,7 +194,7 @@ fn enroll(
 ) -> Result<Outcome> {
     let request: EnrollRequest = match serde_json::from_slice(payload) {
         Ok(r) => r,
-        Err(e) => return unreadable(|id| topics::enroll_response(claim, id), payload, e),
+        Err(e) => return unreadable(payload, e),
     };
     let id = request.request_id.clone();
     let topic = topics::enroll_response(claim, id.as_str());
@@ -314,6 +322,11 @@ fn enroll_checked(
 fn signed<T>(issued: Result<T>) -> Result<Checked<T>> {
     match issued {
         Ok(t) => Ok(Ok(t)),
+        // The CA's own trouble (its validity over, randomness or signing
+        // failing) is an error: retried, never a stored refusal.
+        Err(Error::Invalid(
+            e @ (pki_core::Error::InvalidValidity { .. } | pki_core::Error::Crypto { .. }),
+        )) => Err(Error::Invalid(e)),
         Err(Error::Invalid(e)) => Ok(Err(refused(Rejection::BadCsr, e.to_string()))),
         Err(e) => Err(e),
     }
@@ -381,7 +394,7 @@ fn renew(
 ) -> Result<Outcome> {
     let request: RenewRequest = match serde_json::from_slice(payload) {
         Ok(r) => r,
-        Err(e) => return unreadable(|id| topics::renew_response(name, id), payload, e),
+        Err(e) => return unreadable(payload, e),
     };
     let id = request.request_id.clone();
     let topic = topics::renew_response(name, id.as_str());
@@ -507,6 +520,18 @@ fn renew_checked(
     // earlier one lost) gives up the certificate that one issued, and the
     // old certificate's grace period still runs from the first renewal (so
     // renewing again and again does not keep it alive).
+    let validity = Validity::days_from_now(policy.days)?;
+    let role = record.role.unwrap_or(Role::Device);
+    let (cert, chain) = match signed(issue(
+        locked,
+        &csr,
+        validity,
+        role,
+        &format!("renew/{name}"),
+    ))? {
+        Ok(issued) => issued,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
     let mut grace_from = now;
     for pending in locked.unsettled(None)? {
         if pending.requester == name && pending.old == serial {
@@ -517,16 +542,7 @@ fn renew_checked(
             locked.settle(&pending.requester, &pending.request_id)?;
         }
     }
-    let validity = Validity::days_from_now(policy.days)?;
-    let role = record.role.unwrap_or(Role::Device);
-    Ok(signed(issue(
-        locked,
-        &csr,
-        validity,
-        role,
-        &format!("renew/{name}"),
-    ))?
-    .map(|(cert, chain)| (serial, cert, chain, grace_from)))
+    Ok(Ok((serial, cert, chain, grace_from)))
 }
 
 fn done(locked: &mut LockedCa<'_>, name: &str, payload: &[u8]) -> Result<Outcome> {
@@ -574,8 +590,6 @@ pub fn settle_overdue(locked: &mut LockedCa<'_>, grace: Duration) -> Result<Vec<
         }
         locked.settle(&pending.requester, &pending.request_id)?;
     }
-    // Refusals are kept a day: long enough for every copy of the request.
-    locked.forget_refusals(SystemTime::now() - Duration::from_secs(86_400))?;
     Ok(revoked)
 }
 

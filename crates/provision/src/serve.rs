@@ -156,6 +156,19 @@ struct Reply {
 /// its inflight window, 20 by default, unacknowledged at a time anyway).
 const BATCH: usize = 256;
 
+/// The service's client id on the enrollment broker: its name and a tag
+/// only the CA's key holder can compute.
+fn enrollment_client_id(secret: &str, name: &str) -> String {
+    let tag: String = pki_core::sha256_fingerprint(
+        format!("provision serve: enrollment client id\n{secret}\n{name}").as_bytes(),
+    )
+    .chars()
+    .filter(char::is_ascii_hexdigit)
+    .take(16)
+    .collect();
+    format!("{name}-{}", tag.to_ascii_lowercase())
+}
+
 /// The largest request taken (MQTT's remaining length).
 pub const MAX_REQUEST: usize = 64 * 1024;
 
@@ -188,6 +201,12 @@ pub async fn serve(
         })?;
     let metrics = Arc::new(Metrics::default());
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // From the CA's key (which only the service holds): stable across the
+    // service's own renewals, and different for each instance's name.
+    let enroll_secret =
+        pki_core::sha256_fingerprint(&ca.key().to_pkcs8_der().map_err(|e| Error::Lifecycle {
+            reason: format!("the CA key: {e}"),
+        })?);
     let (job_tx, job_rx) = std_mpsc::channel::<Job>();
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Vec<Reply>>();
     // The CA and its inventory live on the worker thread (the inventory
@@ -231,10 +250,7 @@ pub async fn serve(
         let client_id = if index == 0 {
             name.clone()
         } else {
-            format!(
-                "{name}-{}",
-                identity.key_tag("provision serve: enrollment client id")
-            )
+            enrollment_client_id(&enroll_secret, &name)
         };
         let mut connect = ConnectOptions::new(&broker.host, broker.port, client_id);
         // Requests wait in the session while the service is down.
@@ -456,6 +472,14 @@ fn answer(
     }
     if tick {
         revoked += settle_overdue(&mut locked, grace)?.len();
+        // Refusals are kept a day: long enough for every copy of the
+        // request. Forgotten once an hour.
+        let hour = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / 3600);
+        if FORGOTTEN.swap(hour, Ordering::Relaxed) != hour {
+            locked.forget_refusals(std::time::SystemTime::now() - Duration::from_secs(86_400))?;
+        }
     }
     if revoked > 0 {
         let crl = locked.ca_dir().crl_path();
@@ -464,6 +488,9 @@ fn answer(
     locked.commit()?;
     Ok((outcomes, revoked))
 }
+
+/// The hour refusals were last forgotten in.
+static FORGOTTEN: AtomicU64 = AtomicU64::new(0);
 
 /// Days until the nextUpdate of a CRL written after a renewal.
 const CRL_DAYS: u32 = 30;

@@ -296,20 +296,14 @@ fn plain_http_beyond_loopback_is_refused_at_startup() {
     let db = Db::Sqlite(dir.path().join("ingest.db"));
     let bundle: ClientCert = pki.client("ingest");
     let plain = |extra: &[&str]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqtt-ingest"));
-        cmd.arg("--cert")
-            .arg(&bundle.cert_path)
-            .arg("--key")
-            .arg(&bundle.key_path)
-            .arg("--ca")
-            .arg(&bundle.ca_cert_path)
-            .args(["--host", "localhost", "--port", &broker.port.to_string()])
-            .args(["--client-id", "ingest-plain", "--topic", "load/#"])
-            .arg("--db")
-            .arg(db.url())
-            .args(["--listen", "0.0.0.0:0"])
-            .args(extra)
-            .env("RUST_LOG", "info");
+        let mut cmd = common::Ingest::command_listening(
+            &bundle,
+            broker.port,
+            &db,
+            "ingest-plain",
+            "0.0.0.0:0",
+        );
+        cmd.args(extra);
         cmd
     };
     let out = plain(&[]).output().unwrap();

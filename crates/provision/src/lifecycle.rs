@@ -186,6 +186,65 @@ fn unreadable(payload: &[u8], e: serde_json::Error) -> Result<Outcome> {
     })
 }
 
+/// A certificate a request got, before its answer is stored.
+struct Issued {
+    cert: Certificate,
+    chain: String,
+    /// A renewal's old certificate.
+    old: Option<Serial>,
+    /// When a renewal's grace period starts.
+    grace_from: SystemTime,
+}
+
+/// Stores the answer to `requester`'s request `id` (`kind`: `enroll` or
+/// `renew`) with its fingerprint, and returns it.
+fn store(
+    locked: &mut LockedCa<'_>,
+    kind: &str,
+    requester: &str,
+    id: &RequestId,
+    payload: &[u8],
+    decided: Checked<Issued>,
+    now: SystemTime,
+) -> Result<Answer> {
+    let (answer, rejected, old, new, at) = match decided {
+        Ok(issued) => (
+            Answer::Issued {
+                request_id: id.clone(),
+                serial: issued.cert.serial().to_string(),
+                certificate: issued.chain,
+            },
+            false,
+            issued.old,
+            Some(issued.cert.serial()),
+            issued.grace_from,
+        ),
+        Err(Refused(reason, detail)) => (
+            Answer::Rejected {
+                request_id: id.to_string(),
+                reason,
+                detail,
+            },
+            true,
+            None,
+            None,
+            now,
+        ),
+    };
+    // An enrollment counts for its claim's quota by its new serial.
+    locked.store_answer(
+        requester,
+        id.as_str(),
+        kind,
+        &fingerprint(payload),
+        &String::from_utf8_lossy(&encode(&answer)?),
+        rejected,
+        (old.as_ref(), new.as_ref()),
+        at,
+    )?;
+    Ok(answer)
+}
+
 fn enroll(
     locked: &mut LockedCa<'_>,
     policy: &Policy,
@@ -202,45 +261,13 @@ fn enroll(
         return repeat(stored, topic, &id, payload);
     }
     let now = SystemTime::now();
-    let answer = match enroll_checked(locked, policy, claim, &request)? {
-        Ok((cert, chain)) => {
-            let answer = Answer::Issued {
-                request_id: id.clone(),
-                serial: cert.serial().to_string(),
-                certificate: chain,
-            };
-            // Counted for the claim's quota by its new serial.
-            locked.store_answer(
-                claim,
-                id.as_str(),
-                "enroll",
-                &fingerprint(payload),
-                &String::from_utf8_lossy(&encode(&answer)?),
-                false,
-                (None, Some(&cert.serial())),
-                now,
-            )?;
-            answer
-        }
-        Err(Refused(reason, detail)) => {
-            let answer = Answer::Rejected {
-                request_id: id.to_string(),
-                reason,
-                detail,
-            };
-            locked.store_answer(
-                claim,
-                id.as_str(),
-                "enroll",
-                &fingerprint(payload),
-                &String::from_utf8_lossy(&encode(&answer)?),
-                true,
-                (None, None),
-                now,
-            )?;
-            answer
-        }
-    };
+    let decided = enroll_checked(locked, policy, claim, &request)?.map(|(cert, chain)| Issued {
+        cert,
+        chain,
+        old: None,
+        grace_from: now,
+    });
+    let answer = store(locked, "enroll", claim, &id, payload, decided, now)?;
     Outcome::answer(topic, &answer, false)
 }
 
@@ -403,44 +430,15 @@ fn renew(
     }
     let mut revoked = Vec::new();
     let now = SystemTime::now();
-    let answer = match renew_checked(locked, policy, name, &request, &mut revoked)? {
-        Ok((old, cert, chain, grace_from)) => {
-            let answer = Answer::Issued {
-                request_id: id.clone(),
-                serial: cert.serial().to_string(),
-                certificate: chain,
-            };
-            locked.store_answer(
-                name,
-                id.as_str(),
-                "renew",
-                &fingerprint(payload),
-                &String::from_utf8_lossy(&encode(&answer)?),
-                false,
-                (Some(&old), Some(&cert.serial())),
-                grace_from,
-            )?;
-            answer
-        }
-        Err(Refused(reason, detail)) => {
-            let answer = Answer::Rejected {
-                request_id: id.to_string(),
-                reason,
-                detail,
-            };
-            locked.store_answer(
-                name,
-                id.as_str(),
-                "renew",
-                &fingerprint(payload),
-                &String::from_utf8_lossy(&encode(&answer)?),
-                true,
-                (None, None),
-                now,
-            )?;
-            answer
-        }
-    };
+    let decided = renew_checked(locked, policy, name, &request, &mut revoked)?.map(
+        |(old, cert, chain, grace_from)| Issued {
+            cert,
+            chain,
+            old: Some(old),
+            grace_from,
+        },
+    );
+    let answer = store(locked, "renew", name, &id, payload, decided, now)?;
     let mut outcome = Outcome::answer(topic, &answer, false)?;
     outcome.revoked = revoked;
     Ok(outcome)

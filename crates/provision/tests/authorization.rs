@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
-use common::ok;
+use common::{ok, tls};
 use verify_tests::mosquitto::{Mosquitto, free_port};
 
 /// A `provision sub` whose printed lines arrive one by one.
@@ -95,17 +95,6 @@ impl Drop for Sub {
             let _ = child.wait();
         }
     }
-}
-
-fn tls(name: &str) -> Vec<String> {
-    vec![
-        "--cert".into(),
-        format!("backend_certs/{name}_cert.pem"),
-        "--key".into(),
-        format!("backend_certs/{name}.key"),
-        "--ca".into(),
-        "root_cert/root_ca_cert.pem".into(),
-    ]
 }
 
 /// `name` publishes `message` on `topic` at QoS 1 (returns once the broker

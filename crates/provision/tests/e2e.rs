@@ -11,20 +11,9 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ok, provision};
+use common::{ok, provision, tls};
 use verify_tests::mosquitto::{Mosquitto, free_port, mosquitto_client};
 use verify_tests::{openssl, run_ok};
-
-fn bundle(name: &str) -> Vec<String> {
-    vec![
-        "--cert".into(),
-        format!("backend_certs/{name}_cert.pem"),
-        "--key".into(),
-        format!("backend_certs/{name}.key"),
-        "--ca".into(),
-        "root_cert/root_ca_cert.pem".into(),
-    ]
-}
 
 /// A folder the broker's user can traverse (Mosquitto started as root drops
 /// to `mosquitto` before reading its files).
@@ -52,7 +41,7 @@ fn spawn_sub(dir: &Path, port: u16, host: &str, name: &str, topic: &str) -> Chil
             "-i",
             &format!("sub-{name}"),
         ])
-        .args(bundle(name))
+        .args(tls(name))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -161,7 +150,7 @@ fn provisioned_broker_and_clients_work_together() {
             "-m",
             "hello over mTLS",
         ];
-        let b = bundle("client2");
+        let b = tls("client2");
         args.extend(b.iter().map(String::as_str));
         provision(d, &args)
     });
@@ -237,7 +226,7 @@ fn provisioned_broker_and_clients_work_together() {
                 "-t",
                 "fleet/broadcast/three",
             ])
-            .args(bundle("client1"))
+            .args(tls("client1"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -278,7 +267,7 @@ fn provisioned_broker_and_clients_work_together() {
         "-m",
         "revoked?",
     ];
-    let b = bundle("client2");
+    let b = tls("client2");
     args.extend(b.iter().map(String::as_str));
     // The broker reloads on its own loop: refused within the 5 s goal.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -310,7 +299,7 @@ fn provisioned_broker_and_clients_work_together() {
         "-m",
         "still fine",
     ];
-    let b = bundle("client3");
+    let b = tls("client3");
     args.extend(b.iter().map(String::as_str));
     ok(d, &args);
 
@@ -378,7 +367,7 @@ fn provisioned_broker_and_clients_work_together() {
         ])
         .args(["-C", "2", "-W", "30", "-i", "sub-limited"])
         .args(["--max-packet-size", "1000"])
-        .args(bundle("client1"))
+        .args(tls("client1"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

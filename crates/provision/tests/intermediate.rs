@@ -19,7 +19,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
-use common::{fails, ok, ok_env, provision_env};
+use common::{fails, ok, ok_env, provision_env, tls};
 use pki_core::Certificate;
 use verify_tests::mosquitto::{Mosquitto, free_port, mosquitto_client};
 
@@ -43,19 +43,6 @@ fn openssl_verify(d: &Path, cert: &str, args: &[&str]) -> Output {
         .arg(cert)
         .output()
         .unwrap()
-}
-
-/// The TLS arguments of `provision pub`/`sub` for `name`: its certificate
-/// file (with the chain), its key, the root as the CA.
-fn tls(name: &str) -> Vec<String> {
-    vec![
-        "--cert".into(),
-        format!("backend_certs/{name}_cert.pem"),
-        "--key".into(),
-        format!("backend_certs/{name}.key"),
-        "--ca".into(),
-        ROOT_CERT.into(),
-    ]
 }
 
 /// `name` publishes `message` on `topic` at QoS 1 with our client.

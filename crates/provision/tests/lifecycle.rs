@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{ok, provision, records};
+use common::{ok, provision, records, tls};
 use mqtt_tls::lifecycle::{Answer, Rejection, RenewOptions, Renewer};
 use mqtt_tls::{ClientCert, ConnectOptions, MqttClient, QoS};
 use pki_core::{Certificate, Csr, CsrParams, KeyPair, KeyType, Subject};
@@ -162,17 +162,6 @@ impl Fleet {
             ],
         )
     }
-}
-
-fn tls(name: &str) -> Vec<String> {
-    vec![
-        "--cert".into(),
-        format!("backend_certs/{name}_cert.pem"),
-        "--key".into(),
-        format!("backend_certs/{name}.key"),
-        "--ca".into(),
-        "root_cert/root_ca_cert.pem".into(),
-    ]
 }
 
 struct Serve {

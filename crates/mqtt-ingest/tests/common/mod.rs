@@ -57,6 +57,17 @@ impl Ingest {
     /// [`Ingest::command`] for a broker (or a proxy in front of it) on
     /// `port`.
     pub(crate) fn command_at(bundle: &ClientCert, port: u16, db: &Db, client_id: &str) -> Command {
+        Self::command_listening(bundle, port, db, client_id, "127.0.0.1:0")
+    }
+
+    /// [`Ingest::command_at`] with HTTP on `listen`.
+    pub(crate) fn command_listening(
+        bundle: &ClientCert,
+        port: u16,
+        db: &Db,
+        client_id: &str,
+        listen: &str,
+    ) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqtt-ingest"));
         cmd.arg("--cert")
             .arg(&bundle.cert_path)
@@ -68,7 +79,7 @@ impl Ingest {
             .args(["--client-id", client_id, "--topic", "load/#"])
             .arg("--db")
             .arg(db.url())
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .env("RUST_LOG", "info");
         cmd
     }

@@ -130,3 +130,17 @@ pub(crate) fn succeed_all(children: Vec<std::process::Child>) {
         );
     }
 }
+
+/// The TLS arguments (`--cert`, `--key`, `--ca`) of `provision pub`,
+/// `sub`, `renew` for the identity `name` issued into `backend_certs`
+/// (its certificate file carries any chain), the root as the CA.
+pub(crate) fn tls(name: &str) -> Vec<String> {
+    vec![
+        "--cert".into(),
+        format!("backend_certs/{name}_cert.pem"),
+        "--key".into(),
+        format!("backend_certs/{name}.key"),
+        "--ca".into(),
+        "root_cert/root_ca_cert.pem".into(),
+    ]
+}

@@ -38,6 +38,18 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// A request not answered (malformed, or reusing another's id).
+    fn ignored() -> Self {
+        Self {
+            topic: None,
+            answer: Vec::new(),
+            repeated: false,
+            issued: None,
+            rejected: Some(Rejection::BadRequest),
+            revoked: Vec::new(),
+        }
+    }
+
     fn answer(topic: String, answer: &Answer, repeated: bool) -> Result<Self> {
         let (issued, rejected) = match answer {
             Answer::Issued { serial, .. } if !repeated => (serial.parse().ok(), None),
@@ -117,14 +129,7 @@ fn repeat(
         // the claim (who can read the ids) must not be able to send it a
         // refusal.
         tracing::warn!("a request reuses the id {id} of another one: ignored");
-        return Ok(Outcome {
-            topic: None,
-            answer: Vec::new(),
-            repeated: false,
-            issued: None,
-            rejected: Some(Rejection::BadRequest),
-            revoked: Vec::new(),
-        });
+        return Ok(Outcome::ignored());
     }
     let answer: Answer = serde_json::from_str(&stored.answer).map_err(|e| Error::Lifecycle {
         reason: format!("the stored answer to {id} is corrupt: {e}"),
@@ -145,14 +150,7 @@ pub fn handle(
         Some(("enroll", claim, "req")) => enroll(locked, policy, claim, payload),
         Some(("renew", name, "req")) => renew(locked, policy, name, payload),
         Some(("renew", name, "done")) => done(locked, name, payload),
-        _ => Ok(Outcome {
-            topic: None,
-            answer: Vec::new(),
-            repeated: false,
-            issued: None,
-            rejected: Some(Rejection::BadRequest),
-            revoked: Vec::new(),
-        }),
+        _ => Ok(Outcome::ignored()),
     }
 }
 
@@ -176,14 +174,7 @@ fn unreadable(payload: &[u8], e: serde_json::Error) -> Result<Outcome> {
         "a request{} does not parse: {e}; ignored",
         id.map(|i| format!(" with id {i}")).unwrap_or_default()
     );
-    Ok(Outcome {
-        topic: None,
-        answer: Vec::new(),
-        repeated: false,
-        issued: None,
-        rejected: Some(Rejection::BadRequest),
-        revoked: Vec::new(),
-    })
+    Ok(Outcome::ignored())
 }
 
 /// A certificate a request got, before its answer is stored.
@@ -545,12 +536,8 @@ fn renew_checked(
 
 fn done(locked: &mut LockedCa<'_>, name: &str, payload: &[u8]) -> Result<Outcome> {
     let mut outcome = Outcome {
-        topic: None,
-        answer: Vec::new(),
-        repeated: false,
-        issued: None,
         rejected: None,
-        revoked: Vec::new(),
+        ..Outcome::ignored()
     };
     let Ok(done) = serde_json::from_slice::<RenewDone>(payload) else {
         outcome.rejected = Some(Rejection::BadRequest);

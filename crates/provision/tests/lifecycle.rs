@@ -138,6 +138,17 @@ impl Fleet {
         serve
     }
 
+    /// An in-process enrollment of `name` into `out` through the
+    /// enrollment broker, trusting the root.
+    fn enrollment(&self, name: &str, out: &str) -> mqtt_tls::lifecycle::Enrollment {
+        mqtt_tls::lifecycle::Enrollment::new(
+            ConnectOptions::new("localhost", self.enroll.port, "x"),
+            name,
+            self.dir().join(out),
+            self.dir().join("root_cert/root_ca_cert.pem"),
+        )
+    }
+
     /// `provision enroll NAME` with the claim, into `out`.
     fn enroll(&self, name: &str, out: &str) -> std::process::Output {
         provision(
@@ -608,12 +619,7 @@ fn a_claim_can_do_nothing_but_enroll() {
         }
         // A real enrollment goes through meanwhile.
         let claim_tls = claim.load().unwrap();
-        let mut request = mqtt_tls::lifecycle::Enrollment::new(
-            ConnectOptions::new("localhost", fleet.enroll.port, "x"),
-            "sensor-1",
-            d.join("device1"),
-            d.join("root_cert/root_ca_cert.pem"),
-        );
+        let mut request = fleet.enrollment("sensor-1", "device1");
         request.timeout = Duration::from_secs(20);
         mqtt_tls::lifecycle::enroll(&claim_tls, &request)
             .await
@@ -800,12 +806,7 @@ fn a_service_killed_before_answering_answers_with_the_same_certificate() {
     // come from the broker handing the unacknowledged request to the
     // restarted service.
     let claim = fleet.files("factory").load().unwrap();
-    let mut request = mqtt_tls::lifecycle::Enrollment::new(
-        ConnectOptions::new("localhost", fleet.enroll.port, "x"),
-        "sensor-7",
-        d.join("device"),
-        d.join("root_cert/root_ca_cert.pem"),
-    );
+    let mut request = fleet.enrollment("sensor-7", "device");
     request.timeout = Duration::from_secs(60);
     request.resend = Duration::from_secs(600);
     let enrolling =
@@ -1111,12 +1112,7 @@ fn a_hostile_claim_holder_cannot_stop_the_service() {
         let _ = big.disconnect().await;
         big_runner.abort();
         // Enrollment goes on.
-        let mut request = mqtt_tls::lifecycle::Enrollment::new(
-            ConnectOptions::new("localhost", fleet.enroll.port, "x"),
-            "sensor-1",
-            d.join("device"),
-            d.join("root_cert/root_ca_cert.pem"),
-        );
+        let mut request = fleet.enrollment("sensor-1", "device");
         request.timeout = Duration::from_secs(20);
         mqtt_tls::lifecycle::enroll(&tls, &request).await.unwrap();
         let _ = squatter.disconnect().await;

@@ -47,6 +47,12 @@ fn docker_has_image() -> bool {
     quiet(&["info"]) && quiet(&["image", "inspect", IMAGE])
 }
 
+/// The feature that turns on the suites needing outside tools (OpenSSL,
+/// pkilint, Mosquitto, PostgreSQL, curl, schemathesis): `[[test]]` targets
+/// with `required-features`, so that a plain `cargo test` needs nothing
+/// installed.
+pub(crate) const EXTERNAL_TOOLS: &str = "external-tools";
+
 /// `cargo xtask e2e`: only the suites that run against a real broker (and
 /// PostgreSQL).
 pub(crate) fn e2e(extra: &[String]) -> Result<(), String> {
@@ -54,6 +60,8 @@ pub(crate) fn e2e(extra: &[String]) -> Result<(), String> {
     sh(cargo()
         .args([
             "test",
+            "--features",
+            EXTERNAL_TOOLS,
             "-p",
             "verify-tests",
             "--test",
@@ -96,6 +104,8 @@ pub(crate) fn soak(args: &[String]) -> Result<(), String> {
         .args([
             "test",
             "--release",
+            "--features",
+            EXTERNAL_TOOLS,
             "-p",
             "mqtt-ingest",
             "--test",

@@ -6,8 +6,9 @@ use std::process::{Command, Stdio};
 
 use crate::{broker, cargo, project_root, sh, tools};
 
-/// fmt, clippy, cargo deny, the whole test suite with OpenSSL and pkilint,
-/// and docs.
+/// fmt, clippy, cargo deny, the whole test suite with the outside tools
+/// installed (feature `external-tools`: OpenSSL, pkilint, Mosquitto,
+/// PostgreSQL, curl, schemathesis), and docs.
 /// Arguments after `test` go to `cargo test` (e.g. a test-name filter).
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let (advisory_db, extra) = advisory_db_arg(args)?;
@@ -16,6 +17,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         "clippy",
         "--workspace",
         "--all-targets",
+        "--features",
+        broker::EXTERNAL_TOOLS,
         "--",
         "-D",
         "warnings",
@@ -26,7 +29,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     tools::curl()?;
     let totals = sh_counting_tests(
         cargo()
-            .args(["test", "--workspace"])
+            .args(["test", "--workspace", "--features", broker::EXTERNAL_TOOLS])
             .args(&extra)
             .envs(broker::test_env()?)
             .env("MQTT_MTLS_PKILINT_BIN", pkilint)

@@ -163,10 +163,7 @@ fn which(program: &str) -> Option<PathBuf> {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    rustix::process::geteuid().is_root()
 }
 
 /// Installs Debian packages when we are root on a Debian-like system;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use mqtt_tls::lifecycle::{Enrollment, RenewOptions, Renewer, enroll};
 use mqtt_tls::{ClientCert, ConnectOptions, MqttClient, QoS};
+use peers::mosquitto::{Mosquitto, free_port, raise_open_file_limit};
 use pki_core::{DnsName, KeyType, Profile};
 use provision::inventory::Inventory;
 use provision::ops::{CsrRequest, InitCa, IssueRequest, SubjectOptions, init_ca, issue};
@@ -20,7 +21,6 @@ use provision::roles::Role;
 use provision::serve::{Broker, ServeOptions, serve};
 use provision::store::CaDir;
 use serde_json::json;
-use verify_tests::mosquitto::{Mosquitto, free_port, raise_open_file_limit};
 
 /// Issues `name` with `role` (server for the broker) into `out`.
 fn issue_one(
@@ -34,7 +34,7 @@ fn issue_one(
         locked,
         &IssueRequest {
             identity: CsrRequest {
-                name: name.into(),
+                name: provision::files::Name::new(name)?,
                 subject: SubjectOptions::default(),
                 key_type: KeyType::P256,
                 dns: if profile == Profile::Server {

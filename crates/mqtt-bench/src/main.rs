@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use mqtt_tls::{ConnectOptions, MqttClient, QoS};
+use peers::mosquitto::{
+    BrokerOptions, Mosquitto, Pki, mosquitto_client, raise_open_file_limit, tls_args,
+};
 use pki_core::{KeyType, Profile};
 use provision::files::Durability;
 use provision::ops::{CsrRequest, IssueRequest, SubjectOptions, issue_files};
 use rayon::prelude::*;
 use serde_json::json;
-use verify_tests::mosquitto::{
-    BrokerOptions, Mosquitto, Pki, mosquitto_client, raise_open_file_limit, tls_args,
-};
 
 const USAGE: &str = "\
 mqtt-bench identities KEY_TYPE COUNT THREADS OUT_DIR  key + CSR + CSR check + signature + 3 files, per second
@@ -114,7 +114,7 @@ fn identities(
         (0..count).into_par_iter().try_for_each(|i| {
             let request = IssueRequest {
                 identity: CsrRequest {
-                    name: format!("dev-{i}"),
+                    name: provision::files::Name::new(format!("dev-{i}"))?,
                     subject: SubjectOptions::default(),
                     key_type,
                     dns: vec![],

@@ -105,6 +105,34 @@ const POSTGRES_DEAD_LETTERS: &str = "CREATE TABLE IF NOT EXISTS dead_letters (
     reason TEXT NOT NULL
 )";
 
+/// Runs `$body` with `$pool` bound to either database's pool: one query
+/// text serves both (`$1`-style parameters, which SQLite reads too), as in
+/// `provision`'s inventory.
+macro_rules! either {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite($pool) => $body,
+            Store::Postgres($pool) => $body,
+        }
+    };
+}
+
+const INSERT_MESSAGE: &str = "INSERT INTO messages \
+    (topic, payload, qos, retain, duplicate, received_at_us) VALUES ($1, $2, $3, $4, $5, $6)";
+
+const INSERT_DEAD_LETTER: &str = "INSERT INTO dead_letters \
+    (topic, payload, qos, retain, duplicate, received_at_us, reason) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// The messages after an id, of one topic; `qos` read as a 64-bit integer
+/// from either database.
+const LIST_TOPIC: &str = "SELECT id, topic, payload, CAST(qos AS BIGINT) AS qos, retain, \
+    duplicate, received_at_us FROM messages WHERE topic = $1 AND id > $2 ORDER BY id LIMIT $3";
+
+/// The messages after an id, of every topic.
+const LIST_ALL: &str = "SELECT id, topic, payload, CAST(qos AS BIGINT) AS qos, retain, \
+    duplicate, received_at_us FROM messages WHERE id > $1 ORDER BY id LIMIT $2";
+
 /// The PostgreSQL advisory lock that orders writers of `messages`
 /// (an arbitrary key: "mqttmsgs" in ASCII).
 const MESSAGES_WRITE_LOCK: i64 = 0x6d71_7474_6d73_6773;
@@ -153,56 +181,22 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<()> {
-        match self {
-            Self::Sqlite(pool) => {
-                sqlx::query(SQLITE_SCHEMA)
-                    .execute(pool)
-                    .await
-                    .map_err(db_err)?;
-                sqlx::query(SQLITE_DEAD_LETTERS)
-                    .execute(pool)
-                    .await
-                    .map_err(db_err)?;
-                sqlx::query(INDEX).execute(pool).await.map_err(db_err)?;
-            }
-            Self::Postgres(pool) => {
-                sqlx::query(POSTGRES_SCHEMA)
-                    .execute(pool)
-                    .await
-                    .map_err(db_err)?;
-                sqlx::query(POSTGRES_DEAD_LETTERS)
-                    .execute(pool)
-                    .await
-                    .map_err(db_err)?;
-                sqlx::query(INDEX).execute(pool).await.map_err(db_err)?;
-            }
+        let (messages, dead_letters) = match self {
+            Self::Sqlite(_) => (SQLITE_SCHEMA, SQLITE_DEAD_LETTERS),
+            Self::Postgres(_) => (POSTGRES_SCHEMA, POSTGRES_DEAD_LETTERS),
+        };
+        for sql in [messages, dead_letters, INDEX] {
+            either!(self, pool => sqlx::query(sql).execute(pool).await.map(drop))
+                .map_err(db_err)?;
         }
         Ok(())
     }
 
     /// Stores a batch in one transaction: all or nothing.
     pub async fn insert_batch(&self, batch: &[NewMessage]) -> Result<()> {
-        match self {
-            Self::Sqlite(pool) => {
-                let mut tx = pool.begin().await.map_err(db_err)?;
-                for m in batch {
-                    sqlx::query(
-                        "INSERT INTO messages (topic, payload, qos, retain, duplicate, received_at_us) VALUES (?, ?, ?, ?, ?, ?)",
-                    )
-                    .bind(&m.topic)
-                    .bind(&m.payload)
-                    .bind(i64::from(m.qos))
-                    .bind(m.retain)
-                    .bind(m.duplicate)
-                    .bind(m.received_at_us)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                }
-                tx.commit().await.map_err(db_err)
-            }
-            Self::Postgres(pool) => {
-                let mut tx = pool.begin().await.map_err(db_err)?;
+        either!(self, pool => {
+            let mut tx = pool.begin().await.map_err(db_err)?;
+            if matches!(self, Self::Postgres(_)) {
                 // Writers take turns, so ids become visible in id order: a
                 // reader paging by id (`/api/messages?after=`) never passes
                 // an id whose row another instance has yet to commit.
@@ -225,10 +219,9 @@ impl Store {
                     .execute(&mut *tx)
                     .await
                     .map_err(db_err)?;
-                for m in batch {
-                    sqlx::query(
-                        "INSERT INTO messages (topic, payload, qos, retain, duplicate, received_at_us) VALUES ($1, $2, $3, $4, $5, $6)",
-                    )
+            }
+            for m in batch {
+                sqlx::query(INSERT_MESSAGE)
                     .bind(&m.topic)
                     .bind(&m.payload)
                     .bind(i16::from(m.qos))
@@ -238,32 +231,14 @@ impl Store {
                     .execute(&mut *tx)
                     .await
                     .map_err(db_err)?;
-                }
-                tx.commit().await.map_err(db_err)
             }
-        }
+            tx.commit().await.map_err(db_err)
+        })
     }
 
     /// Stores a message that cannot go into `messages`, with `reason`.
     pub async fn insert_dead_letter(&self, m: &NewMessage, reason: &str) -> Result<()> {
-        match self {
-            Self::Sqlite(pool) => sqlx::query(
-                "INSERT INTO dead_letters (topic, payload, qos, retain, duplicate, received_at_us, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&m.topic)
-            .bind(&m.payload)
-            .bind(i64::from(m.qos))
-            .bind(m.retain)
-            .bind(m.duplicate)
-            .bind(m.received_at_us)
-            .bind(reason)
-            .execute(pool)
-            .await
-            .map(drop)
-            .map_err(db_err),
-            Self::Postgres(pool) => sqlx::query(
-                "INSERT INTO dead_letters (topic, payload, qos, retain, duplicate, received_at_us, reason) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
+        either!(self, pool => sqlx::query(INSERT_DEAD_LETTER)
             .bind(&m.topic)
             .bind(&m.payload)
             .bind(i16::from(m.qos))
@@ -273,18 +248,13 @@ impl Store {
             .bind(reason)
             .execute(pool)
             .await
-            .map(drop)
-            .map_err(db_err),
-        }
+            .map(drop))
+        .map_err(db_err)
     }
 
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<()> {
-        match self {
-            Self::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
-            Self::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
-        }
-        .map_err(db_err)
+        either!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop)).map_err(db_err)
     }
 
     /// Messages with `id > after`, optionally of one topic, oldest first.
@@ -294,50 +264,36 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<StoredMessage>> {
-        match self {
-            Self::Sqlite(pool) => {
-                let sql = match topic {
-                    Some(_) => {
-                        "SELECT id, topic, payload, qos, retain, duplicate, received_at_us FROM messages WHERE topic = ? AND id > ? ORDER BY id LIMIT ?"
-                    }
-                    None => {
-                        "SELECT id, topic, payload, qos, retain, duplicate, received_at_us FROM messages WHERE id > ? ORDER BY id LIMIT ?"
-                    }
-                };
-                let mut query = sqlx::query(sql);
-                if let Some(t) = topic {
-                    query = query.bind(t);
-                }
-                let rows = query
-                    .bind(after)
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await
-                    .map_err(db_err)?;
-                rows.iter().map(sqlite_row).collect()
+        let sql = match topic {
+            Some(_) => LIST_TOPIC,
+            None => LIST_ALL,
+        };
+        either!(self, pool => {
+            let mut query = sqlx::query(sql);
+            if let Some(t) = topic {
+                query = query.bind(t);
             }
-            Self::Postgres(pool) => {
-                let sql = match topic {
-                    Some(_) => {
-                        "SELECT id, topic, payload, qos, retain, duplicate, received_at_us FROM messages WHERE topic = $1 AND id > $2 ORDER BY id LIMIT $3"
-                    }
-                    None => {
-                        "SELECT id, topic, payload, qos, retain, duplicate, received_at_us FROM messages WHERE id > $1 ORDER BY id LIMIT $2"
-                    }
-                };
-                let mut query = sqlx::query(sql);
-                if let Some(t) = topic {
-                    query = query.bind(t);
-                }
-                let rows = query
-                    .bind(after)
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await
-                    .map_err(db_err)?;
-                rows.iter().map(pg_row).collect()
-            }
-        }
+            let rows = query
+                .bind(after)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+                .map_err(db_err)?;
+            rows.iter()
+                .map(|r| {
+                    Ok(StoredMessage {
+                        id: r.try_get("id").map_err(db_err)?,
+                        topic: r.try_get("topic").map_err(db_err)?,
+                        payload: r.try_get("payload").map_err(db_err)?,
+                        qos: u8::try_from(r.try_get::<i64, _>("qos").map_err(db_err)?)
+                            .unwrap_or(0),
+                        retain: r.try_get("retain").map_err(db_err)?,
+                        duplicate: r.try_get("duplicate").map_err(db_err)?,
+                        received_at_us: r.try_get("received_at_us").map_err(db_err)?,
+                    })
+                })
+                .collect()
+        })
     }
 
     /// Closes the pool.
@@ -349,47 +305,32 @@ impl Store {
     }
 }
 
-fn sqlite_row(r: &sqlx::sqlite::SqliteRow) -> Result<StoredMessage> {
-    Ok(StoredMessage {
-        id: r.try_get("id").map_err(db_err)?,
-        topic: r.try_get("topic").map_err(db_err)?,
-        payload: r.try_get("payload").map_err(db_err)?,
-        qos: u8::try_from(r.try_get::<i64, _>("qos").map_err(db_err)?).unwrap_or(0),
-        retain: r.try_get("retain").map_err(db_err)?,
-        duplicate: r.try_get("duplicate").map_err(db_err)?,
-        received_at_us: r.try_get("received_at_us").map_err(db_err)?,
-    })
-}
-
-fn pg_row(r: &sqlx::postgres::PgRow) -> Result<StoredMessage> {
-    Ok(StoredMessage {
-        id: r.try_get("id").map_err(db_err)?,
-        topic: r.try_get("topic").map_err(db_err)?,
-        payload: r.try_get("payload").map_err(db_err)?,
-        qos: u8::try_from(r.try_get::<i16, _>("qos").map_err(db_err)?).unwrap_or(0),
-        retain: r.try_get("retain").map_err(db_err)?,
-        duplicate: r.try_get("duplicate").map_err(db_err)?,
-        received_at_us: r.try_get("received_at_us").map_err(db_err)?,
-    })
-}
-
 fn db_err(e: sqlx::Error) -> Error {
     Error::Store {
         reason: e.to_string(),
     }
 }
 
-/// The URL without a password, for messages.
+/// The URL without a password, for messages: an SQLite URL as given, a
+/// PostgreSQL one rebuilt by sqlx's own parser from its user, host, port and
+/// database only (a password in the user part or in the query never
+/// appears), anything else by its scheme alone.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
+    if url.starts_with("sqlite:") {
+        return url.to_owned();
+    }
+    match sqlx::postgres::PgConnectOptions::from_str(url) {
+        Ok(pg) => format!(
+            "postgres://{}@{}:{}/{}",
+            pg.get_username(),
+            pg.get_host(),
+            pg.get_port(),
+            pg.get_database().unwrap_or_default()
+        ),
+        Err(_) => format!(
+            "{}://(not shown)",
+            url.split_once("://").map_or("?", |(scheme, _)| scheme)
+        ),
     }
 }
 
@@ -401,8 +342,16 @@ mod tests {
     fn passwords_never_reach_messages() {
         assert_eq!(
             redact("postgres://me:secret@db/x"),
-            "postgres://me:***@db/x"
+            "postgres://me@db:5432/x"
         );
+        for url in [
+            "postgres://me:s@cr@t@db/x",
+            "postgresql://me@db:6543/x?password=secret&sslmode=require",
+            "mysql://me:secret@db/x",
+        ] {
+            assert!(!redact(url).contains("secret"), "{}", redact(url));
+            assert!(!redact(url).contains("s@cr"), "{}", redact(url));
+        }
         assert_eq!(redact("sqlite://ingest.db"), "sqlite://ingest.db");
     }
 

@@ -16,13 +16,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use common::{Db, Publisher};
+use common::{Db, IngestCommands, Publisher};
 use mqtt_tls::ClientCert;
+use peers::mosquitto::{BrokerOptions, Mosquitto, Pki};
 use pki_core::{
     CertificateAuthority, CrlParams, Csr, CsrParams, IssueParams, KeyPair, KeyType, Profile,
     RevocationReason, RevokedEntry, Subject, SubjectAltName, Validity,
 };
-use verify_tests::mosquitto::{BrokerOptions, Mosquitto, Pki};
 
 /// A client certificate from `ca` for `name` with `role` (the URI SAN
 /// `provision` gives), written into `dir`.
@@ -167,7 +167,7 @@ fn readers_read_over_mutual_tls_and_nobody_else() {
     let bundle = pki.client("ingest");
     let reader = identity(&pki.ca, d, "dash", "reader");
     let device = identity(&pki.ca, d, "sensor-1", "device");
-    let other_ca = verify_tests::root(KeyType::P256);
+    let other_ca = peers::root(KeyType::P256);
     let stranger = identity(&other_ca, d, "stranger", "reader");
     let crl = d.join("crl.pem");
     write_crl(&pki.ca, &crl, 1, &[]);
@@ -259,7 +259,7 @@ fn readers_read_over_mutual_tls_and_nobody_else() {
     // schemathesis against the contract, with a reader certificate
     // (another one: the first is revoked).
     let fuzzer = identity(&pki.ca, d, "fuzzer", "reader");
-    let st = verify_tests::schemathesis();
+    let st = peers::schemathesis();
     let out = Command::new(&st)
         .current_dir(d)
         .args(["run", &url("/api/openapi.json")])

@@ -8,13 +8,14 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use verify_tests::mosquitto::{Mosquitto, Pki};
-use verify_tests::postgres::Postgres;
+use peers::mosquitto::{Mosquitto, Pki};
+use peers::postgres::Postgres;
 
 mod common;
 
 use common::{
-    Db, Ingest, Publisher, check_at_least_once, dead_letters, persistent_broker, wait_for_rows,
+    Db, Ingest, IngestCommands, Publisher, check_at_least_once, dead_letters, persistent_broker,
+    wait_for_rows,
 };
 
 struct Setup {

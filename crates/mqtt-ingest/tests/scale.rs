@@ -9,9 +9,11 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{Db, Ingest, Publisher, check_at_least_once, persistent_broker, wait_for_rows};
-use verify_tests::mosquitto::{Mosquitto, Pki};
-use verify_tests::postgres::Postgres;
+use common::{
+    Db, Ingest, IngestCommands, Publisher, check_at_least_once, persistent_broker, wait_for_rows,
+};
+use peers::mosquitto::{Mosquitto, Pki};
+use peers::postgres::Postgres;
 
 const INSTANCES: usize = 3;
 const PUBLISHERS: u32 = 10;

@@ -24,13 +24,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mqtt_tls::{ConnectOptions, MqttClient, QoS};
+use peers::mosquitto::{BrokerOptions, Mosquitto, Pki};
+use peers::proxy::FaultProxy;
 use sqlx::Row;
-use verify_tests::mosquitto::{BrokerOptions, Mosquitto, Pki};
-use verify_tests::proxy::FaultProxy;
 
 mod common;
 
-use common::{Db, Ingest};
+use common::{Db, Ingest, IngestCommands};
 
 /// Messages a second.
 const RATE: u64 = 100;

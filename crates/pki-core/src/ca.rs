@@ -470,7 +470,10 @@ mod tests {
     const DAY: Duration = Duration::from_secs(86_400);
 
     fn corpus_csr(name: &str) -> Csr {
-        let path = format!("{}/../../tests/hostile/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../../verify-tests/hostile/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         Csr::from_pem(&std::fs::read_to_string(&path).unwrap()).unwrap()
     }
 

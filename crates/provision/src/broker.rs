@@ -361,14 +361,8 @@ fn broker_user() -> Option<u32> {
     if !rustix::process::geteuid().is_root() {
         return None;
     }
-    let out = std::process::Command::new("id")
-        .args(["-u", "mosquitto"])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    let user = nix::unistd::User::from_name("mosquitto").ok()??;
+    Some(user.uid.as_raw())
 }
 
 /// Refuses what Mosquitto would load but no client could use: a

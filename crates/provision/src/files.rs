@@ -35,6 +35,75 @@ pub fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A certificate or device name, checked once by [`check_name`]: the file
+/// stem of `NAME.key`, `NAME_csr.pem` and `NAME_cert.pem`, and the default
+/// common name (the MQTT username). Parsed from the command line and from a
+/// manifest (where a bad one is an error naming its line).
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct Name(String);
+
+impl Name {
+    /// Checks `name` (see [`check_name`]).
+    pub fn new(name: impl Into<String>) -> Result<Self> {
+        let name = name.into();
+        check_name(&name)?;
+        Ok(Self(name))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Name {
+    fn as_ref(&self) -> &Path {
+        Path::new(&self.0)
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for Name {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::new(s)
+    }
+}
+
+impl TryFrom<String> for Name {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        Self::new(s)
+    }
+}
+
+impl From<Name> for String {
+    fn from(name: Name) -> Self {
+        name.0
+    }
+}
+
 /// Who may read a file we write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::files::{Durability, check_name, flush_all, read_text};
+use crate::files::{Durability, Name, flush_all, read_text};
 use crate::inventory::{Filter, Inventory, Record, Status};
 use crate::layout::{DEFAULT_CA_DIR, DEFAULT_IDENTITY_DIR, IdentityPaths};
 use crate::ops::{CsrRequest, InitCa, IssueRequest, SubjectOptions, init_ca, issue_files};
@@ -82,11 +82,21 @@ pub struct CaSection {
     /// Country of a new CA.
     pub country: Option<String>,
     /// Key type of a new CA (`p256` default).
-    pub key_type: Option<String>,
+    #[serde(default, deserialize_with = "key_type")]
+    pub key_type: Option<KeyType>,
     /// Validity of a new CA in days (3650 default).
     pub days: Option<u32>,
     /// The variable holding the CA key's passphrase.
     pub passphrase_env: Option<String>,
+}
+
+/// A key type by its name (`p256`, `rsa2048`, ...), checked as the
+/// manifest is read.
+fn key_type<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<KeyType>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 fn default_ca_dir() -> PathBuf {
@@ -98,7 +108,7 @@ fn default_ca_dir() -> PathBuf {
 #[serde(deny_unknown_fields)]
 pub struct BrokerSection {
     /// File-name stem and default common name.
-    pub name: String,
+    pub name: Name,
     /// DNS names.
     #[serde(default)]
     pub dns: Vec<String>,
@@ -107,8 +117,9 @@ pub struct BrokerSection {
     pub ip: Vec<IpAddr>,
     /// Validity in days (365 default).
     pub days: Option<u32>,
-    /// Key type.
-    pub key_type: Option<String>,
+    /// Key type (`p256` default).
+    #[serde(default, deserialize_with = "key_type")]
+    pub key_type: Option<KeyType>,
     /// Output folder.
     pub out: Option<PathBuf>,
     /// Issue a new certificate once the current one has fewer days left
@@ -121,7 +132,7 @@ pub struct BrokerSection {
 #[serde(deny_unknown_fields)]
 pub struct DeviceSection {
     /// One device's name.
-    pub name: Option<String>,
+    pub name: Option<Name>,
     /// A range's name prefix: `sensor-` gives `sensor-1`, `sensor-2`, ...
     pub prefix: Option<String>,
     /// How many in the range.
@@ -134,8 +145,9 @@ pub struct DeviceSection {
     pub country: Option<String>,
     /// Validity in days (365 default).
     pub days: Option<u32>,
-    /// Key type.
-    pub key_type: Option<String>,
+    /// Key type (`p256` default).
+    #[serde(default, deserialize_with = "key_type")]
+    pub key_type: Option<KeyType>,
     /// Output folder.
     pub out: Option<PathBuf>,
     /// Issue a new certificate once the current one has fewer days left
@@ -226,17 +238,11 @@ pub fn run(
                 .unwrap_or(base)
                 .join(DEFAULT_IDENTITY_DIR)
         });
-    let key_type = |k: &Option<String>| -> Result<KeyType> {
-        Ok(match k {
-            Some(k) => k.parse()?,
-            None => KeyType::default(),
-        })
-    };
 
     let mut requests = Vec::new();
     // Per request: renew when fewer days than this are left.
     let mut renew_before: Vec<Option<u32>> = Vec::new();
-    let mut names = HashSet::new();
+    let mut names: HashSet<String> = HashSet::new();
     for b in &manifest.broker {
         let dns = b
             .dns
@@ -247,7 +253,7 @@ pub fn run(
             identity: CsrRequest {
                 name: b.name.clone(),
                 subject: SubjectOptions::default(),
-                key_type: key_type(&b.key_type)?,
+                key_type: b.key_type.unwrap_or_default(),
                 dns,
                 ip: b.ip.clone(),
                 out: b
@@ -289,13 +295,14 @@ pub fn run(
             .map(move |(i, d)| (i, d, role, table))
     });
     for (i, d, role, table) in sections {
-        let device_names: Vec<String> = match (&d.name, &d.prefix, d.count) {
+        let device_names: Vec<Name> = match (&d.name, &d.prefix, d.count) {
             (Some(name), None, None) => vec![name.clone()],
             (None, Some(prefix), Some(count)) => {
                 let start = d.start.unwrap_or(1);
                 (start..start.saturating_add(count))
-                    .map(|n| format!("{prefix}{n}"))
-                    .collect()
+                    .map(|n| Name::new(format!("{prefix}{n}")))
+                    .collect::<Result<_>>()
+                    .map_err(|e| bad(format!("[[{table}]] entry {}: {e}", i + 1)))?
             }
             _ => {
                 return Err(bad(format!(
@@ -314,7 +321,7 @@ pub fn run(
                 identity: CsrRequest {
                     name,
                     subject: subject.clone(),
-                    key_type: key_type(&d.key_type)?,
+                    key_type: d.key_type.unwrap_or_default(),
                     dns: Vec::new(),
                     ip: Vec::new(),
                     out: d
@@ -343,14 +350,13 @@ pub fn run(
     }
     let mut folders_checked: HashSet<&Path> = HashSet::new();
     for r in requests.iter().map(|r| &r.identity) {
-        check_name(&r.name).map_err(|e| bad(e.to_string()))?;
         // Once per folder: a million devices usually share one.
         if folders_checked.insert(r.out.as_path()) {
             refuse_ca_folder(&r.out, Some(&ca_dir)).map_err(|e| bad(e.to_string()))?;
         }
         // The name is the CN, the MQTT username: one identity per name,
         // whatever folder it goes to.
-        if !names.insert(r.name.clone()) {
+        if !names.insert(r.name.to_string()) {
             return Err(bad(format!(
                 "the name {:?} appears twice (it is the certificate's CN, the MQTT \
                  username: one identity per name)",
@@ -390,7 +396,7 @@ pub fn run(
                     organization: manifest.ca.organization.clone(),
                     country: manifest.ca.country.clone(),
                 },
-                key_type: key_type(&manifest.ca.key_type)?,
+                key_type: manifest.ca.key_type.unwrap_or_default(),
                 days: manifest.ca.days.unwrap_or(3650),
                 passphrase: passphrase.clone(),
                 force: false,
@@ -428,7 +434,7 @@ pub fn run(
     if names.len() <= 10_000 {
         for name in &names {
             let filter = Filter {
-                common_name: Some(name.clone()),
+                common_name: Some(name.to_string()),
                 valid_only: false,
             };
             locked.visit(&filter, &mut note)?;
@@ -454,7 +460,7 @@ pub fn run(
         if r.profile == Profile::Server {
             summary
                 .brokers
-                .push((id.name.clone(), IdentityPaths::new(&id.out, &id.name)));
+                .push((id.name.to_string(), IdentityPaths::new(&id.out, &id.name)));
         } else {
             let first = match r.role {
                 Role::Device => &mut summary.first_device,
@@ -462,7 +468,7 @@ pub fn run(
                 Role::Reader | Role::Claim | Role::CaService => &mut None,
             };
             if first.is_none() {
-                *first = Some((id.name.clone(), IdentityPaths::new(&id.out, &id.name)));
+                *first = Some((id.name.to_string(), IdentityPaths::new(&id.out, &id.name)));
             }
             if !summary.device_folders.contains(&id.out) {
                 summary.device_folders.push(id.out.clone());
@@ -498,7 +504,9 @@ pub fn run(
                 .zip(renew_before.par_iter())
                 .map(|(request, renew_before)| {
                     let lifecycle = Lifecycle {
-                        history: history.get(&request.identity.name).unwrap_or(&no_history),
+                        history: history
+                            .get(request.identity.name.as_str())
+                            .unwrap_or(&no_history),
                         renew_before: *renew_before,
                         ca_not_after: ca.certificate().not_after(),
                     };

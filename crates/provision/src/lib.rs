@@ -27,7 +27,7 @@
 //! let mut locked = inventory.lock(&ca)?;
 //! issue(&mut locked, &IssueRequest {
 //!     identity: CsrRequest {
-//!         name: "client1".into(),
+//!         name: "client1".parse()?,
 //!         subject: SubjectOptions::default(),
 //!         key_type: KeyType::P256,
 //!         dns: vec![],

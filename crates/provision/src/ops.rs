@@ -13,7 +13,7 @@ use pki_core::{
 
 use crate::error::{Error, Result};
 use crate::files::{
-    Access, Durability, NewFiles, check_name, read_text, refuse_existing, write_atomic,
+    Access, Durability, Name, NewFiles, check_name, read_text, refuse_existing, write_atomic,
 };
 use crate::inventory::{Inventory, LockedCa, Record};
 pub use crate::layout::IdentityPaths;
@@ -410,7 +410,6 @@ pub fn issue_files(
     durability: Durability,
 ) -> Result<IssuedIdentity> {
     let id = &request.identity;
-    check_name(&id.name)?;
     let paths = IdentityPaths::new(&id.out, &id.name);
     // Deferred: the three files are made first, all or none, and removed
     // again if anything below fails. Now: checked first, written atomically.
@@ -473,7 +472,7 @@ fn sans(dns: &[DnsName], ip: &[IpAddr]) -> Vec<SubjectAltName> {
 #[derive(Debug, Clone)]
 pub struct CsrRequest {
     /// File-name stem: `NAME.key` and `NAME_csr.pem`.
-    pub name: String,
+    pub name: Name,
     /// Subject attributes.
     pub subject: SubjectOptions,
     /// The key type.
@@ -500,7 +499,6 @@ fn key_and_csr(request: &CsrRequest) -> Result<(KeyPair, Csr)> {
 /// Writes `NAME.key` (0600) and `NAME_csr.pem`; no CA involved.
 pub fn make_csr(request: &CsrRequest) -> Result<IdentityPaths> {
     refuse_ca_folder(&request.out, None)?;
-    check_name(&request.name)?;
     let paths = IdentityPaths::new(&request.out, &request.name);
     refuse_existing(&[&paths.key, &paths.csr], request.force)?;
     let (key, csr) = key_and_csr(request)?;

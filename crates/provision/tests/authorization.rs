@@ -18,7 +18,7 @@ use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
 use common::{ok, tls};
-use verify_tests::mosquitto::{Mosquitto, free_port};
+use peers::mosquitto::{Mosquitto, free_port};
 
 /// A `provision sub` whose printed lines arrive one by one.
 struct Sub {

@@ -12,8 +12,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{ok, provision, tls};
-use verify_tests::mosquitto::{Mosquitto, free_port, mosquitto_client};
-use verify_tests::{openssl, run_ok};
+use peers::mosquitto::{Mosquitto, free_port, mosquitto_client};
+use peers::{openssl, run_ok};
 
 /// A folder the broker's user can traverse (Mosquitto started as root drops
 /// to `mosquitto` before reading its files).

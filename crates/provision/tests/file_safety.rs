@@ -9,11 +9,7 @@ use std::path::Path;
 
 mod common;
 
-use common::{fails, ok};
-
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
+use common::{fails, mode, ok};
 
 const MANIFEST: &str = r#"
 [ca]

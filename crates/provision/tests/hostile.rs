@@ -40,7 +40,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 
 /// The corpus, copied into `dir/hostile/`, plus a 50 MB file.
 fn corpus(dir: &Path) -> Vec<PathBuf> {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/hostile");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../verify-tests/hostile");
     let target = dir.join("hostile");
     std::fs::create_dir(&target).unwrap();
     let mut files = Vec::new();

@@ -20,8 +20,8 @@ use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use common::{fails, ok, ok_env, provision_env, tls};
+use peers::mosquitto::{Mosquitto, free_port, mosquitto_client};
 use pki_core::Certificate;
-use verify_tests::mosquitto::{Mosquitto, free_port, mosquitto_client};
 
 const ROOT_CERT: &str = "root_cert/root_ca_cert.pem";
 const ROOT_KEY: &str = "root_cert/root_ca.key";
@@ -36,7 +36,7 @@ fn certs(path: &Path) -> Vec<Certificate> {
 
 /// `openssl verify -CAfile ROOT -untrusted INTERMEDIATE ARGS CERT`.
 fn openssl_verify(d: &Path, cert: &str, args: &[&str]) -> Output {
-    Command::new(verify_tests::openssl())
+    Command::new(peers::openssl())
         .current_dir(d)
         .args(["verify", "-CAfile", ROOT_CERT, "-untrusted", INT_CERT])
         .args(args)
@@ -230,7 +230,7 @@ fn a_device_through_the_intermediate_on_a_real_broker() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
-    let out = Command::new(verify_tests::openssl())
+    let out = Command::new(peers::openssl())
         .current_dir(d)
         .args(["verify", "-CAfile", ROOT_CERT, INT_CERT])
         .output()
@@ -257,7 +257,7 @@ fn a_device_through_the_intermediate_on_a_real_broker() {
         let out = openssl_verify(d, &cert, &["-purpose", purpose]);
         assert!(out.status.success(), "{name}: {}", text(&out));
     }
-    let out = Command::new(verify_tests::openssl())
+    let out = Command::new(peers::openssl())
         .current_dir(d)
         .args([
             "verify",

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{fails, ok_env, provision_env};
-use verify_tests::postgres::Postgres;
+use peers::postgres::Postgres;
 
 /// Concurrent issuers and revokers keep one whole inventory in PostgreSQL
 /// (its advisory lock orders them, as the folder's lock does for SQLite).

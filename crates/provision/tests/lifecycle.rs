@@ -22,8 +22,8 @@ use base64::Engine;
 use common::{ok, provision, records, tls};
 use mqtt_tls::lifecycle::{Answer, Rejection, RenewOptions, Renewer};
 use mqtt_tls::{ClientCert, ConnectOptions, MqttClient, QoS};
+use peers::mosquitto::{Mosquitto, free_port};
 use pki_core::{Certificate, Csr, CsrParams, KeyPair, KeyType, Subject};
-use verify_tests::mosquitto::{Mosquitto, free_port};
 
 /// A CA folder the brokers can read, its broker identity, the CA
 /// service's identities `ca-1` and `ca-2`, and these extra clients.
@@ -217,7 +217,7 @@ impl Drop for Serve {
 /// What the broker at `port` says to a TLS handshake with this client
 /// certificate (OpenSSL's report of the alert it sent, if any).
 fn handshake(d: &Path, port: u16, cert: &str, key: &str) -> String {
-    let out = Command::new(verify_tests::openssl())
+    let out = Command::new(peers::openssl())
         .current_dir(d)
         .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
         // TLS 1.2: the broker's verdict on our certificate comes within the
@@ -799,7 +799,7 @@ fn a_service_killed_before_answering_answers_with_the_same_certificate() {
     // The service reaches the enrollment broker through a proxy that,
     // when told, holds everything it sends: its answer and its
     // acknowledgement never arrive.
-    let proxy = runtime.block_on(verify_tests::proxy::FaultProxy::start(fleet.enroll.port));
+    let proxy = runtime.block_on(peers::proxy::FaultProxy::start(fleet.enroll.port));
     let serve = fleet.serve("ca-1", proxy.port);
     proxy.hold_to_broker_after(0);
     // The device sends its request once (no resend): the answer can only
@@ -1020,10 +1020,10 @@ fn a_hostile_claim_holder_cannot_stop_the_service() {
     let d = fleet.dir();
     let serve = fleet.serve("ca-1", fleet.enroll.port);
     let claim = fleet.files("factory");
-    let openssl = verify_tests::openssl();
+    let openssl = peers::openssl();
     // A CSR the CA will not sign: a subject attribute it does not take
     // (emailAddress), and one asking for CA powers.
-    verify_tests::run_ok(
+    peers::run_ok(
         Command::new(&openssl)
             .current_dir(d)
             .args([
@@ -1054,7 +1054,7 @@ fn a_hostile_claim_holder_cannot_stop_the_service() {
         cmd.current_dir(d)
             .args(["req", "-new", "-key", "evil.key", "-out", "evil.csr"])
             .args(&extra);
-        verify_tests::run_ok(&mut cmd);
+        peers::run_ok(&mut cmd);
         let csr = std::fs::read_to_string(d.join("evil.csr")).unwrap();
         let answer = rt().block_on(ask(
             fleet.enroll.port,

@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
+use peers::mosquitto::{BrokerOptions, Mosquitto, Pki};
+use peers::write;
 use pki_core::{
     CertificateAuthority, CrlParams, Csr, CsrParams, IssueParams, KeyPair, KeyType, Profile,
     RevocationReason, RevokedEntry, Subject, SubjectAltName, Validity,
 };
-use verify_tests::mosquitto::{BrokerOptions, Mosquitto, Pki};
-use verify_tests::write;
 
 const DAY: Duration = Duration::from_secs(86_400);
 

@@ -203,8 +203,8 @@ fn a_csr_cannot_choose_its_role() {
     let listed = ok(d, &["list", "--name", "reader1", "--json"]);
     assert!(listed.contains("\"role\":\"reader\""), "{listed}");
     // And from OpenSSL's point of view, an ordinary URI SAN.
-    let text = verify_tests::run_ok(
-        std::process::Command::new(verify_tests::openssl())
+    let text = peers::run_ok(
+        std::process::Command::new(peers::openssl())
             .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
             .arg(d.join("y_cert.pem")),
     );

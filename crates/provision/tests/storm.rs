@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::ok;
 use mqtt_tls::{ClientCert, ConnectOptions, MqttClient};
-use verify_tests::mosquitto::{BrokerOptions, Mosquitto, Pki, raise_open_file_limit};
+use peers::mosquitto::{BrokerOptions, Mosquitto, Pki, raise_open_file_limit};
 
 const DEVICES: usize = 1_000;
 

@@ -4,223 +4,56 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mqtt_tls::{ClientCert, ConnectOptions, MqttClient, QoS};
+use peers::mosquitto::{BrokerOptions, Mosquitto, Pki};
 use sqlx::Row;
-use verify_tests::mosquitto::{BrokerOptions, Mosquitto, Pki};
-use verify_tests::postgres::Postgres;
 
-/// The database under test.
-pub(crate) enum Db {
-    Sqlite(PathBuf),
-    Postgres(Postgres),
-}
+pub(crate) use peers::ingest::{Db, Ingest};
 
-impl Db {
-    pub(crate) fn url(&self) -> String {
-        match self {
-            Self::Sqlite(path) => format!("sqlite://{}", path.display()),
-            Self::Postgres(pg) => pg.url(),
-        }
-    }
-}
-
-/// A running `mqtt-ingest` process; killed on drop.
-pub(crate) struct Ingest {
-    child: Option<Child>,
-    http: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Ingest {
-    pub(crate) fn start(bundle: &ClientCert, broker: &Mosquitto, db: &Db) -> Self {
-        Self::spawn(&mut Self::command(bundle, broker, db, "ingest-under-test"))
+/// Starting the `mqtt-ingest` built for these suites.
+pub(crate) trait IngestCommands {
+    /// An instance with the client id `ingest-under-test`.
+    fn start(bundle: &ClientCert, broker: &Mosquitto, db: &Db) -> Ingest {
+        Ingest::spawn(&mut Self::command(bundle, broker, db, "ingest-under-test"))
     }
 
     /// The command line of an instance with `client_id`, subscribed to
     /// `load/#` at QoS 1, HTTP on a free port.
-    pub(crate) fn command(
-        bundle: &ClientCert,
-        broker: &Mosquitto,
-        db: &Db,
-        client_id: &str,
-    ) -> Command {
+    fn command(bundle: &ClientCert, broker: &Mosquitto, db: &Db, client_id: &str) -> Command {
         Self::command_at(bundle, broker.port, db, client_id)
     }
 
-    /// [`Ingest::command`] for a broker (or a proxy in front of it) on
-    /// `port`.
-    pub(crate) fn command_at(bundle: &ClientCert, port: u16, db: &Db, client_id: &str) -> Command {
+    /// [`IngestCommands::command`] for a broker (or a proxy in front of it)
+    /// on `port`.
+    fn command_at(bundle: &ClientCert, port: u16, db: &Db, client_id: &str) -> Command {
         Self::command_listening(bundle, port, db, client_id, "127.0.0.1:0")
     }
 
-    /// [`Ingest::command_at`] with HTTP on `listen`.
-    pub(crate) fn command_listening(
+    /// [`IngestCommands::command_at`] with HTTP on `listen`.
+    fn command_listening(
         bundle: &ClientCert,
         port: u16,
         db: &Db,
         client_id: &str,
         listen: &str,
     ) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mqtt-ingest"));
-        cmd.arg("--cert")
-            .arg(&bundle.cert_path)
-            .arg("--key")
-            .arg(&bundle.key_path)
-            .arg("--ca")
-            .arg(&bundle.ca_cert_path)
-            .args(["--host", "localhost", "--port", &port.to_string()])
-            .args(["--client-id", client_id, "--topic", "load/#"])
-            .arg("--db")
-            .arg(db.url())
-            .args(["--listen", listen])
-            .env("RUST_LOG", "info");
-        cmd
-    }
-
-    /// Runs `cmd` (an `mqtt-ingest` command line), collecting its log.
-    pub(crate) fn spawn(cmd: &mut Command) -> Self {
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
-                        let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-                    }
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
-        }
-        let http = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("mqtt-ingest did not start:\n{}", log.lock().unwrap()));
-        let ingest = Self {
-            child: Some(child),
-            http,
-            log,
-        };
-        ingest.wait_healthy();
-        ingest
-    }
-
-    pub(crate) fn get(&self, path: &str) -> (u16, String) {
-        let mut stream = TcpStream::connect(&self.http).unwrap();
-        // An answer that never comes fails the test instead of hanging it.
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.http
+        Ingest::command_line(
+            std::path::Path::new(env!("CARGO_BIN_EXE_mqtt-ingest")),
+            bundle,
+            port,
+            db,
+            client_id,
+            "load/#",
+            listen,
         )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
-    }
-
-    pub(crate) fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (status, body) = self.get("/healthz");
-            if status == 200 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "never healthy: {body}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub(crate) fn metric(&self, name: &str) -> u64 {
-        let (_, text) = self.get("/metrics");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
-    }
-
-    pub(crate) fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// The process id, while it runs.
-    pub(crate) fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    pub(crate) fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    /// SIGTERM: a clean shutdown; returns whether it exited 0.
-    /// SIGTERM, then waits at most `limit` for the process to end; `None`
-    /// (and a SIGKILL) if it did not.
-    pub(crate) fn terminate_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let mut c = self.child.take().unwrap();
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = c.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub(crate) fn terminate(&mut self) -> bool {
-        let mut c = self.child.take().unwrap();
-        Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status()
-            .unwrap();
-        c.wait().unwrap().success()
     }
 }
 
-impl Drop for Ingest {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
+impl IngestCommands for Ingest {}
 
 /// Rows as (number, duplicate flag).
 pub(crate) async fn rows(db: &Db) -> Vec<(u32, bool)> {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use pki_core::{Profile, Serial, SubjectAltName, Timestamp};
 use provision::broker::Refreshed;
+use provision::files::Name;
 use provision::inventory::{Filter, Inventory, Record, Status};
 use provision::layout::{self, BrokerPaths, IdentityPaths};
 use provision::ops::{
@@ -380,7 +381,7 @@ pub(crate) fn issue_cmd(profile: Profile, args: IssueArgs) -> anyhow::Result<Iss
                 args.names,
                 args.out,
                 args.force,
-            ),
+            )?,
             profile,
             days: args.days,
             role: args.role,
@@ -409,16 +410,16 @@ fn csr_request(
     names: NameArgs,
     out: PathBuf,
     force: bool,
-) -> CsrRequest {
-    CsrRequest {
-        name,
+) -> provision::Result<CsrRequest> {
+    Ok(CsrRequest {
+        name: Name::new(name)?,
         subject: subject.options(),
         key_type,
         dns: names.dns,
         ip: names.ip,
         out,
         force,
-    }
+    })
 }
 
 /// `csr`.
@@ -443,7 +444,7 @@ pub(crate) fn csr(args: CsrArgs) -> anyhow::Result<CsrMade> {
         args.names,
         args.out,
         args.force,
-    ))?;
+    )?)?;
     Ok(CsrMade {
         key: paths.key,
         csr: paths.csr,

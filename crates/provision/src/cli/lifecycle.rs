@@ -8,6 +8,7 @@ use anyhow::Context;
 use mqtt_tls::ConnectOptions;
 use mqtt_tls::lifecycle::{Enrollment, RenewOptions, Renewer};
 use pki_core::Profile;
+use provision::files::Name;
 use provision::inventory::Inventory;
 use provision::layout::IdentityPaths;
 use provision::lifecycle::{Policy, claim_policy};
@@ -85,7 +86,7 @@ pub(crate) fn issue_claim(args: ClaimArgs) -> anyhow::Result<ClaimIssued> {
         &mut locked,
         &IssueRequest {
             identity: CsrRequest {
-                name: args.name.clone(),
+                name: Name::new(args.name.clone())?,
                 subject: args.subject.options(),
                 key_type: args.key_type,
                 dns: Vec::new(),

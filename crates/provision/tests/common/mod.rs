@@ -5,6 +5,12 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+/// A file's permission bits.
+pub(crate) fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
 /// Runs `provision ARGS` in `dir`.
 pub(crate) fn provision(dir: &Path, args: &[&str]) -> Output {
     provision_env(dir, args, &[])

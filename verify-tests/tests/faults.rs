@@ -1,0 +1,1283 @@
+//! Faults on the wire between our client and a real Mosquitto, injected by
+//! a proxy (`peers::proxy`), and what the broker saw, read from its
+//! log: the MQTT client fork's (`crates/rumqttc-mtls`) fixes proven against
+//! a real peer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use mqtt_tls::{ConnectOptions, ConnectionEvent, Delivery, Error, Message, MqttClient, QoS};
+use peers::mosquitto::{BrokerOptions, Mosquitto, Pki};
+use peers::proxy::FaultProxy;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn options(port: u16, id: &str) -> ConnectOptions {
+    let mut o = ConnectOptions::new("localhost", port, id);
+    o.reconnect.initial = Duration::from_millis(50);
+    o.reconnect.max = Duration::from_millis(500);
+    o
+}
+
+/// Waits until the broker's log holds `needle` `times` times; the log is
+/// the broker's own account of every packet (`log_type all`).
+async fn broker_logged(broker: &Mosquitto, needle: &str, times: usize) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = broker.log();
+        if log.matches(needle).count() >= times {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker never logged {needle:?} {times} time(s); its log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+type Received = mpsc::UnboundedReceiver<(Message, Delivery)>;
+
+/// A QoS 2 subscriber with a persistent session through `proxy`, handing
+/// each message and its acknowledgement to the test.
+async fn qos2_subscriber(pki: &Pki, proxy: &FaultProxy) -> (MqttClient, JoinHandle<()>, Received) {
+    let mut opts = options(proxy.port, "q2sub");
+    opts.clean_session = false;
+    let identity = pki.client("q2sub").load().unwrap();
+    let (client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    client
+        .subscribe_deferred("q2/#", QoS::ExactlyOnce, move |m, d| {
+            let tx = tx.clone();
+            async move {
+                tx.send((m, d)).unwrap();
+                Ok::<(), std::io::Error>(())
+            }
+        })
+        .unwrap();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(async move {
+        let _ = conn.run().await;
+    });
+    (client, runner, rx)
+}
+
+/// A handler that hands each message to the returned receiver.
+fn forwarding() -> (
+    impl Fn(Message) -> std::future::Ready<Result<(), std::io::Error>> + Clone + Send + Sync + 'static,
+    mpsc::UnboundedReceiver<Message>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handler = move |m| {
+        let _ = tx.send(m);
+        std::future::ready(Ok(()))
+    };
+    (handler, rx)
+}
+
+/// A clean DISCONNECT, and the connection's end.
+async fn stop(client: MqttClient, runner: JoinHandle<mqtt_tls::Result<()>>) {
+    client.disconnect().await.unwrap();
+    runner.await.unwrap().unwrap();
+}
+
+/// A connected, running client with its own certificate, client id `name`.
+async fn running(
+    pki: &Pki,
+    port: u16,
+    name: &str,
+) -> (MqttClient, JoinHandle<mqtt_tls::Result<()>>) {
+    let identity = pki.client(name).load().unwrap();
+    let (client, mut conn) = MqttClient::new(&options(port, name), &identity).unwrap();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    (client, runner)
+}
+
+async fn next(rx: &mut Received) -> (Message, Delivery) {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("timed out waiting for a message")
+        .expect("channel closed")
+}
+
+/// The scenario of rumqtt issue #664: the subscriber sent PUBREC, the
+/// broker's PUBREL is on its way, and the link goes. `restart` drops the
+/// whole client before reconnecting (a process restart: no state left);
+/// otherwise the same client reconnects. Either way the broker resends
+/// PUBREL, must get PUBCOMP, and the session carries on.
+async fn qos2_interrupted_between_pubrec_and_pubcomp(restart: bool) {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let proxy = FaultProxy::start(broker.port).await;
+    let (publisher, prunner) = running(&pki, broker.port, "q2pub").await;
+
+    let (client, runner, mut rx) = qos2_subscriber(&pki, &proxy).await;
+    broker_logged(&broker, "Received SUBSCRIBE from q2sub\n", 1).await;
+    publisher
+        .publish("q2/a", "one", QoS::ExactlyOnce, false)
+        .await
+        .unwrap();
+    let (first, delivery) = next(&mut rx).await;
+    assert_eq!(&first.payload[..], b"one");
+
+    // Our PUBREC reaches the broker; its PUBREL stays in the proxy.
+    proxy.hold_to_client();
+    delivery.ack().await.unwrap();
+    broker_logged(&broker, "Sending PUBREL to q2sub (", 1).await;
+
+    let (client, runner, mut rx) = if restart {
+        runner.abort();
+        let _ = runner.await;
+        drop(client);
+        proxy.cut();
+        proxy.release();
+        qos2_subscriber(&pki, &proxy).await
+    } else {
+        proxy.cut();
+        proxy.release();
+        (client, runner, rx)
+    };
+
+    // The broker resends PUBREL on the resumed session and gets PUBCOMP.
+    broker_logged(&broker, "Received PUBCOMP from q2sub (", 1).await;
+    // And the session goes on: the next message arrives, once, and the
+    // first is not delivered again.
+    publisher
+        .publish("q2/a", "two", QoS::ExactlyOnce, false)
+        .await
+        .unwrap();
+    let (second, delivery) = next(&mut rx).await;
+    assert_eq!(&second.payload[..], b"two");
+    delivery.ack().await.unwrap();
+    broker_logged(&broker, "Received PUBCOMP from q2sub (", 2).await;
+    assert!(
+        client.stats().connections <= 2,
+        "reconnected {} times",
+        client.stats().connections
+    );
+
+    client.disconnect().await.unwrap();
+    let _ = runner.await;
+    stop(publisher, prunner).await;
+}
+
+#[tokio::test]
+async fn qos2_link_cut_between_pubrec_and_pubcomp_resumes() {
+    qos2_interrupted_between_pubrec_and_pubcomp(false).await;
+}
+
+#[tokio::test]
+async fn qos2_restart_between_pubrec_and_pubcomp_resumes() {
+    qos2_interrupted_between_pubrec_and_pubcomp(true).await;
+}
+
+/// 64 KiB both ways with the default options (rumqttc's 10 KiB default
+/// limit dropped the connection for good on a persistent session), and a
+/// publish over the configured outgoing limit refused before it is queued.
+#[tokio::test]
+async fn large_messages_pass_and_oversized_publishes_are_refused() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let mut sub_opts = options(broker.port, "bigsub");
+    sub_opts.clean_session = false;
+    let identity = pki.client("bigsub").load().unwrap();
+    let (sub, mut sconn) = MqttClient::new(&sub_opts, &identity).unwrap();
+    let (handler, mut rx) = forwarding();
+    sub.subscribe("big/#", QoS::AtLeastOnce, handler).unwrap();
+    sconn.connect().await.unwrap();
+    let srunner = tokio::spawn(sconn.run());
+    broker_logged(&broker, "Received SUBSCRIBE from bigsub\n", 1).await;
+
+    let mut pub_opts = options(broker.port, "bigpub");
+    pub_opts.max_outgoing_packet_size = 128 * 1024;
+    let identity = pki.client("bigpub").load().unwrap();
+    let (publisher, mut pconn) = MqttClient::new(&pub_opts, &identity).unwrap();
+    pconn.connect().await.unwrap();
+    let prunner = tokio::spawn(pconn.run());
+
+    let big = vec![b'x'; 64 * 1024];
+    publisher
+        .publish("big/1", big.clone(), QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.payload.len(), big.len());
+
+    let err = publisher
+        .publish("big/2", vec![0u8; 200 * 1024], QoS::AtLeastOnce, false)
+        .await
+        .unwrap_err();
+    match &err {
+        Error::PacketTooLarge { topic, size, max } => {
+            assert_eq!(topic, "big/2");
+            assert!(*size > 200 * 1024, "{size}");
+            assert_eq!(*max, 128 * 1024);
+        }
+        other => panic!("expected PacketTooLarge, got {other}"),
+    }
+    // Nothing of it was queued: the next publish is the next the broker
+    // sees, and the subscriber gets it right after the first.
+    publisher
+        .publish("big/3", "after", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.topic, "big/3");
+    assert!(
+        !broker.log().contains("big/2"),
+        "the refused publish reached the broker"
+    );
+
+    stop(publisher, prunner).await;
+    stop(sub, srunner).await;
+}
+
+/// The client's TLS session store (one ticket per identity) resumes a
+/// session with Mosquitto: the second handshake of the same identity is an
+/// abbreviated one.
+#[test]
+fn tls_sessions_resume_with_the_one_ticket_store() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let config = pki
+        .client("resumer")
+        .load()
+        .unwrap()
+        .rustls_config()
+        .unwrap();
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        let mut sock = TcpStream::connect(("127.0.0.1", broker.port)).unwrap();
+        sock.set_read_timeout(Some(WAIT)).unwrap();
+        let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+        // An MQTT CONNECT, then the CONNACK: the broker's session tickets
+        // arrive with it.
+        let id = b"resumer";
+        let mut connect = vec![0x10, (10 + 2 + id.len()) as u8];
+        connect.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60]);
+        connect.extend_from_slice(&[0, id.len() as u8]);
+        connect.extend_from_slice(id);
+        tls.write_all(&connect).unwrap();
+        let mut connack = [0u8; 4];
+        tls.read_exact(&mut connack).unwrap();
+        assert_eq!(connack, [0x20, 2, 0, 0]);
+        kinds.push(tls.conn.handshake_kind());
+        tls.write_all(&[0xe0, 0]).unwrap();
+        tls.conn.send_close_notify();
+        let _ = tls.flush();
+    }
+    use rustls::HandshakeKind::{Full, Resumed};
+    assert_eq!(kinds, [Some(Full), Some(Resumed), Some(Resumed)]);
+}
+
+/// The hot identity swap: a persistent subscriber switches to a renewed
+/// certificate (its CN changed, so the broker's log shows which one each
+/// connection used) without a new client or a new session; a certificate
+/// the broker refuses is rolled back; an identity set for "the next
+/// connection" is taken into use when the link is cut.
+#[tokio::test]
+async fn identity_swap_keeps_the_session_and_rolls_back_a_refused_identity() {
+    use peers::root;
+    use pki_core::{Profile, Validity};
+
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let proxy = FaultProxy::start(broker.port).await;
+    let (publisher, prunner) = running(&pki, broker.port, "swap-pub").await;
+
+    let first = pki.client("swap-v1").load().unwrap();
+    let renewed = pki.client("swap-v2").load().unwrap();
+    let other = root(pki_core::KeyType::P256);
+    let foreign = pki.issue(
+        &other,
+        "swap-foreign",
+        Profile::Client,
+        Validity::days_from_now(5).unwrap(),
+    );
+    let both = peers::write(
+        pki.dir.path(),
+        "both.pem",
+        &format!(
+            "{}{}",
+            pki.ca.certificate().to_pem(),
+            other.certificate().to_pem()
+        ),
+    );
+    let foreign = mqtt_tls::ClientCert {
+        ca_cert_path: both,
+        ..foreign
+    }
+    .load()
+    .unwrap();
+
+    let mut opts = options(proxy.port, "swapper");
+    opts.clean_session = false;
+    let (client, mut conn) = MqttClient::new(&opts, &first).unwrap();
+    let (handler, mut rx) = forwarding();
+    client
+        .subscribe("swap/#", QoS::AtLeastOnce, handler)
+        .unwrap();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    broker_logged(&broker, "Received SUBSCRIBE from swapper\n", 1).await;
+    broker_logged(&broker, "as swapper (p2, c0, k30, u'swap-v1')", 1).await;
+
+    // Each payload arrives; a message whose PUBACK a cut lost may come
+    // again first, marked as a duplicate (MQTT's at least once).
+    let mut seen: Vec<String> = Vec::new();
+    let mut expect = async |payload: &str| {
+        publisher
+            .publish("swap/t", payload.to_owned(), QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        loop {
+            let m = tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            let got = String::from_utf8(m.payload.to_vec()).unwrap();
+            if got == payload {
+                seen.push(got);
+                return;
+            }
+            assert!(m.duplicate && seen.contains(&got), "unexpected {got:?}");
+        }
+    };
+    expect("before").await;
+
+    // Forced: the next connection is the renewed certificate's, and the
+    // broker resumes the session (CONNACK with session present).
+    tokio::time::timeout(WAIT, client.reconnect_with_identity(&renewed))
+        .await
+        .expect("the swap did not finish")
+        .unwrap();
+    broker_logged(&broker, "as swapper (p2, c0, k30, u'swap-v2')", 1).await;
+    broker_logged(&broker, "Sending CONNACK to swapper (1, 0)", 1).await;
+    expect("after the swap").await;
+
+    // Refused by the broker: the error comes back, and the client goes on
+    // with the renewed identity.
+    let err = tokio::time::timeout(WAIT, client.reconnect_with_identity(&foreign))
+        .await
+        .expect("the refused swap did not come back")
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ClientCertificateRejected { .. }),
+        "{err}"
+    );
+    broker_logged(&broker, "as swapper (p2, c0, k30, u'swap-v2')", 2).await;
+    expect("after the refused swap").await;
+    assert!(!broker.log().contains("u'swap-foreign'"));
+
+    // Lazy: nothing happens until the link goes; then the first identity.
+    client.set_identity(&first).unwrap();
+    expect("still v2").await;
+    assert_eq!(broker.log().matches("u'swap-v1')").count(), 1);
+    proxy.cut();
+    broker_logged(&broker, "as swapper (p2, c0, k30, u'swap-v1')", 2).await;
+    expect("v1 again").await;
+
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
+}
+
+/// A publish with nobody to take it fails with `Closed`, at once, instead
+/// of waiting for ever (or spinning on a timer, as it did when the request
+/// channel was full or closed): both those already queued and those
+/// waiting for room in the full channel.
+#[tokio::test]
+async fn publishes_fail_with_closed_when_the_connection_is_gone() {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::Poll;
+
+    let pki = Pki::new();
+    let identity = pki.client("orphan").load().unwrap();
+    let (client, conn) = MqttClient::new(&options(1, "orphan"), &identity).unwrap();
+    // More than the request channel holds (256), each polled once: the
+    // first 256 are queued and wait for their acknowledgement, the rest
+    // find the channel full and wait for room. The connection never runs.
+    type Publishing<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + 'a>>;
+    let mut publishes: Vec<Publishing<'_>> = (0..300)
+        .map(|i| Box::pin(client.publish("orphan/t", format!("{i}"), QoS::AtLeastOnce, false)) as _)
+        .collect();
+    for publish in &mut publishes {
+        let first = std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "{first:?}");
+    }
+    drop(conn);
+    for publish in publishes {
+        let outcome = tokio::time::timeout(WAIT, publish)
+            .await
+            .expect("a publish still waits after the connection was dropped");
+        assert!(matches!(outcome, Err(Error::Closed)), "{outcome:?}");
+    }
+    // And a later one does not wait at all.
+    let late = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.publish("orphan/t", "late", QoS::AtMostOnce, false),
+    )
+    .await
+    .expect("a publish after the connection is gone must not wait");
+    assert!(matches!(late, Err(Error::Closed)));
+}
+
+/// Two clients with one client id take the session from each other: the
+/// broker accepts each and then kicks it. The reconnect backoff must grow
+/// anyway (it used to start over at every CONNACK, a reconnect every few
+/// tens of milliseconds for ever). Counted in the broker's log over 4 s.
+#[tokio::test]
+async fn a_broker_that_accepts_and_kicks_is_not_hammered() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let mut runners = Vec::new();
+    let mut clients = Vec::new();
+    for name in ["twin-a", "twin-b"] {
+        let identity = pki.client(name).load().unwrap();
+        let mut opts = options(broker.port, "twin");
+        opts.reconnect.initial = Duration::from_millis(50);
+        opts.reconnect.max = Duration::from_secs(2);
+        let (client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+        conn.connect().await.unwrap();
+        runners.push(tokio::spawn(conn.run()));
+        clients.push(client);
+    }
+    broker_logged(&broker, "as twin (", 3).await;
+    let start = broker.log().matches("as twin (").count();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let connects = broker.log().matches("as twin (").count() - start;
+    // Starting over at 50 ms after every kick: about 150 connections in
+    // 4 s. Growing to 2 s: about a dozen.
+    assert!(connects < 40, "{connects} connections in 4 s");
+    for client in clients {
+        client.disconnect().await.unwrap();
+    }
+    for runner in runners {
+        runner.await.unwrap().unwrap();
+    }
+}
+
+/// A handler that panics is a failed handling: the message stays
+/// unacknowledged and is tried again, and the messages after it are still
+/// handled (the panic used to kill the dispatcher while the connection
+/// looked healthy).
+#[tokio::test]
+async fn a_panicking_handler_is_retried_and_the_dispatcher_lives_on() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let identity = pki.client("panic-sub").load().unwrap();
+    let mut opts = options(broker.port, "panic-sub");
+    opts.handler_retry.initial = Duration::from_millis(10);
+    let (client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    {
+        let calls = calls.clone();
+        client
+            .subscribe("panic/#", QoS::AtLeastOnce, move |m| {
+                let tx = tx.clone();
+                let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
+                    assert!(!first, "a handler bug, on the first call only");
+                    tx.send(m).unwrap();
+                    Ok::<(), std::io::Error>(())
+                }
+            })
+            .unwrap();
+    }
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    broker_logged(&broker, "Received SUBSCRIBE from panic-sub\n", 1).await;
+
+    let (publisher, prunner) = running(&pki, broker.port, "panic-pub").await;
+    for payload in ["one", "two"] {
+        publisher
+            .publish("panic/t", payload, QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+    }
+    for payload in ["one", "two"] {
+        let m = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&m.payload[..], payload.as_bytes());
+    }
+    // The broker got the acknowledgements of both (after the retry).
+    broker_logged(&broker, "Received PUBACK from panic-sub (", 2).await;
+    assert!(client.stats().handler_failures >= 1);
+    assert!(client.is_connected());
+
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
+}
+
+/// A QoS 0 flood while the handler is stuck: at most `max_queued_qos0`
+/// wait in memory, the rest are dropped and counted; the QoS 1 message
+/// after them is not dropped. Everything the broker sent is accounted for.
+#[tokio::test]
+async fn a_qos0_flood_is_bounded_and_counted() {
+    use std::sync::Arc;
+    use tokio::sync::Semaphore;
+
+    const FLOOD: usize = 2_000;
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let identity = pki.client("bounded").load().unwrap();
+    let mut opts = options(broker.port, "bounded");
+    opts.max_queued_qos0 = 50;
+    let (client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    {
+        let gate = gate.clone();
+        client
+            .subscribe("flood/#", QoS::AtLeastOnce, move |m| {
+                let tx = tx.clone();
+                let gate = gate.clone();
+                async move {
+                    // The first message holds the dispatcher until released.
+                    let _ = gate.acquire().await.unwrap();
+                    tx.send(m).unwrap();
+                    Ok::<(), std::io::Error>(())
+                }
+            })
+            .unwrap();
+    }
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    broker_logged(&broker, "Received SUBSCRIBE from bounded\n", 1).await;
+
+    let (publisher, prunner) = running(&pki, broker.port, "flooder").await;
+    for i in 0..FLOOD {
+        publisher
+            .publish("flood/q0", format!("{i}"), QoS::AtMostOnce, false)
+            .await
+            .unwrap();
+    }
+    publisher
+        .publish("flood/end", "end", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    broker_logged(&broker, "Sending PUBLISH to bounded (d0, q0", FLOOD).await;
+    broker_logged(&broker, "Sending PUBLISH to bounded (d0, q1", 1).await;
+
+    // Everything read by the client before the handler moves on: 1 in the
+    // handler, 50 waiting, the rest dropped.
+    let deadline = Instant::now() + WAIT;
+    while client.stats().qos0_dropped < (FLOOD - 51) as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} QoS 0 messages dropped",
+            client.stats().qos0_dropped
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gate.add_permits(1_000_000);
+    let mut handled_qos0 = 0;
+    loop {
+        let m = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if m.topic == "flood/end" {
+            break;
+        }
+        handled_qos0 += 1;
+    }
+    let dropped = client.stats().qos0_dropped as usize;
+    // One in the handler, at most 50 waiting.
+    assert!(
+        handled_qos0 <= 51,
+        "{handled_qos0} QoS 0 messages were held"
+    );
+    assert_eq!(
+        handled_qos0 + dropped,
+        FLOOD,
+        "handled {handled_qos0}, dropped {dropped}"
+    );
+
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
+}
+
+/// An acknowledgement from an earlier session is not sent on a new one: the
+/// broker numbers the new session's packets from 1 again, so acknowledging
+/// the old message's packet id would acknowledge a new message that was
+/// never handled. Counted in the broker's log: one PUBACK per message of
+/// the new session, none for the old one.
+#[tokio::test]
+async fn an_acknowledgement_from_an_earlier_session_is_dropped() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let proxy = FaultProxy::start(broker.port).await;
+    let identity = pki.client("epochsub").load().unwrap();
+    // A clean session: after the cut the broker starts a new one.
+    let (client, mut conn) = MqttClient::new(&options(proxy.port, "epochsub"), &identity).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    client
+        .subscribe_deferred("epoch/#", QoS::AtLeastOnce, move |m, d| {
+            let tx = tx.clone();
+            async move {
+                tx.send((m, d)).unwrap();
+                Ok::<(), std::io::Error>(())
+            }
+        })
+        .unwrap();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    broker_logged(&broker, "Received SUBSCRIBE from epochsub\n", 1).await;
+
+    let (publisher, prunner) = running(&pki, broker.port, "epochpub").await;
+    let mut next = async |payload: &str| {
+        publisher
+            .publish("epoch/t", payload.to_owned(), QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        let (m, d) = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&m.payload[..], payload.as_bytes());
+        d
+    };
+
+    let old = next("old session").await;
+    proxy.cut();
+    broker_logged(&broker, "Received SUBSCRIBE from epochsub\n", 2).await;
+    let new = next("new session").await;
+    // Late: the old session's acknowledgement, then the new one's.
+    old.ack().await.unwrap();
+    new.ack().await.unwrap();
+    // A third message marks the end: once its PUBACK is in the log, every
+    // acknowledgement sent before it is too.
+    next("marker").await.ack().await.unwrap();
+    broker_logged(&broker, "Received PUBACK from epochsub (Mid: 2", 1).await;
+    let pubacks = broker
+        .log()
+        .matches("Received PUBACK from epochsub (")
+        .count();
+    assert_eq!(pubacks, 2, "{}", broker.log());
+
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
+}
+
+/// `subscribe` resolves on the SUBACK with the QoS the broker granted (a
+/// broker with `max_qos 1` grants 1 for a QoS 2 request); `unsubscribe`
+/// stops the broker sending (a message published after it is not
+/// delivered, while one for another subscription, published after it too,
+/// is). (A refused SUBACK is tested on the subscription table itself:
+/// Mosquitto 2.0.11 grants a subscription its ACL denies and then delivers
+/// nothing, measured.)
+#[tokio::test]
+async fn subscribe_waits_for_the_suback_and_unsubscribe_stops_delivery() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(
+        &pki,
+        &BrokerOptions {
+            extra: "max_qos 1\n".into(),
+            ..Default::default()
+        },
+    );
+    let identity = pki.client("subber").load().unwrap();
+    let (client, mut conn) = MqttClient::new(&options(broker.port, "subber"), &identity).unwrap();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let handler = move |m: Message| {
+        let tx = tx.clone();
+        async move {
+            tx.send(m).unwrap();
+            Ok::<(), std::io::Error>(())
+        }
+    };
+    let granted = client
+        .subscribe("allowed/#", QoS::ExactlyOnce, handler.clone())
+        .unwrap()
+        .granted();
+    assert_eq!(
+        tokio::time::timeout(WAIT, granted).await.unwrap().unwrap(),
+        QoS::AtLeastOnce,
+        "the broker's max_qos"
+    );
+    let marker = client
+        .subscribe("marker/#", QoS::AtLeastOnce, handler)
+        .unwrap()
+        .granted();
+    tokio::time::timeout(WAIT, marker).await.unwrap().unwrap();
+    assert!(client.refused_subscriptions().is_empty());
+
+    let (publisher, prunner) = running(&pki, broker.port, "subpub").await;
+    publisher
+        .publish("allowed/1", "before", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.topic, "allowed/1");
+
+    client.unsubscribe("allowed/#").await.unwrap();
+    broker_logged(&broker, "Received UNSUBSCRIBE from subber\n", 1).await;
+    publisher
+        .publish("allowed/2", "after", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    publisher
+        .publish("marker/1", "marker", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        m.topic, "marker/1",
+        "the unsubscribed filter still delivered"
+    );
+    // And the broker itself sent it to nobody: the UNSUBSCRIBE took effect
+    // there, not only in our handler table.
+    assert!(
+        !broker
+            .log()
+            .lines()
+            .any(|l| l.contains("Sending PUBLISH to subber") && l.contains("'allowed/2'")),
+        "{}",
+        broker.log()
+    );
+
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
+}
+
+/// A subscription made while the broker is down reaches it when it is back,
+/// even though the broker kept the session (it used to be sent only to a
+/// broker without a session, so it was never sent at all).
+#[tokio::test]
+async fn a_subscription_made_during_an_outage_reaches_a_broker_that_kept_the_session() {
+    let pki = Pki::new();
+    let mut broker = Mosquitto::start(
+        &pki,
+        &BrokerOptions {
+            persistence: true,
+            ..Default::default()
+        },
+    );
+    let identity = pki.client("outage").load().unwrap();
+    let mut opts = options(broker.port, "outage");
+    opts.clean_session = false;
+    let (client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    broker.stop();
+    let deadline = Instant::now() + WAIT;
+    while client.is_connected() {
+        assert!(
+            Instant::now() < deadline,
+            "the client never noticed the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let granted = client
+        .subscribe("late/#", QoS::AtLeastOnce, move |m| {
+            let tx = tx.clone();
+            async move {
+                tx.send(m).unwrap();
+                Ok::<(), std::io::Error>(())
+            }
+        })
+        .unwrap()
+        .granted();
+    broker.restart();
+    tokio::time::timeout(WAIT, granted).await.unwrap().unwrap();
+    broker_logged(&broker, "Sending CONNACK to outage (1, 0)", 1).await;
+
+    let (publisher, prunner) = running(&pki, broker.port, "outage-pub").await;
+    publisher
+        .publish("late/1", "arrives", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&m.payload[..], b"arrives");
+
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
+}
+
+/// A persistent session's backlog arrives right after CONNACK, before the
+/// application subscribed: it waits for the handler subscribed a moment
+/// later instead of being acknowledged and lost. A message that still has
+/// no handler after the grace goes to the `on_dead_letter` handler.
+#[tokio::test]
+async fn a_backlog_waits_for_its_handler_and_the_rest_goes_to_on_dead_letter() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let identity = pki.client("backlog").load().unwrap();
+    let mut opts = options(broker.port, "backlog");
+    opts.clean_session = false;
+    opts.unmatched_grace = Duration::from_secs(5);
+
+    // A first run subscribes (the filter stays in the session) and leaves.
+    let (client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    let granted = client
+        .subscribe("bk/#", QoS::AtLeastOnce, |_| async {
+            Ok::<(), std::io::Error>(())
+        })
+        .unwrap()
+        .granted();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    tokio::time::timeout(WAIT, granted).await.unwrap().unwrap();
+    stop(client, runner).await;
+
+    // Meanwhile: 25 messages for it, more than the 16 that may wait for a
+    // handler at once (the rest must wait in line, not be dropped).
+    let (publisher, prunner) = running(&pki, broker.port, "backlog-pub").await;
+    for i in 0..25 {
+        publisher
+            .publish("bk/data", format!("{i}"), QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+    }
+
+    // The next run connects and is running before it subscribes: the
+    // backlog reaches it with no handler registered.
+    let (client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    let (unmatched_tx, mut unmatched_rx) = mpsc::unbounded_channel();
+    client.on_dead_letter(move |m, d, reason| {
+        let tx = unmatched_tx.clone();
+        async move {
+            assert_eq!(reason, mqtt_tls::DeadLetter::NoSubscription);
+            tx.send((m, d)).unwrap();
+            Ok::<(), std::io::Error>(())
+        }
+    });
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    broker_logged(&broker, "Sending PUBLISH to backlog (d0, q1", 25).await;
+    // The application subscribes "a moment later": this pause is the
+    // scenario (well inside the 5 s grace), not a synchronisation.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _ = client
+        .subscribe("bk/data", QoS::AtLeastOnce, move |m| {
+            let tx = tx.clone();
+            async move {
+                tx.send(m).unwrap();
+                Ok::<(), std::io::Error>(())
+            }
+        })
+        .unwrap();
+    for i in 0..25 {
+        let m = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.payload, format!("{i}").into_bytes());
+    }
+    broker_logged(&broker, "Received PUBACK from backlog (", 25).await;
+
+    // bk/other matches only the session's old bk/# filter: after the grace
+    // it goes to the fallback, which acknowledges it.
+    publisher
+        .publish("bk/other", "orphan", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let (m, delivery) = tokio::time::timeout(WAIT, unmatched_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.topic, "bk/other");
+    delivery.ack().await.unwrap();
+    broker_logged(&broker, "Received PUBACK from backlog (", 26).await;
+    assert_eq!(client.stats().unmatched, 1);
+
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
+}
+
+/// A handler that always fails for one message gives up after
+/// `handler_attempts`: the message goes to the dead-letter handler (which
+/// acknowledges it) and the messages behind it are handled; it used to
+/// block every later message for ever.
+#[tokio::test]
+async fn a_handler_that_keeps_failing_gives_up_and_the_stream_goes_on() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let identity = pki.client("giveup").load().unwrap();
+    let mut opts = options(broker.port, "giveup");
+    opts.handler_attempts = Some(3);
+    opts.handler_retry.initial = Duration::from_millis(10);
+    opts.handler_retry.max = Duration::from_millis(20);
+    let (client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _ = client
+        .subscribe("work/#", QoS::AtLeastOnce, move |m| {
+            let tx = tx.clone();
+            async move {
+                if m.topic == "work/poison" {
+                    return Err(std::io::Error::other("cannot parse"));
+                }
+                tx.send(m.topic).unwrap();
+                Ok(())
+            }
+        })
+        .unwrap();
+    let (dead_tx, mut dead_rx) = mpsc::unbounded_channel();
+    client.on_dead_letter(move |m, d, reason| {
+        let tx = dead_tx.clone();
+        async move {
+            tx.send((m.topic, reason)).unwrap();
+            d.ack().await.map_err(std::io::Error::other)
+        }
+    });
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    broker_logged(&broker, "Received SUBSCRIBE from giveup\n", 1).await;
+
+    let (publisher, prunner) = running(&pki, broker.port, "giveup-pub").await;
+    for topic in ["work/poison", "work/fine"] {
+        publisher
+            .publish(topic, "x", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+    }
+    let (topic, reason) = tokio::time::timeout(WAIT, dead_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(topic, "work/poison");
+    assert!(
+        matches!(reason, mqtt_tls::DeadLetter::HandlerFailed { attempts: 3, ref error } if error.contains("cannot parse")),
+        "{reason:?}"
+    );
+    let next = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next, "work/fine");
+    // Both acknowledged to the broker: the poison one by the dead-letter
+    // handler.
+    broker_logged(&broker, "Received PUBACK from giveup (", 2).await;
+    assert_eq!(client.stats().handler_gave_up, 1);
+
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
+}
+
+/// A broker that accepts the TCP connection and then says nothing (a
+/// black hole): the attempt fails after `connect_timeout`, not the default
+/// 5 s and not never.
+#[tokio::test]
+async fn a_silent_broker_fails_the_attempt_after_connect_timeout() {
+    let pki = Pki::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let identity = pki.client("patient").load().unwrap();
+    let mut opts = options(port, "patient");
+    opts.connect_timeout = Duration::from_secs(1);
+    let (_client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    let started = Instant::now();
+    let err = tokio::time::timeout(WAIT, conn.connect())
+        .await
+        .expect("connect never gave up")
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "gave up after {took:?}: {err}"
+    );
+    holder.abort();
+}
+
+/// Every change of the connection is an event, in order, none missed
+/// however quickly the next follows: connected (without and then with a
+/// session), the loss with its reason, and the end.
+#[tokio::test]
+async fn connection_events_follow_the_link() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let proxy = FaultProxy::start(broker.port).await;
+    let mut opts = options(proxy.port, "watched");
+    opts.clean_session = false;
+    let identity = pki.client("watched").load().unwrap();
+    let (client, conn) = MqttClient::new(&opts, &identity).unwrap();
+    let mut events = client.connection_events();
+    let runner = tokio::spawn(conn.run());
+    let mut next_event = async || {
+        tokio::time::timeout(WAIT, events.next())
+            .await
+            .expect("no connection event")
+            .expect("events ended")
+    };
+    let first = next_event().await;
+    assert!(
+        matches!(
+            first,
+            ConnectionEvent::Connected {
+                session_present: false
+            }
+        ),
+        "{first:?}"
+    );
+    broker_logged(&broker, "New client connected from", 1).await;
+    proxy.cut();
+    match next_event().await {
+        ConnectionEvent::Disconnected { error } => {
+            assert!(!error.to_string().is_empty());
+        }
+        other => panic!("expected the loss, got {other:?}"),
+    }
+    let back = next_event().await;
+    assert!(
+        matches!(
+            back,
+            ConnectionEvent::Connected {
+                session_present: true
+            }
+        ),
+        "{back:?}"
+    );
+    broker_logged(&broker, "New client connected from", 2).await;
+    client.disconnect().await.unwrap();
+    let last = next_event().await;
+    assert!(matches!(last, ConnectionEvent::Stopped), "{last:?}");
+    runner.await.unwrap().unwrap();
+}
+
+/// While the broker is away, at most `max_offline_queue` publishes wait
+/// for it (counted until answered, even when their callers stopped
+/// waiting); one more fails at once instead of waiting without bound, and
+/// those queued go out when the broker is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_beyond_the_offline_queue_limit_fail_at_once() {
+    let pki = Pki::new();
+    let mut broker = Mosquitto::start(
+        &pki,
+        &BrokerOptions {
+            persistence: true,
+            ..BrokerOptions::default()
+        },
+    );
+    let mut opts = options(broker.port, "offliner");
+    opts.clean_session = false;
+    opts.max_offline_queue = Some(3);
+    let identity = pki.client("offliner").load().unwrap();
+    let (client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    let mut events = client.connection_events();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    tokio::task::block_in_place(|| broker.stop());
+    loop {
+        let event = tokio::time::timeout(WAIT, events.next()).await.unwrap();
+        if matches!(event, Some(mqtt_tls::ConnectionEvent::Disconnected { .. })) {
+            break;
+        }
+    }
+    // Three publishes queued for the broker; their callers stop waiting
+    // (a timeout), but the messages stay queued and still count.
+    for i in 0..3 {
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(100),
+            client.publish("offline/q", i.to_string(), QoS::AtLeastOnce, false),
+        )
+        .await;
+        assert!(
+            gave_up.is_err(),
+            "publish {i} resolved while offline: {gave_up:?}"
+        );
+    }
+    assert_eq!(client.stats().pending_publishes, 3);
+    let refused = tokio::time::timeout(
+        WAIT,
+        client.publish("offline/q", "3", QoS::AtLeastOnce, false),
+    )
+    .await
+    .expect("the fourth publish waited instead of failing");
+    assert!(
+        matches!(refused, Err(Error::OfflineQueueFull { limit: 3 })),
+        "{refused:?}"
+    );
+    assert!(refused.unwrap_err().to_string().contains("3 publishes"));
+    tokio::task::block_in_place(|| broker.restart());
+    // They go out when the broker is back, and are answered.
+    broker_logged(&broker, "Sending PUBACK to offliner", 3).await;
+    let deadline = Instant::now() + WAIT;
+    while client.stats().pending_publishes > 0 {
+        assert!(Instant::now() < deadline, "{:?}", client.stats());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let log = broker.log();
+    let received: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Received PUBLISH from offliner"))
+        .collect();
+    assert_eq!(received.len(), 3, "{log}");
+    assert_eq!(client.stats().pending_publishes, 0);
+    stop(client, runner).await;
+}
+
+/// Without a dead-letter handler, a message over the incoming limit is
+/// acknowledged (the broker logs its PUBACK), counted, and the one behind
+/// it is handled on the same connection.
+#[tokio::test]
+async fn a_message_over_the_incoming_limit_is_acknowledged_and_counted() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let (publisher, prunner) = running(&pki, broker.port, "bigpub").await;
+    let mut opts = options(broker.port, "limited");
+    opts.clean_session = false;
+    opts.max_incoming_packet_size = 1024;
+    let identity = pki.client("limited").load().unwrap();
+    let (client, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    let (handler, mut rx) = forwarding();
+    client
+        .subscribe("big/#", QoS::AtLeastOnce, handler)
+        .unwrap();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    broker_logged(&broker, "Received SUBSCRIBE from limited", 1).await;
+    publisher
+        .publish("big/one", vec![0u8; 4096], QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    publisher
+        .publish("big/two", "small", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("big/two", &b"small"[..])
+    );
+    broker_logged(&broker, "Received PUBACK from limited", 2).await;
+    assert_eq!(client.stats().too_large, 1);
+    assert_eq!(client.stats().connections, 1, "one connection throughout");
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
+}
+
+/// A QoS 1 publisher with a persistent session, its link cut at two
+/// moments: in the middle of a 100 KiB PUBLISH, and after the broker got a
+/// PUBLISH but before its PUBACK arrived (a cut right after CONNECT is
+/// `connection_events_follow_the_link`; a broker silent after TCP,
+/// `a_silent_broker_fails_the_attempt_after_connect_timeout`). Each time the client reconnects, the publish resolves `Ok`
+/// once, and the broker received each message whole: a second
+/// subscriber gets each, byte for byte.
+#[tokio::test]
+async fn publishes_survive_cuts_mid_publish_and_before_puback() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let proxy = FaultProxy::start(broker.port).await;
+    let (watcher, wrunner) = running(&pki, broker.port, "watcher").await;
+    let (handler, mut seen) = forwarding();
+    watcher
+        .subscribe("cuts/#", QoS::AtLeastOnce, handler)
+        .unwrap()
+        .granted()
+        .await
+        .unwrap();
+
+    let mut opts = options(proxy.port, "cutpub");
+    opts.clean_session = false;
+    let identity = pki.client("cutpub").load().unwrap();
+    let (publisher, mut conn) = MqttClient::new(&opts, &identity).unwrap();
+    conn.connect().await.unwrap();
+    let prunner = tokio::spawn(conn.run());
+
+    // Mid-PUBLISH: 1,000 bytes of a 100 KiB publish reach the broker.
+    let big: Vec<u8> = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
+    proxy.hold_to_broker_after(1000);
+    let sending = {
+        let publisher = publisher.clone();
+        let big = big.clone();
+        tokio::spawn(async move {
+            publisher
+                .publish("cuts/big", big, QoS::AtLeastOnce, false)
+                .await
+        })
+    };
+    proxy.wait_held_to_broker().await;
+    proxy.cut();
+    proxy.release();
+    tokio::time::timeout(WAIT, sending)
+        .await
+        .expect("the publish never resolved")
+        .unwrap()
+        .unwrap();
+    let got = tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("cuts/big", &big[..])
+    );
+
+    // Before PUBACK: the broker has the PUBLISH, its PUBACK is held.
+    proxy.hold_to_client();
+    let sending = {
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            publisher
+                .publish("cuts/small", "after", QoS::AtLeastOnce, false)
+                .await
+        })
+    };
+    broker_logged(&broker, "Sending PUBACK to cutpub", 2).await;
+    proxy.cut();
+    proxy.release();
+    tokio::time::timeout(WAIT, sending)
+        .await
+        .expect("the publish never resolved")
+        .unwrap()
+        .unwrap();
+    // The broker got it again, marked as a duplicate (the client cannot
+    // know its first copy arrived), and acknowledged that too.
+    broker_logged(&broker, "Received PUBLISH from cutpub (d1, q1", 2).await;
+    broker_logged(&broker, "Sending PUBACK to cutpub", 3).await;
+    let got = tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("cuts/small", &b"after"[..])
+    );
+    assert_eq!(publisher.stats().pending_publishes, 0);
+    stop(publisher, prunner).await;
+    stop(watcher, wrunner).await;
+}

@@ -35,10 +35,12 @@ Tasks:
             come from the live RustSec database, else from the offline copy
             (a git bundle or clone) given by --advisory-db or
             MQTT_MTLS_ADVISORY_DB; the run prints the snapshot's date
-  bench [--quick]
-            release-build measurements side by side: identities (ours vs the
-            openssl CLI and Python), a fleet, MQTT throughput and connects,
-            idle memory, ingest vs mosquitto_sub; writes
+  bench [--quick] [--fleet-devices N]
+            release builds, then mqtt-bench's measurements side by side:
+            identities (ours vs the openssl CLI and Python), a fleet, one
+            command on a large CA, MQTT throughput and connects (vs
+            Mosquitto's clients, Python ssl, paho), idle memory, a connection
+            storm, enrollment and renewal, ingest vs mosquitto_sub; writes
             target/bench/results.json, docs/benchmarks.md and .svg
   soak [--minutes N]
             the ingest under a steady QoS 1 stream for N minutes (default

@@ -10,6 +10,9 @@
 //! - `curl` (the HTTPS client of the ingest's tests): Debian's package.
 //! - PostgreSQL's server binaries (`initdb`, `pg_ctl`, `postgres`): Debian's
 //!   `postgresql`, the same way.
+//! - The benchmark's Python side (PyPI's `cryptography` and `paho-mqtt`):
+//!   into `target/bench-venv` on first use.
+//! - GNU time (`/usr/bin/time`): Debian's `time`.
 //! - `cargo fuzz`, `cargo deny`: from crates.io with `cargo install`.
 
 use std::path::PathBuf;
@@ -138,6 +141,33 @@ fn python_tool(venv: &str, package: &str, program: &str) -> Result<PathBuf, Stri
         package,
     ]))?;
     Ok(bin.join(program))
+}
+
+/// The Python of `target/bench-venv`, with the original design's
+/// dependency (`cryptography`) and paho-mqtt, for `cargo xtask bench`.
+pub(crate) fn bench_python() -> Result<PathBuf, String> {
+    let venv = project_root().join("target/bench-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        sh(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    let has = Command::new(&python)
+        .args(["-c", "import cryptography, paho.mqtt"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has {
+        sh(Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "cryptography",
+            "paho-mqtt",
+        ]))?;
+    }
+    Ok(python)
 }
 
 /// `cargo SUBCOMMAND` (e.g. `deny`), installing `package` from crates.io

@@ -1,4 +1,4 @@
-//! `mqtt-bench chart RESULTS OUT.svg`: every target of `cargo xtask bench`
+//! The chart `mqtt-bench report` draws: every target of `cargo xtask bench`
 //! in one picture, drawn with plotters (SVG only, no font stack).
 //!
 //! Each row is a ratio where more is better: ours over the tool users would
@@ -10,147 +10,36 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use plotters::prelude::*;
-use serde_json::Value;
 
-/// One bar of the chart.
+use crate::results::Results;
+
+/// One target: a bar of the chart and a row of the report's table.
 #[derive(Debug, PartialEq)]
-struct Row {
-    label: String,
-    ratio: f64,
-    target: f64,
+pub(crate) struct Row {
+    pub(crate) label: String,
+    /// What this run measured, as a ratio where more is better.
+    pub(crate) ratio: f64,
+    pub(crate) target: f64,
 }
 
-/// Reads `results.json` (an array of the objects `cargo xtask bench`
-/// collects) and writes the chart to `out`.
-pub(crate) fn chart(results: &Path, out: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(results)
-        .with_context(|| format!("reading {}", results.display()))?;
-    let results: Vec<Value> =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", results.display()))?;
-    let rows = rows(&results)?;
+impl Row {
+    pub(crate) fn met(&self) -> bool {
+        self.ratio >= self.target
+    }
+}
+
+/// Writes the chart of `results` to `out`.
+pub(crate) fn chart(results: &Results, out: &Path) -> anyhow::Result<()> {
+    let rows = rows(results)?;
     draw(&rows, out).with_context(|| format!("drawing {}", out.display()))
 }
 
-/// The rows, in the order of the issue's targets.
-fn rows(results: &[Value]) -> anyhow::Result<Vec<Row>> {
-    let find = |what: &str, key: Option<(&str, u64)>| {
-        results
-            .iter()
-            .find(|v| v["what"] == what && key.is_none_or(|(k, n)| v[k].as_u64() == Some(n)))
-            .with_context(|| format!("no \"{what}\" result"))
-    };
-    let num = |v: &Value, field: &str| {
-        v[field]
-            .as_f64()
-            .with_context(|| format!("no number \"{field}\" in {v}"))
-    };
-    let row = |label: &str, ratio: f64, target: f64| Row {
-        label: label.to_owned(),
-        ratio,
-        target,
-    };
-    let p256 = find("identities_p256", None)?;
-    let rsa = find("identities_rsa2048", None)?;
-    let fleet = find("fleet", None)?;
-    let qos0 = find("throughput", Some(("qos", 0)))?;
-    let qos1 = find("throughput", Some(("qos", 1)))?;
-    let connects = find("connects", None)?;
-    let idle = find("idle", None)?;
-    let ingest = find("ingest", None)?;
-    let mut rows = vec![
-        row(
-            "P-256 identities, ours synced / Python",
-            num(p256, "ratio_vs_python")?,
-            5.0,
-        ),
-        row(
-            "P-256 identities, neither synced / Python",
-            num(p256, "ratio_vs_python_unflushed")?,
-            5.0,
-        ),
-        row(
-            "P-256 identities / openssl CLI",
-            num(p256, "ratio_vs_openssl")?,
-            200.0,
-        ),
-        row(
-            "RSA-2048 identities / Python",
-            num(rsa, "ratio_vs_python")?,
-            1.2,
-        ),
-        row(
-            "10,000-device fleet: 10 s / ours",
-            10.0 / num(fleet, "seconds")?,
-            1.0,
-        ),
-        row(
-            "fleet peak memory: 200 MB / ours",
-            200.0 / num(fleet, "peak_rss_mb")?,
-            1.0,
-        ),
-        row(
-            "QoS 0 msg/s / mosquitto_pub → sub",
-            num(qos0, "ratio")?,
-            1.0,
-        ),
-        row(
-            "QoS 1 msg/s / mosquitto_pub → sub",
-            num(qos1, "ratio")?,
-            1.0,
-        ),
-        row(
-            "mTLS connects/s / Python ssl",
-            num(connects, "ratio_vs_python")?,
-            1.2,
-        ),
-        row(
-            "idle connection: 30 KB / ours",
-            30.0 / num(idle, "kb_per_connection")?,
-            1.0,
-        ),
-        row(
-            "ingest stored/s / mosquitto_sub",
-            num(ingest, "ratio")?,
-            0.9,
-        ),
-    ];
-    // One command on a large CA against an empty one (target: within 2×,
-    // under 50 MB).
-    if let Some(store) = results.iter().find(|v| v["what"] == "store") {
-        for op in store["ops"].as_array().into_iter().flatten() {
-            let name = op["op"].as_str().unwrap_or_default();
-            rows.push(row(
-                &format!("`{name}`, large CA: 2× empty CA's time / ours"),
-                2.0 / num(op, "ratio")?,
-                1.0,
-            ));
-        }
-        let peak = store["ops"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|op| op["full_peak_rss_mb"].as_f64())
-            .fold(0.0, f64::max);
-        rows.push(row("large CA, one command: 50 MB / ours", 50.0 / peak, 1.0));
-    }
-    // Enrollment and renewal over MQTT, 1,000 devices at once (targets:
-    // enrolled and connected in 8 s, renewed in 10 s, nothing lost).
-    if let Some(l) = results.iter().find(|v| v["what"] == "lifecycle") {
-        rows.push(row(
-            "1,000 enroll + connect: 8 s / ours",
-            8.0 / num(l, "enroll_and_connect_seconds")?,
-            1.0,
-        ));
-        let lost = num(l, "lost")?;
-        rows.push(row(
-            "1,000 renew while publishing: 10 s / ours (0 if any lost)",
-            if lost > 0.0 {
-                0.0
-            } else {
-                10.0 / num(l, "renew_seconds")?
-            },
-            1.0,
-        ));
+/// The targets, checked for the chart: at least one, every ratio positive
+/// and finite.
+fn rows(results: &Results) -> anyhow::Result<Vec<Row>> {
+    let rows = targets(results);
+    if rows.is_empty() {
+        bail!("no step in the results: nothing to chart");
     }
     if let Some(bad) = rows
         .iter()
@@ -159,6 +48,111 @@ fn rows(results: &[Value]) -> anyhow::Result<Vec<Row>> {
         bail!("{}: {} is not a positive ratio", bad.label, bad.ratio);
     }
     Ok(rows)
+}
+
+/// The targets, in the order of the issue's; a step not run has none.
+pub(crate) fn targets(results: &Results) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut row = |label: &str, ratio: f64, target: f64| {
+        rows.push(Row {
+            label: label.to_owned(),
+            ratio,
+            target,
+        });
+    };
+    if let Some(p256) = &results.identities_p256 {
+        row(
+            "P-256 identities, ours synced / Python",
+            p256.ratio_vs_python,
+            5.0,
+        );
+        row(
+            "P-256 identities, neither synced / Python",
+            p256.ratio_vs_python_unflushed,
+            5.0,
+        );
+        row(
+            "P-256 identities / openssl CLI",
+            p256.ratio_vs_openssl,
+            200.0,
+        );
+    }
+    if let Some(rsa) = &results.identities_rsa2048 {
+        row("RSA-2048 identities / Python", rsa.ratio_vs_python, 1.2);
+    }
+    if let Some(fleet) = &results.fleet {
+        row(
+            "10,000-device fleet: 10 s / ours",
+            10.0 / fleet.seconds,
+            1.0,
+        );
+        row(
+            "fleet peak memory: 200 MB / ours",
+            200.0 / fleet.peak_rss_mb,
+            1.0,
+        );
+    }
+    for qos in [0, 1] {
+        if let Some(t) = results.throughput_at(qos) {
+            row(
+                &format!("QoS {qos} msg/s / mosquitto_pub → sub"),
+                t.ratio,
+                1.0,
+            );
+        }
+    }
+    if let Some(connects) = &results.connects {
+        row(
+            "mTLS connects/s / Python ssl",
+            connects.ratio_vs_python,
+            1.2,
+        );
+    }
+    if let Some(idle) = &results.idle {
+        row(
+            "idle connection: 30 KB / ours",
+            30.0 / idle.kb_per_connection,
+            1.0,
+        );
+    }
+    if let Some(ingest) = &results.ingest {
+        row("ingest stored/s / mosquitto_sub", ingest.ratio, 0.9);
+    }
+    // One command on a large CA against an empty one (target: within 2×,
+    // under 50 MB).
+    if let Some(store) = &results.store {
+        for op in &store.ops {
+            row(
+                &format!("`{}`, large CA: 2× empty CA's time / ours", op.op),
+                2.0 / op.ratio,
+                1.0,
+            );
+        }
+        row(
+            "large CA, one command: 50 MB / ours",
+            50.0 / store.peak_rss_mb(),
+            1.0,
+        );
+    }
+    // Enrollment and renewal over MQTT, 1,000 devices at once (targets:
+    // enrolled and connected in 8 s, renewed in 10 s, nothing lost).
+    if let Some(l) = &results.lifecycle {
+        row(
+            "1,000 enroll + connect: 8 s / ours",
+            8.0 / l.enroll_and_connect_seconds,
+            1.0,
+        );
+        row(
+            "1,000 renew while publishing: 10 s / ours (0 if any lost)",
+            if l.lost > 0 {
+                0.0
+            } else {
+                10.0 / l.renew_seconds
+            },
+            1.0,
+        );
+    }
+    rows
 }
 
 fn draw(rows: &[Row], out: &Path) -> anyhow::Result<()> {
@@ -200,7 +194,7 @@ fn draw(rows: &[Row], out: &Path) -> anyhow::Result<()> {
     for (i, row) in rows.iter().enumerate() {
         // Row 0 at the top.
         let y = n - i as f64 - 1.0;
-        let met = row.ratio >= row.target;
+        let met = row.met();
         let colour = if met {
             RGBColor(46, 139, 87)
         } else {
@@ -232,53 +226,54 @@ fn draw(rows: &[Row], out: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample() -> Vec<Value> {
-        serde_json::from_str(
-            r#"[
-            {"what":"identities_p256","ratio_vs_python":6.0,"ratio_vs_python_unflushed":7.0,"ratio_vs_openssl":300.0},
-            {"what":"identities_rsa2048","ratio_vs_python":1.4},
-            {"what":"fleet","seconds":5.0,"peak_rss_mb":20.0},
-            {"what":"ingest","ratio":0.95},
-            {"what":"throughput","qos":0,"ratio":1.1},
-            {"what":"throughput","qos":1,"ratio":1.3},
-            {"what":"connects","ratio_vs_python":1.25},
-            {"what":"idle","kb_per_connection":60.0}
-        ]"#,
-        )
-        .unwrap()
-    }
+    use crate::results::{Sizes, tests::sample};
 
     #[test]
     fn rows_follow_the_results() {
         let rows = rows(&sample()).unwrap();
-        assert_eq!(rows.len(), 11);
+        // 11 targets, 2 store commands and their memory, 2 lifecycle.
+        assert_eq!(rows.len(), 16);
         assert_eq!(rows[1].ratio, 7.0);
         assert_eq!(rows[4].ratio, 2.0); // 10 s budget over 5 s
         assert_eq!(rows[6].ratio, 1.1); // QoS 0, not QoS 1
         assert_eq!(rows[7].ratio, 1.3);
         assert_eq!(rows[9].ratio, 0.5); // 30 KB budget over 60 KB
+        assert_eq!(rows[13].ratio, 50.0 / 60.0); // the largest peak of any command
+        assert_eq!(rows[15].ratio, 2.0); // 10 s budget over 5 s
     }
 
     #[test]
-    fn a_missing_result_is_named() {
+    fn a_step_not_run_has_no_rows() {
         let mut results = sample();
-        results.retain(|v| v["what"] != "connects");
+        results.connects = None;
+        let rows = rows(&results).unwrap();
+        assert_eq!(rows.len(), 15);
+        assert!(rows.iter().all(|r| !r.label.contains("connects/s")));
+        let empty = Results::new("m".into(), true, Sizes::new(true));
+        assert!(super::rows(&empty).is_err());
+    }
+
+    #[test]
+    fn a_lost_message_fails_the_renewal_row() {
+        let mut results = sample();
+        if let Some(l) = results.lifecycle.as_mut() {
+            l.lost = 1;
+        }
         let err = rows(&results).unwrap_err().to_string();
-        assert!(err.contains("\"connects\""), "{err}");
+        assert!(err.contains("renew while publishing"), "{err}");
     }
 
     #[test]
     fn draws_an_svg_with_every_label() {
         let dir = tempfile::tempdir().unwrap();
-        let results = dir.path().join("results.json");
-        std::fs::write(&results, serde_json::to_string(&sample()).unwrap()).unwrap();
         let out = dir.path().join("chart.svg");
-        chart(&results, &out).unwrap();
+        chart(&sample(), &out).unwrap();
         let svg = std::fs::read_to_string(&out).unwrap();
         assert!(svg.starts_with("<svg"), "{svg}");
         for row in rows(&sample()).unwrap() {
-            assert!(svg.contains(&row.label), "no {} in the chart", row.label);
+            // As the SVG escapes it.
+            let label = row.label.replace('\'', "&apos;");
+            assert!(svg.contains(&label), "no {label} in the chart");
         }
         assert!(svg.contains("0.50× (target 1×) missed"), "{svg}");
     }

@@ -20,7 +20,8 @@ use provision::ops::{CsrRequest, InitCa, IssueRequest, SubjectOptions, init_ca, 
 use provision::roles::Role;
 use provision::serve::{Broker, ServeOptions, serve};
 use provision::store::CaDir;
-use serde_json::json;
+
+use crate::results::Lifecycle;
 
 /// Issues `name` with `role` (server for the broker) into `out`.
 fn issue_one(
@@ -54,7 +55,7 @@ fn issue_one(
     Ok(())
 }
 
-pub(crate) fn run(count: usize) -> anyhow::Result<serde_json::Value> {
+pub(crate) fn run(count: usize) -> anyhow::Result<Lifecycle> {
     raise_open_file_limit(6 * count as u64 + 256).map_err(anyhow::Error::msg)?;
     let tmp = tempfile::tempdir()?;
     let d = tmp.path();
@@ -287,17 +288,16 @@ pub(crate) fn run(count: usize) -> anyhow::Result<serde_json::Value> {
         let _ = stop_tx.send(());
         server.await??;
         drop((main, enroll_broker));
-        anyhow::Ok(json!({
-            "what": "lifecycle",
-            "count": count,
-            "enroll_seconds": enrolled_in,
-            "enrollments_per_second": count as f64 / enrolled_in,
-            "enroll_and_connect_seconds": connected_in,
-            "renew_seconds": renewed_in,
-            "renewed": renewed,
-            "published": published,
-            "received": received,
-            "lost": published.saturating_sub(received),
-        }))
+        anyhow::Ok(Lifecycle {
+            count,
+            enroll_seconds: enrolled_in,
+            enrollments_per_second: count as f64 / enrolled_in,
+            enroll_and_connect_seconds: connected_in,
+            renew_seconds: renewed_in,
+            renewed,
+            published,
+            received,
+            lost: published.saturating_sub(received),
+        })
     })
 }

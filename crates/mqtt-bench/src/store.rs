@@ -12,7 +12,8 @@ use pki_core::{Profile, Serial, Timestamp};
 use provision::inventory::{Inventory, Record, Status};
 use provision::layout::{self, IdentityPaths};
 use provision::store::CaDir;
-use serde_json::json;
+
+use crate::results::{Store, StoreOp, median};
 
 /// The arguments of an operation's `k`-th run.
 type Args = dyn Fn(usize) -> Vec<String>;
@@ -96,16 +97,7 @@ fn populate(dir: &Path, count: usize) -> anyhow::Result<f64> {
     Ok(started.elapsed().as_secs_f64())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-pub(crate) fn run(
-    provision: &Path,
-    time: &Path,
-    count: usize,
-) -> anyhow::Result<serde_json::Value> {
+pub(crate) fn run(provision: &Path, time: &Path, count: usize) -> anyhow::Result<Store> {
     let tmp = tempfile::tempdir()?;
     let folders: Vec<PathBuf> = ["empty", "full"]
         .iter()
@@ -169,20 +161,19 @@ pub(crate) fn run(
             per_folder.push((median(seconds), rss));
         }
         let ((empty_s, empty_mb), (full_s, full_mb)) = (per_folder[0], per_folder[1]);
-        rows.push(json!({
-            "op": op,
-            "empty_ms": empty_s * 1000.0,
-            "full_ms": full_s * 1000.0,
-            "ratio": if empty_s > 0.0 { full_s / empty_s } else { 1.0 },
-            "empty_peak_rss_mb": empty_mb,
-            "full_peak_rss_mb": full_mb,
-        }));
+        rows.push(StoreOp {
+            op: (*op).to_owned(),
+            empty_ms: empty_s * 1000.0,
+            full_ms: full_s * 1000.0,
+            ratio: if empty_s > 0.0 { full_s / empty_s } else { 1.0 },
+            empty_peak_rss_mb: empty_mb,
+            full_peak_rss_mb: full_mb,
+        });
     }
-    Ok(json!({
-        "what": "store",
-        "identities": count,
-        "populate_seconds": populate_seconds,
-        "inventory_db_mb": db_mb,
-        "ops": rows,
-    }))
+    Ok(Store {
+        identities: count,
+        populate_seconds,
+        inventory_db_mb: db_mb,
+        ops: rows,
+    })
 }

@@ -1,7 +1,9 @@
-"""paho-mqtt over mutual TLS, for `cargo xtask bench`. Prints one JSON object.
+"""paho-mqtt over mutual TLS, for `mqtt-bench` (`cargo xtask bench`). Prints one JSON object.
 
-usage: python_paho.py throughput PORT CA CERT KEY QOS COUNT
-       python_paho.py connects PORT CA CERT KEY COUNT
+usage: python3 paho.py throughput PORT CA CERT KEY QOS COUNT
+       python3 paho.py connects PORT CA CERT KEY COUNT
+
+`mqtt-bench` embeds this file and runs it with `python -c`.
 """
 
 import json

@@ -1,11 +1,13 @@
-"""The original Python design's flow, for `cargo xtask bench`.
+"""The original Python design's flow, for `mqtt-bench` (`cargo xtask bench`).
 
 For each identity: a private key, a CSR, the CSR's signature checked, a
 certificate signed by the CA, and the three files written (NAME.key,
 NAME_csr.pem, NAME_cert.pem), as ClientCertificateGenerator.
 generate_signed_certificate does with `cryptography`. Prints one JSON object.
 
-usage: python_identities.py p256|rsa2048 COUNT OUTDIR
+usage: python3 identities.py p256|rsa2048 COUNT OUTDIR
+
+`mqtt-bench` embeds this file and runs it with `python -c`.
 """
 
 import datetime

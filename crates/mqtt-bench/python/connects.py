@@ -1,8 +1,10 @@
 """mTLS connections per second from Python's `ssl` module, for
-`cargo xtask bench`: TLS handshake with a client certificate, MQTT CONNECT,
+`mqtt-bench` (`cargo xtask bench`): TLS handshake with a client certificate, MQTT CONNECT,
 CONNACK, DISCONNECT, close; sequentially. Prints one JSON object.
 
-usage: python_connects.py PORT CA CERT KEY COUNT
+usage: python3 connects.py PORT CA CERT KEY COUNT
+
+`mqtt-bench` embeds this file and runs it with `python -c`.
 """
 
 import json

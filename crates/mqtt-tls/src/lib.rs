@@ -50,6 +50,7 @@ mod dispatch;
 mod error;
 pub mod lifecycle;
 mod options;
+pub mod secrets;
 mod subscriptions;
 mod topic;
 mod tracker;

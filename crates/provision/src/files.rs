@@ -357,32 +357,14 @@ pub fn refuse_existing(paths: &[&Path], force: bool) -> Result<()> {
     }
 }
 
-/// The largest file any command reads: far above any certificate, key,
-/// CSR, manifest or a large fleet's CRL, far below what would hurt.
-pub const MAX_INPUT_BYTES: u64 = 16 << 20;
+/// The largest file any command reads (`mqtt_tls::secrets`' one cap).
+pub const MAX_INPUT_BYTES: u64 = mqtt_tls::secrets::MAX_FILE_BYTES;
 
 /// Reads a file as UTF-8 text, naming it on failure; a file larger than
 /// [`MAX_INPUT_BYTES`] (or an endless one, like `/dev/zero`) is refused
 /// without reading it all.
 pub fn read_text(path: &Path) -> Result<String> {
-    use std::io::Read;
-    let read = || -> std::io::Result<String> {
-        let mut text = String::new();
-        std::fs::File::open(path)?
-            .take(MAX_INPUT_BYTES + 1)
-            .read_to_string(&mut text)?;
-        if text.len() as u64 > MAX_INPUT_BYTES {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::FileTooLarge,
-                format!(
-                    "larger than {} MiB, more than any certificate, key, CSR, CRL or manifest",
-                    MAX_INPUT_BYTES >> 20
-                ),
-            ));
-        }
-        Ok(text)
-    };
-    read().map_err(|source| Error::Io {
+    mqtt_tls::secrets::read_capped_text(path).map_err(|source| Error::Io {
         action: "reading",
         path: path.to_owned(),
         source,

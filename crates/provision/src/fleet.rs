@@ -369,17 +369,16 @@ pub fn run(
             .map_err(|e| bad(format!("{}: {e}", r.name)))?;
     }
 
-    let passphrase = match &manifest.ca.passphrase_env {
-        Some(var) => Some(zeroize::Zeroizing::new(
-            std::env::var(var)
-                .map_err(|_| Error::Passphrase {
-                    path: ca_dir.key_path(),
-                    reason: format!("the passphrase variable {var} is not set"),
-                })?
-                .into_bytes(),
-        )),
-        None => None,
-    };
+    let passphrase = manifest
+        .ca
+        .passphrase_env
+        .as_deref()
+        .map(mqtt_tls::secrets::passphrase_from_env)
+        .transpose()
+        .map_err(|e| Error::Passphrase {
+            path: ca_dir.key_path(),
+            reason: e.to_string(),
+        })?;
     let ca_created = !ca_dir.cert_path().exists();
     let ca = if ca_created {
         init_ca(

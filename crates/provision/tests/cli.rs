@@ -501,3 +501,43 @@ fn broker_config_writes_a_crl_timer_that_runs() {
     );
     assert!(stdout.contains("is not due"), "{stdout}");
 }
+
+/// One passphrase policy for the command line and a fleet manifest: a
+/// variable that is unset or empty is refused, naming it, and nothing is
+/// written (a manifest used to accept an empty one).
+#[test]
+fn an_unset_or_empty_passphrase_variable_is_refused_everywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    common::ok_env(
+        d,
+        &["init-ca", "--passphrase-env", "CA_PASS"],
+        &[("CA_PASS", "s3cret passphrase")],
+    );
+    std::fs::write(
+        d.join("fleet.toml"),
+        "[ca]\npassphrase_env = \"CA_PASS\"\n[[devices]]\nname = \"d1\"\n",
+    )
+    .unwrap();
+    for (value, says) in [
+        (None, "the passphrase variable CA_PASS is not set"),
+        (Some(""), "the passphrase variable CA_PASS is empty"),
+    ] {
+        for args in [
+            &["issue", "client", "c1", "--passphrase-env", "CA_PASS"][..],
+            &["fleet", "fleet.toml"][..],
+        ] {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_provision"));
+            cmd.current_dir(d).args(args);
+            match value {
+                Some(v) => cmd.env("CA_PASS", v),
+                None => cmd.env_remove("CA_PASS"),
+            };
+            let out = cmd.output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+            assert!(stderr.contains(says), "{args:?}: {stderr}");
+        }
+    }
+    assert!(!d.join("backend_certs").exists());
+}

@@ -782,14 +782,12 @@ pub(crate) fn new_passphrase(key: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     Ok(Zeroizing::new(first.as_bytes().to_vec()))
 }
 
+/// The passphrase in the variable `var`, when one is named (unset or
+/// empty refused: `mqtt_tls::secrets`' one policy).
 pub(crate) fn passphrase(var: Option<&str>) -> anyhow::Result<Option<Zeroizing<Vec<u8>>>> {
-    match var {
-        None => Ok(None),
-        Some(var) => match std::env::var(var) {
-            Ok(v) if !v.is_empty() => Ok(Some(Zeroizing::new(v.into_bytes()))),
-            _ => bail!("the passphrase variable {var} is not set (or empty)"),
-        },
-    }
+    Ok(var
+        .map(mqtt_tls::secrets::passphrase_from_env)
+        .transpose()?)
 }
 
 impl IdentityArgs {

@@ -1,7 +1,8 @@
 //! Reading credentials from the outside world, with one policy for every
 //! crate: files are read with a size cap (an endless file such as
 //! `/dev/zero` is refused without reading it all), and a passphrase comes
-//! from a named environment variable that must be set and not empty.
+//! from a named environment variable that must be set and not empty; a
+//! URL's password never reaches a message ([`redact_url`]).
 //! `provision` (the CA key, manifests, CSRs) and `mqtt-ingest` use these
 //! too.
 
@@ -69,6 +70,24 @@ pub fn passphrase_from_env(var: &str) -> Result<Zeroizing<Vec<u8>>, PassphraseEr
     }
 }
 
+/// A URL (a database's, typically) without its password, for messages
+/// and logs: the password in the user part becomes `***` (split at the last
+/// `@`, as URL parsers do), and the query (which may hold `password=`) is
+/// dropped whole.
+pub fn redact_url(url: &str) -> String {
+    let url = url.split_once('?').map_or(url, |(base, _)| base);
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +97,22 @@ mod tests {
         let err = read_capped(Path::new("/dev/zero")).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::FileTooLarge);
         assert!(err.to_string().contains("16 MiB"), "{err}");
+    }
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact_url("postgres://me:secret@db/x"),
+            "postgres://me:***@db/x"
+        );
+        assert_eq!(redact_url("sqlite://ingest.db"), "sqlite://ingest.db");
+        for url in [
+            "postgres://me:s@cr@t@db/x",
+            "postgresql://me@db:6543/x?password=secret&sslmode=require",
+        ] {
+            assert!(!redact_url(url).contains("secret"), "{}", redact_url(url));
+            assert!(!redact_url(url).contains("s@cr"), "{}", redact_url(url));
+        }
     }
 
     #[test]

@@ -457,21 +457,9 @@ impl Raw {
     }
 }
 
-/// The location without a password (in the user part, split at the last
-/// `@` as URL parsers do, or in the query: `?password=`, which is dropped
-/// whole with every other parameter).
+/// The location without a password ([`mqtt_tls::secrets::redact_url`]).
 fn redact(url: &str) -> String {
-    let url = url.split_once('?').map_or(url, |(base, _)| base);
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
+    mqtt_tls::secrets::redact_url(url)
 }
 
 impl Inventory {

@@ -1,7 +1,7 @@
 """Writes the hostile-input corpus in this folder (the 50 MB file is made by
 the test itself). Run once by hand when the corpus changes:
 
-    python3 tests/hostile/make.py        # needs `cryptography`
+    python3 verify-tests/hostile/make.py        # needs `cryptography`
 
 Each file is something a user or an attacker could hand to `provision`; the
 test `crates/provision/tests/hostile.rs` feeds every one of them to every

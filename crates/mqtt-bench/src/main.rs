@@ -287,11 +287,10 @@ fn throughput(
     let runtime = tokio::runtime::Runtime::new()?;
     let pki = Pki::new();
     let broker = Mosquitto::start(&pki, &BrokerOptions::default());
-    let level = match qos {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => bail!("QoS 0 or 1"),
-    };
+    let level = QoS::try_from(qos)?;
+    if level == QoS::ExactlyOnce {
+        bail!("QoS 0 or 1");
+    }
     let payload = vec![b'x'; 64];
 
     // Theirs.

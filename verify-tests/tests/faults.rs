@@ -243,46 +243,37 @@ async fn large_messages_pass_and_oversized_publishes_are_refused() {
 }
 
 /// The client's TLS session store (one ticket per identity) resumes a
-/// session with Mosquitto: the second handshake of the same identity is an
-/// abbreviated one.
-#[test]
-fn tls_sessions_resume_with_the_one_ticket_store() {
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
+/// session with Mosquitto: after a cut link, the client's next handshake
+/// is an abbreviated one, as the broker's ServerHello (seen by the proxy)
+/// shows.
+#[tokio::test]
+async fn tls_sessions_resume_with_the_one_ticket_store() {
+    use peers::proxy::Handshake::{Full, Resumed};
 
     let pki = Pki::new();
     let broker = Mosquitto::start(&pki, &BrokerOptions::default());
-    let config = pki
-        .client("resumer")
-        .load()
-        .unwrap()
-        .rustls_config()
-        .unwrap();
-    let mut kinds = Vec::new();
-    for _ in 0..3 {
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
-        let mut sock = TcpStream::connect(("127.0.0.1", broker.port)).unwrap();
-        sock.set_read_timeout(Some(WAIT)).unwrap();
-        let mut tls = rustls::Stream::new(&mut conn, &mut sock);
-        // An MQTT CONNECT, then the CONNACK: the broker's session tickets
-        // arrive with it.
-        let id = b"resumer";
-        let mut connect = vec![0x10, (10 + 2 + id.len()) as u8];
-        connect.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60]);
-        connect.extend_from_slice(&[0, id.len() as u8]);
-        connect.extend_from_slice(id);
-        tls.write_all(&connect).unwrap();
-        let mut connack = [0u8; 4];
-        tls.read_exact(&mut connack).unwrap();
-        assert_eq!(connack, [0x20, 2, 0, 0]);
-        kinds.push(tls.conn.handshake_kind());
-        tls.write_all(&[0xe0, 0]).unwrap();
-        tls.conn.send_close_notify();
-        let _ = tls.flush();
+    let proxy = FaultProxy::start(broker.port).await;
+    let (client, runner) = running(&pki, proxy.port, "resumer").await;
+    let mut events = client.connection_events();
+    for _ in 0..2 {
+        // Connected: the CONNACK came, and the broker's session tickets
+        // with it.
+        proxy.cut();
+        loop {
+            let event = tokio::time::timeout(WAIT, events.next())
+                .await
+                .expect("no reconnection")
+                .expect("the client stopped");
+            if matches!(event, ConnectionEvent::Connected { .. }) {
+                break;
+            }
+        }
     }
-    use rustls::HandshakeKind::{Full, Resumed};
-    assert_eq!(kinds, [Some(Full), Some(Resumed), Some(Resumed)]);
+    stop(client, runner).await;
+    assert_eq!(
+        proxy.handshakes(),
+        [Some(Full), Some(Resumed), Some(Resumed)]
+    );
 }
 
 /// The hot identity swap: a persistent subscriber switches to a renewed

@@ -23,11 +23,10 @@ pub(crate) fn run(qos: u8, count: usize, python: Option<&Path>) -> anyhow::Resul
     let runtime = tokio::runtime::Runtime::new()?;
     let pki = Pki::new();
     let broker = Mosquitto::start(&pki, &BrokerOptions::default());
-    let level = match qos {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => bail!("QoS 0 or 1"),
-    };
+    let level = QoS::try_from(qos)?;
+    if level == QoS::ExactlyOnce {
+        bail!("QoS 0 or 1");
+    }
     let payload = vec![b'x'; 64];
 
     // Theirs.

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use mqtt_tls::{ClientCert, QoS};
+use mqtt_tls::{ClientCert, QoS, TopicFilter};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -197,73 +197,65 @@ impl Config {
         Ok(())
     }
 
-    /// The subscriptions with their QoS.
-    pub fn filters(&self) -> Result<Vec<(String, QoS)>> {
+    /// The subscriptions with their QoS (shared ones with a share group).
+    pub fn filters(&self) -> Result<Vec<(TopicFilter, QoS)>> {
         if self.mqtt.topics.is_empty() {
             return Err(Error::Config {
                 reason: "no topic to subscribe to: give --topic FILTER or [mqtt] topics".into(),
             });
         }
-        let filters = self.mqtt.topics.iter().map(|t| parse_topic(t));
-        match &self.mqtt.share_group {
-            None => filters.collect(),
-            Some(group) => {
-                check_share_group(group)?;
-                if self.mqtt.client_id == default_client_id() {
-                    // Every instance would take the others' sessions over:
-                    // the broker disconnects the older of two connections
-                    // with one client id, and they would kick each other.
+        let filters = self
+            .mqtt
+            .topics
+            .iter()
+            .map(|t| parse_topic(t))
+            .collect::<Result<Vec<_>>>()?;
+        let Some(group) = &self.mqtt.share_group else {
+            return Ok(filters);
+        };
+        if self.mqtt.client_id == default_client_id() {
+            // Every instance would take the others' sessions over: the
+            // broker disconnects the older of two connections with one
+            // client id, and they would kick each other.
+            return Err(Error::Config {
+                reason: format!(
+                    "--share-group {group} needs a client id of its own for each \
+                     instance (--client-id, or client_id in [mqtt]); the default \
+                     {:?} would make the instances disconnect each other",
+                    default_client_id()
+                ),
+            });
+        }
+        // Each shared subscription delivers its own copy (maybe to another
+        // instance), so a message matching two filters would be stored
+        // twice: refuse filters that overlap.
+        for (i, (a, _)) in filters.iter().enumerate() {
+            if let Some((b, _)) = filters[i + 1..].iter().find(|(b, _)| a.overlaps(b)) {
+                return Err(Error::Config {
+                    reason: format!(
+                        "topics {a} and {b} overlap: with --share-group each is a \
+                         shared subscription of its own that delivers its own copy, \
+                         so a message matching both would be stored twice; give \
+                         filters that do not overlap"
+                    ),
+                });
+            }
+        }
+        filters
+            .into_iter()
+            .map(|(filter, qos)| {
+                if filter.share_group().is_some() {
                     return Err(Error::Config {
                         reason: format!(
-                            "--share-group {group} needs a client id of its own for each \
-                             instance (--client-id, or client_id in [mqtt]); the default \
-                             {:?} would make the instances disconnect each other",
-                            default_client_id()
+                            "topic {:?} is already a shared subscription; \
+                             give the plain filter with --share-group",
+                            filter.as_str()
                         ),
                     });
                 }
-                // Each shared subscription delivers its own copy (maybe to
-                // another instance), so a message matching two filters would
-                // be stored twice: refuse filters that overlap.
-                let plain: Vec<mqtt_tls::TopicFilter> = self
-                    .mqtt
-                    .topics
-                    .iter()
-                    .map(|t| {
-                        let (filter, _) = parse_topic(t)?;
-                        Ok(mqtt_tls::TopicFilter::new(filter)?)
-                    })
-                    .collect::<Result<_>>()?;
-                for (i, a) in plain.iter().enumerate() {
-                    if let Some(b) = plain[i + 1..].iter().find(|b| a.overlaps(b)) {
-                        return Err(Error::Config {
-                            reason: format!(
-                                "topics {a} and {b} overlap: with --share-group each is a \
-                                 shared subscription of its own that delivers its own copy, \
-                                 so a message matching both would be stored twice; give \
-                                 filters that do not overlap"
-                            ),
-                        });
-                    }
-                }
-                filters
-                    .map(|f| {
-                        let (filter, qos) = f?;
-                        if filter.starts_with("$share/") {
-                            return Err(Error::Config {
-                                reason: format!(
-                                    "topic {filter:?} is already a shared subscription; \
-                                     give the plain filter with --share-group"
-                                ),
-                            });
-                        }
-                        let shared = format!("$share/{group}/{filter}");
-                        mqtt_tls::TopicFilter::new(&shared)?;
-                        Ok((shared, qos))
-                    })
-                    .collect()
-            }
-        }
+                Ok((TopicFilter::shared(group, &filter)?, qos))
+            })
+            .collect()
     }
 
     /// The client bundle, or an error saying how to give one.
@@ -274,28 +266,13 @@ impl Config {
     }
 }
 
-/// A share name is one topic level without wildcards (MQTT 5 section 4.8.2).
-fn check_share_group(group: &str) -> Result<()> {
-    if group.is_empty() || group.contains(['/', '+', '#']) {
-        return Err(Error::Config {
-            reason: format!(
-                "invalid share group {group:?}: one topic level, without '/', '+' or '#'"
-            ),
-        });
-    }
-    Ok(())
-}
-
 /// `FILTER`, `FILTER@0`, `FILTER@1`, `FILTER@2`.
-pub fn parse_topic(spec: &str) -> Result<(String, QoS)> {
-    let (filter, qos) = match spec.rsplit_once('@') {
-        Some((f, "0")) => (f, QoS::AtMostOnce),
-        Some((f, "1")) => (f, QoS::AtLeastOnce),
-        Some((f, "2")) => (f, QoS::ExactlyOnce),
+pub fn parse_topic(spec: &str) -> Result<(TopicFilter, QoS)> {
+    let (filter, qos) = match spec.rsplit_once('@').map(|(f, q)| (f, q.parse())) {
+        Some((f, Ok(qos))) => (f, qos),
         _ => (spec, QoS::AtLeastOnce),
     };
-    mqtt_tls::TopicFilter::new(filter)?;
-    Ok((filter.to_owned(), qos))
+    Ok((TopicFilter::new(filter)?, qos))
 }
 
 #[cfg(test)]
@@ -333,8 +310,8 @@ mod tests {
         config.mqtt.client_id = "ingest-1".into();
         config.mqtt.share_group = Some("ingest".into());
         let filters = config.filters().unwrap();
-        assert_eq!(filters[0].0, "$share/ingest/devices/+/telemetry");
-        assert_eq!(filters[1].0, "$share/ingest/alerts/#");
+        assert_eq!(filters[0].0.as_str(), "$share/ingest/devices/+/telemetry");
+        assert_eq!(filters[1].0.as_str(), "$share/ingest/alerts/#");
         assert_eq!(filters[1].1, mqtt_tls::QoS::ExactlyOnce);
         for bad in ["", "a/b", "+", "g#"] {
             config.mqtt.share_group = Some(bad.into());
@@ -349,16 +326,14 @@ mod tests {
 
     #[test]
     fn topics_take_an_optional_qos() {
+        let parsed = |spec| {
+            let (filter, qos) = parse_topic(spec).unwrap();
+            (filter.as_str().to_owned(), qos)
+        };
+        assert_eq!(parsed("a/#"), ("a/#".into(), QoS::AtLeastOnce));
+        assert_eq!(parsed("a/+@0"), ("a/+".into(), QoS::AtMostOnce));
         assert_eq!(
-            parse_topic("a/#").unwrap(),
-            ("a/#".into(), QoS::AtLeastOnce)
-        );
-        assert_eq!(
-            parse_topic("a/+@0").unwrap(),
-            ("a/+".into(), QoS::AtMostOnce)
-        );
-        assert_eq!(
-            parse_topic("$share/g/a@2").unwrap(),
+            parsed("$share/g/a@2"),
             ("$share/g/a".into(), QoS::ExactlyOnce)
         );
         assert!(parse_topic("a/#/b").is_err());

@@ -9,7 +9,7 @@
 //! ```no_run
 //! use std::sync::Arc;
 //! use mqtt_ingest::{AppState, Batching, Metrics, Store, app, pipeline};
-//! use mqtt_tls::{ClientCert, ConnectOptions, MqttClient, QoS};
+//! use mqtt_tls::{ClientCert, ConnectOptions, MqttClient, QoS, TopicFilter};
 //!
 //! # async fn demo() -> anyhow::Result<()> {
 //! let store = Store::open("sqlite://ingest.db").await?;
@@ -19,8 +19,9 @@
 //! options.clean_session = false; // a persistent session: nothing unacknowledged is lost
 //! let (client, connection) = MqttClient::new(&options, &identity)?;
 //! let metrics = Arc::new(Metrics::default());
-//! let pipeline = pipeline::start(&client, &[("test/data".into(), QoS::AtLeastOnce)],
-//!     store.clone(), metrics.clone(), Batching::default())?;
+//! let filters = [(TopicFilter::new("test/data")?, QoS::AtLeastOnce)];
+//! let pipeline = pipeline::start(&client, &filters, store.clone(), metrics.clone(),
+//!     Batching::default())?;
 //! tokio::spawn(connection.run()); // the background task
 //! let router = axum::Router::new() // your routes ...
 //!     .merge(app(AppState { store, client: client.clone(), metrics }));

@@ -43,7 +43,7 @@ type Item = (NewMessage, Delivery);
 /// Subscribes `filters` on `client` and starts the writer.
 pub fn start(
     client: &MqttClient,
-    filters: &[(String, QoS)],
+    filters: &[(TopicFilter, QoS)],
     store: Store,
     metrics: Arc<Metrics>,
     batching: Batching,
@@ -57,12 +57,7 @@ pub fn start(
     // the client calls each one's handler: the first filter in the list that
     // matches stores it, the others only release their share of the
     // acknowledgement. One arrival, one row.
-    let parsed: Arc<Vec<TopicFilter>> = Arc::new(
-        filters
-            .iter()
-            .map(|(f, _)| TopicFilter::new(f.as_str()))
-            .collect::<std::result::Result<_, _>>()?,
-    );
+    let parsed: Arc<Vec<TopicFilter>> = Arc::new(filters.iter().map(|(f, _)| f.clone()).collect());
     for (index, (filter, qos)) in filters.iter().enumerate() {
         let tx = tx.clone();
         let closing = closing.clone();
@@ -89,7 +84,7 @@ pub fn start(
                 let row = NewMessage {
                     topic: m.topic,
                     payload: m.payload.to_vec(),
-                    qos: qos_number(m.qos),
+                    qos: u8::from(m.qos),
                     retain: m.retain,
                     duplicate: m.duplicate,
                     received_at_us: micros_now(),
@@ -116,7 +111,7 @@ pub fn start(
                 let row = NewMessage {
                     topic: m.topic,
                     payload: m.payload.to_vec(),
-                    qos: qos_number(m.qos),
+                    qos: u8::from(m.qos),
                     retain: m.retain,
                     duplicate: m.duplicate,
                     received_at_us: micros_now(),
@@ -255,14 +250,6 @@ async fn write_loop(
                 metrics.acknowledged.fetch_add(1, Ordering::Relaxed);
             }
         }
-    }
-}
-
-fn qos_number(qos: QoS) -> u8 {
-    match qos {
-        QoS::AtMostOnce => 0,
-        QoS::AtLeastOnce => 1,
-        QoS::ExactlyOnce => 2,
     }
 }
 

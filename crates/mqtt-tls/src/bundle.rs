@@ -1,5 +1,5 @@
 //! The client bundle: certificate (chain), key and CA, checked before any
-//! network traffic and turned into a rustls configuration.
+//! network traffic and turned into a TLS configuration (rustls).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::error::{Error, Result};
+use crate::options::TlsVersions;
 
 /// Where a client's certificate, key and CA live: the original design's
 /// `ClientCert(cert_path, key_path, ca_cert_path)`.
@@ -256,19 +257,16 @@ impl TlsIdentity {
         &self.leaf
     }
 
-    /// A rustls client configuration: our CAs as the only roots, client
-    /// authentication with the full chain, the aws-lc-rs provider, TLS 1.2
-    /// and 1.3. Server-name checking stays on.
-    pub fn rustls_config(&self) -> Result<Arc<ClientConfig>> {
-        self.rustls_config_with_versions(rustls::DEFAULT_VERSIONS)
-    }
-
-    /// As [`TlsIdentity::rustls_config`], limited to the given TLS versions
-    /// (e.g. `&[&rustls::version::TLS12]`).
-    pub fn rustls_config_with_versions(
-        &self,
-        versions: &[&'static rustls::SupportedProtocolVersion],
-    ) -> Result<Arc<ClientConfig>> {
+    /// The TLS configuration of a connection with this identity: our CAs
+    /// as the only roots, client authentication with the full chain, the
+    /// aws-lc-rs provider, the TLS versions of `versions`. Server-name
+    /// checking stays on.
+    pub(crate) fn tls_config(&self, versions: TlsVersions) -> Result<Arc<ClientConfig>> {
+        let versions: &[&'static rustls::SupportedProtocolVersion] = match versions {
+            TlsVersions::Default => rustls::DEFAULT_VERSIONS,
+            TlsVersions::Tls12Only => &[&rustls::version::TLS12],
+            TlsVersions::Tls13Only => &[&rustls::version::TLS13],
+        };
         let tls = |e: rustls::Error| Error::TlsConfig {
             reason: e.to_string(),
         };
@@ -565,17 +563,18 @@ mod tests {
     }
 
     #[test]
-    fn loads_from_pem_and_builds_a_rustls_config() {
+    fn loads_from_pem_and_builds_a_tls_config() {
         let p = parts(Profile::Client);
         let ca = p.ca.certificate().to_pem();
         let key = p.key.to_pkcs8_pem().unwrap();
         let id =
             TlsIdentity::from_pem(p.cert.as_bytes(), key.as_bytes(), ca.as_bytes(), None).unwrap();
         assert_eq!(id.certificate().common_name().as_deref(), Some("dev"));
-        let config = id.rustls_config().unwrap();
+        let config = id.tls_config(TlsVersions::Default).unwrap();
         assert!(config.client_auth_cert_resolver.has_certs());
-        id.rustls_config_with_versions(&[&rustls::version::TLS12])
-            .unwrap();
+        for versions in [TlsVersions::Tls12Only, TlsVersions::Tls13Only] {
+            id.tls_config(versions).unwrap();
+        }
     }
 
     #[test]
@@ -702,7 +701,7 @@ mod tests {
         assert_eq!(id.chain.len(), 2);
         assert_eq!(id.chain[1].as_ref(), int_cert.der());
         assert!(
-            id.rustls_config()
+            id.tls_config(TlsVersions::Default)
                 .unwrap()
                 .client_auth_cert_resolver
                 .has_certs()

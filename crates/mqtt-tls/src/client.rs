@@ -22,11 +22,10 @@ use crate::dispatch::{
 };
 use crate::error::{Error, Result};
 use crate::options::{Backoff, ConnectOptions, TlsVersions};
+use crate::qos::QoS;
 use crate::subscriptions::Subscriptions;
 use crate::topic::{TopicFilter, check_publish_topic};
 use crate::tracker::{Tracker, Wire};
-
-pub use rumqttc_mtls::QoS;
 
 /// Counters for tests, health checks and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -211,7 +210,7 @@ impl MqttClient {
     /// until the [`Connection`] is driven.
     pub fn new(options: &ConnectOptions, identity: &TlsIdentity) -> Result<(Self, Connection)> {
         check_host(&options.host)?;
-        let tls = tls_config(identity, options.tls_versions)?;
+        let tls = identity.tls_config(options.tls_versions)?;
         let mut mqtt = MqttOptions::new(&options.client_id, &options.host, options.port);
         mqtt.set_keep_alive(options.keep_alive)
             .set_clean_session(options.clean_session)
@@ -226,12 +225,12 @@ impl MqttClient {
             mqtt.set_last_will(rumqttc_mtls::LastWill::new(
                 &will.topic,
                 will.payload.clone(),
-                will.qos,
+                will.qos.to_wire(),
                 will.retain,
             ));
         }
-        if let Some((user, password)) = &options.credentials {
-            mqtt.set_credentials(user, password);
+        if let Some(credentials) = &options.credentials {
+            mqtt.set_credentials(&credentials.username, credentials.password());
         }
         let (rumqtt, mut eventloop) = AsyncClient::new(mqtt, 256);
         // MQTT packets are small and latency-bound: without TCP_NODELAY the
@@ -266,13 +265,18 @@ impl MqttClient {
     /// The subscription is renewed after every reconnect without a session,
     /// and sent again whenever the broker may not have confirmed it. The
     /// returned [`Subscribed`] resolves on the broker's SUBACK.
-    pub fn subscribe<F, Fut, E>(&self, filter: &str, qos: QoS, handler: F) -> Result<Subscribed>
+    ///
+    /// `filter` is a [`TopicFilter`] (or a reference to one) or a string,
+    /// validated here.
+    pub fn subscribe<T, F, Fut, E>(&self, filter: T, qos: QoS, handler: F) -> Result<Subscribed>
     where
+        T: TryInto<TopicFilter>,
+        Error: From<T::Error>,
         F: Fn(Message) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: Into<HandlerError> + 'static,
     {
-        let filter = TopicFilter::new(filter)?;
+        let filter: TopicFilter = filter.try_into()?;
         let handler: Handler = Arc::new(move |m| {
             let fut = handler(m);
             Box::pin(async move { fut.await.map_err(Into::into) })
@@ -285,18 +289,21 @@ impl MqttClient {
     /// a batched database write); the broker gets the acknowledgement when
     /// the `Delivery` is acknowledged. A handler returning `Err` did not take
     /// the message: it is called again, with backoff.
-    pub fn subscribe_deferred<F, Fut, E>(
+    /// `filter` as for [`subscribe`](Self::subscribe).
+    pub fn subscribe_deferred<T, F, Fut, E>(
         &self,
-        filter: &str,
+        filter: T,
         qos: QoS,
         handler: F,
     ) -> Result<Subscribed>
     where
+        T: TryInto<TopicFilter>,
+        Error: From<T::Error>,
         F: Fn(Message, Delivery) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: Into<HandlerError> + 'static,
     {
-        let filter = TopicFilter::new(filter)?;
+        let filter: TopicFilter = filter.try_into()?;
         let handler: DeferredHandler = Arc::new(move |m, d| {
             let fut = handler(m, d);
             Box::pin(async move { fut.await.map_err(Into::into) })
@@ -319,9 +326,14 @@ impl MqttClient {
 
     /// Removes every handler of `filter` (exactly as it was subscribed) and
     /// sends UNSUBSCRIBE; returns once the request is queued. Messages for
-    /// it already on their way find no handler.
-    pub async fn unsubscribe(&self, filter: &str) -> Result<()> {
-        let filter = TopicFilter::new(filter)?;
+    /// it already on their way find no handler. `filter` as for
+    /// [`subscribe`](Self::subscribe).
+    pub async fn unsubscribe<T>(&self, filter: T) -> Result<()>
+    where
+        T: TryInto<TopicFilter>,
+        Error: From<T::Error>,
+    {
+        let filter: TopicFilter = filter.try_into()?;
         lock(&self.shared.subscriptions).remove(filter.as_str());
         self.rumqtt
             .unsubscribe(filter.as_str())
@@ -398,10 +410,12 @@ impl MqttClient {
                     return Err(Error::Closed);
                 }
                 if ready {
-                    match self
-                        .rumqtt
-                        .try_publish_bytes(topic, qos, retain, payload.clone())
-                    {
+                    match self.rumqtt.try_publish_bytes(
+                        topic,
+                        qos.to_wire(),
+                        retain,
+                        payload.clone(),
+                    ) {
                         Ok(()) => {
                             let (tx, rx) = oneshot::channel();
                             tracker.queued(qos, tx);
@@ -471,7 +485,7 @@ impl MqttClient {
     /// from the next one on, without touching the current one. The client,
     /// its subscriptions and the broker's session stay as they are.
     pub fn set_identity(&self, identity: &TlsIdentity) -> Result<()> {
-        let tls = tls_config(identity, self.shared.tls_versions)?;
+        let tls = identity.tls_config(self.shared.tls_versions)?;
         *lock(&self.shared.next_identity) = Some(tls);
         Ok(())
     }
@@ -491,7 +505,7 @@ impl MqttClient {
     /// gave up gets the old identity back at the next failure). Fails with [`Error::Closed`] if the [`Connection`] is not
     /// running or stops meanwhile. A later swap supersedes this one.
     pub async fn reconnect_with_identity(&self, identity: &TlsIdentity) -> Result<()> {
-        let tls = tls_config(identity, self.shared.tls_versions)?;
+        let tls = identity.tls_config(self.shared.tls_versions)?;
         let (tx, rx) = oneshot::channel();
         {
             let _tracker = lock(&self.shared.tracker);
@@ -611,15 +625,6 @@ impl ConnectionEvents {
     }
 }
 
-/// The rustls configuration for `identity` offering `versions`.
-fn tls_config(identity: &TlsIdentity, versions: TlsVersions) -> Result<Arc<rustls::ClientConfig>> {
-    match versions {
-        TlsVersions::Default => identity.rustls_config(),
-        TlsVersions::Tls12Only => identity.rustls_config_with_versions(&[&rustls::version::TLS12]),
-        TlsVersions::Tls13Only => identity.rustls_config_with_versions(&[&rustls::version::TLS13]),
-    }
-}
-
 /// A new identity to reconnect with now.
 struct IdentitySwap {
     tls: Arc<rustls::ClientConfig>,
@@ -651,7 +656,7 @@ fn send_unsent(rumqtt: &AsyncClient, shared: &Shared, subs: &mut Subscriptions) 
     let names: Vec<String> = unsent.iter().map(|(f, _)| f.clone()).collect();
     let filters: Vec<rumqttc_mtls::SubscribeFilter> = unsent
         .into_iter()
-        .map(|(f, q)| rumqttc_mtls::SubscribeFilter::new(f, q))
+        .map(|(f, q)| rumqttc_mtls::SubscribeFilter::new(f, q.to_wire()))
         .collect();
     match rumqtt.try_subscribe_many(filters) {
         Ok(()) => {
@@ -1009,7 +1014,9 @@ impl Connection {
                     .return_codes
                     .iter()
                     .map(|code| match code {
-                        rumqttc_mtls::SubscribeReasonCode::Success(qos) => Some(*qos),
+                        rumqttc_mtls::SubscribeReasonCode::Success(qos) => {
+                            Some(QoS::from_wire(*qos))
+                        }
                         rumqttc_mtls::SubscribeReasonCode::Failure => None,
                     })
                     .collect();
@@ -1048,7 +1055,7 @@ impl Connection {
         match dispatch {
             Some(tx) => {
                 let counters = &self.shared.counters;
-                if publish.qos == QoS::AtMostOnce {
+                if publish.qos == rumqttc_mtls::QoS::AtMostOnce {
                     // QoS 1/2 are bounded by the broker's in-flight
                     // window (nothing is acknowledged before it is
                     // handled); QoS 0 has no such brake, so a flood

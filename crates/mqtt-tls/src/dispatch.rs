@@ -24,11 +24,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
-use rumqttc_mtls::{AsyncClient, Publish, QoS};
+use rumqttc_mtls::{AsyncClient, Publish};
 use tokio::sync::mpsc;
 
 use crate::client::{Shared, lock};
 use crate::error::{Error, Result};
+use crate::qos::QoS;
 
 /// A message delivered to a handler.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,7 +147,7 @@ impl Delivery {
 
     /// The QoS the message was delivered with.
     pub fn qos(&self) -> QoS {
-        self.inner.publish.qos
+        QoS::from_wire(self.inner.publish.qos)
     }
 }
 
@@ -162,7 +163,7 @@ impl std::fmt::Debug for Delivery {
 async fn release(inner: &DeliveryInner, shares: u64) -> Result<()> {
     if shares > 0
         && inner.outstanding.fetch_sub(shares, Ordering::SeqCst) == shares
-        && inner.publish.qos != QoS::AtMostOnce
+        && inner.publish.qos != rumqttc_mtls::QoS::AtMostOnce
     {
         let shared = &inner.shared;
         loop {
@@ -286,7 +287,7 @@ pub(crate) async fn dispatch(
                     received = rx.recv(), if room => match received {
                         Some(received) => {
                             let Arrival { publish, session, too_large } = *received;
-                            if publish.qos == QoS::AtMostOnce {
+                            if publish.qos == rumqttc_mtls::QoS::AtMostOnce {
                                 shared.counters.qos0_queued.fetch_sub(1, Ordering::Relaxed);
                             }
                             if let Some((size, max)) = too_large {
@@ -417,7 +418,7 @@ async fn handle_message(
     let message = Message {
         topic: publish.topic.clone(),
         payload: publish.payload.clone(),
-        qos: publish.qos,
+        qos: QoS::from_wire(publish.qos),
         retain: publish.retain,
         duplicate: publish.dup,
     };
@@ -668,7 +669,7 @@ mod tests {
             shared.clone(),
         ));
         for (topic, qos, pkid, session) in case.messages {
-            let mut publish = Publish::new(*topic, *qos, "x");
+            let mut publish = Publish::new(*topic, qos.to_wire(), "x");
             publish.pkid = *pkid;
             tx.send(Box::new(Arrival {
                 publish,
@@ -677,7 +678,7 @@ mod tests {
             }))
             .unwrap();
         }
-        let mut sentinel = Publish::new("sentinel", Q1, "x");
+        let mut sentinel = Publish::new("sentinel", Q1.to_wire(), "x");
         sentinel.pkid = 999;
         tx.send(Box::new(Arrival {
             publish: sentinel,
@@ -879,7 +880,7 @@ mod tests {
                 shared.clone(),
             ));
             let send = |pkid: u16, session: u64| {
-                let mut publish = Publish::new("t/a", Q1, "x");
+                let mut publish = Publish::new("t/a", Q1.to_wire(), "x");
                 publish.pkid = pkid;
                 tx.send(Box::new(Arrival {
                     publish,
@@ -957,7 +958,7 @@ mod tests {
                 AsyncClient::from_senders(requests_tx),
                 shared.clone(),
             ));
-            let mut publish = Publish::new("t/big", Q2, "");
+            let mut publish = Publish::new("t/big", Q2.to_wire(), "");
             publish.pkid = 4;
             tx.send(Box::new(Arrival {
                 publish,

@@ -279,16 +279,28 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// A `pki-core` failure on a file of the bundle.
-    #[error("{path}: {source}")]
-    Pki {
-        /// The file.
-        path: PathBuf,
-        /// The PKI error.
-        #[source]
-        source: pki_core::Error,
+    /// A QoS that is not 0, 1 or 2.
+    #[error("QoS must be 0, 1 or 2, not {value}")]
+    InvalidQos {
+        /// What was given.
+        value: String,
+    },
+
+    /// A share group that is not one topic level (MQTT 5 section 4.8.2).
+    #[error("invalid share group {group:?}: one topic level, without '/', '+' or '#'")]
+    InvalidShareGroup {
+        /// The group.
+        group: String,
     },
 }
 
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// For conversions that cannot fail, such as a [`TopicFilter`](crate::TopicFilter)
+/// given where anything that converts into one is taken.
+impl From<std::convert::Infallible> for Error {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}

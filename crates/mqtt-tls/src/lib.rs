@@ -14,7 +14,11 @@
 //!   the broker kept no session,
 //! - reports TLS failures as errors a person can act on ([`Error`]).
 //!
-//! This crate is the only one in the workspace that knows rustls and rumqttc.
+//! This crate is the only one in the workspace that knows rustls and rumqttc
+//! (our fork, `rumqttc-mtls`), and its public API names neither: it has its
+//! own [`QoS`], [`TopicFilter`] (a shared subscription made by
+//! [`TopicFilter::shared`]), [`Credentials`] and [`Error`]. Filters are
+//! taken as a [`TopicFilter`] or as a string validated on the spot.
 //!
 //! ```no_run
 //! use mqtt_tls::{ClientCert, ConnectOptions, MqttClient, QoS};
@@ -50,16 +54,16 @@ mod dispatch;
 mod error;
 pub mod lifecycle;
 mod options;
+mod qos;
 pub mod secrets;
 mod subscriptions;
 mod topic;
 mod tracker;
 
 pub use bundle::{ClientCert, TlsIdentity};
-pub use client::{
-    Connection, ConnectionEvent, ConnectionEvents, MqttClient, QoS, Stats, Subscribed,
-};
+pub use client::{Connection, ConnectionEvent, ConnectionEvents, MqttClient, Stats, Subscribed};
 pub use dispatch::{DeadLetter, Delivery, HandlerError, Message};
 pub use error::{Error, Result};
-pub use options::{Backoff, ConnectOptions, LastWill, TlsVersions};
+pub use options::{Backoff, ConnectOptions, Credentials, LastWill, TlsVersions};
+pub use qos::QoS;
 pub use topic::TopicFilter;

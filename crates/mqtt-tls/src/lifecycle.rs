@@ -21,9 +21,10 @@ use tokio::sync::oneshot;
 use zeroize::Zeroizing;
 
 use crate::bundle::{ClientCert, TlsIdentity};
-use crate::client::{MqttClient, QoS};
+use crate::client::MqttClient;
 use crate::error::{Error, Result};
 use crate::options::{Backoff, ConnectOptions};
+use crate::qos::QoS;
 
 /// The protocol's version, the first two levels of every topic.
 pub const VERSION: &str = "pki/v1";
@@ -704,18 +705,14 @@ impl Renewer {
         let prefix = format!("pki/v1/renew/{name}/res/");
         // Subscribed for the client's life (renewed after a reconnect
         // without a session); an answer nobody waits for is dropped.
-        client.subscribe(
-            &topics::renew_responses(&name),
-            QoS::AtLeastOnce,
-            move |m| {
-                if let Some(id) = m.topic.strip_prefix(&prefix)
-                    && let Some(tx) = crate::client::lock(&routes).remove(id)
-                {
-                    let _ = tx.send(m.payload.to_vec());
-                }
-                async { Ok::<(), std::io::Error>(()) }
-            },
-        )?;
+        client.subscribe(topics::renew_responses(&name), QoS::AtLeastOnce, move |m| {
+            if let Some(id) = m.topic.strip_prefix(&prefix)
+                && let Some(tx) = crate::client::lock(&routes).remove(id)
+            {
+                let _ = tx.send(m.payload.to_vec());
+            }
+            async { Ok::<(), std::io::Error>(()) }
+        })?;
         Ok(Self {
             client,
             files,

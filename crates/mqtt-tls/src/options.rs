@@ -5,7 +5,9 @@ use crate::{Error, MqttClient, Stats};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc_mtls::QoS;
+use zeroize::Zeroizing;
+
+use crate::qos::QoS;
 
 /// Exponential backoff with full jitter: attempt `n` waits a random time
 /// between zero and `min(max, initial × 2ⁿ)`, so a fleet that lost its
@@ -43,6 +45,40 @@ pub struct LastWill {
     pub retain: bool,
 }
 
+/// A username and password, for a broker that wants them besides the
+/// certificate. The password is wiped from memory when dropped, and left
+/// out of `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The username.
+    pub username: String,
+    password: Zeroizing<String>,
+}
+
+impl Credentials {
+    /// A username and its password.
+    pub fn new(username: impl Into<String>, password: impl Into<String>) -> Self {
+        Self {
+            username: username.into(),
+            password: Zeroizing::new(password.into()),
+        }
+    }
+
+    /// The password.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<hidden>")
+            .finish()
+    }
+}
+
 /// Which TLS versions to offer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -74,7 +110,7 @@ pub struct ConnectOptions {
     /// Last will, if any.
     pub last_will: Option<LastWill>,
     /// Username and password, if the broker wants them besides the certificate.
-    pub credentials: Option<(String, String)>,
+    pub credentials: Option<Credentials>,
     /// Delays between reconnection attempts.
     pub reconnect: Backoff,
     /// Delays between retries of a failing handler.
@@ -158,6 +194,17 @@ impl ConnectOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_hide_their_password() {
+        let c = Credentials::new("user", "s3cret");
+        assert_eq!((c.username.as_str(), c.password()), ("user", "s3cret"));
+        let shown = format!("{c:?}");
+        assert!(
+            shown.contains("user") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_stays_bounded() {

@@ -10,9 +10,9 @@
 
 use tokio::sync::oneshot;
 
-use crate::client::QoS;
 use crate::dispatch::HandlerKind;
 use crate::error::{Error, Result};
+use crate::qos::QoS;
 use crate::topic::TopicFilter;
 
 /// Where a subscription stands with the broker.

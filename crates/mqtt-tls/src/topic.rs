@@ -6,7 +6,10 @@ use std::fmt;
 use crate::error::{Error, Result};
 
 /// A validated subscription filter, e.g. `sensors/+/temperature`, `logs/#`
-/// or `$share/ingest/sensors/#`.
+/// or `$share/ingest/sensors/#` (made by [`TopicFilter::shared`]).
+///
+/// [`MqttClient::subscribe`](crate::MqttClient::subscribe) takes one, or a
+/// string it validates (`TryFrom<&str>`, `TryFrom<String>`).
 ///
 /// Messages arrive under their real topic, also for shared subscriptions,
 /// so routing matches against the filter with its `$share/<group>/` prefix
@@ -41,7 +44,7 @@ impl TopicFilter {
                 let Some((group, filter)) = rest.split_once('/') else {
                     return Err(bad("a shared subscription needs $share/<group>/<filter>"));
                 };
-                if group.is_empty() || group.contains(['+', '#']) {
+                if !is_share_group(group) {
                     return Err(bad("invalid share group name"));
                 }
                 if filter.is_empty() {
@@ -62,6 +65,25 @@ impl TopicFilter {
             }
         }
         Ok(Self { full, route_start })
+    }
+
+    /// The shared subscription `$share/GROUP/FILTER` (MQTT 5 section
+    /// 4.8.2): the subscribers of one group split `filter`'s messages
+    /// between them. The group is one topic level without wildcards;
+    /// `filter` must not be a shared subscription already.
+    pub fn shared(group: &str, filter: &TopicFilter) -> Result<Self> {
+        if !is_share_group(group) {
+            return Err(Error::InvalidShareGroup {
+                group: group.to_owned(),
+            });
+        }
+        if filter.share_group().is_some() {
+            return Err(Error::InvalidTopic {
+                topic: filter.full.clone(),
+                reason: "already a shared subscription",
+            });
+        }
+        Self::new(format!("$share/{group}/{}", filter.full))
     }
 
     /// The filter as sent to the broker.
@@ -118,6 +140,42 @@ impl TopicFilter {
                 _ => return false,
             }
         }
+    }
+}
+
+/// A share name is one non-empty topic level without wildcards (MQTT 5
+/// section 4.8.2).
+fn is_share_group(group: &str) -> bool {
+    !group.is_empty() && !group.contains(['/', '+', '#'])
+}
+
+impl TryFrom<&str> for TopicFilter {
+    type Error = Error;
+
+    fn try_from(filter: &str) -> Result<Self> {
+        Self::new(filter)
+    }
+}
+
+impl TryFrom<String> for TopicFilter {
+    type Error = Error;
+
+    fn try_from(filter: String) -> Result<Self> {
+        Self::new(filter)
+    }
+}
+
+impl TryFrom<&String> for TopicFilter {
+    type Error = Error;
+
+    fn try_from(filter: &String) -> Result<Self> {
+        Self::new(filter.as_str())
+    }
+}
+
+impl From<&TopicFilter> for TopicFilter {
+    fn from(filter: &TopicFilter) -> Self {
+        filter.clone()
     }
 }
 
@@ -182,6 +240,27 @@ mod tests {
         assert!(f.matches("sensors/1/t"));
         assert!(!f.matches("$share/ingest/sensors/1/t"));
         assert_eq!(TopicFilter::new("a/#").unwrap().share_group(), None);
+    }
+
+    #[test]
+    fn shared_subscriptions_are_made_from_a_group_and_a_plain_filter() {
+        let plain = TopicFilter::new("sensors/+/t").unwrap();
+        let shared = TopicFilter::shared("ingest", &plain).unwrap();
+        assert_eq!(shared.as_str(), "$share/ingest/sensors/+/t");
+        assert_eq!(
+            shared,
+            TopicFilter::new("$share/ingest/sensors/+/t").unwrap()
+        );
+        assert_eq!(shared.share_group(), Some("ingest"));
+        for bad in ["", "a/b", "+", "g#", "#"] {
+            let err = TopicFilter::shared(bad, &plain).unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidShareGroup { group } if group == bad),
+                "{bad:?}: {err}"
+            );
+        }
+        let err = TopicFilter::shared("g", &shared).unwrap_err().to_string();
+        assert!(err.contains("already a shared subscription"), "{err}");
     }
 
     #[test]

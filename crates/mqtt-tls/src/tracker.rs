@@ -25,7 +25,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use rumqttc_mtls::QoS;
+use crate::qos::QoS;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};

@@ -2,7 +2,11 @@
 //! real broker, forwards bytes both ways, and on the test's word holds what
 //! the broker sends (so that a packet is on its way but not delivered) or
 //! cuts every open connection at once. TLS passes through untouched; the
-//! test watches the MQTT exchange in the broker's log.
+//! test watches the MQTT exchange in the broker's log, and the TLS
+//! handshake in the first bytes the broker sent on each connection
+//! ([`FaultProxy::handshakes`]).
+
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,7 +23,24 @@ pub struct FaultProxy {
     /// (`None`: no limit).
     allowance: watch::Sender<Option<usize>>,
     cuts: watch::Sender<u64>,
+    /// The first bytes from the broker on each connection, in order.
+    from_broker: Recorded,
     accept: JoinHandle<()>,
+}
+
+/// How many bytes from the broker are kept per connection: enough for the
+/// TLS ServerHello.
+const RECORDED: usize = 4096;
+
+type Recorded = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// How the broker answered a connection's TLS handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// A full handshake.
+    Full,
+    /// It accepted the client's session ticket (TLS 1.3 `pre_shared_key`).
+    Resumed,
 }
 
 impl FaultProxy {
@@ -33,6 +54,8 @@ impl FaultProxy {
         let hold_rx = hold.subscribe();
         let allowance_tx = allowance.clone();
         let cuts_rx = cuts.subscribe();
+        let from_broker = Recorded::default();
+        let recorded = from_broker.clone();
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(broker) = TcpStream::connect(("127.0.0.1", upstream)).await else {
@@ -40,12 +63,18 @@ impl FaultProxy {
                 };
                 let _ = client.set_nodelay(true);
                 let _ = broker.set_nodelay(true);
+                let record = {
+                    let mut all = recorded.lock().unwrap();
+                    all.push(Vec::new());
+                    (recorded.clone(), all.len() - 1)
+                };
                 tokio::spawn(pump_pair(
                     client,
                     broker,
                     hold_rx.clone(),
                     allowance_tx.clone(),
                     cuts_rx.clone(),
+                    record,
                 ));
             }
         });
@@ -54,6 +83,7 @@ impl FaultProxy {
             hold,
             allowance,
             cuts,
+            from_broker,
             accept,
         }
     }
@@ -89,6 +119,56 @@ impl FaultProxy {
     pub fn cut(&self) {
         self.cuts.send_modify(|n| *n += 1);
     }
+
+    /// How the broker answered the TLS handshake of each connection so
+    /// far, read from its ServerHello (`None`: no ServerHello seen).
+    pub fn handshakes(&self) -> Vec<Option<Handshake>> {
+        let recorded = self.from_broker.lock().unwrap();
+        recorded.iter().map(|bytes| server_hello(bytes)).collect()
+    }
+}
+
+/// Whether the ServerHello at the start of `bytes` (RFC 8446 section 4.1.3)
+/// accepts a pre-shared key, i.e. resumes a session (section 4.2.11).
+fn server_hello(bytes: &[u8]) -> Option<Handshake> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (b.get(..n)?, b.get(n..)?);
+        *b = rest;
+        Some(head)
+    }
+    fn u16_at(b: &[u8]) -> usize {
+        usize::from(u16::from_be_bytes([b[0], b[1]]))
+    }
+    let mut b = bytes;
+    // The record: handshake (22), version, length.
+    let header = take(&mut b, 5)?;
+    if header[0] != 22 {
+        return None;
+    }
+    let mut record = take(&mut b, u16_at(&header[3..]))?;
+    // The handshake message: ServerHello (2), 24-bit length.
+    let header = take(&mut record, 4)?;
+    if header[0] != 2 {
+        return None;
+    }
+    let len = (usize::from(header[1]) << 16) | u16_at(&header[2..]);
+    let mut hello = take(&mut record, len)?;
+    // legacy_version, random, legacy_session_id_echo, cipher_suite,
+    // legacy_compression_method, then the extensions.
+    take(&mut hello, 2 + 32)?;
+    let session_id = usize::from(take(&mut hello, 1)?[0]);
+    take(&mut hello, session_id + 2 + 1)?;
+    let len = u16_at(take(&mut hello, 2)?);
+    let mut extensions = take(&mut hello, len)?;
+    while !extensions.is_empty() {
+        let header = take(&mut extensions, 4)?;
+        take(&mut extensions, u16_at(&header[2..]))?;
+        // pre_shared_key
+        if u16_at(header) == 41 {
+            return Some(Handshake::Resumed);
+        }
+    }
+    Some(Handshake::Full)
 }
 
 impl Drop for FaultProxy {
@@ -104,6 +184,7 @@ async fn pump_pair(
     hold: watch::Receiver<bool>,
     allowance: watch::Sender<Option<usize>>,
     mut cuts: watch::Receiver<u64>,
+    record: (Recorded, usize),
 ) {
     cuts.mark_unchanged();
     let (client_read, client_write) = client.into_split();
@@ -115,8 +196,16 @@ async fn pump_pair(
         never_hold,
         Some(allowance),
         cuts.clone(),
+        None,
     );
-    let down = pump(broker_read, client_write, hold, None, cuts.clone());
+    let down = pump(
+        broker_read,
+        client_write,
+        hold,
+        None,
+        cuts.clone(),
+        Some(record),
+    );
     // Whichever ends first (a side closed, or a cut) ends both: dropping
     // the halves closes the sockets.
     tokio::select! {
@@ -132,6 +221,7 @@ async fn pump(
     mut hold: watch::Receiver<bool>,
     allowance: Option<watch::Sender<Option<usize>>>,
     mut cuts: watch::Receiver<u64>,
+    record: Option<(Recorded, usize)>,
 ) {
     let generation = *cuts.borrow_and_update();
     let mut allowed = allowance.as_ref().map(watch::Sender::subscribe);
@@ -141,6 +231,12 @@ async fn pump(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        if let Some((recorded, index)) = &record {
+            let mut recorded = recorded.lock().unwrap();
+            let kept = &mut recorded[*index];
+            let room = RECORDED.saturating_sub(kept.len());
+            kept.extend_from_slice(&buf[..n.min(room)]);
+        }
         let mut sent = 0;
         while sent < n {
             // Held bytes wait for a release; a cut (even one followed at

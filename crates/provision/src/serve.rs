@@ -20,7 +20,7 @@ use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
 use mqtt_tls::lifecycle::topics;
-use mqtt_tls::{ConnectOptions, Delivery, Message, MqttClient, QoS, TlsIdentity};
+use mqtt_tls::{ConnectOptions, Delivery, Message, MqttClient, QoS, TlsIdentity, TopicFilter};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
@@ -193,6 +193,16 @@ pub async fn serve(
         grace,
         http: http_addr,
     } = options;
+    // The shared subscriptions of each broker, checked before anything
+    // starts: renewals on the main broker, enrollments on the other.
+    let shared = |filters: &[&str]| -> Result<Vec<TopicFilter>> {
+        filters
+            .iter()
+            .map(|f| Ok(TopicFilter::shared(&share_group, &TopicFilter::new(*f)?)?))
+            .collect()
+    };
+    let renewals = shared(&[topics::RENEW_REQUESTS, topics::RENEW_DONE])?;
+    let enrollments = shared(&[topics::ENROLL_REQUESTS])?;
     let name = identity
         .certificate()
         .common_name()
@@ -237,9 +247,9 @@ pub async fn serve(
         })
     })?;
 
-    let mut brokers = vec![(broker, vec![topics::RENEW_REQUESTS, topics::RENEW_DONE])];
+    let mut brokers = vec![(broker, renewals)];
     if let Some(b) = enroll_broker {
-        brokers.push((b, vec![topics::ENROLL_REQUESTS]));
+        brokers.push((b, enrollments));
     }
     let mut clients = Vec::new();
     let mut runners = Vec::new();
@@ -264,11 +274,10 @@ pub async fn serve(
         runners.push(tokio::spawn(connection.run()));
         for filter in filters {
             let jobs = job_tx.clone();
-            let shared = format!("$share/{share_group}/{filter}");
             let metrics = metrics.clone();
             client
                 .subscribe_deferred(
-                    &shared,
+                    filter,
                     QoS::AtLeastOnce,
                     move |m: Message, delivery: Delivery| {
                         metrics.requests.fetch_add(1, Ordering::Relaxed);

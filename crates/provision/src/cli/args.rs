@@ -666,8 +666,8 @@ pub(crate) struct ConnArgs {
     #[arg(long, short)]
     pub(crate) topic: String,
     /// QoS 0, 1 or 2.
-    #[arg(long, short, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
-    pub(crate) qos: u8,
+    #[arg(long, short, default_value = "1")]
+    pub(crate) qos: QoS,
     /// Client id (default: provision-<pid>).
     #[arg(long, short = 'i')]
     pub(crate) client_id: Option<String>,
@@ -835,14 +835,6 @@ impl ConnArgs {
                 .clone()
                 .unwrap_or_else(|| format!("provision-{}", std::process::id())),
             max_packet_size: self.max_packet_size,
-        }
-    }
-
-    pub(crate) fn qos(&self) -> QoS {
-        match self.qos {
-            0 => QoS::AtMostOnce,
-            1 => QoS::AtLeastOnce,
-            _ => QoS::ExactlyOnce,
         }
     }
 }

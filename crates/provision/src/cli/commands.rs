@@ -1043,13 +1043,13 @@ pub(crate) fn publish(args: PubArgs) -> anyhow::Result<Published> {
         &conn.endpoint(),
         &conn.topic,
         payload,
-        conn.qos(),
+        conn.qos,
         args.retain,
     ))?;
-    eprintln!("published to {} (QoS {})", conn.topic, conn.qos);
+    eprintln!("published to {} (QoS {})", conn.topic, u8::from(conn.qos));
     Ok(Published {
         topic: conn.topic.clone(),
-        qos: conn.qos,
+        qos: conn.qos.into(),
         bytes,
     })
 }
@@ -1077,7 +1077,7 @@ pub(crate) fn subscribe(args: SubArgs, json: bool) -> anyhow::Result<()> {
         &identity,
         &conn.endpoint(),
         &conn.topic,
-        conn.qos(),
+        conn.qos,
         args.count,
         args.timeout.map(Duration::from_secs),
         |received| match received {

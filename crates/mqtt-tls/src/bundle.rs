@@ -71,44 +71,33 @@ impl ClientCert {
 
     /// Reads and checks the three files (see [`TlsIdentity::from_pem`]).
     pub fn load(&self) -> Result<TlsIdentity> {
-        let passphrase = match &self.passphrase_env {
-            Some(var) => Some(std::env::var(var).map_err(|_| Error::BadKey {
-                path: self.key_path.clone(),
-                reason: format!("the passphrase variable {var} is not set"),
-            })?),
-            None => None,
-        };
+        let passphrase = self.passphrase()?;
         TlsIdentity::from_pem_files(
             &self.cert_path,
             &self.key_path,
             &self.ca_cert_path,
-            passphrase.as_deref().map(str::as_bytes),
+            passphrase.as_ref().map(|p| p.as_slice()),
         )
+    }
+
+    /// The key's passphrase from `passphrase_env`, when it names a variable
+    /// ([`crate::secrets::passphrase_from_env`]: unset or empty refused).
+    pub(crate) fn passphrase(&self) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+        self.passphrase_env
+            .as_deref()
+            .map(crate::secrets::passphrase_from_env)
+            .transpose()
+            .map_err(|e| Error::BadKey {
+                path: self.key_path.clone(),
+                reason: e.to_string(),
+            })
     }
 }
 
-/// The largest bundle file read: far above any certificate chain or key.
-const MAX_FILE_BYTES: u64 = 16 << 20;
-
-fn read(path: &Path) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let read = || -> std::io::Result<Vec<u8>> {
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)?
-            .take(MAX_FILE_BYTES + 1)
-            .read_to_end(&mut bytes)?;
-        if bytes.len() as u64 > MAX_FILE_BYTES {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::FileTooLarge,
-                format!(
-                    "larger than {} MiB, more than any certificate or key",
-                    MAX_FILE_BYTES >> 20
-                ),
-            ));
-        }
-        Ok(bytes)
-    };
-    read().map_err(|source| Error::ReadFile {
+/// Reads a bundle file ([`crate::secrets::read_capped`]), naming it on
+/// failure.
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
+    crate::secrets::read_capped(path).map_err(|source| Error::ReadFile {
         path: path.to_owned(),
         source,
     })

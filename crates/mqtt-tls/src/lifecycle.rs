@@ -350,12 +350,9 @@ pub async fn enroll(claim: &TlsIdentity, request: &Enrollment) -> Result<ClientC
             }
         }
     }
-    let ca_pem = std::fs::read(&request.ca_cert_path).map_err(|source| Error::ReadFile {
-        path: request.ca_cert_path.clone(),
-        source,
-    })?;
+    let ca_pem = crate::bundle::read(&request.ca_cert_path)?;
     let read = |p: &Path| {
-        std::fs::read_to_string(p).map_err(|source| Error::ReadFile {
+        crate::secrets::read_capped_text(p).map_err(|source| Error::ReadFile {
             path: p.to_owned(),
             source,
         })
@@ -729,29 +726,12 @@ impl Renewer {
         Ok(due(&cert, &self.options))
     }
 
-    fn passphrase(&self) -> Result<Option<Zeroizing<Vec<u8>>>> {
-        match &self.files.passphrase_env {
-            Some(var) => std::env::var(var)
-                .map(|v| Some(Zeroizing::new(v.into_bytes())))
-                .map_err(|_| Error::BadKey {
-                    path: self.files.key_path.clone(),
-                    reason: format!("the key is encrypted and ${var} is not set"),
-                }),
-            None => Ok(None),
-        }
-    }
-
     /// Renews now (see the type's description).
     pub async fn renew_now(&self) -> Result<Renewed> {
         settle(&self.files)?;
-        let passphrase = self.passphrase()?;
+        let passphrase = self.files.passphrase()?;
         let pass = passphrase.as_ref().map(|p| p.as_slice());
-        let read = |p: &Path| {
-            std::fs::read(p).map_err(|source| Error::ReadFile {
-                path: p.to_owned(),
-                source,
-            })
-        };
+        let read = crate::bundle::read;
         let cert_pem = read(&self.files.cert_path)?;
         let key_pem = Zeroizing::new(read(&self.files.key_path)?);
         let ca_pem = read(&self.files.ca_cert_path)?;

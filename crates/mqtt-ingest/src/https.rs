@@ -103,7 +103,15 @@ impl std::fmt::Debug for Https {
 }
 
 fn contents(path: Option<&PathBuf>) -> Option<Vec<u8>> {
-    std::fs::read(path?).ok()
+    mqtt_tls::secrets::read_capped(path?).ok()
+}
+
+/// A file's bytes, size-capped ([`mqtt_tls::secrets::read_capped`]); the
+/// error names the file.
+fn read(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    mqtt_tls::secrets::read_capped(path)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|e| bad(path, e.to_string()))
 }
 
 impl Https {
@@ -149,20 +157,19 @@ impl Https {
 }
 
 fn build(options: &HttpsOptions) -> Result<Arc<ServerConfig>> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&options.cert)
-        .map_err(|e| bad(&options.cert, e.to_string()))?
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(&options.cert)?)
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| bad(&options.cert, e.to_string()))?;
     if chain.is_empty() {
         return Err(bad(&options.cert, "no certificate in it"));
     }
-    let key = PrivateKeyDer::from_pem_file(&options.key)
+    let key = PrivateKeyDer::from_pem_slice(&read(&options.key)?)
         .map_err(|e| bad(&options.key, format!("no usable private key: {e}")))?;
     let mut roots = rustls::RootCertStore::empty();
-    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&options.client_ca)
-        .map_err(|e| bad(&options.client_ca, e.to_string()))?
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| bad(&options.client_ca, e.to_string()))?;
+    let cas: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&read(&options.client_ca)?)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| bad(&options.client_ca, e.to_string()))?;
     for ca in cas {
         roots
             .add(ca)
@@ -176,8 +183,7 @@ fn build(options: &HttpsOptions) -> Result<Arc<ServerConfig>> {
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
     if let Some(crl) = &options.crl {
         let crls: Vec<CertificateRevocationListDer<'static>> =
-            CertificateRevocationListDer::pem_file_iter(crl)
-                .map_err(|e| bad(crl, e.to_string()))?
+            CertificateRevocationListDer::pem_slice_iter(&read(crl)?)
                 .collect::<std::result::Result<_, _>>()
                 .map_err(|e| bad(crl, e.to_string()))?;
         if crls.is_empty() {

@@ -25,78 +25,103 @@ use mqtt_tls::{ConnectOptions, MqttClient};
 )]
 struct Args {
     /// A TOML configuration file.
-    #[arg(long, env = "MQTT_INGEST_CONFIG")]
+    #[arg(long, hide_env_values = true, env = "MQTT_INGEST_CONFIG")]
     config: Option<PathBuf>,
     /// Client certificate.
-    #[arg(long, env = "MQTT_INGEST_CERT", requires_all = ["key", "ca"])]
+    #[arg(long, hide_env_values = true, env = "MQTT_INGEST_CERT", requires_all = ["key", "ca"])]
     cert: Option<PathBuf>,
     /// Client key.
-    #[arg(long, env = "MQTT_INGEST_KEY")]
+    #[arg(long, hide_env_values = true, env = "MQTT_INGEST_KEY")]
     key: Option<PathBuf>,
     /// CA certificate.
-    #[arg(long, env = "MQTT_INGEST_CA")]
+    #[arg(long, hide_env_values = true, env = "MQTT_INGEST_CA")]
     ca: Option<PathBuf>,
     /// Broker host.
-    #[arg(long, env = "MQTT_INGEST_HOST")]
+    #[arg(long, hide_env_values = true, env = "MQTT_INGEST_HOST")]
     host: Option<String>,
     /// Broker port.
-    #[arg(long, env = "MQTT_INGEST_PORT")]
+    #[arg(long, hide_env_values = true, env = "MQTT_INGEST_PORT")]
     port: Option<u16>,
     /// Renew the client certificate over MQTT before it ends (at two
     /// thirds of its lifetime; `provision serve` answers), switching the
     /// connection to the new identity on the same session and replacing
     /// the certificate and key files (docs/lifecycle.md).
-    #[arg(long, env = "MQTT_INGEST_RENEW")]
+    #[arg(long, hide_env_values = true, env = "MQTT_INGEST_RENEW")]
     renew: bool,
     /// Client id (keep it stable: the persistent session belongs to it).
-    #[arg(long, env = "MQTT_INGEST_CLIENT_ID")]
+    #[arg(long, hide_env_values = true, env = "MQTT_INGEST_CLIENT_ID")]
     client_id: Option<String>,
     /// Filter to subscribe (repeatable; QoS 1 unless FILTER@0 or FILTER@2).
-    #[arg(long = "topic", env = "MQTT_INGEST_TOPICS", value_delimiter = ',')]
+    #[arg(
+        long = "topic",
+        hide_env_values = true,
+        env = "MQTT_INGEST_TOPICS",
+        value_delimiter = ','
+    )]
     topics: Vec<String>,
     /// Subscribe through `$share/GROUP/FILTER`: instances with the same
     /// group (and each its own --client-id) split the messages.
-    #[arg(long, env = "MQTT_INGEST_SHARE_GROUP")]
+    #[arg(long, hide_env_values = true, env = "MQTT_INGEST_SHARE_GROUP")]
     share_group: Option<String>,
     /// The largest message to read, in bytes; a larger one goes to the
     /// `dead_letters` table (payload empty, the reason) and is acknowledged
     /// (default: the largest MQTT allows).
-    #[arg(long, env = "MQTT_INGEST_MAX_PACKET_SIZE", value_name = "BYTES")]
+    #[arg(
+        long,
+        hide_env_values = true,
+        env = "MQTT_INGEST_MAX_PACKET_SIZE",
+        value_name = "BYTES"
+    )]
     max_packet_size: Option<usize>,
     /// Database URL (default sqlite://ingest.db).
-    #[arg(long, env = "MQTT_INGEST_DB")]
+    #[arg(long, hide_env_values = true, env = "MQTT_INGEST_DB")]
     db: Option<String>,
     /// HTTP listen address (default 127.0.0.1:8080; port 0 picks one).
-    #[arg(long, env = "MQTT_INGEST_LISTEN")]
+    #[arg(long, hide_env_values = true, env = "MQTT_INGEST_LISTEN")]
     listen: Option<SocketAddr>,
     /// Serve HTTPS with this server certificate (from `provision issue
     /// server`), requiring client certificates from --http-client-ca.
-    #[arg(long, env = "MQTT_INGEST_HTTP_CERT", requires_all = ["http_key", "http_client_ca"])]
+    #[arg(long, hide_env_values = true, env = "MQTT_INGEST_HTTP_CERT", requires_all = ["http_key", "http_client_ca"])]
     http_cert: Option<PathBuf>,
     /// The HTTPS server certificate's key.
-    #[arg(long, env = "MQTT_INGEST_HTTP_KEY", requires = "http_cert")]
+    #[arg(
+        long,
+        hide_env_values = true,
+        env = "MQTT_INGEST_HTTP_KEY",
+        requires = "http_cert"
+    )]
     http_key: Option<PathBuf>,
     /// The CA clients' certificates must come from (our root): readers
     /// (role reader) read /api/messages and /metrics, others get 403.
-    #[arg(long, env = "MQTT_INGEST_HTTP_CLIENT_CA", requires = "http_cert")]
+    #[arg(
+        long,
+        hide_env_values = true,
+        env = "MQTT_INGEST_HTTP_CLIENT_CA",
+        requires = "http_cert"
+    )]
     http_client_ca: Option<PathBuf>,
     /// The CA's CRL: revoked clients are refused at the handshake (read
     /// again when the file changes).
-    #[arg(long, env = "MQTT_INGEST_HTTP_CRL", requires = "http_cert")]
+    #[arg(
+        long,
+        hide_env_values = true,
+        env = "MQTT_INGEST_HTTP_CRL",
+        requires = "http_cert"
+    )]
     http_crl: Option<PathBuf>,
     /// Also serve /healthz and /metrics over plain HTTP here (a probe port
     /// on loopback).
-    #[arg(long, env = "MQTT_INGEST_PROBE_LISTEN")]
+    #[arg(long, hide_env_values = true, env = "MQTT_INGEST_PROBE_LISTEN")]
     probe_listen: Option<SocketAddr>,
     /// Serve plain HTTP on an address other than loopback, where anyone who
     /// can reach it reads every message (refused without this).
-    #[arg(long, env = "MQTT_INGEST_INSECURE_PLAIN_HTTP")]
+    #[arg(long, hide_env_values = true, env = "MQTT_INGEST_INSECURE_PLAIN_HTTP")]
     insecure_plain_http: bool,
     /// Flush a batch at this many messages.
-    #[arg(long, env = "MQTT_INGEST_BATCH_MAX")]
+    #[arg(long, hide_env_values = true, env = "MQTT_INGEST_BATCH_MAX")]
     batch_max: Option<usize>,
     /// Flush a batch this many milliseconds after its first message.
-    #[arg(long, env = "MQTT_INGEST_BATCH_WAIT_MS")]
+    #[arg(long, hide_env_values = true, env = "MQTT_INGEST_BATCH_WAIT_MS")]
     batch_wait_ms: Option<u64>,
     /// On SIGTERM/SIGINT, wait at most this many seconds for the database
     /// to take what was received; what it has not taken by then stays

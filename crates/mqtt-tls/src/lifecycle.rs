@@ -310,6 +310,18 @@ pub async fn enroll(claim: &TlsIdentity, request: &Enrollment) -> Result<ClientC
         .certificate()
         .common_name()
         .ok_or_else(|| lifecycle("the claim certificate has no CN (its MQTT username)"))?;
+    // The name becomes file names in `out`: one plain component, never a
+    // path or a hidden file.
+    if request.name.is_empty()
+        || request.name.starts_with('.')
+        || request.name.contains(['/', '\\', '\0'])
+    {
+        return Err(lifecycle(format!(
+            "{:?} cannot be a device name: it becomes file names in {} (nothing was sent)",
+            request.name,
+            request.out.display()
+        )));
+    }
     let key_path = request.out.join(format!("{}.key", request.name));
     let cert_path = request.out.join(format!("{}_cert.pem", request.name));
     // The key and the request (its id, its CSR) are kept, the key 0600,

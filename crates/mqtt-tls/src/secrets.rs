@@ -19,10 +19,13 @@ pub const MAX_FILE_BYTES: u64 = 16 << 20;
 /// of kind [`std::io::ErrorKind::FileTooLarge`] saying so. The caller names
 /// the file in its own error.
 pub fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)?;
+    let file = std::fs::File::open(path)?;
+    // Sized once from the file's length (a key's bytes are not left behind
+    // in buffers freed while growing); a file that grows meanwhile, or
+    // reports no length (a pipe), is still capped by `take`.
+    let expected = file.metadata().map_or(0, |m| m.len()).min(MAX_FILE_BYTES) + 1;
+    let mut bytes = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(std::io::Error::new(
             std::io::ErrorKind::FileTooLarge,
@@ -71,20 +74,26 @@ pub fn passphrase_from_env(var: &str) -> Result<Zeroizing<Vec<u8>>, PassphraseEr
 }
 
 /// A URL (a database's, typically) without its password, for messages
-/// and logs: the password in the user part becomes `***` (split at the last
-/// `@`, as URL parsers do), and the query (which may hold `password=`) is
-/// dropped whole.
+/// and logs: everything between `://` and the last `@` becomes `USER:***`
+/// (just `USER` when that is all there was)
+/// (the user cut at the first `:`, `@`, `/`, `?` or `#`, so a password
+/// holding any of them never shows), and the query and fragment (which may
+/// hold `password=`) are dropped whole.
 pub fn redact_url(url: &str) -> String {
-    let url = url.split_once('?').map_or(url, |(base, _)| base);
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
+    let cut = |s: &str| s.split(['?', '#']).next().unwrap_or_default().to_owned();
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return cut(url);
+    };
+    match rest.rfind('@') {
+        Some(at) => {
+            let user = rest[..at]
+                .split([':', '@', '/', '?', '#'])
+                .next()
+                .unwrap_or_default();
+            let hidden = if user == &rest[..at] { "" } else { ":***" };
+            format!("{scheme}://{user}{hidden}@{}", cut(&rest[at + 1..]))
         }
-        _ => url.to_owned(),
+        None => format!("{scheme}://{}", cut(rest)),
     }
 }
 
@@ -106,9 +115,13 @@ mod tests {
             "postgres://me:***@db/x"
         );
         assert_eq!(redact_url("sqlite://ingest.db"), "sqlite://ingest.db");
+        assert_eq!(redact_url("postgres://me@db/x"), "postgres://me@db/x");
         for url in [
             "postgres://me:s@cr@t@db/x",
             "postgresql://me@db:6543/x?password=secret&sslmode=require",
+            "postgres://u:ab?secret@h/db",
+            "postgres://u:ab#secret@h/db",
+            "postgres://me@db/x?password=secret&x=a@b",
         ] {
             assert!(!redact_url(url).contains("secret"), "{}", redact_url(url));
             assert!(!redact_url(url).contains("s@cr"), "{}", redact_url(url));

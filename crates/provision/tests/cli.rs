@@ -541,3 +541,31 @@ fn an_unset_or_empty_passphrase_variable_is_refused_everywhere() {
     }
     assert!(!d.join("backend_certs").exists());
 }
+
+/// `enroll`'s name becomes file names: a path is refused before anything
+/// is read or written.
+#[test]
+fn enroll_refuses_a_name_that_is_a_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("device");
+    std::fs::create_dir(&d).unwrap();
+    let e = fails(
+        &d,
+        &[
+            "enroll",
+            "../escaped",
+            "--cert",
+            "claim_cert.pem",
+            "--key",
+            "claim.key",
+            "--ca",
+            "ca.pem",
+            "--out",
+            ".",
+        ],
+        1,
+    );
+    assert!(e.contains("invalid name \"../escaped\""), "{e}");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
+}

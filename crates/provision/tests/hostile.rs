@@ -1,4 +1,4 @@
-//! Hostile input: every file of the corpus in `tests/hostile/` (and a
+//! Hostile input: every file of the corpus in `verify-tests/hostile/` (and a
 //! 50 MB file made here) is handed to every command that reads files, in
 //! every role a file plays there. Each run must fail with exit code 1 and a
 //! one-line error naming the file, never panic, and leave the folder (the CA

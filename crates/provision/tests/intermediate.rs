@@ -19,7 +19,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
-use common::{fails, ok, ok_env, provision_env, tls};
+use common::{ok, ok_env, tls};
 use peers::mosquitto::{Mosquitto, free_port, mosquitto_client};
 use pki_core::Certificate;
 
@@ -143,26 +143,6 @@ fn folder() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     tmp
-}
-
-/// Every file under `dir` (relative name, contents), sorted: to show that
-/// a refused command wrote nothing.
-fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(folder) = stack.pop() {
-        for entry in std::fs::read_dir(&folder).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                let name = path.strip_prefix(dir).unwrap().display().to_string();
-                files.push((name, std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    files.sort();
-    files
 }
 
 #[test]
@@ -434,106 +414,4 @@ fn a_broker_configured_before_the_intermediate_takes_its_crl() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-#[test]
-fn init_ca_intermediate_refuses_without_the_root_key_or_twice() {
-    let tmp = folder();
-    let d = tmp.path();
-    // No CA at all.
-    let err = fails(d, &["init-ca", "--intermediate"], 1);
-    assert!(err.contains("no CA in root_cert"), "{err}");
-    assert!(!d.join(INT_CERT).exists());
-
-    ok(d, &["init-ca", "--cn", "Refusing Root"]);
-    // The root key away: refused, naming the file, nothing written.
-    let offline = tempfile::tempdir().unwrap();
-    std::fs::rename(d.join(ROOT_KEY), offline.path().join("root_ca.key")).unwrap();
-    let before = snapshot(d);
-    let err = fails(d, &["init-ca", "--intermediate"], 1);
-    assert!(err.contains(ROOT_KEY), "{err}");
-    assert_eq!(snapshot(d), before, "{err}");
-    std::fs::rename(offline.path().join("root_ca.key"), d.join(ROOT_KEY)).unwrap();
-
-    ok(d, &["init-ca", "--intermediate"]);
-    // Twice without --force: refused, naming the file, nothing written.
-    let before = snapshot(d);
-    let err = fails(d, &["init-ca", "--intermediate"], 1);
-    assert!(err.contains("intermediate_ca"), "{err}");
-    assert!(err.contains("--force"), "{err}");
-    assert_eq!(snapshot(d), before, "{err}");
-
-    // With --force: a new intermediate; the old one archived, not lost.
-    let old = std::fs::read(d.join(INT_CERT)).unwrap();
-    let out = ok(d, &["init-ca", "--intermediate", "--force"]);
-    assert_ne!(std::fs::read(d.join(INT_CERT)).unwrap(), old, "{out}");
-    let archived = snapshot(&d.join("root_cert/archive"));
-    assert!(
-        archived
-            .iter()
-            .any(|(name, bytes)| name.ends_with("intermediate_ca_cert.pem") && *bytes == old),
-        "{out}"
-    );
-    // A new root replaces the intermediate with it (archived whole): the
-    // next certificate is the new root's own.
-    ok(d, &["init-ca", "--force", "--cn", "Second Root"]);
-    assert!(!d.join(INT_CERT).exists());
-    ok(d, &["issue", "client", "after-root"]);
-    let chain = certs(&d.join("backend_certs/after-root_cert.pem"));
-    assert_eq!(chain.len(), 1);
-    assert_eq!(chain[0].issuer(), "CN=Second Root");
-    // The old root's intermediate put back beside the new root: refused,
-    // naming it, before anything is signed.
-    let archived = std::fs::read_dir(d.join("root_cert/archive"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.join("intermediate_ca_cert.pem").exists())
-        .unwrap();
-    for name in ["intermediate_ca_cert.pem", "intermediate_ca.key"] {
-        std::fs::copy(archived.join(name), d.join("root_cert").join(name)).unwrap();
-    }
-    let err = fails(d, &["issue", "client", "stray"], 1);
-    assert!(err.contains(INT_CERT), "{err}");
-    assert!(!d.join("backend_certs/stray_cert.pem").exists());
-}
-
-#[test]
-fn an_encrypted_intermediate_key_needs_its_passphrase() {
-    let tmp = folder();
-    let d = tmp.path();
-    ok_env(d, &["init-ca", "--passphrase-env", "CA_PASS"], &PASS);
-    // The root key is encrypted: without its passphrase (and no terminal
-    // to ask at), refused, naming the key.
-    let out = provision_env(d, &["init-ca", "--intermediate"], &PASS);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains(ROOT_KEY), "{}", text(&out));
-    assert!(!d.join(INT_CERT).exists());
-    let envs = [("CA_PASS", "open sesame"), ("INT_PASS", "second secret")];
-    ok_env(
-        d,
-        &[
-            "init-ca",
-            "--intermediate",
-            "--root-passphrase-env",
-            "CA_PASS",
-            "--passphrase-env",
-            "INT_PASS",
-        ],
-        &envs,
-    );
-    assert!(
-        std::fs::read_to_string(d.join(INT_KEY))
-            .unwrap()
-            .contains("ENCRYPTED PRIVATE KEY")
-    );
-    // Signing now unlocks the intermediate's key, not the root's.
-    let out = provision_env(d, &["issue", "client", "dev"], &envs);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains(INT_KEY), "{}", text(&out));
-    ok_env(
-        d,
-        &["issue", "client", "dev", "--passphrase-env", "INT_PASS"],
-        &envs,
-    );
 }

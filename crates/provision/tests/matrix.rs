@@ -502,7 +502,7 @@ fn check_docs(table: &str) {
         return;
     }
     panic!(
-        "docs/troubleshooting.md's matrix is out of date; run with UPDATE_DOCS=1 to rewrite it.\n\
+        "docs/troubleshooting.md's matrix is out of date; run `UPDATE_DOCS=1 cargo test -p provision --features external-tools --test matrix` to rewrite it.\n\
          --- in the docs\n{current}\n--- observed now\n{table}"
     );
 }

@@ -5,30 +5,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-
 mod common;
 
-use common::{fails, ok};
-
-/// A CSR for `cn` asking for `dns` names and a URI, made with rcgen (an
-/// independent implementation).
-fn csr(dir: &Path, file: &str, cn: &str, dns: &[&str], uri: Option<&str>) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params =
-        rcgen::CertificateParams::new(dns.iter().map(|d| (*d).to_owned()).collect::<Vec<_>>())
-            .unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, cn);
-    if let Some(uri) = uri {
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::URI(uri.try_into().unwrap()));
-    }
-    let pem = params.serialize_request(&key).unwrap().pem().unwrap();
-    std::fs::write(dir.join(file), pem).unwrap();
-}
+use common::{csr, fails, ok};
 
 #[test]
 fn a_server_certificate_gets_only_the_names_granted() {
@@ -162,53 +141,6 @@ fn a_csr_file_holds_exactly_one_csr() {
         e.contains("both_csr.pem") && e.contains("exactly one"),
         "{e}"
     );
-}
-
-/// A role is the CA's to grant: a CSR asking for one is refused (with or
-/// without --accept-csr-names), and `--role` puts it in the certificate,
-/// where a service reads it without the CA folder.
-#[test]
-fn a_csr_cannot_choose_its_role() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    ok(d, &["init-ca"]);
-    csr(
-        d,
-        "x_csr.pem",
-        "sneaky",
-        &[],
-        Some("urn:mqtt-mtls:role:service"),
-    );
-    for extra in [&[][..], &["--accept-csr-names"][..]] {
-        let mut args = vec!["sign", "x_csr.pem", "--profile", "client"];
-        args.extend(extra);
-        let e = fails(d, &args, 1);
-        assert!(e.contains("x_csr.pem") && e.contains("--role"), "{e}");
-    }
-    assert!(!d.join("x_cert.pem").exists());
-    csr(d, "y_csr.pem", "reader1", &[], None);
-    ok(
-        d,
-        &[
-            "sign",
-            "y_csr.pem",
-            "--profile",
-            "client",
-            "--role",
-            "reader",
-        ],
-    );
-    let shown = ok(d, &["inspect", "y_cert.pem"]);
-    assert!(shown.contains("urn:mqtt-mtls:role:reader"), "{shown}");
-    let listed = ok(d, &["list", "--name", "reader1", "--json"]);
-    assert!(listed.contains("\"role\":\"reader\""), "{listed}");
-    // And from OpenSSL's point of view, an ordinary URI SAN.
-    let text = peers::run_ok(
-        std::process::Command::new(peers::openssl())
-            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
-            .arg(d.join("y_cert.pem")),
-    );
-    assert!(text.contains("URI:urn:mqtt-mtls:role:reader"), "{text}");
 }
 
 /// A client's CN is its MQTT username and the `{name}` of its topic rules:

@@ -206,6 +206,8 @@ impl fmt::Display for Enrolled {
 }
 
 pub(crate) fn enroll(args: EnrollArgs) -> anyhow::Result<Enrolled> {
+    // The name becomes file names here: checked before anything else.
+    Name::new(args.name.as_str())?;
     let files = args.claim.files()?;
     let claim = files.load().context("the claim identity")?;
     let mut request = Enrollment::new(

@@ -150,3 +150,22 @@ pub(crate) fn tls(name: &str) -> Vec<String> {
         "root_cert/root_ca_cert.pem".into(),
     ]
 }
+
+/// A CSR for `cn` asking for `dns` names and a URI, made with rcgen (an
+/// independent implementation).
+pub(crate) fn csr(dir: &Path, file: &str, cn: &str, dns: &[&str], uri: Option<&str>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(dns.iter().map(|d| (*d).to_owned()).collect::<Vec<_>>())
+            .unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    if let Some(uri) = uri {
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI(uri.try_into().unwrap()));
+    }
+    let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    std::fs::write(dir.join(file), pem).unwrap();
+}

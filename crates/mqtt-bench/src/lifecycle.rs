@@ -202,6 +202,10 @@ pub(crate) fn run(count: usize) -> anyhow::Result<Lifecycle> {
         // publishes every 200 ms; all renew at once.
         let mut options = ConnectOptions::new("localhost", main_port, "ingest");
         options.clean_session = false;
+        // Right after 1,000 handshakes on 2 cores the broker can take more
+        // than the default 5 s to answer one more (a full run once failed
+        // here with "Network timeout"); the figures do not time this.
+        options.connect_timeout = Duration::from_secs(30);
         let (reader, mut connection) = MqttClient::new(&options, &ingest)?;
         connection.connect().await?;
         let reader_runner = tokio::spawn(connection.run());

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use mqtt_tls::{ClientCert, ConnectOptions, Connection, Error, MqttClient, QoS};
-use peers::mosquitto::{BrokerOptions, Mosquitto, Pki, expired, mosquitto_client, tls_args};
+use peers::mosquitto::{BrokerOptions, Mosquitto, Pki, cli, expired};
 use peers::{output, root};
 use pki_core::{Profile, Validity};
 use tokio::sync::mpsc;
@@ -150,22 +150,8 @@ async fn interoperates_with_mosquitto_clients() {
 
     // mosquitto_sub, with its own bundle, waits for one message from us.
     let theirs = pki.client("theirs");
-    let sub = std::process::Command::new(mosquitto_client("mosquitto_sub"))
-        .args([
-            "-h",
-            "localhost",
-            "-p",
-            &broker.port.to_string(),
-            "-t",
-            "interop/out",
-            "-C",
-            "1",
-            "-q",
-            "1",
-            "-W",
-            "20",
-        ])
-        .args(tls_args(&theirs))
+    let sub = cli("mosquitto_sub", broker.port, "interop/out", 1, &theirs)
+        .args(["-C", "1", "-W", "20"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -173,20 +159,8 @@ async fn interoperates_with_mosquitto_clients() {
     let mut got = None;
     for _ in 0..50 {
         let out = output(
-            Command::new(mosquitto_client("mosquitto_pub"))
-                .args([
-                    "-h",
-                    "localhost",
-                    "-p",
-                    &broker.port.to_string(),
-                    "-t",
-                    "interop/in",
-                    "-q",
-                    "1",
-                    "-m",
-                    "from mosquitto_pub",
-                ])
-                .args(tls_args(&theirs)),
+            cli("mosquitto_pub", broker.port, "interop/in", 1, &theirs)
+                .args(["-m", "from mosquitto_pub"]),
         );
         assert!(
             out.status.success(),

@@ -4,13 +4,13 @@
 //! commit into SQLite with synchronous=FULL).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use mqtt_tls::{ClientCert, ConnectOptions, MqttClient, QoS};
-use peers::mosquitto::{BrokerOptions, Mosquitto, Pki, mosquitto_client, tls_args};
+use peers::mosquitto::{BrokerOptions, Mosquitto, Pki, cli};
 
 use crate::results::Ingest;
 
@@ -23,19 +23,8 @@ pub(crate) fn run(bin: &Path, count: usize) -> anyhow::Result<Ingest> {
 
     // Baseline: mosquitto_sub receiving the stream.
     let sub_bundle = pki.client("bench-sub");
-    let mut sub = Command::new(mosquitto_client("mosquitto_sub"))
-        .args([
-            "-h",
-            "localhost",
-            "-p",
-            &broker.port.to_string(),
-            "-t",
-            "bench/sub",
-            "-q",
-            "1",
-        ])
+    let mut sub = cli("mosquitto_sub", broker.port, "bench/sub", 1, &sub_bundle)
         .args(["-C", &count.to_string(), "-W", "300"])
-        .args(tls_args(&sub_bundle))
         .stdout(Stdio::null())
         .spawn()?;
     std::thread::sleep(Duration::from_millis(500));

@@ -4,13 +4,13 @@
 //! paho-mqtt → paho-mqtt when given a Python with paho.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use mqtt_tls::{ConnectOptions, MqttClient, QoS};
-use peers::mosquitto::{BrokerOptions, Mosquitto, Pki, mosquitto_client, tls_args};
+use peers::mosquitto::{BrokerOptions, Mosquitto, Pki, cli};
 
 use crate::python::{self, Script, bundle_args};
 use crate::results::Throughput;
@@ -31,38 +31,15 @@ pub(crate) fn run(qos: u8, count: usize, python: Option<&Path>) -> anyhow::Resul
 
     // Theirs.
     let sub_bundle = pki.client("mosq-sub");
-    let port = broker.port.to_string();
-    let mut sub = Command::new(mosquitto_client("mosquitto_sub"))
-        .args([
-            "-h",
-            "localhost",
-            "-p",
-            &port,
-            "-t",
-            "tp/mosq",
-            "-q",
-            &qos.to_string(),
-        ])
+    let mut sub = cli("mosquitto_sub", broker.port, "tp/mosq", qos, &sub_bundle)
         .args(["-C", &count.to_string(), "-W", "60"])
-        .args(tls_args(&sub_bundle))
         .stdout(Stdio::piped())
         .spawn()?;
     std::thread::sleep(Duration::from_millis(500));
     let pub_bundle = pki.client("mosq-pub");
     let started = Instant::now();
-    let mut publisher = Command::new(mosquitto_client("mosquitto_pub"))
-        .args([
-            "-h",
-            "localhost",
-            "-p",
-            &port,
-            "-t",
-            "tp/mosq",
-            "-q",
-            &qos.to_string(),
-            "-l",
-        ])
-        .args(tls_args(&pub_bundle))
+    let mut publisher = cli("mosquitto_pub", broker.port, "tp/mosq", qos, &pub_bundle)
+        .arg("-l")
         .stdin(Stdio::piped())
         .spawn()?;
     {

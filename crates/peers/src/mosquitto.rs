@@ -46,6 +46,17 @@ pub fn tls_args(bundle: &ClientCert) -> Vec<String> {
     ]
 }
 
+/// `mosquitto_pub` or `mosquitto_sub` (`program`) as `bundle`'s identity
+/// on `topic` at `qos`, against the broker on `port` of localhost; the
+/// caller adds what the program does (`-m`, `-l`, `-C`, `-W`, ...).
+pub fn cli(program: &str, port: u16, topic: &str, qos: u8, bundle: &ClientCert) -> Command {
+    let mut cmd = Command::new(mosquitto_client(program));
+    cmd.args(["-h", "localhost", "-p", &port.to_string(), "-t", topic])
+        .args(["-q", &qos.to_string()])
+        .args(tls_args(bundle));
+    cmd
+}
+
 /// A CA and a broker certificate in a temp dir, and a way to make clients.
 pub struct Pki {
     /// The folder holding every file.

@@ -1,0 +1,579 @@
+//! The plugin's state and decisions, with the broker behind a trait: the
+//! FFI module (`crates/mosquitto-plugin`) turns Mosquitto's callbacks into
+//! calls of [`Plugin::acl_check`], [`Plugin::disconnect`] and
+//! [`Plugin::tick`], and implements [`Broker`] with Mosquitto's functions.
+//! Everything here is tested without a broker.
+//!
+//! Mosquitto 2.0.11 calls every callback on its one main thread. What the
+//! plugin learns of a client comes from its ACL checks (2.0.11 has no
+//! connect event for certificate clients): at its first check, the client
+//! certificate is read and parsed once, and kept until the client
+//! disconnects. A persistent session outlives its socket: deliveries
+//! queued for it while it is offline, and its Last Will after the socket
+//! closed, are checked without a certificate, so the identity is also kept
+//! by client id.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::identity::Identity;
+use crate::revoked::Revoked;
+use crate::rules::{Grant, Request, Rules};
+
+/// A client as the broker knows it: the address of its `struct
+/// mosquitto`, stable for the life of the connection (and of an offline
+/// session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientKey(pub usize);
+
+/// A log line's level (Mosquitto's `MOSQ_LOG_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// `MOSQ_LOG_INFO`.
+    Info,
+    /// `MOSQ_LOG_NOTICE`.
+    Notice,
+    /// `MOSQ_LOG_WARNING`.
+    Warning,
+    /// `MOSQ_LOG_ERR`.
+    Error,
+    /// `MOSQ_LOG_DEBUG`.
+    Debug,
+}
+
+/// What the plugin asks of the broker.
+pub trait Broker {
+    /// The client's certificate (DER), or `None`: no certificate, or the
+    /// socket is closed.
+    fn certificate(&self, client: ClientKey) -> Option<Vec<u8>>;
+    /// The client's id.
+    fn client_id(&self, client: ClientKey) -> Option<String>;
+    /// The client's username (the certificate's CN on our listeners).
+    fn username(&self, client: ClientKey) -> Option<String>;
+    /// Whether the client connected with MQTT 3.1/3.1.1 and a clean
+    /// session: its session ends with its connection.
+    fn ends_with_connection(&self, client: ClientKey) -> bool;
+    /// Disconnects the client with this id, without its Last Will.
+    fn kick(&self, client_id: &str);
+    /// Makes the broker reload its configuration (and so its `crlfile`):
+    /// the plugin runs inside the broker, so it signals its own process.
+    fn reload(&self);
+    /// Writes a line to the broker's log.
+    fn log(&self, level: Level, message: &str);
+}
+
+/// What the ACL check asks: Mosquitto's `MOSQ_ACL_*` with the topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `MOSQ_ACL_READ`: a delivery to the client.
+    Read,
+    /// `MOSQ_ACL_WRITE`: a publish by the client (or its Last Will).
+    Write,
+    /// `MOSQ_ACL_SUBSCRIBE`.
+    Subscribe,
+    /// `MOSQ_ACL_UNSUBSCRIBE`.
+    Unsubscribe,
+}
+
+impl Access {
+    /// From Mosquitto's `access` field; `None` for a value 2.0.11 never
+    /// sends.
+    pub fn from_mosquitto(access: i32) -> Option<Self> {
+        match access {
+            1 => Some(Self::Read),
+            2 => Some(Self::Write),
+            4 => Some(Self::Subscribe),
+            8 => Some(Self::Unsubscribe),
+            _ => None,
+        }
+    }
+}
+
+/// The plugin's options (`plugin_opt_NAME VALUE` lines in
+/// `mosquitto.conf`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// `plugin_opt_rules`: the rules file.
+    pub rules: PathBuf,
+    /// `plugin_opt_crl`: the CRL file (the broker's `crlfile`).
+    pub crl: PathBuf,
+    /// `plugin_opt_max_offline_identities` (default 1,000,000): how many
+    /// identities of disconnected clients are kept for their offline
+    /// sessions.
+    pub max_offline: usize,
+}
+
+impl Options {
+    /// Reads the options; `rules` and `crl` are required, an unknown one
+    /// is refused.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self> {
+        let (mut rules, mut crl, mut max_offline) = (None, None, 1_000_000);
+        for (key, value) in pairs {
+            match key {
+                "rules" => rules = Some(PathBuf::from(value)),
+                "crl" => crl = Some(PathBuf::from(value)),
+                "max_offline_identities" => {
+                    max_offline = value.parse().map_err(|_| Error::Option {
+                        option: "plugin_opt_max_offline_identities".into(),
+                        reason: format!("{value:?} is not a number"),
+                    })?;
+                }
+                other => {
+                    return Err(Error::Option {
+                        option: format!("plugin_opt_{other}"),
+                        reason: "unknown option (known: rules, crl, max_offline_identities)".into(),
+                    });
+                }
+            }
+        }
+        let missing = |name: &str| Error::Option {
+            option: format!("plugin_opt_{name}"),
+            reason: "missing: the plugin needs its rules file and the broker's CRL file".into(),
+        };
+        Ok(Self {
+            rules: rules.ok_or_else(|| missing("rules"))?,
+            crl: crl.ok_or_else(|| missing("crl"))?,
+            max_offline,
+        })
+    }
+}
+
+/// How often the files are looked at (every broker tick, at most this
+/// often; Mosquitto ticks about ten times a second).
+const POLL: Duration = Duration::from_millis(100);
+
+/// What identifies a version of a file without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.len(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    })
+}
+
+/// A file read and parsed, or why it could not be (then everything is
+/// refused).
+#[derive(Debug)]
+struct Loaded<T> {
+    stamp: Option<Stamp>,
+    value: std::result::Result<Arc<T>, String>,
+}
+
+/// Files are small text; the CRL of a large fleet is tens of MB.
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn load_rules(path: &Path) -> Loaded<Rules> {
+    let stamp = stamp(path);
+    let value = read(path)
+        .and_then(|text| Rules::parse(&text, path))
+        .map(Arc::new)
+        .map_err(|e| e.to_string());
+    Loaded { stamp, value }
+}
+
+/// The CRL's text and what it lists.
+type CrlRead = (
+    Option<Stamp>,
+    std::result::Result<(String, Revoked), String>,
+);
+
+fn load_crl(path: &Path) -> CrlRead {
+    let stamp = stamp(path);
+    let value = read(path)
+        .and_then(|text| Revoked::from_pem(&text, path).map(|r| (text, r)))
+        .map_err(|e| e.to_string());
+    (stamp, value)
+}
+
+/// One connection (or offline session) as the plugin knows it.
+#[derive(Debug, Clone)]
+struct Conn {
+    client_id: Option<String>,
+    identity: Arc<Identity>,
+    grant: Grant,
+    generation: u64,
+}
+
+/// The plugin: its files, what it knows of each client, and what it must
+/// still do at the next tick.
+#[derive(Debug)]
+pub struct Plugin {
+    options: Options,
+    rules: Loaded<Rules>,
+    /// Bumped whenever the rules change, so each connection's grant is
+    /// made again.
+    generation: u64,
+    revoked: Loaded<Revoked>,
+    /// The CRL text the broker last loaded (at start, or at the reload
+    /// this plugin asked for).
+    crl_text: Option<String>,
+    crl_job: Option<Receiver<CrlRead>>,
+    live: HashMap<ClientKey, Conn>,
+    offline: HashMap<String, Conn>,
+    /// Clean 3.1.1 sessions that ended: forgotten at the next tick (after
+    /// their Last Will was checked).
+    ended: Vec<(String, Arc<Identity>)>,
+    kicks: BTreeSet<String>,
+    last_poll: Option<Instant>,
+}
+
+impl Plugin {
+    /// Reads both files. One that cannot be read does not stop the broker:
+    /// the plugin refuses everything and says why in the log, until the
+    /// file is readable.
+    pub fn new(options: Options, broker: &impl Broker) -> Self {
+        let rules = load_rules(&options.rules);
+        let (stamp, crl) = load_crl(&options.crl);
+        let (revoked, crl_text) = match crl {
+            Ok((text, revoked)) => (
+                Loaded {
+                    stamp,
+                    value: Ok(Arc::new(revoked)),
+                },
+                Some(text),
+            ),
+            Err(e) => (
+                Loaded {
+                    stamp,
+                    value: Err(e),
+                },
+                None,
+            ),
+        };
+        let plugin = Self {
+            options,
+            rules,
+            generation: 0,
+            revoked,
+            crl_text,
+            crl_job: None,
+            live: HashMap::new(),
+            offline: HashMap::new(),
+            ended: Vec::new(),
+            kicks: BTreeSet::new(),
+            last_poll: None,
+        };
+        plugin.log_state(broker, "started");
+        plugin
+    }
+
+    fn log_state(&self, broker: &impl Broker, what: &str) {
+        match (&self.rules.value, &self.revoked.value) {
+            (Ok(rules), Ok(revoked)) => broker.log(
+                Level::Notice,
+                &format!(
+                    "mqtt-mtls auth: {what}: rules from {} ({} roles), {} revoked serials from {}",
+                    self.options.rules.display(),
+                    rules.roles().count(),
+                    revoked.len(),
+                    self.options.crl.display()
+                ),
+            ),
+            (rules, revoked) => {
+                for e in [rules.as_ref().err(), revoked.as_ref().err()]
+                    .into_iter()
+                    .flatten()
+                {
+                    broker.log(
+                        Level::Error,
+                        &format!("mqtt-mtls auth: refusing every client: {e}"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The ACL check: whether `client` may do `access` on `topic`.
+    pub fn acl_check(
+        &mut self,
+        broker: &impl Broker,
+        client: ClientKey,
+        access: Access,
+        topic: &str,
+    ) -> bool {
+        let request = match access {
+            // Always allowed: a refused UNSUBSCRIBE would silently keep the
+            // subscription.
+            Access::Unsubscribe => return true,
+            Access::Read => Request::Read(topic),
+            Access::Write => Request::Write(topic),
+            Access::Subscribe => Request::Subscribe(topic),
+        };
+        let (Ok(rules), Ok(revoked)) = (&self.rules.value, &self.revoked.value) else {
+            return false;
+        };
+        let (rules, revoked) = (Arc::clone(rules), Arc::clone(revoked));
+        let Some(conn) = self.connection(broker, client, &rules) else {
+            return false;
+        };
+        let Identity::Known { serial, .. } = conn.identity.as_ref() else {
+            return false;
+        };
+        if revoked.refuses(serial) {
+            // Until the broker's reload refuses its handshakes, a revoked
+            // certificate that connects again is taken off at every tick.
+            if let Some(id) = conn.client_id.clone() {
+                self.kicks.insert(id);
+            }
+            return false;
+        }
+        let allowed = conn.grant.allows(request);
+        if !allowed && access == Access::Subscribe {
+            broker.log(
+                Level::Notice,
+                &format!(
+                    "mqtt-mtls auth: denied SUBSCRIBE to {topic:?} by {} (not in its role's rules)",
+                    conn.client_id.as_deref().unwrap_or("?")
+                ),
+            );
+        }
+        allowed
+    }
+
+    /// The connection's entry: the live one, else made from its
+    /// certificate, else (no certificate: an offline session, a Last Will)
+    /// the last identity seen with its client id.
+    fn connection(
+        &mut self,
+        broker: &impl Broker,
+        client: ClientKey,
+        rules: &Rules,
+    ) -> Option<&Conn> {
+        let generation = self.generation;
+        let regrant = |conn: &mut Conn| {
+            if conn.generation != generation {
+                conn.grant = grant(rules, &conn.identity);
+                conn.generation = generation;
+            }
+        };
+        if self.live.contains_key(&client) {
+            let conn = self.live.get_mut(&client)?;
+            regrant(conn);
+            return Some(conn);
+        }
+        match broker.certificate(client) {
+            Some(der) => {
+                let client_id = broker.client_id(client);
+                let mut identity = Identity::from_der(&der);
+                // The CN is the username on our listeners: a certificate
+                // the broker read otherwise gets nothing.
+                if let (Some(name), Some(username)) = (identity.name(), broker.username(client))
+                    && name != username
+                {
+                    identity = Identity::Refused(format!(
+                        "its CN {name:?} is not its username {username:?}"
+                    ));
+                }
+                if let Identity::Refused(why) = &identity {
+                    broker.log(
+                        Level::Warning,
+                        &format!(
+                            "mqtt-mtls auth: refusing everything to {}: {why}",
+                            client_id.as_deref().unwrap_or("?")
+                        ),
+                    );
+                }
+                let identity = Arc::new(identity);
+                let conn = Conn {
+                    grant: grant(rules, &identity),
+                    client_id,
+                    identity,
+                    generation,
+                };
+                if let Some(id) = &conn.client_id
+                    && (self.offline.len() < self.options.max_offline
+                        || self.offline.contains_key(id))
+                {
+                    self.offline.insert(id.clone(), conn.clone());
+                }
+                Some(self.live.entry(client).or_insert(conn))
+            }
+            None => {
+                let id = broker.client_id(client)?;
+                let conn = self.offline.get_mut(&id)?;
+                regrant(conn);
+                Some(conn)
+            }
+        }
+    }
+
+    /// The client's connection ended (`MOSQ_EVT_DISCONNECT`, before its
+    /// Last Will is checked).
+    pub fn disconnect(&mut self, broker: &impl Broker, client: ClientKey) {
+        let Some(conn) = self.live.remove(&client) else {
+            return;
+        };
+        if let Some(id) = conn.client_id
+            && broker.ends_with_connection(client)
+        {
+            self.ended.push((id, conn.identity));
+        }
+    }
+
+    /// The broker's tick: kicks what must go, reads changed files.
+    pub fn tick(&mut self, broker: &impl Broker, now: Instant) {
+        if self
+            .last_poll
+            .is_none_or(|last| now.duration_since(last) >= POLL)
+        {
+            self.last_poll = Some(now);
+            for (id, identity) in std::mem::take(&mut self.ended) {
+                if self
+                    .offline
+                    .get(&id)
+                    .is_some_and(|c| Arc::ptr_eq(&c.identity, &identity))
+                {
+                    self.offline.remove(&id);
+                }
+            }
+            self.poll_rules(broker);
+            self.poll_crl(broker);
+        }
+        for id in std::mem::take(&mut self.kicks) {
+            broker.kick(&id);
+            broker.log(
+                Level::Notice,
+                &format!("mqtt-mtls auth: disconnected {id}: its certificate is revoked"),
+            );
+        }
+    }
+
+    fn poll_rules(&mut self, broker: &impl Broker) {
+        if stamp(&self.options.rules) == self.rules.stamp {
+            return;
+        }
+        let was_ok = self.rules.value.is_ok();
+        self.rules = load_rules(&self.options.rules);
+        self.generation += 1;
+        if self.rules.value.is_ok() || was_ok {
+            self.log_state(broker, "rules read again");
+        }
+    }
+
+    fn poll_crl(&mut self, broker: &impl Broker) {
+        if let Some(job) = &self.crl_job {
+            match job.try_recv() {
+                Ok(read) => {
+                    self.crl_job = None;
+                    self.apply_crl(broker, read);
+                }
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => self.crl_job = None,
+            }
+        }
+        if stamp(&self.options.crl) == self.revoked.stamp {
+            return;
+        }
+        // A large CRL is parsed off the broker's thread: deliveries go on.
+        let path = self.options.crl.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("mqtt-mtls-crl".into())
+            .spawn(move || {
+                let _ = tx.send(load_crl(&path));
+            });
+        match spawned {
+            Ok(_) => self.crl_job = Some(rx),
+            Err(_) => {
+                let read = load_crl(&self.options.crl);
+                self.apply_crl(broker, read);
+            }
+        }
+    }
+
+    fn apply_crl(&mut self, broker: &impl Broker, (stamp, read): CrlRead) {
+        match read {
+            Ok((text, revoked)) => {
+                let mut off = 0;
+                for conn in self.live.values() {
+                    if let (Identity::Known { serial, .. }, Some(id)) =
+                        (conn.identity.as_ref(), &conn.client_id)
+                        && revoked.refuses(serial)
+                    {
+                        self.kicks.insert(id.clone());
+                        off += 1;
+                    }
+                }
+                let was_ok = self.revoked.value.is_ok();
+                self.revoked = Loaded {
+                    stamp,
+                    value: Ok(Arc::new(revoked)),
+                };
+                if !was_ok {
+                    self.log_state(broker, "CRL readable again");
+                }
+                if self.crl_text.as_deref() != Some(text.as_str()) {
+                    self.crl_text = Some(text);
+                    broker.log(
+                        Level::Notice,
+                        &format!(
+                            "mqtt-mtls auth: the CRL changed ({} serials; {off} live connections \
+                             revoked): reloading the broker so that handshakes are checked \
+                             against it",
+                            self.revoked.value.as_ref().map_or(0, |r| r.len())
+                        ),
+                    );
+                    broker.reload();
+                }
+            }
+            Err(e) => {
+                self.revoked = Loaded {
+                    stamp,
+                    value: Err(e),
+                };
+                self.log_state(broker, "CRL read again");
+            }
+        }
+    }
+
+    /// The broker reloaded its configuration (`MOSQ_EVT_RELOAD`).
+    pub fn reloaded(&self, broker: &impl Broker) {
+        broker.log(
+            Level::Notice,
+            "mqtt-mtls auth: the broker reloaded; new handshakes are checked against the CRL",
+        );
+    }
+
+    /// Whether both files were read and parsed (else everything is
+    /// refused).
+    pub fn is_ready(&self) -> bool {
+        self.rules.value.is_ok() && self.revoked.value.is_ok()
+    }
+
+    /// Whether the CRL is still being read after a change.
+    pub fn is_reading_crl(&self) -> bool {
+        self.crl_job.is_some()
+    }
+}
+
+fn grant(rules: &Rules, identity: &Identity) -> Grant {
+    match identity {
+        Identity::Known { name, role, .. } => rules.grant(role, name),
+        Identity::Refused(_) => Grant::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

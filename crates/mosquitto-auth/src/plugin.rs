@@ -57,8 +57,6 @@ pub trait Broker {
     /// Whether the client connected with MQTT 3.1/3.1.1 and a clean
     /// session: its session ends with its connection.
     fn ends_with_connection(&self, client: ClientKey) -> bool;
-    /// Disconnects the client with this id, without its Last Will.
-    fn kick(&self, client_id: &str);
     /// Makes the broker reload its configuration (and so its `crlfile`):
     /// the plugin runs inside the broker, so it signals its own process.
     fn reload(&self);
@@ -432,8 +430,11 @@ impl Plugin {
         }
     }
 
-    /// The broker's tick: kicks what must go, reads changed files.
-    pub fn tick(&mut self, broker: &impl Broker, now: Instant) {
+    /// The broker's tick: reads changed files, and returns the client ids
+    /// to disconnect (without their Last Will). The caller kicks them
+    /// after it let go of the plugin: a kick calls back into it
+    /// (`MOSQ_EVT_DISCONNECT`).
+    pub fn tick(&mut self, broker: &impl Broker, now: Instant) -> Vec<String> {
         if self
             .last_poll
             .is_none_or(|last| now.duration_since(last) >= POLL)
@@ -451,23 +452,28 @@ impl Plugin {
             self.poll_rules(broker);
             self.poll_crl(broker);
         }
-        for id in std::mem::take(&mut self.kicks) {
-            broker.kick(&id);
+        let kicks: Vec<String> = std::mem::take(&mut self.kicks).into_iter().collect();
+        for id in &kicks {
             broker.log(
                 Level::Notice,
-                &format!("mqtt-mtls auth: disconnected {id}: its certificate is revoked"),
+                &format!("mqtt-mtls auth: disconnecting {id}: its certificate is revoked"),
             );
         }
+        kicks
     }
 
     fn poll_rules(&mut self, broker: &impl Broker) {
         if stamp(&self.options.rules) == self.rules.stamp {
             return;
         }
-        let was_ok = self.rules.value.is_ok();
-        self.rules = load_rules(&self.options.rules);
-        self.generation += 1;
-        if self.rules.value.is_ok() || was_ok {
+        let new = load_rules(&self.options.rules);
+        let same = match (&new.value, &self.rules.value) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        self.rules = new;
+        if !same {
+            self.generation += 1;
             self.log_state(broker, "rules read again");
         }
     }

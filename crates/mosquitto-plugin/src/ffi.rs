@@ -204,15 +204,6 @@ impl Broker for Mosquitto {
         version < 5 && clean
     }
 
-    fn kick(&self, client_id: &str) {
-        // Never NULL: with NULL the broker disconnects every client.
-        let Ok(id) = CString::new(client_id) else {
-            return;
-        };
-        // SAFETY: a NUL-terminated id; `false`: no Last Will.
-        unsafe { mosquitto_kick_client_by_clientid(id.as_ptr(), false) };
-    }
-
     fn reload(&self) {
         // The broker is this process: a SIGHUP makes its main loop reload
         // the configuration and its listeners' CRL.
@@ -236,6 +227,17 @@ impl Broker for Mosquitto {
         };
         log(level, message);
     }
+}
+
+/// Disconnects the client with this id, without its Last Will. Called
+/// with the plugin unlocked: the broker calls back (`MOSQ_EVT_DISCONNECT`).
+fn kick(client_id: &str) {
+    // Never NULL: with NULL the broker disconnects every client.
+    let Ok(id) = CString::new(client_id) else {
+        return;
+    };
+    // SAFETY: a NUL-terminated id; `false`: no Last Will.
+    unsafe { mosquitto_kick_client_by_clientid(id.as_ptr(), false) };
 }
 
 /// The state behind `userdata`, locked.
@@ -407,7 +409,10 @@ extern "C" fn on_tick(_event: c_int, _data: *mut c_void, userdata: *mut c_void) 
     guarded(MOSQ_ERR_SUCCESS, || {
         // 2.0.11 leaves the tick's time fields zeroed: our own clock.
         // SAFETY: our state.
-        unsafe { with_plugin(userdata, |p| p.tick(&Mosquitto, Instant::now())) };
+        let kicks = unsafe { with_plugin(userdata, |p| p.tick(&Mosquitto, Instant::now())) };
+        for id in kicks.into_iter().flatten() {
+            kick(&id);
+        }
         MOSQ_ERR_SUCCESS
     })
 }

@@ -133,6 +133,15 @@ pub enum Error {
         location: String,
     },
 
+    /// The broker plugin, or its rules, cannot be used.
+    #[error("{path}: {reason}")]
+    Plugin {
+        /// The plugin or rules file.
+        path: PathBuf,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
+
     /// An MQTT or client-bundle failure.
     #[error(transparent)]
     Mqtt(#[from] mqtt_tls::Error),

@@ -182,10 +182,10 @@ pub struct Summary {
     pub first_device: Option<(String, IdentityPaths)>,
     /// The manifest's first service and its files.
     pub first_service: Option<(String, IdentityPaths)>,
-    /// Names reissued with another role.
+    /// Names reissued with another role: their old certificates are
+    /// revoked as privilege-withdrawn (so the brokers' plugins take their
+    /// connections off), not merely superseded.
     pub role_changed: Vec<String>,
-    /// Their old sessions taken off the brokers (or why not).
-    pub disconnected: Vec<crate::broker::Disconnected>,
 }
 
 impl Manifest {
@@ -475,7 +475,7 @@ pub fn run(
         }
     }
     let mut first_error = None;
-    let mut superseded: Vec<Serial> = Vec::new();
+    let mut superseded: Vec<(Serial, RevocationReason)> = Vec::new();
     // An identity's current certificate supersedes every other valid one
     // with its CN (older: one whose files went missing, one a crash left
     // unrevoked).
@@ -525,7 +525,14 @@ pub fn run(
                     role_changed,
                 }) => {
                     summary.issued += 1;
-                    superseded.extend(others(&record));
+                    // A certificate with another role is withdrawn, not
+                    // superseded: its live connection must go.
+                    let reason = if role_changed {
+                        RevocationReason::PrivilegeWithdrawn
+                    } else {
+                        RevocationReason::Superseded
+                    };
+                    superseded.extend(others(&record).into_iter().map(|s| (s, reason)));
                     if replaces {
                         summary.replaced += 1;
                     }
@@ -536,7 +543,11 @@ pub fn run(
                 }
                 Ok(Outcome::Kept { record, recorded }) => {
                     summary.kept += 1;
-                    superseded.extend(others(&record));
+                    superseded.extend(
+                        others(&record)
+                            .into_iter()
+                            .map(|s| (s, RevocationReason::Superseded)),
+                    );
                     if !recorded {
                         new_records.push(record);
                     }
@@ -562,25 +573,13 @@ pub fn run(
     // The certificates replaced are revoked as superseded (their CN, the
     // MQTT username, stays with one valid certificate), and the CRL says so.
     if !superseded.is_empty() {
-        for serial in &superseded {
-            locked.revoke(serial, RevocationReason::Superseded)?;
+        for (serial, reason) in &superseded {
+            locked.revoke(serial, *reason)?;
         }
         let crl = ca_dir.crl_path();
         locked.write_crl(&crl, CRL_DAYS)?;
     }
     locked.commit()?;
-    // A name whose role changed: its old certificate is only superseded,
-    // but a live session under it would hold the new role's rights (the
-    // rules go by username), so it is taken off the brokers, after they
-    // have the new CRL and rules. (About 2.5 s a name.)
-    if !summary.role_changed.is_empty() {
-        crate::broker::refresh(&inventory)?;
-        for name in &summary.role_changed {
-            summary
-                .disconnected
-                .extend(crate::broker::disconnect(&inventory, &ca, name)?);
-        }
-    }
     match first_error {
         Some(e) => Err(e),
         None => Ok(summary),

@@ -1563,13 +1563,23 @@ impl<'a> LockedCa<'a> {
     }
 
     /// Revokes as superseded every other valid certificate with `new`'s
-    /// common name (the MQTT username has one valid certificate); their
+    /// common name (the MQTT username has one valid certificate), or as
+    /// privilege-withdrawn when its role differs from `new`'s; their
     /// serials.
     pub fn supersede_others(&mut self, new: &Record) -> Result<Vec<Serial>> {
         let older = self.valid_for(&new.common_name)?;
+        let role = |r: &Record| r.role.unwrap_or(crate::roles::Role::Device);
         let mut superseded = Vec::new();
         for r in older.into_iter().filter(|r| r.serial != new.serial) {
-            self.revoke(&r.serial, RevocationReason::Superseded)?;
+            // Another role: the old certificate's rights are withdrawn, so
+            // that the brokers take its live connection off (a superseded
+            // one keeps it until the device moves to its new certificate).
+            let reason = if role(&r) == role(new) {
+                RevocationReason::Superseded
+            } else {
+                RevocationReason::PrivilegeWithdrawn
+            };
+            self.revoke(&r.serial, reason)?;
             superseded.push(r.serial);
         }
         Ok(superseded)

@@ -101,6 +101,9 @@ pub fn cert_for_csr(csr: &Path) -> PathBuf {
     csr.with_file_name(format!("{stem}_cert.pem"))
 }
 
+/// The broker plugin's file name (`crates/mosquitto-plugin`).
+pub const PLUGIN_FILE: &str = "libmqtt_mtls_auth.so";
+
 /// The files of a broker folder (`broker-config`'s output).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct BrokerPaths {
@@ -114,8 +117,17 @@ pub struct BrokerPaths {
     pub key: PathBuf,
     /// `crl.pem`.
     pub crl: PathBuf,
-    /// `acl`: the topic rules of each role.
+    /// `acl`: the topic rules of each role as Mosquitto's `acl_file` (only
+    /// for a broker without the plugin: `broker-config --without-plugin`).
     pub acl: PathBuf,
+    /// `libmqtt_mtls_auth.so`: the broker plugin, copied here so that the
+    /// broker's user can read it.
+    pub plugin: PathBuf,
+    /// `rules`: the plugin's rules file (each role's topic rules).
+    pub rules: PathBuf,
+    /// `enroll.rules`: the enrollment broker's (claims and the CA service
+    /// only).
+    pub enroll_rules: PathBuf,
     /// `enroll.conf`: the enrollment broker, where claims connect (when
     /// asked for).
     pub enroll_config: PathBuf,
@@ -133,6 +145,9 @@ impl BrokerPaths {
             key: out.join("server.key"),
             crl: out.join("crl.pem"),
             acl: out.join("acl"),
+            plugin: out.join(PLUGIN_FILE),
+            rules: out.join("rules"),
+            enroll_rules: out.join("enroll.rules"),
             enroll_config: out.join("enroll.conf"),
             enroll_acl: out.join("enroll.acl"),
         }

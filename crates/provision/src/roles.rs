@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The prefix of the role's URI SAN.
-pub const ROLE_URI_PREFIX: &str = "urn:mqtt-mtls:role:";
+/// The prefix of the role's URI SAN (the broker plugin's, which reads it).
+pub use mosquitto_auth::ROLE_URI_PREFIX;
 
 /// What an identity is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -116,60 +116,59 @@ pub fn claims_role(san: &SubjectAltName) -> bool {
 
 /// One topic rule: `read`, `write`, `readwrite` or `deny`, then a topic
 /// filter where `{name}` is the identity's name (its CN, the MQTT
-/// username).
+/// username); or `share GROUP FILTER`, which lets the role join the shared
+/// subscription group `$share/GROUP/...` with filters FILTER covers. The
+/// broker plugin's own rule type ([`mosquitto_auth::Rule`]), so the
+/// manifest and the broker read one syntax.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct TopicRule {
-    access: String,
-    topic: String,
-}
+pub struct TopicRule(mosquitto_auth::Rule);
 
 impl TryFrom<String> for TopicRule {
     type Error = String;
 
     fn try_from(s: String) -> std::result::Result<Self, String> {
-        let (access, topic) = s
-            .trim()
-            .split_once(char::is_whitespace)
-            .ok_or_else(|| format!("{s:?}: a rule is ACCESS TOPIC, e.g. \"read devices/#\""))?;
-        let access = ["read", "write", "readwrite", "deny"]
-            .into_iter()
-            .find(|a| *a == access)
-            .ok_or_else(|| format!("{s:?}: access is read, write, readwrite or deny"))?;
-        let topic = topic.trim();
-        let bad = topic.is_empty()
-            || topic.chars().any(|c| c.is_control() || c.is_whitespace())
-            || topic.split('/').enumerate().any(|(i, level)| {
-                (level.contains('#') && (level != "#" || i + 1 != topic.split('/').count()))
-                    || (level.contains('+') && level != "+")
-            })
-            || topic.replace("{name}", "").contains(['{', '}', '%']);
-        if bad {
-            return Err(format!(
-                "{s:?}: the topic must be an MQTT filter without spaces (`+` and `#` as whole \
-                 levels, `#` last; `{{name}}` for the identity's name)"
-            ));
-        }
-        Ok(Self {
-            access: access.to_owned(),
-            topic: topic.to_owned(),
-        })
+        s.trim()
+            .parse::<mosquitto_auth::Rule>()
+            .map(Self)
+            .map_err(|e| e.to_string())
     }
 }
 
 impl From<TopicRule> for String {
     fn from(r: TopicRule) -> Self {
-        format!("{} {}", r.access, r.topic)
+        r.0.to_string()
     }
 }
 
 impl TopicRule {
     fn parse(s: &str) -> Self {
         // Only for the built-in defaults, which are valid.
-        Self::try_from(s.to_owned()).unwrap_or(Self {
-            access: "deny".into(),
-            topic: "#".into(),
-        })
+        Self::try_from(s.to_owned()).unwrap_or(Self(mosquitto_auth::Rule {
+            access: mosquitto_auth::Access::Deny,
+            filter: "#".into(),
+        }))
+    }
+
+    /// The rule as the plugin reads it.
+    pub fn rule(&self) -> &mosquitto_auth::Rule {
+        &self.0
+    }
+
+    /// Its access as an `acl_file` spells it (`None`: a `share` rule,
+    /// which an `acl_file` cannot express).
+    fn acl_file_access(&self) -> Option<&'static str> {
+        match self.0.access {
+            mosquitto_auth::Access::Read => Some("read"),
+            mosquitto_auth::Access::Write => Some("write"),
+            mosquitto_auth::Access::ReadWrite => Some("readwrite"),
+            mosquitto_auth::Access::Deny => Some("deny"),
+            mosquitto_auth::Access::Share(_) => None,
+        }
+    }
+
+    fn topic(&self) -> &str {
+        &self.0.filter
     }
 }
 
@@ -198,11 +197,35 @@ pub const RENEWAL_RULES: [&str; 3] = [
 ];
 
 /// The CA service's rules on the main broker: read every renewal request
-/// and confirmation, answer each.
-pub const CA_SERVICE_RULES: [&str; 3] = [
+/// and confirmation (through its shared subscription group `pki`: several
+/// instances split the requests), answer each.
+pub const CA_SERVICE_RULES: [&str; 5] = [
     "read pki/v1/renew/+/req",
     "read pki/v1/renew/+/done",
+    "share pki pki/v1/renew/+/req",
+    "share pki pki/v1/renew/+/done",
     "write pki/v1/renew/+/res/+",
+];
+
+/// The rules on the enrollment broker: a claim asks and reads its
+/// answers, the CA service reads every request (in its group `pki`) and
+/// answers.
+pub const ENROLLMENT_RULES: [(Role, &[&str]); 2] = [
+    (
+        Role::Claim,
+        &[
+            "write pki/v1/enroll/{name}/req",
+            "read pki/v1/enroll/{name}/res/+",
+        ],
+    ),
+    (
+        Role::CaService,
+        &[
+            "read pki/v1/enroll/+/req",
+            "share pki pki/v1/enroll/+/req",
+            "write pki/v1/enroll/+/res/+",
+        ],
+    ),
 ];
 
 fn default_device() -> Vec<TopicRule> {
@@ -216,6 +239,8 @@ fn default_service() -> Vec<TopicRule> {
     vec![
         TopicRule::parse("read devices/#"),
         TopicRule::parse("write fleet/broadcast/#"),
+        // The ingest's --share-group (docs/deployment.md).
+        TopicRule::parse("share ingest devices/#"),
     ]
 }
 
@@ -255,20 +280,49 @@ impl AclPolicy {
              # Only claims and the CA service have rules here.\n",
         );
         for (name, role) in others {
-            let rules: &[&str] = match role {
-                Role::Claim => &[
-                    "write pki/v1/enroll/{name}/req",
-                    "read pki/v1/enroll/{name}/res/+",
-                ],
-                Role::CaService => &["read pki/v1/enroll/+/req", "write pki/v1/enroll/+/res/+"],
-                _ => continue,
+            let Some((_, rules)) = ENROLLMENT_RULES.iter().find(|(r, _)| r == role) else {
+                continue;
             };
             text.push_str(&format!("\n# {role}\nuser {name}\n"));
-            for rule in rules {
-                text.push_str(&format!("topic {}\n", rule.replace("{name}", name)));
+            for rule in rules.iter().map(|r| TopicRule::parse(r)) {
+                if let Some(access) = rule.acl_file_access() {
+                    text.push_str(&format!(
+                        "topic {access} {}\n",
+                        rule.topic().replace("{name}", name)
+                    ));
+                }
             }
         }
         text
+    }
+
+    /// The broker plugin's rules file for the main broker: each role's
+    /// rules, and everyone's renewal rules ([`RENEWAL_RULES`]) but a
+    /// claim's (a claim has nothing there). One file for every identity:
+    /// issuing one changes nothing at the broker.
+    pub fn broker_rules(&self) -> Result<mosquitto_auth::Rules> {
+        let mut rules = mosquitto_auth::Rules::new();
+        for role in Role::ALL {
+            if role == Role::Claim {
+                continue;
+            }
+            let mut list: Vec<mosquitto_auth::Rule> =
+                self.rules(role).iter().map(|r| r.rule().clone()).collect();
+            list.extend(RENEWAL_RULES.iter().map(|r| TopicRule::parse(r).0));
+            rules.set(role.as_str(), list).map_err(rules_error)?;
+        }
+        Ok(rules)
+    }
+
+    /// The broker plugin's rules file for the enrollment broker
+    /// ([`ENROLLMENT_RULES`]): claims and the CA service, nobody else.
+    pub fn enrollment_rules() -> Result<mosquitto_auth::Rules> {
+        let mut rules = mosquitto_auth::Rules::new();
+        for (role, list) in ENROLLMENT_RULES {
+            let list = list.iter().map(|r| TopicRule::parse(r).0).collect();
+            rules.set(role.as_str(), list).map_err(rules_error)?;
+        }
+        Ok(rules)
     }
 
     /// A Mosquitto `acl_file`: the device rules as `pattern` lines (`%u`,
@@ -283,11 +337,12 @@ impl AclPolicy {
              # Devices (pattern lines apply to every user):\n",
         );
         for rule in &self.device {
-            text.push_str(&format!(
-                "pattern {} {}\n",
-                rule.access,
-                rule.topic.replace("{name}", "%u")
-            ));
+            if let Some(access) = rule.acl_file_access() {
+                text.push_str(&format!(
+                    "pattern {access} {}\n",
+                    rule.topic().replace("{name}", "%u")
+                ));
+            }
         }
         text.push_str("# Everyone renews its own certificate (provision serve):\n");
         for rule in RENEWAL_RULES {
@@ -315,20 +370,28 @@ impl AclPolicy {
                     for rule in &self.device {
                         text.push_str(&format!(
                             "topic deny {}\n",
-                            rule.topic.replace("{name}", name)
+                            rule.topic().replace("{name}", name)
                         ));
                     }
                 }
             }
             for rule in &self.rules(*role) {
-                text.push_str(&format!(
-                    "topic {} {}\n",
-                    rule.access,
-                    rule.topic.replace("{name}", name)
-                ));
+                if let Some(access) = rule.acl_file_access() {
+                    text.push_str(&format!(
+                        "topic {access} {}\n",
+                        rule.topic().replace("{name}", name)
+                    ));
+                }
             }
         }
         text
+    }
+}
+
+fn rules_error(e: mosquitto_auth::Error) -> Error {
+    Error::Plugin {
+        path: std::path::PathBuf::from("rules"),
+        reason: e.to_string(),
     }
 }
 

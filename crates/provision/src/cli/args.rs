@@ -376,6 +376,16 @@ pub(crate) struct BrokerConfigArgs {
     /// devices enroll with a claim certificate (provision serve).
     #[arg(long)]
     pub(crate) enroll_port: Option<u16>,
+    /// The broker plugin to copy into the output folder and load
+    /// (libmqtt_mtls_auth.so; default: the one beside this program).
+    #[arg(long, value_name = "PATH", conflicts_with = "without_plugin")]
+    pub(crate) plugin: Option<PathBuf>,
+    /// Write Mosquitto's acl_file instead of loading the plugin, for a
+    /// broker that cannot load it: SUBSCRIBE is then never checked (any
+    /// identity can join a service's shared subscription), and the broker
+    /// must be reloaded by hand after a revocation.
+    #[arg(long)]
+    pub(crate) without_plugin: bool,
 }
 
 /// The arguments of `provision pub`.

@@ -46,7 +46,7 @@ pub(crate) fn print(outcome: &impl Outcome, json: bool) -> anyhow::Result<()> {
 }
 
 /// The broker folders brought up to date after a change (their CRL copy
-/// and topic rules, the running broker reloaded).
+/// and rules; the plugin of each running broker applies them).
 #[derive(Serialize, Default)]
 pub(crate) struct Brokers(Vec<Refreshed>);
 
@@ -55,21 +55,20 @@ impl fmt::Display for Brokers {
         for b in &self.0 {
             if let Some(e) = &b.error {
                 writeln!(f, "  broker {}: NOT in step: {e}", b.config.display())?;
-                continue;
-            }
-            match b.reloaded_pid {
-                Some(pid) => writeln!(
+            } else if b.plugin {
+                writeln!(
                     f,
-                    "  broker {}: CRL and topic rules updated, reloaded (pid {pid})",
+                    "  broker {}: CRL and rules updated; its plugin takes revoked \
+                     connections off and reloads it",
                     b.config.display()
-                )?,
-                None => writeln!(
+                )?;
+            } else {
+                writeln!(
                     f,
-                    "  broker {}: CRL and topic rules updated; no broker runs with it here \
-                     (where one does: pkill -HUP -f 'mosquitto -c {}')",
-                    b.config.display(),
+                    "  broker {}: CRL and acl_file updated; it runs without the plugin: \
+                     reload it (SIGHUP), and restart it to end a revoked device's connection",
                     b.config.display()
-                )?,
+                )?;
             }
         }
         Ok(())
@@ -79,50 +78,6 @@ impl fmt::Display for Brokers {
 /// [`provision::broker::refresh`] after a committed change.
 fn refresh_brokers(inventory: &Inventory) -> anyhow::Result<Brokers> {
     Ok(Brokers(provision::broker::refresh(inventory)?))
-}
-
-/// A name issued again with another role: its old certificate is only
-/// superseded, but a live session under it would hold the new role's
-/// rights (the rules go by username), so it is taken off the broker. The
-/// new certificate is not in use yet.
-fn kick_if_role_changed(
-    inventory: &Inventory,
-    ca: &pki_core::CertificateAuthority,
-    new: &Record,
-    superseded: &[Serial],
-) {
-    let role = |r: &Record| r.role.unwrap_or(provision::roles::Role::Device);
-    let changed = superseded.iter().any(|serial| {
-        inventory
-            .by_serial(serial)
-            .ok()
-            .flatten()
-            .is_some_and(|old| role(&old) != role(new))
-    });
-    if changed {
-        for d in disconnect_reporting(inventory, ca, &new.common_name) {
-            if let Some(e) = d.error {
-                eprintln!("warning: broker {}: {e}", d.config.display());
-            }
-        }
-    }
-}
-
-/// [`provision::broker::disconnect`] after a committed change: what it
-/// could not do is reported, never an error of the command (the change
-/// took effect).
-fn disconnect_reporting(
-    inventory: &Inventory,
-    ca: &pki_core::CertificateAuthority,
-    name: &str,
-) -> Vec<provision::broker::Disconnected> {
-    provision::broker::disconnect(inventory, ca, name).unwrap_or_else(|e| {
-        vec![provision::broker::Disconnected {
-            config: inventory.ca_dir().dir().to_owned(),
-            takeovers: 0,
-            error: Some(format!("{e}: restart the broker to end {name}'s session")),
-        }]
-    })
 }
 
 fn when(t: std::time::SystemTime) -> String {
@@ -389,7 +344,6 @@ pub(crate) fn issue_cmd(profile: Profile, args: IssueArgs) -> anyhow::Result<Iss
     )?;
     locked.commit()?;
     let brokers = refresh_brokers(&inventory)?;
-    kick_if_role_changed(&inventory, &ca, &issued.record, &issued.superseded);
     Ok(Issued {
         brokers,
         profile: profile.as_str(),
@@ -512,8 +466,6 @@ pub(crate) fn sign(args: SignArgs) -> anyhow::Result<Signed> {
     )?;
     locked.commit()?;
     let brokers = refresh_brokers(&inventory)?;
-    let record = Record::new(&signed.certificate, args.profile.into(), &out);
-    kick_if_role_changed(&inventory, &ca, &record, &signed.superseded);
     let cert = &signed.certificate;
     Ok(Signed {
         brokers,
@@ -642,9 +594,6 @@ pub(crate) struct Revoked {
     record: Record,
     crl: PathBuf,
     brokers: Brokers,
-    /// The live session taken off each running broker (not for a
-    /// superseded certificate: its successor has the same name).
-    disconnected: Vec<provision::broker::Disconnected>,
 }
 
 impl fmt::Display for Revoked {
@@ -664,24 +613,6 @@ impl fmt::Display for Revoked {
             self.crl.display()
         )?;
         write!(f, "{}", self.brokers)?;
-        for d in &self.disconnected {
-            match &d.error {
-                None => writeln!(
-                    f,
-                    "  broker {}: {}'s live session taken over; its reconnects fail at the \
-                     handshake",
-                    d.config.display(),
-                    self.record.common_name
-                )?,
-                Some(e) => writeln!(
-                    f,
-                    "  broker {}: could not take {}'s live session over ({e}); restart the \
-                     broker to end it",
-                    d.config.display(),
-                    self.record.common_name
-                )?,
-            }
-        }
         Ok(())
     }
 }
@@ -698,20 +629,12 @@ pub(crate) fn revoke_cmd(args: RevokeArgs) -> anyhow::Result<Revoked> {
     let revocation = revoke(&mut locked, &target, args.reason, args.crl_days)?;
     locked.commit()?;
     let record = revocation.record;
+    // Each broker's plugin takes the certificate's connections off
+    // (unless it was superseded: a renewal's old certificate, whose device
+    // moves to its new one at its own pace).
     let brokers = refresh_brokers(&inventory)?;
-    // Off the broker, unless it is a renewal's old certificate
-    // (superseded): the device is on its new one, with the same name (and
-    // client id). Otherwise always, even when it was revoked before (a
-    // retry) or the name has another valid certificate (a stolen key's
-    // session must end; the device reconnects with its valid one).
-    let disconnected = if args.reason != pki_core::RevocationReason::Superseded {
-        disconnect_reporting(&inventory, &ca, &record.common_name)
-    } else {
-        Vec::new()
-    };
     Ok(Revoked {
         brokers,
-        disconnected,
         record,
         crl: dir.crl_path(),
     })
@@ -807,10 +730,9 @@ pub(crate) struct FleetDone {
     first_service: Option<FleetIdentity>,
     /// The broker folders brought up to date.
     refreshed: Brokers,
-    /// Names reissued with another role, and their old sessions taken off
-    /// the brokers (or why not).
+    /// Names reissued with another role (their old certificates revoked as
+    /// privilege-withdrawn: the brokers' plugins take them off).
     role_changed: Vec<String>,
-    disconnected: Vec<provision::broker::Disconnected>,
     #[serde(skip)]
     seconds: f64,
 }
@@ -855,14 +777,10 @@ impl fmt::Display for FleetDone {
         if !self.role_changed.is_empty() {
             writeln!(
                 f,
-                "  role changed: {} (old sessions taken off the brokers)",
+                "  role changed: {} (old certificates revoked as privilege-withdrawn: the \
+                 brokers' plugins take their connections off)",
                 self.role_changed.join(", ")
             )?;
-        }
-        for d in &self.disconnected {
-            if let Some(e) = &d.error {
-                writeln!(f, "  broker {}: {e}", d.config.display())?;
-            }
         }
         Ok(())
     }
@@ -921,7 +839,6 @@ pub(crate) fn fleet(args: FleetArgs) -> anyhow::Result<FleetDone> {
         seconds: started.elapsed().as_secs_f64(),
         refreshed: brokers,
         role_changed: summary.role_changed,
-        disconnected: summary.disconnected,
     })
 }
 
@@ -969,6 +886,21 @@ impl fmt::Display for BrokerWritten {
 }
 
 pub(crate) fn broker_config(args: BrokerConfigArgs) -> anyhow::Result<BrokerWritten> {
+    let enforcement = match (args.plugin, args.without_plugin) {
+        (_, true) => provision::broker::Enforcement::AclFileOnly,
+        (Some(path), false) => provision::broker::Enforcement::Plugin(path),
+        (None, false) => provision::broker::Enforcement::Plugin(
+            provision::broker::default_plugin().with_context(|| {
+                format!(
+                    "the broker plugin {} is not beside this program (nor in /usr/lib/mqtt-mtls/): \
+                     build it with `cargo build --release -p mosquitto-plugin` and give it with \
+                     --plugin PATH (or `cargo xtask provision`, which builds both), or pass \
+                     --without-plugin for Mosquitto's acl_file, which never checks SUBSCRIBE",
+                    provision::layout::PLUGIN_FILE
+                )
+            })?,
+        ),
+    };
     let (dir, ca) = args.ca.load()?;
     let inventory = Inventory::open(&dir)?;
     let mut locked = inventory.lock(&ca)?;
@@ -982,6 +914,7 @@ pub(crate) fn broker_config(args: BrokerConfigArgs) -> anyhow::Result<BrokerWrit
             bind: args.bind,
             enroll_port: args.enroll_port,
             force: args.force,
+            enforcement,
         },
     )?;
     locked.commit()?;

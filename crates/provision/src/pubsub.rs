@@ -90,7 +90,7 @@ pub async fn subscribe(
         let _ = drop_tx.send((m.topic, reason));
         delivery.ack()
     });
-    client.subscribe(topic, qos, move |m| {
+    let subscribed = client.subscribe(topic, qos, move |m| {
         let tx = tx.clone();
         async move {
             // The receiver is gone only when we are done: nothing to keep.
@@ -103,6 +103,7 @@ pub async fn subscribe(
     // verdict.
     let mut events = client.connection_events();
     let (refused_tx, mut refused_rx) = mpsc::unbounded_channel();
+    let refused_cert = refused_tx.clone();
     tokio::spawn(async move {
         while let Some(event) = events.next().await {
             if let mqtt_tls::ConnectionEvent::ConnectFailed { error, .. } = event
@@ -111,12 +112,20 @@ pub async fn subscribe(
                 // being reconfigured) may pass, and reconnecting goes on.
                 && alert.contains("Revoked")
             {
-                let _ = refused_tx.send(mqtt_tls::Error::ClientCertificateRejected {
+                let _ = refused_cert.send(mqtt_tls::Error::ClientCertificateRejected {
                     alert: alert.clone(),
                     hint,
                 });
                 break;
             }
+        }
+    });
+    // A subscription the broker refuses (SUBACK 0x80: outside our
+    // identity's rules) would wait for ever: `sub` ends with the refusal.
+    let refused_sub = refused_tx.clone();
+    tokio::spawn(async move {
+        if let Err(e @ mqtt_tls::Error::SubscriptionRefused { .. }) = subscribed.granted().await {
+            let _ = refused_sub.send(e);
         }
     });
     let runner = tokio::spawn(connection.run());

@@ -261,28 +261,52 @@ fn roles_come_from_the_manifest() {
             "{expected:?} in {roles:?}"
         );
     }
+    // The broker plugin's rules: role templates, no identity named.
     ok(d, &["broker-config", "--out", "broker"]);
-    let acl = std::fs::read_to_string(d.join("broker/acl")).unwrap();
-    assert!(acl.contains("pattern readwrite sensors/%u/#"), "{acl}");
+    let rules = std::fs::read_to_string(d.join("broker/rules")).unwrap();
     assert!(
-        !acl.contains("devices/%u"),
-        "the manifest's rules replace the defaults: {acl}"
+        rules.contains("[device]\nreadwrite sensors/{name}/#\n"),
+        "{rules}"
     );
+    assert!(
+        !rules.contains("devices/{name}"),
+        "the manifest's rules replace the defaults: {rules}"
+    );
+    assert!(
+        rules.contains(
+            "[service]\nread devices/#\nwrite fleet/broadcast/#\nshare ingest devices/#\n"
+        ),
+        "{rules}"
+    );
+    assert!(
+        !rules.contains("ingest\n[") && !rules.contains("dash-1"),
+        "{rules}"
+    );
+    // Without the plugin: Mosquitto's acl_file, naming each non-device.
+    ok(
+        d,
+        &["broker-config", "--out", "broker-acl", "--without-plugin"],
+    );
+    let acl = std::fs::read_to_string(d.join("broker-acl/acl")).unwrap();
+    assert!(acl.contains("pattern readwrite sensors/%u/#"), "{acl}");
+    assert!(!acl.contains("devices/%u"), "{acl}");
     assert!(acl.contains("user ingest\ntopic read devices/#"), "{acl}");
     assert!(acl.contains("user dash-1\n"), "{acl}");
-    // ingest becomes a device: reissued, and gone from the service rules.
+    // ingest becomes a device: reissued, and its old certificate revoked
+    // as privilege-withdrawn (not merely superseded), so that the brokers'
+    // plugins take its live connection off.
     write("devices");
     let out = ok(d, &["fleet", "fleet.toml", "--json"]);
     let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(summary["issued"], 1, "{out}");
-    // Its old session would keep the service's rights (the rules go by
-    // name): taken off the brokers, or said why not (none runs here).
     assert_eq!(summary["role_changed"][0], "ingest", "{out}");
-    let why = summary["disconnected"][0]["error"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(why.contains("no broker runs"), "{out}");
-    let acl = std::fs::read_to_string(d.join("broker/acl")).unwrap();
+    let reasons: Vec<String> = common::records(d)
+        .iter()
+        .filter(|r| r["common_name"] == "ingest")
+        .map(|r| r["status"]["reason"].as_str().unwrap_or("valid").to_owned())
+        .collect();
+    assert_eq!(reasons, ["privilege-withdrawn", "valid"], "{reasons:?}");
+    let acl = std::fs::read_to_string(d.join("broker-acl/acl")).unwrap();
     assert!(
         !acl.contains("user ingest"),
         "refreshed by the fleet run: {acl}"

@@ -142,15 +142,36 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     }
     if let (Some(cert), Some(key)) = (path(&device["cert"]), path(&device["key"])) {
         let (cert, key) = (rel(cert), rel(key));
-        let tls = format!(
-            "--cert {} --key {} --ca {}",
-            cert.display(),
-            key.display(),
-            ca.display()
-        );
-        println!("  2. Subscribe:          cargo run -p provision -- sub -t test/data -C 1 {tls}");
+        let device_name = device["name"].as_str().unwrap_or("client1");
+        let tls = |cert: &Path, key: &Path| {
+            format!(
+                "--cert {} --key {} --ca {}",
+                cert.display(),
+                key.display(),
+                ca.display()
+            )
+        };
+        // A device may only publish on its own topics and cannot read
+        // another's, and one identity is one connection: a service
+        // (which reads every device) subscribes, the device publishes.
+        let service = &made["first_service"];
+        match (path(&service["cert"]), path(&service["key"])) {
+            (Some(scert), Some(skey)) => {
+                let (scert, skey) = (rel(scert), rel(skey));
+                println!(
+                    "  2. Subscribe:          cargo run -p provision -- sub -t 'devices/#' -C 1 {}",
+                    tls(&scert, &skey)
+                );
+            }
+            _ => println!(
+                "  2. Subscribe with a service (add to the manifest, run again):\n\
+                 \x20    [[services]]\n\
+                 \x20    name = \"backend\""
+            ),
+        }
         println!(
-            "  3. Publish:            cargo run -p provision -- pub -t test/data -m hello {tls}"
+            "  3. Publish:            cargo run -p provision -- pub -t devices/{device_name}/data -m hello {}",
+            tls(&cert, &key)
         );
         println!(
             "  Inspect anything:      cargo run -p provision -- inspect {}",

@@ -494,6 +494,41 @@ fn the_audit_finds_what_an_operator_must_fix() {
     let report: serde_json::Value = serde_json::from_slice(&clean.stdout).unwrap();
     assert_eq!(report["findings"].as_array().unwrap().len(), 0, "{report}");
 
+    // A broker folder with the plugin is clean; one without it (Mosquitto's
+    // acl_file) is a finding that names the subscription hole.
+    ok(d, &["issue", "server", "broker", "--dns", "localhost"]);
+    ok(d, &["broker-config", "--out", "with-plugin"]);
+    let out = common::provision(d, &["audit", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    ok(
+        d,
+        &[
+            "broker-config",
+            "--out",
+            "acl-only",
+            "--without-plugin",
+            "--enroll-port",
+            "8884",
+        ],
+    );
+    let out = common::provision(d, &["audit"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for config in ["acl-only/mosquitto.conf", "acl-only/enroll.conf"] {
+        assert!(
+            text.contains(&format!(
+                "{config}: the broker runs without the plugin: its acl_file never checks SUBSCRIBE"
+            )),
+            "{text}"
+        );
+    }
+    assert!(!text.contains("with-plugin/"), "{text}");
+    std::fs::remove_dir_all(d.join("acl-only")).unwrap();
+
     ok(d, &["issue", "client", "soon", "--days", "10"]);
     ok(d, &["revoke", "backend_certs/dev1_cert.pem"]);
     std::fs::set_permissions(

@@ -110,6 +110,12 @@ pub(crate) fn run(count: usize) -> anyhow::Result<Lifecycle> {
                 bind: Some("127.0.0.1".into()),
                 enroll_port: Some(enroll_port),
                 force: false,
+                // The broker plugin, as users run it (built beside us).
+                enforcement: provision::broker::Enforcement::Plugin(
+                    provision::broker::default_plugin().ok_or_else(|| {
+                        anyhow::anyhow!("the broker plugin was not built beside mqtt-bench")
+                    })?,
+                ),
             },
         )?;
         locked.commit()?;

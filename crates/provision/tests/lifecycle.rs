@@ -987,7 +987,7 @@ fn devices_cannot_squat_the_ca_services_group() {
         let mut squatters = Vec::new();
         for i in 0..10 {
             let mut options =
-                ConnectOptions::new("localhost", fleet.enroll.port, &format!("squat-{i}"));
+                ConnectOptions::new("localhost", fleet.enroll.port, format!("squat-{i}"));
             options.clean_session = false;
             let (client, mut connection) = MqttClient::new(&options, &squat).unwrap();
             connection.connect().await.unwrap();

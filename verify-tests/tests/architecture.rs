@@ -317,6 +317,48 @@ fn rustls_violations(g: &Graph) -> Vec<String> {
     found
 }
 
+/// The one place `unsafe` may appear: the broker plugin's FFI module.
+const FFI_MODULE: (&str, &str) = ("mosquitto-plugin", "ffi.rs");
+
+/// `unsafe` only in [`FFI_MODULE`]; every other member forbids it through
+/// the workspace's lints.
+fn unsafe_violations(g: &Graph) -> Vec<String> {
+    let mut found = Vec::new();
+    for member in &g.members {
+        for needle in [
+            "unsafe {",
+            "unsafe fn",
+            "unsafe extern",
+            "unsafe impl",
+            "unsafe(",
+        ] {
+            for file in g.sources_mentioning(member, needle) {
+                if (member.as_str(), file.as_str()) != FFI_MODULE {
+                    found.push(format!("{member}: {file} uses `{needle}`"));
+                }
+            }
+        }
+        if member == FFI_MODULE.0 {
+            continue;
+        }
+        let manifest = g.manifest_dirs[member].join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        let inherits = text
+            .split("[lints]")
+            .nth(1)
+            .is_some_and(|rest| rest.trim_start().starts_with("workspace = true"))
+            || text.contains("unsafe_code = \"forbid\"");
+        if !inherits && !g.extra_sources.contains_key(member) {
+            found.push(format!(
+                "{member} forbids no unsafe code (the workspace's lints, or unsafe_code = \"forbid\")"
+            ));
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
 /// `xtask` depends on none of our crates.
 fn xtask_violations(g: &Graph) -> Vec<String> {
     g.normal["xtask"]
@@ -340,6 +382,12 @@ fn only_mqtt_tls_knows_the_mqtt_client() {
 #[test]
 fn rustls_only_in_mqtt_tls_and_the_ingest_https_listener_with_aws_lc_rs() {
     let found = rustls_violations(&graph());
+    assert!(found.is_empty(), "{found:#?}");
+}
+
+#[test]
+fn unsafe_only_in_the_broker_plugins_ffi_module() {
+    let found = unsafe_violations(&graph());
     assert!(found.is_empty(), "{found:#?}");
 }
 
@@ -399,4 +447,17 @@ fn each_check_catches_a_broken_invariant() {
     assert!(found.iter().any(|v| v.contains("api.rs")), "{found:?}");
     let found = xtask_violations(&g);
     assert!(!found.is_empty(), "{found:?}");
+    let mut g = graph();
+    g.extra_sources
+        .entry("mqtt-tls".to_owned())
+        .or_default()
+        .push((
+            "fast.rs".to_owned(),
+            "fn f(p: *const u8) -> u8 { unsafe { *p } }".to_owned(),
+        ));
+    let found = unsafe_violations(&g);
+    assert!(
+        found.iter().any(|v| v.contains("mqtt-tls: fast.rs")),
+        "{found:?}"
+    );
 }

@@ -1,7 +1,7 @@
 //! `libmqtt_mtls_auth.so`: a Mosquitto 2.0 plugin (plugin API version 5)
 //! that enforces this project's identities inside the broker. Every
 //! decision is `mosquitto_auth::plugin`'s; this crate is only the FFI
-//! between it and the broker, in one module ([`ffi`] is private): the
+//! between it and the broker, in one private module (`src/ffi.rs`): the
 //! one place in the workspace where `unsafe` is allowed, and every entry
 //! point catches panics (one unwinding into C would abort the broker).
 //!

@@ -13,7 +13,8 @@ use clap::{Args, ValueEnum};
 use serde::de::DeserializeOwned;
 
 use crate::results::{
-    Connects, Idle, Ingest, Lifecycle, Results, Sizes, Store, Storm, Throughput, machine, median_by,
+    Connects, Idle, Ingest, Lifecycle, Plugin, Results, Sizes, Store, Storm, Throughput, machine,
+    median_by,
 };
 
 /// A step of `all`.
@@ -37,6 +38,8 @@ pub(crate) enum Step {
     Storm,
     /// Enrollment and renewal over MQTT.
     Lifecycle,
+    /// The broker plugin against Mosquitto's acl_file.
+    Plugin,
 }
 
 /// What `all` runs and with which peers.
@@ -210,6 +213,21 @@ pub(crate) fn run(args: &AllArgs) -> anyhow::Result<Results> {
             "lifecycle".into(),
             sizes.lifecycle_devices.to_string().into(),
         ])?);
+    }
+
+    // 8. The broker plugin against Mosquitto's acl_file (medians by the
+    // throughput ratio).
+    if wanted(Step::Plugin) {
+        let runs = (0..reps)
+            .map(|_| {
+                step::<Plugin>(&[
+                    "plugin".into(),
+                    sizes.plugin_messages.to_string().into(),
+                    sizes.plugin_crl_entries.to_string().into(),
+                ])
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        results.plugin = median_by(runs, |r| r.throughput_ratio);
     }
 
     for dir in scratch {

@@ -24,7 +24,7 @@ use provision::store::CaDir;
 use crate::results::Lifecycle;
 
 /// Issues `name` with `role` (server for the broker) into `out`.
-fn issue_one(
+pub(crate) fn issue_one(
     locked: &mut provision::inventory::LockedCa<'_>,
     out: &std::path::Path,
     name: &str,

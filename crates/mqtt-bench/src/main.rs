@@ -17,6 +17,7 @@ mod ingest;
 mod lifecycle;
 mod memory;
 mod openssl;
+mod plugin;
 mod python;
 mod report;
 mod results;
@@ -119,6 +120,10 @@ enum Cmd {
     /// COUNT devices enroll at once from one claim and connect; then renew
     /// at once while publishing.
     Lifecycle { count: usize },
+    /// The broker plugin against Mosquitto's acl_file: QoS 1 throughput,
+    /// connects, the cost of a decision, and a CRL of CRL_ENTRIES serials
+    /// reloaded mid-stream.
+    Plugin { count: usize, crl_entries: usize },
     /// issue/revoke/verify/list --name on an empty CA and one with N
     /// identities.
     Store {
@@ -189,6 +194,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Idle { count } => print(&connects::idle(count)?),
         Cmd::Storm { count } => print(&storm::run(count)?),
         Cmd::Lifecycle { count } => print(&lifecycle::run(count)?),
+        Cmd::Plugin { count, crl_entries } => print(&plugin::run(count, crl_entries)?),
         Cmd::Store {
             provision_bin,
             time_bin,

@@ -41,6 +41,8 @@ pub(crate) struct Results {
     pub(crate) storm: Option<Storm>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) lifecycle: Option<Lifecycle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) plugin: Option<Plugin>,
 }
 
 impl Results {
@@ -60,6 +62,7 @@ impl Results {
             idle: None,
             storm: None,
             lifecycle: None,
+            plugin: None,
         }
     }
 
@@ -103,6 +106,12 @@ pub(crate) struct Sizes {
     pub(crate) idle_connections: usize,
     pub(crate) storm_devices: usize,
     pub(crate) lifecycle_devices: usize,
+    /// QoS 1 messages through each broker in the plugin step.
+    #[serde(default)]
+    pub(crate) plugin_messages: usize,
+    /// Serials in the plugin step's large CRL.
+    #[serde(default)]
+    pub(crate) plugin_crl_entries: usize,
 }
 
 impl Sizes {
@@ -121,6 +130,8 @@ impl Sizes {
                 idle_connections: 200,
                 storm_devices: 200,
                 lifecycle_devices: 200,
+                plugin_messages: 10_000,
+                plugin_crl_entries: 50_000,
             }
         } else {
             Self {
@@ -136,6 +147,8 @@ impl Sizes {
                 idle_connections: 1_000,
                 storm_devices: 1_000,
                 lifecycle_devices: 1_000,
+                plugin_messages: 50_000,
+                plugin_crl_entries: 500_000,
             }
         }
     }
@@ -330,6 +343,35 @@ pub(crate) struct Lifecycle {
     pub(crate) published: usize,
     pub(crate) received: usize,
     pub(crate) lost: usize,
+}
+
+/// `mqtt-bench plugin`: the broker plugin against Mosquitto's `acl_file`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Plugin {
+    /// QoS 1 messages through each broker.
+    pub(crate) count: usize,
+    pub(crate) plugin_qos1_per_second: f64,
+    pub(crate) acl_file_qos1_per_second: f64,
+    /// Plugin over acl_file (target: at least 0.9).
+    pub(crate) throughput_ratio: f64,
+    /// Sequential connections (each with one SUBSCRIBE) through each.
+    pub(crate) connects: usize,
+    pub(crate) plugin_connects_per_second: f64,
+    pub(crate) acl_file_connects_per_second: f64,
+    /// Plugin over acl_file (target: at least 0.9).
+    pub(crate) connects_ratio: f64,
+    /// One decision (READ or WRITE) on the default rules, in ns.
+    pub(crate) check_ns: f64,
+    pub(crate) crl_entries: usize,
+    pub(crate) crl_bytes: usize,
+    pub(crate) crl_sign_seconds: f64,
+    /// The longest pause between two deliveries of a 500/s QoS 1 stream,
+    /// before the CRL changed.
+    pub(crate) baseline_max_gap_ms: f64,
+    /// The same from the CRL change on: the plugin reads it (on a thread
+    /// of its own) and reloads the broker, which parses it itself.
+    pub(crate) reload_max_gap_ms: f64,
+    pub(crate) broker_reloaded: bool,
 }
 
 /// The machine, for the report: CPU model, cores, memory.

@@ -156,7 +156,7 @@ pub(crate) fn targets(results: &Results) -> Vec<Row> {
     // 10 %), and a large CRL reloaded without a pause over 100 ms.
     if let Some(p) = &results.plugin {
         row("plugin / acl_file: QoS 1 msg/s", p.throughput_ratio, 0.9);
-        row("plugin / acl_file: connects/s", p.connects_ratio, 0.9);
+        row("plugin / acl_file: connections/s", p.connects_ratio, 0.9);
         row(
             "CRL reload: 100 ms / longest delivery pause",
             100.0 / p.reload_max_gap_ms.max(1.0),
@@ -242,8 +242,9 @@ mod tests {
     #[test]
     fn rows_follow_the_results() {
         let rows = rows(&sample()).unwrap();
-        // 11 targets, 2 store commands and their memory, 2 lifecycle.
-        assert_eq!(rows.len(), 16);
+        // 11 targets, 2 store commands and their memory, 2 lifecycle, 3
+        // plugin.
+        assert_eq!(rows.len(), 19);
         assert_eq!(rows[1].ratio, 7.0);
         assert_eq!(rows[4].ratio, 2.0); // 10 s budget over 5 s
         assert_eq!(rows[6].ratio, 1.1); // QoS 0, not QoS 1
@@ -251,6 +252,7 @@ mod tests {
         assert_eq!(rows[9].ratio, 0.5); // 30 KB budget over 60 KB
         assert_eq!(rows[13].ratio, 50.0 / 60.0); // the largest peak of any command
         assert_eq!(rows[15].ratio, 2.0); // 10 s budget over 5 s
+        assert_eq!(rows[18].ratio, 2.0); // 100 ms budget over 50 ms
     }
 
     #[test]
@@ -258,7 +260,7 @@ mod tests {
         let mut results = sample();
         results.connects = None;
         let rows = rows(&results).unwrap();
-        assert_eq!(rows.len(), 15);
+        assert_eq!(rows.len(), 18);
         assert!(rows.iter().all(|r| !r.label.contains("connects/s")));
         let empty = Results::new("m".into(), true, Sizes::new(true));
         assert!(super::rows(&empty).is_err());

@@ -508,6 +508,23 @@ pub(crate) mod tests {
             received: 3000,
             lost: 0,
         });
+        r.plugin = Some(Plugin {
+            count: 10_000,
+            plugin_qos1_per_second: 9_500.0,
+            acl_file_qos1_per_second: 10_000.0,
+            throughput_ratio: 0.95,
+            connects: 100,
+            plugin_connects_per_second: 400.0,
+            acl_file_connects_per_second: 400.0,
+            connects_ratio: 1.0,
+            check_ns: 120.0,
+            crl_entries: 50_000,
+            crl_bytes: 3_500_000,
+            crl_sign_seconds: 0.5,
+            baseline_max_gap_ms: 10.0,
+            reload_max_gap_ms: 50.0,
+            broker_reloaded: true,
+        });
         r
     }
 

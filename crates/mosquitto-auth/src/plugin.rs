@@ -13,7 +13,7 @@
 //! closed, are checked without a certificate, so the identity is also kept
 //! by client id.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -99,9 +99,10 @@ pub struct Options {
     pub rules: PathBuf,
     /// `plugin_opt_crl`: the CRL file (the broker's `crlfile`).
     pub crl: PathBuf,
-    /// `plugin_opt_max_offline_identities` (default 1,000,000): how many
+    /// `plugin_opt_max_offline_identities` (default 200,000): how many
     /// identities of disconnected clients are kept for their offline
-    /// sessions.
+    /// sessions (past it the oldest go: their queued deliveries are then
+    /// checked again when they reconnect).
     pub max_offline: usize,
 }
 
@@ -109,7 +110,7 @@ impl Options {
     /// Reads the options; `rules` and `crl` are required, an unknown one
     /// is refused.
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self> {
-        let (mut rules, mut crl, mut max_offline) = (None, None, 1_000_000);
+        let (mut rules, mut crl, mut max_offline) = (None, None, 200_000);
         for (key, value) in pairs {
             match key {
                 "rules" => rules = Some(PathBuf::from(value)),
@@ -210,7 +211,7 @@ fn load_crl(path: &Path) -> CrlRead {
 struct Conn {
     client_id: Option<String>,
     identity: Arc<Identity>,
-    grant: Grant,
+    grant: Arc<Grant>,
     generation: u64,
 }
 
@@ -229,13 +230,32 @@ pub struct Plugin {
     crl_text: Option<String>,
     crl_job: Option<Receiver<CrlRead>>,
     live: HashMap<ClientKey, Conn>,
-    offline: HashMap<String, Conn>,
+    /// Disconnected clients whose session the broker may keep: the
+    /// identity their deliveries and Last Will are checked with, by the
+    /// `struct mosquitto` the session stays in.
+    offline: HashMap<ClientKey, Conn>,
+    /// Where each client id's offline session is, to forget it when the id
+    /// connects again (the broker moves the session to the new client).
+    offline_by_id: HashMap<String, ClientKey>,
+    /// The order offline entries came in: the oldest go first past
+    /// `max_offline`.
+    offline_order: VecDeque<ClientKey>,
     /// Clean 3.1.1 sessions that ended: forgotten at the next tick (after
     /// their Last Will was checked).
-    ended: Vec<(String, Arc<Identity>)>,
+    ended: Vec<ClientKey>,
     kicks: BTreeSet<String>,
     last_poll: Option<Instant>,
+    /// When the broker last ticked (or the plugin started): without ticks
+    /// (`per_listener_settings true`) nothing is read again or kicked.
+    last_tick: Instant,
+    no_tick_reported: bool,
+    /// Refused SUBSCRIBEs logged since the last poll, and those not logged.
+    denials_logged: u32,
+    denials_suppressed: u32,
 }
+
+/// Refused SUBSCRIBEs logged in one poll interval; the rest are counted.
+const DENIALS_PER_POLL: u32 = 10;
 
 impl Plugin {
     /// Reads both files. One that cannot be read does not stop the broker:
@@ -269,9 +289,15 @@ impl Plugin {
             crl_job: None,
             live: HashMap::new(),
             offline: HashMap::new(),
+            offline_by_id: HashMap::new(),
+            offline_order: VecDeque::new(),
             ended: Vec::new(),
             kicks: BTreeSet::new(),
             last_poll: None,
+            last_tick: Instant::now(),
+            no_tick_reported: false,
+            denials_logged: 0,
+            denials_suppressed: 0,
         };
         plugin.log_state(broker, "started");
         plugin
@@ -323,8 +349,15 @@ impl Plugin {
             return false;
         };
         let (rules, revoked) = (Arc::clone(rules), Arc::clone(revoked));
+        self.watch_ticks(broker);
         let Some(conn) = self.connection(broker, client, &rules) else {
-            return false;
+            // No certificate and never seen: an offline session the broker
+            // kept from before it restarted (or past `max_offline`). Its
+            // deliveries are queued; Mosquitto checks every queued message
+            // again against the certificate it reconnects with
+            // (`connection_check_acl`), so nothing reaches the wrong
+            // identity. Anything else is refused.
+            return access == Access::Read;
         };
         let Identity::Known { serial, .. } = conn.identity.as_ref() else {
             return false;
@@ -339,15 +372,34 @@ impl Plugin {
         }
         let allowed = conn.grant.allows(request);
         if !allowed && access == Access::Subscribe {
-            broker.log(
-                Level::Notice,
-                &format!(
-                    "mqtt-mtls auth: denied SUBSCRIBE to {topic:?} by {} (not in its role's rules)",
-                    conn.client_id.as_deref().unwrap_or("?")
-                ),
-            );
+            let who = conn.client_id.clone().unwrap_or_else(|| "?".into());
+            if self.denials_logged < DENIALS_PER_POLL {
+                self.denials_logged += 1;
+                broker.log(
+                    Level::Notice,
+                    &format!(
+                        "mqtt-mtls auth: denied SUBSCRIBE to {topic:?} by {who} (not in its role's rules)"
+                    ),
+                );
+            } else {
+                self.denials_suppressed += 1;
+            }
         }
         allowed
+    }
+
+    /// Says once, loudly, when the broker has not ticked for 5 s: then
+    /// files are not read again and revoked connections not taken off.
+    fn watch_ticks(&mut self, broker: &impl Broker) {
+        if !self.no_tick_reported && self.last_tick.elapsed() > Duration::from_secs(5) {
+            self.no_tick_reported = true;
+            broker.log(
+                Level::Error,
+                "mqtt-mtls auth: the broker has not ticked for 5 s (per_listener_settings true?): \
+                 changes to the CRL and rules are not applied and revoked connections stay; set \
+                 per_listener_settings false",
+            );
+        }
     }
 
     /// The connection's entry: the live one, else made from its
@@ -362,7 +414,7 @@ impl Plugin {
         let generation = self.generation;
         let regrant = |conn: &mut Conn| {
             if conn.generation != generation {
-                conn.grant = grant(rules, &conn.identity);
+                conn.grant = Arc::new(grant(rules, &conn.identity));
                 conn.generation = generation;
             }
         };
@@ -373,60 +425,100 @@ impl Plugin {
         }
         match broker.certificate(client) {
             Some(der) => {
-                let client_id = broker.client_id(client);
-                let mut identity = Identity::from_der(&der);
-                // The CN is the username on our listeners: a certificate
-                // the broker read otherwise gets nothing.
-                if let (Some(name), Some(username)) = (identity.name(), broker.username(client))
-                    && name != username
-                {
-                    identity = Identity::Refused(format!(
-                        "its CN {name:?} is not its username {username:?}"
-                    ));
-                }
-                if let Identity::Refused(why) = &identity {
-                    broker.log(
-                        Level::Warning,
-                        &format!(
-                            "mqtt-mtls auth: refusing everything to {}: {why}",
-                            client_id.as_deref().unwrap_or("?")
-                        ),
-                    );
-                }
-                let identity = Arc::new(identity);
-                let conn = Conn {
-                    grant: grant(rules, &identity),
-                    client_id,
-                    identity,
-                    generation,
-                };
+                let conn = self.identify(broker, client, &der, rules);
+                // This client id's earlier session, if it was offline, now
+                // belongs to this connection.
                 if let Some(id) = &conn.client_id
-                    && (self.offline.len() < self.options.max_offline
-                        || self.offline.contains_key(id))
+                    && let Some(old) = self.offline_by_id.remove(id)
                 {
-                    self.offline.insert(id.clone(), conn.clone());
+                    self.offline.remove(&old);
                 }
                 Some(self.live.entry(client).or_insert(conn))
             }
             None => {
-                let id = broker.client_id(client)?;
-                let conn = self.offline.get_mut(&id)?;
+                // The socket is closed (a Last Will, or a delivery queued
+                // for an offline session): the identity it had.
+                let conn = self.offline.get_mut(&client)?;
+                if conn.client_id != broker.client_id(client) {
+                    return None;
+                }
                 regrant(conn);
                 Some(conn)
             }
         }
     }
 
-    /// The client's connection ended (`MOSQ_EVT_DISCONNECT`, before its
-    /// Last Will is checked).
-    pub fn disconnect(&mut self, broker: &impl Broker, client: ClientKey) {
-        let Some(conn) = self.live.remove(&client) else {
-            return;
-        };
-        if let Some(id) = conn.client_id
-            && broker.ends_with_connection(client)
+    /// A connection's entry from its certificate (DER).
+    fn identify(&self, broker: &impl Broker, client: ClientKey, der: &[u8], rules: &Rules) -> Conn {
+        let client_id = broker.client_id(client);
+        let mut identity = Identity::from_der(der);
+        // The CN is the username on our listeners: a certificate the broker
+        // read otherwise gets nothing.
+        if let (Some(name), Some(username)) = (identity.name(), broker.username(client))
+            && name != username
         {
-            self.ended.push((id, conn.identity));
+            identity =
+                Identity::Refused(format!("its CN {name:?} is not its username {username:?}"));
+        }
+        if let Identity::Refused(why) = &identity {
+            broker.log(
+                Level::Warning,
+                &format!(
+                    "mqtt-mtls auth: refusing everything to {}: {why}",
+                    client_id.as_deref().unwrap_or("?")
+                ),
+            );
+        }
+        Conn {
+            grant: Arc::new(grant(rules, &identity)),
+            identity: Arc::new(identity),
+            client_id,
+            generation: self.generation,
+        }
+    }
+
+    /// The client's connection ended (`MOSQ_EVT_DISCONNECT`: its socket
+    /// is still open, its Last Will not yet checked). Its identity is kept
+    /// for its session (read from its certificate now if it made no check
+    /// while connected), and forgotten at the next tick when the session
+    /// ends with the connection.
+    pub fn disconnect(&mut self, broker: &impl Broker, client: ClientKey) {
+        let conn = match self.live.remove(&client) {
+            Some(conn) => conn,
+            None => {
+                let (Ok(rules), Some(der)) = (&self.rules.value, broker.certificate(client)) else {
+                    return;
+                };
+                let rules = Arc::clone(rules);
+                self.identify(broker, client, &der, &rules)
+            }
+        };
+        if let Some(id) = &conn.client_id {
+            if let Some(old) = self.offline_by_id.insert(id.clone(), client)
+                && old != client
+            {
+                self.offline.remove(&old);
+            }
+        }
+        self.offline.insert(client, conn);
+        self.offline_order.push_back(client);
+        while self.offline.len() > self.options.max_offline {
+            let Some(oldest) = self.offline_order.pop_front() else {
+                break;
+            };
+            self.forget_offline(oldest);
+        }
+        if broker.ends_with_connection(client) {
+            self.ended.push(client);
+        }
+    }
+
+    fn forget_offline(&mut self, client: ClientKey) {
+        if let Some(conn) = self.offline.remove(&client)
+            && let Some(id) = conn.client_id
+            && self.offline_by_id.get(&id) == Some(&client)
+        {
+            self.offline_by_id.remove(&id);
         }
     }
 
@@ -435,20 +527,31 @@ impl Plugin {
     /// after it let go of the plugin: a kick calls back into it
     /// (`MOSQ_EVT_DISCONNECT`).
     pub fn tick(&mut self, broker: &impl Broker, now: Instant) -> Vec<String> {
+        self.last_tick = Instant::now();
         if self
             .last_poll
             .is_none_or(|last| now.duration_since(last) >= POLL)
         {
             self.last_poll = Some(now);
-            for (id, identity) in std::mem::take(&mut self.ended) {
-                if self
-                    .offline
-                    .get(&id)
-                    .is_some_and(|c| Arc::ptr_eq(&c.identity, &identity))
-                {
-                    self.offline.remove(&id);
-                }
+            for client in std::mem::take(&mut self.ended) {
+                self.forget_offline(client);
             }
+            // Entries forgotten leave stale keys in the order: dropped once
+            // they are most of it.
+            if self.offline_order.len() > 2 * self.offline.len() + 1024 {
+                let offline = &self.offline;
+                self.offline_order.retain(|k| offline.contains_key(k));
+            }
+            if self.denials_suppressed > 0 {
+                broker.log(
+                    Level::Notice,
+                    &format!(
+                        "mqtt-mtls auth: {} more SUBSCRIBEs denied (not logged one by one)",
+                        self.denials_suppressed
+                    ),
+                );
+            }
+            (self.denials_logged, self.denials_suppressed) = (0, 0);
             self.poll_rules(broker);
             self.poll_crl(broker);
         }

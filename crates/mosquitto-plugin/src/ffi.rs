@@ -11,10 +11,11 @@
 
 #![allow(unreachable_pub)]
 
+use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, TryLockError};
 use std::time::Instant;
 
 use mosquitto_auth::plugin::{Access, Broker, ClientKey, Level, Options, Plugin};
@@ -142,15 +143,28 @@ unsafe fn text(p: *const c_char) -> Option<String> {
     Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }
 
-/// The broker, as `mosquitto_auth` sees it. A [`ClientKey`] is only ever
-/// made in this module, from the `client` of the event being handled, and
-/// the plugin asks about a client only while handling that client's
-/// event.
-struct Mosquitto;
+/// The broker, as `mosquitto_auth` sees it, for one callback. A
+/// [`ClientKey`] is only ever made in this module, from the `client` of the
+/// event being handled, and the plugin asks about a client only while
+/// handling that client's event. Log lines wait in `logs` until the plugin
+/// is unlocked ([`Mosquitto::flush`]): Mosquitto may turn a log line into a
+/// `$SYS/broker/log` message at once, whose deliveries call the plugin
+/// again.
+#[derive(Default)]
+struct Mosquitto {
+    logs: RefCell<Vec<(c_int, String)>>,
+}
 
 impl Mosquitto {
     fn client(key: ClientKey) -> *const c_void {
         key.0 as *const c_void
+    }
+
+    /// Writes the log lines the plugin left.
+    fn flush(&self) {
+        for (level, message) in self.logs.take() {
+            log(level, &message);
+        }
     }
 }
 
@@ -210,10 +224,10 @@ impl Broker for Mosquitto {
         if let Err(e) =
             rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::HUP)
         {
-            log(
+            self.logs.borrow_mut().push((
                 MOSQ_LOG_ERR,
-                &format!("mqtt-mtls auth: cannot reload the broker (SIGHUP): {e}"),
-            );
+                format!("mqtt-mtls auth: cannot reload the broker (SIGHUP): {e}"),
+            ));
         }
     }
 
@@ -225,7 +239,7 @@ impl Broker for Mosquitto {
             Level::Error => MOSQ_LOG_ERR,
             Level::Debug => MOSQ_LOG_DEBUG,
         };
-        log(level, message);
+        self.logs.borrow_mut().push((level, message.to_owned()));
     }
 }
 
@@ -240,7 +254,8 @@ fn kick(client_id: &str) {
     unsafe { mosquitto_kick_client_by_clientid(id.as_ptr(), false) };
 }
 
-/// The state behind `userdata`, locked.
+/// The state behind `userdata`, locked; `None` when it is locked already
+/// (a callback inside a callback: refused, never a deadlock).
 ///
 /// # Safety
 /// `userdata` is NULL or the `State` `mosquitto_plugin_init` leaked, not
@@ -248,7 +263,11 @@ fn kick(client_id: &str) {
 unsafe fn with_plugin<T>(userdata: *mut c_void, f: impl FnOnce(&mut Plugin) -> T) -> Option<T> {
     // SAFETY: the caller's promise.
     let state = unsafe { userdata.cast::<State>().as_ref() }?;
-    let mut plugin = state.plugin.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut plugin = match state.plugin.try_lock() {
+        Ok(plugin) => plugin,
+        Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        Err(TryLockError::WouldBlock) => return None,
+    };
     Some(f(&mut plugin))
 }
 
@@ -299,7 +318,9 @@ pub extern "C" fn mosquitto_plugin_init(
                 return MOSQ_ERR_UNKNOWN;
             }
         };
-        let plugin = Plugin::new(options, &Mosquitto);
+        let broker = Mosquitto::default();
+        let plugin = Plugin::new(options, &broker);
+        broker.flush();
         let state = Box::into_raw(Box::new(State {
             identifier,
             plugin: Mutex::new(plugin),
@@ -380,9 +401,11 @@ extern "C" fn on_acl_check(_event: c_int, data: *mut c_void, userdata: *mut c_vo
             return MOSQ_ERR_ACL_DENIED;
         };
         let client = ClientKey(event.client as usize);
+        let broker = Mosquitto::default();
         // SAFETY: our state, registered as this callback's userdata.
         let allowed =
-            unsafe { with_plugin(userdata, |p| p.acl_check(&Mosquitto, client, access, topic)) };
+            unsafe { with_plugin(userdata, |p| p.acl_check(&broker, client, access, topic)) };
+        broker.flush();
         if allowed == Some(true) {
             MOSQ_ERR_SUCCESS
         } else {
@@ -398,8 +421,10 @@ extern "C" fn on_disconnect(_event: c_int, data: *mut c_void, userdata: *mut c_v
             && !event.client.is_null()
         {
             let client = ClientKey(event.client as usize);
+            let broker = Mosquitto::default();
             // SAFETY: our state.
-            unsafe { with_plugin(userdata, |p| p.disconnect(&Mosquitto, client)) };
+            unsafe { with_plugin(userdata, |p| p.disconnect(&broker, client)) };
+            broker.flush();
         }
         MOSQ_ERR_SUCCESS
     })
@@ -408,8 +433,10 @@ extern "C" fn on_disconnect(_event: c_int, data: *mut c_void, userdata: *mut c_v
 extern "C" fn on_tick(_event: c_int, _data: *mut c_void, userdata: *mut c_void) -> c_int {
     guarded(MOSQ_ERR_SUCCESS, || {
         // 2.0.11 leaves the tick's time fields zeroed: our own clock.
+        let broker = Mosquitto::default();
         // SAFETY: our state.
-        let kicks = unsafe { with_plugin(userdata, |p| p.tick(&Mosquitto, Instant::now())) };
+        let kicks = unsafe { with_plugin(userdata, |p| p.tick(&broker, Instant::now())) };
+        broker.flush();
         for id in kicks.into_iter().flatten() {
             kick(&id);
         }
@@ -419,8 +446,10 @@ extern "C" fn on_tick(_event: c_int, _data: *mut c_void, userdata: *mut c_void) 
 
 extern "C" fn on_reload(_event: c_int, _data: *mut c_void, userdata: *mut c_void) -> c_int {
     guarded(MOSQ_ERR_PLUGIN_DEFER, || {
+        let broker = Mosquitto::default();
         // SAFETY: our state.
-        unsafe { with_plugin(userdata, |p| p.reloaded(&Mosquitto)) };
+        unsafe { with_plugin(userdata, |p| p.reloaded(&broker)) };
+        broker.flush();
         // Deferred, so that the broker goes on reloading the rest of its
         // security settings.
         MOSQ_ERR_PLUGIN_DEFER

@@ -420,6 +420,7 @@ pub fn run(
                     serial: r.serial,
                     not_before: r.not_before.0,
                     cert_path: r.cert_path,
+                    role: r.role,
                 }),
                 Status::Revoked { .. } => {
                     h.revoked.insert(r.serial);
@@ -481,14 +482,25 @@ pub fn run(
     // unrevoked).
     // Only older ones: a newer certificate (renewed elsewhere) is never
     // superseded by the fleet.
-    let others = |record: &Record| -> Vec<Serial> {
+    // Each with its reason: a certificate with another role than the
+    // current one is withdrawn, not superseded, so that the brokers take
+    // its live connection off.
+    let others = |record: &Record| -> Vec<(Serial, RevocationReason)> {
+        let role = |r: Option<Role>| r.unwrap_or(Role::Device);
         history
             .get(&record.common_name)
             .map(|h| {
                 h.valid
                     .iter()
                     .filter(|c| c.serial != record.serial && c.not_before <= record.not_before.0)
-                    .map(|c| c.serial.clone())
+                    .map(|c| {
+                        let reason = if role(c.role) == role(record.role) {
+                            RevocationReason::Superseded
+                        } else {
+                            RevocationReason::PrivilegeWithdrawn
+                        };
+                        (c.serial.clone(), reason)
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -525,14 +537,7 @@ pub fn run(
                     role_changed,
                 }) => {
                     summary.issued += 1;
-                    // A certificate with another role is withdrawn, not
-                    // superseded: its live connection must go.
-                    let reason = if role_changed {
-                        RevocationReason::PrivilegeWithdrawn
-                    } else {
-                        RevocationReason::Superseded
-                    };
-                    superseded.extend(others(&record).into_iter().map(|s| (s, reason)));
+                    superseded.extend(others(&record));
                     if replaces {
                         summary.replaced += 1;
                     }
@@ -543,11 +548,7 @@ pub fn run(
                 }
                 Ok(Outcome::Kept { record, recorded }) => {
                     summary.kept += 1;
-                    superseded.extend(
-                        others(&record)
-                            .into_iter()
-                            .map(|s| (s, RevocationReason::Superseded)),
-                    );
+                    superseded.extend(others(&record));
                     if !recorded {
                         new_records.push(record);
                     }
@@ -607,6 +608,7 @@ struct Current {
     serial: Serial,
     not_before: SystemTime,
     cert_path: PathBuf,
+    role: Option<Role>,
 }
 
 enum Outcome {

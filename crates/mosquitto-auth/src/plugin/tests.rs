@@ -254,10 +254,15 @@ fn what_gets_nothing() {
     world.write_crl(&[]);
     let mut broker = Fake::default();
     let mut plugin = Plugin::new(world.options(), &broker);
-    // No certificate and no earlier connection.
+    // No certificate and never seen: may publish, subscribe, leave a
+    // Will: nothing. A delivery is queued (an offline session the broker
+    // kept across its restart: Mosquitto checks it again against the
+    // certificate the client reconnects with).
     let bare = ClientKey(9);
     broker.ids.insert(bare, "bare".into());
-    assert!(!plugin.acl_check(&broker, bare, Access::Read, "fleet/broadcast/x"));
+    assert!(!plugin.acl_check(&broker, bare, Access::Write, "devices/bare/x"));
+    assert!(!plugin.acl_check(&broker, bare, Access::Subscribe, "devices/bare/x"));
+    assert!(plugin.acl_check(&broker, bare, Access::Read, "devices/bare/x"));
     // A malformed certificate.
     let bad = broker.connect(1, "bad", b"not a certificate");
     assert!(!plugin.acl_check(&broker, bad, Access::Read, "fleet/broadcast/x"));
@@ -413,4 +418,89 @@ fn an_unreadable_file_refuses_everything_until_it_is_readable() {
         "{:?}",
         broker.log
     );
+}
+
+#[test]
+fn a_client_that_made_no_check_keeps_its_last_will() {
+    let mut world = World::new();
+    world.write_crl(&[]);
+    let mut broker = Fake::default();
+    let (der, _) = world.issue("d1", None);
+    let d1 = broker.connect(1, "d1", &der);
+    broker.clean.insert(d1, true);
+    let mut plugin = Plugin::new(world.options(), &broker);
+    // Connected, never published or subscribed: the plugin first hears of
+    // it at its disconnect, while the socket is still open.
+    plugin.disconnect(&broker, d1);
+    broker.close(d1);
+    assert!(plugin.acl_check(&broker, d1, Access::Write, "devices/d1/status"));
+    assert!(!plugin.acl_check(&broker, d1, Access::Write, "devices/d2/status"));
+}
+
+#[test]
+fn a_session_follows_its_client_id_to_the_new_connection() {
+    let mut world = World::new();
+    world.write_crl(&[]);
+    let mut broker = Fake::default();
+    let (der, serial) = world.issue("ingest", Some("service"));
+    let first = broker.connect(1, "ingest", &der);
+    let mut plugin = Plugin::new(world.options(), &broker);
+    let mut clock = Instant::now();
+    assert!(plugin.acl_check(&broker, first, Access::Subscribe, "devices/#"));
+    plugin.disconnect(&broker, first);
+    broker.close(first);
+    assert!(plugin.acl_check(&broker, first, Access::Read, "devices/d1/x"));
+    assert!(!plugin.acl_check(&broker, first, Access::Read, "fleet/x"));
+    // Back on another connection: the session moved there; the old
+    // address no longer carries the identity, and when Mosquitto forces
+    // the old session clean at a takeover it forgets nothing of the new.
+    let second = broker.connect(2, "ingest", &der);
+    assert!(plugin.acl_check(&broker, second, Access::Read, "devices/d1/x"));
+    plugin.disconnect(&broker, second);
+    broker.close(second);
+    broker.clean.insert(first, true);
+    clock += POLL;
+    broker.tick(&mut plugin, clock);
+    assert!(plugin.acl_check(&broker, second, Access::Read, "devices/d1/x"));
+    // Revoked while offline: nothing more is queued for it.
+    world.write_crl(&[(&serial, RevocationReason::KeyCompromise)]);
+    settle(&mut plugin, &broker, &mut clock);
+    assert!(!plugin.acl_check(&broker, second, Access::Read, "devices/d1/x"));
+}
+
+#[test]
+fn refusals_are_logged_within_bounds_and_a_missing_tick_is_reported() {
+    let mut world = World::new();
+    world.write_crl(&[]);
+    let mut broker = Fake::default();
+    let (der, _) = world.issue("d1", None);
+    let d1 = broker.connect(1, "d1", &der);
+    let mut plugin = Plugin::new(world.options(), &broker);
+    let mut clock = Instant::now();
+    broker.tick(&mut plugin, clock);
+    for i in 0..100 {
+        assert!(!plugin.acl_check(&broker, d1, Access::Subscribe, &format!("other/{i}")));
+    }
+    let denials = |b: &Fake| {
+        b.log
+            .borrow()
+            .iter()
+            .filter(|(_, m)| m.contains("denied SUBSCRIBE"))
+            .count()
+    };
+    assert_eq!(denials(&broker), DENIALS_PER_POLL as usize);
+    clock += POLL;
+    broker.tick(&mut plugin, clock);
+    assert!(broker.logged("90 more SUBSCRIBEs denied"));
+    // No tick for 5 s: said once.
+    plugin.last_tick = Instant::now() - Duration::from_secs(6);
+    assert!(plugin.acl_check(&broker, d1, Access::Write, "devices/d1/x"));
+    assert!(plugin.acl_check(&broker, d1, Access::Write, "devices/d1/x"));
+    let said = broker
+        .log
+        .borrow()
+        .iter()
+        .filter(|(_, m)| m.contains("has not ticked"))
+        .count();
+    assert_eq!(said, 1);
 }

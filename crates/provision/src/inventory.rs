@@ -1562,6 +1562,50 @@ impl<'a> LockedCa<'a> {
         })
     }
 
+    /// Gives `reason` to every unexpired certificate of `common_name` that
+    /// was revoked as superseded (a renewal's predecessors): a device whose
+    /// connection is still on an older certificate loses it too, since the
+    /// brokers' plugins keep superseded connections. Their serials.
+    pub fn withdraw_superseded(
+        &mut self,
+        common_name: &str,
+        reason: RevocationReason,
+    ) -> Result<Vec<Serial>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM certificates
+             WHERE common_name = $1 AND revocation_reason = $2 AND not_after > $3 ORDER BY seq"
+        );
+        let now = to_secs(Timestamp(SystemTime::now()));
+        let superseded = RevocationReason::Superseded.to_string();
+        let rows = self.run("reading", async |tx| {
+            either!(tx, Tx(c) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(common_name)
+                .bind(superseded.as_str())
+                .bind(now)
+                .fetch_all(&mut **c)
+                .await)
+        })?;
+        let serials: Vec<Serial> = rows
+            .into_iter()
+            .map(|r| r.record(&self.inventory.location).map(|r| r.serial))
+            .collect::<Result<_>>()?;
+        for serial in &serials {
+            self.run("revoking in", async |tx| {
+                either!(tx, Tx(c) => sqlx::query(
+                    "UPDATE certificates SET revocation_reason = $1
+                     WHERE serial = $2 AND revocation_reason = $3",
+                )
+                .bind(reason.to_string())
+                .bind(serial.to_string())
+                .bind(superseded.as_str())
+                .execute(&mut **c)
+                .await
+                .map(|_| ()))
+            })?;
+        }
+        Ok(serials)
+    }
+
     /// Revokes as superseded every other valid certificate with `new`'s
     /// common name (the MQTT username has one valid certificate), or as
     /// privilege-withdrawn when its role differs from `new`'s; their

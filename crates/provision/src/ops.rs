@@ -690,6 +690,9 @@ pub struct Revocation {
     /// Whether this call revoked it (`false`: it already was, and keeps
     /// its first revocation).
     pub newly: bool,
+    /// The name's superseded certificates (a renewal's predecessors) now
+    /// revoked for this reason too, so that a connection still on one ends.
+    pub withdrawn: Vec<Serial>,
 }
 
 /// Marks a certificate revoked in the inventory and rewrites the CRL in
@@ -743,11 +746,17 @@ pub fn revoke(
             }
         },
     };
+    let withdrawn = if reason == RevocationReason::Superseded {
+        Vec::new()
+    } else {
+        locked.withdraw_superseded(&record.common_name, reason)?
+    };
     let crl = locked.ca_dir().crl_path();
     locked.write_crl(&crl, crl_days)?;
     Ok(Revocation {
         record,
         newly: !already,
+        withdrawn,
     })
 }
 

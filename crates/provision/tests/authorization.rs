@@ -280,6 +280,13 @@ fn each_identity_gets_only_its_roles_topics() {
     // Its own topics and the broadcast are granted.
     let seen = mosquitto_sub(d, port, "dev-a", "devices/dev-a/+/x", 1);
     assert!(seen.contains("Subscribed (mid: 1): 0"), "{seen}");
+    // A service may read every device, and join the group its rules name
+    // (`share ingest devices/#`), but no other group: reading a topic is
+    // not joining a group.
+    let seen = mosquitto_sub(d, port, "ingest", "$share/ingest/devices/+/x", 1);
+    assert!(seen.contains("Subscribed (mid: 1): 0"), "{seen}");
+    let seen = mosquitto_sub(d, port, "ingest", "$share/other/devices/+/x", 1);
+    assert!(seen.contains("Subscribed (mid: 1): 128"), "{seen}");
 
     let service = Sub::start(d, port, "ingest", "devices/#");
     service.wait_ready(|| publish(d, port, "dev-d", "devices/dev-d/w", "warmup", None));
@@ -474,6 +481,32 @@ fn a_revoked_device_is_taken_off_the_broker() {
             "{kept} connected more than once:\n{log}"
         );
         assert!(!log.contains(&format!("disconnecting {kept}")), "{log}");
+    }
+
+    // Y is retired while its connection is still on the certificate its
+    // renewal superseded: revoking the current one withdraws that one too,
+    // and Y is off.
+    let out = ok(
+        d,
+        &[
+            "revoke",
+            "backend_certs/dev-y_cert.pem",
+            "--reason",
+            "cessation-of-operation",
+        ],
+    );
+    let returned = std::time::Instant::now();
+    assert!(out.contains("also revoked: "), "{out}");
+    while !broker
+        .log()
+        .contains("Client dev-y been disconnected by administrative action")
+    {
+        assert!(
+            returned.elapsed() < Duration::from_secs(1),
+            "dev-y still connected 1 s after revoke returned:\n{}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -594,6 +594,8 @@ pub(crate) struct Revoked {
     record: Record,
     crl: PathBuf,
     brokers: Brokers,
+    /// The name's superseded certificates revoked for this reason too.
+    withdrawn: Vec<String>,
 }
 
 impl fmt::Display for Revoked {
@@ -607,6 +609,14 @@ impl fmt::Display for Revoked {
             "revoked {} (serial {}, {reason})",
             self.record.subject, self.record.serial
         )?;
+        for serial in &self.withdrawn {
+            writeln!(
+                f,
+                "  also revoked: {serial}, an earlier certificate of {} that a renewal \
+                 superseded (a connection still on it ends too)",
+                self.record.common_name
+            )?;
+        }
         writeln!(
             f,
             "  CRL: {} (give it to the broker: crlfile)",
@@ -637,6 +647,11 @@ pub(crate) fn revoke_cmd(args: RevokeArgs) -> anyhow::Result<Revoked> {
         brokers,
         record,
         crl: dir.crl_path(),
+        withdrawn: revocation
+            .withdrawn
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
     })
 }
 

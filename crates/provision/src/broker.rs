@@ -49,9 +49,10 @@ pub enum Enforcement {
 }
 
 /// Where the broker plugin is when `broker-config` is not told
-/// (`--plugin`): beside this program (as `cargo xtask provision` and the
-/// packages install it), in cargo's `deps/` folder beside it (a workspace
-/// build), or in `/usr/lib/mqtt-mtls/`.
+/// (`--plugin`): beside this program, in cargo's `deps/` folder beside it
+/// (where every build of `provision` puts it), or in
+/// `/usr/lib/mqtt-mtls/`; the most recently built of those there, so that
+/// an old copy never shadows the plugin built with this program.
 pub fn default_plugin() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
@@ -61,7 +62,16 @@ pub fn default_plugin() -> Option<PathBuf> {
         Path::new("/usr/lib/mqtt-mtls").join(PLUGIN_FILE),
     ]
     .into_iter()
-    .find(|p| p.is_file())
+    .filter_map(|p| {
+        let modified = std::fs::metadata(&p)
+            .ok()
+            .filter(std::fs::Metadata::is_file)?
+            .modified()
+            .ok()?;
+        Some((modified, p))
+    })
+    .max_by_key(|(modified, _)| *modified)
+    .map(|(_, p)| p)
 }
 
 /// Reads the plugin to copy, refusing what is not a shared object.

@@ -695,3 +695,54 @@ fn a_crl_is_renewed_before_it_lapses() {
         None,
     );
 }
+
+/// A device that connects with a Last Will and drops without ever
+/// publishing or subscribing: the plugin first hears of it at its
+/// disconnect, reads its certificate then, and its Will (on its own
+/// topics) reaches the service; a Will outside its topics does not.
+#[test]
+fn a_last_will_of_a_client_that_made_no_check_is_delivered() {
+    let tmp = ca_with(
+        "Will Root",
+        &[
+            ("dev-w", "device"),
+            ("dev-v", "device"),
+            ("ingest", "service"),
+        ],
+    );
+    let d = tmp.path();
+    let (broker, port) = start_broker(d);
+    let service = Sub::start(d, port, "ingest", "devices/#");
+    service.wait_ready(|| publish(d, port, "dev-v", "devices/dev-v/w", "warmup", None));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (name, topic) in [
+        ("dev-v", "devices/dev-w/status"),
+        ("dev-w", "devices/dev-w/status"),
+    ] {
+        let bundle = mqtt_tls::ClientCert::new(
+            d.join(format!("backend_certs/{name}_cert.pem")),
+            d.join(format!("backend_certs/{name}.key")),
+            d.join("root_cert/root_ca_cert.pem"),
+        );
+        let identity = bundle.load().unwrap();
+        let mut options = mqtt_tls::ConnectOptions::new("localhost", port, name);
+        options.last_will = Some(mqtt_tls::LastWill {
+            topic: topic.into(),
+            payload: format!("{name} is offline").into_bytes().into(),
+            qos: mqtt_tls::QoS::AtLeastOnce,
+            retain: false,
+        });
+        runtime.block_on(async {
+            let (client, mut connection) = mqtt_tls::MqttClient::new(&options, &identity).unwrap();
+            connection.connect().await.unwrap();
+            // Dropped without DISCONNECT: the broker publishes the Will.
+            drop(connection);
+            drop(client);
+        });
+    }
+    // dev-v's Will names dev-w's topic: refused; dev-w's own arrives.
+    assert_eq!(service.next(), "dev-w is offline", "{}", broker.log());
+}

@@ -123,13 +123,14 @@ pub(crate) fn run(count: usize, crl_entries: usize) -> anyhow::Result<Plugin> {
     let pem = crl.to_pem();
     let crl_sign_seconds = signed_at.elapsed().as_secs_f64();
     let crl_path = d.join("plugin/crl.pem");
+    let written = pem.clone();
     let (baseline_gap, reload_gap, reloaded) = runtime.block_on(gaps_around(
         plugin_port,
         &bundle("sensor").load()?,
         &bundle("ingest").load()?,
-        || {
+        move || {
             let tmp = crl_path.with_extension("new");
-            std::fs::write(&tmp, &pem)?;
+            std::fs::write(&tmp, &written)?;
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
             std::fs::rename(&tmp, &crl_path)
         },
@@ -243,14 +244,15 @@ fn check_cost() -> f64 {
     started.elapsed().as_nanos() as f64 / f64::from(n)
 }
 
-/// A QoS 1 stream (a publish every 2 ms) for 3 s, `swap` done after the
-/// first 1.5 s: the longest pause between two deliveries before the swap,
-/// and from the swap to the end; and whether the broker logged a reload.
+/// A QoS 1 stream (a publish every 2 ms), `swap` done after 1.5 s, going
+/// on until a second after the broker logged its reload (at most 60 s):
+/// the longest pause between two deliveries before the swap, and from the
+/// swap to the end; and whether the broker reloaded.
 async fn gaps_around(
     port: u16,
     publisher: &mqtt_tls::TlsIdentity,
     subscriber: &mqtt_tls::TlsIdentity,
-    swap: impl FnOnce() -> std::io::Result<()>,
+    swap: impl FnOnce() -> std::io::Result<()> + Send + 'static,
     broker: &Mosquitto,
 ) -> anyhow::Result<(Duration, Duration, bool)> {
     let (sub, mut sub_conn) = MqttClient::new(
@@ -279,12 +281,31 @@ async fn gaps_around(
     let started = Instant::now();
     let mut swapped_at = None;
     let mut swap = Some(swap);
+    let mut swapping = None;
     let mut ticker = tokio::time::interval(Duration::from_millis(2));
-    while started.elapsed() < Duration::from_secs(3) {
+    // Until the broker has reloaded and a second more, at most 60 s.
+    let mut reloaded_at: Option<Instant> = None;
+    let mut looked = Instant::now();
+    while started.elapsed() < Duration::from_secs(3)
+        || reloaded_at.is_none_or(|at| at.elapsed() < Duration::from_secs(1))
+    {
+        if started.elapsed() > Duration::from_secs(60) {
+            break;
+        }
         ticker.tick().await;
+        if reloaded_at.is_none()
+            && swapped_at.is_some()
+            && looked.elapsed() > Duration::from_millis(50)
+        {
+            looked = Instant::now();
+            if broker.log().matches("Reloading config").count() > reloads_before {
+                reloaded_at = Some(Instant::now());
+            }
+        }
         if swapped_at.is_none() && started.elapsed() >= Duration::from_millis(1500) {
+            // Written beside the stream, not in its way.
             if let Some(swap) = swap.take() {
-                swap()?;
+                swapping = Some(std::thread::spawn(swap));
             }
             swapped_at = Some(Instant::now());
         }
@@ -295,8 +316,13 @@ async fn gaps_around(
                 .await;
         });
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let reloaded = broker.log().matches("Reloading config").count() > reloads_before;
+    if let Some(swapping) = swapping {
+        swapping
+            .join()
+            .map_err(|_| anyhow::anyhow!("writing the CRL panicked"))??;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reloaded = reloaded_at.is_some();
     let _ = publ.disconnect().await;
     let _ = pub_runner.await;
     let _ = sub.disconnect().await;
@@ -306,10 +332,11 @@ async fn gaps_around(
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned"))?
         .clone();
+    // A pause belongs to the part where it began.
     let max_gap = |from: Instant, to: Option<Instant>| {
         arrivals
             .windows(2)
-            .filter(|w| w[1] > from && to.is_none_or(|t| w[0] < t))
+            .filter(|w| w[0] >= from && to.is_none_or(|t| w[0] < t))
             .map(|w| w[1] - w[0])
             .max()
             .unwrap_or_default()

@@ -493,12 +493,11 @@ impl Plugin {
                 self.identify(broker, client, &der, &rules)
             }
         };
-        if let Some(id) = &conn.client_id {
-            if let Some(old) = self.offline_by_id.insert(id.clone(), client)
-                && old != client
-            {
-                self.offline.remove(&old);
-            }
+        if let Some(id) = &conn.client_id
+            && let Some(old) = self.offline_by_id.insert(id.clone(), client)
+            && old != client
+        {
+            self.offline.remove(&old);
         }
         self.offline.insert(client, conn);
         self.offline_order.push_back(client);

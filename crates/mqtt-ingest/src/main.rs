@@ -21,7 +21,7 @@ use mqtt_tls::{ConnectOptions, MqttClient};
 #[command(
     name = "mqtt-ingest",
     version,
-    after_help = "Example:\n  mqtt-ingest --cert backend_certs/backend_cert.pem --key backend_certs/backend.key \\\n    --ca root_cert/root_ca_cert.pem --host localhost --topic 'test/#' --db sqlite://ingest.db"
+    after_help = "Example:\n  mqtt-ingest --cert backend_certs/backend_cert.pem --key backend_certs/backend.key \\\n    --ca root_cert/root_ca_cert.pem --host localhost --topic 'devices/#' --db sqlite://ingest.db\n  (a service identity: a device may read only its own topics)"
 )]
 struct Args {
     /// A TOML configuration file.

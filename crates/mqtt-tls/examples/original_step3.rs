@@ -1,5 +1,6 @@
 //! The original design's step 3 in Rust: a `ClientCert` bundle, an MQTT
-//! client over mutual TLS, a handler on `test/data`, and a loop that keeps
+//! client over mutual TLS, a handler on the device's own topics
+//! (`devices/client1/#`: what the broker's rules give a device), and a loop that keeps
 //! going until Ctrl-C.
 //!
 //! ```text
@@ -39,12 +40,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (client, mut connection) =
         MqttClient::new(&ConnectOptions::new(host, port, client_id), &identity)?;
     connection.connect().await?;
-    client.subscribe("test/data", QoS::AtLeastOnce, save_data_to_db)?;
+    client.subscribe("devices/client1/#", QoS::AtLeastOnce, save_data_to_db)?;
 
     let publisher = client.clone();
     tokio::spawn(async move {
         match publisher
-            .publish("test/data", "hello from mqtt-tls", QoS::AtLeastOnce, false)
+            .publish(
+                "devices/client1/data",
+                "hello from mqtt-tls",
+                QoS::AtLeastOnce,
+                false,
+            )
             .await
         {
             Ok(()) => println!("published (PUBACK received)"),

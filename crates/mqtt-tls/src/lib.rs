@@ -34,12 +34,14 @@
 //! let (client, mut connection) =
 //!     MqttClient::new(&ConnectOptions::new("localhost", 8883, "Client1"), &identity)?;
 //! connection.connect().await?;
-//! client.subscribe("test/data", QoS::AtLeastOnce, |message| async move {
+//! // A device's own topics: the rules `provision broker-config` writes give
+//! // it `devices/NAME/...` and the broadcast, nothing else.
+//! client.subscribe("devices/client1/#", QoS::AtLeastOnce, |message| async move {
 //!     println!("{}: {:?}", message.topic, message.payload);
 //!     Ok::<(), std::io::Error>(())
 //! })?;
 //! tokio::spawn(connection.run());
-//! client.publish("test/data", "hello", QoS::AtLeastOnce, false).await?; // PUBACK received
+//! client.publish("devices/client1/data", "hello", QoS::AtLeastOnce, false).await?; // PUBACK received
 //! client.disconnect().await?;
 //! # Ok(())
 //! # }

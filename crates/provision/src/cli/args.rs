@@ -92,12 +92,12 @@ pub(crate) enum Command {
     BrokerConfig(BrokerConfigArgs),
     /// Publish one message over mutual TLS.
     #[command(
-        after_help = "Example:\n  provision pub --topic test/data --message hello \\\n    --cert backend_certs/client1_cert.pem --key backend_certs/client1.key --ca root_cert/root_ca_cert.pem"
+        after_help = "Example (a device publishes on its own topics):\n  provision pub --topic devices/client1/data --message hello \\\n    --cert backend_certs/client1_cert.pem --key backend_certs/client1.key --ca root_cert/root_ca_cert.pem"
     )]
     Pub(PubArgs),
     /// Subscribe and print each message's payload.
     #[command(
-        after_help = "Example:\n  provision sub --topic 'test/#' --count 1 --bundle client1.toml"
+        after_help = "Example (a service reads every device):\n  provision sub --topic 'devices/#' --count 1 \\\n    --cert backend_certs/backend_cert.pem --key backend_certs/backend.key --ca root_cert/root_ca_cert.pem"
     )]
     Sub(SubArgs),
     /// Check the fleet: expiring certificates (and the CA), the CRL, revoked

@@ -213,6 +213,9 @@ struct Conn {
     identity: Arc<Identity>,
     grant: Arc<Grant>,
     generation: u64,
+    /// Which offline entry this is (an address is reused: the order and
+    /// the sessions to forget name the entry, not only the address).
+    seq: u64,
 }
 
 /// The plugin: its files, what it knows of each client, and what it must
@@ -239,10 +242,12 @@ pub struct Plugin {
     offline_by_id: HashMap<String, ClientKey>,
     /// The order offline entries came in: the oldest go first past
     /// `max_offline`.
-    offline_order: VecDeque<ClientKey>,
+    offline_order: VecDeque<(ClientKey, u64)>,
     /// Clean 3.1.1 sessions that ended: forgotten at the next tick (after
     /// their Last Will was checked).
-    ended: Vec<ClientKey>,
+    ended: Vec<(ClientKey, u64)>,
+    /// The next offline entry's `seq`.
+    next_seq: u64,
     kicks: BTreeSet<String>,
     last_poll: Option<Instant>,
     /// When the broker last ticked (or the plugin started): without ticks
@@ -292,6 +297,7 @@ impl Plugin {
             offline_by_id: HashMap::new(),
             offline_order: VecDeque::new(),
             ended: Vec::new(),
+            next_seq: 0,
             kicks: BTreeSet::new(),
             last_poll: None,
             last_tick: Instant::now(),
@@ -365,7 +371,12 @@ impl Plugin {
         if revoked.refuses(serial) {
             // Until the broker's reload refuses its handshakes, a revoked
             // certificate that connects again is taken off at every tick.
-            if let Some(id) = conn.client_id.clone() {
+            // Kicked only when connected: an offline session's deliveries
+            // are merely refused (a kick by its client id could hit the
+            // device's new connection).
+            if let Some(id) = conn.client_id.clone()
+                && self.live.contains_key(&client)
+            {
                 self.kicks.insert(id);
             }
             return false;
@@ -426,12 +437,14 @@ impl Plugin {
         match broker.certificate(client) {
             Some(der) => {
                 let conn = self.identify(broker, client, &der, rules);
-                // This client id's earlier session, if it was offline, now
-                // belongs to this connection.
+                // Nothing of an earlier client at this address stays, and
+                // this client id's offline session, if any, now belongs to
+                // this connection.
+                self.forget_offline(client, None);
                 if let Some(id) = &conn.client_id
-                    && let Some(old) = self.offline_by_id.remove(id)
+                    && let Some(&old) = self.offline_by_id.get(id)
                 {
-                    self.offline.remove(&old);
+                    self.forget_offline(old, None);
                 }
                 Some(self.live.entry(client).or_insert(conn))
             }
@@ -474,6 +487,7 @@ impl Plugin {
             identity: Arc::new(identity),
             client_id,
             generation: self.generation,
+            seq: 0,
         }
     }
 
@@ -483,6 +497,8 @@ impl Plugin {
     /// while connected), and forgotten at the next tick when the session
     /// ends with the connection.
     pub fn disconnect(&mut self, broker: &impl Broker, client: ClientKey) {
+        // Whatever an earlier client at this address left goes first.
+        self.forget_offline(client, None);
         let conn = match self.live.remove(&client) {
             Some(conn) => conn,
             None => {
@@ -493,26 +509,37 @@ impl Plugin {
                 self.identify(broker, client, &der, &rules)
             }
         };
+        // One offline session per client id: an older one elsewhere is
+        // the broker's no more.
         if let Some(id) = &conn.client_id
-            && let Some(old) = self.offline_by_id.insert(id.clone(), client)
-            && old != client
+            && let Some(&old) = self.offline_by_id.get(id)
         {
-            self.offline.remove(&old);
+            self.forget_offline(old, None);
         }
-        self.offline.insert(client, conn);
-        self.offline_order.push_back(client);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(id) = &conn.client_id {
+            self.offline_by_id.insert(id.clone(), client);
+        }
+        self.offline.insert(client, Conn { seq, ..conn });
+        self.offline_order.push_back((client, seq));
         while self.offline.len() > self.options.max_offline {
-            let Some(oldest) = self.offline_order.pop_front() else {
+            let Some((oldest, seq)) = self.offline_order.pop_front() else {
                 break;
             };
-            self.forget_offline(oldest);
+            self.forget_offline(oldest, Some(seq));
         }
         if broker.ends_with_connection(client) {
-            self.ended.push(client);
+            self.ended.push((client, seq));
         }
     }
 
-    fn forget_offline(&mut self, client: ClientKey) {
+    /// Forgets the offline entry at `client` (only the one numbered `seq`,
+    /// when given), and its client id's pointer to it.
+    fn forget_offline(&mut self, client: ClientKey, seq: Option<u64>) {
+        if seq.is_some_and(|seq| self.offline.get(&client).is_none_or(|c| c.seq != seq)) {
+            return;
+        }
         if let Some(conn) = self.offline.remove(&client)
             && let Some(id) = conn.client_id
             && self.offline_by_id.get(&id) == Some(&client)
@@ -532,14 +559,15 @@ impl Plugin {
             .is_none_or(|last| now.duration_since(last) >= POLL)
         {
             self.last_poll = Some(now);
-            for client in std::mem::take(&mut self.ended) {
-                self.forget_offline(client);
+            for (client, seq) in std::mem::take(&mut self.ended) {
+                self.forget_offline(client, Some(seq));
             }
-            // Entries forgotten leave stale keys in the order: dropped once
-            // they are most of it.
+            // Entries forgotten leave stale places in the order: dropped
+            // once they are most of it.
             if self.offline_order.len() > 2 * self.offline.len() + 1024 {
                 let offline = &self.offline;
-                self.offline_order.retain(|k| offline.contains_key(k));
+                self.offline_order
+                    .retain(|(k, seq)| offline.get(k).is_some_and(|c| c.seq == *seq));
             }
             if self.denials_suppressed > 0 {
                 broker.log(

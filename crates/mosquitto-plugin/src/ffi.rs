@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, TryLockError};
 use std::time::Instant;
 
@@ -102,6 +103,9 @@ unsafe extern "C" {
 struct State {
     identifier: *mut c_void,
     plugin: Mutex<Plugin>,
+    /// Callbacks refused because the plugin was locked (a callback inside
+    /// a callback), logged at the next tick: logging then could call back.
+    reentrant: AtomicU64,
 }
 
 /// The events this plugin handles.
@@ -266,7 +270,10 @@ unsafe fn with_plugin<T>(userdata: *mut c_void, f: impl FnOnce(&mut Plugin) -> T
     let mut plugin = match state.plugin.try_lock() {
         Ok(plugin) => plugin,
         Err(TryLockError::Poisoned(p)) => p.into_inner(),
-        Err(TryLockError::WouldBlock) => return None,
+        Err(TryLockError::WouldBlock) => {
+            state.reentrant.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
     };
     Some(f(&mut plugin))
 }
@@ -324,6 +331,7 @@ pub extern "C" fn mosquitto_plugin_init(
         let state = Box::into_raw(Box::new(State {
             identifier,
             plugin: Mutex::new(plugin),
+            reentrant: AtomicU64::new(0),
         }));
         for (i, (event, callback)) in EVENTS.iter().enumerate() {
             // SAFETY: the identifier the broker gave us, a callback of the
@@ -437,6 +445,19 @@ extern "C" fn on_tick(_event: c_int, _data: *mut c_void, userdata: *mut c_void) 
         // SAFETY: our state.
         let kicks = unsafe { with_plugin(userdata, |p| p.tick(&broker, Instant::now())) };
         broker.flush();
+        // SAFETY: our state.
+        if let Some(state) = unsafe { userdata.cast::<State>().as_ref() } {
+            let refused = state.reentrant.swap(0, Ordering::Relaxed);
+            if refused > 0 {
+                log(
+                    MOSQ_LOG_ERR,
+                    &format!(
+                        "mqtt-mtls auth: {refused} callbacks came while the plugin was busy \
+                         (a callback inside a callback) and were refused"
+                    ),
+                );
+            }
+        }
         for id in kicks.into_iter().flatten() {
             kick(&id);
         }

@@ -577,6 +577,11 @@ pub fn run(
         for (serial, reason) in &superseded {
             locked.revoke(serial, *reason)?;
         }
+        // A name whose role changed: connections still on an earlier
+        // renewal's certificate lose the old role's rights too.
+        for name in &summary.role_changed {
+            locked.withdraw_superseded(name, RevocationReason::PrivilegeWithdrawn, None)?;
+        }
         let crl = ca_dir.crl_path();
         locked.write_crl(&crl, CRL_DAYS)?;
     }

@@ -1563,13 +1563,15 @@ impl<'a> LockedCa<'a> {
     }
 
     /// Gives `reason` to every unexpired certificate of `common_name` that
-    /// was revoked as superseded (a renewal's predecessors): a device whose
-    /// connection is still on an older certificate loses it too, since the
-    /// brokers' plugins keep superseded connections. Their serials.
+    /// was revoked as superseded (a renewal's predecessors), but `except`:
+    /// a device whose connection is still on an older certificate loses it
+    /// too, since the brokers' plugins keep superseded connections. Their
+    /// serials.
     pub fn withdraw_superseded(
         &mut self,
         common_name: &str,
         reason: RevocationReason,
+        except: Option<&Serial>,
     ) -> Result<Vec<Serial>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM certificates
@@ -1588,6 +1590,7 @@ impl<'a> LockedCa<'a> {
         let serials: Vec<Serial> = rows
             .into_iter()
             .map(|r| r.record(&self.inventory.location).map(|r| r.serial))
+            .filter(|s| !matches!((s, except), (Ok(s), Some(e)) if s == e))
             .collect::<Result<_>>()?;
         for serial in &serials {
             self.run("revoking in", async |tx| {
@@ -1614,7 +1617,9 @@ impl<'a> LockedCa<'a> {
         let older = self.valid_for(&new.common_name)?;
         let role = |r: &Record| r.role.unwrap_or(crate::roles::Role::Device);
         let mut superseded = Vec::new();
+        let mut role_changed = false;
         for r in older.into_iter().filter(|r| r.serial != new.serial) {
+            role_changed |= role(&r) != role(new);
             // Another role: the old certificate's rights are withdrawn, so
             // that the brokers take its live connection off (a superseded
             // one keeps it until the device moves to its new certificate).
@@ -1625,6 +1630,11 @@ impl<'a> LockedCa<'a> {
             };
             self.revoke(&r.serial, reason)?;
             superseded.push(r.serial);
+        }
+        // The role changed: connections still on an earlier renewal's
+        // certificate lose the old role's rights too.
+        if role_changed {
+            self.withdraw_superseded(&new.common_name, RevocationReason::PrivilegeWithdrawn, None)?;
         }
         Ok(superseded)
     }

@@ -749,7 +749,7 @@ pub fn revoke(
     let withdrawn = if reason == RevocationReason::Superseded {
         Vec::new()
     } else {
-        locked.withdraw_superseded(&record.common_name, reason)?
+        locked.withdraw_superseded(&record.common_name, reason, Some(&record.serial))?
     };
     let crl = locked.ca_dir().crl_path();
     locked.write_crl(&crl, crl_days)?;

@@ -292,9 +292,15 @@ fn roles_come_from_the_manifest() {
     assert!(!acl.contains("devices/%u"), "{acl}");
     assert!(acl.contains("user ingest\ntopic read devices/#"), "{acl}");
     assert!(acl.contains("user dash-1\n"), "{acl}");
-    // ingest becomes a device: reissued, and its old certificate revoked
-    // as privilege-withdrawn (not merely superseded), so that the brokers'
-    // plugins take its live connection off.
+    // ingest is renewed once (its first certificate superseded: a
+    // connection may still be on it), then becomes a device: reissued, and
+    // both earlier certificates revoked as privilege-withdrawn (not merely
+    // superseded), so that the brokers' plugins take any connection on
+    // them off.
+    ok(
+        d,
+        &["issue", "client", "ingest", "--role", "service", "--force"],
+    );
     write("devices");
     let out = ok(d, &["fleet", "fleet.toml", "--json"]);
     let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -305,7 +311,11 @@ fn roles_come_from_the_manifest() {
         .filter(|r| r["common_name"] == "ingest")
         .map(|r| r["status"]["reason"].as_str().unwrap_or("valid").to_owned())
         .collect();
-    assert_eq!(reasons, ["privilege-withdrawn", "valid"], "{reasons:?}");
+    assert_eq!(
+        reasons,
+        ["privilege-withdrawn", "privilege-withdrawn", "valid"],
+        "{reasons:?}"
+    );
     let acl = std::fs::read_to_string(d.join("broker-acl/acl")).unwrap();
     assert!(
         !acl.contains("user ingest"),

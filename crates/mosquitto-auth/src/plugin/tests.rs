@@ -447,25 +447,70 @@ fn a_session_follows_its_client_id_to_the_new_connection() {
     let mut plugin = Plugin::new(world.options(), &broker);
     let mut clock = Instant::now();
     assert!(plugin.acl_check(&broker, first, Access::Subscribe, "devices/#"));
+    // It reconnects while still connected (a takeover): Mosquitto makes
+    // the old connection's session clean and disconnects it, then the new
+    // one makes its first check.
+    broker.clean.insert(first, true);
     plugin.disconnect(&broker, first);
     broker.close(first);
-    assert!(plugin.acl_check(&broker, first, Access::Read, "devices/d1/x"));
-    assert!(!plugin.acl_check(&broker, first, Access::Read, "fleet/x"));
-    // Back on another connection: the session moved there; the old
-    // address no longer carries the identity, and when Mosquitto forces
-    // the old session clean at a takeover it forgets nothing of the new.
     let second = broker.connect(2, "ingest", &der);
     assert!(plugin.acl_check(&broker, second, Access::Read, "devices/d1/x"));
+    // The old address carries nothing any more: no Will, no rights.
+    assert!(!plugin.acl_check(&broker, first, Access::Write, "devices/ingest/x"));
+    // The new connection ends with its session kept: its deliveries are
+    // checked with its identity, across ticks.
     plugin.disconnect(&broker, second);
     broker.close(second);
-    broker.clean.insert(first, true);
     clock += POLL;
     broker.tick(&mut plugin, clock);
     assert!(plugin.acl_check(&broker, second, Access::Read, "devices/d1/x"));
-    // Revoked while offline: nothing more is queued for it.
+    assert!(!plugin.acl_check(&broker, second, Access::Read, "fleet/x"));
+    // Revoked while offline: nothing more is queued for it, and nobody is
+    // kicked (it is not connected).
     world.write_crl(&[(&serial, RevocationReason::KeyCompromise)]);
     settle(&mut plugin, &broker, &mut clock);
     assert!(!plugin.acl_check(&broker, second, Access::Read, "devices/d1/x"));
+    broker.tick(&mut plugin, clock + POLL);
+    assert!(broker.kicked.borrow().is_empty(), "{:?}", broker.kicked);
+}
+
+#[test]
+fn a_reused_address_neither_grows_the_memory_nor_loses_a_session() {
+    let mut world = World::new();
+    world.write_crl(&[]);
+    let mut broker = Fake::default();
+    let (claim, _) = world.issue("d1", None);
+    let mut plugin = Plugin::new(world.options(), &broker);
+    let mut clock = Instant::now();
+    // Thousands of client ids through one address (the allocator reuses
+    // it): one entry at a time.
+    let k = ClientKey(7);
+    for i in 0..2_000 {
+        broker.certs.insert(k, claim.clone());
+        broker.ids.insert(k, format!("enroll-{i}"));
+        broker.usernames.insert(k, "d1".into());
+        assert!(plugin.acl_check(&broker, k, Access::Write, "devices/d1/x"));
+        plugin.disconnect(&broker, k);
+    }
+    assert_eq!(plugin.offline.len(), 1);
+    assert_eq!(plugin.offline_by_id.len(), 1);
+    // A clean session ends at an address, and before the tick a persistent
+    // one of another client is kept at the same address: the tick forgets
+    // the first, not the second.
+    let (der, _) = world.issue("ingest", Some("service"));
+    broker.clean.insert(k, true);
+    plugin.disconnect(&broker, k);
+    broker.certs.insert(k, der);
+    broker.ids.insert(k, "ingest".into());
+    broker.usernames.insert(k, "ingest".into());
+    broker.clean.insert(k, false);
+    assert!(plugin.acl_check(&broker, k, Access::Subscribe, "devices/#"));
+    plugin.disconnect(&broker, k);
+    broker.close(k);
+    clock += POLL;
+    broker.tick(&mut plugin, clock);
+    assert!(plugin.acl_check(&broker, k, Access::Read, "devices/d1/x"));
+    assert!(!plugin.acl_check(&broker, k, Access::Read, "fleet/x"));
 }
 
 #[test]

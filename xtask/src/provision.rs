@@ -61,6 +61,17 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 
     // `cargo run`, not a path under target/: CARGO_TARGET_DIR may put the
     // binary anywhere. The fleet says what it made and where.
+    // The first build takes minutes on a small machine: cargo's progress
+    // shows (the run after it is quiet).
+    let mut build = cargo();
+    build.args(["build", "-p", "provision"]);
+    eprintln!("$ {}", describe(&build));
+    let status = build
+        .status()
+        .map_err(|e| format!("cannot start {}: {e}", describe(&build)))?;
+    if !status.success() {
+        return Err(format!("{} failed: {status}", describe(&build)));
+    }
     let run_provision = || {
         let mut cmd = cargo();
         cmd.args(["run", "--quiet", "-p", "provision", "--"]);
@@ -122,6 +133,14 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             .map_err(|e| format!("reading what `provision broker-config --json` printed: {e}"))?;
         broker_conf = path(&written["config"]);
     }
+    println!(
+        "\nFleet {}: {} issued, {} already valid and kept, {} of them replacing a revoked, \
+         expiring or changed certificate.",
+        manifest.display(),
+        made["issued"],
+        made["kept"],
+        made["replaced"]
+    );
     let device = &made["first_device"];
     let rel = |p: PathBuf| {
         p.strip_prefix(std::env::current_dir().unwrap_or_default())
@@ -133,6 +152,13 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         .as_ref()
         .map(|c| rel(c.with_file_name("enroll.conf")).display().to_string())
         .unwrap_or_else(|| "broker/enroll.conf".into());
+    // The binaries just built, for the steps below.
+    let bin_dir = target_dir()?.join("debug");
+    println!(
+        "\nPut the binaries just built on the PATH of this shell (or install them: \
+         cargo install --locked --path crates/provision):\n  export PATH=\"{}:$PATH\"",
+        bin_dir.display()
+    );
     println!("\nDone. Next steps:");
     if let Some(conf) = broker_conf {
         println!(
@@ -159,7 +185,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             (Some(scert), Some(skey)) => {
                 let (scert, skey) = (rel(scert), rel(skey));
                 println!(
-                    "  2. Subscribe:          cargo run -p provision -- sub -t 'devices/#' -C 1 {}",
+                    "  2. Subscribe:          provision sub -t 'devices/#' -C 1 {}",
                     tls(&scert, &skey)
                 );
             }
@@ -170,11 +196,11 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             ),
         }
         println!(
-            "  3. Publish:            cargo run -p provision -- pub -t devices/{device_name}/data -m hello {}",
+            "  3. Publish:            provision pub -t devices/{device_name}/data -m hello {}",
             tls(&cert, &key)
         );
         println!(
-            "  Inspect anything:      cargo run -p provision -- inspect {}",
+            "  Inspect anything:      provision inspect {}",
             cert.display()
         );
         let certs = cert
@@ -183,7 +209,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             .display()
             .to_string();
         let ca_dir = rel(ca_dir.clone()).display().to_string();
-        let p = "cargo run -p provision --";
+        let p = "provision";
         println!(
             "  Devices without an identity enroll over MQTT with a claim (docs/lifecycle.md):"
         );
@@ -209,4 +235,25 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     }
     println!("  Run the tests:         cargo xtask test");
     Ok(())
+}
+
+/// Where cargo puts the builds (`CARGO_TARGET_DIR` or the workspace's
+/// `target/`), from `cargo metadata`.
+fn target_dir() -> Result<std::path::PathBuf, String> {
+    let out = cargo()
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .map_err(|e| format!("cannot run cargo metadata: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("reading cargo metadata: {e}"))?;
+    meta["target_directory"]
+        .as_str()
+        .map(std::path::PathBuf::from)
+        .ok_or_else(|| "cargo metadata named no target directory".to_owned())
 }

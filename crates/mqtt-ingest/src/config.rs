@@ -219,9 +219,10 @@ impl Config {
             // client id, and they would kick each other.
             return Err(Error::Config {
                 reason: format!(
-                    "--share-group {group} needs a client id of its own for each \
-                     instance (--client-id, or client_id in [mqtt]); the default \
-                     {:?} would make the instances disconnect each other",
+                    "--share-group {group}: give each instance an identity of its own \
+                     (its own certificate: our brokers take the client id from it) and a \
+                     client id of its own (--client-id, or client_id in [mqtt]) for brokers \
+                     that do not; with the default {:?} instances would disconnect each other",
                     default_client_id()
                 ),
             });
@@ -282,7 +283,10 @@ mod tests {
         let mut config: Config = toml::from_str("[mqtt]\ntopics = [\"a/#\"]\n").unwrap();
         config.mqtt.share_group = Some("ingest".into());
         let err = config.filters().unwrap_err().to_string();
-        assert!(err.contains("client id of its own"), "{err}");
+        assert!(
+            err.contains("an identity of its own") && err.contains("client id of its own"),
+            "{err}"
+        );
         config.mqtt.client_id = "ingest-1".into();
         assert!(config.filters().is_ok());
     }

@@ -49,6 +49,8 @@ struct Args {
     #[arg(long, hide_env_values = true, env = "MQTT_INGEST_RENEW")]
     renew: bool,
     /// Client id (keep it stable: the persistent session belongs to it).
+    /// Brokers from `provision broker-config` use the certificate's name
+    /// instead: run each instance with its own identity.
     #[arg(long, hide_env_values = true, env = "MQTT_INGEST_CLIENT_ID")]
     client_id: Option<String>,
     /// Filter to subscribe (repeatable; QoS 1 unless FILTER@0 or FILTER@2).
@@ -60,7 +62,8 @@ struct Args {
     )]
     topics: Vec<String>,
     /// Subscribe through `$share/GROUP/FILTER`: instances with the same
-    /// group (and each its own --client-id) split the messages.
+    /// group (each with its own identity and --client-id) split the
+    /// messages.
     #[arg(long, hide_env_values = true, env = "MQTT_INGEST_SHARE_GROUP")]
     share_group: Option<String>,
     /// The largest message to read, in bytes; a larger one goes to the

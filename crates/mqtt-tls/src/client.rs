@@ -203,6 +203,33 @@ pub struct Connection {
     /// When the current connection got its CONNACK.
     connected_at: Option<std::time::Instant>,
     max_queued_qos0: u64,
+    /// Connections in a row that ended soon after their CONNACK.
+    short_lived: ShortLived,
+}
+
+/// Counts connections that end within [`STABLE_CONNECTION`] of their
+/// CONNACK, to say once, after three in a row, what usually causes it (and
+/// again only after a connection stayed up).
+#[derive(Debug, Default)]
+struct ShortLived {
+    in_a_row: u32,
+    said: bool,
+}
+
+impl ShortLived {
+    /// A connection ended after `up_for`: whether to warn now.
+    fn ended(&mut self, up_for: Duration) -> bool {
+        if up_for >= STABLE_CONNECTION {
+            *self = Self::default();
+            return false;
+        }
+        self.in_a_row += 1;
+        if self.in_a_row >= 3 && !self.said {
+            self.said = true;
+            return true;
+        }
+        false
+    }
 }
 
 impl MqttClient {
@@ -254,6 +281,7 @@ impl MqttClient {
             had_connection_error: false,
             attempt: 0,
             connected_at: None,
+            short_lived: ShortLived::default(),
             max_queued_qos0: options.max_queued_qos0,
         };
         Ok((client, connection))
@@ -827,6 +855,16 @@ impl Connection {
                     });
                     if was_connected {
                         tracing::warn!("connection lost: {err}");
+                        let up_for = self.connected_at.map_or(Duration::ZERO, |at| at.elapsed());
+                        if self.short_lived.ended(up_for) {
+                            tracing::warn!(
+                                "3 connections in a row ended within 2 s of the broker's CONNACK: \
+                                 most likely another client is connected with the same identity \
+                                 (our brokers bind the client id to the certificate's name, so \
+                                 each connection knocks the other off): give each instance its \
+                                 own identity"
+                            );
+                        }
                         // The backoff starts over only after a connection
                         // that stayed up: a broker that accepts and then
                         // kicks (a client-id takeover, an ACL) is not
@@ -1121,6 +1159,26 @@ fn fail_all(shared: &Shared, err: impl Fn() -> Error) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn three_short_connections_in_a_row_warn_once_until_one_stays_up() {
+        use super::ShortLived;
+        use std::time::Duration;
+        let short = Duration::from_millis(300);
+        let long = Duration::from_secs(5);
+        let mut s = ShortLived::default();
+        assert_eq!(
+            [short, short, short, short, short].map(|d| s.ended(d)),
+            [false, false, true, false, false]
+        );
+        assert!(!s.ended(long));
+        assert_eq!([short, short, short].map(|d| s.ended(d)), [false, false, true]);
+        let mut s = ShortLived::default();
+        assert_eq!(
+            [short, short, long, short, short].map(|d| s.ended(d)),
+            [false, false, false, false, false]
+        );
+    }
+
     use super::*;
 
     #[test]

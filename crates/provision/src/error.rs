@@ -67,7 +67,12 @@ pub enum Error {
     Invalid(#[from] pki_core::Error),
 
     /// The CA directory has no CA.
-    #[error("no CA in {dir}: run `provision init-ca --dir {dir}` first", dir = dir.display())]
+    #[error(
+        "no CA in {dir} (looked for {dir}/root_ca_cert.pem, from {cwd}): give the CA folder \
+         with --ca-dir DIR, or make a new CA there with `provision init-ca --dir {dir}`",
+        dir = dir.display(),
+        cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string())
+    )]
     NoCa {
         /// The directory.
         dir: PathBuf,
@@ -131,6 +136,16 @@ pub enum Error {
         what: String,
         /// The inventory.
         location: String,
+    },
+
+    /// Revocation could not be checked: the CRL is out of date or not the
+    /// issuer's.
+    #[error("{path}: {reason}")]
+    Revocation {
+        /// The certificate being checked.
+        path: PathBuf,
+        /// What is wrong with the CRL, and the way out.
+        reason: String,
     },
 
     /// The broker plugin, or its rules, cannot be used.

@@ -3,7 +3,7 @@
 //! file) they and `broker-config` share.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use pki_core::{
@@ -323,6 +323,10 @@ pub struct VerifyRequest<'a> {
     pub name: Option<String>,
     /// A CRL to check revocation against.
     pub crl: Option<&'a Path>,
+    /// The CA folder whose current CRL is checked when `crl` is `None` and
+    /// that CA issued the certificate or is its anchor (`None`: no
+    /// revocation check, `--no-crl`).
+    pub ca_dir: Option<&'a crate::store::CaDir>,
 }
 
 /// What [`verify`] found: the certificate valid, and the path to its
@@ -334,6 +338,8 @@ pub struct Verification {
     /// The certificate, then each CA above it, the last one from the CA
     /// file.
     pub chain: Vec<ChainEntry>,
+    /// The CRL revocation was checked against, if any.
+    pub crl: Option<PathBuf>,
 }
 
 impl std::fmt::Display for Verification {
@@ -347,7 +353,13 @@ impl std::fmt::Display for Verification {
             };
             write!(f, "\n  {role}: {entry}")?;
         }
-        Ok(())
+        match &self.crl {
+            Some(crl) => write!(f, "\n  not revoked: checked against {}", crl.display()),
+            None => write!(
+                f,
+                "\n  revocation not checked (no CRL of its CA: give --crl FILE or --ca-dir DIR)"
+            ),
+        }
     }
 }
 
@@ -363,7 +375,16 @@ pub fn verify(request: &VerifyRequest<'_>) -> Result<Verification> {
         Certificate::all_from_pem(&read_text(request.cert)?).map_err(pki(request.cert))?;
     let cert = chain.remove(0);
     let cas = Certificate::all_from_pem(&read_text(request.ca)?).map_err(pki(request.ca))?;
-    let crl = match request.crl {
+    // The CRL given, else the CA folder's when its CA issued the
+    // certificate or is the anchor: revocation is checked by default.
+    let crl_path = match (request.crl, request.ca_dir) {
+        (Some(path), _) => Some(path.to_owned()),
+        (None, Some(ca_dir)) if ca_dir_concerns(ca_dir, &cert, &cas) => {
+            Some(ca_dir.crl_path()).filter(|p| p.exists())
+        }
+        _ => None,
+    };
+    let crl = match &crl_path {
         Some(path) => Some(Crl::from_pem(&read_text(path)?).map_err(pki(path))?),
         None => None,
     };
@@ -375,8 +396,26 @@ pub fn verify(request: &VerifyRequest<'_>) -> Result<Verification> {
         // The CA folder's own certificate, root or intermediate.
         partial_chain: true,
     };
-    let path = verify_chain(&cert, &chain, &cas, &options).map_err(pki(request.cert))?;
+    let path = verify_chain(&cert, &chain, &cas, &options).map_err(|source| {
+        match (&crl_path, request.crl) {
+            // The CA folder's CRL, taken by default: say how to skip it
+            // when it is what failed.
+            (Some(crl), None) if crl_failed(&source) => Error::Revocation {
+                path: request.cert.to_owned(),
+                reason: format!(
+                    "{source} (revocation checked against {}: pass --no-crl to skip it, or \
+                     --crl FILE for another)",
+                    crl.display()
+                ),
+            },
+            _ => Error::Pki {
+                path: request.cert.to_owned(),
+                source,
+            },
+        }
+    })?;
     Ok(Verification {
+        crl: crl_path,
         summary: format!(
             "{}: OK ({}, issued by {}, valid until {})",
             request.cert.display(),
@@ -389,6 +428,26 @@ pub fn verify(request: &VerifyRequest<'_>) -> Result<Verification> {
             .map(ChainEntry::of)
             .collect(),
     })
+}
+
+/// Whether the CA folder's CA issued `cert` (its root or intermediate) or
+/// is one of the anchors.
+fn ca_dir_concerns(ca_dir: &crate::store::CaDir, cert: &Certificate, anchors: &[Certificate]) -> bool {
+    let read = |path: PathBuf| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| Certificate::from_pem(&t).ok())
+    };
+    [ca_dir.cert_path(), ca_dir.intermediate_cert_path()]
+        .into_iter()
+        .filter_map(read)
+        .any(|ca| ca.subject() == cert.issuer() || anchors.iter().any(|a| a.der() == ca.der()))
+}
+
+/// Whether a verification failed because of its CRL (stale, from another
+/// issuer, not understood), not because the certificate is revoked.
+fn crl_failed(e: &pki_core::Error) -> bool {
+    matches!(e, pki_core::Error::Malformed { what: "CRL", .. })
 }
 
 /// Verifies `leaf` under `options` (its profile, name, and the CRL of its

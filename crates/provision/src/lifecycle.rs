@@ -31,6 +31,8 @@ pub struct Outcome {
     pub repeated: bool,
     /// The certificate issued now, if any.
     pub issued: Option<Serial>,
+    /// Its name (CN).
+    pub issued_name: Option<String>,
     /// The reason of a refusal.
     pub rejected: Option<Rejection>,
     /// Certificates revoked (a confirmed renewal's old one).
@@ -45,6 +47,7 @@ impl Outcome {
             answer: Vec::new(),
             repeated: false,
             issued: None,
+            issued_name: None,
             rejected: Some(Rejection::BadRequest),
             revoked: Vec::new(),
         }
@@ -56,11 +59,20 @@ impl Outcome {
             Answer::Rejected { reason, .. } => (None, Some(*reason)),
             _ => (None, None),
         };
+        let issued_name = match answer {
+            Answer::Issued { certificate, .. } if issued.is_some() => {
+                Certificate::from_pem(certificate)
+                    .ok()
+                    .and_then(|c| c.common_name())
+            }
+            _ => None,
+        };
         Ok(Self {
             topic: Some(topic),
             answer: encode(answer)?,
             repeated,
             issued,
+            issued_name,
             rejected,
             revoked: Vec::new(),
         })

@@ -441,8 +441,16 @@ fn work(
             if outcome.repeated {
                 metrics.repeated.fetch_add(1, Ordering::Relaxed);
             }
-            if outcome.issued.is_some() {
+            if let Some(serial) = &outcome.issued {
                 metrics.issued.fetch_add(1, Ordering::Relaxed);
+                // Committed: every certificate the service issues, as
+                // fields a JSON log carries.
+                tracing::info!(
+                    name = outcome.issued_name.as_deref().unwrap_or("?"),
+                    serial = %serial,
+                    via = if job.topic.starts_with("pki/v1/enroll/") { "claim" } else { "renewal" },
+                    "issued a certificate"
+                );
             }
             if let Some(reason) = outcome.rejected {
                 metrics.rejected.fetch_add(1, Ordering::Relaxed);

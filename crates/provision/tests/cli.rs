@@ -93,10 +93,12 @@ fn device_side_csr_then_sign() {
 fn refusals() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    // Nothing works without a CA, and it says how to make one.
+    // Nothing works without a CA, and it says where it looked, how to
+    // name the right folder, and how to make one.
     let e = fails(d, &["issue", "client", "c1"], 1);
     assert!(
-        e.contains("no CA in root_cert: run `provision init-ca --dir root_cert` first"),
+        e.contains("no CA in root_cert (looked for root_cert/root_ca_cert.pem, from ")
+            && e.contains("give the CA folder with --ca-dir DIR, or make a new CA there with `provision init-ca --dir root_cert`"),
         "{e}"
     );
 
@@ -568,4 +570,58 @@ fn enroll_refuses_a_name_that_is_a_path() {
     assert!(e.contains("invalid name \"../escaped\""), "{e}");
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
     assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
+}
+
+/// `verify` checks revocation against the CA folder's CRL by default: a
+/// revoked certificate is refused without `--crl`; `--no-crl` skips it; a
+/// stale CRL fails and names the way out; a certificate of another CA is
+/// verified without this CA's CRL.
+#[test]
+fn verify_checks_the_ca_folders_crl_by_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca", "--cn", "Verify Root"]);
+    ok(d, &["issue", "client", "good"]);
+    ok(d, &["issue", "client", "gone"]);
+    ok(d, &["crl"]);
+    let out = ok(d, &["verify", "backend_certs/good_cert.pem"]);
+    assert!(
+        out.contains("not revoked: checked against root_cert/crl.pem"),
+        "{out}"
+    );
+    ok(d, &["revoke", "backend_certs/gone_cert.pem"]);
+    let e = fails(d, &["verify", "backend_certs/gone_cert.pem"], 1);
+    assert!(e.contains("is revoked"), "{e}");
+    let out = ok(d, &["verify", "backend_certs/gone_cert.pem", "--no-crl"]);
+    assert!(out.contains("revocation not checked"), "{out}");
+    // Revoking it again changes nothing, and says so.
+    let again = ok(d, &["revoke", "backend_certs/gone_cert.pem"]);
+    assert!(
+        again.contains("was already revoked on ") && again.contains("its revocation is unchanged"),
+        "{again}"
+    );
+    // A CRL past its nextUpdate says nothing reliable: refused, with the
+    // opt-out named.
+    ok(d, &["crl", "--lifetime", "1s"]);
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    let e = fails(d, &["verify", "backend_certs/good_cert.pem"], 1);
+    assert!(e.contains("out of date") && e.contains("--no-crl"), "{e}");
+    ok(d, &["verify", "backend_certs/good_cert.pem", "--no-crl"]);
+    // Another CA's certificate, verified against that CA: this folder's CRL
+    // is not its issuer's and is left out.
+    let other = tempfile::tempdir().unwrap();
+    ok(other.path(), &["init-ca", "--cn", "Other Root"]);
+    ok(other.path(), &["issue", "client", "stranger"]);
+    let cert = other.path().join("backend_certs/stranger_cert.pem");
+    let ca = other.path().join("root_cert/root_ca_cert.pem");
+    let out = ok(
+        d,
+        &[
+            "verify",
+            cert.to_str().unwrap(),
+            "--ca",
+            ca.to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("revocation not checked"), "{out}");
 }

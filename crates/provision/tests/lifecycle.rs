@@ -1038,6 +1038,64 @@ fn devices_cannot_squat_the_ca_services_group() {
     assert_eq!(enrolled, 5);
 }
 
+/// Two `provision serve` with one identity: the main broker binds the
+/// client id to the certificate's name, so each connection knocks the
+/// other off; after three short connections in a row the service says
+/// what is the likely cause (once, on standard error).
+#[test]
+fn one_identity_twice_is_named_as_the_likely_cause() {
+    let fleet = Fleet::new(&[], &["--allow-pattern", "sensor-*"]);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let mut children = Vec::new();
+    for _ in 0..2 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_provision"))
+            .current_dir(fleet.dir())
+            .args(["serve", "-H", "localhost", "-p", &fleet.main.port.to_string()])
+            .args(["--enroll-port", &fleet.enroll.port.to_string()])
+            .args(["--http", &format!("127.0.0.1:{}", free_port())])
+            .args(tls("ca-1"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        children.push(child);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    let warned = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("3 connections in a row ended within 2 s") => break line,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no warning within 60 s:\n{}", seen.join("\n")),
+        }
+    };
+    assert!(
+        warned.contains("another client is connected with the same identity"),
+        "{warned}"
+    );
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(
+        fleet.main.log().contains("Client ca-1 already connected, closing old connection"),
+        "{}",
+        fleet.main.log()
+    );
+}
+
 #[test]
 fn enrollment_and_renewal_through_an_intermediate_with_the_root_key_away() {
     let fleet = Fleet::with(true, &[], &["--allow", "sensor-1"]);

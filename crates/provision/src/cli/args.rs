@@ -262,9 +262,16 @@ pub(crate) struct VerifyArgs {
     /// The IP address it must be valid for.
     #[arg(long)]
     pub(crate) ip: Option<IpAddr>,
-    /// Also check revocation against this CRL.
-    #[arg(long)]
+    /// Check revocation against this CRL [default: the CA folder's, when
+    /// its CA issued the certificate or is the anchor].
+    #[arg(long, conflicts_with = "no_crl")]
     pub(crate) crl: Option<PathBuf>,
+    /// Do not check revocation.
+    #[arg(long)]
+    pub(crate) no_crl: bool,
+    /// The CA folder whose current CRL is checked by default.
+    #[arg(long, default_value = layout::DEFAULT_CA_DIR)]
+    pub(crate) ca_dir: PathBuf,
 }
 
 /// The arguments of `provision list`.
@@ -678,7 +685,9 @@ pub(crate) struct ConnArgs {
     /// QoS 0, 1 or 2.
     #[arg(long, short, default_value = "1")]
     pub(crate) qos: QoS,
-    /// Client id (default: provision-<pid>).
+    /// Client id (default: provision-<pid>). The main broker from
+    /// `provision broker-config` uses the certificate's name instead (one
+    /// connection per identity); its enrollment broker honours it.
     #[arg(long, short = 'i')]
     pub(crate) client_id: Option<String>,
     /// The largest MQTT packet to send (pub refuses a bigger message

@@ -515,12 +515,14 @@ impl fmt::Display for Verified {
 
 pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<Verified> {
     let name = args.dns.or_else(|| args.ip.map(|i| i.to_string()));
+    let ca_dir = provision::store::CaDir::new(&args.ca_dir);
     let verification = provision::inspect::verify(&provision::inspect::VerifyRequest {
         cert: &args.cert,
         ca: &args.ca,
         profile: args.profile.map(Into::into),
         name,
         crl: args.crl.as_deref(),
+        ca_dir: (!args.no_crl).then_some(&ca_dir),
     })?;
     Ok(Verified {
         valid: true,
@@ -596,19 +598,30 @@ pub(crate) struct Revoked {
     brokers: Brokers,
     /// The name's superseded certificates revoked for this reason too.
     withdrawn: Vec<String>,
+    /// Whether this call revoked it (`false`: it already was).
+    newly: bool,
 }
 
 impl fmt::Display for Revoked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let reason = match self.record.status {
-            Status::Revoked { reason, .. } => reason.to_string(),
-            Status::Valid => "not revoked".into(),
+        let (reason, at) = match self.record.status {
+            Status::Revoked { reason, at } => (reason.to_string(), at.to_string()),
+            Status::Valid => ("not revoked".into(), String::new()),
         };
-        writeln!(
-            f,
-            "revoked {} (serial {}, {reason})",
-            self.record.subject, self.record.serial
-        )?;
+        if self.newly {
+            writeln!(
+                f,
+                "revoked {} (serial {}, {reason})",
+                self.record.subject, self.record.serial
+            )?;
+        } else {
+            writeln!(
+                f,
+                "{} (serial {}) was already revoked on {at} ({reason}): its revocation is \
+                 unchanged",
+                self.record.subject, self.record.serial
+            )?;
+        }
         for serial in &self.withdrawn {
             writeln!(
                 f,
@@ -652,6 +665,7 @@ pub(crate) fn revoke_cmd(args: RevokeArgs) -> anyhow::Result<Revoked> {
             .iter()
             .map(ToString::to_string)
             .collect(),
+        newly: revocation.newly,
     })
 }
 

@@ -250,8 +250,8 @@ fn target_dir() -> Result<std::path::PathBuf, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("reading cargo metadata: {e}"))?;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("reading cargo metadata: {e}"))?;
     meta["target_directory"]
         .as_str()
         .map(std::path::PathBuf::from)

@@ -1171,7 +1171,10 @@ mod tests {
             [false, false, true, false, false]
         );
         assert!(!s.ended(long));
-        assert_eq!([short, short, short].map(|d| s.ended(d)), [false, false, true]);
+        assert_eq!(
+            [short, short, short].map(|d| s.ended(d)),
+            [false, false, true]
+        );
         let mut s = ShortLived::default();
         assert_eq!(
             [short, short, long, short, short].map(|d| s.ended(d)),

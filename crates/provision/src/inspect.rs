@@ -432,7 +432,11 @@ pub fn verify(request: &VerifyRequest<'_>) -> Result<Verification> {
 
 /// Whether the CA folder's CA issued `cert` (its root or intermediate) or
 /// is one of the anchors.
-fn ca_dir_concerns(ca_dir: &crate::store::CaDir, cert: &Certificate, anchors: &[Certificate]) -> bool {
+fn ca_dir_concerns(
+    ca_dir: &crate::store::CaDir,
+    cert: &Certificate,
+    anchors: &[Certificate],
+) -> bool {
     let read = |path: PathBuf| {
         std::fs::read_to_string(path)
             .ok()

@@ -194,6 +194,17 @@ impl Serve {
         text
     }
 
+    /// Stops it; what it wrote to standard error.
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut err = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            let _ = stderr.read_to_string(&mut err);
+        }
+        err
+    }
+
     /// The value of counter `provision_serve_NAME_total`.
     fn counter(&self, name: &str) -> u64 {
         let text = self.get("/metrics");
@@ -969,6 +980,20 @@ fn two_instances_share_the_requests_of_one_ca() {
     let (a, b) = (one.counter("issued"), two.counter("issued"));
     assert_eq!(a + b, 12);
     assert!(a > 0 && b > 0, "both instances served: {a} and {b}");
+    // Each certificate issued is in a log, with its name, serial and how.
+    let log = format!("{}{}", one.stop(), two.stop());
+    for serial in &serials {
+        let line = log
+            .lines()
+            .find(|l| l.contains(serial.as_str()))
+            .unwrap_or_else(|| panic!("{serial} not logged:\n{log}"));
+        assert!(
+            line.contains("issued a certificate")
+                && line.contains("name=\"sensor-")
+                && line.contains("via=\"claim\""),
+            "{line}"
+        );
+    }
     let _: PathBuf = d;
 }
 
@@ -1050,7 +1075,13 @@ fn one_identity_twice_is_named_as_the_likely_cause() {
     for _ in 0..2 {
         let mut child = Command::new(env!("CARGO_BIN_EXE_provision"))
             .current_dir(fleet.dir())
-            .args(["serve", "-H", "localhost", "-p", &fleet.main.port.to_string()])
+            .args([
+                "serve",
+                "-H",
+                "localhost",
+                "-p",
+                &fleet.main.port.to_string(),
+            ])
             .args(["--enroll-port", &fleet.enroll.port.to_string()])
             .args(["--http", &format!("127.0.0.1:{}", free_port())])
             .args(tls("ca-1"))
@@ -1090,7 +1121,10 @@ fn one_identity_twice_is_named_as_the_likely_cause() {
         let _ = child.wait();
     }
     assert!(
-        fleet.main.log().contains("Client ca-1 already connected, closing old connection"),
+        fleet
+            .main
+            .log()
+            .contains("Client ca-1 already connected, closing old connection"),
         "{}",
         fleet.main.log()
     );

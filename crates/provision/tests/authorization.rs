@@ -746,3 +746,62 @@ fn a_last_will_of_a_client_that_made_no_check_is_delivered() {
     // dev-v's Will names dev-w's topic: refused; dev-w's own arrives.
     assert_eq!(service.next(), "dev-w is offline", "{}", broker.log());
 }
+
+/// The plugin refuses a revoked certificate on its own, whatever the
+/// broker's TLS lets in: on a copy of the generated configuration without
+/// `crlfile` (so the handshake of a revoked certificate succeeds, as in
+/// the moments before the broker's reload), the revoked device's SUBSCRIBE
+/// gets 0x80 and its connection is taken off, while another device's is
+/// granted.
+#[test]
+fn the_plugin_refuses_a_revoked_certificate_that_got_through_the_handshake() {
+    let tmp = ca_with(
+        "Handshake Root",
+        &[("dev-r", "device"), ("dev-s", "device")],
+    );
+    let d = tmp.path();
+    let (_generated, _) = start_broker(d);
+    ok(
+        d,
+        &[
+            "revoke",
+            "backend_certs/dev-r_cert.pem",
+            "--reason",
+            "key-compromise",
+        ],
+    );
+    let port = free_port();
+    let conf = std::fs::read_to_string(d.join("broker/mosquitto.conf")).unwrap();
+    let listener = conf
+        .lines()
+        .find(|l| l.starts_with("listener "))
+        .unwrap()
+        .to_owned();
+    let copy: String = conf
+        .lines()
+        .filter(|l| !l.starts_with("crlfile "))
+        .map(|l| {
+            if l == listener {
+                format!("listener {port} 127.0.0.1\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let path = d.join("broker/no-crlfile.conf");
+    std::fs::write(&path, copy).unwrap();
+    let broker = Mosquitto::with_config(&path, port);
+    let seen = mosquitto_sub(d, port, "dev-r", "devices/dev-r/#", 2);
+    assert!(
+        seen.contains("Subscribed (mid: 1): 128"),
+        "{seen}\n{}",
+        broker.log()
+    );
+    let seen = mosquitto_sub(d, port, "dev-s", "devices/dev-s/#", 1);
+    assert!(seen.contains("Subscribed (mid: 1): 0"), "{seen}");
+    let log = broker.log();
+    assert!(
+        log.contains("disconnecting dev-r: its certificate is revoked"),
+        "{log}"
+    );
+}

@@ -229,6 +229,42 @@ const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
 /// Connections open at once; more wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 512;
 
+/// Clients refused at the TLS handshake, logged at WARN at most once a
+/// minute per address, with a count of those not logged since.
+#[derive(Debug, Default)]
+struct Refusals {
+    /// When each address was last logged, and refusals since.
+    seen: std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u64)>,
+}
+
+impl Refusals {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    /// A refusal from `addr` at `now`: `Some(suppressed since the last
+    /// line)` when it is to be logged.
+    fn refused(&mut self, addr: std::net::IpAddr, now: std::time::Instant) -> Option<u64> {
+        if self.seen.len() > 10_000 {
+            self.seen
+                .retain(|_, (at, _)| now.duration_since(*at) < Self::EVERY);
+        }
+        match self.seen.get_mut(&addr) {
+            Some((at, suppressed)) if now.duration_since(*at) < Self::EVERY => {
+                *suppressed += 1;
+                None
+            }
+            Some((at, suppressed)) => {
+                let since = std::mem::take(suppressed);
+                *at = now;
+                Some(since)
+            }
+            None => {
+                self.seen.insert(addr, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
 /// Serves `router` over mutual TLS on `listener` until `shutdown`: every
 /// request carries the client's [`Peer`] as an extension.
 pub async fn serve(
@@ -242,6 +278,7 @@ pub async fn serve(
     tokio::pin!(shutdown);
     let mut connections = tokio::task::JoinSet::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let refusals = Arc::new(std::sync::Mutex::new(Refusals::default()));
     loop {
         let slot = tokio::select! {
             () = &mut shutdown => break,
@@ -265,12 +302,25 @@ pub async fn serve(
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
         let mut newer = https.generation.subscribe();
         let router = router.clone();
+        let refusals = refusals.clone();
         connections.spawn(async move {
             let _slot = slot;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    tracing::debug!("HTTPS: handshake with {remote} failed: {e}");
+                    let logged = refusals
+                        .lock()
+                        .ok()
+                        .and_then(|mut r| r.refused(remote.ip(), std::time::Instant::now()));
+                    match logged {
+                        Some(0) => tracing::warn!("HTTPS: refused {remote} at the handshake: {e}"),
+                        Some(n) => tracing::warn!(
+                            "HTTPS: refused {remote} at the handshake: {e} ({n} more refusals \
+                             from {} in the last minute not logged)",
+                            remote.ip()
+                        ),
+                        None => tracing::debug!("HTTPS: handshake with {remote} failed: {e}"),
+                    }
                     return;
                 }
                 Err(_) => return,
@@ -314,4 +364,21 @@ pub async fn serve(
     }
     connections.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    #[test]
+    fn refusals_are_logged_once_a_minute_per_address_with_a_count() {
+        use std::time::{Duration, Instant};
+        let mut r = super::Refusals::default();
+        let (a, b) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let t = Instant::now();
+        assert_eq!(r.refused(a, t), Some(0));
+        assert_eq!(r.refused(a, t + Duration::from_secs(1)), None);
+        assert_eq!(r.refused(a, t + Duration::from_secs(2)), None);
+        assert_eq!(r.refused(b, t + Duration::from_secs(2)), Some(0));
+        assert_eq!(r.refused(a, t + Duration::from_secs(61)), Some(2));
+        assert_eq!(r.refused(a, t + Duration::from_secs(62)), None);
+    }
 }

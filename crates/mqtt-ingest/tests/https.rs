@@ -73,8 +73,24 @@ struct Served {
     child: Child,
     https: String,
     probe: String,
-    /// Kept: the thread reading the log stops when it goes.
-    _log: std::sync::mpsc::Receiver<String>,
+    /// Its log lines after the start, as they come.
+    log: std::sync::mpsc::Receiver<String>,
+}
+
+impl Served {
+    /// Waits (up to 10 s) for a log line containing `needle`; every line
+    /// read meanwhile.
+    fn log_until(&self, needle: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        while let Ok(line) = self.log.recv_timeout(Duration::from_secs(10)) {
+            let done = line.contains(needle);
+            lines.push(line);
+            if done {
+                return lines;
+            }
+        }
+        panic!("no {needle:?} in the log:\n{}", lines.join("\n"));
+    }
 }
 
 impl Drop for Served {
@@ -120,7 +136,7 @@ fn start(mut cmd: Command) -> Served {
         child,
         https: https.unwrap(),
         probe: probe.unwrap(),
-        _log: rx,
+        log: rx,
     }
 }
 
@@ -210,6 +226,12 @@ fn readers_read_over_mutual_tls_and_nobody_else() {
     assert!(!none.is_empty());
     let foreign = curl(ca, Some(&stranger), &url("/api/messages")).unwrap_err();
     assert!(foreign.contains("alert"), "{foreign}");
+    // Logged at WARN once for the address (the second refusal within the
+    // minute is counted, not logged).
+    let lines = served.log_until("HTTPS: refused 127.0.0.1");
+    assert!(lines.iter().any(|l| l.contains("WARN")), "{lines:?}");
+    let (status, _) = curl(ca, Some(&reader), &url("/healthz")).unwrap();
+    assert_eq!(status, 200);
     // A device: 403, saying why.
     let (status, body) = curl(ca, Some(&device), &url("/api/messages")).unwrap();
     assert_eq!(status, 403, "{body}");

@@ -63,19 +63,27 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     // binary anywhere. The fleet says what it made and where.
     // The first build takes minutes on a small machine: cargo's progress
     // shows (the run after it is quiet).
-    let mut build = cargo();
-    build.args(["build", "-p", "provision"]);
-    eprintln!("$ {}", describe(&build));
-    let status = build
-        .status()
-        .map_err(|e| format!("cannot start {}: {e}", describe(&build)))?;
-    if !status.success() {
-        return Err(format!("{} failed: {status}", describe(&build)));
+    // A `provision` already built (MQTT_MTLS_PROVISION_BIN: the test of
+    // these steps, which cannot run cargo inside cargo) is run as it is.
+    let prebuilt = std::env::var_os("MQTT_MTLS_PROVISION_BIN").map(PathBuf::from);
+    if prebuilt.is_none() {
+        let mut build = cargo();
+        build.args(["build", "-p", "provision"]);
+        eprintln!("$ {}", describe(&build));
+        let status = build
+            .status()
+            .map_err(|e| format!("cannot start {}: {e}", describe(&build)))?;
+        if !status.success() {
+            return Err(format!("{} failed: {status}", describe(&build)));
+        }
     }
-    let run_provision = || {
-        let mut cmd = cargo();
-        cmd.args(["run", "--quiet", "-p", "provision", "--"]);
-        cmd
+    let run_provision = || match &prebuilt {
+        Some(bin) => std::process::Command::new(bin),
+        None => {
+            let mut cmd = cargo();
+            cmd.args(["run", "--quiet", "-p", "provision", "--"]);
+            cmd
+        }
     };
     let mut fleet = run_provision();
     fleet.arg("fleet").arg("--json").arg(&manifest);
@@ -153,7 +161,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         .map(|c| rel(c.with_file_name("enroll.conf")).display().to_string())
         .unwrap_or_else(|| "broker/enroll.conf".into());
     // The binaries just built, for the steps below.
-    let bin_dir = target_dir()?.join("debug");
+    let bin_dir = match &prebuilt {
+        Some(bin) => bin.parent().unwrap_or(Path::new(".")).to_owned(),
+        None => target_dir()?.join("debug"),
+    };
     println!(
         "\nPut the binaries just built on the PATH of this shell (or install them: \
          cargo install --locked --path crates/provision):\n  export PATH=\"{}:$PATH\"",

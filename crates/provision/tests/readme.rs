@@ -1,5 +1,6 @@
-//! The first ten minutes, as a newcomer walks them: the next steps
-//! `cargo xtask provision --out DIR` prints, then the README's enrollment
+//! The first ten minutes, as a newcomer walks them: the README's *With the
+//! CLI* (its `console` block, then its `sh` block on localhost), the next
+//! steps `cargo xtask provision --out DIR` prints, then the README's enrollment
 //! recipe (*Devices enroll and renew*) and its first web-app block, each
 //! command run as written (read from README.md and from what the xtask
 //! printed) in a 0755 folder against real Mosquittos, on the ports the
@@ -161,6 +162,59 @@ fn the_readme_paths_work_as_printed() {
         ingest.display()
     );
 
+    // 0. *With the CLI*: the console block's commands (but the refusal
+    // it shows), then the broker, the subscriber and the publisher.
+    {
+        let cli = tempfile::tempdir().unwrap();
+        let c = cli.path();
+        std::fs::set_permissions(c, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+        let text = std::fs::read_to_string(path).unwrap();
+        let at = text.find("### With the CLI").unwrap();
+        let console = &text[at..];
+        let console = &console[console.find("```console\n").unwrap()..];
+        let console = &console[..console[3..].find("```").unwrap()];
+        let commands: Vec<&str> = console
+            .lines()
+            .filter_map(|l| l.strip_prefix("$ "))
+            .filter(|l| !l.ends_with("issue client root_ca"))
+            .collect();
+        assert!(commands.len() >= 8, "{commands:?}");
+        for line in commands {
+            run(c, line);
+        }
+        let mut main = None;
+        let mut sub = None;
+        for line in readme_block("### With the CLI") {
+            if line.starts_with("mosquitto ") {
+                main = Some(broker(c, &line, 8883));
+            } else if line.ends_with('&') {
+                sub = Some(Background::start(c, &line));
+            } else {
+                let sub = sub
+                    .as_ref()
+                    .expect("the block subscribes before it publishes");
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    run(c, &line);
+                    if sub
+                        .lines
+                        .recv_timeout(Duration::from_millis(500))
+                        .is_ok_and(|l| l == "hello")
+                    {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "the subscriber never printed hello"
+                    );
+                }
+            }
+        }
+        assert!(main.is_some() && sub.is_some());
+        eprintln!("with the CLI: the subscriber printed what was published");
+    }
+
     // 1. `cargo xtask provision --out DIR` and the next steps it prints.
     let out = Command::new(&xtask)
         .args(["provision", "--out"])
@@ -207,6 +261,7 @@ fn the_readme_paths_work_as_printed() {
         );
     }
     drop(sub);
+    eprintln!("the next steps of cargo xtask provision: the subscriber printed hello");
 
     // 2. The enrollment recipe, continuing from the quick start.
     let mut background = Vec::new();
@@ -228,6 +283,7 @@ fn the_readme_paths_work_as_printed() {
     );
     assert!(d.join("device/sensor-1_cert.pem").exists());
     drop(background);
+    eprintln!("the enrollment recipe: enrolled and renewed");
 
     // 3. The first web-app block: the ingest (its `cargo run -p
     // mqtt-ingest --` is the binary cargo builds) stores what client1
@@ -262,4 +318,5 @@ fn the_readme_paths_work_as_printed() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    eprintln!("the web-app block: the API returned the message");
 }

@@ -23,6 +23,26 @@ use provision::store::CaDir;
 
 use crate::results::Lifecycle;
 
+/// A new CA (P-256, ten years) in `d/root_cert`, `d` made readable by the
+/// broker's user (Mosquitto started as root reads its files as its own).
+pub(crate) fn new_ca(
+    d: &std::path::Path,
+) -> anyhow::Result<(CaDir, pki_core::CertificateAuthority)> {
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+    let ca_dir = CaDir::new(d.join("root_cert"));
+    let ca = init_ca(
+        &ca_dir,
+        &InitCa {
+            subject: SubjectOptions::default(),
+            key_type: KeyType::P256,
+            days: 3650,
+            passphrase: None,
+            force: false,
+        },
+    )?;
+    Ok((ca_dir, ca))
+}
+
 /// Issues `name` with `role` (server for the broker) into `out`.
 pub(crate) fn issue_one(
     locked: &mut provision::inventory::LockedCa<'_>,
@@ -59,19 +79,7 @@ pub(crate) fn run(count: usize) -> anyhow::Result<Lifecycle> {
     raise_open_file_limit(6 * count as u64 + 256).map_err(anyhow::Error::msg)?;
     let tmp = tempfile::tempdir()?;
     let d = tmp.path();
-    // Mosquitto started as root reads its files as its own user.
-    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
-    let ca_dir = CaDir::new(d.join("root_cert"));
-    let ca = init_ca(
-        &ca_dir,
-        &InitCa {
-            subject: SubjectOptions::default(),
-            key_type: KeyType::P256,
-            days: 3650,
-            passphrase: None,
-            force: false,
-        },
-    )?;
+    let (ca_dir, ca) = new_ca(d)?;
     let certs = d.join("backend_certs");
     let (main_port, enroll_port) = (free_port(), free_port());
     {

@@ -11,38 +11,23 @@
 //! the longest pause before.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use mqtt_tls::{ClientCert, ConnectOptions, MqttClient, QoS};
-use peers::mosquitto::{Mosquitto, cli, free_port};
-use pki_core::{CrlParams, KeyType, Profile, RevocationReason, RevokedEntry, Serial};
+use peers::mosquitto::{Mosquitto, free_port};
+use pki_core::{CrlParams, Profile, RevocationReason, RevokedEntry, Serial};
 use provision::broker::{BrokerConfig, Enforcement};
 use provision::inventory::Inventory;
-use provision::ops::{InitCa, SubjectOptions, init_ca};
 use provision::roles::Role;
-use provision::store::CaDir;
 
 use crate::results::Plugin;
 
 pub(crate) fn run(count: usize, crl_entries: usize) -> anyhow::Result<Plugin> {
     let tmp = tempfile::tempdir()?;
     let d = tmp.path();
-    // Mosquitto started as root reads its files as its own user.
-    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
-    let ca_dir = CaDir::new(d.join("root_cert"));
-    let ca = init_ca(
-        &ca_dir,
-        &InitCa {
-            subject: SubjectOptions::default(),
-            key_type: KeyType::P256,
-            days: 3650,
-            passphrase: None,
-            force: false,
-        },
-    )?;
+    let (ca_dir, ca) = crate::lifecycle::new_ca(d)?;
     let certs = d.join("backend_certs");
     let (plugin_port, acl_port) = (free_port(), free_port());
     {
@@ -158,43 +143,15 @@ pub(crate) fn run(count: usize, crl_entries: usize) -> anyhow::Result<Plugin> {
 /// `mosquitto_pub -l` as the device `sensor` → `mosquitto_sub` as the
 /// service `ingest`, QoS 1, 64-byte payloads: messages received per second.
 fn stream(port: u16, count: usize, bundle: &dyn Fn(&str) -> ClientCert) -> anyhow::Result<f64> {
-    let mut sub = cli("mosquitto_sub", port, "devices/#", 1, &bundle("ingest"))
-        .args(["-C", &count.to_string(), "-W", "120"])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(500));
-    let started = Instant::now();
-    let mut publisher = cli(
-        "mosquitto_pub",
+    let (received, rate) = crate::throughput::mosquitto_clients(
         port,
-        "devices/sensor/x",
+        ("devices/#", &bundle("ingest")),
+        ("devices/sensor/x", &bundle("sensor")),
         1,
-        &bundle("sensor"),
-    )
-    .arg("-l")
-    .stdin(Stdio::piped())
-    .spawn()?;
-    {
-        use std::io::Write;
-        let mut stdin = publisher.stdin.take().context("no stdin")?;
-        let line = format!("{}\n", "x".repeat(64));
-        for _ in 0..count {
-            stdin.write_all(line.as_bytes())?;
-        }
-    }
-    let mut received = 0usize;
-    let mut last = started.elapsed();
-    if let Some(out) = sub.stdout.take() {
-        use std::io::BufRead;
-        for _ in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            received += 1;
-            last = started.elapsed();
-        }
-    }
-    let _ = sub.wait();
-    let _ = publisher.wait();
+        count,
+    )?;
     anyhow::ensure!(received == count, "received {received} of {count}");
-    Ok(received as f64 / last.as_secs_f64())
+    Ok(rate)
 }
 
 /// Sequential mTLS connections, each with one SUBSCRIBE granted, then a

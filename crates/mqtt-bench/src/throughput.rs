@@ -30,38 +30,13 @@ pub(crate) fn run(qos: u8, count: usize, python: Option<&Path>) -> anyhow::Resul
     let payload = vec![b'x'; 64];
 
     // Theirs.
-    let sub_bundle = pki.client("mosq-sub");
-    let mut sub = cli("mosquitto_sub", broker.port, "tp/mosq", qos, &sub_bundle)
-        .args(["-C", &count.to_string(), "-W", "60"])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(500));
-    let pub_bundle = pki.client("mosq-pub");
-    let started = Instant::now();
-    let mut publisher = cli("mosquitto_pub", broker.port, "tp/mosq", qos, &pub_bundle)
-        .arg("-l")
-        .stdin(Stdio::piped())
-        .spawn()?;
-    {
-        use std::io::Write;
-        let mut stdin = publisher.stdin.take().context("no stdin")?;
-        let line = format!("{}\n", "x".repeat(64));
-        for _ in 0..count {
-            stdin.write_all(line.as_bytes())?;
-        }
-    }
-    let mut received = 0usize;
-    let mut last = started.elapsed();
-    if let Some(out) = sub.stdout.take() {
-        use std::io::BufRead;
-        for _ in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            received += 1;
-            last = started.elapsed();
-        }
-    }
-    let _ = sub.wait();
-    let _ = publisher.wait();
-    let theirs = received as f64 / last.as_secs_f64();
+    let (received, theirs) = mosquitto_clients(
+        broker.port,
+        ("tp/mosq", &pki.client("mosq-sub")),
+        ("tp/mosq", &pki.client("mosq-pub")),
+        qos,
+        count,
+    )?;
 
     // Ours.
     let ours = runtime.block_on(async {
@@ -153,4 +128,47 @@ pub(crate) fn run(qos: u8, count: usize, python: Option<&Path>) -> anyhow::Resul
         mosquitto_received: received,
         ratio: ours.0 / theirs,
     })
+}
+
+/// `mosquitto_pub -l` (`publisher`: its topic and bundle) → `mosquitto_sub`
+/// (`subscriber`: its filter and bundle) at `qos` through the broker on
+/// `port`, `count` 64-byte messages: how many arrived, and their rate over
+/// the time from the first publish to the last message received.
+pub(crate) fn mosquitto_clients(
+    port: u16,
+    subscriber: (&str, &mqtt_tls::ClientCert),
+    publisher: (&str, &mqtt_tls::ClientCert),
+    qos: u8,
+    count: usize,
+) -> anyhow::Result<(usize, f64)> {
+    let mut sub = cli("mosquitto_sub", port, subscriber.0, qos, subscriber.1)
+        .args(["-C", &count.to_string(), "-W", "120"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let mut publishing = cli("mosquitto_pub", port, publisher.0, qos, publisher.1)
+        .arg("-l")
+        .stdin(Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write;
+        let mut stdin = publishing.stdin.take().context("no stdin")?;
+        let line = format!("{}\n", "x".repeat(64));
+        for _ in 0..count {
+            stdin.write_all(line.as_bytes())?;
+        }
+    }
+    let mut received = 0usize;
+    let mut last = started.elapsed();
+    if let Some(out) = sub.stdout.take() {
+        use std::io::BufRead;
+        for _ in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            received += 1;
+            last = started.elapsed();
+        }
+    }
+    let _ = sub.wait();
+    let _ = publishing.wait();
+    Ok((received, received as f64 / last.as_secs_f64()))
 }

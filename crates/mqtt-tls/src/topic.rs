@@ -98,22 +98,9 @@ impl TopicFilter {
 
     /// Whether a message published to `topic` matches this filter.
     pub fn matches(&self, topic: &str) -> bool {
-        let filter = &self.full[self.route_start..];
-        // Section 4.7.2: wildcards at the first level do not match `$` topics.
-        if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-            return false;
-        }
-        let mut f = filter.split('/');
-        let mut t = topic.split('/');
-        loop {
-            match (f.next(), t.next()) {
-                (Some("#"), _) => return true,
-                (Some("+"), Some(_)) => {}
-                (Some(fl), Some(tl)) if fl == tl => {}
-                (None, None) => return true,
-                _ => return false,
-            }
-        }
+        // One matcher for the client and the broker plugin (section 4.7,
+        // `$` topics included), checked exhaustively there.
+        mosquitto_auth::topic::matches(&self.full[self.route_start..], topic)
     }
 }
 
@@ -121,25 +108,10 @@ impl TopicFilter {
     /// Whether some topic matches both filters (their real filters, share
     /// groups aside): `a/#` and `a/+/t` overlap, `a/+` and `b/+` do not.
     pub fn overlaps(&self, other: &TopicFilter) -> bool {
-        let a = &self.full[self.route_start..];
-        let b = &other.full[other.route_start..];
-        // A `$` topic is matched only by a filter whose first level names
-        // it: a wildcard first level on one side and a `$` level on the
-        // other match no common topic.
-        let dollar = |f: &str| f.starts_with('$');
-        let wild = |f: &str| f.starts_with('+') || f.starts_with('#');
-        if (dollar(a) && wild(b)) || (dollar(b) && wild(a)) {
-            return false;
-        }
-        let mut x = a.split('/');
-        let mut y = b.split('/');
-        loop {
-            match (x.next(), y.next()) {
-                (Some("#"), _) | (_, Some("#")) | (None, None) => return true,
-                (Some(p), Some(q)) if p == "+" || q == "+" || p == q => {}
-                _ => return false,
-            }
-        }
+        mosquitto_auth::topic::overlaps(
+            &self.full[self.route_start..],
+            &other.full[other.route_start..],
+        )
     }
 }
 

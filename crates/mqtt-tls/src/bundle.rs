@@ -515,7 +515,10 @@ mod tests {
         let cert = ca
             .sign(
                 &csr,
-                &IssueParams::new(profile, Validity::days_from_now(10).unwrap()),
+                &IssueParams {
+                    csr_names: pki_core::CsrNames::ALL,
+                    ..IssueParams::new(profile, Validity::days_from_now(10).unwrap())
+                },
             )
             .unwrap()
             .certificate

@@ -153,7 +153,10 @@ pub fn issue(
     let cert = ca
         .sign(
             &csr,
-            &IssueParams::new(profile, Validity::days_from_now(365).unwrap()),
+            &IssueParams {
+                csr_names: pki_core::CsrNames::ALL,
+                ..IssueParams::new(profile, Validity::days_from_now(365).unwrap())
+            },
         )
         .unwrap()
         .certificate;

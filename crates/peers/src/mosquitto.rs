@@ -93,7 +93,10 @@ impl Pki {
         let cert = ca
             .sign(
                 &csr,
-                &IssueParams::new(Profile::Server, Validity::days_from_now(30).unwrap()),
+                &IssueParams {
+                    csr_names: pki_core::CsrNames::ALL,
+                    ..IssueParams::new(Profile::Server, Validity::days_from_now(30).unwrap())
+                },
             )
             .unwrap()
             .certificate;
@@ -134,7 +137,13 @@ impl Pki {
         }
         let csr = Csr::new(&params, &key).unwrap();
         let cert = ca
-            .sign(&csr, &IssueParams::new(profile, validity))
+            .sign(
+                &csr,
+                &IssueParams {
+                    csr_names: pki_core::CsrNames::ALL,
+                    ..IssueParams::new(profile, validity)
+                },
+            )
             .unwrap()
             .certificate;
         ClientCert::new(

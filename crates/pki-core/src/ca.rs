@@ -27,9 +27,47 @@ use crate::validity::{Timestamp, Validity, to_time};
 
 /// How to issue one end-entity certificate from a [`Csr`].
 ///
+/// Which kinds of the names a CSR asks for the CA may grant (each still
+/// within the profile). None by default: a CSR is the requester's word,
+/// and the names in a certificate are the CA's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CsrNames {
+    /// `dNSName`s.
+    pub dns: bool,
+    /// `iPAddress`es.
+    pub ip: bool,
+    /// `uniformResourceIdentifier`s.
+    pub uri: bool,
+}
+
+impl CsrNames {
+    /// No name a CSR asks for.
+    pub const NONE: Self = Self {
+        dns: false,
+        ip: false,
+        uri: false,
+    };
+    /// Every kind the profile allows.
+    pub const ALL: Self = Self {
+        dns: true,
+        ip: true,
+        uri: true,
+    };
+
+    /// Whether `san`'s kind may be taken from a CSR.
+    pub fn allows(&self, san: &SubjectAltName) -> bool {
+        match san {
+            SubjectAltName::Dns(_) => self.dns,
+            SubjectAltName::Ip(_) => self.ip,
+            SubjectAltName::Uri(_) => self.uri,
+        }
+    }
+}
+
 /// The CA copies the CSR's subject and public key, nothing else: every
-/// extension comes from the [`Profile`]. Requested SANs are granted only when
-/// [`IssueParams::copy_csr_sans`] is set and the profile allows their kind.
+/// extension comes from the [`Profile`]. Requested SANs are granted only for
+/// the kinds [`IssueParams::csr_names`] names (none by default) and the
+/// profile allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssueParams {
     /// Client or server.
@@ -38,9 +76,10 @@ pub struct IssueParams {
     pub validity: Validity,
     /// Names the CA operator adds, whatever the CSR asked for.
     pub sans: Vec<SubjectAltName>,
-    /// Grant the CSR's requested SANs that the profile allows (wildcards
-    /// only with `allow_wildcards`; malformed URIs never).
-    pub copy_csr_sans: bool,
+    /// The kinds of the CSR's requested SANs to grant, where the profile
+    /// allows them (wildcards only with `allow_wildcards`; malformed URIs
+    /// never). [`CsrNames::NONE`] by default.
+    pub csr_names: CsrNames,
     /// Allow wildcard DNS names (`*.example.com`), from the CSR or `sans`.
     pub allow_wildcards: bool,
     /// Certify this subject instead of the CSR's.
@@ -48,13 +87,14 @@ pub struct IssueParams {
 }
 
 impl IssueParams {
-    /// Parameters for `profile` and `validity`, granting the CSR's SANs.
+    /// Parameters for `profile` and `validity`; no name the CSR asks for
+    /// is granted ([`IssueParams::csr_names`] opts in).
     pub fn new(profile: Profile, validity: Validity) -> Self {
         Self {
             profile,
             validity,
             sans: Vec::new(),
-            copy_csr_sans: true,
+            csr_names: CsrNames::NONE,
             allow_wildcards: false,
             subject: None,
         }
@@ -345,7 +385,7 @@ impl CertificateAuthority {
                 continue;
             }
             match refusal(san) {
-                None if params.copy_csr_sans => push(san.clone(), &mut granted),
+                None if params.csr_names.allows(san) => push(san.clone(), &mut granted),
                 None => refused.push(RefusedSan {
                     san: san.clone(),
                     reason: "not among the names granted",
@@ -621,7 +661,10 @@ mod tests {
     #[test]
     fn server_needs_a_dns_or_ip_san_and_gets_no_uri() {
         let ca = root_with(Validity::days_from_now(10).unwrap());
-        let params = IssueParams::new(Profile::Server, Validity::days_from_now(5).unwrap());
+        let params = IssueParams {
+            csr_names: CsrNames::ALL,
+            ..IssueParams::new(Profile::Server, Validity::days_from_now(5).unwrap())
+        };
         let err = ca.sign(&csr("broker", vec![]), &params).unwrap_err();
         assert!(
             matches!(
@@ -661,7 +704,7 @@ mod tests {
 
         // Nor does the CA take the CSR's SANs when told not to.
         let mut own = params;
-        own.copy_csr_sans = false;
+        own.csr_names = CsrNames::NONE;
         own.sans = vec![SubjectAltName::Ip("10.0.0.1".parse().unwrap())];
         let cert = ca
             .sign(
@@ -677,6 +720,43 @@ mod tests {
             cert.subject_alt_names().unwrap(),
             [SubjectAltName::Ip("10.0.0.1".parse().unwrap())]
         );
+    }
+
+    /// A CSR's names are the requester's word: none is granted unless the
+    /// caller opts in, kind by kind, and each refusal is reported.
+    #[test]
+    fn csr_names_are_granted_only_by_kind_when_asked() {
+        let ca = root_with(Validity::days_from_now(10).unwrap());
+        let dns = SubjectAltName::Dns("broker.example.com".parse().unwrap());
+        let ip = SubjectAltName::Ip("10.0.0.1".parse().unwrap());
+        let uri = SubjectAltName::uri("urn:mqtt-client:ca-1").unwrap();
+        let asked = csr("node-9", vec![dns.clone(), ip.clone(), uri.clone()]);
+        let params = IssueParams::new(Profile::Client, Validity::days_from_now(5).unwrap());
+        let issued = ca.sign(&asked, &params).unwrap();
+        let granted = issued.certificate.subject_alt_names().unwrap();
+        assert_eq!(granted, [identity_san("node-9").unwrap()], "{granted:?}");
+        assert_eq!(
+            issued
+                .refused_sans
+                .iter()
+                .map(|r| r.san.clone())
+                .collect::<Vec<_>>(),
+            [dns.clone(), ip.clone(), uri.clone()]
+        );
+        let only_ip = IssueParams {
+            csr_names: CsrNames {
+                ip: true,
+                ..CsrNames::NONE
+            },
+            ..params
+        };
+        let granted = ca
+            .sign(&asked, &only_ip)
+            .unwrap()
+            .certificate
+            .subject_alt_names()
+            .unwrap();
+        assert!(granted.contains(&ip) && !granted.contains(&dns) && !granted.contains(&uri));
     }
 
     #[test]

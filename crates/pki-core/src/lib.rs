@@ -79,7 +79,7 @@ mod validity;
 mod verify;
 
 pub use algorithm::{KeyAlgorithm, MIN_RSA_BITS};
-pub use ca::{CertificateAuthority, IssueParams, Issued, RefusedSan, identity_san};
+pub use ca::{CertificateAuthority, CsrNames, IssueParams, Issued, RefusedSan, identity_san};
 pub use cert::{Certificate, TlsUsages};
 pub use crl::{Crl, CrlParams, RevocationReason, RevokedEntry};
 pub use csr::{Csr, CsrParams};

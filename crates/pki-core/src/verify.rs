@@ -383,6 +383,7 @@ mod tests {
         let csr = Csr::new(&params, &key).unwrap();
         let mut issue = IssueParams::new(profile, validity);
         issue.allow_wildcards = true;
+        issue.csr_names = crate::CsrNames::ALL;
         ca.sign(&csr, &issue).unwrap().certificate
     }
 

@@ -41,7 +41,10 @@ fn issue(ca: &CertificateAuthority, key_type: KeyType, profile: Profile) -> Cert
     let csr = Csr::from_pem(&Csr::new(&params, &key).unwrap().to_pem()).unwrap();
     ca.sign(
         &csr,
-        &IssueParams::new(profile, Validity::days_from_now(30).unwrap()),
+        &IssueParams {
+            csr_names: pki_core::CsrNames::ALL,
+            ..IssueParams::new(profile, Validity::days_from_now(30).unwrap())
+        },
     )
     .unwrap()
     .certificate
@@ -236,7 +239,10 @@ fn rcgen_csrs_verify_and_sign() {
         let cert = ca
             .sign(
                 &csr,
-                &IssueParams::new(Profile::Server, Validity::days_from_now(10).unwrap()),
+                &IssueParams {
+                    csr_names: pki_core::CsrNames::ALL,
+                    ..IssueParams::new(Profile::Server, Validity::days_from_now(10).unwrap())
+                },
             )
             .unwrap()
             .certificate;

@@ -365,7 +365,7 @@ pub fn run(
         }
         // Catch bad subjects before anything is written.
         r.subject
-            .subject(&r.name)
+            .identity_subject(&r.name)
             .map_err(|e| bad(format!("{}: {e}", r.name)))?;
     }
 

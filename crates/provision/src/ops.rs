@@ -43,6 +43,18 @@ impl SubjectOptions {
         }
         Ok(s)
     }
+
+    /// The subject of an identity named `name`: a common name given here
+    /// (`--cn`, a manifest's `common_name`) must pass the same name rule
+    /// as `name` ([`check_name`]): it is the MQTT username, `{name}` in
+    /// the broker's rules, so a `/`, a space or a wildcard would move the
+    /// identity into another's topics.
+    pub fn identity_subject(&self, name: &str) -> Result<Subject> {
+        if let Some(cn) = &self.common_name {
+            check_name(cn)?;
+        }
+        self.subject(name)
+    }
 }
 
 /// How to create a CA.
@@ -433,8 +445,9 @@ pub fn issue_files(
         issue.sans.push(request.role.san()?);
     }
     // The CSR is ours, made from the names the operator gave (a wildcard
-    // there is the operator's choice).
+    // there is the operator's choice): its names are granted.
     issue.allow_wildcards = true;
+    issue.csr_names = pki_core::CsrNames::ALL;
     let issued = sign(&csr, &issue)?;
 
     let key_pem = key.to_pkcs8_pem()?;
@@ -490,7 +503,7 @@ pub struct CsrRequest {
 /// A fresh key and the CSR for it.
 fn key_and_csr(request: &CsrRequest) -> Result<(KeyPair, Csr)> {
     let key = KeyPair::generate(request.key_type)?;
-    let mut params = CsrParams::new(request.subject.subject(&request.name)?);
+    let mut params = CsrParams::new(request.subject.identity_subject(&request.name)?);
     params.sans = sans(&request.dns, &request.ip);
     let csr = Csr::new(&params, &key)?;
     Ok((key, csr))
@@ -624,7 +637,11 @@ pub fn sign_csr(locked: &mut LockedCa<'_>, request: &SignRequest) -> Result<Sign
     if request.profile == Profile::Client {
         params.sans.push(request.role.san()?);
     }
-    params.copy_csr_sans = request.accept_csr_names;
+    params.csr_names = if request.accept_csr_names {
+        pki_core::CsrNames::ALL
+    } else {
+        pki_core::CsrNames::NONE
+    };
     params.allow_wildcards = request.allow_wildcards;
     if request.profile == Profile::Server && params.sans.is_empty() && !request.accept_csr_names {
         let asked: Vec<String> = csr.requested_sans().iter().map(|s| s.to_string()).collect();

@@ -625,3 +625,19 @@ fn verify_checks_the_ca_folders_crl_by_default() {
     );
     assert!(out.contains("revocation not checked"), "{out}");
 }
+
+/// A common name given with `--cn` passes the same name rule as NAME: it
+/// is the MQTT username, `{name}` in the broker's rules.
+#[test]
+fn a_cn_given_with_cn_passes_the_name_rule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca", "--cn", "Name Root"]);
+    for cn in ["sensor-1/cmd", "sensor-1 ", "a+b", "#", ""] {
+        let e = fails(d, &["issue", "client", "spy", "--cn", cn], 1);
+        assert!(e.contains("invalid name"), "{cn:?}: {e}");
+        assert!(!d.join("backend_certs/spy.key").exists(), "{cn:?}");
+        assert!(!d.join("backend_certs/spy_cert.pem").exists(), "{cn:?}");
+    }
+    ok(d, &["issue", "client", "spy", "--cn", "sensor-2"]);
+}

@@ -1130,6 +1130,50 @@ fn one_identity_twice_is_named_as_the_likely_cause() {
     );
 }
 
+/// A claim holder enrolling with a CSR that asks for a broker's DNS name,
+/// an IP address and another identity's URI gets none of them: the
+/// certificate carries the enrolled name's identity and its role only.
+#[test]
+fn enrollment_grants_none_of_the_csrs_names() {
+    let fleet = Fleet::new(&[], &["--allow-pattern", "node-*"]);
+    let _serve = fleet.serve("ca-1", fleet.enroll.port);
+    let claim = fleet.files("factory");
+    let key = KeyPair::generate(KeyType::P256).unwrap();
+    let mut params = CsrParams::new(Subject::new("node-9").unwrap());
+    params.sans = vec![
+        pki_core::SubjectAltName::Dns("broker.example.com".parse().unwrap()),
+        pki_core::SubjectAltName::Ip("10.0.0.1".parse().unwrap()),
+        pki_core::SubjectAltName::uri("urn:mqtt-client:ca-1").unwrap(),
+    ];
+    let csr = Csr::new(&params, &key).unwrap();
+    let answer = rt().block_on(ask(
+        fleet.enroll.port,
+        &claim,
+        "pki/v1/enroll/factory/req",
+        "pki/v1/enroll/factory/res/names-1",
+        serde_json::json!({"request_id": "names-1", "name": "node-9", "csr": csr.to_pem()})
+            .to_string(),
+    ));
+    let Answer::Issued { certificate, .. } = answer else {
+        panic!("expected a certificate, got {answer:?}");
+    };
+    let cert = Certificate::from_pem(&certificate).unwrap();
+    let names: Vec<String> = cert
+        .subject_alt_names()
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "URI:urn:mqtt-client:node-9",
+            "URI:urn:mqtt-mtls:role:device"
+        ],
+        "{names:?}"
+    );
+}
+
 #[test]
 fn enrollment_and_renewal_through_an_intermediate_with_the_root_key_away() {
     let fleet = Fleet::with(true, &[], &["--allow", "sensor-1"]);

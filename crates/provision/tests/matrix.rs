@@ -45,7 +45,7 @@ fn issue(
     }
     let csr = Csr::new(&params, &key).unwrap();
     let issue = IssueParams {
-        copy_csr_sans: true,
+        csr_names: pki_core::CsrNames::ALL,
         ..IssueParams::new(profile, validity)
     };
     let cert = ca.sign(&csr, &issue).unwrap().certificate;

@@ -48,7 +48,16 @@ pub(crate) fn csr(data: &[u8]) {
         let _ = csr.requested_ca_powers();
         for profile in [Profile::Client, Profile::Server] {
             if let Ok(validity) = Validity::days_from_now(1) {
+                // Both ways: no CSR name granted (the default), and all
+                // of them (what `provision sign --accept-csr-names` does).
                 let _ = ca().sign(&csr, &IssueParams::new(profile, validity));
+                let _ = ca().sign(
+                    &csr,
+                    &IssueParams {
+                        csr_names: pki_core::CsrNames::ALL,
+                        ..IssueParams::new(profile, validity)
+                    },
+                );
             }
         }
     }

@@ -346,7 +346,11 @@ fn openssl_csrs() {
     let cert = ca
         .sign(
             &csr,
-            &IssueParams::new(Profile::Server, Validity::days_from_now(30).unwrap()),
+            // The CSR's names, granted: what this test checks OpenSSL reads.
+            &IssueParams {
+                csr_names: pki_core::CsrNames::ALL,
+                ..IssueParams::new(Profile::Server, Validity::days_from_now(30).unwrap())
+            },
         )
         .unwrap()
         .certificate;

@@ -65,7 +65,9 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     // shows (the run after it is quiet).
     // A `provision` already built (MQTT_MTLS_PROVISION_BIN: the test of
     // these steps, which cannot run cargo inside cargo) is run as it is.
-    let prebuilt = std::env::var_os("MQTT_MTLS_PROVISION_BIN").map(PathBuf::from);
+    let prebuilt = std::env::var_os("MQTT_MTLS_PROVISION_BIN")
+        .map(PathBuf::from)
+        .map(|p| std::path::absolute(&p).unwrap_or(p));
     if prebuilt.is_none() {
         let mut build = cargo();
         build.args(["build", "-p", "provision"]);

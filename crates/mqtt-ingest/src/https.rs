@@ -239,13 +239,20 @@ struct Refusals {
 
 impl Refusals {
     const EVERY: Duration = Duration::from_secs(60);
+    /// Addresses remembered at most.
+    const MAX_ADDRESSES: usize = 10_000;
 
     /// A refusal from `addr` at `now`: `Some(suppressed since the last
     /// line)` when it is to be logged.
     fn refused(&mut self, addr: std::net::IpAddr, now: std::time::Instant) -> Option<u64> {
-        if self.seen.len() > 10_000 {
+        if self.seen.len() >= Self::MAX_ADDRESSES {
             self.seen
                 .retain(|_, (at, _)| now.duration_since(*at) < Self::EVERY);
+            // Still full (a spray from many addresses): forget them all
+            // rather than grow.
+            if self.seen.len() >= Self::MAX_ADDRESSES {
+                self.seen.clear();
+            }
         }
         match self.seen.get_mut(&addr) {
             Some((at, suppressed)) if now.duration_since(*at) < Self::EVERY => {
@@ -310,8 +317,8 @@ pub async fn serve(
                 Ok(Err(e)) => {
                     let logged = refusals
                         .lock()
-                        .ok()
-                        .and_then(|mut r| r.refused(remote.ip(), std::time::Instant::now()));
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .refused(remote.ip(), std::time::Instant::now());
                     match logged {
                         Some(0) => tracing::warn!("HTTPS: refused {remote} at the handshake: {e}"),
                         Some(n) => tracing::warn!(

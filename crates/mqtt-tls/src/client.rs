@@ -862,7 +862,8 @@ impl Connection {
                                  most likely another client is connected with the same identity \
                                  (our brokers bind the client id to the certificate's name, so \
                                  each connection knocks the other off): give each instance its \
-                                 own identity"
+                                 own identity; else the broker refuses this certificate (revoked, \
+                                 or outside its rules)"
                             );
                         }
                         // The backoff starts over only after a connection

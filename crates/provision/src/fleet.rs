@@ -348,6 +348,13 @@ pub fn run(
             )));
         }
     }
+    for r in &requests {
+        // Catch bad subjects before anything is written.
+        r.identity
+            .subject
+            .identity_subject(&r.identity.name, r.profile)
+            .map_err(|e| bad(format!("{}: {e}", r.identity.name)))?;
+    }
     let mut folders_checked: HashSet<&Path> = HashSet::new();
     for r in requests.iter().map(|r| &r.identity) {
         // Once per folder: a million devices usually share one.
@@ -363,10 +370,6 @@ pub fn run(
                 r.name
             )));
         }
-        // Catch bad subjects before anything is written.
-        r.subject
-            .identity_subject(&r.name)
-            .map_err(|e| bad(format!("{}: {e}", r.name)))?;
     }
 
     let passphrase = manifest

@@ -402,11 +402,20 @@ pub fn verify(request: &VerifyRequest<'_>) -> Result<Verification> {
             // when it is what failed.
             (Some(crl), None) if crl_failed(&source) => Error::Revocation {
                 path: request.cert.to_owned(),
-                reason: format!(
-                    "{source} (revocation checked against {}: pass --no-crl to skip it, or \
-                     --crl FILE for another)",
-                    crl.display()
-                ),
+                reason: if source.to_string().contains("not issued by") {
+                    format!(
+                        "the CA folder's CRL {} is not its issuer's (it was issued before the \
+                         folder's intermediate, or by another CA): give its issuer's CRL with \
+                         --crl FILE, or pass --no-crl to skip the revocation check",
+                        crl.display()
+                    )
+                } else {
+                    format!(
+                        "{source} (revocation checked against {}: pass --no-crl to skip it, or \
+                         --crl FILE for another)",
+                        crl.display()
+                    )
+                },
             },
             _ => Error::Pki {
                 path: request.cert.to_owned(),

@@ -44,13 +44,16 @@ impl SubjectOptions {
         Ok(s)
     }
 
-    /// The subject of an identity named `name`: a common name given here
-    /// (`--cn`, a manifest's `common_name`) must pass the same name rule
-    /// as `name` ([`check_name`]): it is the MQTT username, `{name}` in
-    /// the broker's rules, so a `/`, a space or a wildcard would move the
-    /// identity into another's topics.
-    pub fn identity_subject(&self, name: &str) -> Result<Subject> {
-        if let Some(cn) = &self.common_name {
+    /// The subject of an identity named `name` with `profile`: a client's
+    /// common name given here (`--cn`, a manifest's `common_name`) must
+    /// pass the same name rule as `name` ([`check_name`]): it is the MQTT
+    /// username, `{name}` in the broker's rules, so a `/`, a space or a
+    /// wildcard would move the identity into another's topics. (A
+    /// server's CN is no username.)
+    pub fn identity_subject(&self, name: &str, profile: Profile) -> Result<Subject> {
+        if profile == Profile::Client
+            && let Some(cn) = &self.common_name
+        {
             check_name(cn)?;
         }
         self.subject(name)
@@ -439,7 +442,7 @@ pub fn issue_files(
             None
         }
     };
-    let (key, csr) = key_and_csr(id)?;
+    let (key, csr) = key_and_csr(id, request.profile)?;
     let mut issue = IssueParams::new(request.profile, Validity::days_from_now(request.days)?);
     if request.profile == Profile::Client {
         issue.sans.push(request.role.san()?);
@@ -501,9 +504,9 @@ pub struct CsrRequest {
 }
 
 /// A fresh key and the CSR for it.
-fn key_and_csr(request: &CsrRequest) -> Result<(KeyPair, Csr)> {
+fn key_and_csr(request: &CsrRequest, profile: Profile) -> Result<(KeyPair, Csr)> {
     let key = KeyPair::generate(request.key_type)?;
-    let mut params = CsrParams::new(request.subject.identity_subject(&request.name)?);
+    let mut params = CsrParams::new(request.subject.identity_subject(&request.name, profile)?);
     params.sans = sans(&request.dns, &request.ip);
     let csr = Csr::new(&params, &key)?;
     Ok((key, csr))
@@ -514,7 +517,8 @@ pub fn make_csr(request: &CsrRequest) -> Result<IdentityPaths> {
     refuse_ca_folder(&request.out, None)?;
     let paths = IdentityPaths::new(&request.out, &request.name);
     refuse_existing(&[&paths.key, &paths.csr], request.force)?;
-    let (key, csr) = key_and_csr(request)?;
+    // A device's CSR (`provision csr`): a client.
+    let (key, csr) = key_and_csr(request, Profile::Client)?;
     write_atomic(
         &paths.key,
         key.to_pkcs8_pem()?.as_bytes(),

@@ -71,9 +71,11 @@ fn shell(dir: &Path, line: &str) -> Command {
     cmd
 }
 
-/// Runs a command that must succeed; its standard output.
+/// Runs a command that must succeed within 2 minutes; its standard output.
 fn run(dir: &Path, line: &str) -> String {
-    let out = shell(dir, line).output().unwrap();
+    let out = shell(dir, &format!("timeout 120 bash -c {}", quoted(line)))
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{line}\n{}{}",
@@ -81,6 +83,11 @@ fn run(dir: &Path, line: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `line` as one shell word.
+fn quoted(line: &str) -> String {
+    format!("'{}'", line.replace('\'', "'\\''"))
 }
 
 /// A command left running (a line ending in `&`), its output lines as they
@@ -146,6 +153,14 @@ fn broker(dir: &Path, line: &str, port: u16) -> Mosquitto {
 
 #[test]
 fn the_readme_paths_work_as_printed() {
+    // The README's ports, free (a quick start left running would take
+    // them: the test says so instead of failing somewhere below).
+    for port in [8883, 8884, 8080] {
+        assert!(
+            std::net::TcpListener::bind(("0.0.0.0", port)).is_ok(),
+            "port {port}, which the README names, is in use: stop what listens there"
+        );
+    }
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();

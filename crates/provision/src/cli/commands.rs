@@ -501,6 +501,8 @@ pub(crate) fn inspect(args: InspectArgs) -> anyhow::Result<provision::inspect::I
 pub(crate) struct Verified {
     valid: bool,
     detail: String,
+    /// The CRL revocation was checked against (`null`: not checked).
+    revocation_checked_against: Option<PathBuf>,
     /// The certificate, each intermediate, and the CA of the CA file.
     chain: Vec<provision::inspect::ChainEntry>,
     #[serde(skip)]
@@ -525,6 +527,7 @@ pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<Verified> {
         ca_dir: (!args.no_crl).then_some(&ca_dir),
     })?;
     Ok(Verified {
+        revocation_checked_against: verification.crl.clone(),
         valid: true,
         shown: verification.to_string(),
         detail: verification.summary,

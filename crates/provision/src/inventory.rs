@@ -485,6 +485,43 @@ impl Inventory {
         Ok(inventory)
     }
 
+    /// Whether the PostgreSQL inventory at `url` answers (a connection and
+    /// a query), before a command writes anything that would depend on it
+    /// (`init-ca --inventory URL`).
+    pub fn probe(url: &str) -> Result<()> {
+        let location = redact(url);
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(Error::Inventory {
+                location,
+                reason: "an inventory URL must be postgres://... (the default, SQLite in the \
+                         CA folder, needs none)"
+                    .into(),
+            });
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io {
+                action: "starting the database runtime for",
+                path: location.clone().into(),
+                source,
+            })?;
+        rt.block_on(async {
+            use sqlx::Connection;
+            // One attempt (a pool would retry a refused connection until
+            // its timeout), bounded all the same.
+            let attempt = async {
+                let mut conn = sqlx::postgres::PgConnection::connect(url).await?;
+                sqlx::query("SELECT 1").execute(&mut conn).await?;
+                conn.close().await
+            };
+            tokio::time::timeout(Duration::from_secs(10), attempt)
+                .await
+                .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+        })
+        .map_err(|e| db_error(&location, "connecting to", e))
+    }
+
     /// Opens the database without the owner check or the import.
     fn connect(ca_dir: &CaDir) -> Result<Self> {
         if tokio::runtime::Handle::try_current().is_ok() {

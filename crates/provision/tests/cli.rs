@@ -641,3 +641,26 @@ fn a_cn_given_with_cn_passes_the_name_rule() {
     }
     ok(d, &["issue", "client", "spy", "--cn", "sensor-2"]);
 }
+
+/// `init-ca --inventory URL` reaches the database before it writes the CA:
+/// a server that refuses the connection fails the command, naming the
+/// inventory, and no CA is left in the folder.
+#[test]
+fn init_ca_with_an_unreachable_inventory_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // Nothing listens on a port just freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://ca@127.0.0.1:{port}/inventory");
+    let e = fails(d, &["init-ca", "--inventory", &url], 1);
+    assert!(
+        e.contains("inventory postgres://ca@127.0.0.1") && e.contains("connecting to"),
+        "{e}"
+    );
+    assert!(!d.join("root_cert/root_ca_cert.pem").exists());
+    assert!(!d.join("root_cert/root_ca.key").exists());
+}

@@ -125,6 +125,10 @@ pub(crate) fn init_ca(args: InitCaArgs) -> anyhow::Result<CaCreated> {
         passphrase(args.passphrase_env.as_deref())?
     };
     let encrypted = passphrase.is_some();
+    // A PostgreSQL inventory must answer before the CA is written.
+    if let Some(url) = ca_dir.inventory_url() {
+        Inventory::probe(url)?;
+    }
     let (ca, archived) = init_ca_archiving(
         &ca_dir,
         &InitCa {
@@ -135,6 +139,18 @@ pub(crate) fn init_ca(args: InitCaArgs) -> anyhow::Result<CaCreated> {
             force: args.force,
         },
     )?;
+    // The inventory's schema made and checked, and the database claimed
+    // for this CA, now: a CA whose inventory cannot be opened is not made.
+    if ca_dir.inventory_url().is_some()
+        && let Err(e) = Inventory::open(&ca_dir)
+    {
+        if archived.is_none() {
+            for path in [ca_dir.cert_path(), ca_dir.key_path()] {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        return Err(e.into());
+    }
     Ok(CaCreated {
         subject: ca.certificate().subject(),
         cert: ca_dir.cert_path(),

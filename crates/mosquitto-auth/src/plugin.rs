@@ -192,16 +192,19 @@ fn load_rules(path: &Path) -> Loaded<Rules> {
     Loaded { stamp, value }
 }
 
-/// The CRL's text and what it lists.
-type CrlRead = (
-    Option<Stamp>,
-    std::result::Result<(String, Revoked), String>,
-);
+/// A digest of the CRL's text (whether it changed: a large CRL's text is
+/// not kept) and what it lists.
+type CrlRead = (Option<Stamp>, std::result::Result<(u64, Revoked), String>);
 
 fn load_crl(path: &Path) -> CrlRead {
     let stamp = stamp(path);
     let value = read(path)
-        .and_then(|text| Revoked::from_pem(&text, path).map(|r| (text, r)))
+        .and_then(|text| {
+            let revoked = Revoked::from_pem(&text, path)?;
+            let mut digest = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(&text, &mut digest);
+            Ok((std::hash::Hasher::finish(&digest), revoked))
+        })
         .map_err(|e| e.to_string());
     (stamp, value)
 }
@@ -228,9 +231,9 @@ pub struct Plugin {
     /// made again.
     generation: u64,
     revoked: Loaded<Revoked>,
-    /// The CRL text the broker last loaded (at start, or at the reload
-    /// this plugin asked for).
-    crl_text: Option<String>,
+    /// The digest of the CRL the broker last loaded (at start, or at the
+    /// reload this plugin asked for).
+    crl_digest: Option<u64>,
     crl_job: Option<Receiver<CrlRead>>,
     live: HashMap<ClientKey, Conn>,
     /// Disconnected clients whose session the broker may keep: the
@@ -269,13 +272,13 @@ impl Plugin {
     pub fn new(options: Options, broker: &impl Broker) -> Self {
         let rules = load_rules(&options.rules);
         let (stamp, crl) = load_crl(&options.crl);
-        let (revoked, crl_text) = match crl {
-            Ok((text, revoked)) => (
+        let (revoked, crl_digest) = match crl {
+            Ok((digest, revoked)) => (
                 Loaded {
                     stamp,
                     value: Ok(Arc::new(revoked)),
                 },
-                Some(text),
+                Some(digest),
             ),
             Err(e) => (
                 Loaded {
@@ -290,7 +293,7 @@ impl Plugin {
             rules,
             generation: 0,
             revoked,
-            crl_text,
+            crl_digest,
             crl_job: None,
             live: HashMap::new(),
             offline: HashMap::new(),
@@ -641,7 +644,7 @@ impl Plugin {
 
     fn apply_crl(&mut self, broker: &impl Broker, (stamp, read): CrlRead) {
         match read {
-            Ok((text, revoked)) => {
+            Ok((digest, revoked)) => {
                 let mut off = 0;
                 for conn in self.live.values() {
                     if let (Identity::Known { serial, .. }, Some(id)) =
@@ -660,8 +663,8 @@ impl Plugin {
                 if !was_ok {
                     self.log_state(broker, "CRL readable again");
                 }
-                if self.crl_text.as_deref() != Some(text.as_str()) {
-                    self.crl_text = Some(text);
+                if self.crl_digest != Some(digest) {
+                    self.crl_digest = Some(digest);
                     broker.log(
                         Level::Notice,
                         &format!(

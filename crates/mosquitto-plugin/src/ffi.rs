@@ -278,6 +278,22 @@ unsafe fn with_plugin<T>(userdata: *mut c_void, f: impl FnOnce(&mut Plugin) -> T
     Some(f(&mut plugin))
 }
 
+/// Runs `f` on the plugin (`None`: it was busy), then writes the log lines
+/// it left, the plugin unlocked.
+///
+/// # Safety
+/// As [`with_plugin`].
+unsafe fn call<T>(
+    userdata: *mut c_void,
+    f: impl FnOnce(&mut Plugin, &Mosquitto) -> T,
+) -> Option<T> {
+    let broker = Mosquitto::default();
+    // SAFETY: the caller's promise.
+    let result = unsafe { with_plugin(userdata, |p| f(p, &broker)) };
+    broker.flush();
+    result
+}
+
 /// Which plugin interface we speak: 5 (Mosquitto 2.0).
 #[unsafe(no_mangle)]
 pub extern "C" fn mosquitto_plugin_version(count: c_int, versions: *const c_int) -> c_int {
@@ -409,11 +425,8 @@ extern "C" fn on_acl_check(_event: c_int, data: *mut c_void, userdata: *mut c_vo
             return MOSQ_ERR_ACL_DENIED;
         };
         let client = ClientKey(event.client as usize);
-        let broker = Mosquitto::default();
         // SAFETY: our state, registered as this callback's userdata.
-        let allowed =
-            unsafe { with_plugin(userdata, |p| p.acl_check(&broker, client, access, topic)) };
-        broker.flush();
+        let allowed = unsafe { call(userdata, |p, b| p.acl_check(b, client, access, topic)) };
         if allowed == Some(true) {
             MOSQ_ERR_SUCCESS
         } else {
@@ -429,10 +442,8 @@ extern "C" fn on_disconnect(_event: c_int, data: *mut c_void, userdata: *mut c_v
             && !event.client.is_null()
         {
             let client = ClientKey(event.client as usize);
-            let broker = Mosquitto::default();
             // SAFETY: our state.
-            unsafe { with_plugin(userdata, |p| p.disconnect(&broker, client)) };
-            broker.flush();
+            unsafe { call(userdata, |p, b| p.disconnect(b, client)) };
         }
         MOSQ_ERR_SUCCESS
     })
@@ -441,10 +452,8 @@ extern "C" fn on_disconnect(_event: c_int, data: *mut c_void, userdata: *mut c_v
 extern "C" fn on_tick(_event: c_int, _data: *mut c_void, userdata: *mut c_void) -> c_int {
     guarded(MOSQ_ERR_SUCCESS, || {
         // 2.0.11 leaves the tick's time fields zeroed: our own clock.
-        let broker = Mosquitto::default();
         // SAFETY: our state.
-        let kicks = unsafe { with_plugin(userdata, |p| p.tick(&broker, Instant::now())) };
-        broker.flush();
+        let kicks = unsafe { call(userdata, |p, b| p.tick(b, Instant::now())) };
         // SAFETY: our state.
         if let Some(state) = unsafe { userdata.cast::<State>().as_ref() } {
             let refused = state.reentrant.swap(0, Ordering::Relaxed);
@@ -467,10 +476,8 @@ extern "C" fn on_tick(_event: c_int, _data: *mut c_void, userdata: *mut c_void) 
 
 extern "C" fn on_reload(_event: c_int, _data: *mut c_void, userdata: *mut c_void) -> c_int {
     guarded(MOSQ_ERR_PLUGIN_DEFER, || {
-        let broker = Mosquitto::default();
         // SAFETY: our state.
-        unsafe { with_plugin(userdata, |p| p.reloaded(&broker)) };
-        broker.flush();
+        unsafe { call(userdata, |p, b| p.reloaded(b)) };
         // Deferred, so that the broker goes on reloading the rest of its
         // security settings.
         MOSQ_ERR_PLUGIN_DEFER

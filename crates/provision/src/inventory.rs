@@ -167,7 +167,7 @@ impl Filter {
     }
 }
 
-const SCHEMA: [&str; 8] = [
+const SCHEMA: [&str; 9] = [
     "CREATE TABLE IF NOT EXISTS certificates (
         seq BIGINT NOT NULL UNIQUE,
         serial TEXT PRIMARY KEY,
@@ -208,6 +208,9 @@ const SCHEMA: [&str; 8] = [
         WHERE settled = 0",
     "CREATE INDEX IF NOT EXISTS lifecycle_refusals ON lifecycle_requests (at)
         WHERE rejected = 1",
+    // The renewals of a certificate, followed when it is revoked.
+    "CREATE INDEX IF NOT EXISTS lifecycle_renewals ON lifecycle_requests (old_serial)
+        WHERE old_serial IS NOT NULL",
 ];
 
 const COLUMNS: &str = "serial, common_name, subject, profile, not_before, not_after, sha256, \
@@ -1570,28 +1573,92 @@ impl<'a> LockedCa<'a> {
         Ok(())
     }
 
-    /// Revokes the certificate with this serial now (a revoked one keeps
-    /// its first revocation); its record, or `None` when the inventory
-    /// does not have it.
+    /// Revokes the certificate with this serial now; its record, or `None`
+    /// when the inventory does not have it. A revoked one keeps its first
+    /// revocation, but for a certificate revoked as superseded (a renewal's
+    /// predecessor) revoked again for another reason: it keeps its date
+    /// and takes the new reason (a key found compromised after its device
+    /// renewed).
     pub fn revoke(&mut self, serial: &Serial, reason: RevocationReason) -> Result<Option<Record>> {
         self.revoke_at(serial, Timestamp(SystemTime::now()), reason)?;
         self.find(serial)
     }
 
+    /// [`LockedCa::revoke`]; whether the row changed.
     fn revoke_at(
         &mut self,
         serial: &Serial,
         at: Timestamp,
         reason: RevocationReason,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let now = to_secs(at);
+        let superseded = RevocationReason::Superseded.to_string();
         self.run("revoking in", async |tx| {
             either!(tx, Tx(c) => sqlx::query(
-                "UPDATE certificates SET revoked_at = $1, revocation_reason = $2
-                 WHERE serial = $3 AND revoked_at IS NULL",
+                "UPDATE certificates
+                 SET revoked_at = COALESCE(revoked_at, $1), revocation_reason = $2
+                 WHERE serial = $3
+                 AND (revoked_at IS NULL OR (revocation_reason = $4 AND $2 <> $4))",
             )
             .bind(now)
             .bind(reason.to_string())
+            .bind(serial.to_string())
+            .bind(superseded.as_str())
+            .execute(&mut **c)
+            .await
+            .map(|r| r.rows_affected() > 0))
+        })
+    }
+
+    /// The certificates `provision serve` issued renewing `serial` (with
+    /// its key's proof), oldest first.
+    pub fn renewals_of(&mut self, serial: &Serial) -> Result<Vec<Serial>> {
+        let rows: Vec<String> = self.run("reading", async |tx| {
+            either!(tx, Tx(c) => sqlx::query_scalar(
+                "SELECT new_serial FROM lifecycle_requests
+                 WHERE kind = 'renew' AND old_serial = $1 AND new_serial IS NOT NULL
+                 ORDER BY at",
+            )
+            .bind(serial.to_string())
+            .fetch_all(&mut **c)
+            .await)
+        })?;
+        rows.iter()
+            .map(|s| {
+                s.parse::<Serial>().map_err(|e| Error::Inventory {
+                    location: self.inventory.location.clone(),
+                    reason: format!("a renewal of {serial}: serial {s:?}: {e}"),
+                })
+            })
+            .collect()
+    }
+
+    /// Every certificate renewed from `serial`, transitively (renewals of
+    /// renewals), in the order found.
+    pub fn descendants(&mut self, serial: &Serial) -> Result<Vec<Serial>> {
+        let mut found: Vec<Serial> = Vec::new();
+        let mut queue = vec![serial.clone()];
+        while let Some(next) = queue.pop() {
+            for child in self.renewals_of(&next)? {
+                if &child != serial && !found.contains(&child) {
+                    found.push(child.clone());
+                    queue.push(child);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Settles every pending renewal of or to `serial` (revoked for a
+    /// reason that ends it): the end of its grace period then revokes
+    /// nothing (a device whose new certificate was revoked keeps its old
+    /// one).
+    pub fn settle_renewals_involving(&mut self, serial: &Serial) -> Result<()> {
+        self.run("writing", async |tx| {
+            either!(tx, Tx(c) => sqlx::query(
+                "UPDATE lifecycle_requests SET settled = 1
+                 WHERE settled = 0 AND (old_serial = $1 OR new_serial = $1)",
+            )
             .bind(serial.to_string())
             .execute(&mut **c)
             .await

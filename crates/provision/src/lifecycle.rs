@@ -497,6 +497,24 @@ fn renew_checked(
             format!("serial {serial} is revoked or expired"),
         )));
     }
+    // A renewal of it revoked for a reason that is not its own renewal
+    // (the operator's): this certificate may not renew around that.
+    for renewal in locked.descendants(&serial)? {
+        if let Some(Record {
+            status: Status::Revoked { reason, .. },
+            ..
+        }) = locked.find(&renewal)?
+            && reason != RevocationReason::Superseded
+        {
+            return Ok(Err(refused(
+                Rejection::NotCurrent,
+                format!(
+                    "serial {serial} was renewed as {renewal}, which is revoked ({reason}); \
+                     ask the CA's operator"
+                ),
+            )));
+        }
+    }
     let csr = match checked_csr(&request.csr, name) {
         Ok(csr) => csr,
         Err(Refused(Rejection::BadCsr, detail)) if detail.contains("CN is") => {

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::files::{
     Access, Durability, Name, NewFiles, check_name, read_text, refuse_existing, write_atomic,
 };
-use crate::inventory::{Inventory, LockedCa, Record};
+use crate::inventory::{Inventory, LockedCa, Record, Status};
 pub use crate::layout::IdentityPaths;
 use crate::roles::{Role, claims_role};
 use crate::store::{CaDir, refuse_ca_folder};
@@ -701,32 +701,63 @@ pub enum RevokeTarget {
     File(PathBuf),
     /// This serial.
     Serial(Serial),
+    /// Every valid certificate of this identity (common name).
+    Name(String),
+}
+
+/// What [`revoke`] did to one certificate it was asked to revoke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// It was valid and is revoked now.
+    Revoked,
+    /// It was revoked as superseded and now carries the new reason.
+    ReasonChanged,
+    /// It was revoked already and keeps its first revocation.
+    Unchanged,
 }
 
 /// What [`revoke`] did.
 #[derive(Debug, Clone)]
 pub struct Revocation {
-    /// The certificate's record, revoked.
-    pub record: Record,
-    /// Whether this call revoked it (`false`: it already was, and keeps
-    /// its first revocation).
-    pub newly: bool,
+    /// The certificates asked for, as they are now, with what changed
+    /// (none for a name with no valid certificate left).
+    pub records: Vec<(Record, Change)>,
+    /// Certificates renewed from them (transitively), any renewal still
+    /// pending included, revoked for the same reason: whoever holds a
+    /// compromised key could have renewed with it.
+    pub renewals: Vec<Serial>,
     /// The name's superseded certificates (a renewal's predecessors) now
     /// revoked for this reason too, so that a connection still on one ends.
     pub withdrawn: Vec<Serial>,
+    /// Other certificates of the same names this left valid.
+    pub still_valid: Vec<Record>,
 }
 
-/// Marks a certificate revoked in the inventory and rewrites the CRL in
-/// the CA folder (the caller commits `locked`). Revoking a revoked
-/// certificate keeps its first revocation and rewrites the CRL.
+/// Whether a revocation for `reason` follows the certificate's renewals:
+/// those that say its key or its subject's standing is no good.
+fn follows_renewals(reason: RevocationReason) -> bool {
+    !matches!(
+        reason,
+        RevocationReason::Superseded | RevocationReason::Unspecified
+    )
+}
+
+/// Marks certificates revoked in the inventory and rewrites the CRL in
+/// the CA folder (the caller commits `locked`), all in one transaction.
+///
+/// A certificate revoked already keeps its first revocation, but one
+/// revoked as superseded takes a new reason. For every reason but
+/// `unspecified` and `superseded`, the certificates renewed from it are
+/// revoked too, transitively, and its pending renewals end.
 pub fn revoke(
     locked: &mut LockedCa<'_>,
     target: &RevokeTarget,
     reason: RevocationReason,
     crl_days: u32,
 ) -> Result<Revocation> {
-    let (serial, what, file) = match target {
-        RevokeTarget::Serial(s) => (s.clone(), format!("serial {s}"), None),
+    let serials: Vec<(Serial, String, Option<(Certificate, &PathBuf)>)> = match target {
+        RevokeTarget::Serial(s) => vec![(s.clone(), format!("serial {s}"), None)],
         RevokeTarget::File(path) => {
             let cert = Certificate::from_pem(&read_text(path)?).map_err(|source| Error::Pki {
                 path: path.clone(),
@@ -734,50 +765,107 @@ pub fn revoke(
             })?;
             let serial = cert.serial();
             let what = format!("{} (serial {serial})", path.display());
-            (serial, what, Some((cert, path)))
+            vec![(serial, what, Some((cert, path)))]
         }
-    };
-    let already = locked.find(&serial)?.is_some_and(|r| r.is_revoked());
-    let record = match locked.revoke(&serial, reason)? {
-        Some(record) => record,
-        // A certificate this CA signed that the inventory never recorded
-        // (a crash between writing its files and the commit) can still be
-        // revoked: it is recorded first.
-        None => match file {
-            Some((cert, path)) if signed_by(&cert, locked.ca_certificate()?) => {
-                let usages = cert.tls_usages()?;
-                let profile = if usages.server_auth && !usages.client_auth {
-                    Profile::Server
-                } else {
-                    Profile::Client
-                };
-                locked.record(&[Record::new(&cert, profile, path)])?;
-                locked
-                    .revoke(&serial, reason)?
-                    .ok_or_else(|| Error::NotInInventory {
-                        what: what.clone(),
-                        location: locked.location().to_owned(),
-                    })?
-            }
-            _ => {
+        RevokeTarget::Name(name) => {
+            if !locked.name_used(name)? {
                 return Err(Error::NotInInventory {
-                    what,
+                    what: format!("a certificate named {name:?}"),
                     location: locked.location().to_owned(),
                 });
             }
-        },
+            locked
+                .valid_for(name)?
+                .into_iter()
+                .map(|r| {
+                    let what = format!("serial {}", r.serial);
+                    (r.serial, what, None)
+                })
+                .collect()
+        }
     };
-    let withdrawn = if reason == RevocationReason::Superseded {
-        Vec::new()
-    } else {
-        locked.withdraw_superseded(&record.common_name, reason, Some(&record.serial))?
-    };
+    let mut records = Vec::new();
+    for (serial, what, file) in serials {
+        let before = locked.find(&serial)?.map(|r| r.status);
+        let record = match locked.revoke(&serial, reason)? {
+            Some(record) => record,
+            // A certificate this CA signed that the inventory never recorded
+            // (a crash between writing its files and the commit) can still be
+            // revoked: it is recorded first.
+            None => match file {
+                Some((cert, path)) if signed_by(&cert, locked.ca_certificate()?) => {
+                    let usages = cert.tls_usages()?;
+                    let profile = if usages.server_auth && !usages.client_auth {
+                        Profile::Server
+                    } else {
+                        Profile::Client
+                    };
+                    locked.record(&[Record::new(&cert, profile, path)])?;
+                    locked
+                        .revoke(&serial, reason)?
+                        .ok_or_else(|| Error::NotInInventory {
+                            what: what.clone(),
+                            location: locked.location().to_owned(),
+                        })?
+                }
+                _ => {
+                    return Err(Error::NotInInventory {
+                        what,
+                        location: locked.location().to_owned(),
+                    });
+                }
+            },
+        };
+        let change = match before {
+            None | Some(Status::Valid) => Change::Revoked,
+            Some(old) if old != record.status => Change::ReasonChanged,
+            Some(_) => Change::Unchanged,
+        };
+        records.push((record, change));
+    }
+    let mut renewals = Vec::new();
+    let mut withdrawn = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    for (record, _) in &records {
+        if !names.contains(&record.common_name) {
+            names.push(record.common_name.clone());
+        }
+        if reason == RevocationReason::Superseded {
+            continue;
+        }
+        // Its grace period revokes nothing more, and a renewal it was
+        // waiting on ends (revoked below when this reason follows them).
+        locked.settle_renewals_involving(&record.serial)?;
+        for serial in
+            locked.withdraw_superseded(&record.common_name, reason, Some(&record.serial))?
+        {
+            if !withdrawn.contains(&serial) {
+                withdrawn.push(serial);
+            }
+        }
+        if !follows_renewals(reason) {
+            continue;
+        }
+        for serial in locked.descendants(&record.serial)? {
+            let changed = locked.find(&serial)?.map(|r| r.status);
+            let now = locked.revoke(&serial, reason)?.map(|r| r.status);
+            locked.settle_renewals_involving(&serial)?;
+            if changed != now && !renewals.contains(&serial) {
+                renewals.push(serial);
+            }
+        }
+    }
+    let mut still_valid = Vec::new();
+    for name in &names {
+        still_valid.extend(locked.valid_for(name)?);
+    }
     let crl = locked.ca_dir().crl_path();
     locked.write_crl(&crl, crl_days)?;
     Ok(Revocation {
-        record,
-        newly: !already,
+        records,
+        renewals,
         withdrawn,
+        still_valid,
     })
 }
 

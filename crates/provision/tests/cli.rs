@@ -352,7 +352,11 @@ fn every_command_speaks_json() {
         "--reason",
         "key-compromise",
     ]);
-    assert_eq!(revoked["status"]["reason"], "key-compromise");
+    assert_eq!(
+        revoked["certificates"][0]["status"]["reason"],
+        "key-compromise"
+    );
+    assert_eq!(revoked["certificates"][0]["change"], "revoked");
     let crl = json(&["crl"]);
     assert_eq!(crl["revoked"], 2, "the superseded and the revoked: {crl}");
     let listed = json(&["list", "--name", "dev1"]);

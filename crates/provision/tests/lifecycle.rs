@@ -1398,3 +1398,205 @@ fn an_enrollment_that_timed_out_gets_its_certificate_on_the_next_try() {
     assert!(!d.join("device/sensor-1.enrolling.json").exists());
     assert!(!d.join("device/sensor-1.enrolling.json").exists());
 }
+
+/// `provision pub` with the certificate and key in `dir` (`dir/NAME_cert.pem`
+/// and `dir/NAME.key`) on the main broker.
+fn publish_as(fleet: &Fleet, dir: &str, name: &str) -> std::process::Output {
+    provision(
+        fleet.dir(),
+        &[
+            "pub",
+            "-H",
+            "localhost",
+            "-p",
+            &fleet.main.port.to_string(),
+            "-t",
+            &format!("devices/{name}/data"),
+            "-m",
+            "x",
+            "-q",
+            "1",
+            "--cert",
+            &format!("{dir}/{name}_cert.pem"),
+            "--key",
+            &format!("{dir}/{name}.key"),
+            "--ca",
+            "root_cert/root_ca_cert.pem",
+        ],
+    )
+}
+
+/// A renewal request of `name` (its files in `backend_certs`) for a new
+/// key, answered but never confirmed: the new certificate's serial.
+fn renew_unconfirmed(fleet: &Fleet, name: &str, id: &str) -> Result<String, Rejection> {
+    let files = fleet.files(name);
+    let pem = std::fs::read_to_string(&files.cert_path).unwrap();
+    let cert = Certificate::from_pem(&pem).unwrap();
+    let key = KeyPair::from_pem(&std::fs::read_to_string(&files.key_path).unwrap()).unwrap();
+    let csr = csr_pem(name, &KeyPair::generate(KeyType::P256).unwrap());
+    let proof =
+        base64::engine::general_purpose::STANDARD.encode(key.sign(csr.der()).unwrap().as_bytes());
+    let body = serde_json::json!({
+        "request_id": id, "serial": cert.serial().to_string(), "certificate": pem,
+        "csr": csr.to_pem(), "proof": proof,
+    })
+    .to_string();
+    let answer = rt().block_on(ask(
+        fleet.main.port,
+        &files,
+        &format!("pki/v1/renew/{name}/req"),
+        &format!("pki/v1/renew/{name}/res/{id}"),
+        body,
+    ));
+    match answer {
+        Answer::Issued { certificate, .. } => Ok(Certificate::from_pem(&certificate)
+            .unwrap()
+            .serial()
+            .to_string()),
+        other => Err(rejected(&other)),
+    }
+}
+
+fn revocation(d: &Path, serial: &str) -> (String, String) {
+    let r = record(d, serial);
+    (
+        r["status"]["state"].as_str().unwrap().to_owned(),
+        r["status"]["reason"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+#[test]
+fn a_revocation_for_key_compromise_follows_the_renewals_made_with_the_key() {
+    let fleet = Fleet::new(
+        &[
+            ("dev-t", "device"),
+            ("dev-p", "device"),
+            ("dev-n", "device"),
+        ],
+        &["--allow", "nobody"],
+    );
+    let d = fleet.dir();
+    let _serve = fleet.serve("ca-1", fleet.enroll.port);
+    let port = fleet.main.port.to_string();
+
+    // A thief copies dev-t's key and certificate and renews with them.
+    std::fs::create_dir(d.join("thief")).unwrap();
+    for f in ["dev-t_cert.pem", "dev-t.key"] {
+        std::fs::copy(d.join("backend_certs").join(f), d.join("thief").join(f)).unwrap();
+    }
+    let stolen = cert_of(&d.join("backend_certs/dev-t_cert.pem"))
+        .serial()
+        .to_string();
+    let out = ok(
+        d,
+        &[
+            "renew",
+            "-H",
+            "localhost",
+            "-p",
+            &port,
+            "--cert",
+            "thief/dev-t_cert.pem",
+            "--key",
+            "thief/dev-t.key",
+            "--ca",
+            "root_cert/root_ca_cert.pem",
+        ],
+    );
+    assert!(out.contains("renewed"), "{out}");
+    let thiefs = cert_of(&d.join("thief/dev-t_cert.pem"))
+        .serial()
+        .to_string();
+    wait_for("the stolen certificate superseded", || {
+        revocation(d, &stolen) == ("revoked".into(), "superseded".into())
+    });
+    assert!(publish_as(&fleet, "thief", "dev-t").status.success());
+
+    // The operator revokes the device's certificate for key compromise: it
+    // was revoked as superseded, and now says why; the thief's renewal goes
+    // with it.
+    let out = ok(
+        d,
+        &[
+            "revoke",
+            "backend_certs/dev-t_cert.pem",
+            "--reason",
+            "key-compromise",
+        ],
+    );
+    assert!(out.contains(&thiefs), "{out}");
+    assert!(out.contains("renewed from"), "{out}");
+    assert_eq!(
+        revocation(d, &stolen),
+        ("revoked".into(), "key-compromise".into())
+    );
+    assert_eq!(
+        revocation(d, &thiefs),
+        ("revoked".into(), "key-compromise".into())
+    );
+    // On the wire: the broker refuses the thief's certificate.
+    wait_for("the thief's certificate refused", || {
+        let out = publish_as(&fleet, "thief", "dev-t");
+        !out.status.success() && stderr(&out).contains("CertificateRevoked")
+    });
+
+    // A renewal still pending (answered, never confirmed) goes too.
+    let p_old = cert_of(&d.join("backend_certs/dev-p_cert.pem"))
+        .serial()
+        .to_string();
+    let p_new = renew_unconfirmed(&fleet, "dev-p", "p-1").unwrap();
+    assert_eq!(revocation(d, &p_old), ("valid".into(), String::new()));
+    let out = ok(
+        d,
+        &[
+            "revoke",
+            "--serial",
+            &p_old,
+            "--reason",
+            "key-compromise",
+            "--json",
+        ],
+    );
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["renewals"][0], p_new, "{out}");
+    assert_eq!(
+        revocation(d, &p_new),
+        ("revoked".into(), "key-compromise".into())
+    );
+
+    // A renewal revoked (for any reason but superseded): the certificate it
+    // renewed may not renew again, and revoke names what it left valid.
+    let n_old = cert_of(&d.join("backend_certs/dev-n_cert.pem"))
+        .serial()
+        .to_string();
+    let n_new = renew_unconfirmed(&fleet, "dev-n", "n-1").unwrap();
+    let out = ok(d, &["revoke", "--serial", &n_new]);
+    assert!(
+        out.contains("still valid") && out.contains(&n_old) && out.contains("--name dev-n"),
+        "{out}"
+    );
+    assert_eq!(
+        renew_unconfirmed(&fleet, "dev-n", "n-2"),
+        Err(Rejection::NotCurrent)
+    );
+    // revoke --name: every valid certificate of the identity.
+    let out = ok(
+        d,
+        &[
+            "revoke",
+            "--name",
+            "dev-n",
+            "--reason",
+            "cessation-of-operation",
+        ],
+    );
+    assert!(out.contains(&n_old), "{out}");
+    assert_eq!(
+        revocation(d, &n_old),
+        ("revoked".into(), "cessation-of-operation".into())
+    );
+    let out = ok(d, &["revoke", "--name", "dev-n"]);
+    assert!(out.contains("no valid certificate"), "{out}");
+    let e = common::fails(d, &["revoke", "--name", "dev-never"], 1);
+    assert!(e.contains("dev-never"), "{e}");
+}

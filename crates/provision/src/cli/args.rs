@@ -291,13 +291,18 @@ pub(crate) struct ListArgs {
 #[derive(Args)]
 pub(crate) struct RevokeArgs {
     /// The certificate to revoke.
-    #[arg(required_unless_present = "serial")]
+    #[arg(required_unless_present_any = ["serial", "name"])]
     pub(crate) cert: Option<PathBuf>,
     /// The serial (hex) to revoke.
-    #[arg(long, conflicts_with = "cert", value_parser = parse::<Serial>)]
+    #[arg(long, conflicts_with_all = ["cert", "name"], value_parser = parse::<Serial>)]
     pub(crate) serial: Option<Serial>,
+    /// Every valid certificate of this identity (common name).
+    #[arg(long, conflicts_with = "cert")]
+    pub(crate) name: Option<String>,
     /// Why: unspecified, key-compromise, ca-compromise, affiliation-changed,
-    /// superseded, cessation-of-operation, privilege-withdrawn.
+    /// superseded, cessation-of-operation, privilege-withdrawn. Every reason
+    /// but unspecified and superseded revokes the certificates renewed from
+    /// it too.
     #[arg(long, default_value = "unspecified", value_parser = parse::<RevocationReason>)]
     pub(crate) reason: RevocationReason,
     #[command(flatten)]

@@ -13,7 +13,7 @@ use provision::files::Name;
 use provision::inventory::{Filter, Inventory, Record, Status};
 use provision::layout::{self, BrokerPaths, IdentityPaths};
 use provision::ops::{
-    CsrRequest, InitCa, InitIntermediate, IssueRequest, RevokeTarget, SignRequest,
+    Change, CsrRequest, InitCa, InitIntermediate, IssueRequest, RevokeTarget, SignRequest,
     init_ca_archiving, init_intermediate, issue, make_csr, revoke, sign_csr, write_crl,
 };
 use serde::Serialize;
@@ -611,42 +611,83 @@ pub(crate) fn list(args: ListArgs, json: bool) -> anyhow::Result<()> {
 /// `revoke`.
 #[derive(Serialize)]
 pub(crate) struct Revoked {
-    #[serde(flatten)]
-    record: Record,
+    /// The name given (`--name`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    /// The certificates asked for, as they are now.
+    certificates: Vec<RevokedCert>,
+    /// Certificates renewed from them, revoked for the same reason.
+    renewals: Vec<String>,
+    /// The names' superseded certificates revoked for this reason too.
+    withdrawn: Vec<String>,
+    /// Other certificates of the same names left valid.
+    still_valid: Vec<Record>,
     crl: PathBuf,
     brokers: Brokers,
-    /// The name's superseded certificates revoked for this reason too.
-    withdrawn: Vec<String>,
-    /// Whether this call revoked it (`false`: it already was).
-    newly: bool,
+}
+
+/// One certificate `revoke` was asked for.
+#[derive(Serialize)]
+struct RevokedCert {
+    #[serde(flatten)]
+    record: Record,
+    change: Change,
 }
 
 impl fmt::Display for Revoked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (reason, at) = match self.record.status {
-            Status::Revoked { reason, at } => (reason.to_string(), at.to_string()),
-            Status::Valid => ("not revoked".into(), String::new()),
-        };
-        if self.newly {
+        if let (Some(name), true) = (&self.name, self.certificates.is_empty()) {
+            writeln!(f, "{name} has no valid certificate: nothing revoked")?;
+        }
+        for RevokedCert { record, change } in &self.certificates {
+            let (reason, at) = match record.status {
+                Status::Revoked { reason, at } => (reason.to_string(), at.to_string()),
+                Status::Valid => ("not revoked".into(), String::new()),
+            };
+            match change {
+                Change::Revoked => writeln!(
+                    f,
+                    "revoked {} (serial {}, {reason})",
+                    record.subject, record.serial
+                )?,
+                Change::ReasonChanged => writeln!(
+                    f,
+                    "{} (serial {}) was revoked as superseded on {at}; its reason is now \
+                     {reason}",
+                    record.subject, record.serial
+                )?,
+                Change::Unchanged => writeln!(
+                    f,
+                    "{} (serial {}) was already revoked on {at} ({reason}): its revocation \
+                     is unchanged",
+                    record.subject, record.serial
+                )?,
+            }
+        }
+        for serial in &self.renewals {
             writeln!(
                 f,
-                "revoked {} (serial {}, {reason})",
-                self.record.subject, self.record.serial
-            )?;
-        } else {
-            writeln!(
-                f,
-                "{} (serial {}) was already revoked on {at} ({reason}): its revocation is \
-                 unchanged",
-                self.record.subject, self.record.serial
+                "  also revoked: {serial}, renewed from it (whoever held its key could \
+                 renew)"
             )?;
         }
         for serial in &self.withdrawn {
             writeln!(
                 f,
-                "  also revoked: {serial}, an earlier certificate of {} that a renewal \
-                 superseded (a connection still on it ends too)",
-                self.record.common_name
+                "  also revoked: {serial}, an earlier certificate that a renewal superseded \
+                 (a connection still on it ends too)"
+            )?;
+        }
+        for r in &self.still_valid {
+            writeln!(
+                f,
+                "  still valid: {} serial {} (until {}, {}); `provision revoke --name {}` \
+                 revokes every certificate of the name",
+                r.common_name,
+                r.serial,
+                r.not_after,
+                r.cert_path.display(),
+                r.common_name
             )?;
         }
         writeln!(
@@ -660,31 +701,38 @@ impl fmt::Display for Revoked {
 }
 
 pub(crate) fn revoke_cmd(args: RevokeArgs) -> anyhow::Result<Revoked> {
-    let target = match (args.cert, args.serial) {
-        (Some(path), None) => RevokeTarget::File(path),
-        (None, Some(s)) => RevokeTarget::Serial(s),
-        _ => bail!("give a certificate file or --serial"),
+    let target = match (args.cert, args.serial, args.name) {
+        (Some(path), None, None) => RevokeTarget::File(path),
+        (None, Some(s), None) => RevokeTarget::Serial(s),
+        (None, None, Some(name)) => RevokeTarget::Name(name),
+        _ => bail!("give one of: a certificate file, --serial HEX or --name NAME"),
+    };
+    let name = match &target {
+        RevokeTarget::Name(n) => Some(n.clone()),
+        _ => None,
     };
     let (dir, ca) = args.ca.load()?;
     let inventory = Inventory::open(&dir)?;
     let mut locked = inventory.lock(&ca)?;
     let revocation = revoke(&mut locked, &target, args.reason, args.crl_days)?;
     locked.commit()?;
-    let record = revocation.record;
     // Each broker's plugin takes the certificate's connections off
     // (unless it was superseded: a renewal's old certificate, whose device
     // moves to its new one at its own pace).
     let brokers = refresh_brokers(&inventory)?;
+    let text = |v: Vec<Serial>| v.iter().map(ToString::to_string).collect();
     Ok(Revoked {
-        brokers,
-        record,
-        crl: dir.crl_path(),
-        withdrawn: revocation
-            .withdrawn
-            .iter()
-            .map(ToString::to_string)
+        name,
+        certificates: revocation
+            .records
+            .into_iter()
+            .map(|(record, change)| RevokedCert { record, change })
             .collect(),
-        newly: revocation.newly,
+        renewals: text(revocation.renewals),
+        withdrawn: text(revocation.withdrawn),
+        still_valid: revocation.still_valid,
+        crl: dir.crl_path(),
+        brokers,
     })
 }
 

@@ -662,30 +662,57 @@ fn provision_one(
     // MQTT, or by `provision issue`) and the fleet's files hold nothing
     // newer, the identity lives on there and the fleet leaves it alone,
     // even when its own files expired or went missing.
-    if let Some(current) = history.valid.last()
-        && crate::files::resolve(&current.cert_path) != crate::files::resolve(&paths.cert)
-        && on_disk
-            .as_ref()
-            .is_none_or(|cert| cert.validity().not_before() <= current.not_before)
-        && on_disk
-            .as_ref()
-            .is_none_or(|cert| cert.serial() != current.serial)
-    {
+    let renewed_elsewhere = history.valid.last().filter(|current| {
+        crate::files::resolve(&current.cert_path) != crate::files::resolve(&paths.cert)
+            && on_disk
+                .as_ref()
+                .is_none_or(|cert| cert.validity().not_before() <= current.not_before)
+            && on_disk
+                .as_ref()
+                .is_none_or(|cert| cert.serial() != current.serial)
+    });
+    if let Some(current) = renewed_elsewhere {
+        // Renewal state decides only whether an unchanged identity is
+        // reissued: a manifest change wins. The role is the inventory's
+        // (the current certificate's); subject, key type and names are
+        // compared with what the fleet last issued (its files, expired or
+        // not), since a device renewing on its own picks its CSR.
+        let role_now = current.role.unwrap_or(Role::Device);
+        let last_issued = on_disk.clone().or_else(|| {
+            std::fs::read_to_string(&paths.cert)
+                .ok()
+                .and_then(|pem| Certificate::from_pem(&pem).ok())
+        });
+        let change = role_change(current.role, request).or_else(|| {
+            last_issued
+                .as_ref()
+                .and_then(|cert| manifest_changed(cert, request))
+        });
+        let Some(why) = change else {
+            tracing::info!(
+                "{}: renewed elsewhere (the inventory's current certificate is serial {} in \
+                 {}); left as it is",
+                request.identity.name,
+                current.serial,
+                current.cert_path.display()
+            );
+            return Ok(Outcome::RenewedElsewhere);
+        };
         tracing::info!(
-            "{}: renewed elsewhere (the inventory's current certificate is serial {} in {}); \
-             left as it is",
+            "{}: issuing anew although renewed elsewhere (serial {}): {why}",
             request.identity.name,
-            current.serial,
-            current.cert_path.display()
+            current.serial
         );
-        return Ok(Outcome::RenewedElsewhere);
-    }
-    if let Some(cert) = on_disk {
+        replaces = true;
+        role_changed = request.profile == Profile::Client && role_now != request.role;
+    } else if let Some(cert) = on_disk {
         let serial = cert.serial();
         let why = if history.revoked.contains(&serial) {
             Some("its certificate is revoked".to_owned())
         } else {
-            stale(&cert, request, lifecycle)
+            renewal_due(&cert, lifecycle)
+                .or_else(|| manifest_changed(&cert, request))
+                .or_else(|| role_change(Role::of(&cert), request))
         };
         match why {
             None => {
@@ -726,10 +753,17 @@ fn provision_one(
     })
 }
 
-/// Why a valid certificate must be replaced, if it must: inside its
-/// renewal window, or no longer what the manifest
-/// asks for (subject, key type, names).
-fn stale(cert: &Certificate, request: &IssueRequest, lifecycle: &Lifecycle<'_>) -> Option<String> {
+/// How a client's role `had` (a certificate from before roles is a
+/// device's) differs from the manifest's, if it does.
+fn role_change(had: Option<Role>, request: &IssueRequest) -> Option<String> {
+    let had = had.unwrap_or(Role::Device);
+    (request.profile == Profile::Client && had != request.role)
+        .then(|| format!("its role is now {} (was {had})", request.role))
+}
+
+/// Why a valid certificate must be renewed, if it must: inside its
+/// renewal window.
+fn renewal_due(cert: &Certificate, lifecycle: &Lifecycle<'_>) -> Option<String> {
     let validity = cert.validity();
     let left = validity
         .not_after()
@@ -755,6 +789,12 @@ fn stale(cert: &Certificate, request: &IssueRequest, lifecycle: &Lifecycle<'_>) 
             window.as_secs() / 86_400
         ));
     }
+    None
+}
+
+/// How `cert` is no longer what the manifest asks for (subject, key type,
+/// names), if it is not (the role: [`role_change`]).
+fn manifest_changed(cert: &Certificate, request: &IssueRequest) -> Option<String> {
     let id = &request.identity;
     let wanted = id.subject.subject(&id.name).ok()?;
     match Subject::from_name(cert.as_x509().tbs_certificate().subject()) {
@@ -763,11 +803,6 @@ fn stale(cert: &Certificate, request: &IssueRequest, lifecycle: &Lifecycle<'_>) 
     }
     if cert.key_algorithm().ok() != Some(id.key_type.algorithm()) {
         return Some("the manifest's key type changed".into());
-    }
-    // A certificate from before roles is a device's.
-    if request.profile == Profile::Client && Role::of(cert).unwrap_or(Role::Device) != request.role
-    {
-        return Some(format!("its role is now {}", request.role));
     }
     if request.profile == Profile::Server {
         let mut have: Vec<String> = cert

@@ -322,3 +322,82 @@ fn roles_come_from_the_manifest() {
         "refreshed by the fleet run: {acl}"
     );
 }
+
+/// A manifest change wins over a renewal elsewhere: a service renewed by
+/// `issue` (as over MQTT) and then made a device in the manifest is
+/// reissued as a device, its renewed certificate withdrawn (not kept with
+/// `read devices/#`); a renewed device whose manifest subject changed is
+/// reissued too; an unchanged renewed one is still left alone.
+#[test]
+fn a_manifest_change_wins_over_a_renewal_elsewhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let write = |svc: &str, dev1: &str| {
+        std::fs::write(
+            d.join("fleet.toml"),
+            format!(
+                "[ca]\ndir = \"root_cert\"\n[[{svc}]]\nname = \"svc\"\n\
+                 [[devices]]\nname = \"dev1\"\n{dev1}\n[[devices]]\nname = \"dev2\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    write("services", "");
+    ok(d, &["fleet", "fleet.toml"]);
+    let mut renewed = Vec::new();
+    for (name, role) in [("svc", "service"), ("dev1", "device"), ("dev2", "device")] {
+        let out = ok(
+            d,
+            &[
+                "issue",
+                "client",
+                name,
+                "--role",
+                role,
+                "--out",
+                "elsewhere",
+                "--json",
+            ],
+        );
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        renewed.push(json["serial"].as_str().unwrap().to_owned());
+    }
+    write("devices", "organization = \"New Org\"");
+    let out = ok(d, &["fleet", "fleet.toml", "--json"]);
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["issued"], 2, "{out}");
+    assert_eq!(summary["renewed_elsewhere"], 1, "dev2 only: {out}");
+    assert_eq!(summary["role_changed"][0], "svc", "{out}");
+    let status = |serial: &str| {
+        common::records(d)
+            .into_iter()
+            .find(|r| r["serial"] == serial)
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(status(&renewed[0])["reason"], "privilege-withdrawn");
+    assert_eq!(status(&renewed[1])["reason"], "superseded");
+    assert_eq!(status(&renewed[2])["state"], "valid");
+    let current: Vec<(String, String)> = common::records(d)
+        .into_iter()
+        .filter(|r| r["status"]["state"] == "valid")
+        .map(|r| {
+            (
+                r["common_name"].as_str().unwrap().to_owned(),
+                format!("{} {}", r["role"], r["subject"]),
+            )
+        })
+        .collect();
+    assert!(
+        current.contains(&("svc".into(), "\"device\" \"CN=svc\"".into())),
+        "{current:?}"
+    );
+    assert!(
+        current
+            .iter()
+            .any(|(n, s)| n == "dev1" && s.contains("O=New Org")),
+        "{current:?}"
+    );
+    let shown = ok(d, &["inspect", "backend_certs/svc_cert.pem"]);
+    assert!(shown.contains("device"), "{shown}");
+}

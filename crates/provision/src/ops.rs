@@ -734,6 +734,10 @@ pub struct Revocation {
     pub still_valid: Vec<Record>,
 }
 
+/// A certificate to revoke: its serial, how the operator named it, and
+/// its file when named by one.
+type Named<'p> = (Serial, String, Option<(Certificate, &'p PathBuf)>);
+
 /// Whether a revocation for `reason` follows the certificate's renewals:
 /// those that say its key or its subject's standing is no good.
 fn follows_renewals(reason: RevocationReason) -> bool {
@@ -756,7 +760,7 @@ pub fn revoke(
     reason: RevocationReason,
     crl_days: u32,
 ) -> Result<Revocation> {
-    let serials: Vec<(Serial, String, Option<(Certificate, &PathBuf)>)> = match target {
+    let serials: Vec<Named<'_>> = match target {
         RevokeTarget::Serial(s) => vec![(s.clone(), format!("serial {s}"), None)],
         RevokeTarget::File(path) => {
             let cert = Certificate::from_pem(&read_text(path)?).map_err(|source| Error::Pki {

@@ -1,0 +1,141 @@
+//! What the inventory holds of one certificate, and how to ask for some.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use pki_core::{Certificate, Profile, RevocationReason, Serial, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use super::db::COLUMNS;
+use crate::roles::Role;
+
+/// One issued certificate, as the inventory records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The serial.
+    #[serde(with = "text")]
+    pub serial: Serial,
+    /// The subject's common name: the MQTT username, one valid certificate
+    /// each (a superseded one during a renewal's grace period aside).
+    pub common_name: String,
+    /// The subject, RFC 4514.
+    pub subject: String,
+    /// Client or server.
+    #[serde(with = "text")]
+    pub profile: Profile,
+    /// `notBefore`.
+    #[serde(with = "text")]
+    pub not_before: Timestamp,
+    /// `notAfter`.
+    #[serde(with = "text")]
+    pub not_after: Timestamp,
+    /// SHA-256 fingerprint of the DER.
+    pub sha256: String,
+    /// Where the certificate was written.
+    pub cert_path: PathBuf,
+    /// Valid or revoked.
+    pub status: Status,
+    /// The role its certificate carries (a client's; `None` for a broker
+    /// and for certificates from before roles).
+    #[serde(default)]
+    pub role: Option<Role>,
+}
+
+/// The status of an issued certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum Status {
+    /// Issued and not revoked.
+    Valid,
+    /// Revoked.
+    Revoked {
+        /// When.
+        #[serde(with = "text")]
+        at: Timestamp,
+        /// Why.
+        #[serde(with = "text")]
+        reason: RevocationReason,
+    },
+}
+
+impl Record {
+    /// The record for `cert`, just written to `path`.
+    pub fn new(cert: &Certificate, profile: Profile, path: &Path) -> Self {
+        let v = cert.validity();
+        Self {
+            serial: cert.serial(),
+            common_name: cert.common_name().unwrap_or_default(),
+            subject: cert.subject(),
+            profile,
+            not_before: Timestamp(v.not_before()),
+            not_after: Timestamp(v.not_after()),
+            sha256: cert.sha256_fingerprint(),
+            cert_path: path.to_owned(),
+            status: Status::Valid,
+            role: Role::of(cert),
+        }
+    }
+
+    /// Whether it is revoked.
+    pub fn is_revoked(&self) -> bool {
+        matches!(self.status, Status::Revoked { .. })
+    }
+}
+
+/// Serde through `Display` and `FromStr`, for the typed fields.
+pub(in crate::inventory) mod text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    pub(in crate::inventory) fn serialize<T: Display, S: serde::Serializer>(
+        value: &T,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_str(value)
+    }
+
+    pub(in crate::inventory) fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: serde::Deserializer<'de>,
+    {
+        let s = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Which records [`Inventory::visit`] yields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only certificates with this common name.
+    pub common_name: Option<String>,
+    /// Only certificates not revoked.
+    pub valid_only: bool,
+}
+
+impl Filter {
+    pub(super) fn sql(&self) -> String {
+        let mut sql = format!("SELECT {COLUMNS} FROM certificates WHERE 1 = 1");
+        if self.common_name.is_some() {
+            sql.push_str(" AND common_name = $1");
+        }
+        if self.valid_only {
+            sql.push_str(" AND revoked_at IS NULL");
+        }
+        sql.push_str(" ORDER BY seq");
+        sql
+    }
+}
+
+impl FromStr for Filter {
+    type Err = std::convert::Infallible;
+
+    /// A filter on one common name.
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(Self {
+            common_name: Some(s.to_owned()),
+            valid_only: false,
+        })
+    }
+}

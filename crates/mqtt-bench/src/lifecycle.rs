@@ -126,7 +126,7 @@ pub(crate) fn run(count: usize) -> anyhow::Result<Lifecycle> {
                 ),
             },
         )?;
-        locked.commit()?;
+        provision::broker::apply(&inventory, &locked.commit()?)?;
     }
     let main = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), main_port);
     let enroll_broker = Mosquitto::with_config(&d.join("broker/enroll.conf"), enroll_port);

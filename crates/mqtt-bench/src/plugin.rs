@@ -64,7 +64,7 @@ pub(crate) fn run(count: usize, crl_entries: usize) -> anyhow::Result<Plugin> {
                 },
             )?;
         }
-        locked.commit()?;
+        provision::broker::apply(&inventory, &locked.commit()?)?;
     }
     let with_plugin = Mosquitto::with_config(&d.join("plugin/mosquitto.conf"), plugin_port);
     let with_acl = Mosquitto::with_config(&d.join("acl/mosquitto.conf"), acl_port);

@@ -139,6 +139,15 @@ pub fn write_atomic(path: &Path, contents: &[u8], access: Access, force: bool) -
     write_atomic_owned(path, contents, access, force, None)
 }
 
+/// [`write_atomic`] (public, replacing), unless the file holds `text`
+/// already: a reader polling it (the broker plugin) sees no change.
+pub fn write_if_changed(path: &Path, text: &str) -> Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|t| t == text) {
+        return Ok(());
+    }
+    write_atomic(path, text.as_bytes(), Access::Public, true)
+}
+
 /// [`write_atomic`], the file given to user `owner` (by its open handle,
 /// before it gets its name: a link swapped in meanwhile changes nothing).
 pub fn write_atomic_owned(

@@ -186,6 +186,8 @@ pub struct Summary {
     /// revoked as privilege-withdrawn (so the brokers' plugins take their
     /// connections off), not merely superseded.
     pub role_changed: Vec<String>,
+    /// The run's change taken to this host's broker folders.
+    pub applied: crate::broker::Applied,
 }
 
 impl Manifest {
@@ -588,7 +590,10 @@ pub fn run(
         let crl = ca_dir.crl_path();
         locked.write_crl(&crl, CRL_DAYS)?;
     }
-    locked.commit()?;
+    let committed = locked.commit()?;
+    // What was recorded reaches the brokers even when some identity
+    // failed.
+    summary.applied = crate::broker::apply(&inventory, &committed)?;
     match first_error {
         Some(e) => Err(e),
         None => Ok(summary),

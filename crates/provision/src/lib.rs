@@ -39,7 +39,8 @@
 //!     days: 365,
 //!     role: provision::roles::Role::Device,
 //! })?;
-//! locked.commit()?;
+//! // Committed, then taken to every broker folder (its CRL and rules).
+//! provision::broker::apply(&inventory, &locked.commit()?)?;
 //! # Ok::<(), provision::Error>(())
 //! ```
 

@@ -185,6 +185,8 @@ pub struct IntermediateCreated {
     /// checks a client against its issuer's CRL, and their issuer signs
     /// none any more, so they are to be reissued.
     pub earlier_clients: usize,
+    /// What its commit changed (the new CRL), for [`crate::broker::apply`].
+    pub committed: crate::inventory::Committed,
 }
 
 /// Days of the first CRL an intermediate signs.
@@ -311,13 +313,14 @@ pub fn init_intermediate(dir: &CaDir, request: &InitIntermediate) -> Result<Inte
     // client against the CRL of the client certificate's issuer.
     locked.sign_with(&ca);
     let crl = locked.write_crl(&dir.crl_path(), FIRST_INTERMEDIATE_CRL_DAYS)?;
-    locked.commit()?;
+    let committed = locked.commit()?;
     Ok(IntermediateCreated {
         root: root.certificate().clone(),
         capped_not_after: issued.capped_not_after,
         archived,
         crl,
         earlier_clients,
+        committed,
         ca,
     })
 }

@@ -424,16 +424,21 @@ fn work(
                 }
             }
         };
-        let (outcomes, revoked) = outcomes;
+        let (outcomes, revoked, committed) = outcomes;
         metrics.revoked.fetch_add(revoked as u64, Ordering::Relaxed);
-        if revoked > 0 {
-            match crate::broker::refresh(inventory) {
-                Ok(done) => {
-                    for r in done.iter().filter_map(|r| r.error.as_ref()) {
-                        tracing::warn!("refreshing a broker's CRL: {r}");
+        // What changed reaches this host's brokers; on a tick, so does a
+        // change another host made to a shared inventory.
+        if tick || !committed.is_empty() {
+            match crate::broker::apply(inventory, &committed) {
+                Ok(applied) => {
+                    if let Some(n) = applied.caught_up {
+                        tracing::info!("CRL number {n} from the shared inventory brought here");
+                    }
+                    for r in applied.brokers.iter().filter_map(|r| r.error.as_ref()) {
+                        tracing::warn!("bringing a broker folder in step: {r}");
                     }
                 }
-                Err(e) => tracing::warn!("refreshing the brokers' CRLs: {e}"),
+                Err(e) => tracing::warn!("bringing the broker folders in step: {e}"),
             }
         }
         let mut out = Vec::with_capacity(batch.len());
@@ -469,8 +474,8 @@ fn work(
 }
 
 /// One transaction: every request of the batch, and overdue renewals on a
-/// tick; a CRL when anything was revoked. The outcomes, and how many were
-/// revoked.
+/// tick; a CRL when anything was revoked. The outcomes, how many were
+/// revoked, and what the commit changed.
 fn answer(
     inventory: &Inventory,
     ca: &pki_core::CertificateAuthority,
@@ -478,7 +483,7 @@ fn answer(
     grace: Duration,
     tick: bool,
     batch: &[Job],
-) -> Result<(Vec<Outcome>, usize)> {
+) -> Result<(Vec<Outcome>, usize, crate::inventory::Committed)> {
     let mut locked = inventory.lock(ca)?;
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut revoked = 0;
@@ -502,8 +507,8 @@ fn answer(
         let crl = locked.ca_dir().crl_path();
         locked.write_crl(&crl, CRL_DAYS)?;
     }
-    locked.commit()?;
-    Ok((outcomes, revoked))
+    let committed = locked.commit()?;
+    Ok((outcomes, revoked, committed))
 }
 
 /// The hour refusals were last forgotten in.

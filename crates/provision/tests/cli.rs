@@ -434,7 +434,7 @@ fn a_long_running_holder_shares_the_store_with_cli_processes() {
             },
         )
         .unwrap();
-        locked.commit().unwrap();
+        provision::broker::apply(&inventory, &locked.commit().unwrap()).unwrap();
     }
     common::succeed_all(children);
     // The holder sees the CLI's records, and the CLI the holder's.
@@ -667,4 +667,60 @@ fn init_ca_with_an_unreachable_inventory_writes_nothing() {
     );
     assert!(!d.join("root_cert/root_ca_cert.pem").exists());
     assert!(!d.join("root_cert/root_ca.key").exists());
+}
+
+/// A revocation through the library's one way: one transaction, one CRL
+/// (the number up by one), taken by `broker::apply` to the broker folder,
+/// whose CRL copy and rules are then the CA folder's; applying again
+/// rewrites nothing (so a plugin polling the files reloads once).
+#[test]
+fn a_revocation_is_one_transaction_one_crl_and_one_write_per_broker() {
+    use provision::inventory::{Committed, Inventory};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca"]);
+    ok(d, &["issue", "server", "broker", "--dns", "localhost"]);
+    ok(d, &["issue", "client", "dev1"]);
+    ok(d, &["issue", "client", "ingest", "--role", "service"]);
+    ok(d, &["broker-config", "--out", "b", "--without-plugin"]);
+    let number = |path: &Path| {
+        pki_core::Crl::from_pem(&std::fs::read_to_string(path).unwrap())
+            .unwrap()
+            .number()
+            .unwrap()
+    };
+    let before = number(&d.join("root_cert/crl.pem"));
+    let ca_dir = provision::store::CaDir::new(d.join("root_cert"));
+    let ca = ca_dir.load(None).unwrap();
+    let inventory = Inventory::open(&ca_dir).unwrap();
+    let mut locked = inventory.lock(&ca).unwrap();
+    let revocation = provision::ops::revoke(
+        &mut locked,
+        &provision::ops::RevokeTarget::Name("dev1".into()),
+        pki_core::RevocationReason::KeyCompromise,
+        30,
+    )
+    .unwrap();
+    let committed = locked.commit().unwrap();
+    let applied = provision::broker::apply(&inventory, &committed).unwrap();
+    assert_eq!(inventory.transactions(), 1);
+    assert_eq!(committed.revoked.len(), 1, "{committed:?}");
+    assert_eq!(committed.revoked[0].0, revocation.records[0].0.serial);
+    assert_eq!(committed.crl.as_ref().unwrap().number(), Some(before + 1));
+    assert_eq!(number(&d.join("root_cert/crl.pem")), before + 1);
+    assert_eq!(applied.brokers.len(), 1, "{applied:?}");
+    assert_eq!(applied.brokers[0].error, None);
+    assert_eq!(
+        std::fs::read_to_string(d.join("b/crl.pem")).unwrap(),
+        std::fs::read_to_string(d.join("root_cert/crl.pem")).unwrap()
+    );
+    let acl = std::fs::read_to_string(d.join("b/acl")).unwrap();
+    assert!(acl.contains("user ingest"), "{acl}");
+    // Nothing changed: nothing is written again.
+    let modified = |p: &str| std::fs::metadata(d.join(p)).unwrap().modified().unwrap();
+    let (crl_at, acl_at) = (modified("b/crl.pem"), modified("b/acl"));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    provision::broker::apply(&inventory, &Committed::default()).unwrap();
+    assert_eq!(modified("b/crl.pem"), crl_at);
+    assert_eq!(modified("b/acl"), acl_at);
 }

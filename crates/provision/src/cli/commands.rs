@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use pki_core::{Profile, Serial, SubjectAltName, Timestamp};
-use provision::broker::Refreshed;
+use provision::broker::Applied;
 use provision::files::Name;
-use provision::inventory::{Filter, Inventory, Record, Status};
+use provision::inventory::{Committed, Filter, Inventory, Record, Status};
 use provision::layout::{self, BrokerPaths, IdentityPaths};
 use provision::ops::{
     Change, CsrRequest, InitCa, InitIntermediate, IssueRequest, RevokeTarget, SignRequest,
@@ -48,11 +48,18 @@ pub(crate) fn print(outcome: &impl Outcome, json: bool) -> anyhow::Result<()> {
 /// The broker folders brought up to date after a change (their CRL copy
 /// and rules; the plugin of each running broker applies them).
 #[derive(Serialize, Default)]
-pub(crate) struct Brokers(Vec<Refreshed>);
+#[serde(transparent)]
+pub(crate) struct Brokers(Applied);
 
 impl fmt::Display for Brokers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in &self.0 {
+        if let Some(n) = self.0.caught_up {
+            writeln!(
+                f,
+                "  CRL number {n}, signed on another host, brought into this CA folder"
+            )?;
+        }
+        for b in &self.0.brokers {
             if let Some(e) = &b.error {
                 writeln!(f, "  broker {}: NOT in step: {e}", b.config.display())?;
             } else if b.plugin {
@@ -75,9 +82,9 @@ impl fmt::Display for Brokers {
     }
 }
 
-/// [`provision::broker::refresh`] after a committed change.
-fn refresh_brokers(inventory: &Inventory) -> anyhow::Result<Brokers> {
-    Ok(Brokers(provision::broker::refresh(inventory)?))
+/// Takes a committed change to the brokers ([`provision::broker::apply`]).
+fn apply(inventory: &Inventory, committed: &Committed) -> anyhow::Result<Brokers> {
+    Ok(Brokers(provision::broker::apply(inventory, committed)?))
 }
 
 fn when(t: std::time::SystemTime) -> String {
@@ -282,7 +289,7 @@ pub(crate) fn init_intermediate_cmd(args: InitCaArgs) -> anyhow::Result<Intermed
     };
     let inventory = Inventory::open(&ca_dir)?;
     Ok(IntermediateCreated {
-        brokers: refresh_brokers(&inventory)?,
+        brokers: apply(&inventory, &made.committed)?,
         subject: made.ca.certificate().subject(),
         issuer: made.root.subject(),
         cert: ca_dir.intermediate_cert_path(),
@@ -358,8 +365,7 @@ pub(crate) fn issue_cmd(profile: Profile, args: IssueArgs) -> anyhow::Result<Iss
             role: args.role,
         },
     )?;
-    locked.commit()?;
-    let brokers = refresh_brokers(&inventory)?;
+    let brokers = apply(&inventory, &locked.commit()?)?;
     Ok(Issued {
         brokers,
         profile: profile.as_str(),
@@ -480,8 +486,7 @@ pub(crate) fn sign(args: SignArgs) -> anyhow::Result<Signed> {
             role: args.role,
         },
     )?;
-    locked.commit()?;
-    let brokers = refresh_brokers(&inventory)?;
+    let brokers = apply(&inventory, &locked.commit()?)?;
     let cert = &signed.certificate;
     Ok(Signed {
         brokers,
@@ -715,11 +720,10 @@ pub(crate) fn revoke_cmd(args: RevokeArgs) -> anyhow::Result<Revoked> {
     let inventory = Inventory::open(&dir)?;
     let mut locked = inventory.lock(&ca)?;
     let revocation = revoke(&mut locked, &target, args.reason, args.crl_days)?;
-    locked.commit()?;
     // Each broker's plugin takes the certificate's connections off
     // (unless it was superseded: a renewal's old certificate, whose device
     // moves to its new one at its own pace).
-    let brokers = refresh_brokers(&inventory)?;
+    let brokers = apply(&inventory, &locked.commit()?)?;
     let text = |v: Vec<Serial>| v.iter().map(ToString::to_string).collect();
     Ok(Revoked {
         name,
@@ -776,17 +780,23 @@ impl fmt::Display for CrlWritten {
 pub(crate) fn crl(args: CrlArgs) -> anyhow::Result<CrlWritten> {
     let dir = args.ca.dir();
     let out = args.out.clone().unwrap_or_else(|| dir.crl_path());
-    if args.if_due && !provision::ops::crl_due(&out, std::time::SystemTime::now()) {
-        let current = pki_core::Crl::from_pem(&provision::files::read_text(&out)?)?;
-        return Ok(CrlWritten {
-            written: false,
-            brokers: Brokers::default(),
-            path: out,
-            number: current.number().unwrap_or_default(),
-            revoked: current.entries().len(),
-            this_update: when(current.this_update()),
-            next_update: current.next_update().map(when).unwrap_or_default(),
-        });
+    if args.if_due {
+        // Whatever is due here, this host's folders catch up with a CRL
+        // another host signed into a shared inventory.
+        let inventory = Inventory::open(&dir)?;
+        let brokers = apply(&inventory, &Committed::default())?;
+        if !provision::ops::crl_due(&out, std::time::SystemTime::now()) {
+            let current = pki_core::Crl::from_pem(&provision::files::read_text(&out)?)?;
+            return Ok(CrlWritten {
+                written: false,
+                brokers,
+                path: out,
+                number: current.number().unwrap_or_default(),
+                revoked: current.entries().len(),
+                this_update: when(current.this_update()),
+                next_update: current.next_update().map(when).unwrap_or_default(),
+            });
+        }
     }
     let (dir, ca) = args.ca.load()?;
     let lifetime = args
@@ -795,10 +805,10 @@ pub(crate) fn crl(args: CrlArgs) -> anyhow::Result<CrlWritten> {
     let inventory = Inventory::open(&dir)?;
     let mut locked = inventory.lock(&ca)?;
     let crl = write_crl(&mut locked, &out, lifetime)?;
-    locked.commit()?;
+    let brokers = apply(&inventory, &locked.commit()?)?;
     Ok(CrlWritten {
         written: true,
-        brokers: refresh_brokers(&inventory)?,
+        brokers,
         path: out,
         number: crl.number().unwrap_or_default(),
         revoked: crl.entries().len(),
@@ -907,10 +917,7 @@ pub(crate) fn fleet(args: FleetArgs) -> anyhow::Result<FleetDone> {
         &progress,
     )?;
     bar.finish_and_clear();
-    let inventory = Inventory::open(
-        &provision::store::CaDir::new(&summary.ca_dir).with_inventory_url(args.inventory.url),
-    )?;
-    let brokers = refresh_brokers(&inventory)?;
+    let brokers = Brokers(summary.applied);
     Ok(FleetDone {
         manifest: args.manifest,
         ca_cert: provision::store::CaDir::new(&summary.ca_dir).cert_path(),
@@ -1013,7 +1020,8 @@ pub(crate) fn broker_config(args: BrokerConfigArgs) -> anyhow::Result<BrokerWrit
             enforcement,
         },
     )?;
-    locked.commit()?;
+    // The new folder is in step already; the others too, now.
+    apply(&inventory, &locked.commit()?)?;
     let systemd = if args.systemd {
         let exe = std::env::current_exe().context("finding this program's path")?;
         provision::broker::write_systemd_units(

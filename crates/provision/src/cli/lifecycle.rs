@@ -104,8 +104,7 @@ pub(crate) fn issue_claim(args: ClaimArgs) -> anyhow::Result<ClaimIssued> {
         ..policy
     };
     locked.set_claim_policy(&args.name, &policy)?;
-    locked.commit()?;
-    provision::broker::refresh(&inventory)?;
+    provision::broker::apply(&inventory, &locked.commit()?)?;
     Ok(ClaimIssued {
         name: args.name,
         paths: issued.paths,

@@ -8,6 +8,7 @@ use super::db::{COLUMNS, INSERT_CHUNK, Raw, to_secs};
 use super::locked::LockedCa;
 use super::record::{Record, Status};
 use crate::error::Result;
+use crate::roles::Role;
 
 impl LockedCa<'_> {
     /// Whether any certificate was ever recorded with this common name.
@@ -99,6 +100,12 @@ impl LockedCa<'_> {
             })?;
             self.next_seq += i64::try_from(chunk.len()).unwrap_or(i64::MAX);
         }
+        self.changes.recorded += records.len() as u64;
+        self.changes.roles.extend(
+            records
+                .iter()
+                .filter_map(|r| r.role.filter(|role| *role != Role::Device).map(|role| (r.common_name.clone(), role))),
+        );
         Ok(())
     }
 
@@ -137,6 +144,11 @@ impl LockedCa<'_> {
             .await
             .map(|r| r.rows_affected() > 0))
         })
+        .inspect(|changed| {
+            if *changed {
+                self.changes.revoked.push((serial.clone(), reason));
+            }
+        })
     }
 
     /// Gives `reason` to every unexpired certificate of `common_name` that
@@ -169,19 +181,10 @@ impl LockedCa<'_> {
             .map(|r| r.record(&self.inventory.location).map(|r| r.serial))
             .filter(|s| !matches!((s, except), (Ok(s), Some(e)) if s == e))
             .collect::<Result<_>>()?;
+        let now = Timestamp(SystemTime::now());
         for serial in &serials {
-            self.run("revoking in", async |tx| {
-                either!(tx, Tx(c) => sqlx::query(
-                    "UPDATE certificates SET revocation_reason = $1
-                     WHERE serial = $2 AND revocation_reason = $3",
-                )
-                .bind(reason.to_string())
-                .bind(serial.to_string())
-                .bind(superseded.as_str())
-                .execute(&mut **c)
-                .await
-                .map(|_| ()))
-            })?;
+            // A superseded row takes the new reason and keeps its date.
+            self.revoke_at(serial, now, reason)?;
         }
         Ok(serials)
     }

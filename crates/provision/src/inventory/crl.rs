@@ -122,6 +122,7 @@ impl LockedCa<'_> {
         let pem = crl.to_pem();
         if crate::files::resolve(out) == crate::files::resolve(&self.inventory.ca_dir.crl_path()) {
             self.set_state("crl_pem", &pem)?;
+            self.changes.crl = Some(crl.clone());
         }
         self.after_commit
             .push(AfterCommit::Write(out.to_owned(), pem));

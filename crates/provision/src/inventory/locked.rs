@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use pki_core::{Certificate, CertificateAuthority, Crl};
 
 use super::Inventory;
+use super::committed::Committed;
 use super::db::{Db, PG_CA_LOCK, Raw, Tx};
 use super::record::{Filter, Record};
 use crate::error::{Error, Result};
@@ -37,6 +38,8 @@ pub struct LockedCa<'a> {
     /// Done only once the transaction committed: a CRL or a rename that
     /// must not get ahead of the database.
     pub(super) after_commit: Vec<AfterCommit>,
+    /// What this transaction changed, returned by [`LockedCa::commit`].
+    pub(super) changes: Committed,
 }
 
 /// A file change that waits for the commit.
@@ -78,8 +81,8 @@ impl Inventory {
     /// The transaction, under `file_lock` (`None`: the caller holds it):
     /// checks (and on first use
     /// claims) the owner, remembers a PostgreSQL inventory's location in
-    /// the folder, imports an `inventory.jsonl`, and brings the folder's
-    /// CRL up to the database's latest.
+    /// the folder, and imports an `inventory.jsonl` (the folder's CRL is
+    /// brought up to the database's latest by [`crate::broker::apply`]).
     pub(super) fn begin<'a>(
         &'a self,
         file_lock: Option<CaLock>,
@@ -102,6 +105,8 @@ impl Inventory {
                 ),
             });
         }
+        self.transactions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tx = self
             .rt
             .block_on(async {
@@ -136,6 +141,7 @@ impl Inventory {
             ca,
             next_seq: 0,
             after_commit: Vec::new(),
+            changes: Committed::default(),
         };
         locked.next_seq = locked.max_seq()? + 1;
         match locked.state("ca_sha256")? {
@@ -157,7 +163,6 @@ impl Inventory {
         if self.ca_dir.dir().join(layout::INVENTORY_JSONL).exists() {
             locked.import_jsonl()?;
         }
-        locked.refresh_folder_crl()?;
         Ok(locked)
     }
 }
@@ -246,9 +251,11 @@ impl<'a> LockedCa<'a> {
     }
 
     /// Makes every change of this transaction durable, writes the files
-    /// that waited for it, then releases the locks.
-    pub fn commit(mut self) -> Result<()> {
-        self.finish()
+    /// that waited for it, then releases the locks; what changed, for
+    /// [`crate::broker::apply`] to take to the brokers.
+    pub fn commit(mut self) -> Result<Committed> {
+        self.finish()?;
+        Ok(std::mem::take(&mut self.changes))
     }
 
     pub(super) fn finish(&mut self) -> Result<()> {
@@ -309,20 +316,5 @@ impl<'a> LockedCa<'a> {
             }
         }
         self.set_state("ca_sha256", fingerprint)
-    }
-
-    /// Brings the folder's `crl.pem` up to the database's latest CRL (a
-    /// revocation made on another host sharing the inventory).
-    pub(super) fn refresh_folder_crl(&mut self) -> Result<()> {
-        let Some(latest) = self.state("crl_pem")? else {
-            return Ok(());
-        };
-        let number = |text: &str| Crl::from_pem(text).ok().and_then(|c| c.number());
-        let path = self.inventory.ca_dir.crl_path();
-        let local = std::fs::read_to_string(&path).ok().and_then(|t| number(&t));
-        if number(&latest) > local {
-            write_atomic(&path, latest.as_bytes(), Access::Public, true)?;
-        }
-        Ok(())
     }
 }

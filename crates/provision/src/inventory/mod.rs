@@ -31,6 +31,7 @@ macro_rules! either {
 }
 
 mod certificates;
+mod committed;
 mod crl;
 mod db;
 mod import;
@@ -39,6 +40,7 @@ mod record;
 mod requests;
 mod settings;
 
+pub use committed::Committed;
 pub use locked::LockedCa;
 pub use record::{Filter, Record, Status};
 pub use requests::{StoredRequest, Unsettled};
@@ -71,6 +73,8 @@ pub struct Inventory {
     /// Where it is, for messages (a PostgreSQL password left out).
     location: String,
     ca_dir: CaDir,
+    /// Write transactions begun ([`Inventory::transactions`]).
+    transactions: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Inventory {
@@ -110,7 +114,9 @@ impl Inventory {
         let marker_missing =
             ca_dir.inventory_url().is_some() && !ca_dir.dir().join(layout::INVENTORY_URL).exists();
         if marker_missing || ca_dir.dir().join(layout::INVENTORY_JSONL).exists() {
-            inventory.begin(Some(ca_dir.lock()?), None)?.commit()?;
+            // Every command that changes anything takes the brokers in step
+            // after its own commit, imported records included.
+            let _imported = inventory.begin(Some(ca_dir.lock()?), None)?.commit()?;
         }
         Ok(inventory)
     }
@@ -258,6 +264,7 @@ impl Inventory {
             db,
             location,
             ca_dir: ca_dir.clone(),
+            transactions: std::sync::atomic::AtomicU64::new(0),
         };
         inventory.migrate()?;
         Ok(inventory)
@@ -428,7 +435,19 @@ impl Inventory {
                 sqlx::query("DELETE FROM ca_state").execute(&mut **c).await.map(|_| ())
             })
         })?;
-        locked.commit()
+        locked.commit().map(|_| ())
+    }
+
+    /// How many write transactions (each a [`LockedCa`]) this handle
+    /// began: a revocation is one.
+    pub fn transactions(&self) -> u64 {
+        self.transactions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The latest CRL any host signed into this inventory (PEM), if any:
+    /// [`crate::broker::apply`] brings a CA folder on another host up to it.
+    pub fn latest_crl(&self) -> Result<Option<String>> {
+        self.state("crl_pem")
     }
 
     /// Calls `f` with each record that passes `filter`, in issue order,

@@ -105,7 +105,7 @@ pub(in crate::inventory) mod text {
     }
 }
 
-/// Which records [`Inventory::visit`] yields.
+/// Which records [`super::Inventory::visit`] yields.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
     /// Only certificates with this common name.

@@ -79,7 +79,7 @@ pub(super) fn parse_paths(stored: Option<String>, location: &str) -> Result<Vec<
 }
 
 impl LockedCa<'_> {
-    /// [`Inventory::non_device_identities`], inside this transaction.
+    /// [`super::Inventory::non_device_identities`], inside this transaction.
     pub fn non_device_identities(&mut self) -> Result<Vec<(String, Role)>> {
         let rows = self.run("reading", async |tx| {
             either!(tx, Tx(c) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(
@@ -91,14 +91,14 @@ impl LockedCa<'_> {
         non_device(rows, &self.inventory.location)
     }
 
-    /// [`Inventory::acl_policy`], inside this transaction.
+    /// [`super::Inventory::acl_policy`], inside this transaction.
     pub fn acl_policy(&mut self) -> Result<AclPolicy> {
         let stored = self.state("acl_policy")?;
         parse_policy(stored, &self.inventory.location)
     }
 
     /// Remembers a broker folder's `mosquitto.conf` (for
-    /// [`crate::broker::refresh`]).
+    /// [`crate::broker::apply`]).
     pub fn add_broker_dir(&mut self, config: &Path) -> Result<()> {
         let stored = self.state("broker_configs")?;
         let mut configs = parse_paths(stored, &self.inventory.location)?;
@@ -106,6 +106,7 @@ impl LockedCa<'_> {
         if !configs.contains(&config) {
             configs.push(config);
         }
+        self.changes.settings = true;
         let json = serde_json::to_string(&configs).map_err(|e| Error::Inventory {
             location: self.inventory.location.clone(),
             reason: e.to_string(),
@@ -119,6 +120,7 @@ impl LockedCa<'_> {
             location: self.inventory.location.clone(),
             reason: e.to_string(),
         })?;
+        self.changes.settings = true;
         self.set_state("acl_policy", &json)
     }
 

@@ -1,6 +1,6 @@
 //! `provision`: the command line. Dispatch only: the definitions are in
 //! `cli::args`, each command's work in `cli::commands` (which calls the
-//! library), and its outcome prints as text or, with `--json`, as JSON.
+//! library), and its outcome (`cli::outcomes`) prints as text or, with `--json`, as JSON.
 
 use std::process::ExitCode;
 
@@ -9,8 +9,9 @@ use clap::{CommandFactory, Parser};
 mod cli;
 
 use cli::args::{Cli, Command, IssueCommand};
-use cli::commands::{self as run, print};
+use cli::commands as run;
 use cli::lifecycle;
+use cli::outcomes::print;
 use pki_core::Profile;
 
 fn main() -> ExitCode {
@@ -36,16 +37,10 @@ fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     match cli.command {
-        Command::InitCa(args) if args.intermediate => {
-            print(&run::init_intermediate_cmd(args)?, json)
-        }
+        Command::InitCa(args) if args.intermediate => print(&run::init_intermediate(args)?, json),
         Command::InitCa(args) => print(&run::init_ca(args)?, json),
-        Command::Issue(IssueCommand::Client(a)) => {
-            print(&run::issue_cmd(Profile::Client, a)?, json)
-        }
-        Command::Issue(IssueCommand::Server(a)) => {
-            print(&run::issue_cmd(Profile::Server, a)?, json)
-        }
+        Command::Issue(IssueCommand::Client(a)) => print(&run::issue(Profile::Client, a)?, json),
+        Command::Issue(IssueCommand::Server(a)) => print(&run::issue(Profile::Server, a)?, json),
         Command::Issue(IssueCommand::Claim(a)) => print(&lifecycle::issue_claim(a)?, json),
         Command::Serve(args) => lifecycle::serve(args),
         Command::Enroll(args) => print(&lifecycle::enroll(args)?, json),
@@ -55,7 +50,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(args) => print(&run::inspect(args)?, json),
         Command::Verify(args) => print(&run::verify(args)?, json),
         Command::List(args) => run::list(args, json),
-        Command::Revoke(args) => print(&run::revoke_cmd(args)?, json),
+        Command::Revoke(args) => print(&run::revoke(args)?, json),
         Command::Crl(args) => print(&run::crl(args)?, json),
         Command::Fleet(args) => print(&run::fleet(args)?, json),
         Command::BrokerConfig(args) => print(&run::broker_config(args)?, json),

@@ -40,7 +40,6 @@ fn number(text: &str) -> Option<u64> {
     Crl::from_pem(text).ok().and_then(|c| c.number())
 }
 
-
 /// Takes a committed change to the brokers: the one step after every
 /// [`crate::inventory::LockedCa::commit`] (and at each tick of `provision
 /// serve`, and at every command with `committed` empty).

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use pki_core::{Certificate, KeyPair, Profile, VerifyOptions};
 
+use super::rules::write_rules;
 use crate::error::{Error, Result};
 use crate::files::{Access, check_name, read_text, write_atomic, write_atomic_owned};
 use crate::inventory::LockedCa;
-use super::rules::write_rules;
 use crate::layout::{BrokerPaths, IdentityPaths, PLUGIN_FILE};
 
 /// What to generate.

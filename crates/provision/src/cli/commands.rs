@@ -1,127 +1,35 @@
-//! One function per command: arguments in, a typed outcome out. Each
-//! outcome renders as text (`Display`) or JSON (`Serialize`); `main` picks.
+//! One function per command: arguments in, a typed outcome
+//! ([`super::outcomes`]) out. Orchestration only: the library does the
+//! work, the outcome the printing.
 
-use std::fmt;
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use pki_core::{Profile, Serial, SubjectAltName, Timestamp};
-use provision::broker::Applied;
+use pki_core::{Profile, Serial, SubjectAltName};
 use provision::files::Name;
 use provision::inventory::{Committed, Filter, Inventory, Record, Status};
-use provision::layout::{self, BrokerPaths, IdentityPaths};
+use provision::layout::{self};
 use provision::ops::{
-    Change, CsrRequest, InitCa, InitIntermediate, IssueRequest, RevokeTarget, SignRequest,
-    init_ca_archiving, init_intermediate, issue, make_csr, revoke, sign_csr, write_crl,
+    self, CsrRequest, InitCa, InitIntermediate, IssueRequest, RevokeTarget, SignRequest,
+    init_ca_archiving, make_csr, sign_csr, write_crl,
 };
-use serde::Serialize;
 
 use super::args::{
     AuditArgs, BrokerConfigArgs, CrlArgs, CsrArgs, FleetArgs, InitCaArgs, InspectArgs, IssueArgs,
     ListArgs, NameArgs, PubArgs, RevokeArgs, SignArgs, SubArgs, SubjectArgs, VerifyArgs,
     new_passphrase, passphrase,
 };
-
-/// What a command prints: text for people, JSON for programs.
-pub(crate) trait Outcome: fmt::Display + Serialize {}
-impl<T: fmt::Display + Serialize> Outcome for T {}
-
-/// Prints an outcome as text or JSON.
-pub(crate) fn print(outcome: &impl Outcome, json: bool) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut out, outcome)?;
-        writeln!(out)?;
-    } else {
-        let text = outcome.to_string();
-        write!(out, "{text}")?;
-        if !text.is_empty() && !text.ends_with('\n') {
-            writeln!(out)?;
-        }
-    }
-    out.flush()?;
-    Ok(())
-}
-
-/// The broker folders brought up to date after a change (their CRL copy
-/// and rules; the plugin of each running broker applies them).
-#[derive(Serialize, Default)]
-#[serde(transparent)]
-pub(crate) struct Brokers(Applied);
-
-impl fmt::Display for Brokers {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(n) = self.0.caught_up {
-            writeln!(
-                f,
-                "  CRL number {n}, signed on another host, brought into this CA folder"
-            )?;
-        }
-        for b in &self.0.brokers {
-            if let Some(e) = &b.error {
-                writeln!(f, "  broker {}: NOT in step: {e}", b.config.display())?;
-            } else if b.plugin {
-                writeln!(
-                    f,
-                    "  broker {}: CRL and rules updated; its plugin takes revoked \
-                     connections off and reloads it",
-                    b.config.display()
-                )?;
-            } else {
-                writeln!(
-                    f,
-                    "  broker {}: CRL and acl_file updated; it runs without the plugin: \
-                     reload it (SIGHUP), and restart it to end a revoked device's connection",
-                    b.config.display()
-                )?;
-            }
-        }
-        Ok(())
-    }
-}
+use super::outcomes::{
+    Audited, BrokerWritten, Brokers, CaCreated, CrlWritten, CsrMade, FleetDone, FleetIdentity,
+    IntermediateCreated, Issued, Message, Published, RefusedName, Revoked, RevokedCert, Signed,
+    Verified, serials, when,
+};
 
 /// Takes a committed change to the brokers ([`provision::broker::apply`]).
 fn apply(inventory: &Inventory, committed: &Committed) -> anyhow::Result<Brokers> {
     Ok(Brokers(provision::broker::apply(inventory, committed)?))
-}
-
-fn when(t: std::time::SystemTime) -> String {
-    Timestamp(t).to_string()
-}
-
-/// `init-ca`.
-#[derive(Serialize)]
-pub(crate) struct CaCreated {
-    subject: String,
-    cert: PathBuf,
-    key: PathBuf,
-    encrypted: bool,
-    not_after: String,
-    /// Where a replaced CA went.
-    archived: Option<PathBuf>,
-}
-
-impl fmt::Display for CaCreated {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(archive) = &self.archived {
-            writeln!(
-                f,
-                "the previous CA (key, certificate, inventory, CRL) moved to the archive {}",
-                archive.display()
-            )?;
-        }
-        writeln!(f, "created CA {}", self.subject)?;
-        writeln!(f, "  certificate: {}", self.cert.display())?;
-        writeln!(
-            f,
-            "  key:         {} (0600{})",
-            self.key.display(),
-            if self.encrypted { ", encrypted" } else { "" }
-        )?;
-        writeln!(f, "  valid until: {}", self.not_after)
-    }
 }
 
 pub(crate) fn init_ca(args: InitCaArgs) -> anyhow::Result<CaCreated> {
@@ -168,92 +76,7 @@ pub(crate) fn init_ca(args: InitCaArgs) -> anyhow::Result<CaCreated> {
     })
 }
 
-/// `init-ca --intermediate`.
-#[derive(Serialize)]
-pub(crate) struct IntermediateCreated {
-    subject: String,
-    /// The root that signed it.
-    issuer: String,
-    cert: PathBuf,
-    key: PathBuf,
-    encrypted: bool,
-    not_after: String,
-    /// The requested end, when it was cut to the root's.
-    capped_from: Option<String>,
-    /// Where a replaced intermediate went.
-    archived: Option<PathBuf>,
-    /// The CRL, now signed by the intermediate.
-    crl: PathBuf,
-    /// The trust anchor: the CA file of devices and brokers.
-    ca_cert: PathBuf,
-    /// The root key, no longer needed in the folder.
-    root_key: PathBuf,
-    /// Valid client certificates issued before this intermediate.
-    earlier_clients: usize,
-    brokers: Brokers,
-}
-
-impl fmt::Display for IntermediateCreated {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(archive) = &self.archived {
-            writeln!(
-                f,
-                "the previous intermediate (key, certificate) moved to the archive {}",
-                archive.display()
-            )?;
-        }
-        writeln!(
-            f,
-            "created intermediate CA {} (signed by {}, path length 0)",
-            self.subject, self.issuer
-        )?;
-        writeln!(f, "  certificate: {}", self.cert.display())?;
-        writeln!(
-            f,
-            "  key:         {} (0600{})",
-            self.key.display(),
-            if self.encrypted { ", encrypted" } else { "" }
-        )?;
-        writeln!(f, "  valid until: {}", self.not_after)?;
-        if let Some(requested) = &self.capped_from {
-            writeln!(
-                f,
-                "  note: the requested end {requested} is after the root's expiry; cut to the root's"
-            )?;
-        }
-        writeln!(
-            f,
-            "  CRL:         {} (signed by the intermediate)",
-            self.crl.display()
-        )?;
-        writeln!(
-            f,
-            "every command now signs with the intermediate; devices and brokers keep {} as \
-             their CA file",
-            self.ca_cert.display()
-        )?;
-        writeln!(
-            f,
-            "the root key is not needed any more: move it offline, e.g.\n  mv {} /offline/\n\
-             (bring it back only to make the next intermediate)",
-            self.root_key.display()
-        )?;
-        if self.earlier_clients > 0 {
-            writeln!(
-                f,
-                "warning: {} valid client certificate(s) were issued before this intermediate: \
-                 a broker checks a client against its issuer's CRL, and only the intermediate \
-                 signs CRLs now, so brokers refuse them once the last CRL of their issuer is \
-                 gone (restart, or its next update): reissue them (`provision fleet` does on \
-                 its next run; else `provision issue client NAME --force`)",
-                self.earlier_clients
-            )?;
-        }
-        write!(f, "{}", self.brokers)
-    }
-}
-
-pub(crate) fn init_intermediate_cmd(args: InitCaArgs) -> anyhow::Result<IntermediateCreated> {
+pub(crate) fn init_intermediate(args: InitCaArgs) -> anyhow::Result<IntermediateCreated> {
     let ca_dir = provision::store::CaDir::new(&args.dir).with_inventory_url(args.inventory.url);
     let root_passphrase = passphrase(args.root_passphrase_env.as_deref())?;
     let new_key_passphrase = if args.encrypt {
@@ -272,7 +95,7 @@ pub(crate) fn init_intermediate_cmd(args: InitCaArgs) -> anyhow::Result<Intermed
     };
     // An encrypted root key without --root-passphrase-env is asked for at
     // a terminal (nothing is written before the root key is read).
-    let made = match init_intermediate(&ca_dir, &request) {
+    let made = match ops::init_intermediate(&ca_dir, &request) {
         Err(provision::Error::Passphrase { path, .. })
             if path == ca_dir.key_path()
                 && args.root_passphrase_env.is_none()
@@ -283,7 +106,7 @@ pub(crate) fn init_intermediate_cmd(args: InitCaArgs) -> anyhow::Result<Intermed
                     .with_context(|| format!("reading the passphrase for {}", path.display()))?,
             );
             request.root_passphrase = Some(zeroize::Zeroizing::new(typed.as_bytes().to_vec()));
-            init_intermediate(&ca_dir, &request)?
+            ops::init_intermediate(&ca_dir, &request)?
         }
         other => other?,
     };
@@ -305,51 +128,11 @@ pub(crate) fn init_intermediate_cmd(args: InitCaArgs) -> anyhow::Result<Intermed
     })
 }
 
-/// `issue client|server`.
-#[derive(Serialize)]
-pub(crate) struct Issued {
-    profile: &'static str,
-    subject: String,
-    #[serde(flatten)]
-    paths: IdentityPaths,
-    serial: String,
-    not_after: String,
-    superseded: Vec<String>,
-    /// The requested end, when it was cut to the CA's expiry.
-    capped_from: Option<String>,
-    brokers: Brokers,
-}
-
-impl fmt::Display for Issued {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "issued {} certificate {}", self.profile, self.subject)?;
-        writeln!(f, "  key:         {} (0600)", self.paths.key.display())?;
-        writeln!(f, "  CSR:         {}", self.paths.csr.display())?;
-        writeln!(f, "  certificate: {}", self.paths.cert.display())?;
-        writeln!(f, "  serial:      {}", self.serial)?;
-        writeln!(f, "  valid until: {}", self.not_after)?;
-        for serial in &self.superseded {
-            writeln!(f, "  superseded:  {serial} (revoked; CRL rewritten)")?;
-        }
-        if let Some(requested) = &self.capped_from {
-            writeln!(
-                f,
-                "  note: the requested end {requested} is after the CA's expiry; cut to the CA's"
-            )?;
-        }
-        write!(f, "{}", self.brokers)
-    }
-}
-
-fn serials(serials: &[Serial]) -> Vec<String> {
-    serials.iter().map(ToString::to_string).collect()
-}
-
-pub(crate) fn issue_cmd(profile: Profile, args: IssueArgs) -> anyhow::Result<Issued> {
+pub(crate) fn issue(profile: Profile, args: IssueArgs) -> anyhow::Result<Issued> {
     let (dir, ca) = args.ca.load()?;
     let inventory = Inventory::open(&dir)?;
     let mut locked = inventory.lock(&ca)?;
-    let issued = issue(
+    let issued = ops::issue(
         &mut locked,
         &IssueRequest {
             identity: csr_request(
@@ -398,20 +181,6 @@ fn csr_request(
     })
 }
 
-/// `csr`.
-#[derive(Serialize)]
-pub(crate) struct CsrMade {
-    key: PathBuf,
-    csr: PathBuf,
-}
-
-impl fmt::Display for CsrMade {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "key: {} (0600)", self.key.display())?;
-        writeln!(f, "CSR: {}", self.csr.display())
-    }
-}
-
 pub(crate) fn csr(args: CsrArgs) -> anyhow::Result<CsrMade> {
     let paths = make_csr(&csr_request(
         args.name,
@@ -425,45 +194,6 @@ pub(crate) fn csr(args: CsrArgs) -> anyhow::Result<CsrMade> {
         key: paths.key,
         csr: paths.csr,
     })
-}
-
-/// `sign`.
-#[derive(Serialize)]
-pub(crate) struct Signed {
-    subject: String,
-    cert: PathBuf,
-    serial: String,
-    not_after: String,
-    granted: Vec<String>,
-    refused: Vec<RefusedName>,
-    superseded: Vec<String>,
-    capped: bool,
-    brokers: Brokers,
-}
-
-#[derive(Serialize)]
-struct RefusedName {
-    name: String,
-    reason: String,
-}
-
-impl fmt::Display for Signed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "signed {} -> {}", self.subject, self.cert.display())?;
-        writeln!(f, "  serial:      {}", self.serial)?;
-        writeln!(f, "  valid until: {}", self.not_after)?;
-        writeln!(f, "  granted: {}", self.granted.join(", "))?;
-        for refused in &self.refused {
-            writeln!(f, "  not granted: {} ({})", refused.name, refused.reason)?;
-        }
-        for serial in &self.superseded {
-            writeln!(f, "  superseded:  {serial} (revoked; CRL rewritten)")?;
-        }
-        if self.capped {
-            writeln!(f, "  note: validity cut to the CA's expiry")?;
-        }
-        write!(f, "{}", self.brokers)
-    }
 }
 
 pub(crate) fn sign(args: SignArgs) -> anyhow::Result<Signed> {
@@ -514,26 +244,6 @@ pub(crate) fn sign(args: SignArgs) -> anyhow::Result<Signed> {
 
 pub(crate) fn inspect(args: InspectArgs) -> anyhow::Result<provision::inspect::Inspection> {
     Ok(provision::inspect::inspect(&args.file)?)
-}
-
-/// `verify`: only printed when the certificate is valid (the command
-/// fails otherwise).
-#[derive(Serialize)]
-pub(crate) struct Verified {
-    valid: bool,
-    detail: String,
-    /// The CRL revocation was checked against (`null`: not checked).
-    revocation_checked_against: Option<PathBuf>,
-    /// The certificate, each intermediate, and the CA of the CA file.
-    chain: Vec<provision::inspect::ChainEntry>,
-    #[serde(skip)]
-    shown: String,
-}
-
-impl fmt::Display for Verified {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{}", self.shown)
-    }
 }
 
 pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<Verified> {
@@ -613,99 +323,7 @@ pub(crate) fn list(args: ListArgs, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `revoke`.
-#[derive(Serialize)]
-pub(crate) struct Revoked {
-    /// The name given (`--name`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<String>,
-    /// The certificates asked for, as they are now.
-    certificates: Vec<RevokedCert>,
-    /// Certificates renewed from them, revoked for the same reason.
-    renewals: Vec<String>,
-    /// The names' superseded certificates revoked for this reason too.
-    withdrawn: Vec<String>,
-    /// Other certificates of the same names left valid.
-    still_valid: Vec<Record>,
-    crl: PathBuf,
-    brokers: Brokers,
-}
-
-/// One certificate `revoke` was asked for.
-#[derive(Serialize)]
-struct RevokedCert {
-    #[serde(flatten)]
-    record: Record,
-    change: Change,
-}
-
-impl fmt::Display for Revoked {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let (Some(name), true) = (&self.name, self.certificates.is_empty()) {
-            writeln!(f, "{name} has no valid certificate: nothing revoked")?;
-        }
-        for RevokedCert { record, change } in &self.certificates {
-            let (reason, at) = match record.status {
-                Status::Revoked { reason, at } => (reason.to_string(), at.to_string()),
-                Status::Valid => ("not revoked".into(), String::new()),
-            };
-            match change {
-                Change::Revoked => writeln!(
-                    f,
-                    "revoked {} (serial {}, {reason})",
-                    record.subject, record.serial
-                )?,
-                Change::ReasonChanged => writeln!(
-                    f,
-                    "{} (serial {}) was revoked as superseded on {at}; its reason is now \
-                     {reason}",
-                    record.subject, record.serial
-                )?,
-                Change::Unchanged => writeln!(
-                    f,
-                    "{} (serial {}) was already revoked on {at} ({reason}): its revocation \
-                     is unchanged",
-                    record.subject, record.serial
-                )?,
-            }
-        }
-        for serial in &self.renewals {
-            writeln!(
-                f,
-                "  also revoked: {serial}, renewed from it (whoever held its key could \
-                 renew)"
-            )?;
-        }
-        for serial in &self.withdrawn {
-            writeln!(
-                f,
-                "  also revoked: {serial}, an earlier certificate that a renewal superseded \
-                 (a connection still on it ends too)"
-            )?;
-        }
-        for r in &self.still_valid {
-            writeln!(
-                f,
-                "  still valid: {} serial {} (until {}, {}); `provision revoke --name {}` \
-                 revokes every certificate of the name",
-                r.common_name,
-                r.serial,
-                r.not_after,
-                r.cert_path.display(),
-                r.common_name
-            )?;
-        }
-        writeln!(
-            f,
-            "  CRL: {} (give it to the broker: crlfile)",
-            self.crl.display()
-        )?;
-        write!(f, "{}", self.brokers)?;
-        Ok(())
-    }
-}
-
-pub(crate) fn revoke_cmd(args: RevokeArgs) -> anyhow::Result<Revoked> {
+pub(crate) fn revoke(args: RevokeArgs) -> anyhow::Result<Revoked> {
     let target = match (args.cert, args.serial, args.name) {
         (Some(path), None, None) => RevokeTarget::File(path),
         (None, Some(s), None) => RevokeTarget::Serial(s),
@@ -719,7 +337,7 @@ pub(crate) fn revoke_cmd(args: RevokeArgs) -> anyhow::Result<Revoked> {
     let (dir, ca) = args.ca.load()?;
     let inventory = Inventory::open(&dir)?;
     let mut locked = inventory.lock(&ca)?;
-    let revocation = revoke(&mut locked, &target, args.reason, args.crl_days)?;
+    let revocation = ops::revoke(&mut locked, &target, args.reason, args.crl_days)?;
     // Each broker's plugin takes the certificate's connections off
     // (unless it was superseded: a renewal's old certificate, whose device
     // moves to its new one at its own pace).
@@ -738,43 +356,6 @@ pub(crate) fn revoke_cmd(args: RevokeArgs) -> anyhow::Result<Revoked> {
         crl: dir.crl_path(),
         brokers,
     })
-}
-
-/// `crl`.
-#[derive(Serialize)]
-pub(crate) struct CrlWritten {
-    /// Whether a new CRL was signed (`--if-due`: only when due).
-    written: bool,
-    path: PathBuf,
-    number: u64,
-    revoked: usize,
-    /// Backdated like certificates' notBefore.
-    this_update: String,
-    next_update: String,
-    brokers: Brokers,
-}
-
-impl fmt::Display for CrlWritten {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if !self.written {
-            return writeln!(
-                f,
-                "{} is not due (number {}, next update {}): nothing signed",
-                self.path.display(),
-                self.number,
-                self.next_update
-            );
-        }
-        writeln!(
-            f,
-            "wrote {} (number {}, {} revoked, next update {})",
-            self.path.display(),
-            self.number,
-            self.revoked,
-            self.next_update
-        )?;
-        write!(f, "{}", self.brokers)
-    }
 }
 
 pub(crate) fn crl(args: CrlArgs) -> anyhow::Result<CrlWritten> {
@@ -815,81 +396,6 @@ pub(crate) fn crl(args: CrlArgs) -> anyhow::Result<CrlWritten> {
         this_update: when(crl.this_update()),
         next_update: crl.next_update().map(when).unwrap_or_default(),
     })
-}
-
-/// `fleet`.
-#[derive(Serialize)]
-pub(crate) struct FleetDone {
-    manifest: PathBuf,
-    ca_dir: PathBuf,
-    ca_cert: PathBuf,
-    ca_created: bool,
-    issued: usize,
-    kept: usize,
-    replaced: usize,
-    renewed_elsewhere: usize,
-    brokers: Vec<FleetIdentity>,
-    device_folders: Vec<PathBuf>,
-    /// The manifest's first device and its files (an example to try).
-    first_device: Option<FleetIdentity>,
-    /// The manifest's first service and its files.
-    first_service: Option<FleetIdentity>,
-    /// The broker folders brought up to date.
-    refreshed: Brokers,
-    /// Names reissued with another role (their old certificates revoked as
-    /// privilege-withdrawn: the brokers' plugins take them off).
-    role_changed: Vec<String>,
-    #[serde(skip)]
-    seconds: f64,
-}
-
-/// An identity a fleet made: its name and files.
-#[derive(Serialize)]
-struct FleetIdentity {
-    name: String,
-    #[serde(flatten)]
-    paths: IdentityPaths,
-}
-
-impl fmt::Display for FleetDone {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "fleet {}: CA {} in {}; {} issued, {} already valid and kept ({:.1} s)",
-            self.manifest.display(),
-            if self.ca_created { "created" } else { "kept" },
-            self.ca_dir.display(),
-            self.issued,
-            self.kept,
-            self.seconds
-        )?;
-        if self.renewed_elsewhere > 0 {
-            writeln!(
-                f,
-                "  {} of the kept were renewed elsewhere (the inventory's current \
-                 certificate is newer than the one on disk): left as they are",
-                self.renewed_elsewhere
-            )?;
-        }
-        if self.replaced > 0 {
-            writeln!(
-                f,
-                "  {} of them replaced a revoked, expiring or changed certificate, now \
-                 revoked as superseded (CRL rewritten)",
-                self.replaced
-            )?;
-        }
-        write!(f, "{}", self.refreshed)?;
-        if !self.role_changed.is_empty() {
-            writeln!(
-                f,
-                "  role changed: {} (old certificates revoked as privilege-withdrawn: the \
-                 brokers' plugins take their connections off)",
-                self.role_changed.join(", ")
-            )?;
-        }
-        Ok(())
-    }
 }
 
 pub(crate) fn fleet(args: FleetArgs) -> anyhow::Result<FleetDone> {
@@ -943,49 +449,6 @@ pub(crate) fn fleet(args: FleetArgs) -> anyhow::Result<FleetDone> {
         refreshed: brokers,
         role_changed: summary.role_changed,
     })
-}
-
-/// `broker-config`.
-#[derive(Serialize)]
-pub(crate) struct BrokerWritten {
-    #[serde(flatten)]
-    paths: BrokerPaths,
-    /// The systemd units written (`--systemd`).
-    systemd: Vec<PathBuf>,
-    /// Whether the CRL was included.
-    with_crl: bool,
-}
-
-impl fmt::Display for BrokerWritten {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "wrote {}{}",
-            self.paths.config.display(),
-            if self.with_crl { " (with the CRL)" } else { "" }
-        )?;
-        writeln!(
-            f,
-            "start it with: mosquitto -c {}",
-            self.paths.config.display()
-        )?;
-        for unit in &self.systemd {
-            writeln!(f, "wrote {}", unit.display())?;
-        }
-        if !self.systemd.is_empty() {
-            writeln!(
-                f,
-                "install them: cp {dir}/provision-crl.* /etc/systemd/system/ && systemctl enable --now provision-crl.timer",
-                dir = self
-                    .paths
-                    .config
-                    .parent()
-                    .unwrap_or(std::path::Path::new("."))
-                    .display()
-            )?;
-        }
-        Ok(())
-    }
 }
 
 pub(crate) fn broker_config(args: BrokerConfigArgs) -> anyhow::Result<BrokerWritten> {
@@ -1045,22 +508,6 @@ pub(crate) fn broker_config(args: BrokerConfigArgs) -> anyhow::Result<BrokerWrit
     })
 }
 
-/// `pub`.
-#[derive(Serialize)]
-pub(crate) struct Published {
-    topic: String,
-    qos: u8,
-    bytes: usize,
-}
-
-impl fmt::Display for Published {
-    fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Said on standard error (see `publish`): standard output stays
-        // free for scripts.
-        Ok(())
-    }
-}
-
 pub(crate) fn publish(args: PubArgs) -> anyhow::Result<Published> {
     let payload = match args.message {
         Some(m) => m.into_bytes(),
@@ -1089,18 +536,6 @@ pub(crate) fn publish(args: PubArgs) -> anyhow::Result<Published> {
         qos: conn.qos.into(),
         bytes,
     })
-}
-
-/// One message `sub --json` prints, on a line of its own.
-#[derive(Serialize)]
-struct Message<'a> {
-    topic: &'a str,
-    /// The payload when it is UTF-8.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    payload: Option<&'a str>,
-    /// The payload in base64 when it is not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    payload_base64: Option<String>,
 }
 
 /// `sub`: prints each message as it arrives (its payload, or with `--json`
@@ -1143,38 +578,6 @@ pub(crate) fn subscribe(args: SubArgs, json: bool) -> anyhow::Result<()> {
         bail!("timed out after {received} of {c} messages");
     }
     Ok(())
-}
-
-/// `audit`.
-#[derive(Serialize)]
-pub(crate) struct Audited {
-    inventory: String,
-    #[serde(flatten)]
-    report: provision::audit::Report,
-}
-
-impl Audited {
-    /// How many things were found.
-    pub(crate) fn findings(&self) -> usize {
-        self.report.findings.len()
-    }
-}
-
-impl fmt::Display for Audited {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "audit of {}: {} valid, {} revoked; {} finding(s)",
-            self.inventory,
-            self.report.valid,
-            self.report.revoked,
-            self.report.findings.len()
-        )?;
-        for finding in &self.report.findings {
-            writeln!(f, "  {finding}")?;
-        }
-        Ok(())
-    }
 }
 
 pub(crate) fn audit(args: AuditArgs) -> anyhow::Result<Audited> {

@@ -5,3 +5,4 @@
 pub(crate) mod args;
 pub(crate) mod commands;
 pub(crate) mod lifecycle;
+pub(crate) mod outcomes;

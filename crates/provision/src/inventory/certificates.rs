@@ -101,11 +101,11 @@ impl LockedCa<'_> {
             self.next_seq += i64::try_from(chunk.len()).unwrap_or(i64::MAX);
         }
         self.changes.recorded += records.len() as u64;
-        self.changes.roles.extend(
-            records
-                .iter()
-                .filter_map(|r| r.role.filter(|role| *role != Role::Device).map(|role| (r.common_name.clone(), role))),
-        );
+        self.changes.roles.extend(records.iter().filter_map(|r| {
+            r.role
+                .filter(|role| *role != Role::Device)
+                .map(|role| (r.common_name.clone(), role))
+        }));
         Ok(())
     }
 

@@ -101,7 +101,7 @@ pub(crate) fn run(count: usize) -> anyhow::Result<Lifecycle> {
             Role::Service,
         )?;
         issue_one(&mut locked, &certs, "factory", Profile::Client, Role::Claim)?;
-        let policy = provision::lifecycle::claim_policy(
+        let policy = provision::enrollment::claim_policy(
             Vec::new(),
             Some("dev-*".into()),
             None,
@@ -157,7 +157,7 @@ pub(crate) fn run(count: usize) -> anyhow::Result<Lifecycle> {
                     port: enroll_port,
                 }),
                 share_group: "pki".into(),
-                policy: provision::lifecycle::Policy { days: 30 },
+                policy: provision::enrollment::Policy { days: 30 },
                 grace: Duration::from_secs(600),
                 http: None,
             },

@@ -48,13 +48,13 @@
 
 pub mod audit;
 pub mod broker;
+pub mod enrollment;
 mod error;
 pub mod files;
 pub mod fleet;
 pub mod inspect;
 pub mod inventory;
 pub mod layout;
-pub mod lifecycle;
 pub mod ops;
 pub mod pubsub;
 pub mod roles;

@@ -10,7 +10,7 @@ mod cli;
 
 use cli::args::{Cli, Command, IssueCommand};
 use cli::commands as run;
-use cli::lifecycle;
+use cli::enrollment;
 use cli::outcomes::print;
 use pki_core::Profile;
 
@@ -41,10 +41,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::InitCa(args) => print(&run::init_ca(args)?, json),
         Command::Issue(IssueCommand::Client(a)) => print(&run::issue(Profile::Client, a)?, json),
         Command::Issue(IssueCommand::Server(a)) => print(&run::issue(Profile::Server, a)?, json),
-        Command::Issue(IssueCommand::Claim(a)) => print(&lifecycle::issue_claim(a)?, json),
-        Command::Serve(args) => lifecycle::serve(args),
-        Command::Enroll(args) => print(&lifecycle::enroll(args)?, json),
-        Command::Renew(args) => print(&lifecycle::renew(args)?, json),
+        Command::Issue(IssueCommand::Claim(a)) => print(&enrollment::issue_claim(a)?, json),
+        Command::Serve(args) => enrollment::serve(args),
+        Command::Enroll(args) => print(&enrollment::enroll(args)?, json),
+        Command::Renew(args) => print(&enrollment::renew(args)?, json),
         Command::Csr(args) => print(&run::csr(args)?, json),
         Command::Sign(args) => print(&run::sign(args)?, json),
         Command::Inspect(args) => print(&run::inspect(args)?, json),

@@ -8,7 +8,7 @@
 //!
 //! Requests go to one worker thread, which answers a batch of them in one
 //! [`LockedCa`](crate::inventory::LockedCa) transaction
-//! ([`crate::lifecycle::handle`]) and commits; only then is each answer
+//! ([`crate::enrollment::handle`]) and commits; only then is each answer
 //! published (QoS 1), and only once the broker has it is the request
 //! acknowledged. A service killed anywhere in between gets the request
 //! again and answers it from the inventory: one certificate per request.
@@ -23,9 +23,9 @@ use mqtt_tls::lifecycle::topics;
 use mqtt_tls::{ConnectOptions, Delivery, Message, MqttClient, QoS, TlsIdentity, TopicFilter};
 use tokio::sync::mpsc;
 
+use crate::enrollment::{Outcome, Policy, handle, settle_overdue};
 use crate::error::{Error, Result};
 use crate::inventory::Inventory;
-use crate::lifecycle::{Outcome, Policy, handle, settle_overdue};
 use crate::store::CaDir;
 
 /// A broker to connect to.

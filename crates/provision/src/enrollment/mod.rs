@@ -7,7 +7,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use base64::Engine;
 use mqtt_tls::lifecycle::{
     Answer, EnrollRequest, Rejection, RenewDone, RenewRequest, RequestId, topics,
 };
@@ -15,10 +14,14 @@ use pki_core::{
     Certificate, Csr, IssueParams, Profile, RevocationReason, Serial, Timestamp, Validity,
 };
 
+pub mod decide;
+
+use decide::{Checked, EnrollFacts, Refused, RenewFacts, refused};
+
 use crate::error::{Error, Result};
 use crate::files::check_name;
 use crate::inventory::{ClaimPolicy, LockedCa, Record, Status};
-use crate::roles::{Role, claims_role};
+use crate::roles::Role;
 
 /// What one request came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,29 +88,12 @@ fn encode(answer: &Answer) -> Result<Vec<u8>> {
     })
 }
 
-/// A refusal, with its reason.
-struct Refused(Rejection, String);
-
-fn refused(reason: Rejection, detail: impl Into<String>) -> Refused {
-    Refused(reason, detail.into())
-}
-
 /// How [`handle`] issues.
 #[derive(Debug, Clone)]
 pub struct Policy {
     /// Validity of an enrolled or renewed certificate, in days (capped at
     /// the CA's own end).
     pub days: u32,
-}
-
-/// At most this much of a requester's input is echoed in a refusal.
-const ECHO: usize = 64;
-
-/// `text` for a refusal's detail: at most [`ECHO`] characters, escaped.
-fn echo(text: &str) -> String {
-    let shown: String = text.chars().take(ECHO).collect();
-    let cut = if shown.len() < text.len() { "…" } else { "" };
-    format!("{shown:?}{cut}")
 }
 
 /// Revokes `serial` (superseded) if it is still valid; whether it was.
@@ -274,8 +260,6 @@ fn enroll(
     Outcome::answer(topic, &answer, false)
 }
 
-type Checked<T> = std::result::Result<T, Refused>;
-
 fn enroll_checked(
     locked: &mut LockedCa<'_>,
     policy: &Policy,
@@ -283,56 +267,22 @@ fn enroll_checked(
     request: &EnrollRequest,
 ) -> Result<Checked<(Certificate, String)>> {
     let now = SystemTime::now();
-    let Some(claim_policy) = locked.claim_policy(claim)? else {
-        return Ok(Err(refused(
-            Rejection::NotAClaim,
-            format!("{claim:?} is not a claim this CA issued"),
-        )));
+    let claim_policy = locked.claim_policy(claim)?;
+    let facts = EnrollFacts {
+        claim_current: claim_policy.is_some()
+            && locked
+                .valid_for(claim)?
+                .into_iter()
+                .any(|r| r.role == Some(Role::Claim) && r.not_after.0 > now),
+        enrolled: if claim_policy.is_some() {
+            locked.enrolled_by(claim)?
+        } else {
+            0
+        },
+        name_used: locked.name_used(&request.name)?,
+        policy: claim_policy,
     };
-    // The claim's own certificate must be current too (the broker checks
-    // it at the handshake; a revocation since is seen here).
-    let claim_current = locked
-        .valid_for(claim)?
-        .into_iter()
-        .any(|r| r.role == Some(Role::Claim) && r.not_after.0 > now);
-    if claim_policy.until.0 <= now || !claim_current {
-        return Ok(Err(refused(
-            Rejection::ClaimExpired,
-            format!(
-                "the claim {claim:?} ended at {} or was revoked",
-                claim_policy.until
-            ),
-        )));
-    }
-    let name = &request.name;
-    if check_name(name).is_err() || !claim_policy.allows(name) {
-        return Ok(Err(refused(
-            Rejection::NameNotAllowed,
-            format!("the claim {claim:?} may not enroll {}", echo(name)),
-        )));
-    }
-    if let Some(quota) = claim_policy.quota
-        && locked.enrolled_by(claim)? >= quota
-    {
-        return Ok(Err(refused(
-            Rejection::QuotaExhausted,
-            format!("the claim {claim:?} enrolled its {quota} devices"),
-        )));
-    }
-    // A name is given out once: not again after a revocation (a stolen
-    // device holds the claim too) or an expiry (its session and any rules
-    // under that name would pass to whoever enrolls it), and never a name
-    // another role has (a service's rights).
-    if locked.name_used(name)? {
-        return Ok(Err(refused(
-            Rejection::AlreadyEnrolled,
-            format!(
-                "{name:?} was enrolled or issued before: a name is given out once (an operator \
-                 may issue it again with `provision issue client {name} --force`)"
-            ),
-        )));
-    }
-    let csr = match checked_csr(&request.csr, name) {
+    let csr = match decide::enroll(&facts, claim, request, now) {
         Ok(csr) => csr,
         Err(refusal) => return Ok(Err(refusal)),
     };
@@ -360,35 +310,6 @@ fn signed<T>(issued: Result<T>) -> Result<Checked<T>> {
         Err(Error::Invalid(e)) => Ok(Err(refused(Rejection::BadCsr, e.to_string()))),
         Err(e) => Err(e),
     }
-}
-
-/// The CSR, verified, its CN `name`, asking for no role.
-fn checked_csr(pem: &str, name: &str) -> Checked<Csr> {
-    let csr = Csr::from_pem(pem).map_err(|e| refused(Rejection::BadCsr, e.to_string()))?;
-    let cn = csr.common_name();
-    if cn.as_deref() != Some(name) {
-        return Err(refused(
-            Rejection::BadCsr,
-            format!(
-                "the CSR's CN is {}, not the name {}",
-                cn.as_deref().map_or("missing".into(), echo),
-                echo(name)
-            ),
-        ));
-    }
-    if let Some(powers) = csr.requested_ca_powers() {
-        return Err(refused(
-            Rejection::BadCsr,
-            format!("the CSR asks for CA powers ({powers})"),
-        ));
-    }
-    if csr.requested_sans().iter().any(claims_role) {
-        return Err(refused(
-            Rejection::BadCsr,
-            "the CSR asks for a role; only the CA grants one",
-        ));
-    }
-    Ok(csr)
 }
 
 /// Signs, records (its path names how it was issued: no file here) and
@@ -449,7 +370,7 @@ fn renew(
 
 /// A renewal's old serial, the new certificate and chain, and when its
 /// grace period starts.
-type Renewal = (Serial, Certificate, String, SystemTime);
+type Renewed = (Serial, Certificate, String, SystemTime);
 
 fn renew_checked(
     locked: &mut LockedCa<'_>,
@@ -457,95 +378,37 @@ fn renew_checked(
     name: &str,
     request: &RenewRequest,
     revoked: &mut Vec<Serial>,
-) -> Result<Checked<Renewal>> {
+) -> Result<Checked<Renewed>> {
     let now = SystemTime::now();
-    let current = match Certificate::from_pem(&request.certificate) {
-        Ok(c) => c,
-        Err(e) => {
-            return Ok(Err(refused(
-                Rejection::BadRequest,
-                format!("the current certificate: {e}"),
-            )));
-        }
-    };
-    let serial = current.serial();
-    if request.serial.parse::<Serial>().ok().as_ref() != Some(&serial) {
-        return Ok(Err(refused(
-            Rejection::BadRequest,
-            "the serial is not the current certificate's",
-        )));
-    }
-    let record = match locked.find(&serial)? {
-        Some(r) if r.sha256 == current.sha256_fingerprint() => r,
-        _ => {
-            return Ok(Err(refused(
-                Rejection::UnknownCertificate,
-                format!("serial {serial} is not a certificate this CA issued"),
-            )));
-        }
-    };
-    let cn = current.common_name();
-    if record.common_name != name || cn.as_deref() != Some(name) {
-        return Ok(Err(refused(
-            Rejection::NameMismatch,
-            format!("the certificate is for {cn:?}, the request came from {name:?}"),
-        )));
-    }
-    if record.status != Status::Valid || record.not_after.0 <= now {
-        return Ok(Err(refused(
-            Rejection::NotCurrent,
-            format!("serial {serial} is revoked or expired"),
-        )));
-    }
-    // A renewal of it revoked for a reason that is not its own renewal
-    // (the operator's): this certificate may not renew around that.
-    for renewal in locked.descendants(&serial)? {
-        if let Some(Record {
-            status: Status::Revoked { reason, .. },
-            ..
-        }) = locked.find(&renewal)?
-            && reason != RevocationReason::Superseded
-        {
-            return Ok(Err(refused(
-                Rejection::NotCurrent,
-                format!(
-                    "serial {serial} was renewed as {renewal}, which is revoked ({reason}); \
-                     ask the CA's operator"
-                ),
-            )));
+    let mut facts = RenewFacts::default();
+    if let Ok(serial) = request.serial.parse::<Serial>() {
+        facts.record = locked.find(&serial)?;
+        for renewal in locked.descendants(&serial)? {
+            if let Some(Record {
+                status: Status::Revoked { reason, .. },
+                ..
+            }) = locked.find(&renewal)?
+                && reason != RevocationReason::Superseded
+            {
+                facts.revoked_renewal = Some((renewal, reason));
+                break;
+            }
         }
     }
-    let csr = match checked_csr(&request.csr, name) {
-        Ok(csr) => csr,
-        Err(Refused(Rejection::BadCsr, detail)) if detail.contains("CN is") => {
-            return Ok(Err(refused(Rejection::NameMismatch, detail)));
-        }
+    let renewal = match decide::renew(&facts, name, request, now) {
+        Ok(renewal) => renewal,
         Err(refusal) => return Ok(Err(refusal)),
     };
-    let proof = base64::engine::general_purpose::STANDARD
-        .decode(request.proof.as_bytes())
-        .ok();
-    let proven = match proof {
-        Some(p) => current.verify_signature_by_key(csr.der(), &p)?,
-        None => false,
-    };
-    if !proven {
-        return Ok(Err(refused(
-            Rejection::BadProof,
-            "the proof is not the current key's signature over the CSR",
-        )));
-    }
     // One renewal pending per certificate: a new request (the answer to an
     // earlier one lost) gives up the certificate that one issued, and the
     // old certificate's grace period still runs from the first renewal (so
     // renewing again and again does not keep it alive).
     let validity = Validity::days_from_now(policy.days)?;
-    let role = record.role.unwrap_or(Role::Device);
     let (cert, chain) = match signed(issue(
         locked,
-        &csr,
+        &renewal.csr,
         validity,
-        role,
+        renewal.role,
         &format!("renew/{name}"),
     ))? {
         Ok(issued) => issued,
@@ -553,7 +416,7 @@ fn renew_checked(
     };
     let mut grace_from = now;
     for pending in locked.unsettled(None)? {
-        if pending.requester == name && pending.old == serial {
+        if pending.requester == name && pending.old == renewal.old {
             if supersede(locked, &pending.new)? {
                 revoked.push(pending.new);
             }
@@ -561,7 +424,7 @@ fn renew_checked(
             locked.settle(&pending.requester, &pending.request_id)?;
         }
     }
-    Ok(Ok((serial, cert, chain, grace_from)))
+    Ok(Ok((renewal.old, cert, chain, grace_from)))
 }
 
 fn done(locked: &mut LockedCa<'_>, name: &str, payload: &[u8]) -> Result<Outcome> {

@@ -260,8 +260,8 @@ pub fn verify(
 
 /// Finds the CAs above `leaf`, its issuer first and an anchor last, trying
 /// every candidate with the right name in turn. The reason reported is that
-/// of the most promising candidate: one whose signature verified, else one
-/// whose key identifier matched.
+/// of the most promising candidate: one whose signature verified and whose
+/// key identifier matched, else the first other one.
 fn path_to_anchor<'c>(leaf: &Certificate, pool: &Pool<'c>) -> Result<Vec<&'c Certificate>> {
     let invalid = |reason| Error::Invalid {
         subject: leaf.subject(),
@@ -300,21 +300,27 @@ fn path_to_anchor<'c>(leaf: &Certificate, pool: &Pool<'c>) -> Result<Vec<&'c Cer
         }
     };
     for ca in named {
-        if !key_ids_agree(leaf, ca) {
-            keep(
-                0,
-                invalid(InvalidReason::AuthorityKeyIdMismatch {
-                    issuer: leaf.issuer(),
-                }),
-            );
-            continue;
-        }
         let spki = ca
             .as_x509()
             .tbs_certificate()
             .subject_public_key_info()
             .owned_to_ref();
-        match verify_signature(&spki, &alg, signed, signature) {
+        let verified = verify_signature(&spki, &alg, signed, signature);
+        // A candidate whose key identifier the leaf does not name is not
+        // its issuer; said so when its key verifies the signature all the
+        // same (else the signature is what is wrong).
+        if !key_ids_agree(leaf, ca) {
+            let reason = if matches!(verified, Ok(true)) {
+                InvalidReason::AuthorityKeyIdMismatch {
+                    issuer: leaf.issuer(),
+                }
+            } else {
+                InvalidReason::BadSignature
+            };
+            keep(1, invalid(reason));
+            continue;
+        }
+        match verified {
             Ok(true) => {}
             Ok(false) => {
                 keep(1, invalid(InvalidReason::BadSignature));
@@ -1024,6 +1030,9 @@ mod tests {
         let issuer = rcgen::Issuer::from_ca_cert_der(ca_cert.der(), &ca_key).unwrap();
         let leaf_key = rcgen::KeyPair::generate().unwrap();
         let mut leaf = rcgen::CertificateParams::new(vec!["broker.local".into()]).unwrap();
+        // RFC 5280 section 4.2.1.1: every certificate that is not
+        // self-signed names its issuer's key.
+        leaf.use_authority_key_identifier_extension = true;
         leaf.distinguished_name
             .push(rcgen::DnType::CommonName, "broker");
         let leaf = leaf.signed_by(&leaf_key, &issuer).unwrap();

@@ -14,9 +14,9 @@
 
 use std::net::IpAddr;
 
-use der::{Tag, Tagged};
 use der::asn1::Any;
 use der::oid::db::rfc3280::EMAIL_ADDRESS;
+use der::{Tag, Tagged};
 use x509_cert::ext::pkix::constraints::name::{GeneralSubtree, NameConstraints};
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::name::{Name, RelativeDistinguishedName};
@@ -197,7 +197,9 @@ fn matches(
             })?;
             Ok(dns_matches(checked.as_str(), b.as_str(), how))
         }
-        (GeneralName::IpAddress(n), GeneralName::IpAddress(b)) => ip_matches(n.as_bytes(), b.as_bytes()),
+        (GeneralName::IpAddress(n), GeneralName::IpAddress(b)) => {
+            ip_matches(n.as_bytes(), b.as_bytes())
+        }
         (GeneralName::Rfc822Name(n), GeneralName::Rfc822Name(b)) => {
             email_matches(n.as_str(), b.as_str())
         }
@@ -368,10 +370,26 @@ mod tests {
         assert!(dns_within("a.example.com", ".example.com"));
         assert!(dns_within("anything.org", ""));
         assert!(dns_matches("*.example.com", "example.com", Match::Within));
-        assert!(!dns_matches("*.example.com", "a.example.com", Match::Within));
-        assert!(dns_matches("*.example.com", "a.example.com", Match::Overlaps));
-        assert!(!dns_matches("*.example.com", "a.b.example.com", Match::Overlaps));
-        assert!(!dns_matches("*.example.com", ".a.example.com", Match::Overlaps));
+        assert!(!dns_matches(
+            "*.example.com",
+            "a.example.com",
+            Match::Within
+        ));
+        assert!(dns_matches(
+            "*.example.com",
+            "a.example.com",
+            Match::Overlaps
+        ));
+        assert!(!dns_matches(
+            "*.example.com",
+            "a.b.example.com",
+            Match::Overlaps
+        ));
+        assert!(!dns_matches(
+            "*.example.com",
+            ".a.example.com",
+            Match::Overlaps
+        ));
     }
 
     #[test]

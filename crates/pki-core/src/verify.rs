@@ -327,7 +327,10 @@ fn path_to_anchor<'c>(leaf: &Certificate, pool: &Pool<'c>) -> Result<Vec<&'c Cer
                 continue;
             }
             Err(Error::UnsupportedAlgorithm { algorithm, .. }) => {
-                keep(1, invalid(InvalidReason::UnsupportedSignature { algorithm }));
+                keep(
+                    1,
+                    invalid(InvalidReason::UnsupportedSignature { algorithm }),
+                );
                 continue;
             }
             Err(_) => {
@@ -531,7 +534,10 @@ fn common_checks(cert: &Certificate) -> std::result::Result<(), InvalidReason> {
                     ));
                 }
                 aki = Some(AuthorityKeyIdentifier::from_der(value).map_err(|e| {
-                    bad("authority key identifier", &format!("it does not decode: {e}"))
+                    bad(
+                        "authority key identifier",
+                        &format!("it does not decode: {e}"),
+                    )
                 })?);
             }
             ID_CE_SUBJECT_KEY_IDENTIFIER => {
@@ -542,7 +548,10 @@ fn common_checks(cert: &Certificate) -> std::result::Result<(), InvalidReason> {
                     ));
                 }
                 SubjectKeyIdentifier::from_der(value).map_err(|e| {
-                    bad("subject key identifier", &format!("it does not decode: {e}"))
+                    bad(
+                        "subject key identifier",
+                        &format!("it does not decode: {e}"),
+                    )
                 })?;
             }
             ID_CE_EXT_KEY_USAGE => {
@@ -557,9 +566,8 @@ fn common_checks(cert: &Certificate) -> std::result::Result<(), InvalidReason> {
                          it must not be",
                     ));
                 }
-                let eku = ExtendedKeyUsage::from_der(value).map_err(|e| {
-                    bad("extended key usage", &format!("it does not decode: {e}"))
-                })?;
+                let eku = ExtendedKeyUsage::from_der(value)
+                    .map_err(|e| bad("extended key usage", &format!("it does not decode: {e}")))?;
                 if eku.0.is_empty() {
                     return Err(bad(
                         "extended key usage",
@@ -594,9 +602,9 @@ fn common_checks(cert: &Certificate) -> std::result::Result<(), InvalidReason> {
 fn basic_constraints_critical(ca: &Certificate) -> std::result::Result<(), String> {
     match ca.extension::<BasicConstraints>() {
         Ok(Some((true, _))) => Ok(()),
-        Ok(Some((false, _))) => Err(
-            "its basicConstraints are not marked critical (RFC 5280 section 4.2.1.9)".into(),
-        ),
+        Ok(Some((false, _))) => {
+            Err("its basicConstraints are not marked critical (RFC 5280 section 4.2.1.9)".into())
+        }
         Ok(None) => Err("it has no basicConstraints".into()),
         Err(e) => Err(format!("its basicConstraints cannot be read: {e}")),
     }
@@ -630,18 +638,22 @@ fn root_checks(root: &Certificate) -> std::result::Result<(), String> {
     match root.extension::<AuthorityKeyIdentifier>() {
         Ok(Some((_, aki))) => {
             if aki.authority_cert_issuer.is_some() || aki.authority_cert_serial_number.is_some() {
-                return Err("the root's authority key identifier carries an issuer name or \
+                return Err(
+                    "the root's authority key identifier carries an issuer name or \
                             serial number; a self-signed certificate may only repeat its key \
                             identifier"
-                    .into());
+                        .into(),
+                );
             }
             if aki
                 .key_identifier
                 .is_some_and(|k| k.as_bytes() != ski.as_slice())
             {
-                return Err("the root's authority key identifier differs from its subject key \
+                return Err(
+                    "the root's authority key identifier differs from its subject key \
                             identifier"
-                    .into());
+                        .into(),
+                );
             }
         }
         Ok(None) => {}
@@ -668,21 +680,17 @@ fn check_name_constraints(
     path: &[&Certificate],
 ) -> std::result::Result<(), InvalidReason> {
     for (i, ca) in path.iter().enumerate() {
-        let Some((_, constraints)) =
-            ca.extension::<NameConstraints>()
-                .map_err(|e| InvalidReason::UnsupportedNameConstraints {
-                    constrained_by: ca.subject(),
-                    reason: format!("they do not decode: {e}"),
-                })?
+        let Some((_, constraints)) = ca.extension::<NameConstraints>().map_err(|e| {
+            InvalidReason::UnsupportedNameConstraints {
+                constrained_by: ca.subject(),
+                reason: format!("they do not decode: {e}"),
+            }
+        })?
         else {
             continue;
         };
-        let below = std::iter::once(leaf).chain(
-            path[..i]
-                .iter()
-                .copied()
-                .filter(|c| !c.is_self_issued()),
-        );
+        let below =
+            std::iter::once(leaf).chain(path[..i].iter().copied().filter(|c| !c.is_self_issued()));
         for cert in below {
             let sans = cert
                 .extension::<X509San>()

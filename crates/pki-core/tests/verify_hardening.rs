@@ -44,7 +44,10 @@ fn intermediate_with_key(
     validity: Validity,
 ) -> CertificateAuthority {
     let csr = Csr::new(&CsrParams::new(Subject::new(cn).unwrap()), &key).unwrap();
-    let cert = parent.sign_intermediate(&csr, validity, 0).unwrap().certificate;
+    let cert = parent
+        .sign_intermediate(&csr, validity, 0)
+        .unwrap()
+        .certificate;
     CertificateAuthority::from_parts(cert, key).unwrap()
 }
 
@@ -710,7 +713,10 @@ fn crl_with(ca: &CertificateAuthority, edit: impl FnOnce(&mut Vec<Extension>)) -
 
 fn crl_refusal(result: pki_core::Result<()>) -> String {
     match result {
-        Err(Error::Malformed { what: "CRL", reason }) => reason,
+        Err(Error::Malformed {
+            what: "CRL",
+            reason,
+        }) => reason,
         other => panic!("expected the CRL to be refused, got {other:?}"),
     }
 }
@@ -758,7 +764,12 @@ fn a_crl_from_an_issuer_without_crl_sign_is_refused() {
         crl: Some(&crl),
         ..VerifyOptions::now()
     };
-    verify(&leaf, &[no_crl_sign.clone()], &VerifyOptions::now()).unwrap();
+    verify(
+        &leaf,
+        std::slice::from_ref(&no_crl_sign),
+        &VerifyOptions::now(),
+    )
+    .unwrap();
     let why = crl_refusal(verify(&leaf, &[no_crl_sign], &options));
     assert!(why.contains("cRLSign"), "{why}");
 }
@@ -870,7 +881,10 @@ fn dns_name_constraints_permit_and_exclude_as_webpki_does() {
     };
     let ok = constrained_chain(
         constraints(),
-        vec![san_dns("broker.example.com"), san_dns("*.fleet.example.com")],
+        vec![
+            san_dns("broker.example.com"),
+            san_dns("*.fleet.example.com"),
+        ],
         "Org",
     );
     ok.verify().unwrap();
@@ -920,7 +934,10 @@ fn ip_name_constraints_permit_and_exclude_as_webpki_does() {
     assert_eq!(violation(excluded.verify()), ("IP:10.9.0.1".into(), true));
     let outside = constrained_chain(constraints(), vec![ip("192.168.0.1")], "Org");
     assert!(!outside.webpki());
-    assert_eq!(violation(outside.verify()), ("IP:192.168.0.1".into(), false));
+    assert_eq!(
+        violation(outside.verify()),
+        ("IP:192.168.0.1".into(), false)
+    );
     // An IPv4-mapped IPv6 address is checked as the IPv4 address.
     let mapped = constrained_chain(constraints(), vec![ip("::ffff:10.9.0.1")], "Org");
     assert!(violation(mapped.verify()).1);
@@ -1092,10 +1109,7 @@ fn path_building_stops_on_loops_and_depth() {
         Validity::days_from_now(50).unwrap(),
     );
     let leaf = server(&a_by_b, vec![dns("broker.example.com")]);
-    let pool = [
-        a_by_b.certificate().clone(),
-        b_by_a.certificate().clone(),
-    ];
+    let pool = [a_by_b.certificate().clone(), b_by_a.certificate().clone()];
     let options = VerifyOptions {
         intermediates: &pool,
         ..VerifyOptions::now()

@@ -451,6 +451,10 @@ fn verify_chain(
             // As rustls takes the CA file: every certificate in it is an
             // anchor the operator chose.
             partial_chain: true,
+            intermediates: &[],
+            // Past the first step the certificate checked is an
+            // intermediate CA.
+            expect_ca: profile.is_none(),
         };
         match pki_core::verify(&current, cas, &options) {
             Ok(()) => return Ok(()),

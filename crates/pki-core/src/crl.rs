@@ -238,6 +238,18 @@ impl Crl {
         Some(bytes.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
     }
 
+    /// Whether the CRL number extension is present (`Some`) and marked
+    /// critical (`Some(true)`).
+    pub(crate) fn number_criticality(&self) -> Option<bool> {
+        self.list
+            .tbs_cert_list
+            .crl_extensions
+            .as_ref()?
+            .iter()
+            .find(|e| e.extn_id == <CrlNumber as der::oid::AssociatedOid>::OID)
+            .map(|e| e.critical)
+    }
+
     /// The OID of the first critical extension of the CRL or of one of its
     /// entries that this crate does not understand (CRL number, authority
     /// key identifier, reason code), if any.

@@ -250,6 +250,66 @@ pub enum InvalidReason {
         /// Why.
         reason: String,
     },
+    /// Its serial number is zero or negative (RFC 5280 section 4.1.2.2
+    /// requires a positive integer).
+    NotPositiveSerial {
+        /// The serial as encoded, in hex.
+        serial: String,
+    },
+    /// Its key is too weak or of a kind this verifier does not accept
+    /// (RSA under 2048 bits or not a whole number of octets, P-192, DSA).
+    UnacceptableKey {
+        /// What is wrong with the key.
+        reason: String,
+    },
+    /// One of its extensions is missing where required, marked critical
+    /// where it must not be, empty, or does not decode.
+    BadExtension {
+        /// The extension, e.g. `extended key usage`.
+        extension: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Its extended key usage holds `anyExtendedKeyUsage`, where the
+    /// profile needs its own purpose named.
+    AnyExtendedKeyUsage {
+        /// The usage the profile needs, e.g. `clientAuth`.
+        needed: &'static str,
+    },
+    /// The name it was to be checked for cannot be matched safely: not
+    /// ASCII, an IPv4 address in an ambiguous spelling, a wildcard, or no
+    /// host name at all.
+    UncheckableName {
+        /// The name as given.
+        name: String,
+        /// Why it cannot be matched.
+        reason: &'static str,
+    },
+    /// Its authority key identifier names none of the CAs with its issuer's
+    /// name: none of them is its issuer.
+    AuthorityKeyIdMismatch {
+        /// The issuer name it carries.
+        issuer: String,
+    },
+    /// A name it (or a CA below the constraining CA) carries breaks a CA's
+    /// name constraints (RFC 5280 section 4.2.1.10).
+    NameConstraintViolation {
+        /// The subject of the CA whose constraints are broken.
+        constrained_by: String,
+        /// The offending name, e.g. `DNS:evil.example`.
+        name: String,
+        /// The name lies in an excluded subtree (else: outside every
+        /// permitted subtree of its form).
+        excluded: bool,
+    },
+    /// A CA on the path has name constraints this verifier cannot apply
+    /// (another form of name, minimum or maximum): the path fails closed.
+    UnsupportedNameConstraints {
+        /// The subject of the CA with the constraints.
+        constrained_by: String,
+        /// What cannot be applied.
+        reason: String,
+    },
 }
 
 impl fmt::Display for InvalidReason {
@@ -312,6 +372,47 @@ impl fmt::Display for InvalidReason {
             Self::IssuerRejected { issuer, reason } => {
                 write!(f, "its issuer {issuer} cannot be trusted to issue: {reason}")
             }
+            Self::NotPositiveSerial { serial } => write!(
+                f,
+                "its serial number {serial} is not a positive integer (RFC 5280 section 4.1.2.2)"
+            ),
+            Self::UnacceptableKey { reason } => write!(f, "its key is not acceptable: {reason}"),
+            Self::BadExtension { extension, reason } => {
+                write!(f, "its {extension} extension is not acceptable: {reason}")
+            }
+            Self::AnyExtendedKeyUsage { needed } => write!(
+                f,
+                "its extended key usage holds anyExtendedKeyUsage; {needed} must be named itself"
+            ),
+            Self::UncheckableName { name, reason } => {
+                write!(f, "the name {name:?} cannot be checked: {reason}")
+            }
+            Self::AuthorityKeyIdMismatch { issuer } => write!(
+                f,
+                "its authority key identifier matches no CA named {issuer} (wrong CA, or a CA \
+                 with the same name and another key)"
+            ),
+            Self::NameConstraintViolation {
+                constrained_by,
+                name,
+                excluded,
+            } => {
+                if *excluded {
+                    write!(f, "its issuer {constrained_by}'s name constraints exclude {name}")
+                } else {
+                    write!(
+                        f,
+                        "its issuer {constrained_by}'s name constraints do not permit {name}"
+                    )
+                }
+            }
+            Self::UnsupportedNameConstraints {
+                constrained_by,
+                reason,
+            } => write!(
+                f,
+                "its issuer {constrained_by} has name constraints this verifier cannot apply: {reason}"
+            ),
         }
     }
 }

@@ -70,6 +70,7 @@ mod crl;
 mod csr;
 mod error;
 mod key;
+mod name_constraints;
 mod pem_util;
 mod profile;
 mod san;

@@ -287,17 +287,28 @@ fn rcgen_loads_our_ca_and_x509_parser_reads_our_certs() {
     let leaf_key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["peer.example.com".into()]).unwrap();
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let as_client = VerifyOptions {
+        profile: Some(Profile::Client),
+        ..VerifyOptions::now()
+    };
+    // rcgen leaves the authority key identifier out unless asked; RFC 5280
+    // section 4.2.1.1 requires it, and so does our verifier.
+    let without_aki = params.signed_by(&leaf_key, &issuer).unwrap();
+    let without_aki = Certificate::from_der(without_aki.der().to_vec()).unwrap();
+    assert!(matches!(
+        verify(&without_aki, &[ca.certificate().clone()], &as_client),
+        Err(Error::Invalid {
+            reason: InvalidReason::BadExtension {
+                extension: "authority key identifier",
+                ..
+            },
+            ..
+        })
+    ));
+    params.use_authority_key_identifier_extension = true;
     let theirs = params.signed_by(&leaf_key, &issuer).unwrap();
     let theirs = Certificate::from_der(theirs.der().to_vec()).unwrap();
-    verify(
-        &theirs,
-        &[ca.certificate().clone()],
-        &VerifyOptions {
-            profile: Some(Profile::Client),
-            ..VerifyOptions::now()
-        },
-    )
-    .unwrap();
+    verify(&theirs, &[ca.certificate().clone()], &as_client).unwrap();
 
     for profile in [Profile::Client, Profile::Server] {
         let ours = issue(&ca, KeyType::P256, profile);

@@ -854,6 +854,8 @@ fn existing_valid(
         crl: None,
         // Our own CA folder's certificate, root or intermediate.
         partial_chain: true,
+        intermediates: &[],
+        expect_ca: false,
     };
     pki_core::verify(&cert, std::slice::from_ref(ca.certificate()), &options).ok()?;
     Some(cert)

@@ -395,6 +395,8 @@ pub fn verify(request: &VerifyRequest<'_>) -> Result<Verification> {
         crl: crl.as_ref(),
         // The CA folder's own certificate, root or intermediate.
         partial_chain: true,
+        intermediates: &[],
+        expect_ca: false,
     };
     let path = verify_chain(&cert, &chain, &cas, &options).map_err(|source| {
         match (&crl_path, request.crl) {
@@ -517,6 +519,7 @@ pub fn verify_chain(
                     profile: None,
                     name: None,
                     crl: None,
+                    expect_ca: true,
                     ..options.clone()
                 };
             }

@@ -162,6 +162,8 @@ impl CaDir {
             let options = pki_core::VerifyOptions {
                 at: ca.certificate().validity().not_before(),
                 partial_chain: true,
+                // The intermediate CA itself is checked against the root.
+                expect_ca: true,
                 ..pki_core::VerifyOptions::now()
             };
             pki_core::verify(ca.certificate(), std::slice::from_ref(&root), &options).map_err(

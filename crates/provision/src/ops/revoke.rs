@@ -194,6 +194,8 @@ pub(crate) fn signed_by(cert: &Certificate, ca: &Certificate) -> bool {
     let options = pki_core::VerifyOptions {
         at: cert.validity().not_before(),
         partial_chain: true,
+        // A CA certificate may be asked about too.
+        expect_ca: cert.is_ca(),
         ..pki_core::VerifyOptions::now()
     };
     pki_core::verify(cert, std::slice::from_ref(ca), &options).is_ok()

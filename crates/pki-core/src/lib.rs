@@ -91,7 +91,7 @@ pub use san::{DnsName, SubjectAltName};
 pub use serial::{MAX_SERIAL_OCTETS, Serial};
 pub use subject::Subject;
 pub use validity::{CLOCK_SKEW_ALLOWANCE, Timestamp, Validity};
-pub use verify::{VerifyOptions, verify};
+pub use verify::{VerifyOptions, verify, verify_path};
 
 /// The SHA-256 fingerprint of any DER, as `AB:CD:...` (OpenSSL's form).
 pub fn sha256_fingerprint(der: &[u8]) -> String {

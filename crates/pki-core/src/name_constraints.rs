@@ -203,7 +203,21 @@ fn matches(
         (GeneralName::Rfc822Name(n), GeneralName::Rfc822Name(b)) => {
             email_matches(n.as_str(), b.as_str())
         }
-        (GeneralName::DirectoryName(n), GeneralName::DirectoryName(b)) => Ok(dn_within(n, b)),
+        (GeneralName::DirectoryName(n), GeneralName::DirectoryName(b)) => {
+            // A value in a string type that cannot be compared (a
+            // TeletexString beyond ASCII) could hide an excluded name.
+            if let Some(value) = n
+                .iter()
+                .map(|atv| &atv.value)
+                .find(|v| is_string(v) && string_value(v).is_none())
+            {
+                return Err(Violation::Unsupported(format!(
+                    "a directory name value of type {} cannot be compared",
+                    value.tag()
+                )));
+            }
+            Ok(dn_within(n, b))
+        }
         _ => Ok(false),
     }
 }
@@ -255,25 +269,30 @@ fn ip_matches(name: &[u8], base: &[u8]) -> std::result::Result<bool, Violation> 
         }
     }
     .map_err(|_| Violation::Unsupported("an iPAddress name cannot be read".into()))?;
-    // An IPv4-mapped IPv6 address is checked as the IPv4 address it is, so
-    // that it cannot slip past an IPv4 exclusion.
-    let address = match address {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
-        v4 => v4,
-    };
-    let octets: Vec<u8> = match address {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    };
-    if base.len() != octets.len() * 2 {
-        return Ok(false);
+    // An IPv4-mapped IPv6 address is checked both as the IPv6 address it
+    // is written as and as the IPv4 address it stands for, so that it
+    // slips past neither an IPv4 nor an IPv6 exclusion.
+    let mut forms = vec![address];
+    if let IpAddr::V6(v6) = address
+        && let Some(v4) = v6.to_ipv4_mapped()
+    {
+        forms.push(IpAddr::V4(v4));
     }
-    let (net, mask) = base.split_at(octets.len());
-    Ok(octets
-        .iter()
-        .zip(net)
-        .zip(mask)
-        .all(|((a, n), m)| a & m == n & m))
+    Ok(forms.into_iter().any(|address| {
+        let octets: Vec<u8> = match address {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        if base.len() != octets.len() * 2 {
+            return false;
+        }
+        let (net, mask) = base.split_at(octets.len());
+        octets
+            .iter()
+            .zip(net)
+            .zip(mask)
+            .all(|((a, n), m)| a & m == n & m)
+    }))
 }
 
 /// RFC 5280 section 4.2.1.10: `user@host` is one mailbox, `host` every
@@ -328,11 +347,39 @@ fn value_equal(a: &Any, b: &Any) -> bool {
     }
 }
 
+/// Whether a value is of a directory string type.
+fn is_string(value: &Any) -> bool {
+    matches!(
+        value.tag(),
+        Tag::Utf8String
+            | Tag::PrintableString
+            | Tag::Ia5String
+            | Tag::VisibleString
+            | Tag::NumericString
+            | Tag::TeletexString
+            | Tag::BmpString
+    )
+}
+
+/// The text of a string attribute value in any of the directory string
+/// types (UTF-16 BMPString decoded; a TeletexString only when it is
+/// ASCII, where T.61 and ASCII agree).
 fn string_value(value: &Any) -> Option<String> {
-    let text = match value.tag() {
-        Tag::Utf8String | Tag::PrintableString | Tag::Ia5String | Tag::TeletexString => {
-            std::str::from_utf8(value.value()).ok()?
-        }
+    let bytes = value.value();
+    let text: String = match value.tag() {
+        Tag::Utf8String
+        | Tag::PrintableString
+        | Tag::Ia5String
+        | Tag::VisibleString
+        | Tag::NumericString => std::str::from_utf8(bytes).ok()?.to_owned(),
+        Tag::TeletexString if bytes.is_ascii() => std::str::from_utf8(bytes).ok()?.to_owned(),
+        Tag::BmpString if bytes.len().is_multiple_of(2) => char::decode_utf16(
+            bytes
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]])),
+        )
+        .collect::<Result<String, _>>()
+        .ok()?,
         _ => return None,
     };
     Some(
@@ -390,6 +437,36 @@ mod tests {
             ".a.example.com",
             Match::Overlaps
         ));
+    }
+
+    #[test]
+    fn an_ipv4_mapped_address_meets_ipv4_and_ipv6_subtrees() {
+        let mapped: [u8; 16] = "::ffff:10.0.0.1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        // 10.0.0.0/8
+        assert!(ip_matches(&mapped, &[10, 0, 0, 0, 255, 0, 0, 0]).unwrap());
+        // ::ffff:0:0/96
+        let mut v6 = [0u8; 32];
+        v6[10] = 0xff;
+        v6[11] = 0xff;
+        v6[16..28].fill(0xff);
+        assert!(ip_matches(&mapped, &v6).unwrap());
+        assert!(!ip_matches(&[10, 0, 0, 1], &v6).unwrap());
+    }
+
+    #[test]
+    fn directory_strings_compare_whatever_their_type() {
+        let utf8 = Any::new(Tag::Utf8String, "Evil  Corp".as_bytes().to_vec()).unwrap();
+        let bmp: Vec<u8> = "evil corp"
+            .encode_utf16()
+            .flat_map(u16::to_be_bytes)
+            .collect();
+        let bmp = Any::new(Tag::BmpString, bmp).unwrap();
+        assert!(value_equal(&utf8, &bmp));
+        let teletex = Any::new(Tag::TeletexString, vec![0x45, 0xe9]).unwrap();
+        assert!(is_string(&teletex) && string_value(&teletex).is_none());
     }
 
     #[test]

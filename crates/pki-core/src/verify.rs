@@ -18,7 +18,8 @@ use der::oid::ObjectIdentifier;
 use der::oid::db::rfc5280::{
     ANY_EXTENDED_KEY_USAGE, ID_CE_AUTHORITY_KEY_IDENTIFIER, ID_CE_BASIC_CONSTRAINTS,
     ID_CE_EXT_KEY_USAGE, ID_CE_KEY_USAGE, ID_CE_NAME_CONSTRAINTS, ID_CE_SUBJECT_ALT_NAME,
-    ID_CE_SUBJECT_KEY_IDENTIFIER, ID_PE_AUTHORITY_INFO_ACCESS,
+    ID_CE_SUBJECT_KEY_IDENTIFIER, ID_KP_CLIENT_AUTH, ID_KP_SERVER_AUTH,
+    ID_PE_AUTHORITY_INFO_ACCESS,
 };
 use der::referenced::OwnedToRef;
 use der::{Decode, oid::AssociatedOid};
@@ -157,6 +158,16 @@ pub fn verify(
     trusted: &[Certificate],
     options: &VerifyOptions<'_>,
 ) -> Result<()> {
+    verify_path(leaf, trusted, options).map(drop)
+}
+
+/// [`verify`], returning the path it verified: the CAs above `leaf`, its
+/// issuer first and the trust anchor last.
+pub fn verify_path(
+    leaf: &Certificate,
+    trusted: &[Certificate],
+    options: &VerifyOptions<'_>,
+) -> Result<Vec<Certificate>> {
     let invalid = |reason| Error::Invalid {
         subject: leaf.subject(),
         reason,
@@ -219,9 +230,15 @@ pub fn verify(
 
     if let Some(profile) = options.profile {
         let needed = profile.eku_name();
+        // anyExtendedKeyUsage does not stand for the profile's purpose: it
+        // must be named (beside it, as OpenSSL and webpki take it).
+        let purpose = match profile {
+            Profile::Client => ID_KP_CLIENT_AUTH,
+            Profile::Server => ID_KP_SERVER_AUTH,
+        };
         if leaf
             .extended_key_usage()?
-            .is_some_and(|oids| oids.contains(&ANY_EXTENDED_KEY_USAGE))
+            .is_some_and(|oids| oids.contains(&ANY_EXTENDED_KEY_USAGE) && !oids.contains(&purpose))
         {
             return Err(invalid(InvalidReason::AnyExtendedKeyUsage { needed }));
         }
@@ -255,7 +272,7 @@ pub fn verify(
             }));
         }
     }
-    Ok(())
+    Ok(path.into_iter().cloned().collect())
 }
 
 /// Finds the CAs above `leaf`, its issuer first and an anchor last, trying
@@ -485,8 +502,12 @@ fn key_ids_agree(child: &Certificate, issuer: &Certificate) -> bool {
 
 /// Whether a certificate claims CA powers: basicConstraints `cA: TRUE` or
 /// keyCertSign in its key usage (RFC 5280 section 4.2.1.3).
+/// Markers that cannot be read (a duplicated or malformed extension)
+/// count as a claim: fail closed.
 fn claims_ca(cert: &Certificate) -> bool {
-    cert.is_ca() || matches!(cert.key_usage(), Ok(Some(ku)) if ku.key_cert_sign())
+    !matches!(cert.ca_constraint(), Ok(None))
+        || !matches!(cert.key_usage(), Ok(None) | Ok(Some(_)))
+        || matches!(cert.key_usage(), Ok(Some(ku)) if ku.key_cert_sign())
 }
 
 /// Checks every certificate on the path gets: serial, key, and the
@@ -597,14 +618,19 @@ fn common_checks(cert: &Certificate) -> std::result::Result<(), InvalidReason> {
     Ok(())
 }
 
-/// That basicConstraints are marked critical, as RFC 5280 section 4.2.1.9
-/// requires in every CA certificate.
+/// That basicConstraints are there, and marked critical in a root, as
+/// RFC 5280 section 4.2.1.9 requires. An intermediate's non-critical
+/// basicConstraints are taken, as OpenSSL and webpki take them (OpenSSL
+/// `extfile` setups make them).
 fn basic_constraints_critical(ca: &Certificate) -> std::result::Result<(), String> {
     match ca.extension::<BasicConstraints>() {
         Ok(Some((true, _))) => Ok(()),
-        Ok(Some((false, _))) => {
-            Err("its basicConstraints are not marked critical (RFC 5280 section 4.2.1.9)".into())
-        }
+        Ok(Some((false, _))) if !self_signed(ca) => Ok(()),
+        Ok(Some((false, _))) => Err(
+            "it is a root whose basicConstraints are not marked critical (RFC 5280 section \
+             4.2.1.9)"
+                .into(),
+        ),
         Ok(None) => Err("it has no basicConstraints".into()),
         Err(e) => Err(format!("its basicConstraints cannot be read: {e}")),
     }
@@ -735,6 +761,14 @@ fn check_name(name: &str, sans: &[SubjectAltName]) -> std::result::Result<(), In
         reason,
     };
     let matched = if let Ok(ip) = name.parse::<IpAddr>() {
+        // One spelling per address: an IPv6 address as RFC 5952 writes it
+        // (compressed, lower case), as the certificate's SAN shows it.
+        if ip.is_ipv6() && ip.to_string() != name {
+            return Err(uncheckable(
+                "it is an IPv6 address not in its canonical spelling (RFC 5952: zeros \
+                 compressed, lower case), as in ::1 or 2001:db8::1",
+            ));
+        }
         sans.contains(&SubjectAltName::Ip(ip))
     } else {
         if !name.is_ascii() {

@@ -593,10 +593,18 @@ pub fn run(
     let committed = locked.commit()?;
     // What was recorded reaches the brokers even when some identity
     // failed.
-    summary.applied = crate::broker::apply(&inventory, &committed)?;
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(summary),
+    let applied = crate::broker::apply(&inventory, &committed);
+    match (first_error, applied) {
+        (Some(e), applied) => {
+            if let Err(a) = applied {
+                tracing::warn!("bringing the broker folders in step: {a}");
+            }
+            Err(e)
+        }
+        (None, applied) => {
+            summary.applied = applied?;
+            Ok(summary)
+        }
     }
 }
 

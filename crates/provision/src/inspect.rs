@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use pki_core::{
-    Certificate, Crl, Csr, InvalidReason, KeyPair, Profile, Timestamp, VerifyOptions,
-    sha256_fingerprint,
+    Certificate, Crl, Csr, KeyPair, Profile, Timestamp, VerifyOptions, sha256_fingerprint,
 };
 use serde::Serialize;
 
@@ -478,55 +477,16 @@ pub fn verify_chain(
     anchors: &[Certificate],
     options: &VerifyOptions<'_>,
 ) -> pki_core::Result<Vec<Certificate>> {
-    let mut path: Vec<Certificate> = Vec::new();
-    let mut current = leaf.clone();
-    let mut step = options.clone();
-    for _ in 0..=untrusted.len() {
-        match pki_core::verify(&current, anchors, &step) {
-            Ok(()) => {
-                path.extend(
-                    anchors
-                        .iter()
-                        .find(|a| a.subject() == current.issuer())
-                        .cloned(),
-                );
-                return Ok(path);
-            }
-            Err(
-                mismatch @ pki_core::Error::Invalid {
-                    reason: InvalidReason::IssuerMismatch { .. },
-                    ..
-                },
-            ) => {
-                // Its issuer from the file, not yet on the path.
-                let Some(next) = untrusted.iter().find(|c| {
-                    c.subject() == current.issuer()
-                        && c.der() != current.der()
-                        && !path.iter().any(|p| p.der() == c.der())
-                }) else {
-                    return Err(mismatch);
-                };
-                let one = VerifyOptions {
-                    partial_chain: true,
-                    ..step.clone()
-                };
-                pki_core::verify(&current, std::slice::from_ref(next), &one)?;
-                path.push(next.clone());
-                current = next.clone();
-                // Above the leaf: a CA, valid, able to issue (checked when
-                // it is the issuer of the next step).
-                step = VerifyOptions {
-                    profile: None,
-                    name: None,
-                    crl: None,
-                    expect_ca: true,
-                    ..options.clone()
-                };
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    pki_core::verify(&current, anchors, &step).map(|()| path)
+    // One path, verified whole: the constraints of every CA on it (name
+    // constraints, path lengths) apply to the leaf.
+    pki_core::verify_path(
+        leaf,
+        anchors,
+        &VerifyOptions {
+            intermediates: untrusted,
+            ..options.clone()
+        },
+    )
 }
 
 #[cfg(test)]
@@ -585,5 +545,103 @@ mod tests {
         let path = verify_chain(&leaf(&ours), &[], &anchors, &options).unwrap();
         assert_eq!(path.len(), 1);
         assert_eq!(path[0].der(), ours.certificate().der());
+    }
+
+    /// An rcgen CA: a root when `issuer` is `None`.
+    fn rcgen_ca(
+        cn: &str,
+        constraint: rcgen::BasicConstraints,
+        permitted: Option<&str>,
+        issuer: Option<&rcgen::Issuer<'_, &rcgen::KeyPair>>,
+    ) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.is_ca = rcgen::IsCa::Ca(constraint);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        params.name_constraints = permitted.map(|dns| rcgen::NameConstraints {
+            permitted_subtrees: vec![rcgen::GeneralSubtree::DnsName(dns.into())],
+            excluded_subtrees: vec![],
+        });
+        params.use_authority_key_identifier_extension = issuer.is_some();
+        let cert = match issuer {
+            Some(issuer) => params.signed_by(&key, issuer).unwrap(),
+            None => params.self_signed(&key).unwrap(),
+        };
+        (cert, key)
+    }
+
+    /// The constraints of every CA on the path apply to the leaf, whatever
+    /// CA they sit in (a check one link at a time applied the root's name
+    /// constraints to the intermediate's names only).
+    #[test]
+    fn a_roots_constraints_reach_the_leaf_through_an_intermediate() {
+        let (root_cert, root_key) = rcgen_ca(
+            "Constrained Root",
+            rcgen::BasicConstraints::Unconstrained,
+            Some("example.com"),
+            None,
+        );
+        let root_issuer = rcgen::Issuer::from_ca_cert_der(root_cert.der(), &root_key).unwrap();
+        let (int_cert, int_key) = rcgen_ca(
+            "Open Intermediate",
+            rcgen::BasicConstraints::Unconstrained,
+            None,
+            Some(&root_issuer),
+        );
+        let int_issuer = rcgen::Issuer::from_ca_cert_der(int_cert.der(), &int_key).unwrap();
+        let server = |name: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+            params.use_authority_key_identifier_extension = true;
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "server");
+            let cert = params.signed_by(&key, &int_issuer).unwrap();
+            Certificate::from_der(cert.der().to_vec()).unwrap()
+        };
+        let ours = |c: &rcgen::Certificate| Certificate::from_der(c.der().to_vec()).unwrap();
+        let anchors = [ours(&root_cert)];
+        let chain = [ours(&int_cert)];
+        let options = VerifyOptions::now();
+        verify_chain(&server("broker.example.com"), &chain, &anchors, &options).unwrap();
+        let e = verify_chain(&server("broker.evil.test"), &chain, &anchors, &options)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("name constraints"), "{e}");
+
+        // A root allowing no intermediate (path length 0) above one.
+        let (root_cert, root_key) = rcgen_ca(
+            "Short Root",
+            rcgen::BasicConstraints::Constrained(0),
+            None,
+            None,
+        );
+        let root_issuer = rcgen::Issuer::from_ca_cert_der(root_cert.der(), &root_key).unwrap();
+        let (int_cert, int_key) = rcgen_ca(
+            "Too Deep",
+            rcgen::BasicConstraints::Unconstrained,
+            None,
+            Some(&root_issuer),
+        );
+        let int_issuer = rcgen::Issuer::from_ca_cert_der(int_cert.der(), &int_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["broker.example.com".into()]).unwrap();
+        params.use_authority_key_identifier_extension = true;
+        let deep = params.signed_by(&key, &int_issuer).unwrap();
+        assert!(
+            verify_chain(
+                &ours(&deep),
+                &[ours(&int_cert)],
+                &[ours(&root_cert)],
+                &options
+            )
+            .is_err()
+        );
     }
 }

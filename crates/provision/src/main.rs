@@ -50,8 +50,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(args) => print(&run::inspect(args)?, json),
         Command::Verify(args) => print(&run::verify(args)?, json),
         Command::List(args) => run::list(args, json),
-        Command::Revoke(args) => print(&run::revoke(args)?, json),
-        Command::Crl(args) => print(&run::crl(args)?, json),
+        // A revocation committed but not in every broker folder: printed,
+        // then exit 1, so that a script or timer sees it.
+        Command::Revoke(args) => {
+            let revoked = run::revoke(args)?;
+            print(&revoked, json)?;
+            revoked.brokers.in_step()
+        }
+        Command::Crl(args) => {
+            let written = run::crl(args)?;
+            print(&written, json)?;
+            written.brokers.in_step()
+        }
         Command::Fleet(args) => print(&run::fleet(args)?, json),
         Command::BrokerConfig(args) => print(&run::broker_config(args)?, json),
         Command::Pub(args) => print(&run::publish(args)?, json),

@@ -175,6 +175,10 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 /// How often overdue renewals are settled.
 const TICK: Duration = Duration::from_secs(1);
 
+/// How often the worker brings this host's CA and broker folders up to a
+/// shared inventory's latest CRL, when it changed nothing itself.
+const CATCH_UP: Duration = Duration::from_secs(5);
+
 /// Serves until `shutdown` resolves (or a broker connection cannot be made
 /// at the start). Opens the inventory first: a wrong folder or database
 /// fails here, not at the first request.
@@ -383,6 +387,7 @@ fn work(
     replies: &mpsc::UnboundedSender<Vec<Reply>>,
 ) {
     let mut last_tick = std::time::Instant::now();
+    let mut last_apply = std::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
         let mut batch = match jobs.recv_timeout(TICK) {
             Ok(job) => vec![job],
@@ -426,9 +431,11 @@ fn work(
         };
         let (outcomes, revoked, committed) = outcomes;
         metrics.revoked.fetch_add(revoked as u64, Ordering::Relaxed);
-        // What changed reaches this host's brokers; on a tick, so does a
-        // change another host made to a shared inventory.
-        if tick || !committed.is_empty() {
+        // What changed reaches this host's brokers at once; a change
+        // another host made to a shared inventory within CATCH_UP.
+        let catch_up = last_apply.elapsed() >= CATCH_UP;
+        if catch_up || !committed.is_empty() {
+            last_apply = std::time::Instant::now();
             match crate::broker::apply(inventory, &committed) {
                 Ok(applied) => {
                     if let Some(n) = applied.caught_up {

@@ -724,3 +724,71 @@ fn a_revocation_is_one_transaction_one_crl_and_one_write_per_broker() {
     assert_eq!(modified("b/crl.pem"), crl_at);
     assert_eq!(modified("b/acl"), acl_at);
 }
+
+/// A key-compromise revocation follows renewals of renewals: A renewed as
+/// B, B as C (as `provision serve` records them); revoking A revokes B and
+/// C for the same reason, and says so.
+#[test]
+fn a_key_compromise_revocation_follows_renewals_of_renewals() {
+    use provision::inventory::Inventory;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca"]);
+    ok(d, &["issue", "client", "dev"]);
+    let ca_dir = provision::store::CaDir::new(d.join("root_cert"));
+    let ca = ca_dir.load(None).unwrap();
+    let inventory = Inventory::open(&ca_dir).unwrap();
+    let mut locked = inventory.lock(&ca).unwrap();
+    let a = locked.valid_for("dev").unwrap().remove(0);
+    let renewal = |serial: &str| provision::inventory::Record {
+        serial: serial.parse().unwrap(),
+        sha256: format!("{serial}00"),
+        ..a.clone()
+    };
+    let (b, c) = (renewal("0B0B"), renewal("0C0C"));
+    locked.record(&[b.clone(), c.clone()]).unwrap();
+    let at = std::time::SystemTime::now();
+    for (id, old, new) in [("r1", &a, &b), ("r2", &b, &c)] {
+        locked
+            .store_answer(
+                "dev",
+                id,
+                "renew",
+                "x",
+                "{}",
+                false,
+                (Some(&old.serial), Some(&new.serial)),
+                at,
+            )
+            .unwrap();
+    }
+    provision::broker::apply(&inventory, &locked.commit().unwrap()).unwrap();
+    let mut locked = inventory.lock(&ca).unwrap();
+    let revocation = provision::ops::revoke(
+        &mut locked,
+        &provision::ops::RevokeTarget::Serial(a.serial.clone()),
+        pki_core::RevocationReason::KeyCompromise,
+        30,
+    )
+    .unwrap();
+    provision::broker::apply(&inventory, &locked.commit().unwrap()).unwrap();
+    assert_eq!(revocation.renewals, [b.serial.clone(), c.serial.clone()]);
+    assert!(
+        revocation.still_valid.is_empty(),
+        "{:?}",
+        revocation.still_valid
+    );
+    for serial in [&a.serial, &b.serial, &c.serial] {
+        let record = inventory.by_serial(serial).unwrap().unwrap();
+        assert!(
+            matches!(
+                record.status,
+                provision::inventory::Status::Revoked {
+                    reason: pki_core::RevocationReason::KeyCompromise,
+                    ..
+                }
+            ),
+            "{record:?}"
+        );
+    }
+}

@@ -69,7 +69,10 @@ pub fn apply(inventory: &Inventory, committed: &Committed) -> Result<Applied> {
     {
         let path = ca_dir.crl_path();
         let local = std::fs::read_to_string(&path).ok();
-        if number(&latest) > local.as_deref().and_then(number) {
+        // Equal text first: a CRL of 500,000 entries takes a second to parse.
+        if local.as_deref() != Some(latest.as_str())
+            && number(&latest) > local.as_deref().and_then(number)
+        {
             write_atomic(&path, latest.as_bytes(), Access::Public, true)?;
             applied.caught_up = number(&latest);
         }
@@ -88,8 +91,10 @@ fn refresh(inventory: &Inventory) -> Result<Vec<Refreshed>> {
     let ca_dir = inventory.ca_dir();
     let crl = read_text(&ca_dir.crl_path())?;
     let ca = read_text(&ca_dir.cert_path())?;
-    let others = inventory.non_device_identities()?;
-    let policy = inventory.acl_policy()?;
+    // The rules' inputs: when they cannot be read, the CRL still goes out.
+    let rules_input = inventory
+        .non_device_identities()
+        .and_then(|others| Ok((others, inventory.acl_policy()?)));
     let mut done = Vec::new();
     for config in configs {
         // A folder removed, rewritten by hand, replaced by a link, or now
@@ -118,20 +123,32 @@ fn refresh(inventory: &Inventory) -> Result<Vec<Refreshed>> {
             continue;
         }
         let enrollment = paths.enroll_config.exists();
-        let write = || -> Result<()> {
-            // The rules first: a broker that reloads for the new CRL then
-            // has the rules that go with it.
-            write_rules(&others, &policy, &paths, plugin, enrollment)?;
-            let current = std::fs::read_to_string(&paths.crl).ok();
-            if current.as_deref().and_then(number) <= number(&crl) {
-                write_if_changed(&paths.crl, &crl)?;
+        // The rules first, so that a broker that reloads for the new CRL
+        // has the rules that go with it; but the CRL goes out whatever
+        // became of the rules.
+        let rules = match &rules_input {
+            Ok((others, policy)) => {
+                write_rules(others, policy, &paths, plugin, enrollment).map_err(|e| e.to_string())
             }
+            Err(e) => Err(format!("reading them from the inventory: {e}")),
+        };
+        let current = std::fs::read_to_string(&paths.crl).ok();
+        let crl_written = if current.as_deref() == Some(crl.as_str()) {
             Ok(())
+        } else if current.as_deref().and_then(number) <= number(&crl) {
+            write_if_changed(&paths.crl, &crl)
+        } else {
+            Ok(())
+        };
+        let error = match (crl_written, rules) {
+            (Ok(()), Ok(())) => None,
+            (Err(e), _) => Some(format!("its CRL: {e}")),
+            (Ok(()), Err(e)) => Some(format!("its rules (the CRL is in step): {e}")),
         };
         done.push(Refreshed {
             config: config.clone(),
             plugin,
-            error: write().err().map(|e| e.to_string()),
+            error,
         });
     }
     Ok(done)

@@ -39,6 +39,28 @@ pub(crate) fn print(outcome: &impl Outcome, json: bool) -> anyhow::Result<()> {
 #[serde(transparent)]
 pub(crate) struct Brokers(pub(super) Applied);
 
+impl Brokers {
+    /// An error naming the broker folders the change did not reach.
+    pub(crate) fn in_step(&self) -> anyhow::Result<()> {
+        let behind: Vec<String> = self
+            .0
+            .brokers
+            .iter()
+            .filter(|b| b.error.is_some())
+            .map(|b| b.config.display().to_string())
+            .collect();
+        if behind.is_empty() {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "the change is committed, but {} broker folder(s) are not in step: {}; fix the \
+             folder and run `provision crl --if-due` to bring them up to date",
+            behind.len(),
+            behind.join(", ")
+        )
+    }
+}
+
 impl fmt::Display for Brokers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(n) = self.0.caught_up {
@@ -320,7 +342,7 @@ pub(crate) struct Revoked {
     /// Other certificates of the same names left valid.
     pub(super) still_valid: Vec<Record>,
     pub(super) crl: PathBuf,
-    pub(super) brokers: Brokers,
+    pub(crate) brokers: Brokers,
 }
 
 /// One certificate `revoke` was asked for.
@@ -408,7 +430,7 @@ pub(crate) struct CrlWritten {
     /// Backdated like certificates' notBefore.
     pub(super) this_update: String,
     pub(super) next_update: String,
-    pub(super) brokers: Brokers,
+    pub(crate) brokers: Brokers,
 }
 
 impl fmt::Display for CrlWritten {

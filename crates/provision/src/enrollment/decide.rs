@@ -29,7 +29,7 @@ pub type Checked<T> = std::result::Result<T, Refused>;
 /// At most this much of a requester's input is echoed in a refusal.
 const ECHO: usize = 64;
 
-/// `text` for a refusal's detail: at most [`ECHO`] characters, escaped.
+/// `text` for a refusal's detail: at most 64 characters, escaped.
 pub fn echo(text: &str) -> String {
     let shown: String = text.chars().take(ECHO).collect();
     let cut = if shown.len() < text.len() { "…" } else { "" };
@@ -186,6 +186,19 @@ pub fn renew(
         }
         Err(refusal) => return Err(refusal),
     };
+    // A renewal brings a new key: the old one may be the very key a
+    // revocation for key compromise is about, and a certificate renewed
+    // onto it would carry the compromise on.
+    if csr
+        .public_key_der()
+        .ok()
+        .is_some_and(|new| current.public_key_der().ok() == Some(new))
+    {
+        return Err(refused(
+            Rejection::BadCsr,
+            "the CSR's key is the current certificate's: a renewal brings a new key",
+        ));
+    }
     let proof = base64::engine::general_purpose::STANDARD
         .decode(request.proof.as_bytes())
         .ok();
@@ -649,6 +662,13 @@ mod tests {
             "dev-1",
             bad_proof,
             Err(Rejection::BadProof),
+        ));
+        cases.push((
+            "the same key again",
+            known(&dev),
+            "dev-1",
+            renew_request(&dev, &csr("dev-1", &dev.key, vec![]), &dev.key),
+            Err(Rejection::BadCsr),
         ));
         let mut bad_csr = good(&dev);
         bad_csr.csr = "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n".into();

@@ -44,7 +44,8 @@ pub(crate) type DeferredHandler = Arc<dyn Fn(Message, Delivery) -> HandlerFuture
 pub(crate) type DeadLetterHandler =
     Arc<dyn Fn(Message, Delivery, DeadLetter) -> HandlerFuture + Send + Sync>;
 
-/// Why a message went to the [`MqttClient::on_dead_letter`](crate::MqttClient::on_dead_letter) handler.
+/// Why a message went to the
+/// [`MqttClient::on_dead_letter`](crate::MqttClient::on_dead_letter) handler.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DeadLetter {
@@ -92,7 +93,8 @@ pub(crate) enum HandlerKind {
 }
 
 /// The right to acknowledge one received QoS 1/2 message, handed to
-/// handlers registered with [`MqttClient::subscribe_deferred`](crate::MqttClient::subscribe_deferred).
+/// handlers registered with
+/// [`MqttClient::subscribe_deferred`](crate::MqttClient::subscribe_deferred).
 ///
 /// Call [`Delivery::ack`] once the message is safe (for example after the
 /// database transaction holding it committed). Dropping it without

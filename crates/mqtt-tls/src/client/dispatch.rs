@@ -78,9 +78,10 @@ fn panicked(panic: &Box<dyn std::any::Any + Send>) -> HandlerError {
 /// filter left in the session) waits up to `unmatched_grace` for a handler
 /// subscribed a moment later, at most [`UNMATCHED_PARKED`] at a time (below
 /// Mosquitto's default in-flight window of 20, so the session never stalls
-/// on them); then it goes to the [`MqttClient::on_dead_letter`](crate::MqttClient::on_dead_letter) handler, or,
-/// without one, is acknowledged, counted and logged: never dropped
-/// silently.
+/// on them); then it goes to the
+/// [`MqttClient::on_dead_letter`](crate::MqttClient::on_dead_letter)
+/// handler, or, without one, is acknowledged, counted and logged: never
+/// dropped silently.
 pub(crate) async fn dispatch(
     mut rx: mpsc::UnboundedReceiver<Received>,
     rumqtt: AsyncClient,

@@ -1,5 +1,5 @@
 //! A device's lifecycle over MQTT, the device side: enrollment with a
-//! shared claim certificate ([`enroll`]) and renewal of a live identity
+//! shared claim certificate ([`enroll()`]) and renewal of a live identity
 //! ([`Renewer`]), on the `pki/v1` protocol that `provision serve` answers
 //! (`docs/lifecycle.md`). The private key never leaves the device: it
 //! sends a CSR and gets a certificate back.

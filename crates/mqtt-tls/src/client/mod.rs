@@ -79,7 +79,13 @@ impl MqttClient {
             let fut = handler(m);
             Box::pin(async move { fut.await.map_err(Into::into) })
         });
-        Ok(self.add_subscription(filter, qos, HandlerKind::Immediate(handler)))
+        Ok(subscribe::add(
+            &self.rumqtt,
+            &self.shared,
+            filter,
+            qos,
+            HandlerKind::Immediate(handler),
+        ))
     }
 
     /// Subscribes a handler that acknowledges later: it gets each message
@@ -106,11 +112,13 @@ impl MqttClient {
             let fut = handler(m, d);
             Box::pin(async move { fut.await.map_err(Into::into) })
         });
-        Ok(self.add_subscription(filter, qos, HandlerKind::Deferred(handler)))
-    }
-
-    fn add_subscription(&self, filter: TopicFilter, qos: QoS, handler: HandlerKind) -> Subscribed {
-        subscribe::add(&self.rumqtt, &self.shared, filter, qos, handler)
+        Ok(subscribe::add(
+            &self.rumqtt,
+            &self.shared,
+            filter,
+            qos,
+            HandlerKind::Deferred(handler),
+        ))
     }
 
     /// Removes every handler of `filter` (exactly as it was subscribed) and

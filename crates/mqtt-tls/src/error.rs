@@ -1,9 +1,12 @@
-//! The one error type of this crate.
+//! The one error type of this crate, and [`Rejection`], the CA service's
+//! reason for refusing a request, which [`Error::Rejected`] carries.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
 use pki_core::Timestamp;
+use serde::{Deserialize, Serialize};
 
 /// Everything that can go wrong loading a client bundle or talking to the
 /// broker. Each variant names the file or the peer at fault, and what to do.
@@ -24,7 +27,7 @@ pub enum Error {
     #[error("the CA service refused: {reason}: {detail}")]
     Rejected {
         /// Why, for programs.
-        reason: crate::lifecycle::Rejection,
+        reason: Rejection,
         /// Why, for people.
         detail: String,
     },
@@ -297,10 +300,80 @@ pub enum Error {
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl Error {
+    /// [`Error::Lifecycle`]: an enrollment or renewal step failed.
+    pub(crate) fn lifecycle(reason: impl Into<String>) -> Self {
+        Self::Lifecycle {
+            reason: reason.into(),
+        }
+    }
+
+    /// [`Error::Lifecycle`]: `what` failed in pki-core with `e`.
+    pub(crate) fn lifecycle_pki(what: &str, e: pki_core::Error) -> Self {
+        Self::lifecycle(format!("{what}: {e}"))
+    }
+}
+
 /// For conversions that cannot fail, such as a [`TopicFilter`](crate::TopicFilter)
 /// given where anything that converts into one is taken.
 impl From<std::convert::Infallible> for Error {
     fn from(never: std::convert::Infallible) -> Self {
         match never {}
+    }
+}
+
+/// Why the CA service refused an enrollment or renewal: the reason of
+/// [`Error::Rejected`], and on the wire in
+/// [`lifecycle::Answer`](crate::lifecycle::Answer) (`docs/lifecycle.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Rejection {
+    /// The request is not valid JSON of the right shape.
+    BadRequest,
+    /// The requester is not a claim this CA issued (enrollment).
+    NotAClaim,
+    /// The claim's policy has ended.
+    ClaimExpired,
+    /// The claim's policy does not allow this name.
+    NameNotAllowed,
+    /// The name already has a valid certificate.
+    AlreadyEnrolled,
+    /// The claim enrolled as many devices as it may.
+    QuotaExhausted,
+    /// The CSR does not verify, or its subject or key is not acceptable.
+    BadCsr,
+    /// The current certificate is not one this CA issued.
+    UnknownCertificate,
+    /// The current certificate is revoked, expired or superseded.
+    NotCurrent,
+    /// The names do not agree (topic, certificate, CSR).
+    NameMismatch,
+    /// The proof is not the current key's signature over the CSR.
+    BadProof,
+}
+
+impl Rejection {
+    /// Its name on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::NotAClaim => "not_a_claim",
+            Self::ClaimExpired => "claim_expired",
+            Self::NameNotAllowed => "name_not_allowed",
+            Self::AlreadyEnrolled => "already_enrolled",
+            Self::QuotaExhausted => "quota_exhausted",
+            Self::BadCsr => "bad_csr",
+            Self::UnknownCertificate => "unknown_certificate",
+            Self::NotCurrent => "not_current",
+            Self::NameMismatch => "name_mismatch",
+            Self::BadProof => "bad_proof",
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }

@@ -52,9 +52,11 @@
 mod bundle;
 mod classify;
 mod client;
-mod dispatch;
 mod error;
+mod handler;
 pub mod lifecycle;
+mod link;
+mod lock;
 mod options;
 mod qos;
 pub mod secrets;
@@ -64,8 +66,8 @@ mod tracker;
 
 pub use bundle::{ClientCert, TlsIdentity};
 pub use client::{Connection, ConnectionEvent, ConnectionEvents, MqttClient, Stats, Subscribed};
-pub use dispatch::{DeadLetter, Delivery, HandlerError, Message};
 pub use error::{Error, Result};
+pub use handler::{DeadLetter, Delivery, HandlerError, Message};
 pub use options::{Backoff, ConnectOptions, Credentials, LastWill, TlsVersions};
 pub use qos::QoS;
 pub use topic::TopicFilter;

@@ -1,7 +1,5 @@
 //! How to connect: [`ConnectOptions`] and the types of its fields.
 
-#[cfg(doc)]
-use crate::{Error, MqttClient, Stats};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -120,9 +118,10 @@ pub struct ConnectOptions {
     /// TLS versions to offer.
     pub tls_versions: TlsVersions,
     /// Calls of a failing handler for one message before giving up on it:
-    /// it then goes to the [`MqttClient::on_dead_letter`] handler, or,
-    /// without one, is acknowledged, counted ([`Stats::handler_gave_up`])
-    /// and logged, so that one poison message does not hold up the stream.
+    /// it then goes to the
+    /// [`MqttClient::on_dead_letter`](crate::MqttClient::on_dead_letter)
+    /// handler, or, without one, is acknowledged, counted
+    /// ([`Stats::handler_gave_up`](crate::Stats::handler_gave_up)) and logged, so that one poison message does not hold up the stream.
     /// Default `None`: retry for ever, never acknowledging a message no
     /// handler took (at least once, whatever happens).
     pub handler_attempts: Option<u32>,
@@ -137,9 +136,10 @@ pub struct ConnectOptions {
     /// Default: 2 s.
     pub unmatched_grace: Duration,
     /// QoS 0 messages that may wait for the handlers at once; more are
-    /// dropped and counted ([`Stats::qos0_dropped`]). QoS 1/2 messages are
-    /// not dropped: the broker stops sending when its window of
-    /// unacknowledged messages is full. Default: 1,000.
+    /// dropped and counted
+    /// ([`Stats::qos0_dropped`](crate::Stats::qos0_dropped)). QoS 1/2
+    /// messages are not dropped: the broker stops sending when its window
+    /// of unacknowledged messages is full. Default: 1,000.
     pub max_queued_qos0: u64,
     /// The largest packet we accept from the broker, counted without its
     /// 2 to 5 byte fixed header (MQTT's remaining length). Default: the largest MQTT allows, so that any message the
@@ -152,7 +152,8 @@ pub struct ConnectOptions {
     /// `None`: publishes wait for the broker however many there are (each
     /// waiting caller holds its payload).
     pub max_offline_queue: Option<usize>,
-    /// The largest packet we send; [`MqttClient::publish`] refuses a bigger
+    /// The largest packet we send;
+    /// [`MqttClient::publish`](crate::MqttClient::publish) refuses a bigger
     /// one before anything is queued. Default: 1 MiB.
     pub max_outgoing_packet_size: usize,
 }

@@ -10,8 +10,8 @@
 
 use tokio::sync::oneshot;
 
-use crate::dispatch::HandlerKind;
 use crate::error::{Error, Result};
+use crate::handler::HandlerKind;
 use crate::qos::QoS;
 use crate::topic::TopicFilter;
 

@@ -15,193 +15,16 @@
 //!   the dead-letter path; never dropped silently;
 //! - an acknowledgement from an earlier broker session is not sent.
 
-#[cfg(doc)]
-use crate::{MqttClient, Stats};
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::Bytes;
 use rumqttc_mtls::{AsyncClient, Publish};
 use tokio::sync::mpsc;
 
-use crate::client::{Shared, lock};
-use crate::error::{Error, Result};
-use crate::qos::QoS;
-
-/// A message delivered to a handler.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    /// The topic it was published to (never the `$share/...` filter).
-    pub topic: String,
-    /// The payload.
-    pub payload: Bytes,
-    /// The QoS it was delivered with.
-    pub qos: QoS,
-    /// The broker's retain flag.
-    pub retain: bool,
-    /// The broker's duplicate flag: it may have been delivered before.
-    pub duplicate: bool,
-}
-
-/// What a handler returns on failure; the message is then retried and not
-/// acknowledged meanwhile.
-pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
-
-pub(crate) type HandlerFuture =
-    Pin<Box<dyn Future<Output = std::result::Result<(), HandlerError>> + Send>>;
-pub(crate) type Handler = Arc<dyn Fn(Message) -> HandlerFuture + Send + Sync>;
-
-pub(crate) type DeferredHandler = Arc<dyn Fn(Message, Delivery) -> HandlerFuture + Send + Sync>;
-pub(crate) type DeadLetterHandler =
-    Arc<dyn Fn(Message, Delivery, DeadLetter) -> HandlerFuture + Send + Sync>;
-
-/// Why a message went to the [`MqttClient::on_dead_letter`] handler.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DeadLetter {
-    /// No subscription's filter matches its topic.
-    NoSubscription,
-    /// Larger than [`ConnectOptions::max_incoming_packet_size`](crate::ConnectOptions::max_incoming_packet_size):
-    /// read and dropped, so the [`Message`]'s payload is empty.
-    TooLarge {
-        /// Its size (MQTT's remaining length: topic, packet id, payload).
-        size: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// A handler failed this many times, the last time with this error.
-    HandlerFailed {
-        /// Attempts made.
-        attempts: u32,
-        /// The last error.
-        error: String,
-    },
-}
-
-impl std::fmt::Display for DeadLetter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::NoSubscription => f.write_str("no subscription matches this topic"),
-            Self::TooLarge { size, max } => write!(
-                f,
-                "the message is {size} bytes, over the incoming limit of {max} bytes \
-                 (max_incoming_packet_size); its payload was dropped unread"
-            ),
-            Self::HandlerFailed { attempts, error } => {
-                write!(f, "the handler failed {attempts} times, last: {error}")
-            }
-        }
-    }
-}
-
-#[derive(Clone)]
-pub(crate) enum HandlerKind {
-    /// Acknowledged when the handler returns `Ok`.
-    Immediate(Handler),
-    /// Acknowledged when the handler's [`Delivery`] is acknowledged.
-    Deferred(DeferredHandler),
-}
-
-/// The right to acknowledge one received QoS 1/2 message, handed to
-/// handlers registered with [`MqttClient::subscribe_deferred`].
-///
-/// Call [`Delivery::ack`] once the message is safe (for example after the
-/// database transaction holding it committed). Dropping it without
-/// acknowledging leaves the message unacknowledged: the broker redelivers it
-/// to the next connection of a persistent session. When several handlers
-/// match a message, the broker gets its acknowledgement once all of them
-/// acknowledged.
-pub struct Delivery {
-    inner: Arc<DeliveryInner>,
-    /// How many acknowledgement shares this one releases (more than one
-    /// for a dead-letter handler taking over handlers that gave up).
-    shares: u64,
-    /// Shared by the deliveries of one handler's attempts: its share is
-    /// released once, whichever attempt acknowledges.
-    released: Arc<AtomicBool>,
-}
-
-struct DeliveryInner {
-    publish: Publish,
-    /// The session the message came in (see `Shared::session`).
-    session: u64,
-    /// The client: its current session, and whether it is connected.
-    shared: Arc<Shared>,
-    rumqtt: AsyncClient,
-    /// Handlers (and the dispatcher) that still have to acknowledge.
-    outstanding: AtomicU64,
-}
-
-impl Delivery {
-    /// Acknowledges this handler's share; the last share sends PUBACK
-    /// (QoS 1) or PUBREC (QoS 2). A no-op for QoS 0.
-    pub async fn ack(self) -> Result<()> {
-        if self.released.swap(true, Ordering::SeqCst) {
-            return Ok(());
-        }
-        release(&self.inner, self.shares).await
-    }
-
-    /// The QoS the message was delivered with.
-    pub fn qos(&self) -> QoS {
-        QoS::from_wire(self.inner.publish.qos)
-    }
-}
-
-impl std::fmt::Debug for Delivery {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Delivery")
-            .field("topic", &self.inner.publish.topic)
-            .field("pkid", &self.inner.publish.pkid)
-            .finish()
-    }
-}
-
-async fn release(inner: &DeliveryInner, shares: u64) -> Result<()> {
-    if shares > 0
-        && inner.outstanding.fetch_sub(shares, Ordering::SeqCst) == shares
-        && inner.publish.qos != rumqttc_mtls::QoS::AtMostOnce
-    {
-        let shared = &inner.shared;
-        loop {
-            // Registered before looking, so a CONNACK in between is seen.
-            let changed = shared.link_changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if shared.session.load(Ordering::SeqCst) != inner.session {
-                // The broker started a new session since: it forgot this
-                // message, and numbers its packets from 1 again, so this
-                // packet id may now belong to another message, not yet
-                // handled.
-                tracing::debug!(
-                    "acknowledgement of packet {} on {} dropped: it belongs to an earlier session",
-                    inner.publish.pkid,
-                    inner.publish.topic
-                );
-                return Ok(());
-            }
-            if shared.connected.load(Ordering::SeqCst) {
-                break;
-            }
-            if shared.gone.load(Ordering::SeqCst) {
-                return Err(Error::Closed);
-            }
-            // Disconnected: whether this session survives is known only at
-            // the next CONNACK. Queued now, the acknowledgement could go out
-            // on a new session and acknowledge a different message there.
-            changed.await;
-        }
-        inner
-            .rumqtt
-            .ack(&inner.publish)
-            .await
-            .map_err(|_| Error::Closed)?;
-    }
-    Ok(())
-}
+use crate::client::shared::Shared;
+use crate::handler::{Acknowledgement, DeadLetter, HandlerError, HandlerFuture, HandlerKind};
+use crate::lock::lock;
 
 /// A message for the dispatcher. Boxed: the channel allocates its first
 /// block of 32 slots up front, on every connection whether it ever receives
@@ -212,7 +35,7 @@ pub(crate) type Received = Box<Arrival>;
 #[derive(Debug)]
 pub(crate) struct Arrival {
     pub(crate) publish: Publish,
-    /// The broker session it came in (see `Shared::session`).
+    /// The broker session it came in (see `Link::session`).
     pub(crate) session: u64,
     /// Over the incoming limit: its size and the limit (its payload was
     /// dropped unread).
@@ -255,9 +78,10 @@ fn panicked(panic: &Box<dyn std::any::Any + Send>) -> HandlerError {
 /// filter left in the session) waits up to `unmatched_grace` for a handler
 /// subscribed a moment later, at most [`UNMATCHED_PARKED`] at a time (below
 /// Mosquitto's default in-flight window of 20, so the session never stalls
-/// on them); then it goes to the [`MqttClient::on_dead_letter`] handler, or,
-/// without one, is acknowledged, counted and logged: never dropped
-/// silently.
+/// on them); then it goes to the
+/// [`MqttClient::on_dead_letter`](crate::MqttClient::on_dead_letter)
+/// handler, or, without one, is acknowledged, counted and logged: never
+/// dropped silently.
 pub(crate) async fn dispatch(
     mut rx: mpsc::UnboundedReceiver<Received>,
     rumqtt: AsyncClient,
@@ -415,26 +239,20 @@ async fn handle_message(
     rumqtt: &AsyncClient,
     shared: &Arc<Shared>,
 ) -> bool {
-    let message = Message {
-        topic: publish.topic.clone(),
-        payload: publish.payload.clone(),
-        qos: QoS::from_wire(publish.qos),
-        retain: publish.retain,
-        duplicate: publish.dup,
-    };
     let deferred = handlers
         .iter()
         .filter(|h| matches!(h, HandlerKind::Deferred(_)))
         .count();
     // One share per deferred handler, and one for this dispatcher once
     // the immediate handlers succeeded.
-    let inner = Arc::new(DeliveryInner {
+    let ack = Acknowledgement::new(
         publish,
         session,
-        shared: shared.clone(),
-        rumqtt: rumqtt.clone(),
-        outstanding: AtomicU64::new(deferred as u64 + 1),
-    });
+        shared.link.clone(),
+        rumqtt.clone(),
+        deferred as u64 + 1,
+    );
+    let message = ack.message();
     // Shares nobody will release because their handler gave up.
     let mut orphaned = 0;
     let mut gave_up: Option<(u32, String)> = None;
@@ -447,11 +265,7 @@ async fn handle_message(
             let result = match &handler {
                 HandlerKind::Immediate(h) => guarded(|| h(message.clone())).await,
                 HandlerKind::Deferred(h) => {
-                    let delivery = Delivery {
-                        inner: inner.clone(),
-                        shares: 1,
-                        released: released.clone(),
-                    };
+                    let delivery = ack.delivery(1, released.clone());
                     guarded(|| h(message.clone(), delivery)).await
                 }
             };
@@ -504,7 +318,7 @@ async fn handle_message(
                 .messages_handled
                 .fetch_add(1, Ordering::Relaxed);
         }
-        return release(&inner, 1).await.is_ok();
+        return ack.release(1).await.is_ok();
     };
     // The dispatcher's share goes with the orphans: the message is done
     // only when the dead-letter handler says so.
@@ -515,11 +329,7 @@ async fn handle_message(
         Some(dead_letter) => {
             let mut attempt = 0;
             loop {
-                let delivery = Delivery {
-                    inner: inner.clone(),
-                    shares: orphaned,
-                    released: Arc::new(AtomicBool::new(false)),
-                };
+                let delivery = ack.delivery(orphaned, Arc::new(AtomicBool::new(false)));
                 match guarded(|| dead_letter(message.clone(), delivery, reason.clone())).await {
                     Ok(()) => return true,
                     Err(e) => {
@@ -548,7 +358,7 @@ async fn handle_message(
                  messages)",
                 message.topic
             );
-            release(&inner, orphaned).await.is_ok()
+            ack.release(orphaned).await.is_ok()
         }
     }
 }
@@ -556,12 +366,15 @@ async fn handle_message(
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
+    use std::sync::atomic::AtomicU64;
     use std::time::Duration;
 
     use rumqttc_mtls::Request;
 
     use super::*;
+    use crate::handler::{Delivery, Message};
     use crate::options::{Backoff, ConnectOptions};
+    use crate::qos::QoS;
     use crate::topic::TopicFilter;
 
     /// What a handler does with each message it gets.
@@ -641,8 +454,8 @@ mod tests {
         };
         options.unmatched_grace = Duration::from_millis(20);
         let shared = Arc::new(Shared::new(&options));
-        shared.session.store(case.session, Ordering::SeqCst);
-        shared.connected.store(true, Ordering::SeqCst);
+        shared.link.session.store(case.session, Ordering::SeqCst);
+        shared.link.connected.store(true, Ordering::SeqCst);
         let kept = Arc::new(Mutex::new(Vec::new()));
         {
             let mut subs = lock(&shared.subscriptions);
@@ -896,11 +709,11 @@ mod tests {
             }
             // The CONNACK: the same session, or a new one.
             if !session_kept {
-                shared.session.fetch_add(1, Ordering::SeqCst);
+                shared.link.session.fetch_add(1, Ordering::SeqCst);
             }
-            shared.connected.store(true, Ordering::SeqCst);
-            shared.link_changed.notify_waiters();
-            let now = shared.session.load(Ordering::SeqCst);
+            shared.link.connected.store(true, Ordering::SeqCst);
+            shared.link.changed.notify_waiters();
+            let now = shared.link.session.load(Ordering::SeqCst);
             send(6, now);
             let first = tokio::time::timeout(Duration::from_secs(10), requests.recv_async())
                 .await
@@ -926,7 +739,7 @@ mod tests {
     async fn a_too_large_message_takes_the_dead_letter_path() {
         for with_dead_letters in [false, true] {
             let shared = Arc::new(Shared::new(&ConnectOptions::new("localhost", 1, "t")));
-            shared.connected.store(true, Ordering::SeqCst);
+            shared.link.connected.store(true, Ordering::SeqCst);
             let handled = Arc::new(AtomicU64::new(0));
             {
                 let handled = handled.clone();

@@ -1,0 +1,371 @@
+//! Renewal of a live identity ([`Renewer`]): a new key, the request with
+//! the current key's proof, the answer checked, the new files staged as
+//! `.new` beside the old, the client switched to them on the same session,
+//! the old files replaced ([`settle`]), the service told.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use pki_core::{Certificate, Csr, CsrParams, KeyAlgorithm, KeyPair, KeyType, Subject};
+use tokio::sync::oneshot;
+use zeroize::Zeroizing;
+
+use crate::bundle::{ClientCert, TlsIdentity};
+use crate::client::MqttClient;
+use crate::error::{Error, Result};
+use crate::lifecycle::files::{rename, sync_dir, write_file};
+use crate::lifecycle::issued::{accept, check_issued};
+use crate::lifecycle::protocol::{RenewDone, RenewRequest, RequestId, topics};
+use crate::lock::lock;
+use crate::options::Backoff;
+use crate::qos::QoS;
+
+/// When to renew and how to retry.
+#[derive(Debug, Clone)]
+pub struct RenewOptions {
+    /// The fraction of the lifetime after which to renew (default 2/3).
+    pub at: f64,
+    /// Spread of the renewal time, as a fraction of the lifetime either
+    /// side (default 0.05), so that a fleet issued together does not renew
+    /// at the same instant.
+    pub jitter: f64,
+    /// How long to wait for the answer (and for the reconnection with the
+    /// new identity). Default 30 s.
+    pub timeout: Duration,
+    /// Delays between failed attempts (default 5 s growing to 10 min).
+    pub retry: Backoff,
+}
+
+impl Default for RenewOptions {
+    fn default() -> Self {
+        Self {
+            at: 2.0 / 3.0,
+            jitter: 0.05,
+            timeout: Duration::from_secs(30),
+            retry: Backoff {
+                initial: Duration::from_secs(5),
+                max: Duration::from_secs(600),
+            },
+        }
+    }
+}
+
+/// A finished renewal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewed {
+    /// The previous certificate's serial (hex).
+    pub previous: String,
+    /// The new certificate's serial (hex).
+    pub serial: String,
+    /// When the new certificate expires.
+    pub not_after: SystemTime,
+}
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>;
+
+/// Renews a live client's identity before it expires: a new key and CSR,
+/// the request (with a proof made by the current key), the answer checked,
+/// the new files written beside the old (`.new`, key 0600), the client
+/// switched to the new identity on the same session, the old files
+/// replaced, and the service told (`done`), which then revokes the old
+/// certificate. On any failure the old identity keeps working.
+#[derive(Clone)]
+pub struct Renewer {
+    client: MqttClient,
+    files: ClientCert,
+    options: RenewOptions,
+    name: String,
+    pending: Pending,
+}
+
+impl fmt::Debug for Renewer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Renewer")
+            .field("name", &self.name)
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The files of a replacement in progress: `NAME_cert.pem.new`,
+/// `NAME.key.new`.
+fn staged(files: &ClientCert) -> (PathBuf, PathBuf) {
+    let add = |p: &Path| {
+        let mut s = p.as_os_str().to_owned();
+        s.push(".new");
+        PathBuf::from(s)
+    };
+    (add(&files.cert_path), add(&files.key_path))
+}
+
+/// Finishes a replacement of `files` that a crash interrupted: the new
+/// certificate and key were checked and written as `.new` before the old
+/// ones were replaced, so a `.new` key means the replacement goes on (the
+/// service revokes the old certificate after a grace period in any case).
+/// Returns whether there was one. Call before loading the files.
+pub fn settle(files: &ClientCert) -> Result<bool> {
+    let (cert_new, key_new) = staged(files);
+    if !key_new.exists() {
+        // A lone `.new` certificate is from before its key was written.
+        if cert_new.exists() {
+            let _ = std::fs::remove_file(&cert_new);
+        }
+        return Ok(false);
+    }
+    if cert_new.exists() {
+        rename(&cert_new, &files.cert_path)?;
+    }
+    rename(&key_new, &files.key_path)?;
+    if let Some(dir) = files.key_path.parent() {
+        sync_dir(dir);
+    }
+    Ok(true)
+}
+
+fn key_type_of(algorithm: KeyAlgorithm) -> KeyType {
+    match algorithm {
+        KeyAlgorithm::EcdsaP256 => KeyType::P256,
+        KeyAlgorithm::EcdsaP384 => KeyType::P384,
+        KeyAlgorithm::Ed25519 => KeyType::Ed25519,
+        KeyAlgorithm::Rsa { bits } if bits >= 4096 => KeyType::Rsa4096,
+        KeyAlgorithm::Rsa { bits } if bits >= 3072 => KeyType::Rsa3072,
+        _ => KeyType::Rsa2048,
+    }
+}
+
+impl Renewer {
+    /// A renewer for `client`, whose identity is in `files`; subscribes
+    /// `client` to its answers (`pki/v1/renew/NAME/res/+`). Finishes an
+    /// interrupted replacement first ([`settle`]).
+    pub fn new(client: MqttClient, files: ClientCert, options: RenewOptions) -> Result<Self> {
+        let settled = settle(&files)?;
+        let current = files.load()?;
+        if settled {
+            // The client was made from the files before they were settled:
+            // it takes the identity now in them from its next connection.
+            client.set_identity(&current)?;
+        }
+        let name = current
+            .certificate()
+            .common_name()
+            .ok_or_else(|| Error::lifecycle("the certificate has no CN (its MQTT username)"))?;
+        let pending: Pending = Arc::default();
+        let routes = pending.clone();
+        let prefix = format!("pki/v1/renew/{name}/res/");
+        // Subscribed for the client's life (renewed after a reconnect
+        // without a session); an answer nobody waits for is dropped.
+        client.subscribe(topics::renew_responses(&name), QoS::AtLeastOnce, move |m| {
+            if let Some(id) = m.topic.strip_prefix(&prefix)
+                && let Some(tx) = lock(&routes).remove(id)
+            {
+                let _ = tx.send(m.payload.to_vec());
+            }
+            async { Ok::<(), std::io::Error>(()) }
+        })?;
+        Ok(Self {
+            client,
+            files,
+            options,
+            name,
+            pending,
+        })
+    }
+
+    /// When the certificate in the files is due for renewal: `at` of its
+    /// lifetime, spread by `jitter`.
+    pub fn due(&self) -> Result<SystemTime> {
+        let cert = self.files.load()?.certificate().clone();
+        Ok(due(&cert, &self.options))
+    }
+
+    /// Renews now (see the type's description).
+    pub async fn renew_now(&self) -> Result<Renewed> {
+        settle(&self.files)?;
+        let passphrase = self.files.passphrase()?;
+        let pass = passphrase.as_ref().map(|p| p.as_slice());
+        let read = crate::bundle::read;
+        let cert_pem = read(&self.files.cert_path)?;
+        let key_pem = Zeroizing::new(read(&self.files.key_path)?);
+        let ca_pem = read(&self.files.ca_cert_path)?;
+        // Loaded through the identity's checks: this pair is what we use.
+        let current = TlsIdentity::from_pem(&cert_pem, &key_pem[..], &ca_pem, pass)?;
+        let key_text = String::from_utf8_lossy(&key_pem[..]).into_owned();
+        let old_key = match pass {
+            Some(p) => KeyPair::from_pem_with_passphrase(&key_text, p),
+            None => KeyPair::from_pem(&key_text),
+        }
+        .map_err(|e| Error::lifecycle_pki("the current key", e))?;
+        let old: &Certificate = current.certificate();
+        let key_type = key_type_of(
+            old.key_algorithm()
+                .map_err(|e| Error::lifecycle_pki("the certificate", e))?,
+        );
+        let key =
+            KeyPair::generate(key_type).map_err(|e| Error::lifecycle_pki("making a key", e))?;
+        let subject = Subject::new(&self.name).map_err(|e| Error::lifecycle_pki("the name", e))?;
+        let csr = Csr::new(&CsrParams::new(subject), &key)
+            .map_err(|e| Error::lifecycle_pki("making the CSR", e))?;
+        let proof = old_key
+            .sign(csr.der())
+            .map_err(|e| Error::lifecycle_pki("signing the proof", e))?;
+        let request_id = RequestId::random();
+        let body = serde_json::to_vec(&RenewRequest {
+            request_id: request_id.clone(),
+            serial: old.serial().to_string(),
+            certificate: old.to_pem(),
+            csr: csr.to_pem(),
+            proof: base64::engine::general_purpose::STANDARD.encode(proof.as_bytes()),
+        })
+        .map_err(|e| Error::lifecycle(format!("encoding the request: {e}")))?;
+
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(request_id.to_string(), tx);
+        let answer = async {
+            self.client
+                .publish(
+                    &topics::renew_request(&self.name),
+                    body,
+                    QoS::AtLeastOnce,
+                    false,
+                )
+                .await?;
+            match tokio::time::timeout(self.options.timeout, rx).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(_)) => Err(Error::Closed),
+                Err(_) => Err(Error::NoAnswer {
+                    topic: topics::renew_response(&self.name, request_id.as_str()),
+                    waited: self.options.timeout,
+                }),
+            }
+        }
+        .await;
+        lock(&self.pending).remove(request_id.as_str());
+        let (serial, chain) = accept(answer?, &request_id)?;
+        let new_key_pem = match pass {
+            Some(p) => Zeroizing::new(
+                key.to_encrypted_pkcs8_pem(p)
+                    .map_err(|e| Error::lifecycle_pki("encrypting the key", e))?
+                    .into_bytes(),
+            ),
+            None => Zeroizing::new(
+                key.to_pkcs8_pem()
+                    .map_err(|e| Error::lifecycle_pki("encoding the key", e))?
+                    .as_bytes()
+                    .to_vec(),
+            ),
+        };
+        let identity = check_issued(&chain, &new_key_pem[..], &ca_pem, pass, &self.name)?;
+
+        // Beside the old files, then the switch, then the replacement.
+        let (cert_new, key_new) = staged(&self.files);
+        write_file(&cert_new, chain.as_bytes(), true)?;
+        write_file(&key_new, &new_key_pem[..], true)?;
+        match tokio::time::timeout(
+            self.options.timeout,
+            self.client.reconnect_with_identity(&identity),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            // Refused: the client is back on the old identity, whose files
+            // are still in place.
+            Ok(Err(e)) => {
+                let _ = std::fs::remove_file(&key_new);
+                let _ = std::fs::remove_file(&cert_new);
+                return Err(e);
+            }
+            // Still trying (the broker not there): the switch may yet
+            // happen, so the new files stay; the next attempt (or start)
+            // settles them and renews from them (the service renews the
+            // newest certificate too).
+            Err(_) => {
+                return Err(Error::lifecycle(format!(
+                    "the broker did not take the new certificate within {:?}; it is kept \
+                     (as {}) for the next attempt",
+                    self.options.timeout,
+                    cert_new.display()
+                )));
+            }
+        }
+        settle(&self.files)?;
+        let done = serde_json::to_vec(&RenewDone {
+            request_id,
+            serial: serial.clone(),
+        })
+        .map_err(|e| Error::lifecycle(format!("encoding done: {e}")))?;
+        // Without it the service revokes the old certificate after its
+        // grace period anyway.
+        if let Err(e) = self
+            .client
+            .publish(
+                &topics::renew_done(&self.name),
+                done,
+                QoS::AtLeastOnce,
+                false,
+            )
+            .await
+        {
+            tracing::warn!("renewed, but telling the CA service failed: {e}");
+        }
+        tracing::info!(
+            "renewed {}: serial {} replaces {}",
+            self.name,
+            serial,
+            old.serial()
+        );
+        Ok(Renewed {
+            previous: old.serial().to_string(),
+            serial,
+            not_after: identity.certificate().not_after(),
+        })
+    }
+
+    /// Renews whenever due, for ever: sleeps until [`Renewer::due`], then
+    /// renews, retrying with backoff on failure (the current identity
+    /// keeps working meanwhile). Returns only when the client is closed.
+    pub async fn run(self) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            // A file that cannot be read now (being replaced by hand, say)
+            // is retried like a failed renewal.
+            let due = match settle(&self.files).and_then(|_| self.due()) {
+                Ok(due) => due,
+                Err(e) => {
+                    let delay = self.options.retry.delay(attempt);
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!("renewing {}: {e}; retrying in {delay:?}", self.name);
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            };
+            if let Ok(wait) = due.duration_since(SystemTime::now()) {
+                tokio::time::sleep(wait).await;
+            }
+            match self.renew_now().await {
+                Ok(_) => attempt = 0,
+                Err(Error::Closed) => return Ok(()),
+                Err(e) => {
+                    let delay = self.options.retry.delay(attempt);
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!("renewing {}: {e}; retrying in {delay:?}", self.name);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+/// `at` of `cert`'s lifetime after its start, spread by `jitter` either
+/// side.
+fn due(cert: &Certificate, options: &RenewOptions) -> SystemTime {
+    let validity = cert.validity();
+    let (start, end) = (validity.not_before(), validity.not_after());
+    let lifetime = end.duration_since(start).unwrap_or_default();
+    let spread = (fastrand::f64() * 2.0 - 1.0) * options.jitter.clamp(0.0, 0.5);
+    let at = (options.at + spread).clamp(0.0, 1.0);
+    start + lifetime.mul_f64(at)
+}

@@ -433,60 +433,37 @@ fn private_key(
     })
 }
 
-/// Walks leaf → intermediates → a CA of the bundle with pki-core's verifier.
+/// Verifies leaf → intermediates → a CA of the bundle with pki-core's
+/// verifier, as one path: the constraints of every CA on it (name
+/// constraints, path lengths) apply to the leaf.
 fn verify_chain(
     leaf: &Certificate,
     intermediates: &[Certificate],
     cas: &[Certificate],
     now: SystemTime,
 ) -> std::result::Result<(), String> {
-    let mut current = leaf.clone();
-    let mut profile = Some(Profile::Client);
-    for _ in 0..=intermediates.len() {
-        let options = VerifyOptions {
-            at: now,
-            profile,
-            name: None,
-            crl: None,
-            // As rustls takes the CA file: every certificate in it is an
-            // anchor the operator chose.
-            partial_chain: true,
-            intermediates: &[],
-            // Past the first step the certificate checked is an
-            // intermediate CA.
-            expect_ca: profile.is_none(),
-        };
-        match pki_core::verify(&current, cas, &options) {
-            Ok(()) => return Ok(()),
-            Err(pki_core::Error::Invalid {
-                reason: InvalidReason::IssuerMismatch { .. },
-                ..
-            }) if !intermediates.is_empty() => {
-                let Some(next) = intermediates
-                    .iter()
-                    .find(|i| i.subject() == current.issuer())
-                else {
-                    break;
-                };
-                // This step's issuer, with the CA file above it: the walk
-                // still has to end at a CA of the bundle (below).
-                let step: Vec<Certificate> = std::iter::once(next)
-                    .chain(intermediates)
-                    .chain(cas)
-                    .cloned()
-                    .collect();
-                pki_core::verify(&current, &step, &options).map_err(|e| e.to_string())?;
-                current = next.clone();
-                profile = None;
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    Err(format!(
-        "{} is issued by {}, which is neither in the CA file nor in the certificate's chain",
-        current.subject(),
-        current.issuer()
-    ))
+    let options = VerifyOptions {
+        at: now,
+        profile: Some(Profile::Client),
+        name: None,
+        crl: None,
+        // As rustls takes the CA file: every certificate in it is an
+        // anchor the operator chose.
+        partial_chain: true,
+        intermediates,
+        expect_ca: false,
+    };
+    pki_core::verify(leaf, cas, &options).map_err(|e| match e {
+        pki_core::Error::Invalid {
+            reason: InvalidReason::IssuerMismatch { .. },
+            ..
+        } => format!(
+            "{} is issued by {}, which is neither in the CA file nor in the certificate's chain",
+            leaf.subject(),
+            leaf.issuer()
+        ),
+        e => e.to_string(),
+    })
 }
 
 #[cfg(test)]

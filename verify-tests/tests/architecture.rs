@@ -281,6 +281,9 @@ fn rustls_violations(g: &Graph) -> Vec<String> {
         let allowed: &[&str] = match member.as_str() {
             "mqtt-tls" | "rumqttc-mtls" => continue,
             "mqtt-ingest" => &["https.rs"],
+            // The empty stand-in for crates.io's webpki-roots names the
+            // type of its (empty) list.
+            "webpki-roots" => &["lib.rs"],
             _ => &[],
         };
         for path in ["rustls::", "use rustls", "tokio_rustls", "rustls_pki_types"] {
@@ -294,6 +297,18 @@ fn rustls_violations(g: &Graph) -> Vec<String> {
     let features = &g.features["rustls"];
     if !features.contains("aws_lc_rs") || features.contains("ring") {
         found.push(format!("rustls is built with {features:?}"));
+    }
+    // Database TLS: sqlx's rustls backend on aws-lc-rs, its bundled roots
+    // replaced by the workspace's empty set (only `sslrootcert` trusted).
+    if !g
+        .features
+        .get("sqlx-core")
+        .is_some_and(|f| f.contains("_tls-rustls-aws-lc-rs"))
+    {
+        found.push("sqlx is built without TLS on aws-lc-rs".to_owned());
+    }
+    if g.closure("db-link").contains("webpki-roots") && !g.members.contains("webpki-roots") {
+        found.push("webpki-roots is crates.io's bundled roots, not the empty patch".to_owned());
     }
     for member in &g.members {
         if g.closure(member).contains("ring") {

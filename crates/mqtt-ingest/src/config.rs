@@ -21,6 +21,11 @@ pub struct Config {
     /// `postgres://user:pass@host/db`.
     #[serde(default = "default_db")]
     pub db: String,
+    /// Allow a link to a remote PostgreSQL that is not verified TLS (an
+    /// sslmode other than verify-full or verify-ca): for a network you
+    /// trust. Off: refused at startup.
+    #[serde(default)]
+    pub insecure_db: bool,
     /// HTTP listen address (default 127.0.0.1:8080).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
@@ -109,6 +114,7 @@ impl Default for Config {
             tls: None,
             mqtt: MqttSection::default(),
             db: default_db(),
+            insecure_db: false,
             listen: default_listen(),
             http: None,
             probe_listen: None,

@@ -76,9 +76,15 @@ struct Args {
         value_name = "BYTES"
     )]
     max_packet_size: Option<usize>,
-    /// Database URL (default sqlite://ingest.db).
+    /// Database URL (default sqlite://ingest.db). A remote PostgreSQL
+    /// needs sslmode=verify-full&sslrootcert=FILE (and sslcert/sslkey for
+    /// certificate authentication).
     #[arg(long, hide_env_values = true, env = "MQTT_INGEST_DB")]
     db: Option<String>,
+    /// Allow a link to a remote PostgreSQL that is not verified TLS: for a
+    /// network you trust.
+    #[arg(long)]
+    insecure_db: bool,
     /// HTTP listen address (default 127.0.0.1:8080; port 0 picks one).
     #[arg(long, hide_env_values = true, env = "MQTT_INGEST_LISTEN")]
     listen: Option<SocketAddr>,
@@ -189,6 +195,7 @@ fn configure(args: Args) -> anyhow::Result<Config> {
     if let Some(m) = args.max_packet_size {
         config.mqtt.max_packet_size = Some(m);
     }
+    config.insecure_db |= args.insecure_db;
     if let Some(d) = args.db {
         config.db = d;
     }
@@ -238,7 +245,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         mqtt_tls::lifecycle::settle(config.bundle()?)?;
     }
     let identity = config.bundle()?.load()?;
-    let store = Store::open(&config.db).await?;
+    let transport = if config.insecure_db {
+        db_link::Transport::AllowInsecure
+    } else {
+        db_link::Transport::VerifiedTls
+    };
+    let store = Store::open_with(&config.db, transport).await?;
 
     let mut options =
         ConnectOptions::new(&config.mqtt.host, config.mqtt.port, &config.mqtt.client_id);

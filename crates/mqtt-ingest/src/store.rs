@@ -5,10 +5,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::Row;
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::error::{Error, Result};
 
@@ -49,14 +47,12 @@ pub struct StoredMessage {
     pub received_at_us: i64,
 }
 
-/// The database: SQLite by default, PostgreSQL by URL.
+/// The database: SQLite by default (a file in WAL mode with
+/// synchronous=FULL: a committed batch survives a crash and a power loss),
+/// PostgreSQL by URL (verified TLS to a remote host, see [`db_link`]).
 #[derive(Debug, Clone)]
-pub enum Store {
-    /// A SQLite file in WAL mode with synchronous=FULL: a committed batch
-    /// survives a crash and a power loss.
-    Sqlite(SqlitePool),
-    /// A PostgreSQL database.
-    Postgres(PgPool),
+pub struct Store {
+    pool: db_link::Pool,
 }
 
 const SQLITE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS messages (
@@ -105,18 +101,6 @@ const POSTGRES_DEAD_LETTERS: &str = "CREATE TABLE IF NOT EXISTS dead_letters (
     reason TEXT NOT NULL
 )";
 
-/// Runs `$body` with `$pool` bound to either database's pool: one query
-/// text serves both (`$1`-style parameters, which SQLite reads too), as in
-/// `provision`'s inventory.
-macro_rules! either {
-    ($store:expr, $pool:ident => $body:expr) => {
-        match $store {
-            Store::Sqlite($pool) => $body,
-            Store::Postgres($pool) => $body,
-        }
-    };
-}
-
 const INSERT_MESSAGE: &str = "INSERT INTO messages \
     (topic, payload, qos, retain, duplicate, received_at_us) VALUES ($1, $2, $3, $4, $5, $6)";
 
@@ -138,8 +122,15 @@ const LIST_ALL: &str = "SELECT id, topic, payload, CAST(qos AS BIGINT) AS qos, r
 const MESSAGES_WRITE_LOCK: i64 = 0x6d71_7474_6d73_6773;
 
 impl Store {
-    /// Opens (creating a SQLite file if needed) and applies the schema.
+    /// Opens (creating a SQLite file if needed) and applies the schema; a
+    /// remote PostgreSQL only over verified TLS ([`db_link`]).
     pub async fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, db_link::Transport::VerifiedTls).await
+    }
+
+    /// [`Store::open`], a remote PostgreSQL reached as `transport` allows
+    /// (`--insecure-db`: [`db_link::Transport::AllowInsecure`]).
+    pub async fn open_with(url: &str, transport: db_link::Transport) -> Result<Self> {
         let db = |e: sqlx::Error| Error::Database {
             url: redact(url),
             reason: e.to_string(),
@@ -152,7 +143,7 @@ impl Store {
                 .synchronous(SqliteSynchronous::Full)
                 // Fail fast when locked so the writer can report it and retry.
                 .busy_timeout(Duration::from_millis(500));
-            Self::Sqlite(
+            db_link::Pool::Sqlite(
                 SqlitePoolOptions::new()
                     .max_connections(4)
                     .connect_with(options)
@@ -160,11 +151,16 @@ impl Store {
                     .map_err(db)?,
             )
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Self::Postgres(
+            let options =
+                db_link::postgres_options(url, transport).map_err(|e| Error::Database {
+                    url: redact(url),
+                    reason: e.to_string(),
+                })?;
+            db_link::Pool::Postgres(
                 PgPoolOptions::new()
                     .max_connections(4)
                     .acquire_timeout(Duration::from_secs(5))
-                    .connect(url)
+                    .connect_with(options)
                     .await
                     .map_err(db)?,
             )
@@ -176,17 +172,18 @@ impl Store {
                 ),
             });
         };
+        let store = Self { pool: store };
         store.migrate().await?;
         Ok(store)
     }
 
     async fn migrate(&self) -> Result<()> {
-        let (messages, dead_letters) = match self {
-            Self::Sqlite(_) => (SQLITE_SCHEMA, SQLITE_DEAD_LETTERS),
-            Self::Postgres(_) => (POSTGRES_SCHEMA, POSTGRES_DEAD_LETTERS),
+        let (messages, dead_letters) = match &self.pool {
+            db_link::Pool::Sqlite(_) => (SQLITE_SCHEMA, SQLITE_DEAD_LETTERS),
+            db_link::Pool::Postgres(_) => (POSTGRES_SCHEMA, POSTGRES_DEAD_LETTERS),
         };
         for sql in [messages, dead_letters, INDEX] {
-            either!(self, pool => sqlx::query(sql).execute(pool).await.map(drop))
+            db_link::either!(&self.pool, Pool(pool) => sqlx::query(sql).execute(pool).await.map(drop))
                 .map_err(db_err)?;
         }
         Ok(())
@@ -194,9 +191,9 @@ impl Store {
 
     /// Stores a batch in one transaction: all or nothing.
     pub async fn insert_batch(&self, batch: &[NewMessage]) -> Result<()> {
-        either!(self, pool => {
+        db_link::either!(&self.pool, Pool(pool) => {
             let mut tx = pool.begin().await.map_err(db_err)?;
-            if matches!(self, Self::Postgres(_)) {
+            if matches!(self.pool, db_link::Pool::Postgres(_)) {
                 // Writers take turns, so ids become visible in id order: a
                 // reader paging by id (`/api/messages?after=`) never passes
                 // an id whose row another instance has yet to commit.
@@ -238,7 +235,7 @@ impl Store {
 
     /// Stores a message that cannot go into `messages`, with `reason`.
     pub async fn insert_dead_letter(&self, m: &NewMessage, reason: &str) -> Result<()> {
-        either!(self, pool => sqlx::query(INSERT_DEAD_LETTER)
+        db_link::either!(&self.pool, Pool(pool) => sqlx::query(INSERT_DEAD_LETTER)
             .bind(&m.topic)
             .bind(&m.payload)
             .bind(i16::from(m.qos))
@@ -254,7 +251,7 @@ impl Store {
 
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<()> {
-        either!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop)).map_err(db_err)
+        db_link::either!(&self.pool, Pool(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop)).map_err(db_err)
     }
 
     /// Messages with `id > after`, optionally of one topic, oldest first.
@@ -268,7 +265,7 @@ impl Store {
             Some(_) => LIST_TOPIC,
             None => LIST_ALL,
         };
-        either!(self, pool => {
+        db_link::either!(&self.pool, Pool(pool) => {
             let mut query = sqlx::query(sql);
             if let Some(t) = topic {
                 query = query.bind(t);
@@ -298,9 +295,9 @@ impl Store {
 
     /// Closes the pool.
     pub async fn close(&self) {
-        match self {
-            Self::Sqlite(pool) => pool.close().await,
-            Self::Postgres(pool) => pool.close().await,
+        match &self.pool {
+            db_link::Pool::Sqlite(pool) => pool.close().await,
+            db_link::Pool::Postgres(pool) => pool.close().await,
         }
     }
 }
@@ -312,9 +309,9 @@ fn db_err(e: sqlx::Error) -> Error {
 }
 
 /// The URL without a password, for messages
-/// ([`mqtt_tls::secrets::redact_url`]).
+/// ([`db_link::redact_url`]).
 pub fn redact(url: &str) -> String {
-    mqtt_tls::secrets::redact_url(url)
+    db_link::redact_url(url)
 }
 
 #[cfg(test)]

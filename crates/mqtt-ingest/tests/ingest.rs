@@ -603,3 +603,56 @@ async fn acknowledged_on_the_wire(s: &Setup, count: usize) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The ingest's PostgreSQL link is TLS, the server's certificate checked
+/// against the operator's CA alone, the ingest authenticated by a
+/// certificate of that CA (PostgreSQL's `cert` method, no password); a
+/// server that refuses plaintext refuses `sslmode=disable`, and a remote
+/// host is refused without verified TLS before anything is tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_link_is_verified_tls_with_a_client_certificate() {
+    use mqtt_ingest::{NewMessage, Store};
+    let pki = Pki::with_server_names(&["localhost"], &["127.0.0.1"]);
+    let me = pki.client("ingest");
+    let pg = tokio::task::block_in_place(|| {
+        Postgres::start_tls(&pki.server_cert, &pki.server_key, &pki.ca_path)
+    });
+    pg.psql("CREATE ROLE ingest LOGIN");
+    pg.psql("CREATE DATABASE messages OWNER ingest");
+    let url = format!(
+        "postgres://ingest@localhost:{}/messages?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+        pg.port,
+        pki.ca_path.display(),
+        me.cert_path.display(),
+        me.key_path.display()
+    );
+    let store = Store::open(&url).await.unwrap();
+    store
+        .insert_batch(&[NewMessage {
+            topic: "devices/d1/t".into(),
+            payload: b"over tls".to_vec(),
+            qos: 1,
+            retain: false,
+            duplicate: false,
+            received_at_us: 1,
+        }])
+        .await
+        .unwrap();
+    let stored = store.list(Some("devices/d1/t"), 0, 10).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].payload, b"over tls");
+    let plain = format!(
+        "postgres://ingest@localhost:{}/messages?sslmode=disable",
+        pg.port
+    );
+    let e = Store::open(&plain).await.unwrap_err().to_string();
+    assert!(e.contains("pg_hba.conf") || e.contains("reject"), "{e}");
+    let e = Store::open("postgres://ingest@db.invalid/messages")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--insecure-db") && e.contains("plaintext"),
+        "{e}"
+    );
+}

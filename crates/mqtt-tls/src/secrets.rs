@@ -1,8 +1,8 @@
 //! Reading credentials from the outside world, with one policy for every
 //! crate: files are read with a size cap (an endless file such as
 //! `/dev/zero` is refused without reading it all), and a passphrase comes
-//! from a named environment variable that must be set and not empty; a
-//! URL's password never reaches a message ([`redact_url`]).
+//! from a named environment variable that must be set and not empty (a
+//! database URL's password: `db_link::redact_url`).
 //! `provision` (the CA key, manifests, CSRs) and `mqtt-ingest` use these
 //! too.
 
@@ -73,30 +73,6 @@ pub fn passphrase_from_env(var: &str) -> Result<Zeroizing<Vec<u8>>, PassphraseEr
     }
 }
 
-/// A URL (a database's, typically) without its password, for messages
-/// and logs: everything between `://` and the last `@` becomes `USER:***`
-/// (just `USER` when that is all there was)
-/// (the user cut at the first `:`, `@`, `/`, `?` or `#`, so a password
-/// holding any of them never shows), and the query and fragment (which may
-/// hold `password=`) are dropped whole.
-pub fn redact_url(url: &str) -> String {
-    let cut = |s: &str| s.split(['?', '#']).next().unwrap_or_default().to_owned();
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return cut(url);
-    };
-    match rest.rfind('@') {
-        Some(at) => {
-            let user = rest[..at]
-                .split([':', '@', '/', '?', '#'])
-                .next()
-                .unwrap_or_default();
-            let hidden = if user == &rest[..at] { "" } else { ":***" };
-            format!("{scheme}://{user}{hidden}@{}", cut(&rest[at + 1..]))
-        }
-        None => format!("{scheme}://{}", cut(rest)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,26 +82,6 @@ mod tests {
         let err = read_capped(Path::new("/dev/zero")).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::FileTooLarge);
         assert!(err.to_string().contains("16 MiB"), "{err}");
-    }
-
-    #[test]
-    fn passwords_never_reach_messages() {
-        assert_eq!(
-            redact_url("postgres://me:secret@db/x"),
-            "postgres://me:***@db/x"
-        );
-        assert_eq!(redact_url("sqlite://ingest.db"), "sqlite://ingest.db");
-        assert_eq!(redact_url("postgres://me@db/x"), "postgres://me@db/x");
-        for url in [
-            "postgres://me:s@cr@t@db/x",
-            "postgresql://me@db:6543/x?password=secret&sslmode=require",
-            "postgres://u:ab?secret@h/db",
-            "postgres://u:ab#secret@h/db",
-            "postgres://me@db/x?password=secret&x=a@b",
-        ] {
-            assert!(!redact_url(url).contains("secret"), "{}", redact_url(url));
-            assert!(!redact_url(url).contains("s@cr"), "{}", redact_url(url));
-        }
     }
 
     #[test]

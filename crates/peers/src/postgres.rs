@@ -64,6 +64,74 @@ impl Postgres {
         server
     }
 
+    /// Initialises and starts a server that speaks TLS only, with this
+    /// server certificate and key, and authenticates clients by their
+    /// certificate from `client_ca` (PostgreSQL's `cert` method: the CN is
+    /// the user): `hostssl ... cert`, `hostnossl ... reject`. The Unix
+    /// socket stays `trust` for [`Postgres::psql`].
+    pub fn start_tls(cert: &Path, key: &Path, client_ca: &Path) -> Self {
+        let mut server = Self::start();
+        server.stop();
+        let tls = server.data.with_file_name("tls");
+        std::fs::create_dir(&tls).unwrap();
+        for (from, to) in [
+            (cert, "server.crt"),
+            (key, "server.key"),
+            (client_ca, "ca.crt"),
+        ] {
+            std::fs::copy(from, tls.join(to)).unwrap();
+        }
+        set_mode(&tls.join("server.key"), 0o600);
+        if crate::running_as_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&tls)
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown to postgres failed");
+        }
+        std::fs::write(
+            server.data.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 cert\n\
+             hostssl all all ::1/128 cert\n\
+             hostnossl all all all reject\n",
+        )
+        .unwrap();
+        server.options = format!(
+            "{} -c ssl=on -c ssl_cert_file={} -c ssl_key_file={} -c ssl_ca_file={}",
+            server.options,
+            tls.join("server.crt").display(),
+            tls.join("server.key").display(),
+            tls.join("ca.crt").display()
+        );
+        server.restart();
+        server
+    }
+
+    /// Runs `sql` as the `postgres` superuser over the Unix socket.
+    pub fn psql(&self, sql: &str) {
+        let out = run_as_server_user(&self.bindir.join("psql"))
+            .args(["-h"])
+            .arg(&self.data)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The URL of the `postgres` database.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)

@@ -212,6 +212,8 @@ pub struct RunOptions {
     pub jobs: usize,
     /// The inventory's PostgreSQL URL (`None`: SQLite in the CA folder).
     pub inventory_url: Option<String>,
+    /// Allow a remote PostgreSQL link that is not verified TLS.
+    pub insecure_db: bool,
 }
 
 /// Runs a manifest, calling `progress` with (done, total) as identities
@@ -227,8 +229,9 @@ pub fn run(
         path: path.to_owned(),
         reason,
     };
-    let ca_dir =
-        CaDir::new(base.join(&manifest.ca.dir)).with_inventory_url(options.inventory_url.clone());
+    let ca_dir = CaDir::new(base.join(&manifest.ca.dir))
+        .with_inventory_url(options.inventory_url.clone())
+        .with_insecure_db(options.insecure_db);
     let default_out = manifest
         .out
         .as_ref()

@@ -22,6 +22,7 @@ use crate::layout::{
 pub struct CaDir {
     dir: PathBuf,
     inventory_url: Option<String>,
+    db_transport: db_link::Transport,
 }
 
 /// Refuses `out` as a folder for an identity's files when it is the CA
@@ -51,6 +52,7 @@ impl CaDir {
         Self {
             dir: dir.into(),
             inventory_url: None,
+            db_transport: db_link::Transport::VerifiedTls,
         }
     }
 
@@ -59,6 +61,22 @@ impl CaDir {
     pub fn with_inventory_url(mut self, url: Option<String>) -> Self {
         self.inventory_url = url.filter(|u| !u.is_empty());
         self
+    }
+
+    /// The same folder, its PostgreSQL inventory reached over a link that
+    /// need not be verified TLS (`--insecure-db`; see [`db_link`]).
+    pub fn with_insecure_db(mut self, insecure: bool) -> Self {
+        self.db_transport = if insecure {
+            db_link::Transport::AllowInsecure
+        } else {
+            db_link::Transport::VerifiedTls
+        };
+        self
+    }
+
+    /// What the link to a PostgreSQL inventory may be.
+    pub fn db_transport(&self) -> db_link::Transport {
+        self.db_transport
     }
 
     /// The PostgreSQL URL of the inventory, when it is not in the folder.

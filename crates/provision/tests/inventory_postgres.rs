@@ -124,6 +124,63 @@ fn two_hosts_share_one_ca_through_postgres() {
         on_a,
         "host B's folder has host A's latest CRL"
     );
+    // Each host's own broker: a revocation on host A reaches host B's
+    // broker folder at B's timer (`crl --if-due`), though B's own CRL is
+    // not due.
+    ok_env(
+        a.path(),
+        &["issue", "server", "broker-a", "--dns", "localhost"],
+        &envs,
+    );
+    ok_env(
+        b.path(),
+        &["issue", "server", "broker-b", "--dns", "localhost"],
+        &envs,
+    );
+    ok_env(
+        a.path(),
+        &[
+            "broker-config",
+            "--server",
+            "broker-a",
+            "--out",
+            "broker",
+            "--without-plugin",
+        ],
+        &envs,
+    );
+    ok_env(
+        b.path(),
+        &[
+            "broker-config",
+            "--server",
+            "broker-b",
+            "--out",
+            "broker",
+            "--without-plugin",
+        ],
+        &envs,
+    );
+    ok_env(
+        a.path(),
+        &["revoke", "--name", "new-0", "--reason", "key-compromise"],
+        &envs,
+    );
+    let broker_crl = |dir: &std::path::Path| {
+        pki_core::Crl::from_pem(&std::fs::read_to_string(dir.join("broker/crl.pem")).unwrap())
+            .unwrap()
+    };
+    let on_a = broker_crl(a.path());
+    assert_ne!(broker_crl(b.path()).number(), on_a.number());
+    let out = ok_env(b.path(), &["crl", "--if-due"], &envs);
+    assert!(out.contains("another host"), "{out}");
+    let on_b = broker_crl(b.path());
+    assert_eq!(
+        on_b.number(),
+        on_a.number(),
+        "host B's broker has host A's CRL"
+    );
+    assert_eq!(on_b.entries().len(), 9);
 
     // Another database for this CA (a typo, a wrong environment): refused,
     // naming the one it uses.
@@ -139,4 +196,112 @@ fn two_hosts_share_one_ca_through_postgres() {
         stderr.contains("not here") && stderr.contains("/postgres"),
         "{stderr}"
     );
+}
+
+/// The inventory's link to PostgreSQL is TLS with the server's certificate
+/// checked against the operator's CA alone, and the CA host authenticates
+/// with a certificate our CA issued (PostgreSQL's `cert` method, no
+/// password), against a server that refuses plaintext (`hostnossl ...
+/// reject`) and anyone without a certificate.
+#[test]
+fn the_inventory_link_is_verified_tls_with_a_client_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // The database's PKI: a CA of ours, the server's certificate, and the
+    // CA host's identity (its CN, the database user).
+    let db_ca = ["--ca-dir", "db_ca"];
+    ok_env(
+        d,
+        &["init-ca", "--dir", "db_ca", "--cn", "Database CA"],
+        &[],
+    );
+    let mut args = vec![
+        "issue",
+        "server",
+        "pg",
+        "--dns",
+        "localhost",
+        "--ip",
+        "127.0.0.1",
+    ];
+    args.extend(db_ca);
+    ok_env(d, &args, &[]);
+    let mut args = vec!["issue", "client", "ca-host", "--role", "service"];
+    args.extend(db_ca);
+    ok_env(d, &args, &[]);
+    // Another CA's server certificate, for a server no one should trust.
+    ok_env(
+        d,
+        &["init-ca", "--dir", "other_ca", "--cn", "Other CA"],
+        &[],
+    );
+    let pg = Postgres::start_tls(
+        &d.join("backend_certs/pg_cert.pem"),
+        &d.join("backend_certs/pg.key"),
+        &d.join("db_ca/root_ca_cert.pem"),
+    );
+    pg.psql("CREATE ROLE \"ca-host\" LOGIN");
+    pg.psql("CREATE DATABASE inventory OWNER \"ca-host\"");
+    let path = |p: &str| d.join(p).display().to_string();
+    let url = |mode: &str, root: &str, client: bool| {
+        let mut url = format!(
+            "postgres://ca-host@localhost:{}/inventory?sslmode={mode}&sslrootcert={}",
+            pg.port,
+            path(root)
+        );
+        if client {
+            url.push_str(&format!(
+                "&sslcert={}&sslkey={}",
+                path("backend_certs/ca-host_cert.pem"),
+                path("backend_certs/ca-host.key")
+            ));
+        }
+        url
+    };
+    let good = url("verify-full", "db_ca/root_ca_cert.pem", true);
+    let envs = [("PROVISION_INVENTORY", good.as_str())];
+    let host = tempfile::tempdir().unwrap();
+    let h = host.path();
+    ok_env(h, &["init-ca", "--cn", "Fleet Root"], &envs);
+    ok_env(h, &["issue", "client", "dev1"], &envs);
+    let listed = ok_env(h, &["list"], &envs);
+    assert!(listed.contains("dev1"), "{listed}");
+
+    let refused = |url: &str| {
+        let out = provision_env(h, &["list"], &[("PROVISION_INVENTORY", url)]);
+        assert_eq!(out.status.code(), Some(1), "{url}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // The server refuses plaintext, and a client without a certificate.
+    let plain = format!(
+        "postgres://ca-host@localhost:{}/inventory?sslmode=disable",
+        pg.port
+    );
+    let e = refused(&plain);
+    assert!(e.contains("pg_hba.conf") || e.contains("reject"), "{e}");
+    let e = refused(&url("verify-full", "db_ca/root_ca_cert.pem", false));
+    assert!(e.contains("certificate"), "{e}");
+    // A server whose certificate is not from the operator's CA file is
+    // refused by us, client certificate or not.
+    let e = refused(&url("verify-full", "other_ca/root_ca_cert.pem", true));
+    assert!(
+        e.contains("UnknownIssuer") || e.contains("certificate"),
+        "{e}"
+    );
+    // To a host that is not this machine, no link but verified TLS, unless
+    // the operator says --insecure-db; nothing is tried before that.
+    let fresh = tempfile::tempdir().unwrap();
+    for (remote, says) in [
+        (
+            "postgres://ca-host@db.invalid/inventory?sslmode=require",
+            "without checking",
+        ),
+        ("postgres://ca-host@db.invalid/inventory", "plaintext"),
+    ] {
+        let out = provision_env(fresh.path(), &["init-ca", "--inventory", remote], &[]);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{e}");
+        assert!(e.contains("--insecure-db") && e.contains(says), "{e}");
+        assert!(!fresh.path().join("root_cert").exists(), "nothing written");
+    }
 }

@@ -628,6 +628,11 @@ pub(crate) struct InventoryArg {
         hide_env_values = true
     )]
     pub(crate) url: Option<String>,
+    /// Allow a link to a remote PostgreSQL that is not verified TLS (an
+    /// sslmode other than verify-full or verify-ca): for a network you
+    /// trust.
+    #[arg(long)]
+    pub(crate) insecure_db: bool,
 }
 
 #[derive(Args)]
@@ -757,7 +762,9 @@ impl SubjectArgs {
 
 impl CaArgs {
     pub(crate) fn dir(&self) -> CaDir {
-        CaDir::new(&self.ca_dir).with_inventory_url(self.inventory.url.clone())
+        CaDir::new(&self.ca_dir)
+            .with_inventory_url(self.inventory.url.clone())
+            .with_insecure_db(self.inventory.insecure_db)
     }
 
     pub(crate) fn passphrase(&self) -> anyhow::Result<Option<Zeroizing<Vec<u8>>>> {

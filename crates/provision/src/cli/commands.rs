@@ -33,7 +33,9 @@ fn apply(inventory: &Inventory, committed: &Committed) -> anyhow::Result<Brokers
 }
 
 pub(crate) fn init_ca(args: InitCaArgs) -> anyhow::Result<CaCreated> {
-    let ca_dir = provision::store::CaDir::new(&args.dir).with_inventory_url(args.inventory.url);
+    let ca_dir = provision::store::CaDir::new(&args.dir)
+        .with_inventory_url(args.inventory.url)
+        .with_insecure_db(args.inventory.insecure_db);
     let passphrase = if args.encrypt {
         Some(new_passphrase(&ca_dir.key_path())?)
     } else {
@@ -42,7 +44,7 @@ pub(crate) fn init_ca(args: InitCaArgs) -> anyhow::Result<CaCreated> {
     let encrypted = passphrase.is_some();
     // A PostgreSQL inventory must answer before the CA is written.
     if let Some(url) = ca_dir.inventory_url() {
-        Inventory::probe(url)?;
+        Inventory::probe(url, ca_dir.db_transport())?;
     }
     let (ca, archived) = init_ca_archiving(
         &ca_dir,
@@ -77,7 +79,9 @@ pub(crate) fn init_ca(args: InitCaArgs) -> anyhow::Result<CaCreated> {
 }
 
 pub(crate) fn init_intermediate(args: InitCaArgs) -> anyhow::Result<IntermediateCreated> {
-    let ca_dir = provision::store::CaDir::new(&args.dir).with_inventory_url(args.inventory.url);
+    let ca_dir = provision::store::CaDir::new(&args.dir)
+        .with_inventory_url(args.inventory.url)
+        .with_insecure_db(args.inventory.insecure_db);
     let root_passphrase = passphrase(args.root_passphrase_env.as_deref())?;
     let new_key_passphrase = if args.encrypt {
         Some(new_passphrase(&ca_dir.intermediate_key_path())?)
@@ -419,6 +423,7 @@ pub(crate) fn fleet(args: FleetArgs) -> anyhow::Result<FleetDone> {
         &provision::fleet::RunOptions {
             jobs: args.jobs,
             inventory_url: args.inventory.url.clone(),
+            insecure_db: args.inventory.insecure_db,
         },
         &progress,
     )?;

@@ -436,13 +436,14 @@ pub(crate) struct CrlWritten {
 impl fmt::Display for CrlWritten {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.written {
-            return writeln!(
+            writeln!(
                 f,
                 "{} is not due (number {}, next update {}): nothing signed",
                 self.path.display(),
                 self.number,
                 self.next_update
-            );
+            )?;
+            return write!(f, "{}", self.brokers);
         }
         writeln!(
             f,

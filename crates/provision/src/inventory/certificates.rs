@@ -14,7 +14,7 @@ impl LockedCa<'_> {
     /// Whether any certificate was ever recorded with this common name.
     pub fn name_used(&mut self, common_name: &str) -> Result<bool> {
         let n: i64 = self.run("reading", async |tx| {
-            either!(tx, Tx(c) => sqlx::query_scalar(
+            db_link::either!(tx, Tx(c) => sqlx::query_scalar(
                 "SELECT COUNT(*) FROM certificates WHERE common_name = $1",
             )
             .bind(common_name)
@@ -28,7 +28,7 @@ impl LockedCa<'_> {
     pub fn find(&mut self, serial: &Serial) -> Result<Option<Record>> {
         let sql = format!("SELECT {COLUMNS} FROM certificates WHERE serial = $1");
         let raw = self.run("reading", async |tx| {
-            either!(tx, Tx(c) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()))
+            db_link::either!(tx, Tx(c) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(serial.to_string())
                 .fetch_optional(&mut **c)
                 .await)
@@ -44,7 +44,7 @@ impl LockedCa<'_> {
              WHERE common_name = $1 AND revoked_at IS NULL ORDER BY seq"
         );
         let rows = self.run("reading", async |tx| {
-            either!(tx, Tx(c) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()))
+            db_link::either!(tx, Tx(c) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(common_name)
                 .fetch_all(&mut **c)
                 .await)
@@ -71,7 +71,7 @@ impl LockedCa<'_> {
         for chunk in records.chunks(INSERT_CHUNK) {
             let first_seq = self.next_seq;
             self.run("recording in", async |tx| {
-                either!(tx, Tx(c) => {
+                db_link::either!(tx, Tx(c) => {
                     let mut insert = sqlx::QueryBuilder::new(format!(
                         "INSERT INTO certificates (seq, {COLUMNS}) "
                     ));
@@ -130,7 +130,7 @@ impl LockedCa<'_> {
         let now = to_secs(at);
         let superseded = RevocationReason::Superseded.to_string();
         self.run("revoking in", async |tx| {
-            either!(tx, Tx(c) => sqlx::query(
+            db_link::either!(tx, Tx(c) => sqlx::query(
                 "UPDATE certificates
                  SET revoked_at = COALESCE(revoked_at, $1), revocation_reason = $2
                  WHERE serial = $3
@@ -169,7 +169,7 @@ impl LockedCa<'_> {
         let now = to_secs(Timestamp(SystemTime::now()));
         let superseded = RevocationReason::Superseded.to_string();
         let rows = self.run("reading", async |tx| {
-            either!(tx, Tx(c) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()))
+            db_link::either!(tx, Tx(c) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(common_name)
                 .bind(superseded.as_str())
                 .bind(now)

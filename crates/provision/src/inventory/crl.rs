@@ -19,7 +19,7 @@ impl LockedCa<'_> {
         );
         let now = to_secs(Timestamp(SystemTime::now()));
         let rows = self.run("reading", async |tx| {
-            either!(tx, Tx(c) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()))
+            db_link::either!(tx, Tx(c) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()))
                 .bind(now)
                 .fetch_all(&mut **c)
                 .await)

@@ -5,22 +5,10 @@ use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use pki_core::{Profile, Serial, Timestamp};
-use sqlx::postgres::PgPool;
-use sqlx::sqlite::SqlitePool;
 
 use super::record::{Record, Status};
 use crate::error::{Error, Result};
 use crate::roles::Role;
-
-pub(super) enum Db {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
-}
-
-pub(super) enum Tx {
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
-    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
-}
 
 pub(super) const SCHEMA: [&str; 9] = [
     "CREATE TABLE IF NOT EXISTS certificates (
@@ -181,9 +169,9 @@ impl Raw {
     }
 }
 
-/// The location without a password ([`mqtt_tls::secrets::redact_url`]).
+/// The location without a password ([`db_link::redact_url`]).
 pub(super) fn redact(url: &str) -> String {
-    mqtt_tls::secrets::redact_url(url)
+    db_link::redact_url(url)
 }
 
 pub(super) static NON_DEVICE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {

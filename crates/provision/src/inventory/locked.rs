@@ -7,7 +7,7 @@ use pki_core::{Certificate, CertificateAuthority, Crl};
 
 use super::Inventory;
 use super::committed::Committed;
-use super::db::{Db, PG_CA_LOCK, Raw, Tx};
+use super::db::{PG_CA_LOCK, Raw};
 use super::record::{Filter, Record};
 use crate::error::{Error, Result};
 use crate::files::{Access, write_atomic};
@@ -29,7 +29,7 @@ pub(super) fn fingerprint_of(path: &Path) -> Result<String> {
 /// [`LockedCa::commit`], it changes nothing.
 pub struct LockedCa<'a> {
     pub(super) inventory: &'a Inventory,
-    pub(super) tx: Option<Tx>,
+    pub(super) tx: Option<db_link::Tx>,
     /// Held until the end (dropped after `tx`, see `Drop`); `None` when
     /// the caller holds it.
     pub(super) _file_lock: Option<CaLock>,
@@ -69,7 +69,7 @@ impl Drop for LockedCa<'_> {
             let rolled_back = self
                 .inventory
                 .rt
-                .block_on(async { either!(tx, Tx(t) => t.rollback().await) });
+                .block_on(async { db_link::either!(tx, Tx(t) => t.rollback().await) });
             if let Err(e) = rolled_back {
                 tracing::warn!("inventory {}: rolling back: {e}", self.inventory.location);
             }
@@ -113,8 +113,11 @@ impl Inventory {
                 match &self.db {
                     // IMMEDIATE: the write lock now, not at the first write
                     // (a reader turned writer could fail with "busy").
-                    Db::Sqlite(pool) => pool.begin_with("BEGIN IMMEDIATE").await.map(Tx::Sqlite),
-                    Db::Postgres(pool) => {
+                    db_link::Pool::Sqlite(pool) => pool
+                        .begin_with("BEGIN IMMEDIATE")
+                        .await
+                        .map(db_link::Tx::Sqlite),
+                    db_link::Pool::Postgres(pool) => {
                         let mut tx = pool.begin().await?;
                         // A host cut off inside its transaction must not
                         // hold the others for ever; a fleet of a million
@@ -129,7 +132,7 @@ impl Inventory {
                             .bind(PG_CA_LOCK)
                             .execute(&mut *tx)
                             .await?;
-                        Ok(Tx::Postgres(tx))
+                        Ok(db_link::Tx::Postgres(tx))
                     }
                 }
             })
@@ -171,7 +174,7 @@ impl<'a> LockedCa<'a> {
     pub(super) fn run<T>(
         &mut self,
         action: &'static str,
-        f: impl AsyncFnOnce(&mut Tx) -> std::result::Result<T, sqlx::Error>,
+        f: impl AsyncFnOnce(&mut db_link::Tx) -> std::result::Result<T, sqlx::Error>,
     ) -> Result<T> {
         let inventory = self.inventory;
         let Some(tx) = self.tx.as_mut() else {
@@ -216,7 +219,7 @@ impl<'a> LockedCa<'a> {
         let location = self.inventory.location.clone();
         let mut failed = None;
         self.run("reading", async |tx| {
-            either!(tx, Tx(c) => {
+            db_link::either!(tx, Tx(c) => {
                 let mut query = sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()));
                 if let Some(cn) = &filter.common_name {
                     query = query.bind(cn);
@@ -243,7 +246,7 @@ impl<'a> LockedCa<'a> {
 
     pub(super) fn max_seq(&mut self) -> Result<i64> {
         let max: Option<i64> = self.run("reading", async |tx| {
-            either!(tx, Tx(c) => sqlx::query_scalar("SELECT MAX(seq) FROM certificates")
+            db_link::either!(tx, Tx(c) => sqlx::query_scalar("SELECT MAX(seq) FROM certificates")
                 .fetch_one(&mut **c)
                 .await)
         })?;
@@ -263,7 +266,7 @@ impl<'a> LockedCa<'a> {
         if let Some(tx) = self.tx.take() {
             inventory
                 .rt
-                .block_on(async { either!(tx, Tx(t) => t.commit().await) })
+                .block_on(async { db_link::either!(tx, Tx(t) => t.commit().await) })
                 .map_err(inventory.err("committing to"))?;
         }
         for change in std::mem::take(&mut self.after_commit) {
@@ -289,7 +292,7 @@ impl<'a> LockedCa<'a> {
     /// un-revoke them.
     pub(super) fn claim(&mut self, fingerprint: &str) -> Result<()> {
         let rows: i64 = self.run("reading", async |tx| {
-            either!(tx, Tx(c) => sqlx::query_scalar("SELECT COUNT(*) FROM certificates")
+            db_link::either!(tx, Tx(c) => sqlx::query_scalar("SELECT COUNT(*) FROM certificates")
                 .fetch_one(&mut **c)
                 .await)
         })?;

@@ -12,24 +12,6 @@
 //! Every query is indexed (serial, common name, revoked), so the cost of
 //! one operation does not grow with the number of identities.
 
-/// Runs `$body` with `$c` bound to the pool or transaction of either
-/// database: one query text serves both (`$1`-style parameters, which
-/// SQLite reads too).
-macro_rules! either {
-    ($on:expr, Db($c:ident) => $body:expr) => {
-        match $on {
-            $crate::inventory::db::Db::Sqlite($c) => $body,
-            $crate::inventory::db::Db::Postgres($c) => $body,
-        }
-    };
-    ($on:expr, Tx($c:ident) => $body:expr) => {
-        match $on {
-            $crate::inventory::db::Tx::Sqlite($c) => $body,
-            $crate::inventory::db::Tx::Postgres($c) => $body,
-        }
-    };
-}
-
 mod certificates;
 mod committed;
 mod crl;
@@ -59,16 +41,16 @@ use crate::files::{Access, write_atomic};
 use crate::layout;
 use crate::roles::{AclPolicy, Role};
 use crate::store::{CaDir, CaLock};
-use db::{COLUMNS, Db, NON_DEVICE_SQL, Raw, SCHEMA, db_error, non_device, redact};
+use db::{COLUMNS, NON_DEVICE_SQL, Raw, SCHEMA, db_error, non_device, redact};
 use locked::fingerprint_of;
-use settings::{parse_paths, parse_policy};
+use settings::{host_key, parse_paths, parse_policy};
 
 /// The inventory of one CA. Cheap to keep open; a long-running process
 /// (a CA service) holds one and takes a [`LockedCa`] per change, safely
 /// alongside CLI invocations.
 pub struct Inventory {
     // Dropped before the runtime it needs (see `Drop`).
-    db: Db,
+    db: db_link::Pool,
     rt: tokio::runtime::Runtime,
     /// Where it is, for messages (a PostgreSQL password left out).
     location: String,
@@ -91,7 +73,7 @@ impl Drop for Inventory {
     fn drop(&mut self) {
         if tokio::runtime::Handle::try_current().is_err() {
             self.rt
-                .block_on(async { either!(&self.db, Db(pool) => pool.close().await) });
+                .block_on(async { db_link::either!(&self.db, Pool(pool) => pool.close().await) });
         }
     }
 }
@@ -124,7 +106,7 @@ impl Inventory {
     /// Whether the PostgreSQL inventory at `url` answers (a connection and
     /// a query), before a command writes anything that would depend on it
     /// (`init-ca --inventory URL`).
-    pub fn probe(url: &str) -> Result<()> {
+    pub fn probe(url: &str, transport: db_link::Transport) -> Result<()> {
         let location = redact(url);
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(Error::Inventory {
@@ -142,12 +124,16 @@ impl Inventory {
                 path: location.clone().into(),
                 source,
             })?;
+        let options = db_link::postgres_options(url, transport).map_err(|e| Error::Inventory {
+            location: location.clone(),
+            reason: e.to_string(),
+        })?;
         rt.block_on(async {
-            use sqlx::Connection;
+            use sqlx::{ConnectOptions, Connection};
             // One attempt (a pool would retry a refused connection until
             // its timeout), bounded all the same.
             let attempt = async {
-                let mut conn = sqlx::postgres::PgConnection::connect(url).await?;
+                let mut conn = options.connect().await?;
                 sqlx::query("SELECT 1").execute(&mut conn).await?;
                 conn.close().await
             };
@@ -220,15 +206,22 @@ impl Inventory {
                     }
                     _ => {}
                 }
+                let options =
+                    db_link::postgres_options(url, ca_dir.db_transport()).map_err(|e| {
+                        Error::Inventory {
+                            location: location.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?;
                 let pool = rt
                     .block_on(
                         PgPoolOptions::new()
                             .max_connections(2)
                             .acquire_timeout(Duration::from_secs(10))
-                            .connect(url),
+                            .connect_with(options),
                     )
                     .map_err(|e| db_error(&location, "connecting to", e))?;
-                (Db::Postgres(pool), location)
+                (db_link::Pool::Postgres(pool), location)
             }
             None => {
                 if let Some(recorded) = recorded {
@@ -256,7 +249,7 @@ impl Inventory {
                             .connect_with(options),
                     )
                     .map_err(|e| db_error(&location, "opening", e))?;
-                (Db::Sqlite(pool), location)
+                (db_link::Pool::Sqlite(pool), location)
             }
         };
         let inventory = Self {
@@ -277,7 +270,7 @@ impl Inventory {
         let owner: Option<String> = self
             .rt
             .block_on(async {
-                either!(&self.db, Db(pool) => sqlx::query_scalar(
+                db_link::either!(&self.db, Pool(pool) => sqlx::query_scalar(
                     "SELECT value FROM ca_state WHERE name = 'ca_sha256'",
                 )
                 .fetch_optional(pool)
@@ -325,7 +318,7 @@ impl Inventory {
         let n: i64 = self
             .rt
             .block_on(async {
-                either!(&self.db, Db(pool) => sqlx::query_scalar(
+                db_link::either!(&self.db, Pool(pool) => sqlx::query_scalar(
                     "SELECT COUNT(*) FROM certificates WHERE common_name = $1 AND revoked_at IS NULL",
                 )
                 .bind(common_name)
@@ -339,7 +332,7 @@ impl Inventory {
     fn state(&self, name: &str) -> Result<Option<String>> {
         self.rt
             .block_on(async {
-                either!(&self.db, Db(pool) => sqlx::query_scalar(
+                db_link::either!(&self.db, Pool(pool) => sqlx::query_scalar(
                     "SELECT value FROM ca_state WHERE name = $1",
                 )
                 .bind(name)
@@ -356,9 +349,15 @@ impl Inventory {
     }
 
     /// The `mosquitto.conf` of every broker folder `broker-config` wrote
-    /// for this CA.
+    /// for this CA on this host (from this CA folder).
     pub fn broker_configs(&self) -> Result<Vec<PathBuf>> {
-        parse_paths(self.state("broker_configs")?, &self.location)
+        let mut configs = parse_paths(self.state("broker_configs")?, &self.location)?;
+        for config in parse_paths(self.state(&host_key(&self.ca_dir))?, &self.location)? {
+            if !configs.contains(&config) {
+                configs.push(config);
+            }
+        }
+        Ok(configs)
     }
 
     /// The valid identities whose role is not `device` (services and
@@ -367,7 +366,7 @@ impl Inventory {
         let rows = self
             .rt
             .block_on(async {
-                either!(&self.db, Db(pool) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(
+                db_link::either!(&self.db, Pool(pool) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(
                     NON_DEVICE_SQL.as_str()
                 ))
                 .fetch_all(pool)
@@ -384,7 +383,7 @@ impl Inventory {
     fn migrate(&self) -> Result<()> {
         self.rt.block_on(async {
             for statement in SCHEMA {
-                either!(&self.db, Db(pool) => sqlx::query(statement).execute(pool).await.map(|_| ()))
+                db_link::either!(&self.db, Pool(pool) => sqlx::query(statement).execute(pool).await.map(|_| ()))
                     .map_err(self.err("creating the tables of"))?;
             }
             Ok(())
@@ -429,7 +428,7 @@ impl Inventory {
         })?;
         write_atomic(&path, text.as_bytes(), Access::Public, false)?;
         locked.run("archiving", async |tx| {
-            either!(tx, Tx(c) => {
+            db_link::either!(tx, Tx(c) => {
                 sqlx::query("DELETE FROM certificates").execute(&mut **c).await?;
                 sqlx::query("DELETE FROM lifecycle_requests").execute(&mut **c).await?;
                 sqlx::query("DELETE FROM ca_state").execute(&mut **c).await.map(|_| ())
@@ -456,7 +455,7 @@ impl Inventory {
         use futures_util::TryStreamExt;
         let sql = filter.sql();
         self.rt.block_on(async {
-            either!(&self.db, Db(pool) => {
+            db_link::either!(&self.db, Pool(pool) => {
                 let mut query = sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()));
                 if let Some(cn) = &filter.common_name {
                     query = query.bind(cn);
@@ -476,7 +475,7 @@ impl Inventory {
         let raw = self
             .rt
             .block_on(async {
-                either!(&self.db, Db(pool) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()))
+                db_link::either!(&self.db, Pool(pool) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()))
                     .bind(serial.to_string())
                     .fetch_optional(pool)
                     .await)

@@ -59,7 +59,7 @@ impl LockedCa<'_> {
     /// The answer already given to `requester`'s request `request_id`.
     pub fn answer(&mut self, requester: &str, request_id: &str) -> Result<Option<StoredRequest>> {
         let row: Option<RequestRow> = self.run("reading", async |tx| {
-            either!(tx, Tx(c) => sqlx::query_as(
+            db_link::either!(tx, Tx(c) => sqlx::query_as(
                 "SELECT kind, request_sha256, answer, old_serial, new_serial, at, settled
                  FROM lifecycle_requests WHERE requester = $1 AND request_id = $2",
             )
@@ -114,7 +114,7 @@ impl LockedCa<'_> {
         );
         let settled = i64::from(old.is_none());
         self.run("writing", async |tx| {
-            either!(tx, Tx(c) => sqlx::query(
+            db_link::either!(tx, Tx(c) => sqlx::query(
                 "INSERT INTO lifecycle_requests
                  (requester, request_id, kind, request_sha256, answer, rejected, old_serial,
                   new_serial, at, settled)
@@ -141,7 +141,7 @@ impl LockedCa<'_> {
     pub fn forget_refusals(&mut self, before: SystemTime) -> Result<u64> {
         let before = to_secs(Timestamp(before));
         self.run("writing", async |tx| {
-            either!(tx, Tx(c) => sqlx::query(
+            db_link::either!(tx, Tx(c) => sqlx::query(
                 "DELETE FROM lifecycle_requests WHERE rejected = 1 AND at < $1",
             )
             .bind(before)
@@ -154,7 +154,7 @@ impl LockedCa<'_> {
     /// How many enrollments claim `claim` was granted.
     pub fn enrolled_by(&mut self, claim: &str) -> Result<u64> {
         let n: i64 = self.run("reading", async |tx| {
-            either!(tx, Tx(c) => sqlx::query_scalar(
+            db_link::either!(tx, Tx(c) => sqlx::query_scalar(
                 "SELECT COUNT(*) FROM lifecycle_requests
                  WHERE requester = $1 AND kind = 'enroll' AND new_serial IS NOT NULL",
             )
@@ -170,7 +170,7 @@ impl LockedCa<'_> {
     pub fn unsettled(&mut self, before: Option<SystemTime>) -> Result<Vec<Unsettled>> {
         let before = before.map_or(i64::MAX, |t| to_secs(Timestamp(t)));
         let rows: Vec<(String, String, String, String, i64)> = self.run("reading", async |tx| {
-            either!(tx, Tx(c) => sqlx::query_as(
+            db_link::either!(tx, Tx(c) => sqlx::query_as(
                     "SELECT requester, request_id, old_serial, new_serial, at
                      FROM lifecycle_requests
                      WHERE settled = 0 AND at < $1 AND old_serial IS NOT NULL
@@ -204,7 +204,7 @@ impl LockedCa<'_> {
     /// certificate revoked, or the new one given up).
     pub fn settle(&mut self, requester: &str, request_id: &str) -> Result<()> {
         self.run("writing", async |tx| {
-            either!(tx, Tx(c) => sqlx::query(
+            db_link::either!(tx, Tx(c) => sqlx::query(
                 "UPDATE lifecycle_requests SET settled = 1 WHERE requester = $1 AND request_id = $2",
             )
             .bind(requester)
@@ -219,7 +219,7 @@ impl LockedCa<'_> {
     /// its key's proof), oldest first.
     pub fn renewals_of(&mut self, serial: &Serial) -> Result<Vec<Serial>> {
         let rows: Vec<String> = self.run("reading", async |tx| {
-            either!(tx, Tx(c) => sqlx::query_scalar(
+            db_link::either!(tx, Tx(c) => sqlx::query_scalar(
                 "SELECT new_serial FROM lifecycle_requests
                  WHERE kind = 'renew' AND old_serial = $1 AND new_serial IS NOT NULL
                  ORDER BY at",
@@ -260,7 +260,7 @@ impl LockedCa<'_> {
     /// one).
     pub fn settle_renewals_involving(&mut self, serial: &Serial) -> Result<()> {
         self.run("writing", async |tx| {
-            either!(tx, Tx(c) => sqlx::query(
+            db_link::either!(tx, Tx(c) => sqlx::query(
                 "UPDATE lifecycle_requests SET settled = 1
                  WHERE settled = 0 AND (old_serial = $1 OR new_serial = $1)",
             )

@@ -68,6 +68,21 @@ pub(super) fn parse_policy(stored: Option<String>, location: &str) -> Result<Acl
     }
 }
 
+/// Where a host's broker folders are kept: per host and CA folder
+/// (`broker_configs@HOST:CA_DIR`), so that every host sharing an inventory
+/// brings its own folders up to date, and only those. (`broker_configs`,
+/// of versions before, counts for every host.)
+pub(super) fn host_key(ca_dir: &crate::store::CaDir) -> String {
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    format!(
+        "broker_configs@{host}:{}",
+        crate::files::resolve(ca_dir.dir()).display()
+    )
+}
+
 pub(super) fn parse_paths(stored: Option<String>, location: &str) -> Result<Vec<PathBuf>> {
     match stored {
         None => Ok(Vec::new()),
@@ -82,7 +97,7 @@ impl LockedCa<'_> {
     /// [`super::Inventory::non_device_identities`], inside this transaction.
     pub fn non_device_identities(&mut self) -> Result<Vec<(String, Role)>> {
         let rows = self.run("reading", async |tx| {
-            either!(tx, Tx(c) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(
+            db_link::either!(tx, Tx(c) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(
                 NON_DEVICE_SQL.as_str()
             ))
             .fetch_all(&mut **c)
@@ -100,7 +115,8 @@ impl LockedCa<'_> {
     /// Remembers a broker folder's `mosquitto.conf` (for
     /// [`crate::broker::apply`]).
     pub fn add_broker_dir(&mut self, config: &Path) -> Result<()> {
-        let stored = self.state("broker_configs")?;
+        let key = host_key(&self.inventory.ca_dir);
+        let stored = self.state(&key)?;
         let mut configs = parse_paths(stored, &self.inventory.location)?;
         let config = crate::files::resolve(config);
         if !configs.contains(&config) {
@@ -111,7 +127,7 @@ impl LockedCa<'_> {
             location: self.inventory.location.clone(),
             reason: e.to_string(),
         })?;
-        self.set_state("broker_configs", &json)
+        self.set_state(&key, &json)
     }
 
     /// Stores the topic rules of each role (a fleet manifest's `[acl]`).
@@ -148,7 +164,7 @@ impl LockedCa<'_> {
 
     pub(super) fn state(&mut self, name: &str) -> Result<Option<String>> {
         self.run("reading", async |tx| {
-            either!(tx, Tx(c) => sqlx::query_scalar("SELECT value FROM ca_state WHERE name = $1")
+            db_link::either!(tx, Tx(c) => sqlx::query_scalar("SELECT value FROM ca_state WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&mut **c)
                 .await)
@@ -157,7 +173,7 @@ impl LockedCa<'_> {
 
     pub(super) fn set_state(&mut self, name: &str, value: &str) -> Result<()> {
         self.run("writing", async |tx| {
-            either!(tx, Tx(c) => sqlx::query(
+            db_link::either!(tx, Tx(c) => sqlx::query(
                 "INSERT INTO ca_state (name, value) VALUES ($1, $2)
                  ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             )

@@ -19,7 +19,7 @@ use provision::inventory::Inventory;
 use provision::ops::{CsrRequest, InitCa, IssueRequest, SubjectOptions, init_ca, issue};
 use provision::roles::Role;
 use provision::serve::{Broker, ServeOptions, serve};
-use provision::store::CaDir;
+use provision::ca_folder::CaDir;
 
 use crate::results::Lifecycle;
 

@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use pki_core::{Profile, Serial, Timestamp};
 use provision::inventory::{Inventory, Record, Status};
 use provision::layout::{self, IdentityPaths};
-use provision::store::CaDir;
+use provision::ca_folder::CaDir;
 
 use crate::results::{Store, StoreOp, median};
 

@@ -36,7 +36,7 @@ pub(crate) fn run(count: usize) -> anyhow::Result<Storm> {
         .first()
         .context("the fleet made no devices")?
         .clone();
-    let ca = provision::store::CaDir::new(&made.ca_dir).cert_path();
+    let ca = provision::ca_folder::CaDir::new(&made.ca_dir).cert_path();
     let mut broker = Mosquitto::start(
         &Pki::new(),
         &BrokerOptions {

@@ -325,7 +325,7 @@ pub struct VerifyRequest<'a> {
     /// The CA folder whose current CRL is checked when `crl` is `None` and
     /// that CA issued the certificate or is its anchor (`None`: no
     /// revocation check, `--no-crl`).
-    pub ca_dir: Option<&'a crate::store::CaDir>,
+    pub ca_dir: Option<&'a crate::ca_folder::CaDir>,
 }
 
 /// What [`verify`] found: the certificate valid, and the path to its
@@ -443,7 +443,7 @@ pub fn verify(request: &VerifyRequest<'_>) -> Result<Verification> {
 /// Whether the CA folder's CA issued `cert` (its root or intermediate) or
 /// is one of the anchors.
 fn ca_dir_concerns(
-    ca_dir: &crate::store::CaDir,
+    ca_dir: &crate::ca_folder::CaDir,
     cert: &Certificate,
     anchors: &[Certificate],
 ) -> bool {

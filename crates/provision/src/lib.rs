@@ -4,14 +4,14 @@
 //! `NAME_cert.pem`), safe file handling, the inventory, bulk issuance from a
 //! fleet manifest, broker configuration, and one-shot pub/sub.
 //!
-//! [`layout`] names every path; [`store::CaDir`] is the CA folder (its
+//! [`layout`] names every path; [`ca_folder::CaDir`] is the CA folder (its
 //! files, its lock, its archive); [`inventory`] is the record of what the CA
 //! issued, changed only through an [`inventory::LockedCa`].
 //!
 //! ```no_run
 //! use provision::inventory::Inventory;
 //! use provision::ops::{CsrRequest, InitCa, IssueRequest, SubjectOptions, init_ca, issue};
-//! use provision::store::CaDir;
+//! use provision::ca_folder::CaDir;
 //! use pki_core::{KeyType, Profile};
 //!
 //! let ca_dir = CaDir::new("root_cert");
@@ -59,6 +59,6 @@ pub mod ops;
 pub mod pubsub;
 pub mod roles;
 pub mod serve;
-pub mod store;
+pub mod ca_folder;
 
 pub use error::{Error, Result};

@@ -62,6 +62,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             print(&written, json)?;
             written.brokers.in_step()
         }
+        Command::Fleet(args) if args.dry_run => print(&run::fleet_plan(args)?, json),
         Command::Fleet(args) => print(&run::fleet(args)?, json),
         Command::BrokerConfig(args) => print(&run::broker_config(args)?, json),
         Command::Pub(args) => print(&run::publish(args)?, json),

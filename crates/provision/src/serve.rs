@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use crate::enrollment::{Outcome, Policy, handle, settle_overdue};
 use crate::error::{Error, Result};
 use crate::inventory::Inventory;
-use crate::store::CaDir;
+use crate::ca_folder::CaDir;
 
 /// A broker to connect to.
 #[derive(Debug, Clone)]

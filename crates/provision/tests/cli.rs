@@ -403,7 +403,7 @@ fn every_command_speaks_json() {
 fn a_long_running_holder_shares_the_store_with_cli_processes() {
     use provision::inventory::{Filter, Inventory};
     use provision::ops::{CsrRequest, IssueRequest, SubjectOptions, issue};
-    use provision::store::CaDir;
+    use provision::ca_folder::CaDir;
 
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_owned();
@@ -690,7 +690,7 @@ fn a_revocation_is_one_transaction_one_crl_and_one_write_per_broker() {
             .unwrap()
     };
     let before = number(&d.join("root_cert/crl.pem"));
-    let ca_dir = provision::store::CaDir::new(d.join("root_cert"));
+    let ca_dir = provision::ca_folder::CaDir::new(d.join("root_cert"));
     let ca = ca_dir.load(None).unwrap();
     let inventory = Inventory::open(&ca_dir).unwrap();
     let mut locked = inventory.lock(&ca).unwrap();
@@ -735,7 +735,7 @@ fn a_key_compromise_revocation_follows_renewals_of_renewals() {
     let d = tmp.path();
     ok(d, &["init-ca"]);
     ok(d, &["issue", "client", "dev"]);
-    let ca_dir = provision::store::CaDir::new(d.join("root_cert"));
+    let ca_dir = provision::ca_folder::CaDir::new(d.join("root_cert"));
     let ca = ca_dir.load(None).unwrap();
     let inventory = Inventory::open(&ca_dir).unwrap();
     let mut locked = inventory.lock(&ca).unwrap();

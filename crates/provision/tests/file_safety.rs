@@ -350,7 +350,7 @@ fn a_ca_replaced_while_a_command_waited_is_not_used() {
     let d = tmp.path();
     ok(d, &["init-ca"]);
     ok(d, &["issue", "client", "dev1"]);
-    let ca_dir = provision::store::CaDir::new(d.join("root_cert"));
+    let ca_dir = provision::ca_folder::CaDir::new(d.join("root_cert"));
     let old = ca_dir.load(None).unwrap();
     let inventory = provision::inventory::Inventory::open(&ca_dir).unwrap();
     ok(d, &["init-ca", "--force"]);

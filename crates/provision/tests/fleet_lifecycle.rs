@@ -343,6 +343,12 @@ fn a_manifest_change_wins_over_a_renewal_elsewhere() {
         .unwrap();
     };
     write("services", "");
+    // A dry run first: the plan, nothing written.
+    let planned: serde_json::Value =
+        serde_json::from_str(&ok(d, &["fleet", "fleet.toml", "--dry-run", "--json"])).unwrap();
+    assert_eq!(planned["ca_created"], true, "{planned}");
+    assert_eq!(planned["steps"].as_array().unwrap().len(), 3, "{planned}");
+    assert!(!d.join("root_cert").exists() && !d.join("backend_certs").exists());
     ok(d, &["fleet", "fleet.toml"]);
     let mut renewed = Vec::new();
     for (name, role) in [("svc", "service"), ("dev1", "device"), ("dev2", "device")] {
@@ -363,6 +369,33 @@ fn a_manifest_change_wins_over_a_renewal_elsewhere() {
         renewed.push(json["serial"].as_str().unwrap().to_owned());
     }
     write("devices", "organization = \"New Org\"");
+    // The plan says what the run will do, and why, and changes nothing.
+    let before = common::records(d);
+    let planned: serde_json::Value =
+        serde_json::from_str(&ok(d, &["fleet", "fleet.toml", "--dry-run", "--json"])).unwrap();
+    let step = |name: &str| {
+        planned["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s[0] == name)
+            .unwrap()[1]
+            .clone()
+    };
+    assert_eq!(step("svc")["step"], "reissue", "{planned}");
+    assert_eq!(step("svc")["role_changed"], true, "{planned}");
+    assert_eq!(step("dev1")["step"], "reissue", "{planned}");
+    assert!(
+        step("dev1")["why"].as_str().unwrap().contains("subject"),
+        "{planned}"
+    );
+    assert_eq!(step("dev2")["step"], "renewed_elsewhere", "{planned}");
+    let text = ok(d, &["fleet", "fleet.toml", "--dry-run"]);
+    assert!(
+        text.contains("2 to issue anew") && text.contains("1 left to a renewal"),
+        "{text}"
+    );
+    assert_eq!(common::records(d), before, "a dry run records nothing");
     let out = ok(d, &["fleet", "fleet.toml", "--json"]);
     let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(summary["issued"], 2, "{out}");

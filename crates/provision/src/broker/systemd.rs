@@ -13,7 +13,7 @@ use crate::files::{Access, write_atomic};
 /// is the binary's absolute path.
 pub fn write_systemd_units(
     out: &Path,
-    ca_dir: &crate::store::CaDir,
+    ca_dir: &crate::ca_folder::CaDir,
     provision: &Path,
     lifetime: &str,
 ) -> Result<[PathBuf; 2]> {

@@ -14,7 +14,7 @@ use provision::layout;
 use provision::ops::SubjectOptions;
 use provision::pubsub::Endpoint;
 use provision::roles::Role;
-use provision::store::CaDir;
+use provision::ca_folder::CaDir;
 use zeroize::Zeroizing;
 
 const AFTER_HELP: &str = "\
@@ -350,6 +350,10 @@ pub(crate) struct FleetArgs {
     /// Worker threads (default: one per core).
     #[arg(long, default_value_t = 0)]
     pub(crate) jobs: usize,
+    /// Print what the run would issue, reissue (and why), keep or leave to
+    /// a renewal made elsewhere; write, sign and revoke nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
     #[command(flatten)]
     pub(crate) inventory: InventoryArg,
 }

@@ -23,8 +23,8 @@ use super::args::{
 };
 use super::outcomes::{
     Audited, BrokerWritten, Brokers, CaCreated, CrlWritten, CsrMade, FleetDone, FleetIdentity,
-    IntermediateCreated, Issued, Message, Published, RefusedName, Revoked, RevokedCert, Signed,
-    Verified, serials, when,
+    FleetPlanned, IntermediateCreated, Issued, Message, Published, RefusedName, Revoked,
+    RevokedCert, Signed, Verified, serials, when,
 };
 
 /// Takes a committed change to the brokers ([`provision::broker::apply`]).
@@ -33,7 +33,7 @@ fn apply(inventory: &Inventory, committed: &Committed) -> anyhow::Result<Brokers
 }
 
 pub(crate) fn init_ca(args: InitCaArgs) -> anyhow::Result<CaCreated> {
-    let ca_dir = provision::store::CaDir::new(&args.dir)
+    let ca_dir = provision::ca_folder::CaDir::new(&args.dir)
         .with_inventory_url(args.inventory.url)
         .with_insecure_db(args.inventory.insecure_db);
     let passphrase = if args.encrypt {
@@ -79,7 +79,7 @@ pub(crate) fn init_ca(args: InitCaArgs) -> anyhow::Result<CaCreated> {
 }
 
 pub(crate) fn init_intermediate(args: InitCaArgs) -> anyhow::Result<IntermediateCreated> {
-    let ca_dir = provision::store::CaDir::new(&args.dir)
+    let ca_dir = provision::ca_folder::CaDir::new(&args.dir)
         .with_inventory_url(args.inventory.url)
         .with_insecure_db(args.inventory.insecure_db);
     let root_passphrase = passphrase(args.root_passphrase_env.as_deref())?;
@@ -252,7 +252,7 @@ pub(crate) fn inspect(args: InspectArgs) -> anyhow::Result<provision::inspect::I
 
 pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<Verified> {
     let name = args.dns.or_else(|| args.ip.map(|i| i.to_string()));
-    let ca_dir = provision::store::CaDir::new(&args.ca_dir);
+    let ca_dir = provision::ca_folder::CaDir::new(&args.ca_dir);
     let verification = provision::inspect::verify(&provision::inspect::VerifyRequest {
         cert: &args.cert,
         ca: &args.ca,
@@ -402,6 +402,21 @@ pub(crate) fn crl(args: CrlArgs) -> anyhow::Result<CrlWritten> {
     })
 }
 
+pub(crate) fn fleet_plan(args: FleetArgs) -> anyhow::Result<FleetPlanned> {
+    let plan = provision::fleet::plan(
+        &args.manifest,
+        &provision::fleet::RunOptions {
+            jobs: args.jobs,
+            inventory_url: args.inventory.url.clone(),
+            insecure_db: args.inventory.insecure_db,
+        },
+    )?;
+    Ok(FleetPlanned {
+        manifest: args.manifest,
+        plan,
+    })
+}
+
 pub(crate) fn fleet(args: FleetArgs) -> anyhow::Result<FleetDone> {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
@@ -431,7 +446,7 @@ pub(crate) fn fleet(args: FleetArgs) -> anyhow::Result<FleetDone> {
     let brokers = Brokers(summary.applied);
     Ok(FleetDone {
         manifest: args.manifest,
-        ca_cert: provision::store::CaDir::new(&summary.ca_dir).cert_path(),
+        ca_cert: provision::ca_folder::CaDir::new(&summary.ca_dir).cert_path(),
         ca_dir: summary.ca_dir,
         ca_created: summary.ca_created,
         issued: summary.issued,

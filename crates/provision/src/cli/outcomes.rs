@@ -457,6 +457,74 @@ impl fmt::Display for CrlWritten {
     }
 }
 
+/// `fleet --dry-run`.
+#[derive(Serialize)]
+pub(crate) struct FleetPlanned {
+    pub(super) manifest: PathBuf,
+    #[serde(flatten)]
+    pub(super) plan: provision::fleet::Plan,
+}
+
+/// Lines of a plan printed in full; the rest are counted.
+const PLAN_LINES: usize = 50;
+
+impl fmt::Display for FleetPlanned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use provision::fleet::Step;
+        let count =
+            |want: fn(&Step) -> bool| self.plan.steps.iter().filter(|(_, s)| want(s)).count();
+        writeln!(
+            f,
+            "dry run of {}: {} to issue, {} to issue anew, {} kept, {} left to a renewal made \
+             elsewhere; nothing written{}",
+            self.manifest.display(),
+            count(|s| matches!(s, Step::Issue)),
+            count(|s| matches!(s, Step::Reissue { .. })),
+            count(|s| matches!(s, Step::Keep)),
+            count(|s| matches!(s, Step::RenewedElsewhere { .. })),
+            if self.plan.ca_created {
+                format!(
+                    "; the CA would be created in {}",
+                    self.plan.ca_dir.display()
+                )
+            } else {
+                String::new()
+            }
+        )?;
+        let changes: Vec<String> = self
+            .plan
+            .steps
+            .iter()
+            .filter_map(|(name, step)| match step {
+                Step::Issue => Some(format!("  issue    {name}")),
+                Step::Reissue { why, role_changed } => Some(format!(
+                    "  reissue  {name}: {why}{}",
+                    if *role_changed {
+                        " (its old certificates revoked as privilege-withdrawn)"
+                    } else {
+                        ""
+                    }
+                )),
+                Step::RenewedElsewhere { serial } => Some(format!(
+                    "  leave    {name}: renewed elsewhere as serial {serial}"
+                )),
+                Step::Keep => None,
+            })
+            .collect();
+        for line in changes.iter().take(PLAN_LINES) {
+            writeln!(f, "{line}")?;
+        }
+        if changes.len() > PLAN_LINES {
+            writeln!(
+                f,
+                "  ... and {} more (--json lists all)",
+                changes.len() - PLAN_LINES
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// `fleet`.
 #[derive(Serialize)]
 pub(crate) struct FleetDone {

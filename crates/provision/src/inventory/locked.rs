@@ -12,7 +12,7 @@ use super::record::{Filter, Record};
 use crate::error::{Error, Result};
 use crate::files::{Access, write_atomic};
 use crate::layout;
-use crate::store::{CaDir, CaLock};
+use crate::ca_folder::{CaDir, CaLock};
 
 /// The SHA-256 of the certificate in `path`.
 pub(super) fn fingerprint_of(path: &Path) -> Result<String> {

@@ -40,7 +40,7 @@ use crate::error::{Error, Result};
 use crate::files::{Access, write_atomic};
 use crate::layout;
 use crate::roles::{AclPolicy, Role};
-use crate::store::{CaDir, CaLock};
+use crate::ca_folder::{CaDir, CaLock};
 use db::{COLUMNS, NON_DEVICE_SQL, Raw, SCHEMA, db_error, non_device, redact};
 use locked::fingerprint_of;
 use settings::{host_key, parse_paths, parse_policy};

@@ -72,7 +72,7 @@ pub(super) fn parse_policy(stored: Option<String>, location: &str) -> Result<Acl
 /// (`broker_configs@HOST:CA_DIR`), so that every host sharing an inventory
 /// brings its own folders up to date, and only those. (`broker_configs`,
 /// of versions before, counts for every host.)
-pub(super) fn host_key(ca_dir: &crate::store::CaDir) -> String {
+pub(super) fn host_key(ca_dir: &crate::ca_folder::CaDir) -> String {
     let host = rustix::system::uname()
         .nodename()
         .to_string_lossy()

@@ -10,7 +10,7 @@ use pki_core::{
 use crate::error::{Error, Result};
 use crate::files::{Access, read_text, refuse_existing, write_atomic};
 use crate::inventory::Inventory;
-use crate::store::CaDir;
+use crate::ca_folder::CaDir;
 
 use super::issue::SubjectOptions;
 

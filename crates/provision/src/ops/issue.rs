@@ -14,7 +14,7 @@ use crate::files::{Access, Durability, Name, NewFiles, check_name, refuse_existi
 use crate::inventory::{LockedCa, Record};
 pub use crate::layout::IdentityPaths;
 use crate::roles::Role;
-use crate::store::refuse_ca_folder;
+use crate::ca_folder::refuse_ca_folder;
 
 /// Optional subject attributes given on the command line or in a manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

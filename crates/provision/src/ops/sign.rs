@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::files::{Access, check_name, read_text, refuse_existing, write_atomic};
 use crate::inventory::{LockedCa, Record};
 use crate::roles::{Role, claims_role};
-use crate::store::refuse_ca_folder;
+use crate::ca_folder::refuse_ca_folder;
 
 use super::issue::{cert_file_pem, parent_of, sans, supersede_others};
 

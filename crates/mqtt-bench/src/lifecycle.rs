@@ -15,11 +15,11 @@ use mqtt_tls::lifecycle::{Enrollment, RenewOptions, Renewer, enroll};
 use mqtt_tls::{ClientCert, ConnectOptions, MqttClient, QoS};
 use peers::mosquitto::{Mosquitto, free_port, raise_open_file_limit};
 use pki_core::{DnsName, KeyType, Profile};
+use provision::ca_folder::CaDir;
 use provision::inventory::Inventory;
 use provision::ops::{CsrRequest, InitCa, IssueRequest, SubjectOptions, init_ca, issue};
 use provision::roles::Role;
 use provision::serve::{Broker, ServeOptions, serve};
-use provision::ca_folder::CaDir;
 
 use crate::results::Lifecycle;
 

@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use pki_core::{Profile, Serial, Timestamp};
+use provision::ca_folder::CaDir;
 use provision::inventory::{Inventory, Record, Status};
 use provision::layout::{self, IdentityPaths};
-use provision::ca_folder::CaDir;
 
 use crate::results::{Store, StoreOp, median};
 

@@ -59,7 +59,9 @@ mod link;
 mod lock;
 mod options;
 mod qos;
-pub mod secrets;
+/// Credentials and the files around them: `safe-files`, the workspace's
+/// one policy (kept here under its old name).
+pub use safe_files as secrets;
 mod subscriptions;
 mod topic;
 mod tracker;

@@ -104,14 +104,7 @@ impl From<Name> for String {
     }
 }
 
-/// Who may read a file we write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// 0600: private keys.
-    Secret,
-    /// 0644: certificates, CSRs, CRLs, configuration.
-    Public,
-}
+pub use safe_files::Access;
 
 /// When a write must be on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +142,8 @@ pub fn write_if_changed(path: &Path, text: &str) -> Result<()> {
 }
 
 /// [`write_atomic`], the file given to user `owner` (by its open handle,
-/// before it gets its name: a link swapped in meanwhile changes nothing).
+/// before it gets its name: a link swapped in meanwhile changes nothing):
+/// [`safe_files::write_atomic`], the folder made first.
 pub fn write_atomic_owned(
     path: &Path,
     contents: &[u8],
@@ -157,64 +151,33 @@ pub fn write_atomic_owned(
     force: bool,
     owner: Option<u32>,
 ) -> Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let dir = parent(path);
-    create_dir(dir)?;
-    // The rename below would replace a link's name, not its target; still,
-    // a link where we write was planted, and is refused (as `NewFiles`
-    // refuses it).
-    if let Ok(meta) = std::fs::symlink_metadata(path)
-        && (meta.file_type().is_symlink() || (meta.is_file() && meta.nlink() > 1))
-    {
-        return Err(Error::UnsafeOutput {
-            path: path.to_owned(),
-            reason: "it is a symbolic link or has other hard links; remove it first".into(),
-        });
-    }
-    let io = |source| Error::Io {
-        action: "writing",
-        path: path.to_owned(),
-        source,
+    create_dir(parent(path))?;
+    let options = safe_files::WriteOptions {
+        access,
+        replace: force,
+        owner,
     };
-    // tempfile creates the file 0600, so a key is never readable by others,
-    // not even for a moment.
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".provision-")
-        .tempfile_in(dir)
-        .map_err(io)?;
-    tmp.write_all(contents).map_err(io)?;
-    // Mode and owner on the open file, not by name: a name can be swapped
-    // for a link to something else (the CA key) between two calls.
-    if access == Access::Public {
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(io)?;
-    }
-    if let Some(uid) = owner {
-        std::os::unix::fs::fchown(tmp.as_file(), Some(uid), None).map_err(io)?;
-    }
-    tmp.as_file().sync_all().map_err(io)?;
-    if force {
-        tmp.persist(path).map_err(|e| io(e.error))?;
-    } else {
-        tmp.persist_noclobber(path).map_err(|e| {
-            if e.error.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::Exists {
-                    path: path.to_owned(),
-                }
-            } else {
-                io(e.error)
-            }
-        })?;
-    }
-    // The rename is durable once the folder is.
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| Error::Io {
-            action: "flushing",
-            path: dir.to_owned(),
+    safe_files::write_atomic(path, contents, options).map_err(|e| match e {
+        safe_files::WriteError::Linked { path } => Error::UnsafeOutput {
+            path,
+            reason: "it is a symbolic link or has other hard links; remove it first".into(),
+        },
+        safe_files::WriteError::Exists { path } => Error::Exists { path },
+        safe_files::WriteError::Io {
+            action,
+            path,
             source,
-        })
+        } => Error::Io {
+            action,
+            path,
+            source,
+        },
+        other => Error::Io {
+            action: "writing",
+            path: path.to_owned(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    })
 }
 
 /// Files created together for bulk issuance, all or none: each is made

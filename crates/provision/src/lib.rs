@@ -48,6 +48,7 @@
 
 pub mod audit;
 pub mod broker;
+pub mod ca_folder;
 pub mod enrollment;
 mod error;
 pub mod files;
@@ -59,6 +60,5 @@ pub mod ops;
 pub mod pubsub;
 pub mod roles;
 pub mod serve;
-pub mod ca_folder;
 
 pub use error::{Error, Result};

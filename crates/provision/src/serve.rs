@@ -23,10 +23,10 @@ use mqtt_tls::lifecycle::topics;
 use mqtt_tls::{ConnectOptions, Delivery, Message, MqttClient, QoS, TlsIdentity, TopicFilter};
 use tokio::sync::mpsc;
 
+use crate::ca_folder::CaDir;
 use crate::enrollment::{Outcome, Policy, handle, settle_overdue};
 use crate::error::{Error, Result};
 use crate::inventory::Inventory;
-use crate::ca_folder::CaDir;
 
 /// A broker to connect to.
 #[derive(Debug, Clone)]

@@ -401,9 +401,9 @@ fn every_command_speaks_json() {
 /// lock, whichever side made it.
 #[test]
 fn a_long_running_holder_shares_the_store_with_cli_processes() {
+    use provision::ca_folder::CaDir;
     use provision::inventory::{Filter, Inventory};
     use provision::ops::{CsrRequest, IssueRequest, SubjectOptions, issue};
-    use provision::ca_folder::CaDir;
 
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_owned();

@@ -1,33 +1,32 @@
 //! The device's own files, written atomically: a temporary file in the
 //! same folder (0600), synced, renamed into place, the folder synced.
 
-use std::io::Write;
 use std::path::Path;
 
 use crate::error::{Error, Result};
 
-/// Writes `bytes` to `path` through a temporary file in the same folder
-/// (created 0600), synced, then renamed into place; with `replace` false
-/// an existing file is kept and this fails.
+/// Writes `bytes` to `path` atomically and 0600 ([`safe_files::write_atomic`]:
+/// never through a planted link); with `replace` false an existing file is
+/// kept and this fails.
 pub(super) fn write_file(path: &Path, bytes: &[u8], replace: bool) -> Result<()> {
-    let err = |source: std::io::Error| Error::WriteFile {
-        path: path.to_owned(),
-        source,
+    let options = safe_files::WriteOptions {
+        access: safe_files::Access::Secret,
+        replace,
+        owner: None,
     };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
-    tmp.write_all(bytes).map_err(err)?;
-    tmp.as_file().sync_all().map_err(err)?;
-    if replace {
-        tmp.persist(path).map_err(|e| err(e.error))?;
-    } else {
-        tmp.persist_noclobber(path).map_err(|e| err(e.error))?;
-    }
-    sync_dir(dir);
-    Ok(())
+    safe_files::write_atomic(path, bytes, options).map_err(|e| {
+        let source = match e {
+            safe_files::WriteError::Io { source, .. } => source,
+            other @ safe_files::WriteError::Exists { .. } => {
+                std::io::Error::new(std::io::ErrorKind::AlreadyExists, other.to_string())
+            }
+            other => std::io::Error::other(other.to_string()),
+        };
+        Error::WriteFile {
+            path: path.to_owned(),
+            source,
+        }
+    })
 }
 
 pub(super) fn sync_dir(dir: &Path) {

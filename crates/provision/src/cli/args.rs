@@ -10,11 +10,11 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use mqtt_tls::{ClientCert, QoS};
 use pki_core::{DnsName, KeyType, Profile, RevocationReason, Serial};
+use provision::ca_folder::CaDir;
 use provision::layout;
 use provision::ops::SubjectOptions;
 use provision::pubsub::Endpoint;
 use provision::roles::Role;
-use provision::ca_folder::CaDir;
 use zeroize::Zeroizing;
 
 const AFTER_HELP: &str = "\

@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use pki_core::{DnsName, KeyType, Profile};
 use serde::Deserialize;
 
+use crate::ca_folder::{CaDir, refuse_ca_folder};
 use crate::error::{Error, Result};
 use crate::files::{Name, read_text};
 use crate::layout::{DEFAULT_CA_DIR, DEFAULT_IDENTITY_DIR};
 use crate::ops::{CsrRequest, IssueRequest, SubjectOptions};
 use crate::roles::{AclPolicy, Role};
-use crate::ca_folder::{CaDir, refuse_ca_folder};
 
 use super::RunOptions;
 

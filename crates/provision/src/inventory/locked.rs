@@ -9,10 +9,10 @@ use super::Inventory;
 use super::committed::Committed;
 use super::db::{PG_CA_LOCK, Raw};
 use super::record::{Filter, Record};
+use crate::ca_folder::{CaDir, CaLock};
 use crate::error::{Error, Result};
 use crate::files::{Access, write_atomic};
 use crate::layout;
-use crate::ca_folder::{CaDir, CaLock};
 
 /// The SHA-256 of the certificate in `path`.
 pub(super) fn fingerprint_of(path: &Path) -> Result<String> {

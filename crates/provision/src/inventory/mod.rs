@@ -36,11 +36,11 @@ use pki_core::{CertificateAuthority, Serial};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
+use crate::ca_folder::{CaDir, CaLock};
 use crate::error::{Error, Result};
 use crate::files::{Access, write_atomic};
 use crate::layout;
 use crate::roles::{AclPolicy, Role};
-use crate::ca_folder::{CaDir, CaLock};
 use db::{COLUMNS, NON_DEVICE_SQL, Raw, SCHEMA, db_error, non_device, redact};
 use locked::fingerprint_of;
 use settings::{host_key, parse_paths, parse_policy};

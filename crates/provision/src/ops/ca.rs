@@ -7,10 +7,10 @@ use pki_core::{
     Certificate, CertificateAuthority, Csr, CsrParams, KeyPair, KeyType, Profile, Validity,
 };
 
+use crate::ca_folder::CaDir;
 use crate::error::{Error, Result};
 use crate::files::{Access, read_text, refuse_existing, write_atomic};
 use crate::inventory::Inventory;
-use crate::ca_folder::CaDir;
 
 use super::issue::SubjectOptions;
 

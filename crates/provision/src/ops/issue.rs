@@ -9,12 +9,12 @@ use pki_core::{
     SubjectAltName, Validity,
 };
 
+use crate::ca_folder::refuse_ca_folder;
 use crate::error::Result;
 use crate::files::{Access, Durability, Name, NewFiles, check_name, refuse_existing, write_atomic};
 use crate::inventory::{LockedCa, Record};
 pub use crate::layout::IdentityPaths;
 use crate::roles::Role;
-use crate::ca_folder::refuse_ca_folder;
 
 /// Optional subject attributes given on the command line or in a manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

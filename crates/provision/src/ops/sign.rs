@@ -6,11 +6,11 @@ use std::time::SystemTime;
 
 use pki_core::{Certificate, Csr, DnsName, IssueParams, Profile, Serial, SubjectAltName, Validity};
 
+use crate::ca_folder::refuse_ca_folder;
 use crate::error::{Error, Result};
 use crate::files::{Access, check_name, read_text, refuse_existing, write_atomic};
 use crate::inventory::{LockedCa, Record};
 use crate::roles::{Role, claims_role};
-use crate::ca_folder::refuse_ca_folder;
 
 use super::issue::{cert_file_pem, parent_of, sans, supersede_others};
 

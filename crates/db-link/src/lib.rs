@@ -10,10 +10,11 @@
 //!
 //! - to any host but loopback or a Unix socket, only `sslmode=verify-full`
 //!   (the server's certificate chains to `sslrootcert` and names the host)
-//!   or `verify-ca` (chains to `sslrootcert`) are taken; `disable`,
-//!   `allow`, `prefer` (the default: plaintext when the server offers no
-//!   TLS) and `require` (TLS, but any certificate) are refused unless the
-//!   caller allows it ([`Transport::AllowInsecure`], `--insecure-db`);
+//!   is taken; `disable`, `allow`, `prefer` (the default: plaintext when
+//!   the server offers no TLS), `require` (TLS, but any certificate) and
+//!   `verify-ca` (any certificate of that CA, a broker's included) are
+//!   refused unless the caller allows it ([`Transport::AllowInsecure`],
+//!   `--insecure-db`);
 //! - `verify-full` and `verify-ca` need `sslrootcert=FILE`: only FILE's
 //!   CAs are trusted. The build carries no bundled root store (the
 //!   workspace patches `webpki-roots`, which sqlx's rustls backend would
@@ -23,7 +24,7 @@
 //!   certificate (PostgreSQL's `cert` method): a CA host's identity issued
 //!   by our CA (`provision issue client NAME --role service`, NAME the
 //!   database user) needs no database password. The key must be an
-//!   unencrypted PKCS#8 PEM file.
+//!   unencrypted PKCS#8 PEM file, readable by its owner only (as libpq).
 //!
 //! TLS is rustls on the aws-lc-rs provider, the workspace's one crypto
 //! library.
@@ -160,12 +161,20 @@ pub fn postgres_options(url: &str, transport: Transport) -> Result<PgConnectOpti
     ] {
         if let Some(path) = path {
             let path = PathBuf::from(path);
-            if let Err(e) = std::fs::metadata(&path) {
+            let meta = std::fs::metadata(&path).map_err(|e| Error::File {
+                url: shown.clone(),
+                what,
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            // As libpq: a client key others can read is refused.
+            use std::os::unix::fs::PermissionsExt;
+            if what == "sslkey" && meta.permissions().mode() & 0o077 != 0 {
                 return Err(Error::File {
                     url: shown,
                     what,
                     path,
-                    reason: e.to_string(),
+                    reason: "it is readable by others; chmod 600 it".into(),
                 });
             }
         }
@@ -181,7 +190,10 @@ pub fn postgres_options(url: &str, transport: Transport) -> Result<PgConnectOpti
             ),
         });
     }
-    if transport == Transport::VerifiedTls && !verified && !is_local(&options) {
+    // verify-ca checks the chain, not the name: any server certificate of
+    // the same CA (a broker's) would pass for the database.
+    let verified_remote = matches!(mode, PgSslMode::VerifyFull);
+    if transport == Transport::VerifiedTls && !verified_remote && !is_local(&options) {
         return Err(Error::Insecure {
             url: shown,
             reason: format!(
@@ -190,6 +202,10 @@ pub fn postgres_options(url: &str, transport: Transport) -> Result<PgConnectOpti
                 options.get_host(),
                 match mode {
                     PgSslMode::Require => "TLS without checking the server's certificate",
+                    PgSslMode::VerifyCa => {
+                        "TLS without checking the server's name (any server certificate of \
+                         that CA would do)"
+                    }
                     _ => "plaintext whenever the server (or someone on the path) offers no TLS",
                 }
             ),
@@ -230,9 +246,10 @@ fn is_local(options: &PgConnectOptions) -> bool {
 /// hold `password=`) are dropped whole.
 pub fn redact_url(url: &str) -> String {
     let cut = |s: &str| s.split(['?', '#']).next().unwrap_or_default().to_owned();
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Some((scheme, rest)) = url.split_once("://").or_else(|| url.split_once(':')) else {
         return cut(url);
     };
+    let sep = if url.contains("://") { "://" } else { ":" };
     match rest.rfind('@') {
         Some(at) => {
             let user = rest[..at]
@@ -240,9 +257,9 @@ pub fn redact_url(url: &str) -> String {
                 .next()
                 .unwrap_or_default();
             let hidden = if user == &rest[..at] { "" } else { ":***" };
-            format!("{scheme}://{user}{hidden}@{}", cut(&rest[at + 1..]))
+            format!("{scheme}{sep}{user}{hidden}@{}", cut(&rest[at + 1..]))
         }
-        None => format!("{scheme}://{}", cut(rest)),
+        None => format!("{scheme}{sep}{}", cut(rest)),
     }
 }
 
@@ -267,6 +284,7 @@ mod tests {
             "postgres://ca@db.example.com/ca?sslmode=prefer",
             "postgres://ca@db.example.com/ca?sslmode=require",
             "postgres://ca@10.1.2.3/ca?sslmode=allow",
+            "postgres://ca@db.example.com/ca?sslmode=verify-ca&sslrootcert=/",
         ] {
             let e = refused(url);
             assert!(
@@ -312,6 +330,16 @@ mod tests {
             ca.display()
         );
         assert!(postgres_options(&url, Transport::VerifiedTls).is_ok());
+        // A client key others can read is refused, as libpq refuses it.
+        let key = dir.join("client.key");
+        std::fs::write(&key, "k").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let with_key = format!("{url}&sslcert={}&sslkey={}", ca.display(), key.display());
+        let e = refused(&with_key);
+        assert!(e.contains("readable by others"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(postgres_options(&with_key, Transport::VerifiedTls).is_ok());
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -337,6 +365,7 @@ mod tests {
             assert_eq!(redact_url(url), shown);
         }
         assert_eq!(redact_url("sqlite://ingest.db"), "sqlite://ingest.db");
+        assert_eq!(redact_url("postgres:me:pw@h/db"), "postgres:me:***@h/db");
         for url in [
             "postgres://me:s@cr@t@db/x",
             "postgresql://me@db:6543/x?password=secret&sslmode=require",

@@ -83,7 +83,7 @@ struct Args {
     db: Option<String>,
     /// Allow a link to a remote PostgreSQL that is not verified TLS: for a
     /// network you trust.
-    #[arg(long)]
+    #[arg(long, env = "MQTT_INGEST_INSECURE_DB")]
     insecure_db: bool,
     /// HTTP listen address (default 127.0.0.1:8080; port 0 picks one).
     #[arg(long, hide_env_values = true, env = "MQTT_INGEST_LISTEN")]

@@ -478,7 +478,7 @@ mod tests {
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
             .unwrap()
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with(".provision-"))
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
             .collect();
         assert!(leftovers.is_empty());
     }

@@ -388,6 +388,9 @@ fn work(
 ) {
     let mut last_tick = std::time::Instant::now();
     let mut last_apply = std::time::Instant::now();
+    // The inventory's CRL number at the last catch-up (`None` at start: the
+    // first tick catches up).
+    let mut last_stamp: Option<Option<u64>> = None;
     while !stop.load(Ordering::SeqCst) {
         let mut batch = match jobs.recv_timeout(TICK) {
             Ok(job) => vec![job],
@@ -433,9 +436,20 @@ fn work(
         metrics.revoked.fetch_add(revoked as u64, Ordering::Relaxed);
         // What changed reaches this host's brokers at once; a change
         // another host made to a shared inventory within CATCH_UP.
-        let catch_up = last_apply.elapsed() >= CATCH_UP;
-        if catch_up || !committed.is_empty() {
+        // The stamp first: the CRL itself (tens of megabytes for a large
+        // fleet) is read only when another host signed a new one.
+        let mut catch_up = false;
+        if last_apply.elapsed() >= CATCH_UP {
             last_apply = std::time::Instant::now();
+            match inventory.latest_crl_number() {
+                Ok(stamp) => {
+                    catch_up = Some(stamp) != last_stamp;
+                    last_stamp = Some(stamp);
+                }
+                Err(e) => tracing::warn!("reading the inventory's CRL number: {e}"),
+            }
+        }
+        if catch_up || !committed.is_empty() {
             match crate::broker::apply(inventory, &committed) {
                 Ok(applied) => {
                     if let Some(n) = applied.caught_up {

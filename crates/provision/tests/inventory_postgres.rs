@@ -161,11 +161,15 @@ fn two_hosts_share_one_ca_through_postgres() {
         ],
         &envs,
     );
+    // Host A cannot see host B's folder (another machine): moved away
+    // while A revokes.
+    std::fs::rename(b.path().join("broker"), b.path().join("elsewhere")).unwrap();
     ok_env(
         a.path(),
         &["revoke", "--name", "new-0", "--reason", "key-compromise"],
         &envs,
     );
+    std::fs::rename(b.path().join("elsewhere"), b.path().join("broker")).unwrap();
     let broker_crl = |dir: &std::path::Path| {
         pki_core::Crl::from_pem(&std::fs::read_to_string(dir.join("broker/crl.pem")).unwrap())
             .unwrap()

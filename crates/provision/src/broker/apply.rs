@@ -89,7 +89,14 @@ fn refresh(inventory: &Inventory) -> Result<Vec<Refreshed>> {
         return Ok(Vec::new());
     }
     let ca_dir = inventory.ca_dir();
-    let crl = read_text(&ca_dir.crl_path())?;
+    // The CA's own CRL, read whole: a fleet's revocations pass the 16 MiB
+    // cap on files from outside (500,000 entries are 36 MB).
+    let crl_path = ca_dir.crl_path();
+    let crl = std::fs::read_to_string(&crl_path).map_err(|source| crate::Error::Io {
+        action: "reading",
+        path: crl_path.clone(),
+        source,
+    })?;
     let ca = read_text(&ca_dir.cert_path())?;
     // The rules' inputs: when they cannot be read, the CRL still goes out.
     let rules_input = inventory
@@ -99,8 +106,18 @@ fn refresh(inventory: &Inventory) -> Result<Vec<Refreshed>> {
     for config in configs {
         // A folder removed, rewritten by hand, replaced by a link, or now
         // another CA's is left alone.
-        let Ok(text) = std::fs::read_to_string(&config) else {
-            continue;
+        let text = match std::fs::read_to_string(&config) {
+            Ok(text) => text,
+            // Not on this host (another host's folder), or removed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                done.push(Refreshed {
+                    config: config.clone(),
+                    plugin: false,
+                    error: Some(format!("its mosquitto.conf cannot be read: {e}")),
+                });
+                continue;
+            }
         };
         let folder = config.parent().unwrap_or(Path::new(".")).to_owned();
         let paths = BrokerPaths::new(&folder);

@@ -52,8 +52,9 @@ pub fn write_systemd_units(
         // With a PostgreSQL inventory the file is required: it holds the URL.
         env = if postgres { "" } else { "-" },
         pg = if postgres {
-            "\n# The inventory is in PostgreSQL: PROVISION_INVENTORY=postgres://... in\n\
-             # /etc/provision/ca.env (the password in PGPASSWORD there, or ~/.pgpass)."
+            "\n# The inventory is in PostgreSQL: PROVISION_INVENTORY=postgres://...?sslmode=verify-full\n\
+             # &sslrootcert=... in /etc/provision/ca.env (PROVISION_INSECURE_DB=true there for a\n\
+             # network you trust)."
         } else {
             ""
         },

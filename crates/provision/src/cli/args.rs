@@ -635,7 +635,7 @@ pub(crate) struct InventoryArg {
     /// Allow a link to a remote PostgreSQL that is not verified TLS (an
     /// sslmode other than verify-full or verify-ca): for a network you
     /// trust.
-    #[arg(long)]
+    #[arg(long, env = "PROVISION_INSECURE_DB")]
     pub(crate) insecure_db: bool,
 }
 

@@ -368,8 +368,18 @@ pub(crate) fn crl(args: CrlArgs) -> anyhow::Result<CrlWritten> {
     if args.if_due {
         // Whatever is due here, this host's folders catch up with a CRL
         // another host signed into a shared inventory.
-        let inventory = Inventory::open(&dir)?;
-        let brokers = apply(&inventory, &Committed::default())?;
+        // Best effort: a catch-up that fails keeps no due CRL from being
+        // signed (below).
+        let brokers = match Inventory::open(&dir)
+            .map_err(anyhow::Error::from)
+            .and_then(|inventory| apply(&inventory, &Committed::default()))
+        {
+            Ok(brokers) => brokers,
+            Err(e) => {
+                eprintln!("warning: bringing the folders up to the inventory's CRL: {e:#}");
+                Brokers::default()
+            }
+        };
         if !provision::ops::crl_due(&out, std::time::SystemTime::now()) {
             let current = pki_core::Crl::from_pem(&provision::files::read_text(&out)?)?;
             return Ok(CrlWritten {

@@ -43,7 +43,7 @@ use crate::layout;
 use crate::roles::{AclPolicy, Role};
 use db::{COLUMNS, NON_DEVICE_SQL, Raw, SCHEMA, db_error, non_device, redact};
 use locked::fingerprint_of;
-use settings::{host_key, parse_paths, parse_policy};
+use settings::{parse_paths, parse_policy};
 
 /// The inventory of one CA. Cheap to keep open; a long-running process
 /// (a CA service) holds one and takes a [`LockedCa`] per change, safely
@@ -349,15 +349,10 @@ impl Inventory {
     }
 
     /// The `mosquitto.conf` of every broker folder `broker-config` wrote
-    /// for this CA on this host (from this CA folder).
+    /// for this CA, on any host sharing the inventory: each host brings
+    /// those it has ([`crate::broker::apply`]).
     pub fn broker_configs(&self) -> Result<Vec<PathBuf>> {
-        let mut configs = parse_paths(self.state("broker_configs")?, &self.location)?;
-        for config in parse_paths(self.state(&host_key(&self.ca_dir))?, &self.location)? {
-            if !configs.contains(&config) {
-                configs.push(config);
-            }
-        }
-        Ok(configs)
+        parse_paths(self.state("broker_configs")?, &self.location)
     }
 
     /// The valid identities whose role is not `device` (services and
@@ -441,6 +436,12 @@ impl Inventory {
     /// began: a revocation is one.
     pub fn transactions(&self) -> u64 {
         self.transactions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The number the latest CRL signed into this inventory took (any
+    /// host's): a cheap stamp to compare before reading the CRL itself.
+    pub fn latest_crl_number(&self) -> Result<Option<u64>> {
+        Ok(self.state("crl_number")?.and_then(|n| n.parse().ok()))
     }
 
     /// The latest CRL any host signed into this inventory (PEM), if any:

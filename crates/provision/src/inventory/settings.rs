@@ -68,21 +68,6 @@ pub(super) fn parse_policy(stored: Option<String>, location: &str) -> Result<Acl
     }
 }
 
-/// Where a host's broker folders are kept: per host and CA folder
-/// (`broker_configs@HOST:CA_DIR`), so that every host sharing an inventory
-/// brings its own folders up to date, and only those. (`broker_configs`,
-/// of versions before, counts for every host.)
-pub(super) fn host_key(ca_dir: &crate::ca_folder::CaDir) -> String {
-    let host = rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned();
-    format!(
-        "broker_configs@{host}:{}",
-        crate::files::resolve(ca_dir.dir()).display()
-    )
-}
-
 pub(super) fn parse_paths(stored: Option<String>, location: &str) -> Result<Vec<PathBuf>> {
     match stored {
         None => Ok(Vec::new()),
@@ -115,8 +100,7 @@ impl LockedCa<'_> {
     /// Remembers a broker folder's `mosquitto.conf` (for
     /// [`crate::broker::apply`]).
     pub fn add_broker_dir(&mut self, config: &Path) -> Result<()> {
-        let key = host_key(&self.inventory.ca_dir);
-        let stored = self.state(&key)?;
+        let stored = self.state("broker_configs")?;
         let mut configs = parse_paths(stored, &self.inventory.location)?;
         let config = crate::files::resolve(config);
         if !configs.contains(&config) {
@@ -127,7 +111,7 @@ impl LockedCa<'_> {
             location: self.inventory.location.clone(),
             reason: e.to_string(),
         })?;
-        self.set_state(&key, &json)
+        self.set_state("broker_configs", &json)
     }
 
     /// Stores the topic rules of each role (a fleet manifest's `[acl]`).

@@ -614,6 +614,12 @@ async fn the_postgres_link_is_verified_tls_with_a_client_certificate() {
     use mqtt_ingest::{NewMessage, Store};
     let pki = Pki::with_server_names(&["localhost"], &["127.0.0.1"]);
     let me = pki.client("ingest");
+    // Its key for PostgreSQL readable by its owner only (refused else, as
+    // libpq refuses it).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&me.key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let pg = tokio::task::block_in_place(|| {
         Postgres::start_tls(&pki.server_cert, &pki.server_key, &pki.ca_path)
     });

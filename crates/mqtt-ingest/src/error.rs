@@ -18,6 +18,15 @@ pub enum Error {
         /// What sqlx said.
         reason: String,
     },
+    /// The database refused a row for good: retrying it cannot succeed
+    /// (PostgreSQL's SQLSTATE classes 22 data exception, 23 integrity
+    /// constraint, 54 program limit, such as a topic too long for the
+    /// index; SQLite's constraint, too-big and mismatch errors).
+    #[error("the database refused a row: {reason}")]
+    Refused {
+        /// What the database said.
+        reason: String,
+    },
     /// Bad configuration.
     #[error("configuration: {reason}")]
     Config {

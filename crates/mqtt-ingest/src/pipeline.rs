@@ -224,13 +224,12 @@ async fn write_loop(
         }
         let (rows, deliveries): (Vec<NewMessage>, Vec<Delivery>) = batch.into_iter().unzip();
         let mut attempt = 0;
+        // Rows before it are stored (or dead letters): a retry goes on from
+        // there, never storing one twice.
+        let mut stored = 0;
         loop {
-            let started = Instant::now();
-            match store.insert_batch(&rows).await {
-                Ok(()) => {
-                    metrics.batch_stored(rows.len(), started.elapsed());
-                    break;
-                }
+            match store_from(&store, &rows, &mut stored, &metrics).await {
+                Ok(()) => break,
                 Err(e) => {
                     metrics.store_failures.fetch_add(1, Ordering::Relaxed);
                     metrics.database_ok.store(false, Ordering::Relaxed);
@@ -251,6 +250,70 @@ async fn write_loop(
             }
         }
     }
+}
+
+/// Stores `rows[*stored..]`, moving `stored` past each part committed. A
+/// row the database refuses for good ([`crate::Error::Refused`]) is found
+/// by halving the part that holds it, and goes to `dead_letters` with the
+/// database's reason, so that one device's message never stops the rest;
+/// any other error is returned (the caller retries from `stored`).
+async fn store_from(
+    store: &Store,
+    rows: &[NewMessage],
+    stored: &mut usize,
+    metrics: &Metrics,
+) -> crate::Result<()> {
+    while *stored < rows.len() {
+        let mut len = rows.len() - *stored;
+        loop {
+            let part = &rows[*stored..*stored + len];
+            let started = Instant::now();
+            match store.insert_batch(part).await {
+                Ok(()) => {
+                    metrics.batch_stored(len, started.elapsed());
+                    *stored += len;
+                    break;
+                }
+                Err(crate::Error::Refused { .. }) if len > 1 => len /= 2,
+                Err(crate::Error::Refused { reason }) => {
+                    let row = &part[0];
+                    tracing::warn!(
+                        "the database refuses a message on {:?} for good: {reason}; stored as a \
+                         dead letter",
+                        row.topic.chars().take(64).collect::<String>()
+                    );
+                    let why = format!("the database refused it: {reason}");
+                    match store.insert_dead_letter(row, &why).await {
+                        Ok(()) => {}
+                        // Refused there too (a trigger, a limit): kept with
+                        // an empty payload and a short topic, the reason
+                        // saying what it was.
+                        Err(crate::Error::Refused { .. }) => {
+                            let mut short = row.clone();
+                            short.topic = row.topic.chars().take(200).collect();
+                            short.payload.clear();
+                            store
+                                .insert_dead_letter(
+                                    &short,
+                                    &format!(
+                                        "{why} (topic cut to 200 characters, payload of {} \
+                                         bytes left out: the dead letter was refused too)",
+                                        row.payload.len()
+                                    ),
+                                )
+                                .await?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
+                    *stored += 1;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn micros_now() -> i64 {

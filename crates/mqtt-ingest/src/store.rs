@@ -227,13 +227,14 @@ impl Store {
                     .bind(m.received_at_us)
                     .execute(&mut *tx)
                     .await
-                    .map_err(db_err)?;
+                    .map_err(row_err)?;
             }
             tx.commit().await.map_err(db_err)
         })
     }
 
     /// Stores a message that cannot go into `messages`, with `reason`.
+    /// ([`Error::Refused`] when the database refuses it there too.)
     pub async fn insert_dead_letter(&self, m: &NewMessage, reason: &str) -> Result<()> {
         db_link::either!(&self.pool, Pool(pool) => sqlx::query(INSERT_DEAD_LETTER)
             .bind(&m.topic)
@@ -246,7 +247,7 @@ impl Store {
             .execute(pool)
             .await
             .map(drop))
-        .map_err(db_err)
+        .map_err(row_err)
     }
 
     /// Whether the database answers.
@@ -300,6 +301,44 @@ impl Store {
             db_link::Pool::Postgres(pool) => pool.close().await,
         }
     }
+}
+
+/// An error inserting a row: [`Error::Refused`] when no retry can make
+/// the database take it, else [`Error::Store`] (retried).
+fn row_err(e: sqlx::Error) -> Error {
+    if refused_for_good(&e) {
+        Error::Refused {
+            reason: e.to_string(),
+        }
+    } else {
+        db_err(e)
+    }
+}
+
+/// Whether the database refused the row itself, for good: PostgreSQL's
+/// SQLSTATE classes 22 (data exception), 23 (integrity constraint) and 54
+/// (program limit, such as an index row too large); SQLite's
+/// SQLITE_TOOBIG (18), SQLITE_CONSTRAINT (19, a trigger's RAISE(ABORT)
+/// included) and SQLITE_MISMATCH (20), by the low byte of the extended
+/// code. Everything else (a lost connection, a lock timeout, a full disk)
+/// may pass and is retried.
+fn refused_for_good(e: &sqlx::Error) -> bool {
+    let Some(db) = e.as_database_error() else {
+        return false;
+    };
+    let Some(code) = db.code() else {
+        return false;
+    };
+    if db
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some()
+    {
+        return ["22", "23", "54"]
+            .iter()
+            .any(|class| code.starts_with(class));
+    }
+    code.parse::<i32>()
+        .is_ok_and(|c| matches!(c & 0xff, 18..=20))
 }
 
 fn db_err(e: sqlx::Error) -> Error {

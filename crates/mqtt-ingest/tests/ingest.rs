@@ -662,3 +662,62 @@ async fn the_postgres_link_is_verified_tls_with_a_client_certificate() {
         "{e}"
     );
 }
+
+/// A row the database refuses for good (PostgreSQL: a topic too long for
+/// the btree index; SQLite: a trigger's RAISE(ABORT)) goes to
+/// `dead_letters` with the database's reason, and the messages behind it
+/// are stored and acknowledged: one device never stops the fleet's ingest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_database_refuses_is_a_dead_letter_and_the_stream_goes_on() {
+    let s = setup();
+    let ingest =
+        tokio::task::block_in_place(|| Ingest::start(&s.pki.client("ingest"), &s.broker, &s.db));
+    ingest.wait_healthy();
+    // The schema exists now: a trigger refuses one topic.
+    let pool = sqlx::SqlitePool::connect(&s.db.url()).await.unwrap();
+    sqlx::query(
+        "CREATE TRIGGER poison BEFORE INSERT ON messages WHEN NEW.topic = 'load/poison' \
+         BEGIN SELECT RAISE(ABORT, 'poisoned row'); END",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    refused_row_then_five(&s, &ingest, "load/poison", "poisoned row").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_database_refuses_is_a_dead_letter_and_the_stream_goes_on_postgres() {
+    let s = tokio::task::block_in_place(setup_postgres);
+    let ingest =
+        tokio::task::block_in_place(|| Ingest::start(&s.pki.client("ingest"), &s.broker, &s.db));
+    ingest.wait_healthy();
+    // 3,000 characters that do not compress: over btree's 2,704-byte row.
+    let mut rng = fastrand::Rng::with_seed(7);
+    let long: String = (0..3000).map(|_| rng.alphanumeric()).collect();
+    refused_row_then_five(&s, &ingest, &format!("load/{long}"), "index row").await;
+}
+
+async fn refused_row_then_five(s: &Setup, ingest: &Ingest, poison: &str, says: &str) {
+    let publisher = Publisher::connect(&s.pki, &s.broker).await;
+    publisher.publish(poison, "0").await;
+    for n in 1..=5 {
+        publisher.publish("load/fine", &n.to_string()).await;
+    }
+    let rows = wait_for_rows(&s.db, 5).await;
+    assert_eq!(
+        rows,
+        [(1, false), (2, false), (3, false), (4, false), (5, false)]
+    );
+    let letters = dead_letters(&s.db).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(
+        letters[0].0.starts_with(&poison[..poison.len().min(20)]) && letters[0].2.contains(says),
+        "{:?}",
+        letters[0]
+    );
+    assert_eq!(ingest.metric("mqtt_ingest_dead_letters_total"), 1);
+    // All six acknowledged on the wire, and the service is healthy.
+    acknowledged_on_the_wire(s, 6).await;
+    assert_eq!(ingest.get("/healthz").0, 200);
+}

@@ -160,6 +160,7 @@ pub(crate) fn run(count: usize) -> anyhow::Result<Lifecycle> {
                 policy: provision::enrollment::Policy { days: 30 },
                 grace: Duration::from_secs(600),
                 http: None,
+                shutdown_timeout: Duration::from_secs(10),
             },
             async {
                 let _ = stop_rx.await;

@@ -60,6 +60,10 @@ pub struct ServeOptions {
     /// Where to serve `/healthz` and `/metrics` (plain HTTP: keep it on
     /// loopback).
     pub http: Option<SocketAddr>,
+    /// How long stopping may take, whatever the CA store does: past it,
+    /// [`serve`] returns an error (requests not answered stay with the
+    /// broker, unacknowledged).
+    pub shutdown_timeout: Duration,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -196,6 +200,7 @@ pub async fn serve(
         policy,
         grace,
         http: http_addr,
+        shutdown_timeout,
     } = options;
     // The shared subscriptions of each broker, checked before anything
     // starts: renewals on the main broker, enrollments on the other.
@@ -358,18 +363,29 @@ pub async fn serve(
     // The worker finishes its batch and stops; what it answered but did
     // not send goes unacknowledged, and comes again to the next instance.
     stop.store(true, Ordering::SeqCst);
-    for client in &clients {
-        let _ = client.disconnect().await;
-    }
-    for runner in runners {
-        let _ = runner.await;
-    }
-    publisher.abort();
-    if let Some(h) = http {
-        h.abort();
-    }
-    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
-    Ok(())
+    let stopping = async {
+        for client in &clients {
+            let _ = client.disconnect().await;
+        }
+        for runner in runners {
+            let _ = runner.await;
+        }
+        publisher.abort();
+        if let Some(h) = http {
+            h.abort();
+        }
+        let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    };
+    // Whatever the CA store does (a database that hangs, a folder gone),
+    // the service stops within the timeout.
+    tokio::time::timeout(shutdown_timeout, stopping)
+        .await
+        .map_err(|_| Error::Lifecycle {
+            reason: format!(
+                "not stopped within {shutdown_timeout:?} (--shutdown-timeout): requests not \
+                 answered stay with the broker"
+            ),
+        })
 }
 
 /// The worker (until `stop`): batches of requests, each answered in one transaction,
@@ -428,7 +444,18 @@ fn work(
                         "answering {} requests: {e}; retrying in {delay:?}",
                         batch.len()
                     );
-                    std::thread::sleep(delay);
+                    // Asked to stop meanwhile: stop, the batch unanswered
+                    // (its requests stay with the broker).
+                    let until = std::time::Instant::now() + delay;
+                    while std::time::Instant::now() < until {
+                        if stop.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
                 }
             }
         };

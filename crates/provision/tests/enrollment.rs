@@ -101,6 +101,11 @@ impl Fleet {
 
     /// `provision serve` as `name`, the enrollment broker at `enroll_port`.
     fn serve(&self, name: &str, enroll_port: u16) -> Serve {
+        self.serve_with(name, enroll_port, &[])
+    }
+
+    /// [`Fleet::serve`] with more arguments.
+    fn serve_with(&self, name: &str, enroll_port: u16, extra: &[&str]) -> Serve {
         let http = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_provision"))
             .current_dir(self.dir())
@@ -114,6 +119,7 @@ impl Fleet {
             .args(["--enroll-port", &enroll_port.to_string()])
             .args(["--grace", "30s", "--http", &format!("127.0.0.1:{http}")])
             .args(tls(name))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -1599,4 +1605,41 @@ fn a_revocation_for_key_compromise_follows_the_renewals_made_with_the_key() {
     assert!(out.contains("no valid certificate"), "{out}");
     let e = common::fails(d, &["revoke", "--name", "dev-never"], 1);
     assert!(e.contains("dev-never"), "{e}");
+}
+
+/// `provision serve` stops within `--shutdown-timeout` of SIGTERM while its
+/// CA store fails (here the CA folder is gone, so every tick's transaction
+/// fails and is retried): before, its worker retried for ever and the
+/// process never exited.
+#[test]
+fn serve_stops_on_sigterm_while_its_ca_store_fails() {
+    let fleet = Fleet::new(&[], &["--allow", "nobody"]);
+    let d = fleet.dir();
+    let mut serve = fleet.serve_with("ca-1", fleet.enroll.port, &["--shutdown-timeout", "3"]);
+    std::fs::rename(d.join("root_cert"), d.join("root_cert.gone")).unwrap();
+    wait_for("the CA store failing", || {
+        serve.counter("retried_batches") > 0
+    });
+    let pid = serve.child.id().to_string();
+    let sent = Instant::now();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let status = loop {
+        if let Some(status) = serve.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(15),
+            "provision serve still running {:?} after SIGTERM",
+            sent.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+    // It stopped on its own (the worker saw the stop), not by the timeout.
+    assert!(status.success(), "{status:?}: {}", serve.stop());
 }

@@ -528,6 +528,11 @@ pub(crate) struct ServeArgs {
     /// certificate is revoked anyway (30s, 1h, 7d).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub(crate) grace: std::time::Duration,
+    /// Stop within this many seconds of SIGTERM, whatever the CA store
+    /// does (exit 1 if the worker had not stopped by then; requests not
+    /// answered stay with the broker).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub(crate) shutdown_timeout: u64,
     /// Serve /healthz and /metrics here (plain HTTP: keep it on loopback).
     #[arg(long, value_name = "ADDR:PORT")]
     pub(crate) http: Option<std::net::SocketAddr>,

@@ -159,6 +159,7 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         policy: Policy { days: args.days },
         grace: args.grace,
         http: args.http,
+        shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
     };
     runtime()?.block_on(async {
         let shutdown = async {

@@ -342,9 +342,7 @@ impl Renewer {
                     continue;
                 }
             };
-            if let Ok(wait) = due.duration_since(SystemTime::now()) {
-                tokio::time::sleep(wait).await;
-            }
+            wait_until(due, SystemTime::now, RECHECK).await;
             match self.renew_now().await {
                 Ok(_) => attempt = 0,
                 Err(Error::Closed) => return Ok(()),
@@ -359,6 +357,22 @@ impl Renewer {
     }
 }
 
+/// How often a wait for a renewal looks at the wall clock again.
+const RECHECK: Duration = Duration::from_secs(60);
+
+/// Waits until the wall clock (`now`) reaches `due`, looking again at
+/// least every `recheck`: tokio's timers run on the monotonic clock, which
+/// stops while a device is suspended, so one long sleep would wake late,
+/// possibly after the certificate expired.
+async fn wait_until(due: SystemTime, now: impl Fn() -> SystemTime, recheck: Duration) {
+    while let Ok(left) = due.duration_since(now()) {
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(recheck)).await;
+    }
+}
+
 /// `at` of `cert`'s lifetime after its start, spread by `jitter` either
 /// side.
 fn due(cert: &Certificate, options: &RenewOptions) -> SystemTime {
@@ -368,4 +382,49 @@ fn due(cert: &Certificate, options: &RenewOptions) -> SystemTime {
     let spread = (fastrand::f64() * 2.0 - 1.0) * options.jitter.clamp(0.0, 0.5);
     let at = (options.at + spread).clamp(0.0, 1.0);
     start + lifetime.mul_f64(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A device suspended for two hours: the monotonic clock saw one
+    /// minute, the wall clock is past the due time. The wait ends at the
+    /// next look at the wall clock, not an hour later.
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_for_renewal_follows_the_wall_clock_across_a_suspend() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let wall = Arc::new(Mutex::new(start));
+        let clock = {
+            let wall = Arc::clone(&wall);
+            move || *wall.lock().unwrap()
+        };
+        let due = start + Duration::from_secs(3600);
+        let waiting = tokio::spawn(wait_until(due, clock, Duration::from_secs(60)));
+        tokio::task::yield_now().await;
+        // The suspend: the wall clock jumps two hours.
+        *wall.lock().unwrap() = start + Duration::from_secs(7200);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        tokio::task::yield_now().await;
+        assert!(
+            waiting.is_finished(),
+            "still waiting after the wall clock passed the due time"
+        );
+        // Without a suspend it waits the whole hour on the wall clock.
+        *wall.lock().unwrap() = start;
+        let waiting = {
+            let wall = Arc::clone(&wall);
+            tokio::spawn(wait_until(
+                due,
+                move || *wall.lock().unwrap(),
+                Duration::from_secs(60),
+            ))
+        };
+        tokio::time::advance(Duration::from_secs(120)).await;
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        waiting.abort();
+    }
 }

@@ -144,6 +144,13 @@ struct Args {
     shutdown_timeout: u64,
 }
 
+/// Whether log lines may carry colour: standard error is a terminal and
+/// `NO_COLOR` is unset or empty (no-color.org).
+fn colour() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -151,6 +158,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: a log file or the
+        // journal gets plain text, and so does anyone who set NO_COLOR.
+        .with_ansi(colour())
         .init();
     let args = Args::parse();
     let runtime = match tokio::runtime::Runtime::new() {

@@ -720,4 +720,11 @@ async fn refused_row_then_five(s: &Setup, ingest: &Ingest, poison: &str, says: &
     // All six acknowledged on the wire, and the service is healthy.
     acknowledged_on_the_wire(s, 6).await;
     assert_eq!(ingest.get("/healthz").0, 200);
+    // Its log (standard error, a pipe here) is plain text: no colour
+    // escapes in a log file or the journal.
+    let log = ingest.log();
+    assert!(
+        log.contains("dead letter") && !log.contains('\u{1b}'),
+        "{log:?}"
+    );
 }

@@ -149,7 +149,7 @@ fn default_batch_wait() -> u64 {
 impl Config {
     /// Reads a TOML file.
     pub fn load(path: &std::path::Path) -> Result<Self> {
-        let text = mqtt_tls::secrets::read_capped_text(path).map_err(|e| Error::Config {
+        let text = safe_files::read_capped_text(path).map_err(|e| Error::Config {
             reason: format!("reading {}: {e}", path.display()),
         })?;
         let mut config: Self = toml::from_str(&text).map_err(|e| Error::Config {

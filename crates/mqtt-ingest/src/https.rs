@@ -103,13 +103,13 @@ impl std::fmt::Debug for Https {
 }
 
 fn contents(path: Option<&PathBuf>) -> Option<Vec<u8>> {
-    mqtt_tls::secrets::read_capped(path?).ok()
+    safe_files::read_capped(path?).ok()
 }
 
-/// A file's bytes, size-capped ([`mqtt_tls::secrets::read_capped`]); the
+/// A file's bytes, size-capped ([`safe_files::read_capped`]); the
 /// error names the file.
 fn read(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>> {
-    mqtt_tls::secrets::read_capped(path)
+    safe_files::read_capped(path)
         .map(zeroize::Zeroizing::new)
         .map_err(|e| bad(path, e.to_string()))
 }

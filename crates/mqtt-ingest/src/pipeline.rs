@@ -116,7 +116,7 @@ pub fn start(
                     duplicate: m.duplicate,
                     received_at_us: micros_now(),
                 };
-                store.insert_dead_letter(&row, &reason.to_string()).await?;
+                keep_dead_letter(&store, &row, &reason.to_string()).await?;
                 metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
                 if matches!(reason, DeadLetter::TooLarge { .. }) {
                     metrics.too_large.fetch_add(1, Ordering::Relaxed);
@@ -223,30 +223,41 @@ async fn write_loop(
             }
         }
         let (rows, deliveries): (Vec<NewMessage>, Vec<Delivery>) = batch.into_iter().unzip();
+        let mut deliveries = deliveries.into_iter();
         let mut attempt = 0;
         // Rows before it are stored (or dead letters): a retry goes on from
         // there, never storing one twice.
         let mut stored = 0;
+        // Deliveries acknowledged so far: those of committed rows only, in
+        // order.
+        let mut acked = 0;
         loop {
-            match store_from(&store, &rows, &mut stored, &metrics).await {
+            let result = store_from(&store, &rows, &mut stored, &metrics).await;
+            // Committed: now, and only now, the broker may forget them (the
+            // part committed before a failure too, so that a crash during
+            // the retries does not bring those back to be stored again).
+            while acked < stored {
+                if let Some(delivery) = deliveries.next()
+                    && delivery.ack().await.is_ok()
+                {
+                    metrics.acknowledged.fetch_add(1, Ordering::Relaxed);
+                }
+                acked += 1;
+            }
+            match result {
                 Ok(()) => break,
                 Err(e) => {
                     metrics.store_failures.fetch_add(1, Ordering::Relaxed);
                     metrics.database_ok.store(false, Ordering::Relaxed);
                     tracing::warn!(
-                        "storing {} messages failed (attempt {}): {e}; nothing acknowledged, retrying",
-                        rows.len(),
+                        "storing {} messages failed (attempt {}): {e}; those not stored are not \
+                         acknowledged, retrying",
+                        rows.len() - stored,
                         attempt + 1
                     );
                     tokio::time::sleep(retry.delay(attempt)).await;
                     attempt = attempt.saturating_add(1);
                 }
-            }
-        }
-        // Committed: now, and only now, the broker may forget them.
-        for delivery in deliveries {
-            if delivery.ack().await.is_ok() {
-                metrics.acknowledged.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -283,28 +294,7 @@ async fn store_from(
                         row.topic.chars().take(64).collect::<String>()
                     );
                     let why = format!("the database refused it: {reason}");
-                    match store.insert_dead_letter(row, &why).await {
-                        Ok(()) => {}
-                        // Refused there too (a trigger, a limit): kept with
-                        // an empty payload and a short topic, the reason
-                        // saying what it was.
-                        Err(crate::Error::Refused { .. }) => {
-                            let mut short = row.clone();
-                            short.topic = row.topic.chars().take(200).collect();
-                            short.payload.clear();
-                            store
-                                .insert_dead_letter(
-                                    &short,
-                                    &format!(
-                                        "{why} (topic cut to 200 characters, payload of {} \
-                                         bytes left out: the dead letter was refused too)",
-                                        row.payload.len()
-                                    ),
-                                )
-                                .await?;
-                        }
-                        Err(e) => return Err(e),
-                    }
+                    keep_dead_letter(store, row, &why).await?;
                     metrics.dead_letters.fetch_add(1, Ordering::Relaxed);
                     *stored += 1;
                     break;
@@ -316,9 +306,146 @@ async fn store_from(
     Ok(())
 }
 
+/// Stores `row` in `dead_letters` with `why`. Refused there too (a
+/// trigger, a limit, characters the database will not take), it is kept
+/// with its topic cut to 200 characters, then with a fixed topic and no
+/// payload, the reason saying so; a database that refuses even that
+/// refuses every row, and the error is returned as one to retry.
+async fn keep_dead_letter(store: &Store, row: &NewMessage, why: &str) -> crate::Result<()> {
+    let mut short = row.clone();
+    short.topic = row.topic.chars().take(200).collect();
+    let mut bare = row.clone();
+    bare.topic = "(topic not storable)".into();
+    bare.payload.clear();
+    let tries = [
+        (row, why.to_owned()),
+        (
+            &short,
+            format!("{why} (topic cut to 200 characters: the dead letter was refused too)"),
+        ),
+        (
+            &bare,
+            format!(
+                "{why} (topic and payload of {} bytes left out: the dead letter was refused too)",
+                row.payload.len()
+            ),
+        ),
+    ];
+    for (letter, reason) in &tries {
+        match store.insert_dead_letter(letter, reason).await {
+            Ok(()) => return Ok(()),
+            Err(crate::Error::Refused { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(crate::Error::Store {
+        reason: format!("{why}; and dead_letters refuses even a bare row"),
+    })
+}
+
 fn micros_now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn row(topic: &str, n: u32) -> NewMessage {
+        NewMessage {
+            topic: topic.into(),
+            payload: n.to_string().into_bytes(),
+            qos: 1,
+            retain: false,
+            duplicate: false,
+            received_at_us: 0,
+        }
+    }
+
+    async fn sql(url: &str, statement: &'static str) {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        sqlx::query(statement).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+
+    /// One refused row in the middle of a batch is found by halving: the
+    /// seven others are stored in order, once each, and it becomes a dead
+    /// letter with the database's reason; refused in `dead_letters` too, it
+    /// is kept there bare.
+    #[tokio::test]
+    async fn a_refused_row_in_the_middle_of_a_batch_is_isolated() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("ingest.db").display());
+        let store = Store::open(&url).await.unwrap();
+        sql(
+            &url,
+            "CREATE TRIGGER poison BEFORE INSERT ON messages WHEN NEW.topic = 'poison' \
+             BEGIN SELECT RAISE(ABORT, 'poisoned row'); END",
+        )
+        .await;
+        let rows: Vec<NewMessage> = (1..=8)
+            .map(|n| row(if n == 5 { "poison" } else { "fine" }, n))
+            .collect();
+        let metrics = Metrics::default();
+        let mut stored = 0;
+        store_from(&store, &rows, &mut stored, &metrics)
+            .await
+            .unwrap();
+        assert_eq!(stored, 8);
+        let kept: Vec<u32> = store
+            .list(None, 0, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| {
+                String::from_utf8(m.payload.clone())
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(kept, [1, 2, 3, 4, 6, 7, 8]);
+        assert_eq!(metrics.dead_letters.load(Ordering::Relaxed), 1);
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let letters: Vec<(String, Vec<u8>, String)> =
+            sqlx::query_as("SELECT topic, payload, reason FROM dead_letters ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(
+            (letters[0].0.as_str(), letters[0].1.as_slice()),
+            ("poison", &b"5"[..])
+        );
+        assert!(letters[0].2.contains("poisoned row"), "{}", letters[0].2);
+
+        // Refused in dead_letters too: kept bare, the reason saying so.
+        sqlx::query(
+            "CREATE TRIGGER poison_letter BEFORE INSERT ON dead_letters \
+             WHEN NEW.topic = 'poison' BEGIN SELECT RAISE(ABORT, 'no'); END",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let mut stored = 0;
+        store_from(&store, &[row("poison", 9)], &mut stored, &metrics)
+            .await
+            .unwrap();
+        let last: (String, Vec<u8>, String) =
+            sqlx::query_as("SELECT topic, payload, reason FROM dead_letters ORDER BY id DESC")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        pool.close().await;
+        assert_eq!(last.0, "(topic not storable)");
+        assert!(
+            last.1.is_empty() && last.2.contains("refused too"),
+            "{last:?}"
+        );
+    }
 }

@@ -291,13 +291,11 @@ impl CaDir {
             }
         }
         for folder in [&archive, &self.dir] {
-            std::fs::File::open(folder)
-                .and_then(|f| f.sync_all())
-                .map_err(|source| Error::Io {
-                    action: "flushing",
-                    path: folder.clone(),
-                    source,
-                })?;
+            safe_files::sync_dir(folder).map_err(|source| Error::Io {
+                action: "flushing",
+                path: folder.clone(),
+                source,
+            })?;
         }
         Ok(archive)
     }

@@ -329,14 +329,14 @@ pub fn refuse_existing(paths: &[&Path], force: bool) -> Result<()> {
     }
 }
 
-/// The largest file any command reads (`mqtt_tls::secrets`' one cap).
-pub const MAX_INPUT_BYTES: u64 = mqtt_tls::secrets::MAX_FILE_BYTES;
+/// The largest file any command reads (`safe_files`' one cap).
+pub const MAX_INPUT_BYTES: u64 = safe_files::MAX_FILE_BYTES;
 
 /// Reads a file as UTF-8 text, naming it on failure; a file larger than
 /// [`MAX_INPUT_BYTES`] (or an endless one, like `/dev/zero`) is refused
 /// without reading it all.
 pub fn read_text(path: &Path) -> Result<String> {
-    mqtt_tls::secrets::read_capped_text(path).map_err(|source| Error::Io {
+    safe_files::read_capped_text(path).map_err(|source| Error::Io {
         action: "reading",
         path: path.to_owned(),
         source,

@@ -374,7 +374,13 @@ pub async fn serve(
         if let Some(h) = http {
             h.abort();
         }
-        let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+        // Polled, not joined on a blocking task: the runtime, when it is
+        // dropped, would wait for such a task, and a worker stuck in the
+        // store (a database that hangs) would then hold the process for
+        // ever. Past the timeout it is left to the process's exit.
+        while !worker.is_finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     };
     // Whatever the CA store does (a database that hangs, a folder gone),
     // the service stops within the timeout.

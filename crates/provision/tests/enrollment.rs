@@ -1643,3 +1643,51 @@ fn serve_stops_on_sigterm_while_its_ca_store_fails() {
     // It stopped on its own (the worker saw the stop), not by the timeout.
     assert!(status.success(), "{status:?}: {}", serve.stop());
 }
+
+/// Its worker stuck inside the CA store (here waiting for the CA folder's
+/// lock, which another process holds), `provision serve` still exits
+/// within `--shutdown-timeout` of SIGTERM, with exit code 1: requests it
+/// had not answered stay with the broker.
+#[test]
+fn serve_stops_in_time_while_its_worker_is_stuck_in_the_store() {
+    let fleet = Fleet::new(&[], &["--allow", "nobody"]);
+    let d = fleet.dir();
+    let mut serve = fleet.serve_with("ca-1", fleet.enroll.port, &["--shutdown-timeout", "2"]);
+    // Another process's lock on the CA folder: the worker's next tick
+    // waits for it.
+    let lock = std::fs::File::options()
+        .write(true)
+        .open(d.join("root_cert/.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = serve.child.id().to_string();
+    let sent = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = loop {
+        if let Some(status) = serve.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(15),
+            "provision serve still running {:?} after SIGTERM",
+            sent.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        sent.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        sent.elapsed()
+    );
+    let err = serve.stop();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("--shutdown-timeout"), "{err}");
+    drop(lock);
+}

@@ -434,3 +434,28 @@ fn a_manifest_change_wins_over_a_renewal_elsewhere() {
     let shown = ok(d, &["inspect", "backend_certs/svc_cert.pem"]);
     assert!(shown.contains("device"), "{shown}");
 }
+
+/// A dry run against a CA folder with no inventory yet creates none: the
+/// plan reads, it does not write.
+#[test]
+fn a_dry_run_makes_no_inventory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca"]);
+    for entry in std::fs::read_dir(d.join("root_cert")).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("inventory.db")
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    manifest(d, "name = \"dev1\"");
+    let out = ok(d, &["fleet", "fleet.toml", "--dry-run"]);
+    assert!(out.contains("1 to issue"), "{out}");
+    assert!(!d.join("root_cert/inventory.db").exists());
+    assert!(!d.join("backend_certs").exists());
+}

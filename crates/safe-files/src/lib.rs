@@ -182,13 +182,16 @@ pub fn write_atomic(path: &Path, contents: &[u8], options: WriteOptions) -> Resu
         })?;
     }
     // The rename is durable once the folder is.
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| WriteError::Io {
-            action: "flushing",
-            path: dir.to_owned(),
-            source,
-        })
+    sync_dir(dir).map_err(|source| WriteError::Io {
+        action: "flushing",
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// Flushes a folder, so that a rename or a new file in it survives a crash.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
 }
 
 #[cfg(test)]

@@ -29,10 +29,10 @@ pub(super) fn write_file(path: &Path, bytes: &[u8], replace: bool) -> Result<()>
     })
 }
 
+/// [`safe_files::sync_dir`], best effort: a folder that cannot be flushed
+/// leaves the rename as durable as the file system makes it.
 pub(super) fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    let _ = safe_files::sync_dir(dir);
 }
 
 pub(super) fn rename(from: &Path, to: &Path) -> Result<()> {

@@ -6,7 +6,7 @@ use pki_core::Crl;
 
 use super::rules::{loads_plugin, write_rules};
 use crate::error::Result;
-use crate::files::{Access, read_text, write_atomic, write_if_changed};
+use crate::files::{Access, read_text, write_atomic};
 use crate::inventory::{Committed, Inventory};
 use crate::layout::BrokerPaths;
 
@@ -152,10 +152,20 @@ fn refresh(inventory: &Inventory) -> Result<Vec<Refreshed>> {
         let current = std::fs::read_to_string(&paths.crl).ok();
         let crl_written = if current.as_deref() == Some(crl.as_str()) {
             Ok(())
-        } else if current.as_deref().and_then(number) <= number(&crl) {
-            write_if_changed(&paths.crl, &crl)
         } else {
-            Ok(())
+            let (theirs, ours) = (current.as_deref().and_then(number), number(&crl));
+            if theirs <= ours {
+                write_atomic(&paths.crl, crl.as_bytes(), Access::Public, true)
+                    .map_err(|e| e.to_string())
+            } else {
+                // Never replaced by an older one; but a copy numbered above
+                // the CA's own is not the CA's latest either: said, not
+                // left in place silently.
+                Err(format!(
+                    "it holds CRL number {theirs:?}, above the CA's {ours:?}: not this CA's \
+                     latest; remove it and run `provision crl --if-due`"
+                ))
+            }
         };
         let error = match (crl_written, rules) {
             (Ok(()), Ok(())) => None,

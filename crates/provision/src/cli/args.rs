@@ -823,11 +823,9 @@ pub(crate) fn new_passphrase(key: &Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
 }
 
 /// The passphrase in the variable `var`, when one is named (unset or
-/// empty refused: `mqtt_tls::secrets`' one policy).
+/// empty refused: `safe_files`' one policy).
 pub(crate) fn passphrase(var: Option<&str>) -> anyhow::Result<Option<Zeroizing<Vec<u8>>>> {
-    Ok(var
-        .map(mqtt_tls::secrets::passphrase_from_env)
-        .transpose()?)
+    Ok(var.map(safe_files::passphrase_from_env).transpose()?)
 }
 
 impl IdentityArgs {

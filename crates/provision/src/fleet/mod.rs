@@ -91,7 +91,7 @@ pub fn run(
         .ca
         .passphrase_env
         .as_deref()
-        .map(mqtt_tls::secrets::passphrase_from_env)
+        .map(safe_files::passphrase_from_env)
         .transpose()
         .map_err(|e| Error::Passphrase {
             path: ca_dir.key_path(),
@@ -136,6 +136,7 @@ pub fn run(
         .build()
         .map_err(|e| bad(format!("cannot start worker threads: {e}")))?;
     let no_history = History::default();
+    let ca_not_after = ca.certificate().not_after();
     let mut summary = Summary {
         ca_created,
         ca_dir: ca_dir.dir().to_owned(),
@@ -200,13 +201,8 @@ pub fn run(
                 .par_iter()
                 .zip(renew_before.par_iter())
                 .map(|(request, renew_before)| {
-                    let lifecycle = Lifecycle {
-                        history: history
-                            .get(request.identity.name.as_str())
-                            .unwrap_or(&no_history),
-                        renew_before: *renew_before,
-                        ca_not_after: ca.certificate().not_after(),
-                    };
+                    let lifecycle =
+                        Lifecycle::of(&history, &no_history, request, *renew_before, ca_not_after);
                     let outcome = provision_one(&ca, request, &lifecycle);
                     let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                     progress(n, total);

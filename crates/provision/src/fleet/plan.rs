@@ -55,20 +55,24 @@ pub fn plan(path: &Path, options: &RunOptions) -> Result<Plan> {
         path: signer,
         source,
     })?;
-    let inventory = Inventory::open(&ca_dir)?;
-    let history = read_history(&names, &mut |filter, f| inventory.visit(filter, f))?;
+    // No inventory yet (SQLite in the folder): nothing recorded, and none
+    // made for a plan.
+    let in_folder = ca_dir.inventory_url().is_none()
+        && !ca_dir.dir().join(crate::layout::INVENTORY_DB).exists();
+    let history = if in_folder {
+        HashMap::new()
+    } else {
+        let inventory = Inventory::open(&ca_dir)?;
+        read_history(&names, &mut |filter, f| inventory.visit(filter, f))?
+    };
     let no_history = History::default();
+    let ca_not_after = ca_cert.not_after();
     let steps = requests
         .iter()
         .zip(&renew_before)
         .map(|(request, renew_before)| {
-            let lifecycle = Lifecycle {
-                history: history
-                    .get(request.identity.name.as_str())
-                    .unwrap_or(&no_history),
-                renew_before: *renew_before,
-                ca_not_after: ca_cert.not_after(),
-            };
+            let lifecycle =
+                Lifecycle::of(&history, &no_history, request, *renew_before, ca_not_after);
             let decision = decide(&ca_cert, request, &lifecycle);
             (request.identity.name.to_string(), decision.step)
         })
@@ -186,6 +190,24 @@ pub(super) struct Lifecycle<'a> {
     pub(super) ca_not_after: SystemTime,
 }
 
+impl<'a> Lifecycle<'a> {
+    /// What decides `request`'s identity: its history (`none` when the
+    /// inventory has nothing of its name).
+    pub(super) fn of(
+        history: &'a HashMap<String, History>,
+        none: &'a History,
+        request: &IssueRequest,
+        renew_before: Option<u32>,
+        ca_not_after: SystemTime,
+    ) -> Self {
+        Self {
+            history: history.get(request.identity.name.as_str()).unwrap_or(none),
+            renew_before,
+            ca_not_after,
+        }
+    }
+}
+
 /// The plan for one identity: what is on disk and in the inventory against
 /// what the manifest asks. Reads only (the CA's certificate, no key).
 pub(super) fn decide(
@@ -219,7 +241,7 @@ pub(super) fn decide(
         // not), since a device renewing on its own picks its CSR.
         let role_now = current.role.unwrap_or(Role::Device);
         let last_issued = on_disk.clone().or_else(|| {
-            std::fs::read_to_string(&paths.cert)
+            read_text(&paths.cert)
                 .ok()
                 .and_then(|pem| Certificate::from_pem(&pem).ok())
         });
@@ -351,8 +373,8 @@ pub(super) fn existing_valid(
     profile: Profile,
     paths: &IdentityPaths,
 ) -> Option<Certificate> {
-    let cert = Certificate::from_pem(&std::fs::read_to_string(&paths.cert).ok()?).ok()?;
-    let pem = zeroize::Zeroizing::new(std::fs::read_to_string(&paths.key).ok()?);
+    let cert = Certificate::from_pem(&read_text(&paths.cert).ok()?).ok()?;
+    let pem = zeroize::Zeroizing::new(read_text(&paths.key).ok()?);
     let key = KeyPair::from_pem(&pem).ok()?;
     if !key.matches_public_key(&cert.public_key_der().ok()?) {
         return None;

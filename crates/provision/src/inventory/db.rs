@@ -169,11 +169,6 @@ impl Raw {
     }
 }
 
-/// The location without a password ([`db_link::redact_url`]).
-pub(super) fn redact(url: &str) -> String {
-    db_link::redact_url(url)
-}
-
 pub(super) static NON_DEVICE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "SELECT {COLUMNS} FROM certificates
@@ -199,26 +194,5 @@ pub(super) fn db_error(location: &str, action: &'static str, e: sqlx::Error) -> 
         location: location.to_owned(),
         action,
         reason: e.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_never_reach_messages() {
-        for (url, shown) in [
-            ("postgres://me:secret@db/x", "postgres://me:***@db/x"),
-            ("postgres://me:p@ss@db/x", "postgres://me:***@db/x"),
-            (
-                "postgres://me@db/x?password=secret&sslmode=require",
-                "postgres://me@db/x",
-            ),
-            ("postgres://db/x", "postgres://db/x"),
-        ] {
-            assert_eq!(redact(url), shown);
-            assert!(!redact(url).contains("secret") && !redact(url).contains("ss@"));
-        }
     }
 }

@@ -41,7 +41,7 @@ use crate::error::{Error, Result};
 use crate::files::{Access, write_atomic};
 use crate::layout;
 use crate::roles::{AclPolicy, Role};
-use db::{COLUMNS, NON_DEVICE_SQL, Raw, SCHEMA, db_error, non_device, redact};
+use db::{COLUMNS, NON_DEVICE_SQL, Raw, SCHEMA, db_error, non_device};
 use locked::fingerprint_of;
 use settings::{parse_paths, parse_policy};
 
@@ -107,7 +107,7 @@ impl Inventory {
     /// a query), before a command writes anything that would depend on it
     /// (`init-ca --inventory URL`).
     pub fn probe(url: &str, transport: db_link::Transport) -> Result<()> {
-        let location = redact(url);
+        let location = db_link::redact_url(url);
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(Error::Inventory {
                 location,
@@ -175,7 +175,7 @@ impl Inventory {
         let sqlite_path = ca_dir.dir().join(layout::INVENTORY_DB);
         let (db, location) = match ca_dir.inventory_url() {
             Some(url) => {
-                let location = redact(url);
+                let location = db_link::redact_url(url);
                 if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                     return Err(Error::Inventory {
                         location: location.clone(),

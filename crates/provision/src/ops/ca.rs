@@ -33,6 +33,21 @@ pub struct InitCa {
 /// fall to a guessing attack on a stolen key file in moments.
 pub const MIN_PASSPHRASE: usize = 8;
 
+/// Refuses a passphrase for a new CA key shorter than [`MIN_PASSPHRASE`],
+/// before anything is written.
+fn check_new_passphrase(passphrase: Option<&[u8]>, key_path: &std::path::Path) -> Result<()> {
+    match passphrase {
+        Some(p) if p.len() < MIN_PASSPHRASE => Err(Error::Passphrase {
+            path: key_path.to_owned(),
+            reason: format!(
+                "the passphrase for a new CA key must be at least {MIN_PASSPHRASE} characters \
+                 (a short one is guessed quickly from a stolen key file); nothing was written"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Creates a self-signed root CA in `dir`: `root_ca_cert.pem` and
 /// `root_ca.key` (0600, encrypted when a passphrase is given). With
 /// `force`, an existing CA is archived whole first (see
@@ -52,17 +67,10 @@ pub fn init_ca_archiving(
 ) -> Result<(CertificateAuthority, Option<PathBuf>)> {
     let cert_path = dir.cert_path();
     let key_path = dir.key_path();
-    if let Some(p) = &request.passphrase
-        && p.len() < MIN_PASSPHRASE
-    {
-        return Err(Error::Passphrase {
-            path: key_path,
-            reason: format!(
-                "the passphrase for a new CA key must be at least {MIN_PASSPHRASE} characters \
-                 (a short one is guessed quickly from a stolen key file); nothing was written"
-            ),
-        });
-    }
+    check_new_passphrase(
+        request.passphrase.as_deref().map(|p| p.as_slice()),
+        &key_path,
+    )?;
     // The old CA's inventory, opened before the lock (opening may take it
     // briefly), is exported into the archive and emptied in place.
     let inventory = if request.force && cert_path.exists() && inventory_exists(dir) {
@@ -158,17 +166,10 @@ pub(super) const FIRST_INTERMEDIATE_CRL_DAYS: u32 = 30;
 pub fn init_intermediate(dir: &CaDir, request: &InitIntermediate) -> Result<IntermediateCreated> {
     let cert_path = dir.intermediate_cert_path();
     let key_path = dir.intermediate_key_path();
-    if let Some(p) = &request.passphrase
-        && p.len() < MIN_PASSPHRASE
-    {
-        return Err(Error::Passphrase {
-            path: key_path,
-            reason: format!(
-                "the passphrase for a new CA key must be at least {MIN_PASSPHRASE} characters \
-                 (a short one is guessed quickly from a stolen key file); nothing was written"
-            ),
-        });
-    }
+    check_new_passphrase(
+        request.passphrase.as_deref().map(|p| p.as_slice()),
+        &key_path,
+    )?;
     if !dir.cert_path().exists() {
         return Err(Error::NoCa {
             dir: dir.dir().to_owned(),

@@ -387,6 +387,102 @@ async fn identity_swap_keeps_the_session_and_rolls_back_a_refused_identity() {
     stop(publisher, prunner).await;
 }
 
+/// A hot identity swap (a renewal) ends the old connection with DISCONNECT:
+/// the broker publishes no Last Will ("offline" at every renewal), and the
+/// acknowledgement a handler had just queued goes out before it, so the
+/// message is not delivered again on the new connection.
+#[tokio::test]
+async fn a_hot_swap_says_goodbye_and_keeps_the_acknowledgements_it_queued() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let (publisher, prunner) = running(&pki, broker.port, "goodbye-pub").await;
+    let (watcher, mut wconn) = MqttClient::new(
+        &options(broker.port, "goodbye-watch"),
+        &pki.client("goodbye-watch").load().unwrap(),
+    )
+    .unwrap();
+    let (on_status, mut statuses) = forwarding();
+    watcher
+        .subscribe("status/#", QoS::AtLeastOnce, on_status)
+        .unwrap();
+    wconn.connect().await.unwrap();
+    let wrunner = tokio::spawn(wconn.run());
+    broker_logged(&broker, "Received SUBSCRIBE from goodbye-watch\n", 1).await;
+
+    let mut opts = options(broker.port, "goodbye");
+    opts.clean_session = false;
+    opts.last_will = Some(mqtt_tls::LastWill {
+        topic: "status/goodbye".into(),
+        payload: "offline".into(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+    });
+    let (client, mut conn) =
+        MqttClient::new(&opts, &pki.client("goodbye").load().unwrap()).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    client
+        .subscribe_deferred("work/#", QoS::AtLeastOnce, move |m, d| {
+            let tx = tx.clone();
+            async move {
+                tx.send((m, d)).unwrap();
+                Ok::<(), std::io::Error>(())
+            }
+        })
+        .unwrap();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    broker_logged(&broker, "Received SUBSCRIBE from goodbye\n", 1).await;
+
+    publisher
+        .publish("work/t", "one", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let (first, delivery) = next(&mut rx).await;
+    assert_eq!(&first.payload[..], b"one");
+    // The acknowledgement is queued, and the swap asked for, before the
+    // connection's task runs again (one thread): the swap finds it waiting.
+    delivery.ack().await.unwrap();
+    tokio::time::timeout(
+        WAIT,
+        client.reconnect_with_identity(&pki.client("goodbye").load().unwrap()),
+    )
+    .await
+    .expect("the swap did not finish")
+    .unwrap();
+    broker_logged(&broker, "Sending CONNACK to goodbye (1, 0)", 1).await;
+    let log = broker.log();
+    let acked = log
+        .find("Received PUBACK from goodbye (")
+        .expect("the queued PUBACK never reached the broker");
+    let goodbye = log
+        .find("Received DISCONNECT from goodbye\n")
+        .expect("the old connection ended without DISCONNECT");
+    assert!(acked < goodbye, "PUBACK after DISCONNECT:\n{log}");
+
+    // No will: the first status the watcher sees is the marker.
+    publisher
+        .publish("status/goodbye", "marker", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(WAIT, statuses.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&status.payload[..], b"marker", "the Last Will went out");
+    // No redelivery: the next message on the new connection is the next one.
+    publisher
+        .publish("work/t", "two", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let (second, delivery) = next(&mut rx).await;
+    assert_eq!(&second.payload[..], b"two", "\"one\" came again");
+    delivery.ack().await.unwrap();
+
+    stop(client, runner).await;
+    stop(watcher, wrunner).await;
+    stop(publisher, prunner).await;
+}
+
 /// A publish with nobody to take it fails with `Closed`, at once, instead
 /// of waiting for ever (or spinning on a timer, as it did when the request
 /// channel was full or closed): both those already queued and those

@@ -120,6 +120,57 @@ impl EventLoop {
         self.pending.extend(requests_in_channel);
     }
 
+    /// Not upstream: ends the connection the polite way, for a client that
+    /// reconnects at once (say, with a renewed certificate). The
+    /// acknowledgements waiting in the request channel are written first
+    /// (`clean` would drop them, and the broker would deliver those
+    /// messages again), then DISCONNECT (so the broker does not publish
+    /// the Last Will, MQTT 3.1.1 section 3.14.4), all flushed within the
+    /// connection timeout; then the rest is kept as [`EventLoop::clean`]
+    /// keeps it. A link that is already broken only loses the politeness:
+    /// the error is returned after cleaning.
+    pub async fn close_gracefully(&mut self) -> Result<(), ConnectionError> {
+        let mut written: Result<(), ConnectionError> = Ok(());
+        let mut kept = Vec::new();
+        if let Some(network) = self.network.as_mut() {
+            for request in self.requests_rx.drain() {
+                if !matches!(request, Request::PubAck(_) | Request::PubRec(_)) {
+                    kept.push(request);
+                    continue;
+                }
+                if written.is_ok() {
+                    written = match self.state.handle_outgoing_packet(request) {
+                        Ok(Some(packet)) => network.write(packet).await.map_err(Into::into),
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e.into()),
+                    };
+                }
+            }
+            if written.is_ok() {
+                written = network.write(Packet::Disconnect).await.map_err(Into::into);
+            }
+            if written.is_ok() {
+                let timeout = Duration::from_secs(self.network_options.connection_timeout());
+                written = match time::timeout(timeout, network.flush()).await {
+                    Ok(flushed) => flushed.map_err(Into::into),
+                    Err(_) => Err(ConnectionError::FlushTimeout),
+                };
+            }
+        }
+        self.network = None;
+        self.keepalive_timeout = None;
+        self.pending.extend(self.state.clean());
+        self.pending.extend(kept);
+        // Whatever came meanwhile, as `clean` keeps it.
+        let late: Vec<_> = self
+            .requests_rx
+            .drain()
+            .filter(|request| !matches!(request, Request::PubAck(_)))
+            .collect();
+        self.pending.extend(late);
+        written
+    }
+
     /// Yields Next notification or outgoing request and periodically pings
     /// the broker. Continuing to poll will reconnect to the broker if there is
     /// a disconnection.

@@ -211,10 +211,14 @@ impl Connection {
             };
             let Some(polled) = polled else {
                 if self.take_forced_swap(&mut trial) {
-                    // Close this connection: publishes in flight move to
-                    // the event loop's pending list and go out again on
-                    // the next connection of the same session.
-                    self.eventloop.clean();
+                    // Close this connection politely: the acknowledgements
+                    // already queued go out, then DISCONNECT (no Last
+                    // Will); publishes in flight move to the event loop's
+                    // pending list and go out again on the next connection
+                    // of the same session.
+                    if let Err(e) = self.eventloop.close_gracefully().await {
+                        tracing::debug!("closing the connection for the new identity: {e}");
+                    }
                     self.shared.room.notify_waiters();
                     if self.shared.link.connected.swap(false, Ordering::SeqCst) {
                         self.had_connection_error = true;

@@ -202,8 +202,10 @@ impl MqttClient {
         Ok(())
     }
 
-    /// Switches to `identity` now: the current connection is closed and
-    /// the next one made with the new identity, resuming the same session
+    /// Switches to `identity` now: the current connection is closed (with
+    /// DISCONNECT, after the acknowledgements already queued, so the broker
+    /// publishes no Last Will) and the next one made with the new identity,
+    /// resuming the same session
     /// (with `clean_session = false` the broker keeps what is
     /// unacknowledged; publishes in flight are sent again, and messages
     /// whose acknowledgement had not gone out yet may come again, marked

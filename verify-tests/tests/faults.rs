@@ -483,6 +483,90 @@ async fn a_hot_swap_says_goodbye_and_keeps_the_acknowledgements_it_queued() {
     stop(publisher, prunner).await;
 }
 
+/// A broker killed (`kill -9`) and restored from an older save of its
+/// sessions says "session present" without the subscriptions made since the
+/// save: the client subscribes again to everything on every CONNACK, so a
+/// filter added after the save still gets its messages. The price, shown
+/// here: a retained message comes again after each reconnect.
+#[tokio::test]
+async fn subscriptions_come_back_after_a_crash_restored_an_older_save() {
+    let pki = Pki::new();
+    let mut broker = Mosquitto::start(
+        &pki,
+        &BrokerOptions {
+            persistence: true,
+            autosave_interval: Some(60),
+            ..BrokerOptions::default()
+        },
+    );
+    let (publisher, prunner) = running(&pki, broker.port, "crash-pub").await;
+    publisher
+        .publish("old/retained", "kept", QoS::AtLeastOnce, true)
+        .await
+        .unwrap();
+
+    let mut opts = options(broker.port, "crashsub");
+    opts.clean_session = false;
+    let (client, mut conn) =
+        MqttClient::new(&opts, &pki.client("crashsub").load().unwrap()).unwrap();
+    let (handler, mut rx) = forwarding();
+    let old = client
+        .subscribe("old/#", QoS::AtLeastOnce, handler.clone())
+        .unwrap();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    old.granted().await.unwrap();
+    let first = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((&first.payload[..], first.retain), (&b"kept"[..], true));
+
+    // A graceful stop saves the session (old/#); the client comes back.
+    broker.stop();
+    broker.restart();
+    broker_logged(&broker, "Sending CONNACK to crashsub (1, 0)", 1).await;
+    let again = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (&again.payload[..], again.retain),
+        (&b"kept"[..], true),
+        "the repeated SUBSCRIBE brings the retained message again"
+    );
+
+    // A filter added now is in no save when the broker is killed.
+    client
+        .subscribe("new/#", QoS::AtLeastOnce, handler)
+        .unwrap()
+        .granted()
+        .await
+        .unwrap();
+    broker.crash();
+    broker.restart();
+    broker_logged(&broker, "Sending CONNACK to crashsub (1, 0)", 2).await;
+    broker_logged(&broker, "crashsub 1 new/#", 2).await;
+    publisher
+        .publish("new/x", "after the crash", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    loop {
+        let m = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("the filter made after the save was lost with the crash")
+            .unwrap();
+        if m.topic == "new/x" {
+            assert_eq!(&m.payload[..], b"after the crash");
+            break;
+        }
+        assert!(m.retain, "unexpected {m:?}");
+    }
+
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
+}
+
 /// A publish with nobody to take it fails with `Closed`, at once, instead
 /// of waiting for ever (or spinning on a timer, as it did when the request
 /// channel was full or closed): both those already queued and those

@@ -4,9 +4,10 @@
 //! that it can be tested on event sequences without a broker.
 //!
 //! A SUBACK is matched to its filters by packet id, through the event
-//! loop (`MqttState::take_subscribe_filters`). After a reconnect, whatever
-//! was not confirmed is sent again: a duplicate SUBSCRIBE is harmless (the
-//! broker replaces the subscription), a lost one is not.
+//! loop (`MqttState::take_subscribe_filters`). After every reconnect, all
+//! of them are sent again, even to a broker that says it kept the session:
+//! a duplicate SUBSCRIBE is harmless (the broker replaces the subscription;
+//! it does send the retained messages again), a lost one is not.
 
 use tokio::sync::oneshot;
 
@@ -142,15 +143,19 @@ impl Subscriptions {
         refused
     }
 
-    /// A CONNACK: what the broker may not have is sent again. Without a
-    /// session it has none of our subscriptions; with one, it has those it
-    /// confirmed, but a SUBSCRIBE in flight when the link went may never
-    /// have arrived. Refused ones are not asked again.
-    pub(crate) fn on_connack(&mut self, session_present: bool) {
+    /// A CONNACK: every subscription is sent again, whatever the broker
+    /// says of its session. Without a session it has none of them; with
+    /// one, a SUBSCRIBE in flight when the link went may never have
+    /// arrived, and a broker that crashed and came back from an older save
+    /// of its sessions says "session present" without the subscriptions
+    /// made since (Mosquitto's `autosave_interval`). A repeated SUBSCRIBE
+    /// replaces the broker's subscription and costs nothing else, except
+    /// that the broker sends the filter's retained messages again. Refused
+    /// ones are not asked again.
+    pub(crate) fn on_connack(&mut self) {
         for s in &mut self.list {
             let resend = match s.status {
-                Status::Requested => true,
-                Status::Granted(_) => !session_present,
+                Status::Requested | Status::Granted(_) => true,
                 Status::Unsent | Status::Refused => false,
             };
             if resend {
@@ -216,7 +221,7 @@ mod tests {
     }
 
     #[test]
-    fn a_subscribe_lost_with_the_link_is_sent_again_even_with_a_session() {
+    fn every_subscription_is_sent_again_even_to_a_broker_that_kept_the_session() {
         let (mut t, _rx) = table(&["a/#", "b/#"]);
         let sent = send(&mut t);
         t.on_suback(&sent, &[Some(QoS::AtLeastOnce), Some(QoS::AtLeastOnce)]);
@@ -227,17 +232,18 @@ mod tests {
             handler(),
         );
         assert_eq!(send(&mut t), ["c/#"]);
-        t.on_connack(true);
-        // The broker kept a/# and b/#; c/# may never have arrived.
-        assert_eq!(send(&mut t), ["c/#"]);
+        t.on_connack();
+        // c/# may never have arrived, and a broker that came back from an
+        // older save may not have the others either, whatever it says.
+        assert_eq!(send(&mut t), ["a/#", "b/#", "c/#"]);
     }
 
     #[test]
-    fn without_a_session_everything_but_refusals_is_sent_again() {
+    fn everything_but_refusals_is_sent_again() {
         let (mut t, _rx) = table(&["a/#", "b/#"]);
         let sent = send(&mut t);
         t.on_suback(&sent, &[Some(QoS::AtLeastOnce), None]);
-        t.on_connack(false);
+        t.on_connack();
         let again = send(&mut t);
         assert_eq!(again, ["a/#"]);
         t.on_suback(&again, &[Some(QoS::AtMostOnce)]);

@@ -179,6 +179,10 @@ pub struct BrokerOptions {
     /// Mosquitto's defaults (1000 and 20) instead of the suite's generous
     /// 100000 and 100.
     pub mosquitto_defaults: bool,
+    /// With `persistence`: seconds between the broker's saves of its
+    /// sessions (`autosave_interval`); `None` is 1. A crash
+    /// ([`Mosquitto::crash`]) loses what changed since the last save.
+    pub autosave_interval: Option<u32>,
 }
 
 /// A running Mosquitto. Dropping it kills the process.
@@ -233,8 +237,9 @@ impl Mosquitto {
         }
         if options.persistence {
             conf.push_str(&format!(
-                "persistence true\npersistence_location {}/\nautosave_interval 1\n",
-                dir.path().display()
+                "persistence true\npersistence_location {}/\nautosave_interval {}\n",
+                dir.path().display(),
+                options.autosave_interval.unwrap_or(1)
             ));
         }
         conf.push_str(&options.extra);
@@ -357,6 +362,21 @@ impl Mosquitto {
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
+        }
+    }
+
+    /// Kills the broker (SIGKILL): no goodbye to clients, no save of its
+    /// persistence file; [`Mosquitto::restart`] starts it again from its
+    /// last save.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if use_container() {
+                let _ = Command::new("docker")
+                    .args(["kill", "--signal", "KILL", &self.container_name()])
+                    .status();
+            }
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 

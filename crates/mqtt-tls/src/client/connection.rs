@@ -446,9 +446,10 @@ impl Connection {
                 let mut subs = lock(&self.shared.subscriptions);
                 self.shared.link.connected.store(true, Ordering::SeqCst);
                 self.shared.link.changed.notify_waiters();
-                // Whatever the broker may not have (everything, without a
-                // session; what was in flight, with one) goes out again.
-                subs.on_connack(ack.session_present);
+                // Every subscription goes out again: a broker that came
+                // back from an older save says "session present" without
+                // the subscriptions made since.
+                subs.on_connack();
                 send_unsent(&self.rumqtt, &self.shared, &mut subs);
                 tracing::info!(
                     "connected to {}:{} (session present: {})",

@@ -567,6 +567,128 @@ async fn subscriptions_come_back_after_a_crash_restored_an_older_save() {
     stop(publisher, prunner).await;
 }
 
+/// Received messages are bounded in bytes (`max_queued_bytes`, here
+/// 1 MiB), counted from their arrival until their handler lets go of them:
+/// QoS 0 messages that do not fit are dropped and counted; QoS 1 messages
+/// are never dropped: reading pauses while they fill the bound, the link
+/// stays up (pings go out, 1 s keep-alive, no reconnect), and the rest come
+/// once handlers let go; one message larger than the bound is read past and
+/// goes to the dead-letter handler as too large.
+#[tokio::test]
+async fn received_messages_are_bounded_in_bytes() {
+    const SIZE: usize = 300 * 1024;
+    const BOUND: u64 = 1 << 20;
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let mut popts = options(broker.port, "bytes-pub");
+    popts.max_outgoing_packet_size = 4 << 20;
+    let (publisher, mut pconn) =
+        MqttClient::new(&popts, &pki.client("bytes-pub").load().unwrap()).unwrap();
+    pconn.connect().await.unwrap();
+    let prunner = tokio::spawn(pconn.run());
+
+    let mut opts = options(broker.port, "bytes-sub");
+    opts.max_queued_bytes = BOUND;
+    opts.keep_alive = Duration::from_secs(1);
+    let (client, mut conn) =
+        MqttClient::new(&opts, &pki.client("bytes-sub").load().unwrap()).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    client
+        .subscribe_deferred("big/#", QoS::AtLeastOnce, move |m, d| {
+            let tx = tx.clone();
+            async move {
+                tx.send((m, d)).unwrap();
+                Ok::<(), std::io::Error>(())
+            }
+        })
+        .unwrap();
+    let (dead_tx, mut dead) = mpsc::unbounded_channel();
+    client.on_dead_letter(move |m, d, why| {
+        let dead_tx = dead_tx.clone();
+        async move {
+            dead_tx.send((m.topic, why)).unwrap();
+            d.ack().await
+        }
+    });
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    broker_logged(&broker, "Received SUBSCRIBE from bytes-sub\n", 1).await;
+
+    // QoS 0, the handler holding on to each: three fit, seven do not.
+    for i in 0..10u8 {
+        publisher
+            .publish("big/q0", vec![i; SIZE], QoS::AtMostOnce, false)
+            .await
+            .unwrap();
+    }
+    publisher
+        .publish("big/end", "end", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    loop {
+        let (m, d) = next(&mut rx).await;
+        held.push(d);
+        if m.topic == "big/end" {
+            break;
+        }
+    }
+    assert_eq!(held.len(), 4, "three QoS 0 messages and the end marker");
+    assert_eq!(client.stats().qos0_dropped, 7);
+    for d in held.drain(..) {
+        d.ack().await.unwrap();
+    }
+    assert_eq!(client.stats().queued_bytes, 0);
+
+    // QoS 1: the fourth fills the bound and reading pauses, for longer
+    // than the keep-alive; nothing is dropped.
+    for i in 0..6u8 {
+        publisher
+            .publish("big/q1", vec![i; SIZE], QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + WAIT;
+    while client.stats().read_pauses == 0 {
+        assert!(Instant::now() < deadline, "reading never paused");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(client.stats().queued_bytes >= BOUND);
+    let pings = broker
+        .log()
+        .matches("Received PINGREQ from bytes-sub")
+        .count();
+    broker_logged(&broker, "Received PINGREQ from bytes-sub", pings + 2).await;
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        let (m, d) = next(&mut rx).await;
+        got.push(m.payload[0]);
+        d.ack().await.unwrap();
+    }
+    assert_eq!(got, [0, 1, 2, 3, 4, 5], "QoS 1: every message, in order");
+    let stats = client.stats();
+    assert_eq!((stats.connections, stats.qos0_dropped), (1, 7), "{stats:?}");
+
+    // Larger than the bound: read past, a dead letter.
+    publisher
+        .publish("big/huge", vec![0u8; 2 << 20], QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let (topic, why) = tokio::time::timeout(WAIT, dead.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(topic, "big/huge");
+    assert!(
+        matches!(why, mqtt_tls::DeadLetter::TooLarge { size, max } if size > 2 << 20 && max == 1 << 20),
+        "{why:?}"
+    );
+    assert_eq!(client.stats().queued_bytes, 0);
+
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
+}
+
 /// A publish with nobody to take it fails with `Closed`, at once, instead
 /// of waiting for ever (or spinning on a timer, as it did when the request
 /// channel was full or closed): both those already queued and those

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use bytes::Bytes;
 use rumqttc_mtls::{AsyncClient, Publish};
 
+use crate::budget::Charge;
 use crate::error::{Error, Result};
 use crate::link::Link;
 use crate::qos::QoS;
@@ -124,14 +125,18 @@ pub(crate) struct Acknowledgement {
     rumqtt: AsyncClient,
     /// Handlers (and the dispatcher) that still have to acknowledge.
     outstanding: AtomicU64,
+    /// The message's bytes in the client's budget, given back when the
+    /// last share of this is gone.
+    _charge: Charge,
 }
 
 impl Acknowledgement {
     /// The acknowledgement of `publish`, received in broker session
-    /// `session`, held in `shares` shares.
+    /// `session` and holding `charge`, held in `shares` shares.
     pub(crate) fn new(
         publish: Publish,
         session: u64,
+        charge: Charge,
         link: Arc<Link>,
         rumqtt: AsyncClient,
         shares: u64,
@@ -142,6 +147,7 @@ impl Acknowledgement {
             link,
             rumqtt,
             outstanding: AtomicU64::new(shares),
+            _charge: charge,
         })
     }
 

@@ -49,6 +49,7 @@
 
 #![forbid(unsafe_code)]
 
+mod budget;
 mod bundle;
 mod classify;
 mod client;
@@ -70,6 +71,8 @@ pub use bundle::{ClientCert, TlsIdentity};
 pub use client::{Connection, ConnectionEvent, ConnectionEvents, MqttClient, Stats, Subscribed};
 pub use error::{Error, Result};
 pub use handler::{DeadLetter, Delivery, HandlerError, Message};
-pub use options::{Backoff, ConnectOptions, Credentials, LastWill, TlsVersions};
+pub use options::{
+    Backoff, ConnectOptions, Credentials, DEFAULT_MAX_QUEUED_BYTES, LastWill, TlsVersions,
+};
 pub use qos::QoS;
 pub use topic::TopicFilter;

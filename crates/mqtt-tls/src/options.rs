@@ -90,6 +90,9 @@ pub enum TlsVersions {
     Tls13Only,
 }
 
+/// [`ConnectOptions::max_queued_bytes`]'s default: 64 MiB.
+pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 64 * 1024 * 1024;
+
 /// How to connect. Start from [`ConnectOptions::new`] and change fields.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -141,6 +144,23 @@ pub struct ConnectOptions {
     /// messages are not dropped: the broker stops sending when its window
     /// of unacknowledged messages is full. Default: 1,000.
     pub max_queued_qos0: u64,
+    /// Bytes of received messages (payload and topic) held in memory at
+    /// once, from the moment they are read until their handlers are done
+    /// with them (the acknowledgement went out, or the last
+    /// [`Delivery`](crate::Delivery) was dropped). A QoS 0 message that
+    /// does not fit is dropped and counted
+    /// ([`Stats::qos0_dropped`](crate::Stats::qos0_dropped)); QoS 1/2
+    /// messages are never dropped: while they fill it, the client stops
+    /// reading from the broker (which then holds them; pings still go out)
+    /// and carries on when handlers let go of some. One message larger than
+    /// this is read past like one over
+    /// [`max_incoming_packet_size`](Self::max_incoming_packet_size)
+    /// ([`DeadLetter::TooLarge`](crate::DeadLetter::TooLarge)). A handler
+    /// that waits for the acknowledgement of its own publish while the
+    /// bound is reached can wait for ever (the acknowledgement is behind
+    /// the messages not read): keep such handlers' messages small, or this
+    /// bound large. Default: 64 MiB.
+    pub max_queued_bytes: u64,
     /// The largest packet we accept from the broker, counted without its
     /// 2 to 5 byte fixed header (MQTT's remaining length). Default: the largest MQTT allows, so that any message the
     /// broker accepted can be read.
@@ -182,6 +202,7 @@ impl ConnectOptions {
             max_inflight: 100,
             tls_versions: TlsVersions::Default,
             max_queued_qos0: 1_000,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
             unmatched_grace: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
             handler_attempts: None,

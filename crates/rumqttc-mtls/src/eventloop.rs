@@ -120,6 +120,15 @@ impl EventLoop {
         self.pending.extend(requests_in_channel);
     }
 
+    /// Not upstream: stops (`true`) or resumes reading from the network,
+    /// for a caller whose queues of received messages are full. Requests
+    /// and pings still go out meanwhile; the broker's messages wait in the
+    /// socket, and then in the broker (TCP flow control). Kept across
+    /// reconnects until changed.
+    pub fn pause_reading(&mut self, paused: bool) {
+        self.state.reading_paused = paused;
+    }
+
     /// Not upstream: ends the connection the polite way, for a client that
     /// reconnects at once (say, with a renewed certificate). The
     /// acknowledgements waiting in the request channel are written first
@@ -254,7 +263,7 @@ impl EventLoop {
         // instead of returning a None event, we try again.
         select! {
             // Pull a bunch of packets from network, reply in bunch and yield the first item
-            o = network.readb(&mut self.state) => {
+            o = network.readb(&mut self.state), if !self.state.reading_paused => {
                 o?;
                 // flush all the acks and return first incoming packet
                 match time::timeout(network_timeout, network.flush()).await {
@@ -325,6 +334,10 @@ impl EventLoop {
                 };
                 next_event(&mut self.state)
             }
+            // Not upstream: reading paused, the request channel closed to
+            // us and no keep-alive: nothing to do until the caller resumes
+            // reading (select! would panic with every branch disabled).
+            else => std::future::pending().await,
         }
     }
 

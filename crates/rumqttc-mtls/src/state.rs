@@ -85,6 +85,12 @@ pub struct MqttState {
     pub events: VecDeque<Event>,
     /// Indicates if acknowledgements should be send immediately
     pub manual_acks: bool,
+    /// Not upstream: the caller paused reading from the network
+    /// ([`EventLoop::pause_reading`](crate::EventLoop::pause_reading)), its
+    /// queues being full. Pings still go out (the broker must hear from us
+    /// within the keep-alive), but an unanswered one is no error then: its
+    /// PINGRESP is waiting, unread, behind the messages we do not take.
+    pub reading_paused: bool,
 }
 
 impl MqttState {
@@ -94,6 +100,7 @@ impl MqttState {
     pub fn new(max_inflight: u16, manual_acks: bool) -> Self {
         MqttState {
             await_pingresp: false,
+            reading_paused: false,
             collision_ping_count: 0,
             last_incoming: Instant::now(),
             last_outgoing: Instant::now(),
@@ -482,7 +489,9 @@ impl MqttState {
         let elapsed_in = self.last_incoming.elapsed();
         let elapsed_out = self.last_outgoing.elapsed();
 
-        if self.collision.is_some() {
+        // Not upstream: while reading is paused, neither the PINGRESP nor
+        // the acknowledgement that resolves a collision can arrive.
+        if self.collision.is_some() && !self.reading_paused {
             self.collision_ping_count += 1;
             if self.collision_ping_count >= 2 {
                 return Err(StateError::CollisionTimeout);
@@ -490,7 +499,7 @@ impl MqttState {
         }
 
         // raise error if last ping didn't receive ack
-        if self.await_pingresp {
+        if self.await_pingresp && !self.reading_paused {
             return Err(StateError::AwaitPingResp);
         }
 
@@ -980,6 +989,23 @@ mod test {
             Err(StateError::AwaitPingResp) => (),
             Err(e) => panic!("Should throw pingresp await error. Error = {:?}", e),
         }
+    }
+
+    #[test]
+    fn an_unanswered_ping_is_no_error_while_reading_is_paused() {
+        let mut mqtt = build_mqttstate();
+        mqtt.outgoing_ping().unwrap();
+        mqtt.reading_paused = true;
+        assert!(matches!(mqtt.outgoing_ping(), Ok(Some(Packet::PingReq))));
+        assert!(matches!(mqtt.outgoing_ping(), Ok(Some(Packet::PingReq))));
+        // Reading again: the PINGRESPs are read; until then, the rule is back.
+        mqtt.reading_paused = false;
+        assert!(matches!(
+            mqtt.outgoing_ping(),
+            Err(StateError::AwaitPingResp)
+        ));
+        mqtt.handle_incoming_packet(Incoming::PingResp).unwrap();
+        assert!(mqtt.outgoing_ping().is_ok());
     }
 
     #[test]

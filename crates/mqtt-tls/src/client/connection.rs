@@ -44,6 +44,7 @@ pub struct Connection {
     /// When the current connection got its CONNACK.
     connected_at: Option<std::time::Instant>,
     max_queued_qos0: u64,
+    max_queued_bytes: u64,
     /// Connections in a row that ended soon after their CONNACK.
     short_lived: ShortLived,
 }
@@ -87,10 +88,7 @@ impl Connection {
             .set_clean_session(options.clean_session)
             .set_manual_acks(true)
             .set_inflight(options.max_inflight.max(1))
-            .set_max_packet_size(
-                options.max_incoming_packet_size,
-                options.max_outgoing_packet_size,
-            )
+            .set_max_packet_size(incoming_limit(options), options.max_outgoing_packet_size)
             .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
         if let Some(will) = &options.last_will {
             mqtt.set_last_will(rumqttc_mtls::LastWill::new(
@@ -122,6 +120,7 @@ impl Connection {
             connected_at: None,
             short_lived: ShortLived::default(),
             max_queued_qos0: options.max_queued_qos0,
+            max_queued_bytes: options.max_queued_bytes,
         };
         (rumqtt, connection)
     }
@@ -204,9 +203,32 @@ impl Connection {
                     self.use_tls(tls);
                 }
             }
+            // Received messages fill `max_queued_bytes`: stop reading
+            // until handlers let go of some (registered before looking, so
+            // a release in between is not missed).
+            let budget = self.shared.budget.clone();
+            let freed = budget.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let full = budget.full();
+            if full != self.eventloop.state.reading_paused {
+                self.eventloop.pause_reading(full);
+                if full {
+                    self.shared
+                        .counters
+                        .read_pauses
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        "{} bytes of received messages wait for their handlers: \
+                         reading paused",
+                        budget.used()
+                    );
+                }
+            }
             let polled = tokio::select! {
                 biased;
                 () = self.shared.swap_notify.notified() => None,
+                () = freed, if full => continue,
                 polled = self.eventloop.poll() => Some(polled),
             };
             let Some(polled) = polled else {
@@ -513,31 +535,44 @@ impl Connection {
         match dispatch {
             Some(tx) => {
                 let counters = &self.shared.counters;
-                if publish.qos == rumqttc_mtls::QoS::AtMostOnce {
+                let bytes = (publish.payload.len() + publish.topic.len()) as u64;
+                let charge = if publish.qos == rumqttc_mtls::QoS::AtMostOnce {
                     // QoS 1/2 are bounded by the broker's in-flight
                     // window (nothing is acknowledged before it is
-                    // handled); QoS 0 has no such brake, so a flood
-                    // while the handlers are slow is cut off here.
-                    if counters.qos0_queued.load(Ordering::Relaxed) >= self.max_queued_qos0 {
+                    // handled) and by pausing the reading; QoS 0 has no
+                    // such brake, so a flood while the handlers are slow
+                    // is cut off here, by count and by bytes.
+                    let charge = (counters.qos0_queued.load(Ordering::Relaxed)
+                        < self.max_queued_qos0)
+                        .then(|| self.shared.budget.try_charge(bytes))
+                        .flatten();
+                    let Some(charge) = charge else {
                         let dropped = counters.qos0_dropped.fetch_add(1, Ordering::Relaxed);
                         if dropped.is_power_of_two() {
                             tracing::warn!(
-                                "QoS 0 message on {} dropped: {} are waiting for the handlers \
-                                 ({} dropped so far)",
+                                "QoS 0 message on {} ({bytes} bytes) dropped: {} bytes of \
+                                 received messages wait for the handlers, at most {} messages \
+                                 and {} bytes may ({} dropped so far)",
                                 publish.topic,
+                                self.shared.budget.used(),
                                 self.max_queued_qos0,
+                                self.max_queued_bytes,
                                 dropped + 1
                             );
                         }
                         return;
-                    }
+                    };
                     counters.qos0_queued.fetch_add(1, Ordering::Relaxed);
-                }
+                    charge
+                } else {
+                    self.shared.budget.charge(bytes)
+                };
                 let session = self.shared.link.session.load(Ordering::SeqCst);
                 let _ = tx.send(Box::new(Arrival {
                     publish,
                     session,
                     too_large,
+                    charge,
                 }));
             }
             None => tracing::debug!("message before run(): left unacknowledged"),
@@ -571,6 +606,14 @@ impl Drop for Connection {
         self.shared.room.notify_waiters();
         self.shared.link.changed.notify_waiters();
     }
+}
+
+/// The largest message read: `max_incoming_packet_size`, or
+/// `max_queued_bytes` when smaller (a message that could never fit is read
+/// past, as one over the limit).
+fn incoming_limit(options: &ConnectOptions) -> usize {
+    let queued = usize::try_from(options.max_queued_bytes).unwrap_or(usize::MAX);
+    options.max_incoming_packet_size.min(queued)
 }
 
 fn fail_all(shared: &Shared, err: impl Fn() -> Error) {

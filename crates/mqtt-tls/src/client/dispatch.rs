@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rumqttc_mtls::{AsyncClient, Publish};
 use tokio::sync::mpsc;
 
+use crate::budget::Charge;
 use crate::client::shared::Shared;
 use crate::handler::{Acknowledgement, DeadLetter, HandlerError, HandlerFuture, HandlerKind};
 use crate::lock::lock;
@@ -40,6 +41,9 @@ pub(crate) struct Arrival {
     /// Over the incoming limit: its size and the limit (its payload was
     /// dropped unread).
     pub(crate) too_large: Option<(usize, usize)>,
+    /// Its bytes in the client's budget, held until its handlers are done
+    /// with it.
+    pub(crate) charge: Charge,
 }
 
 /// Calls a handler and runs its future, a panic in either becoming an
@@ -87,7 +91,7 @@ pub(crate) async fn dispatch(
     rumqtt: AsyncClient,
     shared: Arc<Shared>,
 ) {
-    let mut parked: VecDeque<(Publish, u64, tokio::time::Instant)> = VecDeque::new();
+    let mut parked: VecDeque<(Publish, u64, tokio::time::Instant, Charge)> = VecDeque::new();
     loop {
         // Registered before looking at the table, so a subscription added
         // in between is not missed.
@@ -95,13 +99,13 @@ pub(crate) async fn dispatch(
         tokio::pin!(added);
         added.as_mut().enable();
         let now = tokio::time::Instant::now();
-        let ready = parked.iter().position(|(p, _, deadline)| {
+        let ready = parked.iter().position(|(p, _, deadline, _)| {
             *deadline <= now || !matching(&shared, &p.topic).is_empty()
         });
-        let (publish, session, waited) = match ready.and_then(|i| parked.remove(i)) {
-            Some((publish, session, _)) => (publish, session, true),
+        let (publish, session, charge, waited) = match ready.and_then(|i| parked.remove(i)) {
+            Some((publish, session, _, charge)) => (publish, session, charge, true),
             None => {
-                let deadline = parked.front().map(|(_, _, d)| *d);
+                let deadline = parked.front().map(|(_, _, d, _)| *d);
                 // With as many waiting as allowed, later messages stay in
                 // the channel (and the broker's window) until a handler comes
                 // or the oldest waiting one's grace ends: none is dropped for
@@ -110,17 +114,18 @@ pub(crate) async fn dispatch(
                 tokio::select! {
                     received = rx.recv(), if room => match received {
                         Some(received) => {
-                            let Arrival { publish, session, too_large } = *received;
+                            let Arrival { publish, session, too_large, charge } = *received;
                             if publish.qos == rumqttc_mtls::QoS::AtMostOnce {
                                 shared.counters.qos0_queued.fetch_sub(1, Ordering::Relaxed);
                             }
                             if let Some((size, max)) = too_large {
-                                if !too_large_message(publish, session, size, max, &rumqtt, &shared).await {
+                                let arrived = (publish, session, charge);
+                                if !too_large_message(arrived, size, max, &rumqtt, &shared).await {
                                     return;
                                 }
                                 continue;
                             }
-                            (publish, session, false)
+                            (publish, session, charge, false)
                         }
                         None => return,
                     },
@@ -141,7 +146,7 @@ pub(crate) async fn dispatch(
                     publish.topic,
                     shared.unmatched_grace
                 );
-                parked.push_back((publish, session, now + shared.unmatched_grace));
+                parked.push_back((publish, session, now + shared.unmatched_grace, charge));
                 continue;
             }
             shared.counters.unmatched.fetch_add(1, Ordering::Relaxed);
@@ -166,7 +171,8 @@ pub(crate) async fn dispatch(
             attempts: attempts_limit,
             matched,
         };
-        if !handle_message(publish, session, handlers, limits, &rumqtt, &shared).await {
+        let arrived = (publish, session, charge);
+        if !handle_message(arrived, handlers, limits, &rumqtt, &shared).await {
             return;
         }
     }
@@ -178,8 +184,7 @@ pub(crate) async fn dispatch(
 /// gain nothing: no handler can have what was not read, and the broker would
 /// send it again on every reconnect, holding up what follows.
 async fn too_large_message(
-    publish: Publish,
-    session: u64,
+    (publish, session, charge): (Publish, u64, Charge),
     size: usize,
     max: usize,
     rumqtt: &AsyncClient,
@@ -202,7 +207,7 @@ async fn too_large_message(
         attempts: None,
         matched: false,
     };
-    handle_message(publish, session, handlers, limits, rumqtt, shared).await
+    handle_message((publish, session, charge), handlers, limits, rumqtt, shared).await
 }
 
 /// At most this many messages without a handler wait for one at a time.
@@ -228,12 +233,12 @@ struct Limits {
     matched: bool,
 }
 
-/// Runs `handlers` on one message and acknowledges it when all succeeded
+/// Runs `handlers` on one message (with the session it came in and its
+/// bytes in the budget) and acknowledges it when all succeeded
 /// (with no handler: at once). `false` when the client is shutting down or
 /// closed.
 async fn handle_message(
-    publish: Publish,
-    session: u64,
+    (publish, session, charge): (Publish, u64, Charge),
     handlers: Vec<HandlerKind>,
     limits: Limits,
     rumqtt: &AsyncClient,
@@ -248,6 +253,7 @@ async fn handle_message(
     let ack = Acknowledgement::new(
         publish,
         session,
+        charge,
         shared.link.clone(),
         rumqtt.clone(),
         deferred as u64 + 1,
@@ -488,6 +494,7 @@ mod tests {
                 publish,
                 session: *session,
                 too_large: None,
+                charge: shared.budget.charge(1),
             }))
             .unwrap();
         }
@@ -497,6 +504,7 @@ mod tests {
             publish: sentinel,
             session: case.session,
             too_large: None,
+            charge: shared.budget.charge(1),
         }))
         .unwrap();
         let mut sent = Vec::new();
@@ -699,6 +707,7 @@ mod tests {
                     publish,
                     session,
                     too_large: None,
+                    charge: shared.budget.charge(1),
                 }))
                 .unwrap();
             };
@@ -777,6 +786,7 @@ mod tests {
                 publish,
                 session: 0,
                 too_large: Some((5000, 1024)),
+                charge: shared.budget.charge(5),
             }))
             .unwrap();
             let sent = tokio::time::timeout(Duration::from_secs(10), requests.recv_async())
@@ -807,5 +817,61 @@ mod tests {
             }
             task.abort();
         }
+    }
+
+    /// A message's bytes stay in the budget while any handler holds its
+    /// `Delivery` (the ingest keeps it until the row is committed), and go
+    /// back when the last one is dropped or acknowledged.
+    #[tokio::test]
+    async fn a_message_holds_its_bytes_until_its_last_delivery_is_gone() {
+        let shared = Arc::new(Shared::new(&ConnectOptions::new("localhost", 1, "t")));
+        shared.link.connected.store(true, Ordering::SeqCst);
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        {
+            let kept = kept.clone();
+            lock(&shared.subscriptions).add(
+                TopicFilter::new("t/#").unwrap(),
+                Q1,
+                HandlerKind::Deferred(Arc::new(move |_m: Message, d: Delivery| {
+                    kept.lock().unwrap().push(d);
+                    Box::pin(async { Ok(()) })
+                })),
+            );
+        }
+        let (requests_tx, requests) = flume::bounded(8);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(dispatch(
+            rx,
+            AsyncClient::from_senders(requests_tx),
+            shared.clone(),
+        ));
+        for (pkid, qos) in [(1, Q1), (0, Q0)] {
+            let mut publish = Publish::new("t/a", qos.to_wire(), vec![7u8; 1000]);
+            publish.pkid = pkid;
+            let charge = shared.budget.charge(1003);
+            tx.send(Box::new(Arrival {
+                publish,
+                session: 0,
+                too_large: None,
+                charge,
+            }))
+            .unwrap();
+        }
+        while kept.lock().unwrap().len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(shared.budget.used(), 2006, "handled, but still held");
+        let mut deliveries = std::mem::take(&mut *kept.lock().unwrap());
+        let qos0 = deliveries.pop().unwrap();
+        drop(qos0);
+        assert_eq!(shared.budget.used(), 1003);
+        deliveries.pop().unwrap().ack().await.unwrap();
+        let sent = requests.recv_async().await.unwrap();
+        assert!(
+            matches!(&sent, Request::PubAck(a) if a.pkid == 1),
+            "{sent:?}"
+        );
+        assert_eq!(shared.budget.used(), 0, "acknowledged: given back");
+        task.abort();
     }
 }

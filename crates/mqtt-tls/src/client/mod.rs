@@ -259,7 +259,9 @@ impl MqttClient {
     /// Counters since the client was made.
     pub fn stats(&self) -> Stats {
         let tracked = lock(&self.shared.tracker).len();
-        self.shared.counters.stats(tracked)
+        self.shared
+            .counters
+            .stats(tracked, self.shared.budget.used())
     }
 }
 

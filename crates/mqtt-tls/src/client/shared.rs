@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot, watch};
 
+use crate::budget::Budget;
 use crate::client::events::{ConnectionEvent, Events};
 use crate::client::stats::Counters;
 use crate::error::Result;
@@ -67,6 +68,9 @@ pub(crate) struct Shared {
     /// [`MqttClient::connection_events`]: crate::MqttClient::connection_events
     pub(crate) events: Events,
     pub(crate) counters: Counters,
+    /// Bytes of received messages held now
+    /// ([`ConnectOptions::max_queued_bytes`]).
+    pub(crate) budget: Arc<Budget>,
 }
 
 impl Shared {
@@ -104,6 +108,7 @@ impl Shared {
             last_error: Mutex::new(None),
             events: Events::default(),
             counters: Counters::default(),
+            budget: Budget::new(options.max_queued_bytes),
         }
     }
 }

@@ -16,8 +16,15 @@ pub struct Stats {
     /// Handler calls that returned an error.
     pub handler_failures: u64,
     /// QoS 0 messages dropped because `max_queued_qos0` of them already
-    /// waited for the handlers.
+    /// waited for the handlers, or because they did not fit in
+    /// `max_queued_bytes`.
     pub qos0_dropped: u64,
+    /// Bytes of received messages held now (payload and topic), against
+    /// [`ConnectOptions::max_queued_bytes`](crate::ConnectOptions::max_queued_bytes).
+    pub queued_bytes: u64,
+    /// Times the client stopped reading from the broker because QoS 1/2
+    /// messages filled `max_queued_bytes`.
+    pub read_pauses: u64,
     /// Messages no subscription matched within `unmatched_grace`: handed to
     /// the [`MqttClient::on_dead_letter`](crate::MqttClient::on_dead_letter)
     /// handler, or acknowledged and dropped.
@@ -46,6 +53,7 @@ pub(crate) struct Counters {
     pub(crate) unmatched: AtomicU64,
     pub(crate) handler_gave_up: AtomicU64,
     pub(crate) too_large: AtomicU64,
+    pub(crate) read_pauses: AtomicU64,
     /// QoS 0 messages waiting for the dispatcher now.
     pub(crate) qos0_queued: AtomicU64,
     /// `publish` calls waiting for room in the request channel.
@@ -53,14 +61,17 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    /// The counters now, with `tracked` publishes in the tracker.
-    pub(crate) fn stats(&self, tracked: usize) -> Stats {
+    /// The counters now, with `tracked` publishes in the tracker and
+    /// `queued_bytes` of received messages held.
+    pub(crate) fn stats(&self, tracked: usize, queued_bytes: u64) -> Stats {
         Stats {
             failed_attempts: self.failed_attempts.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
             messages_handled: self.messages_handled.load(Ordering::Relaxed),
             handler_failures: self.handler_failures.load(Ordering::Relaxed),
             qos0_dropped: self.qos0_dropped.load(Ordering::Relaxed),
+            queued_bytes,
+            read_pauses: self.read_pauses.load(Ordering::Relaxed),
             unmatched: self.unmatched.load(Ordering::Relaxed),
             handler_gave_up: self.handler_gave_up.load(Ordering::Relaxed),
             too_large: self.too_large.load(Ordering::Relaxed),

@@ -124,6 +124,7 @@ pub(crate) fn run(count: usize) -> anyhow::Result<Lifecycle> {
                         anyhow::anyhow!("the broker plugin was not built beside mqtt-bench")
                     })?,
                 ),
+                max_packet_size: provision::broker::DEFAULT_MAX_PACKET_SIZE,
             },
         )?;
         provision::broker::apply(&inventory, &locked.commit()?)?;

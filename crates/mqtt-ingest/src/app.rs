@@ -298,9 +298,6 @@ async fn messages(
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let stats = state.client.stats();
-    let text = state.metrics.render(
-        stats.connections.saturating_sub(1),
-        state.client.is_connected(),
-    );
+    let text = state.metrics.render(&stats, state.client.is_connected());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -72,6 +72,13 @@ pub struct MqttSection {
     /// acknowledged. Default: the largest MQTT allows.
     #[serde(default)]
     pub max_packet_size: Option<usize>,
+    /// Bytes of received messages held in memory before they are stored
+    /// (default 64 MiB): QoS 0 messages beyond it are dropped and counted,
+    /// QoS 1/2 messages wait in the broker until rows are committed; one
+    /// message larger than this is kept as a dead letter, like one over
+    /// `max_packet_size`.
+    #[serde(default)]
+    pub max_queued_bytes: Option<u64>,
 }
 
 /// `[batch]`.
@@ -95,6 +102,7 @@ impl Default for MqttSection {
             topics: Vec::new(),
             share_group: None,
             max_packet_size: None,
+            max_queued_bytes: None,
         }
     }
 }

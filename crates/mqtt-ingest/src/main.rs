@@ -76,6 +76,17 @@ struct Args {
         value_name = "BYTES"
     )]
     max_packet_size: Option<usize>,
+    /// Bytes of received messages held in memory before they are stored
+    /// (default 64 MiB): QoS 0 messages beyond it are dropped and counted,
+    /// QoS 1/2 messages wait in the broker; a larger message goes to
+    /// `dead_letters` as too large.
+    #[arg(
+        long,
+        hide_env_values = true,
+        env = "MQTT_INGEST_MAX_QUEUED_BYTES",
+        value_name = "BYTES"
+    )]
+    max_queued_bytes: Option<u64>,
     /// Database URL (default sqlite://ingest.db). A remote PostgreSQL
     /// needs sslmode=verify-full&sslrootcert=FILE (and sslcert/sslkey for
     /// certificate authentication).
@@ -205,6 +216,9 @@ fn configure(args: Args) -> anyhow::Result<Config> {
     if let Some(m) = args.max_packet_size {
         config.mqtt.max_packet_size = Some(m);
     }
+    if let Some(m) = args.max_queued_bytes {
+        config.mqtt.max_queued_bytes = Some(m);
+    }
     config.insecure_db |= args.insecure_db;
     if let Some(d) = args.db {
         config.db = d;
@@ -267,6 +281,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     options.clean_session = false;
     if let Some(max) = config.mqtt.max_packet_size {
         options.max_incoming_packet_size = max;
+    }
+    if let Some(max) = config.mqtt.max_queued_bytes {
+        options.max_queued_bytes = max;
     }
     let (client, connection) = MqttClient::new(&options, &identity)?;
     let metrics = Arc::new(Metrics::default());

@@ -108,7 +108,10 @@ impl Metrics {
 
     /// The Prometheus text exposition (format 0.0.4). Written by hand: it is
     /// a few lines, and a metrics crate would outweigh it.
-    pub fn render(&self, reconnects: u64, connected: bool) -> String {
+    /// `client`: the MQTT client's counters; `connected`: whether its
+    /// session is up.
+    pub fn render(&self, client: &mqtt_tls::Stats, connected: bool) -> String {
+        let reconnects = client.connections.saturating_sub(1);
         let mut out = String::new();
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(
@@ -158,6 +161,23 @@ impl Metrics {
             "MQTT connections made after the first.",
             reconnects,
         );
+        counter(
+            &mut out,
+            "mqtt_ingest_qos0_dropped_total",
+            "QoS 0 messages dropped unread: more than --max-queued-bytes (or 1,000 QoS 0 messages) waited to be stored.",
+            client.qos0_dropped,
+        );
+        counter(
+            &mut out,
+            "mqtt_ingest_read_pauses_total",
+            "Times reading from the broker paused because QoS 1/2 messages filled --max-queued-bytes.",
+            client.read_pauses,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mqtt_ingest_queued_bytes Bytes of received messages not stored yet.\n# TYPE mqtt_ingest_queued_bytes gauge\nmqtt_ingest_queued_bytes {}",
+            client.queued_bytes
+        );
         let _ = writeln!(
             out,
             "# HELP mqtt_ingest_connected Whether the MQTT session is up.\n# TYPE mqtt_ingest_connected gauge\nmqtt_ingest_connected {}",
@@ -190,7 +210,12 @@ mod tests {
         let m = Metrics::default();
         m.received.fetch_add(3, Ordering::Relaxed);
         m.batch_stored(3, std::time::Duration::from_millis(2));
-        let text = m.render(1, true);
+        let mut client = mqtt_tls::Stats::default();
+        client.connections = 2;
+        client.queued_bytes = 42;
+        let text = m.render(&client, true);
+        assert!(text.contains("mqtt_ingest_reconnects_total 1\n"), "{text}");
+        assert!(text.contains("mqtt_ingest_queued_bytes 42\n"), "{text}");
         assert!(text.contains("mqtt_ingest_received_total 3\n"), "{text}");
         assert!(text.contains("mqtt_ingest_stored_total 3\n"));
         assert!(

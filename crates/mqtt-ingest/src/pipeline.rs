@@ -83,7 +83,7 @@ pub fn start(
                 metrics.received.fetch_add(1, Ordering::Relaxed);
                 let row = NewMessage {
                     topic: m.topic,
-                    payload: m.payload.to_vec(),
+                    payload: m.payload,
                     qos: u8::from(m.qos),
                     retain: m.retain,
                     duplicate: m.duplicate,
@@ -110,7 +110,7 @@ pub fn start(
             async move {
                 let row = NewMessage {
                     topic: m.topic,
-                    payload: m.payload.to_vec(),
+                    payload: m.payload,
                     qos: u8::from(m.qos),
                     retain: m.retain,
                     duplicate: m.duplicate,
@@ -359,7 +359,7 @@ mod tests {
     fn row(topic: &str, n: u32) -> NewMessage {
         NewMessage {
             topic: topic.into(),
-            payload: n.to_string().into_bytes(),
+            payload: n.to_string().into_bytes().into(),
             qos: 1,
             retain: false,
             duplicate: false,

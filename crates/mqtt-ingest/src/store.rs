@@ -15,8 +15,8 @@ use crate::error::{Error, Result};
 pub struct NewMessage {
     /// Its topic.
     pub topic: String,
-    /// Its payload.
-    pub payload: Vec<u8>,
+    /// Its payload (shared with the received message: not copied).
+    pub payload: bytes::Bytes,
     /// Its QoS (0, 1, 2).
     pub qos: u8,
     /// The retain flag.
@@ -220,7 +220,7 @@ impl Store {
             for m in batch {
                 sqlx::query(INSERT_MESSAGE)
                     .bind(&m.topic)
-                    .bind(&m.payload)
+                    .bind(m.payload.as_ref())
                     .bind(i16::from(m.qos))
                     .bind(m.retain)
                     .bind(m.duplicate)
@@ -238,7 +238,7 @@ impl Store {
     pub async fn insert_dead_letter(&self, m: &NewMessage, reason: &str) -> Result<()> {
         db_link::either!(&self.pool, Pool(pool) => sqlx::query(INSERT_DEAD_LETTER)
             .bind(&m.topic)
-            .bind(&m.payload)
+            .bind(m.payload.as_ref())
             .bind(i16::from(m.qos))
             .bind(m.retain)
             .bind(m.duplicate)
@@ -374,7 +374,7 @@ mod tests {
         let store = Store::open(&url).await.unwrap();
         let msg = |topic: &str, n: u8| NewMessage {
             topic: topic.into(),
-            payload: vec![n, 0, 255],
+            payload: vec![n, 0, 255].into(),
             qos: 1,
             retain: false,
             duplicate: n == 2,

@@ -509,7 +509,7 @@ async fn paging_by_id_skips_nothing_committed_out_of_order_postgres() {
     }
     let message = |topic: &str| NewMessage {
         topic: topic.to_owned(),
-        payload: b"x".to_vec(),
+        payload: b"x".to_vec().into(),
         qos: 1,
         retain: false,
         duplicate: false,
@@ -636,7 +636,7 @@ async fn the_postgres_link_is_verified_tls_with_a_client_certificate() {
     store
         .insert_batch(&[NewMessage {
             topic: "devices/d1/t".into(),
-            payload: b"over tls".to_vec(),
+            payload: b"over tls".to_vec().into(),
             qos: 1,
             retain: false,
             duplicate: false,
@@ -727,4 +727,105 @@ async fn refused_row_then_five(s: &Setup, ingest: &Ingest, poison: &str, says: &
         log.contains("dead letter") && !log.contains('\u{1b}'),
         "{log:?}"
     );
+}
+
+/// The ingest's peak resident memory (`VmHWM`), in bytes.
+fn peak_rss(ingest: &Ingest) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", ingest.pid().unwrap())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// A device sending huge QoS 0 messages cannot run the ingest out of
+/// memory: with the default `--max-queued-bytes` (64 MiB), ten 100 MB
+/// messages (the broker has no `max_packet_size`) are read past as too
+/// large, kept as dead letters without their payload, and the ingest's peak
+/// RSS stays under 256 MiB (it read several GB before). Then a hundred 2 MB
+/// messages, sent far faster than SQLite stores them: those over the bound
+/// are dropped and counted, the others stored whole. The message behind
+/// both bursts is stored. The bursts come from `mosquitto_pub`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_qos0_messages_keep_the_ingest_under_256_mib() {
+    const MIB: u64 = 1024 * 1024;
+    let s = setup();
+    let ingest =
+        tokio::task::block_in_place(|| Ingest::start(&s.pki.client("ingest"), &s.broker, &s.db));
+    ingest.wait_healthy();
+    let sender = s.pki.client("huge-sender");
+    let burst = |topic: &str, size: usize, times: u32| {
+        let file = s._dir.path().join(format!("{size}.bin"));
+        std::fs::write(&file, vec![b'7'; size]).unwrap();
+        let status = peers::mosquitto::cli("mosquitto_pub", s.broker.port, topic, 0, &sender)
+            .arg("-f")
+            .arg(&file)
+            .args(["--repeat", &times.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::remove_file(file).unwrap();
+    };
+    let publisher = Publisher::connect(&s.pki, &s.broker).await;
+    tokio::task::block_in_place(|| burst("load/huge", 100_000_000, 10));
+    publisher.publish("load/after-huge", "1").await;
+    let stored = stored_topics(&s.db, "load/after-huge").await;
+    let letters = dead_letters(&s.db).await;
+    assert_eq!(letters.len(), 10, "{letters:?}");
+    assert!(
+        letters
+            .iter()
+            .all(|(topic, payload, reason)| topic == "load/huge"
+                && payload.is_empty()
+                && reason.contains(&format!("limit of {}", 64 * MIB))),
+        "{letters:?}"
+    );
+    assert_eq!(stored, [("load/after-huge".to_owned(), 1)]);
+    let peak = peak_rss(&ingest);
+    eprintln!("peak RSS after 10 x 100 MB: {} MiB", peak / MIB);
+    assert!(peak < 256 * MIB, "peak RSS {} MiB", peak / MIB);
+
+    tokio::task::block_in_place(|| burst("load/big", 2_000_000, 100));
+    publisher.publish("load/after-big", "2").await;
+    let stored = stored_topics(&s.db, "load/after-big").await;
+    let big: Vec<i64> = stored
+        .iter()
+        .filter(|(t, _)| t == "load/big")
+        .map(|(_, len)| *len)
+        .collect();
+    assert!(big.iter().all(|len| *len == 2_000_000));
+    let dropped = ingest.metric("mqtt_ingest_qos0_dropped_total");
+    let kept = big.len() as u64;
+    eprintln!("2 MB messages: stored {kept}, dropped {dropped}");
+    assert_eq!(kept + dropped, 100, "stored {kept}, dropped {dropped}");
+    assert!(
+        kept >= 32 && dropped >= 1,
+        "stored {kept}, dropped {dropped}"
+    );
+    let peak = peak_rss(&ingest);
+    assert!(peak < 256 * MIB, "peak RSS {} MiB", peak / MIB);
+}
+
+/// Waits until a row on `last` is stored; returns every row's topic and
+/// payload length, in order.
+async fn stored_topics(db: &Db, last: &str) -> Vec<(String, i64)> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let pool = sqlx::SqlitePool::connect(&db.url()).await.unwrap();
+    let rows = loop {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT topic, length(payload) FROM messages ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        if rows.iter().any(|(topic, _)| topic == last) {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "nothing on {last} stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    pool.close().await;
+    rows
 }

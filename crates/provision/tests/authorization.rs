@@ -809,3 +809,50 @@ fn the_plugin_refuses_a_revoked_certificate_that_got_through_the_handshake() {
         "{log}"
     );
 }
+
+/// The main broker takes at most `--max-packet-size` from a client (1 MiB
+/// by default): a device sending a 2 MB message is disconnected and the
+/// message reaches no one, while a 512 KB one reaches the service.
+#[test]
+fn the_broker_disconnects_a_device_sending_more_than_max_packet_size() {
+    let tmp = ca_with("Size Root", &[("dev-big", "device"), ("ingest", "service")]);
+    let d = tmp.path();
+    let (broker, port) = start_broker(d);
+    let conf = std::fs::read_to_string(d.join("broker/mosquitto.conf")).unwrap();
+    assert!(conf.contains("\nmax_packet_size 1048576\n"), "{conf}");
+    let service = Sub::start(d, port, "ingest", "devices/#");
+    service.wait_ready(|| publish(d, port, "dev-big", "devices/dev-big/w", "warmup", None));
+    let send = |size: usize| {
+        let file = d.join(format!("{size}.bin"));
+        std::fs::write(&file, vec![b'x'; size]).unwrap();
+        Command::new(peers::mosquitto::mosquitto_client("mosquitto_pub"))
+            .current_dir(d)
+            .args(["-h", "localhost", "-p", &port.to_string()])
+            .args(["-t", &format!("devices/dev-big/{size}"), "-q", "1", "-f"])
+            .arg(&file)
+            .args(["--cafile", "root_cert/root_ca_cert.pem"])
+            .args(["--cert", "backend_certs/dev-big_cert.pem"])
+            .args(["--key", "backend_certs/dev-big.key"])
+            .output()
+            .unwrap()
+    };
+    let refused = send(2_000_000);
+    assert!(!refused.status.success(), "{refused:?}");
+    let taken = send(512_000);
+    assert!(taken.status.success(), "{taken:?}");
+    let first = service.next();
+    assert!(
+        first.len() == 512_000 && first.bytes().all(|b| b == b'x'),
+        "the first message the service got has {} bytes",
+        first.len()
+    );
+    assert_eq!(
+        broker
+            .log()
+            .matches("Client dev-big disconnected due to oversize packet.")
+            .count(),
+        1,
+        "{}",
+        broker.log()
+    );
+}

@@ -167,7 +167,23 @@ impl Network {
     /// read are in the buffer, none are lost.
     async fn fill(&mut self, missing: usize) -> Result<(), StateError> {
         let want = missing.max(self.read_hint).min(MAX_READ);
-        self.read.reserve(want);
+        let frame = self.read.len().saturating_add(missing);
+        if self.skipping.is_none() && frame > MAX_READ {
+            // A large packet, which starts the buffer: its payload will
+            // keep this allocation alive while it is handled, so grow it
+            // exactly (at most doubling what is here, never past the
+            // packet), not by `reserve`'s amortized doubling, which can
+            // leave a 20 MB message holding 32 MiB. Still never more than
+            // twice what arrived: a declared length reserves nothing.
+            if self.read.capacity() - self.read.len() < missing.min(MAX_READ) {
+                let cap = frame.min(self.read.len().saturating_mul(2).max(2 * MAX_READ));
+                let mut bigger = BytesMut::with_capacity(cap);
+                bigger.extend_from_slice(&self.read);
+                self.read = bigger;
+            }
+        } else {
+            self.read.reserve(want);
+        }
         let offered = self.read.capacity() - self.read.len();
         let n = self.socket.read_buf(&mut self.read).await?;
         if n == 0 {
@@ -368,6 +384,39 @@ mod tests {
             network.read.capacity()
         );
         let _ = sender.await.unwrap();
+    }
+
+    /// A large packet's buffer grows to exactly its size (its payload
+    /// keeps the allocation while the message is handled), never to the
+    /// next power of two.
+    #[tokio::test]
+    async fn a_large_packet_gets_a_buffer_of_its_own_size() {
+        let mut publish = crate::Publish::new("t", crate::QoS::AtLeastOnce, vec![7u8; 3_000_000]);
+        publish.pkid = 1;
+        let mut bytes = BytesMut::new();
+        Packet::Publish(publish).write(&mut bytes, 1 << 23).unwrap();
+        let frame = bytes.len();
+        let mut network = Network::new(
+            Chunked {
+                data: bytes.to_vec(),
+                chunk: 50_000,
+            },
+            1 << 23,
+            1 << 20,
+        );
+        let mut largest = 0;
+        let payload = loop {
+            match network.parse(false).unwrap() {
+                Ok(Frame::Packet(Incoming::Publish(p))) => break p.payload,
+                Ok(other) => panic!("{other:?}"),
+                Err(missing) => {
+                    network.fill(missing).await.unwrap();
+                    largest = largest.max(network.read.capacity());
+                }
+            }
+        };
+        assert_eq!(payload.len(), 3_000_000);
+        assert!(largest <= frame, "{largest} for a {frame}-byte packet");
     }
 
     #[tokio::test]

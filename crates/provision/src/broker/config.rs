@@ -31,7 +31,16 @@ pub struct BrokerConfig {
     pub force: bool,
     /// How the broker enforces each identity's rules.
     pub enforcement: Enforcement,
+    /// The largest packet the main broker takes from a client (Mosquitto's
+    /// `max_packet_size`): a client sending a bigger one is disconnected,
+    /// so no device can push a message larger than this to the services
+    /// behind the broker. [`DEFAULT_MAX_PACKET_SIZE`] by default.
+    pub max_packet_size: u32,
 }
+
+/// [`BrokerConfig::max_packet_size`]'s default: 1 MiB, the outgoing limit
+/// of our clients.
+pub const DEFAULT_MAX_PACKET_SIZE: u32 = 1024 * 1024;
 
 /// How a broker enforces each identity's rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,7 +234,11 @@ pub fn write(locked: &mut LockedCa<'_>, config: &BrokerConfig) -> Result<BrokerF
          set_tcp_nodelay true\n\
          # The default (1000) silently drops QoS 1 messages for persistent\n\
          # sessions during a flood.\n\
-         max_queued_messages 100000\n",
+         max_queued_messages 100000\n\
+         # A client sending a larger packet is disconnected: no device pushes\n\
+         # a message bigger than this to the services behind the broker.\n\
+         max_packet_size {max_packet_size}\n",
+        max_packet_size = config.max_packet_size,
         listener = listener(config.port),
         ca = ca_path.display(),
         cert = cert_path.display(),

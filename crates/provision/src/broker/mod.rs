@@ -10,6 +10,8 @@ mod rules;
 mod systemd;
 
 pub use apply::{Applied, Refreshed, apply};
-pub use config::{BrokerConfig, BrokerFiles, Enforcement, default_plugin, write};
+pub use config::{
+    BrokerConfig, BrokerFiles, DEFAULT_MAX_PACKET_SIZE, Enforcement, default_plugin, write,
+};
 pub use rules::loads_plugin;
 pub use systemd::write_systemd_units;

@@ -402,6 +402,11 @@ pub(crate) struct BrokerConfigArgs {
     /// must be reloaded by hand after a revocation.
     #[arg(long)]
     pub(crate) without_plugin: bool,
+    /// The largest packet the broker takes from a client, in bytes (a
+    /// client sending a bigger one is disconnected).
+    #[arg(long, value_name = "BYTES", default_value_t = provision::broker::DEFAULT_MAX_PACKET_SIZE,
+          value_parser = clap::value_parser!(u32).range(20..=268_435_455))]
+    pub(crate) max_packet_size: u32,
 }
 
 /// The arguments of `provision pub`.

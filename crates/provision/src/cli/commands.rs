@@ -511,6 +511,7 @@ pub(crate) fn broker_config(args: BrokerConfigArgs) -> anyhow::Result<BrokerWrit
             enroll_port: args.enroll_port,
             force: args.force,
             enforcement,
+            max_packet_size: args.max_packet_size,
         },
     )?;
     // The new folder is in step already; the others too, now.

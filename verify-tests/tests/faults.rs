@@ -547,10 +547,17 @@ async fn subscriptions_come_back_after_a_crash_restored_an_older_save() {
     broker.restart();
     broker_logged(&broker, "Sending CONNACK to crashsub (1, 0)", 2).await;
     broker_logged(&broker, "crashsub 1 new/#", 2).await;
-    publisher
-        .publish("new/x", "after the crash", QoS::AtLeastOnce, false)
-        .await
-        .unwrap();
+    // The publisher's clean session went with the crash: a publish made
+    // while it reconnected fails with SessionLost and is sent again.
+    loop {
+        match publisher
+            .publish("new/x", "after the crash", QoS::AtLeastOnce, false)
+            .await
+        {
+            Err(Error::SessionLost) => continue,
+            sent => break sent.unwrap(),
+        }
+    }
     loop {
         let m = tokio::time::timeout(WAIT, rx.recv())
             .await
@@ -659,6 +666,8 @@ async fn received_messages_are_bounded_in_bytes() {
         .matches("Received PINGREQ from bytes-sub")
         .count();
     broker_logged(&broker, "Received PINGREQ from bytes-sub", pings + 2).await;
+    // Two keep-alives later, still the four it held when it paused.
+    assert_eq!(rx.len(), 4, "read on while the bound was reached");
     let mut got = Vec::new();
     while got.len() < 6 {
         let (m, d) = next(&mut rx).await;

@@ -211,6 +211,27 @@ impl Config {
         Ok(())
     }
 
+    /// Refuses a packet-size limit above the memory bound: a message
+    /// larger than `max_queued_bytes` is read past (a dead letter without
+    /// its payload), so such a `max_packet_size` would promise what is not
+    /// kept.
+    pub fn check_sizes(&self) -> Result<()> {
+        let queued = self
+            .mqtt
+            .max_queued_bytes
+            .unwrap_or(mqtt_tls::DEFAULT_MAX_QUEUED_BYTES);
+        match self.mqtt.max_packet_size {
+            Some(packet) if packet as u64 > queued => Err(Error::Config {
+                reason: format!(
+                    "--max-packet-size ({packet} bytes) is over --max-queued-bytes ({queued} \
+                     bytes): a message that large could never be held to store it; raise \
+                     --max-queued-bytes to at least {packet}"
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The subscriptions with their QoS (shared ones with a share group).
     pub fn filters(&self) -> Result<Vec<(TopicFilter, QoS)>> {
         if self.mqtt.topics.is_empty() {
@@ -355,6 +376,22 @@ mod tests {
             ("$share/g/a".into(), QoS::ExactlyOnce)
         );
         assert!(parse_topic("a/#/b").is_err());
+    }
+
+    #[test]
+    fn a_packet_limit_over_the_memory_bound_is_refused() {
+        let mut config = Config::default();
+        config.mqtt.max_packet_size = Some(100 << 20);
+        let err = config.check_sizes().unwrap_err().to_string();
+        assert!(
+            err.contains("--max-packet-size (104857600 bytes) is over --max-queued-bytes"),
+            "{err}"
+        );
+        config.mqtt.max_queued_bytes = Some(100 << 20);
+        config.check_sizes().unwrap();
+        config.mqtt.max_packet_size = Some(1 << 20);
+        config.mqtt.max_queued_bytes = None;
+        config.check_sizes().unwrap();
     }
 
     #[test]

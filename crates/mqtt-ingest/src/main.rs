@@ -84,7 +84,8 @@ struct Args {
         long,
         hide_env_values = true,
         env = "MQTT_INGEST_MAX_QUEUED_BYTES",
-        value_name = "BYTES"
+        value_name = "BYTES",
+        value_parser = clap::value_parser!(u64).range(1024..)
     )]
     max_queued_bytes: Option<u64>,
     /// Database URL (default sqlite://ingest.db). A remote PostgreSQL
@@ -257,6 +258,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config = configure(args)?;
     let filters = config.filters()?;
     config.check_listeners()?;
+    config.check_sizes()?;
     // Read and checked before anything connects: a bad file fails here.
     let https = config
         .http

@@ -154,6 +154,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A connection option out of its range.
+    #[error("invalid option {option}: {reason}")]
+    InvalidOption {
+        /// The option (a `ConnectOptions` field).
+        option: &'static str,
+        /// Why, with the range.
+        reason: String,
+    },
+
     /// The broker's host name does not resolve.
     #[error("cannot resolve broker host {host}: {reason}")]
     Dns {

@@ -7,8 +7,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rumqttc_mtls::{AsyncClient, Publish};
@@ -16,6 +16,7 @@ use rumqttc_mtls::{AsyncClient, Publish};
 use crate::budget::Charge;
 use crate::error::{Error, Result};
 use crate::link::Link;
+use crate::lock::lock;
 use crate::qos::QoS;
 
 /// A message delivered to a handler.
@@ -126,8 +127,11 @@ pub(crate) struct Acknowledgement {
     /// Handlers (and the dispatcher) that still have to acknowledge.
     outstanding: AtomicU64,
     /// The message's bytes in the client's budget, given back when the
-    /// last share of this is gone.
-    _charge: Charge,
+    /// last share is released (before its acknowledgement waits for room
+    /// in the request channel: a full channel must not keep the client
+    /// from reading the acknowledgements that empty it), or when the last
+    /// share of this is dropped.
+    charge: Mutex<Option<Charge>>,
 }
 
 impl Acknowledgement {
@@ -147,7 +151,7 @@ impl Acknowledgement {
             link,
             rumqtt,
             outstanding: AtomicU64::new(shares),
-            _charge: charge,
+            charge: Mutex::new(Some(charge)),
         })
     }
 
@@ -177,10 +181,11 @@ impl Acknowledgement {
     /// (QoS 2), once connected in the session the message came in, and
     /// not at all once that session is over.
     pub(crate) async fn release(&self, shares: u64) -> Result<()> {
-        if shares > 0
-            && self.outstanding.fetch_sub(shares, Ordering::SeqCst) == shares
-            && self.publish.qos != rumqttc_mtls::QoS::AtMostOnce
-        {
+        let last = shares > 0 && self.outstanding.fetch_sub(shares, Ordering::SeqCst) == shares;
+        if last {
+            lock(&self.charge).take();
+        }
+        if last && self.publish.qos != rumqttc_mtls::QoS::AtMostOnce {
             let link = &self.link;
             loop {
                 // Registered before looking, so a CONNACK in between is seen.

@@ -10,8 +10,11 @@
 //! - acknowledges QoS 1/2 messages only after their handlers succeeded,
 //!   retrying failing handlers with backoff,
 //! - resolves [`MqttClient::publish`] when the broker acknowledged it,
-//! - reconnects with exponential backoff and jitter, and resubscribes when
-//!   the broker kept no session,
+//! - reconnects with exponential backoff and jitter, and resubscribes to
+//!   everything on every CONNACK (a broker restored from an older save says
+//!   it kept a session it partly lost),
+//! - holds received messages within a byte bound
+//!   ([`ConnectOptions::max_queued_bytes`]),
 //! - reports TLS failures as errors a person can act on ([`Error`]).
 //!
 //! This crate is the only one in the workspace that knows rustls and rumqttc

@@ -162,8 +162,11 @@ pub struct ConnectOptions {
     /// bound large. Default: 64 MiB.
     pub max_queued_bytes: u64,
     /// The largest packet we accept from the broker, counted without its
-    /// 2 to 5 byte fixed header (MQTT's remaining length). Default: the largest MQTT allows, so that any message the
-    /// broker accepted can be read.
+    /// 2 to 5 byte fixed header (MQTT's remaining length); a larger one is
+    /// read past ([`DeadLetter::TooLarge`](crate::DeadLetter::TooLarge)).
+    /// Default: the largest MQTT allows. The limit in force is the smaller
+    /// of this and [`max_queued_bytes`](Self::max_queued_bytes) (64 MiB by
+    /// default): raise both to read larger messages.
     pub max_incoming_packet_size: usize,
     /// While the broker is not connected, at most this many publishes may
     /// wait for it (counting those sent and not yet acknowledged); one more

@@ -26,6 +26,8 @@ fn options(endpoint: &Endpoint) -> ConnectOptions {
     if let Some(max) = endpoint.max_packet_size {
         options.max_outgoing_packet_size = max;
         options.max_incoming_packet_size = max;
+        // A message up to that size must fit in memory to be printed.
+        options.max_queued_bytes = options.max_queued_bytes.max(max as u64);
     }
     options
 }

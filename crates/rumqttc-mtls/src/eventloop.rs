@@ -126,7 +126,7 @@ impl EventLoop {
     /// socket, and then in the broker (TCP flow control). Kept across
     /// reconnects until changed.
     pub fn pause_reading(&mut self, paused: bool) {
-        self.state.reading_paused = paused;
+        self.state.set_reading_paused(paused);
     }
 
     /// Not upstream: ends the connection the polite way, for a client that
@@ -135,8 +135,10 @@ impl EventLoop {
     /// (`clean` would drop them, and the broker would deliver those
     /// messages again), then DISCONNECT (so the broker does not publish
     /// the Last Will, MQTT 3.1.1 section 3.14.4), all flushed within the
-    /// connection timeout; then the rest is kept as [`EventLoop::clean`]
-    /// keeps it. A link that is already broken only loses the politeness:
+    /// connection timeout, and the stream ended the orderly way (TLS
+    /// close_notify, TCP FIN, and what the broker still sends read and
+    /// dropped until it closes, so no reset discards the DISCONNECT); then
+    /// the rest is kept as [`EventLoop::clean`] keeps it. A link that is already broken only loses the politeness:
     /// the error is returned after cleaning.
     pub async fn close_gracefully(&mut self) -> Result<(), ConnectionError> {
         let mut written: Result<(), ConnectionError> = Ok(());
@@ -158,12 +160,15 @@ impl EventLoop {
             if written.is_ok() {
                 written = network.write(Packet::Disconnect).await.map_err(Into::into);
             }
+            let timeout = Duration::from_secs(self.network_options.connection_timeout());
             if written.is_ok() {
-                let timeout = Duration::from_secs(self.network_options.connection_timeout());
                 written = match time::timeout(timeout, network.flush()).await {
                     Ok(flushed) => flushed.map_err(Into::into),
                     Err(_) => Err(ConnectionError::FlushTimeout),
                 };
+            }
+            if written.is_ok() {
+                network.close(timeout).await;
             }
         }
         self.network = None;
@@ -263,7 +268,7 @@ impl EventLoop {
         // instead of returning a None event, we try again.
         select! {
             // Pull a bunch of packets from network, reply in bunch and yield the first item
-            o = network.readb(&mut self.state), if !self.state.reading_paused => {
+            o = network.readb(&mut self.state), if !self.state.reading_paused() => {
                 o?;
                 // flush all the acks and return first incoming packet
                 match time::timeout(network_timeout, network.flush()).await {

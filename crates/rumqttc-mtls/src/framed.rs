@@ -283,6 +283,26 @@ impl Network {
         self.socket.flush().await?;
         Ok(())
     }
+
+    /// Not upstream: ends the stream the orderly way, after the last
+    /// flush: TLS close_notify and TCP FIN, then what the peer still sends
+    /// is read and dropped until it closes its side (at most `timeout`).
+    /// Closing a socket with unread data makes Linux reset the connection
+    /// and discard what was not transmitted yet, a DISCONNECT included.
+    pub async fn close(&mut self, timeout: std::time::Duration) {
+        let orderly = async {
+            if self.socket.shutdown().await.is_err() {
+                return;
+            }
+            let mut sink = [0u8; 4096];
+            while let Ok(n) = self.socket.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, orderly).await;
+    }
 }
 
 pub trait AsyncReadWrite: AsyncRead + AsyncWrite + Send + Unpin {}

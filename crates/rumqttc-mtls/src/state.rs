@@ -86,11 +86,12 @@ pub struct MqttState {
     /// Indicates if acknowledgements should be send immediately
     pub manual_acks: bool,
     /// Not upstream: the caller paused reading from the network
-    /// ([`EventLoop::pause_reading`](crate::EventLoop::pause_reading)), its
-    /// queues being full. Pings still go out (the broker must hear from us
-    /// within the keep-alive), but an unanswered one is no error then: its
-    /// PINGRESP is waiting, unread, behind the messages we do not take.
-    pub reading_paused: bool,
+    /// ([`MqttState::set_reading_paused`]), its queues being full. Pings
+    /// still go out (the broker must hear from us within the keep-alive),
+    /// but an unanswered one is no error then: its PINGRESP is waiting,
+    /// unread, behind the messages we do not take. A dead link is not
+    /// noticed while paused (only when reading again).
+    pub(crate) reading_paused: bool,
 }
 
 impl MqttState {
@@ -485,6 +486,22 @@ impl MqttState {
     /// check when the last control packet/pingreq packet is received and return
     /// the status which tells if keep alive time has exceeded
     /// NOTE: status will be checked for zero keepalive times also
+    /// Not upstream: pauses (`true`) or resumes reading. Resuming forgets
+    /// the ping answers still unread and the collision pings counted, which
+    /// are behind the backlog read next: the keep-alive check starts over.
+    pub fn set_reading_paused(&mut self, paused: bool) {
+        if self.reading_paused && !paused {
+            self.await_pingresp = false;
+            self.collision_ping_count = 0;
+        }
+        self.reading_paused = paused;
+    }
+
+    /// Whether reading is paused ([`MqttState::set_reading_paused`]).
+    pub fn reading_paused(&self) -> bool {
+        self.reading_paused
+    }
+
     fn outgoing_ping(&mut self) -> Result<Option<Packet>, StateError> {
         let elapsed_in = self.last_incoming.elapsed();
         let elapsed_out = self.last_outgoing.elapsed();
@@ -503,7 +520,9 @@ impl MqttState {
             return Err(StateError::AwaitPingResp);
         }
 
-        self.await_pingresp = true;
+        // Not upstream: a ping sent while reading is paused only keeps the
+        // broker's keep-alive; its PINGRESP is not waited for.
+        self.await_pingresp = !self.reading_paused;
 
         debug!(
             "Pingreq,
@@ -995,11 +1014,13 @@ mod test {
     fn an_unanswered_ping_is_no_error_while_reading_is_paused() {
         let mut mqtt = build_mqttstate();
         mqtt.outgoing_ping().unwrap();
-        mqtt.reading_paused = true;
+        mqtt.set_reading_paused(true);
         assert!(matches!(mqtt.outgoing_ping(), Ok(Some(Packet::PingReq))));
         assert!(matches!(mqtt.outgoing_ping(), Ok(Some(Packet::PingReq))));
-        // Reading again: the PINGRESPs are read; until then, the rule is back.
-        mqtt.reading_paused = false;
+        // Reading again: the answers still unread are forgotten, and the
+        // keep-alive check starts over with the next ping.
+        mqtt.set_reading_paused(false);
+        assert!(matches!(mqtt.outgoing_ping(), Ok(Some(Packet::PingReq))));
         assert!(matches!(
             mqtt.outgoing_ping(),
             Err(StateError::AwaitPingResp)

@@ -170,8 +170,9 @@ impl Connection {
 
     /// Runs until [`MqttClient::disconnect`](crate::MqttClient::disconnect):
     /// dispatches messages to the handlers, resolves publishes, and
-    /// reconnects with backoff after any failure, renewing subscriptions
-    /// when the broker kept no session.
+    /// reconnects with backoff after any failure, renewing every
+    /// subscription at each CONNACK; stops reading while received messages
+    /// fill `max_queued_bytes`.
     pub async fn run(mut self) -> Result<()> {
         let (dispatch_tx, dispatch_rx) = mpsc::unbounded_channel();
         let dispatcher = tokio::spawn(dispatch(
@@ -211,7 +212,7 @@ impl Connection {
             tokio::pin!(freed);
             freed.as_mut().enable();
             let full = budget.full();
-            if full != self.eventloop.state.reading_paused {
+            if full != self.eventloop.state.reading_paused() {
                 self.eventloop.pause_reading(full);
                 if full {
                     self.shared
@@ -228,7 +229,9 @@ impl Connection {
             let polled = tokio::select! {
                 biased;
                 () = self.shared.swap_notify.notified() => None,
-                () = freed, if full => continue,
+                // Only while connected: a connection attempt is not cut
+                // short (its CONNACK is read whatever the budget says).
+                () = freed, if full && self.shared.link.connected.load(Ordering::SeqCst) => continue,
                 polled = self.eventloop.poll() => Some(polled),
             };
             let Some(polled) = polled else {

@@ -50,6 +50,15 @@ impl MqttClient {
     /// until the [`Connection`] is driven.
     pub fn new(options: &ConnectOptions, identity: &TlsIdentity) -> Result<(Self, Connection)> {
         check_host(&options.host)?;
+        if options.max_queued_bytes < MIN_QUEUED_BYTES {
+            return Err(Error::InvalidOption {
+                option: "max_queued_bytes",
+                reason: format!(
+                    "{} bytes; at least {MIN_QUEUED_BYTES} (with less, no message could be read)",
+                    options.max_queued_bytes
+                ),
+            });
+        }
         let tls = identity.tls_config(options.tls_versions)?;
         let shared = Arc::new(Shared::new(options));
         let (rumqtt, connection) = Connection::new(options, tls, shared.clone());
@@ -264,6 +273,9 @@ impl MqttClient {
             .stats(tracked, self.shared.budget.used())
     }
 }
+
+/// The smallest [`ConnectOptions::max_queued_bytes`].
+const MIN_QUEUED_BYTES: u64 = 1024;
 
 fn check_host(host: &str) -> Result<()> {
     if host.parse::<IpAddr>().is_ok() {

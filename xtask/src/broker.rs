@@ -86,9 +86,10 @@ pub(crate) fn e2e(extra: &[String]) -> Result<(), String> {
 }
 
 /// `cargo xtask soak [--minutes N]`: the ingest soak
-/// (`crates/mqtt-ingest/tests/soak.rs`) for N minutes (default 10), against
-/// a Mosquitto at its defaults, with link cuts, broker restarts, database
-/// locks and an ingest SIGKILL. `cargo xtask test` runs it for 20 s.
+/// (`crates/mqtt-ingest/tests/soak.rs`, on SQLite and PostgreSQL) for N
+/// minutes (default 10), against a Mosquitto at its defaults, with link
+/// cuts, broker restarts and kills, database locks, identity swaps, QoS 0
+/// bursts and an ingest SIGKILL. `cargo xtask test` runs it for 20 s.
 pub(crate) fn soak(args: &[String]) -> Result<(), String> {
     let minutes: u64 = match args {
         [] => 10,

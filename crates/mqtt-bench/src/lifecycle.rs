@@ -124,7 +124,7 @@ pub(crate) fn run(count: usize) -> anyhow::Result<Lifecycle> {
                         anyhow::anyhow!("the broker plugin was not built beside mqtt-bench")
                     })?,
                 ),
-                max_packet_size: provision::broker::DEFAULT_MAX_PACKET_SIZE,
+                max_packet_size: None,
             },
         )?;
         provision::broker::apply(&inventory, &locked.commit()?)?;

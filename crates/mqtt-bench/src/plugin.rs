@@ -61,7 +61,7 @@ pub(crate) fn run(count: usize, crl_entries: usize) -> anyhow::Result<Plugin> {
                     enroll_port: None,
                     force: false,
                     enforcement,
-                    max_packet_size: provision::broker::DEFAULT_MAX_PACKET_SIZE,
+                    max_packet_size: None,
                 },
             )?;
         }

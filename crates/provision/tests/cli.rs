@@ -794,3 +794,50 @@ fn a_key_compromise_revocation_follows_renewals_of_renewals() {
         );
     }
 }
+
+/// A fleet manifest's `[[broker]] max_packet_size` is what `broker-config
+/// --server NAME` writes as Mosquitto's limit; the flag overrides it; a
+/// value Mosquitto would refuse is refused with the manifest named, and
+/// without either the limit is 1 MiB.
+#[test]
+fn the_manifest_sets_the_brokers_packet_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let manifest = |limit: &str| {
+        format!(
+            "[ca]\ndir = \"root_cert\"\n\
+             [[broker]]\nname = \"mq\"\ndns = [\"localhost\"]\n{limit}\
+             [[broker]]\nname = \"plain\"\ndns = [\"localhost\"]\n"
+        )
+    };
+    std::fs::write(d.join("bad.toml"), manifest("max_packet_size = 10\n")).unwrap();
+    let e = fails(d, &["fleet", "bad.toml"], 1);
+    assert!(
+        e.contains("bad.toml") && e.contains("max_packet_size 10 is outside"),
+        "{e}"
+    );
+    std::fs::write(d.join("m.toml"), manifest("max_packet_size = 2097152\n")).unwrap();
+    ok(d, &["fleet", "m.toml"]);
+    let conf = |out: &str| std::fs::read_to_string(d.join(out).join("mosquitto.conf")).unwrap();
+    ok(d, &["broker-config", "--server", "mq", "--out", "b1"]);
+    assert!(
+        conf("b1").contains("\nmax_packet_size 2097152\n"),
+        "{}",
+        conf("b1")
+    );
+    ok(
+        d,
+        &[
+            "broker-config",
+            "--server",
+            "mq",
+            "--out",
+            "b2",
+            "--max-packet-size",
+            "4096",
+        ],
+    );
+    assert!(conf("b2").contains("\nmax_packet_size 4096\n"));
+    ok(d, &["broker-config", "--server", "plain", "--out", "b3"]);
+    assert!(conf("b3").contains("\nmax_packet_size 1048576\n"));
+}

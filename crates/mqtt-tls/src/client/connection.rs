@@ -205,12 +205,8 @@ impl Connection {
                 }
             }
             // Received messages fill `max_queued_bytes`: stop reading
-            // until handlers let go of some (registered before looking, so
-            // a release in between is not missed).
-            let budget = self.shared.budget.clone();
-            let freed = budget.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
+            // until handlers let go of some.
+            let budget = &self.shared.budget;
             let full = budget.full();
             if full != self.eventloop.state.reading_paused() {
                 self.eventloop.pause_reading(full);
@@ -226,12 +222,27 @@ impl Connection {
                     );
                 }
             }
+            // Only while connected: a connection attempt is not cut short
+            // (its CONNACK is read whatever the budget says). Nothing to
+            // register otherwise: this runs for every event.
+            let watch = full && self.shared.link.connected.load(Ordering::SeqCst);
+            let freed = async {
+                if !watch {
+                    return std::future::pending().await;
+                }
+                // Registered before looking again, so a release in between
+                // is not missed.
+                let notified = budget.freed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if budget.full() {
+                    notified.await;
+                }
+            };
             let polled = tokio::select! {
                 biased;
                 () = self.shared.swap_notify.notified() => None,
-                // Only while connected: a connection attempt is not cut
-                // short (its CONNACK is read whatever the budget says).
-                () = freed, if full && self.shared.link.connected.load(Ordering::SeqCst) => continue,
+                () = freed => continue,
                 polled = self.eventloop.poll() => Some(polled),
             };
             let Some(polled) = polled else {

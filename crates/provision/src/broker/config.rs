@@ -34,13 +34,17 @@ pub struct BrokerConfig {
     /// The largest packet the main broker takes from a client (Mosquitto's
     /// `max_packet_size`): a client sending a bigger one is disconnected,
     /// so no device can push a message larger than this to the services
-    /// behind the broker. [`DEFAULT_MAX_PACKET_SIZE`] by default.
-    pub max_packet_size: u32,
+    /// behind the broker. `None`: what a fleet manifest's `[[broker]]` of
+    /// this name set, else [`DEFAULT_MAX_PACKET_SIZE`].
+    pub max_packet_size: Option<u32>,
 }
 
 /// [`BrokerConfig::max_packet_size`]'s default: 1 MiB, the outgoing limit
 /// of our clients.
 pub const DEFAULT_MAX_PACKET_SIZE: u32 = 1024 * 1024;
+
+/// The `max_packet_size` values Mosquitto takes.
+pub const MAX_PACKET_SIZE_RANGE: std::ops::RangeInclusive<u32> = 20..=268_435_455;
 
 /// How a broker enforces each identity's rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +152,12 @@ pub fn write(locked: &mut LockedCa<'_>, config: &BrokerConfig) -> Result<BrokerF
         }
     };
     let policy = locked.acl_policy()?;
+    let max_packet_size = match config.max_packet_size {
+        Some(bytes) => bytes,
+        None => locked
+            .broker_max_packet_size(&config.server)?
+            .unwrap_or(DEFAULT_MAX_PACKET_SIZE),
+    };
     let plugin = match &config.enforcement {
         Enforcement::Plugin(path) => Some(read_plugin(path)?),
         Enforcement::AclFileOnly => None,
@@ -238,7 +248,7 @@ pub fn write(locked: &mut LockedCa<'_>, config: &BrokerConfig) -> Result<BrokerF
          # A client sending a larger packet is disconnected: no device pushes\n\
          # a message bigger than this to the services behind the broker.\n\
          max_packet_size {max_packet_size}\n",
-        max_packet_size = config.max_packet_size,
+        max_packet_size = max_packet_size,
         listener = listener(config.port),
         ca = ca_path.display(),
         cert = cert_path.display(),

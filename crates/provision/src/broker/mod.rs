@@ -11,7 +11,8 @@ mod systemd;
 
 pub use apply::{Applied, Refreshed, apply};
 pub use config::{
-    BrokerConfig, BrokerFiles, DEFAULT_MAX_PACKET_SIZE, Enforcement, default_plugin, write,
+    BrokerConfig, BrokerFiles, DEFAULT_MAX_PACKET_SIZE, Enforcement, MAX_PACKET_SIZE_RANGE,
+    default_plugin, write,
 };
 pub use rules::loads_plugin;
 pub use systemd::write_systemd_units;

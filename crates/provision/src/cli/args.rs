@@ -403,10 +403,11 @@ pub(crate) struct BrokerConfigArgs {
     #[arg(long)]
     pub(crate) without_plugin: bool,
     /// The largest packet the broker takes from a client, in bytes (a
-    /// client sending a bigger one is disconnected).
-    #[arg(long, value_name = "BYTES", default_value_t = provision::broker::DEFAULT_MAX_PACKET_SIZE,
+    /// client sending a bigger one is disconnected; default: the fleet
+    /// manifest's [[broker]] max_packet_size for --server, else 1 MiB).
+    #[arg(long, value_name = "BYTES",
           value_parser = clap::value_parser!(u32).range(20..=268_435_455))]
-    pub(crate) max_packet_size: u32,
+    pub(crate) max_packet_size: Option<u32>,
 }
 
 /// The arguments of `provision pub`.

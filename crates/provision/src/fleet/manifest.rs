@@ -121,6 +121,10 @@ pub struct BrokerSection {
     /// Issue a new certificate once the current one has fewer days left
     /// (default: 30, or a third of `days` when that is less).
     pub renew_before_days: Option<u32>,
+    /// The largest packet this broker takes from a client, in bytes: what
+    /// `provision broker-config --server NAME` writes as Mosquitto's
+    /// `max_packet_size` unless told otherwise (default 1 MiB).
+    pub max_packet_size: Option<u32>,
 }
 
 /// `[[devices]]`: one device (`name`) or a numbered range (`prefix`, `count`).
@@ -206,6 +210,17 @@ pub(super) fn prepare(path: &Path, options: &RunOptions) -> Result<Prepared> {
     let mut renew_before: Vec<Option<u32>> = Vec::new();
     let mut names: HashSet<String> = HashSet::new();
     for b in &manifest.broker {
+        if let Some(bytes) = b.max_packet_size
+            && !crate::broker::MAX_PACKET_SIZE_RANGE.contains(&bytes)
+        {
+            return Err(bad(format!(
+                "[[broker]] {}: max_packet_size {bytes} is outside what Mosquitto takes \
+                 ({} to {})",
+                b.name.as_str(),
+                crate::broker::MAX_PACKET_SIZE_RANGE.start(),
+                crate::broker::MAX_PACKET_SIZE_RANGE.end()
+            )));
+        }
         let dns = b
             .dns
             .iter()

@@ -127,6 +127,15 @@ pub fn run(
     let mut locked = inventory.lock(&ca)?;
     // The manifest's topic rules are the broker configuration's.
     locked.set_acl_policy(manifest.acl.as_ref().unwrap_or(&AclPolicy::default()))?;
+    // And each broker's packet limit, for `broker-config --server NAME`.
+    for broker in &manifest.broker {
+        locked.set_broker_max_packet_size(
+            broker.name.as_str(),
+            broker
+                .max_packet_size
+                .unwrap_or(crate::broker::DEFAULT_MAX_PACKET_SIZE),
+        )?;
+    }
     let history = read_history(&names, &mut |filter, f| locked.visit(filter, f))?;
     drop(names);
     let total = requests.len();

@@ -114,6 +114,30 @@ impl LockedCa<'_> {
         self.set_state("broker_configs", &json)
     }
 
+    /// The largest packet broker identity `name`'s broker takes from a
+    /// client, as a fleet manifest's `[[broker]] max_packet_size` set it.
+    pub fn broker_max_packet_size(&mut self, name: &str) -> Result<Option<u32>> {
+        let location = self.inventory.location.clone();
+        self.state(&format!("broker_max_packet_size:{name}"))?
+            .map(|text| {
+                text.parse().map_err(|e| Error::Inventory {
+                    location,
+                    reason: format!("the stored max_packet_size of broker {name:?}: {e}"),
+                })
+            })
+            .transpose()
+    }
+
+    /// Stores broker identity `name`'s `max_packet_size` (a fleet
+    /// manifest's `[[broker]]`).
+    pub fn set_broker_max_packet_size(&mut self, name: &str, bytes: u32) -> Result<()> {
+        self.changes.settings = true;
+        self.set_state(
+            &format!("broker_max_packet_size:{name}"),
+            &bytes.to_string(),
+        )
+    }
+
     /// Stores the topic rules of each role (a fleet manifest's `[acl]`).
     pub fn set_acl_policy(&mut self, policy: &AclPolicy) -> Result<()> {
         let json = serde_json::to_string(policy).map_err(|e| Error::Inventory {

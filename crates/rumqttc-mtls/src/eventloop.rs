@@ -1,4 +1,4 @@
-use crate::{Incoming, MqttState, NetworkOptions, Packet, Request, StateError};
+use crate::{Incoming, MqttState, NetworkOptions, Packet, QoS, Request, StateError};
 use crate::{MqttOptions, Outgoing};
 use crate::{Transport, framed::Network};
 
@@ -105,7 +105,7 @@ impl EventLoop {
     pub fn clean(&mut self) {
         self.network = None;
         self.keepalive_timeout = None;
-        self.pending.extend(self.state.clean());
+        self.requeue_in_flight();
 
         // drain requests from channel which weren't yet received
         let mut requests_in_channel: Vec<_> = self.requests_rx.drain().collect();
@@ -173,7 +173,7 @@ impl EventLoop {
         }
         self.network = None;
         self.keepalive_timeout = None;
-        self.pending.extend(self.state.clean());
+        self.requeue_in_flight();
         self.pending.extend(kept);
         // Whatever came meanwhile, as `clean` keeps it.
         let late: Vec<_> = self
@@ -183,6 +183,16 @@ impl EventLoop {
             .collect();
         self.pending.extend(late);
         written
+    }
+
+    /// What was in flight goes out first on the next connection, ahead of
+    /// what is still pending from an earlier one (not upstream, which put
+    /// it behind: new publishes pending then took the ids first, and the
+    /// replays collided with them).
+    fn requeue_in_flight(&mut self) {
+        let mut requests: VecDeque<Request> = self.state.clean().into();
+        requests.append(&mut self.pending);
+        self.pending = requests;
     }
 
     /// Yields Next notification or outgoing request and periodically pings
@@ -309,7 +319,7 @@ impl EventLoop {
                 &mut self.pending,
                 &self.requests_rx,
                 self.mqtt_options.pending_throttle
-            ), if !self.pending.is_empty() || (!inflight_full && !collision) => match o {
+            ), if may_take_request(self.pending.front(), inflight_full, collision) => match o {
                 Ok(request) => {
                     if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
                         network.write(outgoing).await?;
@@ -371,6 +381,27 @@ impl EventLoop {
                 Err(_) => Err(ConnectionError::RequestsDone),
             }
         }
+    }
+}
+
+/// Whether the event loop may take its next request: the first one
+/// pending from an earlier connection, else one from the channel. Not
+/// upstream: a pending request that is a new QoS 1/2 publish (no packet id
+/// yet: it was still in the channel when the link went) waits for room in
+/// the in-flight window and for no collision, as one from the channel does.
+/// Upstream sends every pending request at once, so a reconnect with up to
+/// the channel's capacity of publishes queued put more in flight than there
+/// are ids: a publish held as a "collision" was overwritten by the next
+/// (dropped unsent) and acknowledgements resolved the wrong callers.
+/// Replays of publishes in flight (with their ids), PUBRELs and the rest
+/// go at once.
+fn may_take_request(pending: Option<&Request>, inflight_full: bool, collision: bool) -> bool {
+    match pending {
+        Some(Request::Publish(p)) if p.qos != QoS::AtMostOnce && p.pkid == 0 => {
+            !inflight_full && !collision
+        }
+        Some(_) => true,
+        None => !inflight_full && !collision,
     }
 }
 
@@ -482,5 +513,40 @@ async fn mqtt_connect(
         Incoming::ConnAck(connack) if connack.code == ConnectReturnCode::Success => Ok(connack),
         Incoming::ConnAck(connack) => Err(ConnectionError::ConnectionRefused(connack.code)),
         packet => Err(ConnectionError::NotConnAck(Box::new(packet))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{PubAck, Publish};
+
+    /// A reconnect leaves up to the channel's capacity of new publishes
+    /// pending: they wait for room in the in-flight window like any new
+    /// publish, while replays (with their ids) and acknowledgements go.
+    #[test]
+    fn new_publishes_pending_wait_for_the_window_replays_do_not() {
+        let new = Request::Publish(Publish::new("t", QoS::AtLeastOnce, "x"));
+        let mut replay = Publish::new("t", QoS::AtLeastOnce, "x");
+        replay.pkid = 7;
+        let replay = Request::Publish(replay);
+        let qos0 = Request::Publish(Publish::new("t", QoS::AtMostOnce, "x"));
+        let ack = Request::PubAck(PubAck::new(3));
+        for (pending, full, collision, expected) in [
+            (Some(&new), true, false, false),
+            (Some(&new), false, true, false),
+            (Some(&new), false, false, true),
+            (Some(&replay), true, true, true),
+            (Some(&qos0), true, false, true),
+            (Some(&ack), true, true, true),
+            (None, true, false, false),
+            (None, false, false, true),
+        ] {
+            assert_eq!(
+                may_take_request(pending, full, collision),
+                expected,
+                "{pending:?} full {full} collision {collision}"
+            );
+        }
     }
 }

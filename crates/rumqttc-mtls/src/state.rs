@@ -56,6 +56,9 @@ pub struct MqttState {
     pub(crate) last_pkid: u16,
     /// Packet id of the last acked publish
     pub(crate) last_puback: u16,
+    /// Packet id of the last SUBSCRIBE or UNSUBSCRIBE (not upstream: they
+    /// take ids above the publishes' window).
+    last_control_pkid: u16,
     /// Number of outgoing inflight publishes
     pub(crate) inflight: u16,
     /// Maximum number of allowed inflight
@@ -106,6 +109,7 @@ impl MqttState {
             last_incoming: Instant::now(),
             last_outgoing: Instant::now(),
             last_pkid: 0,
+            last_control_pkid: 0,
             last_puback: 0,
             inflight: 0,
             max_inflight,
@@ -417,7 +421,23 @@ impl MqttState {
     fn outgoing_publish(&mut self, mut publish: Publish) -> Result<Option<Packet>, StateError> {
         if publish.qos != QoS::AtMostOnce {
             if publish.pkid == 0 {
-                publish.pkid = self.next_pkid();
+                // Not upstream: a free id, never one in flight (upstream
+                // takes the next in turn and, when the broker acknowledged
+                // out of order, holds the publish as a "collision", one at
+                // a time, overwriting an earlier one). With fewer than
+                // `max_inflight` in flight there always is one; the event
+                // loop takes no new publish otherwise.
+                match self.free_publish_pkid() {
+                    Some(pkid) => publish.pkid = pkid,
+                    None if self.collision.is_none() => {
+                        // Every id taken: held back as the one collision
+                        // until the id in turn is acknowledged.
+                        let max = self.max_inflight.max(1);
+                        self.last_pkid = self.last_pkid % max + 1;
+                        publish.pkid = self.last_pkid;
+                    }
+                    None => return Err(StateError::InvalidState),
+                }
             }
 
             let pkid = publish.pkid;
@@ -430,6 +450,11 @@ impl MqttState {
             // reuses it: the broker's PUBCOMP for the old QoS 2 publish
             // would then end the new one).
             if self.outgoing_pub.contains_key(&pkid) || self.outgoing_rel.contains(&pkid) {
+                // Not upstream: one held at most, never overwritten (the
+                // overwritten one was dropped unsent).
+                if self.collision.is_some() {
+                    return Err(StateError::InvalidState);
+                }
                 info!("Collision on packet id = {:?}", publish.pkid);
                 self.collision = Some(publish);
                 let event = Event::Outgoing(Outgoing::AwaitAck(pkid));
@@ -546,7 +571,7 @@ impl MqttState {
             return Err(StateError::EmptySubscription);
         }
 
-        let pkid = self.next_pkid();
+        let pkid = self.next_control_pkid();
         subscription.pkid = pkid;
         // A queue per id: with a small in-flight window two SUBSCRIBEs can
         // share one (their SUBACKs come back in order).
@@ -573,7 +598,7 @@ impl MqttState {
         &mut self,
         mut unsub: Unsubscribe,
     ) -> Result<Option<Packet>, StateError> {
-        let pkid = self.next_pkid();
+        let pkid = self.next_control_pkid();
         unsub.pkid = pkid;
         self.unsubscribe_topics.insert(pkid, unsub.topics.clone());
 
@@ -625,6 +650,42 @@ impl MqttState {
     /// http://stackoverflow.com/questions/11115364/mqtt-messageid-practical-implementation
     /// Packet ids are incremented till maximum set inflight messages and reset to 1 after that.
     ///
+    /// Not upstream: the next publish packet id after the last one, in
+    /// 1..=`max_inflight`, that no publish (or QoS 2 release) in flight
+    /// holds; `None` when all are taken.
+    fn free_publish_pkid(&mut self) -> Option<u16> {
+        let max = u32::from(self.max_inflight.max(1));
+        let start = u32::from(self.last_pkid);
+        (0..max)
+            .map(|i| u16::try_from((start + i) % max + 1).unwrap_or(1))
+            .find(|id| !self.outgoing_pub.contains_key(id) && !self.outgoing_rel.contains(id))
+            .inspect(|id| self.last_pkid = *id)
+    }
+
+    /// Not upstream: a packet id for a SUBSCRIBE or UNSUBSCRIBE that no
+    /// other one awaiting its answer holds ([MQTT-2.3.1-2]), above the
+    /// publishes' window (1..=`max_inflight`), so that it can never take a
+    /// publish's id either. Upstream takes the publishes' next id.
+    fn next_control_pkid(&mut self) -> u16 {
+        let low = u32::from(self.max_inflight) + 1;
+        if low > u32::from(u16::MAX) {
+            // No room above the window: share it.
+            return self.free_publish_pkid().unwrap_or(1);
+        }
+        let span = u32::from(u16::MAX) - low + 1;
+        let last = u32::from(self.last_control_pkid).max(low - 1);
+        (0..span)
+            .map(|i| u16::try_from(low + (last + 1 - low + i) % span).unwrap_or(u16::MAX))
+            .find(|id| {
+                !self.subscribe_filters.contains_key(id)
+                    && !self.unsubscribe_topics.contains_key(id)
+            })
+            .inspect(|id| self.last_control_pkid = *id)
+            // Every id awaiting an answer: 65,000 subscriptions lost in
+            // flight. Take the oldest turn's.
+            .unwrap_or(u16::try_from(low).unwrap_or(u16::MAX))
+    }
+
     fn next_pkid(&mut self) -> u16 {
         let next_pkid = self.last_pkid + 1;
 
@@ -846,24 +907,57 @@ mod test {
         mqtt.outgoing_publish(build_outgoing_publish(QoS::AtLeastOnce))
             .unwrap();
         mqtt.handle_incoming_puback(&PubAck::new(2)).unwrap();
-        mqtt.events.clear();
-        // The ids wrapped around to 1, which still awaits its PUBCOMP.
-        let sent = mqtt
+        // 1 still awaits its PUBCOMP: the next publish takes 2 again.
+        match mqtt
             .outgoing_publish(build_outgoing_publish(QoS::AtLeastOnce))
-            .unwrap();
-        assert!(sent.is_none(), "held back, not written");
-        assert!(matches!(
-            mqtt.events.pop_front(),
-            Some(Event::Outgoing(Outgoing::AwaitAck(1)))
-        ));
-        match mqtt.handle_incoming_pubcomp(&PubComp::new(1)).unwrap() {
-            Some(Packet::Publish(p)) => assert_eq!((p.pkid, p.qos), (1, QoS::AtLeastOnce)),
-            other => panic!("the held publish should go out now: {other:?}"),
+            .unwrap()
+        {
+            Some(Packet::Publish(p)) => assert_eq!(p.pkid, 2),
+            other => panic!("{other:?}"),
         }
-        // ...tracked like any publish in flight: its PUBACK ends it.
-        assert_eq!(mqtt.inflight, 1);
-        mqtt.handle_incoming_puback(&PubAck::new(1)).unwrap();
-        assert_eq!(mqtt.inflight, 0);
+        assert!(mqtt.collision.is_none());
+    }
+
+    /// More publishes than packet ids, acknowledged out of order: each new
+    /// one takes an id no publish in flight holds, never a collision;
+    /// with every id taken (the event loop would not ask then), one is
+    /// held back and a second one is refused, never overwriting it.
+    #[test]
+    fn more_publishes_than_ids_never_share_an_id_in_flight() {
+        let mut mqtt = MqttState::new(3, false);
+        let send = |mqtt: &mut MqttState| match mqtt
+            .outgoing_publish(build_outgoing_publish(QoS::AtLeastOnce))
+            .unwrap()
+        {
+            Some(Packet::Publish(p)) => p.pkid,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            [send(&mut mqtt), send(&mut mqtt), send(&mut mqtt)],
+            [1, 2, 3]
+        );
+        let mut in_flight: std::collections::BTreeSet<u16> = [1, 2, 3].into();
+        // The broker acknowledges 2, then 3, then 1; a new publish after each.
+        for acked in [2, 3, 1, 3, 2] {
+            mqtt.handle_incoming_puback(&PubAck::new(acked)).unwrap();
+            assert!(in_flight.remove(&acked));
+            let id = send(&mut mqtt);
+            assert!(in_flight.insert(id), "{id} was in flight already");
+            assert_eq!(id, acked, "the only free id");
+        }
+        assert!(mqtt.collision.is_none());
+        // All three taken: held back, and the next one refused.
+        assert!(
+            mqtt.outgoing_publish(build_outgoing_publish(QoS::AtLeastOnce))
+                .unwrap()
+                .is_none()
+        );
+        let held = mqtt.collision.clone().unwrap();
+        assert!(matches!(
+            mqtt.outgoing_publish(build_outgoing_publish(QoS::AtLeastOnce)),
+            Err(StateError::InvalidState)
+        ));
+        assert_eq!(mqtt.collision, Some(held), "the held one is kept");
     }
 
     #[test]
@@ -874,20 +968,47 @@ mod test {
         mqtt.handle_incoming_pubrec(&PubRec::new(1)).unwrap();
         mqtt.outgoing_publish(build_outgoing_publish(QoS::AtLeastOnce))
             .unwrap();
-        mqtt.handle_incoming_puback(&PubAck::new(2)).unwrap();
+        // Both ids taken: the next publish is held back.
         mqtt.outgoing_publish(build_outgoing_publish(QoS::AtLeastOnce))
             .unwrap();
         assert!(mqtt.collision.is_some());
         let pending = mqtt.clean();
         assert!(mqtt.collision.is_none(), "nothing left to block requests");
-        // The PUBREL of the QoS 2 publish, then the held one, not marked DUP.
+        // What was in flight (the QoS 1 publish marked DUP, the QoS 2
+        // one's PUBREL), then the held one, not marked DUP.
         match pending.as_slice() {
-            [Request::PubRel(r), Request::Publish(p)] => {
+            [Request::Publish(a), Request::PubRel(r), Request::Publish(p)] => {
                 assert_eq!(r.pkid, 1);
-                assert_eq!((p.pkid, p.dup), (1, false));
+                assert_eq!((a.pkid, a.dup), (2, true));
+                assert!(!p.dup);
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// SUBSCRIBE and UNSUBSCRIBE ids are above the publishes' window and
+    /// not reused while one awaits its answer ([MQTT-2.3.1-2]).
+    #[test]
+    fn subscribe_ids_are_not_reused_while_in_use_nor_shared_with_publishes() {
+        let mut mqtt = MqttState::new(3, false);
+        let mut ids = std::collections::BTreeSet::new();
+        for i in 0..10 {
+            let packet = if i % 2 == 0 {
+                mqtt.outgoing_subscribe(Subscribe::new("a/b", QoS::AtLeastOnce))
+            } else {
+                mqtt.outgoing_unsubscribe(Unsubscribe::new("a/b"))
+            };
+            let id = match packet.unwrap() {
+                Some(Packet::Subscribe(s)) => s.pkid,
+                Some(Packet::Unsubscribe(u)) => u.pkid,
+                other => panic!("{other:?}"),
+            };
+            assert!(id > 3, "{id} is a publish id");
+            assert!(ids.insert(id), "{id} reused while awaiting its answer");
+        }
+        // Answered, an id may come round again.
+        let first = *ids.first().unwrap();
+        assert!(mqtt.take_subscribe_filters(first).is_some());
     }
 
     #[test]

@@ -101,7 +101,8 @@ pub(crate) enum HandlerKind {
 /// Call [`Delivery::ack`] once the message is safe (for example after the
 /// database transaction holding it committed). Dropping it without
 /// acknowledging leaves the message unacknowledged: the broker redelivers it
-/// to the next connection of a persistent session. When several handlers
+/// to the next connection of a persistent session (a QoS 2 message only to
+/// the next process: MQTT forbids handing it over twice before PUBREL). When several handlers
 /// match a message, the broker gets its acknowledgement once all of them
 /// acknowledged.
 pub struct Delivery {

@@ -70,6 +70,11 @@ pub enum Event {
         size: usize,
         max: usize,
     },
+    /// Not upstream: a QoS 2 PUBLISH sent again (marked DUP after a
+    /// reconnect) with the packet id of one delivered before whose PUBREC
+    /// the caller has not sent yet: not delivered a second time (MQTT 3.1.1
+    /// section 4.3.3); the caller's PUBREC answers both.
+    DuplicateDropped(u16),
 }
 
 impl EventLoop {

@@ -236,6 +236,18 @@ impl MqttState {
             self.last_incoming = Instant::now();
             return self.outgoing_pubrec(PubRec::new(publish.pkid));
         }
+        if let Incoming::Publish(publish) = &packet
+            && publish.qos == QoS::ExactlyOnce
+            && self.incoming_pub.contains(&publish.pkid)
+        {
+            // Not upstream: delivered before, and its handler has not sent
+            // PUBREC yet (manual acks; the link went before it did). MQTT
+            // 3.1.1 section 4.3.3 forbids delivering it again before
+            // PUBREL: the PUBREC the handler sends answers this copy too.
+            self.last_incoming = Instant::now();
+            self.events.push_back(Event::DuplicateDropped(publish.pkid));
+            return Ok(None);
+        }
         self.events.push_back(Event::Incoming(packet.clone()));
 
         let outgoing = match &packet {
@@ -282,6 +294,11 @@ impl MqttState {
         self.last_incoming = Instant::now();
         if publish.qos == QoS::ExactlyOnce && self.incoming_rec.contains(&publish.pkid) {
             return self.outgoing_pubrec(PubRec::new(publish.pkid));
+        }
+        if publish.qos == QoS::ExactlyOnce && self.incoming_pub.contains(&publish.pkid) {
+            // Reported before; its PUBREC is still to come from the caller.
+            self.events.push_back(Event::DuplicateDropped(publish.pkid));
+            return Ok(None);
         }
         debug!(
             "a message on {} is {size} bytes, over the incoming limit of {max}: dropped",
@@ -1332,9 +1349,12 @@ mod test {
     }
 
     #[test]
-    fn a_qos2_publish_not_yet_acknowledged_is_delivered_again() {
-        // No PUBREC went out: the application never took it, so the
-        // redelivery is handed over again (at least once until PUBREC).
+    fn a_qos2_publish_delivered_and_not_yet_acknowledged_is_not_delivered_again() {
+        // Delivered, its handler still at work (no PUBREC yet), and the
+        // link went: the broker's copy marked DUP is not delivered again
+        // (MQTT 3.1.1 section 4.3.3: no second delivery before PUBREL; the
+        // ingest stored such a message twice). The handler's PUBREC then
+        // answers it, and the exchange ends as usual.
         let mut mqtt = build_mqttstate();
         mqtt.manual_acks = true;
         let publish = build_incoming_publish(QoS::ExactlyOnce, 6);
@@ -1342,8 +1362,27 @@ mod test {
             .unwrap();
         mqtt.events.clear();
         let _ = mqtt.clean();
-        mqtt.handle_incoming_packet(Incoming::Publish(publish))
-            .unwrap();
-        assert!(matches!(mqtt.events.pop_front(), Some(Event::Incoming(_))));
+        let mut again = publish;
+        again.dup = true;
+        assert!(
+            mqtt.handle_incoming_packet(Incoming::Publish(again))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            matches!(mqtt.events.pop_front(), Some(Event::DuplicateDropped(6))),
+            "{:?}",
+            mqtt.events
+        );
+        assert!(mqtt.events.is_empty(), "{:?}", mqtt.events);
+        assert!(matches!(
+            mqtt.handle_outgoing_packet(Request::PubRec(PubRec::new(6))),
+            Ok(Some(Packet::PubRec(_)))
+        ));
+        assert!(matches!(
+            mqtt.handle_incoming_packet(Incoming::PubRel(PubRel::new(6))),
+            Ok(Some(Packet::PubComp(_)))
+        ));
+        assert!(mqtt.incoming_pub.is_empty());
     }
 }

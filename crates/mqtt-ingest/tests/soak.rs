@@ -24,8 +24,13 @@
 //! a 3,000-character random topic (a "poison" row: over PostgreSQL's btree
 //! index limit, so a dead letter there; an ordinary row on SQLite).
 //!
+//! One in ten small messages is QoS 2 (the ingest subscribes `soak/#@2`).
+//!
 //! At the end, every message the publisher saw acknowledged is stored at
-//! least once (QoS 1) where it belongs, except those lost with a killed
+//! least once (QoS 1) or exactly once (QoS 2: a second copy only from a
+//! process that could not know it had one, the ingest started again after
+//! its SIGKILL or a broker back from an older save; counted) where it
+//! belongs, except those lost with a killed
 //! broker's unsaved state (counted), and the ingest's memory stayed under
 //! 256 MiB.
 //!
@@ -79,6 +84,12 @@ fn is_large(n: u32) -> bool {
 
 fn is_poison(n: u32) -> bool {
     n % POISON_EVERY == POISON_EVERY / 2
+}
+
+/// One in ten (small, ordinary) messages is published at QoS 2: stored
+/// exactly once.
+fn is_qos2(n: u32) -> bool {
+    n % 10 == 5 && !is_large(n) && !is_poison(n)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +157,7 @@ async fn soak(db: Db) {
     let start_ingest = || {
         let ingest = Ingest::spawn(
             Ingest::command_at(&bundle, proxy.port, &db, "soak-ingest")
-                .args(["--topic", "soak/#"])
+                .args(["--topic", "soak/#@2"])
                 .args(["--max-packet-size", &MAX_PACKET.to_string()])
                 .args(["--max-queued-bytes", &MAX_QUEUED.to_string()]),
         );
@@ -231,9 +242,12 @@ async fn soak(db: Db) {
                     // the broker lost with its session fails and is sent
                     // again, at least once).
                     for _ in 0..200 {
-                        let sent = publisher
-                            .publish(&topic, payload.clone(), QoS::AtLeastOnce, false)
-                            .await;
+                        let qos = if is_qos2(n) {
+                            QoS::ExactlyOnce
+                        } else {
+                            QoS::AtLeastOnce
+                        };
+                        let sent = publisher.publish(&topic, payload.clone(), qos, false).await;
                         if sent.is_ok() {
                             acked.lock().unwrap().insert(n, Instant::now());
                             break;
@@ -275,6 +289,7 @@ async fn soak(db: Db) {
     let mut killed = false;
     let mut injected: BTreeMap<&'static str, u32> = BTreeMap::new();
     let mut crashes: Vec<Instant> = Vec::new();
+    let mut ingest_kills: Vec<Instant> = Vec::new();
     let mut swaps: Vec<(Instant, Instant)> = Vec::new();
     let mut bursts: u32 = 0;
     while Instant::now() + gap < end {
@@ -337,6 +352,7 @@ async fn soak(db: Db) {
                 *injected.entry("QoS 0 bursts").or_default() += 1;
             }
             Fault::KillIngest => {
+                ingest_kills.push(Instant::now());
                 tokio::task::block_in_place(|| ingest.kill9());
                 ingest = tokio::task::block_in_place(start_ingest);
                 *ingest_pid.lock().unwrap() = ingest.pid();
@@ -422,6 +438,27 @@ async fn soak(db: Db) {
             .chain(letters.keys())
             .all(|n| *n < published)
     );
+    // QoS 2: stored exactly once, except a copy stored again by a process
+    // that did not know it had it: a new ingest after the SIGKILL (stored,
+    // PUBREC not sent yet), or a broker back from a save older than the
+    // exchange's end.
+    let near = |at: Instant, events: &[Instant], before: u64| {
+        events.iter().any(|e| {
+            at <= *e + Duration::from_millis(500) && at + Duration::from_secs(before) >= *e
+        })
+    };
+    let mut qos2_twice = 0;
+    for (n, copies) in &stored.numbers {
+        if !is_qos2(*n) || *copies == 1 {
+            continue;
+        }
+        let at = acked[n];
+        assert!(
+            near(at, &ingest_kills, 10) || near(at, &crashes, u64::from(AUTOSAVE) + 1),
+            "QoS 2 message {n} stored {copies} times, acknowledged far from any restart"
+        );
+        qos2_twice += 1;
+    }
     // The QoS 0 bursts: whatever was stored is whole; the rest was dropped
     // (counted by the ingest) or lost with a cut link.
     assert!(stored.burst_sizes.iter().all(|len| *len == BURST_SIZE));
@@ -448,8 +485,10 @@ async fn soak(db: Db) {
     println!(
         "soak on {backend}: {published} published, {} acknowledged, {} stored ({} copies of a \
          stored message), {} dead letters (200 KiB and poison), {} acknowledged by a killed \
-         broker after its last save and lost with it, {burst_stored} of {} burst QoS 0 messages \
-         stored ({} dropped by this ingest instance), faults {injected:?}, ingest peak RSS {} MiB",
+         broker after its last save and lost with it, {qos2_twice} QoS 2 messages stored twice \
+         (by a restarted ingest or after a broker kill), {burst_stored} of {} burst QoS 0 \
+         messages stored ({} dropped by this ingest instance), faults {injected:?}, ingest peak \
+         RSS {} MiB",
         acked.len(),
         stored.numbers.len(),
         stored.copies,

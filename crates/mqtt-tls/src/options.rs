@@ -103,7 +103,9 @@ pub struct ConnectOptions {
     pub port: u16,
     /// The client id; keep it stable for a persistent session.
     pub client_id: String,
-    /// Keep-alive interval.
+    /// Keep-alive interval: whole seconds, up to 65,535 (MQTT's field);
+    /// zero for none. Anything else is refused by
+    /// [`MqttClient::new`](crate::MqttClient::new).
     pub keep_alive: Duration,
     /// `true`: the broker forgets our subscriptions and queued messages at
     /// each connect. `false`: a persistent session.

@@ -172,12 +172,25 @@ pub(crate) fn check_publish_topic(topic: &str) -> Result<()> {
     if topic.contains('\0') {
         return Err(bad("contains NUL"));
     }
+    // MQTT frames a topic with a 16-bit length: a longer one would be
+    // written with its length cut (a corrupt packet the broker refuses,
+    // resent for ever with a persistent session).
+    if topic.len() > 65_535 {
+        return Err(bad("longer than 65535 bytes"));
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_publish_topic_must_fit_mqtts_16_bit_length() {
+        assert!(check_publish_topic(&"a".repeat(65_535)).is_ok());
+        let err = check_publish_topic(&"a".repeat(65_536)).unwrap_err();
+        assert!(err.to_string().contains("longer than 65535 bytes"), "{err}");
+    }
 
     fn m(filter: &str, topic: &str) -> bool {
         TopicFilter::new(filter).unwrap().matches(topic)

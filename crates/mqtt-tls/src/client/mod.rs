@@ -50,6 +50,7 @@ impl MqttClient {
     /// until the [`Connection`] is driven.
     pub fn new(options: &ConnectOptions, identity: &TlsIdentity) -> Result<(Self, Connection)> {
         check_host(&options.host)?;
+        check_options(options)?;
         if options.max_queued_bytes < MIN_QUEUED_BYTES {
             return Err(Error::InvalidOption {
                 option: "max_queued_bytes",
@@ -277,6 +278,24 @@ impl MqttClient {
 /// The smallest [`ConnectOptions::max_queued_bytes`].
 const MIN_QUEUED_BYTES: u64 = 1024;
 
+/// Refuses what MQTT cannot carry: a keep-alive that is not whole seconds
+/// or over 65,535 s (CONNECT's 16-bit field: 1.9 s went out as 1 s, and
+/// 65,536 s as 0, no keep-alive at all), and a Last Will topic over 65,535
+/// bytes (written with its length cut).
+fn check_options(options: &ConnectOptions) -> Result<()> {
+    let keep_alive = options.keep_alive;
+    if keep_alive.subsec_nanos() != 0 || keep_alive.as_secs() > u64::from(u16::MAX) {
+        return Err(Error::InvalidOption {
+            option: "keep_alive",
+            reason: format!("{keep_alive:?}; MQTT carries whole seconds from 0 (none) to 65535"),
+        });
+    }
+    if let Some(will) = &options.last_will {
+        crate::topic::check_publish_topic(&will.topic)?;
+    }
+    Ok(())
+}
+
 fn check_host(host: &str) -> Result<()> {
     if host.parse::<IpAddr>().is_ok() {
         return Ok(());
@@ -292,6 +311,29 @@ fn check_host(host: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_mqtt_cannot_carry_are_refused() {
+        let mut o = ConnectOptions::new("localhost", 8883, "c");
+        assert!(check_options(&o).is_ok());
+        for bad in [
+            std::time::Duration::from_millis(1_900),
+            std::time::Duration::from_secs(65_536),
+        ] {
+            o.keep_alive = bad;
+            let err = check_options(&o).unwrap_err().to_string();
+            assert!(err.contains("keep_alive"), "{err}");
+        }
+        o.keep_alive = std::time::Duration::from_secs(65_535);
+        assert!(check_options(&o).is_ok());
+        o.last_will = Some(crate::LastWill {
+            topic: "w".repeat(70_000),
+            payload: bytes::Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        });
+        assert!(check_options(&o).is_err());
+    }
 
     #[test]
     fn hosts_are_dns_names_or_ip_addresses() {

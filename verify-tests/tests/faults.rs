@@ -1792,3 +1792,59 @@ async fn a_qos2_message_is_not_handled_twice_when_the_link_goes_before_pubrec() 
     stop(client, runner).await;
     stop(publisher, prunner).await;
 }
+
+/// A hundred 100-byte filters with a 1 KiB outgoing limit: one SUBSCRIBE
+/// of 10 KiB failed the connection and was sent again on every reconnect;
+/// they go out in SUBSCRIBEs that fit, and the broker grants every one.
+#[tokio::test]
+async fn subscriptions_too_many_for_one_packet_are_split() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let mut opts = options(broker.port, "many-subs");
+    opts.max_outgoing_packet_size = 1024;
+    let (client, mut conn) =
+        MqttClient::new(&opts, &pki.client("many-subs").load().unwrap()).unwrap();
+    let (handler, mut rx) = forwarding();
+    let granted: Vec<_> = (0..100)
+        .map(|i| {
+            client
+                .subscribe(
+                    format!("many/{i:03}/{}", "x".repeat(91)),
+                    QoS::AtLeastOnce,
+                    handler.clone(),
+                )
+                .unwrap()
+        })
+        .collect();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    for answer in granted {
+        tokio::time::timeout(WAIT, answer.granted())
+            .await
+            .expect("a subscription was never answered")
+            .unwrap();
+    }
+    let subscribes = broker
+        .log()
+        .matches("Received SUBSCRIBE from many-subs")
+        .count();
+    assert!(subscribes >= 11, "{subscribes} SUBSCRIBEs");
+    assert_eq!(
+        broker.log().matches("as many-subs (").count(),
+        1,
+        "one connection"
+    );
+    let (publisher, prunner) = running(&pki, broker.port, "many-pub").await;
+    let topic = format!("many/099/{}", "x".repeat(91));
+    publisher
+        .publish(&topic, "last", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.topic, topic);
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
+}

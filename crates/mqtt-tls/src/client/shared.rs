@@ -50,6 +50,9 @@ pub(crate) struct Shared {
     pub(crate) handler_attempts: Option<u32>,
     /// [`ConnectOptions::max_offline_queue`].
     pub(crate) max_offline_queue: Option<usize>,
+    /// [`ConnectOptions::max_outgoing_packet_size`]: SUBSCRIBEs are split
+    /// to fit it.
+    pub(crate) max_outgoing_packet_size: usize,
     pub(crate) unmatched_grace: Duration,
     /// The broker session, whether it is connected, whether the
     /// `Connection` is gone: what a [`Delivery`](crate::Delivery) needs,
@@ -98,6 +101,7 @@ impl Shared {
             dead_letter_handler: Mutex::new(None),
             handler_attempts: options.handler_attempts,
             max_offline_queue: options.max_offline_queue,
+            max_outgoing_packet_size: options.max_outgoing_packet_size,
             unmatched_grace: options.unmatched_grace,
             link: Arc::new(Link::default()),
             tracker: Mutex::new(Tracker::default()),

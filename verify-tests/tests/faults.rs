@@ -1848,3 +1848,33 @@ async fn subscriptions_too_many_for_one_packet_are_split() {
     stop(client, runner).await;
     stop(publisher, prunner).await;
 }
+
+/// An UNSUBSCRIBE lost with the link (held in the proxy, then cut) is sent
+/// again on the resumed session, so the broker's subscription goes: it used
+/// to stay, its messages arriving as unmatched for ever.
+#[tokio::test]
+async fn an_unsubscribe_lost_with_the_link_is_sent_again() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let proxy = FaultProxy::start(broker.port).await;
+    let mut opts = options(proxy.port, "unsub");
+    opts.clean_session = false;
+    let (client, mut conn) = MqttClient::new(&opts, &pki.client("unsub").load().unwrap()).unwrap();
+    let (handler, _rx) = forwarding();
+    let gone = client
+        .subscribe("gone/#", QoS::AtLeastOnce, handler)
+        .unwrap();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    gone.granted().await.unwrap();
+
+    proxy.hold_to_broker_after(1);
+    client.unsubscribe("gone/#").await.unwrap();
+    proxy.wait_held_to_broker().await;
+    proxy.cut();
+    proxy.release();
+    broker_logged(&broker, "Sending CONNACK to unsub (1, 0)", 1).await;
+    broker_logged(&broker, "Received UNSUBSCRIBE from unsub", 1).await;
+    broker_logged(&broker, "Sending UNSUBACK to unsub", 1).await;
+    stop(client, runner).await;
+}

@@ -54,6 +54,10 @@ impl Subscription {
 #[derive(Default)]
 pub(crate) struct Subscriptions {
     pub(crate) list: Vec<Subscription>,
+    /// Filters unsubscribed whose UNSUBACK has not come yet: sent again
+    /// after a reconnect to a session the broker kept (an UNSUBSCRIBE lost
+    /// with the link would leave the broker's subscription in place).
+    pub(crate) unsubscribing: std::collections::BTreeSet<String>,
 }
 
 impl Subscriptions {
@@ -65,6 +69,7 @@ impl Subscriptions {
         handler: HandlerKind,
     ) -> oneshot::Receiver<Result<QoS>> {
         let (tx, rx) = oneshot::channel();
+        self.unsubscribing.remove(filter.as_str());
         self.list.push(Subscription {
             filter,
             qos,
@@ -75,11 +80,20 @@ impl Subscriptions {
         rx
     }
 
-    /// Removes every subscription to `filter`; whether there was one.
+    /// Removes every subscription to `filter`; whether there was one. The
+    /// filter counts as unsubscribing until its UNSUBACK.
     pub(crate) fn remove(&mut self, filter: &str) -> bool {
         let before = self.list.len();
         self.list.retain(|s| s.filter.as_str() != filter);
+        self.unsubscribing.insert(filter.to_owned());
         self.list.len() != before
+    }
+
+    /// The broker answered an UNSUBSCRIBE of `filters`.
+    pub(crate) fn on_unsuback(&mut self, filters: &[String]) {
+        for filter in filters {
+            self.unsubscribing.remove(filter);
+        }
     }
 
     /// The filters to send, each once, with the highest QoS any handler
@@ -141,6 +155,16 @@ impl Subscriptions {
             }
         }
         refused
+    }
+
+    /// A CONNACK: the filters to unsubscribe again (those whose UNSUBACK
+    /// never came, when the broker kept the session; none with a new one).
+    pub(crate) fn on_connack_unsubscribing(&mut self, session_present: bool) -> Vec<String> {
+        if !session_present {
+            // A new session has no subscription to remove.
+            self.unsubscribing.clear();
+        }
+        self.unsubscribing.iter().cloned().collect()
     }
 
     /// A CONNACK: every subscription is sent again, whatever the broker
@@ -251,6 +275,21 @@ mod tests {
             statuses(&t),
             [Status::Granted(QoS::AtMostOnce), Status::Refused]
         );
+    }
+
+    #[test]
+    fn an_unsubscribe_is_sent_again_until_answered_and_only_to_a_kept_session() {
+        let (mut t, _rx) = table(&["a/#", "b/#"]);
+        assert!(t.remove("a/#"));
+        assert_eq!(t.on_connack_unsubscribing(true), ["a/#"]);
+        t.on_unsuback(&["a/#".to_owned()]);
+        assert!(t.on_connack_unsubscribing(true).is_empty());
+        t.remove("b/#");
+        assert!(t.on_connack_unsubscribing(false).is_empty(), "a new session");
+        // Subscribing again ends the unsubscribing.
+        t.remove("c/#");
+        t.add(TopicFilter::new("c/#").unwrap(), QoS::AtLeastOnce, handler());
+        assert!(t.on_connack_unsubscribing(true).is_empty());
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub struct Connection {
     max_queued_bytes: u64,
     /// Connections in a row that ended soon after their CONNACK.
     short_lived: ShortLived,
+    /// The application's UNSUBSCRIBEs on this connection awaiting their
+    /// UNSUBACK, by packet id.
+    unsubscribes: std::collections::HashMap<u16, Vec<String>>,
 }
 
 /// Counts connections that end within [`STABLE_CONNECTION`] of their
@@ -119,6 +122,7 @@ impl Connection {
             attempt: 0,
             connected_at: None,
             short_lived: ShortLived::default(),
+            unsubscribes: std::collections::HashMap::new(),
             max_queued_qos0: options.max_queued_qos0,
             max_queued_bytes: options.max_queued_bytes,
         };
@@ -479,7 +483,14 @@ impl Connection {
                     lock(&self.shared.tracker)
                         .session_lost(|| self.rumqtt.try_unsubscribe(BARRIER_FILTER).is_ok());
                 }
+                // UNSUBSCRIBEs of the old connection get no answer now.
+                self.unsubscribes.clear();
                 let mut subs = lock(&self.shared.subscriptions);
+                for filter in subs.on_connack_unsubscribing(ack.session_present) {
+                    if self.rumqtt.try_unsubscribe(&filter).is_err() {
+                        tracing::warn!("could not send the UNSUBSCRIBE of {filter} again");
+                    }
+                }
                 self.shared.link.connected.store(true, Ordering::SeqCst);
                 self.shared.link.changed.notify_waiters();
                 // Every subscription goes out again: a broker that came
@@ -524,14 +535,22 @@ impl Connection {
             Event::Outgoing(Outgoing::Publish(pkid)) => self.wire(Wire::Sent(pkid)),
             Event::Outgoing(Outgoing::AwaitAck(pkid)) => self.wire(Wire::AwaitAck(pkid)),
             Event::Outgoing(Outgoing::Unsubscribe(pkid)) => {
-                // The barrier, not an application's unsubscribe.
-                let barrier = self
+                let topics = self
                     .eventloop
                     .state
                     .unsubscribe_topics(pkid)
-                    .is_some_and(|topics| topics == [BARRIER_FILTER]);
-                if barrier {
+                    .map(<[String]>::to_vec)
+                    .unwrap_or_default();
+                if topics == [BARRIER_FILTER] {
+                    // The barrier, not an application's unsubscribe.
                     self.wire(Wire::Barrier);
+                } else {
+                    self.unsubscribes.insert(pkid, topics);
+                }
+            }
+            Event::Incoming(Incoming::UnsubAck(ack)) => {
+                if let Some(topics) = self.unsubscribes.remove(&ack.pkid) {
+                    lock(&self.shared.subscriptions).on_unsuback(&topics);
                 }
             }
             _ => {}

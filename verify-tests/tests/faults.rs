@@ -1599,13 +1599,15 @@ async fn a_burst_over_the_window_survives_link_cuts() {
     let broker = Mosquitto::start(&pki, &BrokerOptions::default());
     let proxy = std::sync::Arc::new(FaultProxy::start(broker.port).await);
     let sub_bundle = pki.client("burst-sub");
-    let mut sub = peers::mosquitto::cli("mosquitto_sub", broker.port, "burst/#", 1, &sub_bundle)
-        .args(["-F", "%p", "-c", "-i", "burst-sub"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut sub = KillOnDrop(
+        peers::mosquitto::cli("mosquitto_sub", broker.port, "burst/#", 1, &sub_bundle)
+            .args(["-F", "%p", "-c", "-i", "burst-sub"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (line_tx, lines) = std::sync::mpsc::channel::<String>();
-    let stdout = sub.stdout.take().unwrap();
+    let stdout = sub.0.stdout.take().unwrap();
     std::thread::spawn(move || {
         use std::io::BufRead;
         for line in std::io::BufReader::new(stdout).lines() {
@@ -1625,19 +1627,7 @@ async fn a_burst_over_the_window_survives_link_cuts() {
     conn.connect().await.unwrap();
     let prunner = tokio::spawn(conn.run());
 
-    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let spinners: Vec<_> = (0..2)
-        .map(|_| {
-            let busy = busy.clone();
-            std::thread::spawn(move || {
-                let mut x = 0u64;
-                while busy.load(std::sync::atomic::Ordering::Relaxed) {
-                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-                }
-                x
-            })
-        })
-        .collect();
+    let busy = Busy::start(2);
     let mut publishes = tokio::task::JoinSet::new();
     for i in 0..COUNT {
         let publisher = publisher.clone();
@@ -1697,10 +1687,7 @@ async fn a_burst_over_the_window_survives_link_cuts() {
     cutting.store(false, std::sync::atomic::Ordering::SeqCst);
     cutter.await.unwrap();
     let cuts = cuts.load(std::sync::atomic::Ordering::SeqCst);
-    busy.store(false, std::sync::atomic::Ordering::Relaxed);
-    for spinner in spinners {
-        spinner.join().unwrap();
-    }
+    drop(busy);
     assert!(cuts >= 5, "only {cuts} cuts");
     assert!(
         failed.is_empty(),
@@ -1724,8 +1711,7 @@ async fn a_burst_over_the_window_survives_link_cuts() {
             ),
         }
     }
-    let _ = sub.kill();
-    let _ = sub.wait();
+    drop(sub);
     eprintln!("{COUNT} publishes, {cuts} cuts, all acknowledged and received");
     stop(publisher, prunner).await;
 }
@@ -1877,4 +1863,49 @@ async fn an_unsubscribe_lost_with_the_link_is_sent_again() {
     broker_logged(&broker, "Received UNSUBSCRIBE from unsub", 1).await;
     broker_logged(&broker, "Sending UNSUBACK to unsub", 1).await;
     stop(client, runner).await;
+}
+
+/// Threads keeping the cores busy until dropped (also when a test panics,
+/// so that they do not slow the tests that run after it).
+struct Busy(
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    Vec<std::thread::JoinHandle<u64>>,
+);
+
+impl Busy {
+    fn start(threads: usize) -> Self {
+        let on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let spinners = (0..threads)
+            .map(|_| {
+                let on = on.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while on.load(std::sync::atomic::Ordering::Relaxed) {
+                        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    }
+                    x
+                })
+            })
+            .collect();
+        Self(on, spinners)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+        for spinner in self.1.drain(..) {
+            let _ = spinner.join();
+        }
+    }
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -285,10 +285,17 @@ mod tests {
         t.on_unsuback(&["a/#".to_owned()]);
         assert!(t.on_connack_unsubscribing(true).is_empty());
         t.remove("b/#");
-        assert!(t.on_connack_unsubscribing(false).is_empty(), "a new session");
+        assert!(
+            t.on_connack_unsubscribing(false).is_empty(),
+            "a new session"
+        );
         // Subscribing again ends the unsubscribing.
         t.remove("c/#");
-        t.add(TopicFilter::new("c/#").unwrap(), QoS::AtLeastOnce, handler());
+        t.add(
+            TopicFilter::new("c/#").unwrap(),
+            QoS::AtLeastOnce,
+            handler(),
+        );
         assert!(t.on_connack_unsubscribing(true).is_empty());
     }
 

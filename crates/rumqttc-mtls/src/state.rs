@@ -227,8 +227,12 @@ impl MqttState {
         &mut self,
         packet: Incoming,
     ) -> Result<Option<Packet>, StateError> {
+        // Not upstream: only a copy marked DUP is a copy (MQTT-3.3.1-1). A
+        // broker back from an older save hands out recent ids again: a new
+        // message with such an id is delivered.
         if let Incoming::Publish(publish) = &packet
             && publish.qos == QoS::ExactlyOnce
+            && publish.dup
             && self.incoming_rec.contains(&publish.pkid)
         {
             // Delivered before and PUBREC sent, but the broker did not get
@@ -238,6 +242,7 @@ impl MqttState {
         }
         if let Incoming::Publish(publish) = &packet
             && publish.qos == QoS::ExactlyOnce
+            && publish.dup
             && self.incoming_pub.contains(&publish.pkid)
         {
             // Not upstream: delivered before, and its handler has not sent
@@ -292,10 +297,11 @@ impl MqttState {
         max: usize,
     ) -> Result<Option<Packet>, StateError> {
         self.last_incoming = Instant::now();
-        if publish.qos == QoS::ExactlyOnce && self.incoming_rec.contains(&publish.pkid) {
+        let copy = publish.qos == QoS::ExactlyOnce && publish.dup;
+        if copy && self.incoming_rec.contains(&publish.pkid) {
             return self.outgoing_pubrec(PubRec::new(publish.pkid));
         }
-        if publish.qos == QoS::ExactlyOnce && self.incoming_pub.contains(&publish.pkid) {
+        if copy && self.incoming_pub.contains(&publish.pkid) {
             // Reported before; its PUBREC is still to come from the caller.
             self.events.push_back(Event::DuplicateDropped(publish.pkid));
             return Ok(None);
@@ -590,8 +596,8 @@ impl MqttState {
 
         let pkid = self.next_control_pkid();
         subscription.pkid = pkid;
-        // A queue per id: with a small in-flight window two SUBSCRIBEs can
-        // share one (their SUBACKs come back in order).
+        // A queue per id (kept from before ids were never shared while
+        // in use; harmless).
         self.subscribe_filters.entry(pkid).or_default().push_back(
             subscription
                 .filters
@@ -1346,6 +1352,26 @@ mod test {
         mqtt.handle_incoming_packet(Incoming::Publish(fresh))
             .unwrap();
         assert!(matches!(mqtt.events.pop_front(), Some(Event::Incoming(_))));
+    }
+
+    #[test]
+    fn a_new_qos2_message_with_an_id_in_use_is_delivered() {
+        // A broker back from an older save hands out a recent id again: the
+        // message is new (no DUP), and is delivered, not taken for a copy.
+        let mut mqtt = build_mqttstate();
+        mqtt.manual_acks = true;
+        let first = build_incoming_publish(QoS::ExactlyOnce, 8);
+        mqtt.handle_incoming_packet(Incoming::Publish(first.clone()))
+            .unwrap();
+        mqtt.events.clear();
+        let mut second = first;
+        second.payload = bytes::Bytes::from_static(b"another");
+        mqtt.handle_incoming_packet(Incoming::Publish(second))
+            .unwrap();
+        assert!(matches!(
+            mqtt.events.pop_front(),
+            Some(Event::Incoming(Incoming::Publish(p))) if &p.payload[..] == b"another"
+        ));
     }
 
     #[test]

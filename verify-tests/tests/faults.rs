@@ -1909,3 +1909,72 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A deliberate deviation from MQTT 3.1.1 [MQTT-4.6.0-2] (PUBACKs in the
+/// order the PUBLISHes arrived): a message's acknowledgement goes out when
+/// its handlers are done with it, so a deferred handler that finishes the
+/// second message first acknowledges it first. Holding back later
+/// acknowledgements behind a slow one would stall the broker's window.
+/// Mosquitto takes them in any order, and the session carries on: nothing
+/// comes again after a reconnect.
+#[tokio::test]
+async fn acknowledgements_go_out_as_handlers_finish_and_the_broker_takes_them() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let proxy = FaultProxy::start(broker.port).await;
+    let (publisher, prunner) = running(&pki, broker.port, "order-pub").await;
+    let mut opts = options(proxy.port, "order-sub");
+    opts.clean_session = false;
+    let (client, mut conn) =
+        MqttClient::new(&opts, &pki.client("order-sub").load().unwrap()).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    client
+        .subscribe_deferred("order/#", QoS::AtLeastOnce, move |m, d| {
+            let tx = tx.clone();
+            async move {
+                tx.send((m, d)).unwrap();
+                Ok::<(), std::io::Error>(())
+            }
+        })
+        .unwrap();
+    conn.connect().await.unwrap();
+    let runner = tokio::spawn(conn.run());
+    broker_logged(&broker, "Received SUBSCRIBE from order-sub\n", 1).await;
+    for payload in ["one", "two"] {
+        publisher
+            .publish("order/t", payload, QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+    }
+    let (first, first_delivery) = next(&mut rx).await;
+    let (second, second_delivery) = next(&mut rx).await;
+    assert_eq!(
+        (&first.payload[..], &second.payload[..]),
+        (&b"one"[..], &b"two"[..])
+    );
+    second_delivery.ack().await.unwrap();
+    broker_logged(&broker, "Received PUBACK from order-sub (Mid: 2", 1).await;
+    first_delivery.ack().await.unwrap();
+    broker_logged(&broker, "Received PUBACK from order-sub (Mid: 1", 1).await;
+    let log = broker.log();
+    assert!(
+        log.find("Received PUBACK from order-sub (Mid: 2").unwrap()
+            < log.find("Received PUBACK from order-sub (Mid: 1").unwrap()
+    );
+    // Both done for the broker: after a reconnect, the next message is new.
+    proxy.cut();
+    broker_logged(&broker, "Sending CONNACK to order-sub (1, 0)", 1).await;
+    publisher
+        .publish("order/t", "three", QoS::AtLeastOnce, false)
+        .await
+        .unwrap();
+    let (third, delivery) = next(&mut rx).await;
+    assert_eq!(
+        &third.payload[..],
+        b"three",
+        "an acknowledged message came again"
+    );
+    delivery.ack().await.unwrap();
+    stop(client, runner).await;
+    stop(publisher, prunner).await;
+}

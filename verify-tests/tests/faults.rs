@@ -554,7 +554,7 @@ async fn subscriptions_come_back_after_a_crash_restored_an_older_save() {
             .publish("new/x", "after the crash", QoS::AtLeastOnce, false)
             .await
         {
-            Err(Error::SessionLost) => continue,
+            Err(Error::SessionLost | Error::DeliveryUnknown) => continue,
             sent => break sent.unwrap(),
         }
     }
@@ -1976,5 +1976,135 @@ async fn acknowledgements_go_out_as_handlers_finish_and_the_broker_takes_them() 
     );
     delivery.ack().await.unwrap();
     stop(client, runner).await;
+    stop(publisher, prunner).await;
+}
+
+/// With a clean session every reconnect is a new session, and each publish
+/// under way at a cut ends honestly: `SessionLost` means never sent, so
+/// the independent subscriber (`mosquitto_sub`, straight to the broker)
+/// never got it (it used to get hundreds of them: publishes still in the
+/// request channel went out on the new session after their callers had
+/// been told to send them again); `Ok` means it got it; `DeliveryUnknown`
+/// (written, not acknowledged) may go either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_lost_session_never_sent_means_never_received() {
+    const COUNT: usize = 2_000;
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let proxy = std::sync::Arc::new(FaultProxy::start(broker.port).await);
+    let sub_bundle = pki.client("honest-sub");
+    let mut sub = KillOnDrop(
+        peers::mosquitto::cli("mosquitto_sub", broker.port, "honest/#", 1, &sub_bundle)
+            .args(["-F", "%p", "-c", "-i", "honest-sub"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (line_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = sub.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    broker_logged(&broker, "Received SUBSCRIBE from honest-sub\n", 1).await;
+
+    let mut opts = options(proxy.port, "honest-pub");
+    opts.max_inflight = 10;
+    let (publisher, mut conn) =
+        MqttClient::new(&opts, &pki.client("honest-pub").load().unwrap()).unwrap();
+    conn.connect().await.unwrap();
+    let prunner = tokio::spawn(conn.run());
+    let mut publishes = tokio::task::JoinSet::new();
+    for i in 0..COUNT {
+        let publisher = publisher.clone();
+        publishes.spawn(async move {
+            let outcome = publisher
+                .publish("honest/t", i.to_string(), QoS::AtLeastOnce, false)
+                .await;
+            (i, outcome)
+        });
+    }
+    let cutting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let cutter = {
+        let (cutting, proxy) = (cutting.clone(), proxy.clone());
+        tokio::spawn(async move {
+            let mut cuts = 0u32;
+            while cutting.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(30..200))).await;
+                proxy.cut();
+                cuts += 1;
+            }
+            cuts
+        })
+    };
+    let (mut ok, mut never_sent, mut unknown) = (Vec::new(), Vec::new(), 0usize);
+    while let Some(joined) = tokio::time::timeout(Duration::from_secs(60), publishes.join_next())
+        .await
+        .expect("publishes unresolved for 60 s")
+    {
+        match joined.unwrap() {
+            (i, Ok(())) => ok.push(i.to_string()),
+            (i, Err(Error::SessionLost)) => never_sent.push(i.to_string()),
+            (_, Err(Error::DeliveryUnknown)) => unknown += 1,
+            (i, Err(e)) => panic!("publish {i}: {e}"),
+        }
+    }
+    cutting.store(false, std::sync::atomic::Ordering::SeqCst);
+    let cuts = cutter.await.unwrap();
+    // A marker after everything: once the subscriber has it, it has all
+    // the broker passed on before.
+    loop {
+        match publisher
+            .publish("honest/t", "marker", QoS::AtLeastOnce, false)
+            .await
+        {
+            Ok(()) => break,
+            Err(Error::SessionLost | Error::DeliveryUnknown) => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let mut received = std::collections::BTreeSet::new();
+    loop {
+        let line = lines
+            .recv_timeout(WAIT)
+            .expect("the subscriber never got the marker");
+        if line == "marker" {
+            break;
+        }
+        received.insert(line);
+    }
+    let lied: Vec<_> = never_sent
+        .iter()
+        .filter(|n| received.contains(*n))
+        .take(10)
+        .collect();
+    assert!(
+        lied.is_empty(),
+        "publishes that failed as never sent were received: {lied:?}"
+    );
+    let missing: Vec<_> = ok
+        .iter()
+        .filter(|n| !received.contains(*n))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged, never received: {missing:?}"
+    );
+    assert!(
+        cuts >= 3 && !never_sent.is_empty() || unknown > 0,
+        "no session was lost"
+    );
+    eprintln!(
+        "{COUNT} publishes, {cuts} cuts: {} Ok, {} never sent, {unknown} unknown",
+        ok.len(),
+        never_sent.len()
+    );
+    drop(sub);
     stop(publisher, prunner).await;
 }

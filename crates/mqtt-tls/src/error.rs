@@ -236,13 +236,26 @@ pub enum Error {
         reason: String,
     },
 
-    /// The broker started a new session: QoS 1/2 publishes not yet
-    /// acknowledged were dropped by the MQTT client and must be sent again.
-    /// One that was already in the request channel may still go out on the
-    /// new session, so sending it again can deliver it twice (at least
-    /// once, never lost).
-    #[error("the broker started a new session before acknowledging this publish; send it again")]
+    /// The connection went and the broker started a new session before
+    /// this publish was written: it was never sent, nobody received it.
+    /// Send it again (at any QoS: no duplicate can follow).
+    #[error(
+        "the broker started a new session before this publish was sent: it was never sent; \
+         send it again"
+    )]
     SessionLost,
+
+    /// The connection went after this publish was written and before the
+    /// broker acknowledged it, and the broker then started a new session:
+    /// it may or may not have been passed on. Sending it again is at least
+    /// once (a subscriber may get it twice); not sending it is at most
+    /// once. For exactly once across such a loss, give messages an id the
+    /// receiver deduplicates on.
+    #[error(
+        "the broker started a new session after this publish was sent and before it was \
+         acknowledged: it may or may not have been delivered"
+    )]
+    DeliveryUnknown,
 
     /// The broker is not connected and as many publishes as
     /// [`crate::ConnectOptions::max_offline_queue`] allows already wait for it.

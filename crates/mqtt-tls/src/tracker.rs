@@ -10,13 +10,15 @@
 //! PUBACK resolves a QoS 1 publish, its PUBCOMP a QoS 2 one: an
 //! acknowledgement of the other kind for the same id resolves nothing.
 //!
-//! When the broker starts a new session after a connection loss, rumqttc
-//! drops what it had queued: every waiting publish fails with
-//! [`Error::SessionLost`], and a barrier request (an UNSUBSCRIBE of a
-//! filter nobody uses) marks where requests sent afterwards begin. Events
-//! before the barrier belong to requests already failed and are skipped.
-//! Failing the waiters, setting the skip and sending the barrier happen
-//! under one lock, so no publish can slip in between.
+//! When the broker starts a new session after a connection loss, the
+//! event loop drops every publish it had not acknowledged, and says how
+//! many of them it had not written yet (the oldest requests still waiting
+//! to go out; it hands out every event of the old connection first). A
+//! publish written and not acknowledged fails with
+//! [`Error::DeliveryUnknown`] (the broker may have passed it on before it
+//! lost the session); one never written fails with [`Error::SessionLost`]
+//! (nothing went out: send it again). Publishes requested after that
+//! CONNACK go out on the new session and resolve as usual.
 //!
 //! No I/O here: [`Tracker`] is a state machine fed with [`Wire`] events,
 //! tested on synthetic sequences below.
@@ -44,8 +46,6 @@ pub(crate) enum Wire {
     PubAck(u16),
     /// The broker's PUBCOMP.
     PubComp(u16),
-    /// The barrier request was written: what follows is new.
-    Barrier,
 }
 
 /// A publish and who waits for it.
@@ -61,23 +61,9 @@ pub(crate) struct Tracker {
     queued: VecDeque<Waiting>,
     inflight: HashMap<u16, Waiting>,
     collided: HashMap<u16, Waiting>,
-    /// Events before the barrier belong to requests already failed.
-    skip_until_barrier: bool,
-    /// A barrier still has to be put into the request channel.
-    barrier_needed: bool,
 }
 
 impl Tracker {
-    /// Before a publish is handed to the request channel: puts a barrier
-    /// there first if one is owed, with `send_barrier` (`false`: the channel
-    /// is full). Returns whether the publish may go now.
-    pub(crate) fn ready(&mut self, send_barrier: impl FnOnce() -> bool) -> bool {
-        if self.barrier_needed && send_barrier() {
-            self.barrier_needed = false;
-        }
-        !self.barrier_needed
-    }
-
     /// A publish of `qos` was handed to the request channel; `ack` hears
     /// how it ends.
     pub(crate) fn queued(&mut self, qos: QoS, ack: Ack) {
@@ -91,12 +77,6 @@ impl Tracker {
 
     /// The event loop reported `event`.
     pub(crate) fn on_wire(&mut self, event: Wire) {
-        if self.skip_until_barrier {
-            if event == Wire::Barrier {
-                self.skip_until_barrier = false;
-            }
-            return;
-        }
         match event {
             Wire::Sent(0) => {
                 if let Some(w) = self.queued.pop_front() {
@@ -125,7 +105,6 @@ impl Tracker {
             }
             Wire::PubAck(pkid) => self.resolve(pkid, QoS::AtLeastOnce),
             Wire::PubComp(pkid) => self.resolve(pkid, QoS::ExactlyOnce),
-            Wire::Barrier => {}
         }
     }
 
@@ -146,15 +125,29 @@ impl Tracker {
         }
     }
 
-    /// The broker started a new session after a connection loss: every
-    /// waiting publish fails with [`Error::SessionLost`], events of requests
-    /// already in the channel are skipped until the barrier, which
-    /// `send_barrier` puts into the channel now (`false`: full, then the
-    /// next publish sends it first).
-    pub(crate) fn session_lost(&mut self, send_barrier: impl FnOnce() -> bool) {
-        self.fail_all(|| Error::SessionLost);
-        self.skip_until_barrier = true;
-        self.barrier_needed = !send_barrier();
+    /// The broker started a new session after a connection loss, and the
+    /// event loop dropped the `unsent` oldest publishes still waiting to be
+    /// written: those fail with [`Error::SessionLost`] (never sent), the
+    /// ones written and not acknowledged with [`Error::DeliveryUnknown`];
+    /// later ones wait on.
+    pub(crate) fn session_lost(&mut self, unsent: usize) {
+        for (_, w) in self.inflight.drain() {
+            let _ = w.ack.send(Err(Error::DeliveryUnknown));
+        }
+        for (_, w) in self.collided.drain() {
+            let _ = w.ack.send(Err(Error::SessionLost));
+        }
+        for _ in 0..unsent {
+            match self.queued.pop_front() {
+                Some(w) => {
+                    let _ = w.ack.send(Err(Error::SessionLost));
+                }
+                None => {
+                    tracing::error!("the event loop dropped more publishes than were waiting");
+                    break;
+                }
+            }
+        }
     }
 
     /// Fails every waiting publish with `err`.
@@ -182,9 +175,9 @@ mod tests {
         /// `publish()` of this QoS (publishes are numbered from 0).
         Publish(QoS),
         Wire(Wire),
-        /// A CONNACK without a session after a loss; the barrier goes into
-        /// the channel (`true`) or the channel is full (`false`).
-        SessionLost(bool),
+        /// A CONNACK without a session after a loss; the event loop
+        /// dropped this many publishes unwritten.
+        SessionLost(usize),
         /// The connection went away for good.
         Closed,
     }
@@ -195,12 +188,13 @@ mod tests {
         Waiting,
         Acked,
         SessionLost,
+        Unknown,
         Closed,
     }
 
     use Outcome::{Acked, Waiting};
     use Step::{Publish, SessionLost, Wire as W};
-    use Wire::{AwaitAck, Barrier, PubAck, PubComp, Sent};
+    use Wire::{AwaitAck, PubAck, PubComp, Sent};
 
     const Q0: QoS = QoS::AtMostOnce;
     const Q1: QoS = QoS::AtLeastOnce;
@@ -212,14 +206,12 @@ mod tests {
         for step in steps {
             match *step {
                 Publish(qos) => {
-                    // A publish sends the barrier it owes first.
-                    assert!(tracker.ready(|| true));
                     let (tx, rx) = oneshot::channel();
                     tracker.queued(qos, tx);
                     receivers.push(rx);
                 }
                 W(event) => tracker.on_wire(event),
-                SessionLost(barrier_sent) => tracker.session_lost(|| barrier_sent),
+                SessionLost(unsent) => tracker.session_lost(unsent),
                 Step::Closed => tracker.fail_all(|| Error::Closed),
             }
         }
@@ -228,6 +220,7 @@ mod tests {
             .map(|rx| match rx.try_recv() {
                 Ok(Ok(())) => Acked,
                 Ok(Err(Error::SessionLost)) => Outcome::SessionLost,
+                Ok(Err(Error::DeliveryUnknown)) => Outcome::Unknown,
                 Ok(Err(Error::Closed)) => Outcome::Closed,
                 Ok(Err(e)) => panic!("unexpected error {e}"),
                 Err(TryRecvError::Empty) => Waiting,
@@ -336,53 +329,41 @@ mod tests {
                 &[Acked, Acked],
             ),
             (
-                "a new session fails everything waiting",
+                "a new session: written and unacknowledged is unknown, unwritten never sent",
                 &[
                     Publish(Q1),
                     Publish(Q2),
                     Publish(Q0),
                     W(Sent(1)),
-                    SessionLost(true),
+                    SessionLost(2),
                 ],
-                &[Outcome::SessionLost; 3],
+                &[Outcome::Unknown, Outcome::SessionLost, Outcome::SessionLost],
             ),
             (
-                "events before the barrier belong to failed publishes",
+                "publishes the event loop kept go out on the new session",
                 &[
                     Publish(Q1),
-                    SessionLost(true),
-                    Publish(Q1),
-                    // The old request, still in the channel, is written now.
-                    W(Sent(1)),
-                    W(PubAck(1)),
-                    W(Barrier),
-                    W(Sent(2)),
-                ],
-                &[Outcome::SessionLost, Waiting],
-            ),
-            (
-                "after the barrier, publishes resolve again",
-                &[
-                    Publish(Q1),
-                    SessionLost(true),
                     Publish(Q1),
                     W(Sent(1)),
-                    W(Barrier),
-                    W(Sent(2)),
-                    W(PubAck(2)),
-                ],
-                &[Outcome::SessionLost, Acked],
-            ),
-            (
-                "a barrier the full channel refused is sent by the next publish",
-                &[
-                    SessionLost(false),
+                    // Requested after the loss, before the CONNACK was seen:
+                    // still in the channel, written on the new session.
                     Publish(Q1),
-                    W(Barrier),
+                    SessionLost(1),
                     W(Sent(1)),
                     W(PubAck(1)),
                 ],
-                &[Acked],
+                &[Outcome::Unknown, Outcome::SessionLost, Acked],
+            ),
+            (
+                "a publish held for its id was never sent",
+                &[
+                    Publish(Q1),
+                    Publish(Q1),
+                    W(Sent(1)),
+                    W(AwaitAck(1)),
+                    SessionLost(0),
+                ],
+                &[Outcome::Unknown, Outcome::SessionLost],
             ),
             (
                 "closing fails everything with Closed",
@@ -404,19 +385,5 @@ mod tests {
         for (name, steps, expected) in cases {
             assert_eq!(run(steps), *expected, "{name}");
         }
-    }
-
-    #[test]
-    fn a_barrier_owed_holds_publishes_until_it_is_in_the_channel() {
-        let mut tracker = Tracker::default();
-        tracker.session_lost(|| false);
-        assert!(!tracker.ready(|| false), "channel still full");
-        assert!(tracker.ready(|| true));
-        let mut sent_again = false;
-        assert!(tracker.ready(|| {
-            sent_again = true;
-            true
-        }));
-        assert!(!sent_again, "one barrier, not one per publish");
     }
 }

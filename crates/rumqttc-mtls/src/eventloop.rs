@@ -53,6 +53,9 @@ pub struct EventLoop {
     /// Keep alive time
     keepalive_timeout: Option<Pin<Box<Sleep>>>,
     pub network_options: NetworkOptions,
+    /// Not upstream: publishes dropped unwritten at the last CONNACK
+    /// without a session.
+    unsent_at_new_session: usize,
 }
 
 /// Events which can be yielded by the event loop
@@ -97,6 +100,7 @@ impl EventLoop {
             network: None,
             keepalive_timeout: None,
             network_options: NetworkOptions::new(),
+            unsent_at_new_session: 0,
         }
     }
 
@@ -123,6 +127,14 @@ impl EventLoop {
         });
 
         self.pending.extend(requests_in_channel);
+    }
+
+    /// Not upstream: how many publishes the last CONNACK without a session
+    /// dropped before they were written (in the order they were requested,
+    /// the oldest requests not written yet); reset by reading. Every
+    /// publish written and not acknowledged was dropped too, with its id.
+    pub fn take_unsent_at_new_session(&mut self) -> usize {
+        std::mem::take(&mut self.unsent_at_new_session)
     }
 
     /// Not upstream: stops (`true`) or resumes reading from the network,
@@ -205,6 +217,15 @@ impl EventLoop {
     /// a disconnection.
     /// **NOTE** Don't block this while iterating
     pub async fn poll(&mut self) -> Result<Event, ConnectionError> {
+        // Not upstream: what the last connection produced is handed out
+        // before the next one is made, so that the caller has seen every
+        // publish it wrote before it learns whether the broker kept the
+        // session (upstream hands it out after the next CONNACK).
+        if self.network.is_none()
+            && let Some(event) = self.state.events.pop_front()
+        {
+            return Ok(event);
+        }
         if self.network.is_none() {
             let (network, connack) = match time::timeout(
                 Duration::from_secs(self.network_options.connection_timeout()),
@@ -220,22 +241,33 @@ impl EventLoop {
             };
             // Last session might contain packets which aren't acked. If it's a new session, clear the pending packets.
             if !connack.session_present {
+                // Not upstream: publishes not written yet (pending, or in
+                // the request channel) are dropped and counted, all of them:
+                // the caller learns they were never sent
+                // ([`EventLoop::take_unsent_at_new_session`]); upstream sent
+                // those in the channel, after their caller had been told the
+                // session was lost.
+                let unsent = |request: &Request| matches!(request, Request::Publish(p) if p.qos == QoS::AtMostOnce || p.pkid == 0);
+                self.unsent_at_new_session = self.pending.iter().filter(|r| unsent(r)).count();
                 self.pending.clear();
                 self.state.new_session();
                 // Not upstream: acknowledgements queued for the old session
                 // (during the outage) must not reach the new one, where
                 // their packet ids belong to other messages. Other requests
                 // keep their order, ahead of what comes later.
-                self.pending
-                    .extend(self.requests_rx.drain().filter(|request| {
-                        !matches!(
-                            request,
-                            Request::PubAck(_)
-                                | Request::PubRec(_)
-                                | Request::PubRel(_)
-                                | Request::PubComp(_)
-                        )
-                    }));
+                for request in self.requests_rx.drain() {
+                    if matches!(request, Request::Publish(_)) {
+                        self.unsent_at_new_session += 1;
+                    } else if !matches!(
+                        request,
+                        Request::PubAck(_)
+                            | Request::PubRec(_)
+                            | Request::PubRel(_)
+                            | Request::PubComp(_)
+                    ) {
+                        self.pending.push_back(request);
+                    }
+                }
                 // Not upstream: what the old session delivered and was not
                 // handed out yet must not surface in the new one, where its
                 // packet ids belong to other messages.

@@ -17,7 +17,6 @@ use tokio::sync::{mpsc, oneshot};
 use crate::classify::classify;
 use crate::client::dispatch::{Arrival, Received, dispatch};
 use crate::client::events::ConnectionEvent;
-use crate::client::publish::BARRIER_FILTER;
 use crate::client::shared::Shared;
 use crate::client::subscribe::send_unsent;
 use crate::error::{Error, Result};
@@ -473,15 +472,14 @@ impl Connection {
                 self.shared.event(ConnectionEvent::Connected {
                     session_present: ack.session_present,
                 });
-                if !ack.session_present && self.had_connection_error {
-                    // rumqttc dropped everything it had queued: fail the
-                    // waiting publishes rather than let them hang or, worse,
-                    // be matched with other publishes' acknowledgements.
-                    // One lock for failing the waiting publishes, marking
-                    // the skip and sending the barrier: no publish slips
-                    // in between.
-                    lock(&self.shared.tracker)
-                        .session_lost(|| self.rumqtt.try_unsubscribe(BARRIER_FILTER).is_ok());
+                let unsent = self.eventloop.take_unsent_at_new_session();
+                if !ack.session_present {
+                    // The event loop dropped what it had not acknowledged
+                    // (and handed out every event of the old connection
+                    // first): those written fail as of unknown delivery,
+                    // the `unsent` oldest waiting as never sent; publishes
+                    // requested since go out on the new session.
+                    lock(&self.shared.tracker).session_lost(unsent);
                 }
                 // UNSUBSCRIBEs of the old connection get no answer now.
                 self.unsubscribes.clear();
@@ -541,12 +539,7 @@ impl Connection {
                     .unsubscribe_topics(pkid)
                     .map(<[String]>::to_vec)
                     .unwrap_or_default();
-                if topics == [BARRIER_FILTER] {
-                    // The barrier, not an application's unsubscribe.
-                    self.wire(Wire::Barrier);
-                } else {
-                    self.unsubscribes.insert(pkid, topics);
-                }
+                self.unsubscribes.insert(pkid, topics);
             }
             Event::Incoming(Incoming::UnsubAck(ack)) => {
                 if let Some(topics) = self.unsubscribes.remove(&ack.pkid) {

@@ -22,7 +22,7 @@ pub enum ConnectionEvent {
     Connected {
         /// Whether it resumed the persistent session (`false`: a new one;
         /// subscriptions are sent again, unacknowledged publishes failed
-        /// with [`Error::SessionLost`]).
+        /// with [`Error::SessionLost`] or [`Error::DeliveryUnknown`]).
         session_present: bool,
     },
     /// An established connection was lost; reconnecting follows.

@@ -17,10 +17,6 @@ use crate::lock::lock;
 use crate::qos::QoS;
 use crate::topic::check_publish_topic;
 
-/// The filter of the barrier request: an UNSUBSCRIBE of a filter nobody
-/// subscribes to, which the broker answers and otherwise ignores.
-pub(crate) const BARRIER_FILTER: &str = "$mqtt-tls/barrier/none";
-
 /// [`MqttClient::publish`](crate::MqttClient::publish): publishes and waits
 /// until the broker acknowledged it (PUBACK for QoS 1, PUBCOMP for QoS 2);
 /// QoS 0 returns once it is handed to the connection.
@@ -50,19 +46,7 @@ pub(crate) async fn publish(
             if shared.link.gone.load(Ordering::SeqCst) {
                 return Err(Error::Closed);
             }
-            let mut closed = false;
-            let ready = tracker.ready(|| match rumqtt.try_unsubscribe(BARRIER_FILTER) {
-                Ok(()) => true,
-                Err(ClientError::TryRequest(_)) => false,
-                Err(_) => {
-                    closed = true;
-                    false
-                }
-            });
-            if closed {
-                return Err(Error::Closed);
-            }
-            if ready {
+            {
                 match rumqtt.try_publish_bytes(topic, qos.to_wire(), retain, payload.clone()) {
                     Ok(()) => {
                         let (tx, rx) = oneshot::channel();

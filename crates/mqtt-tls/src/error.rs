@@ -236,9 +236,11 @@ pub enum Error {
         reason: String,
     },
 
-    /// The connection went and the broker started a new session before
-    /// this publish was written: it was never sent, nobody received it.
-    /// Send it again (at any QoS: no duplicate can follow).
+    /// The connection went while this publish waited for a packet id to
+    /// free up, and the broker then started a new session: it was never
+    /// sent, nobody received it. Send it again (no duplicate can follow).
+    /// (A publish not written yet otherwise simply goes out on the new
+    /// session.)
     #[error(
         "the broker started a new session before this publish was sent: it was never sent; \
          send it again"

@@ -89,6 +89,12 @@ impl Subscriptions {
         self.list.len() != before
     }
 
+    /// Removes every subscription to `filter` without asking the broker
+    /// (one it never had).
+    pub(crate) fn forget(&mut self, filter: &str) {
+        self.list.retain(|s| s.filter.as_str() != filter);
+    }
+
     /// The broker answered an UNSUBSCRIBE of `filters`.
     pub(crate) fn on_unsuback(&mut self, filters: &[String]) {
         for filter in filters {

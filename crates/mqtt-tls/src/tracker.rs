@@ -11,14 +11,13 @@
 //! acknowledgement of the other kind for the same id resolves nothing.
 //!
 //! When the broker starts a new session after a connection loss, the
-//! event loop drops every publish it had not acknowledged, and says how
-//! many of them it had not written yet (the oldest requests still waiting
-//! to go out; it hands out every event of the old connection first). A
-//! publish written and not acknowledged fails with
-//! [`Error::DeliveryUnknown`] (the broker may have passed it on before it
-//! lost the session); one never written fails with [`Error::SessionLost`]
-//! (nothing went out: send it again). Publishes requested after that
-//! CONNACK go out on the new session and resolve as usual.
+//! event loop hands out every event of the old connection first, then
+//! drops what it wrote and had not seen acknowledged: those publishes fail
+//! with [`Error::DeliveryUnknown`] (the broker may have passed them on
+//! before it lost the session). A publish held back for a packet id was
+//! never written and fails with [`Error::SessionLost`]. Publishes not
+//! written yet stay queued and go out on the new session, resolving as
+//! usual.
 //!
 //! No I/O here: [`Tracker`] is a state machine fed with [`Wire`] events,
 //! tested on synthetic sequences below.
@@ -125,28 +124,16 @@ impl Tracker {
         }
     }
 
-    /// The broker started a new session after a connection loss, and the
-    /// event loop dropped the `unsent` oldest publishes still waiting to be
-    /// written: those fail with [`Error::SessionLost`] (never sent), the
-    /// ones written and not acknowledged with [`Error::DeliveryUnknown`];
-    /// later ones wait on.
-    pub(crate) fn session_lost(&mut self, unsent: usize) {
+    /// The broker started a new session after a connection loss: the
+    /// publishes written and not acknowledged fail with
+    /// [`Error::DeliveryUnknown`], one held back for its packet id (never
+    /// written) with [`Error::SessionLost`]; those not written yet wait on.
+    pub(crate) fn session_lost(&mut self) {
         for (_, w) in self.inflight.drain() {
             let _ = w.ack.send(Err(Error::DeliveryUnknown));
         }
         for (_, w) in self.collided.drain() {
             let _ = w.ack.send(Err(Error::SessionLost));
-        }
-        for _ in 0..unsent {
-            match self.queued.pop_front() {
-                Some(w) => {
-                    let _ = w.ack.send(Err(Error::SessionLost));
-                }
-                None => {
-                    tracing::error!("the event loop dropped more publishes than were waiting");
-                    break;
-                }
-            }
         }
     }
 
@@ -175,9 +162,8 @@ mod tests {
         /// `publish()` of this QoS (publishes are numbered from 0).
         Publish(QoS),
         Wire(Wire),
-        /// A CONNACK without a session after a loss; the event loop
-        /// dropped this many publishes unwritten.
-        SessionLost(usize),
+        /// A CONNACK without a session after a loss.
+        SessionLost,
         /// The connection went away for good.
         Closed,
     }
@@ -211,7 +197,7 @@ mod tests {
                     receivers.push(rx);
                 }
                 W(event) => tracker.on_wire(event),
-                SessionLost(unsent) => tracker.session_lost(unsent),
+                SessionLost => tracker.session_lost(),
                 Step::Closed => tracker.fail_all(|| Error::Closed),
             }
         }
@@ -329,30 +315,19 @@ mod tests {
                 &[Acked, Acked],
             ),
             (
-                "a new session: written and unacknowledged is unknown, unwritten never sent",
+                "a new session: written and unacknowledged is unknown, unwritten waits on",
                 &[
                     Publish(Q1),
                     Publish(Q2),
                     Publish(Q0),
                     W(Sent(1)),
-                    SessionLost(2),
-                ],
-                &[Outcome::Unknown, Outcome::SessionLost, Outcome::SessionLost],
-            ),
-            (
-                "publishes the event loop kept go out on the new session",
-                &[
-                    Publish(Q1),
-                    Publish(Q1),
+                    SessionLost,
+                    // The unwritten ones go out on the new session.
                     W(Sent(1)),
-                    // Requested after the loss, before the CONNACK was seen:
-                    // still in the channel, written on the new session.
-                    Publish(Q1),
-                    SessionLost(1),
-                    W(Sent(1)),
-                    W(PubAck(1)),
+                    W(Sent(0)),
+                    W(PubComp(1)),
                 ],
-                &[Outcome::Unknown, Outcome::SessionLost, Acked],
+                &[Outcome::Unknown, Acked, Acked],
             ),
             (
                 "a publish held for its id was never sent",
@@ -361,7 +336,7 @@ mod tests {
                     Publish(Q1),
                     W(Sent(1)),
                     W(AwaitAck(1)),
-                    SessionLost(0),
+                    SessionLost,
                 ],
                 &[Outcome::Unknown, Outcome::SessionLost],
             ),

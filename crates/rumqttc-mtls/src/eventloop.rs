@@ -53,9 +53,6 @@ pub struct EventLoop {
     /// Keep alive time
     keepalive_timeout: Option<Pin<Box<Sleep>>>,
     pub network_options: NetworkOptions,
-    /// Not upstream: publishes dropped unwritten at the last CONNACK
-    /// without a session.
-    unsent_at_new_session: usize,
 }
 
 /// Events which can be yielded by the event loop
@@ -100,7 +97,6 @@ impl EventLoop {
             network: None,
             keepalive_timeout: None,
             network_options: NetworkOptions::new(),
-            unsent_at_new_session: 0,
         }
     }
 
@@ -127,14 +123,6 @@ impl EventLoop {
         });
 
         self.pending.extend(requests_in_channel);
-    }
-
-    /// Not upstream: how many publishes the last CONNACK without a session
-    /// dropped before they were written (in the order they were requested,
-    /// the oldest requests not written yet); reset by reading. Every
-    /// publish written and not acknowledged was dropped too, with its id.
-    pub fn take_unsent_at_new_session(&mut self) -> usize {
-        std::mem::take(&mut self.unsent_at_new_session)
     }
 
     /// Not upstream: stops (`true`) or resumes reading from the network,
@@ -241,33 +229,30 @@ impl EventLoop {
             };
             // Last session might contain packets which aren't acked. If it's a new session, clear the pending packets.
             if !connack.session_present {
-                // Not upstream: publishes not written yet (pending, or in
-                // the request channel) are dropped and counted, all of them:
-                // the caller learns they were never sent
-                // ([`EventLoop::take_unsent_at_new_session`]); upstream sent
-                // those in the channel, after their caller had been told the
-                // session was lost.
-                let unsent = |request: &Request| matches!(request, Request::Publish(p) if p.qos == QoS::AtMostOnce || p.pkid == 0);
-                self.unsent_at_new_session = self.pending.iter().filter(|r| unsent(r)).count();
-                self.pending.clear();
+                // Not upstream: publishes never written (no packet id yet,
+                // or QoS 0) go out on the new session, ahead of what comes
+                // later; what was written and not acknowledged is dropped
+                // (the caller learns its delivery is unknown), and so is a
+                // publish held back for a packet id. Upstream dropped every
+                // pending request, and sent those in the channel.
+                let unwritten = |request: &Request| matches!(request, Request::Publish(p) if p.qos == QoS::AtMostOnce || p.pkid == 0);
+                let mut kept: VecDeque<Request> =
+                    self.pending.drain(..).filter(|r| unwritten(r)).collect();
                 self.state.new_session();
                 // Not upstream: acknowledgements queued for the old session
                 // (during the outage) must not reach the new one, where
                 // their packet ids belong to other messages. Other requests
                 // keep their order, ahead of what comes later.
-                for request in self.requests_rx.drain() {
-                    if matches!(request, Request::Publish(_)) {
-                        self.unsent_at_new_session += 1;
-                    } else if !matches!(
+                kept.extend(self.requests_rx.drain().filter(|request| {
+                    !matches!(
                         request,
                         Request::PubAck(_)
                             | Request::PubRec(_)
                             | Request::PubRel(_)
                             | Request::PubComp(_)
-                    ) {
-                        self.pending.push_back(request);
-                    }
-                }
+                    )
+                }));
+                self.pending = kept;
                 // Not upstream: what the old session delivered and was not
                 // handed out yet must not surface in the new one, where its
                 // packet ids belong to other messages.

@@ -472,14 +472,12 @@ impl Connection {
                 self.shared.event(ConnectionEvent::Connected {
                     session_present: ack.session_present,
                 });
-                let unsent = self.eventloop.take_unsent_at_new_session();
                 if !ack.session_present {
-                    // The event loop dropped what it had not acknowledged
-                    // (and handed out every event of the old connection
-                    // first): those written fail as of unknown delivery,
-                    // the `unsent` oldest waiting as never sent; publishes
-                    // requested since go out on the new session.
-                    lock(&self.shared.tracker).session_lost(unsent);
+                    // The event loop dropped what it wrote and had not seen
+                    // acknowledged (and handed out every event of the old
+                    // connection first): those fail as of unknown delivery;
+                    // publishes not written yet go out on the new session.
+                    lock(&self.shared.tracker).session_lost();
                 }
                 // UNSUBSCRIBEs of the old connection get no answer now.
                 self.unsubscribes.clear();

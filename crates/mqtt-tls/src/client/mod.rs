@@ -141,6 +141,14 @@ impl MqttClient {
         Error: From<T::Error>,
     {
         let filter: TopicFilter = filter.try_into()?;
+        if filter.as_str().len() + 9 > self.shared.max_outgoing_packet_size {
+            // Too big for one packet: it could never have been subscribed
+            // (such a subscription is refused), so there is nothing to ask
+            // the broker; sending it would fail the connection on every
+            // reconnect.
+            lock(&self.shared.subscriptions).forget(filter.as_str());
+            return Ok(());
+        }
         lock(&self.shared.subscriptions).remove(filter.as_str());
         self.rumqtt
             .unsubscribe(filter.as_str())

@@ -1585,13 +1585,14 @@ async fn publishes_survive_cuts_mid_publish_and_before_puback() {
 }
 
 /// More publishes at once than `max_inflight` (3,000 against 10), through a
-/// link cut every 30–200 ms (five at least), with two threads keeping both cores busy: a
-/// reconnect finds up to the request channel's capacity of new publishes
-/// pending, which used to go out past the in-flight window, collide on
-/// packet ids and be dropped unsent or resolved by another's PUBACK. Now
-/// every publish resolves `Ok` within 20 s of the last cut, and the
-/// independent subscriber (`mosquitto_sub`, straight to the broker) got
-/// every one.
+/// link cut every 30–200 ms (five at least) and a hot identity swap, with
+/// two threads keeping both cores busy: a reconnect finds up to the request
+/// channel's capacity of new publishes pending, which used to go out past
+/// the in-flight window, collide on packet ids and be dropped unsent or
+/// resolved by another's PUBACK. Now every publish resolves `Ok` within
+/// 20 s of the last cut, and the independent subscriber (`mosquitto_sub`,
+/// straight to the broker) got every one. One round here;
+/// `cargo xtask soak` runs ten (`MQTT_MTLS_BURST_ROUNDS`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_over_the_window_survives_link_cuts() {
     const COUNT: usize = 3_000;
@@ -1627,92 +1628,117 @@ async fn a_burst_over_the_window_survives_link_cuts() {
     conn.connect().await.unwrap();
     let prunner = tokio::spawn(conn.run());
 
-    let busy = Busy::start(2);
-    let mut publishes = tokio::task::JoinSet::new();
-    for i in 0..COUNT {
-        let publisher = publisher.clone();
-        publishes.spawn(async move {
-            let outcome = publisher
-                .publish("burst/t", i.to_string(), QoS::AtLeastOnce, false)
-                .await;
-            (i, outcome)
-        });
-    }
-    let cutting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let cuts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let cutter = {
-        let (cutting, cuts) = (cutting.clone(), cuts.clone());
-        let proxy = proxy.clone();
-        tokio::spawn(async move {
-            while cutting.load(std::sync::atomic::Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(fastrand::u64(30..200))).await;
-                proxy.cut();
-                cuts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-        })
-    };
-    let mut ok = std::collections::BTreeSet::new();
-    let mut failed = Vec::new();
-    let mut last_cut = Instant::now();
-    loop {
-        // Cuts go on until nine in ten resolved, five at least; then the
-        // link stays.
-        if ok.len() + failed.len() >= COUNT * 9 / 10
-            && cuts.load(std::sync::atomic::Ordering::SeqCst) >= 5
-            && cutting.swap(false, std::sync::atomic::Ordering::SeqCst)
-        {
-            last_cut = Instant::now();
-        }
-        let limit = if cutting.load(std::sync::atomic::Ordering::SeqCst) {
-            Duration::from_secs(60)
-        } else {
-            WAIT.saturating_sub(last_cut.elapsed())
-        };
-        match tokio::time::timeout(limit, publishes.join_next()).await {
-            Ok(Some(joined)) => match joined.unwrap() {
-                (i, Ok(())) => {
-                    ok.insert(i.to_string());
-                }
-                (i, Err(e)) => failed.push((i, e.to_string())),
-            },
-            Ok(None) => break,
-            Err(_) => panic!(
-                "{} publishes unresolved 20 s after the last cut ({} Ok, {} failed)",
-                publishes.len(),
-                ok.len(),
-                failed.len()
-            ),
-        }
-    }
-    cutting.store(false, std::sync::atomic::Ordering::SeqCst);
-    cutter.await.unwrap();
-    let cuts = cuts.load(std::sync::atomic::Ordering::SeqCst);
-    drop(busy);
-    assert!(cuts >= 5, "only {cuts} cuts");
-    assert!(
-        failed.is_empty(),
-        "{} failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(10)]
-    );
-    // The independent subscriber got every publish that resolved Ok.
+    let rounds: u32 = std::env::var("MQTT_MTLS_BURST_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
     let mut received = std::collections::BTreeSet::new();
-    let deadline = Instant::now() + WAIT;
-    while !ok.is_subset(&received) {
-        match lines.recv_timeout(Duration::from_millis(100)) {
-            Ok(line) => {
-                received.insert(line);
-            }
-            Err(_) => assert!(
-                Instant::now() < deadline,
-                "{} acknowledged publishes never reached the subscriber (first {:?})",
-                ok.difference(&received).count(),
-                ok.difference(&received).take(10).collect::<Vec<_>>()
-            ),
+    let mut total_cuts = 0;
+    for round in 0..rounds {
+        let busy = Busy::start(2);
+        let mut publishes = tokio::task::JoinSet::new();
+        for i in 0..COUNT {
+            let publisher = publisher.clone();
+            publishes.spawn(async move {
+                let outcome = publisher
+                    .publish("burst/t", format!("{round}-{i}"), QoS::AtLeastOnce, false)
+                    .await;
+                (i, outcome)
+            });
         }
+        let cutting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cuts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        // A hot identity swap (a renewal) in the middle of it all.
+        let swapper = {
+            let publisher = publisher.clone();
+            let renewed = pki.client("burst-pub").load().unwrap();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(50..300))).await;
+                tokio::time::timeout(WAIT, publisher.reconnect_with_identity(&renewed)).await
+            })
+        };
+        let cutter = {
+            let (cutting, cuts) = (cutting.clone(), cuts.clone());
+            let proxy = proxy.clone();
+            tokio::spawn(async move {
+                while cutting.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(30..200))).await;
+                    proxy.cut();
+                    cuts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+        };
+        let mut ok = std::collections::BTreeSet::new();
+        let mut failed = Vec::new();
+        let mut last_cut = Instant::now();
+        loop {
+            // Cuts go on until nine in ten resolved, five at least; then the
+            // link stays.
+            if ok.len() + failed.len() >= COUNT * 9 / 10
+                && cuts.load(std::sync::atomic::Ordering::SeqCst) >= 5
+                && cutting.swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                last_cut = Instant::now();
+            }
+            let limit = if cutting.load(std::sync::atomic::Ordering::SeqCst) {
+                Duration::from_secs(60)
+            } else {
+                WAIT.saturating_sub(last_cut.elapsed())
+            };
+            match tokio::time::timeout(limit, publishes.join_next()).await {
+                Ok(Some(joined)) => match joined.unwrap() {
+                    (i, Ok(())) => {
+                        ok.insert(format!("{round}-{i}"));
+                    }
+                    (i, Err(e)) => failed.push((i, e.to_string())),
+                },
+                Ok(None) => break,
+                Err(_) => panic!(
+                    "{} publishes unresolved 20 s after the last cut ({} Ok, {} failed)",
+                    publishes.len(),
+                    ok.len(),
+                    failed.len()
+                ),
+            }
+        }
+        cutting.store(false, std::sync::atomic::Ordering::SeqCst);
+        cutter.await.unwrap();
+        let cuts = cuts.load(std::sync::atomic::Ordering::SeqCst);
+        drop(busy);
+        // Refused by a cut in its first attempt or through: either way the
+        // publishes must not suffer.
+        let swapped = swapper.await.unwrap().expect("the swap never ended");
+        assert!(cuts >= 5, "only {cuts} cuts");
+        assert!(
+            failed.is_empty(),
+            "{} failed: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(10)]
+        );
+        // The independent subscriber got every publish that resolved Ok.
+        let deadline = Instant::now() + WAIT;
+        while !ok.is_subset(&received) {
+            match lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    received.insert(line);
+                }
+                Err(_) => assert!(
+                    Instant::now() < deadline,
+                    "{} acknowledged publishes never reached the subscriber (first {:?})",
+                    ok.difference(&received).count(),
+                    ok.difference(&received).take(10).collect::<Vec<_>>()
+                ),
+            }
+        }
+        total_cuts += cuts;
+        eprintln!(
+            "round {round}: {COUNT} publishes, {cuts} cuts, swap {swapped:?}: all acknowledged and received"
+        );
     }
     drop(sub);
-    eprintln!("{COUNT} publishes, {cuts} cuts, all acknowledged and received");
+    eprintln!(
+        "{rounds} rounds of {COUNT} publishes, {total_cuts} cuts, all acknowledged and received"
+    );
     stop(publisher, prunner).await;
 }
 

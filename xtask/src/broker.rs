@@ -89,7 +89,9 @@ pub(crate) fn e2e(extra: &[String]) -> Result<(), String> {
 /// (`crates/mqtt-ingest/tests/soak.rs`, on SQLite and PostgreSQL) for N
 /// minutes (default 10), against a Mosquitto at its defaults, with link
 /// cuts, broker restarts and kills, database locks, identity swaps, QoS 0
-/// bursts and an ingest SIGKILL. `cargo xtask test` runs it for 20 s.
+/// bursts and an ingest SIGKILL; then ten rounds of the client's burst over
+/// its in-flight window through link cuts and a hot swap (`faults.rs`).
+/// `cargo xtask test` runs the soak for 20 s and one burst round.
 pub(crate) fn soak(args: &[String]) -> Result<(), String> {
     let minutes: u64 = match args {
         [] => 10,
@@ -115,5 +117,23 @@ pub(crate) fn soak(args: &[String]) -> Result<(), String> {
             "--nocapture",
         ])
         .envs(test_env()?)
-        .env("MQTT_MTLS_SOAK_SECONDS", (minutes * 60).to_string()))
+        .env("MQTT_MTLS_SOAK_SECONDS", (minutes * 60).to_string()))?;
+    // Then the client's bursts: ten rounds of 3,000 publishes over a
+    // window of 10, through link cuts and a hot swap, two cores kept busy.
+    sh(cargo()
+        .args([
+            "test",
+            "--release",
+            "--features",
+            EXTERNAL_TOOLS,
+            "-p",
+            "verify-tests",
+            "--test",
+            "faults",
+            "a_burst_over_the_window_survives_link_cuts",
+            "--",
+            "--nocapture",
+        ])
+        .envs(test_env()?)
+        .env("MQTT_MTLS_BURST_ROUNDS", "10"))
 }

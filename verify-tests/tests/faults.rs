@@ -1599,25 +1599,7 @@ async fn a_burst_over_the_window_survives_link_cuts() {
     let pki = Pki::new();
     let broker = Mosquitto::start(&pki, &BrokerOptions::default());
     let proxy = std::sync::Arc::new(FaultProxy::start(broker.port).await);
-    let sub_bundle = pki.client("burst-sub");
-    let mut sub = KillOnDrop(
-        peers::mosquitto::cli("mosquitto_sub", broker.port, "burst/#", 1, &sub_bundle)
-            .args(["-F", "%p", "-c", "-i", "burst-sub"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let (line_tx, lines) = std::sync::mpsc::channel::<String>();
-    let stdout = sub.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if line_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (sub, lines) = mosquitto_sub_lines(&pki, broker.port, "burst/#", "burst-sub");
     broker_logged(&broker, "Received SUBSCRIBE from burst-sub\n", 1).await;
 
     let mut opts = options(proxy.port, "burst-pub");
@@ -2034,25 +2016,7 @@ async fn after_a_lost_session_never_sent_means_never_received() {
     let pki = Pki::new();
     let broker = Mosquitto::start(&pki, &BrokerOptions::default());
     let proxy = std::sync::Arc::new(FaultProxy::start(broker.port).await);
-    let sub_bundle = pki.client("honest-sub");
-    let mut sub = KillOnDrop(
-        peers::mosquitto::cli("mosquitto_sub", broker.port, "honest/#", 1, &sub_bundle)
-            .args(["-F", "%p", "-c", "-i", "honest-sub"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let (line_tx, lines) = std::sync::mpsc::channel::<String>();
-    let stdout = sub.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if line_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (sub, lines) = mosquitto_sub_lines(&pki, broker.port, "honest/#", "honest-sub");
     broker_logged(&broker, "Received SUBSCRIBE from honest-sub\n", 1).await;
 
     let mut opts = options(proxy.port, "honest-pub");
@@ -2149,4 +2113,35 @@ async fn after_a_lost_session_never_sent_means_never_received() {
     );
     drop(sub);
     stop(publisher, prunner).await;
+}
+
+/// `mosquitto_sub` as `name` (its own certificate, a persistent QoS 1
+/// session) straight to the broker on `port`: each payload it prints, one
+/// a line; killed when the first value is dropped.
+fn mosquitto_sub_lines(
+    pki: &Pki,
+    port: u16,
+    filter: &str,
+    name: &str,
+) -> (KillOnDrop, std::sync::mpsc::Receiver<String>) {
+    let bundle = pki.client(name);
+    let mut sub = KillOnDrop(
+        peers::mosquitto::cli("mosquitto_sub", port, filter, 1, &bundle)
+            .args(["-F", "%p", "-c", "-i", name])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (line_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = sub.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (sub, lines)
 }

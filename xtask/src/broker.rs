@@ -103,37 +103,26 @@ pub(crate) fn soak(args: &[String]) -> Result<(), String> {
     if minutes == 0 {
         return Err("--minutes must be at least 1".to_owned());
     }
-    sh(cargo()
-        .args([
-            "test",
-            "--release",
-            "--features",
-            EXTERNAL_TOOLS,
-            "-p",
-            "mqtt-ingest",
-            "--test",
-            "soak",
-            "--",
-            "--nocapture",
-        ])
+    // A release test run of `package`'s `test` (only `filter`, if given),
+    // printing as it goes.
+    let release_test = |package: &str, test: &str, filter: Option<&str>| {
+        let mut cmd = cargo();
+        cmd.args(["test", "--release", "--features", EXTERNAL_TOOLS])
+            .args(["-p", package, "--test", test])
+            .args(filter)
+            .args(["--", "--nocapture"]);
+        cmd
+    };
+    sh(release_test("mqtt-ingest", "soak", None)
         .envs(test_env()?)
         .env("MQTT_MTLS_SOAK_SECONDS", (minutes * 60).to_string()))?;
     // Then the client's bursts: ten rounds of 3,000 publishes over a
     // window of 10, through link cuts and a hot swap, two cores kept busy.
-    sh(cargo()
-        .args([
-            "test",
-            "--release",
-            "--features",
-            EXTERNAL_TOOLS,
-            "-p",
-            "verify-tests",
-            "--test",
-            "faults",
-            "a_burst_over_the_window_survives_link_cuts",
-            "--",
-            "--nocapture",
-        ])
-        .envs(test_env()?)
-        .env("MQTT_MTLS_BURST_ROUNDS", "10"))
+    sh(release_test(
+        "verify-tests",
+        "faults",
+        Some("a_burst_over_the_window_survives_link_cuts"),
+    )
+    .envs(test_env()?)
+    .env("MQTT_MTLS_BURST_ROUNDS", "10"))
 }

@@ -49,11 +49,10 @@ use mqtt_tls::{ConnectOptions, LastWill, Message, MqttClient, QoS};
 use peers::mosquitto::{BrokerOptions, Mosquitto, Pki};
 use peers::postgres::Postgres;
 use peers::proxy::FaultProxy;
-use sqlx::Row;
 
 mod common;
 
-use common::{Db, Ingest, IngestCommands};
+use common::{Db, Ingest, IngestCommands, fetch_rows};
 
 /// Messages a second.
 const RATE: u64 = 100;
@@ -591,31 +590,7 @@ struct Stored {
 
 /// Every row of `messages` as (topic, payload, received_at_us).
 async fn message_rows(db: &Db) -> Vec<(String, Vec<u8>, i64)> {
-    const QUERY: &str = "SELECT topic, payload, received_at_us FROM messages";
-    match db {
-        Db::Sqlite(_) => {
-            let pool = sqlx::SqlitePool::connect(&db.url()).await.unwrap();
-            let rows = sqlx::query(QUERY)
-                .fetch_all(&pool)
-                .await
-                .unwrap_or_default();
-            pool.close().await;
-            rows.iter()
-                .map(|r| (r.get("topic"), r.get("payload"), r.get("received_at_us")))
-                .collect()
-        }
-        Db::Postgres(_) => {
-            let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
-            let rows = sqlx::query(QUERY)
-                .fetch_all(&pool)
-                .await
-                .unwrap_or_default();
-            pool.close().await;
-            rows.iter()
-                .map(|r| (r.get("topic"), r.get("payload"), r.get("received_at_us")))
-                .collect()
-        }
-    }
+    fetch_rows(db, "SELECT topic, payload, received_at_us FROM messages").await
 }
 
 async fn stored_rows(db: &Db) -> Stored {
@@ -648,31 +623,8 @@ async fn stored_rows(db: &Db) -> Stored {
 
 /// The numbers in `dead_letters`, with their reasons.
 async fn dead_letter_rows(db: &Db) -> BTreeMap<u32, String> {
-    const QUERY: &str = "SELECT topic, reason FROM dead_letters";
-    let rows: Vec<(String, String)> = match db {
-        Db::Sqlite(_) => {
-            let pool = sqlx::SqlitePool::connect(&db.url()).await.unwrap();
-            let rows = sqlx::query(QUERY)
-                .fetch_all(&pool)
-                .await
-                .unwrap_or_default();
-            pool.close().await;
-            rows.iter()
-                .map(|r| (r.get("topic"), r.get("reason")))
-                .collect()
-        }
-        Db::Postgres(_) => {
-            let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
-            let rows = sqlx::query(QUERY)
-                .fetch_all(&pool)
-                .await
-                .unwrap_or_default();
-            pool.close().await;
-            rows.iter()
-                .map(|r| (r.get("topic"), r.get("reason")))
-                .collect()
-        }
-    };
+    let rows: Vec<(String, String)> =
+        fetch_rows(db, "SELECT topic, reason FROM dead_letters").await;
     rows.into_iter()
         .map(|(topic, reason)| (number(&topic), reason))
         .collect()

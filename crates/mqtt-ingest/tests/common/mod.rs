@@ -246,3 +246,34 @@ pub(crate) fn check_at_least_once(rows: &[(u32, bool)], acked: &BTreeSet<u32>) -
     }
     (stored.len(), twice.len())
 }
+
+/// Every row `sql` selects, as `T` (a tuple of the columns), from SQLite
+/// or PostgreSQL alike; none when the table is not there yet.
+pub(crate) async fn fetch_rows<T>(db: &Db, sql: &'static str) -> Vec<T>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + Send
+        + Unpin,
+{
+    match db {
+        Db::Sqlite(_) => {
+            let pool = sqlx::SqlitePool::connect(&db.url()).await.unwrap();
+            let rows = sqlx::query_as(sql)
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+            pool.close().await;
+            rows
+        }
+        Db::Postgres(_) => {
+            let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
+            let rows = sqlx::query_as(sql)
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+            pool.close().await;
+            rows
+        }
+    }
+}

@@ -588,6 +588,71 @@ async fn a_message_over_the_packet_limit_is_a_dead_letter_and_the_stream_goes_on
     );
 }
 
+/// A QoS 2 message the ingest has taken but not stored yet (the database
+/// is locked, so no PUBREC) is sent again by the broker, flagged DUP, once
+/// the link comes back (here the broker restarts with its session saved).
+/// MQTT 3.1.1 section 4.3.3 forbids handing it on twice before PUBREL: the
+/// client drops the copy, and each message is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_message_resent_before_pubrec_is_stored_once() {
+    let mut s = setup();
+    let bundle = s.pki.client("ingest");
+    let ingest = tokio::task::block_in_place(|| {
+        Ingest::spawn(
+            Ingest::command(&bundle, &s.broker, &s.db, "ingest-under-test")
+                .args(["--topic", "exact/#@2"]),
+        )
+    });
+    let publisher = Publisher::connect(&s.pki, &s.broker).await;
+
+    let pool = sqlx::SqlitePool::connect(&s.db.url()).await.unwrap();
+    let mut locker = pool.acquire().await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    for n in 1..=3 {
+        publisher
+            .publish_at("exact/t", &n.to_string(), mqtt_tls::QoS::ExactlyOnce)
+            .await;
+    }
+    broker_logged(&s, "Sending PUBLISH to ingest-under-test (d0, q2", 3).await;
+    tokio::task::block_in_place(|| s.broker.restart());
+    // The broker resends all three, flagged as copies.
+    broker_logged(&s, "Sending PUBLISH to ingest-under-test (d1, q2", 3).await;
+
+    sqlx::query("COMMIT").execute(&mut *locker).await.unwrap();
+    drop(locker);
+    pool.close().await;
+    // A last message behind the copies: once it is stored, whatever the
+    // ingest was handed before it is stored too (one writer, in order).
+    publisher
+        .publish_at("exact/t", "4", mqtt_tls::QoS::ExactlyOnce)
+        .await;
+    let rows = wait_for_rows(&s.db, 4).await;
+    assert_eq!(
+        rows,
+        [(1, false), (2, false), (3, false), (4, false)],
+        "{}",
+        ingest.log()
+    );
+    broker_logged(&s, "Received PUBCOMP from ingest-under-test", 4).await;
+    assert_eq!(ingest.metric("mqtt_ingest_stored_total"), 4);
+}
+
+/// Waits until the broker's log has `needle` `count` times.
+async fn broker_logged(s: &Setup, needle: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.broker.log().matches(needle).count() < count {
+        assert!(
+            Instant::now() < deadline,
+            "waited for {count} of {needle:?}:\n{}",
+            s.broker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until the broker logged `count` PUBACKs from the ingest: what it
 /// will store of the messages so far is stored.
 async fn acknowledged_on_the_wire(s: &Setup, count: usize) {

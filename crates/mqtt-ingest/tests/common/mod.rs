@@ -167,8 +167,13 @@ impl Publisher {
 
     /// Publishes one QoS 1 message and waits for its PUBACK.
     pub(crate) async fn publish(&self, topic: &str, payload: &str) {
+        self.publish_at(topic, payload, QoS::AtLeastOnce).await;
+    }
+
+    /// Publishes one message at `qos` and waits for the broker's answer.
+    pub(crate) async fn publish_at(&self, topic: &str, payload: &str, qos: QoS) {
         self.client
-            .publish(topic, payload.to_owned(), QoS::AtLeastOnce, false)
+            .publish(topic, payload.to_owned(), qos, false)
             .await
             .unwrap();
     }

@@ -154,27 +154,26 @@ struct Args {
         default_value_t = 10
     )]
     shutdown_timeout: u64,
-}
-
-/// Whether log lines may carry colour: standard error is a terminal and
-/// `NO_COLOR` is unset or empty (no-color.org).
-fn colour() -> bool {
-    std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    /// Log to standard error as `text` (colour only at a terminal without
+    /// NO_COLOR) or `json` (one object a line: time, level, target,
+    /// message, fields); RUST_LOG chooses what (default: info).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "text|json",
+        hide_possible_values = true,
+        env = "MQTT_INGEST_LOG_FORMAT",
+        default_value_t = service_log::LogFormat::Text
+    )]
+    log_format: service_log::LogFormat,
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal: a log file or the
-        // journal gets plain text, and so does anyone who set NO_COLOR.
-        .with_ansi(colour())
-        .init();
     let args = Args::parse();
+    if let Err(e) = service_log::init(args.log_format, "info") {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -432,5 +431,17 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = interrupt.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// The same spellings as `provision`'s (`peers::vocabulary::CONCEPTS`).
+    #[test]
+    fn the_flags_speak_the_shared_vocabulary() {
+        let problems = peers::vocabulary::check(&super::Args::command());
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
     }
 }

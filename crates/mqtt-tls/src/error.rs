@@ -43,6 +43,18 @@ pub enum Error {
         waited: std::time::Duration,
     },
 
+    /// Enrolling would replace a key or certificate that exists, and the
+    /// request did not ask to ([`Enrollment::force`](crate::lifecycle::Enrollment::force)).
+    /// Nothing was sent.
+    #[error(
+        "{} exists; enrolling would replace it (nothing was sent): ask for replacing it, or enroll into another folder",
+        path.display()
+    )]
+    WouldReplace {
+        /// The file that exists.
+        path: PathBuf,
+    },
+
     /// An enrollment or renewal step failed.
     #[error("{reason}")]
     Lifecycle {

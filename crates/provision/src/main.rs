@@ -16,6 +16,16 @@ use pki_core::Profile;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The service logs what it does; other commands print their outcome
+    // and log only warnings (a lost broker link, a retried write).
+    let default_filter = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    if let Err(e) = service_log::init(cli.log_format, default_filter) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`provision list | head`): nothing to say.
@@ -103,4 +113,18 @@ fn one_line(e: &anyhow::Error) -> String {
         }
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// One spelling for each concept on every command, the same as
+    /// `mqtt-ingest`'s (`peers::vocabulary::CONCEPTS`); old spellings stay
+    /// as hidden aliases.
+    #[test]
+    fn every_command_speaks_one_vocabulary() {
+        let problems = peers::vocabulary::check(&super::Cli::command());
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
 }

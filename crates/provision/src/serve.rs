@@ -583,7 +583,7 @@ async fn http(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Lifecycle {
-            reason: format!("listening on {addr} (--http): {e}"),
+            reason: format!("listening on {addr} (--listen): {e}"),
         })?;
     tracing::info!(
         "health and metrics on http://{}",

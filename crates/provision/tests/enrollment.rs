@@ -117,7 +117,7 @@ impl Fleet {
                 &self.main.port.to_string(),
             ])
             .args(["--enroll-port", &enroll_port.to_string()])
-            .args(["--grace", "30s", "--http", &format!("127.0.0.1:{http}")])
+            .args(["--grace", "30s", "--listen", &format!("127.0.0.1:{http}")])
             .args(tls(name))
             .args(extra)
             .stdout(Stdio::null())
@@ -376,6 +376,17 @@ fn enrollment_follows_the_claims_policy() {
     );
     let r = record(d, &cert.serial().to_string());
     assert_eq!(r["role"], "device", "{r}");
+    // Again into the same folder: refused before anything is sent, naming
+    // the flag that would replace the files; the key is untouched.
+    let key_before = std::fs::read(&key).unwrap();
+    let again = fleet.enroll("sensor-1", "device1");
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("sensor-1.key exists; pass --force to replace it"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(std::fs::read(&key).unwrap(), key_before);
     // The device's own topics on the main broker: a service reads what it
     // publishes.
     let device = ClientCert::new(
@@ -1089,6 +1100,7 @@ fn one_identity_twice_is_named_as_the_likely_cause() {
                 &fleet.main.port.to_string(),
             ])
             .args(["--enroll-port", &fleet.enroll.port.to_string()])
+            // `--http`: the old spelling of `--listen`, kept as a hidden alias.
             .args(["--http", &format!("127.0.0.1:{}", free_port())])
             .args(tls("ca-1"))
             .stdout(Stdio::null())

@@ -216,6 +216,7 @@ fn the_inventory_link_is_verified_tls_with_a_client_certificate() {
     let db_ca = ["--ca-dir", "db_ca"];
     ok_env(
         d,
+        // `--dir`: the old spelling of `--ca-dir`, kept as a hidden alias.
         &["init-ca", "--dir", "db_ca", "--cn", "Database CA"],
         &[],
     );

@@ -118,10 +118,7 @@ pub async fn enroll(claim: &TlsIdentity, request: &Enrollment) -> Result<ClientC
     if !request.force && !resumed {
         for p in [&key_path, &cert_path] {
             if p.exists() {
-                return Err(Error::lifecycle(format!(
-                    "{} exists; pass force to replace it (nothing was sent)",
-                    p.display()
-                )));
+                return Err(Error::WouldReplace { path: p.clone() });
             }
         }
     }

@@ -35,6 +35,20 @@ pub(crate) struct Cli {
     /// prints data; `sub` prints one JSON object per message).
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    /// Log to standard error as `text` (colour only at a terminal without
+    /// NO_COLOR) or `json` (one object a line: time, level, target,
+    /// message, fields); RUST_LOG chooses what (default: info for `serve`,
+    /// warnings for the rest).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "text|json",
+        hide_possible_values = true,
+        env = "PROVISION_LOG_FORMAT",
+        default_value_t = service_log::LogFormat::Text
+    )]
+    pub(crate) log_format: service_log::LogFormat,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
@@ -45,7 +59,7 @@ pub(crate) enum Command {
     /// with --intermediate, an intermediate CA under it that signs from then
     /// on (the root key can then go offline).
     #[command(
-        after_help = "Examples:\n  provision init-ca --dir root_cert --cn MyRootCA --org MyOrg --country US --passphrase-env CA_PASS\n  provision init-ca --intermediate --root-passphrase-env CA_PASS\n  mv root_cert/root_ca.key /offline/"
+        after_help = "Examples:\n  provision init-ca --ca-dir root_cert --cn MyRootCA --org MyOrg --country US --passphrase-env CA_PASS\n  provision init-ca --intermediate --root-passphrase-env CA_PASS\n  mv root_cert/root_ca.key /offline/"
     )]
     InitCa(InitCaArgs),
     /// Issue a key, CSR and certificate: OUT/NAME.key, OUT/NAME_csr.pem, OUT/NAME_cert.pem.
@@ -110,7 +124,7 @@ pub(crate) enum Command {
     /// Run the CA as an MQTT service: enrollment with a claim certificate,
     /// renewal with a proof (docs/lifecycle.md).
     #[command(
-        after_help = "Example:\n  provision issue client ca-service --role ca-service\n  provision serve --cert backend_certs/ca-service_cert.pem --key backend_certs/ca-service.key \\\n    --ca root_cert/root_ca_cert.pem --port 8883 --enroll-port 8884 --http 127.0.0.1:9102"
+        after_help = "Example:\n  provision issue client ca-service --role ca-service\n  provision serve --cert backend_certs/ca-service_cert.pem --key backend_certs/ca-service.key \\\n    --ca root_cert/root_ca_cert.pem --port 8883 --enroll-port 8884 --listen 127.0.0.1:9102"
     )]
     Serve(ServeArgs),
     /// Enroll this device through `provision serve` with a claim
@@ -142,8 +156,8 @@ pub(crate) enum Command {
 #[derive(Args)]
 pub(crate) struct InitCaArgs {
     /// The CA folder.
-    #[arg(long, default_value = layout::DEFAULT_CA_DIR)]
-    pub(crate) dir: PathBuf,
+    #[arg(long, alias = "dir", default_value = layout::DEFAULT_CA_DIR)]
+    pub(crate) ca_dir: PathBuf,
     #[command(flatten)]
     pub(crate) subject: SubjectArgs,
     /// Key type.
@@ -540,8 +554,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub(crate) shutdown_timeout: u64,
     /// Serve /healthz and /metrics here (plain HTTP: keep it on loopback).
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub(crate) http: Option<std::net::SocketAddr>,
+    #[arg(long, alias = "http", value_name = "ADDR:PORT")]
+    pub(crate) listen: Option<std::net::SocketAddr>,
 }
 
 /// The arguments of `provision enroll`.

@@ -33,7 +33,7 @@ fn apply(inventory: &Inventory, committed: &Committed) -> anyhow::Result<Brokers
 }
 
 pub(crate) fn init_ca(args: InitCaArgs) -> anyhow::Result<CaCreated> {
-    let ca_dir = provision::ca_folder::CaDir::new(&args.dir)
+    let ca_dir = provision::ca_folder::CaDir::new(&args.ca_dir)
         .with_inventory_url(args.inventory.url)
         .with_insecure_db(args.inventory.insecure_db);
     let passphrase = if args.encrypt {
@@ -79,7 +79,7 @@ pub(crate) fn init_ca(args: InitCaArgs) -> anyhow::Result<CaCreated> {
 }
 
 pub(crate) fn init_intermediate(args: InitCaArgs) -> anyhow::Result<IntermediateCreated> {
-    let ca_dir = provision::ca_folder::CaDir::new(&args.dir)
+    let ca_dir = provision::ca_folder::CaDir::new(&args.ca_dir)
         .with_inventory_url(args.inventory.url)
         .with_insecure_db(args.inventory.insecure_db);
     let root_passphrase = passphrase(args.root_passphrase_env.as_deref())?;

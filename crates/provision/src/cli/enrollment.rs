@@ -125,18 +125,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// `serve`: runs until SIGINT or SIGTERM.
 pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal who did not set NO_COLOR.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-        )
-        .init();
     let (ca_dir, ca) = args.authority.load()?;
     let identity = mqtt_tls::ClientCert {
         passphrase_env: args.key_passphrase_env.clone(),
@@ -162,7 +150,7 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         share_group: args.share_group,
         policy: Policy { days: args.days },
         grace: args.grace,
-        http: args.http,
+        http: args.listen,
         shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
     };
     runtime()?.block_on(async {
@@ -223,7 +211,14 @@ pub(crate) fn enroll(args: EnrollArgs) -> anyhow::Result<Enrolled> {
     request.key_type = args.key_type;
     request.timeout = Duration::from_secs(args.timeout);
     request.force = args.force;
-    let new = runtime()?.block_on(mqtt_tls::lifecycle::enroll(&claim, &request))?;
+    let new = match runtime()?.block_on(mqtt_tls::lifecycle::enroll(&claim, &request)) {
+        Ok(new) => new,
+        Err(mqtt_tls::Error::WouldReplace { path }) => anyhow::bail!(
+            "{} exists; pass --force to replace it (nothing was sent)",
+            path.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
     let cert = new.load()?.certificate().clone();
     Ok(Enrolled {
         name: args.name,

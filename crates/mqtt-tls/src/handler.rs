@@ -216,8 +216,11 @@ impl Acknowledgement {
                 // on a new session and acknowledge a different message there.
                 changed.await;
             }
+            // Tagged with the session: if the channel is full and a new
+            // session begins while this waits for room, the event loop
+            // drops it instead of writing it there.
             self.rumqtt
-                .ack(&self.publish)
+                .ack_in(&self.publish, self.session)
                 .await
                 .map_err(|_| Error::Closed)?;
         }

@@ -13,8 +13,10 @@ use tokio::sync::Notify;
 #[derive(Debug, Default)]
 pub(crate) struct Link {
     /// The broker session's number: one more at every CONNACK without a
-    /// session present. An acknowledgement is sent only in the session its
-    /// message came in.
+    /// session present (the fork's `EventLoop::session_generation`, taken
+    /// at that CONNACK). An acknowledgement is sent only in the session its
+    /// message came in: checked here before it is queued, and by the event
+    /// loop when it takes it from the request channel (`AsyncClient::ack_in`).
     pub(crate) session: AtomicU64,
     /// Whether the connection is up (CONNACK received, no error since).
     pub(crate) connected: AtomicBool,

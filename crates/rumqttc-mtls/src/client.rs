@@ -1,6 +1,6 @@
 //! The asynchronous handle to the event loop.
 use crate::mqttbytes::{QoS, v4::*};
-use crate::{EventLoop, MqttOptions, Request, valid_filter, valid_topic};
+use crate::{EventLoop, MqttOptions, Request, SessionAck, valid_filter, valid_topic};
 
 use bytes::Bytes;
 use flume::{SendError, Sender, TrySendError};
@@ -148,6 +148,27 @@ impl AsyncClient {
         if let Some(ack) = ack {
             self.request_tx.send_async(ack).await?;
         }
+        Ok(())
+    }
+
+    /// Not upstream: [`AsyncClient::ack`] for a message that came in
+    /// session `generation` ([`EventLoop::session_generation`] when
+    /// [`EventLoop::poll`] handed it out): if the broker has started a new
+    /// session by the time the event loop takes this from the channel, it
+    /// is dropped, not written (the packet id may be another message's
+    /// there).
+    ///
+    /// [`EventLoop::session_generation`]: crate::EventLoop::session_generation
+    /// [`EventLoop::poll`]: crate::EventLoop::poll
+    pub async fn ack_in(&self, publish: &Publish, generation: u64) -> Result<(), ClientError> {
+        let ack = match publish.qos {
+            QoS::AtMostOnce => return Ok(()),
+            QoS::AtLeastOnce => SessionAck::PubAck(PubAck::new(publish.pkid)),
+            QoS::ExactlyOnce => SessionAck::PubRec(PubRec::new(publish.pkid)),
+        };
+        self.request_tx
+            .send_async(Request::AckIn { generation, ack })
+            .await?;
         Ok(())
     }
 

@@ -1,5 +1,5 @@
 use crate::{Incoming, MqttState, NetworkOptions, Packet, QoS, Request, StateError};
-use crate::{MqttOptions, Outgoing};
+use crate::{MqttOptions, Outgoing, SessionAck};
 use crate::{Transport, framed::Network};
 
 use crate::mqttbytes::v4::*;
@@ -118,6 +118,10 @@ impl EventLoop {
         requests_in_channel.retain(|request| {
             match request {
                 Request::PubAck(_) => false, // Wait for publish retransmission, else the broker could be confused by an unexpected ack
+                Request::AckIn {
+                    ack: SessionAck::PubAck(_),
+                    ..
+                } => false,
                 _ => true,
             }
         });
@@ -132,6 +136,16 @@ impl EventLoop {
     /// reconnects until changed.
     pub fn pause_reading(&mut self, paused: bool) {
         self.state.set_reading_paused(paused);
+    }
+
+    /// Not upstream: how many sessions the broker has started for us so
+    /// far (CONNACKs without a session present). A message handed out by
+    /// [`EventLoop::poll`] came in the session current when it was handed
+    /// out; acknowledge it with [`AsyncClient::ack_in`] and that number.
+    ///
+    /// [`AsyncClient::ack_in`]: crate::AsyncClient::ack_in
+    pub fn session_generation(&self) -> u64 {
+        self.state.session_generation()
     }
 
     /// Not upstream: ends the connection the polite way, for a client that
@@ -150,7 +164,10 @@ impl EventLoop {
         let mut kept = Vec::new();
         if let Some(network) = self.network.as_mut() {
             for request in self.requests_rx.drain() {
-                if !matches!(request, Request::PubAck(_) | Request::PubRec(_)) {
+                if !matches!(
+                    request,
+                    Request::PubAck(_) | Request::PubRec(_) | Request::AckIn { .. }
+                ) {
                     kept.push(request);
                     continue;
                 }
@@ -184,7 +201,16 @@ impl EventLoop {
         let late: Vec<_> = self
             .requests_rx
             .drain()
-            .filter(|request| !matches!(request, Request::PubAck(_)))
+            .filter(|request| {
+                !matches!(
+                    request,
+                    Request::PubAck(_)
+                        | Request::AckIn {
+                            ack: SessionAck::PubAck(_),
+                            ..
+                        }
+                )
+            })
             .collect();
         self.pending.extend(late);
         written
@@ -227,6 +253,11 @@ impl EventLoop {
                 Ok(inner) => inner?,
                 Err(_) => return Err(ConnectionError::NetworkTimeout),
             };
+            // Not upstream: every event of the last connection was handed
+            // out above, and no broker answers an UNSUBSCRIBE of an
+            // earlier connection (the caller sends it again): their ids
+            // are free again, not held for ever.
+            self.state.forget_unsubscribes();
             // Last session might contain packets which aren't acked. If it's a new session, clear the pending packets.
             if !connack.session_present {
                 // Not upstream: publishes never written (no packet id yet,
@@ -250,6 +281,7 @@ impl EventLoop {
                             | Request::PubRec(_)
                             | Request::PubRel(_)
                             | Request::PubComp(_)
+                            | Request::AckIn { .. }
                     )
                 }));
                 self.pending = kept;

@@ -110,6 +110,26 @@ pub enum Request {
     Unsubscribe(Unsubscribe),
     UnsubAck(UnsubAck),
     Disconnect(Disconnect),
+    /// Not upstream: PUBACK or PUBREC for a message received in broker
+    /// session `generation` ([`EventLoop::session_generation`]), written
+    /// only while that session is the broker's. An acknowledgement that
+    /// waited for room in the request channel across a new session is
+    /// dropped: there its packet id belongs to another message.
+    AckIn {
+        /// The session the message came in.
+        generation: u64,
+        /// `PubAck` or `PubRec`.
+        ack: SessionAck,
+    },
+}
+
+/// Not upstream: the acknowledgement a [`Request::AckIn`] carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionAck {
+    /// QoS 1.
+    PubAck(PubAck),
+    /// QoS 2 (the first step).
+    PubRec(PubRec),
 }
 
 impl From<Publish> for Request {

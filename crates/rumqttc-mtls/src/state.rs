@@ -1,4 +1,4 @@
-use crate::{Event, Incoming, Outgoing, Request};
+use crate::{Event, Incoming, Outgoing, Request, SessionAck};
 use tracing::{debug, error, info};
 
 use crate::mqttbytes::v4::*;
@@ -79,8 +79,9 @@ pub struct MqttState {
     /// Not upstream.
     subscribe_filters: BTreeMap<u16, VecDeque<Vec<String>>>,
     /// The topics of each UNSUBSCRIBE, by packet id, until its UNSUBACK
-    /// ([`MqttState::unsubscribe_topics`]); kept across reconnects, since an
-    /// UNSUBSCRIBE's event may still be handed out after one. Not upstream.
+    /// ([`MqttState::unsubscribe_topics`]) or the next CONNACK (the event
+    /// loop hands out every event of a connection before making the next;
+    /// [`MqttState::forget_unsubscribes`]). Not upstream.
     unsubscribe_topics: BTreeMap<u16, Vec<String>>,
     /// Last collision due to broker not acking in order
     pub collision: Option<Publish>,
@@ -95,6 +96,9 @@ pub struct MqttState {
     /// unread, behind the messages we do not take. A dead link is not
     /// noticed while paused (only when reading again).
     pub(crate) reading_paused: bool,
+    /// Not upstream: how many sessions the broker started for us (CONNACKs
+    /// without a session present); see [`Request::AckIn`].
+    session_generation: u64,
 }
 
 impl MqttState {
@@ -105,6 +109,7 @@ impl MqttState {
         MqttState {
             await_pingresp: false,
             reading_paused: false,
+            session_generation: 0,
             collision_ping_count: 0,
             last_incoming: Instant::now(),
             last_outgoing: Instant::now(),
@@ -184,6 +189,19 @@ impl MqttState {
         filters
     }
 
+    /// Not upstream: a new connection; the UNSUBSCRIBEs of the last one get
+    /// no UNSUBACK now (the caller sends them again), so their packet ids
+    /// are free.
+    pub fn forget_unsubscribes(&mut self) {
+        self.unsubscribe_topics.clear();
+    }
+
+    /// How many sessions the broker started for us: what
+    /// [`Request::AckIn`] compares with.
+    pub fn session_generation(&self) -> u64 {
+        self.session_generation
+    }
+
     /// The topics of the UNSUBSCRIBE with packet id `pkid`, until its
     /// UNSUBACK.
     pub fn unsubscribe_topics(&self, pkid: u16) -> Option<&[String]> {
@@ -193,6 +211,7 @@ impl MqttState {
     /// The broker started a new session (CONNACK without session present):
     /// it will not send PUBREL for anything of the old one.
     pub fn new_session(&mut self) {
+        self.session_generation += 1;
         self.incoming_pub.clear();
         self.incoming_rec.clear();
     }
@@ -212,6 +231,17 @@ impl MqttState {
             Request::Disconnect(_) => self.outgoing_disconnect()?,
             Request::PubAck(puback) => self.outgoing_puback(puback)?,
             Request::PubRec(pubrec) => self.outgoing_pubrec(pubrec)?,
+            Request::AckIn { generation, ack } if generation != self.session_generation => {
+                debug!(
+                    "{ack:?} dropped: its message came in session {generation}, the broker's is {}",
+                    self.session_generation
+                );
+                return Ok(None);
+            }
+            Request::AckIn { ack, .. } => match ack {
+                SessionAck::PubAck(puback) => self.outgoing_puback(puback)?,
+                SessionAck::PubRec(pubrec) => self.outgoing_pubrec(pubrec)?,
+            },
             _ => return Err(StateError::InvalidState),
         };
 
@@ -334,6 +364,11 @@ impl MqttState {
             QoS::ExactlyOnce => {
                 let pkid = publish.pkid;
                 self.incoming_pub.insert(pkid);
+                // Not upstream: delivered now, so its PUBREC is the
+                // handler's to send. A PUBREC remembered for an earlier
+                // message with this id (a broker back from an older save
+                // reuses ids) must not answer this one's DUP copy.
+                self.incoming_rec.remove(&pkid);
 
                 if !self.manual_acks {
                     let pubrec = PubRec::new(pkid);
@@ -731,7 +766,7 @@ mod test {
     use super::{MqttState, StateError};
     use crate::mqttbytes::v4::*;
     use crate::mqttbytes::*;
-    use crate::{Event, Incoming, Outgoing, Request};
+    use crate::{Event, Incoming, Outgoing, Request, SessionAck};
 
     fn build_outgoing_publish(qos: QoS) -> Publish {
         let topic = "hello/world".to_owned();
@@ -1371,6 +1406,93 @@ mod test {
         assert!(matches!(
             mqtt.events.pop_front(),
             Some(Event::Incoming(Incoming::Publish(p))) if &p.payload[..] == b"another"
+        ));
+    }
+
+    #[test]
+    fn a_new_qos2_message_on_a_remembered_id_waits_for_its_own_pubrec() {
+        // PUBREC sent for message 9, no PUBREL yet; a broker back from an
+        // older save sends a new message (no DUP) with id 9, delivered;
+        // the link goes before its handler answers, and the broker's DUP
+        // copy comes. The PUBREC remembered for the first message must not
+        // answer it: that would acknowledge a message not yet handled.
+        let mut mqtt = build_mqttstate();
+        mqtt.manual_acks = true;
+        let first = build_incoming_publish(QoS::ExactlyOnce, 9);
+        mqtt.handle_incoming_packet(Incoming::Publish(first.clone()))
+            .unwrap();
+        mqtt.handle_outgoing_packet(Request::PubRec(PubRec::new(9)))
+            .unwrap();
+        let mut second = first;
+        second.payload = bytes::Bytes::from_static(b"second");
+        mqtt.handle_incoming_packet(Incoming::Publish(second.clone()))
+            .unwrap();
+        mqtt.events.clear();
+        let _ = mqtt.clean();
+        let mut copy = second;
+        copy.dup = true;
+        assert_eq!(
+            mqtt.handle_incoming_packet(Incoming::Publish(copy))
+                .unwrap(),
+            None,
+            "no PUBREC before the handler's"
+        );
+        assert!(
+            matches!(mqtt.events.pop_front(), Some(Event::DuplicateDropped(9))),
+            "{:?}",
+            mqtt.events
+        );
+    }
+
+    #[test]
+    fn an_unsubscribe_lost_with_its_connection_frees_its_id() {
+        let mut mqtt = build_mqttstate();
+        let unsubscribe = Unsubscribe::new("a/#");
+        let Some(Packet::Unsubscribe(sent)) = mqtt
+            .handle_outgoing_packet(Request::Unsubscribe(unsubscribe))
+            .unwrap()
+        else {
+            panic!("no UNSUBSCRIBE written");
+        };
+        assert_eq!(
+            mqtt.unsubscribe_topics(sent.pkid),
+            Some(&["a/#".to_owned()][..])
+        );
+        // The link went before UNSUBACK; the next connection's CONNACK.
+        let _ = mqtt.clean();
+        mqtt.forget_unsubscribes();
+        assert_eq!(mqtt.unsubscribe_topics(sent.pkid), None);
+    }
+
+    #[test]
+    fn an_acknowledgement_from_an_earlier_session_is_not_written() {
+        // A message of session 0 acknowledged after the broker started
+        // session 1 (the acknowledgement waited in the request channel):
+        // packet id 3 belongs to another message there. Dropped; the same
+        // acknowledgement tagged with the current session is written.
+        let mut mqtt = build_mqttstate();
+        assert_eq!(mqtt.session_generation(), 0);
+        mqtt.new_session();
+        assert_eq!(mqtt.session_generation(), 1);
+        mqtt.events.clear();
+        let stale = Request::AckIn {
+            generation: 0,
+            ack: SessionAck::PubAck(PubAck::new(3)),
+        };
+        assert_eq!(mqtt.handle_outgoing_packet(stale).unwrap(), None);
+        let stale = Request::AckIn {
+            generation: 0,
+            ack: SessionAck::PubRec(PubRec::new(3)),
+        };
+        assert_eq!(mqtt.handle_outgoing_packet(stale).unwrap(), None);
+        assert!(mqtt.events.is_empty(), "{:?}", mqtt.events);
+        let current = Request::AckIn {
+            generation: 1,
+            ack: SessionAck::PubAck(PubAck::new(3)),
+        };
+        assert!(matches!(
+            mqtt.handle_outgoing_packet(current),
+            Ok(Some(Packet::PubAck(a))) if a.pkid == 3
         ));
     }
 

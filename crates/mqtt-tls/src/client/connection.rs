@@ -49,6 +49,10 @@ pub struct Connection {
     /// The application's UNSUBSCRIBEs on this connection awaiting their
     /// UNSUBACK, by packet id.
     unsubscribes: std::collections::HashMap<u16, Vec<String>>,
+    /// UNSUBSCRIBEs to send again on this connection (their UNSUBACK never
+    /// came before the link went) that found the request channel full:
+    /// tried again whenever the event loop takes a request.
+    unsubscribes_unsent: Vec<String>,
 }
 
 /// Counts connections that end within [`STABLE_CONNECTION`] of their
@@ -122,6 +126,7 @@ impl Connection {
             connected_at: None,
             short_lived: ShortLived::default(),
             unsubscribes: std::collections::HashMap::new(),
+            unsubscribes_unsent: Vec::new(),
             max_queued_qos0: options.max_queued_qos0,
             max_queued_bytes: options.max_queued_bytes,
         };
@@ -447,12 +452,23 @@ impl Connection {
                 let mut subs = lock(&self.shared.subscriptions);
                 send_unsent(&self.rumqtt, &self.shared, &mut subs);
             }
+            if !self.unsubscribes_unsent.is_empty()
+                && self.shared.link.connected.load(Ordering::SeqCst)
+            {
+                self.send_unsubscribes();
+            }
         }
         match event {
             Event::Incoming(Incoming::ConnAck(ack)) => {
                 self.connected_at = Some(std::time::Instant::now());
                 if !ack.session_present {
-                    self.shared.link.session.fetch_add(1, Ordering::SeqCst);
+                    // The fork's count of sessions, bumped at this CONNACK:
+                    // messages are acknowledged with it (`ack_in`), so an
+                    // acknowledgement that waited in the request channel
+                    // across a new session is dropped by the event loop,
+                    // not written where its packet id is another message's.
+                    let generation = self.eventloop.session_generation();
+                    self.shared.link.session.store(generation, Ordering::SeqCst);
                 }
                 if self.shared.shutdown.load(Ordering::SeqCst) {
                     // disconnect() came while we were connecting: say
@@ -481,12 +497,10 @@ impl Connection {
                 }
                 // UNSUBSCRIBEs of the old connection get no answer now.
                 self.unsubscribes.clear();
+                self.unsubscribes_unsent =
+                    lock(&self.shared.subscriptions).on_connack_unsubscribing(ack.session_present);
+                self.send_unsubscribes();
                 let mut subs = lock(&self.shared.subscriptions);
-                for filter in subs.on_connack_unsubscribing(ack.session_present) {
-                    if self.rumqtt.try_unsubscribe(&filter).is_err() {
-                        tracing::warn!("could not send the UNSUBSCRIBE of {filter} again");
-                    }
-                }
                 self.shared.link.connected.store(true, Ordering::SeqCst);
                 self.shared.link.changed.notify_waiters();
                 // Every subscription goes out again: a broker that came
@@ -600,6 +614,22 @@ impl Connection {
                 }));
             }
             None => tracing::debug!("message before run(): left unacknowledged"),
+        }
+    }
+
+    /// Sends the UNSUBSCRIBEs still to send again, in order, while the
+    /// request channel has room; a filter subscribed to again meanwhile is
+    /// skipped (its UNSUBSCRIBE would remove the new subscription).
+    fn send_unsubscribes(&mut self) {
+        let subs = lock(&self.shared.subscriptions);
+        while let Some(filter) = self.unsubscribes_unsent.first() {
+            if subs.unsubscribing.contains(filter) && self.rumqtt.try_unsubscribe(filter).is_err() {
+                tracing::debug!(
+                    "the UNSUBSCRIBE of {filter} waits for room in the request channel"
+                );
+                return;
+            }
+            self.unsubscribes_unsent.remove(0);
         }
     }
 

@@ -375,7 +375,7 @@ mod tests {
     use std::sync::atomic::AtomicU64;
     use std::time::Duration;
 
-    use rumqttc_mtls::Request;
+    use rumqttc_mtls::{Request, SessionAck};
 
     use super::*;
     use crate::handler::{Delivery, Message};
@@ -515,7 +515,14 @@ mod tests {
                 .unwrap();
             sent.push(match request {
                 Request::PubAck(a) => Sent::PubAck(a.pkid),
-                Request::PubRec(r) => Sent::PubRec(r.pkid),
+                Request::AckIn {
+                    ack: SessionAck::PubAck(a),
+                    ..
+                } => Sent::PubAck(a.pkid),
+                Request::AckIn {
+                    ack: SessionAck::PubRec(r),
+                    ..
+                } => Sent::PubRec(r.pkid),
                 other => panic!("{}: unexpected request {other:?}", case.name),
             });
         }
@@ -729,8 +736,12 @@ mod tests {
                 .unwrap()
                 .unwrap();
             let first = match first {
-                Request::PubAck(a) => a.pkid,
-                other => panic!("{other:?}"),
+                // Tagged with the session it may be written in.
+                Request::AckIn {
+                    ack: SessionAck::PubAck(a),
+                    generation,
+                } if generation == now => a.pkid,
+                other => panic!("{other:?} (session now {now})"),
             };
             assert_eq!(
                 first,
@@ -794,7 +805,7 @@ mod tests {
                 .unwrap()
                 .unwrap();
             assert!(
-                matches!(&sent, Request::PubRec(r) if r.pkid == 4),
+                matches!(&sent, Request::AckIn { ack: SessionAck::PubRec(r), .. } if r.pkid == 4),
                 "{sent:?}"
             );
             assert_eq!(shared.counters.too_large.load(Ordering::SeqCst), 1);
@@ -894,7 +905,7 @@ mod tests {
         }
         ack.await.unwrap().unwrap();
         assert!(
-            matches!(sent.last(), Some(Request::PubAck(a)) if a.pkid == 1),
+            matches!(sent.last(), Some(Request::AckIn { ack: SessionAck::PubAck(a), .. }) if a.pkid == 1),
             "{sent:?}"
         );
         task.abort();

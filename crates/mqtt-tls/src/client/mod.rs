@@ -288,8 +288,9 @@ const MIN_QUEUED_BYTES: u64 = 1024;
 
 /// Refuses what MQTT cannot carry: a keep-alive that is not whole seconds
 /// or over 65,535 s (CONNECT's 16-bit field: 1.9 s went out as 1 s, and
-/// 65,536 s as 0, no keep-alive at all), and a Last Will topic over 65,535
-/// bytes (written with its length cut).
+/// 65,536 s as 0, no keep-alive at all), and a Last Will topic or payload
+/// or a client id over 65,535 bytes (CONNECT writes each with a 16-bit
+/// length: cut, the packet corrupt on every reconnect).
 fn check_options(options: &ConnectOptions) -> Result<()> {
     let keep_alive = options.keep_alive;
     if keep_alive.subsec_nanos() != 0 || keep_alive.as_secs() > u64::from(u16::MAX) {
@@ -300,6 +301,24 @@ fn check_options(options: &ConnectOptions) -> Result<()> {
     }
     if let Some(will) = &options.last_will {
         crate::topic::check_publish_topic(&will.topic)?;
+        if will.payload.len() > usize::from(u16::MAX) {
+            return Err(Error::InvalidOption {
+                option: "last_will",
+                reason: format!(
+                    "a payload of {} bytes; a Last Will carries at most 65535",
+                    will.payload.len()
+                ),
+            });
+        }
+    }
+    if options.client_id.len() > usize::from(u16::MAX) {
+        return Err(Error::InvalidOption {
+            option: "client_id",
+            reason: format!(
+                "{} bytes; MQTT carries at most 65535",
+                options.client_id.len()
+            ),
+        });
     }
     Ok(())
 }
@@ -341,6 +360,23 @@ mod tests {
             retain: false,
         });
         assert!(check_options(&o).is_err());
+        o.last_will = Some(crate::LastWill {
+            topic: "w".into(),
+            payload: bytes::Bytes::from(vec![0; 65_536]),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        });
+        let err = check_options(&o).unwrap_err().to_string();
+        assert!(
+            err.contains("last_will") && err.contains("65536 bytes"),
+            "{err}"
+        );
+        o.last_will = None;
+        o.client_id = "c".repeat(65_536);
+        let err = check_options(&o).unwrap_err().to_string();
+        assert!(err.contains("client_id"), "{err}");
+        o.client_id = "c".repeat(65_535);
+        assert!(check_options(&o).is_ok());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod bench;
 mod broker;
+mod dist;
 mod fuzz;
 mod provision;
 mod test;
@@ -29,8 +30,8 @@ Tasks:
             fmt --check, clippy -D warnings, cargo deny, the whole test
             suite (OpenSSL and pkilint cross-checks, end-to-end tests against
             a real Mosquitto and PostgreSQL) and cargo doc. Installs what is
-            missing: openssl, mosquitto and postgresql with apt-get (as
-            root), curl, pkilint and schemathesis into venvs under target/,
+            missing: openssl, mosquitto, postgresql, lintian and dpkg-dev
+            with apt-get (as root), curl, pkilint and schemathesis into venvs under target/,
             cargo-deny. Advisories
             come from the live RustSec database, else from the offline copy
             (a git bundle or clone) given by --advisory-db or
@@ -49,6 +50,11 @@ Tasks:
             over its packet limit; checks every acknowledged message is
             stored (or a dead letter) and memory stayed bounded (cargo xtask
             test runs it for 20 s)
+  dist [--out DIR]
+            stripped release binaries (debug information apart) and Debian
+            packages for provision, mqtt-ingest and the broker plugin, with
+            hardened systemd units (out: target/dist); installs lintian,
+            dpkg-dev and binutils when missing
   fuzz [--seconds N] [TARGET...]
             the cargo-fuzz targets in fuzz/ (key, csr, certificate, crl,
             manifest), N seconds each (default 60); installs cargo-fuzz
@@ -64,6 +70,7 @@ fn main() -> ExitCode {
         Some("provision") => provision::run(&args[1..]),
         Some("fuzz") => fuzz::run(&args[1..]),
         Some("soak") => broker::soak(&args[1..]),
+        Some("dist") => dist::run(&args[1..]),
         None | Some("help" | "--help" | "-h") => {
             print!("{HELP}");
             Ok(())

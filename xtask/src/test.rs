@@ -27,6 +27,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let pkilint = tools::pkilint()?;
     let schemathesis = tools::schemathesis()?;
     tools::curl()?;
+    // The packaging suite (provision's tests/packaging.rs).
+    tools::packaging()?;
     let totals = sh_counting_tests(
         cargo()
             .args(["test", "--workspace", "--features", broker::EXTERNAL_TOOLS])

@@ -49,6 +49,27 @@ pub(crate) fn openssl() -> Result<PathBuf, String> {
     which("openssl").ok_or_else(|| "openssl is still not on PATH after installing it".into())
 }
 
+/// What building and checking the Debian packages takes: `lintian`,
+/// `dpkg-shlibdeps` (dpkg-dev), `objcopy` (binutils) and `systemd-analyze`
+/// (systemd), installed when missing.
+pub(crate) fn packaging() -> Result<(), String> {
+    let missing: Vec<&str> = [
+        ("lintian", "lintian"),
+        ("dpkg-shlibdeps", "dpkg-dev"),
+        ("objcopy", "binutils"),
+        ("systemd-analyze", "systemd"),
+    ]
+    .into_iter()
+    .filter(|(program, _)| which(program).is_none())
+    .map(|(_, package)| package)
+    .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        apt_install(&missing)
+    }
+}
+
 /// GNU time (`/usr/bin/time`: a child's peak memory), installing Debian's
 /// `time` when missing.
 pub(crate) fn gnu_time() -> Result<PathBuf, String> {

@@ -37,6 +37,9 @@ pub struct Inputs {
     /// xz-compress the packages (`dist`); else gzip at its fastest (the
     /// tests: Debian requires compression of some kind).
     pub compress: bool,
+    /// Keep each stripped file's debug information beside the packages
+    /// (`dist`); the tests only strip.
+    pub separate_debug: bool,
 }
 
 /// One package built.
@@ -262,7 +265,9 @@ fn build_one(inputs: &Inputs, out: &Path, arch: &str, spec: &Spec) -> Result<Bui
         std::fs::remove_dir_all(&root).map_err(io(&root))?;
     }
     let debug_dir = out.join("debug");
-    std::fs::create_dir_all(&debug_dir).map_err(io(&debug_dir))?;
+    if inputs.separate_debug {
+        std::fs::create_dir_all(&debug_dir).map_err(io(&debug_dir))?;
+    }
     let mut debug = Vec::new();
     let mut elves = Vec::new();
     let mut units = Vec::new();
@@ -275,21 +280,22 @@ fn build_one(inputs: &Inputs, out: &Path, arch: &str, spec: &Spec) -> Result<Bui
         match &file.source {
             Source::Elf(name) => {
                 let from = inputs.bin_dir.join(name);
-                let symbols = debug_dir.join(format!("{name}.debug"));
-                run(Command::new("objcopy")
-                    .arg("--only-keep-debug")
-                    .arg(&from)
-                    .arg(&symbols))?;
-                run(Command::new("objcopy")
-                    .args([
-                        "--strip-unneeded",
-                        "--remove-section=.comment",
-                        "--remove-section=.note",
-                    ])
-                    .arg(format!("--add-gnu-debuglink={}", symbols.display()))
-                    .arg(&from)
-                    .arg(&dest))?;
-                debug.push(symbols);
+                let mut strip = Command::new("objcopy");
+                strip.args([
+                    "--strip-unneeded",
+                    "--remove-section=.comment",
+                    "--remove-section=.note",
+                ]);
+                if inputs.separate_debug {
+                    let symbols = debug_dir.join(format!("{name}.debug"));
+                    run(Command::new("objcopy")
+                        .arg("--only-keep-debug")
+                        .arg(&from)
+                        .arg(&symbols))?;
+                    strip.arg(format!("--add-gnu-debuglink={}", symbols.display()));
+                    debug.push(symbols);
+                }
+                run(strip.arg(&from).arg(&dest))?;
                 elves.push(dest.clone());
             }
             Source::Tree(path) => {

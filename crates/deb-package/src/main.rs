@@ -46,6 +46,7 @@ fn run() -> Result<(), String> {
         source_dir,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         compress,
+        separate_debug: true,
     };
     let built = deb_package::build_all(&inputs, &out).map_err(|e| e.to_string())?;
     let bin = out.join("bin");

@@ -40,6 +40,8 @@ pub(crate) enum Step {
     Lifecycle,
     /// The broker plugin against Mosquitto's acl_file.
     Plugin,
+    /// Release binaries: sizes as built and stripped, start-up time.
+    Binaries,
 }
 
 /// What `all` runs and with which peers.
@@ -228,6 +230,16 @@ pub(crate) fn run(args: &AllArgs) -> anyhow::Result<Results> {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         results.plugin = median_by(runs, |r| r.throughput_ratio);
+    }
+
+    // 9. What ships: sizes and start-up.
+    if wanted(Step::Binaries) {
+        let me = std::env::current_exe().context("finding mqtt-bench's own path")?;
+        let dir = me.parent().context("mqtt-bench's folder")?;
+        results.binaries = Some(step::<crate::results::Binaries>(&[
+            "binaries".into(),
+            dir.as_os_str().to_owned(),
+        ])?);
     }
 
     for dir in scratch {

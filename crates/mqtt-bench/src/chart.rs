@@ -118,6 +118,15 @@ pub(crate) fn targets(results: &Results) -> Vec<Row> {
     if let Some(ingest) = &results.ingest {
         row("ingest stored/s / mosquitto_sub", ingest.ratio, 0.9);
     }
+    if let Some(binaries) = &results.binaries {
+        for binary in &binaries.binaries {
+            row(
+                &format!("{} stripped: 25 MB / size", binary.name),
+                25e6 / binary.stripped_bytes as f64,
+                1.0,
+            );
+        }
+    }
     // One command on a large CA against an empty one (target: within 2×,
     // under 50 MB).
     if let Some(store) = &results.store {

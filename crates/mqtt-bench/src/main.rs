@@ -9,6 +9,7 @@
 //! in release builds; see `docs/benchmarks.md` for the figures.
 
 mod all;
+mod binaries;
 mod chart;
 mod connects;
 mod fleet;
@@ -124,6 +125,9 @@ enum Cmd {
     /// connects, the cost of a decision, and a CRL of CRL_ENTRIES serials
     /// reloaded mid-stream.
     Plugin { count: usize, crl_entries: usize },
+    /// Sizes (as built, stripped) and start-up times of the release
+    /// binaries in DIR.
+    Binaries { dir: PathBuf },
     /// issue/revoke/verify/list --name on an empty CA and one with N
     /// identities.
     Store {
@@ -200,6 +204,7 @@ fn main() -> anyhow::Result<()> {
             time_bin,
             identities,
         } => print(&store::run(&provision_bin, &time_bin, identities)?),
+        Cmd::Binaries { dir } => print(&binaries::run(&dir)?),
     }
 }
 

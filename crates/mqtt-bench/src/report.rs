@@ -56,6 +56,9 @@ pub(crate) fn render(r: &Results) -> String {
     if let Some(plugin) = &r.plugin {
         sections.push(self::plugin(plugin));
     }
+    if let Some(binaries) = &r.binaries {
+        sections.push(self::binaries(binaries));
+    }
     sections.join("\n")
 }
 
@@ -71,6 +74,7 @@ fn header(r: &Results) -> String {
         ("storm", r.storm.is_none()),
         ("lifecycle", r.lifecycle.is_none()),
         ("plugin", r.plugin.is_none()),
+        ("binaries", r.binaries.is_none()),
     ]
     .into_iter()
     .filter_map(|(name, missing)| missing.then_some(name))
@@ -284,6 +288,33 @@ fn connects(c: Option<&Connects>, idle: Option<&Idle>) -> String {
              client's own `ClientConfig` (its certificate and key), and malloc's overhead.\n",
             ic = idle.count,
             ik = idle.kb_per_connection,
+        );
+    }
+    out
+}
+
+fn binaries(b: &crate::results::Binaries) -> String {
+    let mb = |bytes: u64| bytes as f64 / 1e6;
+    let ms = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |v| format!("{v:.1} ms"));
+    let mut out = String::from(
+        "## What ships: binary sizes and start-up
+
+         The release build (`debug = \"line-tables-only\"`), and stripped as `cargo xtask
+         dist` ships it (its debug information in a separate file; target: under 25 MB
+         each). Start-up is `--version` from exec to exit, median of 5: cold with the
+         binary's pages dropped from the page cache first, warm right after.
+
+         | binary | as built | stripped | cold start | warm start |\n| --- | --- | --- | --- | --- |\n",
+    );
+    for binary in &b.binaries {
+        let _ = writeln!(
+            out,
+            "| `{}` | {:.1} MB | {:.1} MB | {} | {} |",
+            binary.name,
+            mb(binary.built_bytes),
+            mb(binary.stripped_bytes),
+            ms(binary.cold_start_ms),
+            ms(binary.warm_start_ms),
         );
     }
     out

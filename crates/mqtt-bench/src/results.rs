@@ -43,6 +43,8 @@ pub(crate) struct Results {
     pub(crate) lifecycle: Option<Lifecycle>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) plugin: Option<Plugin>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) binaries: Option<Binaries>,
 }
 
 impl Results {
@@ -63,6 +65,7 @@ impl Results {
             storm: None,
             lifecycle: None,
             plugin: None,
+            binaries: None,
         }
     }
 
@@ -311,6 +314,24 @@ pub(crate) struct Connects {
     pub(crate) paho_per_second: f64,
     /// Ours (sequential) over Python's `ssl`.
     pub(crate) ratio_vs_python: f64,
+}
+
+/// `mqtt-bench binaries`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Binaries {
+    pub(crate) binaries: Vec<Binary>,
+}
+
+/// One release binary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Binary {
+    pub(crate) name: String,
+    pub(crate) built_bytes: u64,
+    pub(crate) stripped_bytes: u64,
+    /// `--version` from exec to exit, its pages not in the page cache
+    /// (programs only).
+    pub(crate) cold_start_ms: Option<f64>,
+    pub(crate) warm_start_ms: Option<f64>,
 }
 
 /// `mqtt-bench idle`.

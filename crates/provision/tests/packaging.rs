@@ -50,6 +50,7 @@ fn build() -> Built {
             source_dir: source_dir(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             compress: false,
+            separate_debug: false,
         },
         tmp.path(),
     )

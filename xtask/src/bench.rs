@@ -39,8 +39,13 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         "mqtt-ingest",
         "-p",
         "provision",
+        // The binaries step sizes the plugin too.
+        "-p",
+        "mosquitto-plugin",
     ]))?;
     tools::mosquitto()?;
+    // objcopy, for the stripped sizes.
+    tools::packaging()?;
     let openssl = tools::openssl()?;
     let time = tools::gnu_time()?;
     let python = tools::bench_python()?;

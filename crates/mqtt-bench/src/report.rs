@@ -426,6 +426,8 @@ mod tests {
             "| QoS 1, `mosquitto_pub -l` → `mosquitto_sub`, 10000 messages, msg/s | 9500 | 10000 | 0.95 |\n",
             "One decision (a delivery's READ or a PUBLISH's WRITE on the default rules): 120 ns.\n",
             "deliveries was 50 ms from the change on (target: 100 ms; before it 10 ms),\n",
+            "| `provision` | 100.0 MB | 18.5 MB | 12.5 ms | 1.5 ms |\n",
+            "| `libmqtt_mtls_auth.so` | 18.0 MB | 1.0 MB | – | – |\n",
         ] {
             assert!(doc.contains(line), "no {line:?} in\n{doc}");
         }
@@ -440,6 +442,7 @@ mod tests {
             "## mTLS connections",
             "## A fleet connecting at once",
             "## Enrollment and renewal over MQTT",
+            "## What ships",
         ]
         .map(|h| doc.find(h).unwrap_or_else(|| panic!("no {h:?} in\n{doc}")));
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
@@ -459,6 +462,7 @@ mod tests {
             "| large CA, one command: 50 MB / ours | 0.83× | 1× | **missed** |\n",
             "| ingest stored/s / mosquitto_sub | 0.95× | 0.9× | met |\n",
             "| 1,000 renew while publishing: 10 s / ours (0 if any lost) | 2.00× | 1× | met |\n",
+            "| provision stripped: 25 MB / size | 1.35× | 1× | met |\n",
         ] {
             assert!(doc.contains(line), "no {line:?} in\n{doc}");
         }
@@ -476,7 +480,7 @@ mod tests {
         assert!(doc.contains("medians of 3 run(s)"), "{doc}");
         assert!(
             doc.contains(
-                "Not run this time: fleet, store, ingest, throughput, connects, idle, storm, lifecycle, plugin.\n"
+                "Not run this time: fleet, store, ingest, throughput, connects, idle, storm, lifecycle, plugin, binaries.\n"
             ),
             "{doc}"
         );

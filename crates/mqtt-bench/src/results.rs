@@ -546,6 +546,24 @@ pub(crate) mod tests {
             reload_max_gap_ms: 50.0,
             broker_reloaded: true,
         });
+        r.binaries = Some(Binaries {
+            binaries: vec![
+                Binary {
+                    name: "provision".into(),
+                    built_bytes: 100_000_000,
+                    stripped_bytes: 18_500_000,
+                    cold_start_ms: Some(12.5),
+                    warm_start_ms: Some(1.5),
+                },
+                Binary {
+                    name: "libmqtt_mtls_auth.so".into(),
+                    built_bytes: 18_000_000,
+                    stripped_bytes: 1_000_000,
+                    cold_start_ms: None,
+                    warm_start_ms: None,
+                },
+            ],
+        });
         r
     }
 

@@ -99,6 +99,8 @@ enum Source {
     Tree(&'static str),
     /// `provision man`'s output, gzipped.
     ManPage(&'static str),
+    /// An empty folder (where the operator puts configuration).
+    Dir,
 }
 
 struct Entry {
@@ -186,6 +188,8 @@ fn specs() -> Vec<Spec> {
             extra_depends: &["adduser"],
             files: vec![
                 entry("usr/bin/mqtt-ingest", Source::Elf("mqtt-ingest"), 0o755),
+                // NAME.toml and NAME.env of each instance go here.
+                entry("etc/mqtt-ingest", Source::Dir, 0o755),
                 unit(
                     "mqtt-ingest@.service",
                     "packaging/systemd/mqtt-ingest@.service",
@@ -277,6 +281,11 @@ fn build_one(inputs: &Inputs, out: &Path, arch: &str, spec: &Spec) -> Result<Bui
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(io(parent))?;
         }
+        if matches!(file.source, Source::Dir) {
+            std::fs::create_dir_all(&dest).map_err(io(&dest))?;
+            set_mode(&dest, file.mode)?;
+            continue;
+        }
         match &file.source {
             Source::Elf(name) => {
                 let from = inputs.bin_dir.join(name);
@@ -302,6 +311,7 @@ fn build_one(inputs: &Inputs, out: &Path, arch: &str, spec: &Spec) -> Result<Bui
                 let from = inputs.source_dir.join(path);
                 std::fs::copy(&from, &dest).map_err(io(&from))?;
             }
+            Source::Dir => {}
             Source::ManPage(name) => {
                 let page = run(Command::new(inputs.bin_dir.join(name)).arg("man"))?;
                 std::fs::write(&dest, gzip(&page, &dest)?).map_err(io(&dest))?;
@@ -363,12 +373,22 @@ fn build_one(inputs: &Inputs, out: &Path, arch: &str, spec: &Spec) -> Result<Bui
     if !conffiles.is_empty() {
         write(&control_dir.join("conffiles"), &conffiles, 0o644)?;
     }
-    if let Some((user, home, _)) = spec.user {
+    // The units by name, a template's instances as a pattern.
+    let unit_names: Vec<String> = units
+        .iter()
+        .filter_map(|u| u.file_name().and_then(|n| n.to_str()))
+        .map(|n| n.replace("@.", "@*."))
+        .collect();
+    if spec.user.is_some() || !unit_names.is_empty() {
         write(
             &control_dir.join("postinst"),
-            &postinst(spec.name, user, home),
+            &postinst(spec.name, spec.user, &unit_names),
             0o755,
         )?;
+    }
+    if !unit_names.is_empty() {
+        write(&control_dir.join("prerm"), &prerm(&unit_names), 0o755)?;
+        write(&control_dir.join("postrm"), &postrm(&unit_names), 0o755)?;
     }
     write(&control_dir.join("md5sums"), &md5sums(&root)?, 0o644)?;
 
@@ -544,20 +564,78 @@ fn changelog_text(name: &str, version: &str) -> Result<String> {
     ))
 }
 
-/// Creates the package's system user at configure time: `systemd-sysusers`
-/// from its `sysusers.d` file, else `adduser`.
-fn postinst(package: &str, user: &str, home: &str) -> String {
+/// At configure time: the package's system user (`systemd-sysusers` from
+/// its `sysusers.d` file, else `adduser`); systemd told of the units, and
+/// on an upgrade (`$2`, the version before) the running ones restarted on
+/// the new binary. Nothing is enabled: the operator configures first.
+fn postinst(package: &str, user: Option<(&str, &str, &str)>, units: &[String]) -> String {
+    let mut script = String::from("#!/bin/sh\nset -e\nif [ \"$1\" = configure ]; then\n");
+    if let Some((user, home, _)) = user {
+        let _ = write!(
+            script,
+            "    if command -v systemd-sysusers >/dev/null 2>&1; then\n        \
+                     systemd-sysusers {package}.conf\n    \
+                 elif ! getent passwd {user} >/dev/null; then\n        \
+                     adduser --system --group --home {home} --no-create-home {user}\n    \
+                 fi\n"
+        );
+    }
+    if !units.is_empty() {
+        let _ = write!(
+            script,
+            "    if [ -d /run/systemd/system ]; then\n        \
+                     systemctl --system daemon-reload >/dev/null || true\n        \
+                     if [ -n \"$2\" ]; then\n            \
+                         systemctl try-restart {units} >/dev/null || true\n        \
+                     fi\n    \
+                 fi\n",
+            units = quoted(units)
+        );
+    }
+    script.push_str("fi\n");
+    script
+}
+
+/// On removal (not on upgrade): the package's services stopped.
+fn prerm(units: &[String]) -> String {
     format!(
-        "#!/bin/sh\n\
-         set -e\n\
-         if [ \"$1\" = configure ]; then\n    \
-             if command -v systemd-sysusers >/dev/null 2>&1; then\n        \
-                 systemd-sysusers {package}.conf\n    \
-             elif ! getent passwd {user} >/dev/null; then\n        \
-                 adduser --system --group --home {home} --no-create-home {user}\n    \
-             fi\n\
-         fi\n"
+        "#!/bin/sh\nset -e\n\
+         if [ \"$1\" = remove ] && [ -d /run/systemd/system ]; then\n    \
+             systemctl stop {units} >/dev/null || true\n\
+         fi\n",
+        units = quoted(units)
     )
+}
+
+/// After removal: systemd told; on purge, the units' enablement links gone.
+fn postrm(units: &[String]) -> String {
+    let plain: Vec<String> = units.iter().filter(|u| !u.contains('*')).cloned().collect();
+    let mut script = String::from(
+        "#!/bin/sh\nset -e\n\
+         if [ -d /run/systemd/system ]; then\n    \
+             systemctl --system daemon-reload >/dev/null || true\n\
+         fi\n",
+    );
+    if !plain.is_empty() {
+        let _ = write!(
+            script,
+            "if [ \"$1\" = purge ] && command -v deb-systemd-helper >/dev/null 2>&1; then\n    \
+                 deb-systemd-helper purge {units} >/dev/null || true\n\
+             fi\n",
+            units = quoted(&plain)
+        );
+    }
+    script
+}
+
+/// Unit names for a shell command line, each in single quotes (a template
+/// pattern must reach systemctl unexpanded).
+fn quoted(units: &[String]) -> String {
+    units
+        .iter()
+        .map(|u| format!("'{u}'"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -579,11 +657,35 @@ mod tests {
     }
 
     #[test]
-    fn the_postinst_makes_the_user_only_when_configuring() {
-        let script = postinst("mqtt-mtls-provision", "mqtt-mtls", "/var/lib/mqtt-mtls");
-        assert!(script.starts_with("#!/bin/sh\nset -e\n"));
-        assert!(script.contains("if [ \"$1\" = configure ]"));
+    fn the_maintainer_scripts_make_the_user_and_keep_systemd_told() {
+        let units = [
+            "provision-serve.service".to_owned(),
+            "mqtt-ingest@*.service".to_owned(),
+        ];
+        let script = postinst(
+            "mqtt-mtls-provision",
+            Some(("mqtt-mtls", "/var/lib/mqtt-mtls", "CA")),
+            &units,
+        );
+        assert!(script.starts_with("#!/bin/sh\nset -e\nif [ \"$1\" = configure ]; then\n"));
         assert!(script.contains("systemd-sysusers mqtt-mtls-provision.conf"));
         assert!(script.contains("--home /var/lib/mqtt-mtls --no-create-home mqtt-mtls"));
+        assert!(
+            script.contains(
+                "systemctl try-restart 'provision-serve.service' 'mqtt-ingest@*.service'"
+            )
+        );
+        assert!(script.ends_with("fi\n"));
+        assert!(prerm(&units).contains("[ \"$1\" = remove ]"));
+        let postrm = postrm(&units);
+        assert!(postrm.contains("deb-systemd-helper purge 'provision-serve.service' >"));
+        // Each parses as a shell script.
+        for script in [script, prerm(&units), postrm] {
+            let out = Command::new("sh")
+                .args(["-n", "-c", &script])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{script}");
+        }
     }
 }

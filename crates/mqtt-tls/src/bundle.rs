@@ -406,7 +406,7 @@ fn private_key(
                 path: path.to_owned(),
                 reason:
                     "the key is encrypted: name the environment variable holding its passphrase \
-                         (passphrase_env in a bundle, --passphrase-env VAR with provision)"
+                         (passphrase_env in a bundle, --key-passphrase-env VAR with provision)"
                         .into(),
             });
         };

@@ -36,10 +36,27 @@ pub const CONCEPTS: &[(&str, &[&str])] = &[
     ("client-id", &["id", "clientid", "client"]),
     ("db", &["database", "database-url", "db-url"]),
     ("topic", &["topics", "filter", "filters"]),
+    // The CA key's passphrase, and the identity's own key's.
     (
         "passphrase-env",
-        &["pass-env", "password-env", "passphrase-var", "pass-var"],
+        &[
+            "pass-env",
+            "password-env",
+            "passphrase-var",
+            "pass-var",
+            "ca-passphrase-env",
+        ],
     ),
+    (
+        "key-passphrase-env",
+        &[
+            "client-passphrase-env",
+            "identity-passphrase-env",
+            "key-pass-env",
+        ],
+    ),
+    ("crl-days", &["crl-validity-days", "crl-valid-days"]),
+    ("crl-lifetime", &["lifetime", "crl-validity"]),
     (
         "key-type",
         &["algorithm", "alg", "key-algorithm", "key-alg"],

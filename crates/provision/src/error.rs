@@ -69,7 +69,7 @@ pub enum Error {
     /// The CA directory has no CA.
     #[error(
         "no CA in {dir} (looked for {dir}/root_ca_cert.pem, from {cwd}): give the CA folder \
-         with --ca-dir DIR, or make a new CA there with `provision init-ca --dir {dir}`",
+         with --ca-dir DIR, or make a new CA there with `provision init-ca --ca-dir {dir}`",
         dir = dir.display(),
         cwd = std::env::current_dir().map_or_else(|_| "?".into(), |d| d.display().to_string())
     )]

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
+    let format = cli.log_format;
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // The reader went away (`provision list | head`): nothing to say.
@@ -38,7 +39,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            service_log::fatal(format, &one_line(&e));
             ExitCode::FAILURE
         }
     }

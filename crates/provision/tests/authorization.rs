@@ -653,6 +653,7 @@ fn a_crl_is_renewed_before_it_lapses() {
     let d = tmp.path();
     // The short-lived CRL first, so that it is the only one the broker ever
     // loads (Mosquitto 2.0 keeps every CRL it loaded).
+    // `--lifetime`: the old spelling of `--crl-lifetime`, a hidden alias.
     ok(d, &["crl", "--lifetime", "8s"]);
     let (_broker, port) = start_broker(d);
     let crl = |d: &Path| {
@@ -673,13 +674,13 @@ fn a_crl_is_renewed_before_it_lapses() {
         serde_json::from_str(&ok(d, &all)).unwrap()
     };
     assert_eq!(
-        json(&["crl", "--if-due", "--lifetime", "8s"])["written"],
+        json(&["crl", "--if-due", "--crl-lifetime", "8s"])["written"],
         false
     );
     // Past half its lifetime it is signed again (a timer would run this).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        if json(&["crl", "--if-due", "--lifetime", "8s"])["written"] == true {
+        if json(&["crl", "--if-due", "--crl-lifetime", "8s"])["written"] == true {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "never due");

@@ -98,7 +98,7 @@ fn refusals() {
     let e = fails(d, &["issue", "client", "c1"], 1);
     assert!(
         e.contains("no CA in root_cert (looked for root_cert/root_ca_cert.pem, from ")
-            && e.contains("give the CA folder with --ca-dir DIR, or make a new CA there with `provision init-ca --dir root_cert`"),
+            && e.contains("give the CA folder with --ca-dir DIR, or make a new CA there with `provision init-ca --ca-dir root_cert`"),
         "{e}"
     );
 
@@ -606,7 +606,7 @@ fn verify_checks_the_ca_folders_crl_by_default() {
     );
     // A CRL past its nextUpdate says nothing reliable: refused, with the
     // opt-out named.
-    ok(d, &["crl", "--lifetime", "1s"]);
+    ok(d, &["crl", "--crl-lifetime", "1s"]);
     std::thread::sleep(std::time::Duration::from_millis(2_100));
     let e = fails(d, &["verify", "backend_certs/good_cert.pem"], 1);
     assert!(e.contains("out of date") && e.contains("--no-crl"), "{e}");

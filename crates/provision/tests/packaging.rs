@@ -156,7 +156,8 @@ fn lintian_reports_no_error() {
     );
     let ingest = listing("mqtt-mtls-ingest");
     assert!(
-        ingest.contains("./usr/lib/systemd/system/mqtt-ingest@.service"),
+        ingest.contains("./usr/lib/systemd/system/mqtt-ingest@.service")
+            && ingest.contains("./etc/mqtt-ingest/\n"),
         "{ingest}"
     );
     let plugin = listing("mqtt-mtls-mosquitto-plugin");
@@ -367,23 +368,34 @@ fn the_crl_unit_runs_as_written() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("wrote root_cert/crl.pem"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    // The journal gets JSON from it too: the outcome on standard output.
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(outcome["written"], true, "{outcome}");
+    assert!(state.path().join("root_cert/crl.pem").is_file());
+    let log = String::from_utf8_lossy(&out.stderr);
+    if !log.trim().is_empty() {
+        assert_json_log(&log);
+    }
 }
 
 #[test]
 fn the_serve_unit_runs_as_written() {
     let built = build();
     let provision = built.package("mqtt-mtls-provision");
+    // The state folder private (0700, as StateDirectoryMode says); the
+    // broker's folder apart, where the broker can read it (README, Install:
+    // /etc/mosquitto/mqtt-mtls).
     let state = tempfile::tempdir().unwrap();
     let d = state.path();
+    let broker_dir = tempfile::tempdir().unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(broker_dir.path(), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
     }
+    let broker_out = broker_dir.path().join("mqtt-mtls");
     ok(d, &["init-ca", "--cn", "Packaged Root"]);
     ok(d, &["issue", "server", "broker", "--dns", "localhost"]);
     ok(
@@ -396,7 +408,7 @@ fn the_serve_unit_runs_as_written() {
         &[
             "broker-config",
             "--out",
-            "broker",
+            broker_out.to_str().unwrap(),
             "--port",
             &port.to_string(),
             "--bind",
@@ -405,8 +417,8 @@ fn the_serve_unit_runs_as_written() {
             &enroll.to_string(),
         ],
     );
-    let _main = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), port);
-    let _enroll = Mosquitto::with_config(&d.join("broker/enroll.conf"), enroll);
+    let _main = Mosquitto::with_config(&broker_out.join("mosquitto.conf"), port);
+    let _enroll = Mosquitto::with_config(&broker_out.join("enroll.conf"), enroll);
 
     let unit = read_unit(
         &provision
@@ -482,10 +494,15 @@ fn the_ingest_unit_runs_as_written() {
     )
     .unwrap();
     let http = free_port();
-    let config = d.join("config.toml");
+    // As the example says: NAME is the instance; the file goes in the
+    // configuration folder, apart from the state.
+    let etc = tempfile::tempdir().unwrap();
+    let config = etc.path().join("site.toml");
     std::fs::write(
         &config,
         example
+            .replace("NAME", "site")
+            .replace("/var/lib/mqtt-ingest/site", d.to_str().unwrap())
             .replace("port = 8883", &format!("port = {}", broker.port))
             .replace("127.0.0.1:8080", &format!("127.0.0.1:{http}")),
     )
@@ -508,10 +525,22 @@ fn the_ingest_unit_runs_as_written() {
     let mut running = Ingest::spawn(&mut command(&unit, &[], &paths, d));
     assert!(
         d.join("ingest.db").is_file(),
-        "the database is in the working directory"
+        "the database is in the state folder"
     );
     assert!(running.terminate(), "{}", running.log());
     assert_json_log(&running.log());
+    // A failure to start says why in JSON as well (here: its identity is
+    // gone).
+    std::fs::remove_file(d.join("ingest.key")).unwrap();
+    let failed = command(&unit, &[], &paths, d).output().unwrap();
+    assert!(!failed.status.success());
+    let log = String::from_utf8_lossy(&failed.stderr);
+    assert_json_log(&log);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"level\":\"ERROR\"") && l.contains("ingest.key")),
+        "{log}"
+    );
 }
 
 fn get(port: u16, path: &str) -> String {

@@ -83,6 +83,16 @@ pub fn init(format: LogFormat, default_filter: &str) -> Result<(), Error> {
     set.map_err(|e| Error::AlreadySet(e.to_string()))
 }
 
+/// Says why the program stops, as its log does: a JSON line at level
+/// ERROR (target `main`) in [`LogFormat::Json`], else `error: MESSAGE` on
+/// standard error, so that a journal of JSON lines stays JSON to the end.
+pub fn fatal(format: LogFormat, message: &str) {
+    match format {
+        LogFormat::Json => tracing::error!(target: "main", "{message}"),
+        LogFormat::Text => eprintln!("error: {message}"),
+    }
+}
+
 /// The JSON line format (see the crate's documentation).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct JsonLines;

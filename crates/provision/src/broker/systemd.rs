@@ -44,7 +44,7 @@ pub fn write_systemd_units(
          Type=oneshot\n\
          WorkingDirectory={work}\n\
          EnvironmentFile={env}/etc/provision/ca.env\n\
-         ExecStart={provision} crl --if-due --lifetime {lifetime} --ca-dir {ca}\n",
+         ExecStart={provision} crl --if-due --crl-lifetime {lifetime} --ca-dir {ca}\n",
         // A path setting, not a command line: no quotes, `%` doubled.
         work = work.display().to_string().replace('%', "%%"),
         provision = quoted(provision),

@@ -334,12 +334,17 @@ pub(crate) struct CrlArgs {
     /// Where to write it.
     #[arg(long)]
     pub(crate) out: Option<PathBuf>,
-    /// Days until nextUpdate.
-    #[arg(long, default_value_t = 30, conflicts_with = "lifetime")]
-    pub(crate) days: u32,
-    /// Time until nextUpdate with a unit: 30s, 15m, 12h, 7d.
-    #[arg(long, value_parser = parse_lifetime)]
-    pub(crate) lifetime: Option<std::time::Duration>,
+    /// Days until the CRL's nextUpdate.
+    #[arg(
+        long,
+        alias = "days",
+        default_value_t = 30,
+        conflicts_with = "crl_lifetime"
+    )]
+    pub(crate) crl_days: u32,
+    /// Time until the CRL's nextUpdate with a unit: 30s, 15m, 12h, 7d.
+    #[arg(long, alias = "lifetime", value_parser = parse_lifetime)]
+    pub(crate) crl_lifetime: Option<std::time::Duration>,
     /// Sign a new CRL only when the current one is past half its lifetime
     /// (or missing): for a timer, so that the CRL never lapses.
     #[arg(long)]
@@ -704,8 +709,13 @@ pub(crate) struct IdentityArgs {
     pub(crate) bundle: Option<PathBuf>,
     /// The environment variable holding the client key's passphrase (for
     /// an encrypted key; a bundle file says it with `passphrase_env`).
-    #[arg(long, value_name = "VAR", conflicts_with = "bundle")]
-    pub(crate) passphrase_env: Option<String>,
+    #[arg(
+        long,
+        alias = "passphrase-env",
+        value_name = "VAR",
+        conflicts_with = "bundle"
+    )]
+    pub(crate) key_passphrase_env: Option<String>,
 }
 
 #[derive(Args)]
@@ -870,7 +880,7 @@ impl IdentityArgs {
                     .relative_to(file.parent().unwrap_or(Path::new(".")))
             }
             (None, Some(cert), Some(key), Some(ca)) => ClientCert {
-                passphrase_env: self.passphrase_env.clone(),
+                passphrase_env: self.key_passphrase_env.clone(),
                 ..ClientCert::new(cert, key, ca)
             },
             _ => bail!("give --cert, --key and --ca, or --bundle FILE.toml"),

@@ -394,9 +394,9 @@ pub(crate) fn crl(args: CrlArgs) -> anyhow::Result<CrlWritten> {
         }
     }
     let (dir, ca) = args.ca.load()?;
-    let lifetime = args
-        .lifetime
-        .unwrap_or(Duration::from_secs(u64::from(args.days.max(1)) * 86_400));
+    let lifetime = args.crl_lifetime.unwrap_or(Duration::from_secs(
+        u64::from(args.crl_days.max(1)) * 86_400,
+    ));
     let inventory = Inventory::open(&dir)?;
     let mut locked = inventory.lock(&ca)?;
     let crl = write_crl(&mut locked, &out, lifetime)?;

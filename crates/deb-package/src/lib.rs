@@ -585,8 +585,8 @@ fn postinst(package: &str, user: Option<(&str, &str, &str)>, units: &[String]) -
             script,
             "    if [ -d /run/systemd/system ]; then\n        \
                      systemctl --system daemon-reload >/dev/null || true\n        \
-                     if [ -n \"$2\" ]; then\n            \
-                         systemctl try-restart {units} >/dev/null || true\n        \
+                     if [ -n \"$2\" ] && command -v deb-systemd-invoke >/dev/null 2>&1; then\n            \
+                         deb-systemd-invoke try-restart {units} >/dev/null || true\n        \
                      fi\n    \
                  fi\n",
             units = quoted(units)
@@ -600,8 +600,9 @@ fn postinst(package: &str, user: Option<(&str, &str, &str)>, units: &[String]) -
 fn prerm(units: &[String]) -> String {
     format!(
         "#!/bin/sh\nset -e\n\
-         if [ \"$1\" = remove ] && [ -d /run/systemd/system ]; then\n    \
-             systemctl stop {units} >/dev/null || true\n\
+         if [ \"$1\" = remove ] && [ -d /run/systemd/system ] \
+             && command -v deb-systemd-invoke >/dev/null 2>&1; then\n    \
+             deb-systemd-invoke stop {units} >/dev/null || true\n\
          fi\n",
         units = quoted(units)
     )
@@ -670,11 +671,9 @@ mod tests {
         assert!(script.starts_with("#!/bin/sh\nset -e\nif [ \"$1\" = configure ]; then\n"));
         assert!(script.contains("systemd-sysusers mqtt-mtls-provision.conf"));
         assert!(script.contains("--home /var/lib/mqtt-mtls --no-create-home mqtt-mtls"));
-        assert!(
-            script.contains(
-                "systemctl try-restart 'provision-serve.service' 'mqtt-ingest@*.service'"
-            )
-        );
+        assert!(script.contains(
+            "deb-systemd-invoke try-restart 'provision-serve.service' 'mqtt-ingest@*.service'"
+        ));
         assert!(script.ends_with("fi\n"));
         assert!(prerm(&units).contains("[ \"$1\" = remove ]"));
         let postrm = postrm(&units);

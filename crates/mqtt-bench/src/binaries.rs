@@ -80,6 +80,9 @@ pub(crate) fn run(dir: &Path) -> anyhow::Result<Binaries> {
 fn start(path: &Path, cold: bool) -> anyhow::Result<f64> {
     if cold {
         let file = std::fs::File::open(path)?;
+        // Dirty pages (a copy just written) cannot be dropped: written
+        // back first.
+        file.sync_all()?;
         rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed)
             .with_context(|| format!("evicting {} from the page cache", path.display()))?;
     }

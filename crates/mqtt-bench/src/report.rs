@@ -297,13 +297,11 @@ fn binaries(b: &crate::results::Binaries) -> String {
     let mb = |bytes: u64| bytes as f64 / 1e6;
     let ms = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |v| format!("{v:.1} ms"));
     let mut out = String::from(
-        "## What ships: binary sizes and start-up
-
-         The release build (`debug = \"line-tables-only\"`), and stripped as `cargo xtask
-         dist` ships it (its debug information in a separate file; target: under 25 MB
-         each). Start-up is `--version` from exec to exit, median of 5: cold with the
-         binary's pages dropped from the page cache first, warm right after.
-
+        "## What ships: binary sizes and start-up\n\n\
+         The release build (`debug = \"line-tables-only\"`), and stripped as `cargo xtask\n\
+         dist` ships it (its debug information in a separate file; target: under 25 MB\n\
+         each). Start-up is `--version` from exec to exit, median of 5: cold with the\n\
+         binary's pages dropped from the page cache first, warm right after.\n\n\
          | binary | as built | stripped | cold start | warm start |\n| --- | --- | --- | --- | --- |\n",
     );
     for binary in &b.binaries {
@@ -426,6 +424,7 @@ mod tests {
             "| QoS 1, `mosquitto_pub -l` → `mosquitto_sub`, 10000 messages, msg/s | 9500 | 10000 | 0.95 |\n",
             "One decision (a delivery's READ or a PUBLISH's WRITE on the default rules): 120 ns.\n",
             "deliveries was 50 ms from the change on (target: 100 ms; before it 10 ms),\n",
+            "## What ships: binary sizes and start-up\n\nThe release build",
             "| `provision` | 100.0 MB | 18.5 MB | 12.5 ms | 1.5 ms |\n",
             "| `libmqtt_mtls_auth.so` | 18.0 MB | 1.0 MB | – | – |\n",
         ] {

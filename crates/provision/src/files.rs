@@ -116,6 +116,12 @@ pub enum Durability {
     /// or partial files, which the fleet's validation of existing
     /// identities finds and re-issues.
     Deferred,
+    /// [`Durability::Deferred`] for files that do not exist yet (created
+    /// exclusively: the open itself is the check), [`Durability::Now`] when
+    /// one does (replaced atomically, so a failure leaves the working
+    /// identity as it was): what a fleet run wants, without looking at
+    /// each file first.
+    DeferredIfNew,
 }
 
 /// Flushes every file system's cached writes (`sync(2)`).

@@ -841,3 +841,41 @@ fn the_manifest_sets_the_brokers_packet_limit() {
     ok(d, &["broker-config", "--server", "plain", "--out", "b3"]);
     assert!(conf("b3").contains("\nmax_packet_size 1048576\n"));
 }
+
+/// A filter on several names (what `fleet` reads its names' history with,
+/// a chunk of names a query) yields exactly their records, in order.
+#[test]
+fn a_filter_on_several_names_yields_exactly_theirs() {
+    use provision::ca_folder::CaDir;
+    use provision::inventory::{Filter, Inventory};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca"]);
+    for name in ["a", "b", "c"] {
+        ok(d, &["issue", "client", name]);
+    }
+    ok(d, &["issue", "client", "a", "--force"]);
+    let inventory = Inventory::open(&CaDir::new(d.join("root_cert"))).unwrap();
+    let names = |filter: &Filter| {
+        let mut seen = Vec::new();
+        inventory
+            .visit(filter, |r| {
+                seen.push(r.common_name);
+                Ok(())
+            })
+            .unwrap();
+        seen
+    };
+    let several = Filter {
+        common_names: vec!["c".into(), "a".into()],
+        valid_only: false,
+    };
+    assert_eq!(names(&several), ["a", "c", "a"]);
+    let valid = Filter {
+        valid_only: true,
+        ..several
+    };
+    assert_eq!(names(&valid), ["c", "a"]);
+    assert_eq!(names(&Filter::default()).len(), 4);
+}

@@ -32,18 +32,32 @@ fn source_dir() -> PathBuf {
 }
 
 fn build() -> Built {
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_provision"))
-        .parent()
-        .unwrap()
-        .to_owned();
-    for needed in ["mqtt-ingest", "libmqtt_mtls_auth.so"] {
-        assert!(
-            bin_dir.join(needed).is_file(),
-            "{needed} is not built in {}: build the workspace first (cargo xtask test does)",
-            bin_dir.display()
-        );
-    }
+    let built_dir = Path::new(env!("CARGO_BIN_EXE_provision")).parent().unwrap();
+    // The test build's binaries, and the plugin where cargo left it
+    // (`cargo test` puts a cdylib in deps/, `cargo build` beside the
+    // binaries; the newest), gathered in one folder as `dist` has them.
     let tmp = tempfile::tempdir().unwrap();
+    let bin_dir = tmp.path().join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    for name in ["provision", "mqtt-ingest"] {
+        let path = built_dir.join(name);
+        assert!(
+            path.is_file(),
+            "{name} is not built in {}: build the workspace first (cargo xtask test does)",
+            built_dir.display()
+        );
+        std::os::unix::fs::symlink(&path, bin_dir.join(name)).unwrap();
+    }
+    let plugin = [
+        built_dir.join("libmqtt_mtls_auth.so"),
+        built_dir.join("deps/libmqtt_mtls_auth.so"),
+    ]
+    .into_iter()
+    .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+    .max()
+    .map(|(_, p)| p)
+    .expect("the broker plugin is not built: build the workspace first (cargo xtask test does)");
+    std::os::unix::fs::symlink(&plugin, bin_dir.join("libmqtt_mtls_auth.so")).unwrap();
     let packages = deb_package::build_all(
         &deb_package::Inputs {
             bin_dir,
@@ -52,7 +66,7 @@ fn build() -> Built {
             compress: false,
             separate_debug: false,
         },
-        tmp.path(),
+        &tmp.path().join("out"),
     )
     .unwrap();
     Built {

@@ -275,7 +275,7 @@ pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<Verified> {
 pub(crate) fn list(args: ListArgs, json: bool) -> anyhow::Result<()> {
     let inventory = Inventory::open(&args.ca.dir())?;
     let filter = Filter {
-        common_name: args.name,
+        common_names: args.name.into_iter().collect(),
         valid_only: args.valid,
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

@@ -322,7 +322,6 @@ fn provision_one(
     request: &IssueRequest,
     lifecycle: &Lifecycle<'_>,
 ) -> Result<Outcome> {
-    let paths = IdentityPaths::new(&request.identity.out, &request.identity.name);
     let decision = decide(ca.certificate(), request, lifecycle);
     let (replaces, role_changed) = match decision.step {
         Step::Keep => {
@@ -350,12 +349,9 @@ fn provision_one(
     // New identities in bulk: one flush for the whole run instead of three
     // per identity. One replacing files that exist is written atomically
     // (temp file, rename), so that a failure leaves the working identity
-    // as it was instead of truncated or removed.
-    let durability = if paths.key.exists() || paths.cert.exists() || paths.csr.exists() {
-        Durability::Now
-    } else {
-        Durability::Deferred
-    };
+    // as it was instead of truncated or removed; which it is, the
+    // exclusive create of each file says (no look at each file first).
+    let durability = Durability::DeferredIfNew;
     // Serials: random, 16 bytes; the inventory's key refuses a repeat when
     // the batch is recorded.
     let issued = issue_files(

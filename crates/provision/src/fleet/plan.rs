@@ -132,12 +132,14 @@ pub(super) fn read_history(
         }
         Ok(())
     };
-    // A small manifest looks its names up (indexed); a large one reads the
-    // inventory once.
+    // A small manifest looks its names up (indexed), a chunk of names a
+    // query (one a name was a round trip to the database's thread each);
+    // a large one reads the inventory once.
     if names.len() <= 10_000 {
-        for name in names {
+        let names: Vec<&String> = names.iter().collect();
+        for chunk in names.chunks(Filter::MAX_NAMES) {
             let filter = Filter {
-                common_name: Some(name.to_string()),
+                common_names: chunk.iter().map(|n| (*n).clone()).collect(),
                 valid_only: false,
             };
             visit(&filter, &mut note)?;

@@ -221,7 +221,7 @@ impl<'a> LockedCa<'a> {
         self.run("reading", async |tx| {
             db_link::either!(tx, Tx(c) => {
                 let mut query = sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()));
-                if let Some(cn) = &filter.common_name {
+                for cn in &filter.common_names {
                     query = query.bind(cn);
                 }
                 let mut rows = query.fetch(&mut **c);

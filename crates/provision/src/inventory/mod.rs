@@ -458,7 +458,7 @@ impl Inventory {
         self.rt.block_on(async {
             db_link::either!(&self.db, Pool(pool) => {
                 let mut query = sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()));
-                if let Some(cn) = &filter.common_name {
+                for cn in &filter.common_names {
                     query = query.bind(cn);
                 }
                 let mut rows = query.fetch(pool);

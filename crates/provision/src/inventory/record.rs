@@ -108,17 +108,25 @@ pub(in crate::inventory) mod text {
 /// Which records [`super::Inventory::visit`] yields.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
-    /// Only certificates with this common name.
-    pub common_name: Option<String>,
+    /// Only certificates with one of these common names (every one when
+    /// empty): one query for a chunk of a fleet's names, not one a name.
+    pub common_names: Vec<String>,
     /// Only certificates not revoked.
     pub valid_only: bool,
 }
 
 impl Filter {
+    /// The names a query binds at most: SQLite's limit on parameters is
+    /// 32,766, PostgreSQL's 65,535.
+    pub const MAX_NAMES: usize = 1_000;
+
     pub(super) fn sql(&self) -> String {
         let mut sql = format!("SELECT {COLUMNS} FROM certificates WHERE 1 = 1");
-        if self.common_name.is_some() {
-            sql.push_str(" AND common_name = $1");
+        if !self.common_names.is_empty() {
+            let params: Vec<String> = (1..=self.common_names.len())
+                .map(|i| format!("${i}"))
+                .collect();
+            sql.push_str(&format!(" AND common_name IN ({})", params.join(", ")));
         }
         if self.valid_only {
             sql.push_str(" AND revoked_at IS NULL");
@@ -134,7 +142,7 @@ impl FromStr for Filter {
     /// A filter on one common name.
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
         Ok(Self {
-            common_name: Some(s.to_owned()),
+            common_names: vec![s.to_owned()],
             valid_only: false,
         })
     }

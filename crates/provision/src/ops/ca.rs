@@ -228,7 +228,7 @@ pub fn init_intermediate(dir: &CaDir, request: &InitIntermediate) -> Result<Inte
     let mut earlier_clients = 0;
     locked.visit(
         &crate::inventory::Filter {
-            common_name: None,
+            common_names: Vec::new(),
             valid_only: true,
         },
         |r| {

@@ -10,7 +10,7 @@ use pki_core::{
 };
 
 use crate::ca_folder::refuse_ca_folder;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::files::{Access, Durability, Name, NewFiles, check_name, refuse_existing, write_atomic};
 use crate::inventory::{LockedCa, Record};
 pub use crate::layout::IdentityPaths;
@@ -155,15 +155,23 @@ pub fn issue_files(
     let paths = IdentityPaths::new(&id.out, &id.name);
     // Deferred: the three files are made first, all or none, and removed
     // again if anything below fails. Now: checked first, written atomically.
+    let new = [
+        (paths.key.as_path(), Access::Secret),
+        (paths.csr.as_path(), Access::Public),
+        (paths.cert.as_path(), Access::Public),
+    ];
     let files = match durability {
-        Durability::Deferred => Some(NewFiles::create(
-            &[
-                (&paths.key, Access::Secret),
-                (&paths.csr, Access::Public),
-                (&paths.cert, Access::Public),
-            ],
-            id.force,
-        )?),
+        Durability::Deferred => Some(NewFiles::create(&new, id.force)?),
+        Durability::DeferredIfNew => match NewFiles::create(&new, false) {
+            Ok(files) => Some(files),
+            // One exists (none of the three was left behind): replaced
+            // atomically, if `force` allows.
+            Err(Error::Exists { .. }) => {
+                refuse_existing(&[&paths.key, &paths.csr, &paths.cert], id.force)?;
+                None
+            }
+            Err(e) => return Err(e),
+        },
         Durability::Now => {
             refuse_existing(&[&paths.key, &paths.csr, &paths.cert], id.force)?;
             None

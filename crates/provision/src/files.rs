@@ -118,9 +118,8 @@ pub enum Durability {
     Deferred,
     /// [`Durability::Deferred`] for files that do not exist yet (created
     /// exclusively: the open itself is the check), [`Durability::Now`] when
-    /// one does (replaced atomically, so a failure leaves the working
-    /// identity as it was): what a fleet run wants, without looking at
-    /// each file first.
+    /// one does (each file replaced atomically, never truncated): what a
+    /// fleet run wants, without looking at each file first.
     DeferredIfNew,
 }
 
@@ -315,9 +314,11 @@ fn create_in_place(path: &Path, access: Access, force: bool) -> std::io::Result<
             )));
         }
         file.set_len(0)?;
-        // An existing file keeps its old mode when truncated: set it.
-        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     }
+    // The exact mode, on the open file: an existing file keeps its old mode
+    // when truncated, and a new one got the umask's cut (umask 077 made a
+    // certificate 0600, unreadable by the broker).
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     Ok(file)
 }
 

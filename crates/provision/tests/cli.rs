@@ -319,6 +319,40 @@ fn fleet_json_names_what_it_made() {
     );
 }
 
+/// A fleet's files get their modes whatever the umask: certificates and
+/// CSRs 0644 (the broker reads them as another user), keys 0600. Under
+/// umask 077 new certificates came out 0600.
+#[test]
+fn fleet_files_get_their_modes_whatever_the_umask() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(
+        d.join("m.toml"),
+        "[ca]\ncommon_name = \"Umask Root\"\n[[broker]]\nname = \"mq\"\ndns = [\"localhost\"]\n[[devices]]\nprefix = \"s-\"\ncount = 2\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 077 && exec {} fleet m.toml",
+            env!("CARGO_BIN_EXE_provision")
+        ))
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["mq", "s-1", "s-2"] {
+        let file = |suffix: &str| d.join(format!("backend_certs/{name}{suffix}"));
+        assert_eq!(common::mode(&file("_cert.pem")), 0o644, "{name}");
+        assert_eq!(common::mode(&file("_csr.pem")), 0o644, "{name}");
+        assert_eq!(common::mode(&file(".key")), 0o600, "{name}");
+    }
+}
+
 /// Every command that prints data prints it as JSON with `--json` (a
 /// typed outcome, not scraped text), and the completions and man page come
 /// from the same definitions.

@@ -347,10 +347,12 @@ fn provision_one(
         }
     };
     // New identities in bulk: one flush for the whole run instead of three
-    // per identity. One replacing files that exist is written atomically
-    // (temp file, rename), so that a failure leaves the working identity
-    // as it was instead of truncated or removed; which it is, the
-    // exclusive create of each file says (no look at each file first).
+    // per identity. One replacing files that exist is written file by file
+    // atomically (temp file, rename), so no file is ever truncated or
+    // half written (a failure between two files can leave the new key
+    // beside the old certificate: the next run finds the pair broken and
+    // issues anew); which it is, the exclusive create of each file says
+    // (no look at each file first).
     let durability = Durability::DeferredIfNew;
     // Serials: random, 16 bytes; the inventory's key refuses a repeat when
     // the batch is recorded.

@@ -1596,19 +1596,15 @@ async fn publishes_survive_cuts_mid_publish_and_before_puback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_over_the_window_survives_link_cuts() {
     const COUNT: usize = 3_000;
-    let pki = Pki::new();
-    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
-    let proxy = std::sync::Arc::new(FaultProxy::start(broker.port).await);
-    let (sub, lines) = mosquitto_sub_lines(&pki, broker.port, "burst/#", "burst-sub");
-    broker_logged(&broker, "Received SUBSCRIBE from burst-sub\n", 1).await;
-
-    let mut opts = options(proxy.port, "burst-pub");
-    opts.clean_session = false;
-    opts.max_inflight = 10;
-    let (publisher, mut conn) =
-        MqttClient::new(&opts, &pki.client("burst-pub").load().unwrap()).unwrap();
-    conn.connect().await.unwrap();
-    let prunner = tokio::spawn(conn.run());
+    let BurstBench {
+        pki,
+        _broker,
+        proxy,
+        sub,
+        lines,
+        publisher,
+        prunner,
+    } = BurstBench::start("burst", false).await;
 
     let rounds: u32 = std::env::var("MQTT_MTLS_BURST_ROUNDS")
         .ok()
@@ -1618,18 +1614,7 @@ async fn a_burst_over_the_window_survives_link_cuts() {
     let mut total_cuts = 0;
     for round in 0..rounds {
         let busy = Busy::start(2);
-        let mut publishes = tokio::task::JoinSet::new();
-        for i in 0..COUNT {
-            let publisher = publisher.clone();
-            publishes.spawn(async move {
-                let outcome = publisher
-                    .publish("burst/t", format!("{round}-{i}"), QoS::AtLeastOnce, false)
-                    .await;
-                (i, outcome)
-            });
-        }
-        let cutting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let cuts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let mut publishes = publish_all(&publisher, "burst/t", COUNT, |i| format!("{round}-{i}"));
         // A hot identity swap (a renewal) in the middle of it all.
         let swapper = {
             let publisher = publisher.clone();
@@ -1639,17 +1624,7 @@ async fn a_burst_over_the_window_survives_link_cuts() {
                 tokio::time::timeout(WAIT, publisher.reconnect_with_identity(&renewed)).await
             })
         };
-        let cutter = {
-            let (cutting, cuts) = (cutting.clone(), cuts.clone());
-            let proxy = proxy.clone();
-            tokio::spawn(async move {
-                while cutting.load(std::sync::atomic::Ordering::SeqCst) {
-                    tokio::time::sleep(Duration::from_millis(fastrand::u64(30..200))).await;
-                    proxy.cut();
-                    cuts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
-            })
-        };
+        let cutter = Cutter::start(&proxy);
         let mut ok = std::collections::BTreeSet::new();
         let mut failed = Vec::new();
         let mut last_cut = Instant::now();
@@ -1657,12 +1632,12 @@ async fn a_burst_over_the_window_survives_link_cuts() {
             // Cuts go on until nine in ten resolved, five at least; then the
             // link stays.
             if ok.len() + failed.len() >= COUNT * 9 / 10
-                && cuts.load(std::sync::atomic::Ordering::SeqCst) >= 5
-                && cutting.swap(false, std::sync::atomic::Ordering::SeqCst)
+                && cutter.cuts() >= 5
+                && cutter.stop_cutting()
             {
                 last_cut = Instant::now();
             }
-            let limit = if cutting.load(std::sync::atomic::Ordering::SeqCst) {
+            let limit = if cutter.is_cutting() {
                 Duration::from_secs(60)
             } else {
                 WAIT.saturating_sub(last_cut.elapsed())
@@ -1683,9 +1658,7 @@ async fn a_burst_over_the_window_survives_link_cuts() {
                 ),
             }
         }
-        cutting.store(false, std::sync::atomic::Ordering::SeqCst);
-        cutter.await.unwrap();
-        let cuts = cuts.load(std::sync::atomic::Ordering::SeqCst);
+        let cuts = cutter.stop().await;
         drop(busy);
         // Refused by a cut in its first attempt or through: either way the
         // publishes must not suffer.
@@ -2015,41 +1988,19 @@ async fn acknowledgements_go_out_as_handlers_finish_and_the_broker_takes_them() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_lost_session_each_publish_is_received_or_of_unknown_delivery() {
     const COUNT: usize = 2_000;
-    let pki = Pki::new();
-    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
-    let proxy = std::sync::Arc::new(FaultProxy::start(broker.port).await);
-    let (sub, lines) = mosquitto_sub_lines(&pki, broker.port, "honest/#", "honest-sub");
-    broker_logged(&broker, "Received SUBSCRIBE from honest-sub\n", 1).await;
-
-    let mut opts = options(proxy.port, "honest-pub");
-    opts.max_inflight = 10;
-    let (publisher, mut conn) =
-        MqttClient::new(&opts, &pki.client("honest-pub").load().unwrap()).unwrap();
-    conn.connect().await.unwrap();
-    let prunner = tokio::spawn(conn.run());
-    let mut publishes = tokio::task::JoinSet::new();
-    for i in 0..COUNT {
-        let publisher = publisher.clone();
-        publishes.spawn(async move {
-            let outcome = publisher
-                .publish("honest/t", i.to_string(), QoS::AtLeastOnce, false)
-                .await;
-            (i, outcome)
-        });
-    }
-    let cutting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let cutter = {
-        let (cutting, proxy) = (cutting.clone(), proxy.clone());
-        tokio::spawn(async move {
-            let mut cuts = 0u32;
-            while cutting.load(std::sync::atomic::Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(fastrand::u64(30..200))).await;
-                proxy.cut();
-                cuts += 1;
-            }
-            cuts
-        })
-    };
+    // A clean session: every reconnect is a new session.
+    // Every part kept to the end (`..` would drop the broker at once).
+    let BurstBench {
+        pki: _pki,
+        _broker,
+        proxy,
+        sub,
+        lines,
+        publisher,
+        prunner,
+    } = BurstBench::start("honest", true).await;
+    let mut publishes = publish_all(&publisher, "honest/t", COUNT, |i| i.to_string());
+    let cutter = Cutter::start(&proxy);
     let (mut ok, mut never_sent, mut unknown) = (Vec::new(), Vec::new(), 0usize);
     while let Some(joined) = tokio::time::timeout(Duration::from_secs(60), publishes.join_next())
         .await
@@ -2062,8 +2013,7 @@ async fn after_a_lost_session_each_publish_is_received_or_of_unknown_delivery() 
             (i, Err(e)) => panic!("publish {i}: {e}"),
         }
     }
-    cutting.store(false, std::sync::atomic::Ordering::SeqCst);
-    let cuts = cutter.await.unwrap();
+    let cuts = cutter.stop().await;
     // A marker after everything: once the subscriber has it, it has all
     // the broker passed on before.
     loop {
@@ -2121,6 +2071,123 @@ async fn after_a_lost_session_each_publish_is_received_or_of_unknown_delivery() 
     );
     drop(sub);
     stop(publisher, prunner).await;
+}
+
+/// What the burst tests share, all named after `prefix`: a broker at its
+/// defaults, a fault proxy in front of it, `mosquitto_sub` (`PREFIX-sub`)
+/// on `PREFIX/#` straight to the broker and subscribed, and a running
+/// publisher `PREFIX-pub` through the proxy with an in-flight window of 10.
+struct BurstBench {
+    pki: Pki,
+    _broker: Mosquitto,
+    proxy: std::sync::Arc<FaultProxy>,
+    sub: KillOnDrop,
+    lines: std::sync::mpsc::Receiver<String>,
+    publisher: MqttClient,
+    prunner: JoinHandle<mqtt_tls::Result<()>>,
+}
+
+impl BurstBench {
+    async fn start(prefix: &str, clean_session: bool) -> Self {
+        let pki = Pki::new();
+        let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+        let proxy = std::sync::Arc::new(FaultProxy::start(broker.port).await);
+        let sub_name = format!("{prefix}-sub");
+        let (sub, lines) =
+            mosquitto_sub_lines(&pki, broker.port, &format!("{prefix}/#"), &sub_name);
+        broker_logged(&broker, &format!("Received SUBSCRIBE from {sub_name}\n"), 1).await;
+        let pub_name = format!("{prefix}-pub");
+        let mut opts = options(proxy.port, &pub_name);
+        opts.clean_session = clean_session;
+        opts.max_inflight = 10;
+        let (publisher, mut conn) =
+            MqttClient::new(&opts, &pki.client(&pub_name).load().unwrap()).unwrap();
+        conn.connect().await.unwrap();
+        let prunner = tokio::spawn(conn.run());
+        Self {
+            pki,
+            _broker: broker,
+            proxy,
+            sub,
+            lines,
+            publisher,
+            prunner,
+        }
+    }
+}
+
+/// `count` QoS 1 publishes on `topic` at once, the `i`th carrying
+/// `payload(i)`, each ending as `(i, outcome)`.
+fn publish_all(
+    publisher: &MqttClient,
+    topic: &'static str,
+    count: usize,
+    payload: impl Fn(usize) -> String,
+) -> tokio::task::JoinSet<(usize, mqtt_tls::Result<()>)> {
+    let mut publishes = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let (publisher, payload) = (publisher.clone(), payload(i));
+        publishes.spawn(async move {
+            let outcome = publisher
+                .publish(topic, payload, QoS::AtLeastOnce, false)
+                .await;
+            (i, outcome)
+        });
+    }
+    publishes
+}
+
+/// Cuts the link through a fault proxy every 30–200 ms, on a task of its
+/// own, until stopped.
+struct Cutter {
+    cutting: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    task: JoinHandle<()>,
+}
+
+impl Cutter {
+    fn start(proxy: &std::sync::Arc<FaultProxy>) -> Self {
+        let cutting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cuts = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let task = {
+            let (cutting, cuts, proxy) = (cutting.clone(), cuts.clone(), proxy.clone());
+            tokio::spawn(async move {
+                while cutting.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(30..200))).await;
+                    proxy.cut();
+                    cuts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+        };
+        Self {
+            cutting,
+            cuts,
+            task,
+        }
+    }
+
+    /// The cuts so far.
+    fn cuts(&self) -> u32 {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn is_cutting(&self) -> bool {
+        self.cutting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// No more cuts from now on; whether it was still cutting.
+    fn stop_cutting(&self) -> bool {
+        self.cutting
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops, and waits for the last cut: how many there were.
+    async fn stop(self) -> u32 {
+        self.stop_cutting();
+        let Self { cuts, task, .. } = self;
+        task.await.unwrap();
+        cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// `mosquitto_sub` as `name` (its own certificate, a persistent QoS 1

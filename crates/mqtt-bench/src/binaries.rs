@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 
-use crate::results::{Binaries, Binary};
+use crate::results::{Binaries, Binary, median};
 
 /// The release binaries, by file name, and whether they run on their own.
 const SHIPPED: [(&str, bool); 3] = [
@@ -97,9 +97,4 @@ fn start(path: &Path, cold: bool) -> anyhow::Result<f64> {
         bail!("{} --version: {status}", path.display());
     }
     Ok(ms)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

@@ -246,18 +246,11 @@ async fn database_unavailable_for_a_while() {
     let acked_before = first_ten_acknowledged(&s, &ingest, &publisher).await;
 
     // Another process holds the write lock: the database is unavailable.
-    let pool = sqlx::SqlitePool::connect(&s.db.url()).await.unwrap();
-    let mut locker = pool.acquire().await.unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut *locker)
-        .await
-        .unwrap();
+    let locker = common::SqliteLock::take(&s.db).await;
     publisher.send(10..60).await.unwrap();
     tokio::task::block_in_place(|| holds_acknowledgements_while_down(&ingest, acked_before));
     // It comes back: everything is stored and acknowledged.
-    sqlx::query("COMMIT").execute(&mut *locker).await.unwrap();
-    drop(locker);
-    pool.close().await;
+    locker.release().await;
     recovers_with_everything(&s, &ingest).await;
 }
 
@@ -278,12 +271,7 @@ async fn sigterm_with_the_database_down_ends_in_time_and_loses_nothing() {
     let publisher = Publisher::connect(&s.pki, &s.broker).await;
     let acked_before = first_ten_acknowledged(&s, &ingest, &publisher).await;
 
-    let pool = sqlx::SqlitePool::connect(&s.db.url()).await.unwrap();
-    let mut locker = pool.acquire().await.unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut *locker)
-        .await
-        .unwrap();
+    let locker = common::SqliteLock::take(&s.db).await;
     publisher.send(10..60).await.unwrap();
     tokio::task::block_in_place(|| holds_acknowledgements_while_down(&ingest, acked_before));
     let status = tokio::task::block_in_place(|| ingest.terminate_within(Duration::from_secs(20)));
@@ -297,9 +285,7 @@ async fn sigterm_with_the_database_down_ends_in_time_and_loses_nothing() {
         ingest.log()
     );
 
-    sqlx::query("COMMIT").execute(&mut *locker).await.unwrap();
-    drop(locker);
-    pool.close().await;
+    locker.release().await;
     // The next run gets what the last one did not store from the broker.
     let _ingest = tokio::task::block_in_place(start);
     let rows = wait_for_rows(&s.db, 60).await;
@@ -605,12 +591,7 @@ async fn a_qos2_message_resent_before_pubrec_is_stored_once() {
     });
     let publisher = Publisher::connect(&s.pki, &s.broker).await;
 
-    let pool = sqlx::SqlitePool::connect(&s.db.url()).await.unwrap();
-    let mut locker = pool.acquire().await.unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut *locker)
-        .await
-        .unwrap();
+    let locker = common::SqliteLock::take(&s.db).await;
     for n in 1..=3 {
         publisher
             .publish_at("exact/t", &n.to_string(), mqtt_tls::QoS::ExactlyOnce)
@@ -621,9 +602,7 @@ async fn a_qos2_message_resent_before_pubrec_is_stored_once() {
     // The broker resends all three, flagged as copies.
     broker_logged(&s, "Sending PUBLISH to ingest-under-test (d1, q2", 3).await;
 
-    sqlx::query("COMMIT").execute(&mut *locker).await.unwrap();
-    drop(locker);
-    pool.close().await;
+    locker.release().await;
     // A last message behind the copies: once it is stored, whatever the
     // ingest was handed before it is stored too (one writer, in order).
     publisher
@@ -856,21 +835,14 @@ async fn huge_qos0_messages_keep_the_ingest_under_256_mib() {
     // The database locked meanwhile: nothing stored frees the bound, so
     // exactly what fits in 64 MiB is held (33 of 2,000,008 bytes with the
     // topic) and the other 67 are dropped.
-    let pool = sqlx::SqlitePool::connect(&s.db.url()).await.unwrap();
-    let mut locker = pool.acquire().await.unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut *locker)
-        .await
-        .unwrap();
+    let locker = common::SqliteLock::take(&s.db).await;
     tokio::task::block_in_place(|| burst("load/big", 2_000_000, 100));
     let deadline = Instant::now() + Duration::from_secs(60);
     while ingest.metric("mqtt_ingest_qos0_dropped_total") < 67 {
         assert!(Instant::now() < deadline, "{}", ingest.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    sqlx::query("COMMIT").execute(&mut *locker).await.unwrap();
-    drop(locker);
-    pool.close().await;
+    locker.release().await;
     publisher.publish("load/after-big", "2").await;
     let stored = stored_topics(&s.db, "load/after-big").await;
     let big: Vec<i64> = stored

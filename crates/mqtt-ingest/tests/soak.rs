@@ -522,16 +522,9 @@ async fn soak(db: Db) {
 async fn lock_database(db: &Db, how_long: Duration) {
     match db {
         Db::Sqlite(_) => {
-            let pool = sqlx::SqlitePool::connect(&db.url()).await.unwrap();
-            let mut locker = pool.acquire().await.unwrap();
-            sqlx::query("BEGIN EXCLUSIVE")
-                .execute(&mut *locker)
-                .await
-                .unwrap();
+            let locker = common::SqliteLock::take(&db).await;
             tokio::time::sleep(how_long).await;
-            sqlx::query("COMMIT").execute(&mut *locker).await.unwrap();
-            drop(locker);
-            pool.close().await;
+            locker.release().await;
         }
         Db::Postgres(_) => {
             let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();

@@ -248,6 +248,19 @@ fn systemd_accepts_every_unit_and_scores_each_service_at_most_3() {
     }
 }
 
+/// Where `package` put the file it installs at `path`.
+fn installed(package: &deb_package::Built, path: &str) -> PathBuf {
+    package.root.join(path.trim_start_matches('/'))
+}
+
+/// `package`'s unit `name`, as systemd reads it for `instance`.
+fn unit_of(package: &deb_package::Built, name: &str, instance: &str) -> Unit {
+    read_unit(
+        &installed(package, &format!("/usr/lib/systemd/system/{name}")),
+        instance,
+    )
+}
+
 /// A unit's service settings as systemd reads them (the keys this project
 /// uses, last one wins).
 struct Unit {
@@ -362,16 +375,11 @@ fn the_crl_unit_runs_as_written() {
     let provision = built.package("mqtt-mtls-provision");
     let state = tempfile::tempdir().unwrap();
     ok(state.path(), &["init-ca", "--cn", "Packaged Root"]);
-    let unit = read_unit(
-        &provision
-            .root
-            .join("usr/lib/systemd/system/provision-crl.service"),
-        "",
-    );
+    let unit = unit_of(provision, "provision-crl.service", "");
     let paths = [
         (
             "/usr/bin/provision",
-            provision.root.join("usr/bin/provision"),
+            installed(provision, "/usr/bin/provision"),
         ),
         ("/var/lib/mqtt-mtls", state.path().to_owned()),
     ];
@@ -434,16 +442,12 @@ fn the_serve_unit_runs_as_written() {
     let _main = Mosquitto::with_config(&broker_out.join("mosquitto.conf"), port);
     let _enroll = Mosquitto::with_config(&broker_out.join("enroll.conf"), enroll);
 
-    let unit = read_unit(
-        &provision
-            .root
-            .join("usr/lib/systemd/system/provision-serve.service"),
-        "",
-    );
+    let unit = unit_of(provision, "provision-serve.service", "");
     // The shipped environment file, this test's ports in place of its
     // examples.
     let shipped =
-        std::fs::read_to_string(provision.root.join("etc/mqtt-mtls/provision-serve.env")).unwrap();
+        std::fs::read_to_string(installed(provision, "/etc/mqtt-mtls/provision-serve.env"))
+            .unwrap();
     let env = read_env(
         &shipped
             .replace("--port 8883", &format!("--port {port}"))
@@ -454,7 +458,7 @@ fn the_serve_unit_runs_as_written() {
     let paths = [
         (
             "/usr/bin/provision",
-            provision.root.join("usr/bin/provision"),
+            installed(provision, "/usr/bin/provision"),
         ),
         ("/var/lib/mqtt-mtls", d.to_owned()),
     ];
@@ -501,11 +505,10 @@ fn the_ingest_unit_runs_as_written() {
     std::fs::copy(&bundle.key_path, d.join("ingest.key")).unwrap();
     std::fs::copy(&bundle.ca_cert_path, d.join("root_ca_cert.pem")).unwrap();
     // The shipped example, pointed at this broker and a free port.
-    let example = std::fs::read_to_string(
-        ingest
-            .root
-            .join("usr/share/doc/mqtt-mtls-ingest/examples/mqtt-ingest.example.toml"),
-    )
+    let example = std::fs::read_to_string(installed(
+        ingest,
+        "/usr/share/doc/mqtt-mtls-ingest/examples/mqtt-ingest.example.toml",
+    ))
     .unwrap();
     let http = free_port();
     // As the example says: NAME is the instance; the file goes in the
@@ -521,16 +524,11 @@ fn the_ingest_unit_runs_as_written() {
             .replace("127.0.0.1:8080", &format!("127.0.0.1:{http}")),
     )
     .unwrap();
-    let unit = read_unit(
-        &ingest
-            .root
-            .join("usr/lib/systemd/system/mqtt-ingest@.service"),
-        "site",
-    );
+    let unit = unit_of(ingest, "mqtt-ingest@.service", "site");
     let paths = [
         (
             "/usr/bin/mqtt-ingest",
-            ingest.root.join("usr/bin/mqtt-ingest"),
+            installed(ingest, "/usr/bin/mqtt-ingest"),
         ),
         ("/var/lib/mqtt-ingest/site", d.to_owned()),
         ("/etc/mqtt-ingest/site.toml", config),

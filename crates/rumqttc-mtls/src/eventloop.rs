@@ -1,5 +1,5 @@
 use crate::{Incoming, MqttState, NetworkOptions, Packet, QoS, Request, StateError};
-use crate::{MqttOptions, Outgoing, SessionAck};
+use crate::{MqttOptions, Outgoing};
 use crate::{Transport, framed::Network};
 
 use crate::mqttbytes::v4::*;
@@ -115,16 +115,9 @@ impl EventLoop {
         // drain requests from channel which weren't yet received
         let mut requests_in_channel: Vec<_> = self.requests_rx.drain().collect();
 
-        requests_in_channel.retain(|request| {
-            match request {
-                Request::PubAck(_) => false, // Wait for publish retransmission, else the broker could be confused by an unexpected ack
-                Request::AckIn {
-                    ack: SessionAck::PubAck(_),
-                    ..
-                } => false,
-                _ => true,
-            }
-        });
+        // Wait for publish retransmission, else the broker could be
+        // confused by an unexpected ack.
+        requests_in_channel.retain(|request| !request.is_puback());
 
         self.pending.extend(requests_in_channel);
     }
@@ -201,16 +194,7 @@ impl EventLoop {
         let late: Vec<_> = self
             .requests_rx
             .drain()
-            .filter(|request| {
-                !matches!(
-                    request,
-                    Request::PubAck(_)
-                        | Request::AckIn {
-                            ack: SessionAck::PubAck(_),
-                            ..
-                        }
-                )
-            })
+            .filter(|request| !request.is_puback())
             .collect();
         self.pending.extend(late);
         written

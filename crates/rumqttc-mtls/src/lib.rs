@@ -123,6 +123,22 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// Not upstream: a QoS 1 acknowledgement, tagged with its session or
+    /// not. Dropped rather than kept when a connection ends: the broker
+    /// sends the message again and it is acknowledged then.
+    pub(crate) fn is_puback(&self) -> bool {
+        matches!(
+            self,
+            Request::PubAck(_)
+                | Request::AckIn {
+                    ack: SessionAck::PubAck(_),
+                    ..
+                }
+        )
+    }
+}
+
 /// Not upstream: the acknowledgement a [`Request::AckIn`] carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionAck {

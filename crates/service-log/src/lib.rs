@@ -53,7 +53,7 @@ pub enum Error {
 
 /// Whether text log lines may carry colour: standard error is a terminal
 /// and `NO_COLOR` is unset or empty.
-pub fn colour() -> bool {
+fn colour() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use mqtt_tls::{ClientCert, ConnectOptions, MqttClient, QoS};
 use peers::mosquitto::{BrokerOptions, Mosquitto, Pki};
-use sqlx::Row;
 
 pub(crate) use peers::ingest::{Db, Ingest};
 
@@ -57,66 +56,55 @@ impl IngestCommands for Ingest {}
 
 /// Rows as (number, duplicate flag).
 pub(crate) async fn rows(db: &Db) -> Vec<(u32, bool)> {
-    const QUERY: &str = "SELECT payload, duplicate FROM messages ORDER BY id";
-    let number = |payload: Vec<u8>| String::from_utf8(payload).unwrap().parse().unwrap();
-    match db {
-        Db::Sqlite(_) => {
-            let pool = sqlx::SqlitePool::connect(&db.url()).await.unwrap();
-            let rows = sqlx::query(QUERY)
-                .fetch_all(&pool)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| (number(r.get("payload")), r.get("duplicate")))
-                .collect();
-            pool.close().await;
-            rows
-        }
-        Db::Postgres(_) => {
-            let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
-            // Before the service's first start the table may not exist yet.
-            let rows = match sqlx::query(QUERY).fetch_all(&pool).await {
-                Ok(rows) => rows
-                    .iter()
-                    .map(|r| (number(r.get("payload")), r.get("duplicate")))
-                    .collect(),
-                Err(_) => Vec::new(),
-            };
-            pool.close().await;
-            rows
-        }
-    }
+    let rows: Vec<(Vec<u8>, bool)> =
+        fetch_rows(db, "SELECT payload, duplicate FROM messages ORDER BY id").await;
+    rows.into_iter()
+        .map(|(payload, duplicate)| {
+            let number = String::from_utf8(payload).unwrap().parse().unwrap();
+            (number, duplicate)
+        })
+        .collect()
 }
 
 /// The `dead_letters` table: (topic, payload, reason) in order.
 pub(crate) async fn dead_letters(db: &Db) -> Vec<(String, String, String)> {
-    const QUERY: &str = "SELECT topic, payload, reason FROM dead_letters ORDER BY id";
-    let row = |r: &dyn Fn(&str) -> Vec<u8>, topic: String, reason: String| {
-        (topic, String::from_utf8(r("payload")).unwrap(), reason)
-    };
-    match db {
-        Db::Sqlite(_) => {
-            let pool = sqlx::SqlitePool::connect(&db.url()).await.unwrap();
-            let rows = sqlx::query(QUERY)
-                .fetch_all(&pool)
-                .await
-                .unwrap_or_default();
-            pool.close().await;
-            rows.iter()
-                .map(|r| row(&|c| r.get(c), r.get("topic"), r.get("reason")))
-                .collect()
-        }
-        Db::Postgres(_) => {
-            let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
-            let rows = sqlx::query(QUERY)
-                .fetch_all(&pool)
-                .await
-                .unwrap_or_default();
-            pool.close().await;
-            rows.iter()
-                .map(|r| row(&|c| r.get(c), r.get("topic"), r.get("reason")))
-                .collect()
-        }
+    let rows: Vec<(String, Vec<u8>, String)> = fetch_rows(
+        db,
+        "SELECT topic, payload, reason FROM dead_letters ORDER BY id",
+    )
+    .await;
+    rows.into_iter()
+        .map(|(topic, payload, reason)| (topic, String::from_utf8(payload).unwrap(), reason))
+        .collect()
+}
+
+/// Another process's write lock on the SQLite database (`BEGIN
+/// EXCLUSIVE`), held until [`SqliteLock::release`]: the ingest can store
+/// nothing meanwhile.
+pub(crate) struct SqliteLock {
+    pool: sqlx::SqlitePool,
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+}
+
+impl SqliteLock {
+    pub(crate) async fn take(db: &Db) -> Self {
+        let pool = sqlx::SqlitePool::connect(&db.url()).await.unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        Self { pool, conn }
+    }
+
+    /// The database is back.
+    pub(crate) async fn release(mut self) {
+        sqlx::query("COMMIT")
+            .execute(&mut *self.conn)
+            .await
+            .unwrap();
+        drop(self.conn);
+        self.pool.close().await;
     }
 }
 

@@ -522,7 +522,7 @@ async fn soak(db: Db) {
 async fn lock_database(db: &Db, how_long: Duration) {
     match db {
         Db::Sqlite(_) => {
-            let locker = common::SqliteLock::take(&db).await;
+            let locker = common::SqliteLock::take(db).await;
             tokio::time::sleep(how_long).await;
             locker.release().await;
         }

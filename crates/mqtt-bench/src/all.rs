@@ -24,6 +24,8 @@ pub(crate) enum Step {
     Identities,
     /// `provision fleet` in-process.
     Fleet,
+    /// `provision fleet` as a process against the Python flow.
+    FleetProcess,
     /// One `provision` command on an empty and on a large CA.
     Store,
     /// `mqtt-ingest` against `mosquitto_sub`.
@@ -130,6 +132,20 @@ pub(crate) fn run(args: &AllArgs) -> anyhow::Result<Results> {
         std::fs::write(&manifest, crate::fleet::manifest(sizes.fleet_devices))
             .with_context(|| format!("writing {}", manifest.display()))?;
         results.fleet = Some(step(&["fleet".into(), manifest.into_os_string()])?);
+        scratch.push(dir);
+    }
+
+    // 2a. The same as a process, to its exit, against the Python flow.
+    if wanted(Step::FleetProcess) {
+        let dir = scratch_dir(&out_dir, "fleet-process")?;
+        let provision = Peers::sibling(peers.provision.as_deref(), "provision")?;
+        results.fleet_process = Some(crate::fleet::compare_processes(
+            &provision,
+            &peers.python,
+            sizes.fleet_process_devices,
+            reps,
+            &dir,
+        )?);
         scratch.push(dir);
     }
 

@@ -27,6 +27,8 @@ pub(crate) struct Results {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) fleet: Option<Fleet>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) fleet_process: Option<FleetProcess>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) store: Option<Store>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) ingest: Option<Ingest>,
@@ -57,6 +59,7 @@ impl Results {
             identities_p256: None,
             identities_rsa2048: None,
             fleet: None,
+            fleet_process: None,
             store: None,
             ingest: None,
             throughput: Vec::new(),
@@ -99,6 +102,9 @@ pub(crate) struct Sizes {
     /// RSA-2048 identities per run, ours and Python's.
     pub(crate) rsa_identities: usize,
     pub(crate) fleet_devices: usize,
+    /// P-256 devices of the whole-process fleet run, ours and Python's.
+    #[serde(default = "default_fleet_process_devices")]
+    pub(crate) fleet_process_devices: usize,
     /// Identities in the CA whose per-command cost is compared with an
     /// empty CA's.
     pub(crate) store_identities: usize,
@@ -126,6 +132,7 @@ impl Sizes {
                 openssl_identities: 5,
                 rsa_identities: 10,
                 fleet_devices: 1_000,
+                fleet_process_devices: 500,
                 store_identities: 100_000,
                 ingest_messages: 2_000,
                 throughput_messages: 10_000,
@@ -143,6 +150,7 @@ impl Sizes {
                 openssl_identities: 30,
                 rsa_identities: 40,
                 fleet_devices: 10_000,
+                fleet_process_devices: default_fleet_process_devices(),
                 store_identities: 1_000_000,
                 ingest_messages: 20_000,
                 throughput_messages: 50_000,
@@ -240,6 +248,25 @@ pub(crate) struct Fleet {
     pub(crate) seconds: f64,
     pub(crate) rerun_seconds: f64,
     pub(crate) peak_rss_mb: f64,
+}
+
+/// The whole-process fleet step's size in results written before it
+/// existed.
+fn default_fleet_process_devices() -> usize {
+    2_000
+}
+
+/// The whole-process fleet step (medians): `provision fleet` started as a
+/// process in a fresh folder and timed to its exit (the CA, the files, the
+/// inventory, the sync), against the original Python flow for as many
+/// identities, started as a process and timed to its exit and a `sync`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct FleetProcess {
+    pub(crate) devices: usize,
+    pub(crate) ours_seconds: f64,
+    pub(crate) python_seconds: f64,
+    /// `python_seconds / ours_seconds`: how many times quicker ours is.
+    pub(crate) ratio: f64,
 }
 
 /// `mqtt-bench store`.
@@ -455,6 +482,12 @@ pub(crate) mod tests {
             seconds: 5.0,
             rerun_seconds: 1.0,
             peak_rss_mb: 20.0,
+        });
+        r.fleet_process = Some(FleetProcess {
+            devices: 500,
+            ours_seconds: 0.2,
+            python_seconds: 1.2,
+            ratio: 6.0,
         });
         r.store = Some(Store {
             identities: 100_000,

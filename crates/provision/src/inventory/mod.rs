@@ -376,12 +376,17 @@ impl Inventory {
     }
 
     fn migrate(&self) -> Result<()> {
+        // One transaction: one sync on SQLite instead of one a statement.
         self.rt.block_on(async {
-            for statement in SCHEMA {
-                db_link::either!(&self.db, Pool(pool) => sqlx::query(statement).execute(pool).await.map(|_| ()))
-                    .map_err(self.err("creating the tables of"))?;
+            db_link::either!(&self.db, Pool(pool) => async {
+                let mut tx = pool.begin().await?;
+                for statement in SCHEMA {
+                    sqlx::query(statement).execute(&mut *tx).await?;
+                }
+                tx.commit().await
             }
-            Ok(())
+            .await)
+            .map_err(self.err("creating the tables of"))
         })
     }
 

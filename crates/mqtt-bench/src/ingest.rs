@@ -64,12 +64,21 @@ pub(crate) fn run(bin: &Path, count: usize) -> anyhow::Result<Ingest> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let stored = count as f64 / started.elapsed().as_secs_f64();
+    // Where a message waits: how many commits, of how many messages, each
+    // taking how long.
+    let batches = ingest.metric("mqtt_ingest_batch_size_count");
+    let batched = ingest.metric_f64("mqtt_ingest_batch_size_sum");
+    let commit_seconds = ingest.metric_f64("mqtt_ingest_store_seconds_sum");
     drop(ingest);
     Ok(Ingest {
         count,
         mosquitto_sub_per_second: baseline,
         ingest_stored_per_second: stored,
         ratio: stored / baseline,
+        batches: Some(batches),
+        mean_batch: Some(batched / batches.max(1) as f64),
+        mean_commit_ms: Some(commit_seconds * 1e3 / batches.max(1) as f64),
+        runs: None,
     })
 }
 

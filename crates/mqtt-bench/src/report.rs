@@ -238,16 +238,39 @@ fn store(s: &Store) -> String {
 }
 
 fn ingest(i: &Ingest) -> String {
-    format!(
+    let mut out = format!(
         "## Ingest (QoS 1, 64-byte payloads, SQLite with synchronous=FULL)\n\n\
+         {n} messages through one Mosquitto, once to `mosquitto_sub` and once to\n\
+         `mqtt-ingest`, which acknowledges each only after its batch committed.\n\n\
          | who | messages/s |\n| --- | --- |\n\
          | `mosquitto_sub` receiving the stream | {ms:.2} |\n\
          | `mqtt-ingest` storing it, acknowledging after each commit | {is:.2} |\n\
          | **ratio** | **{ir:.2}** |\n",
+        n = i.count,
         ms = i.mosquitto_sub_per_second,
         is = i.ingest_stored_per_second,
         ir = i.ratio,
-    )
+    );
+    if let Some(runs) = &i.runs {
+        let shown: Vec<String> = runs.iter().map(|r| format!("{r:.2}")).collect();
+        let _ = write!(
+            out,
+            "\nThe step runs until two runs in a row agree within 10 %: ratios {} (the\n\
+             median run is shown).\n",
+            shown.join(", ")
+        );
+    }
+    if let (Some(batches), Some(mean), Some(commit)) = (i.batches, i.mean_batch, i.mean_commit_ms) {
+        let _ = write!(
+            out,
+            "\nWhere a message waits: in {batches} batches of {mean:.0} messages on average, each\n\
+             committed in {commit:.2} ms (one INSERT of up to 500 rows a statement; a\n\
+             statement a row took 11.3 ms for 450 rows, and the writer, committing 78 % of\n\
+             the time, held the stream back to 0.81×). The rest of a batch's life is\n\
+             the broker's: the ingest takes what arrives while the last batch commits.\n",
+        );
+    }
+    out
 }
 
 fn throughput(runs: &[Throughput]) -> String {
@@ -436,6 +459,8 @@ mod tests {
             "one in a thousand revoked, so its CRL lists 100).\n",
             "| `provision list --name` | 5.0 ms | 15.0 ms | 3.00× | 60.0 MB |\n",
             "| **ratio** | **0.95** |\n",
+            "agree within 10 %: ratios 0.90, 0.95, 0.96 (the\n",
+            "Where a message waits: in 40 batches of 50 messages on average, each\ncommitted in 2.50 ms",
             "| 0 | 1100.00 msg/s | 1000.00 msg/s | 500.00 msg/s | 1.10× |\n",
             "| 1 | 1300.00 msg/s | 1000.00 msg/s | ? msg/s | 1.30× |\n",
             "| **ratio ours / Python (sequential)** | **1.25×** |\n",

@@ -134,7 +134,7 @@ impl Sizes {
                 fleet_devices: 1_000,
                 fleet_process_devices: 500,
                 store_identities: 100_000,
-                ingest_messages: 2_000,
+                ingest_messages: 5_000,
                 throughput_messages: 10_000,
                 connects: 100,
                 idle_connections: 200,
@@ -152,7 +152,7 @@ impl Sizes {
                 fleet_devices: 10_000,
                 fleet_process_devices: default_fleet_process_devices(),
                 store_identities: 1_000_000,
-                ingest_messages: 20_000,
+                ingest_messages: 100_000,
                 throughput_messages: 50_000,
                 connects: 500,
                 idle_connections: 1_000,
@@ -314,6 +314,19 @@ pub(crate) struct Ingest {
     pub(crate) mosquitto_sub_per_second: f64,
     pub(crate) ingest_stored_per_second: f64,
     pub(crate) ratio: f64,
+    /// Batches the ingest committed (`None` in results from before).
+    #[serde(default)]
+    pub(crate) batches: Option<u64>,
+    /// Messages per committed batch, on average.
+    #[serde(default)]
+    pub(crate) mean_batch: Option<f64>,
+    /// Milliseconds per commit, on average.
+    #[serde(default)]
+    pub(crate) mean_commit_ms: Option<f64>,
+    /// The ratio of every run, in order (`all` runs the step until the
+    /// last two agree within 10 %); the median's figures are the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) runs: Option<Vec<f64>>,
 }
 
 /// `mqtt-bench throughput`.
@@ -517,6 +530,10 @@ pub(crate) mod tests {
             mosquitto_sub_per_second: 1000.0,
             ingest_stored_per_second: 950.0,
             ratio: 0.95,
+            batches: Some(40),
+            mean_batch: Some(50.0),
+            mean_commit_ms: Some(2.5),
+            runs: Some(vec![0.9, 0.95, 0.96]),
         });
         r.throughput = [(0, 1.1), (1, 1.3)]
             .into_iter()

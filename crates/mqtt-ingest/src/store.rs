@@ -101,8 +101,40 @@ const POSTGRES_DEAD_LETTERS: &str = "CREATE TABLE IF NOT EXISTS dead_letters (
     reason TEXT NOT NULL
 )";
 
-const INSERT_MESSAGE: &str = "INSERT INTO messages \
-    (topic, payload, qos, retain, duplicate, received_at_us) VALUES ($1, $2, $3, $4, $5, $6)";
+const INSERT_MESSAGES: &str =
+    "INSERT INTO messages (topic, payload, qos, retain, duplicate, received_at_us) ";
+
+/// Rows in one INSERT: 3,000 parameters, under both databases' limits
+/// (SQLite 32,766, PostgreSQL 65,535).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Bytes of topics and payloads in one INSERT, unless a single row is
+/// larger: far under PostgreSQL's 1 GiB message limit.
+const BYTES_PER_STATEMENT: usize = 16 << 20;
+
+/// `batch` cut into the rows of each INSERT, in order: at most
+/// [`ROWS_PER_STATEMENT`] rows and [`BYTES_PER_STATEMENT`] bytes (or one
+/// larger row alone).
+fn statements(batch: &[NewMessage]) -> impl Iterator<Item = &[NewMessage]> {
+    let mut rest = batch;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut len = 0;
+        for m in rest.iter().take(ROWS_PER_STATEMENT) {
+            bytes += m.topic.len() + m.payload.len();
+            if len > 0 && bytes > BYTES_PER_STATEMENT {
+                break;
+            }
+            len += 1;
+        }
+        let (rows, after) = rest.split_at(len);
+        rest = after;
+        Some(rows)
+    })
+}
 
 const INSERT_DEAD_LETTER: &str = "INSERT INTO dead_letters \
     (topic, payload, qos, retain, duplicate, received_at_us, reason) \
@@ -217,17 +249,19 @@ impl Store {
                     .await
                     .map_err(db_err)?;
             }
-            for m in batch {
-                sqlx::query(INSERT_MESSAGE)
-                    .bind(&m.topic)
-                    .bind(m.payload.as_ref())
-                    .bind(i16::from(m.qos))
-                    .bind(m.retain)
-                    .bind(m.duplicate)
-                    .bind(m.received_at_us)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(row_err)?;
+            // Many rows a statement: one trip to the database (and, on
+            // SQLite, to sqlx's worker thread) for each, not one a row.
+            for rows in statements(batch) {
+                let mut insert = sqlx::QueryBuilder::new(INSERT_MESSAGES);
+                insert.push_values(rows, |mut row, m| {
+                    row.push_bind(&m.topic)
+                        .push_bind(m.payload.as_ref())
+                        .push_bind(i16::from(m.qos))
+                        .push_bind(m.retain)
+                        .push_bind(m.duplicate)
+                        .push_bind(m.received_at_us);
+                });
+                insert.build().execute(&mut *tx).await.map_err(row_err)?;
             }
             tx.commit().await.map_err(db_err)
         })
@@ -397,6 +431,51 @@ mod tests {
         store.close().await;
         let again = Store::open(&url).await.unwrap();
         assert_eq!(again.list(None, 0, 10).await.unwrap().len(), 3);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    fn sized(n: usize, payload: usize) -> NewMessage {
+        NewMessage {
+            topic: format!("t/{n}"),
+            payload: vec![b'x'; payload].into(),
+            qos: 1,
+            retain: false,
+            duplicate: false,
+            received_at_us: n as i64,
+        }
+    }
+
+    #[test]
+    fn a_batch_is_cut_by_rows_and_by_bytes_in_order() {
+        let lens = |batch: &[NewMessage]| statements(batch).map(<[_]>::len).collect::<Vec<_>>();
+        let small: Vec<_> = (0..1_201).map(|n| sized(n, 10)).collect();
+        assert_eq!(lens(&small), [500, 500, 201]);
+        // 6 MiB each: two fit under 16 MiB, a third does not.
+        let big: Vec<_> = (0..5).map(|n| sized(n, 6 << 20)).collect();
+        assert_eq!(lens(&big), [2, 2, 1]);
+        // A row larger than the bound goes alone, never dropped.
+        let huge = [sized(0, 1), sized(1, 20 << 20), sized(2, 1)];
+        assert_eq!(lens(&huge), [1, 1, 1]);
+        assert_eq!(lens(&[]), Vec::<usize>::new());
+        let firsts: Vec<_> = statements(&small)
+            .map(|rows| rows[0].received_at_us)
+            .collect();
+        assert_eq!(firsts, [0, 500, 1_000]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_over_several_statements_is_stored_whole_and_in_order() {
+        let dir = tempfile_dir().join("several");
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}/t.db", dir.display());
+        let store = Store::open(&url).await.unwrap();
+        let batch: Vec<_> = (0..1_234).map(|n| sized(n, 3)).collect();
+        store.insert_batch(&batch).await.unwrap();
+        let rows = store.list(None, 0, 2_000).await.unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.topic.clone()).collect::<Vec<_>>(),
+            (0..1_234).map(|n| format!("t/{n}")).collect::<Vec<_>>()
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 

@@ -152,6 +152,15 @@ impl Ingest {
             .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
     }
 
+    /// A metric that may have a fraction (a histogram's `_sum`).
+    pub fn metric_f64(&self, name: &str) -> f64 {
+        let (_, text) = self.get("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    }
+
     /// What the process logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()

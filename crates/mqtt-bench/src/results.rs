@@ -372,6 +372,10 @@ pub(crate) struct Binary {
     /// (programs only).
     pub(crate) cold_start_ms: Option<f64>,
     pub(crate) warm_start_ms: Option<f64>,
+    /// The programs' largest sources of code, bytes by crate (or C
+    /// library), largest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) code_by_crate: Option<Vec<(String, u64)>>,
 }
 
 /// `mqtt-bench idle`.
@@ -604,6 +608,10 @@ pub(crate) mod tests {
                     stripped_bytes: 18_500_000,
                     cold_start_ms: Some(12.5),
                     warm_start_ms: Some(1.5),
+                    code_by_crate: Some(vec![
+                        ("core".into(), 2_000_000),
+                        ("aws-lc (C)".into(), 900_000),
+                    ]),
                 },
                 Binary {
                     name: "libmqtt_mtls_auth.so".into(),
@@ -611,6 +619,7 @@ pub(crate) mod tests {
                     stripped_bytes: 1_000_000,
                     cold_start_ms: None,
                     warm_start_ms: None,
+                    code_by_crate: None,
                 },
             ],
         });

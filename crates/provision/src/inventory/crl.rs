@@ -5,37 +5,39 @@ use std::time::{Duration, SystemTime};
 
 use pki_core::{Crl, CrlParams, RevokedEntry, Timestamp};
 
-use super::db::{COLUMNS, Raw, from_secs, to_secs};
+use super::db::{from_secs, to_secs};
 use super::locked::{AfterCommit, LockedCa};
-use super::record::Status;
 use crate::error::{Error, Result};
 
 impl LockedCa<'_> {
     /// Every revocation of a certificate not yet expired, for a CRL (an
     /// expired certificate may leave the CRL: RFC 5280 section 3.3).
     pub fn revoked(&mut self) -> Result<Vec<RevokedEntry>> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM certificates WHERE revoked_at IS NOT NULL AND not_after > $1"
-        );
+        // Only what a CRL entry holds, from `certificates_revoked_crl`.
         let now = to_secs(Timestamp(SystemTime::now()));
-        let rows = self.run("reading", async |tx| {
-            db_link::either!(tx, Tx(c) => sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(now)
-                .fetch_all(&mut **c)
-                .await)
+        let rows: Vec<(String, i64, String)> = self.run("reading", async |tx| {
+            db_link::either!(tx, Tx(c) => sqlx::query_as(
+                "SELECT serial, revoked_at, revocation_reason FROM certificates \
+                 WHERE revoked_at IS NOT NULL AND not_after > $1",
+            )
+            .bind(now)
+            .fetch_all(&mut **c)
+            .await)
         })?;
-        let mut entries = Vec::with_capacity(rows.len());
-        for raw in rows {
-            let record = raw.record(&self.inventory.location)?;
-            if let Status::Revoked { at, reason } = record.status {
-                entries.push(RevokedEntry {
-                    serial: record.serial,
-                    revoked_at: at.0,
-                    reason,
-                });
-            }
-        }
-        Ok(entries)
+        let location = &self.inventory.location;
+        rows.into_iter()
+            .map(|(serial, at, reason)| {
+                let bad = |what: &str, e: &dyn std::fmt::Display| Error::Inventory {
+                    location: location.clone(),
+                    reason: format!("the revocation of {serial:?}: {what}: {e}"),
+                };
+                Ok(RevokedEntry {
+                    serial: serial.parse().map_err(|e| bad("its serial", &e))?,
+                    revoked_at: from_secs(at).0,
+                    reason: reason.parse().map_err(|e| bad("its reason", &e))?,
+                })
+            })
+            .collect()
     }
 
     /// The next CRL number: one more than the larger of the stored counter

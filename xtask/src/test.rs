@@ -29,13 +29,16 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     tools::curl()?;
     // The packaging suite (provision's tests/packaging.rs).
     tools::packaging()?;
+    // Keys in hardware (provision's tests/hsm.rs).
+    let softhsm = tools::softhsm()?;
     let totals = sh_counting_tests(
         cargo()
             .args(["test", "--workspace", "--features", broker::EXTERNAL_TOOLS])
             .args(&extra)
             .envs(broker::test_env()?)
             .env("MQTT_MTLS_PKILINT_BIN", pkilint)
-            .env("MQTT_MTLS_SCHEMATHESIS", schemathesis),
+            .env("MQTT_MTLS_SCHEMATHESIS", schemathesis)
+            .env("MQTT_MTLS_SOFTHSM_MODULE", softhsm),
     )?;
     sh(cargo()
         .args(["doc", "--workspace", "--no-deps"])

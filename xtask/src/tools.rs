@@ -15,7 +15,7 @@
 //! - GNU time (`/usr/bin/time`): Debian's `time`.
 //! - `cargo fuzz`, `cargo deny`: from crates.io with `cargo install`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::{project_root, sh};
@@ -68,6 +68,20 @@ pub(crate) fn packaging() -> Result<(), String> {
     } else {
         apt_install(&missing)
     }
+}
+
+/// SoftHSM2 (a PKCS#11 token in files: `softhsm2-util` and the module) and
+/// OpenSC's `pkcs11-tool`, for the keys-in-hardware suite, installed when
+/// missing; returns the module's path.
+pub(crate) fn softhsm() -> Result<PathBuf, String> {
+    const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+    if which("softhsm2-util").is_none()
+        || which("pkcs11-tool").is_none()
+        || !Path::new(MODULE).exists()
+    {
+        apt_install(&["softhsm2", "opensc"])?;
+    }
+    Ok(PathBuf::from(MODULE))
 }
 
 /// GNU time (`/usr/bin/time`: a child's peak memory), installing Debian's

@@ -37,6 +37,7 @@ pub(crate) fn new_ca(
             key_type: KeyType::P256,
             days: 3650,
             passphrase: None,
+            token: None,
             force: false,
         },
     )?;

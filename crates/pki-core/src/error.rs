@@ -161,6 +161,16 @@ pub enum Error {
         reason: InvalidReason,
     },
 
+    /// A key held outside this process (a PKCS#11 token) could not sign,
+    /// or was asked for what it never gives (its secret).
+    #[error("the key at {key}: {reason}")]
+    ExternalKey {
+        /// Where the key lives (a `pkcs11:` URI without its PIN).
+        key: String,
+        /// Why.
+        reason: String,
+    },
+
     /// The cryptographic library refused an operation.
     #[error("cryptographic operation failed: {operation}")]
     Crypto {

@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::algorithm::{KeyAlgorithm, parse_spki};
 use crate::error::{Error, Result};
+use crate::external::ExternalKey;
 use crate::pem_util::{self, PemBlock};
 
 /// The kinds of key this crate generates. `P256` is the default: small,
@@ -104,6 +105,8 @@ enum Inner {
     Ecdsa(EcdsaKeyPair),
     Ed25519(Ed25519KeyPair),
     Rsa(RsaKeyPair),
+    /// Held outside this process (a token): signs, never exported.
+    External(Box<dyn ExternalKey>),
 }
 
 /// A private key with its public half, able to sign certificates, CSRs and
@@ -151,11 +154,29 @@ impl KeyPair {
         Self::from_inner(inner)
     }
 
+    /// A key held outside this process (a PKCS#11 token): it signs what
+    /// this key signs, each signature checked against its public half; it
+    /// cannot be exported ([`KeyPair::to_pkcs8_der`] refuses). Refused when
+    /// its public key is one this crate does not sign with.
+    pub fn external(key: Box<dyn ExternalKey>) -> Result<Self> {
+        Self::from_inner(Inner::External(key))
+    }
+
+    /// Where the key lives when it is held outside this process
+    /// ([`ExternalKey::describe`]); `None` for a key in memory.
+    pub fn external_location(&self) -> Option<String> {
+        match &self.inner {
+            Inner::External(k) => Some(k.describe()),
+            _ => None,
+        }
+    }
+
     fn from_inner(inner: Inner) -> Result<Self> {
         let spki = match &inner {
             Inner::Ecdsa(k) => k.public_key().as_der().map(|d| d.as_ref().to_vec()),
             Inner::Ed25519(k) => k.public_key().as_der().map(|d| d.as_ref().to_vec()),
             Inner::Rsa(k) => k.public_key().as_der().map(|d| d.as_ref().to_vec()),
+            Inner::External(k) => Ok(k.public_key_der()),
         }
         .map_err(|_| Error::Crypto {
             operation: "public key encoding",
@@ -309,6 +330,12 @@ impl KeyPair {
             Inner::Ecdsa(k) => k.to_pkcs8v1().map(|d| d.as_ref().to_vec()),
             Inner::Ed25519(k) => k.to_pkcs8v1().map(|d| d.as_ref().to_vec()),
             Inner::Rsa(k) => AsDer::<Pkcs8V1Der<'_>>::as_der(k).map(|d| d.as_ref().to_vec()),
+            Inner::External(k) => {
+                return Err(Error::ExternalKey {
+                    key: k.describe(),
+                    reason: "the key never leaves its token: it cannot be written out".into(),
+                });
+            }
         }
         .map_err(|_| Error::Crypto {
             operation: "private key export",
@@ -376,6 +403,9 @@ impl KeyPair {
                 .to_vec(),
             // `Ed25519KeyPair::sign` panics on failure; `try_sign` does not.
             Inner::Ed25519(k) => k.try_sign(message).map_err(failed)?.as_ref().to_vec(),
+            Inner::External(k) => {
+                crate::external::sign(k.as_ref(), self.algorithm, &self.spki, message)?
+            }
             Inner::Rsa(k) => {
                 let mut out = vec![0; k.public_modulus_len()];
                 k.sign(

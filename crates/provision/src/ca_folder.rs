@@ -314,6 +314,17 @@ fn load_pair(
         source,
     })?;
     let key_pem = zeroize::Zeroizing::new(read_text(&key_path)?);
+    // A key in a PKCS#11 token: the file records where it is.
+    if let Some(spec) = crate::pkcs11::TokenKeySpec::from_record(&key_pem, None) {
+        let key = crate::pkcs11::open(&spec?)?;
+        return CertificateAuthority::from_parts(cert, key).map_err(|source| Error::Pki {
+            path: match source {
+                pki_core::Error::NotACa { .. } => cert_path,
+                _ => key_path,
+            },
+            source,
+        });
+    }
     let key = match passphrase {
         Some(p) => KeyPair::from_pem_with_passphrase(&key_pem, p),
         None => KeyPair::from_pem(&key_pem),

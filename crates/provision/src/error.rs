@@ -89,6 +89,16 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// A key in a PKCS#11 token could not be made, found or used: a bad
+    /// URI, no such token or key, a wrong PIN, a removed token.
+    #[error("{uri}: {reason}")]
+    Token {
+        /// The key's `pkcs11:` URI, without its PIN.
+        uri: String,
+        /// What went wrong.
+        reason: String,
+    },
+
     /// The CA key is encrypted and no passphrase was given, or its variable
     /// is unset.
     #[error("{path}: {reason}")]

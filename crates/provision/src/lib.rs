@@ -20,6 +20,7 @@
 //!     key_type: KeyType::P256,
 //!     days: 3650,
 //!     passphrase: None,
+//!     token: None,
 //!     force: false,
 //! })?;
 //! // Every change goes through the CA's lock: one transaction.
@@ -57,6 +58,7 @@ pub mod inspect;
 pub mod inventory;
 pub mod layout;
 pub mod ops;
+pub mod pkcs11;
 pub mod pubsub;
 pub mod roles;
 pub mod serve;

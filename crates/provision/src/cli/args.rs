@@ -189,6 +189,17 @@ pub(crate) struct InitCaArgs {
     /// a terminal).
     #[arg(long, value_name = "VAR", requires = "intermediate")]
     pub(crate) root_passphrase_env: Option<String>,
+    /// Make the key inside a PKCS#11 token (an HSM, SoftHSM2), named by an
+    /// RFC 7512 URI such as `pkcs11:token=ca;object=root`: sensitive, never
+    /// extractable. The key file then records the URI (no PIN) and every
+    /// command that signs uses the token. The module comes from
+    /// `?module-path=` or $PKCS11_MODULE.
+    #[arg(long, value_name = "URI", conflicts_with_all = ["passphrase_env", "encrypt"])]
+    pub(crate) key_uri: Option<String>,
+    /// With --key-uri: the environment variable holding the token's PIN
+    /// (recorded by name with the URI, for the commands that sign later).
+    #[arg(long, value_name = "VAR", requires = "key_uri")]
+    pub(crate) pin_env: Option<String>,
     #[command(flatten)]
     pub(crate) inventory: InventoryArg,
 }

@@ -33,6 +33,7 @@ fn apply(inventory: &Inventory, committed: &Committed) -> anyhow::Result<Brokers
 }
 
 pub(crate) fn init_ca(args: InitCaArgs) -> anyhow::Result<CaCreated> {
+    let token = token_key(&args)?;
     let ca_dir = provision::ca_folder::CaDir::new(&args.ca_dir)
         .with_inventory_url(args.inventory.url)
         .with_insecure_db(args.inventory.insecure_db);
@@ -53,6 +54,7 @@ pub(crate) fn init_ca(args: InitCaArgs) -> anyhow::Result<CaCreated> {
             key_type: args.key_type,
             days: args.days,
             passphrase,
+            token,
             force: args.force,
         },
     )?;
@@ -73,12 +75,27 @@ pub(crate) fn init_ca(args: InitCaArgs) -> anyhow::Result<CaCreated> {
         cert: ca_dir.cert_path(),
         key: ca_dir.key_path(),
         encrypted,
+        key_in_token: ca.key().external_location(),
         not_after: when(ca.certificate().not_after()),
         archived,
     })
 }
 
+/// `--key-uri` and `--pin-env`: the token the new key goes into.
+fn token_key(args: &InitCaArgs) -> anyhow::Result<Option<provision::pkcs11::TokenKeySpec>> {
+    args.key_uri
+        .as_deref()
+        .map(|uri| {
+            Ok(provision::pkcs11::TokenKeySpec {
+                uri: uri.parse()?,
+                pin_env: args.pin_env.clone(),
+            })
+        })
+        .transpose()
+}
+
 pub(crate) fn init_intermediate(args: InitCaArgs) -> anyhow::Result<IntermediateCreated> {
+    let token = token_key(&args)?;
     let ca_dir = provision::ca_folder::CaDir::new(&args.ca_dir)
         .with_inventory_url(args.inventory.url)
         .with_insecure_db(args.inventory.insecure_db);
@@ -95,6 +112,7 @@ pub(crate) fn init_intermediate(args: InitCaArgs) -> anyhow::Result<Intermediate
         days: args.days,
         root_passphrase,
         passphrase: new_key_passphrase,
+        token,
         force: args.force,
     };
     // An encrypted root key without --root-passphrase-env is asked for at
@@ -122,6 +140,7 @@ pub(crate) fn init_intermediate(args: InitCaArgs) -> anyhow::Result<Intermediate
         cert: ca_dir.intermediate_cert_path(),
         key: ca_dir.intermediate_key_path(),
         encrypted,
+        key_in_token: made.ca.key().external_location(),
         not_after: when(made.ca.certificate().not_after()),
         capped_from: made.capped_not_after.map(when),
         archived: made.archived,

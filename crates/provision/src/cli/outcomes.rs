@@ -103,6 +103,9 @@ pub(crate) struct CaCreated {
     pub(super) cert: PathBuf,
     pub(super) key: PathBuf,
     pub(super) encrypted: bool,
+    /// The key's `pkcs11:` URI when it is in a token (the key file records
+    /// it).
+    pub(super) key_in_token: Option<String>,
     pub(super) not_after: String,
     /// Where a replaced CA went.
     pub(super) archived: Option<PathBuf>,
@@ -119,13 +122,30 @@ impl fmt::Display for CaCreated {
         }
         writeln!(f, "created CA {}", self.subject)?;
         writeln!(f, "  certificate: {}", self.cert.display())?;
-        writeln!(
+        key_line(f, &self.key, self.encrypted, self.key_in_token.as_deref())?;
+        writeln!(f, "  valid until: {}", self.not_after)
+    }
+}
+
+/// Where a new CA key is: its file, or the token its file names.
+fn key_line(
+    f: &mut fmt::Formatter<'_>,
+    key: &std::path::Path,
+    encrypted: bool,
+    in_token: Option<&str>,
+) -> fmt::Result {
+    match in_token {
+        Some(uri) => writeln!(
+            f,
+            "  key:         in the token, {uri} (never leaves it; {} records where)",
+            key.display()
+        ),
+        None => writeln!(
             f,
             "  key:         {} (0600{})",
-            self.key.display(),
-            if self.encrypted { ", encrypted" } else { "" }
-        )?;
-        writeln!(f, "  valid until: {}", self.not_after)
+            key.display(),
+            if encrypted { ", encrypted" } else { "" }
+        ),
     }
 }
 
@@ -138,6 +158,8 @@ pub(crate) struct IntermediateCreated {
     pub(super) cert: PathBuf,
     pub(super) key: PathBuf,
     pub(super) encrypted: bool,
+    /// The key's `pkcs11:` URI when it is in a token.
+    pub(super) key_in_token: Option<String>,
     pub(super) not_after: String,
     /// The requested end, when it was cut to the root's.
     pub(super) capped_from: Option<String>,
@@ -169,12 +191,7 @@ impl fmt::Display for IntermediateCreated {
             self.subject, self.issuer
         )?;
         writeln!(f, "  certificate: {}", self.cert.display())?;
-        writeln!(
-            f,
-            "  key:         {} (0600{})",
-            self.key.display(),
-            if self.encrypted { ", encrypted" } else { "" }
-        )?;
+        key_line(f, &self.key, self.encrypted, self.key_in_token.as_deref())?;
         writeln!(f, "  valid until: {}", self.not_after)?;
         if let Some(requested) = &self.capped_from {
             writeln!(

@@ -116,6 +116,7 @@ pub fn run(
                 key_type: manifest.ca.key_type.unwrap_or_default(),
                 days: manifest.ca.days.unwrap_or(3650),
                 passphrase: passphrase.clone(),
+                token: None,
                 force: false,
             },
         )?

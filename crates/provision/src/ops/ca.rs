@@ -25,6 +25,9 @@ pub struct InitCa {
     pub days: u32,
     /// Encrypt the CA key with this passphrase (wiped when dropped).
     pub passphrase: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// Make the key in this PKCS#11 token instead of a file: the key file
+    /// then records where it is ([`crate::pkcs11`]).
+    pub token: Option<crate::pkcs11::TokenKeySpec>,
     /// Replace an existing CA.
     pub force: bool,
 }
@@ -82,32 +85,85 @@ pub fn init_ca_archiving(
     refuse_existing(&[&cert_path, &key_path], request.force)?;
     // Everything that can fail before the old CA moves away.
     let subject = request.subject.subject("MQTT Root CA")?;
-    let ca = CertificateAuthority::new_root(
-        &subject,
-        KeyPair::generate(request.key_type)?,
-        Validity::days_from_now(request.days)?,
+    let validity = Validity::days_from_now(request.days)?;
+    let key = new_key(
+        request.key_type,
+        request.token.as_ref(),
+        request.passphrase.is_some(),
+        &key_path,
     )?;
-    // The unencrypted PEM is wiped when dropped; no plain copy is made.
-    let key_pem: zeroize::Zeroizing<String> = match &request.passphrase {
-        Some(p) => ca.key().to_encrypted_pkcs8_pem(p)?.into(),
-        None => ca.key().to_pkcs8_pem()?,
-    };
-    let archived = if request.force {
-        dir.archive_with(|archive| match &inventory {
-            Some(inventory) => inventory.archive_into(archive),
-            None => Ok(()),
-        })?
-    } else {
-        None
-    };
-    write_atomic(&key_path, key_pem.as_bytes(), Access::Secret, request.force)?;
-    write_atomic(
-        &cert_path,
-        ca.certificate().to_pem().as_bytes(),
-        Access::Public,
-        request.force,
-    )?;
-    Ok((ca, archived))
+    undone_on_error(request.token.as_ref(), || {
+        let ca = CertificateAuthority::new_root(&subject, key, validity)?;
+        let key_pem = key_file(&ca, request.token.as_ref(), request.passphrase.as_deref())?;
+        let archived = if request.force {
+            dir.archive_with(|archive| match &inventory {
+                Some(inventory) => inventory.archive_into(archive),
+                None => Ok(()),
+            })?
+        } else {
+            None
+        };
+        write_atomic(&key_path, key_pem.as_bytes(), Access::Secret, request.force)?;
+        write_atomic(
+            &cert_path,
+            ca.certificate().to_pem().as_bytes(),
+            Access::Public,
+            request.force,
+        )?;
+        Ok((ca, archived))
+    })
+}
+
+/// Runs what follows the making of a key in `token`; when it fails, the
+/// new key is destroyed again, so that nothing half made stays in the
+/// token (a key made in memory just goes away).
+fn undone_on_error<T>(
+    token: Option<&crate::pkcs11::TokenKeySpec>,
+    rest: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let result = rest();
+    if result.is_err()
+        && let Some(spec) = token
+        && let Err(e) = crate::pkcs11::destroy(spec)
+    {
+        tracing::warn!("removing the new key from its token again: {e}");
+    }
+    result
+}
+
+/// A new CA key: in the token `token` names, or in memory. A passphrase
+/// has no use for a key in a token: both given is refused.
+fn new_key(
+    key_type: KeyType,
+    token: Option<&crate::pkcs11::TokenKeySpec>,
+    encrypted: bool,
+    key_path: &std::path::Path,
+) -> Result<KeyPair> {
+    match token {
+        Some(_) if encrypted => Err(Error::Passphrase {
+            path: key_path.to_owned(),
+            reason: "a key in a token is not encrypted with a passphrase (the token's PIN \
+                     guards it): give --key-uri or a passphrase, not both; nothing was written"
+                .into(),
+        }),
+        Some(spec) => crate::pkcs11::generate(spec, key_type),
+        None => Ok(KeyPair::generate(key_type)?),
+    }
+}
+
+/// What the CA's key file holds: the key as PKCS#8 PEM (encrypted when a
+/// passphrase is given; the plain PEM is wiped when dropped), or, for a
+/// key in a token, where it is.
+fn key_file(
+    ca: &CertificateAuthority,
+    token: Option<&crate::pkcs11::TokenKeySpec>,
+    passphrase: Option<&Vec<u8>>,
+) -> Result<zeroize::Zeroizing<String>> {
+    Ok(match (token, passphrase) {
+        (Some(spec), _) => spec.record().into(),
+        (None, Some(p)) => ca.key().to_encrypted_pkcs8_pem(p)?.into(),
+        (None, None) => ca.key().to_pkcs8_pem()?,
+    })
 }
 
 /// How to create an intermediate CA under the folder's root.
@@ -124,6 +180,8 @@ pub struct InitIntermediate {
     pub root_passphrase: Option<zeroize::Zeroizing<Vec<u8>>>,
     /// Encrypt the new intermediate key with this passphrase.
     pub passphrase: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// Make the intermediate's key in this PKCS#11 token instead of a file.
+    pub token: Option<crate::pkcs11::TokenKeySpec>,
     /// Replace an existing intermediate (archived first).
     pub force: bool,
 }
@@ -185,98 +243,102 @@ pub fn init_intermediate(dir: &CaDir, request: &InitIntermediate) -> Result<Inte
     refuse_existing(&[&cert_path, &key_path], request.force)?;
     let root = dir.load_root(request.root_passphrase.as_ref().map(|p| p.as_slice()))?;
     let subject = request.subject.subject("MQTT Intermediate CA")?;
-    let key = KeyPair::generate(request.key_type)?;
-    let csr = Csr::new(&CsrParams::new(subject), &key)?;
-    if csr.subject() == root.certificate().subject() {
-        return Err(Error::Invalid(pki_core::Error::ProfileViolation {
-            profile: "intermediate CA",
-            reason: format!(
-                "its subject {} is the root's: give it a name of its own (--cn)",
-                csr.subject()
-            ),
-        }));
-    }
-    // Path length 0: it issues end entities only.
-    let issued = root.sign_intermediate(&csr, Validity::days_from_now(request.days)?, 0)?;
-    let ca = CertificateAuthority::from_parts(issued.certificate, key)?;
-    let key_pem: zeroize::Zeroizing<String> = match &request.passphrase {
-        Some(p) => ca.key().to_encrypted_pkcs8_pem(p)?.into(),
-        None => ca.key().to_pkcs8_pem()?,
-    };
+    let key = new_key(
+        request.key_type,
+        request.token.as_ref(),
+        request.passphrase.is_some(),
+        &key_path,
+    )?;
+    undone_on_error(request.token.as_ref(), || {
+        let csr = Csr::new(&CsrParams::new(subject), &key)?;
+        if csr.subject() == root.certificate().subject() {
+            return Err(Error::Invalid(pki_core::Error::ProfileViolation {
+                profile: "intermediate CA",
+                reason: format!(
+                    "its subject {} is the root's: give it a name of its own (--cn)",
+                    csr.subject()
+                ),
+            }));
+        }
+        // Path length 0: it issues end entities only.
+        let issued = root.sign_intermediate(&csr, Validity::days_from_now(request.days)?, 0)?;
+        let ca = CertificateAuthority::from_parts(issued.certificate, key)?;
+        let key_pem = key_file(&ca, request.token.as_ref(), request.passphrase.as_deref())?;
 
-    // The inventory (opened before the lock: opening may take it briefly)
-    // stays the root's: its owner is checked before anything is written.
-    let inventory = Inventory::open(dir)?;
-    let lock = dir.lock()?;
-    refuse_existing(&[&cert_path, &key_path], request.force)?;
-    let on_disk =
-        Certificate::from_pem(&read_text(&dir.cert_path())?).map_err(|source| Error::Pki {
-            path: dir.cert_path(),
-            source,
-        })?;
-    if on_disk.der() != root.certificate().der() {
-        return Err(Error::UnsafeOutput {
-            path: cert_path,
-            reason: format!(
-                "the root certificate in {} changed while this command waited for the lock \
-                 (replaced with init-ca --force?): nothing was written",
-                dir.dir().display()
-            ),
-        });
-    }
-    let mut locked = inventory.lock_held(lock)?;
-    let mut earlier_clients = 0;
-    locked.visit(
-        &crate::inventory::Filter {
-            common_names: Vec::new(),
-            valid_only: true,
-        },
-        |r| {
-            earlier_clients += usize::from(r.profile == Profile::Client);
-            Ok(())
-        },
-    )?;
-    // Brokers check a client against its issuer's CRL, and from now on only
-    // the intermediate signs one: the root's clients would be refused once
-    // the broker's root CRL is gone, and a revocation of one of them would
-    // not reach it. Said before anything is written.
-    if earlier_clients > 0 && !request.force {
-        return Err(Error::UnsafeOutput {
-            path: cert_path,
-            reason: format!(
-                "{earlier_clients} valid client certificate(s) were issued by the root: after \
-                 the switch brokers refuse them (their issuer signs no CRL any more) and \
-                 revoking one would not reach a broker. Pass --force to switch anyway and \
-                 reissue them afterwards (`provision fleet` does on its next run); nothing \
-                 was written"
-            ),
-        });
-    }
-    let archived = if request.force {
-        dir.archive_intermediate()?
-    } else {
-        None
-    };
-    write_atomic(&key_path, key_pem.as_bytes(), Access::Secret, request.force)?;
-    write_atomic(
-        &cert_path,
-        ca.certificate().to_pem().as_bytes(),
-        Access::Public,
-        request.force,
-    )?;
-    // From now on the intermediate signs the CRL too: a broker checks a
-    // client against the CRL of the client certificate's issuer.
-    locked.sign_with(&ca);
-    let crl = locked.write_crl(&dir.crl_path(), FIRST_INTERMEDIATE_CRL_DAYS)?;
-    let committed = locked.commit()?;
-    Ok(IntermediateCreated {
-        root: root.certificate().clone(),
-        capped_not_after: issued.capped_not_after,
-        archived,
-        crl,
-        earlier_clients,
-        committed,
-        ca,
+        // The inventory (opened before the lock: opening may take it briefly)
+        // stays the root's: its owner is checked before anything is written.
+        let inventory = Inventory::open(dir)?;
+        let lock = dir.lock()?;
+        refuse_existing(&[&cert_path, &key_path], request.force)?;
+        let on_disk =
+            Certificate::from_pem(&read_text(&dir.cert_path())?).map_err(|source| Error::Pki {
+                path: dir.cert_path(),
+                source,
+            })?;
+        if on_disk.der() != root.certificate().der() {
+            return Err(Error::UnsafeOutput {
+                path: cert_path,
+                reason: format!(
+                    "the root certificate in {} changed while this command waited for the lock \
+                     (replaced with init-ca --force?): nothing was written",
+                    dir.dir().display()
+                ),
+            });
+        }
+        let mut locked = inventory.lock_held(lock)?;
+        let mut earlier_clients = 0;
+        locked.visit(
+            &crate::inventory::Filter {
+                common_names: Vec::new(),
+                valid_only: true,
+            },
+            |r| {
+                earlier_clients += usize::from(r.profile == Profile::Client);
+                Ok(())
+            },
+        )?;
+        // Brokers check a client against its issuer's CRL, and from now on only
+        // the intermediate signs one: the root's clients would be refused once
+        // the broker's root CRL is gone, and a revocation of one of them would
+        // not reach it. Said before anything is written.
+        if earlier_clients > 0 && !request.force {
+            return Err(Error::UnsafeOutput {
+                path: cert_path,
+                reason: format!(
+                    "{earlier_clients} valid client certificate(s) were issued by the root: after \
+                     the switch brokers refuse them (their issuer signs no CRL any more) and \
+                     revoking one would not reach a broker. Pass --force to switch anyway and \
+                     reissue them afterwards (`provision fleet` does on its next run); nothing \
+                     was written"
+                ),
+            });
+        }
+        let archived = if request.force {
+            dir.archive_intermediate()?
+        } else {
+            None
+        };
+        write_atomic(&key_path, key_pem.as_bytes(), Access::Secret, request.force)?;
+        write_atomic(
+            &cert_path,
+            ca.certificate().to_pem().as_bytes(),
+            Access::Public,
+            request.force,
+        )?;
+        // From now on the intermediate signs the CRL too: a broker checks a
+        // client against the CRL of the client certificate's issuer.
+        locked.sign_with(&ca);
+        let crl = locked.write_crl(&dir.crl_path(), FIRST_INTERMEDIATE_CRL_DAYS)?;
+        let committed = locked.commit()?;
+        Ok(IntermediateCreated {
+            root: root.certificate().clone(),
+            capped_not_after: issued.capped_not_after,
+            archived,
+            crl,
+            earlier_clients,
+            committed,
+            ca,
+        })
     })
 }
 

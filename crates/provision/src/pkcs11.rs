@@ -1,0 +1,866 @@
+//! CA keys in a PKCS#11 token (an HSM, a smart card, SoftHSM2), named by an
+//! RFC 7512 `pkcs11:` URI.
+//!
+//! `init-ca --key-uri URI` makes the key inside the token (sensitive, never
+//! extractable) and records where it is in the CA folder: the key file
+//! (`root_ca.key`, `intermediate_ca.key`) then holds the URI, without any
+//! PIN, instead of a key, and every command that signs finds the token
+//! through it ([`crate::ca_folder::CaDir::load`]). The token signs;
+//! pki-core turns its answers into X.509's encoding and checks each one
+//! against the public key ([`pki_core::ExternalKey`]).
+//!
+//! The module (the token's PKCS#11 library) comes from `module-path=` in
+//! the URI or `$PKCS11_MODULE`; the PIN from `pin-source=` (a file), the
+//! environment variable named by `--pin-env` (recorded with the URI), or
+//! `pin-value=` (it works, with a warning: a command line shows in `ps`).
+//! No message, log or error shows a PIN; it is wiped after the login.
+//! Each process loads a module once and keeps one logged-in session pool
+//! per key, shared by every thread that signs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::RvError;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
+use cryptoki::object::{
+    Attribute, AttributeType, KeyType as TokenKeyType, ObjectClass, ObjectHandle,
+};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use pki_core::{ExternalKey, KeyPair, KeyType, PublicKeyParts, ToSign};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+
+/// The environment variable naming the PKCS#11 module when the URI has no
+/// `module-path=`.
+pub const MODULE_ENV: &str = "PKCS11_MODULE";
+
+/// What a key file holds instead of a key when the key is in a token: the
+/// URI on its first line, then optionally `pin-env=NAME`.
+const PIN_ENV_LINE: &str = "pin-env=";
+
+/// An RFC 7512 `pkcs11:` URI naming a key in a token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyUri {
+    token: Option<String>,
+    serial: Option<String>,
+    manufacturer: Option<String>,
+    model: Option<String>,
+    slot_id: Option<u64>,
+    object: Option<String>,
+    id: Option<Vec<u8>>,
+    module_path: Option<PathBuf>,
+    pin_source: Option<String>,
+    pin_value: Option<Zeroizing<String>>,
+}
+
+impl fmt::Debug for KeyUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyUri({self})")
+    }
+}
+
+/// The URI as it may be shown: every attribute but `pin-value`.
+impl fmt::Display for KeyUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let enc =
+            |v: &[u8]| -> String { percent_encoding::percent_encode(v, URI_VALUE).to_string() };
+        let mut path = Vec::new();
+        let mut push = |name: &str, value: Option<String>| {
+            if let Some(v) = value {
+                path.push(format!("{name}={v}"));
+            }
+        };
+        push("token", self.token.as_deref().map(|v| enc(v.as_bytes())));
+        push("serial", self.serial.as_deref().map(|v| enc(v.as_bytes())));
+        push(
+            "manufacturer",
+            self.manufacturer.as_deref().map(|v| enc(v.as_bytes())),
+        );
+        push("model", self.model.as_deref().map(|v| enc(v.as_bytes())));
+        push("slot-id", self.slot_id.map(|v| v.to_string()));
+        push("object", self.object.as_deref().map(|v| enc(v.as_bytes())));
+        push(
+            "id",
+            self.id
+                .as_deref()
+                .map(|v| v.iter().map(|b| format!("%{b:02X}")).collect()),
+        );
+        write!(f, "pkcs11:{}", path.join(";"))?;
+        let mut query = Vec::new();
+        if let Some(p) = &self.module_path {
+            query.push(format!(
+                "module-path={}",
+                enc(p.as_os_str().as_encoded_bytes())
+            ));
+        }
+        if let Some(p) = &self.pin_source {
+            query.push(format!("pin-source={}", enc(p.as_bytes())));
+        }
+        if !query.is_empty() {
+            write!(f, "?{}", query.join("&"))?;
+        }
+        Ok(())
+    }
+}
+
+/// What is left as it is in a value shown: RFC 7512's `pk11-pchar` minus
+/// what would be read back differently.
+const URI_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/')
+    .remove(b':');
+
+impl std::str::FromStr for KeyUri {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = |reason: String| Error::Token {
+            uri: shown(text),
+            reason,
+        };
+        let rest = text
+            .get(..7)
+            .filter(|s| s.eq_ignore_ascii_case("pkcs11:"))
+            .map(|_| &text[7..])
+            .ok_or_else(|| bad("not a pkcs11: URI (RFC 7512)".into()))?;
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut uri = KeyUri {
+            token: None,
+            serial: None,
+            manufacturer: None,
+            model: None,
+            slot_id: None,
+            object: None,
+            id: None,
+            module_path: None,
+            pin_source: None,
+            pin_value: None,
+        };
+        let decode = |name: &str, value: &str| -> Result<Vec<u8>> {
+            Ok(percent_encoding::percent_decode_str(value).collect::<Vec<u8>>()).and_then(|v| {
+                if value.contains('%')
+                    && value
+                        .split('%')
+                        .skip(1)
+                        .any(|h| h.len() < 2 || !h[..2].bytes().all(|b| b.is_ascii_hexdigit()))
+                {
+                    Err(bad(format!("{name}: a % not followed by two hex digits")))
+                } else {
+                    Ok(v)
+                }
+            })
+        };
+        let text_of = |name: &str, value: &str| -> Result<String> {
+            String::from_utf8(decode(name, value)?)
+                .map_err(|_| bad(format!("{name}: not UTF-8 once decoded")))
+        };
+        for attr in path.split(';').filter(|a| !a.is_empty()) {
+            let (name, value) = attr
+                .split_once('=')
+                .ok_or_else(|| bad(format!("{attr:?} is not NAME=VALUE")))?;
+            let slot = match name {
+                "token" => &mut uri.token,
+                "serial" => &mut uri.serial,
+                "manufacturer" => &mut uri.manufacturer,
+                "model" => &mut uri.model,
+                "object" => &mut uri.object,
+                "slot-id" => {
+                    let id = text_of(name, value)?
+                        .parse()
+                        .map_err(|_| bad(format!("slot-id={value}: not a number")))?;
+                    if uri.slot_id.replace(id).is_some() {
+                        return Err(bad("slot-id given twice".into()));
+                    }
+                    continue;
+                }
+                "id" => {
+                    if uri.id.replace(decode(name, value)?).is_some() {
+                        return Err(bad("id given twice".into()));
+                    }
+                    continue;
+                }
+                "type" => {
+                    let kind = text_of(name, value)?;
+                    if kind != "private" {
+                        return Err(bad(format!(
+                            "type={kind}: a CA key is a private key (type=private)"
+                        )));
+                    }
+                    continue;
+                }
+                other => {
+                    return Err(bad(format!(
+                        "unknown attribute {other:?} (known: token, serial, manufacturer, \
+                         model, slot-id, object, id, type; ?module-path, pin-source, \
+                         pin-value)"
+                    )));
+                }
+            };
+            if slot.replace(text_of(name, value)?).is_some() {
+                return Err(bad(format!("{name} given twice")));
+            }
+        }
+        for attr in query.split('&').filter(|a| !a.is_empty()) {
+            let (name, value) = attr
+                .split_once('=')
+                .ok_or_else(|| bad(format!("{:?} is not NAME=VALUE", shown(attr))))?;
+            match name {
+                "module-path" => {
+                    uri.module_path = Some(PathBuf::from(text_of(name, value)?));
+                }
+                "pin-source" => uri.pin_source = Some(text_of(name, value)?),
+                "pin-value" => uri.pin_value = Some(Zeroizing::new(text_of(name, value)?)),
+                other => {
+                    return Err(bad(format!(
+                        "unknown query attribute {other:?} (known: module-path, pin-source, \
+                         pin-value)"
+                    )));
+                }
+            }
+        }
+        if uri.object.is_none() && uri.id.is_none() {
+            return Err(bad(
+                "it names no key: give object= (its label) or id=".into()
+            ));
+        }
+        if uri.token.is_none() && uri.serial.is_none() && uri.slot_id.is_none() {
+            return Err(bad(
+                "it names no token: give token= (its label), serial= or slot-id=".into(),
+            ));
+        }
+        Ok(uri)
+    }
+}
+
+/// A URI as it may appear in a message: `pin-value=` cut out.
+fn shown(text: &str) -> String {
+    match text.split_once('?') {
+        Some((path, query)) => {
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|a| !a.starts_with("pin-value"))
+                .collect();
+            if kept.is_empty() {
+                path.to_owned()
+            } else {
+                format!("{path}?{}", kept.join("&"))
+            }
+        }
+        None => text.to_owned(),
+    }
+}
+
+/// A key in a token, and how to log in to it.
+#[derive(Debug, Clone)]
+pub struct TokenKeySpec {
+    /// Where the key is.
+    pub uri: KeyUri,
+    /// The environment variable holding the PIN (not the PIN).
+    pub pin_env: Option<String>,
+}
+
+impl TokenKeySpec {
+    /// What the CA folder's key file holds for this key: the URI (no PIN)
+    /// and the PIN's variable.
+    pub fn record(&self) -> String {
+        match &self.pin_env {
+            Some(var) => format!("{}\n{PIN_ENV_LINE}{var}\n", self.uri),
+            None => format!("{}\n", self.uri),
+        }
+    }
+
+    /// Reads a key file's record; `None` when the file holds a key (PEM),
+    /// not a URI. `pin_env` given on the command line wins over the
+    /// recorded one.
+    pub fn from_record(text: &str, pin_env: Option<&str>) -> Option<Result<Self>> {
+        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+        let first = lines.next()?;
+        if !first.get(..7)?.eq_ignore_ascii_case("pkcs11:") {
+            return None;
+        }
+        let recorded = lines
+            .find_map(|l| l.strip_prefix(PIN_ENV_LINE))
+            .map(str::to_owned);
+        Some(first.parse().map(|uri| Self {
+            uri,
+            pin_env: pin_env.map(str::to_owned).or(recorded),
+        }))
+    }
+
+    fn err(&self, reason: impl Into<String>) -> Error {
+        Error::Token {
+            uri: self.uri.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The PIN: `pin-value=` (with a warning), `pin-source=`, or the
+    /// environment variable.
+    fn pin(&self) -> Result<Zeroizing<String>> {
+        if let Some(pin) = &self.uri.pin_value {
+            tracing::warn!(
+                "{}: the PIN is in the URI (pin-value=), which shows in `ps` and shell \
+                 history; prefer pin-source=FILE or --pin-env VAR",
+                self.uri
+            );
+            return Ok(pin.clone());
+        }
+        if let Some(source) = &self.uri.pin_source {
+            let path = source.strip_prefix("file:").unwrap_or(source);
+            let text =
+                Zeroizing::new(crate::files::read_text(Path::new(path)).map_err(|e| {
+                    self.err(format!("reading the PIN from pin-source={source}: {e}"))
+                })?);
+            return Ok(Zeroizing::new(
+                text.trim_end_matches(['\r', '\n']).to_owned(),
+            ));
+        }
+        if let Some(var) = &self.pin_env {
+            return match std::env::var(var) {
+                Ok(pin) if !pin.is_empty() => Ok(Zeroizing::new(pin)),
+                _ => Err(self.err(format!("the PIN's variable ${var} is not set"))),
+            };
+        }
+        Err(self.err(
+            "the token needs a PIN: pass --pin-env VAR with the PIN in $VAR, or pin-source=FILE \
+             in the URI",
+        ))
+    }
+
+    fn module_path(&self) -> Result<PathBuf> {
+        if let Some(p) = &self.uri.module_path {
+            return Ok(p.clone());
+        }
+        match std::env::var_os(MODULE_ENV) {
+            Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+            _ => Err(self.err(format!(
+                "which PKCS#11 module? Give module-path= in the URI or set ${MODULE_ENV} \
+                 (SoftHSM2: /usr/lib/softhsm/libsofthsm2.so)"
+            ))),
+        }
+    }
+}
+
+/// Every module this process loaded, by path: a module is initialised once
+/// per process.
+fn module(path: &Path) -> std::result::Result<Arc<Pkcs11>, String> {
+    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Arc<Pkcs11>>>> = OnceLock::new();
+    let mut modules = MODULES
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| "a thread failed while loading a module".to_owned())?;
+    if let Some(m) = modules.get(path) {
+        return Ok(m.clone());
+    }
+    let pkcs11 =
+        Pkcs11::new(path).map_err(|e| format!("loading the module {}: {e}", path.display()))?;
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(format!("initialising the module {}: {e}", path.display())),
+    }
+    let pkcs11 = Arc::new(pkcs11);
+    modules.insert(path.to_owned(), pkcs11.clone());
+    Ok(pkcs11)
+}
+
+/// A logged-in token: its module, slot and a pool of sessions.
+struct Token {
+    pkcs11: Arc<Pkcs11>,
+    slot: Slot,
+    /// Idle sessions; the first one logged in (a login holds for every
+    /// session of the process on that token).
+    sessions: Mutex<Vec<Session>>,
+}
+
+impl Token {
+    fn open(spec: &TokenKeySpec) -> Result<Self> {
+        let pkcs11 = module(&spec.module_path()?).map_err(|e| spec.err(e))?;
+        let slots = pkcs11
+            .get_slots_with_token()
+            .map_err(|e| spec.err(classify("listing the slots", &e)))?;
+        let mut found = None;
+        for slot in slots {
+            let info = pkcs11
+                .get_token_info(slot)
+                .map_err(|e| spec.err(classify("reading a token's label", &e)))?;
+            let uri = &spec.uri;
+            let matches = uri
+                .token
+                .as_deref()
+                .is_none_or(|t| info.label().trim_end() == t)
+                && uri
+                    .serial
+                    .as_deref()
+                    .is_none_or(|s| info.serial_number().trim_end() == s)
+                && uri
+                    .manufacturer
+                    .as_deref()
+                    .is_none_or(|m| info.manufacturer_id().trim_end() == m)
+                && uri
+                    .model
+                    .as_deref()
+                    .is_none_or(|m| info.model().trim_end() == m)
+                && uri.slot_id.is_none_or(|id| slot.id() == id);
+            if matches {
+                if found.is_some() {
+                    return Err(spec.err("more than one token matches: name it by serial="));
+                }
+                found = Some(slot);
+            }
+        }
+        let slot =
+            found.ok_or_else(|| spec.err("no such token (is it plugged in and initialised?)"))?;
+        let session = pkcs11
+            .open_rw_session(slot)
+            .map_err(|e| spec.err(classify("opening a session", &e)))?;
+        let pin = spec.pin()?;
+        // Allocated at its exact size, and wiped when dropped.
+        let auth = AuthPin::new(Box::from(pin.as_str()));
+        drop(pin);
+        match session.login(UserType::User, Some(&auth)) {
+            Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(e) => return Err(spec.err(classify("logging in", &e))),
+        }
+        Ok(Self {
+            pkcs11,
+            slot,
+            sessions: Mutex::new(vec![session]),
+        })
+    }
+
+    /// Runs `f` on an idle session (a new one when all are busy), which
+    /// goes back to the pool unless the token failed under it.
+    fn with_session<T>(
+        &self,
+        f: impl FnOnce(&Session) -> cryptoki::error::Result<T>,
+    ) -> std::result::Result<T, String> {
+        let idle = self.sessions.lock().ok().and_then(|mut s| s.pop());
+        let session = match idle {
+            Some(s) => s,
+            None => self
+                .pkcs11
+                .open_rw_session(self.slot)
+                .map_err(|e| classify("opening a session", &e))?,
+        };
+        match f(&session) {
+            Ok(v) => {
+                if let Ok(mut sessions) = self.sessions.lock() {
+                    sessions.push(session);
+                }
+                Ok(v)
+            }
+            Err(e) => Err(classify("signing", &e)),
+        }
+    }
+}
+
+/// A PKCS#11 error as the operator needs it: what failed, and the likely
+/// cause (never a PIN: none is ever formatted).
+fn classify(action: &str, e: &cryptoki::error::Error) -> String {
+    let why = match e {
+        cryptoki::error::Error::Pkcs11(rv, _) => match rv {
+            RvError::PinIncorrect => "wrong PIN".into(),
+            RvError::PinLocked => "the PIN is locked (too many wrong tries)".into(),
+            RvError::PinExpired => "the PIN has expired".into(),
+            RvError::TokenNotPresent | RvError::DeviceRemoved => {
+                "the token is not there (removed?)".into()
+            }
+            RvError::SessionHandleInvalid | RvError::SessionClosed => {
+                "the session is gone (token removed or module reset)".into()
+            }
+            RvError::DeviceError | RvError::DeviceMemory => "the token failed".into(),
+            RvError::UserNotLoggedIn => "not logged in".into(),
+            RvError::KeyFunctionNotPermitted => "the key may not sign (CKA_SIGN false)".into(),
+            RvError::MechanismInvalid => "the token does not offer this mechanism".into(),
+            other => format!("{other}"),
+        },
+        other => other.to_string(),
+    };
+    format!("{action}: {why}")
+}
+
+/// The handles of the key named by `uri` in an open session: the private
+/// key, and its public half.
+fn find_pair(
+    session: &Session,
+    uri: &KeyUri,
+) -> cryptoki::error::Result<(Option<ObjectHandle>, Option<ObjectHandle>)> {
+    let find = |class: ObjectClass| -> cryptoki::error::Result<Option<ObjectHandle>> {
+        let mut template = vec![Attribute::Class(class)];
+        if let Some(label) = &uri.object {
+            template.push(Attribute::Label(label.as_bytes().to_vec()));
+        }
+        if let Some(id) = &uri.id {
+            template.push(Attribute::Id(id.clone()));
+        }
+        Ok(session.find_objects(&template)?.into_iter().next())
+    };
+    Ok((
+        find(ObjectClass::PRIVATE_KEY)?,
+        find(ObjectClass::PUBLIC_KEY)?,
+    ))
+}
+
+/// The DER of a curve's OID, as `CKA_EC_PARAMS` holds it.
+const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const P384_PARAMS: [u8; 7] = [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+const ED25519_PARAMS: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
+
+/// A key in a token, signing through its pool ([`pki_core::ExternalKey`]).
+struct TokenKey {
+    shown: String,
+    token: Token,
+    key: ObjectHandle,
+    key_type: TokenKeyType,
+    spki: Vec<u8>,
+}
+
+impl ExternalKey for TokenKey {
+    fn describe(&self) -> String {
+        self.shown.clone()
+    }
+
+    fn public_key_der(&self) -> Vec<u8> {
+        self.spki.clone()
+    }
+
+    fn sign(&self, what: ToSign<'_>) -> std::result::Result<Vec<u8>, String> {
+        let (mechanism, data) = match what {
+            ToSign::EcdsaDigest(d) if self.key_type == TokenKeyType::EC => (Mechanism::Ecdsa, d),
+            ToSign::RsaPkcs1DigestInfo(d) if self.key_type == TokenKeyType::RSA => {
+                (Mechanism::RsaPkcs, d)
+            }
+            ToSign::Ed25519Message(m) if self.key_type == TokenKeyType::EC_EDWARDS => (
+                Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
+                m,
+            ),
+            _ => return Err("a signature this key's type does not make".into()),
+        };
+        self.token
+            .with_session(|s| s.sign(&mechanism, self.key, data))
+    }
+}
+
+/// The public key of `public` as DER SubjectPublicKeyInfo, and its type.
+fn public_key(
+    session: &Session,
+    public: ObjectHandle,
+) -> std::result::Result<(TokenKeyType, Vec<u8>), String> {
+    let attrs = session
+        .get_attributes(
+            public,
+            &[
+                AttributeType::KeyType,
+                AttributeType::EcParams,
+                AttributeType::EcPoint,
+                AttributeType::Modulus,
+                AttributeType::PublicExponent,
+            ],
+        )
+        .map_err(|e| classify("reading the public key", &e))?;
+    let (mut kind, mut params, mut point, mut modulus, mut exponent) =
+        (None, None, None, None, None);
+    for a in attrs {
+        match a {
+            Attribute::KeyType(k) => kind = Some(k),
+            Attribute::EcParams(p) => params = Some(p),
+            Attribute::EcPoint(p) => point = Some(p),
+            Attribute::Modulus(m) => modulus = Some(m),
+            Attribute::PublicExponent(e) => exponent = Some(e),
+            _ => {}
+        }
+    }
+    let kind = kind.ok_or("the public key has no CKA_KEY_TYPE")?;
+    let spki = if kind == TokenKeyType::RSA {
+        let (Some(modulus), Some(exponent)) = (modulus, exponent) else {
+            return Err("the RSA public key has no modulus or exponent".into());
+        };
+        pki_core::spki_der(PublicKeyParts::Rsa {
+            modulus: &modulus,
+            exponent: &exponent,
+        })
+    } else if kind == TokenKeyType::EC || kind == TokenKeyType::EC_EDWARDS {
+        let (Some(params), Some(point)) = (params, point) else {
+            return Err("the EC public key has no curve or point".into());
+        };
+        let point = unwrap_octet_string(&point);
+        match params.as_slice() {
+            p if p == P256_PARAMS => pki_core::spki_der(PublicKeyParts::Ec {
+                key_type: KeyType::P256,
+                point,
+            }),
+            p if p == P384_PARAMS => pki_core::spki_der(PublicKeyParts::Ec {
+                key_type: KeyType::P384,
+                point,
+            }),
+            p if p == ED25519_PARAMS || p.ends_with(b"edwards25519") => {
+                pki_core::spki_der(PublicKeyParts::Ed25519(point))
+            }
+            _ => return Err("a curve other than P-256, P-384 and Ed25519".into()),
+        }
+    } else {
+        return Err(format!(
+            "a {kind} key: only EC, RSA and Ed25519 keys sign here"
+        ));
+    };
+    spki.map(|der| (kind, der)).map_err(|e| e.to_string())
+}
+
+/// `CKA_EC_POINT` is a DER OCTET STRING holding the point; some modules
+/// give the bare point.
+fn unwrap_octet_string(value: &[u8]) -> &[u8] {
+    match value {
+        [0x04, len, rest @ ..] if usize::from(*len) == rest.len() && *len < 0x80 => rest,
+        [0x04, 0x81, len, rest @ ..] if usize::from(*len) == rest.len() => rest,
+        _ => value,
+    }
+}
+
+/// The key `spec` names, logged in, as a [`KeyPair`] that signs in the
+/// token. Errors name the URI (never its PIN) and what went wrong: no such
+/// token, a wrong PIN, no such key, a key this crate does not sign with.
+pub fn open(spec: &TokenKeySpec) -> Result<KeyPair> {
+    let token = Token::open(spec)?;
+    let found = token
+        .with_session(|s| {
+            let (private, public) = find_pair(s, &spec.uri)?;
+            Ok(private.zip(public))
+        })
+        .map_err(|e| spec.err(e))?;
+    let Some((key, public)) = found else {
+        return Err(spec.err(
+            "no such key in the token (a private key and its public key with this label or id)",
+        ));
+    };
+    let (key_type, spki) = token
+        .with_session(|s| Ok(public_key(s, public)))
+        .map_err(|e| spec.err(e))?
+        .map_err(|e| spec.err(e))?;
+    wrap(spec, token, key, key_type, spki)
+}
+
+fn wrap(
+    spec: &TokenKeySpec,
+    token: Token,
+    key: ObjectHandle,
+    key_type: TokenKeyType,
+    spki: Vec<u8>,
+) -> Result<KeyPair> {
+    KeyPair::external(Box::new(TokenKey {
+        shown: spec.uri.to_string(),
+        token,
+        key,
+        key_type,
+        spki,
+    }))
+    .map_err(|e| spec.err(e.to_string()))
+}
+
+/// Makes a new key of `key_type` in the token `spec` names, with its label
+/// and id: private, sensitive, never extractable, able to sign only; its
+/// public half beside it. Refused when the token already holds a key by
+/// that name (nothing is changed).
+pub fn generate(spec: &TokenKeySpec, key_type: KeyType) -> Result<KeyPair> {
+    let token = Token::open(spec)?;
+    let label = spec.uri.object.clone();
+    // A random id ties the two halves together.
+    let id = match &spec.uri.id {
+        Some(id) => id.clone(),
+        None => {
+            let mut id = vec![0u8; 16];
+            pki_core::random_bytes(&mut id).map_err(|e| spec.err(e.to_string()))?;
+            id
+        }
+    };
+    let existing = token
+        .with_session(|s| find_pair(s, &spec.uri))
+        .map_err(|e| spec.err(e))?;
+    if existing.0.is_some() || existing.1.is_some() {
+        return Err(spec.err(
+            "the token already holds a key by this name: give another object= (nothing was changed)",
+        ));
+    }
+    let (mechanism, public_extra): (Mechanism, Vec<Attribute>) = match key_type {
+        KeyType::P256 => (
+            Mechanism::EccKeyPairGen,
+            vec![Attribute::EcParams(P256_PARAMS.to_vec())],
+        ),
+        KeyType::P384 => (
+            Mechanism::EccKeyPairGen,
+            vec![Attribute::EcParams(P384_PARAMS.to_vec())],
+        ),
+        KeyType::Ed25519 => (
+            Mechanism::EccEdwardsKeyPairGen,
+            vec![Attribute::EcParams(ED25519_PARAMS.to_vec())],
+        ),
+        KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
+            let bits: u64 = match key_type {
+                KeyType::Rsa2048 => 2048,
+                KeyType::Rsa3072 => 3072,
+                _ => 4096,
+            };
+            (
+                Mechanism::RsaPkcsKeyPairGen,
+                vec![
+                    Attribute::ModulusBits(bits.into()),
+                    Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+                ],
+            )
+        }
+        other => {
+            return Err(spec.err(format!(
+                "a {} key cannot be made in a token here",
+                other.as_str()
+            )));
+        }
+    };
+    let mut named = vec![Attribute::Id(id)];
+    if let Some(label) = &label {
+        named.push(Attribute::Label(label.as_bytes().to_vec()));
+    }
+    // Able to sign and verify only: no decryption, wrapping or derivation
+    // with a CA key (SoftHSM2 allows them unless told).
+    let mut public_template = vec![
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::Encrypt(false),
+        Attribute::Wrap(false),
+    ];
+    public_template.extend(public_extra);
+    public_template.extend(named.iter().cloned());
+    let mut private_template = vec![
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+    ];
+    private_template.extend(named);
+    let (public, private) = token
+        .with_session(|s| s.generate_key_pair(&mechanism, &public_template, &private_template))
+        .map_err(|e| spec.err(e.replace("signing", "making the key")))?;
+    let made = token
+        .with_session(|s| Ok(public_key(s, public)))
+        .map_err(|e| spec.err(e))?;
+    let (kind, spki) = match made {
+        Ok(v) => v,
+        Err(e) => {
+            // Nothing half made stays behind.
+            let _ = token.with_session(|s| {
+                s.destroy_object(private)?;
+                s.destroy_object(public)
+            });
+            return Err(spec.err(e));
+        }
+    };
+    wrap(spec, token, private, kind, spki)
+}
+
+/// Destroys the key `spec` names (both halves) in its token: a new key
+/// whose CA could not be made is not left behind.
+pub fn destroy(spec: &TokenKeySpec) -> Result<()> {
+    let token = Token::open(spec)?;
+    token
+        .with_session(|s| {
+            let (private, public) = find_pair(s, &spec.uri)?;
+            for object in private.into_iter().chain(public) {
+                s.destroy_object(object)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| spec.err(e.replace("signing", "removing the key")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_uri_parses_and_shows_without_its_pin() {
+        let uri: KeyUri = "pkcs11:token=My%20CA;object=root;id=%01%02?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-value=1234"
+            .parse()
+            .unwrap();
+        assert_eq!(uri.token.as_deref(), Some("My CA"));
+        assert_eq!(uri.object.as_deref(), Some("root"));
+        assert_eq!(uri.id.as_deref(), Some(&[1u8, 2][..]));
+        assert_eq!(uri.pin_value.as_deref().map(String::as_str), Some("1234"));
+        let shown = uri.to_string();
+        assert_eq!(
+            shown,
+            "pkcs11:token=My%20CA;object=root;id=%01%02?module-path=/usr/lib/softhsm/libsofthsm2.so"
+        );
+        assert!(!format!("{uri:?}").contains("1234"));
+        // What it shows reads back the same, but for the PIN.
+        let again: KeyUri = shown.parse().unwrap();
+        assert_eq!(again.to_string(), shown);
+    }
+
+    #[test]
+    fn bad_uris_are_refused_for_what_they_are() {
+        for (text, why) in [
+            ("file:///root.key", "not a pkcs11: URI"),
+            (
+                "pkcs11:token=a;object=b;colour=red",
+                "unknown attribute \"colour\"",
+            ),
+            (
+                "pkcs11:token=a;object=b?pin-colour=1",
+                "unknown query attribute",
+            ),
+            ("pkcs11:token=a", "names no key"),
+            ("pkcs11:object=b", "names no token"),
+            ("pkcs11:token=a;object=b;object=c", "object given twice"),
+            ("pkcs11:token=a;object=b;type=cert", "type=private"),
+            ("pkcs11:token=a;object=%zz", "two hex digits"),
+        ] {
+            let err = text.parse::<KeyUri>().unwrap_err().to_string();
+            assert!(err.contains(why), "{text}: {err}");
+        }
+        // A refused URI's message never shows its PIN.
+        let err = "pkcs11:token=a?pin-value=secret-pin&colour=1"
+            .parse::<KeyUri>()
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("secret-pin"), "{err}");
+    }
+
+    #[test]
+    fn a_key_file_record_round_trips() {
+        let spec = TokenKeySpec {
+            uri: "pkcs11:token=ca;object=root".parse().unwrap(),
+            pin_env: Some("CA_PIN".into()),
+        };
+        let record = spec.record();
+        assert_eq!(record, "pkcs11:token=ca;object=root\npin-env=CA_PIN\n");
+        let back = TokenKeySpec::from_record(&record, None).unwrap().unwrap();
+        assert_eq!(back.uri, spec.uri);
+        assert_eq!(back.pin_env.as_deref(), Some("CA_PIN"));
+        let flag = TokenKeySpec::from_record(&record, Some("OTHER"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(flag.pin_env.as_deref(), Some("OTHER"));
+        assert!(TokenKeySpec::from_record("-----BEGIN PRIVATE KEY-----\n", None).is_none());
+    }
+
+    #[test]
+    fn ec_points_are_found_wrapped_or_bare() {
+        let mut wrapped = vec![0x04, 65, 0x04];
+        wrapped.extend([7u8; 64]);
+        assert_eq!(unwrap_octet_string(&wrapped), &wrapped[2..]);
+        assert_eq!(unwrap_octet_string(&wrapped[2..]), &wrapped[2..]);
+    }
+}

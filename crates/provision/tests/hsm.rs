@@ -1,0 +1,543 @@
+//! Keys in hardware (issue #33): the CA's keys in PKCS#11 tokens, here
+//! SoftHSM2 (each test's tokens in a folder of its own through
+//! `SOFTHSM2_CONF`). The root and the intermediate live in two tokens;
+//! what they sign is checked by OpenSSL and a real Mosquitto; the key
+//! files record where the keys are and hold no key; the tokens say the
+//! keys are sensitive and never extractable; the root's token can go and
+//! the intermediate keeps signing. Hostile setups (a wrong PIN, a missing
+//! key, a removed token, an unknown URI attribute, a name already taken)
+//! are errors naming the URI without its PIN, with nothing written.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
+use peers::mosquitto::{Mosquitto, free_port};
+
+const ROOT_PIN: &str = "1234";
+const INTER_PIN: &str = "5678";
+
+/// The SoftHSM2 module: `cargo xtask test` installs it and says where.
+fn module() -> PathBuf {
+    let path = std::env::var_os("MQTT_MTLS_SOFTHSM_MODULE").map_or_else(
+        || PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "no SoftHSM2 module at {} (cargo xtask test installs softhsm2)",
+        path.display()
+    );
+    path
+}
+
+/// A folder with SoftHSM2 tokens of its own, and the CA's working folder.
+struct Hsm {
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+}
+
+impl Hsm {
+    /// Tokens `root` and `inter`, each with its PIN.
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir(&tokens).unwrap();
+        std::fs::create_dir(dir.path().join("work")).unwrap();
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                tokens.display()
+            ),
+        )
+        .unwrap();
+        let hsm = Self { dir, conf };
+        hsm.init_token("root", ROOT_PIN);
+        hsm.init_token("inter", INTER_PIN);
+        hsm
+    }
+
+    fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    fn tokens(&self) -> PathBuf {
+        self.dir.path().join("tokens")
+    }
+
+    fn softhsm(&self, args: &[&str]) -> Output {
+        let out = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", &self.conf)
+            .args(args)
+            .output()
+            .expect("softhsm2-util (cargo xtask test installs softhsm2)");
+        assert!(
+            out.status.success(),
+            "softhsm2-util {args:?}: {}",
+            text(&out)
+        );
+        out
+    }
+
+    fn init_token(&self, label: &str, pin: &str) {
+        self.softhsm(&[
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--so-pin",
+            "000000",
+            "--pin",
+            pin,
+        ]);
+    }
+
+    fn delete_token(&self, label: &str) {
+        self.softhsm(&["--delete-token", "--token", label]);
+    }
+
+    /// `provision ARGS` in the work folder with the tokens and PINs.
+    fn provision(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_provision"))
+            .current_dir(self.work())
+            .env("SOFTHSM2_CONF", &self.conf)
+            .env("ROOT_PIN", ROOT_PIN)
+            .env("INTER_PIN", INTER_PIN)
+            .envs(envs.iter().copied())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.provision(args, &[]);
+        assert!(out.status.success(), "provision {args:?}: {}", text(&out));
+        text(&out)
+    }
+
+    /// A command that must fail (exit 1) without panicking; its output.
+    fn fails(&self, args: &[&str], envs: &[(&str, &str)]) -> String {
+        let out = self.provision(args, envs);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "provision {args:?}: {all}");
+        assert!(!all.contains("panicked"), "{all}");
+        all
+    }
+
+    /// The objects of `token` (logged in), as (class, label, guarded):
+    /// guarded is whether a private key is sensitive, never extractable
+    /// and withholds its value (`CKA_VALUE`). Asked through cryptoki in a
+    /// child process (this test binary again, [`token_objects_probe`]):
+    /// SoftHSM2 reads `SOFTHSM2_CONF` once per process.
+    fn objects(&self, token: &str, pin: &str) -> Vec<(String, String, bool)> {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "token_objects_probe",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("SOFTHSM2_CONF", &self.conf)
+            .env(PROBE, format!("{token}\n{pin}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let mut found: Vec<(String, String, bool)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            // libtest's "test NAME ... " may lead the first line.
+            .filter_map(|l| l.split_once("OBJECT\t").map(|(_, rest)| rest))
+            .map(|l| {
+                let mut f = l.split('\t');
+                let class = f.next().unwrap().to_owned();
+                let label = f.next().unwrap().to_owned();
+                (class, label, f.next() == Some("guarded"))
+            })
+            .collect();
+        found.sort();
+        found
+    }
+}
+
+/// Set for the child process of [`Hsm::objects`]: "TOKEN\nPIN".
+const PROBE: &str = "MQTT_MTLS_TEST_TOKEN_PROBE";
+
+/// Not a test of its own: run by [`Hsm::objects`] in a child process,
+/// lists a token's objects (one `OBJECT` line each); does nothing
+/// otherwise.
+#[test]
+fn token_objects_probe() {
+    let Ok(probe) = std::env::var(PROBE) else {
+        return;
+    };
+    let (token, pin) = probe.split_once('\n').unwrap();
+    let pkcs11 = Pkcs11::new(module()).unwrap();
+    pkcs11
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = pkcs11
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| pkcs11.get_token_info(*s).unwrap().label() == token)
+        .unwrap();
+    let session = pkcs11.open_ro_session(slot).unwrap();
+    session
+        .login(UserType::User, Some(&AuthPin::new(Box::from(pin))))
+        .unwrap();
+    for object in session.find_objects(&[]).unwrap() {
+        let attrs = session
+            .get_attributes(object, &[AttributeType::Class, AttributeType::Label])
+            .unwrap();
+        let class = attrs.iter().find_map(|a| match a {
+            Attribute::Class(c) => Some(*c),
+            _ => None,
+        });
+        let label = attrs
+            .iter()
+            .find_map(|a| match a {
+                Attribute::Label(l) => Some(String::from_utf8_lossy(l).into_owned()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let guarded = if class == Some(ObjectClass::PRIVATE_KEY) {
+            // A sensitive attribute comes back absent (CKR_ATTRIBUTE_SENSITIVE).
+            let attrs = session
+                .get_attributes(
+                    object,
+                    &[
+                        AttributeType::Sensitive,
+                        AttributeType::Extractable,
+                        AttributeType::Value,
+                    ],
+                )
+                .unwrap_or_default();
+            attrs.contains(&Attribute::Sensitive(true))
+                && attrs.contains(&Attribute::Extractable(false))
+                && !attrs.iter().any(|a| matches!(a, Attribute::Value(_)))
+        } else {
+            true
+        };
+        let class = class.map_or_else(|| "?".to_owned(), |c| c.to_string());
+        println!(
+            "OBJECT\t{class}\t{label}\t{}",
+            if guarded { "guarded" } else { "exposed" }
+        );
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn uri(token: &str, object: &str) -> String {
+    format!(
+        "pkcs11:token={token};object={object}?module-path={}",
+        module().display()
+    )
+}
+
+/// Every file under `dir` holding a PEM private key.
+fn pem_keys(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(pem_keys(&path));
+        } else if std::fs::read(&path)
+            .map(|b| String::from_utf8_lossy(&b).contains("PRIVATE KEY-----"))
+            .unwrap_or(false)
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_ca_in_two_tokens_issues_a_fleet_that_openssl_and_mosquitto_accept() {
+    let hsm = Hsm::new();
+    let d = hsm.work();
+    let made = hsm.ok(&[
+        "init-ca",
+        "--key-uri",
+        &uri("root", "root-key"),
+        "--pin-env",
+        "ROOT_PIN",
+    ]);
+    assert!(
+        made.contains("in the token, pkcs11:token=root;object=root-key"),
+        "{made}"
+    );
+    hsm.ok(&[
+        "init-ca",
+        "--intermediate",
+        "--key-uri",
+        &uri("inter", "inter-key"),
+        "--pin-env",
+        "INTER_PIN",
+    ]);
+    // The key files say where the keys are, and hold none.
+    for (file, token) in [("root_ca.key", "root"), ("intermediate_ca.key", "inter")] {
+        let record = std::fs::read_to_string(d.join("root_cert").join(file)).unwrap();
+        assert!(
+            record.starts_with(&format!("pkcs11:token={token};")),
+            "{record}"
+        );
+        assert!(
+            !record.contains(ROOT_PIN) && !record.contains(INTER_PIN),
+            "{record}"
+        );
+    }
+    std::fs::write(
+        d.join("fleet.toml"),
+        "[ca]\ndir = \"root_cert\"\n[[devices]]\nprefix = \"dev-\"\ncount = 20\n",
+    )
+    .unwrap();
+    let fleet = hsm.ok(&["fleet", "fleet.toml"]);
+    assert!(fleet.contains("20 issued"), "{fleet}");
+
+    // OpenSSL: root → intermediate → device.
+    let verify = |cert: &str| {
+        Command::new(peers::openssl())
+            .current_dir(&d)
+            .args(["verify", "-CAfile", "root_cert/root_ca_cert.pem"])
+            .args(["-untrusted", "root_cert/intermediate_ca_cert.pem", cert])
+            .output()
+            .unwrap()
+    };
+    let out = verify("backend_certs/dev-7_cert.pem");
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Mosquitto, configured by broker-config (its CRL signed in the token),
+    // takes the device over mTLS.
+    hsm.ok(&["issue", "server", "broker", "--dns", "localhost"]);
+    let port = free_port();
+    hsm.ok(&[
+        "broker-config",
+        "--out",
+        "broker",
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+    ]);
+    let broker = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), port);
+    let out = hsm.provision(
+        &[
+            "pub",
+            "-H",
+            "localhost",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "devices/dev-3/data",
+            "-m",
+            "from a token-signed identity",
+            "-q",
+            "1",
+        ]
+        .into_iter()
+        .chain(common::tls("dev-3").iter().map(String::as_str))
+        .collect::<Vec<_>>(),
+        &[],
+    );
+    assert!(out.status.success(), "{}\n{}", text(&out), broker.log());
+    assert!(broker.log().contains("dev-3"), "{}", broker.log());
+
+    // The tokens hold the keys, sensitive and never extractable: reading
+    // a private key's value gives nothing.
+    let root_objects = hsm.objects("root", ROOT_PIN);
+    assert_eq!(root_objects.len(), 2, "{root_objects:?}");
+    assert!(
+        root_objects
+            .iter()
+            .all(|(_, label, guarded)| label == "root-key" && *guarded)
+    );
+    let inter_objects = hsm.objects("inter", INTER_PIN);
+    assert!(
+        inter_objects.iter().all(|(_, _, guarded)| *guarded),
+        "{inter_objects:?}"
+    );
+
+    // The root's token goes away: the intermediate goes on signing, and
+    // revoking and a CRL need no root either.
+    hsm.delete_token("root");
+    hsm.ok(&["issue", "client", "late"]);
+    let out = verify("backend_certs/late_cert.pem");
+    assert!(out.status.success(), "{}", text(&out));
+    hsm.ok(&[
+        "revoke",
+        "backend_certs/dev-1_cert.pem",
+        "--reason",
+        "key-compromise",
+    ]);
+    hsm.ok(&["crl"]);
+    let out = Command::new(peers::openssl())
+        .current_dir(&d)
+        .args(["verify", "-crl_check", "-CRLfile", "root_cert/crl.pem"])
+        .args(["-CAfile", "root_cert/root_ca_cert.pem"])
+        .args(["-untrusted", "root_cert/intermediate_ca_cert.pem"])
+        .arg("backend_certs/dev-1_cert.pem")
+        .output()
+        .unwrap();
+    assert!(text(&out).contains("certificate revoked"), "{}", text(&out));
+
+    // No CA key anywhere but in the tokens: the CA folder holds no private
+    // key (the identities' own keys are files, the broker's too: Mosquitto
+    // reads it).
+    assert!(pem_keys(&d.join("root_cert")).is_empty());
+    assert!(!pem_keys(&d.join("backend_certs")).is_empty());
+    assert!(hsm.tokens().exists());
+}
+
+#[test]
+fn hostile_token_setups_are_classified_errors_and_write_nothing() {
+    let hsm = Hsm::new();
+    let d = hsm.work();
+    let ca_files = || {
+        d.join("root_cert/root_ca_cert.pem").exists() || d.join("root_cert/root_ca.key").exists()
+    };
+
+    // An attribute this does not know.
+    let err = hsm.fails(
+        &[
+            "init-ca",
+            "--key-uri",
+            &uri("root", "k;colour=red"),
+            "--pin-env",
+            "ROOT_PIN",
+        ],
+        &[],
+    );
+    assert!(err.contains("unknown attribute \"colour\""), "{err}");
+    assert!(!ca_files());
+
+    // A wrong PIN: said so, the PIN shown nowhere, no key made.
+    let err = hsm.fails(
+        &[
+            "init-ca",
+            "--key-uri",
+            &uri("root", "k"),
+            "--pin-env",
+            "ROOT_PIN",
+        ],
+        &[("ROOT_PIN", "9999")],
+    );
+    assert!(
+        err.contains("wrong PIN") && err.contains("pkcs11:token=root;object=k"),
+        "{err}"
+    );
+    assert!(!err.contains("9999"), "{err}");
+    assert!(!ca_files());
+    assert!(hsm.objects("root", ROOT_PIN).is_empty());
+
+    // A PIN in the URI works, with a warning, and is recorded nowhere.
+    let out = hsm.provision(
+        &[
+            "init-ca",
+            "--key-uri",
+            &format!("{}&pin-value={ROOT_PIN}", uri("root", "k")),
+        ],
+        &[("RUST_LOG", "warn")],
+    );
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("pin-value") && all.contains("ps"), "{all}");
+    let record = std::fs::read_to_string(d.join("root_cert/root_ca.key")).unwrap();
+    assert!(
+        !record.contains(ROOT_PIN) && !all.contains(ROOT_PIN),
+        "{record}\n{all}"
+    );
+    // With its PIN given by variable later, the CA signs.
+    let mut record_with_pin = record.trim_end().to_owned();
+    record_with_pin.push_str("\npin-env=ROOT_PIN\n");
+    std::fs::write(d.join("root_cert/root_ca.key"), &record_with_pin).unwrap();
+    hsm.ok(&["issue", "client", "first"]);
+
+    // The same name again, from another CA folder: refused, and the first
+    // CA's key is untouched.
+    let err = hsm.fails(
+        &[
+            "init-ca",
+            "--ca-dir",
+            "other",
+            "--key-uri",
+            &uri("root", "k"),
+            "--pin-env",
+            "ROOT_PIN",
+        ],
+        &[],
+    );
+    assert!(err.contains("already holds a key by this name"), "{err}");
+    assert!(!d.join("other/root_ca_cert.pem").exists());
+    hsm.ok(&["issue", "client", "second"]);
+
+    // A key file naming a key the token does not have.
+    std::fs::write(
+        d.join("root_cert/root_ca.key"),
+        record_with_pin.replace("object=k", "object=nope"),
+    )
+    .unwrap();
+    let err = hsm.fails(&["issue", "client", "third"], &[]);
+    assert!(
+        err.contains("no such key") && err.contains("object=nope"),
+        "{err}"
+    );
+    assert!(!d.join("backend_certs/third.key").exists());
+    std::fs::write(d.join("root_cert/root_ca.key"), &record_with_pin).unwrap();
+
+    // The token removed: a classified error, nothing written.
+    hsm.delete_token("root");
+    let err = hsm.fails(&["issue", "client", "fourth"], &[]);
+    assert!(err.contains("no such token"), "{err}");
+    assert!(!d.join("backend_certs/fourth.key").exists());
+    let err = hsm.fails(&["crl"], &[]);
+    assert!(err.contains("no such token"), "{err}");
+}
+
+#[test]
+fn p384_rsa_and_ed25519_ca_keys_sign_in_the_token() {
+    let hsm = Hsm::new();
+    for key_type in ["p384", "rsa2048", "ed25519"] {
+        let dir = format!("ca-{key_type}");
+        hsm.ok(&[
+            "init-ca",
+            "--ca-dir",
+            &dir,
+            "--key-type",
+            key_type,
+            "--key-uri",
+            &uri("root", &format!("key-{key_type}")),
+            "--pin-env",
+            "ROOT_PIN",
+        ]);
+        let out = format!("out-{key_type}");
+        hsm.ok(&["issue", "client", "d1", "--ca-dir", &dir, "--out", &out]);
+        let out = Command::new(peers::openssl())
+            .current_dir(hsm.work())
+            .args(["verify", "-CAfile", &format!("{dir}/root_ca_cert.pem")])
+            .arg(format!("out-{key_type}/d1_cert.pem"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{key_type}: {}", text(&out));
+    }
+    let objects = hsm.objects("root", ROOT_PIN);
+    assert_eq!(objects.len(), 6, "{objects:?}");
+    assert!(
+        objects.iter().all(|(_, _, guarded)| *guarded),
+        "{objects:?}"
+    );
+}

@@ -541,3 +541,46 @@ fn p384_rsa_and_ed25519_ca_keys_sign_in_the_token() {
         "{objects:?}"
     );
 }
+
+/// The first `sh` block after `heading` in README.md.
+fn readme_sh_block(heading: &str) -> String {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let rest = &text[text
+        .find(heading)
+        .unwrap_or_else(|| panic!("no {heading:?} in README.md"))..];
+    let start = rest.find("```sh\n").expect("an sh block") + "```sh\n".len();
+    rest[start..start + rest[start..].find("```").unwrap()].to_owned()
+}
+
+#[test]
+fn the_readme_walk_through_runs_as_printed() {
+    let block = readme_sh_block("### Keys in hardware");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("walk-through.sh");
+    std::fs::write(&script, format!("set -eu\n{block}")).unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_provision")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .arg(&script)
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env_remove("SOFTHSM2_CONF")
+        .env_remove("PKCS11_MODULE")
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("backend_certs/client1_cert.pem: OK"), "{all}");
+    assert!(all.contains("never extractable"), "{all}");
+    assert!(
+        all.contains("pkcs11:token=ca-online;object=intermediate\npin-env=ONLINE_PIN"),
+        "{all}"
+    );
+    assert!(pem_keys(&dir.path().join("root_cert")).is_empty());
+}

@@ -216,6 +216,31 @@ impl CaDir {
         )
     }
 
+    /// Loads the root CA with its key from the token `spec` names (for
+    /// `init-ca --intermediate --root-key-uri`: the root key file that
+    /// records it may be offline). Refused when that key is not the root
+    /// certificate's.
+    pub fn load_root_from(
+        &self,
+        spec: &crate::pkcs11::TokenKeySpec,
+    ) -> Result<CertificateAuthority> {
+        let cert_path = self.cert_path();
+        if !cert_path.exists() {
+            return Err(Error::NoCa {
+                dir: self.dir.clone(),
+            });
+        }
+        let cert = Certificate::from_pem(&read_text(&cert_path)?).map_err(|source| Error::Pki {
+            path: cert_path.clone(),
+            source,
+        })?;
+        let key = crate::pkcs11::open(spec)?;
+        CertificateAuthority::from_parts(cert, key).map_err(|e| Error::Token {
+            uri: spec.uri.to_string(),
+            reason: format!("not the key of {}: {e}", cert_path.display()),
+        })
+    }
+
     /// Moves the CA's files (keys, certificates, inventory, CRL, CRL number:
     /// [`CA_FILES`])
     /// into a new `archive/<time>/` folder (0700); `None` when there is no

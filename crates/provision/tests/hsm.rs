@@ -584,3 +584,90 @@ fn the_readme_walk_through_runs_as_printed() {
     );
     assert!(pem_keys(&dir.path().join("root_cert")).is_empty());
 }
+
+#[test]
+fn an_intermediate_from_a_root_whose_record_is_offline() {
+    let hsm = Hsm::new();
+    let d = hsm.work();
+    hsm.ok(&[
+        "init-ca",
+        "--key-uri",
+        &uri("root", "root-key"),
+        "--pin-env",
+        "ROOT_PIN",
+    ]);
+    // The root's record goes offline; the token stays plugged in.
+    std::fs::remove_file(d.join("root_cert/root_ca.key")).unwrap();
+    let err = hsm.fails(&["init-ca", "--intermediate"], &[]);
+    assert!(err.contains("root_ca.key"), "{err}");
+    // Another key of the token is not the root's: refused, nothing written.
+    hsm.ok(&[
+        "init-ca",
+        "--ca-dir",
+        "other",
+        "--key-uri",
+        &uri("root", "other-key"),
+        "--pin-env",
+        "ROOT_PIN",
+    ]);
+    let err = hsm.fails(
+        &[
+            "init-ca",
+            "--intermediate",
+            "--root-key-uri",
+            &uri("root", "other-key"),
+            "--root-pin-env",
+            "ROOT_PIN",
+            "--key-uri",
+            &uri("inter", "inter-key"),
+            "--pin-env",
+            "INTER_PIN",
+        ],
+        &[],
+    );
+    assert!(err.contains("not the key of"), "{err}");
+    assert!(!d.join("root_cert/intermediate_ca_cert.pem").exists());
+    assert!(hsm.objects("inter", INTER_PIN).is_empty());
+    // Refused after its key was made (a subject the root's): the new key
+    // is removed from the token again.
+    let err = hsm.fails(
+        &[
+            "init-ca",
+            "--intermediate",
+            "--cn",
+            "MQTT Root CA",
+            "--root-key-uri",
+            &uri("root", "root-key"),
+            "--root-pin-env",
+            "ROOT_PIN",
+            "--key-uri",
+            &uri("inter", "inter-key"),
+            "--pin-env",
+            "INTER_PIN",
+        ],
+        &[],
+    );
+    assert!(err.contains("is the root's"), "{err}");
+    assert!(hsm.objects("inter", INTER_PIN).is_empty());
+    hsm.ok(&[
+        "init-ca",
+        "--intermediate",
+        "--root-key-uri",
+        &uri("root", "root-key"),
+        "--root-pin-env",
+        "ROOT_PIN",
+        "--key-uri",
+        &uri("inter", "inter-key"),
+        "--pin-env",
+        "INTER_PIN",
+    ]);
+    hsm.ok(&["issue", "client", "dev-1"]);
+    let out = Command::new(peers::openssl())
+        .current_dir(&d)
+        .args(["verify", "-CAfile", "root_cert/root_ca_cert.pem"])
+        .args(["-untrusted", "root_cert/intermediate_ca_cert.pem"])
+        .arg("backend_certs/dev-1_cert.pem")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -200,6 +200,14 @@ pub(crate) struct InitCaArgs {
     /// (recorded by name with the URI, for the commands that sign later).
     #[arg(long, value_name = "VAR", requires = "key_uri")]
     pub(crate) pin_env: Option<String>,
+    /// With --intermediate: the root key's token, when the root key file
+    /// that records it is not in the CA folder (moved offline).
+    #[arg(long, value_name = "URI", requires = "intermediate")]
+    pub(crate) root_key_uri: Option<String>,
+    /// With --root-key-uri: the environment variable holding the root
+    /// token's PIN.
+    #[arg(long, value_name = "VAR", requires = "root_key_uri")]
+    pub(crate) root_pin_env: Option<String>,
     #[command(flatten)]
     pub(crate) inventory: InventoryArg,
 }

@@ -96,6 +96,16 @@ fn token_key(args: &InitCaArgs) -> anyhow::Result<Option<provision::pkcs11::Toke
 
 pub(crate) fn init_intermediate(args: InitCaArgs) -> anyhow::Result<IntermediateCreated> {
     let token = token_key(&args)?;
+    let root_token = args
+        .root_key_uri
+        .as_deref()
+        .map(|uri| {
+            anyhow::Ok(provision::pkcs11::TokenKeySpec {
+                uri: uri.parse()?,
+                pin_env: args.root_pin_env.clone(),
+            })
+        })
+        .transpose()?;
     let ca_dir = provision::ca_folder::CaDir::new(&args.ca_dir)
         .with_inventory_url(args.inventory.url)
         .with_insecure_db(args.inventory.insecure_db);
@@ -113,6 +123,7 @@ pub(crate) fn init_intermediate(args: InitCaArgs) -> anyhow::Result<Intermediate
         root_passphrase,
         passphrase: new_key_passphrase,
         token,
+        root_token,
         force: args.force,
     };
     // An encrypted root key without --root-passphrase-env is asked for at

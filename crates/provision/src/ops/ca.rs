@@ -182,6 +182,9 @@ pub struct InitIntermediate {
     pub passphrase: Option<zeroize::Zeroizing<Vec<u8>>>,
     /// Make the intermediate's key in this PKCS#11 token instead of a file.
     pub token: Option<crate::pkcs11::TokenKeySpec>,
+    /// The root key's token, instead of what the root key file records
+    /// (that file may be offline).
+    pub root_token: Option<crate::pkcs11::TokenKeySpec>,
     /// Replace an existing intermediate (archived first).
     pub force: bool,
 }
@@ -233,7 +236,7 @@ pub fn init_intermediate(dir: &CaDir, request: &InitIntermediate) -> Result<Inte
             dir: dir.dir().to_owned(),
         });
     }
-    if !dir.key_path().exists() {
+    if request.root_token.is_none() && !dir.key_path().exists() {
         return Err(Error::RootKeyAbsent {
             path: dir.key_path(),
         });
@@ -241,7 +244,10 @@ pub fn init_intermediate(dir: &CaDir, request: &InitIntermediate) -> Result<Inte
     // Everything that can fail before anything is written (the inventory
     // is opened, and maybe created, only then).
     refuse_existing(&[&cert_path, &key_path], request.force)?;
-    let root = dir.load_root(request.root_passphrase.as_ref().map(|p| p.as_slice()))?;
+    let root = match &request.root_token {
+        Some(spec) => dir.load_root_from(spec)?,
+        None => dir.load_root(request.root_passphrase.as_ref().map(|p| p.as_slice()))?,
+    };
     let subject = request.subject.subject("MQTT Intermediate CA")?;
     let key = new_key(
         request.key_type,

@@ -49,6 +49,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let openssl = tools::openssl()?;
     let time = tools::gnu_time()?;
     let python = tools::bench_python()?;
+    let softhsm = tools::softhsm()?;
 
     let root = project_root();
     let release = target_dir().join("release");
@@ -68,6 +69,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         .arg(release.join("provision"))
         .arg("--ingest")
         .arg(release.join("mqtt-ingest"))
+        .arg("--softhsm-module")
+        .arg(&softhsm)
         .arg("--out")
         .arg(&results)
         .stdout(std::process::Stdio::null()))?;

@@ -44,6 +44,8 @@ pub(crate) enum Step {
     Plugin,
     /// Release binaries: sizes as built and stripped, start-up time.
     Binaries,
+    /// The CA key in SoftHSM2 against a PEM key.
+    Hsm,
 }
 
 /// What `all` runs and with which peers.
@@ -85,6 +87,9 @@ pub(crate) struct Peers {
     /// The release `mqtt-ingest` binary [default: beside this one].
     #[arg(long)]
     pub(crate) ingest: Option<PathBuf>,
+    /// The SoftHSM2 PKCS#11 module.
+    #[arg(long, default_value = "/usr/lib/softhsm/libsofthsm2.so")]
+    pub(crate) softhsm_module: PathBuf,
 }
 
 impl Peers {
@@ -260,6 +265,17 @@ pub(crate) fn run(args: &AllArgs) -> anyhow::Result<Results> {
         results.binaries = Some(step::<crate::results::Binaries>(&[
             "binaries".into(),
             dir.as_os_str().to_owned(),
+        ])?);
+    }
+
+    // 10. The CA key in a token against a PEM key.
+    if wanted(Step::Hsm) {
+        let provision = Peers::sibling(peers.provision.as_deref(), "provision")?;
+        results.hsm = Some(step::<crate::results::Hsm>(&[
+            "hsm".into(),
+            provision.into_os_string(),
+            peers.softhsm_module.clone().into_os_string(),
+            sizes.hsm_identities.to_string().into(),
         ])?);
     }
 

@@ -13,6 +13,7 @@ mod binaries;
 mod chart;
 mod connects;
 mod fleet;
+mod hsm;
 mod identities;
 mod ingest;
 mod lifecycle;
@@ -125,6 +126,14 @@ enum Cmd {
     /// connects, the cost of a decision, and a CRL of CRL_ENTRIES serials
     /// reloaded mid-stream.
     Plugin { count: usize, crl_entries: usize },
+    /// The CA key in a PKCS#11 token (SoftHSM2) against a PEM key:
+    /// `provision fleet` of COUNT identities and `provision crl`.
+    Hsm {
+        provision_bin: PathBuf,
+        /// The SoftHSM2 module.
+        module: PathBuf,
+        count: usize,
+    },
     /// Sizes (as built, stripped) and start-up times of the release
     /// binaries in DIR.
     Binaries { dir: PathBuf },
@@ -205,6 +214,11 @@ fn main() -> anyhow::Result<()> {
             identities,
         } => print(&store::run(&provision_bin, &time_bin, identities)?),
         Cmd::Binaries { dir } => print(&binaries::run(&dir)?),
+        Cmd::Hsm {
+            provision_bin,
+            module,
+            count,
+        } => print(&hsm::run(&provision_bin, &module, count)?),
     }
 }
 

@@ -62,6 +62,9 @@ pub(crate) fn render(r: &Results) -> String {
     if let Some(binaries) = &r.binaries {
         sections.push(self::binaries(binaries));
     }
+    if let Some(hsm) = &r.hsm {
+        sections.push(self::hsm(hsm));
+    }
     sections.join("\n")
 }
 
@@ -79,6 +82,7 @@ fn header(r: &Results) -> String {
         ("lifecycle", r.lifecycle.is_none()),
         ("plugin", r.plugin.is_none()),
         ("binaries", r.binaries.is_none()),
+        ("hsm", r.hsm.is_none()),
     ]
     .into_iter()
     .filter_map(|(name, missing)| missing.then_some(name))
@@ -388,6 +392,22 @@ fn binaries(b: &crate::results::Binaries) -> String {
     out
 }
 
+fn hsm(h: &crate::results::Hsm) -> String {
+    format!(
+        "## The CA key in a PKCS#11 token\n\n\
+         `provision fleet` issuing {n} P-256 identities (a process, to its exit) and\n\
+         `provision crl` (median of 5), with the CA key in SoftHSM2 and in a PEM file.\n\n\
+         | CA key | identities/s | `provision crl` |\n| --- | --- | --- |\n\
+         | PEM file | {pi:.0} | {pc:.1} ms |\n\
+         | SoftHSM2 token | {ti:.0} | {tc:.1} ms |\n",
+        n = h.identities,
+        pi = h.pem_per_second,
+        pc = h.pem_crl_ms,
+        ti = h.token_per_second,
+        tc = h.token_crl_ms,
+    )
+}
+
 fn storm(s: &Storm) -> String {
     format!(
         "## A fleet connecting at once\n\n\
@@ -502,6 +522,7 @@ mod tests {
             "| `provision` | 100.0 MB | 18.5 MB | 12.5 ms | 1.5 ms |\n",
             "| `libmqtt_mtls_auth.so` | 18.0 MB | 1.0 MB | – | – |\n",
             "- `provision` (MB): core 2.00, aws-lc (C) 0.90\n",
+            "| SoftHSM2 token | 1000 | 12.5 ms |\n",
         ] {
             assert!(doc.contains(line), "no {line:?} in\n{doc}");
         }
@@ -518,6 +539,7 @@ mod tests {
             "## A fleet connecting at once",
             "## Enrollment and renewal over MQTT",
             "## What ships",
+            "## The CA key in a PKCS#11 token",
         ]
         .map(|h| doc.find(h).unwrap_or_else(|| panic!("no {h:?} in\n{doc}")));
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
@@ -557,7 +579,7 @@ mod tests {
         assert!(doc.contains("medians of 3 run(s)"), "{doc}");
         assert!(
             doc.contains(
-                "Not run this time: fleet, fleet-process, store, ingest, throughput, connects, idle, storm, lifecycle, plugin, binaries.\n"
+                "Not run this time: fleet, fleet-process, store, ingest, throughput, connects, idle, storm, lifecycle, plugin, binaries, hsm.\n"
             ),
             "{doc}"
         );

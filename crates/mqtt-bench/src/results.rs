@@ -47,6 +47,8 @@ pub(crate) struct Results {
     pub(crate) plugin: Option<Plugin>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) binaries: Option<Binaries>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) hsm: Option<Hsm>,
 }
 
 impl Results {
@@ -69,6 +71,7 @@ impl Results {
             lifecycle: None,
             plugin: None,
             binaries: None,
+            hsm: None,
         }
     }
 
@@ -121,6 +124,9 @@ pub(crate) struct Sizes {
     /// Serials in the plugin step's large CRL.
     #[serde(default)]
     pub(crate) plugin_crl_entries: usize,
+    /// Identities issued with the CA key in a token, and in a PEM file.
+    #[serde(default)]
+    pub(crate) hsm_identities: usize,
 }
 
 impl Sizes {
@@ -142,6 +148,7 @@ impl Sizes {
                 lifecycle_devices: 200,
                 plugin_messages: 10_000,
                 plugin_crl_entries: 50_000,
+                hsm_identities: 200,
             }
         } else {
             Self {
@@ -160,6 +167,7 @@ impl Sizes {
                 lifecycle_devices: 1_000,
                 plugin_messages: 50_000,
                 plugin_crl_entries: 500_000,
+                hsm_identities: 2_000,
             }
         }
     }
@@ -376,6 +384,18 @@ pub(crate) struct Binary {
     /// library), largest first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) code_by_crate: Option<Vec<(String, u64)>>,
+}
+
+/// `mqtt-bench hsm`: the CA key in SoftHSM2 against a PEM key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Hsm {
+    /// Identities in each `provision fleet` run.
+    pub(crate) identities: usize,
+    pub(crate) pem_per_second: f64,
+    pub(crate) token_per_second: f64,
+    /// `provision crl`, median of 5.
+    pub(crate) pem_crl_ms: f64,
+    pub(crate) token_crl_ms: f64,
 }
 
 /// `mqtt-bench idle`.
@@ -599,6 +619,13 @@ pub(crate) mod tests {
             baseline_max_gap_ms: 10.0,
             reload_max_gap_ms: 50.0,
             broker_reloaded: true,
+        });
+        r.hsm = Some(Hsm {
+            identities: 200,
+            pem_per_second: 5000.0,
+            token_per_second: 1000.0,
+            pem_crl_ms: 8.0,
+            token_crl_ms: 12.5,
         });
         r.binaries = Some(Binaries {
             binaries: vec![

@@ -66,7 +66,7 @@ pub(crate) fn run(provision: &Path, module: &Path, count: usize) -> anyhow::Resu
         Ok(seconds)
     };
     let manifest = crate::fleet::manifest(count);
-    let mut measure = |name: &str, init: &[&str]| -> anyhow::Result<(f64, f64)> {
+    let measure = |name: &str, init: &[&str]| -> anyhow::Result<(f64, f64)> {
         let folder = dir.path().join(name);
         std::fs::create_dir(&folder)?;
         std::fs::write(folder.join("fleet.toml"), &manifest)?;

@@ -112,6 +112,11 @@ const ROWS_PER_STATEMENT: usize = 500;
 /// larger: far under PostgreSQL's 1 GiB message limit.
 const BYTES_PER_STATEMENT: usize = 16 << 20;
 
+// Six parameters a row: within SQLite's 32,766 (a system SQLite built with
+// the old limit of 999 would refuse a full statement as too many
+// variables, an error that is retried, never a dead letter).
+const _: () = assert!(ROWS_PER_STATEMENT * 6 <= 32_766);
+
 /// `batch` cut into the rows of each INSERT, in order: at most
 /// [`ROWS_PER_STATEMENT`] rows and [`BYTES_PER_STATEMENT`] bytes (or one
 /// larger row alone).

@@ -27,13 +27,6 @@ pub(super) const SCHEMA: [&str; 10] = [
         CHECK ((revoked_at IS NULL) = (revocation_reason IS NULL))
     )",
     "CREATE INDEX IF NOT EXISTS certificates_by_cn ON certificates (common_name)",
-    // What a CRL lists, answered from the index alone (no look into the
-    // table for each of thousands of revocations); it replaces the index
-    // on `revoked_at` alone of earlier versions.
-    "DROP INDEX IF EXISTS certificates_revoked",
-    "CREATE INDEX IF NOT EXISTS certificates_revoked_crl
-        ON certificates (revoked_at, not_after, serial, revocation_reason)
-        WHERE revoked_at IS NOT NULL",
     "CREATE TABLE IF NOT EXISTS ca_state (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS certificates_by_role ON certificates (role)
         WHERE role IS NOT NULL AND role <> 'device'",
@@ -59,7 +52,19 @@ pub(super) const SCHEMA: [&str; 10] = [
     // The renewals of a certificate, followed when it is revoked.
     "CREATE INDEX IF NOT EXISTS lifecycle_renewals ON lifecycle_requests (old_serial)
         WHERE old_serial IS NOT NULL",
+    // Last, as [`NEWEST_SCHEMA_OBJECT`]. What a CRL lists, answered from the index alone (no look into the
+    // table for each of thousands of revocations); it replaces the index
+    // on `revoked_at` alone of earlier versions.
+    "DROP INDEX IF EXISTS certificates_revoked",
+    "CREATE INDEX IF NOT EXISTS certificates_revoked_crl
+        ON certificates (revoked_at, not_after, serial, revocation_reason)
+        WHERE revoked_at IS NOT NULL",
 ];
+
+/// The object the last statement of [`SCHEMA`] makes: when it exists, the
+/// schema is current and opening changes nothing. Name the newest object
+/// here whenever [`SCHEMA`] grows.
+pub(super) const NEWEST_SCHEMA_OBJECT: &str = "certificates_revoked_crl";
 
 pub(super) const COLUMNS: &str = "serial, common_name, subject, profile, not_before, not_after, sha256, \
                        cert_path, revoked_at, revocation_reason, role";

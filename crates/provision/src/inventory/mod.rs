@@ -41,7 +41,7 @@ use crate::error::{Error, Result};
 use crate::files::{Access, write_atomic};
 use crate::layout;
 use crate::roles::{AclPolicy, Role};
-use db::{COLUMNS, NON_DEVICE_SQL, Raw, SCHEMA, db_error, non_device};
+use db::{COLUMNS, NEWEST_SCHEMA_OBJECT, NON_DEVICE_SQL, Raw, SCHEMA, db_error, non_device};
 use locked::fingerprint_of;
 use settings::{parse_paths, parse_policy};
 
@@ -375,19 +375,50 @@ impl Inventory {
         move |e| db_error(&self.location, action, e)
     }
 
+    /// Brings the schema up to date, doing nothing (no lock, no write)
+    /// when it is: the newest object of [`SCHEMA`] exists. An inventory
+    /// behind it is migrated, on SQLite in one `BEGIN IMMEDIATE`
+    /// transaction (one sync; the write lock waited for like any writer's,
+    /// not an upgrade that fails at once when another process writes), on
+    /// PostgreSQL one statement at a time (no two table locks held at once
+    /// beside `provision serve`'s transactions).
     fn migrate(&self) -> Result<()> {
-        // One transaction: one sync on SQLite instead of one a statement.
-        self.rt.block_on(async {
-            db_link::either!(&self.db, Pool(pool) => async {
-                let mut tx = pool.begin().await?;
-                for statement in SCHEMA {
-                    sqlx::query(statement).execute(&mut *tx).await?;
+        self.rt
+            .block_on(async {
+                match &self.db {
+                    db_link::Pool::Sqlite(pool) => {
+                        let current: Option<i64> = sqlx::query_scalar(
+                            "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = $1",
+                        )
+                        .bind(NEWEST_SCHEMA_OBJECT)
+                        .fetch_optional(pool)
+                        .await?;
+                        if current.is_some() {
+                            return Ok(());
+                        }
+                        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                        for statement in SCHEMA {
+                            sqlx::query(statement).execute(&mut *tx).await?;
+                        }
+                        tx.commit().await
+                    }
+                    db_link::Pool::Postgres(pool) => {
+                        let current: Option<String> =
+                            sqlx::query_scalar("SELECT to_regclass($1)::text")
+                                .bind(NEWEST_SCHEMA_OBJECT)
+                                .fetch_one(pool)
+                                .await?;
+                        if current.is_some() {
+                            return Ok(());
+                        }
+                        for statement in SCHEMA {
+                            sqlx::query(statement).execute(pool).await?;
+                        }
+                        Ok(())
+                    }
                 }
-                tx.commit().await
-            }
-            .await)
+            })
             .map_err(self.err("creating the tables of"))
-        })
     }
 
     /// Takes the CA folder's lock and the database's write lock, for

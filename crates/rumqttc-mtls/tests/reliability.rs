@@ -184,13 +184,26 @@ async fn some_outgoing_and_no_incoming_should_trigger_pings_on_time() {
                 break;
             }
 
-            assert_eq!(start.elapsed().as_secs(), { keep_alive });
+            ping_on_time(start, keep_alive);
             broker.pingresp().await;
             start = Instant::now();
         }
     }
 
     assert_eq!(count, 3);
+}
+
+/// A PINGREQ arrives a keep-alive after the broker's last answer: the
+/// clock starts when the broker has answered, a moment after the client's
+/// own timer, so whole seconds may read one less under load (upstream
+/// compared them exactly, and failed on a busy machine with 4 for 5).
+fn ping_on_time(start: Instant, keep_alive: u64) {
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(keep_alive) - Duration::from_millis(500)
+            && elapsed <= Duration::from_secs(keep_alive + 1),
+        "a PINGREQ {elapsed:?} after the last, for a keep-alive of {keep_alive} s"
+    );
 }
 
 #[tokio::test]
@@ -223,7 +236,7 @@ async fn some_incoming_and_no_outgoing_should_trigger_pings_on_time() {
                 break;
             }
 
-            assert_eq!(start.elapsed().as_secs(), { keep_alive });
+            ping_on_time(start, keep_alive);
             broker.pingresp().await;
             start = Instant::now();
         }

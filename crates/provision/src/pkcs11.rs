@@ -149,10 +149,11 @@ impl std::str::FromStr for KeyUri {
         let decode = |name: &str, value: &str| -> Result<Vec<u8>> {
             Ok(percent_encoding::percent_decode_str(value).collect::<Vec<u8>>()).and_then(|v| {
                 if value.contains('%')
-                    && value
-                        .split('%')
-                        .skip(1)
-                        .any(|h| h.len() < 2 || !h[..2].bytes().all(|b| b.is_ascii_hexdigit()))
+                    && value.split('%').skip(1).any(|h| {
+                        !h.as_bytes()
+                            .get(..2)
+                            .is_some_and(|b| b.iter().all(u8::is_ascii_hexdigit))
+                    })
                 {
                     Err(bad(format!("{name}: a % not followed by two hex digits")))
                 } else {
@@ -167,7 +168,7 @@ impl std::str::FromStr for KeyUri {
         for attr in path.split(';').filter(|a| !a.is_empty()) {
             let (name, value) = attr
                 .split_once('=')
-                .ok_or_else(|| bad(format!("{attr:?} is not NAME=VALUE")))?;
+                .ok_or_else(|| bad("an attribute is not NAME=VALUE".into()))?;
             let slot = match name {
                 "token" => &mut uri.token,
                 "serial" => &mut uri.serial,
@@ -213,13 +214,31 @@ impl std::str::FromStr for KeyUri {
         for attr in query.split('&').filter(|a| !a.is_empty()) {
             let (name, value) = attr
                 .split_once('=')
-                .ok_or_else(|| bad(format!("{:?} is not NAME=VALUE", shown(attr))))?;
+                .ok_or_else(|| bad("a query attribute is not NAME=VALUE".into()))?;
+            if value.contains([';', '?']) {
+                return Err(bad(format!(
+                    "{name}: a ';' or '?' in a query value (query attributes are joined by '&')"
+                )));
+            }
+            let twice = || bad(format!("{name} given twice"));
             match name {
                 "module-path" => {
+                    if uri.module_path.is_some() {
+                        return Err(twice());
+                    }
                     uri.module_path = Some(PathBuf::from(text_of(name, value)?));
                 }
-                "pin-source" => uri.pin_source = Some(text_of(name, value)?),
-                "pin-value" => uri.pin_value = Some(Zeroizing::new(text_of(name, value)?)),
+                "pin-source" => {
+                    if uri.pin_source.replace(text_of(name, value)?).is_some() {
+                        return Err(twice());
+                    }
+                }
+                "pin-value" => {
+                    let pin = Zeroizing::new(text_of(name, value)?);
+                    if uri.pin_value.replace(pin).is_some() {
+                        return Err(twice());
+                    }
+                }
                 other => {
                     return Err(bad(format!(
                         "unknown query attribute {other:?} (known: module-path, pin-source, \
@@ -227,6 +246,11 @@ impl std::str::FromStr for KeyUri {
                     )));
                 }
             }
+        }
+        if uri.pin_value.is_some() && uri.pin_source.is_some() {
+            return Err(bad(
+                "pin-source and pin-value both given (RFC 7512 allows one)".into(),
+            ));
         }
         if uri.object.is_none() && uri.id.is_none() {
             return Err(bad(
@@ -242,22 +266,44 @@ impl std::str::FromStr for KeyUri {
     }
 }
 
-/// A URI as it may appear in a message: `pin-value=` cut out.
+/// A URI that did not parse, as it may appear in a message: only the
+/// values of attributes known to hold no secret are kept; every other
+/// value (a `pin-value` in any spelling or place, a malformed attribute,
+/// anything unknown) is shown as `…`.
 fn shown(text: &str) -> String {
-    match text.split_once('?') {
-        Some((path, query)) => {
-            let kept: Vec<&str> = query
-                .split('&')
-                .filter(|a| !a.starts_with("pin-value"))
-                .collect();
-            if kept.is_empty() {
-                path.to_owned()
-            } else {
-                format!("{path}?{}", kept.join("&"))
-            }
+    const SAFE: [&str; 11] = [
+        "token",
+        "serial",
+        "manufacturer",
+        "model",
+        "slot-id",
+        "object",
+        "id",
+        "type",
+        "module-path",
+        "module-name",
+        "pin-source",
+    ];
+    let mut out = String::from("pkcs11:");
+    let rest = text.get(7..).unwrap_or("");
+    for (i, attr) in rest.split(['?', ';', '&']).enumerate() {
+        if i > 0 {
+            out.push(';');
         }
-        None => text.to_owned(),
+        match attr.split_once('=') {
+            Some((name, value)) if SAFE.contains(&name) && !value.contains("pin") => {
+                out.push_str(name);
+                out.push('=');
+                out.push_str(value);
+            }
+            Some((name, _)) if name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
+                out.push_str(name);
+                out.push_str("=…");
+            }
+            _ => out.push('…'),
+        }
     }
+    out
 }
 
 /// A key in a token, and how to log in to it.
@@ -377,8 +423,11 @@ fn module(path: &Path) -> std::result::Result<Arc<Pkcs11>, String> {
 struct Token {
     pkcs11: Arc<Pkcs11>,
     slot: Slot,
-    /// Idle sessions; the first one logged in (a login holds for every
-    /// session of the process on that token).
+    /// The session logged in, never handed out: a login holds for every
+    /// session of the process on the token while one stays open, so a
+    /// session closed after an error never logs the others out.
+    _login: Mutex<Session>,
+    /// Idle sessions for the work.
     sessions: Mutex<Vec<Session>>,
 }
 
@@ -434,7 +483,8 @@ impl Token {
         Ok(Self {
             pkcs11,
             slot,
-            sessions: Mutex::new(vec![session]),
+            _login: Mutex::new(session),
+            sessions: Mutex::new(Vec::new()),
         })
     }
 
@@ -442,6 +492,7 @@ impl Token {
     /// goes back to the pool unless the token failed under it.
     fn with_session<T>(
         &self,
+        action: &str,
         f: impl FnOnce(&Session) -> cryptoki::error::Result<T>,
     ) -> std::result::Result<T, String> {
         let idle = self.sessions.lock().ok().and_then(|mut s| s.pop());
@@ -452,15 +503,22 @@ impl Token {
                 .open_rw_session(self.slot)
                 .map_err(|e| classify("opening a session", &e))?,
         };
-        match f(&session) {
-            Ok(v) => {
-                if let Ok(mut sessions) = self.sessions.lock() {
-                    sessions.push(session);
-                }
-                Ok(v)
-            }
-            Err(e) => Err(classify("signing", &e)),
+        let result = f(&session);
+        // A session the token lost is dropped; any other goes back.
+        let lost = matches!(
+            &result,
+            Err(cryptoki::error::Error::Pkcs11(
+                RvError::SessionHandleInvalid
+                    | RvError::SessionClosed
+                    | RvError::DeviceRemoved
+                    | RvError::TokenNotPresent,
+                _
+            ))
+        );
+        if !lost && let Ok(mut sessions) = self.sessions.lock() {
+            sessions.push(session);
         }
+        result.map_err(|e| classify(action, &e))
     }
 }
 
@@ -547,7 +605,7 @@ impl ExternalKey for TokenKey {
             _ => return Err("a signature this key's type does not make".into()),
         };
         self.token
-            .with_session(|s| s.sign(&mechanism, self.key, data))
+            .with_session("signing", |s| s.sign(&mechanism, self.key, data))
     }
 }
 
@@ -619,6 +677,10 @@ fn public_key(
 /// `CKA_EC_POINT` is a DER OCTET STRING holding the point; some modules
 /// give the bare point.
 fn unwrap_octet_string(value: &[u8]) -> &[u8] {
+    // A bare point has one of these lengths (P-256, P-384, Ed25519).
+    if [65, 97, 32].contains(&value.len()) && (value.len() == 32 || value[0] == 0x04) {
+        return value;
+    }
     match value {
         [0x04, len, rest @ ..] if usize::from(*len) == rest.len() && *len < 0x80 => rest,
         [0x04, 0x81, len, rest @ ..] if usize::from(*len) == rest.len() => rest,
@@ -632,7 +694,7 @@ fn unwrap_octet_string(value: &[u8]) -> &[u8] {
 pub fn open(spec: &TokenKeySpec) -> Result<KeyPair> {
     let token = Token::open(spec)?;
     let found = token
-        .with_session(|s| {
+        .with_session("finding the key", |s| {
             let (private, public) = find_pair(s, &spec.uri)?;
             Ok(private.zip(public))
         })
@@ -643,7 +705,7 @@ pub fn open(spec: &TokenKeySpec) -> Result<KeyPair> {
         ));
     };
     let (key_type, spki) = token
-        .with_session(|s| Ok(public_key(s, public)))
+        .with_session("reading the public key", |s| Ok(public_key(s, public)))
         .map_err(|e| spec.err(e))?
         .map_err(|e| spec.err(e))?;
     wrap(spec, token, key, key_type, spki)
@@ -667,10 +729,12 @@ fn wrap(
 }
 
 /// Makes a new key of `key_type` in the token `spec` names, with its label
-/// and id: private, sensitive, never extractable, able to sign only; its
-/// public half beside it. Refused when the token already holds a key by
-/// that name (nothing is changed).
-pub fn generate(spec: &TokenKeySpec, key_type: KeyType) -> Result<KeyPair> {
+/// and id (a random one when the URI gives none): private, sensitive,
+/// never extractable, able to sign only; its public half beside it.
+/// Returns the key and the URI that names exactly it (the id included), to
+/// be recorded. Refused when the token already holds a key by that name
+/// (nothing is changed).
+pub fn generate(spec: &TokenKeySpec, key_type: KeyType) -> Result<(KeyPair, TokenKeySpec)> {
     let token = Token::open(spec)?;
     let label = spec.uri.object.clone();
     // A random id ties the two halves together.
@@ -683,7 +747,9 @@ pub fn generate(spec: &TokenKeySpec, key_type: KeyType) -> Result<KeyPair> {
         }
     };
     let existing = token
-        .with_session(|s| find_pair(s, &spec.uri))
+        .with_session("looking for a key by this name", |s| {
+            find_pair(s, &spec.uri)
+        })
         .map_err(|e| spec.err(e))?;
     if existing.0.is_some() || existing.1.is_some() {
         return Err(spec.err(
@@ -724,7 +790,7 @@ pub fn generate(spec: &TokenKeySpec, key_type: KeyType) -> Result<KeyPair> {
             )));
         }
     };
-    let mut named = vec![Attribute::Id(id)];
+    let mut named = vec![Attribute::Id(id.clone())];
     if let Some(label) = &label {
         named.push(Attribute::Label(label.as_bytes().to_vec()));
     }
@@ -751,38 +817,64 @@ pub fn generate(spec: &TokenKeySpec, key_type: KeyType) -> Result<KeyPair> {
     ];
     private_template.extend(named);
     let (public, private) = token
-        .with_session(|s| s.generate_key_pair(&mechanism, &public_template, &private_template))
-        .map_err(|e| spec.err(e.replace("signing", "making the key")))?;
-    let made = token
-        .with_session(|s| Ok(public_key(s, public)))
+        .with_session("making the key", |s| {
+            s.generate_key_pair(&mechanism, &public_template, &private_template)
+        })
         .map_err(|e| spec.err(e))?;
-    let (kind, spki) = match made {
-        Ok(v) => v,
-        Err(e) => {
-            // Nothing half made stays behind.
-            let _ = token.with_session(|s| {
-                s.destroy_object(private)?;
-                s.destroy_object(public)
-            });
-            return Err(spec.err(e));
-        }
+    let mut exact = spec.clone();
+    exact.uri.id = Some(id);
+    // Nothing half made stays behind: the two handles just made go when
+    // anything after fails.
+    let undo = |e: Error| {
+        let _ = token.with_session("removing the half-made key", |s| {
+            s.destroy_object(private)?;
+            s.destroy_object(public)
+        });
+        e
     };
-    wrap(spec, token, private, kind, spki)
+    let (kind, spki) =
+        match token.with_session("reading the new public key", |s| Ok(public_key(s, public))) {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) | Err(e) => return Err(undo(spec.err(e))),
+        };
+    let key = KeyPair::external(Box::new(TokenKey {
+        shown: exact.uri.to_string(),
+        key: private,
+        key_type: kind,
+        spki,
+        token,
+    }));
+    match key {
+        Ok(key) => Ok((key, exact)),
+        Err(e) => {
+            // The token is gone with the failed key: open it again to undo.
+            let reason = e.to_string();
+            let _ = destroy(&exact);
+            Err(spec.err(reason))
+        }
+    }
 }
 
 /// Destroys the key `spec` names (both halves) in its token: a new key
 /// whose CA could not be made is not left behind.
+///
+/// Only for a URI that names one key exactly (with the id
+/// [`generate`] gave it): a URI without an id is refused, so that no other
+/// key with the same label is ever removed.
 pub fn destroy(spec: &TokenKeySpec) -> Result<()> {
+    if spec.uri.id.is_none() {
+        return Err(spec.err("not removing a key named without its id"));
+    }
     let token = Token::open(spec)?;
     token
-        .with_session(|s| {
+        .with_session("removing the key", |s| {
             let (private, public) = find_pair(s, &spec.uri)?;
             for object in private.into_iter().chain(public) {
                 s.destroy_object(object)?;
             }
             Ok(())
         })
-        .map_err(|e| spec.err(e.replace("signing", "removing the key")))
+        .map_err(|e| spec.err(e))
 }
 
 #[cfg(test)]
@@ -830,12 +922,24 @@ mod tests {
             let err = text.parse::<KeyUri>().unwrap_err().to_string();
             assert!(err.contains(why), "{text}: {err}");
         }
-        // A refused URI's message never shows its PIN.
-        let err = "pkcs11:token=a?pin-value=secret-pin&colour=1"
-            .parse::<KeyUri>()
-            .unwrap_err()
-            .to_string();
-        assert!(!err.contains("secret-pin"), "{err}");
+        // A refused URI's message never shows its PIN, however it is
+        // spelled or placed, and no input makes the parser panic.
+        for text in [
+            "pkcs11:token=a?pin-value=secret-pin&colour=1",
+            "pkcs11:token=a;object=b;pin-value=secret-pin",
+            "pkcs11:token=a;object=b?PIN-VALUE=secret-pin",
+            "pkcs11:token=a;object=b?pin%2Dvalue=secret-pin",
+            "pkcs11:token=a;object=b?pin-valuesecret-pin",
+            "pkcs11:token=a;object=b?module-path=/m.so;pin-value=secret-pin",
+            "pkcs11:token=a;object=b?pin-value=secret-pin?x=1",
+            "pkcs11:token=a;object=b?pin-value=secret-pin&pin-source=/f",
+            "pkcs11:token=a;object=b?pin-value=secret-pin&pin-value=secret-pin",
+            "pkcs11:token=a;object=b?pin-value=secret-pin%€",
+            "pkcs11:token=a;object=%a€secret-pin",
+        ] {
+            let err = text.parse::<KeyUri>().unwrap_err().to_string();
+            assert!(!err.contains("secret-pin"), "{text}: {err}");
+        }
     }
 
     #[test]
@@ -862,5 +966,9 @@ mod tests {
         wrapped.extend([7u8; 64]);
         assert_eq!(unwrap_octet_string(&wrapped), &wrapped[2..]);
         assert_eq!(unwrap_octet_string(&wrapped[2..]), &wrapped[2..]);
+        // A bare point whose x begins like a DER length is still bare.
+        let mut bare = vec![0x04, 0x3f];
+        bare.extend([9u8; 63]);
+        assert_eq!(unwrap_octet_string(&bare), &bare[..]);
     }
 }

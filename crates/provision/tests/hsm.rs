@@ -151,6 +151,12 @@ impl Hsm {
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", text(&out));
+        // The probe ran (and did not just match no test).
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("PROBED\t"),
+            "{}",
+            text(&out)
+        );
         let mut found: Vec<(String, String, bool)> = String::from_utf8_lossy(&out.stdout)
             .lines()
             // libtest's "test NAME ... " may lead the first line.
@@ -232,6 +238,7 @@ fn token_objects_probe() {
             if guarded { "guarded" } else { "exposed" }
         );
     }
+    println!("PROBED\t{token}");
 }
 
 fn text(out: &Output) -> String {
@@ -578,9 +585,14 @@ fn the_readme_walk_through_runs_as_printed() {
     assert!(out.status.success(), "{all}");
     assert!(all.contains("backend_certs/client1_cert.pem: OK"), "{all}");
     assert!(all.contains("never extractable"), "{all}");
+    // The record names the key exactly (its label and the id it was made
+    // with) and the PIN's variable.
+    let record = std::fs::read_to_string(dir.path().join("root_cert/intermediate_ca.key")).unwrap();
     assert!(
-        all.contains("pkcs11:token=ca-online;object=intermediate\npin-env=ONLINE_PIN"),
-        "{all}"
+        record.starts_with("pkcs11:token=ca-online;object=intermediate;id=%")
+            && record.ends_with("\npin-env=ONLINE_PIN\n")
+            && all.contains(&record),
+        "{record}\n{all}"
     );
     assert!(pem_keys(&dir.path().join("root_cert")).is_empty());
 }

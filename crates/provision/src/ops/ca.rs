@@ -86,15 +86,16 @@ pub fn init_ca_archiving(
     // Everything that can fail before the old CA moves away.
     let subject = request.subject.subject("MQTT Root CA")?;
     let validity = Validity::days_from_now(request.days)?;
-    let key = new_key(
+    let (key, made) = new_key(
         request.key_type,
         request.token.as_ref(),
         request.passphrase.is_some(),
         &key_path,
     )?;
-    undone_on_error(request.token.as_ref(), || {
+    undone_on_error(made.as_ref(), |touched| {
         let ca = CertificateAuthority::new_root(&subject, key, validity)?;
-        let key_pem = key_file(&ca, request.token.as_ref(), request.passphrase.as_deref())?;
+        let key_pem = key_file(&ca, made.as_ref(), request.passphrase.as_deref())?;
+        touched.set(true);
         let archived = if request.force {
             dir.archive_with(|archive| match &inventory {
                 Some(inventory) => inventory.archive_into(archive),
@@ -114,31 +115,40 @@ pub fn init_ca_archiving(
     })
 }
 
-/// Runs what follows the making of a key in `token`; when it fails, the
-/// new key is destroyed again, so that nothing half made stays in the
-/// token (a key made in memory just goes away).
+/// Runs what follows the making of a key in a token (`made`: its URI,
+/// with the id it was made with). When that fails before `rest` marks the
+/// folder touched (its first file moved or written), the new key is
+/// destroyed again: nothing half made stays in the token. Once a file may
+/// name it, the key is kept and the error says where it is (a key made in
+/// memory just goes away).
 fn undone_on_error<T>(
-    token: Option<&crate::pkcs11::TokenKeySpec>,
-    rest: impl FnOnce() -> Result<T>,
+    made: Option<&crate::pkcs11::TokenKeySpec>,
+    rest: impl FnOnce(&std::cell::Cell<bool>) -> Result<T>,
 ) -> Result<T> {
-    let result = rest();
-    if result.is_err()
-        && let Some(spec) = token
-        && let Err(e) = crate::pkcs11::destroy(spec)
-    {
-        tracing::warn!("removing the new key from its token again: {e}");
+    let touched = std::cell::Cell::new(false);
+    let result = rest(&touched);
+    if let (Err(_), Some(spec)) = (&result, made) {
+        if touched.get() {
+            tracing::warn!(
+                "the new CA key stays in its token ({}): files of the CA folder may name it",
+                spec.uri
+            );
+        } else if let Err(e) = crate::pkcs11::destroy(spec) {
+            tracing::warn!("removing the new key from its token again: {e}");
+        }
     }
     result
 }
 
-/// A new CA key: in the token `token` names, or in memory. A passphrase
-/// has no use for a key in a token: both given is refused.
+/// A new CA key: in the token `token` names (with the URI that names it
+/// exactly, its new id included), or in memory. A passphrase has no use
+/// for a key in a token: both given is refused.
 fn new_key(
     key_type: KeyType,
     token: Option<&crate::pkcs11::TokenKeySpec>,
     encrypted: bool,
     key_path: &std::path::Path,
-) -> Result<KeyPair> {
+) -> Result<(KeyPair, Option<crate::pkcs11::TokenKeySpec>)> {
     match token {
         Some(_) if encrypted => Err(Error::Passphrase {
             path: key_path.to_owned(),
@@ -146,8 +156,8 @@ fn new_key(
                      guards it): give --key-uri or a passphrase, not both; nothing was written"
                 .into(),
         }),
-        Some(spec) => crate::pkcs11::generate(spec, key_type),
-        None => Ok(KeyPair::generate(key_type)?),
+        Some(spec) => crate::pkcs11::generate(spec, key_type).map(|(k, s)| (k, Some(s))),
+        None => Ok((KeyPair::generate(key_type)?, None)),
     }
 }
 
@@ -249,13 +259,13 @@ pub fn init_intermediate(dir: &CaDir, request: &InitIntermediate) -> Result<Inte
         None => dir.load_root(request.root_passphrase.as_ref().map(|p| p.as_slice()))?,
     };
     let subject = request.subject.subject("MQTT Intermediate CA")?;
-    let key = new_key(
+    let (key, made) = new_key(
         request.key_type,
         request.token.as_ref(),
         request.passphrase.is_some(),
         &key_path,
     )?;
-    undone_on_error(request.token.as_ref(), || {
+    undone_on_error(made.as_ref(), |touched| {
         let csr = Csr::new(&CsrParams::new(subject), &key)?;
         if csr.subject() == root.certificate().subject() {
             return Err(Error::Invalid(pki_core::Error::ProfileViolation {
@@ -269,7 +279,7 @@ pub fn init_intermediate(dir: &CaDir, request: &InitIntermediate) -> Result<Inte
         // Path length 0: it issues end entities only.
         let issued = root.sign_intermediate(&csr, Validity::days_from_now(request.days)?, 0)?;
         let ca = CertificateAuthority::from_parts(issued.certificate, key)?;
-        let key_pem = key_file(&ca, request.token.as_ref(), request.passphrase.as_deref())?;
+        let key_pem = key_file(&ca, made.as_ref(), request.passphrase.as_deref())?;
 
         // The inventory (opened before the lock: opening may take it briefly)
         // stays the root's: its owner is checked before anything is written.
@@ -319,6 +329,7 @@ pub fn init_intermediate(dir: &CaDir, request: &InitIntermediate) -> Result<Inte
                 ),
             });
         }
+        touched.set(true);
         let archived = if request.force {
             dir.archive_intermediate()?
         } else {

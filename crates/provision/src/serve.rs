@@ -221,11 +221,17 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::default());
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // From the CA's key (which only the service holds): stable across the
-    // service's own renewals, and different for each instance's name.
-    let enroll_secret =
-        pki_core::sha256_fingerprint(&ca.key().to_pkcs8_der().map_err(|e| Error::Lifecycle {
-            reason: format!("the CA key: {e}"),
-        })?);
+    // service's own renewals, and different for each instance's name. A
+    // key in a token cannot be read: a random secret kept in the CA's
+    // inventory instead, read by the worker below.
+    let key_secret = match ca.key().external_location() {
+        None => Some(pki_core::sha256_fingerprint(
+            &ca.key().to_pkcs8_der().map_err(|e| Error::Lifecycle {
+                reason: format!("the CA key: {e}"),
+            })?,
+        )),
+        Some(_) => None,
+    };
     let (job_tx, job_rx) = std_mpsc::channel::<Job>();
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Vec<Reply>>();
     // The CA and its inventory live on the worker thread (the inventory
@@ -235,10 +241,23 @@ pub async fn serve(
         let metrics = metrics.clone();
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let (inventory, ca) = match Inventory::open(&ca_dir).map(|i| (i, ca)) {
-                Ok(o) => {
-                    let _ = ready_tx.send(Ok(()));
-                    o
+            let opened = Inventory::open(&ca_dir).and_then(|inventory| {
+                let secret = match key_secret {
+                    Some(secret) => secret,
+                    None => {
+                        let mut locked = inventory.lock(&ca)?;
+                        let secret = locked.service_secret()?;
+                        // A setting, no certificate: nothing for the brokers.
+                        let _settings = locked.commit()?;
+                        secret
+                    }
+                };
+                Ok((inventory, secret))
+            });
+            let inventory = match opened {
+                Ok((inventory, secret)) => {
+                    let _ = ready_tx.send(Ok(secret));
+                    inventory
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -250,7 +269,7 @@ pub async fn serve(
             );
         })
     };
-    ready_rx.await.unwrap_or_else(|_| {
+    let enroll_secret = ready_rx.await.unwrap_or_else(|_| {
         Err(Error::Lifecycle {
             reason: "the CA worker stopped".into(),
         })

@@ -383,6 +383,14 @@ fn a_ca_in_two_tokens_issues_a_fleet_that_openssl_and_mosquitto_accept() {
     // revoking and a CRL need no root either.
     hsm.delete_token("root");
     hsm.ok(&["issue", "client", "late"]);
+    // A CSR made elsewhere, and a claim, signed in the token too.
+    hsm.ok(&["csr", "outside", "--out", "csrs"]);
+    hsm.ok(&["sign", "csrs/outside_csr.pem", "--profile", "client"]);
+    hsm.ok(&["issue", "claim", "factory", "--allow", "sensor-1"]);
+    for cert in ["csrs/outside_cert.pem", "backend_certs/factory_cert.pem"] {
+        let out = verify(cert);
+        assert!(out.status.success(), "{cert}: {}", text(&out));
+    }
     let out = verify("backend_certs/late_cert.pem");
     assert!(out.status.success(), "{}", text(&out));
     hsm.ok(&[
@@ -679,6 +687,124 @@ fn an_intermediate_from_a_root_whose_record_is_offline() {
         .args(["verify", "-CAfile", "root_cert/root_ca_cert.pem"])
         .args(["-untrusted", "root_cert/intermediate_ca_cert.pem"])
         .arg("backend_certs/dev-1_cert.pem")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn serve_enrolls_devices_with_the_intermediate_in_a_token() {
+    use std::io::{Read, Write};
+    let hsm = Hsm::new();
+    let d = hsm.work();
+    hsm.ok(&[
+        "init-ca",
+        "--key-uri",
+        &uri("root", "root-key"),
+        "--pin-env",
+        "ROOT_PIN",
+    ]);
+    hsm.ok(&[
+        "init-ca",
+        "--intermediate",
+        "--key-uri",
+        &uri("inter", "inter-key"),
+        "--pin-env",
+        "INTER_PIN",
+    ]);
+    hsm.ok(&["issue", "server", "broker", "--dns", "localhost"]);
+    hsm.ok(&["issue", "client", "ca-1", "--role", "ca-service"]);
+    hsm.ok(&["issue", "claim", "factory", "--allow", "sensor-1"]);
+    let (port, enroll_port) = (free_port(), free_port());
+    hsm.ok(&[
+        "broker-config",
+        "--out",
+        "broker",
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--enroll-port",
+        &enroll_port.to_string(),
+    ]);
+    let _main = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), port);
+    let _enroll = Mosquitto::with_config(&d.join("broker/enroll.conf"), enroll_port);
+    // The service signs in the token (its PIN's variable from the record).
+    let http = free_port();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_provision"))
+        .current_dir(&d)
+        .env("SOFTHSM2_CONF", &hsm.conf)
+        .env("INTER_PIN", INTER_PIN)
+        .args(["serve", "-H", "localhost", "-p", &port.to_string()])
+        .args(["--enroll-port", &enroll_port.to_string()])
+        .args(["--listen", &format!("127.0.0.1:{http}")])
+        .args(common::tls("ca-1"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let healthy = || {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", http)) else {
+            return false;
+        };
+        let _ = write!(
+            s,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text.starts_with("HTTP/1.1 200")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !healthy() {
+        if let Some(status) = serve.try_wait().unwrap() {
+            let mut err = String::new();
+            serve
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("provision serve exited with {status}: {err}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve never got ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = hsm.provision(
+        &[
+            "enroll",
+            "sensor-1",
+            "--cert",
+            "backend_certs/factory_cert.pem",
+            "--key",
+            "backend_certs/factory.key",
+            "--ca",
+            "root_cert/root_ca_cert.pem",
+            "-H",
+            "localhost",
+            "-p",
+            &enroll_port.to_string(),
+            "--out",
+            "device",
+            "--timeout",
+            "20",
+        ],
+        &[],
+    );
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = Command::new(peers::openssl())
+        .current_dir(&d)
+        .args(["verify", "-CAfile", "root_cert/root_ca_cert.pem"])
+        .args([
+            "-untrusted",
+            "device/sensor-1_cert.pem",
+            "device/sensor-1_cert.pem",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));

@@ -161,6 +161,21 @@ impl LockedCa<'_> {
             .transpose()
     }
 
+    /// A random secret of the CA's services, made once and kept in the
+    /// inventory (which only the CA's holders read): what `provision serve`
+    /// derives its enrollment client id from when the CA key is in a token
+    /// and cannot be hashed. Commit for a new one to stay.
+    pub fn service_secret(&mut self) -> Result<String> {
+        if let Some(secret) = self.state("service_secret")? {
+            return Ok(secret);
+        }
+        let mut bytes = [0u8; 32];
+        pki_core::random_bytes(&mut bytes)?;
+        let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        self.set_state("service_secret", &secret)?;
+        Ok(secret)
+    }
+
     /// Stores the policy of claim `name`.
     pub fn set_claim_policy(&mut self, name: &str, policy: &ClaimPolicy) -> Result<()> {
         let json = serde_json::to_string(policy).map_err(|e| Error::Inventory {

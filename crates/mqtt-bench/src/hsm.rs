@@ -21,34 +21,12 @@ pub(crate) fn run(provision: &Path, module: &Path, count: usize) -> anyhow::Resu
     // Run from other folders: an absolute path.
     let provision = &std::fs::canonicalize(provision)
         .with_context(|| format!("finding {}", provision.display()))?;
-    let dir = tempfile::tempdir().context("a scratch folder")?;
-    let tokens = dir.path().join("tokens");
-    std::fs::create_dir(&tokens)?;
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )?;
-    let out = Command::new("softhsm2-util")
-        .env("SOFTHSM2_CONF", &conf)
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            "bench",
-            "--so-pin",
-            "000000",
-            "--pin",
-            PIN,
-        ])
-        .output()
-        .context("running softhsm2-util (Debian: softhsm2)")?;
-    if !out.status.success() {
-        bail!("softhsm2-util: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    // The bench's own token (peers' harness: it panics, as a step may,
+    // with what is missing).
+    let tokens = peers::softhsm::Tokens::new();
+    tokens.init("bench", PIN);
+    let conf = tokens.conf.clone();
+    let dir = tokens.scratch();
     let run = |folder: &Path, args: &[&str]| -> anyhow::Result<f64> {
         let started = Instant::now();
         let out = Command::new(provision)
@@ -74,7 +52,7 @@ pub(crate) fn run(provision: &Path, module: &Path, count: usize) -> anyhow::Resu
     let mut runs = 0;
     let mut measure = |init: &[&str]| -> anyhow::Result<(f64, f64)> {
         runs += 1;
-        let folder = dir.path().join(format!("run-{runs}"));
+        let folder = dir.join(format!("run-{runs}"));
         std::fs::create_dir(&folder)?;
         std::fs::write(folder.join("fleet.toml"), &manifest)?;
         run(&folder, init)?;

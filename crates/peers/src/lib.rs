@@ -19,6 +19,7 @@ pub mod ingest;
 pub mod mosquitto;
 pub mod postgres;
 pub mod proxy;
+pub mod softhsm;
 pub mod vocabulary;
 
 use std::path::{Path, PathBuf};

@@ -24,89 +24,43 @@ use peers::mosquitto::{Mosquitto, free_port};
 const ROOT_PIN: &str = "1234";
 const INTER_PIN: &str = "5678";
 
-/// The SoftHSM2 module: `cargo xtask test` installs it and says where.
-fn module() -> PathBuf {
-    let path = std::env::var_os("MQTT_MTLS_SOFTHSM_MODULE").map_or_else(
-        || PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"),
-        PathBuf::from,
-    );
-    assert!(
-        path.exists(),
-        "no SoftHSM2 module at {} (cargo xtask test installs softhsm2)",
-        path.display()
-    );
-    path
-}
+use peers::softhsm::module;
 
 /// A folder with SoftHSM2 tokens of its own, and the CA's working folder.
 struct Hsm {
-    dir: tempfile::TempDir,
+    tokens: peers::softhsm::Tokens,
     conf: PathBuf,
 }
 
 impl Hsm {
     /// Tokens `root` and `inter`, each with its PIN.
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let tokens = dir.path().join("tokens");
-        std::fs::create_dir(&tokens).unwrap();
-        std::fs::create_dir(dir.path().join("work")).unwrap();
-        let conf = dir.path().join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .unwrap();
-        let hsm = Self { dir, conf };
-        hsm.init_token("root", ROOT_PIN);
-        hsm.init_token("inter", INTER_PIN);
-        hsm
+        let tokens = peers::softhsm::Tokens::new();
+        std::fs::create_dir(tokens.scratch().join("work")).unwrap();
+        tokens.init("root", ROOT_PIN);
+        tokens.init("inter", INTER_PIN);
+        let conf = tokens.conf.clone();
+        Self { tokens, conf }
     }
 
     fn work(&self) -> PathBuf {
-        self.dir.path().join("work")
+        self.tokens.scratch().join("work")
     }
 
     fn tokens(&self) -> PathBuf {
-        self.dir.path().join("tokens")
-    }
-
-    fn softhsm(&self, args: &[&str]) -> Output {
-        let out = Command::new("softhsm2-util")
-            .env("SOFTHSM2_CONF", &self.conf)
-            .args(args)
-            .output()
-            .expect("softhsm2-util (cargo xtask test installs softhsm2)");
-        assert!(
-            out.status.success(),
-            "softhsm2-util {args:?}: {}",
-            text(&out)
-        );
-        out
-    }
-
-    fn init_token(&self, label: &str, pin: &str) {
-        self.softhsm(&[
-            "--init-token",
-            "--free",
-            "--label",
-            label,
-            "--so-pin",
-            "000000",
-            "--pin",
-            pin,
-        ]);
+        self.tokens.dir()
     }
 
     fn delete_token(&self, label: &str) {
-        self.softhsm(&["--delete-token", "--token", label]);
+        self.tokens.delete(label);
     }
 
     /// `provision ARGS` in the work folder with the tokens and PINs.
-    fn provision(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    fn provision<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
+        &self,
+        args: &[S],
+        envs: &[(&str, &str)],
+    ) -> Output {
         Command::new(env!("CARGO_BIN_EXE_provision"))
             .current_dir(self.work())
             .env("SOFTHSM2_CONF", &self.conf)
@@ -118,14 +72,18 @@ impl Hsm {
             .unwrap()
     }
 
-    fn ok(&self, args: &[&str]) -> String {
+    fn ok<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(&self, args: &[S]) -> String {
         let out = self.provision(args, &[]);
         assert!(out.status.success(), "provision {args:?}: {}", text(&out));
         text(&out)
     }
 
     /// A command that must fail (exit 1) without panicking; its output.
-    fn fails(&self, args: &[&str], envs: &[(&str, &str)]) -> String {
+    fn fails<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
+        &self,
+        args: &[S],
+        envs: &[(&str, &str)],
+    ) -> String {
         let out = self.provision(args, envs);
         let all = text(&out);
         assert_eq!(out.status.code(), Some(1), "provision {args:?}: {all}");
@@ -607,6 +565,24 @@ fn the_readme_walk_through_runs_as_printed() {
 
 #[test]
 fn an_intermediate_from_a_root_whose_record_is_offline() {
+    // `init-ca --intermediate` with the root key `root_object` of the root
+    // token, the new key in the intermediate token.
+    let (root_uri, inter_uri) = (uri("root", ""), uri("inter", "inter-key"));
+    let intermediate = |root_object: &str, extra: &[&'static str]| -> Vec<String> {
+        let mut args: Vec<String> = ["init-ca", "--intermediate"].map(String::from).to_vec();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        args.extend([
+            "--root-key-uri".to_owned(),
+            root_uri.replace("object=?", &format!("object={root_object}?")),
+            "--root-pin-env".to_owned(),
+            "ROOT_PIN".to_owned(),
+            "--key-uri".to_owned(),
+            inter_uri.clone(),
+            "--pin-env".to_owned(),
+            "INTER_PIN".to_owned(),
+        ]);
+        args
+    };
     let hsm = Hsm::new();
     let d = hsm.work();
     hsm.ok(&[
@@ -630,57 +606,16 @@ fn an_intermediate_from_a_root_whose_record_is_offline() {
         "--pin-env",
         "ROOT_PIN",
     ]);
-    let err = hsm.fails(
-        &[
-            "init-ca",
-            "--intermediate",
-            "--root-key-uri",
-            &uri("root", "other-key"),
-            "--root-pin-env",
-            "ROOT_PIN",
-            "--key-uri",
-            &uri("inter", "inter-key"),
-            "--pin-env",
-            "INTER_PIN",
-        ],
-        &[],
-    );
+    let err = hsm.fails(&intermediate("other-key", &[]), &[]);
     assert!(err.contains("not the key of"), "{err}");
     assert!(!d.join("root_cert/intermediate_ca_cert.pem").exists());
     assert!(hsm.objects("inter", INTER_PIN).is_empty());
     // Refused after its key was made (a subject the root's): the new key
     // is removed from the token again.
-    let err = hsm.fails(
-        &[
-            "init-ca",
-            "--intermediate",
-            "--cn",
-            "MQTT Root CA",
-            "--root-key-uri",
-            &uri("root", "root-key"),
-            "--root-pin-env",
-            "ROOT_PIN",
-            "--key-uri",
-            &uri("inter", "inter-key"),
-            "--pin-env",
-            "INTER_PIN",
-        ],
-        &[],
-    );
+    let err = hsm.fails(&intermediate("root-key", &["--cn", "MQTT Root CA"]), &[]);
     assert!(err.contains("is the root's"), "{err}");
     assert!(hsm.objects("inter", INTER_PIN).is_empty());
-    hsm.ok(&[
-        "init-ca",
-        "--intermediate",
-        "--root-key-uri",
-        &uri("root", "root-key"),
-        "--root-pin-env",
-        "ROOT_PIN",
-        "--key-uri",
-        &uri("inter", "inter-key"),
-        "--pin-env",
-        "INTER_PIN",
-    ]);
+    hsm.ok(&intermediate("root-key", &[]));
     hsm.ok(&["issue", "client", "dev-1"]);
     let out = Command::new(peers::openssl())
         .current_dir(&d)

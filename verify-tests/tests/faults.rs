@@ -1988,6 +1988,7 @@ async fn acknowledgements_go_out_as_handlers_finish_and_the_broker_takes_them() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_lost_session_each_publish_is_received_or_of_unknown_delivery() {
     const COUNT: usize = 2_000;
+    const ROUNDS: usize = 5;
     // A clean session: every reconnect is a new session.
     // Every part kept to the end (`..` would drop the broker at once).
     let BurstBench {
@@ -1999,21 +2000,31 @@ async fn after_a_lost_session_each_publish_is_received_or_of_unknown_delivery() 
         publisher,
         prunner,
     } = BurstBench::start("honest", true).await;
-    let mut publishes = publish_all(&publisher, "honest/t", COUNT, |i| i.to_string());
-    let cutter = Cutter::start(&proxy);
-    let (mut ok, mut never_sent, mut unknown) = (Vec::new(), Vec::new(), 0usize);
-    while let Some(joined) = tokio::time::timeout(Duration::from_secs(60), publishes.join_next())
-        .await
-        .expect("publishes unresolved for 60 s")
-    {
-        match joined.unwrap() {
-            (i, Ok(())) => ok.push(i.to_string()),
-            (i, Err(Error::SessionLost)) => never_sent.push(i.to_string()),
-            (_, Err(Error::DeliveryUnknown)) => unknown += 1,
-            (i, Err(e)) => panic!("publish {i}: {e}"),
+    let (mut ok, mut never_sent, mut unknown, mut cuts) = (Vec::new(), Vec::new(), 0usize, 0);
+    // Rounds until a cut lost a session with a publish in flight (on a
+    // busy machine a round's cuts may all fall between publishes): the
+    // test is about those.
+    for round in 0..ROUNDS {
+        let name = move |i: usize| format!("{round}-{i}");
+        let mut publishes = publish_all(&publisher, "honest/t", COUNT, name);
+        let cutter = Cutter::start(&proxy);
+        while let Some(joined) =
+            tokio::time::timeout(Duration::from_secs(60), publishes.join_next())
+                .await
+                .expect("publishes unresolved for 60 s")
+        {
+            match joined.unwrap() {
+                (i, Ok(())) => ok.push(name(i)),
+                (i, Err(Error::SessionLost)) => never_sent.push(name(i)),
+                (_, Err(Error::DeliveryUnknown)) => unknown += 1,
+                (i, Err(e)) => panic!("publish {i}: {e}"),
+            }
+        }
+        cuts += cutter.stop().await;
+        if unknown > 0 {
+            break;
         }
     }
-    let cuts = cutter.stop().await;
     // A marker after everything: once the subscriber has it, it has all
     // the broker passed on before.
     loop {

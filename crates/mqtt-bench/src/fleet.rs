@@ -71,21 +71,11 @@ pub(crate) fn compare_processes(
         std::fs::write(folder.join("fleet.toml"), manifest(devices))
             .with_context(|| format!("writing {}/fleet.toml", folder.display()))?;
         sync()?;
-        let started = Instant::now();
-        let out = Command::new(provision)
-            .args(["fleet", "fleet.toml"])
-            .current_dir(&folder)
-            .stdout(Stdio::null())
-            .output()
-            .with_context(|| format!("running {}", provision.display()))?;
-        let seconds = started.elapsed().as_secs_f64();
-        if !out.status.success() {
-            bail!(
-                "provision fleet ({devices} devices) failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        ours.push(seconds);
+        ours.push(timed(
+            Command::new(provision)
+                .args(["fleet", "fleet.toml"])
+                .current_dir(&folder),
+        )?);
 
         let folder = dir.join(format!("python-{run}"));
         sync()?;
@@ -101,6 +91,26 @@ pub(crate) fn compare_processes(
         python_seconds,
         ratio: python_seconds / ours_seconds,
     })
+}
+
+/// Seconds from start to exit of `command` (its output discarded), which
+/// must succeed.
+pub(crate) fn timed(command: &mut Command) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let out = command
+        .stdout(Stdio::null())
+        .output()
+        .with_context(|| format!("running {:?}", command.get_program()))?;
+    let seconds = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!(
+            "{:?} {:?} failed: {}",
+            command.get_program(),
+            command.get_args().collect::<Vec<_>>(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(seconds)
 }
 
 /// `sync(1)`: what earlier runs left pending is written before a run

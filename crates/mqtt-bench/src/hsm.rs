@@ -5,10 +5,9 @@
 //! turns, medians.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::process::Command;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 use crate::results::{Hsm, median};
 
@@ -28,23 +27,13 @@ pub(crate) fn run(provision: &Path, module: &Path, count: usize) -> anyhow::Resu
     let conf = tokens.conf.clone();
     let dir = tokens.scratch();
     let run = |folder: &Path, args: &[&str]| -> anyhow::Result<f64> {
-        let started = Instant::now();
-        let out = Command::new(provision)
-            .current_dir(folder)
-            .env("SOFTHSM2_CONF", &conf)
-            .env("BENCH_PIN", PIN)
-            .args(args)
-            .stdout(Stdio::null())
-            .output()
-            .with_context(|| format!("running {}", provision.display()))?;
-        let seconds = started.elapsed().as_secs_f64();
-        if !out.status.success() {
-            bail!(
-                "provision {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(seconds)
+        crate::fleet::timed(
+            Command::new(provision)
+                .current_dir(folder)
+                .env("SOFTHSM2_CONF", &conf)
+                .env("BENCH_PIN", PIN)
+                .args(args),
+        )
     };
     let manifest = crate::fleet::manifest(count);
     // A fresh CA folder for each run; none deleted until the end (see

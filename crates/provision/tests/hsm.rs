@@ -51,6 +51,28 @@ impl Hsm {
         self.tokens.dir()
     }
 
+    /// The root's key in token `root` (`root-key`), the intermediate's in
+    /// token `inter` (`inter-key`), each with its PIN's variable; what
+    /// the root's `init-ca` printed.
+    fn ca_in_two_tokens(&self) -> String {
+        let made = self.ok(&[
+            "init-ca",
+            "--key-uri",
+            &uri("root", "root-key"),
+            "--pin-env",
+            "ROOT_PIN",
+        ]);
+        self.ok(&[
+            "init-ca",
+            "--intermediate",
+            "--key-uri",
+            &uri("inter", "inter-key"),
+            "--pin-env",
+            "INTER_PIN",
+        ]);
+        made
+    }
+
     fn delete_token(&self, label: &str) {
         self.tokens.delete(label);
     }
@@ -235,25 +257,11 @@ fn pem_keys(dir: &Path) -> Vec<PathBuf> {
 fn a_ca_in_two_tokens_issues_a_fleet_that_openssl_and_mosquitto_accept() {
     let hsm = Hsm::new();
     let d = hsm.work();
-    let made = hsm.ok(&[
-        "init-ca",
-        "--key-uri",
-        &uri("root", "root-key"),
-        "--pin-env",
-        "ROOT_PIN",
-    ]);
+    let made = hsm.ca_in_two_tokens();
     assert!(
         made.contains("in the token, pkcs11:token=root;object=root-key"),
         "{made}"
     );
-    hsm.ok(&[
-        "init-ca",
-        "--intermediate",
-        "--key-uri",
-        &uri("inter", "inter-key"),
-        "--pin-env",
-        "INTER_PIN",
-    ]);
     // The key files say where the keys are, and hold none.
     for (file, token) in [("root_ca.key", "root"), ("intermediate_ca.key", "inter")] {
         let record = std::fs::read_to_string(d.join("root_cert").join(file)).unwrap();
@@ -515,21 +523,9 @@ fn p384_rsa_and_ed25519_ca_keys_sign_in_the_token() {
     );
 }
 
-/// The first `sh` block after `heading` in README.md.
-fn readme_sh_block(heading: &str) -> String {
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
-            .unwrap();
-    let rest = &text[text
-        .find(heading)
-        .unwrap_or_else(|| panic!("no {heading:?} in README.md"))..];
-    let start = rest.find("```sh\n").expect("an sh block") + "```sh\n".len();
-    rest[start..start + rest[start..].find("```").unwrap()].to_owned()
-}
-
 #[test]
 fn the_readme_walk_through_runs_as_printed() {
-    let block = readme_sh_block("### Keys in hardware");
+    let block = common::readme_block("### Keys in hardware").join("\n");
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("walk-through.sh");
     std::fs::write(&script, format!("set -eu\n{block}")).unwrap();
@@ -632,21 +628,7 @@ fn serve_enrolls_devices_with_the_intermediate_in_a_token() {
     use std::io::{Read, Write};
     let hsm = Hsm::new();
     let d = hsm.work();
-    hsm.ok(&[
-        "init-ca",
-        "--key-uri",
-        &uri("root", "root-key"),
-        "--pin-env",
-        "ROOT_PIN",
-    ]);
-    hsm.ok(&[
-        "init-ca",
-        "--intermediate",
-        "--key-uri",
-        &uri("inter", "inter-key"),
-        "--pin-env",
-        "INTER_PIN",
-    ]);
+    hsm.ca_in_two_tokens();
     hsm.ok(&["issue", "server", "broker", "--dns", "localhost"]);
     hsm.ok(&["issue", "client", "ca-1", "--role", "ca-service"]);
     hsm.ok(&["issue", "claim", "factory", "--allow", "sensor-1"]);

@@ -16,6 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use peers::mosquitto::Mosquitto;
 
 /// The folder of the binaries this test runs (`provision`, `mqtt-ingest`,
@@ -25,38 +27,6 @@ fn bin_dir() -> PathBuf {
         .parent()
         .unwrap()
         .to_owned()
-}
-
-/// The commands of the first `sh` block after `heading` in README.md: a
-/// line ending in `\` continues on the next, comments and blank lines go.
-fn readme_block(heading: &str) -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let at = text
-        .find(heading)
-        .unwrap_or_else(|| panic!("no {heading:?} in README.md"));
-    let rest = &text[at..];
-    let start = rest.find("```sh\n").expect("an sh block") + "```sh\n".len();
-    let block = &rest[start..start + rest[start..].find("```").unwrap()];
-    let mut commands = Vec::new();
-    let mut current = String::new();
-    for line in block.lines() {
-        let line = line.trim();
-        if current.is_empty() && (line.is_empty() || line.starts_with('#')) {
-            continue;
-        }
-        match line.strip_suffix('\\') {
-            Some(head) => {
-                current.push_str(head);
-                current.push(' ');
-            }
-            None => {
-                current.push_str(line);
-                commands.push(std::mem::take(&mut current));
-            }
-        }
-    }
-    commands
 }
 
 /// A shell command line, as a user types it, with the binaries on PATH.
@@ -200,7 +170,7 @@ fn the_readme_paths_work_as_printed() {
         }
         let mut main = None;
         let mut sub = None;
-        for line in readme_block("### With the CLI") {
+        for line in common::readme_block("### With the CLI") {
             if line.starts_with("mosquitto ") {
                 main = Some(broker(c, &line, 8883));
             } else if line.ends_with('&') {
@@ -281,7 +251,7 @@ fn the_readme_paths_work_as_printed() {
     // 2. The enrollment recipe, continuing from the quick start.
     let mut background = Vec::new();
     let mut enroll_broker = None;
-    for line in readme_block("### Devices enroll and renew over MQTT") {
+    for line in common::readme_block("### Devices enroll and renew over MQTT") {
         if line.starts_with("mosquitto ") {
             enroll_broker = Some(broker(d, &line, 8884));
         } else if line.ends_with('&') {
@@ -303,7 +273,7 @@ fn the_readme_paths_work_as_printed() {
     // 3. The first web-app block: the ingest (its `cargo run -p
     // mqtt-ingest --` is the binary cargo builds) stores what client1
     // publishes, and the reader reads it over HTTPS.
-    let block = readme_block("## The web-app integration");
+    let block = common::readme_block("## The web-app integration");
     let mut ingest_run = None;
     let mut curl = None;
     for line in &block {

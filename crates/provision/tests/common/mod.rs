@@ -1,6 +1,6 @@
 //! Running the `provision` binary in a folder.
 
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -168,4 +168,36 @@ pub(crate) fn csr(dir: &Path, file: &str, cn: &str, dns: &[&str], uri: Option<&s
     }
     let pem = params.serialize_request(&key).unwrap().pem().unwrap();
     std::fs::write(dir.join(file), pem).unwrap();
+}
+
+/// The commands of the first `sh` block after `heading` in README.md: a
+/// line ending in `\` continues on the next, comments and blank lines go.
+pub(crate) fn readme_block(heading: &str) -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let at = text
+        .find(heading)
+        .unwrap_or_else(|| panic!("no {heading:?} in README.md"));
+    let rest = &text[at..];
+    let start = rest.find("```sh\n").expect("an sh block") + "```sh\n".len();
+    let block = &rest[start..start + rest[start..].find("```").unwrap()];
+    let mut commands = Vec::new();
+    let mut current = String::new();
+    for line in block.lines() {
+        let line = line.trim();
+        if current.is_empty() && (line.is_empty() || line.starts_with('#')) {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(head) => {
+                current.push_str(head);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(line);
+                commands.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    commands
 }

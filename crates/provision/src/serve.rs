@@ -244,12 +244,17 @@ pub async fn serve(
             let opened = Inventory::open(&ca_dir).and_then(|inventory| {
                 let secret = match key_secret {
                     Some(secret) => secret,
+                    // Read without the lock; the lock only to make it.
                     None => {
-                        let mut locked = inventory.lock(&ca)?;
-                        let secret = locked.service_secret()?;
-                        // A setting, no certificate: nothing for the brokers.
-                        let _settings = locked.commit()?;
-                        secret
+                        if let Some(secret) = inventory.service_secret()? {
+                            secret
+                        } else {
+                            let mut locked = inventory.lock(&ca)?;
+                            let secret = locked.service_secret()?;
+                            // A setting, no certificate: nothing for the brokers.
+                            let _settings = locked.commit()?;
+                            secret
+                        }
                     }
                 };
                 Ok((inventory, secret))

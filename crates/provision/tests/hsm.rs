@@ -645,51 +645,55 @@ fn serve_enrolls_devices_with_the_intermediate_in_a_token() {
         &enroll_port.to_string(),
     ]);
     let _main = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), port);
-    let _enroll = Mosquitto::with_config(&d.join("broker/enroll.conf"), enroll_port);
+    let enroll = Mosquitto::with_config(&d.join("broker/enroll.conf"), enroll_port);
     // The service signs in the token (its PIN's variable from the record).
     let http = free_port();
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_provision"))
-        .current_dir(&d)
-        .env("SOFTHSM2_CONF", &hsm.conf)
-        .env("INTER_PIN", INTER_PIN)
-        .args(["serve", "-H", "localhost", "-p", &port.to_string()])
-        .args(["--enroll-port", &enroll_port.to_string()])
-        .args(["--listen", &format!("127.0.0.1:{http}")])
-        .args(common::tls("ca-1"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let healthy = || {
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", http)) else {
-            return false;
+    let start_serve = || {
+        let mut serve = Command::new(env!("CARGO_BIN_EXE_provision"))
+            .current_dir(&d)
+            .env("SOFTHSM2_CONF", &hsm.conf)
+            .env("INTER_PIN", INTER_PIN)
+            .args(["serve", "-H", "localhost", "-p", &port.to_string()])
+            .args(["--enroll-port", &enroll_port.to_string()])
+            .args(["--listen", &format!("127.0.0.1:{http}")])
+            .args(common::tls("ca-1"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let healthy = || {
+            let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", http)) else {
+                return false;
+            };
+            let _ = write!(
+                s,
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            );
+            let mut text = String::new();
+            let _ = s.read_to_string(&mut text);
+            text.starts_with("HTTP/1.1 200")
         };
-        let _ = write!(
-            s,
-            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        );
-        let mut text = String::new();
-        let _ = s.read_to_string(&mut text);
-        text.starts_with("HTTP/1.1 200")
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !healthy() {
-        if let Some(status) = serve.try_wait().unwrap() {
-            let mut err = String::new();
-            serve
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
-            panic!("provision serve exited with {status}: {err}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !healthy() {
+            if let Some(status) = serve.try_wait().unwrap() {
+                let mut err = String::new();
+                serve
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                panic!("provision serve exited with {status}: {err}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "serve never got ready"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "serve never got ready"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+        serve
+    };
+    let mut serve = start_serve();
     let out = hsm.provision(
         &[
             "enroll",
@@ -714,6 +718,21 @@ fn serve_enrolls_devices_with_the_intermediate_in_a_token() {
     let _ = serve.kill();
     let _ = serve.wait();
     assert!(out.status.success(), "{}", text(&out));
+    // Started again, it reads the secret made the first time: the same
+    // client id (and session) on the enrollment broker.
+    let mut again = start_serve();
+    let _ = again.kill();
+    let _ = again.wait();
+    let log = enroll.log();
+    let ids: Vec<&str> = log
+        .split(" as ca-1-")
+        .skip(1)
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    assert!(
+        ids.len() >= 2 && ids.iter().all(|id| *id == ids[0]),
+        "{log}"
+    );
     let out = Command::new(peers::openssl())
         .current_dir(&d)
         .args(["verify", "-CAfile", "root_cert/root_ca_cert.pem"])

@@ -342,6 +342,12 @@ impl Inventory {
             .map_err(self.err("reading"))
     }
 
+    /// The CA services' secret ([`LockedCa::service_secret`]), when one was
+    /// made: read without the lock.
+    pub fn service_secret(&self) -> Result<Option<String>> {
+        self.state("service_secret")
+    }
+
     /// The topic rules of each role: the last fleet manifest's `[acl]`, or
     /// the defaults.
     pub fn acl_policy(&self) -> Result<AclPolicy> {

@@ -54,6 +54,7 @@ pub(crate) fn run(
                     ip: vec![],
                     out: out.to_owned(),
                     force: false,
+                    token: None,
                 },
                 profile: Profile::Client,
                 days: 365,

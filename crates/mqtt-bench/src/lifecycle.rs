@@ -67,6 +67,7 @@ pub(crate) fn issue_one(
                 ip: Vec::new(),
                 out: out.to_owned(),
                 force: false,
+                token: None,
             },
             profile,
             days: 365,

@@ -25,18 +25,39 @@ use crate::options::TlsVersions;
 /// ca_cert_path = "root_cert/root_ca_cert.pem"
 /// # passphrase_env = "CLIENT_KEY_PASSPHRASE"   # for an encrypted key
 /// ```
+///
+/// The key may live in a PKCS#11 token (an HSM, a TPM through
+/// tpm2-pkcs11, SoftHSM2): `key_path` is then its RFC 7512 URI, or a key
+/// file holding that URI (what `provision csr --key-uri` writes), and
+/// `pin_env` names the variable holding the token's PIN. The handshake
+/// signs in the token; the key never enters the process.
+///
+/// ```toml
+/// [tls]
+/// cert_path = "backend_certs/sensor-1_cert.pem"
+/// key_path = "pkcs11:token=devices;object=sensor-1?module-path=/usr/lib/softhsm/libsofthsm2.so"
+/// ca_cert_path = "root_cert/root_ca_cert.pem"
+/// pin_env = "DEVICE_PIN"
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientCert {
     /// The client certificate, optionally followed by intermediates.
     pub cert_path: PathBuf,
-    /// Its private key (PKCS#8, PKCS#1 or SEC1 PEM; PKCS#8 may be encrypted).
+    /// Its private key (PKCS#8, PKCS#1 or SEC1 PEM; PKCS#8 may be
+    /// encrypted), or a key in a PKCS#11 token: its `pkcs11:` URI, or a
+    /// file holding the URI.
     pub key_path: PathBuf,
     /// The CA certificate(s) that issued the broker's and our certificate.
     pub ca_cert_path: PathBuf,
     /// The environment variable holding the key's passphrase, if encrypted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passphrase_env: Option<String>,
+    /// The environment variable holding the PIN of the token the key is
+    /// in (over a `pin-env=` recorded in the key file; a URI's
+    /// `pin-source=` wins over both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_env: Option<String>,
 }
 
 impl ClientCert {
@@ -51,6 +72,7 @@ impl ClientCert {
             key_path: key_path.into(),
             ca_cert_path: ca_cert_path.into(),
             passphrase_env: None,
+            pin_env: None,
         }
     }
 
@@ -62,15 +84,34 @@ impl ClientCert {
             &mut self.key_path,
             &mut self.ca_cert_path,
         ] {
-            if p.is_relative() {
+            if p.is_relative() && !crate::token::is_uri(p) {
                 *p = base.join(&*p);
             }
         }
         self
     }
 
-    /// Reads and checks the three files (see [`TlsIdentity::from_pem`]).
+    /// Reads and checks the three files (see [`TlsIdentity::from_pem`]);
+    /// a key in a token is opened (logged in) and checked against the
+    /// certificate the same way.
     pub fn load(&self) -> Result<TlsIdentity> {
+        let key_file = if crate::token::is_uri(&self.key_path) {
+            None
+        } else {
+            Some(read(&self.key_path)?)
+        };
+        if let Some(key) =
+            crate::token::open(&self.key_path, key_file.as_deref(), self.pin_env.as_deref())
+        {
+            let cert = read(&self.cert_path)?;
+            let ca = read(&self.ca_cert_path)?;
+            return TlsIdentity::with_token_key(
+                (&cert, &self.cert_path),
+                (key?, &self.key_path),
+                (&ca, &self.ca_cert_path),
+                SystemTime::now(),
+            );
+        }
         let passphrase = self.passphrase()?;
         TlsIdentity::from_pem_files(
             &self.cert_path,
@@ -111,9 +152,18 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
 #[derive(Debug, Clone)]
 pub struct TlsIdentity {
     chain: Vec<CertificateDer<'static>>,
-    key: Arc<PrivateKeyDer<'static>>,
+    key: IdentityKey,
     cas: Vec<CertificateDer<'static>>,
     leaf: Certificate,
+}
+
+/// Where an identity's key is.
+#[derive(Debug, Clone)]
+enum IdentityKey {
+    /// In this process (read from a file).
+    Pem(Arc<PrivateKeyDer<'static>>),
+    /// In a PKCS#11 token: every handshake signs there.
+    Token(Arc<crate::token::TokenSigningKey>),
 }
 
 impl TlsIdentity {
@@ -153,9 +203,51 @@ impl TlsIdentity {
     }
 
     fn check(src: Sources<'_>, passphrase: Option<&[u8]>, now: SystemTime) -> Result<Self> {
-        let (cert_pem, cert_path) = src.cert;
         let (key_pem, key_path) = src.key;
-        let (ca_pem, ca_path) = src.ca;
+        let key = private_key(key_pem, key_path, passphrase)?;
+        let key_pair = match &key {
+            PrivateKeyDer::Pkcs8(k) => KeyPair::from_pkcs8_der(k.secret_pkcs8_der()),
+            _ => KeyPair::from_pem(&String::from_utf8_lossy(key_pem)),
+        }
+        .map_err(|e| Error::BadKey {
+            path: key_path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Self::checked(
+            src.cert,
+            (&key_pair, key_path),
+            src.ca,
+            IdentityKey::Pem(Arc::new(key)),
+            now,
+        )
+    }
+
+    /// An identity whose key (`key`, found at the URI or key file `path`)
+    /// is in a PKCS#11 token, checked as [`TlsIdentity::from_pem`] checks
+    /// one from files.
+    fn with_token_key(
+        cert: (&[u8], &Path),
+        (key, key_path): (KeyPair, &Path),
+        ca: (&[u8], &Path),
+        now: SystemTime,
+    ) -> Result<Self> {
+        let signing = Arc::new(crate::token::TokenSigningKey::new(key));
+        Self::checked(
+            cert,
+            (signing.key(), key_path),
+            ca,
+            IdentityKey::Token(signing.clone()),
+            now,
+        )
+    }
+
+    fn checked(
+        (cert_pem, cert_path): (&[u8], &Path),
+        (key_pair, key_path): (&KeyPair, &Path),
+        (ca_pem, ca_path): (&[u8], &Path),
+        key: IdentityKey,
+        now: SystemTime,
+    ) -> Result<Self> {
 
         let chain = certs(cert_pem, cert_path)?;
         let cas = certs(ca_pem, ca_path)?;
@@ -175,15 +267,6 @@ impl TlsIdentity {
             .map(|c| parse(c, ca_path))
             .collect::<Result<Vec<_>>>()?;
 
-        let key = private_key(key_pem, key_path, passphrase)?;
-        let key_pair = match &key {
-            PrivateKeyDer::Pkcs8(k) => KeyPair::from_pkcs8_der(k.secret_pkcs8_der()),
-            _ => KeyPair::from_pem(&String::from_utf8_lossy(key_pem)),
-        }
-        .map_err(|e| Error::BadKey {
-            path: key_path.to_owned(),
-            reason: e.to_string(),
-        })?;
         let spki = leaf.public_key_der().map_err(|e| Error::BadCertificate {
             path: cert_path.to_owned(),
             reason: e.to_string(),
@@ -235,7 +318,7 @@ impl TlsIdentity {
 
         Ok(Self {
             chain,
-            key: Arc::new(key),
+            key,
             cas,
             leaf,
         })
@@ -266,12 +349,18 @@ impl TlsIdentity {
         // Always an explicit provider: the process-wide default panics when
         // two providers are compiled into one binary.
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .map_err(tls)?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(tls)?;
+            .with_root_certificates(roots);
+        let mut config = match &self.key {
+            IdentityKey::Pem(key) => builder
+                .with_client_auth_cert(self.chain.clone(), key.clone_key())
+                .map_err(tls)?,
+            IdentityKey::Token(key) => builder.with_client_cert_resolver(Arc::new(
+                crate::token::OneIdentity::new(self.chain.clone(), key.clone()),
+            )),
+        };
         // A client talks to one broker: rustls' default session cache is
         // sized for 256 server names (about 14 KB a config, allocated up
         // front) and keeps up to 8 TLS 1.3 tickets a name (OpenSSL sends

@@ -67,6 +67,7 @@ mod qos;
 /// one policy (kept here under its old name).
 pub use safe_files as secrets;
 mod subscriptions;
+mod token;
 mod topic;
 mod tracker;
 

@@ -30,6 +30,13 @@ pub enum ToSign<'a> {
     /// (PKCS#11's `CKM_RSA_PKCS` pads it). The answer is the signature, as
     /// long as the modulus.
     RsaPkcs1DigestInfo(&'a [u8]),
+    /// RSA-PSS over a SHA-256 digest already taken, MGF1 with SHA-256 and a
+    /// 32-byte salt (PKCS#11's `CKM_RSA_PKCS_PSS`): what TLS 1.3's
+    /// `rsa_pss_rsae_sha256` needs ([`KeyPair::sign_rsa_pss_sha256`]). The
+    /// answer is the signature, as long as the modulus.
+    ///
+    /// [`KeyPair::sign_rsa_pss_sha256`]: crate::KeyPair::sign_rsa_pss_sha256
+    RsaPssSha256Digest(&'a [u8]),
     /// Ed25519 over the message itself (`CKM_EDDSA`). The answer is the
     /// 64-byte signature.
     Ed25519Message(&'a [u8]),
@@ -121,6 +128,37 @@ pub(crate) fn sign(
                     .into(),
             )
         })?;
+    Ok(signature)
+}
+
+/// Signs `message` with the RSA key `key` (public half `spki`) as
+/// RSA-PSS with SHA-256, checked against `spki`.
+pub(crate) fn sign_rsa_pss_sha256(
+    key: &dyn ExternalKey,
+    spki: &[u8],
+    message: &[u8],
+) -> Result<Vec<u8>> {
+    let refused = |reason: String| Error::ExternalKey {
+        key: key.describe(),
+        reason,
+    };
+    let digest = digest::digest(&digest::SHA256, message);
+    let signature = key
+        .sign(ToSign::RsaPssSha256Digest(digest.as_ref()))
+        .map_err(refused)?;
+    let public = parse_spki(spki)?;
+    UnparsedPublicKey::new(
+        &sig::RSA_PSS_2048_8192_SHA256,
+        public.subject_public_key.raw_bytes(),
+    )
+    .verify(message, &signature)
+    .map_err(|_| {
+        refused(
+            "its RSA-PSS signature does not verify with its public key (another key answered, \
+             or the token returned garbage)"
+                .into(),
+        )
+    })?;
     Ok(signature)
 }
 
@@ -319,6 +357,14 @@ mod tests {
                         .map_err(|_| "refused")?;
                     Ok(out)
                 }
+                (FakeKey::Rsa(k), ToSign::RsaPssSha256Digest(d)) => {
+                    let d = digest::Digest::import_less_safe(d, &digest::SHA256)
+                        .map_err(|_| "bad digest".to_owned())?;
+                    let mut out = vec![0; k.public_modulus_len()];
+                    k.sign_digest(&sig::RSA_PSS_SHA256, &d, &mut out)
+                        .map_err(|_| "refused")?;
+                    Ok(out)
+                }
                 _ => Err("a request for another algorithm".into()),
             }
         }
@@ -398,6 +444,39 @@ mod tests {
                 .verify_signature_by_key(tbs, signature.as_bytes())
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn an_rsa_token_key_signs_pss_for_tls_1_3_and_an_ec_key_refuses_it() {
+        let rsa = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let public = rsa.public_key().as_ref().to_vec();
+        let key = KeyPair::external(Box::new(std::sync::Arc::new(FakeToken {
+            key: FakeKey::Rsa(rsa),
+            impostor: None,
+            signed: 0.into(),
+        })))
+        .unwrap();
+        let signature = key.sign_rsa_pss_sha256(b"handshake").unwrap();
+        UnparsedPublicKey::new(&sig::RSA_PSS_2048_8192_SHA256, &public)
+            .verify(b"handshake", &signature)
+            .unwrap();
+        // A PKCS#1 v1.5 signature is not what was asked for.
+        assert!(
+            UnparsedPublicKey::new(&sig::RSA_PKCS1_2048_8192_SHA256, &public)
+                .verify(b"handshake", &signature)
+                .is_err()
+        );
+        let ec = KeyPair::external(Box::new(std::sync::Arc::new(FakeToken::ec()))).unwrap();
+        assert!(ec.sign_rsa_pss_sha256(b"handshake").is_err());
+        let in_memory = KeyPair::generate(crate::KeyType::Rsa2048).unwrap();
+        let signature = in_memory.sign_rsa_pss_sha256(b"handshake").unwrap();
+        let spki = crate::algorithm::parse_spki(in_memory.public_key_der()).unwrap();
+        UnparsedPublicKey::new(
+            &sig::RSA_PSS_2048_8192_SHA256,
+            spki.subject_public_key.raw_bytes(),
+        )
+        .verify(b"handshake", &signature)
+        .unwrap();
     }
 
     #[test]

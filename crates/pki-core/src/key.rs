@@ -421,6 +421,30 @@ impl KeyPair {
         Ok(Signature(bytes))
     }
 
+    /// Signs `message` with RSA-PSS, SHA-256, MGF1-SHA-256 and a 32-byte
+    /// salt (TLS 1.3's `rsa_pss_rsae_sha256`, which a TLS 1.3 client
+    /// certificate with an RSA key must use). Refused for a key that is not
+    /// RSA.
+    pub fn sign_rsa_pss_sha256(&self, message: &[u8]) -> Result<Vec<u8>> {
+        let failed = |_| Error::Crypto {
+            operation: "RSA-PSS signing",
+        };
+        match &self.inner {
+            Inner::Rsa(k) => {
+                let mut out = vec![0; k.public_modulus_len()];
+                k.sign(&sig::RSA_PSS_SHA256, &SystemRandom::new(), message, &mut out)
+                    .map_err(failed)?;
+                Ok(out)
+            }
+            Inner::External(k) if matches!(self.algorithm, KeyAlgorithm::Rsa { .. }) => {
+                crate::external::sign_rsa_pss_sha256(k.as_ref(), &self.spki, message)
+            }
+            _ => Err(Error::Crypto {
+                operation: "RSA-PSS signing with a key that is not RSA",
+            }),
+        }
+    }
+
     /// The signature AlgorithmIdentifier this key produces.
     pub fn signature_algorithm(&self) -> AlgorithmIdentifierOwned {
         signature_algorithm_of(self.algorithm)

@@ -174,3 +174,17 @@ pub enum Error {
 
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<token_keys::Error> for Error {
+    fn from(e: token_keys::Error) -> Self {
+        match e {
+            token_keys::Error::Token { uri, reason } => Error::Token { uri, reason },
+            // The crate's enum is non-exhaustive: a future kind keeps its
+            // message.
+            other => Error::Token {
+                uri: String::new(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}

@@ -35,6 +35,7 @@
 //!         ip: vec![],
 //!         out: "backend_certs".into(),
 //!         force: false,
+//!         token: None,
 //!     },
 //!     profile: Profile::Client,
 //!     days: 365,
@@ -58,7 +59,8 @@ pub mod inspect;
 pub mod inventory;
 pub mod layout;
 pub mod ops;
-pub mod pkcs11;
+/// Keys in PKCS#11 tokens: the [`token_keys`] crate, under its old name.
+pub use token_keys as pkcs11;
 pub mod pubsub;
 pub mod roles;
 pub mod serve;

@@ -461,6 +461,7 @@ fn a_long_running_holder_shares_the_store_with_cli_processes() {
                     ip: vec![],
                     out: d.join("backend_certs"),
                     force: false,
+                    token: None,
                 },
                 profile: pki_core::Profile::Client,
                 days: 30,

@@ -230,6 +230,18 @@ pub(crate) struct CsrArgs {
     /// Replace existing files.
     #[arg(long)]
     pub(crate) force: bool,
+    /// Make the key inside a PKCS#11 token (an HSM, a TPM through
+    /// tpm2-pkcs11, SoftHSM2), named by an RFC 7512 URI such as
+    /// `pkcs11:token=devices`: sensitive, never extractable, labelled NAME
+    /// unless the URI gives `object=`. NAME.key then records the URI (no
+    /// PIN), which `pub`, `sub`, `enroll` and `renew` sign through. The
+    /// module comes from `?module-path=` or $PKCS11_MODULE.
+    #[arg(long, value_name = "URI")]
+    pub(crate) key_uri: Option<String>,
+    /// With --key-uri: the environment variable holding the token's PIN
+    /// (recorded by name in NAME.key).
+    #[arg(long, value_name = "VAR", requires = "key_uri")]
+    pub(crate) pin_env: Option<String>,
 }
 
 /// The arguments of `provision sign`.
@@ -538,7 +550,8 @@ pub(crate) struct ServeArgs {
     /// The service's own certificate (issued with --role ca-service).
     #[arg(long)]
     pub(crate) cert: PathBuf,
-    /// Its key.
+    /// Its key: a PEM file, a key file recording a PKCS#11 URI, or a
+    /// `pkcs11:` URI.
     #[arg(long)]
     pub(crate) key: PathBuf,
     /// The CA certificate the brokers' certificates are checked against.
@@ -547,6 +560,10 @@ pub(crate) struct ServeArgs {
     /// The environment variable holding the service key's passphrase.
     #[arg(long, value_name = "VAR")]
     pub(crate) key_passphrase_env: Option<String>,
+    /// The environment variable holding the PIN of the token the service
+    /// key is in (--key a `pkcs11:` URI or a key file recording one).
+    #[arg(long, value_name = "VAR")]
+    pub(crate) key_pin_env: Option<String>,
     /// The main broker's host: renewals.
     #[arg(long, short = 'H', default_value = "localhost")]
     pub(crate) host: String,
@@ -717,7 +734,8 @@ pub(crate) struct IdentityArgs {
     /// Client certificate.
     #[arg(long, requires_all = ["key", "ca"], conflicts_with = "bundle")]
     pub(crate) cert: Option<PathBuf>,
-    /// Client key.
+    /// Client key: a PEM file, a key file recording a PKCS#11 URI
+    /// (`csr --key-uri`), or a `pkcs11:` URI.
     #[arg(long)]
     pub(crate) key: Option<PathBuf>,
     /// CA certificate.
@@ -735,6 +753,11 @@ pub(crate) struct IdentityArgs {
         conflicts_with = "bundle"
     )]
     pub(crate) key_passphrase_env: Option<String>,
+    /// The environment variable holding the PIN of the token the client
+    /// key is in (over one recorded in the key file; a bundle file says it
+    /// with `pin_env`).
+    #[arg(long, value_name = "VAR", conflicts_with = "bundle")]
+    pub(crate) pin_env: Option<String>,
 }
 
 #[derive(Args)]
@@ -900,6 +923,7 @@ impl IdentityArgs {
             }
             (None, Some(cert), Some(key), Some(ca)) => ClientCert {
                 passphrase_env: self.key_passphrase_env.clone(),
+                pin_env: self.pin_env.clone(),
                 ..ClientCert::new(cert, key, ca)
             },
             _ => bail!("give --cert, --key and --ca, or --bundle FILE.toml"),

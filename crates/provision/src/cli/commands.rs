@@ -83,29 +83,26 @@ pub(crate) fn init_ca(args: InitCaArgs) -> anyhow::Result<CaCreated> {
 
 /// `--key-uri` and `--pin-env`: the token the new key goes into.
 fn token_key(args: &InitCaArgs) -> anyhow::Result<Option<provision::pkcs11::TokenKeySpec>> {
-    args.key_uri
-        .as_deref()
-        .map(|uri| {
-            Ok(provision::pkcs11::TokenKeySpec {
-                uri: uri.parse()?,
-                pin_env: args.pin_env.clone(),
-            })
+    spec_of(args.key_uri.as_deref(), args.pin_env.as_deref())
+}
+
+/// A token key from a `--key-uri` and its `--pin-env`.
+pub(crate) fn spec_of(
+    uri: Option<&str>,
+    pin_env: Option<&str>,
+) -> anyhow::Result<Option<provision::pkcs11::TokenKeySpec>> {
+    uri.map(|uri| {
+        Ok(provision::pkcs11::TokenKeySpec {
+            uri: uri.parse()?,
+            pin_env: pin_env.map(str::to_owned),
         })
-        .transpose()
+    })
+    .transpose()
 }
 
 pub(crate) fn init_intermediate(args: InitCaArgs) -> anyhow::Result<IntermediateCreated> {
     let token = token_key(&args)?;
-    let root_token = args
-        .root_key_uri
-        .as_deref()
-        .map(|uri| {
-            anyhow::Ok(provision::pkcs11::TokenKeySpec {
-                uri: uri.parse()?,
-                pin_env: args.root_pin_env.clone(),
-            })
-        })
-        .transpose()?;
+    let root_token = spec_of(args.root_key_uri.as_deref(), args.root_pin_env.as_deref())?;
     let ca_dir = provision::ca_folder::CaDir::new(&args.ca_dir)
         .with_inventory_url(args.inventory.url)
         .with_insecure_db(args.inventory.insecure_db);
@@ -212,18 +209,23 @@ fn csr_request(
         ip: names.ip,
         out,
         force,
+        token: None,
     })
 }
 
 pub(crate) fn csr(args: CsrArgs) -> anyhow::Result<CsrMade> {
-    let paths = make_csr(&csr_request(
-        args.name,
-        &args.subject,
-        args.key_type,
-        args.names,
-        args.out,
-        args.force,
-    )?)?;
+    let token = spec_of(args.key_uri.as_deref(), args.pin_env.as_deref())?;
+    let paths = make_csr(&CsrRequest {
+        token,
+        ..csr_request(
+            args.name,
+            &args.subject,
+            args.key_type,
+            args.names,
+            args.out,
+            args.force,
+        )?
+    })?;
     Ok(CsrMade {
         key: paths.key,
         csr: paths.csr,

@@ -93,6 +93,7 @@ pub(crate) fn issue_claim(args: ClaimArgs) -> anyhow::Result<ClaimIssued> {
                 ip: Vec::new(),
                 out: args.out,
                 force: args.force,
+                token: None,
             },
             profile: Profile::Client,
             days: args.days,
@@ -128,6 +129,7 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (ca_dir, ca) = args.authority.load()?;
     let identity = mqtt_tls::ClientCert {
         passphrase_env: args.key_passphrase_env.clone(),
+        pin_env: args.key_pin_env.clone(),
         ..mqtt_tls::ClientCert::new(&args.cert, &args.key, &args.ca)
     }
     .load()?;

@@ -238,6 +238,7 @@ pub(super) fn prepare(path: &Path, options: &RunOptions) -> Result<Prepared> {
                     .as_ref()
                     .map_or_else(|| default_out.clone(), |o| base.join(o)),
                 force: true,
+                token: None,
             },
             profile: Profile::Server,
             days: b.days.unwrap_or(365),
@@ -306,6 +307,7 @@ pub(super) fn prepare(path: &Path, options: &RunOptions) -> Result<Prepared> {
                         .as_ref()
                         .map_or_else(|| default_out.clone(), |o| base.join(o)),
                     force: true,
+                    token: None,
                 },
                 profile: Profile::Client,
                 days: d.days.unwrap_or(365),

@@ -156,7 +156,7 @@ fn new_key(
                      guards it): give --key-uri or a passphrase, not both; nothing was written"
                 .into(),
         }),
-        Some(spec) => crate::pkcs11::generate(spec, key_type).map(|(k, s)| (k, Some(s))),
+        Some(spec) => Ok(crate::pkcs11::generate(spec, key_type).map(|(k, s)| (k, Some(s)))?),
         None => Ok((KeyPair::generate(key_type)?, None)),
     }
 }

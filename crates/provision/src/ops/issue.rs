@@ -236,6 +236,10 @@ pub struct CsrRequest {
     pub out: PathBuf,
     /// Replace existing files.
     pub force: bool,
+    /// Make the key inside this PKCS#11 token (`provision csr --key-uri`):
+    /// `NAME.key` then records the key's URI, not a key. Its label is
+    /// `NAME` unless the URI gives `object=`.
+    pub token: Option<crate::pkcs11::TokenKeySpec>,
 }
 
 /// A fresh key and the CSR for it.
@@ -247,24 +251,60 @@ pub(super) fn key_and_csr(request: &CsrRequest, profile: Profile) -> Result<(Key
     Ok((key, csr))
 }
 
-/// Writes `NAME.key` (0600) and `NAME_csr.pem`; no CA involved.
+/// Writes `NAME.key` (0600) and `NAME_csr.pem`; no CA involved. With a
+/// token, the key is made inside it and `NAME.key` records its URI (the
+/// key made is removed again when a file cannot be written).
 pub fn make_csr(request: &CsrRequest) -> Result<IdentityPaths> {
     refuse_ca_folder(&request.out, None)?;
     let paths = IdentityPaths::new(&request.out, &request.name);
     refuse_existing(&[&paths.key, &paths.csr], request.force)?;
-    // A device's CSR (`provision csr`): a client.
-    let (key, csr) = key_and_csr(request, Profile::Client)?;
-    write_atomic(
-        &paths.key,
-        key.to_pkcs8_pem()?.as_bytes(),
-        Access::Secret,
-        request.force,
-    )?;
-    write_atomic(
-        &paths.csr,
-        csr.to_pem().as_bytes(),
-        Access::Public,
-        request.force,
-    )?;
+    let Some(token) = &request.token else {
+        // A device's CSR (`provision csr`): a client.
+        let (key, csr) = key_and_csr(request, Profile::Client)?;
+        write_atomic(
+            &paths.key,
+            key.to_pkcs8_pem()?.as_bytes(),
+            Access::Secret,
+            request.force,
+        )?;
+        write_atomic(
+            &paths.csr,
+            csr.to_pem().as_bytes(),
+            Access::Public,
+            request.force,
+        )?;
+        return Ok(paths);
+    };
+    let mut named = token.clone();
+    named.uri.set_object_if_unset(request.name.as_str());
+    let (key, made) = crate::pkcs11::generate(&named, request.key_type)?;
+    let written = (|| {
+        let mut params =
+            CsrParams::new(request.subject.identity_subject(&request.name, Profile::Client)?);
+        params.sans = sans(&request.dns, &request.ip);
+        let csr = Csr::new(&params, &key)?;
+        write_atomic(
+            &paths.key,
+            made.record().as_bytes(),
+            Access::Secret,
+            request.force,
+        )?;
+        write_atomic(
+            &paths.csr,
+            csr.to_pem().as_bytes(),
+            Access::Public,
+            request.force,
+        )
+    })();
+    if let Err(e) = written {
+        // Nothing names the new key unless NAME.key was written: then the
+        // record stays, and the key with it.
+        let recorded = crate::files::read_text(&paths.key)
+            .is_ok_and(|text| text.lines().next() == made.record().lines().next());
+        if !recorded && let Err(undo) = crate::pkcs11::destroy(&made) {
+            tracing::warn!("{}: the key made could not be removed again: {undo}", made.uri);
+        }
+        return Err(e);
+    }
     Ok(paths)
 }

@@ -1,30 +1,37 @@
-//! CA keys in a PKCS#11 token (an HSM, a smart card, SoftHSM2), named by an
-//! RFC 7512 `pkcs11:` URI.
+//! Keys in a PKCS#11 token (an HSM, a smart card, a TPM through
+//! tpm2-pkcs11, SoftHSM2), named by an RFC 7512 `pkcs11:` URI: the CA's
+//! keys (`provision init-ca --key-uri`), a device's or a service's
+//! (`provision csr --key-uri`), and the key an mTLS connection signs its
+//! handshake with (`mqtt-tls`, a `pkcs11:` `key_path`).
 //!
-//! `init-ca --key-uri URI` makes the key inside the token (sensitive, never
-//! extractable) and records where it is in the CA folder: the key file
-//! (`root_ca.key`, `intermediate_ca.key`) then holds the URI, without any
-//! PIN, instead of a key, and every command that signs finds the token
-//! through it ([`crate::ca_folder::CaDir::load`]). The token signs;
-//! pki-core turns its answers into X.509's encoding and checks each one
-//! against the public key ([`pki_core::ExternalKey`]).
+//! A key made here ([`generate`]) is sensitive, never extractable and able
+//! to sign only. Where a key file would hold a key, it holds the URI
+//! without any PIN ([`TokenKeySpec::record`]), so every command that signs
+//! finds the token through it. The token signs; pki-core turns its answers
+//! into X.509's encoding and checks each one against the public key
+//! ([`pki_core::ExternalKey`]).
 //!
 //! The module (the token's PKCS#11 library) comes from `module-path=` in
 //! the URI or `$PKCS11_MODULE`; the PIN from `pin-source=` (a file), the
 //! environment variable named by `--pin-env` (recorded with the URI), or
 //! `pin-value=` (it works, with a warning: a command line shows in `ps`).
 //! No message, log or error shows a PIN; it is wiped after the login.
-//! Each process loads a module once and keeps one logged-in session pool
-//! per key, shared by every thread that signs.
+//! Each process loads a module once and logs in to a token once: every key
+//! on it, and every thread and connection that signs with one, shares the
+//! token's session pool. A token that goes away (removed, its module
+//! reset) fails each signature with a classified error until it is back;
+//! the next signature after that logs in again and finds the key anew.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::RvError;
-use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::object::{
     Attribute, AttributeType, KeyType as TokenKeyType, ObjectClass, ObjectHandle,
@@ -35,7 +42,24 @@ use cryptoki::types::AuthPin;
 use pki_core::{ExternalKey, KeyPair, KeyType, PublicKeyParts, ToSign};
 use zeroize::Zeroizing;
 
-use crate::error::{Error, Result};
+/// What went wrong with a key in a token.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A key in a PKCS#11 token could not be made, found or used: a bad
+    /// URI, no such token or key, a wrong PIN, a removed token.
+    #[error("{uri}: {reason}")]
+    Token {
+        /// The key's `pkcs11:` URI, without its PIN (unsafe values shown
+        /// as `…` when the URI did not parse).
+        uri: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// This crate's results.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The environment variable naming the PKCS#11 module when the URI has no
 /// `module-path=`.
@@ -119,6 +143,26 @@ const URI_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMER
     .remove(b'~')
     .remove(b'/')
     .remove(b':');
+
+impl KeyUri {
+    /// Names the key by `label` (`object=`) unless the URI already names
+    /// one: a device's key is labelled with the device's name.
+    pub fn set_object_if_unset(&mut self, label: &str) {
+        if self.object.is_none() {
+            self.object = Some(label.to_owned());
+        }
+    }
+
+    /// The key's label (`object=`), if the URI gives one.
+    pub fn object(&self) -> Option<&str> {
+        self.object.as_deref()
+    }
+
+    /// The key's id (`id=`), if the URI gives one.
+    pub fn id(&self) -> Option<&[u8]> {
+        self.id.as_deref()
+    }
+}
 
 impl std::str::FromStr for KeyUri {
     type Err = Error;
@@ -364,7 +408,7 @@ impl TokenKeySpec {
         if let Some(source) = &self.uri.pin_source {
             let path = source.strip_prefix("file:").unwrap_or(source);
             let text =
-                Zeroizing::new(crate::files::read_text(Path::new(path)).map_err(|e| {
+                Zeroizing::new(safe_files::read_capped_text(Path::new(path)).map_err(|e| {
                     self.err(format!("reading the PIN from pin-source={source}: {e}"))
                 })?);
             return Ok(Zeroizing::new(
@@ -429,11 +473,45 @@ struct Token {
     _login: Mutex<Session>,
     /// Idle sessions for the work.
     sessions: Mutex<Vec<Session>>,
+    /// Set when the token failed as a removed token does: the next user
+    /// logs in again ([`Token::shared`]).
+    lost: AtomicBool,
 }
 
+/// Every token this process is logged in to, by module and slot: one login
+/// and one session pool per token, shared by every key on it and every
+/// connection that signs with one.
+type Tokens = Mutex<HashMap<(PathBuf, u64), Weak<Token>>>;
+
 impl Token {
-    fn open(spec: &TokenKeySpec) -> Result<Self> {
-        let pkcs11 = module(&spec.module_path()?).map_err(|e| spec.err(e))?;
+    /// The token `spec` names, logged in: the one this process already
+    /// holds unless it was lost, or a new login.
+    fn shared(spec: &TokenKeySpec) -> Result<Arc<Self>> {
+        static TOKENS: OnceLock<Tokens> = OnceLock::new();
+        let path = spec.module_path()?;
+        let pkcs11 = module(&path).map_err(|e| spec.err(e))?;
+        let slot = Self::find(spec, &pkcs11)?;
+        let key = (path, slot.id());
+        let tokens = TOKENS.get_or_init(Default::default);
+        let held = tokens
+            .lock()
+            .map_err(|_| spec.err("a thread failed while logging in"))?
+            .get(&key)
+            .and_then(Weak::upgrade)
+            .filter(|t| !t.lost.load(Ordering::Relaxed));
+        if let Some(token) = held {
+            return Ok(token);
+        }
+        let token = Arc::new(Self::open(spec, pkcs11, slot)?);
+        if let Ok(mut tokens) = tokens.lock() {
+            tokens.retain(|_, t| t.strong_count() > 0);
+            tokens.insert(key, Arc::downgrade(&token));
+        }
+        Ok(token)
+    }
+
+    /// The slot of the one token `spec` names.
+    fn find(spec: &TokenKeySpec, pkcs11: &Pkcs11) -> Result<Slot> {
         let slots = pkcs11
             .get_slots_with_token()
             .map_err(|e| spec.err(classify("listing the slots", &e)))?;
@@ -467,8 +545,11 @@ impl Token {
                 found = Some(slot);
             }
         }
-        let slot =
-            found.ok_or_else(|| spec.err("no such token (is it plugged in and initialised?)"))?;
+        found.ok_or_else(|| spec.err("no such token (is it plugged in and initialised?)"))
+    }
+
+    /// Logs in to the token in `slot`.
+    fn open(spec: &TokenKeySpec, pkcs11: Arc<Pkcs11>, slot: Slot) -> Result<Self> {
         let session = pkcs11
             .open_rw_session(slot)
             .map_err(|e| spec.err(classify("opening a session", &e)))?;
@@ -485,6 +566,7 @@ impl Token {
             slot,
             _login: Mutex::new(session),
             sessions: Mutex::new(Vec::new()),
+            lost: AtomicBool::new(false),
         })
     }
 
@@ -498,28 +580,57 @@ impl Token {
         let idle = self.sessions.lock().ok().and_then(|mut s| s.pop());
         let session = match idle {
             Some(s) => s,
-            None => self
-                .pkcs11
-                .open_rw_session(self.slot)
-                .map_err(|e| classify("opening a session", &e))?,
+            None => match self.pkcs11.open_rw_session(self.slot) {
+                Ok(s) => s,
+                Err(e) => {
+                    if is_lost(&e) {
+                        self.lose();
+                    }
+                    return Err(classify("opening a session", &e));
+                }
+            },
         };
         let result = f(&session);
-        // A session the token lost is dropped; any other goes back.
-        let lost = matches!(
-            &result,
-            Err(cryptoki::error::Error::Pkcs11(
-                RvError::SessionHandleInvalid
-                    | RvError::SessionClosed
-                    | RvError::DeviceRemoved
-                    | RvError::TokenNotPresent,
-                _
-            ))
-        );
-        if !lost && let Ok(mut sessions) = self.sessions.lock() {
-            sessions.push(session);
+        // A session the token lost is dropped, with every idle one: the
+        // token is logged in to again by its next user. Any other goes
+        // back.
+        match &result {
+            Err(e) if is_lost(e) => self.lose(),
+            _ => {
+                if let Ok(mut sessions) = self.sessions.lock() {
+                    sessions.push(session);
+                }
+            }
         }
         result.map_err(|e| classify(action, &e))
     }
+}
+
+impl Token {
+    /// Marks the token lost (removed, its module reset) and drops its idle
+    /// sessions.
+    fn lose(&self) {
+        self.lost.store(true, Ordering::Relaxed);
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions.clear();
+        }
+    }
+}
+
+/// Whether `e` says the token, or the session on it, is gone.
+fn is_lost(e: &cryptoki::error::Error) -> bool {
+    matches!(
+        e,
+        cryptoki::error::Error::Pkcs11(
+            RvError::SessionHandleInvalid
+                | RvError::SessionClosed
+                | RvError::DeviceRemoved
+                | RvError::TokenNotPresent
+                | RvError::SlotIdInvalid
+                | RvError::CryptokiNotInitialized,
+            _
+        )
+    )
 }
 
 /// A PKCS#11 error as the operator needs it: what failed, and the likely
@@ -574,13 +685,42 @@ const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0
 const P384_PARAMS: [u8; 7] = [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
 const ED25519_PARAMS: [u8; 5] = [0x06, 0x03, 0x2b, 0x65, 0x70];
 
-/// A key in a token, signing through its pool ([`pki_core::ExternalKey`]).
+/// A key in a token, signing through its token's pool
+/// ([`pki_core::ExternalKey`]).
 struct TokenKey {
+    spec: TokenKeySpec,
     shown: String,
-    token: Token,
-    key: ObjectHandle,
     key_type: TokenKeyType,
     spki: Vec<u8>,
+    /// The token logged in and the key's handle there; found again after
+    /// the token was lost.
+    live: Mutex<(Arc<Token>, ObjectHandle)>,
+}
+
+impl TokenKey {
+    /// The token and the key's handle: the ones held, or, when the token
+    /// was lost, a new login and the key found again (it must be the same
+    /// key).
+    fn live(&self) -> std::result::Result<(Arc<Token>, ObjectHandle), String> {
+        let mut live = self
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !live.0.lost.load(Ordering::Relaxed) {
+            return Ok(live.clone());
+        }
+        let reason = |e: Error| match e {
+            Error::Token { reason, .. } => reason,
+        };
+        let token = Token::shared(&self.spec).map_err(reason)?;
+        let (key, key_type, spki) = locate(&self.spec, &token).map_err(reason)?;
+        if key_type != self.key_type || spki != self.spki {
+            return Err("the token now holds another key under this URI".into());
+        }
+        tracing::info!("{}: the token is back; logged in again", self.shown);
+        *live = (token, key);
+        Ok(live.clone())
+    }
 }
 
 impl ExternalKey for TokenKey {
@@ -593,10 +733,19 @@ impl ExternalKey for TokenKey {
     }
 
     fn sign(&self, what: ToSign<'_>) -> std::result::Result<Vec<u8>, String> {
+        let pss;
         let (mechanism, data) = match what {
             ToSign::EcdsaDigest(d) if self.key_type == TokenKeyType::EC => (Mechanism::Ecdsa, d),
             ToSign::RsaPkcs1DigestInfo(d) if self.key_type == TokenKeyType::RSA => {
                 (Mechanism::RsaPkcs, d)
+            }
+            ToSign::RsaPssSha256Digest(d) if self.key_type == TokenKeyType::RSA => {
+                pss = PkcsPssParams {
+                    hash_alg: MechanismType::SHA256,
+                    mgf: PkcsMgfType::MGF1_SHA256,
+                    s_len: 32.into(),
+                };
+                (Mechanism::RsaPkcsPss(pss), d)
             }
             ToSign::Ed25519Message(m) if self.key_type == TokenKeyType::EC_EDWARDS => (
                 Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
@@ -604,8 +753,8 @@ impl ExternalKey for TokenKey {
             ),
             _ => return Err("a signature this key's type does not make".into()),
         };
-        self.token
-            .with_session("signing", |s| s.sign(&mechanism, self.key, data))
+        let (token, key) = self.live()?;
+        token.with_session("signing", |s| s.sign(&mechanism, key, data))
     }
 }
 
@@ -692,7 +841,13 @@ fn unwrap_octet_string(value: &[u8]) -> &[u8] {
 /// token. Errors name the URI (never its PIN) and what went wrong: no such
 /// token, a wrong PIN, no such key, a key this crate does not sign with.
 pub fn open(spec: &TokenKeySpec) -> Result<KeyPair> {
-    let token = Token::open(spec)?;
+    let token = Token::shared(spec)?;
+    let (key, key_type, spki) = locate(spec, &token)?;
+    wrap(spec, token, key, key_type, spki)
+}
+
+/// The key `spec` names in `token`: its handle, type and public key.
+fn locate(spec: &TokenKeySpec, token: &Token) -> Result<(ObjectHandle, TokenKeyType, Vec<u8>)> {
     let found = token
         .with_session("finding the key", |s| {
             let (private, public) = find_pair(s, &spec.uri)?;
@@ -708,20 +863,21 @@ pub fn open(spec: &TokenKeySpec) -> Result<KeyPair> {
         .with_session("reading the public key", |s| Ok(public_key(s, public)))
         .map_err(|e| spec.err(e))?
         .map_err(|e| spec.err(e))?;
-    wrap(spec, token, key, key_type, spki)
+    Ok((key, key_type, spki))
 }
 
 fn wrap(
     spec: &TokenKeySpec,
-    token: Token,
+    token: Arc<Token>,
     key: ObjectHandle,
     key_type: TokenKeyType,
     spki: Vec<u8>,
 ) -> Result<KeyPair> {
+    let exact = spec.clone();
     KeyPair::external(Box::new(TokenKey {
         shown: spec.uri.to_string(),
-        token,
-        key,
+        spec: exact,
+        live: Mutex::new((token, key)),
         key_type,
         spki,
     }))
@@ -735,7 +891,7 @@ fn wrap(
 /// be recorded. Refused when the token already holds a key by that name
 /// (nothing is changed).
 pub fn generate(spec: &TokenKeySpec, key_type: KeyType) -> Result<(KeyPair, TokenKeySpec)> {
-    let token = Token::open(spec)?;
+    let token = Token::shared(spec)?;
     let label = spec.uri.object.clone();
     // A random id ties the two halves together.
     let id = match &spec.uri.id {
@@ -837,20 +993,12 @@ pub fn generate(spec: &TokenKeySpec, key_type: KeyType) -> Result<(KeyPair, Toke
             Ok(Ok(v)) => v,
             Ok(Err(e)) | Err(e) => return Err(undo(spec.err(e))),
         };
-    let key = KeyPair::external(Box::new(TokenKey {
-        shown: exact.uri.to_string(),
-        key: private,
-        key_type: kind,
-        spki,
-        token,
-    }));
-    match key {
+    match wrap(&exact, token, private, kind, spki) {
         Ok(key) => Ok((key, exact)),
         Err(e) => {
             // The token is gone with the failed key: open it again to undo.
-            let reason = e.to_string();
             let _ = destroy(&exact);
-            Err(spec.err(reason))
+            Err(e)
         }
     }
 }
@@ -865,7 +1013,7 @@ pub fn destroy(spec: &TokenKeySpec) -> Result<()> {
     if spec.uri.id.is_none() {
         return Err(spec.err("not removing a key named without its id"));
     }
-    let token = Token::open(spec)?;
+    let token = Token::shared(spec)?;
     token
         .with_session("removing the key", |s| {
             let (private, public) = find_pair(s, &spec.uri)?;

@@ -745,3 +745,206 @@ fn serve_enrolls_devices_with_the_intermediate_in_a_token() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
 }
+
+const DEVICE_PIN: &str = "2468";
+
+/// The URI of token `token`, the module given, no object named.
+fn token_uri(token: &str) -> String {
+    format!("pkcs11:token={token}?module-path={}", module().display())
+}
+
+/// `mosquitto_sub` as `name` (its PEM files): every retained message under
+/// `filter`, `topic payload` a line, up to `count` within 10 s.
+fn retained(d: &Path, port: u16, name: &str, filter: &str, count: usize) -> Vec<String> {
+    let out = Command::new(peers::mosquitto::mosquitto_client("mosquitto_sub"))
+        .current_dir(d)
+        .args(["-h", "localhost", "-p", &port.to_string(), "-t", filter])
+        .args(["-v", "-W", "10", "-C", &count.to_string()])
+        .args(["-i", name, "--cafile", "root_cert/root_ca_cert.pem"])
+        .args(["--cert", &format!("backend_certs/{name}_cert.pem")])
+        .args(["--key", &format!("backend_certs/{name}.key")])
+        .output()
+        .unwrap();
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn device_keys_made_in_a_token_connect_and_publish_to_mosquitto() {
+    let hsm = Hsm::new();
+    hsm.tokens.init("devices", DEVICE_PIN);
+    let d = hsm.work();
+    let pin = [("DEVICE_PIN", DEVICE_PIN)];
+    let ok = |args: &[&str]| {
+        let out = hsm.provision(args, &pin);
+        assert!(out.status.success(), "provision {args:?}: {}", text(&out));
+        text(&out)
+    };
+    // A CA whose key is a file: only the devices' keys are in the token.
+    hsm.ok(&["init-ca"]);
+    let devices = [
+        ("sensor-p256", "p256"),
+        ("sensor-p384", "p384"),
+        ("sensor-rsa", "rsa2048"),
+        ("sensor-ed25519", "ed25519"),
+    ];
+    for (name, key_type) in devices {
+        ok(&[
+            "csr",
+            name,
+            "--out",
+            "backend_certs",
+            "--key-type",
+            key_type,
+            "--key-uri",
+            &token_uri("devices"),
+            "--pin-env",
+            "DEVICE_PIN",
+        ]);
+        // NAME.key records where the key is: the URI with the key's id, the
+        // PIN's variable, and no key and no PIN.
+        let record = std::fs::read_to_string(d.join(format!("backend_certs/{name}.key"))).unwrap();
+        assert!(
+            record.starts_with(&format!("pkcs11:token=devices;object={name};id=")),
+            "{record}"
+        );
+        assert!(record.contains("\npin-env=DEVICE_PIN\n"), "{record}");
+        assert!(
+            !record.contains(DEVICE_PIN) && !record.contains("PRIVATE KEY"),
+            "{record}"
+        );
+        // OpenSSL checks the CSR's signature, made in the token.
+        let out = Command::new(peers::openssl())
+            .current_dir(&d)
+            .args(["req", "-verify", "-noout", "-in"])
+            .arg(format!("backend_certs/{name}_csr.pem"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        hsm.ok(&[
+            "sign",
+            &format!("backend_certs/{name}_csr.pem"),
+            "--profile",
+            "client",
+        ]);
+    }
+    // The name is taken: a second key by it is refused, nothing changed.
+    let taken = hsm.provision(
+        &[
+            "csr",
+            "sensor-p256",
+            "--out",
+            "elsewhere",
+            "--key-uri",
+            &token_uri("devices"),
+            "--pin-env",
+            "DEVICE_PIN",
+        ],
+        &pin,
+    );
+    assert_eq!(taken.status.code(), Some(1), "{}", text(&taken));
+    assert!(text(&taken).contains("already holds a key"), "{}", text(&taken));
+    assert!(!d.join("elsewhere/sensor-p256.key").exists());
+
+    hsm.ok(&["issue", "server", "broker", "--dns", "localhost"]);
+    hsm.ok(&["issue", "client", "watcher", "--role", "service"]);
+    let port = free_port();
+    hsm.ok(&[
+        "broker-config",
+        "--out",
+        "broker",
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+    ]);
+    let broker = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), port);
+    let publish = |key: &str, name: &str, topic: &str, extra: &[&str]| {
+        let port = port.to_string();
+        let cert = format!("backend_certs/{name}_cert.pem");
+        let mut args = vec![
+            "pub",
+            "-p",
+            &port,
+            "-t",
+            topic,
+            "-m",
+            name,
+            "-q",
+            "1",
+            "--retain",
+            "-i",
+            name,
+            "--cert",
+            &cert,
+            "--key",
+            key,
+            "--ca",
+            "root_cert/root_ca_cert.pem",
+        ];
+        args.extend_from_slice(extra);
+        let out = hsm.provision(&args, &pin);
+        assert!(
+            out.status.success(),
+            "{name}: {}\n{}",
+            text(&out),
+            broker.log()
+        );
+    };
+    for (name, _) in devices {
+        let key = format!("backend_certs/{name}.key");
+        publish(&key, name, &format!("devices/{name}/data"), &[]);
+    }
+    // The key named by its URI directly, the PIN's variable given.
+    let direct = format!(
+        "pkcs11:token=devices;object=sensor-p256?module-path={}",
+        module().display()
+    );
+    publish(
+        &direct,
+        "sensor-p256",
+        "devices/sensor-p256/status",
+        &["--pin-env", "DEVICE_PIN"],
+    );
+
+    // An independent subscriber (Mosquitto's own client, a PEM identity)
+    // reads what the broker kept from each token-signed connection.
+    let seen = retained(&d, port, "watcher", "devices/#", 5);
+    assert_eq!(
+        seen,
+        [
+            "devices/sensor-ed25519/data sensor-ed25519",
+            "devices/sensor-p256/data sensor-p256",
+            "devices/sensor-p256/status sensor-p256",
+            "devices/sensor-p384/data sensor-p384",
+            "devices/sensor-rsa/data sensor-rsa",
+        ],
+        "{}",
+        broker.log()
+    );
+    // Each connected as its certificate's CN (Mosquitto's
+    // use_identity_as_username).
+    for (name, _) in devices {
+        assert!(broker.log().contains(&format!("u'{name}'")), "{}", broker.log());
+    }
+
+    // The token holds the four keys, sensitive and never extractable; no
+    // device key is a file anywhere (the broker's and the watcher's are).
+    let objects = hsm.objects("devices", DEVICE_PIN);
+    assert_eq!(objects.len(), 8, "{objects:?}");
+    assert!(objects.iter().all(|(_, _, guarded)| *guarded), "{objects:?}");
+    let mut files: Vec<String> = pem_keys(&d)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["broker.key", "root_ca.key", "server.key", "watcher.key"],
+        "{files:?}"
+    );
+}

@@ -145,14 +145,6 @@ const URI_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMER
     .remove(b':');
 
 impl KeyUri {
-    /// Names the key by `label` (`object=`) unless the URI already names
-    /// one: a device's key is labelled with the device's name.
-    pub fn set_object_if_unset(&mut self, label: &str) {
-        if self.object.is_none() {
-            self.object = Some(label.to_owned());
-        }
-    }
-
     /// The key's label (`object=`), if the URI gives one.
     pub fn object(&self) -> Option<&str> {
         self.object.as_deref()
@@ -168,6 +160,18 @@ impl std::str::FromStr for KeyUri {
     type Err = Error;
 
     fn from_str(text: &str) -> Result<Self> {
+        Self::parse(text, None)
+    }
+}
+
+impl KeyUri {
+    /// Parses a URI for a key to be made: without `object=` or `id=`, the
+    /// key is labelled `label` (a device's key takes the device's name).
+    pub fn for_new_key(text: &str, label: &str) -> Result<Self> {
+        Self::parse(text, Some(label))
+    }
+
+    fn parse(text: &str, default_object: Option<&str>) -> Result<Self> {
         let bad = |reason: String| Error::Token {
             uri: shown(text),
             reason,
@@ -295,6 +299,9 @@ impl std::str::FromStr for KeyUri {
             return Err(bad(
                 "pin-source and pin-value both given (RFC 7512 allows one)".into(),
             ));
+        }
+        if uri.object.is_none() && uri.id.is_none() {
+            uri.object = default_object.map(str::to_owned);
         }
         if uri.object.is_none() && uri.id.is_none() {
             return Err(bad(

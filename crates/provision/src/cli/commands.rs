@@ -214,7 +214,16 @@ fn csr_request(
 }
 
 pub(crate) fn csr(args: CsrArgs) -> anyhow::Result<CsrMade> {
-    let token = spec_of(args.key_uri.as_deref(), args.pin_env.as_deref())?;
+    let token = args
+        .key_uri
+        .as_deref()
+        .map(|uri| {
+            anyhow::Ok(provision::pkcs11::TokenKeySpec {
+                uri: provision::pkcs11::KeyUri::for_new_key(uri, &args.name)?,
+                pin_env: args.pin_env.clone(),
+            })
+        })
+        .transpose()?;
     let paths = make_csr(&CsrRequest {
         token,
         ..csr_request(

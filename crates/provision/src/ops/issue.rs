@@ -236,9 +236,9 @@ pub struct CsrRequest {
     pub out: PathBuf,
     /// Replace existing files.
     pub force: bool,
-    /// Make the key inside this PKCS#11 token (`provision csr --key-uri`):
-    /// `NAME.key` then records the key's URI, not a key. Its label is
-    /// `NAME` unless the URI gives `object=`.
+    /// Make the key inside this PKCS#11 token (`provision csr --key-uri`,
+    /// the URI parsed with [`crate::pkcs11::KeyUri::for_new_key`] to label
+    /// the key `NAME`): `NAME.key` then records the key's URI, not a key.
     pub token: Option<crate::pkcs11::TokenKeySpec>,
 }
 
@@ -275,9 +275,7 @@ pub fn make_csr(request: &CsrRequest) -> Result<IdentityPaths> {
         )?;
         return Ok(paths);
     };
-    let mut named = token.clone();
-    named.uri.set_object_if_unset(request.name.as_str());
-    let (key, made) = crate::pkcs11::generate(&named, request.key_type)?;
+    let (key, made) = crate::pkcs11::generate(token, request.key_type)?;
     let written = (|| {
         let mut params =
             CsrParams::new(request.subject.identity_subject(&request.name, Profile::Client)?);

@@ -222,6 +222,23 @@ impl TlsIdentity {
         )
     }
 
+    /// An identity from a PEM certificate chain and CA and a key in a
+    /// token, checked as [`TlsIdentity::from_pem`] checks one (the paths in
+    /// errors are `<cert>`, `key_path` and `<ca>`).
+    pub(crate) fn from_pem_and_token_key(
+        cert: &[u8],
+        key: KeyPair,
+        key_path: &Path,
+        ca: &[u8],
+    ) -> Result<Self> {
+        Self::with_token_key(
+            (cert, Path::new("<cert>")),
+            (key, key_path),
+            (ca, Path::new("<ca>")),
+            SystemTime::now(),
+        )
+    }
+
     /// An identity whose key (`key`, found at the URI or key file `path`)
     /// is in a PKCS#11 token, checked as [`TlsIdentity::from_pem`] checks
     /// one from files.
@@ -248,7 +265,6 @@ impl TlsIdentity {
         key: IdentityKey,
         now: SystemTime,
     ) -> Result<Self> {
-
         let chain = certs(cert_pem, cert_path)?;
         let cas = certs(ca_pem, ca_path)?;
         let parse = |der: &CertificateDer<'_>, path: &Path| {

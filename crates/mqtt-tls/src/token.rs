@@ -39,22 +39,57 @@ pub(crate) fn open(
     key_file: Option<&[u8]>,
     pin_env: Option<&str>,
 ) -> Option<Result<KeyPair>> {
-    let bad = |reason: String| Error::BadKey {
-        path: key_path.to_owned(),
-        reason,
-    };
+    Some(
+        spec(key_path, key_file, pin_env)?
+            .and_then(|spec| token_keys::open(&spec).map_err(|e| in_token(key_path, e))),
+    )
+}
+
+/// Where the token key named by `key_path` (or recorded in `key_file`)
+/// is; see [`open`].
+pub(crate) fn spec(
+    key_path: &Path,
+    key_file: Option<&[u8]>,
+    pin_env: Option<&str>,
+) -> Option<Result<token_keys::TokenKeySpec>> {
     let spec = if is_uri(key_path) {
-        // Parsed below; an unreadable path is reported as the URI's error.
         let text = key_path.to_str().unwrap_or_default();
-        Some(token_keys::TokenKeySpec::from_record(text, pin_env)?)
+        token_keys::TokenKeySpec::from_record(text, pin_env)
     } else {
         let text = std::str::from_utf8(key_file?).ok()?;
         token_keys::TokenKeySpec::from_record(text, pin_env)
     }?;
-    Some(
-        spec.and_then(|spec| token_keys::open(&spec))
-            .map_err(|e| bad(format!("the key in a PKCS#11 token: {e}"))),
-    )
+    Some(spec.map_err(|e| in_token(key_path, e)))
+}
+
+/// A token's error as the key file's.
+pub(crate) fn in_token(key_path: &Path, e: token_keys::Error) -> Error {
+    Error::BadKey {
+        path: key_path.to_owned(),
+        reason: format!("the key in a PKCS#11 token: {e}"),
+    }
+}
+
+/// A key just made in a token (for an enrollment or a renewal): deleted
+/// again when dropped, unless a file records it by then
+/// ([`NewTokenKey::keep`]).
+pub(crate) struct NewTokenKey(pub(crate) Option<token_keys::TokenKeySpec>);
+
+impl NewTokenKey {
+    /// A file names the key now: it stays.
+    pub(crate) fn keep(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for NewTokenKey {
+    fn drop(&mut self) {
+        if let Some(spec) = self.0.take()
+            && let Err(e) = token_keys::destroy(&spec)
+        {
+            tracing::warn!("the unused new key stays in its token: {e}");
+        }
+    }
 }
 
 /// A key in a token as rustls signs with it.

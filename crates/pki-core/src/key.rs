@@ -432,8 +432,13 @@ impl KeyPair {
         match &self.inner {
             Inner::Rsa(k) => {
                 let mut out = vec![0; k.public_modulus_len()];
-                k.sign(&sig::RSA_PSS_SHA256, &SystemRandom::new(), message, &mut out)
-                    .map_err(failed)?;
+                k.sign(
+                    &sig::RSA_PSS_SHA256,
+                    &SystemRandom::new(),
+                    message,
+                    &mut out,
+                )
+                .map_err(failed)?;
                 Ok(out)
             }
             Inner::External(k) if matches!(self.algorithm, KeyAlgorithm::Rsa { .. }) => {

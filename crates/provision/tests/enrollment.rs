@@ -1703,3 +1703,225 @@ fn serve_stops_in_time_while_its_worker_is_stuck_in_the_store() {
     assert!(err.contains("--shutdown-timeout"), "{err}");
     drop(lock);
 }
+
+/// Set for the child process of
+/// [`a_device_key_in_a_token_enrolls_and_renews_mid_stream_losing_nothing`]:
+/// "FOLDER\nPORT".
+const TOKEN_STREAM: &str = "MQTT_MTLS_TEST_TOKEN_STREAM";
+const DEVICE_PIN: &str = "2468";
+
+#[test]
+fn a_device_key_in_a_token_enrolls_and_renews_mid_stream_losing_nothing() {
+    let fleet = Fleet::new(&[("ingest", "service")], &["--allow", "sensor-t"]);
+    let d = fleet.dir().to_owned();
+    let _serve = fleet.serve("ca-1", fleet.enroll.port);
+    let tokens = peers::softhsm::Tokens::new();
+    tokens.init("devices", DEVICE_PIN);
+    let in_tokens = |cmd: &mut Command| {
+        cmd.current_dir(&d)
+            .env("SOFTHSM2_CONF", &tokens.conf)
+            .env("DEVICE_PIN", DEVICE_PIN);
+    };
+    // Enrolled with a claim, the new key made in the token.
+    let mut enroll = Command::new(env!("CARGO_BIN_EXE_provision"));
+    in_tokens(&mut enroll);
+    let out = enroll
+        .args(["enroll", "sensor-t", "-H", "localhost"])
+        .args(["-p", &fleet.enroll.port.to_string(), "--out", "device"])
+        .args(["--cert", "backend_certs/factory_cert.pem"])
+        .args(["--key", "backend_certs/factory.key"])
+        .args(["--ca", "root_cert/root_ca_cert.pem", "--timeout", "20"])
+        .args([
+            "--key-uri",
+            &format!(
+                "pkcs11:token=devices?module-path={}",
+                peers::softhsm::module().display()
+            ),
+            "--key-pin-env",
+            "DEVICE_PIN",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first = std::fs::read_to_string(d.join("device/sensor-t.key")).unwrap();
+    assert!(
+        first.starts_with("pkcs11:token=devices;object=sensor-t;id=")
+            && !first.contains("PRIVATE KEY"),
+        "{first}"
+    );
+    let old = cert_of(&d.join("device/sensor-t_cert.pem"));
+
+    // An independent subscriber (mosquitto_sub, a PEM identity): its
+    // persistent session subscribed before the stream starts (-E: it
+    // leaves once subscribed), the broker keeping what comes meanwhile.
+    const MESSAGES: usize = 300;
+    let watcher = |extra: &[&str]| {
+        Command::new(peers::mosquitto::mosquitto_client("mosquitto_sub"))
+            .current_dir(&d)
+            .args(["-h", "localhost", "-p", &fleet.main.port.to_string()])
+            .args(["-t", "devices/sensor-t/data", "-q", "1", "-v"])
+            .args([
+                "-c",
+                "-i",
+                "ingest",
+                "--cafile",
+                "root_cert/root_ca_cert.pem",
+            ])
+            .args(["--cert", "backend_certs/ingest_cert.pem"])
+            .args(["--key", "backend_certs/ingest.key"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let subscribed = watcher(&["-E"]);
+    assert!(subscribed.status.success(), "{}", stderr(&subscribed));
+
+    // The stream and the renewal, in a process of their own (SoftHSM2
+    // reads SOFTHSM2_CONF once per process).
+    let mut child = Command::new(std::env::current_exe().unwrap());
+    in_tokens(&mut child);
+    let out = child
+        .args([
+            "--exact",
+            "token_stream_probe",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            TOKEN_STREAM,
+            format!("{}\n{}", d.display(), fleet.main.port),
+        )
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(out.status.success() && said.contains("RENEWED\t"), "{said}");
+
+    let seen = watcher(&["-C", &MESSAGES.to_string(), "-W", "20"]);
+    let rest = String::from_utf8_lossy(&seen.stdout).into_owned();
+    let got: BTreeSet<String> = rest
+        .lines()
+        .filter_map(|l| l.strip_prefix("devices/sensor-t/data "))
+        .map(str::to_owned)
+        .collect();
+    let want: BTreeSet<String> = (0..MESSAGES).map(|i| i.to_string()).collect();
+    let missing: Vec<_> = want.difference(&got).collect();
+    assert!(
+        missing.is_empty(),
+        "lost {} ({} seen): {}\n{}",
+        missing.len(),
+        got.len(),
+        rest.lines().take(12).collect::<Vec<_>>().join("\n"),
+        fleet.main.log()
+    );
+
+    // The key file records the new key; the token holds it alone (the old
+    // one deleted once the broker took the new certificate); the old
+    // certificate is revoked.
+    let now = std::fs::read_to_string(d.join("device/sensor-t.key")).unwrap();
+    assert_ne!(now.lines().next(), first.lines().next());
+    assert!(!now.contains("PRIVATE KEY"), "{now}");
+    let objects: Vec<&str> = said
+        .lines()
+        .filter_map(|l| l.split_once("OBJECT\t").map(|(_, o)| o))
+        .collect();
+    let new_id = now.lines().next().unwrap().split("id=").nth(1).unwrap();
+    let new_id = new_id.split(['?', ';']).next().unwrap();
+    assert_eq!(objects.len(), 2, "{said}");
+    assert!(
+        objects.iter().all(|o| *o == format!("sensor-t\t{new_id}")),
+        "{objects:?} vs {new_id}"
+    );
+    assert!(!d.join("device/sensor-t.key.old").exists());
+    assert!(!d.join("device/sensor-t.key.new").exists());
+    let new = cert_of(&d.join("device/sensor-t_cert.pem"));
+    assert_ne!(new.serial(), old.serial());
+    wait_for("the old certificate revoked", || {
+        record(&d, &old.serial().to_string())["status"]["state"] == "revoked"
+    });
+}
+
+/// Not a test of its own: the device side of
+/// [`a_device_key_in_a_token_enrolls_and_renews_mid_stream_losing_nothing`]
+/// in a child process: a QoS 1 stream signed from the token, renewed in
+/// the middle, then the token's objects (`OBJECT` lines). Does nothing
+/// unless [`TOKEN_STREAM`] is set.
+#[test]
+fn token_stream_probe() {
+    let Ok(args) = std::env::var(TOKEN_STREAM) else {
+        return;
+    };
+    let (dir, port) = args.split_once('\n').unwrap();
+    let d = Path::new(dir);
+    let port: u16 = port.parse().unwrap();
+    let dev = ClientCert::new(
+        d.join("device/sensor-t_cert.pem"),
+        d.join("device/sensor-t.key"),
+        d.join("root_cert/root_ca_cert.pem"),
+    );
+    const MESSAGES: usize = 300;
+    let renewed = rt().block_on(async {
+        let mut options = ConnectOptions::new("localhost", port, "sensor-t");
+        options.clean_session = false;
+        let (client, mut connection) = MqttClient::new(&options, &dev.load().unwrap()).unwrap();
+        connection.connect().await.unwrap();
+        let runner = tokio::spawn(connection.run());
+        let renewer = Renewer::new(client.clone(), dev.clone(), RenewOptions::default()).unwrap();
+        let stream = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for i in 0..MESSAGES {
+                    client
+                        .publish(
+                            "devices/sensor-t/data",
+                            i.to_string(),
+                            QoS::AtLeastOnce,
+                            false,
+                        )
+                        .await
+                        .unwrap();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let renewed = renewer.renew_now().await.unwrap();
+        assert!(!stream.is_finished(), "the renewal happened mid-stream");
+        stream.await.unwrap();
+        client.disconnect().await.unwrap();
+        let _ = runner.await;
+        renewed
+    });
+    println!("RENEWED\t{}\t{}", renewed.previous, renewed.serial);
+    // What the token holds now, read with cryptoki directly.
+    use cryptoki::object::{Attribute, AttributeType};
+    let pkcs11 = cryptoki::context::Pkcs11::new(peers::softhsm::module()).unwrap();
+    pkcs11
+        .initialize(cryptoki::context::CInitializeArgs::new(
+            cryptoki::context::CInitializeFlags::OS_LOCKING_OK,
+        ))
+        .ok();
+    let slot = pkcs11.get_slots_with_token().unwrap()[0];
+    let session = pkcs11.open_ro_session(slot).unwrap();
+    session
+        .login(
+            cryptoki::session::UserType::User,
+            Some(&cryptoki::types::AuthPin::new(DEVICE_PIN.into())),
+        )
+        .ok();
+    for object in session.find_objects(&[]).unwrap() {
+        let attrs = session
+            .get_attributes(object, &[AttributeType::Label, AttributeType::Id])
+            .unwrap();
+        let (mut label, mut id) = (String::new(), String::new());
+        for a in attrs {
+            match a {
+                Attribute::Label(l) => label = String::from_utf8_lossy(&l).into_owned(),
+                Attribute::Id(i) => {
+                    id = i.iter().map(|b| format!("%{b:02X}")).collect();
+                }
+                _ => {}
+            }
+        }
+        println!("OBJECT\t{label}\t{id}");
+    }
+}

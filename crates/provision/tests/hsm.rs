@@ -847,7 +847,11 @@ fn device_keys_made_in_a_token_connect_and_publish_to_mosquitto() {
         &pin,
     );
     assert_eq!(taken.status.code(), Some(1), "{}", text(&taken));
-    assert!(text(&taken).contains("already holds a key"), "{}", text(&taken));
+    assert!(
+        text(&taken).contains("already holds a key"),
+        "{}",
+        text(&taken)
+    );
     assert!(!d.join("elsewhere/sensor-p256.key").exists());
 
     hsm.ok(&["issue", "server", "broker", "--dns", "localhost"]);
@@ -929,14 +933,21 @@ fn device_keys_made_in_a_token_connect_and_publish_to_mosquitto() {
     // Each connected as its certificate's CN (Mosquitto's
     // use_identity_as_username).
     for (name, _) in devices {
-        assert!(broker.log().contains(&format!("u'{name}'")), "{}", broker.log());
+        assert!(
+            broker.log().contains(&format!("u'{name}'")),
+            "{}",
+            broker.log()
+        );
     }
 
     // The token holds the four keys, sensitive and never extractable; no
     // device key is a file anywhere (the broker's and the watcher's are).
     let objects = hsm.objects("devices", DEVICE_PIN);
     assert_eq!(objects.len(), 8, "{objects:?}");
-    assert!(objects.iter().all(|(_, _, guarded)| *guarded), "{objects:?}");
+    assert!(
+        objects.iter().all(|(_, _, guarded)| *guarded),
+        "{objects:?}"
+    );
     let mut files: Vec<String> = pem_keys(&d)
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
@@ -947,4 +958,131 @@ fn device_keys_made_in_a_token_connect_and_publish_to_mosquitto() {
         ["broker.key", "root_ca.key", "server.key", "watcher.key"],
         "{files:?}"
     );
+}
+
+#[test]
+fn hostile_device_token_setups_are_classified_errors() {
+    let hsm = Hsm::new();
+    hsm.tokens.init("devices", DEVICE_PIN);
+    let d = hsm.work();
+    hsm.ok(&["init-ca"]);
+    let csr = |name: &str, uri: &str, out: &str, pin: &str| {
+        hsm.provision(
+            &[
+                "csr",
+                name,
+                "--out",
+                out,
+                "--key-uri",
+                uri,
+                "--pin-env",
+                "DEVICE_PIN",
+            ],
+            &[("DEVICE_PIN", pin)],
+        )
+    };
+    let failed = |out: Output| {
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{all}");
+        assert!(
+            !all.contains("panicked") && !all.contains(DEVICE_PIN),
+            "{all}"
+        );
+        all
+    };
+
+    // An unknown attribute, a wrong PIN: refused before anything is made.
+    let err = failed(csr(
+        "dev-a",
+        &token_uri("devices").replace("?", ";colour=red?"),
+        "backend_certs",
+        DEVICE_PIN,
+    ));
+    assert!(err.contains("unknown attribute \"colour\""), "{err}");
+    let err = failed(csr("dev-a", &token_uri("devices"), "backend_certs", "0000"));
+    assert!(
+        err.contains("wrong PIN") && err.contains("pkcs11:token=devices"),
+        "{err}"
+    );
+    assert!(!d.join("backend_certs/dev-a.key").exists());
+    assert!(hsm.objects("devices", DEVICE_PIN).is_empty());
+
+    // The files cannot be written (the folder is a file): the key made is
+    // removed again.
+    std::fs::write(d.join("not-a-folder"), "").unwrap();
+    let err = failed(csr(
+        "dev-a",
+        &token_uri("devices"),
+        "not-a-folder/sub",
+        DEVICE_PIN,
+    ));
+    assert!(err.contains("not-a-folder"), "{err}");
+    assert!(hsm.objects("devices", DEVICE_PIN).is_empty());
+
+    // Two devices, properly made.
+    for name in ["dev-a", "dev-b"] {
+        let out = csr(name, &token_uri("devices"), "backend_certs", DEVICE_PIN);
+        assert!(out.status.success(), "{}", text(&out));
+        hsm.ok(&[
+            "sign",
+            &format!("backend_certs/{name}_csr.pem"),
+            "--profile",
+            "client",
+        ]);
+    }
+    // Using them wrongly fails at loading, before any network traffic
+    // (no broker here), naming the key and what is wrong.
+    let pub_as = |key: &str, envs: &[(&str, &str)], extra: &[&str]| {
+        let mut args = vec![
+            "pub",
+            "-p",
+            "1",
+            "-t",
+            "devices/dev-a/data",
+            "-m",
+            "x",
+            "--cert",
+            "backend_certs/dev-a_cert.pem",
+            "--key",
+            key,
+            "--ca",
+            "root_cert/root_ca_cert.pem",
+        ];
+        args.extend_from_slice(extra);
+        failed(hsm.provision(&args, envs))
+    };
+    let err = pub_as("backend_certs/dev-a.key", &[("DEVICE_PIN", "0000")], &[]);
+    assert!(
+        err.contains("backend_certs/dev-a.key") && err.contains("wrong PIN"),
+        "{err}"
+    );
+    let err = pub_as("backend_certs/dev-a.key", &[], &[]);
+    assert!(err.contains("$DEVICE_PIN is not set"), "{err}");
+    let err = pub_as(
+        &format!(
+            "pkcs11:token=devices;object=nosuch?module-path={}",
+            module().display()
+        ),
+        &[("DEVICE_PIN", DEVICE_PIN)],
+        &["--pin-env", "DEVICE_PIN"],
+    );
+    assert!(
+        err.contains("no such key") && err.contains("object=nosuch"),
+        "{err}"
+    );
+    // dev-b's key with dev-a's certificate.
+    let err = pub_as(
+        "backend_certs/dev-b.key",
+        &[("DEVICE_PIN", DEVICE_PIN)],
+        &[],
+    );
+    assert!(err.contains("does not match"), "{err}");
+    // The token gone.
+    hsm.tokens.delete("devices");
+    let err = pub_as(
+        "backend_certs/dev-a.key",
+        &[("DEVICE_PIN", DEVICE_PIN)],
+        &[],
+    );
+    assert!(err.contains("no such token"), "{err}");
 }

@@ -30,9 +30,9 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::RvError;
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::object::{
     Attribute, AttributeType, KeyType as TokenKeyType, ObjectClass, ObjectHandle,
 };
@@ -392,6 +392,22 @@ impl TokenKeySpec {
             uri,
             pin_env: pin_env.map(str::to_owned).or(recorded),
         }))
+    }
+
+    /// The same token, label and PIN with a new random id: where a
+    /// replacement key goes ([`generate`]), beside the key this names.
+    pub fn with_fresh_id(&self) -> Result<Self> {
+        let mut id = vec![0u8; 16];
+        pki_core::random_bytes(&mut id).map_err(|e| self.err(e.to_string()))?;
+        let mut fresh = self.clone();
+        fresh.uri.id = Some(id);
+        Ok(fresh)
+    }
+
+    /// Whether `other` names the same key (the URI's path, not the PIN's
+    /// source).
+    pub fn same_key(&self, other: &Self) -> bool {
+        self.uri.to_string() == other.uri.to_string()
     }
 
     fn err(&self, reason: impl Into<String>) -> Error {

@@ -12,10 +12,11 @@ use crate::bundle::{ClientCert, TlsIdentity};
 use crate::client::MqttClient;
 use crate::error::{Error, Rejection, Result};
 use crate::lifecycle::files::{sync_dir, write_file};
-use crate::lifecycle::issued::{accept, check_issued};
+use crate::lifecycle::issued::{accept, check_issued, check_issued_for_token};
 use crate::lifecycle::protocol::{EnrollRequest, RequestId, topics};
 use crate::options::ConnectOptions;
 use crate::qos::QoS;
+use crate::token::NewTokenKey;
 
 /// What [`enroll`] needs.
 #[derive(Debug, Clone)]
@@ -38,6 +39,10 @@ pub struct Enrollment {
     pub resend: Duration,
     /// Replace existing files.
     pub force: bool,
+    /// Make the key inside this PKCS#11 token (sensitive, never
+    /// extractable; labelled as the URI says): `NAME.key` then records the
+    /// key's URI, not a key.
+    pub token: Option<token_keys::TokenKeySpec>,
 }
 
 impl Enrollment {
@@ -58,6 +63,7 @@ impl Enrollment {
             timeout: Duration::from_secs(30),
             resend: Duration::from_secs(5),
             force: false,
+            token: None,
         }
     }
 }
@@ -129,9 +135,22 @@ pub async fn enroll(claim: &TlsIdentity, request: &Enrollment) -> Result<ClientC
             source,
         })
     };
+    // A key made in a token is recorded (its URI) where a key would be
+    // written.
+    let mut made = None;
     let (key, request_id, body) = if resumed {
-        let key = KeyPair::from_pem(&Zeroizing::new(read(&pending_key)?))
-            .map_err(|e| Error::lifecycle_pki(&pending_key.display().to_string(), e))?;
+        let text = Zeroizing::new(read(&pending_key)?);
+        let key = match crate::token::spec(&pending_key, Some(text.as_bytes()), None) {
+            Some(spec) => {
+                let spec = spec?;
+                let key =
+                    token_keys::open(&spec).map_err(|e| crate::token::in_token(&pending_key, e))?;
+                made = Some(spec);
+                key
+            }
+            None => KeyPair::from_pem(&text)
+                .map_err(|e| Error::lifecycle_pki(&pending_key.display().to_string(), e))?,
+        };
         let body = read(&pending_id)?;
         let sent: EnrollRequest = serde_json::from_str(&body)
             .map_err(|e| Error::lifecycle(format!("{}: {e}", pending_id.display())))?;
@@ -149,8 +168,18 @@ pub async fn enroll(claim: &TlsIdentity, request: &Enrollment) -> Result<ClientC
         }
         (key, sent.request_id, body.into_bytes())
     } else {
-        let key = KeyPair::generate(request.key_type)
-            .map_err(|e| Error::lifecycle_pki("making a key", e))?;
+        let key = match &request.token {
+            Some(spec) => {
+                let (key, exact) = token_keys::generate(spec, request.key_type)
+                    .map_err(|e| crate::token::in_token(&pending_key, e))?;
+                made = Some(exact);
+                key
+            }
+            None => KeyPair::generate(request.key_type)
+                .map_err(|e| Error::lifecycle_pki("making a key", e))?,
+        };
+        // Until the request is kept, a key made in a token goes on failure.
+        let mut unrecorded = NewTokenKey(made.clone());
         let subject =
             Subject::new(&request.name).map_err(|e| Error::lifecycle_pki("the device name", e))?;
         let csr = Csr::new(&CsrParams::new(subject), &key)
@@ -166,11 +195,15 @@ pub async fn enroll(claim: &TlsIdentity, request: &Enrollment) -> Result<ClientC
             path: request.out.clone(),
             source,
         })?;
-        let pem = key
-            .to_pkcs8_pem()
-            .map_err(|e| Error::lifecycle_pki("encoding the key", e))?;
+        let pem = match &made {
+            Some(spec) => Zeroizing::new(spec.record()),
+            None => key
+                .to_pkcs8_pem()
+                .map_err(|e| Error::lifecycle_pki("encoding the key", e))?,
+        };
         write_file(&pending_key, pem.as_bytes(), true)?;
         write_file(&pending_id, &body, true)?;
+        unrecorded.keep();
         (key, id, body)
     };
 
@@ -195,14 +228,24 @@ pub async fn enroll(claim: &TlsIdentity, request: &Enrollment) -> Result<ClientC
             if matches!(&e, Error::Rejected { reason, .. } if *reason != Rejection::BadRequest) {
                 let _ = std::fs::remove_file(&pending_key);
                 let _ = std::fs::remove_file(&pending_id);
+                drop(NewTokenKey(made));
             }
             return Err(e);
         }
     };
-    let key_pem = key
-        .to_pkcs8_pem()
-        .map_err(|e| Error::lifecycle_pki("encoding the key", e))?;
-    check_issued(&chain, key_pem.as_bytes(), &ca_pem, None, &request.name)?;
+    let key_pem = match made {
+        Some(spec) => {
+            check_issued_for_token(&chain, key, &key_path, &ca_pem, &request.name)?;
+            Zeroizing::new(spec.record())
+        }
+        None => {
+            let pem = key
+                .to_pkcs8_pem()
+                .map_err(|e| Error::lifecycle_pki("encoding the key", e))?;
+            check_issued(&chain, pem.as_bytes(), &ca_pem, None, &request.name)?;
+            pem
+        }
+    };
     // The certificate, then the key it was checked against (from memory),
     // then the kept request goes: a crash in between leaves the request,
     // and the next attempt finishes.

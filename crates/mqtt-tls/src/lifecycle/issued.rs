@@ -35,7 +35,29 @@ pub(super) fn check_issued(
     passphrase: Option<&[u8]>,
     name: &str,
 ) -> Result<TlsIdentity> {
-    let identity = TlsIdentity::from_pem(chain.as_bytes(), key_pem, ca_pem, passphrase)
+    checked_name(
+        TlsIdentity::from_pem(chain.as_bytes(), key_pem, ca_pem, passphrase),
+        name,
+    )
+}
+
+/// As [`check_issued`], for a key in a token (`key`, recorded at
+/// `key_path`).
+pub(super) fn check_issued_for_token(
+    chain: &str,
+    key: pki_core::KeyPair,
+    key_path: &std::path::Path,
+    ca_pem: &[u8],
+    name: &str,
+) -> Result<TlsIdentity> {
+    checked_name(
+        TlsIdentity::from_pem_and_token_key(chain.as_bytes(), key, key_path, ca_pem),
+        name,
+    )
+}
+
+fn checked_name(identity: Result<TlsIdentity>, name: &str) -> Result<TlsIdentity> {
+    let identity = identity
         .map_err(|e| Error::lifecycle(format!("the issued certificate does not check out: {e}")))?;
     let cn = identity.certificate().common_name();
     if cn.as_deref() != Some(name) {

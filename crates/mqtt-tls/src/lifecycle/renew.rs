@@ -18,11 +18,12 @@ use crate::bundle::{ClientCert, TlsIdentity};
 use crate::client::MqttClient;
 use crate::error::{Error, Result};
 use crate::lifecycle::files::{rename, sync_dir, write_file};
-use crate::lifecycle::issued::{accept, check_issued};
+use crate::lifecycle::issued::{accept, check_issued, check_issued_for_token};
 use crate::lifecycle::protocol::{RenewDone, RenewRequest, RequestId, topics};
 use crate::lock::lock;
 use crate::options::Backoff;
 use crate::qos::QoS;
+use crate::token::NewTokenKey;
 
 /// When to renew and how to retry.
 #[derive(Debug, Clone)]
@@ -107,14 +108,28 @@ fn staged(files: &ClientCert) -> (PathBuf, PathBuf) {
 /// ones were replaced, so a `.new` key means the replacement goes on (the
 /// service revokes the old certificate after a grace period in any case).
 /// Returns whether there was one. Call before loading the files.
+///
+/// With the key in a PKCS#11 token (the key file records its URI), the
+/// old key is deleted from the token once the new record is in place: its
+/// record is kept as `NAME.key.old` until then, so a crash in between
+/// deletes it at the next call.
 pub fn settle(files: &ClientCert) -> Result<bool> {
     let (cert_new, key_new) = staged(files);
+    let old = suffixed(&files.key_path, ".old");
     if !key_new.exists() {
         // A lone `.new` certificate is from before its key was written.
         if cert_new.exists() {
             let _ = std::fs::remove_file(&cert_new);
         }
+        retire(files, &old)?;
         return Ok(false);
+    }
+    // The token key the files name now goes once the new one is in place.
+    if let Some(current) = token_spec(files, &files.key_path)?
+        && let Some(new) = token_spec(files, &key_new)?
+        && !current.same_key(&new)
+    {
+        write_file(&old, &crate::bundle::read(&files.key_path)?, true)?;
     }
     if cert_new.exists() {
         rename(&cert_new, &files.cert_path)?;
@@ -123,7 +138,46 @@ pub fn settle(files: &ClientCert) -> Result<bool> {
     if let Some(dir) = files.key_path.parent() {
         sync_dir(dir);
     }
+    retire(files, &old)?;
     Ok(true)
+}
+
+/// `path` with `suffix` added to its name.
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// The token key recorded in the key file `path`, if it records one
+/// (`None` for a PEM key or a missing file).
+fn token_spec(files: &ClientCert, path: &Path) -> Result<Option<token_keys::TokenKeySpec>> {
+    let Ok(text) = crate::bundle::read(path) else {
+        return Ok(None);
+    };
+    crate::token::spec(path, Some(&text), files.pin_env.as_deref()).transpose()
+}
+
+/// Deletes from its token the replaced key recorded in `old` (never the
+/// key the files name now), then `old`. A token that is not there keeps
+/// `old` for the next call.
+fn retire(files: &ClientCert, old: &Path) -> Result<()> {
+    let Some(replaced) = token_spec(files, old)? else {
+        if old.exists() {
+            let _ = std::fs::remove_file(old);
+        }
+        return Ok(());
+    };
+    let current = token_spec(files, &files.key_path)?;
+    if current.is_none_or(|c| !c.same_key(&replaced)) {
+        if let Err(e) = token_keys::destroy(&replaced) {
+            tracing::warn!("the replaced key stays in its token for now: {e}");
+            return Ok(());
+        }
+        tracing::info!("deleted the replaced key {} from its token", replaced.uri);
+    }
+    let _ = std::fs::remove_file(old);
+    Ok(())
 }
 
 fn key_type_of(algorithm: KeyAlgorithm) -> KeyType {
@@ -182,30 +236,71 @@ impl Renewer {
         Ok(due(&cert, &self.options))
     }
 
-    /// Renews now (see the type's description).
+    /// Renews now (see the type's description). With the key in a PKCS#11
+    /// token, the new key is made in the same token (labelled alike, a new
+    /// id), the key file records it once the broker took the new
+    /// certificate, and the old key is deleted from the token then.
     pub async fn renew_now(&self) -> Result<Renewed> {
         settle(&self.files)?;
-        let passphrase = self.files.passphrase()?;
-        let pass = passphrase.as_ref().map(|p| p.as_slice());
+        let key_path = &self.files.key_path;
+        if crate::token::is_uri(key_path) {
+            return Err(Error::lifecycle(
+                "renewing a key named by its pkcs11: URI needs a key file recording the URI \
+                 (provision csr --key-uri writes one), where the new key is recorded",
+            ));
+        }
         let read = crate::bundle::read;
         let cert_pem = read(&self.files.cert_path)?;
-        let key_pem = Zeroizing::new(read(&self.files.key_path)?);
+        let key_pem = Zeroizing::new(read(key_path)?);
         let ca_pem = read(&self.files.ca_cert_path)?;
+        let token = crate::token::spec(key_path, Some(&key_pem), self.files.pin_env.as_deref())
+            .transpose()?;
+        let passphrase = match token {
+            Some(_) => None,
+            None => self.files.passphrase()?,
+        };
+        let pass = passphrase.as_ref().map(|p| p.as_slice());
+        let in_token = |e| crate::token::in_token(key_path, e);
         // Loaded through the identity's checks: this pair is what we use.
-        let current = TlsIdentity::from_pem(&cert_pem, &key_pem[..], &ca_pem, pass)?;
-        let key_text = String::from_utf8_lossy(&key_pem[..]).into_owned();
-        let old_key = match pass {
-            Some(p) => KeyPair::from_pem_with_passphrase(&key_text, p),
-            None => KeyPair::from_pem(&key_text),
-        }
-        .map_err(|e| Error::lifecycle_pki("the current key", e))?;
+        let (current, old_key) = match &token {
+            Some(spec) => (
+                TlsIdentity::from_pem_and_token_key(
+                    &cert_pem,
+                    token_keys::open(spec).map_err(in_token)?,
+                    key_path,
+                    &ca_pem,
+                )?,
+                token_keys::open(spec).map_err(in_token)?,
+            ),
+            None => {
+                let key_text = String::from_utf8_lossy(&key_pem[..]).into_owned();
+                (
+                    TlsIdentity::from_pem(&cert_pem, &key_pem[..], &ca_pem, pass)?,
+                    match pass {
+                        Some(p) => KeyPair::from_pem_with_passphrase(&key_text, p),
+                        None => KeyPair::from_pem(&key_text),
+                    }
+                    .map_err(|e| Error::lifecycle_pki("the current key", e))?,
+                )
+            }
+        };
         let old: &Certificate = current.certificate();
         let key_type = key_type_of(
             old.key_algorithm()
                 .map_err(|e| Error::lifecycle_pki("the certificate", e))?,
         );
-        let key =
-            KeyPair::generate(key_type).map_err(|e| Error::lifecycle_pki("making a key", e))?;
+        let (key, mut made) = match &token {
+            Some(spec) => {
+                let (key, made) =
+                    token_keys::generate(&spec.with_fresh_id().map_err(in_token)?, key_type)
+                        .map_err(in_token)?;
+                (key, NewTokenKey(Some(made)))
+            }
+            None => (
+                KeyPair::generate(key_type).map_err(|e| Error::lifecycle_pki("making a key", e))?,
+                NewTokenKey(None),
+            ),
+        };
         let subject = Subject::new(&self.name).map_err(|e| Error::lifecycle_pki("the name", e))?;
         let csr = Csr::new(&CsrParams::new(subject), &key)
             .map_err(|e| Error::lifecycle_pki("making the CSR", e))?;
@@ -245,25 +340,41 @@ impl Renewer {
         .await;
         lock(&self.pending).remove(request_id.as_str());
         let (serial, chain) = accept(answer?, &request_id)?;
-        let new_key_pem = match pass {
-            Some(p) => Zeroizing::new(
-                key.to_encrypted_pkcs8_pem(p)
-                    .map_err(|e| Error::lifecycle_pki("encrypting the key", e))?
-                    .into_bytes(),
+        let (cert_new, key_new) = staged(&self.files);
+        let (new_key_file, identity) = match &made.0 {
+            Some(spec) => (
+                Zeroizing::new(spec.record().into_bytes()),
+                check_issued_for_token(&chain, key, &key_new, &ca_pem, &self.name)?,
             ),
-            None => Zeroizing::new(
-                key.to_pkcs8_pem()
-                    .map_err(|e| Error::lifecycle_pki("encoding the key", e))?
-                    .as_bytes()
-                    .to_vec(),
-            ),
+            None => {
+                let pem = match pass {
+                    Some(p) => Zeroizing::new(
+                        key.to_encrypted_pkcs8_pem(p)
+                            .map_err(|e| Error::lifecycle_pki("encrypting the key", e))?
+                            .into_bytes(),
+                    ),
+                    None => Zeroizing::new(
+                        key.to_pkcs8_pem()
+                            .map_err(|e| Error::lifecycle_pki("encoding the key", e))?
+                            .as_bytes()
+                            .to_vec(),
+                    ),
+                };
+                let identity = check_issued(&chain, &pem[..], &ca_pem, pass, &self.name)?;
+                (pem, identity)
+            }
         };
-        let identity = check_issued(&chain, &new_key_pem[..], &ca_pem, pass, &self.name)?;
 
         // Beside the old files, then the switch, then the replacement.
-        let (cert_new, key_new) = staged(&self.files);
         write_file(&cert_new, chain.as_bytes(), true)?;
-        write_file(&key_new, &new_key_pem[..], true)?;
+        if let Err(e) = write_file(&key_new, &new_key_file[..], true) {
+            let _ = std::fs::remove_file(&cert_new);
+            return Err(e);
+        }
+        // Staged: from here a new key in a token is named by `.new`, and
+        // goes only with it.
+        let staged_token = made.0.clone();
+        made.keep();
         match tokio::time::timeout(
             self.options.timeout,
             self.client.reconnect_with_identity(&identity),
@@ -276,6 +387,8 @@ impl Renewer {
             Ok(Err(e)) => {
                 let _ = std::fs::remove_file(&key_new);
                 let _ = std::fs::remove_file(&cert_new);
+                // The new key in a token goes with its record.
+                drop(NewTokenKey(staged_token));
                 return Err(e);
             }
             // Still trying (the broker not there): the switch may yet

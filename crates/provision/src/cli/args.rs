@@ -625,6 +625,16 @@ pub(crate) struct EnrollArgs {
     /// Replace existing files.
     #[arg(long)]
     pub(crate) force: bool,
+    /// Make the new key inside a PKCS#11 token (an HSM, a TPM through
+    /// tpm2-pkcs11, SoftHSM2), named by an RFC 7512 URI such as
+    /// `pkcs11:token=devices`: sensitive, never extractable, labelled NAME
+    /// unless the URI gives `object=`. NAME.key then records the URI.
+    #[arg(long, value_name = "URI")]
+    pub(crate) key_uri: Option<String>,
+    /// With --key-uri: the environment variable holding that token's PIN
+    /// (recorded by name in NAME.key). The claim's own key takes --pin-env.
+    #[arg(long, value_name = "VAR", requires = "key_uri")]
+    pub(crate) key_pin_env: Option<String>,
 }
 
 /// The arguments of `provision renew`.

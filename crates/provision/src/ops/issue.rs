@@ -277,8 +277,11 @@ pub fn make_csr(request: &CsrRequest) -> Result<IdentityPaths> {
     };
     let (key, made) = crate::pkcs11::generate(token, request.key_type)?;
     let written = (|| {
-        let mut params =
-            CsrParams::new(request.subject.identity_subject(&request.name, Profile::Client)?);
+        let mut params = CsrParams::new(
+            request
+                .subject
+                .identity_subject(&request.name, Profile::Client)?,
+        );
         params.sans = sans(&request.dns, &request.ip);
         let csr = Csr::new(&params, &key)?;
         write_atomic(
@@ -300,7 +303,10 @@ pub fn make_csr(request: &CsrRequest) -> Result<IdentityPaths> {
         let recorded = crate::files::read_text(&paths.key)
             .is_ok_and(|text| text.lines().next() == made.record().lines().next());
         if !recorded && let Err(undo) = crate::pkcs11::destroy(&made) {
-            tracing::warn!("{}: the key made could not be removed again: {undo}", made.uri);
+            tracing::warn!(
+                "{}: the key made could not be removed again: {undo}",
+                made.uri
+            );
         }
         return Err(e);
     }

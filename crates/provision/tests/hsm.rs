@@ -1086,3 +1086,36 @@ fn hostile_device_token_setups_are_classified_errors() {
     );
     assert!(err.contains("no such token"), "{err}");
 }
+
+#[test]
+fn the_readme_device_walk_through_runs_as_printed() {
+    let block = common::readme_block("### Keys in hardware: devices").join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("walk-through.sh");
+    std::fs::write(&script, format!("set -eu\n{block}")).unwrap();
+    let bin = Path::new(env!("CARGO_BIN_EXE_provision")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .arg(&script)
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env_remove("SOFTHSM2_CONF")
+        .env_remove("PKCS11_MODULE")
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("backend_certs/sensor-1_cert.pem: OK"), "{all}");
+    let record = std::fs::read_to_string(dir.path().join("backend_certs/sensor-1.key")).unwrap();
+    assert!(
+        record.starts_with("pkcs11:token=devices;object=sensor-1;id=%")
+            && record.ends_with("\npin-env=DEVICE_PIN\n")
+            && all.contains(&record),
+        "{record}\n{all}"
+    );
+    assert!(pem_keys(&dir.path().join("backend_certs")).is_empty());
+}

@@ -39,7 +39,7 @@ use crate::options::TlsVersions;
 /// ca_cert_path = "root_cert/root_ca_cert.pem"
 /// pin_env = "DEVICE_PIN"
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientCert {
     /// The client certificate, optionally followed by intermediates.
@@ -58,6 +58,19 @@ pub struct ClientCert {
     /// `pin-source=` wins over both).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin_env: Option<String>,
+}
+
+/// Shows `key_path` without a PIN a `pkcs11:` URI may carry.
+impl std::fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCert")
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &crate::token::shown_path(&self.key_path))
+            .field("ca_cert_path", &self.ca_cert_path)
+            .field("passphrase_env", &self.passphrase_env)
+            .field("pin_env", &self.pin_env)
+            .finish()
+    }
 }
 
 impl ClientCert {
@@ -249,9 +262,10 @@ impl TlsIdentity {
         now: SystemTime,
     ) -> Result<Self> {
         let signing = Arc::new(crate::token::TokenSigningKey::new(key));
+        let shown = crate::token::shown_path(key_path);
         Self::checked(
             cert,
-            (signing.key(), key_path),
+            (signing.key(), &shown),
             ca,
             IdentityKey::Token(signing.clone()),
             now,

@@ -65,8 +65,22 @@ pub(crate) fn spec(
 /// A token's error as the key file's.
 pub(crate) fn in_token(key_path: &Path, e: token_keys::Error) -> Error {
     Error::BadKey {
-        path: key_path.to_owned(),
+        path: shown_path(key_path),
         reason: format!("the key in a PKCS#11 token: {e}"),
+    }
+}
+
+/// `key_path` as messages may show it: a `pkcs11:` URI without its PIN
+/// (`pin-value=`) or anything else not known to be safe.
+pub(crate) fn shown_path(key_path: &Path) -> std::path::PathBuf {
+    if is_uri(key_path) {
+        let text = key_path.to_string_lossy();
+        match text.parse::<token_keys::KeyUri>() {
+            Ok(uri) => uri.to_string().into(),
+            Err(_) => token_keys::redact(&text).into(),
+        }
+    } else {
+        key_path.to_owned()
     }
 }
 
@@ -173,10 +187,22 @@ impl Signer for TokenSigner {
     fn sign(&self, message: &[u8]) -> std::result::Result<Vec<u8>, rustls::Error> {
         // ECDSA: the DER signature TLS expects (the token's r‖s converted),
         // checked against the public key, as every token signature is.
-        let signed = if self.scheme == SignatureScheme::RSA_PSS_SHA256 {
-            self.key.sign_rsa_pss_sha256(message)
+        let sign = || {
+            if self.scheme == SignatureScheme::RSA_PSS_SHA256 {
+                self.key.sign_rsa_pss_sha256(message)
+            } else {
+                self.key.sign(message).map(|s| s.as_bytes().to_vec())
+            }
+        };
+        // A token answers in a millisecond (SoftHSM2) or tens of them (a
+        // TPM): on a multi-threaded runtime the worker hands its other
+        // tasks on meanwhile.
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let signed = if multi_threaded {
+            tokio::task::block_in_place(sign)
         } else {
-            self.key.sign(message).map(|s| s.as_bytes().to_vec())
+            sign()
         };
         signed.map_err(|e| {
             tracing::warn!("the TLS handshake's signature failed: {e}");
@@ -226,6 +252,30 @@ impl ResolvesClientCert for OneIdentity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_uri_key_path_is_shown_without_its_pin() {
+        for text in [
+            "pkcs11:token=dev;object=k?pin-value=2468",
+            "pkcs11:token=dev;colour=red?pin-value=2468",
+        ] {
+            let shown = shown_path(Path::new(text));
+            assert!(!shown.to_string_lossy().contains("2468"), "{shown:?}");
+            assert!(shown.to_string_lossy().starts_with("pkcs11:token=dev"));
+        }
+        let err = in_token(
+            Path::new("pkcs11:token=dev;object=k?pin-value=2468"),
+            token_keys::Error::Token {
+                uri: "x".into(),
+                reason: "y".into(),
+            },
+        );
+        assert!(!err.to_string().contains("2468"), "{err}");
+        assert_eq!(
+            shown_path(Path::new("backend_certs/dev.key")),
+            Path::new("backend_certs/dev.key")
+        );
+    }
 
     #[test]
     fn a_pkcs11_uri_is_told_from_a_path() {

@@ -20,6 +20,7 @@ pub mod mosquitto;
 pub mod postgres;
 pub mod proxy;
 pub mod softhsm;
+pub mod tpm;
 pub mod vocabulary;
 
 use std::path::{Path, PathBuf};

@@ -1925,3 +1925,152 @@ fn token_stream_probe() {
         println!("OBJECT\t{label}\t{id}");
     }
 }
+
+#[test]
+fn a_device_key_in_a_software_tpm_enrolls_publishes_and_renews() {
+    let fleet = Fleet::new(&[("ingest", "service")], &["--allow", "tpm-dev"]);
+    let d = fleet.dir().to_owned();
+    let _serve = fleet.serve("ca-1", fleet.enroll.port);
+    let tpm = peers::tpm::SoftTpm::start("device", DEVICE_PIN);
+    let main_port = fleet.main.port.to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_provision"))
+            .current_dir(&d)
+            .envs(tpm.envs())
+            .env("DEVICE_PIN", DEVICE_PIN)
+            .args(args)
+            .output()
+            .unwrap();
+        tpm.after_process();
+        assert!(out.status.success(), "provision {args:?}: {}", stderr(&out));
+    };
+    let identity = [
+        "--cert",
+        "device/tpm-dev_cert.pem",
+        "--key",
+        "device/tpm-dev.key",
+        "--ca",
+        "root_cert/root_ca_cert.pem",
+        "-p",
+        &main_port,
+    ];
+    let publish = |message: &str| {
+        let mut args = vec![
+            "pub",
+            "-t",
+            "devices/tpm-dev/data",
+            "-m",
+            message,
+            "-i",
+            "tpm-dev",
+        ];
+        args.extend_from_slice(&identity);
+        run(&args);
+    };
+    // Enrolled with a claim, the key made in the TPM.
+    run(&[
+        "enroll",
+        "tpm-dev",
+        "-H",
+        "localhost",
+        "-p",
+        &fleet.enroll.port.to_string(),
+        "--out",
+        "device",
+        "--cert",
+        "backend_certs/factory_cert.pem",
+        "--key",
+        "backend_certs/factory.key",
+        "--ca",
+        "root_cert/root_ca_cert.pem",
+        "--timeout",
+        "20",
+        "--key-uri",
+        &format!(
+            "pkcs11:token=device?module-path={}",
+            peers::tpm::module().display()
+        ),
+        "--key-pin-env",
+        "DEVICE_PIN",
+    ]);
+    let first = std::fs::read_to_string(d.join("device/tpm-dev.key")).unwrap();
+    assert!(
+        first.starts_with("pkcs11:token=device;object=tpm-dev;id=") && first.contains("made-here"),
+        "{first}"
+    );
+    let old = cert_of(&d.join("device/tpm-dev_cert.pem"));
+
+    // An independent subscriber's persistent session, then a publish, a
+    // renewal and a publish with the new key, each a process signing in
+    // the TPM.
+    let watcher = |extra: &[&str]| {
+        Command::new(peers::mosquitto::mosquitto_client("mosquitto_sub"))
+            .current_dir(&d)
+            .args(["-h", "localhost", "-p", &main_port])
+            .args(["-t", "devices/tpm-dev/data", "-q", "1", "-v"])
+            .args([
+                "-c",
+                "-i",
+                "ingest",
+                "--cafile",
+                "root_cert/root_ca_cert.pem",
+            ])
+            .args(["--cert", "backend_certs/ingest_cert.pem"])
+            .args(["--key", "backend_certs/ingest.key"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert!(watcher(&["-E"]).status.success());
+    publish("before");
+    let mut renew = vec!["renew"];
+    renew.extend_from_slice(&identity);
+    run(&renew);
+    publish("after");
+    let seen = watcher(&["-C", "2", "-W", "20"]);
+    assert_eq!(
+        String::from_utf8_lossy(&seen.stdout),
+        "devices/tpm-dev/data before\ndevices/tpm-dev/data after\n",
+        "{}",
+        stderr(&seen)
+    );
+
+    // The key file names the new key; the TPM holds it alone; the old
+    // certificate is revoked.
+    let now = std::fs::read_to_string(d.join("device/tpm-dev.key")).unwrap();
+    assert_ne!(now.lines().next(), first.lines().next(), "{now}");
+    let objects = tpm.objects("device", DEVICE_PIN);
+    assert_eq!(
+        objects.matches("Private Key Object").count(),
+        1,
+        "{objects}"
+    );
+    let new_id = now.lines().next().unwrap().split("id=").nth(1).unwrap();
+    let new_id: String = new_id
+        .split(['?', ';'])
+        .next()
+        .unwrap()
+        .replace('%', "")
+        .to_ascii_lowercase();
+    assert!(
+        objects.contains(&format!("ID:         {new_id}")),
+        "{objects}\n{new_id}"
+    );
+    assert!(pem_files(&d.join("device")).is_empty());
+    let new = cert_of(&d.join("device/tpm-dev_cert.pem"));
+    assert_ne!(new.serial(), old.serial());
+    wait_for("the old certificate revoked", || {
+        record(&d, &old.serial().to_string())["status"]["state"] == "revoked"
+    });
+}
+
+/// Every file under `dir` holding a PEM private key.
+fn pem_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            std::fs::read(p).is_ok_and(|b| String::from_utf8_lossy(&b).contains("PRIVATE KEY-----"))
+        })
+        .collect()
+}

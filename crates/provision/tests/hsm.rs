@@ -552,7 +552,7 @@ fn the_readme_walk_through_runs_as_printed() {
     let record = std::fs::read_to_string(dir.path().join("root_cert/intermediate_ca.key")).unwrap();
     assert!(
         record.starts_with("pkcs11:token=ca-online;object=intermediate;id=%")
-            && record.ends_with("\npin-env=ONLINE_PIN\n")
+            && record.ends_with("\npin-env=ONLINE_PIN\nmade-here\n")
             && all.contains(&record),
         "{record}\n{all}"
     );
@@ -1113,9 +1113,200 @@ fn the_readme_device_walk_through_runs_as_printed() {
     let record = std::fs::read_to_string(dir.path().join("backend_certs/sensor-1.key")).unwrap();
     assert!(
         record.starts_with("pkcs11:token=devices;object=sensor-1;id=%")
-            && record.ends_with("\npin-env=DEVICE_PIN\n")
+            && record.ends_with("\npin-env=DEVICE_PIN\nmade-here\n")
             && all.contains(&record),
         "{record}\n{all}"
     );
     assert!(pem_keys(&dir.path().join("backend_certs")).is_empty());
+}
+
+/// Set for the child process of
+/// [`a_token_removed_mid_connection_is_a_classified_error_until_it_is_back`]:
+/// "FOLDER\nPORT\nTOKEN_DIR".
+const TOKEN_GONE: &str = "MQTT_MTLS_TEST_TOKEN_GONE";
+
+#[test]
+fn a_token_removed_mid_connection_is_a_classified_error_until_it_is_back() {
+    use std::io::{BufRead, Write};
+    let hsm = Hsm::new();
+    let devices = peers::softhsm::Tokens::new();
+    devices.init("devices", DEVICE_PIN);
+    let d = hsm.work();
+    hsm.ok(&["init-ca"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_provision"))
+        .current_dir(&d)
+        .env("SOFTHSM2_CONF", &devices.conf)
+        .env("DEVICE_PIN", DEVICE_PIN)
+        .args(["csr", "sensor-g", "--out", "backend_certs"])
+        .args([
+            "--key-uri",
+            &token_uri("devices"),
+            "--pin-env",
+            "DEVICE_PIN",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    hsm.ok(&[
+        "sign",
+        "backend_certs/sensor-g_csr.pem",
+        "--profile",
+        "client",
+    ]);
+    hsm.ok(&["issue", "server", "broker", "--dns", "localhost"]);
+    hsm.ok(&["issue", "client", "watcher", "--role", "service"]);
+    let port = free_port();
+    hsm.ok(&[
+        "broker-config",
+        "--out",
+        "broker",
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+    ]);
+    let mut broker = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), port);
+    let watcher = |extra: &[&str]| {
+        Command::new(peers::mosquitto::mosquitto_client("mosquitto_sub"))
+            .current_dir(&d)
+            .args(["-h", "localhost", "-p", &port.to_string()])
+            .args(["-t", "devices/sensor-g/data", "-q", "1", "-v", "-c"])
+            .args(["-i", "watcher", "--cafile", "root_cert/root_ca_cert.pem"])
+            .args(["--cert", "backend_certs/watcher_cert.pem"])
+            .args(["--key", "backend_certs/watcher.key"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert!(watcher(&["-E"]).status.success());
+
+    // The device, in a process of its own (SoftHSM2 reads SOFTHSM2_CONF
+    // once per process), tells each step on its standard output.
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "token_gone_probe", "--nocapture"])
+        .args(["--test-threads=1"])
+        .env("SOFTHSM2_CONF", &devices.conf)
+        .env("DEVICE_PIN", DEVICE_PIN)
+        .env(
+            TOKEN_GONE,
+            format!("{}\n{port}\n{}", d.display(), devices.dir().display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    let mut wait_for = |step: &str, lines: &mut Vec<String>| loop {
+        let mut line = String::new();
+        assert!(
+            said.read_line(&mut line).unwrap() > 0,
+            "the device ended before {step}: {lines:?}"
+        );
+        lines.push(line.clone());
+        if line.contains(step) {
+            return line;
+        }
+    };
+    // The token is gone: the broker restarts, so the device must sign a
+    // full handshake again (no session ticket survives).
+    wait_for("AWAY\t", &mut lines);
+    let seen = |expected: &str, broker: &Mosquitto| {
+        let got = watcher(&["-C", "1", "-W", "20"]);
+        assert_eq!(
+            String::from_utf8_lossy(&got.stdout),
+            format!("devices/sensor-g/data {expected}\n"),
+            "{}",
+            broker.log()
+        );
+    };
+    seen("before", &broker);
+    broker.restart();
+    let error = wait_for("ERROR\t", &mut lines);
+    // The classified error names the token key, and what is wrong.
+    assert!(
+        error.contains("pkcs11:token=devices;object=sensor-g")
+            && (error.contains("the key is not there") || error.contains("no such key")),
+        "{error}"
+    );
+    // The restarted broker kept no session: the watcher subscribes again
+    // before the token comes back.
+    assert!(watcher(&["-E"]).status.success());
+    writeln!(child.stdin.as_mut().unwrap(), "back").unwrap();
+    wait_for("BACK\t", &mut lines);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{lines:?}{}", text(&out));
+    seen("after", &broker);
+}
+
+/// Not a test of its own: the device of
+/// [`a_token_removed_mid_connection_is_a_classified_error_until_it_is_back`]
+/// in a child process. Does nothing unless [`TOKEN_GONE`] is set.
+#[test]
+fn token_gone_probe() {
+    use mqtt_tls::{ClientCert, ConnectOptions, MqttClient, QoS};
+    use std::time::{Duration, Instant};
+    let Ok(args) = std::env::var(TOKEN_GONE) else {
+        return;
+    };
+    let mut args = args.lines();
+    let d = PathBuf::from(args.next().unwrap());
+    let port: u16 = args.next().unwrap().parse().unwrap();
+    let tokens = PathBuf::from(args.next().unwrap());
+    let files = ClientCert::new(
+        d.join("backend_certs/sensor-g_cert.pem"),
+        d.join("backend_certs/sensor-g.key"),
+        d.join("root_cert/root_ca_cert.pem"),
+    );
+    let token = std::fs::read_dir(&tokens)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let away = tokens.with_file_name("away");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut options = ConnectOptions::new("localhost", port, "sensor-g");
+        options.clean_session = false;
+        options.reconnect.initial = Duration::from_millis(100);
+        options.reconnect.max = Duration::from_millis(500);
+        let (client, mut connection) = MqttClient::new(&options, &files.load().unwrap()).unwrap();
+        connection.connect().await.unwrap();
+        let runner = tokio::spawn(connection.run());
+        client
+            .publish("devices/sensor-g/data", "before", QoS::AtLeastOnce, false)
+            .await
+            .unwrap();
+        // The token goes (its files moved away, as SoftHSM2 sees a token
+        // pulled out).
+        std::fs::rename(&token, &away).unwrap();
+        println!("AWAY\t");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let error = loop {
+            if let Some(e) = client.last_error().filter(|e| e.contains("pkcs11:")) {
+                break e;
+            }
+            assert!(Instant::now() < deadline, "{:?}", client.last_error());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        println!("ERROR\t{}", error.replace('\n', " "));
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).unwrap();
+        std::fs::rename(&away, &token).unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            client.publish("devices/sensor-g/data", "after", QoS::AtLeastOnce, false),
+        )
+        .await
+        .expect("reconnected once the token was back")
+        .unwrap();
+        println!("BACK\t");
+        client.disconnect().await.unwrap();
+        let _ = runner.await;
+    });
 }

@@ -15,10 +15,7 @@ fn main() -> Result<(), token_keys::Error> {
     // A device's new key is labelled with its name unless the URI says.
     let uri = KeyUri::for_new_key(&text, "sensor-1")?;
     println!("shown:  {uri}");
-    let spec = TokenKeySpec {
-        uri,
-        pin_env: Some("DEVICE_PIN".to_owned()),
-    };
+    let spec = TokenKeySpec::new(uri, Some("DEVICE_PIN".to_owned()));
     print!("record: {}", spec.record());
     Ok(())
 }

@@ -66,8 +66,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub const MODULE_ENV: &str = "PKCS11_MODULE";
 
 /// What a key file holds instead of a key when the key is in a token: the
-/// URI on its first line, then optionally `pin-env=NAME`.
+/// URI on its first line, then optionally `pin-env=NAME`, then `made-here`
+/// for a key [`generate`] made (only such a key is ever deleted by a
+/// renewal that replaced it).
 const PIN_ENV_LINE: &str = "pin-env=";
+const MADE_HERE_LINE: &str = "made-here";
 
 /// An RFC 7512 `pkcs11:` URI naming a key in a token.
 #[derive(Clone, PartialEq, Eq)]
@@ -321,6 +324,12 @@ impl KeyUri {
 /// values of attributes known to hold no secret are kept; every other
 /// value (a `pin-value` in any spelling or place, a malformed attribute,
 /// anything unknown) is shown as `…`.
+/// `text`, a `pkcs11:` URI that may not parse, as it may be shown: known
+/// attributes kept, any PIN and anything unknown replaced by `…`.
+pub fn redact(text: &str) -> String {
+    shown(text)
+}
+
 fn shown(text: &str) -> String {
     const SAFE: [&str; 11] = [
         "token",
@@ -364,16 +373,39 @@ pub struct TokenKeySpec {
     pub uri: KeyUri,
     /// The environment variable holding the PIN (not the PIN).
     pub pin_env: Option<String>,
+    /// Whether [`generate`] made the key (a key brought from elsewhere, a
+    /// factory's say, is never deleted when a renewal replaces it).
+    made_here: bool,
 }
 
 impl TokenKeySpec {
-    /// What the CA folder's key file holds for this key: the URI (no PIN)
-    /// and the PIN's variable.
-    pub fn record(&self) -> String {
-        match &self.pin_env {
-            Some(var) => format!("{}\n{PIN_ENV_LINE}{var}\n", self.uri),
-            None => format!("{}\n", self.uri),
+    /// The key at `uri`, its PIN in the variable `pin_env` (when the URI
+    /// does not say where the PIN is).
+    pub fn new(uri: KeyUri, pin_env: Option<String>) -> Self {
+        Self {
+            uri,
+            pin_env,
+            made_here: false,
         }
+    }
+
+    /// Whether [`generate`] made this key (as its record says).
+    pub fn made_here(&self) -> bool {
+        self.made_here
+    }
+
+    /// What a key file holds for this key: the URI (no PIN), the PIN's
+    /// variable, and whether the key was made here.
+    pub fn record(&self) -> String {
+        let mut record = format!("{}\n", self.uri);
+        if let Some(var) = &self.pin_env {
+            record.push_str(&format!("{PIN_ENV_LINE}{var}\n"));
+        }
+        if self.made_here {
+            record.push_str(MADE_HERE_LINE);
+            record.push('\n');
+        }
+        record
     }
 
     /// Reads a key file's record; `None` when the file holds a key (PEM),
@@ -385,12 +417,16 @@ impl TokenKeySpec {
         if !first.get(..7)?.eq_ignore_ascii_case("pkcs11:") {
             return None;
         }
-        let recorded = lines
+        let rest: Vec<&str> = lines.collect();
+        let recorded = rest
+            .iter()
             .find_map(|l| l.strip_prefix(PIN_ENV_LINE))
             .map(str::to_owned);
+        let made_here = rest.contains(&MADE_HERE_LINE);
         Some(first.parse().map(|uri| Self {
             uri,
             pin_env: pin_env.map(str::to_owned).or(recorded),
+            made_here,
         }))
     }
 
@@ -404,10 +440,22 @@ impl TokenKeySpec {
         Ok(fresh)
     }
 
-    /// Whether `other` names the same key (the URI's path, not the PIN's
-    /// source).
+    /// Whether `other` names the same key: the same id, on a token named
+    /// alike (label, serial or slot, where both say), whatever the module
+    /// path or the PIN's source. Two URIs without an id are the same key
+    /// when their labels are.
     pub fn same_key(&self, other: &Self) -> bool {
-        self.uri.to_string() == other.uri.to_string()
+        let (a, b) = (&self.uri, &other.uri);
+        let agree = |x: &Option<String>, y: &Option<String>| x.is_none() || y.is_none() || x == y;
+        let same_name = match (&a.id, &b.id) {
+            (Some(x), Some(y)) => x == y,
+            (None, None) => a.object == b.object,
+            _ => false,
+        };
+        same_name
+            && agree(&a.token, &b.token)
+            && agree(&a.serial, &b.serial)
+            && (a.slot_id.is_none() || b.slot_id.is_none() || a.slot_id == b.slot_id)
     }
 
     fn err(&self, reason: impl Into<String>) -> Error {
@@ -493,12 +541,26 @@ struct Token {
     /// The session logged in, never handed out: a login holds for every
     /// session of the process on the token while one stays open, so a
     /// session closed after an error never logs the others out.
-    _login: Mutex<Session>,
+    login: Mutex<Option<Session>>,
+    /// [`RESETS`] when the token was logged in to: a session from before a
+    /// module reset is never closed or used (its handle may now be another
+    /// session's).
+    generation: u64,
     /// Idle sessions for the work.
     sessions: Mutex<Vec<Session>>,
     /// Set when the token failed as a removed token does: the next user
     /// logs in again ([`Token::shared`]).
     lost: AtomicBool,
+    /// A salted SHA-256 of the PIN this process logged in with: a later
+    /// user of the same login must know the same PIN.
+    pin_check: (Vec<u8>, String),
+}
+
+/// A salted SHA-256 of `pin` (hex).
+fn pin_digest(salt: &[u8], pin: &str) -> String {
+    let mut input = Zeroizing::new(salt.to_vec());
+    input.extend_from_slice(pin.as_bytes());
+    pki_core::sha256_fingerprint(&input)
 }
 
 /// Every token this process is logged in to, by module and slot: one login
@@ -506,16 +568,73 @@ struct Token {
 /// connection that signs with one.
 type Tokens = Mutex<HashMap<(PathBuf, u64), Weak<Token>>>;
 
+fn tokens() -> &'static Tokens {
+    static TOKENS: OnceLock<Tokens> = OnceLock::new();
+    TOKENS.get_or_init(Default::default)
+}
+
+/// Resets the module at `path` (`C_Finalize`, then `C_Initialize`): what a
+/// module that lost a token may need before it sees the token again
+/// (SoftHSM2 does). Every login through it is lost with it, and made again
+/// by its next user. At most once in [`RESET_EVERY`] per module, so that
+/// many connections failing together reset it once.
+fn reset_module(path: &Path) -> std::result::Result<(), String> {
+    static LAST: OnceLock<Mutex<HashMap<PathBuf, std::time::Instant>>> = OnceLock::new();
+    {
+        let mut last = LAST
+            .get_or_init(Default::default)
+            .lock()
+            .map_err(|_| "a thread failed while resetting a module".to_owned())?;
+        if last.get(path).is_some_and(|t| t.elapsed() < RESET_EVERY) {
+            return Ok(());
+        }
+        last.insert(path.to_owned(), std::time::Instant::now());
+    }
+    let pkcs11 = module(path)?;
+    // Every session of the module closes before it goes, while the handles
+    // are still theirs.
+    if let Ok(tokens) = tokens().lock() {
+        for ((module_path, _), token) in tokens.iter() {
+            if module_path == path
+                && let Some(token) = token.upgrade()
+            {
+                token.lose();
+                let login = token.login.lock().ok().and_then(|mut l| l.take());
+                if let Some(session) = login {
+                    token.close(session);
+                }
+            }
+        }
+    }
+    RESETS.fetch_add(1, Ordering::SeqCst);
+    let _ = (*pkcs11).clone().finalize();
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+            tracing::info!(
+                "reset the PKCS#11 module {} to find a lost token again",
+                path.display()
+            );
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "initialising the module {} again: {e}",
+            path.display()
+        )),
+    }
+}
+
+/// How often a module may be reset ([`reset_module`]).
+const RESET_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Token {
     /// The token `spec` names, logged in: the one this process already
     /// holds unless it was lost, or a new login.
     fn shared(spec: &TokenKeySpec) -> Result<Arc<Self>> {
-        static TOKENS: OnceLock<Tokens> = OnceLock::new();
         let path = spec.module_path()?;
         let pkcs11 = module(&path).map_err(|e| spec.err(e))?;
         let slot = Self::find(spec, &pkcs11)?;
         let key = (path, slot.id());
-        let tokens = TOKENS.get_or_init(Default::default);
+        let tokens = tokens();
         let held = tokens
             .lock()
             .map_err(|_| spec.err("a thread failed while logging in"))?
@@ -523,6 +642,15 @@ impl Token {
             .and_then(Weak::upgrade)
             .filter(|t| !t.lost.load(Ordering::Relaxed));
         if let Some(token) = held {
+            // The login is the process's, not this key's: its PIN must be
+            // the one this key names too (a wrong or unset one is refused
+            // as it would be at a first login).
+            let pin = spec.pin()?;
+            if pin_digest(&token.pin_check.0, &pin) != token.pin_check.1 {
+                return Err(spec.err(
+                    "logging in: wrong PIN (not the PIN this process logged in to the token with)",
+                ));
+            }
             return Ok(token);
         }
         let token = Arc::new(Self::open(spec, pkcs11, slot)?);
@@ -577,6 +705,9 @@ impl Token {
             .open_rw_session(slot)
             .map_err(|e| spec.err(classify("opening a session", &e)))?;
         let pin = spec.pin()?;
+        let mut salt = vec![0u8; 16];
+        pki_core::random_bytes(&mut salt).map_err(|e| spec.err(e.to_string()))?;
+        let pin_check = (salt.clone(), pin_digest(&salt, &pin));
         // Allocated at its exact size, and wiped when dropped.
         let auth = AuthPin::new(Box::from(pin.as_str()));
         drop(pin);
@@ -587,9 +718,11 @@ impl Token {
         Ok(Self {
             pkcs11,
             slot,
-            _login: Mutex::new(session),
+            login: Mutex::new(Some(session)),
+            generation: RESETS.load(Ordering::SeqCst),
             sessions: Mutex::new(Vec::new()),
             lost: AtomicBool::new(false),
+            pin_check,
         })
     }
 
@@ -618,7 +751,14 @@ impl Token {
         // token is logged in to again by its next user. Any other goes
         // back.
         match &result {
-            Err(e) if is_lost(e) => self.lose(),
+            _ if self.stale() => {
+                self.close(session);
+                self.lose();
+            }
+            Err(e) if is_lost(e) => {
+                self.close(session);
+                self.lose();
+            }
             _ => {
                 if let Ok(mut sessions) = self.sessions.lock() {
                     sessions.push(session);
@@ -635,10 +775,39 @@ impl Token {
     fn lose(&self) {
         self.lost.store(true, Ordering::Relaxed);
         if let Ok(mut sessions) = self.sessions.lock() {
-            sessions.clear();
+            for session in sessions.drain(..) {
+                self.close(session);
+            }
+        }
+    }
+
+    /// Whether the module was reset since this token was logged in to.
+    fn stale(&self) -> bool {
+        RESETS.load(Ordering::SeqCst) != self.generation
+    }
+
+    /// Closes `session`, unless the module was reset since it was opened:
+    /// then its handle is left alone (it may be another session's now).
+    fn close(&self, session: Session) {
+        if self.stale() {
+            std::mem::forget(session);
+        } else {
+            drop(session);
         }
     }
 }
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        let login = self.login.get_mut().ok().and_then(Option::take);
+        if let Some(session) = login {
+            self.close(session);
+        }
+    }
+}
+
+/// How many module resets this process made ([`reset_module`]).
+static RESETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Whether `e` says the token, or the session on it, is gone.
 fn is_lost(e: &cryptoki::error::Error) -> bool {
@@ -650,7 +819,11 @@ fn is_lost(e: &cryptoki::error::Error) -> bool {
                 | RvError::DeviceRemoved
                 | RvError::TokenNotPresent
                 | RvError::SlotIdInvalid
-                | RvError::CryptokiNotInitialized,
+                | RvError::CryptokiNotInitialized
+                | RvError::UserNotLoggedIn
+                | RvError::KeyHandleInvalid
+                | RvError::ObjectHandleInvalid
+                | RvError::DeviceError,
             _
         )
     )
@@ -671,6 +844,9 @@ fn classify(action: &str, e: &cryptoki::error::Error) -> String {
                 "the session is gone (token removed or module reset)".into()
             }
             RvError::DeviceError | RvError::DeviceMemory => "the token failed".into(),
+            RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid => {
+                "the key is not there (the token removed, or the key deleted)".into()
+            }
             RvError::UserNotLoggedIn => "not logged in".into(),
             RvError::KeyFunctionNotPermitted => "the key may not sign (CKA_SIGN false)".into(),
             RvError::MechanismInvalid => "the token does not offer this mechanism".into(),
@@ -681,26 +857,58 @@ fn classify(action: &str, e: &cryptoki::error::Error) -> String {
     format!("{action}: {why}")
 }
 
+/// A private key's handle and its public key's, each when found.
+type Pair = (Option<ObjectHandle>, Option<ObjectHandle>);
+
+/// A key found in a token: its handle, type and public key (DER).
+type Located = (ObjectHandle, TokenKeyType, Vec<u8>);
+
 /// The handles of the key named by `uri` in an open session: the private
-/// key, and its public half.
+/// key, and the public key with the private key's id (never the public
+/// half of another key by the same label). Two private keys matching the
+/// URI are refused: the URI must name one key.
 fn find_pair(
     session: &Session,
     uri: &KeyUri,
-) -> cryptoki::error::Result<(Option<ObjectHandle>, Option<ObjectHandle>)> {
-    let find = |class: ObjectClass| -> cryptoki::error::Result<Option<ObjectHandle>> {
+) -> cryptoki::error::Result<std::result::Result<Pair, String>> {
+    let named = |class: ObjectClass, id: Option<&Vec<u8>>| {
         let mut template = vec![Attribute::Class(class)];
         if let Some(label) = &uri.object {
             template.push(Attribute::Label(label.as_bytes().to_vec()));
         }
-        if let Some(id) = &uri.id {
+        if let Some(id) = id.or(uri.id.as_ref()) {
             template.push(Attribute::Id(id.clone()));
         }
-        Ok(session.find_objects(&template)?.into_iter().next())
+        template
     };
-    Ok((
-        find(ObjectClass::PRIVATE_KEY)?,
-        find(ObjectClass::PUBLIC_KEY)?,
-    ))
+    let private = session.find_objects(&named(ObjectClass::PRIVATE_KEY, None))?;
+    if private.len() > 1 {
+        return Ok(Err(format!(
+            "{} private keys match this URI: name one with id=",
+            private.len()
+        )));
+    }
+    let Some(&key) = private.first() else {
+        // No private key: a public key alone by this name still counts as
+        // the name being taken.
+        let public = session.find_objects(&named(ObjectClass::PUBLIC_KEY, None))?;
+        return Ok(Ok((None, public.first().copied())));
+    };
+    let id = session
+        .get_attributes(key, &[AttributeType::Id])?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Id(id) => Some(id),
+            _ => None,
+        });
+    let public = match id {
+        Some(id) => session
+            .find_objects(&named(ObjectClass::PUBLIC_KEY, Some(&id)))?
+            .first()
+            .copied(),
+        None => None,
+    };
+    Ok(Ok((Some(key), public)))
 }
 
 /// The DER of a curve's OID, as `CKA_EC_PARAMS` holds it.
@@ -735,8 +943,20 @@ impl TokenKey {
         let reason = |e: Error| match e {
             Error::Token { reason, .. } => reason,
         };
-        let token = Token::shared(&self.spec).map_err(reason)?;
-        let (key, key_type, spki) = locate(&self.spec, &token).map_err(reason)?;
+        let found = || -> Result<(Arc<Token>, Located)> {
+            let token = Token::shared(&self.spec)?;
+            let key = locate(&self.spec, &token)?;
+            Ok((token, key))
+        };
+        // A module may not see a token again until it is reset.
+        let (token, (key, key_type, spki)) = match found() {
+            Ok(found) => found,
+            Err(first) => {
+                let path = self.spec.module_path().map_err(reason)?;
+                reset_module(&path)?;
+                found().map_err(|_| reason(first))?
+            }
+        };
         if key_type != self.key_type || spki != self.spki {
             return Err("the token now holds another key under this URI".into());
         }
@@ -870,13 +1090,12 @@ pub fn open(spec: &TokenKeySpec) -> Result<KeyPair> {
 }
 
 /// The key `spec` names in `token`: its handle, type and public key.
-fn locate(spec: &TokenKeySpec, token: &Token) -> Result<(ObjectHandle, TokenKeyType, Vec<u8>)> {
+fn locate(spec: &TokenKeySpec, token: &Token) -> Result<Located> {
     let found = token
-        .with_session("finding the key", |s| {
-            let (private, public) = find_pair(s, &spec.uri)?;
-            Ok(private.zip(public))
-        })
+        .with_session("finding the key", |s| find_pair(s, &spec.uri))
+        .map_err(|e| spec.err(e))?
         .map_err(|e| spec.err(e))?;
+    let found = found.0.zip(found.1);
     let Some((key, public)) = found else {
         return Err(spec.err(
             "no such key in the token (a private key and its public key with this label or id)",
@@ -930,7 +1149,9 @@ pub fn generate(spec: &TokenKeySpec, key_type: KeyType) -> Result<(KeyPair, Toke
             find_pair(s, &spec.uri)
         })
         .map_err(|e| spec.err(e))?;
-    if existing.0.is_some() || existing.1.is_some() {
+    if existing.is_err()
+        || existing.is_ok_and(|(private, public)| private.is_some() || public.is_some())
+    {
         return Err(spec.err(
             "the token already holds a key by this name: give another object= (nothing was changed)",
         ));
@@ -973,14 +1194,14 @@ pub fn generate(spec: &TokenKeySpec, key_type: KeyType) -> Result<(KeyPair, Toke
     if let Some(label) = &label {
         named.push(Attribute::Label(label.as_bytes().to_vec()));
     }
-    // Able to sign and verify only: no decryption, wrapping or derivation
-    // with a CA key (SoftHSM2 allows them unless told).
+    // Able to sign only. The usages it must not have (decryption,
+    // unwrapping, derivation; SoftHSM2 allows them unless told) are taken
+    // away after it is made: tpm2-pkcs11 refuses a template that names them
+    // false (its TPM object decides them) but lets them be set.
     let mut public_template = vec![
         Attribute::Token(true),
         Attribute::Private(false),
         Attribute::Verify(true),
-        Attribute::Encrypt(false),
-        Attribute::Wrap(false),
     ];
     public_template.extend(public_extra);
     public_template.extend(named.iter().cloned());
@@ -990,9 +1211,6 @@ pub fn generate(spec: &TokenKeySpec, key_type: KeyType) -> Result<(KeyPair, Toke
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Sign(true),
-        Attribute::Decrypt(false),
-        Attribute::Unwrap(false),
-        Attribute::Derive(false),
     ];
     private_template.extend(named);
     let (public, private) = token
@@ -1002,6 +1220,7 @@ pub fn generate(spec: &TokenKeySpec, key_type: KeyType) -> Result<(KeyPair, Toke
         .map_err(|e| spec.err(e))?;
     let mut exact = spec.clone();
     exact.uri.id = Some(id);
+    exact.made_here = true;
     // Nothing half made stays behind: the two handles just made go when
     // anything after fails.
     let undo = |e: Error| {
@@ -1011,6 +1230,13 @@ pub fn generate(spec: &TokenKeySpec, key_type: KeyType) -> Result<(KeyPair, Toke
         });
         e
     };
+    let restricted = token.with_session("taking the key's other usages away", |s| {
+        restrict(s, private)
+    });
+    match restricted {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) | Err(e) => return Err(undo(spec.err(e))),
+    }
     let (kind, spki) =
         match token.with_session("reading the new public key", |s| Ok(public_key(s, public))) {
             Ok(Ok(v)) => v,
@@ -1026,6 +1252,45 @@ pub fn generate(spec: &TokenKeySpec, key_type: KeyType) -> Result<(KeyPair, Toke
     }
 }
 
+/// Sets the usages a signing key must not have to false, each on its own
+/// (some tokens take some of them at creation only), and checks what the
+/// token then says: a key that can still decrypt, unwrap or derive is
+/// refused.
+fn restrict(
+    session: &Session,
+    private: ObjectHandle,
+) -> cryptoki::error::Result<std::result::Result<(), String>> {
+    let usages = [
+        (Attribute::Decrypt(false), AttributeType::Decrypt),
+        (Attribute::Unwrap(false), AttributeType::Unwrap),
+        (Attribute::Derive(false), AttributeType::Derive),
+    ];
+    for (attribute, kind) in &usages {
+        let now = session.get_attributes(private, &[*kind])?;
+        let allowed = now.iter().any(|a| {
+            matches!(
+                a,
+                Attribute::Decrypt(true) | Attribute::Unwrap(true) | Attribute::Derive(true)
+            )
+        });
+        if allowed {
+            session.update_attributes(private, std::slice::from_ref(attribute))?;
+        }
+    }
+    let after = session.get_attributes(private, &usages.map(|(_, kind)| kind))?;
+    if after.iter().any(|a| {
+        matches!(
+            a,
+            Attribute::Decrypt(true) | Attribute::Unwrap(true) | Attribute::Derive(true)
+        )
+    }) {
+        return Ok(Err(
+            "the token keeps the new key able to decrypt, unwrap or derive".to_owned(),
+        ));
+    }
+    Ok(Ok(()))
+}
+
 /// Destroys the key `spec` names (both halves) in its token: a new key
 /// whose CA could not be made is not left behind.
 ///
@@ -1039,12 +1304,15 @@ pub fn destroy(spec: &TokenKeySpec) -> Result<()> {
     let token = Token::shared(spec)?;
     token
         .with_session("removing the key", |s| {
-            let (private, public) = find_pair(s, &spec.uri)?;
+            let Ok((private, public)) = find_pair(s, &spec.uri)? else {
+                return Ok(Err("more than one key matches".to_owned()));
+            };
             for object in private.into_iter().chain(public) {
                 s.destroy_object(object)?;
             }
-            Ok(())
+            Ok(Ok(()))
         })
+        .map_err(|e| spec.err(e))?
         .map_err(|e| spec.err(e))
 }
 
@@ -1115,10 +1383,10 @@ mod tests {
 
     #[test]
     fn a_key_file_record_round_trips() {
-        let spec = TokenKeySpec {
-            uri: "pkcs11:token=ca;object=root".parse().unwrap(),
-            pin_env: Some("CA_PIN".into()),
-        };
+        let spec = TokenKeySpec::new(
+            "pkcs11:token=ca;object=root".parse().unwrap(),
+            Some("CA_PIN".into()),
+        );
         let record = spec.record();
         assert_eq!(record, "pkcs11:token=ca;object=root\npin-env=CA_PIN\n");
         let back = TokenKeySpec::from_record(&record, None).unwrap().unwrap();

@@ -107,29 +107,38 @@ fn staged(files: &ClientCert) -> (PathBuf, PathBuf) {
 /// certificate and key were checked and written as `.new` before the old
 /// ones were replaced, so a `.new` key means the replacement goes on (the
 /// service revokes the old certificate after a grace period in any case).
-/// Returns whether there was one. Call before loading the files.
+/// Returns whether there was one. Call before loading the files. Refused
+/// while another process renews these files (`NAME.key.renewing.lock`).
 ///
 /// With the key in a PKCS#11 token (the key file records its URI), the
-/// old key is deleted from the token once the new record is in place: its
-/// record is kept as `NAME.key.old` until then, so a crash in between
-/// deletes it at the next call.
+/// replaced key's record is kept in `NAME.key.old`: the key stays in the
+/// token (a client that could not reconnect with the new identity goes
+/// back to it) until a renewal sees the broker take a newer key
+/// ([`Renewer::renew_now`]).
 pub fn settle(files: &ClientCert) -> Result<bool> {
+    let _lock = RenewalLock::take(files)?;
+    settle_locked(files)
+}
+
+fn settle_locked(files: &ClientCert) -> Result<bool> {
     let (cert_new, key_new) = staged(files);
-    let old = suffixed(&files.key_path, ".old");
     if !key_new.exists() {
         // A lone `.new` certificate is from before its key was written.
         if cert_new.exists() {
             let _ = std::fs::remove_file(&cert_new);
         }
-        retire(files, &old)?;
         return Ok(false);
     }
-    // The token key the files name now goes once the new one is in place.
+    // The token key the files name now is noted (never overwriting an
+    // earlier note) before the new record takes its place.
     if let Some(current) = token_spec(files, &files.key_path)?
         && let Some(new) = token_spec(files, &key_new)?
         && !current.same_key(&new)
     {
-        write_file(&old, &crate::bundle::read(&files.key_path)?, true)?;
+        let old = suffixed(&files.key_path, ".old");
+        let mut noted = crate::bundle::read(&old).unwrap_or_default();
+        noted.extend_from_slice(&crate::bundle::read(&files.key_path)?);
+        write_file(&old, &noted, true)?;
     }
     if cert_new.exists() {
         rename(&cert_new, &files.cert_path)?;
@@ -138,8 +147,35 @@ pub fn settle(files: &ClientCert) -> Result<bool> {
     if let Some(dir) = files.key_path.parent() {
         sync_dir(dir);
     }
-    retire(files, &old)?;
     Ok(true)
+}
+
+/// One renewal of a set of files at a time, across processes.
+struct RenewalLock {
+    _held: std::fs::File,
+}
+
+impl RenewalLock {
+    fn take(files: &ClientCert) -> Result<Self> {
+        let path = suffixed(&files.key_path, ".renewing.lock");
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| Error::WriteFile {
+                path: path.clone(),
+                source,
+            })?;
+        file.try_lock().map_err(|_| {
+            Error::lifecycle(format!(
+                "{} is being renewed by another process ({} is locked)",
+                files.key_path.display(),
+                path.display()
+            ))
+        })?;
+        Ok(Self { _held: file })
+    }
 }
 
 /// `path` with `suffix` added to its name.
@@ -158,26 +194,85 @@ fn token_spec(files: &ClientCert, path: &Path) -> Result<Option<token_keys::Toke
     crate::token::spec(path, Some(&text), files.pin_env.as_deref()).transpose()
 }
 
-/// Deletes from its token the replaced key recorded in `old` (never the
-/// key the files name now), then `old`. A token that is not there keeps
-/// `old` for the next call.
-fn retire(files: &ClientCert, old: &Path) -> Result<()> {
-    let Some(replaced) = token_spec(files, old)? else {
-        if old.exists() {
-            let _ = std::fs::remove_file(old);
-        }
+/// Deletes from their token the replaced keys noted in `NAME.key.old`,
+/// once the broker took the key the files name now (`current`, the
+/// identity just connected with): never that key, never a key whose
+/// public half is the current certificate's, never a key this crate did
+/// not make (left in the token, with a warning). A token that is not there
+/// keeps its note for the next renewal.
+fn retire(files: &ClientCert, current: &TlsIdentity) -> Result<()> {
+    let old = suffixed(&files.key_path, ".old");
+    let Ok(noted) = crate::bundle::read(&old) else {
         return Ok(());
     };
-    let current = token_spec(files, &files.key_path)?;
-    if current.is_none_or(|c| !c.same_key(&replaced)) {
-        if let Err(e) = token_keys::destroy(&replaced) {
-            tracing::warn!("the replaced key stays in its token for now: {e}");
-            return Ok(());
+    let text = String::from_utf8_lossy(&noted).into_owned();
+    let named_now = token_spec(files, &files.key_path)?;
+    let spki = current
+        .certificate()
+        .public_key_der()
+        .map_err(|e| Error::lifecycle_pki("the certificate", e))?;
+    let mut kept = String::new();
+    for record in records(&text) {
+        let Some(Ok(replaced)) =
+            token_keys::TokenKeySpec::from_record(&record, files.pin_env.as_deref())
+        else {
+            continue;
+        };
+        if named_now.as_ref().is_some_and(|n| n.same_key(&replaced)) {
+            continue;
         }
-        tracing::info!("deleted the replaced key {} from its token", replaced.uri);
+        if !replaced.made_here() {
+            tracing::warn!(
+                "{}: the replaced key was not made by this tool; it stays in its token",
+                replaced.uri
+            );
+            continue;
+        }
+        let answered = token_keys::open(&replaced);
+        if let Ok(key) = &answered
+            && key.matches_public_key(&spki)
+        {
+            continue;
+        }
+        let gone = match answered {
+            Ok(_) => token_keys::destroy(&replaced).map(|()| true),
+            Err(e) if e.to_string().contains("no such key") => Ok(false),
+            Err(e) => Err(e),
+        };
+        match gone {
+            Ok(true) => tracing::info!("deleted the replaced key {} from its token", replaced.uri),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!("the replaced key stays in its token for now: {e}");
+                kept.push_str(&record);
+            }
+        }
     }
-    let _ = std::fs::remove_file(old);
+    if kept.is_empty() {
+        let _ = std::fs::remove_file(&old);
+    } else {
+        write_file(&old, kept.as_bytes(), true)?;
+    }
     Ok(())
+}
+
+/// The records in a `NAME.key.old` note: each from its `pkcs11:` line.
+fn records(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if line
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("pkcs11:")
+        {
+            out.push(String::new());
+        }
+        if let Some(record) = out.last_mut() {
+            record.push_str(line);
+            record.push('\n');
+        }
+    }
+    out
 }
 
 fn key_type_of(algorithm: KeyAlgorithm) -> KeyType {
@@ -241,7 +336,8 @@ impl Renewer {
     /// id), the key file records it once the broker took the new
     /// certificate, and the old key is deleted from the token then.
     pub async fn renew_now(&self) -> Result<Renewed> {
-        settle(&self.files)?;
+        let _lock = RenewalLock::take(&self.files)?;
+        settle_locked(&self.files)?;
         let key_path = &self.files.key_path;
         if crate::token::is_uri(key_path) {
             return Err(Error::lifecycle(
@@ -368,7 +464,12 @@ impl Renewer {
         // Beside the old files, then the switch, then the replacement.
         write_file(&cert_new, chain.as_bytes(), true)?;
         if let Err(e) = write_file(&key_new, &new_key_file[..], true) {
+            let _ = std::fs::remove_file(&key_new);
             let _ = std::fs::remove_file(&cert_new);
+            if key_new.exists() {
+                // A file may still name the new key: it stays.
+                made.keep();
+            }
             return Err(e);
         }
         // Staged: from here a new key in a token is named by `.new`, and
@@ -387,8 +488,11 @@ impl Renewer {
             Ok(Err(e)) => {
                 let _ = std::fs::remove_file(&key_new);
                 let _ = std::fs::remove_file(&cert_new);
-                // The new key in a token goes with its record.
-                drop(NewTokenKey(staged_token));
+                // The new key in a token goes with its record (only once
+                // no file names it).
+                if !key_new.exists() {
+                    drop(NewTokenKey(staged_token));
+                }
                 return Err(e);
             }
             // Still trying (the broker not there): the switch may yet
@@ -404,7 +508,12 @@ impl Renewer {
                 )));
             }
         }
-        settle(&self.files)?;
+        settle_locked(&self.files)?;
+        // The broker took the new key: the keys it replaced go from their
+        // token.
+        if let Err(e) = retire(&self.files, &identity) {
+            tracing::warn!("renewed, but the replaced key stays in its token: {e}");
+        }
         let done = serde_json::to_vec(&RenewDone {
             request_id,
             serial: serial.clone(),

@@ -92,10 +92,10 @@ pub(crate) fn spec_of(
     pin_env: Option<&str>,
 ) -> anyhow::Result<Option<provision::pkcs11::TokenKeySpec>> {
     uri.map(|uri| {
-        Ok(provision::pkcs11::TokenKeySpec {
-            uri: uri.parse()?,
-            pin_env: pin_env.map(str::to_owned),
-        })
+        Ok(provision::pkcs11::TokenKeySpec::new(
+            uri.parse()?,
+            pin_env.map(str::to_owned),
+        ))
     })
     .transpose()
 }
@@ -218,10 +218,10 @@ pub(crate) fn csr(args: CsrArgs) -> anyhow::Result<CsrMade> {
         .key_uri
         .as_deref()
         .map(|uri| {
-            anyhow::Ok(provision::pkcs11::TokenKeySpec {
-                uri: provision::pkcs11::KeyUri::for_new_key(uri, &args.name)?,
-                pin_env: args.pin_env.clone(),
-            })
+            anyhow::Ok(provision::pkcs11::TokenKeySpec::new(
+                provision::pkcs11::KeyUri::for_new_key(uri, &args.name)?,
+                args.pin_env.clone(),
+            ))
         })
         .transpose()?;
     let paths = make_csr(&CsrRequest {

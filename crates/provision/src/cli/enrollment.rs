@@ -217,10 +217,10 @@ pub(crate) fn enroll(args: EnrollArgs) -> anyhow::Result<Enrolled> {
         .key_uri
         .as_deref()
         .map(|uri| {
-            anyhow::Ok(provision::pkcs11::TokenKeySpec {
-                uri: provision::pkcs11::KeyUri::for_new_key(uri, &args.name)?,
-                pin_env: args.key_pin_env.clone(),
-            })
+            anyhow::Ok(provision::pkcs11::TokenKeySpec::new(
+                provision::pkcs11::KeyUri::for_new_key(uri, &args.name)?,
+                args.key_pin_env.clone(),
+            ))
         })
         .transpose()?;
     let new = match runtime()?.block_on(mqtt_tls::lifecycle::enroll(&claim, &request)) {

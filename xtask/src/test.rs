@@ -29,8 +29,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     tools::curl()?;
     // The packaging suite (provision's tests/packaging.rs).
     tools::packaging()?;
-    // Keys in hardware (provision's tests/hsm.rs).
+    // Keys in hardware (provision's tests/hsm.rs, enrollment.rs): SoftHSM2,
+    // and a software TPM behind tpm2-pkcs11.
     let softhsm = tools::softhsm()?;
+    let tpm2_pkcs11 = tools::software_tpm()?;
     let totals = sh_counting_tests(
         cargo()
             .args(["test", "--workspace", "--features", broker::EXTERNAL_TOOLS])
@@ -38,7 +40,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             .envs(broker::test_env()?)
             .env("MQTT_MTLS_PKILINT_BIN", pkilint)
             .env("MQTT_MTLS_SCHEMATHESIS", schemathesis)
-            .env("MQTT_MTLS_SOFTHSM_MODULE", softhsm),
+            .env("MQTT_MTLS_SOFTHSM_MODULE", softhsm)
+            .env("MQTT_MTLS_TPM2_PKCS11_MODULE", tpm2_pkcs11),
     )?;
     sh(cargo()
         .args(["doc", "--workspace", "--no-deps"])

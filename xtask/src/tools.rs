@@ -84,6 +84,29 @@ pub(crate) fn softhsm() -> Result<PathBuf, String> {
     Ok(PathBuf::from(MODULE))
 }
 
+/// A software TPM (`swtpm`), `tpm2-tools` (`tpm2_flushcontext`, the
+/// resource manager's cleanup between processes), tpm2-pkcs11 (the module
+/// and `tpm2_ptool`) and OpenSC's `pkcs11-tool`, installed when missing;
+/// returns the tpm2-pkcs11 module's path.
+pub(crate) fn software_tpm() -> Result<PathBuf, String> {
+    const MODULE: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/libtpm2_pkcs11.so";
+    if ["swtpm", "tpm2_flushcontext", "tpm2_ptool", "pkcs11-tool"]
+        .iter()
+        .any(|tool| which(tool).is_none())
+        || !Path::new(MODULE).exists()
+    {
+        apt_install(&[
+            "swtpm",
+            "swtpm-tools",
+            "tpm2-tools",
+            "libtpm2-pkcs11-1",
+            "libtpm2-pkcs11-tools",
+            "opensc",
+        ])?;
+    }
+    Ok(PathBuf::from(MODULE))
+}
+
 /// GNU time (`/usr/bin/time`: a child's peak memory), installing Debian's
 /// `time` when missing.
 pub(crate) fn gnu_time() -> Result<PathBuf, String> {

@@ -1310,3 +1310,69 @@ fn token_gone_probe() {
         let _ = runner.await;
     });
 }
+
+/// Set for the child process of
+/// [`a_second_key_on_a_logged_in_token_needs_the_same_pin`]: the folder.
+const SAME_LOGIN: &str = "MQTT_MTLS_TEST_SAME_LOGIN";
+
+#[test]
+fn a_second_key_on_a_logged_in_token_needs_the_same_pin() {
+    let hsm = Hsm::new();
+    hsm.tokens.init("devices", DEVICE_PIN);
+    let d = hsm.work();
+    for name in ["dev-a", "dev-b"] {
+        let out = hsm.provision(
+            &[
+                "csr",
+                name,
+                "--out",
+                "keys",
+                "--key-uri",
+                &token_uri("devices"),
+                "--pin-env",
+                "DEVICE_PIN",
+            ],
+            &[("DEVICE_PIN", DEVICE_PIN)],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "same_login_probe", "--nocapture"])
+        .args(["--test-threads=1"])
+        .env("SOFTHSM2_CONF", &hsm.conf)
+        .env("DEVICE_PIN", DEVICE_PIN)
+        .env("WRONG_PIN", "0000")
+        .env(SAME_LOGIN, d.join("keys"))
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert!(out.status.success() && all.contains("CHECKED\t"), "{all}");
+}
+
+/// Not a test of its own: in a child process, one key opened (the token
+/// logged in), then a second key of the same token named with a wrong PIN,
+/// an unset one, and the right one. Does nothing unless [`SAME_LOGIN`] is
+/// set.
+#[test]
+fn same_login_probe() {
+    use provision::pkcs11::{TokenKeySpec, open};
+    let Ok(dir) = std::env::var(SAME_LOGIN) else {
+        return;
+    };
+    let record = |name: &str, pin_env: &str| {
+        let text = std::fs::read_to_string(Path::new(&dir).join(format!("{name}.key"))).unwrap();
+        TokenKeySpec::from_record(&text, Some(pin_env))
+            .unwrap()
+            .unwrap()
+    };
+    // Held: the token stays logged in.
+    let _first = open(&record("dev-a", "DEVICE_PIN")).unwrap();
+    let err = open(&record("dev-b", "WRONG_PIN")).unwrap_err().to_string();
+    assert!(err.contains("wrong PIN") && !err.contains("0000"), "{err}");
+    let err = open(&record("dev-b", "NO_SUCH_PIN_VARIABLE"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not set"), "{err}");
+    open(&record("dev-b", "DEVICE_PIN")).unwrap();
+    println!("CHECKED\t");
+}

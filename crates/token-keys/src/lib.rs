@@ -1400,6 +1400,39 @@ mod tests {
     }
 
     #[test]
+    fn the_same_key_is_told_by_its_id_and_token_not_its_module_or_pin() {
+        let spec = |uri: &str| TokenKeySpec::new(uri.parse().unwrap(), None);
+        let a = spec("pkcs11:token=dev;object=k;id=%01?module-path=/a.so");
+        assert!(a.same_key(&spec(
+            "pkcs11:token=dev;object=k;id=%01?module-path=/b.so&pin-source=/p"
+        )));
+        assert!(a.same_key(&spec("pkcs11:serial=42;object=k;id=%01")));
+        assert!(!a.same_key(&spec("pkcs11:token=dev;object=k;id=%02")));
+        assert!(!a.same_key(&spec("pkcs11:token=other;object=k;id=%01")));
+        // Without an id on one side, never the same (a renewal's keys
+        // share their label).
+        assert!(!a.same_key(&spec("pkcs11:token=dev;object=k")));
+        assert!(spec("pkcs11:token=dev;object=k").same_key(&spec("pkcs11:token=dev;object=k")));
+    }
+
+    #[test]
+    fn only_a_record_of_a_key_made_here_says_so() {
+        let mut made = TokenKeySpec::new("pkcs11:token=dev;object=k;id=%01".parse().unwrap(), None);
+        assert!(!made.made_here());
+        assert!(!made.record().contains("made-here"));
+        made.made_here = true;
+        let back = TokenKeySpec::from_record(&made.record(), None)
+            .unwrap()
+            .unwrap();
+        assert!(back.made_here());
+        // A hand-written record (a factory's key) is not.
+        let theirs = TokenKeySpec::from_record("pkcs11:token=dev;object=factory;id=%07\n", None)
+            .unwrap()
+            .unwrap();
+        assert!(!theirs.made_here());
+    }
+
+    #[test]
     fn ec_points_are_found_wrapped_or_bare() {
         let mut wrapped = vec![0x04, 65, 0x04];
         wrapped.extend([7u8; 64]);

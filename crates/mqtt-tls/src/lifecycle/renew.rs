@@ -612,6 +612,17 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn a_note_of_replaced_keys_reads_back_each_record() {
+        let note = "pkcs11:token=d;object=k;id=%01\npin-env=PIN\nmade-here\n\
+                    pkcs11:token=d;object=k;id=%02\nmade-here\n";
+        let found = records(note);
+        assert_eq!(found.len(), 2);
+        assert!(found[0].starts_with("pkcs11:token=d;object=k;id=%01\npin-env=PIN"));
+        assert_eq!(found[1], "pkcs11:token=d;object=k;id=%02\nmade-here\n");
+        assert!(records("").is_empty());
+    }
+
     /// A device suspended for two hours: the monotonic clock saw one
     /// minute, the wall clock is past the due time. The wait ends at the
     /// next look at the wall clock, not an hour later.

@@ -50,6 +50,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let time = tools::gnu_time()?;
     let python = tools::bench_python()?;
     let softhsm = tools::softhsm()?;
+    // The hsm step's device keys: a software TPM beside SoftHSM2.
+    let tpm2_pkcs11 = tools::software_tpm()?;
 
     let root = project_root();
     let release = target_dir().join("release");
@@ -73,6 +75,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         .arg(&softhsm)
         .arg("--out")
         .arg(&results)
+        .env("MQTT_MTLS_SOFTHSM_MODULE", &softhsm)
+        .env("MQTT_MTLS_TPM2_PKCS11_MODULE", &tpm2_pkcs11)
         .stdout(std::process::Stdio::null()))?;
     sh(Command::new(&bench)
         .current_dir(&root)

@@ -2,14 +2,18 @@
 //! (SoftHSM2) against a PEM key, side by side: `provision fleet` issuing
 //! COUNT P-256 identities (a process, to its exit), and `provision crl`
 //! (median of 5), each with a fresh CA of either kind; three rounds taking
-//! turns, medians.
+//! turns, medians. Then a device's key: mTLS handshakes per second (connect,
+//! CONNACK, DISCONNECT, one after another, each a full handshake) with the
+//! P-256 key in a PEM file, in SoftHSM2 and in a software TPM behind
+//! tpm2-pkcs11, each measured in a process of its own
+//! (`mqtt-bench handshakes`).
 
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::Context;
 
-use crate::results::{Hsm, median};
+use crate::results::{HandshakeRate, Handshakes, Hsm, median};
 
 const PIN: &str = "1234";
 
@@ -75,11 +79,148 @@ pub(crate) fn run(provision: &Path, module: &Path, count: usize) -> anyhow::Resu
     };
     let (pem_per_second, pem_crl_ms) = (part(&pem, |r| r.0), part(&pem, |r| r.1));
     let (token_per_second, token_crl_ms) = (part(&token, |r| r.0), part(&token, |r| r.1));
+    let handshakes = handshakes(provision, &conf, dir)?;
     Ok(Hsm {
         identities: count,
         pem_per_second,
         token_per_second,
         pem_crl_ms,
         token_crl_ms,
+        handshakes: Some(handshakes),
+    })
+}
+
+/// Handshakes measured for each kind of device key.
+const HANDSHAKES: usize = 200;
+
+/// The device-key comparison (see the module's description): the broker and
+/// the CA here, each key made by `provision csr` (`--key-uri` for the
+/// tokens) and its CSR signed by the CA.
+fn handshakes(provision: &Path, softhsm_conf: &Path, dir: &Path) -> anyhow::Result<Handshakes> {
+    use peers::mosquitto::{BrokerOptions, Mosquitto, Pki};
+    use pki_core::{Csr, IssueParams, Profile, Validity};
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki, &BrokerOptions::default());
+    let tpm = peers::tpm::SoftTpm::start("bench", PIN);
+    let keys = dir.join("device-keys");
+    std::fs::create_dir_all(&keys)?;
+    // A device's files: NAME.key from `provision csr` (with `extra`), its
+    // certificate from the CA.
+    let device = |name: &str, envs: &[(String, String)], extra: &[&str]| -> anyhow::Result<()> {
+        let out = Command::new(provision)
+            .current_dir(&keys)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .env("BENCH_PIN", PIN)
+            .args(["csr", name, "--out", "."])
+            .args(extra)
+            .output()?;
+        tpm.after_process();
+        anyhow::ensure!(
+            out.status.success(),
+            "provision csr {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let csr = Csr::from_pem(&std::fs::read_to_string(
+            keys.join(format!("{name}_csr.pem")),
+        )?)?;
+        let issued = pki.ca.sign(
+            &csr,
+            &IssueParams::new(Profile::Client, Validity::days_from_now(1)?),
+        )?;
+        std::fs::write(
+            keys.join(format!("{name}_cert.pem")),
+            issued.certificate.to_pem(),
+        )?;
+        Ok(())
+    };
+    let softhsm_env = vec![(
+        "SOFTHSM2_CONF".to_owned(),
+        softhsm_conf.display().to_string(),
+    )];
+    let uri = |module: &Path| format!("pkcs11:token=bench?module-path={}", module.display());
+    device("pem", &[], &[])?;
+    device(
+        "softhsm",
+        &softhsm_env,
+        &[
+            "--key-uri",
+            &uri(&peers::softhsm::module()),
+            "--pin-env",
+            "BENCH_PIN",
+        ],
+    )?;
+    device(
+        "tpm",
+        &tpm.envs(),
+        &[
+            "--key-uri",
+            &uri(&peers::tpm::module()),
+            "--pin-env",
+            "BENCH_PIN",
+        ],
+    )?;
+    let measure = |name: &str, envs: &[(String, String)]| -> anyhow::Result<f64> {
+        let me = std::env::current_exe()?;
+        let out = Command::new(me)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .env("BENCH_PIN", PIN)
+            .arg("handshakes")
+            .arg(broker.port.to_string())
+            .arg(keys.join(format!("{name}_cert.pem")))
+            .arg(keys.join(format!("{name}.key")))
+            .arg(&pki.ca_path)
+            .arg(HANDSHAKES.to_string())
+            .output()?;
+        tpm.after_process();
+        anyhow::ensure!(
+            out.status.success(),
+            "mqtt-bench handshakes ({name}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rate: HandshakeRate = serde_json::from_slice(&out.stdout)?;
+        Ok(rate.per_second)
+    };
+    // Three rounds taking turns; medians.
+    let (mut pem, mut softhsm, mut tpm_rates) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        pem.push(measure("pem", &[])?);
+        softhsm.push(measure("softhsm", &softhsm_env)?);
+        tpm_rates.push(measure("tpm", &tpm.envs())?);
+    }
+    Ok(Handshakes {
+        count: HANDSHAKES,
+        pem_per_second: median(pem),
+        softhsm_per_second: median(softhsm),
+        tpm_per_second: median(tpm_rates),
+    })
+}
+
+/// `mqtt-bench handshakes PORT CERT KEY CA COUNT`: COUNT connections one
+/// after another (connect, CONNACK, DISCONNECT), each with a new TLS
+/// configuration (a full handshake, no resumption), with the key at KEY (a
+/// PEM file or a token's record).
+pub(crate) fn measure_handshakes(
+    port: u16,
+    files: mqtt_tls::ClientCert,
+    count: usize,
+) -> anyhow::Result<HandshakeRate> {
+    use mqtt_tls::{ConnectOptions, MqttClient};
+    let runtime = tokio::runtime::Runtime::new()?;
+    let identity = files.load()?;
+    runtime.block_on(async {
+        let started = std::time::Instant::now();
+        for i in 0..count {
+            let (client, mut conn) = MqttClient::new(
+                &ConnectOptions::new("localhost", port, format!("hs-{i}")),
+                &identity,
+            )?;
+            conn.connect().await?;
+            let runner = tokio::spawn(conn.run());
+            client.disconnect().await?;
+            let _ = runner.await;
+        }
+        Ok(HandshakeRate {
+            per_second: count as f64 / started.elapsed().as_secs_f64(),
+        })
     })
 }

@@ -134,6 +134,16 @@ enum Cmd {
         module: PathBuf,
         count: usize,
     },
+    /// COUNT mTLS handshakes one after another against the broker on
+    /// PORT, with the key at KEY (a PEM file, or a token's record): part
+    /// of `hsm`, run in a process of its own.
+    Handshakes {
+        port: u16,
+        cert: PathBuf,
+        key: PathBuf,
+        ca: PathBuf,
+        count: usize,
+    },
     /// Sizes (as built, stripped) and start-up times of the release
     /// binaries in DIR.
     Binaries { dir: PathBuf },
@@ -219,6 +229,17 @@ fn main() -> anyhow::Result<()> {
             module,
             count,
         } => print(&hsm::run(&provision_bin, &module, count)?),
+        Cmd::Handshakes {
+            port,
+            cert,
+            key,
+            ca,
+            count,
+        } => print(&hsm::measure_handshakes(
+            port,
+            mqtt_tls::ClientCert::new(cert, key, ca),
+            count,
+        )?),
     }
 }
 

@@ -401,12 +401,23 @@ fn hsm(h: &crate::results::Hsm) -> String {
          `provision crl` (median of 5), with the CA key in SoftHSM2 and in a PEM file.\n\n\
          | CA key | identities/s | `provision crl` |\n| --- | --- | --- |\n\
          | PEM file | {pi:.0} | {pc:.1} ms |\n\
-         | SoftHSM2 token | {ti:.0} | {tc:.1} ms |\n",
+         | SoftHSM2 token | {ti:.0} | {tc:.1} ms |\n{devices}",
         n = h.identities,
         pi = h.pem_per_second,
         pc = h.pem_crl_ms,
         ti = h.token_per_second,
         tc = h.token_crl_ms,
+        devices = h.handshakes.as_ref().map_or_else(String::new, |d| format!(
+            "\nA device's P-256 key: mTLS handshakes per second against Mosquitto (connect,\n\
+             CONNACK, DISCONNECT, one after another, each a full handshake; medians of three\n\
+             runs of {n}).\n\n\
+             | device key | handshakes/s |\n| --- | --- |\n\
+             | PEM file | {p:.0} |\n| SoftHSM2 token | {s:.0} |\n| software TPM (swtpm, tpm2-pkcs11) | {t:.1} |\n",
+            n = d.count,
+            p = d.pem_per_second,
+            s = d.softhsm_per_second,
+            t = d.tpm_per_second,
+        )),
     )
 }
 

@@ -396,6 +396,26 @@ pub(crate) struct Hsm {
     /// `provision crl`, median of 5.
     pub(crate) pem_crl_ms: f64,
     pub(crate) token_crl_ms: f64,
+    /// A device's key: mTLS handshakes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) handshakes: Option<Handshakes>,
+}
+
+/// mTLS handshakes per second (one after another, full handshakes) with a
+/// device's P-256 key in a PEM file, SoftHSM2 and a software TPM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Handshakes {
+    /// Handshakes in each run (medians of three).
+    pub(crate) count: usize,
+    pub(crate) pem_per_second: f64,
+    pub(crate) softhsm_per_second: f64,
+    pub(crate) tpm_per_second: f64,
+}
+
+/// What `mqtt-bench handshakes` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct HandshakeRate {
+    pub(crate) per_second: f64,
 }
 
 /// `mqtt-bench idle`.
@@ -626,6 +646,12 @@ pub(crate) mod tests {
             token_per_second: 1000.0,
             pem_crl_ms: 8.0,
             token_crl_ms: 12.5,
+            handshakes: Some(Handshakes {
+                count: 200,
+                pem_per_second: 400.0,
+                softhsm_per_second: 350.0,
+                tpm_per_second: 20.0,
+            }),
         });
         r.binaries = Some(Binaries {
             binaries: vec![

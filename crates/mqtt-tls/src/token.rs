@@ -84,6 +84,20 @@ pub(crate) fn shown_path(key_path: &Path) -> std::path::PathBuf {
     }
 }
 
+/// Runs `f`, a call into a token (a signature, a new key: milliseconds on
+/// SoftHSM2, up to seconds for an RSA key in a TPM), off the async
+/// workers' other tasks: on a multi-threaded runtime the worker hands them
+/// on meanwhile.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    let multi_threaded = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_threaded {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 /// A key just made in a token (for an enrollment or a renewal): deleted
 /// again when dropped, unless a file records it by then
 /// ([`NewTokenKey::keep`]).
@@ -99,7 +113,7 @@ impl NewTokenKey {
 impl Drop for NewTokenKey {
     fn drop(&mut self) {
         if let Some(spec) = self.0.take()
-            && let Err(e) = token_keys::destroy(&spec)
+            && let Err(e) = blocking(|| token_keys::destroy(&spec))
         {
             tracing::warn!("the unused new key stays in its token: {e}");
         }
@@ -197,13 +211,7 @@ impl Signer for TokenSigner {
         // A token answers in a millisecond (SoftHSM2) or tens of them (a
         // TPM): on a multi-threaded runtime the worker hands its other
         // tasks on meanwhile.
-        let multi_threaded = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let signed = if multi_threaded {
-            tokio::task::block_in_place(sign)
-        } else {
-            sign()
-        };
+        let signed = blocking(sign);
         signed.map_err(|e| {
             tracing::warn!("the TLS handshake's signature failed: {e}");
             rustls::Error::General(format!("the client key could not sign: {e}"))

@@ -1754,7 +1754,6 @@ fn a_device_key_in_a_token_enrolls_and_renews_mid_stream_losing_nothing() {
     // An independent subscriber (mosquitto_sub, a PEM identity): its
     // persistent session subscribed before the stream starts (-E: it
     // leaves once subscribed), the broker keeping what comes meanwhile.
-    const MESSAGES: usize = 300;
     let watcher = |extra: &[&str]| {
         Command::new(peers::mosquitto::mosquitto_client("mosquitto_sub"))
             .current_dir(&d)
@@ -1796,14 +1795,20 @@ fn a_device_key_in_a_token_enrolls_and_renews_mid_stream_losing_nothing() {
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
     assert!(out.status.success() && said.contains("RENEWED\t"), "{said}");
 
-    let seen = watcher(&["-C", &MESSAGES.to_string(), "-W", "20"]);
+    let sent: usize = said
+        .lines()
+        .find_map(|l| l.split_once("RENEWED\t").map(|(_, r)| r))
+        .and_then(|r| r.split('\t').nth(2))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    let seen = watcher(&["-C", &sent.to_string(), "-W", "20"]);
     let rest = String::from_utf8_lossy(&seen.stdout).into_owned();
     let got: BTreeSet<String> = rest
         .lines()
         .filter_map(|l| l.strip_prefix("devices/sensor-t/data "))
         .map(str::to_owned)
         .collect();
-    let want: BTreeSet<String> = (0..MESSAGES).map(|i| i.to_string()).collect();
+    let want: BTreeSet<String> = (0..sent).map(|i| i.to_string()).collect();
     let missing: Vec<_> = want.difference(&got).collect();
     assert!(
         missing.is_empty(),
@@ -1858,40 +1863,49 @@ fn token_stream_probe() {
         d.join("device/sensor-t.key"),
         d.join("root_cert/root_ca_cert.pem"),
     );
-    const MESSAGES: usize = 300;
-    let renewed = rt().block_on(async {
+    let (renewed, sent) = rt().block_on(async {
         let mut options = ConnectOptions::new("localhost", port, "sensor-t");
         options.clean_session = false;
         let (client, mut connection) = MqttClient::new(&options, &dev.load().unwrap()).unwrap();
         connection.connect().await.unwrap();
         let runner = tokio::spawn(connection.run());
         let renewer = Renewer::new(client.clone(), dev.clone(), RenewOptions::default()).unwrap();
+        // The stream goes on until the renewal is done and 50 more: the
+        // renewal is in its middle however slow the machine.
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stream = {
             let client = client.clone();
+            let done = done.clone();
             tokio::spawn(async move {
-                for i in 0..MESSAGES {
+                let (mut sent, mut after) = (0usize, 0);
+                while after < 50 {
                     client
                         .publish(
                             "devices/sensor-t/data",
-                            i.to_string(),
+                            sent.to_string(),
                             QoS::AtLeastOnce,
                             false,
                         )
                         .await
                         .unwrap();
+                    sent += 1;
+                    if done.load(std::sync::atomic::Ordering::SeqCst) {
+                        after += 1;
+                    }
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
+                sent
             })
         };
         tokio::time::sleep(Duration::from_millis(300)).await;
         let renewed = renewer.renew_now().await.unwrap();
-        assert!(!stream.is_finished(), "the renewal happened mid-stream");
-        stream.await.unwrap();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let sent = stream.await.unwrap();
         client.disconnect().await.unwrap();
         let _ = runner.await;
-        renewed
+        (renewed, sent)
     });
-    println!("RENEWED\t{}\t{}", renewed.previous, renewed.serial);
+    println!("RENEWED\t{}\t{}\t{sent}", renewed.previous, renewed.serial);
     // What the token holds now, read with cryptoki directly.
     use cryptoki::object::{Attribute, AttributeType};
     let pkcs11 = cryptoki::context::Pkcs11::new(peers::softhsm::module()).unwrap();

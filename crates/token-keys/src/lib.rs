@@ -512,10 +512,43 @@ impl TokenKeySpec {
     }
 }
 
+/// A module this process loaded: initialised once, reset only when a token
+/// it lost must be found again ([`reset_module`]).
+struct Module {
+    path: PathBuf,
+    pkcs11: Pkcs11,
+    /// Every call into the module holds it for reading; a reset holds it
+    /// for writing, so that nothing runs inside the module while it is
+    /// finalised.
+    gate: std::sync::RwLock<()>,
+    /// How many times the module was reset: a session from before a reset
+    /// is never closed or used (its handle may be another session's now).
+    generation: std::sync::atomic::AtomicU64,
+    /// When it was last reset.
+    last_reset: Mutex<Option<std::time::Instant>>,
+    /// A salted SHA-256 of the PIN each slot was logged in with, until the
+    /// module is reset (a login lasts that long): a later login that finds
+    /// the token logged in already must know the same PIN.
+    pins: Mutex<HashMap<u64, (Vec<u8>, String)>>,
+}
+
+impl Module {
+    /// Holds the module for a call into it.
+    fn enter(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.gate
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+}
+
 /// Every module this process loaded, by path: a module is initialised once
 /// per process.
-fn module(path: &Path) -> std::result::Result<Arc<Pkcs11>, String> {
-    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Arc<Pkcs11>>>> = OnceLock::new();
+fn module(path: &Path) -> std::result::Result<Arc<Module>, String> {
+    static MODULES: OnceLock<Mutex<HashMap<PathBuf, Arc<Module>>>> = OnceLock::new();
     let mut modules = MODULES
         .get_or_init(Default::default)
         .lock()
@@ -529,31 +562,34 @@ fn module(path: &Path) -> std::result::Result<Arc<Pkcs11>, String> {
         Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
         Err(e) => return Err(format!("initialising the module {}: {e}", path.display())),
     }
-    let pkcs11 = Arc::new(pkcs11);
-    modules.insert(path.to_owned(), pkcs11.clone());
-    Ok(pkcs11)
+    let module = Arc::new(Module {
+        path: path.to_owned(),
+        pkcs11,
+        gate: std::sync::RwLock::new(()),
+        generation: 0.into(),
+        last_reset: Mutex::new(None),
+        pins: Mutex::new(HashMap::new()),
+    });
+    modules.insert(path.to_owned(), module.clone());
+    Ok(module)
 }
 
 /// A logged-in token: its module, slot and a pool of sessions.
 struct Token {
-    pkcs11: Arc<Pkcs11>,
+    module: Arc<Module>,
     slot: Slot,
     /// The session logged in, never handed out: a login holds for every
     /// session of the process on the token while one stays open, so a
     /// session closed after an error never logs the others out.
     login: Mutex<Option<Session>>,
-    /// [`RESETS`] when the token was logged in to: a session from before a
-    /// module reset is never closed or used (its handle may now be another
-    /// session's).
+    /// The module's generation when the token was logged in to: every
+    /// session of this token is from it.
     generation: u64,
     /// Idle sessions for the work.
     sessions: Mutex<Vec<Session>>,
     /// Set when the token failed as a removed token does: the next user
     /// logs in again ([`Token::shared`]).
     lost: AtomicBool,
-    /// A salted SHA-256 of the PIN this process logged in with: a later
-    /// user of the same login must know the same PIN.
-    pin_check: (Vec<u8>, String),
 }
 
 /// A salted SHA-256 of `pin` (hex).
@@ -573,52 +609,65 @@ fn tokens() -> &'static Tokens {
     TOKENS.get_or_init(Default::default)
 }
 
-/// Resets the module at `path` (`C_Finalize`, then `C_Initialize`): what a
-/// module that lost a token may need before it sees the token again
-/// (SoftHSM2 does). Every login through it is lost with it, and made again
-/// by its next user. At most once in [`RESET_EVERY`] per module, so that
-/// many connections failing together reset it once.
-fn reset_module(path: &Path) -> std::result::Result<(), String> {
-    static LAST: OnceLock<Mutex<HashMap<PathBuf, std::time::Instant>>> = OnceLock::new();
+/// Resets `module` (`C_Finalize`, then `C_Initialize`): what a module that
+/// lost a token may need before it sees the token again (SoftHSM2 does).
+/// Every login through it ends, and is made again by its next user; no
+/// call runs inside the module meanwhile. At most once in [`RESET_EVERY`],
+/// so that many connections failing together reset it once.
+fn reset_module(module: &Module) -> std::result::Result<(), String> {
     {
-        let mut last = LAST
-            .get_or_init(Default::default)
+        let mut last = module
+            .last_reset
             .lock()
             .map_err(|_| "a thread failed while resetting a module".to_owned())?;
-        if last.get(path).is_some_and(|t| t.elapsed() < RESET_EVERY) {
+        if last.is_some_and(|t| t.elapsed() < RESET_EVERY) {
             return Ok(());
         }
-        last.insert(path.to_owned(), std::time::Instant::now());
+        *last = Some(std::time::Instant::now());
     }
-    let pkcs11 = module(path)?;
     // Every session of the module closes before it goes, while the handles
     // are still theirs.
-    if let Ok(tokens) = tokens().lock() {
-        for ((module_path, _), token) in tokens.iter() {
-            if module_path == path
-                && let Some(token) = token.upgrade()
-            {
-                token.lose();
-                let login = token.login.lock().ok().and_then(|mut l| l.take());
-                if let Some(session) = login {
-                    token.close(session);
-                }
-            }
+    let held: Vec<Arc<Token>> = tokens()
+        .lock()
+        .map(|tokens| {
+            tokens
+                .iter()
+                .filter(|((path, _), _)| *path == module.path)
+                .filter_map(|(_, token)| token.upgrade())
+                .collect()
+        })
+        .unwrap_or_default();
+    for token in &held {
+        token.lose();
+        let login = token.login.lock().ok().and_then(|mut l| l.take());
+        if let Some(session) = login {
+            token.close(session);
         }
     }
-    RESETS.fetch_add(1, Ordering::SeqCst);
-    let _ = (*pkcs11).clone().finalize();
-    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+    drop(held);
+    let _alone = module
+        .gate
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    module.generation.fetch_add(1, Ordering::SeqCst);
+    if let Ok(mut pins) = module.pins.lock() {
+        pins.clear();
+    }
+    let _ = module.pkcs11.clone().finalize();
+    match module
+        .pkcs11
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+    {
         Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
             tracing::info!(
                 "reset the PKCS#11 module {} to find a lost token again",
-                path.display()
+                module.path.display()
             );
             Ok(())
         }
         Err(e) => Err(format!(
             "initialising the module {} again: {e}",
-            path.display()
+            module.path.display()
         )),
     }
 }
@@ -631,8 +680,8 @@ impl Token {
     /// holds unless it was lost, or a new login.
     fn shared(spec: &TokenKeySpec) -> Result<Arc<Self>> {
         let path = spec.module_path()?;
-        let pkcs11 = module(&path).map_err(|e| spec.err(e))?;
-        let slot = Self::find(spec, &pkcs11)?;
+        let module = module(&path).map_err(|e| spec.err(e))?;
+        let slot = Self::find(spec, &module)?;
         let key = (path, slot.id());
         let tokens = tokens();
         let held = tokens
@@ -640,20 +689,15 @@ impl Token {
             .map_err(|_| spec.err("a thread failed while logging in"))?
             .get(&key)
             .and_then(Weak::upgrade)
-            .filter(|t| !t.lost.load(Ordering::Relaxed));
+            .filter(|t| !t.lost.load(Ordering::Relaxed) && !t.stale());
         if let Some(token) = held {
             // The login is the process's, not this key's: its PIN must be
-            // the one this key names too (a wrong or unset one is refused
-            // as it would be at a first login).
+            // the one this key names too.
             let pin = spec.pin()?;
-            if pin_digest(&token.pin_check.0, &pin) != token.pin_check.1 {
-                return Err(spec.err(
-                    "logging in: wrong PIN (not the PIN this process logged in to the token with)",
-                ));
-            }
+            Self::check_pin(spec, &module, slot, &pin)?;
             return Ok(token);
         }
-        let token = Arc::new(Self::open(spec, pkcs11, slot)?);
+        let token = Arc::new(Self::open(spec, module, slot)?);
         if let Ok(mut tokens) = tokens.lock() {
             tokens.retain(|_, t| t.strong_count() > 0);
             tokens.insert(key, Arc::downgrade(&token));
@@ -661,16 +705,34 @@ impl Token {
         Ok(token)
     }
 
+    /// Refuses `pin` unless it is the PIN `slot` was logged in with (when
+    /// this process logged in to it).
+    fn check_pin(spec: &TokenKeySpec, module: &Module, slot: Slot, pin: &str) -> Result<()> {
+        let pins = module
+            .pins
+            .lock()
+            .map_err(|_| spec.err("a thread failed while logging in"))?;
+        match pins.get(&slot.id()) {
+            Some((salt, digest)) if pin_digest(salt, pin) != *digest => Err(spec.err(
+                "logging in: wrong PIN (not the PIN this process logged in to the token with)",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The slot of the one token `spec` names.
-    fn find(spec: &TokenKeySpec, pkcs11: &Pkcs11) -> Result<Slot> {
+    fn find(spec: &TokenKeySpec, module: &Module) -> Result<Slot> {
+        let _in = module.enter();
+        let pkcs11 = &module.pkcs11;
         let slots = pkcs11
             .get_slots_with_token()
             .map_err(|e| spec.err(classify("listing the slots", &e)))?;
         let mut found = None;
         for slot in slots {
-            let info = pkcs11
-                .get_token_info(slot)
-                .map_err(|e| spec.err(classify("reading a token's label", &e)))?;
+            // A slot whose token cannot say its name is not the one named.
+            let Ok(info) = pkcs11.get_token_info(slot) else {
+                continue;
+            };
             let uri = &spec.uri;
             let matches = uri
                 .token
@@ -700,47 +762,67 @@ impl Token {
     }
 
     /// Logs in to the token in `slot`.
-    fn open(spec: &TokenKeySpec, pkcs11: Arc<Pkcs11>, slot: Slot) -> Result<Self> {
-        let session = pkcs11
+    fn open(spec: &TokenKeySpec, module: Arc<Module>, slot: Slot) -> Result<Self> {
+        let pin = spec.pin()?;
+        let _in = module.enter();
+        let generation = module.generation();
+        let session = module
+            .pkcs11
             .open_rw_session(slot)
             .map_err(|e| spec.err(classify("opening a session", &e)))?;
-        let pin = spec.pin()?;
-        let mut salt = vec![0u8; 16];
-        pki_core::random_bytes(&mut salt).map_err(|e| spec.err(e.to_string()))?;
-        let pin_check = (salt.clone(), pin_digest(&salt, &pin));
         // Allocated at its exact size, and wiped when dropped.
         let auth = AuthPin::new(Box::from(pin.as_str()));
-        drop(pin);
         match session.login(UserType::User, Some(&auth)) {
-            Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Ok(()) => {
+                let mut salt = vec![0u8; 16];
+                pki_core::random_bytes(&mut salt).map_err(|e| spec.err(e.to_string()))?;
+                let digest = pin_digest(&salt, &pin);
+                if let Ok(mut pins) = module.pins.lock() {
+                    pins.insert(slot.id(), (salt, digest));
+                }
+            }
+            // Logged in already (by another key of this process): the PIN
+            // must be the one it logged in with.
+            Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+                Self::check_pin(spec, &module, slot, &pin)?;
+            }
             Err(e) => return Err(spec.err(classify("logging in", &e))),
         }
+        drop(pin);
+        drop(_in);
         Ok(Self {
-            pkcs11,
+            module,
             slot,
             login: Mutex::new(Some(session)),
-            generation: RESETS.load(Ordering::SeqCst),
+            generation,
             sessions: Mutex::new(Vec::new()),
             lost: AtomicBool::new(false),
-            pin_check,
         })
     }
 
     /// Runs `f` on an idle session (a new one when all are busy), which
-    /// goes back to the pool unless the token failed under it.
+    /// goes back to the pool unless the token failed under it. The module
+    /// is held meanwhile (no reset in between).
     fn with_session<T>(
         &self,
         action: &str,
         f: impl FnOnce(&Session) -> cryptoki::error::Result<T>,
     ) -> std::result::Result<T, String> {
+        let _in = self.module.enter();
+        if self.stale() {
+            self.lose_held();
+            return Err(format!(
+                "{action}: the session is gone (the module was reset)"
+            ));
+        }
         let idle = self.sessions.lock().ok().and_then(|mut s| s.pop());
         let session = match idle {
             Some(s) => s,
-            None => match self.pkcs11.open_rw_session(self.slot) {
+            None => match self.module.pkcs11.open_rw_session(self.slot) {
                 Ok(s) => s,
                 Err(e) => {
                     if is_lost(&e) {
-                        self.lose();
+                        self.lose_held();
                     }
                     return Err(classify("opening a session", &e));
                 }
@@ -751,13 +833,9 @@ impl Token {
         // token is logged in to again by its next user. Any other goes
         // back.
         match &result {
-            _ if self.stale() => {
-                self.close(session);
-                self.lose();
-            }
             Err(e) if is_lost(e) => {
-                self.close(session);
-                self.lose();
+                drop(session);
+                self.lose_held();
             }
             _ => {
                 if let Ok(mut sessions) = self.sessions.lock() {
@@ -767,28 +845,42 @@ impl Token {
         }
         result.map_err(|e| classify(action, &e))
     }
-}
 
-impl Token {
     /// Marks the token lost (removed, its module reset) and drops its idle
     /// sessions.
     fn lose(&self) {
+        let _in = self.module.enter();
+        self.lose_held();
+    }
+
+    /// [`Token::lose`], the module already held by the caller (a read lock
+    /// is never taken twice: a waiting reset would deadlock it).
+    fn lose_held(&self) {
         self.lost.store(true, Ordering::Relaxed);
-        if let Ok(mut sessions) = self.sessions.lock() {
-            for session in sessions.drain(..) {
-                self.close(session);
-            }
+        let idle: Vec<Session> = self
+            .sessions
+            .lock()
+            .map(|mut s| s.drain(..).collect())
+            .unwrap_or_default();
+        for session in idle {
+            self.close_held(session);
         }
     }
 
     /// Whether the module was reset since this token was logged in to.
     fn stale(&self) -> bool {
-        RESETS.load(Ordering::SeqCst) != self.generation
+        self.module.generation() != self.generation
     }
 
     /// Closes `session`, unless the module was reset since it was opened:
     /// then its handle is left alone (it may be another session's now).
     fn close(&self, session: Session) {
+        let _in = self.module.enter();
+        self.close_held(session);
+    }
+
+    /// [`Token::close`], the module already held by the caller.
+    fn close_held(&self, session: Session) {
         if self.stale() {
             std::mem::forget(session);
         } else {
@@ -800,14 +892,16 @@ impl Token {
 impl Drop for Token {
     fn drop(&mut self) {
         let login = self.login.get_mut().ok().and_then(Option::take);
-        if let Some(session) = login {
+        let idle: Vec<Session> = self
+            .sessions
+            .get_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        for session in login.into_iter().chain(idle) {
             self.close(session);
         }
     }
 }
-
-/// How many module resets this process made ([`reset_module`]).
-static RESETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Whether `e` says the token, or the session on it, is gone.
 fn is_lost(e: &cryptoki::error::Error) -> bool {
@@ -926,6 +1020,10 @@ struct TokenKey {
     /// The token logged in and the key's handle there; found again after
     /// the token was lost.
     live: Mutex<(Arc<Token>, ObjectHandle)>,
+    /// Set when logging in again was refused for the PIN: never tried
+    /// again by this process (a token locks its PIN after a few wrong
+    /// tries).
+    pin_refused: AtomicBool,
 }
 
 impl TokenKey {
@@ -937,12 +1035,20 @@ impl TokenKey {
             .live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !live.0.lost.load(Ordering::Relaxed) {
+        if !live.0.lost.load(Ordering::Relaxed) && !live.0.stale() {
             return Ok(live.clone());
+        }
+        if self.pin_refused.load(Ordering::Relaxed) {
+            return Err(
+                "the token refused the PIN when logging in again; not tried again (restart with \
+                 the right PIN)"
+                    .into(),
+            );
         }
         let reason = |e: Error| match e {
             Error::Token { reason, .. } => reason,
         };
+        let refused_pin = |reason: &str| reason.contains("PIN");
         let found = || -> Result<(Arc<Token>, Located)> {
             let token = Token::shared(&self.spec)?;
             let key = locate(&self.spec, &token)?;
@@ -952,9 +1058,24 @@ impl TokenKey {
         let (token, (key, key_type, spki)) = match found() {
             Ok(found) => found,
             Err(first) => {
+                let first = reason(first);
+                if refused_pin(&first) {
+                    self.pin_refused.store(true, Ordering::Relaxed);
+                    return Err(first);
+                }
                 let path = self.spec.module_path().map_err(reason)?;
-                reset_module(&path)?;
-                found().map_err(|_| reason(first))?
+                reset_module(&*module(&path)?)?;
+                match found() {
+                    Ok(found) => found,
+                    Err(again) => {
+                        let again = reason(again);
+                        if refused_pin(&again) {
+                            self.pin_refused.store(true, Ordering::Relaxed);
+                            return Err(again);
+                        }
+                        return Err(first);
+                    }
+                }
             }
         };
         if key_type != self.key_type || spki != self.spki {
@@ -1120,6 +1241,7 @@ fn wrap(
         shown: spec.uri.to_string(),
         spec: exact,
         live: Mutex::new((token, key)),
+        pin_refused: AtomicBool::new(false),
         key_type,
         spki,
     }))

@@ -16,7 +16,7 @@ use crate::lifecycle::issued::{accept, check_issued, check_issued_for_token};
 use crate::lifecycle::protocol::{EnrollRequest, RequestId, topics};
 use crate::options::ConnectOptions;
 use crate::qos::QoS;
-use crate::token::NewTokenKey;
+use crate::token::{NewTokenKey, blocking};
 
 /// What [`enroll`] needs.
 #[derive(Debug, Clone)]
@@ -143,8 +143,8 @@ pub async fn enroll(claim: &TlsIdentity, request: &Enrollment) -> Result<ClientC
         let key = match crate::token::spec(&pending_key, Some(text.as_bytes()), None) {
             Some(spec) => {
                 let spec = spec?;
-                let key =
-                    token_keys::open(&spec).map_err(|e| crate::token::in_token(&pending_key, e))?;
+                let key = blocking(|| token_keys::open(&spec))
+                    .map_err(|e| crate::token::in_token(&pending_key, e))?;
                 made = Some(spec);
                 key
             }
@@ -170,7 +170,7 @@ pub async fn enroll(claim: &TlsIdentity, request: &Enrollment) -> Result<ClientC
     } else {
         let key = match &request.token {
             Some(spec) => {
-                let (key, exact) = token_keys::generate(spec, request.key_type)
+                let (key, exact) = blocking(|| token_keys::generate(spec, request.key_type))
                     .map_err(|e| crate::token::in_token(&pending_key, e))?;
                 made = Some(exact);
                 key
@@ -201,9 +201,16 @@ pub async fn enroll(claim: &TlsIdentity, request: &Enrollment) -> Result<ClientC
                 .to_pkcs8_pem()
                 .map_err(|e| Error::lifecycle_pki("encoding the key", e))?,
         };
-        write_file(&pending_key, pem.as_bytes(), true)?;
-        write_file(&pending_id, &body, true)?;
+        if let Err(e) = write_file(&pending_key, pem.as_bytes(), true) {
+            let _ = std::fs::remove_file(&pending_key);
+            if pending_key.exists() {
+                unrecorded.keep();
+            }
+            return Err(e);
+        }
+        // NAME.key.enrolling names the key now: it stays with the file.
         unrecorded.keep();
+        write_file(&pending_id, &body, true)?;
         (key, id, body)
     };
 
@@ -228,7 +235,10 @@ pub async fn enroll(claim: &TlsIdentity, request: &Enrollment) -> Result<ClientC
             if matches!(&e, Error::Rejected { reason, .. } if *reason != Rejection::BadRequest) {
                 let _ = std::fs::remove_file(&pending_key);
                 let _ = std::fs::remove_file(&pending_id);
-                drop(NewTokenKey(made));
+                // The key goes once no file names it.
+                if !pending_key.exists() {
+                    drop(NewTokenKey(made));
+                }
             }
             return Err(e);
         }

@@ -23,7 +23,7 @@ use crate::lifecycle::protocol::{RenewDone, RenewRequest, RequestId, topics};
 use crate::lock::lock;
 use crate::options::Backoff;
 use crate::qos::QoS;
-use crate::token::NewTokenKey;
+use crate::token::{NewTokenKey, blocking};
 
 /// When to renew and how to retry.
 #[derive(Debug, Clone)]
@@ -116,6 +116,10 @@ fn staged(files: &ClientCert) -> (PathBuf, PathBuf) {
 /// back to it) until a renewal sees the broker take a newer key
 /// ([`Renewer::renew_now`]).
 pub fn settle(files: &ClientCert) -> Result<bool> {
+    // A key named by its URI has no files to settle (and is never renewed).
+    if crate::token::is_uri(&files.key_path) {
+        return Ok(false);
+    }
     let _lock = RenewalLock::take(files)?;
     settle_locked(files)
 }
@@ -157,22 +161,31 @@ struct RenewalLock {
 
 impl RenewalLock {
     fn take(files: &ClientCert) -> Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = suffixed(&files.key_path, ".renewing.lock");
+        // Only the owner's, as the key beside it; a lock needs no write.
         let file = std::fs::File::options()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&path)
+            .or_else(|_| std::fs::File::open(&path))
             .map_err(|source| Error::WriteFile {
                 path: path.clone(),
                 source,
             })?;
-        file.try_lock().map_err(|_| {
-            Error::lifecycle(format!(
-                "{} is being renewed by another process ({} is locked)",
+        file.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => Error::lifecycle(format!(
+                "{} is being renewed by another process ({} is locked); try again when it \
+                 is done",
                 files.key_path.display(),
                 path.display()
-            ))
+            )),
+            std::fs::TryLockError::Error(source) => Error::WriteFile {
+                path: path.clone(),
+                source,
+            },
         })?;
         Ok(Self { _held: file })
     }
@@ -336,8 +349,6 @@ impl Renewer {
     /// id), the key file records it once the broker took the new
     /// certificate, and the old key is deleted from the token then.
     pub async fn renew_now(&self) -> Result<Renewed> {
-        let _lock = RenewalLock::take(&self.files)?;
-        settle_locked(&self.files)?;
         let key_path = &self.files.key_path;
         if crate::token::is_uri(key_path) {
             return Err(Error::lifecycle(
@@ -345,6 +356,8 @@ impl Renewer {
                  (provision csr --key-uri writes one), where the new key is recorded",
             ));
         }
+        let _lock = RenewalLock::take(&self.files)?;
+        settle_locked(&self.files)?;
         let read = crate::bundle::read;
         let cert_pem = read(&self.files.cert_path)?;
         let key_pem = Zeroizing::new(read(key_path)?);
@@ -362,11 +375,11 @@ impl Renewer {
             Some(spec) => (
                 TlsIdentity::from_pem_and_token_key(
                     &cert_pem,
-                    token_keys::open(spec).map_err(in_token)?,
+                    blocking(|| token_keys::open(spec)).map_err(in_token)?,
                     key_path,
                     &ca_pem,
                 )?,
-                token_keys::open(spec).map_err(in_token)?,
+                blocking(|| token_keys::open(spec)).map_err(in_token)?,
             ),
             None => {
                 let key_text = String::from_utf8_lossy(&key_pem[..]).into_owned();
@@ -387,9 +400,9 @@ impl Renewer {
         );
         let (key, mut made) = match &token {
             Some(spec) => {
+                let fresh = spec.with_fresh_id().map_err(in_token)?;
                 let (key, made) =
-                    token_keys::generate(&spec.with_fresh_id().map_err(in_token)?, key_type)
-                        .map_err(in_token)?;
+                    blocking(|| token_keys::generate(&fresh, key_type)).map_err(in_token)?;
                 (key, NewTokenKey(Some(made)))
             }
             None => (
@@ -511,7 +524,7 @@ impl Renewer {
         settle_locked(&self.files)?;
         // The broker took the new key: the keys it replaced go from their
         // token.
-        if let Err(e) = retire(&self.files, &identity) {
+        if let Err(e) = blocking(|| retire(&self.files, &identity)) {
             tracing::warn!("renewed, but the replaced key stays in its token: {e}");
         }
         let done = serde_json::to_vec(&RenewDone {
@@ -554,7 +567,14 @@ impl Renewer {
         loop {
             // A file that cannot be read now (being replaced by hand, say)
             // is retried like a failed renewal.
-            let due = match settle(&self.files).and_then(|_| self.due()) {
+            // Files settled here (a switch that timed out earlier) are the
+            // identity the client takes from its next connection.
+            let due = match settle(&self.files).and_then(|settled| {
+                if settled {
+                    self.client.set_identity(&self.files.load()?)?;
+                }
+                self.due()
+            }) {
                 Ok(due) => due,
                 Err(e) => {
                     let delay = self.options.retry.delay(attempt);

@@ -1376,3 +1376,143 @@ fn same_login_probe() {
     open(&record("dev-b", "DEVICE_PIN")).unwrap();
     println!("CHECKED\t");
 }
+
+/// What `openssl s_server` (TLS `version`, asking for a client certificate
+/// signed with `sigalgs`) saw of `provision pub` with the token key of
+/// `name`: the handshake's details and the first bytes after it.
+fn s_server_saw(hsm: &Hsm, name: &str, version: &str, sigalgs: &str) -> String {
+    let d = hsm.work();
+    let port = free_port();
+    let log = d.join(format!("s_server-{name}-{version}-{sigalgs}.log"));
+    // Both outputs in one log (the verification is told on standard
+    // error), unbuffered (stdbuf): what it saw is there as it sees it.
+    let out = std::fs::File::create(&log).unwrap();
+    let err = out.try_clone().unwrap();
+    // Unbuffered (stdbuf): what it saw is in the log as it sees it.
+    let mut server = Command::new("stdbuf")
+        .current_dir(&d)
+        .arg("-o0")
+        .arg(peers::openssl())
+        .args(["s_server", "-accept", &port.to_string(), version])
+        .args(["-cert", "backend_certs/broker_cert.pem"])
+        .args(["-key", "backend_certs/broker.key"])
+        .args(["-CAfile", "root_cert/root_ca_cert.pem", "-Verify", "1"])
+        .args(["-client_sigalgs", sigalgs, "-naccept", "1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // Listening once it says so (a probing connection would be its one).
+    while !std::fs::read(&log).is_ok_and(|b| String::from_utf8_lossy(&b).contains("ACCEPT")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "s_server did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // No broker answers the CONNECT: what matters is what the server saw
+    // until it came (or 10 s passed); then both go.
+    let mut client = Command::new(env!("CARGO_BIN_EXE_provision"))
+        .current_dir(&d)
+        .env("SOFTHSM2_CONF", &hsm.conf)
+        .env("DEVICE_PIN", DEVICE_PIN)
+        .args(["pub", "-p", &port.to_string()])
+        .args(["-t", &format!("devices/{name}/x"), "-m", "x"])
+        .args(["--cert", &format!("backend_certs/{name}_cert.pem")])
+        .args(["--key", &format!("backend_certs/{name}.key")])
+        .args(["--ca", "root_cert/root_ca_cert.pem"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read(&log).is_ok_and(|b| String::from_utf8_lossy(&b).contains("MQTT\u{4}"))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = client.kill();
+    let _ = client.wait();
+    let _ = server.kill();
+    let _ = server.wait();
+    String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned()
+}
+
+#[test]
+fn a_token_key_signs_the_scheme_each_tls_version_and_peer_asks_for() {
+    let hsm = Hsm::new();
+    hsm.tokens.init("devices", DEVICE_PIN);
+    hsm.ok(&["init-ca"]);
+    for (name, key_type) in [("dev-rsa", "rsa2048"), ("dev-ec", "p256")] {
+        let out = hsm.provision(
+            &[
+                "csr",
+                name,
+                "--out",
+                "backend_certs",
+                "--key-type",
+                key_type,
+                "--key-uri",
+                &token_uri("devices"),
+                "--pin-env",
+                "DEVICE_PIN",
+            ],
+            &[("DEVICE_PIN", DEVICE_PIN)],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        hsm.ok(&[
+            "sign",
+            &format!("backend_certs/{name}_csr.pem"),
+            "--profile",
+            "client",
+        ]);
+    }
+    hsm.ok(&["issue", "server", "broker", "--dns", "localhost"]);
+    // (key, TLS version, what the server asks for, what it must see)
+    let cases = [
+        (
+            "dev-rsa",
+            "-tls1_2",
+            "RSA+SHA256",
+            "Peer signature type: RSA\n",
+        ),
+        (
+            "dev-rsa",
+            "-tls1_2",
+            "RSA-PSS+SHA256:RSA+SHA256",
+            "Peer signature type: RSA-PSS\n",
+        ),
+        (
+            "dev-rsa",
+            "-tls1_3",
+            "RSA-PSS+SHA256:RSA+SHA256",
+            "Peer signature type: RSA-PSS\n",
+        ),
+        (
+            "dev-ec",
+            "-tls1_2",
+            "ECDSA+SHA256",
+            "Peer signature type: ECDSA\n",
+        ),
+        (
+            "dev-ec",
+            "-tls1_3",
+            "ECDSA+SHA256",
+            "Peer signature type: ECDSA\n",
+        ),
+    ];
+    for (name, version, sigalgs, expected) in cases {
+        let saw = s_server_saw(&hsm, name, version, sigalgs);
+        let case = format!("{name} {version} {sigalgs}");
+        // The client certificate verified, signed as asked, and the MQTT
+        // CONNECT came through the finished handshake.
+        assert!(
+            saw.contains(&format!("depth=0 CN = {name}\nverify return:1")),
+            "{case}: {saw}"
+        );
+        assert!(saw.contains(expected), "{case}: {saw}");
+        assert!(saw.contains("MQTT"), "{case}: {saw}");
+    }
+}

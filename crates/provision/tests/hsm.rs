@@ -1,4 +1,4 @@
-//! Keys in hardware (issue #33): the CA's keys in PKCS#11 tokens, here
+//! Keys in hardware: the CA's keys in PKCS#11 tokens (issue #33), here
 //! SoftHSM2 (each test's tokens in a folder of its own through
 //! `SOFTHSM2_CONF`). The root and the intermediate live in two tokens;
 //! what they sign is checked by OpenSSL and a real Mosquitto; the key
@@ -7,6 +7,13 @@
 //! the intermediate keeps signing. Hostile setups (a wrong PIN, a missing
 //! key, a removed token, an unknown URI attribute, a name already taken)
 //! are errors naming the URI without its PIN, with nothing written.
+//!
+//! Devices' and services' keys in tokens (issue #34): made by `csr
+//! --key-uri`, they sign their CSRs and every TLS handshake there (the
+//! scheme each TLS version and peer asks for, checked by `openssl
+//! s_server`), publish to Mosquitto, serve as `provision serve`'s own
+//! identity; a token pulled out mid-connection is a classified error until
+//! it is back; a second key on a logged-in token needs the same PIN.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -630,7 +637,31 @@ fn serve_enrolls_devices_with_the_intermediate_in_a_token() {
     let d = hsm.work();
     hsm.ca_in_two_tokens();
     hsm.ok(&["issue", "server", "broker", "--dns", "localhost"]);
-    hsm.ok(&["issue", "client", "ca-1", "--role", "ca-service"]);
+    // The service's own key in the intermediate's token too (one login
+    // for both in `serve`): made there, its CSR signed for the role.
+    hsm.ok(&[
+        "csr",
+        "ca-1",
+        "--out",
+        "backend_certs",
+        "--key-uri",
+        &token_uri("inter"),
+        "--pin-env",
+        "INTER_PIN",
+    ]);
+    hsm.ok(&[
+        "sign",
+        "backend_certs/ca-1_csr.pem",
+        "--profile",
+        "client",
+        "--role",
+        "ca-service",
+    ]);
+    assert!(
+        pem_keys(&d.join("backend_certs"))
+            .iter()
+            .all(|p| !p.ends_with("ca-1.key"))
+    );
     hsm.ok(&["issue", "claim", "factory", "--allow", "sensor-1"]);
     let (port, enroll_port) = (free_port(), free_port());
     hsm.ok(&[
@@ -657,6 +688,7 @@ fn serve_enrolls_devices_with_the_intermediate_in_a_token() {
             .args(["--enroll-port", &enroll_port.to_string()])
             .args(["--listen", &format!("127.0.0.1:{http}")])
             .args(common::tls("ca-1"))
+            .args(["--key-pin-env", "INTER_PIN"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -1515,4 +1547,117 @@ fn a_token_key_signs_the_scheme_each_tls_version_and_peer_asks_for() {
         assert!(saw.contains(expected), "{case}: {saw}");
         assert!(saw.contains("MQTT"), "{case}: {saw}");
     }
+}
+
+#[test]
+fn the_ingest_stores_messages_with_its_key_named_by_a_uri_in_its_tls_table() {
+    const SERVICE_PIN: &str = "1357";
+    let hsm = Hsm::new();
+    hsm.tokens.init("services", SERVICE_PIN);
+    let d = hsm.work();
+    hsm.ok(&["init-ca"]);
+    let out = hsm.provision(
+        &[
+            "csr",
+            "ingest",
+            "--out",
+            "backend_certs",
+            "--key-uri",
+            &token_uri("services"),
+            "--pin-env",
+            "SERVICE_PIN",
+        ],
+        &[("SERVICE_PIN", SERVICE_PIN)],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    hsm.ok(&[
+        "sign",
+        "backend_certs/ingest_csr.pem",
+        "--profile",
+        "client",
+        "--role",
+        "service",
+    ]);
+    hsm.ok(&["issue", "server", "broker", "--dns", "localhost"]);
+    hsm.ok(&["issue", "client", "dev-1"]);
+    let port = free_port();
+    hsm.ok(&[
+        "broker-config",
+        "--out",
+        "broker",
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+    ]);
+    let _broker = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), port);
+    // The [tls] table names the key by its URI (no key file), the PIN by
+    // its variable.
+    let config = d.join("ingest.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "db = \"sqlite://{db}\"\nlisten = \"127.0.0.1:0\"\n\
+             [tls]\ncert_path = \"backend_certs/ingest_cert.pem\"\n\
+             key_path = \"pkcs11:token=services;object=ingest?module-path={module}\"\n\
+             ca_cert_path = \"root_cert/root_ca_cert.pem\"\npin_env = \"SERVICE_PIN\"\n\
+             [mqtt]\nhost = \"localhost\"\nport = {port}\nclient_id = \"ingest\"\n\
+             topics = [\"devices/#\"]\n",
+            db = d.join("ingest.db").display(),
+            module = module().display(),
+        ),
+    )
+    .unwrap();
+    let ingest_bin = Path::new(env!("CARGO_BIN_EXE_provision")).with_file_name("mqtt-ingest");
+    let ingest = peers::ingest::Ingest::spawn(
+        Command::new(&ingest_bin)
+            .current_dir(&d)
+            .arg("--config")
+            .arg(&config)
+            .env("SOFTHSM2_CONF", &hsm.conf)
+            .env("SERVICE_PIN", SERVICE_PIN)
+            .env("RUST_LOG", "info"),
+    );
+    ingest.wait_healthy();
+    // A device's QoS 1 messages, retained on topics of their own: the
+    // ingest has each whether it subscribed before or after.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for i in 0..3 {
+        let message = format!("reading-{i}");
+        let out = hsm.provision(
+            &[
+                "pub",
+                "-p",
+                &port.to_string(),
+                "-t",
+                &format!("devices/dev-1/data-{i}"),
+                "-m",
+                &message,
+                "--retain",
+                "-i",
+                "dev-1",
+                "--cert",
+                "backend_certs/dev-1_cert.pem",
+                "--key",
+                "backend_certs/dev-1.key",
+                "--ca",
+                "root_cert/root_ca_cert.pem",
+            ],
+            &[],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    loop {
+        let (_, body) = ingest.get("/api/messages?limit=10");
+        if (0..3).all(|i| body.contains(&format!("reading-{i}"))) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{body}\n{}",
+            ingest.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(!ingest.log().contains(SERVICE_PIN), "{}", ingest.log());
 }

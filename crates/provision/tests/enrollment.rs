@@ -1754,24 +1754,8 @@ fn a_device_key_in_a_token_enrolls_and_renews_mid_stream_losing_nothing() {
     // An independent subscriber (mosquitto_sub, a PEM identity): its
     // persistent session subscribed before the stream starts (-E: it
     // leaves once subscribed), the broker keeping what comes meanwhile.
-    let watcher = |extra: &[&str]| {
-        Command::new(peers::mosquitto::mosquitto_client("mosquitto_sub"))
-            .current_dir(&d)
-            .args(["-h", "localhost", "-p", &fleet.main.port.to_string()])
-            .args(["-t", "devices/sensor-t/data", "-q", "1", "-v"])
-            .args([
-                "-c",
-                "-i",
-                "ingest",
-                "--cafile",
-                "root_cert/root_ca_cert.pem",
-            ])
-            .args(["--cert", "backend_certs/ingest_cert.pem"])
-            .args(["--key", "backend_certs/ingest.key"])
-            .args(extra)
-            .output()
-            .unwrap()
-    };
+    let watcher =
+        |extra: &[&str]| ingest_watcher(&d, fleet.main.port, "devices/sensor-t/data", extra);
     let subscribed = watcher(&["-E"]);
     assert!(subscribed.status.success(), "{}", stderr(&subscribed));
 
@@ -2017,24 +2001,8 @@ fn a_device_key_in_a_software_tpm_enrolls_publishes_and_renews() {
     // An independent subscriber's persistent session, then a publish, a
     // renewal and a publish with the new key, each a process signing in
     // the TPM.
-    let watcher = |extra: &[&str]| {
-        Command::new(peers::mosquitto::mosquitto_client("mosquitto_sub"))
-            .current_dir(&d)
-            .args(["-h", "localhost", "-p", &main_port])
-            .args(["-t", "devices/tpm-dev/data", "-q", "1", "-v"])
-            .args([
-                "-c",
-                "-i",
-                "ingest",
-                "--cafile",
-                "root_cert/root_ca_cert.pem",
-            ])
-            .args(["--cert", "backend_certs/ingest_cert.pem"])
-            .args(["--key", "backend_certs/ingest.key"])
-            .args(extra)
-            .output()
-            .unwrap()
-    };
+    let watcher =
+        |extra: &[&str]| ingest_watcher(&d, fleet.main.port, "devices/tpm-dev/data", extra);
     assert!(watcher(&["-E"]).status.success());
     publish("before");
     let mut renew = vec!["renew"];
@@ -2087,4 +2055,27 @@ fn pem_files(dir: &Path) -> Vec<PathBuf> {
             std::fs::read(p).is_ok_and(|b| String::from_utf8_lossy(&b).contains("PRIVATE KEY-----"))
         })
         .collect()
+}
+
+/// Mosquitto's own `mosquitto_sub` as the `ingest` identity (its PEM
+/// files), a persistent session on `topic` at QoS 1 (`-c`), printing
+/// `topic payload` lines; `extra` says what it does (`-E`: subscribe and
+/// leave; `-C N -W S`: take N messages within S seconds).
+fn ingest_watcher(d: &Path, port: u16, topic: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(peers::mosquitto::mosquitto_client("mosquitto_sub"))
+        .current_dir(d)
+        .args(["-h", "localhost", "-p", &port.to_string()])
+        .args(["-t", topic, "-q", "1", "-v"])
+        .args([
+            "-c",
+            "-i",
+            "ingest",
+            "--cafile",
+            "root_cert/root_ca_cert.pem",
+        ])
+        .args(["--cert", "backend_certs/ingest_cert.pem"])
+        .args(["--key", "backend_certs/ingest.key"])
+        .args(extra)
+        .output()
+        .unwrap()
 }

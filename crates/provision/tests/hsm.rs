@@ -530,9 +530,11 @@ fn p384_rsa_and_ed25519_ca_keys_sign_in_the_token() {
     );
 }
 
-#[test]
-fn the_readme_walk_through_runs_as_printed() {
-    let block = common::readme_block("### Keys in hardware").join("\n");
+/// Runs the README's first `sh` block after `heading` as printed, in an
+/// empty folder with the binaries on PATH and no token settings of ours;
+/// the folder and what it printed.
+fn walk_through(heading: &str) -> (tempfile::TempDir, String) {
+    let block = common::readme_block(heading).join("\n");
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("walk-through.sh");
     std::fs::write(&script, format!("set -eu\n{block}")).unwrap();
@@ -552,6 +554,12 @@ fn the_readme_walk_through_runs_as_printed() {
         .unwrap();
     let all = text(&out);
     assert!(out.status.success(), "{all}");
+    (dir, all)
+}
+
+#[test]
+fn the_readme_walk_through_runs_as_printed() {
+    let (dir, all) = walk_through("### Keys in hardware");
     assert!(all.contains("backend_certs/client1_cert.pem: OK"), "{all}");
     assert!(all.contains("never extractable"), "{all}");
     // The record names the key exactly (its label and the id it was made
@@ -1121,26 +1129,7 @@ fn hostile_device_token_setups_are_classified_errors() {
 
 #[test]
 fn the_readme_device_walk_through_runs_as_printed() {
-    let block = common::readme_block("### Keys in hardware: devices").join("\n");
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("walk-through.sh");
-    std::fs::write(&script, format!("set -eu\n{block}")).unwrap();
-    let bin = Path::new(env!("CARGO_BIN_EXE_provision")).parent().unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let out = Command::new("bash")
-        .arg(&script)
-        .current_dir(dir.path())
-        .env("PATH", path)
-        .env_remove("SOFTHSM2_CONF")
-        .env_remove("PKCS11_MODULE")
-        .output()
-        .unwrap();
-    let all = text(&out);
-    assert!(out.status.success(), "{all}");
+    let (dir, all) = walk_through("### Keys in hardware: devices");
     assert!(all.contains("backend_certs/sensor-1_cert.pem: OK"), "{all}");
     let record = std::fs::read_to_string(dir.path().join("backend_certs/sensor-1.key")).unwrap();
     assert!(

@@ -258,24 +258,15 @@ pub fn make_csr(request: &CsrRequest) -> Result<IdentityPaths> {
     refuse_ca_folder(&request.out, None)?;
     let paths = IdentityPaths::new(&request.out, &request.name);
     refuse_existing(&[&paths.key, &paths.csr], request.force)?;
-    let Some(token) = &request.token else {
-        // A device's CSR (`provision csr`): a client.
-        let (key, csr) = key_and_csr(request, Profile::Client)?;
-        write_atomic(
-            &paths.key,
-            key.to_pkcs8_pem()?.as_bytes(),
-            Access::Secret,
-            request.force,
-        )?;
-        write_atomic(
-            &paths.csr,
-            csr.to_pem().as_bytes(),
-            Access::Public,
-            request.force,
-        )?;
-        return Ok(paths);
+    // A device's CSR (`provision csr`): a client. NAME.key holds the key,
+    // or the record of the key made in a token.
+    let (key, made) = match &request.token {
+        Some(token) => {
+            let (key, made) = crate::pkcs11::generate(token, request.key_type)?;
+            (key, Some(made))
+        }
+        None => (KeyPair::generate(request.key_type)?, None),
     };
-    let (key, made) = crate::pkcs11::generate(token, request.key_type)?;
     let written = (|| {
         let mut params = CsrParams::new(
             request
@@ -284,9 +275,13 @@ pub fn make_csr(request: &CsrRequest) -> Result<IdentityPaths> {
         );
         params.sans = sans(&request.dns, &request.ip);
         let csr = Csr::new(&params, &key)?;
+        let key_file = match &made {
+            Some(made) => zeroize::Zeroizing::new(made.record()),
+            None => key.to_pkcs8_pem()?,
+        };
         write_atomic(
             &paths.key,
-            made.record().as_bytes(),
+            key_file.as_bytes(),
             Access::Secret,
             request.force,
         )?;
@@ -297,18 +292,17 @@ pub fn make_csr(request: &CsrRequest) -> Result<IdentityPaths> {
             request.force,
         )
     })();
-    if let Err(e) = written {
+    if let (Err(_), Some(made)) = (&written, &made) {
         // Nothing names the new key unless NAME.key was written: then the
         // record stays, and the key with it.
         let recorded = crate::files::read_text(&paths.key)
             .is_ok_and(|text| text.lines().next() == made.record().lines().next());
-        if !recorded && let Err(undo) = crate::pkcs11::destroy(&made) {
+        if !recorded && let Err(undo) = crate::pkcs11::destroy(made) {
             tracing::warn!(
                 "{}: the key made could not be removed again: {undo}",
                 made.uri
             );
         }
-        return Err(e);
     }
-    Ok(paths)
+    written.map(|()| paths)
 }

@@ -672,6 +672,16 @@ fn reset_module(module: &Module) -> std::result::Result<(), String> {
     }
 }
 
+/// What [`classify`] and [`locate`] say of a token or key the module does
+/// not see: the failures a module reset may cure.
+const ABSENT: [&str; 5] = [
+    "no such token",
+    "no such key",
+    "is not there",
+    "the session is gone",
+    "the token failed",
+];
+
 /// How often a module may be reset ([`reset_module`]).
 const RESET_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -1061,6 +1071,11 @@ impl TokenKey {
                 let first = reason(first);
                 if refused_pin(&first) {
                     self.pin_refused.store(true, Ordering::Relaxed);
+                    return Err(first);
+                }
+                // Only a token the module does not see (again) is worth a
+                // reset, which ends every login through the module.
+                if !ABSENT.iter().any(|absent| first.contains(absent)) {
                     return Err(first);
                 }
                 let path = self.spec.module_path().map_err(reason)?;

@@ -120,9 +120,14 @@ pub fn settle(files: &ClientCert) -> Result<bool> {
     if crate::token::is_uri(&files.key_path) {
         return Ok(false);
     }
-    let _lock = RenewalLock::take(files)?;
+    // A renewal in another process (the one a rolling restart replaces)
+    // is waited for, a while.
+    let _lock = blocking(|| RenewalLock::take(files, SETTLE_WAIT))?;
     settle_locked(files)
 }
+
+/// How long [`settle`] waits for a renewal another process is making.
+const SETTLE_WAIT: Duration = Duration::from_secs(60);
 
 fn settle_locked(files: &ClientCert) -> Result<bool> {
     let (cert_new, key_new) = staged(files);
@@ -160,7 +165,20 @@ struct RenewalLock {
 }
 
 impl RenewalLock {
-    fn take(files: &ClientCert) -> Result<Self> {
+    /// The lock, waiting up to `wait` while another process holds it.
+    fn take(files: &ClientCert, wait: Duration) -> Result<Self> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match Self::try_take(files) {
+                Err(Error::Lifecycle { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                taken => return taken,
+            }
+        }
+    }
+
+    fn try_take(files: &ClientCert) -> Result<Self> {
         use std::os::unix::fs::OpenOptionsExt;
         let path = suffixed(&files.key_path, ".renewing.lock");
         // Only the owner's, as the key beside it; a lock needs no write.
@@ -356,7 +374,7 @@ impl Renewer {
                  (provision csr --key-uri writes one), where the new key is recorded",
             ));
         }
-        let _lock = RenewalLock::take(&self.files)?;
+        let _lock = RenewalLock::take(&self.files, Duration::ZERO)?;
         settle_locked(&self.files)?;
         let read = crate::bundle::read;
         let cert_pem = read(&self.files.cert_path)?;
@@ -631,6 +649,34 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+
+    #[test]
+    fn settle_waits_for_a_renewal_elsewhere_and_a_renewal_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = ClientCert::new(
+            dir.path().join("dev_cert.pem"),
+            dir.path().join("dev.key"),
+            dir.path().join("ca.pem"),
+        );
+        let held = RenewalLock::take(&files, Duration::ZERO).unwrap();
+        // A second renewal is refused at once, saying why.
+        let refused = RenewalLock::take(&files, Duration::ZERO).err().unwrap();
+        assert!(refused.to_string().contains("being renewed"), "{refused}");
+        let started = std::time::Instant::now();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        // settle waits for it.
+        assert!(!settle(&files).unwrap());
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        release.join().unwrap();
+        // A key named by its URI: nothing to settle, no lock file named
+        // after it.
+        let uri = ClientCert::new("c.pem", "pkcs11:token=t;object=k?pin-value=1", "ca.pem");
+        assert!(!settle(&uri).unwrap());
+        assert!(!Path::new("pkcs11:token=t;object=k?pin-value=1.renewing.lock").exists());
+    }
 
     #[test]
     fn a_note_of_replaced_keys_reads_back_each_record() {

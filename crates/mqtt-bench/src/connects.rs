@@ -13,6 +13,30 @@ use crate::memory::rss_kb;
 use crate::python::{self, Script, bundle_args};
 use crate::results::{Connects, Idle};
 
+/// Connections per second, `count` of them one after another as
+/// `identity` against the broker on `port` (connect, CONNACK, DISCONNECT on
+/// the wire; each client a TLS configuration of its own, so each a full
+/// handshake), client ids `PREFIX-N`.
+pub(crate) async fn one_after_another(
+    port: u16,
+    identity: &mqtt_tls::TlsIdentity,
+    prefix: &str,
+    count: usize,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    for i in 0..count {
+        let (client, mut conn) = MqttClient::new(
+            &ConnectOptions::new("localhost", port, format!("{prefix}-{i}")),
+            identity,
+        )?;
+        conn.connect().await?;
+        let runner = tokio::spawn(conn.run());
+        client.disconnect().await?;
+        let _ = runner.await;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
 /// Connections per second: ours one after another (connect, CONNACK,
 /// DISCONNECT on the wire), ours 100 at once each with its own certificate,
 /// and Python's `ssl` module doing the same handshake and packets.
@@ -22,20 +46,7 @@ pub(crate) fn run(count: usize, python: &Path) -> anyhow::Result<Connects> {
     let broker = Mosquitto::start(&pki, &BrokerOptions::default());
     let bundle = pki.client("connector");
     let identity = bundle.load()?;
-    let sequential = runtime.block_on(async {
-        let started = Instant::now();
-        for i in 0..count {
-            let (client, mut conn) = MqttClient::new(
-                &ConnectOptions::new("localhost", broker.port, format!("seq-{i}")),
-                &identity,
-            )?;
-            conn.connect().await?;
-            let runner = tokio::spawn(conn.run());
-            client.disconnect().await?;
-            let _ = runner.await;
-        }
-        anyhow::Ok(count as f64 / started.elapsed().as_secs_f64())
-    })?;
+    let sequential = runtime.block_on(one_after_another(broker.port, &identity, "seq", count))?;
     let identities: Vec<_> = (0..100)
         .map(|i| pki.client(&format!("conc-{i}")).load())
         .collect::<Result<_, _>>()?;

@@ -204,23 +204,10 @@ pub(crate) fn measure_handshakes(
     files: mqtt_tls::ClientCert,
     count: usize,
 ) -> anyhow::Result<HandshakeRate> {
-    use mqtt_tls::{ConnectOptions, MqttClient};
     let runtime = tokio::runtime::Runtime::new()?;
     let identity = files.load()?;
-    runtime.block_on(async {
-        let started = std::time::Instant::now();
-        for i in 0..count {
-            let (client, mut conn) = MqttClient::new(
-                &ConnectOptions::new("localhost", port, format!("hs-{i}")),
-                &identity,
-            )?;
-            conn.connect().await?;
-            let runner = tokio::spawn(conn.run());
-            client.disconnect().await?;
-            let _ = runner.await;
-        }
-        Ok(HandshakeRate {
-            per_second: count as f64 / started.elapsed().as_secs_f64(),
-        })
-    })
+    let per_second = runtime.block_on(crate::connects::one_after_another(
+        port, &identity, "hs", count,
+    ))?;
+    Ok(HandshakeRate { per_second })
 }

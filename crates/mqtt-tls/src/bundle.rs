@@ -120,7 +120,7 @@ impl ClientCert {
             let ca = read(&self.ca_cert_path)?;
             return TlsIdentity::with_token_key(
                 (&cert, &self.cert_path),
-                (key?, &self.key_path),
+                (Arc::new(key?), &self.key_path),
                 (&ca, &self.ca_cert_path),
                 SystemTime::now(),
             );
@@ -240,7 +240,7 @@ impl TlsIdentity {
     /// errors are `<cert>`, `key_path` and `<ca>`).
     pub(crate) fn from_pem_and_token_key(
         cert: &[u8],
-        key: KeyPair,
+        key: Arc<KeyPair>,
         key_path: &Path,
         ca: &[u8],
     ) -> Result<Self> {
@@ -257,7 +257,7 @@ impl TlsIdentity {
     /// one from files.
     fn with_token_key(
         cert: (&[u8], &Path),
-        (key, key_path): (KeyPair, &Path),
+        (key, key_path): (Arc<KeyPair>, &Path),
         ca: (&[u8], &Path),
         now: SystemTime,
     ) -> Result<Self> {

@@ -126,8 +126,8 @@ pub(crate) struct TokenSigningKey {
 }
 
 impl TokenSigningKey {
-    pub(crate) fn new(key: KeyPair) -> Self {
-        Self { key: Arc::new(key) }
+    pub(crate) fn new(key: Arc<KeyPair>) -> Self {
+        Self { key }
     }
 
     /// The key.
@@ -295,7 +295,9 @@ mod tests {
 
     #[test]
     fn an_rsa_key_signs_pss_when_offered_and_pkcs1_otherwise() {
-        let key = TokenSigningKey::new(KeyPair::generate(pki_core::KeyType::Rsa2048).unwrap());
+        let key = TokenSigningKey::new(Arc::new(
+            KeyPair::generate(pki_core::KeyType::Rsa2048).unwrap(),
+        ));
         let both = [
             SignatureScheme::RSA_PKCS1_SHA256,
             SignatureScheme::RSA_PSS_SHA256,
@@ -312,7 +314,9 @@ mod tests {
             key.choose_scheme(&[SignatureScheme::ECDSA_NISTP256_SHA256])
                 .is_none()
         );
-        let ec = TokenSigningKey::new(KeyPair::generate(pki_core::KeyType::P384).unwrap());
+        let ec = TokenSigningKey::new(Arc::new(
+            KeyPair::generate(pki_core::KeyType::P384).unwrap(),
+        ));
         assert_eq!(
             ec.choose_scheme(&[
                 SignatureScheme::ECDSA_NISTP256_SHA256,

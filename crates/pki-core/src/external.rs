@@ -86,10 +86,7 @@ pub(crate) fn sign(
     spki: &[u8],
     message: &[u8],
 ) -> Result<Vec<u8>> {
-    let refused = |reason: String| Error::ExternalKey {
-        key: key.describe(),
-        reason,
-    };
+    let refused = |reason: String| refusal(key, reason);
     let (signature, check): (Vec<u8>, &'static dyn VerificationAlgorithm) = match algorithm {
         KeyAlgorithm::EcdsaP256 | KeyAlgorithm::EcdsaP384 => {
             let (hash, half, check): (_, usize, &'static dyn VerificationAlgorithm) =
@@ -118,17 +115,7 @@ pub(crate) fn sign(
             &sig::ED25519,
         ),
     };
-    let public = parse_spki(spki)?;
-    UnparsedPublicKey::new(check, public.subject_public_key.raw_bytes())
-        .verify(message, &signature)
-        .map_err(|_| {
-            refused(
-                "its signature does not verify with its public key (another key answered, or \
-                 the token returned garbage)"
-                    .into(),
-            )
-        })?;
-    Ok(signature)
+    checked(key, check, spki, message, signature)
 }
 
 /// Signs `message` with the RSA key `key` (public half `spki`) as
@@ -138,27 +125,48 @@ pub(crate) fn sign_rsa_pss_sha256(
     spki: &[u8],
     message: &[u8],
 ) -> Result<Vec<u8>> {
-    let refused = |reason: String| Error::ExternalKey {
-        key: key.describe(),
-        reason,
-    };
     let digest = digest::digest(&digest::SHA256, message);
     let signature = key
         .sign(ToSign::RsaPssSha256Digest(digest.as_ref()))
-        .map_err(refused)?;
-    let public = parse_spki(spki)?;
-    UnparsedPublicKey::new(
+        .map_err(|reason| refusal(key, reason))?;
+    checked(
+        key,
         &sig::RSA_PSS_2048_8192_SHA256,
-        public.subject_public_key.raw_bytes(),
+        spki,
+        message,
+        signature,
     )
-    .verify(message, &signature)
-    .map_err(|_| {
-        refused(
-            "its RSA-PSS signature does not verify with its public key (another key answered, \
-             or the token returned garbage)"
-                .into(),
-        )
-    })?;
+}
+
+/// `key` refused, or answered wrongly, for `reason`.
+fn refusal(key: &dyn ExternalKey, reason: String) -> Error {
+    Error::ExternalKey {
+        key: key.describe(),
+        reason,
+    }
+}
+
+/// `signature`, once it verifies with `check` over `message` under the
+/// public key `spki`: a holder that signed with another key, or returned
+/// garbage, is refused here and not by a relying party.
+fn checked(
+    key: &dyn ExternalKey,
+    check: &'static dyn VerificationAlgorithm,
+    spki: &[u8],
+    message: &[u8],
+    signature: Vec<u8>,
+) -> Result<Vec<u8>> {
+    let public = parse_spki(spki)?;
+    UnparsedPublicKey::new(check, public.subject_public_key.raw_bytes())
+        .verify(message, &signature)
+        .map_err(|_| {
+            refusal(
+                key,
+                "its signature does not verify with its public key (another key answered, or \
+                 the token returned garbage)"
+                    .into(),
+            )
+        })?;
     Ok(signature)
 }
 

@@ -11,15 +11,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{ok, provision, records, tls};
+use common::{Serve, ok, provision, records, tls};
 use mqtt_tls::lifecycle::{Answer, Rejection, RenewOptions, Renewer};
 use mqtt_tls::{ClientCert, ConnectOptions, MqttClient, QoS};
 use peers::mosquitto::{Mosquitto, free_port};
@@ -107,41 +105,22 @@ impl Fleet {
     /// [`Fleet::serve`] with more arguments.
     fn serve_with(&self, name: &str, enroll_port: u16, extra: &[&str]) -> Serve {
         let http = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_provision"))
-            .current_dir(self.dir())
-            .args([
-                "serve",
-                "-H",
-                "localhost",
-                "-p",
-                &self.main.port.to_string(),
-            ])
-            .args(["--enroll-port", &enroll_port.to_string()])
-            .args(["--grace", "30s", "--listen", &format!("127.0.0.1:{http}")])
-            .args(tls(name))
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut serve = Serve { child, http };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !serve.get("/healthz").starts_with("HTTP/1.1 200") {
-            if let Some(status) = serve.child.try_wait().unwrap() {
-                let mut err = String::new();
-                serve
-                    .child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err)
-                    .unwrap();
-                panic!("provision serve exited with {status}: {err}");
-            }
-            assert!(Instant::now() < deadline, "provision serve never got ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        serve
+        Serve::start(
+            Command::new(env!("CARGO_BIN_EXE_provision"))
+                .current_dir(self.dir())
+                .args([
+                    "serve",
+                    "-H",
+                    "localhost",
+                    "-p",
+                    &self.main.port.to_string(),
+                ])
+                .args(["--enroll-port", &enroll_port.to_string()])
+                .args(["--grace", "30s", "--listen", &format!("127.0.0.1:{http}")])
+                .args(tls(name))
+                .args(extra),
+            http,
+        )
     }
 
     /// An in-process enrollment of `name` into `out` through the
@@ -178,56 +157,6 @@ impl Fleet {
                 "20",
             ],
         )
-    }
-}
-
-struct Serve {
-    child: Child,
-    http: u16,
-}
-
-impl Serve {
-    fn get(&self, path: &str) -> String {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.http)) else {
-            return String::new();
-        };
-        let _ = write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        );
-        let mut text = String::new();
-        let _ = s.read_to_string(&mut text);
-        text
-    }
-
-    /// Stops it; what it wrote to standard error.
-    fn stop(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let mut err = String::new();
-        if let Some(mut stderr) = self.child.stderr.take() {
-            let _ = stderr.read_to_string(&mut err);
-        }
-        err
-    }
-
-    /// The value of counter `provision_serve_NAME_total`.
-    fn counter(&self, name: &str) -> u64 {
-        let text = self.get("/metrics");
-        let key = format!("provision_serve_{name}_total ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&key))
-            .unwrap_or_else(|| panic!("no {key} in {text}"))
-            .trim()
-            .parse()
-            .unwrap()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

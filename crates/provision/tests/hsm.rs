@@ -80,6 +80,50 @@ impl Hsm {
         made
     }
 
+    /// The broker's certificate, `broker-config` on a free port, and a
+    /// Mosquitto from what it wrote: the broker and its port. Identities
+    /// the broker must know are issued before.
+    fn broker(&self) -> (Mosquitto, u16) {
+        self.ok(&["issue", "server", "broker", "--dns", "localhost"]);
+        let port = free_port();
+        self.ok(&[
+            "broker-config",
+            "--out",
+            "broker",
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ]);
+        (
+            Mosquitto::with_config(&self.work().join("broker/mosquitto.conf"), port),
+            port,
+        )
+    }
+
+    /// `provision csr NAME --out OUT --key-uri (token TOKEN) --pin-env VAR`
+    /// and `extra`, with the PIN `pin` in `$VAR`.
+    fn token_csr(
+        &self,
+        (name, out): (&str, &str),
+        (token, var, pin): (&str, &str, &str),
+        extra: &[&str],
+    ) -> Output {
+        let uri = token_uri(token);
+        let mut args = vec![
+            "csr",
+            name,
+            "--out",
+            out,
+            "--key-uri",
+            &uri,
+            "--pin-env",
+            var,
+        ];
+        args.extend_from_slice(extra);
+        self.provision(&args, &[(var, pin)])
+    }
+
     fn delete_token(&self, label: &str) {
         self.tokens.delete(label);
     }
@@ -303,18 +347,7 @@ fn a_ca_in_two_tokens_issues_a_fleet_that_openssl_and_mosquitto_accept() {
 
     // Mosquitto, configured by broker-config (its CRL signed in the token),
     // takes the device over mTLS.
-    hsm.ok(&["issue", "server", "broker", "--dns", "localhost"]);
-    let port = free_port();
-    hsm.ok(&[
-        "broker-config",
-        "--out",
-        "broker",
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-    ]);
-    let broker = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), port);
+    let (broker, port) = hsm.broker();
     let out = hsm.provision(
         &[
             "pub",
@@ -640,23 +673,18 @@ fn an_intermediate_from_a_root_whose_record_is_offline() {
 
 #[test]
 fn serve_enrolls_devices_with_the_intermediate_in_a_token() {
-    use std::io::{Read, Write};
     let hsm = Hsm::new();
     let d = hsm.work();
     hsm.ca_in_two_tokens();
     hsm.ok(&["issue", "server", "broker", "--dns", "localhost"]);
     // The service's own key in the intermediate's token too (one login
     // for both in `serve`): made there, its CSR signed for the role.
-    hsm.ok(&[
-        "csr",
-        "ca-1",
-        "--out",
-        "backend_certs",
-        "--key-uri",
-        &token_uri("inter"),
-        "--pin-env",
-        "INTER_PIN",
-    ]);
+    let out = hsm.token_csr(
+        ("ca-1", "backend_certs"),
+        ("inter", "INTER_PIN", INTER_PIN),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
     hsm.ok(&[
         "sign",
         "backend_certs/ca-1_csr.pem",
@@ -688,52 +716,20 @@ fn serve_enrolls_devices_with_the_intermediate_in_a_token() {
     // The service signs in the token (its PIN's variable from the record).
     let http = free_port();
     let start_serve = || {
-        let mut serve = Command::new(env!("CARGO_BIN_EXE_provision"))
-            .current_dir(&d)
-            .env("SOFTHSM2_CONF", &hsm.conf)
-            .env("INTER_PIN", INTER_PIN)
-            .args(["serve", "-H", "localhost", "-p", &port.to_string()])
-            .args(["--enroll-port", &enroll_port.to_string()])
-            .args(["--listen", &format!("127.0.0.1:{http}")])
-            .args(common::tls("ca-1"))
-            .args(["--key-pin-env", "INTER_PIN"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let healthy = || {
-            let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", http)) else {
-                return false;
-            };
-            let _ = write!(
-                s,
-                "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            );
-            let mut text = String::new();
-            let _ = s.read_to_string(&mut text);
-            text.starts_with("HTTP/1.1 200")
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !healthy() {
-            if let Some(status) = serve.try_wait().unwrap() {
-                let mut err = String::new();
-                serve
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err)
-                    .unwrap();
-                panic!("provision serve exited with {status}: {err}");
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "serve never got ready"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        serve
+        common::Serve::start(
+            Command::new(env!("CARGO_BIN_EXE_provision"))
+                .current_dir(&d)
+                .env("SOFTHSM2_CONF", &hsm.conf)
+                .env("INTER_PIN", INTER_PIN)
+                .args(["serve", "-H", "localhost", "-p", &port.to_string()])
+                .args(["--enroll-port", &enroll_port.to_string()])
+                .args(["--listen", &format!("127.0.0.1:{http}")])
+                .args(common::tls("ca-1"))
+                .args(["--key-pin-env", "INTER_PIN"]),
+            http,
+        )
     };
-    let mut serve = start_serve();
+    let serve = start_serve();
     let out = hsm.provision(
         &[
             "enroll",
@@ -755,14 +751,11 @@ fn serve_enrolls_devices_with_the_intermediate_in_a_token() {
         ],
         &[],
     );
-    let _ = serve.kill();
-    let _ = serve.wait();
+    serve.stop();
     assert!(out.status.success(), "{}", text(&out));
     // Started again, it reads the secret made the first time: the same
     // client id (and session) on the enrollment broker.
-    let mut again = start_serve();
-    let _ = again.kill();
-    let _ = again.wait();
+    start_serve().stop();
     let log = enroll.log();
     let ids: Vec<&str> = log
         .split(" as ca-1-")
@@ -819,11 +812,6 @@ fn device_keys_made_in_a_token_connect_and_publish_to_mosquitto() {
     hsm.tokens.init("devices", DEVICE_PIN);
     let d = hsm.work();
     let pin = [("DEVICE_PIN", DEVICE_PIN)];
-    let ok = |args: &[&str]| {
-        let out = hsm.provision(args, &pin);
-        assert!(out.status.success(), "provision {args:?}: {}", text(&out));
-        text(&out)
-    };
     // A CA whose key is a file: only the devices' keys are in the token.
     hsm.ok(&["init-ca"]);
     let devices = [
@@ -833,18 +821,12 @@ fn device_keys_made_in_a_token_connect_and_publish_to_mosquitto() {
         ("sensor-ed25519", "ed25519"),
     ];
     for (name, key_type) in devices {
-        ok(&[
-            "csr",
-            name,
-            "--out",
-            "backend_certs",
-            "--key-type",
-            key_type,
-            "--key-uri",
-            &token_uri("devices"),
-            "--pin-env",
-            "DEVICE_PIN",
-        ]);
+        let out = hsm.token_csr(
+            (name, "backend_certs"),
+            ("devices", "DEVICE_PIN", DEVICE_PIN),
+            &["--key-type", key_type],
+        );
+        assert!(out.status.success(), "{}", text(&out));
         // NAME.key records where the key is: the URI with the key's id, the
         // PIN's variable, and no key and no PIN.
         let record = std::fs::read_to_string(d.join(format!("backend_certs/{name}.key"))).unwrap();
@@ -873,18 +855,10 @@ fn device_keys_made_in_a_token_connect_and_publish_to_mosquitto() {
         ]);
     }
     // The name is taken: a second key by it is refused, nothing changed.
-    let taken = hsm.provision(
-        &[
-            "csr",
-            "sensor-p256",
-            "--out",
-            "elsewhere",
-            "--key-uri",
-            &token_uri("devices"),
-            "--pin-env",
-            "DEVICE_PIN",
-        ],
-        &pin,
+    let taken = hsm.token_csr(
+        ("sensor-p256", "elsewhere"),
+        ("devices", "DEVICE_PIN", DEVICE_PIN),
+        &[],
     );
     assert_eq!(taken.status.code(), Some(1), "{}", text(&taken));
     assert!(
@@ -894,19 +868,8 @@ fn device_keys_made_in_a_token_connect_and_publish_to_mosquitto() {
     );
     assert!(!d.join("elsewhere/sensor-p256.key").exists());
 
-    hsm.ok(&["issue", "server", "broker", "--dns", "localhost"]);
     hsm.ok(&["issue", "client", "watcher", "--role", "service"]);
-    let port = free_port();
-    hsm.ok(&[
-        "broker-config",
-        "--out",
-        "broker",
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-    ]);
-    let broker = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), port);
+    let (broker, port) = hsm.broker();
     let publish = |key: &str, name: &str, topic: &str, extra: &[&str]| {
         let port = port.to_string();
         let cert = format!("backend_certs/{name}_cert.pem");
@@ -1174,19 +1137,8 @@ fn a_token_removed_mid_connection_is_a_classified_error_until_it_is_back() {
         "--profile",
         "client",
     ]);
-    hsm.ok(&["issue", "server", "broker", "--dns", "localhost"]);
     hsm.ok(&["issue", "client", "watcher", "--role", "service"]);
-    let port = free_port();
-    hsm.ok(&[
-        "broker-config",
-        "--out",
-        "broker",
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-    ]);
-    let mut broker = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), port);
+    let (mut broker, port) = hsm.broker();
     let watcher = |extra: &[&str]| {
         Command::new(peers::mosquitto::mosquitto_client("mosquitto_sub"))
             .current_dir(&d)
@@ -1342,19 +1294,7 @@ fn a_second_key_on_a_logged_in_token_needs_the_same_pin() {
     hsm.tokens.init("devices", DEVICE_PIN);
     let d = hsm.work();
     for name in ["dev-a", "dev-b"] {
-        let out = hsm.provision(
-            &[
-                "csr",
-                name,
-                "--out",
-                "keys",
-                "--key-uri",
-                &token_uri("devices"),
-                "--pin-env",
-                "DEVICE_PIN",
-            ],
-            &[("DEVICE_PIN", DEVICE_PIN)],
-        );
+        let out = hsm.token_csr((name, "keys"), ("devices", "DEVICE_PIN", DEVICE_PIN), &[]);
         assert!(out.status.success(), "{}", text(&out));
     }
     let out = Command::new(std::env::current_exe().unwrap())
@@ -1467,20 +1407,10 @@ fn a_token_key_signs_the_scheme_each_tls_version_and_peer_asks_for() {
     hsm.tokens.init("devices", DEVICE_PIN);
     hsm.ok(&["init-ca"]);
     for (name, key_type) in [("dev-rsa", "rsa2048"), ("dev-ec", "p256")] {
-        let out = hsm.provision(
-            &[
-                "csr",
-                name,
-                "--out",
-                "backend_certs",
-                "--key-type",
-                key_type,
-                "--key-uri",
-                &token_uri("devices"),
-                "--pin-env",
-                "DEVICE_PIN",
-            ],
-            &[("DEVICE_PIN", DEVICE_PIN)],
+        let out = hsm.token_csr(
+            (name, "backend_certs"),
+            ("devices", "DEVICE_PIN", DEVICE_PIN),
+            &["--key-type", key_type],
         );
         assert!(out.status.success(), "{}", text(&out));
         hsm.ok(&[
@@ -1545,18 +1475,10 @@ fn the_ingest_stores_messages_with_its_key_named_by_a_uri_in_its_tls_table() {
     hsm.tokens.init("services", SERVICE_PIN);
     let d = hsm.work();
     hsm.ok(&["init-ca"]);
-    let out = hsm.provision(
-        &[
-            "csr",
-            "ingest",
-            "--out",
-            "backend_certs",
-            "--key-uri",
-            &token_uri("services"),
-            "--pin-env",
-            "SERVICE_PIN",
-        ],
-        &[("SERVICE_PIN", SERVICE_PIN)],
+    let out = hsm.token_csr(
+        ("ingest", "backend_certs"),
+        ("services", "SERVICE_PIN", SERVICE_PIN),
+        &[],
     );
     assert!(out.status.success(), "{}", text(&out));
     hsm.ok(&[
@@ -1567,19 +1489,8 @@ fn the_ingest_stores_messages_with_its_key_named_by_a_uri_in_its_tls_table() {
         "--role",
         "service",
     ]);
-    hsm.ok(&["issue", "server", "broker", "--dns", "localhost"]);
     hsm.ok(&["issue", "client", "dev-1"]);
-    let port = free_port();
-    hsm.ok(&[
-        "broker-config",
-        "--out",
-        "broker",
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-    ]);
-    let _broker = Mosquitto::with_config(&d.join("broker/mosquitto.conf"), port);
+    let (_broker, port) = hsm.broker();
     // The [tls] table names the key by its URI (no key file), the PIN by
     // its variable.
     let config = d.join("ingest.toml");

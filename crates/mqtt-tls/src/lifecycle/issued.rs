@@ -51,7 +51,12 @@ pub(super) fn check_issued_for_token(
     name: &str,
 ) -> Result<TlsIdentity> {
     checked_name(
-        TlsIdentity::from_pem_and_token_key(chain.as_bytes(), key, key_path, ca_pem),
+        TlsIdentity::from_pem_and_token_key(
+            chain.as_bytes(),
+            std::sync::Arc::new(key),
+            key_path,
+            ca_pem,
+        ),
         name,
     )
 }

@@ -390,24 +390,24 @@ impl Renewer {
         let in_token = |e| crate::token::in_token(key_path, e);
         // Loaded through the identity's checks: this pair is what we use.
         let (current, old_key) = match &token {
-            Some(spec) => (
-                TlsIdentity::from_pem_and_token_key(
-                    &cert_pem,
-                    blocking(|| token_keys::open(spec)).map_err(in_token)?,
-                    key_path,
-                    &ca_pem,
-                )?,
-                blocking(|| token_keys::open(spec)).map_err(in_token)?,
-            ),
+            Some(spec) => {
+                let key = Arc::new(blocking(|| token_keys::open(spec)).map_err(in_token)?);
+                (
+                    TlsIdentity::from_pem_and_token_key(&cert_pem, key.clone(), key_path, &ca_pem)?,
+                    key,
+                )
+            }
             None => {
                 let key_text = String::from_utf8_lossy(&key_pem[..]).into_owned();
                 (
                     TlsIdentity::from_pem(&cert_pem, &key_pem[..], &ca_pem, pass)?,
-                    match pass {
-                        Some(p) => KeyPair::from_pem_with_passphrase(&key_text, p),
-                        None => KeyPair::from_pem(&key_text),
-                    }
-                    .map_err(|e| Error::lifecycle_pki("the current key", e))?,
+                    Arc::new(
+                        match pass {
+                            Some(p) => KeyPair::from_pem_with_passphrase(&key_text, p),
+                            None => KeyPair::from_pem(&key_text),
+                        }
+                        .map_err(|e| Error::lifecycle_pki("the current key", e))?,
+                    ),
                 )
             }
         };

@@ -86,6 +86,22 @@ fn token_key(args: &InitCaArgs) -> anyhow::Result<Option<provision::pkcs11::Toke
     spec_of(args.key_uri.as_deref(), args.pin_env.as_deref())
 }
 
+/// Where `--key-uri` says a new key for `name` goes (labelled `name`
+/// unless the URI says `object=`), its PIN in `pin_env`.
+pub(crate) fn new_key_spec(
+    uri: Option<&str>,
+    name: &str,
+    pin_env: Option<&str>,
+) -> anyhow::Result<Option<provision::pkcs11::TokenKeySpec>> {
+    uri.map(|uri| {
+        Ok(provision::pkcs11::TokenKeySpec::new(
+            provision::pkcs11::KeyUri::for_new_key(uri, name)?,
+            pin_env.map(str::to_owned),
+        ))
+    })
+    .transpose()
+}
+
 /// A token key from a `--key-uri` and its `--pin-env`.
 pub(crate) fn spec_of(
     uri: Option<&str>,
@@ -214,16 +230,7 @@ fn csr_request(
 }
 
 pub(crate) fn csr(args: CsrArgs) -> anyhow::Result<CsrMade> {
-    let token = args
-        .key_uri
-        .as_deref()
-        .map(|uri| {
-            anyhow::Ok(provision::pkcs11::TokenKeySpec::new(
-                provision::pkcs11::KeyUri::for_new_key(uri, &args.name)?,
-                args.pin_env.clone(),
-            ))
-        })
-        .transpose()?;
+    let token = new_key_spec(args.key_uri.as_deref(), &args.name, args.pin_env.as_deref())?;
     let paths = make_csr(&CsrRequest {
         token,
         ..csr_request(

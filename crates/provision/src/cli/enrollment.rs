@@ -213,16 +213,11 @@ pub(crate) fn enroll(args: EnrollArgs) -> anyhow::Result<Enrolled> {
     request.key_type = args.key_type;
     request.timeout = Duration::from_secs(args.timeout);
     request.force = args.force;
-    request.token = args
-        .key_uri
-        .as_deref()
-        .map(|uri| {
-            anyhow::Ok(provision::pkcs11::TokenKeySpec::new(
-                provision::pkcs11::KeyUri::for_new_key(uri, &args.name)?,
-                args.key_pin_env.clone(),
-            ))
-        })
-        .transpose()?;
+    request.token = super::commands::new_key_spec(
+        args.key_uri.as_deref(),
+        &args.name,
+        args.key_pin_env.as_deref(),
+    )?;
     let new = match runtime()?.block_on(mqtt_tls::lifecycle::enroll(&claim, &request)) {
         Ok(new) => new,
         Err(mqtt_tls::Error::WouldReplace { path }) => anyhow::bail!(

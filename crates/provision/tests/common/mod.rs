@@ -201,3 +201,89 @@ pub(crate) fn readme_block(heading: &str) -> Vec<String> {
     }
     commands
 }
+
+/// A running `provision serve`: its HTTP endpoints; killed on drop.
+pub(crate) struct Serve {
+    pub(crate) child: std::process::Child,
+    http: u16,
+}
+
+impl Serve {
+    /// Starts `cmd` (a `provision serve` line listening for HTTP on
+    /// 127.0.0.1:`http`) and waits until `/healthz` answers 200; a serve
+    /// that exits first fails the test with what it wrote.
+    pub(crate) fn start(cmd: &mut Command, http: u16) -> Self {
+        use std::io::Read;
+        use std::time::{Duration, Instant};
+        let child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut serve = Self { child, http };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !serve.get("/healthz").starts_with("HTTP/1.1 200") {
+            if let Some(status) = serve.child.try_wait().unwrap() {
+                let mut err = String::new();
+                serve
+                    .child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                panic!("provision serve exited with {status}: {err}");
+            }
+            assert!(Instant::now() < deadline, "provision serve never got ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        serve
+    }
+
+    /// `GET path` on its HTTP listener: the whole answer ("" when it is not
+    /// listening).
+    pub(crate) fn get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.http)) else {
+            return String::new();
+        };
+        let _ = write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text
+    }
+
+    /// Stops it; what it wrote to standard error.
+    pub(crate) fn stop(mut self) -> String {
+        use std::io::Read;
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut err = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            let _ = stderr.read_to_string(&mut err);
+        }
+        err
+    }
+
+    /// The value of counter `provision_serve_NAME_total`.
+    pub(crate) fn counter(&self, name: &str) -> u64 {
+        let text = self.get("/metrics");
+        let key = format!("provision_serve_{name}_total ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -297,8 +297,8 @@ fn create_in_place(path: &Path, access: Access, force: bool) -> std::io::Result<
         options.create_new(true);
     }
     let file = options.open(path)?;
+    let meta = file.metadata()?;
     if force {
-        let meta = file.metadata()?;
         // Someone else's file would stay theirs (they could read the key
         // written into it later).
         if meta.uid() != rustix::process::geteuid().as_raw() {
@@ -317,8 +317,12 @@ fn create_in_place(path: &Path, access: Access, force: bool) -> std::io::Result<
     }
     // The exact mode, on the open file: an existing file keeps its old mode
     // when truncated, and a new one got the umask's cut (umask 077 made a
-    // certificate 0600, unreadable by the broker).
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    // certificate 0600, unreadable by the broker) or a default ACL's. Set
+    // only when it differs: a change of mode is an inode update in the
+    // journal, 6,000 of them in a 2,000-device fleet.
+    if meta.mode() & 0o7777 != mode {
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    }
     Ok(file)
 }
 

@@ -179,6 +179,11 @@ pub(super) struct Prepared {
     /// Per request: renew when fewer days than this are left.
     pub(super) renew_before: Vec<Option<u32>>,
     pub(super) names: HashSet<String>,
+    /// The identity folders that did not exist when the manifest was read:
+    /// nothing in them to keep, so their identities are not looked up file
+    /// by file (a file that appears there later still fails the exclusive
+    /// create that makes each new identity's files).
+    pub(super) new_folders: HashSet<PathBuf>,
 }
 
 /// Reads `path` and checks every entry (names, subjects, folders, one
@@ -335,10 +340,16 @@ pub(super) fn prepare(path: &Path, options: &RunOptions) -> Result<Prepared> {
             .map_err(|e| bad(format!("{}: {e}", r.identity.name)))?;
     }
     let mut folders_checked: HashSet<&Path> = HashSet::new();
+    let mut new_folders = HashSet::new();
     for r in requests.iter().map(|r| &r.identity) {
         // Once per folder: a million devices usually share one.
         if folders_checked.insert(r.out.as_path()) {
             refuse_ca_folder(&r.out, Some(&ca_dir)).map_err(|e| bad(e.to_string()))?;
+            if std::fs::symlink_metadata(&r.out)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            {
+                new_folders.insert(r.out.clone());
+            }
         }
         // The name is the CN, the MQTT username: one identity per name,
         // whatever folder it goes to.
@@ -357,5 +368,6 @@ pub(super) fn prepare(path: &Path, options: &RunOptions) -> Result<Prepared> {
         requests,
         renew_before,
         names,
+        new_folders,
     })
 }

@@ -82,6 +82,7 @@ pub fn run(
         requests,
         renew_before,
         names,
+        new_folders,
     } = prepare(path, options)?;
     let bad = |reason: String| Error::Manifest {
         path: path.to_owned(),
@@ -205,14 +206,26 @@ pub fn run(
     // In chunks, each recorded into the (uncommitted) transaction as it
     // completes: a million outcomes are never all in memory. The
     // transaction commits only after every file is flushed.
-    for (requests, renew_before) in requests.chunks(CHUNK).zip(renew_before.chunks(CHUNK)) {
+    let chunks = requests.len().div_ceil(CHUNK);
+    let mut flushing = None;
+    for (chunk, (requests, renew_before)) in requests
+        .chunks(CHUNK)
+        .zip(renew_before.chunks(CHUNK))
+        .enumerate()
+    {
         let outcomes: Vec<Result<Outcome>> = pool.install(|| {
             requests
                 .par_iter()
                 .zip(renew_before.par_iter())
                 .map(|(request, renew_before)| {
-                    let lifecycle =
-                        Lifecycle::of(&history, &no_history, request, *renew_before, ca_not_after);
+                    let lifecycle = Lifecycle::of(
+                        &history,
+                        &no_history,
+                        request,
+                        *renew_before,
+                        ca_not_after,
+                        &new_folders,
+                    );
                     let outcome = provision_one(&ca, request, &lifecycle);
                     let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                     progress(n, total);
@@ -220,6 +233,11 @@ pub fn run(
                 })
                 .collect()
         });
+        if chunk + 1 == chunks {
+            // Every file is written: flushing them to disk (I/O, the cores
+            // idle) runs while the last records go into the transaction.
+            flushing = Some(std::thread::spawn(flush_all));
+        }
         let mut new_records = Vec::new();
         for outcome in outcomes {
             match outcome {
@@ -262,7 +280,11 @@ pub fn run(
     drop(history);
     // Everything written must be on disk before the inventory says so
     // (at the commit below).
-    flush_all();
+    match flushing.map(std::thread::JoinHandle::join) {
+        Some(Ok(())) => {}
+        // None: nothing to issue; a flush that panicked is made again.
+        None | Some(Err(_)) => flush_all(),
+    }
     // The certificates replaced are revoked as superseded (their CN, the
     // MQTT username, stays with one valid certificate), and the CRL says so.
     if !superseded.is_empty() {

@@ -38,6 +38,7 @@ pub fn plan(path: &Path, options: &RunOptions) -> Result<Plan> {
         requests,
         renew_before,
         names,
+        new_folders,
         ..
     } = prepare(path, options)?;
     if !ca_dir.cert_path().exists() {
@@ -71,8 +72,14 @@ pub fn plan(path: &Path, options: &RunOptions) -> Result<Plan> {
         .iter()
         .zip(&renew_before)
         .map(|(request, renew_before)| {
-            let lifecycle =
-                Lifecycle::of(&history, &no_history, request, *renew_before, ca_not_after);
+            let lifecycle = Lifecycle::of(
+                &history,
+                &no_history,
+                request,
+                *renew_before,
+                ca_not_after,
+                &new_folders,
+            );
             let decision = decide(&ca_cert, request, &lifecycle);
             (request.identity.name.to_string(), decision.step)
         })
@@ -190,6 +197,9 @@ pub(super) struct Lifecycle<'a> {
     /// The CA's own end: a certificate ending with it cannot be renewed
     /// into a longer one.
     pub(super) ca_not_after: SystemTime,
+    /// The identity's folder did not exist when the run began: it has no
+    /// files to read.
+    pub(super) new_folder: bool,
 }
 
 impl<'a> Lifecycle<'a> {
@@ -201,11 +211,13 @@ impl<'a> Lifecycle<'a> {
         request: &IssueRequest,
         renew_before: Option<u32>,
         ca_not_after: SystemTime,
+        new_folders: &HashSet<PathBuf>,
     ) -> Self {
         Self {
             history: history.get(request.identity.name.as_str()).unwrap_or(none),
             renew_before,
             ca_not_after,
+            new_folder: new_folders.contains(&request.identity.out),
         }
     }
 }
@@ -219,7 +231,11 @@ pub(super) fn decide(
 ) -> Decision {
     let paths = IdentityPaths::new(&request.identity.out, &request.identity.name);
     let history = lifecycle.history;
-    let on_disk = existing_valid(ca_cert, request.profile, &paths);
+    let on_disk = if lifecycle.new_folder {
+        None
+    } else {
+        existing_valid(ca_cert, request.profile, &paths)
+    };
     // The inventory's current certificate for the name decides, not only
     // the files: when it was issued elsewhere (renewed by the device over
     // MQTT, or by `provision issue`) and the fleet's files hold nothing
@@ -243,6 +259,7 @@ pub(super) fn decide(
         // not), since a device renewing on its own picks its CSR.
         let role_now = current.role.unwrap_or(Role::Device);
         let last_issued = on_disk.clone().or_else(|| {
+            (!lifecycle.new_folder).then_some(())?;
             read_text(&paths.cert)
                 .ok()
                 .and_then(|pem| Certificate::from_pem(&pem).ok())

@@ -44,6 +44,25 @@ fn concurrent_issuers_and_revokers_share_one_postgres_inventory() {
         16,
         "nothing recorded for it"
     );
+
+    // A fleet reads its names' history in one query (the names bound as
+    // PostgreSQL's $1, $2, ...): run again, it finds and keeps all three.
+    std::fs::write(
+        d.join("fleet.toml"),
+        "[ca]\ndir = \"root_cert\"\n[[devices]]\nprefix = \"pg-\"\ncount = 3\n",
+    )
+    .unwrap();
+    ok_env(d, &["fleet", "fleet.toml"], &envs);
+    let again: serde_json::Value =
+        serde_json::from_str(&ok_env(d, &["fleet", "fleet.toml", "--json"], &envs)).unwrap();
+    assert_eq!(
+        (again["issued"].as_u64(), again["kept"].as_u64()),
+        (Some(0), Some(3)),
+        "{again}"
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok_env(d, &["list", "--name", "pg-2", "--json"], &envs)).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
 }
 
 /// Two hosts, each with its own copy of the CA folder (no shared file

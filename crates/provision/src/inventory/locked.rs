@@ -215,16 +215,12 @@ impl<'a> LockedCa<'a> {
         mut f: impl FnMut(Record) -> Result<()>,
     ) -> Result<()> {
         use futures_util::TryStreamExt;
-        let sql = filter.sql();
         let location = self.inventory.location.clone();
         let mut failed = None;
         self.run("reading", async |tx| {
             db_link::either!(tx, Tx(c) => {
-                let mut query = sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()));
-                for cn in &filter.common_names {
-                    query = query.bind(cn);
-                }
-                let mut rows = query.fetch(&mut **c);
+                let mut query = filter.query();
+                let mut rows = query.build_query_as::<Raw>().fetch(&mut **c);
                 while let Some(raw) = rows.try_next().await? {
                     if let Err(e) = raw.record(&location).and_then(&mut f) {
                         failed = Some(e);

@@ -496,14 +496,10 @@ impl Inventory {
     /// streaming (a million records are never all in memory).
     pub fn visit(&self, filter: &Filter, mut f: impl FnMut(Record) -> Result<()>) -> Result<()> {
         use futures_util::TryStreamExt;
-        let sql = filter.sql();
         self.rt.block_on(async {
             db_link::either!(&self.db, Pool(pool) => {
-                let mut query = sqlx::query_as::<_, Raw>(sqlx::AssertSqlSafe(sql.as_str()));
-                for cn in &filter.common_names {
-                    query = query.bind(cn);
-                }
-                let mut rows = query.fetch(pool);
+                let mut query = filter.query();
+                let mut rows = query.build_query_as::<Raw>().fetch(pool);
                 while let Some(raw) = rows.try_next().await.map_err(self.err("reading"))? {
                     f(raw.record(&self.location)?)?;
                 }

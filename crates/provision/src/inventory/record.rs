@@ -120,19 +120,31 @@ impl Filter {
     /// 32,766, PostgreSQL's 65,535.
     pub const MAX_NAMES: usize = 1_000;
 
-    pub(super) fn sql(&self) -> String {
-        let mut sql = format!("SELECT {COLUMNS} FROM certificates WHERE 1 = 1");
+    /// The query, its names bound in each database's own placeholders:
+    /// SQLite's anonymous `?` (a numbered one is looked up by name at every
+    /// bind, a scan of all of them: 1,000 names took 3 ms to bind) and
+    /// PostgreSQL's `$n`.
+    pub(super) fn query<DB>(&self) -> sqlx::QueryBuilder<DB>
+    where
+        DB: sqlx::Database,
+        DB::Arguments: Default,
+        for<'t> &'t str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    {
+        let mut query =
+            sqlx::QueryBuilder::new(format!("SELECT {COLUMNS} FROM certificates WHERE 1 = 1"));
         if !self.common_names.is_empty() {
-            let params: Vec<String> = (1..=self.common_names.len())
-                .map(|i| format!("${i}"))
-                .collect();
-            sql.push_str(&format!(" AND common_name IN ({})", params.join(", ")));
+            query.push(" AND common_name IN (");
+            let mut names = query.separated(", ");
+            for name in &self.common_names {
+                names.push_bind(name.as_str());
+            }
+            query.push(")");
         }
         if self.valid_only {
-            sql.push_str(" AND revoked_at IS NULL");
+            query.push(" AND revoked_at IS NULL");
         }
-        sql.push_str(" ORDER BY seq");
-        sql
+        query.push(" ORDER BY seq");
+        query
     }
 }
 

@@ -17,7 +17,8 @@ use crate::results::{IdentitiesP256, IdentitiesRsa, IdentitiesRun, Sizes, median
 use crate::{openssl, python};
 
 /// Issues `count` identities the way `provision issue` does (key, CSR,
-/// CSR signature check, signature, files written atomically), on `threads`
+/// the CA's checks, signature, files written atomically; the signature of
+/// a CSR made here with its own key is not verified), on `threads`
 /// threads (0: all cores), into `out` (a new folder: the caller keeps it
 /// until its measurements are done, as deleting thousands of files makes
 /// ext4's inode allocator slow for the next run on the same disk).
@@ -127,7 +128,7 @@ pub(crate) fn compare(
         )?);
     }
     // Our rate includes the final sync (the files are on disk); the Python
-    // flow never syncs. `unflushed` is ours up to the sync: like for like.
+    // flow never syncs. `unflushed` is ours up to the sync (the same on that point).
     let all = median_by(ours_all, |r| r.per_second).context("no identities run")?;
     let p256 = IdentitiesP256::new(
         median(ours_1),

@@ -59,7 +59,7 @@ enum Cmd {
     },
     /// Only the chart: every target, the ratio measured against the target.
     Chart { results: PathBuf, out: PathBuf },
-    /// Ours: key + CSR + CSR check + signature + 3 files, per second.
+    /// Ours: key + CSR + the CA's checks + signature + 3 files, per second.
     Identities {
         /// p256, p384, ed25519, rsa2048, ...
         key_type: KeyType,

@@ -317,10 +317,13 @@ fn create_in_place(path: &Path, access: Access, force: bool) -> std::io::Result<
     }
     // The exact mode, on the open file: an existing file keeps its old mode
     // when truncated, and a new one got the umask's cut (umask 077 made a
-    // certificate 0600, unreadable by the broker) or a default ACL's. Set
-    // only when it differs: a change of mode is an inode update in the
-    // journal, 6,000 of them in a 2,000-device fleet.
-    if meta.mode() & 0o7777 != mode {
+    // certificate 0600, unreadable by the broker) or a default ACL's. A
+    // public file's is set only when it differs (a change of mode is an
+    // inode update in the journal, 4,000 of them in a 2,000-device fleet);
+    // a key's always, since on some file systems (NFSv4 ACLs) an inherited
+    // entry can give others access beside a mode of 0600, and setting the
+    // mode masks it.
+    if access == Access::Secret || meta.mode() & 0o7777 != mode {
         file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     }
     Ok(file)

@@ -353,6 +353,82 @@ fn fleet_files_get_their_modes_whatever_the_umask() {
     }
 }
 
+/// Two runs of one manifest started together, into a folder that does not
+/// exist yet: whichever takes the CA folder's lock second finds the first
+/// one's identities and keeps them (a run that decided the folder was new
+/// before waiting for the lock reissued them all and revoked the first
+/// run's certificates).
+#[test]
+fn two_fleet_runs_at_once_keep_each_others_identities() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    ok(d, &["init-ca", "--cn", "Race Root"]);
+    std::fs::write(
+        d.join("m.toml"),
+        "[ca]\n[[devices]]\nprefix = \"r-\"\ncount = 300\n",
+    )
+    .unwrap();
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_provision"))
+            .args(["fleet", "m.toml", "--json"])
+            .current_dir(d)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let runs = [start(), start()];
+    let outcomes: Vec<serde_json::Value> = runs
+        .into_iter()
+        .map(|run| {
+            let out = run.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice(&out.stdout).unwrap()
+        })
+        .collect();
+    let counts =
+        |key: &str| -> Vec<u64> { outcomes.iter().map(|o| o[key].as_u64().unwrap()).collect() };
+    let (mut issued, mut kept) = (counts("issued"), counts("kept"));
+    issued.sort_unstable();
+    kept.sort_unstable();
+    assert_eq!((issued, kept), (vec![0, 300], vec![0, 300]));
+    let listed: serde_json::Value = serde_json::from_str(&ok(d, &["list", "--json"])).unwrap();
+    let records = listed.as_array().unwrap();
+    assert_eq!(records.len(), 300);
+    assert!(
+        records.iter().all(|r| r["status"]["state"] == "valid"),
+        "a certificate of the first run was revoked"
+    );
+}
+
+/// A device folder given as `out = ""` is the manifest's own folder, which
+/// exists: a second run finds its identities there and keeps them.
+#[test]
+fn a_fleet_into_its_own_folder_keeps_what_it_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::write(
+        d.join("m.toml"),
+        "[ca]\n[[devices]]\nprefix = \"h-\"\ncount = 2\nout = \"\"\n",
+    )
+    .unwrap();
+    let run = || -> serde_json::Value {
+        serde_json::from_str(&ok(d, &["fleet", "m.toml", "--json"])).unwrap()
+    };
+    assert_eq!(run()["issued"], 2);
+    assert!(d.join("h-1_cert.pem").is_file());
+    let again = run();
+    assert_eq!(
+        (again["issued"].as_u64(), again["kept"].as_u64()),
+        (Some(0), Some(2)),
+        "{again}"
+    );
+}
+
 /// Every command that prints data prints it as JSON with `--json` (a
 /// typed outcome, not scraped text), and the completions and man page come
 /// from the same definitions.

@@ -179,11 +179,30 @@ pub(super) struct Prepared {
     /// Per request: renew when fewer days than this are left.
     pub(super) renew_before: Vec<Option<u32>>,
     pub(super) names: HashSet<String>,
-    /// The identity folders that did not exist when the manifest was read:
-    /// nothing in them to keep, so their identities are not looked up file
-    /// by file (a file that appears there later still fails the exclusive
-    /// create that makes each new identity's files).
-    pub(super) new_folders: HashSet<PathBuf>,
+}
+
+/// The identity folders of `requests` that do not exist: nothing in them to
+/// keep, so their identities are not looked up file by file. A run asks
+/// under the CA folder's lock, so no other run or `provision issue` can
+/// make files there between this look and its decisions.
+pub(super) fn new_folders(requests: &[IssueRequest]) -> HashSet<PathBuf> {
+    let mut seen: HashSet<&Path> = HashSet::new();
+    requests
+        .iter()
+        .map(|r| r.identity.out.as_path())
+        .filter(|out| seen.insert(out))
+        .filter(|out| {
+            // An empty path is the current folder.
+            let folder = if out.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                out
+            };
+            std::fs::symlink_metadata(folder)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        })
+        .map(Path::to_path_buf)
+        .collect()
 }
 
 /// Reads `path` and checks every entry (names, subjects, folders, one
@@ -340,16 +359,10 @@ pub(super) fn prepare(path: &Path, options: &RunOptions) -> Result<Prepared> {
             .map_err(|e| bad(format!("{}: {e}", r.identity.name)))?;
     }
     let mut folders_checked: HashSet<&Path> = HashSet::new();
-    let mut new_folders = HashSet::new();
     for r in requests.iter().map(|r| &r.identity) {
         // Once per folder: a million devices usually share one.
         if folders_checked.insert(r.out.as_path()) {
             refuse_ca_folder(&r.out, Some(&ca_dir)).map_err(|e| bad(e.to_string()))?;
-            if std::fs::symlink_metadata(&r.out)
-                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-            {
-                new_folders.insert(r.out.clone());
-            }
         }
         // The name is the CN, the MQTT username: one identity per name,
         // whatever folder it goes to.
@@ -368,6 +381,5 @@ pub(super) fn prepare(path: &Path, options: &RunOptions) -> Result<Prepared> {
         requests,
         renew_before,
         names,
-        new_folders,
     })
 }

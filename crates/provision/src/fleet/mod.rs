@@ -82,7 +82,6 @@ pub fn run(
         requests,
         renew_before,
         names,
-        new_folders,
     } = prepare(path, options)?;
     let bad = |reason: String| Error::Manifest {
         path: path.to_owned(),
@@ -139,6 +138,8 @@ pub fn run(
         )?;
     }
     let history = read_history(&names, &mut |filter, f| locked.visit(filter, f))?;
+    // Under the lock: no other run makes files there before the decisions.
+    let new_folders = manifest::new_folders(&requests);
     drop(names);
     let total = requests.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
@@ -236,7 +237,11 @@ pub fn run(
         if chunk + 1 == chunks {
             // Every file is written: flushing them to disk (I/O, the cores
             // idle) runs while the last records go into the transaction.
-            flushing = Some(std::thread::spawn(flush_all));
+            // A thread the system refuses: flushed below instead.
+            flushing = std::thread::Builder::new()
+                .name("flush".into())
+                .spawn(flush_all)
+                .ok();
         }
         let mut new_records = Vec::new();
         for outcome in outcomes {
@@ -282,7 +287,8 @@ pub fn run(
     // (at the commit below).
     match flushing.map(std::thread::JoinHandle::join) {
         Some(Ok(())) => {}
-        // None: nothing to issue; a flush that panicked is made again.
+        // None: nothing to issue, or no thread; a flush that panicked is
+        // made again.
         None | Some(Err(_)) => flush_all(),
     }
     // The certificates replaced are revoked as superseded (their CN, the

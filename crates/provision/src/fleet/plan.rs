@@ -38,7 +38,6 @@ pub fn plan(path: &Path, options: &RunOptions) -> Result<Plan> {
         requests,
         renew_before,
         names,
-        new_folders,
         ..
     } = prepare(path, options)?;
     if !ca_dir.cert_path().exists() {
@@ -68,6 +67,7 @@ pub fn plan(path: &Path, options: &RunOptions) -> Result<Plan> {
     };
     let no_history = History::default();
     let ca_not_after = ca_cert.not_after();
+    let new_folders = super::manifest::new_folders(&requests);
     let steps = requests
         .iter()
         .zip(&renew_before)

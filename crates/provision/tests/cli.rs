@@ -396,8 +396,7 @@ fn two_fleet_runs_at_once_keep_each_others_identities() {
     issued.sort_unstable();
     kept.sort_unstable();
     assert_eq!((issued, kept), (vec![0, 300], vec![0, 300]));
-    let listed: serde_json::Value = serde_json::from_str(&ok(d, &["list", "--json"])).unwrap();
-    let records = listed.as_array().unwrap();
+    let records = common::records(d);
     assert_eq!(records.len(), 300);
     assert!(
         records.iter().all(|r| r["status"]["state"] == "valid"),

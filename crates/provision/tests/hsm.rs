@@ -124,6 +124,23 @@ impl Hsm {
         self.provision(&args, &[(var, pin)])
     }
 
+    /// [`Hsm::token_csr`], which must succeed.
+    fn token_key(&self, name_out: (&str, &str), token: (&str, &str, &str), extra: &[&str]) {
+        let out = self.token_csr(name_out, token, extra);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+
+    /// `provision sign backend_certs/NAME_csr.pem` for a client
+    /// certificate, with `role` when given (the default role otherwise).
+    fn sign_client(&self, name: &str, role: Option<&str>) {
+        let csr = format!("backend_certs/{name}_csr.pem");
+        let mut args = vec!["sign", csr.as_str(), "--profile", "client"];
+        if let Some(role) = role {
+            args.extend(["--role", role]);
+        }
+        self.ok(&args);
+    }
+
     fn delete_token(&self, label: &str) {
         self.tokens.delete(label);
     }
@@ -679,20 +696,12 @@ fn serve_enrolls_devices_with_the_intermediate_in_a_token() {
     hsm.ok(&["issue", "server", "broker", "--dns", "localhost"]);
     // The service's own key in the intermediate's token too (one login
     // for both in `serve`): made there, its CSR signed for the role.
-    let out = hsm.token_csr(
+    hsm.token_key(
         ("ca-1", "backend_certs"),
         ("inter", "INTER_PIN", INTER_PIN),
         &[],
     );
-    assert!(out.status.success(), "{}", text(&out));
-    hsm.ok(&[
-        "sign",
-        "backend_certs/ca-1_csr.pem",
-        "--profile",
-        "client",
-        "--role",
-        "ca-service",
-    ]);
+    hsm.sign_client("ca-1", Some("ca-service"));
     assert!(
         pem_keys(&d.join("backend_certs"))
             .iter()
@@ -821,12 +830,11 @@ fn device_keys_made_in_a_token_connect_and_publish_to_mosquitto() {
         ("sensor-ed25519", "ed25519"),
     ];
     for (name, key_type) in devices {
-        let out = hsm.token_csr(
+        hsm.token_key(
             (name, "backend_certs"),
             ("devices", "DEVICE_PIN", DEVICE_PIN),
             &["--key-type", key_type],
         );
-        assert!(out.status.success(), "{}", text(&out));
         // NAME.key records where the key is: the URI with the key's id, the
         // PIN's variable, and no key and no PIN.
         let record = std::fs::read_to_string(d.join(format!("backend_certs/{name}.key"))).unwrap();
@@ -847,12 +855,7 @@ fn device_keys_made_in_a_token_connect_and_publish_to_mosquitto() {
             .output()
             .unwrap();
         assert!(out.status.success(), "{name}: {}", text(&out));
-        hsm.ok(&[
-            "sign",
-            &format!("backend_certs/{name}_csr.pem"),
-            "--profile",
-            "client",
-        ]);
+        hsm.sign_client(name, None);
     }
     // The name is taken: a second key by it is refused, nothing changed.
     let taken = hsm.token_csr(
@@ -1026,12 +1029,7 @@ fn hostile_device_token_setups_are_classified_errors() {
     for name in ["dev-a", "dev-b"] {
         let out = csr(name, &token_uri("devices"), "backend_certs", DEVICE_PIN);
         assert!(out.status.success(), "{}", text(&out));
-        hsm.ok(&[
-            "sign",
-            &format!("backend_certs/{name}_csr.pem"),
-            "--profile",
-            "client",
-        ]);
+        hsm.sign_client(name, None);
     }
     // Using them wrongly fails at loading, before any network traffic
     // (no broker here), naming the key and what is wrong.
@@ -1131,12 +1129,7 @@ fn a_token_removed_mid_connection_is_a_classified_error_until_it_is_back() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    hsm.ok(&[
-        "sign",
-        "backend_certs/sensor-g_csr.pem",
-        "--profile",
-        "client",
-    ]);
+    hsm.sign_client("sensor-g", None);
     hsm.ok(&["issue", "client", "watcher", "--role", "service"]);
     let (mut broker, port) = hsm.broker();
     let watcher = |extra: &[&str]| {
@@ -1294,8 +1287,7 @@ fn a_second_key_on_a_logged_in_token_needs_the_same_pin() {
     hsm.tokens.init("devices", DEVICE_PIN);
     let d = hsm.work();
     for name in ["dev-a", "dev-b"] {
-        let out = hsm.token_csr((name, "keys"), ("devices", "DEVICE_PIN", DEVICE_PIN), &[]);
-        assert!(out.status.success(), "{}", text(&out));
+        hsm.token_key((name, "keys"), ("devices", "DEVICE_PIN", DEVICE_PIN), &[]);
     }
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "same_login_probe", "--nocapture"])
@@ -1407,18 +1399,12 @@ fn a_token_key_signs_the_scheme_each_tls_version_and_peer_asks_for() {
     hsm.tokens.init("devices", DEVICE_PIN);
     hsm.ok(&["init-ca"]);
     for (name, key_type) in [("dev-rsa", "rsa2048"), ("dev-ec", "p256")] {
-        let out = hsm.token_csr(
+        hsm.token_key(
             (name, "backend_certs"),
             ("devices", "DEVICE_PIN", DEVICE_PIN),
             &["--key-type", key_type],
         );
-        assert!(out.status.success(), "{}", text(&out));
-        hsm.ok(&[
-            "sign",
-            &format!("backend_certs/{name}_csr.pem"),
-            "--profile",
-            "client",
-        ]);
+        hsm.sign_client(name, None);
     }
     hsm.ok(&["issue", "server", "broker", "--dns", "localhost"]);
     // (key, TLS version, what the server asks for, what it must see)
@@ -1475,20 +1461,12 @@ fn the_ingest_stores_messages_with_its_key_named_by_a_uri_in_its_tls_table() {
     hsm.tokens.init("services", SERVICE_PIN);
     let d = hsm.work();
     hsm.ok(&["init-ca"]);
-    let out = hsm.token_csr(
+    hsm.token_key(
         ("ingest", "backend_certs"),
         ("services", "SERVICE_PIN", SERVICE_PIN),
         &[],
     );
-    assert!(out.status.success(), "{}", text(&out));
-    hsm.ok(&[
-        "sign",
-        "backend_certs/ingest_csr.pem",
-        "--profile",
-        "client",
-        "--role",
-        "service",
-    ]);
+    hsm.sign_client("ingest", Some("service"));
     hsm.ok(&["issue", "client", "dev-1"]);
     let (_broker, port) = hsm.broker();
     // The [tls] table names the key by its URI (no key file), the PIN by

@@ -20,7 +20,7 @@ use crate::ops::{InitCa, IssueRequest, SubjectOptions, init_ca, issue_files};
 use crate::roles::{AclPolicy, Role};
 
 use manifest::{Prepared, prepare};
-use plan::{History, Lifecycle, decide, read_history};
+use plan::{Decisions, Lifecycle, decide, read_history};
 
 /// What a fleet run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -137,9 +137,13 @@ pub fn run(
                 .unwrap_or(crate::broker::DEFAULT_MAX_PACKET_SIZE),
         )?;
     }
-    let history = read_history(&names, &mut |filter, f| locked.visit(filter, f))?;
-    // Under the lock: no other run makes files there before the decisions.
-    let new_folders = manifest::new_folders(&requests);
+    // Under the lock: no other run makes files in the identity folders
+    // before the decisions.
+    let decisions = Decisions::new(
+        read_history(&names, &mut |filter, f| locked.visit(filter, f))?,
+        ca.certificate().not_after(),
+        &requests,
+    );
     drop(names);
     let total = requests.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
@@ -147,8 +151,6 @@ pub fn run(
         .num_threads(options.jobs)
         .build()
         .map_err(|e| bad(format!("cannot start worker threads: {e}")))?;
-    let no_history = History::default();
-    let ca_not_after = ca.certificate().not_after();
     let mut summary = Summary {
         ca_created,
         ca_dir: ca_dir.dir().to_owned(),
@@ -186,7 +188,8 @@ pub fn run(
     // its live connection off.
     let others = |record: &Record| -> Vec<(Serial, RevocationReason)> {
         let role = |r: Option<Role>| r.unwrap_or(Role::Device);
-        history
+        decisions
+            .history
             .get(&record.common_name)
             .map(|h| {
                 h.valid
@@ -219,14 +222,7 @@ pub fn run(
                 .par_iter()
                 .zip(renew_before.par_iter())
                 .map(|(request, renew_before)| {
-                    let lifecycle = Lifecycle::of(
-                        &history,
-                        &no_history,
-                        request,
-                        *renew_before,
-                        ca_not_after,
-                        &new_folders,
-                    );
+                    let lifecycle = decisions.lifecycle(request, *renew_before);
                     let outcome = provision_one(&ca, request, &lifecycle);
                     let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                     progress(n, total);
@@ -282,7 +278,7 @@ pub fn run(
         // Record what was made even if some identities failed.
         locked.record(&new_records)?;
     }
-    drop(history);
+    drop(decisions);
     // Everything written must be on disk before the inventory says so
     // (at the commit below).
     match flushing.map(std::thread::JoinHandle::join) {

@@ -65,21 +65,12 @@ pub fn plan(path: &Path, options: &RunOptions) -> Result<Plan> {
         let inventory = Inventory::open(&ca_dir)?;
         read_history(&names, &mut |filter, f| inventory.visit(filter, f))?
     };
-    let no_history = History::default();
-    let ca_not_after = ca_cert.not_after();
-    let new_folders = super::manifest::new_folders(&requests);
+    let decisions = Decisions::new(history, ca_cert.not_after(), &requests);
     let steps = requests
         .iter()
         .zip(&renew_before)
         .map(|(request, renew_before)| {
-            let lifecycle = Lifecycle::of(
-                &history,
-                &no_history,
-                request,
-                *renew_before,
-                ca_not_after,
-                &new_folders,
-            );
+            let lifecycle = decisions.lifecycle(request, *renew_before);
             let decision = decide(&ca_cert, request, &lifecycle);
             (request.identity.name.to_string(), decision.step)
         })
@@ -202,22 +193,46 @@ pub(super) struct Lifecycle<'a> {
     pub(super) new_folder: bool,
 }
 
-impl<'a> Lifecycle<'a> {
-    /// What decides `request`'s identity: its history (`none` when the
-    /// inventory has nothing of its name).
-    pub(super) fn of(
-        history: &'a HashMap<String, History>,
-        none: &'a History,
-        request: &IssueRequest,
-        renew_before: Option<u32>,
+/// What every identity's decision in one run shares: the inventory's
+/// history by name, the CA's end, and the identity folders that do not
+/// exist (looked at when this is made: a run makes it under the CA
+/// folder's lock).
+pub(super) struct Decisions {
+    pub(super) history: HashMap<String, History>,
+    /// The history of a name the inventory has nothing of.
+    none: History,
+    ca_not_after: SystemTime,
+    new_folders: HashSet<PathBuf>,
+}
+
+impl Decisions {
+    pub(super) fn new(
+        history: HashMap<String, History>,
         ca_not_after: SystemTime,
-        new_folders: &HashSet<PathBuf>,
+        requests: &[IssueRequest],
     ) -> Self {
         Self {
-            history: history.get(request.identity.name.as_str()).unwrap_or(none),
-            renew_before,
+            history,
+            none: History::default(),
             ca_not_after,
-            new_folder: new_folders.contains(&request.identity.out),
+            new_folders: super::manifest::new_folders(requests),
+        }
+    }
+
+    /// What decides `request`'s identity.
+    pub(super) fn lifecycle(
+        &self,
+        request: &IssueRequest,
+        renew_before: Option<u32>,
+    ) -> Lifecycle<'_> {
+        Lifecycle {
+            history: self
+                .history
+                .get(request.identity.name.as_str())
+                .unwrap_or(&self.none),
+            renew_before,
+            ca_not_after: self.ca_not_after,
+            new_folder: self.new_folders.contains(&request.identity.out),
         }
     }
 }
